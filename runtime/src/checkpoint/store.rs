@@ -1,0 +1,473 @@
+//! Checkpoints in storage: state files, `_metadata`, discovery, restore
+//! selection and retention.
+//!
+//! Layout under `<storage>/<namespace>/<job>/`:
+//! `chk-0000000042/<operator>-<subtask>-<first key group>-<last key group>.state`
+//! and `chk-0000000042/_metadata`, which is written last. A checkpoint
+//! without `_metadata` never completed; one whose files do not match the
+//! sizes and checksums in `_metadata` is damaged and is skipped.
+
+use std::collections::HashMap;
+
+use opendal::{ErrorKind, Operator};
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use crate::keygroup::KeyGroupRange;
+use crate::state::snapshot::OperatorSubtaskState;
+use crate::storage::{StorageError, StorageUri};
+
+pub const METADATA_FILE: &str = "_metadata";
+const METADATA_FORMAT: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("cannot {action} {path}: {source}")]
+    Io { action: &'static str, path: String, source: opendal::Error },
+    #[error("checkpoint {id} has no _metadata at {path}: it never completed")]
+    MissingMetadata { id: u64, path: String },
+    #[error("checkpoint {id} has unreadable _metadata at {path}: {reason}")]
+    BadMetadata { id: u64, path: String, reason: String },
+    #[error("state file {path} is missing")]
+    MissingFile { path: String },
+    #[error("state file {path} is {actual} bytes, _metadata says {expected}")]
+    SizeMismatch { path: String, expected: u64, actual: u64 },
+    #[error("state file {path} has checksum {actual:08x}, _metadata says {expected:08x}")]
+    ChecksumMismatch { path: String, expected: u32, actual: u32 },
+    #[error("state file {path} cannot be decoded: {reason}")]
+    Decode { path: String, reason: String },
+    #[error("checkpoint {id} was taken with maxParallelism {found}, the job has {expected}: key groups cannot be mapped")]
+    MaxParallelismChanged { id: u64, found: u32, expected: u32 },
+    #[error(
+        "no intact checkpoint in {location}: {damaged} checkpoint(s) with _metadata are all damaged \
+         (newest: {newest_reason}); refusing to start from empty state, which would emit committed output again"
+    )]
+    NoIntactCheckpoint { location: String, damaged: usize, newest_reason: String },
+}
+
+/// What `_metadata` records about a completed checkpoint.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckpointMetadata {
+    pub format: u32,
+    pub id: u64,
+    pub job: String,
+    /// Milliseconds since the Unix epoch.
+    pub triggered_at_ms: u64,
+    pub completed_at_ms: u64,
+    pub duration_ms: u64,
+    pub max_parallelism: u32,
+    pub operators: Vec<OperatorMetadata>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct OperatorMetadata {
+    pub uid: String,
+    pub parallelism: u32,
+    pub files: Vec<StateFileMetadata>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct StateFileMetadata {
+    /// File name inside the checkpoint directory.
+    pub name: String,
+    pub subtask: u32,
+    pub key_groups: KeyGroupRange,
+    pub size: u64,
+    pub crc32: u32,
+}
+
+impl CheckpointMetadata {
+    pub fn new(id: u64, job: String, max_parallelism: u32, triggered_at_ms: u64, completed_at_ms: u64) -> Self {
+        CheckpointMetadata {
+            format: METADATA_FORMAT,
+            id,
+            job,
+            triggered_at_ms,
+            completed_at_ms,
+            duration_ms: completed_at_ms.saturating_sub(triggered_at_ms),
+            max_parallelism,
+            operators: Vec::new(),
+        }
+    }
+
+    pub fn size_bytes(&self) -> u64 {
+        self.operators.iter().flat_map(|o| &o.files).map(|f| f.size).sum()
+    }
+
+    /// Adds a state file to its operator's entry.
+    pub fn add_file(&mut self, uid: &str, parallelism: u32, file: StateFileMetadata) {
+        match self.operators.iter_mut().find(|o| o.uid == uid) {
+            Some(op) => op.files.push(file),
+            None => self.operators.push(OperatorMetadata { uid: uid.into(), parallelism, files: vec![file] }),
+        }
+    }
+}
+
+/// A checkpoint read back and verified, ready to hand state to subtasks.
+#[derive(Debug)]
+pub struct RestoredCheckpoint {
+    pub id: u64,
+    pub path: String,
+    pub metadata: CheckpointMetadata,
+    /// Per operator uid: every old subtask's state, in subtask order.
+    pub states: HashMap<String, Vec<OperatorSubtaskState>>,
+    /// Newer checkpoints that were passed over, with why.
+    pub skipped: Vec<(u64, String)>,
+}
+
+impl RestoredCheckpoint {
+    /// Keyed state blobs of the key groups in `range`, from whichever old
+    /// subtasks held them.
+    pub fn keyed(&self, uid: &str, range: KeyGroupRange) -> Vec<(u16, &[u8])> {
+        let mut out = Vec::new();
+        for st in self.states.get(uid).into_iter().flatten() {
+            for (group, bytes) in &st.keyed {
+                if range.contains(*group) {
+                    out.push((*group, bytes.as_slice()));
+                }
+            }
+        }
+        out
+    }
+
+    /// Operator list state entries, dealt round-robin over the new subtasks.
+    pub fn list_round_robin(&self, uid: &str, subtask: usize, parallelism: usize) -> Vec<Vec<u8>> {
+        self.states
+            .get(uid)
+            .into_iter()
+            .flatten()
+            .flat_map(|st| st.list.iter())
+            .enumerate()
+            .filter(|(i, _)| i % parallelism == subtask)
+            .map(|(_, e)| e.clone())
+            .collect()
+    }
+
+    /// Union list state: every subtask gets every entry.
+    pub fn union(&self, uid: &str) -> Vec<Vec<u8>> {
+        self.states.get(uid).into_iter().flatten().flat_map(|st| st.union.iter().cloned()).collect()
+    }
+}
+
+/// One job's checkpoint directory.
+#[derive(Clone, Debug)]
+pub struct CheckpointStore {
+    op: Operator,
+    location: String,
+}
+
+pub fn checkpoint_dir(id: u64) -> String {
+    format!("chk-{id:010}")
+}
+
+fn parse_checkpoint_dir(name: &str) -> Option<u64> {
+    name.trim_end_matches('/').strip_prefix("chk-")?.parse().ok()
+}
+
+pub fn state_file_name(uid: &str, subtask: u32, range: KeyGroupRange) -> String {
+    format!("{uid}-{subtask}-{}-{}.state", range.start, range.end)
+}
+
+impl CheckpointStore {
+    /// The store of job `name` in `namespace` under the storage `uri`.
+    pub fn open(uri: &str, namespace: &str, name: &str) -> Result<CheckpointStore, CheckpointError> {
+        let parsed = StorageUri::parse(uri)?;
+        let sub = format!("{namespace}/{name}");
+        Self::open_job_dir(&parsed, uri, &sub, &format!("{}/{sub}", uri.trim_end_matches('/')))
+    }
+
+    /// A store at a job directory URI itself (as `weir checkpoints` takes it).
+    pub fn open_dir(uri: &str) -> Result<CheckpointStore, CheckpointError> {
+        let parsed = StorageUri::parse(uri)?;
+        Self::open_job_dir(&parsed, uri, "", uri)
+    }
+
+    fn open_job_dir(parsed: &StorageUri, uri: &str, sub: &str, location: &str) -> Result<CheckpointStore, CheckpointError> {
+        let op = parsed.operator(uri, sub)?;
+        Ok(CheckpointStore { op, location: location.to_string() })
+    }
+
+    /// Human-readable location of checkpoint `id`.
+    pub fn path_of(&self, id: u64) -> String {
+        format!("{}/{}", self.location, checkpoint_dir(id))
+    }
+
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
+    /// Writes one state file and returns its size and checksum.
+    pub async fn write_state(&self, id: u64, name: &str, bytes: Vec<u8>) -> Result<(u64, u32), CheckpointError> {
+        let path = format!("{}/{name}", checkpoint_dir(id));
+        let size = bytes.len() as u64;
+        let crc = crc32fast::hash(&bytes);
+        self.op
+            .write(&path, bytes)
+            .await
+            .map_err(|source| CheckpointError::Io { action: "write", path: self.full(&path), source })?;
+        Ok((size, crc))
+    }
+
+    /// Writes `_metadata`, which makes the checkpoint complete.
+    pub async fn write_metadata(&self, meta: &CheckpointMetadata) -> Result<(), CheckpointError> {
+        let path = format!("{}/{METADATA_FILE}", checkpoint_dir(meta.id));
+        let bytes = serde_json::to_vec_pretty(meta).map_err(|e| CheckpointError::BadMetadata {
+            id: meta.id,
+            path: self.full(&path),
+            reason: e.to_string(),
+        })?;
+        self.op
+            .write(&path, bytes)
+            .await
+            .map_err(|source| CheckpointError::Io { action: "write", path: self.full(&path), source })?;
+        Ok(())
+    }
+
+    fn full(&self, path: &str) -> String {
+        format!("{}/{path}", self.location)
+    }
+
+    /// Ids of every checkpoint directory, complete or not, newest first.
+    pub async fn checkpoint_ids(&self) -> Result<Vec<u64>, CheckpointError> {
+        let entries = match self.op.list("/").await {
+            Ok(e) => e,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => return Err(CheckpointError::Io { action: "list", path: self.location.clone(), source }),
+        };
+        let mut ids: Vec<u64> = entries.iter().filter_map(|e| parse_checkpoint_dir(e.name())).collect();
+        ids.sort_unstable_by(|a, b| b.cmp(a));
+        ids.dedup();
+        Ok(ids)
+    }
+
+    /// Reads and parses `_metadata` of checkpoint `id`.
+    pub async fn read_metadata(&self, id: u64) -> Result<CheckpointMetadata, CheckpointError> {
+        let path = format!("{}/{METADATA_FILE}", checkpoint_dir(id));
+        let bytes = match self.op.read(&path).await {
+            Ok(b) => b.to_vec(),
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                return Err(CheckpointError::MissingMetadata { id, path: self.full(&path) })
+            }
+            Err(source) => return Err(CheckpointError::Io { action: "read", path: self.full(&path), source }),
+        };
+        let meta: CheckpointMetadata = serde_json::from_slice(&bytes).map_err(|e| CheckpointError::BadMetadata {
+            id,
+            path: self.full(&path),
+            reason: e.to_string(),
+        })?;
+        if meta.id != id {
+            return Err(CheckpointError::BadMetadata {
+                id,
+                path: self.full(&path),
+                reason: format!("it names checkpoint {}", meta.id),
+            });
+        }
+        Ok(meta)
+    }
+
+    /// Loads checkpoint `id`, checking every file against `_metadata`.
+    pub async fn load_verified(&self, id: u64) -> Result<RestoredCheckpoint, CheckpointError> {
+        let metadata = self.read_metadata(id).await?;
+        let mut states: HashMap<String, Vec<OperatorSubtaskState>> = HashMap::new();
+        for op in &metadata.operators {
+            let mut files = op.files.clone();
+            files.sort_by_key(|f| f.subtask);
+            for f in &files {
+                let path = format!("{}/{}", checkpoint_dir(id), f.name);
+                let bytes = match self.op.read(&path).await {
+                    Ok(b) => b.to_vec(),
+                    Err(e) if e.kind() == ErrorKind::NotFound => {
+                        return Err(CheckpointError::MissingFile { path: self.full(&path) })
+                    }
+                    Err(source) => {
+                        return Err(CheckpointError::Io { action: "read", path: self.full(&path), source })
+                    }
+                };
+                if bytes.len() as u64 != f.size {
+                    return Err(CheckpointError::SizeMismatch {
+                        path: self.full(&path),
+                        expected: f.size,
+                        actual: bytes.len() as u64,
+                    });
+                }
+                let crc = crc32fast::hash(&bytes);
+                if crc != f.crc32 {
+                    return Err(CheckpointError::ChecksumMismatch { path: self.full(&path), expected: f.crc32, actual: crc });
+                }
+                let state = OperatorSubtaskState::decode(&bytes)
+                    .map_err(|e| CheckpointError::Decode { path: self.full(&path), reason: e.to_string() })?;
+                states.entry(op.uid.clone()).or_default().push(state);
+            }
+        }
+        Ok(RestoredCheckpoint { id, path: self.path_of(id), metadata, states, skipped: Vec::new() })
+    }
+
+    /// The newest completed, intact checkpoint; damaged newer ones are
+    /// skipped with a warning. `Ok(None)` when no checkpoint ever completed.
+    pub async fn latest_restorable(&self, max_parallelism: u32) -> Result<Option<RestoredCheckpoint>, CheckpointError> {
+        let mut skipped = Vec::new();
+        let mut damaged = 0;
+        for id in self.checkpoint_ids().await? {
+            match self.load_verified(id).await {
+                Ok(mut restored) => {
+                    if restored.metadata.max_parallelism != max_parallelism {
+                        return Err(CheckpointError::MaxParallelismChanged {
+                            id,
+                            found: restored.metadata.max_parallelism,
+                            expected: max_parallelism,
+                        });
+                    }
+                    if !skipped.is_empty() {
+                        warn!(checkpoint = id, skipped = ?skipped.iter().map(|(id, _)| id).collect::<Vec<_>>(),
+                            "restoring from checkpoint {id}, an older one, because newer checkpoints are damaged");
+                    }
+                    restored.skipped = skipped;
+                    return Ok(Some(restored));
+                }
+                Err(e @ CheckpointError::MissingMetadata { .. }) => {
+                    info!(checkpoint = id, "skipping checkpoint {id}: {e}");
+                }
+                Err(e @ CheckpointError::Io { .. }) => return Err(e),
+                Err(e) => {
+                    warn!(checkpoint = id, "skipping damaged checkpoint {id}: {e}");
+                    damaged += 1;
+                    skipped.push((id, e.to_string()));
+                }
+            }
+        }
+        if damaged > 0 {
+            return Err(CheckpointError::NoIntactCheckpoint {
+                location: self.location.clone(),
+                damaged,
+                newest_reason: skipped.first().map(|(_, r)| r.clone()).unwrap_or_default(),
+            });
+        }
+        Ok(None)
+    }
+
+    /// Deletes completed checkpoints beyond the newest `retained` and any
+    /// incomplete checkpoint older than `latest`.
+    pub async fn apply_retention(&self, latest: u64, retained: usize) -> Result<Vec<u64>, CheckpointError> {
+        let mut kept = 0;
+        let mut deleted = Vec::new();
+        for id in self.checkpoint_ids().await? {
+            if id > latest {
+                continue;
+            }
+            let complete = self
+                .op
+                .exists(&format!("{}/{METADATA_FILE}", checkpoint_dir(id)))
+                .await
+                .map_err(|source| CheckpointError::Io { action: "stat", path: self.path_of(id), source })?;
+            if complete && kept < retained {
+                kept += 1;
+                continue;
+            }
+            self.delete(id).await?;
+            deleted.push(id);
+        }
+        Ok(deleted)
+    }
+
+    pub async fn delete(&self, id: u64) -> Result<(), CheckpointError> {
+        let dir = format!("{}/", checkpoint_dir(id));
+        self.op
+            .delete_with(&dir)
+            .recursive(true)
+            .await
+            .map_err(|source| CheckpointError::Io { action: "delete", path: self.path_of(id), source })
+    }
+
+    /// Raw access for tools and tests (for example to damage a file on purpose).
+    pub fn operator(&self) -> &Operator {
+        &self.op
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn write_checkpoint(store: &CheckpointStore, id: u64, payload: &[u8]) {
+        let range = KeyGroupRange { start: 0, end: 127 };
+        let state = OperatorSubtaskState { keyed: vec![(3, payload.to_vec())], list: vec![], union: vec![] };
+        let name = state_file_name("sum", 0, range);
+        let (size, crc32) = store.write_state(id, &name, state.encode()).await.unwrap();
+        let mut meta = CheckpointMetadata::new(id, "job".into(), 128, 0, 1);
+        meta.add_file("sum", 1, StateFileMetadata { name, subtask: 0, key_groups: range, size, crc32 });
+        store.write_metadata(&meta).await.unwrap();
+    }
+
+    fn store(dir: &tempfile::TempDir) -> CheckpointStore {
+        CheckpointStore::open(&format!("file://{}", dir.path().display()), "default", "job").unwrap()
+    }
+
+    #[tokio::test]
+    async fn restores_from_newest_complete_checkpoint_when_latest_is_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir);
+        write_checkpoint(&store, 1, b"one").await;
+        write_checkpoint(&store, 2, b"two").await;
+        let name = state_file_name("sum", 0, KeyGroupRange { start: 0, end: 127 });
+        let path = dir.path().join("default/job").join(checkpoint_dir(2)).join(name);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        std::fs::write(&path, bytes).unwrap();
+
+        let restored = store.latest_restorable(128).await.unwrap().unwrap();
+        assert_eq!(restored.id, 1);
+        assert_eq!(restored.skipped.len(), 1);
+        assert!(restored.skipped[0].1.contains("checksum"), "{:?}", restored.skipped);
+        assert_eq!(restored.keyed("sum", KeyGroupRange { start: 0, end: 127 }), vec![(3, &b"one"[..])]);
+    }
+
+    #[tokio::test]
+    async fn skips_a_checkpoint_without_metadata_as_never_completed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir);
+        write_checkpoint(&store, 1, b"one").await;
+        store.write_state(2, "sum-0-0-127.state", vec![1, 2, 3]).await.unwrap();
+        let restored = store.latest_restorable(128).await.unwrap().unwrap();
+        assert_eq!(restored.id, 1);
+        assert!(restored.skipped.is_empty());
+    }
+
+    #[tokio::test]
+    async fn refuses_to_start_empty_when_every_completed_checkpoint_is_damaged() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir);
+        write_checkpoint(&store, 1, b"one").await;
+        let path = dir.path().join("default/job").join(checkpoint_dir(1)).join(METADATA_FILE);
+        let text = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &text[..text.len() / 2]).unwrap();
+        let err = store.latest_restorable(128).await.unwrap_err().to_string();
+        assert!(err.contains("no intact checkpoint"), "{err}");
+        assert!(err.contains("unreadable _metadata"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn retention_keeps_the_newest_completed_and_drops_older_incomplete() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir);
+        for id in 1..=4 {
+            write_checkpoint(&store, id, b"x").await;
+        }
+        store.write_state(5, "sum-0-0-127.state", vec![1]).await.unwrap();
+        write_checkpoint(&store, 6, b"x").await;
+        let deleted = store.apply_retention(6, 2).await.unwrap();
+        assert_eq!(deleted, vec![5, 3, 2, 1]);
+        assert_eq!(store.checkpoint_ids().await.unwrap(), vec![6, 4]);
+    }
+
+    #[tokio::test]
+    async fn an_empty_store_has_nothing_to_restore() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(store(&dir).latest_restorable(128).await.unwrap().is_none());
+    }
+}

@@ -1,0 +1,19 @@
+//! Sources and sinks.
+//!
+//! # Layout
+//! - [`two_phase`]: the two-phase-commit sink trait and the driver that
+//!   ties its transactions to checkpoints.
+//! - [`file_sink`]: exactly-once JSON-lines part files.
+//! - [`generator`]: a deterministic, replayable generator source.
+//! - [`file_source`]: JSON-lines files, replayed by byte offset.
+//! - [`print`]: the stdout sink and a discarding sink for benchmarks.
+
+pub mod file_sink;
+pub mod file_source;
+pub mod generator;
+pub mod print;
+pub mod two_phase;
+
+pub use file_sink::FileSink;
+pub use generator::GeneratorSource;
+pub use two_phase::{TwoPhaseCommitCollector, TwoPhaseCommitSink, TxnDriver};

@@ -1,0 +1,300 @@
+//! The typed job API, in the spirit of Flink's DataStream API, and the job
+//! graph it builds.
+//!
+//! A job is a sequence of stages separated by key-by shuffles. Within a
+//! stage, operators are chained into one task per subtask (Flink's operator
+//! chaining): records move between them as batches in plain function calls.
+//! A `DataStream<T>` is an open stage whose chain so far ends in `T`; adding
+//! an operator wraps the function that will build the rest of the chain,
+//! so the record types between operators stay static and are erased only
+//! at task boundaries.
+
+use std::cell::RefCell;
+use std::hash::Hash;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::connectors::{TwoPhaseCommitCollector, TwoPhaseCommitSink};
+use crate::operators::stateless::BatchFn;
+use crate::operators::{KeyedProcess, KeyedProcessFunction};
+use crate::task::input_task::InputTask;
+use crate::task::router::{Connect, Edge, KeyRouter};
+use crate::task::runnable::RunnableTask;
+use crate::task::source_task::{Source, SourceTask};
+use crate::task::{Collector, TaskContext, TaskError};
+
+/// Builds the rest of a chain after a point whose records are `T`.
+pub type ChainFactory<T> = Arc<dyn Fn(&TaskContext) -> Result<Box<dyn Collector<T>>, TaskError> + Send + Sync>;
+/// Builds one subtask of a stage.
+pub type TaskFactory = Arc<dyn Fn(TaskContext) -> Result<Box<dyn RunnableTask>, TaskError> + Send + Sync>;
+type CloseStage<T> = Box<dyn FnOnce(ChainFactory<T>) -> TaskFactory>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("the job has no sink: end every stream with sink()")]
+    NoSink,
+    #[error("stage {stage} has parallelism {parallelism}, above maxParallelism {max}")]
+    ParallelismTooHigh { stage: String, parallelism: u32, max: u32 },
+}
+
+/// One stage: a source or a shuffle's receiving side, and its chain.
+pub struct StageDef {
+    pub name: String,
+    pub parallelism: u32,
+    pub is_source: bool,
+    pub factory: TaskFactory,
+}
+
+/// A job ready to run: stages in topological order and the shuffles between them.
+pub struct JobGraph {
+    pub max_parallelism: u32,
+    pub stages: Vec<StageDef>,
+    pub edges: Vec<Arc<dyn Connect>>,
+}
+
+#[derive(Default)]
+struct GraphBuilder {
+    /// The job's default parallelism.
+    parallelism: u32,
+    stages: Vec<StageDef>,
+    edges: Vec<Arc<dyn Connect>>,
+    sinks: usize,
+}
+
+/// Where a job is assembled.
+pub struct StreamEnv {
+    graph: Rc<RefCell<GraphBuilder>>,
+    parallelism: u32,
+    max_parallelism: u32,
+}
+
+impl StreamEnv {
+    pub fn new(parallelism: u32, max_parallelism: u32) -> StreamEnv {
+        let graph = GraphBuilder { parallelism, ..GraphBuilder::default() };
+        StreamEnv { graph: Rc::new(RefCell::new(graph)), parallelism, max_parallelism }
+    }
+
+    /// Adds a source. `make` builds subtask `ctx`'s source from its share of
+    /// the restored list state (`None` on a fresh start).
+    pub fn source<T, F>(&self, uid: &str, make: F) -> DataStream<T>
+    where
+        T: Send + 'static,
+        F: Fn(&TaskContext, Option<Vec<Vec<u8>>>) -> Result<Box<dyn Source<T>>, TaskError> + Send + Sync + 'static,
+    {
+        let uid = uid.to_string();
+        let name = uid.clone();
+        let make = Arc::new(make);
+        let close: CloseStage<T> = Box::new(move |chain: ChainFactory<T>| -> TaskFactory {
+            Arc::new(move |ctx: TaskContext| {
+                let restored = ctx
+                    .restored
+                    .as_ref()
+                    .filter(|r| r.states.contains_key(&uid))
+                    .map(|r| r.list_round_robin(&uid, ctx.subtask() as usize, ctx.parallelism() as usize));
+                let source = make(&ctx, restored)?;
+                let chain = chain(&ctx)?;
+                Ok(Box::new(SourceTask { ctx, uid: uid.clone(), source, chain }) as Box<dyn RunnableTask>)
+            })
+        });
+        DataStream { graph: self.graph.clone(), name, parallelism: self.parallelism, input: None, is_source: true, close }
+    }
+
+    pub fn build(self) -> Result<JobGraph, BuildError> {
+        let g = self.graph.take();
+        if g.sinks == 0 {
+            return Err(BuildError::NoSink);
+        }
+        for s in &g.stages {
+            if s.parallelism > self.max_parallelism {
+                return Err(BuildError::ParallelismTooHigh {
+                    stage: s.name.clone(),
+                    parallelism: s.parallelism,
+                    max: self.max_parallelism,
+                });
+            }
+        }
+        Ok(JobGraph { max_parallelism: self.max_parallelism, stages: g.stages, edges: g.edges })
+    }
+}
+
+/// A stream of `T` inside an open stage.
+pub struct DataStream<T> {
+    graph: Rc<RefCell<GraphBuilder>>,
+    name: String,
+    parallelism: u32,
+    /// The shuffle feeding this stage, told the stage's parallelism at close.
+    input: Option<Arc<dyn Connect>>,
+    is_source: bool,
+    close: CloseStage<T>,
+}
+
+impl<T: Send + 'static> DataStream<T> {
+    /// Sets the parallelism of the current stage (default: the job's).
+    pub fn set_parallelism(mut self, parallelism: u32) -> Self {
+        self.parallelism = parallelism;
+        self
+    }
+
+    /// Appends an operator: `op` wraps the rest of the chain.
+    pub fn transform<U, F>(self, op: F) -> DataStream<U>
+    where
+        U: Send + 'static,
+        F: Fn(&TaskContext, Box<dyn Collector<U>>) -> Result<Box<dyn Collector<T>>, TaskError> + Send + Sync + 'static,
+    {
+        let close_t = self.close;
+        let close: CloseStage<U> = Box::new(move |rest: ChainFactory<U>| {
+            close_t(Arc::new(move |ctx: &TaskContext| {
+                let next = rest(ctx)?;
+                op(ctx, next)
+            }))
+        });
+        DataStream {
+            graph: self.graph,
+            name: self.name,
+            parallelism: self.parallelism,
+            input: self.input,
+            is_source: self.is_source,
+            close,
+        }
+    }
+
+    /// Appends a whole-batch function; map, filter and flat_map are this.
+    pub fn map_batch<U, F>(self, f: F) -> DataStream<U>
+    where
+        U: Send + 'static,
+        F: Fn(Vec<T>) -> Result<Vec<U>, TaskError> + Clone + Send + Sync + 'static,
+    {
+        self.transform(move |_, next| Ok(Box::new(BatchFn::new(f.clone(), next)) as Box<dyn Collector<T>>))
+    }
+
+    pub fn map<U, F>(self, f: F) -> DataStream<U>
+    where
+        U: Send + 'static,
+        F: Fn(T) -> U + Clone + Send + Sync + 'static,
+    {
+        self.map_batch(move |batch: Vec<T>| Ok(batch.into_iter().map(&f).collect()))
+    }
+
+    pub fn filter<F>(self, f: F) -> DataStream<T>
+    where
+        F: Fn(&T) -> bool + Clone + Send + Sync + 'static,
+    {
+        self.map_batch(move |batch: Vec<T>| Ok(batch.into_iter().filter(|r| f(r)).collect()))
+    }
+
+    pub fn flat_map<U, I, F>(self, f: F) -> DataStream<U>
+    where
+        U: Send + 'static,
+        I: IntoIterator<Item = U>,
+        F: Fn(T) -> I + Clone + Send + Sync + 'static,
+    {
+        self.map_batch(move |batch: Vec<T>| Ok(batch.into_iter().flat_map(&f).collect()))
+    }
+
+    fn close_stage(self, rest: ChainFactory<T>) {
+        if let Some(edge) = &self.input {
+            edge.set_downstream(self.parallelism);
+        }
+        let factory = (self.close)(rest);
+        self.graph.borrow_mut().stages.push(StageDef {
+            name: self.name,
+            parallelism: self.parallelism,
+            is_source: self.is_source,
+            factory,
+        });
+    }
+
+    /// Repartitions by key: the records of one key go to one subtask.
+    pub fn key_by<K, F>(self, key: F) -> KeyedStream<K, T>
+    where
+        K: Hash + Eq + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+        F: Fn(&T) -> K + Clone + Send + Sync + 'static,
+    {
+        let edge = Edge::<T>::new(self.parallelism);
+        let graph = self.graph.clone();
+        let parallelism = graph.borrow().parallelism;
+        let route_edge = edge.clone();
+        let route_key = key.clone();
+        self.close_stage(Arc::new(move |ctx: &TaskContext| {
+            let senders = route_edge.take_senders(ctx.subtask())?;
+            Ok(Box::new(KeyRouter::new(route_key.clone(), senders, ctx.max_parallelism, ctx.batch_size))
+                as Box<dyn Collector<T>>)
+        }));
+        graph.borrow_mut().edges.push(edge.clone());
+        KeyedStream { graph, edge, key: Arc::new(key), parallelism }
+    }
+
+    /// Ends the stream in a sink built per subtask.
+    pub fn sink<F>(self, make: F)
+    where
+        F: Fn(&TaskContext) -> Result<Box<dyn Collector<T>>, TaskError> + Send + Sync + 'static,
+    {
+        let graph = self.graph.clone();
+        self.close_stage(Arc::new(make));
+        graph.borrow_mut().sinks += 1;
+    }
+
+    /// Ends the stream in a two-phase-commit sink.
+    pub fn sink_two_phase<S, F>(self, uid: &str, make: F)
+    where
+        S: TwoPhaseCommitSink<T> + 'static,
+        F: Fn(&TaskContext) -> Result<S, TaskError> + Send + Sync + 'static,
+    {
+        let uid = uid.to_string();
+        self.sink(move |ctx| {
+            let sink = make(ctx)?;
+            Ok(Box::new(TwoPhaseCommitCollector::new(uid.clone(), ctx.clone(), sink)) as Box<dyn Collector<T>>)
+        });
+    }
+}
+
+/// A stream partitioned by key.
+pub struct KeyedStream<K, T> {
+    graph: Rc<RefCell<GraphBuilder>>,
+    edge: Arc<Edge<T>>,
+    key: Arc<dyn Fn(&T) -> K + Send + Sync>,
+    parallelism: u32,
+}
+
+impl<K, T> KeyedStream<K, T>
+where
+    K: Hash + Eq + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    T: Send + 'static,
+{
+    /// Runs `function` on every record with the state of its key.
+    pub fn process<O, F>(self, uid: &str, function: F) -> DataStream<O>
+    where
+        O: Send + 'static,
+        F: KeyedProcessFunction<K, T, O> + Sync,
+    {
+        let uid = uid.to_string();
+        let edge = self.edge.clone();
+        let key = self.key.clone();
+        let close: CloseStage<O> = Box::new(move |rest: ChainFactory<O>| -> TaskFactory {
+            Arc::new(move |ctx: TaskContext| {
+                let inputs = edge.take_receivers(ctx.subtask())?;
+                let next = rest(&ctx)?;
+                let key = key.clone();
+                let op = KeyedProcess::new(uid.clone(), ctx.clone(), move |r: &T| key(r), function.clone(), next)?;
+                Ok(Box::new(InputTask { ctx, inputs, chain: Box::new(op) }) as Box<dyn RunnableTask>)
+            })
+        });
+        let name = self.edge_name();
+        DataStream {
+            graph: self.graph,
+            name,
+            parallelism: self.parallelism,
+            input: Some(self.edge as Arc<dyn Connect>),
+            is_source: false,
+            close,
+        }
+    }
+
+    fn edge_name(&self) -> String {
+        format!("stage-{}", self.graph.borrow().stages.len())
+    }
+}
+

@@ -1,0 +1,676 @@
+//! The `StreamJob` manifest: the one definition of a job that `weir run`,
+//! the coordinator and the operator all read.
+//!
+//! The spec types derive both serde and schemars so the CRD schema, the YAML
+//! a user writes and the runtime's view of a job can never drift apart.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+pub const API_VERSION: &str = "weir.dev/v1alpha1";
+pub const KIND: &str = "StreamJob";
+/// Flink's default number of key groups.
+pub const DEFAULT_MAX_PARALLELISM: u32 = 128;
+/// Upper bound of key groups: key groups are stored as `u16`.
+pub const MAX_MAX_PARALLELISM: u32 = 32768;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("cannot read manifest {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("manifest is not a valid StreamJob: {0}")]
+    Parse(String),
+    #[error("manifest has {}: {}", if .0.len() == 1 { "an invalid field" } else { "invalid fields" }, .0.join("; "))]
+    Invalid(Vec<String>),
+}
+
+/// A `StreamJob` exactly as `kubectl apply` would receive it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamJob {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: ObjectMeta,
+    pub spec: StreamJobSpec,
+}
+
+/// The part of Kubernetes object metadata a job run needs; other fields
+/// (labels, annotations) are accepted and ignored.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ObjectMeta {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+}
+
+impl ObjectMeta {
+    pub fn namespace_or_default(&self) -> &str {
+        self.namespace.as_deref().unwrap_or("default")
+    }
+}
+
+/// What a user asks for: the job, how wide it runs, how it checkpoints.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StreamJobSpec {
+    /// Number of parallel subtasks of every operator.
+    #[serde(default = "default_parallelism")]
+    #[schemars(range(min = 1, max = 32768))]
+    pub parallelism: u32,
+    /// Number of key groups: the upper bound for parallelism and the unit in
+    /// which keyed state is redistributed when parallelism changes. Changing
+    /// it discards the compatibility of existing checkpoints.
+    #[serde(default = "default_max_parallelism")]
+    #[schemars(range(min = 1, max = 32768))]
+    pub max_parallelism: u32,
+    #[serde(default)]
+    pub checkpoints: CheckpointOptions,
+    /// What happens to a record that cannot be parsed or processed.
+    #[serde(default)]
+    pub error_policy: ErrorPolicy,
+    /// The job, declared without compiling anything.
+    pub pipeline: PipelineSpec,
+}
+
+fn default_parallelism() -> u32 {
+    1
+}
+fn default_max_parallelism() -> u32 {
+    DEFAULT_MAX_PARALLELISM
+}
+
+/// Checkpointing, with Apache Flink's option names and defaults.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CheckpointOptions {
+    /// Time between checkpoint triggers; `0s` disables periodic checkpoints
+    /// (a bounded job still takes one final checkpoint to commit its sinks).
+    #[serde(default = "default_interval")]
+    pub interval: HumanDuration,
+    #[serde(default)]
+    pub mode: CheckpointMode,
+    /// A checkpoint not completed within this time is aborted.
+    #[serde(default = "default_timeout")]
+    pub timeout: HumanDuration,
+    /// Least time between the end of one checkpoint and the next trigger.
+    #[serde(default = "default_min_pause")]
+    pub min_pause: HumanDuration,
+    /// Checkpoints that may be in progress at once.
+    #[serde(default = "default_one")]
+    #[schemars(range(min = 1))]
+    pub max_concurrent: u32,
+    /// Consecutive failed checkpoints tolerated before the job fails.
+    #[serde(default)]
+    pub tolerable_failures: u32,
+    /// Completed checkpoints kept in storage. Two (Flink keeps one) so that a
+    /// damaged newest checkpoint can fall back to the one before.
+    #[serde(default = "default_retained")]
+    #[schemars(range(min = 1))]
+    pub retained: u32,
+    /// Where checkpoints go: `file://PATH`, `s3://BUCKET/PREFIX` or
+    /// `hdfs://NAMENODE/PATH`. Checkpoints of a job live under
+    /// `<storage>/<namespace>/<name>/`.
+    #[serde(default = "default_storage")]
+    pub storage: String,
+}
+
+fn default_interval() -> HumanDuration {
+    HumanDuration(Duration::from_secs(10))
+}
+fn default_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(600))
+}
+fn default_min_pause() -> HumanDuration {
+    HumanDuration(Duration::ZERO)
+}
+fn default_one() -> u32 {
+    1
+}
+fn default_retained() -> u32 {
+    2
+}
+fn default_storage() -> String {
+    "file://./weir-data".to_string()
+}
+
+impl Default for CheckpointOptions {
+    fn default() -> Self {
+        CheckpointOptions {
+            interval: default_interval(),
+            mode: CheckpointMode::default(),
+            timeout: default_timeout(),
+            min_pause: default_min_pause(),
+            max_concurrent: 1,
+            tolerable_failures: 0,
+            retained: default_retained(),
+            storage: default_storage(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
+pub enum CheckpointMode {
+    /// Barriers are aligned: every record affects state and output once.
+    #[default]
+    ExactlyOnce,
+    /// Barriers are not aligned: nothing is lost, records after a failure
+    /// may be counted twice.
+    AtLeastOnce,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ErrorPolicy {
+    #[serde(default)]
+    pub on_bad_record: BadRecordAction,
+    /// Directory for rejected records when `onBadRecord: deadLetter`. It is
+    /// written transactionally, like a file sink.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter_path: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum BadRecordAction {
+    /// The job fails, naming the record.
+    #[default]
+    Fail,
+    /// The record is dropped and counted.
+    Skip,
+    /// The record is written to the dead-letter directory and counted.
+    DeadLetter,
+}
+
+/// A job declared as source -> steps -> sink.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PipelineSpec {
+    pub source: SourceSpec,
+    #[serde(default)]
+    pub steps: Vec<StepSpec>,
+    pub sink: SinkSpec,
+}
+
+/// Exactly one field is set (the Kubernetes way of writing a union).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SourceSpec {
+    /// Deterministic records `{"seq", "key", "value"}`: replaying from an
+    /// offset yields the same records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generator: Option<GeneratorSpec>,
+    /// JSON objects, one per line, read from files and replayed by offset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<FileSourceSpec>,
+}
+
+/// The source a [`SourceSpec`] sets.
+#[derive(Debug, Clone, Copy)]
+pub enum SourceKind<'a> {
+    Generator(&'a GeneratorSpec),
+    File(&'a FileSourceSpec),
+}
+
+impl SourceSpec {
+    pub fn kind(&self) -> Result<SourceKind<'_>, String> {
+        match (&self.generator, &self.file) {
+            (Some(g), None) => Ok(SourceKind::Generator(g)),
+            (None, Some(f)) => Ok(SourceKind::File(f)),
+            _ => Err("expected exactly one of generator, file".into()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GeneratorSpec {
+    /// Number of distinct keys (`k0` .. `k{keys-1}`).
+    #[schemars(range(min = 1))]
+    pub keys: u64,
+    /// Records per second over all subtasks; 0 means as fast as possible.
+    #[serde(default)]
+    pub rate: u64,
+    /// Total records; absent means unbounded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
+    /// Independent replayable splits; fixed for the life of the job so that
+    /// positions survive a change of parallelism.
+    #[serde(default = "default_splits")]
+    #[schemars(range(min = 1))]
+    pub splits: u32,
+}
+
+fn default_splits() -> u32 {
+    8
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FileSourceSpec {
+    /// A file, or a directory whose `*.jsonl` / `*.json` files are read in
+    /// name order; each file is one split.
+    pub path: String,
+}
+
+/// One step; exactly one field is set.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StepSpec {
+    /// Repartition by the value of a field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_by: Option<KeyBySpec>,
+    /// Running aggregates per key (needs a preceding `keyBy`); emits the
+    /// updated aggregate for every input record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aggregate: Option<AggregateSpec>,
+}
+
+/// The step a [`StepSpec`] sets.
+#[derive(Debug, Clone, Copy)]
+pub enum StepKind<'a> {
+    KeyBy(&'a KeyBySpec),
+    Aggregate(&'a AggregateSpec),
+}
+
+impl StepSpec {
+    pub fn kind(&self) -> Result<StepKind<'_>, String> {
+        match (&self.key_by, &self.aggregate) {
+            (Some(k), None) => Ok(StepKind::KeyBy(k)),
+            (None, Some(a)) => Ok(StepKind::Aggregate(a)),
+            _ => Err("expected exactly one of keyBy, aggregate".into()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KeyBySpec {
+    pub field: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AggregateSpec {
+    /// Emit `count`, the number of records of the key so far.
+    #[serde(default)]
+    pub count: bool,
+    /// Fields to sum; emitted as `sum_<field>`.
+    #[serde(default)]
+    pub sum: Vec<String>,
+    /// Fields to take the minimum of; emitted as `min_<field>`.
+    #[serde(default)]
+    pub min: Vec<String>,
+    /// Fields to take the maximum of; emitted as `max_<field>`.
+    #[serde(default)]
+    pub max: Vec<String>,
+}
+
+/// Exactly one field is set.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SinkSpec {
+    /// Exactly-once JSON-lines files: a part file per subtask and checkpoint,
+    /// visible only once its checkpoint completed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<FileSinkSpec>,
+    /// Prints records as JSON lines as they arrive (at-least-once: records
+    /// replayed after a failure are printed again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdout: Option<StdoutSinkSpec>,
+}
+
+/// The sink a [`SinkSpec`] sets.
+#[derive(Debug, Clone, Copy)]
+pub enum SinkKind<'a> {
+    File(&'a FileSinkSpec),
+    Stdout(&'a StdoutSinkSpec),
+}
+
+impl SinkSpec {
+    pub fn kind(&self) -> Result<SinkKind<'_>, String> {
+        match (&self.file, &self.stdout) {
+            (Some(f), None) => Ok(SinkKind::File(f)),
+            (None, Some(s)) => Ok(SinkKind::Stdout(s)),
+            _ => Err("expected exactly one of file, stdout".into()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FileSinkSpec {
+    pub path: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StdoutSinkSpec {}
+
+/// A duration written the way people write them: `500ms`, `1s`, `10m`, `1h 30m`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct HumanDuration(pub Duration);
+
+impl HumanDuration {
+    pub fn get(self) -> Duration {
+        self.0
+    }
+}
+
+impl fmt::Display for HumanDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_zero() {
+            return f.write_str("0s");
+        }
+        write!(f, "{}", humantime::format_duration(self.0))
+    }
+}
+
+impl FromStr for HumanDuration {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        humantime::parse_duration(s.trim())
+            .map(HumanDuration)
+            .map_err(|e| format!("expected a duration such as `500ms`, `1s` or `10m`, got `{s}` ({e})"))
+    }
+}
+
+impl Serialize for HumanDuration {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl JsonSchema for HumanDuration {
+    fn schema_name() -> Cow<'static, str> {
+        "Duration".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": "string",
+            "pattern": "^\\s*([0-9]+\\s*(ns|us|ms|s|sec|m|min|h|hr|d)\\s*)+$",
+            "description": "A duration such as `500ms`, `1s`, `10m` or `1h 30m`."
+        })
+    }
+}
+
+impl StreamJob {
+    /// Reads and validates a manifest file.
+    pub fn from_file(path: &std::path::Path) -> Result<StreamJob, ManifestError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_yaml(&text)
+    }
+
+    /// Parses and validates a manifest; errors name the offending field.
+    pub fn from_yaml(text: &str) -> Result<StreamJob, ManifestError> {
+        let job: StreamJob =
+            serde_yaml::from_str(text).map_err(|e| ManifestError::Parse(e.to_string()))?;
+        job.validate()?;
+        Ok(job)
+    }
+
+    /// Checks what the schema cannot express. Every message starts with the
+    /// field's path.
+    pub fn validate(&self) -> Result<(), ManifestError> {
+        let mut errors = Vec::new();
+        if self.api_version != API_VERSION {
+            errors.push(format!(
+                "apiVersion: expected `{API_VERSION}`, got `{}`",
+                self.api_version
+            ));
+        }
+        if self.kind != KIND {
+            errors.push(format!("kind: expected `{KIND}`, got `{}`", self.kind));
+        }
+        if self.metadata.name.is_empty() {
+            errors.push("metadata.name: required, must be a non-empty name".into());
+        } else if !is_dns_label(&self.metadata.name) {
+            errors.push(format!(
+                "metadata.name: expected a DNS label (lowercase letters, digits, '-'), got `{}`",
+                self.metadata.name
+            ));
+        }
+        errors.extend(self.spec.problems());
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ManifestError::Invalid(errors))
+        }
+    }
+}
+
+fn is_dns_label(s: &str) -> bool {
+    s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+impl StreamJobSpec {
+    /// Problems with the spec, each naming its field; empty when valid.
+    pub fn problems(&self) -> Vec<String> {
+        let mut errors = Vec::new();
+        if self.max_parallelism == 0 || self.max_parallelism > MAX_MAX_PARALLELISM {
+            errors.push(format!(
+                "spec.maxParallelism: expected 1..={MAX_MAX_PARALLELISM}, got {}",
+                self.max_parallelism
+            ));
+        }
+        if self.parallelism == 0 {
+            errors.push("spec.parallelism: expected at least 1, got 0".into());
+        } else if self.parallelism > self.max_parallelism {
+            errors.push(format!(
+                "spec.parallelism: {} exceeds spec.maxParallelism {}",
+                self.parallelism, self.max_parallelism
+            ));
+        }
+        let c = &self.checkpoints;
+        if c.max_concurrent == 0 {
+            errors.push("spec.checkpoints.maxConcurrent: expected at least 1, got 0".into());
+        }
+        if c.retained == 0 {
+            errors.push("spec.checkpoints.retained: expected at least 1, got 0".into());
+        }
+        if c.timeout.0.is_zero() {
+            errors.push("spec.checkpoints.timeout: expected more than 0s".into());
+        }
+        if let Err(e) = crate::storage::StorageUri::parse(&c.storage) {
+            errors.push(format!("spec.checkpoints.storage: {e}"));
+        }
+        if self.error_policy.on_bad_record == BadRecordAction::DeadLetter
+            && self.error_policy.dead_letter_path.is_none()
+        {
+            errors.push(
+                "spec.errorPolicy.deadLetterPath: required when onBadRecord is deadLetter".into(),
+            );
+        }
+        errors.extend(self.pipeline.problems());
+        errors
+    }
+}
+
+impl PipelineSpec {
+    fn problems(&self) -> Vec<String> {
+        let mut errors = Vec::new();
+        match self.source.kind() {
+            Err(e) => errors.push(format!("spec.pipeline.source: {e}")),
+            Ok(SourceKind::Generator(g)) => {
+                if g.keys == 0 {
+                    errors.push("spec.pipeline.source.generator.keys: expected at least 1, got 0".into());
+                }
+                if g.splits == 0 {
+                    errors.push("spec.pipeline.source.generator.splits: expected at least 1, got 0".into());
+                }
+            }
+            Ok(SourceKind::File(f)) => {
+                if f.path.is_empty() {
+                    errors.push("spec.pipeline.source.file.path: required, got an empty path".into());
+                }
+            }
+        }
+        let mut keyed = false;
+        for (i, step) in self.steps.iter().enumerate() {
+            match step.kind() {
+                Err(e) => errors.push(format!("spec.pipeline.steps[{i}]: {e}")),
+                Ok(StepKind::KeyBy(k)) => {
+                    if k.field.is_empty() {
+                        errors.push(format!("spec.pipeline.steps[{i}].keyBy.field: required, got an empty name"));
+                    }
+                    keyed = true;
+                }
+                Ok(StepKind::Aggregate(a)) => {
+                    if !keyed {
+                        errors.push(format!(
+                            "spec.pipeline.steps[{i}].aggregate: needs a keyBy step before it"
+                        ));
+                    }
+                    if !a.count && a.sum.is_empty() && a.min.is_empty() && a.max.is_empty() {
+                        errors.push(format!(
+                            "spec.pipeline.steps[{i}].aggregate: expected at least one of count, sum, min, max"
+                        ));
+                    }
+                    keyed = false;
+                }
+            }
+        }
+        match self.sink.kind() {
+            Err(e) => errors.push(format!("spec.pipeline.sink: {e}")),
+            Ok(SinkKind::File(f)) if f.path.is_empty() => {
+                errors.push("spec.pipeline.sink.file.path: required, got an empty path".into())
+            }
+            Ok(_) => {}
+        }
+        errors
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+apiVersion: weir.dev/v1alpha1
+kind: StreamJob
+metadata:
+  name: counts
+spec:
+  parallelism: 2
+  checkpoints:
+    interval: 1s
+  pipeline:
+    source:
+      generator: {keys: 10, count: 100}
+    steps:
+      - keyBy: {field: key}
+      - aggregate: {count: true, sum: [value]}
+    sink:
+      file: {path: ./out}
+"#;
+
+    #[test]
+    fn parses_a_manifest_with_flink_defaults_filled_in() {
+        let job = StreamJob::from_yaml(GOOD).unwrap();
+        assert_eq!(job.spec.parallelism, 2);
+        assert_eq!(job.spec.max_parallelism, 128);
+        assert_eq!(job.spec.checkpoints.interval.get(), Duration::from_secs(1));
+        assert_eq!(job.spec.checkpoints.mode, CheckpointMode::ExactlyOnce);
+        assert_eq!(job.spec.checkpoints.timeout.get(), Duration::from_secs(600));
+        assert_eq!(job.spec.checkpoints.max_concurrent, 1);
+        assert_eq!(job.metadata.namespace_or_default(), "default");
+    }
+
+    #[test]
+    fn rejects_zero_parallelism_naming_the_field() {
+        let text = GOOD.replace("parallelism: 2", "parallelism: 0");
+        let err = StreamJob::from_yaml(&text).unwrap_err().to_string();
+        assert!(err.contains("spec.parallelism"), "{err}");
+        assert!(err.contains("at least 1"), "{err}");
+    }
+
+    #[test]
+    fn rejects_negative_parallelism_naming_the_field() {
+        let text = GOOD.replace("parallelism: 2", "parallelism: -3");
+        let err = StreamJob::from_yaml(&text).unwrap_err().to_string();
+        assert!(err.contains("spec.parallelism"), "{err}");
+    }
+
+    #[test]
+    fn rejects_unknown_checkpoint_mode_listing_the_choices() {
+        let text = GOOD.replace("interval: 1s", "interval: 1s\n    mode: Exactly");
+        let err = StreamJob::from_yaml(&text).unwrap_err().to_string();
+        assert!(err.contains("spec.checkpoints.mode"), "{err}");
+        assert!(err.contains("ExactlyOnce"), "{err}");
+    }
+
+    #[test]
+    fn rejects_a_misspelled_field() {
+        let text = GOOD.replace("interval: 1s", "intervall: 1s");
+        let err = StreamJob::from_yaml(&text).unwrap_err().to_string();
+        assert!(err.contains("intervall"), "{err}");
+    }
+
+    #[test]
+    fn rejects_a_malformed_duration_saying_what_is_expected() {
+        let text = GOOD.replace("interval: 1s", "interval: soon");
+        let err = StreamJob::from_yaml(&text).unwrap_err().to_string();
+        assert!(err.contains("spec.checkpoints.interval"), "{err}");
+        assert!(err.contains("expected a duration"), "{err}");
+    }
+
+    #[test]
+    fn rejects_aggregate_without_key_by() {
+        let text = GOOD.replace("      - keyBy: {field: key}\n", "");
+        let err = StreamJob::from_yaml(&text).unwrap_err().to_string();
+        assert!(err.contains("spec.pipeline.steps[0].aggregate"), "{err}");
+    }
+
+    #[test]
+    fn rejects_a_source_with_two_kinds_set() {
+        let text = GOOD.replace("generator: {keys: 10, count: 100}", "generator: {keys: 10}\n      file: {path: x}");
+        let err = StreamJob::from_yaml(&text).unwrap_err().to_string();
+        assert!(err.contains("spec.pipeline.source: expected exactly one of generator, file"), "{err}");
+    }
+
+    #[test]
+    fn rejects_dead_letter_policy_without_a_path() {
+        let text = GOOD.replace("  pipeline:", "  errorPolicy: {onBadRecord: deadLetter}\n  pipeline:");
+        let err = StreamJob::from_yaml(&text).unwrap_err().to_string();
+        assert!(err.contains("spec.errorPolicy.deadLetterPath"), "{err}");
+    }
+
+    #[test]
+    fn rejects_parallelism_above_max_parallelism() {
+        let text = GOOD.replace("parallelism: 2", "parallelism: 200");
+        let err = StreamJob::from_yaml(&text).unwrap_err().to_string();
+        assert!(err.contains("exceeds spec.maxParallelism 128"), "{err}");
+    }
+
+    #[test]
+    fn durations_round_trip_through_yaml() {
+        for s in ["500ms", "1s", "10m", "1h 30m", "0s"] {
+            let d: HumanDuration = s.parse().unwrap();
+            let back: HumanDuration = serde_yaml::from_str(&serde_yaml::to_string(&d).unwrap()).unwrap();
+            assert_eq!(d, back, "{s}");
+        }
+    }
+}

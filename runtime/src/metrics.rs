@@ -1,0 +1,45 @@
+//! Job counters, read by the progress line and (later) the metrics endpoint.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+/// A completed checkpoint, as shown to users.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompletedCheckpoint {
+    pub id: u64,
+    pub path: String,
+    pub completed_at_ms: u64,
+    pub duration_ms: u64,
+    pub size_bytes: u64,
+}
+
+#[derive(Debug, Default)]
+pub struct JobMetrics {
+    pub records_in: AtomicU64,
+    pub records_out: AtomicU64,
+    pub bad_records_skipped: AtomicU64,
+    pub bad_records_dead_lettered: AtomicU64,
+    pub checkpoints_completed: AtomicU64,
+    pub checkpoints_failed: AtomicU64,
+    pub last_checkpoint: Mutex<Option<CompletedCheckpoint>>,
+}
+
+impl JobMetrics {
+    pub fn add(counter: &AtomicU64, n: usize) {
+        counter.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+
+    pub fn last_checkpoint(&self) -> Option<CompletedCheckpoint> {
+        self.last_checkpoint.lock().ok().and_then(|g| g.clone())
+    }
+
+    pub fn set_last_checkpoint(&self, c: CompletedCheckpoint) {
+        if let Ok(mut g) = self.last_checkpoint.lock() {
+            *g = Some(c);
+        }
+    }
+}

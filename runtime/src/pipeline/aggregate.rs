@@ -1,0 +1,153 @@
+//! Running aggregates per key, emitted as an update for every record.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::not_a_number;
+use crate::manifest::AggregateSpec;
+use crate::operators::KeyedProcessFunction;
+use crate::record::Row;
+use crate::task::TaskError;
+
+/// A number that stays an exact integer while every input is one.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub enum Num {
+    Int(i64),
+    Float(f64),
+}
+
+impl Num {
+    fn from_json(v: &Value) -> Option<Num> {
+        match v {
+            Value::Number(n) => n.as_i64().map(Num::Int).or_else(|| n.as_f64().map(Num::Float)),
+            _ => None,
+        }
+    }
+
+    fn as_f64(self) -> f64 {
+        match self {
+            Num::Int(i) => i as f64,
+            Num::Float(f) => f,
+        }
+    }
+
+    fn add(self, other: Num) -> Num {
+        match (self, other) {
+            (Num::Int(a), Num::Int(b)) => a.checked_add(b).map_or(Num::Float(a as f64 + b as f64), Num::Int),
+            (a, b) => Num::Float(a.as_f64() + b.as_f64()),
+        }
+    }
+
+    fn to_json(self) -> Value {
+        match self {
+            Num::Int(i) => Value::from(i),
+            Num::Float(f) => Value::from(f),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AggState {
+    count: u64,
+    sum: Vec<Num>,
+    min: Vec<Option<Num>>,
+    max: Vec<Option<Num>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Aggregate {
+    key_field: String,
+    count: bool,
+    sum: Vec<String>,
+    min: Vec<String>,
+    max: Vec<String>,
+}
+
+impl Aggregate {
+    pub fn new(key_field: &str, spec: &AggregateSpec) -> Aggregate {
+        Aggregate {
+            key_field: key_field.into(),
+            count: spec.count,
+            sum: spec.sum.clone(),
+            min: spec.min.clone(),
+            max: spec.max.clone(),
+        }
+    }
+}
+
+fn field(row: &Row, name: &str, key: &str) -> Result<Num, TaskError> {
+    row.get(name).and_then(Num::from_json).ok_or_else(|| not_a_number(name, key))
+}
+
+impl KeyedProcessFunction<String, Row, Row> for Aggregate {
+    type State = AggState;
+
+    fn process(&mut self, key: &String, row: Row, s: &mut AggState, out: &mut Vec<Row>) -> Result<(), TaskError> {
+        if s.sum.len() != self.sum.len() {
+            s.sum = vec![Num::Int(0); self.sum.len()];
+            s.min = vec![None; self.min.len()];
+            s.max = vec![None; self.max.len()];
+        }
+        s.count += 1;
+        for (acc, f) in s.sum.iter_mut().zip(&self.sum) {
+            *acc = acc.add(field(&row, f, key)?);
+        }
+        for (acc, f) in s.min.iter_mut().zip(&self.min) {
+            let v = field(&row, f, key)?;
+            if acc.is_none_or(|m| v.as_f64() < m.as_f64()) {
+                *acc = Some(v);
+            }
+        }
+        for (acc, f) in s.max.iter_mut().zip(&self.max) {
+            let v = field(&row, f, key)?;
+            if acc.is_none_or(|m| v.as_f64() > m.as_f64()) {
+                *acc = Some(v);
+            }
+        }
+        let mut o = Map::new();
+        o.insert(self.key_field.clone(), Value::from(key.clone()));
+        if self.count {
+            o.insert("count".into(), Value::from(s.count));
+        }
+        for (f, acc) in self.sum.iter().zip(&s.sum) {
+            o.insert(format!("sum_{f}"), acc.to_json());
+        }
+        for (f, acc) in self.min.iter().zip(&s.min) {
+            o.insert(format!("min_{f}"), acc.map_or(Value::Null, Num::to_json));
+        }
+        for (f, acc) in self.max.iter().zip(&s.max) {
+            o.insert(format!("max_{f}"), acc.map_or(Value::Null, Num::to_json));
+        }
+        out.push(Value::Object(o));
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn emits_running_count_sum_min_max_for_each_record() {
+        let spec = AggregateSpec { count: true, sum: vec!["v".into()], min: vec!["v".into()], max: vec!["v".into()] };
+        let mut agg = Aggregate::new("key", &spec);
+        let mut state = AggState::default();
+        let mut out = Vec::new();
+        for v in [5, -2, 9] {
+            agg.process(&"a".to_string(), json!({"key": "a", "v": v}), &mut state, &mut out).unwrap();
+        }
+        assert_eq!(out[2], json!({"key": "a", "count": 3, "sum_v": 12, "min_v": -2, "max_v": 9}));
+    }
+
+    #[test]
+    fn a_non_numeric_field_fails_naming_the_field_and_key() {
+        let spec = AggregateSpec { sum: vec!["v".into()], ..Default::default() };
+        let mut agg = Aggregate::new("key", &spec);
+        let err = agg
+            .process(&"a".to_string(), json!({"v": "x"}), &mut AggState::default(), &mut Vec::new())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("field `v`") && err.contains("key `a`"), "{err}");
+    }
+}

@@ -1,0 +1,122 @@
+//! Declared pipelines (`spec.pipeline`) turned into jobs of the typed API.
+//!
+//! # Layout
+//! - [`aggregate`]: running count/sum/min/max per key.
+//! - [`bad_records`]: the error policy for records that cannot be processed.
+//!
+//! Operator uids are derived from positions in the manifest (`source`,
+//! `steps-1-aggregate`, `sink`), so a checkpoint of one run of a manifest
+//! restores into the next.
+
+pub mod aggregate;
+pub mod bad_records;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde_json::json;
+
+use crate::connectors::file_source::FileSource;
+use crate::connectors::generator::generated;
+use crate::connectors::print::StdoutSink;
+use crate::connectors::{FileSink, GeneratorSource};
+use crate::dataflow::{BuildError, DataStream, JobGraph, StreamEnv};
+use crate::manifest::{SinkKind, SourceKind, StepKind, StepSpec, StreamJobSpec};
+use crate::record::{key_of, BadRecord, FieldRule, Row};
+use crate::task::source_task::Source;
+use crate::task::{Collector, TaskError};
+use aggregate::Aggregate;
+use bad_records::BadRecordHandler;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("spec.pipeline: {0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Build(#[from] BuildError),
+}
+
+/// The job a manifest's `spec.pipeline` declares.
+pub fn build(spec: &StreamJobSpec) -> Result<JobGraph, PipelineError> {
+    let env = StreamEnv::new(spec.parallelism, spec.max_parallelism);
+    let source: DataStream<Result<Row, BadRecord>> = match spec.pipeline.source.kind().map_err(PipelineError::Invalid)? {
+        SourceKind::Generator(g) => {
+            let g = g.clone();
+            env.source("source", move |ctx, restored| {
+                let keys = g.keys;
+                let make = Arc::new(move |seq: u64| {
+                    let (key, value) = generated(seq, keys);
+                    Ok(json!({"seq": seq, "key": format!("k{key}"), "value": value}))
+                });
+                let src = GeneratorSource::new(ctx, restored, g.splits, g.count, g.rate, make)?;
+                Ok(Box::new(src) as Box<dyn Source<Result<Row, BadRecord>>>)
+            })
+        }
+        SourceKind::File(f) => {
+            let path = PathBuf::from(&f.path);
+            env.source("source", move |ctx, restored| {
+                Ok(Box::new(FileSource::new(ctx, restored, &path)?) as Box<dyn Source<Result<Row, BadRecord>>>)
+            })
+        }
+    };
+
+    let rules = field_rules(&spec.pipeline.steps);
+    let policy = spec.error_policy.clone();
+    let mut stream: DataStream<Row> = source.transform(move |ctx, next| {
+        Ok(Box::new(BadRecordHandler::new(
+            "bad-records",
+            ctx.clone(),
+            policy.on_bad_record,
+            policy.dead_letter_path.as_deref(),
+            rules.clone(),
+            next,
+        )) as Box<dyn Collector<Result<Row, BadRecord>>>)
+    });
+
+    let mut key_field: Option<String> = None;
+    for (i, step) in spec.pipeline.steps.iter().enumerate() {
+        match step.kind().map_err(PipelineError::Invalid)? {
+            StepKind::KeyBy(k) => key_field = Some(k.field.clone()),
+            StepKind::Aggregate(a) => {
+                let Some(field) = key_field.take() else { continue };
+                let key_name = field.clone();
+                let keyed = stream.key_by(move |row: &Row| key_of(row, &key_name).unwrap_or_default());
+                stream = keyed.process(&format!("steps-{i}-aggregate"), Aggregate::new(&field, a));
+            }
+        }
+    }
+    match spec.pipeline.sink.kind().map_err(PipelineError::Invalid)? {
+        SinkKind::File(f) => {
+            let dir = PathBuf::from(&f.path);
+            stream.sink_two_phase("sink", move |ctx| Ok(FileSink::<Row>::new(dir.clone(), "part", ctx.subtask())));
+        }
+        SinkKind::Stdout(_) => {
+            stream.sink(|ctx| Ok(Box::new(StdoutSink::<Row>::new(ctx.clone())) as Box<dyn Collector<Row>>));
+        }
+    }
+    Ok(env.build()?)
+}
+
+/// What records must carry for the steps up to the first aggregate; later
+/// steps read the aggregate's own output, which always has its fields.
+fn field_rules(steps: &[StepSpec]) -> Vec<FieldRule> {
+    let mut rules = Vec::new();
+    for step in steps {
+        match step.kind() {
+            Ok(StepKind::KeyBy(k)) => rules.push(FieldRule::Key(k.field.clone())),
+            Ok(StepKind::Aggregate(a)) => {
+                for f in a.sum.iter().chain(&a.min).chain(&a.max) {
+                    rules.push(FieldRule::Number(f.clone()));
+                }
+                break;
+            }
+            Err(_) => break,
+        }
+    }
+    rules
+}
+
+/// The error a failing aggregate reports for a non-numeric field.
+pub(crate) fn not_a_number(field: &str, key: &str) -> TaskError {
+    TaskError::BadRecord { record: format!("with key `{key}`"), reason: format!("field `{field}` is not a number") }
+}

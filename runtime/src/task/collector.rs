@@ -1,0 +1,103 @@
+//! The interface of chained operators, and what a task needs to know.
+//!
+//! Operators in one task are chained push-style: each gets a batch and
+//! pushes its output to the next. Barriers travel the same path after the
+//! batches before them, so each operator snapshots at the right point.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use super::error::TaskError;
+use super::message::{Barrier, TaskId};
+use crate::checkpoint::store::RestoredCheckpoint;
+use crate::faults::Faults;
+use crate::keygroup::KeyGroupRange;
+use crate::manifest::CheckpointMode;
+use crate::metrics::JobMetrics;
+use crate::state::snapshot::CodecError;
+
+/// Everything a subtask and its operators are built with.
+#[derive(Clone)]
+pub struct TaskContext {
+    pub id: TaskId,
+    pub max_parallelism: u32,
+    pub key_groups: KeyGroupRange,
+    pub mode: CheckpointMode,
+    /// The checkpoint this run restores from, if any.
+    pub restored: Option<Arc<RestoredCheckpoint>>,
+    pub metrics: Arc<JobMetrics>,
+    pub faults: Faults,
+    /// Records per batch that sources and shuffles aim for.
+    pub batch_size: usize,
+    /// Batches buffered per channel before the sender waits.
+    pub channel_capacity: usize,
+}
+
+impl TaskContext {
+    pub fn subtask(&self) -> u32 {
+        self.id.subtask
+    }
+    pub fn parallelism(&self) -> u32 {
+        self.id.parallelism
+    }
+    pub fn restored_id(&self) -> Option<u64> {
+        self.restored.as_ref().map(|r| r.id)
+    }
+}
+
+/// Encodes keyed state off the task thread.
+pub type KeyedEncoder = Box<dyn FnOnce() -> Result<Vec<(u16, Vec<u8>)>, CodecError> + Send>;
+
+/// One operator's part of a task snapshot.
+pub struct OperatorSnapshot {
+    pub uid: String,
+    pub keyed: Option<KeyedEncoder>,
+    pub list: Vec<Vec<u8>>,
+    pub union: Vec<Vec<u8>>,
+}
+
+/// The operators' snapshots taken at one barrier, written after the task moved on.
+#[derive(Default)]
+pub struct TaskSnapshot {
+    pub operators: Vec<OperatorSnapshot>,
+}
+
+impl TaskSnapshot {
+    pub fn add(&mut self, op: OperatorSnapshot) {
+        self.operators.push(op);
+    }
+}
+
+/// A chained operator, or the end of a chain (a shuffle or a sink).
+#[async_trait]
+pub trait Collector<T: Send + 'static>: Send {
+    /// Called once before any task runs: restore-time side effects (a sink
+    /// committing restored transactions) happen here.
+    async fn open(&mut self) -> Result<(), TaskError>;
+    async fn collect(&mut self, batch: Vec<T>) -> Result<(), TaskError>;
+    /// Snapshot own state into `snapshot`, then pass the barrier on.
+    async fn barrier(&mut self, barrier: Barrier, snapshot: &mut TaskSnapshot) -> Result<(), TaskError>;
+    async fn checkpoint_complete(&mut self, id: u64) -> Result<(), TaskError>;
+    async fn end_of_input(&mut self) -> Result<(), TaskError>;
+}
+
+/// Boxed collectors forward, so chains can be assembled from trait objects.
+#[async_trait]
+impl<T: Send + 'static> Collector<T> for Box<dyn Collector<T>> {
+    async fn open(&mut self) -> Result<(), TaskError> {
+        (**self).open().await
+    }
+    async fn collect(&mut self, batch: Vec<T>) -> Result<(), TaskError> {
+        (**self).collect(batch).await
+    }
+    async fn barrier(&mut self, barrier: Barrier, snapshot: &mut TaskSnapshot) -> Result<(), TaskError> {
+        (**self).barrier(barrier, snapshot).await
+    }
+    async fn checkpoint_complete(&mut self, id: u64) -> Result<(), TaskError> {
+        (**self).checkpoint_complete(id).await
+    }
+    async fn end_of_input(&mut self) -> Result<(), TaskError> {
+        (**self).end_of_input().await
+    }
+}

@@ -1,0 +1,66 @@
+use std::fmt;
+use std::sync::Arc;
+
+use crate::checkpoint::store::StateFileMetadata;
+
+/// A checkpoint barrier: everything before it belongs to checkpoint `id`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Barrier {
+    pub id: u64,
+    pub timestamp_ms: u64,
+}
+
+/// What flows on a data channel between two subtasks.
+#[derive(Debug)]
+pub enum Message<T> {
+    Batch(Vec<T>),
+    Barrier(Barrier),
+    /// The upstream subtask has no more records.
+    End,
+}
+
+/// What the coordinator tells a subtask.
+#[derive(Debug, Clone)]
+pub enum Control {
+    /// Sources only: take a snapshot and emit this barrier.
+    Trigger(Barrier),
+    /// Checkpoint `id` is complete: commit what it covers.
+    Complete(u64),
+    /// Checkpoint `id` was aborted: stop aligning for it.
+    Abort(u64),
+    /// Finish: sources emit end-of-input, the rest exit once it arrived.
+    Stop,
+}
+
+/// Identity of a subtask.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TaskId {
+    pub stage: usize,
+    pub name: Arc<str>,
+    pub subtask: u32,
+    pub parallelism: u32,
+}
+
+impl fmt::Display for TaskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({}/{})", self.name, self.subtask + 1, self.parallelism)
+    }
+}
+
+/// A state file a subtask wrote for a checkpoint.
+#[derive(Debug, Clone)]
+pub struct WrittenState {
+    pub uid: String,
+    pub parallelism: u32,
+    pub file: StateFileMetadata,
+}
+
+/// What a subtask tells the coordinator.
+#[derive(Debug)]
+pub enum Event {
+    Ack { checkpoint: u64, task: TaskId, files: Vec<WrittenState> },
+    Decline { checkpoint: u64, task: TaskId, reason: String },
+    SourceExhausted(TaskId),
+    /// A background part of a task (a snapshot writer) failed fatally.
+    Failed { task: TaskId, reason: String },
+}

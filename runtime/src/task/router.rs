@@ -1,0 +1,176 @@
+//! The key-by shuffle: channels between two stages and the collector that
+//! partitions a task's output over them by key group.
+
+use std::hash::Hash;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use tokio::sync::mpsc::{channel, Receiver, Sender};
+
+use super::collector::{Collector, TaskSnapshot};
+use super::error::TaskError;
+use super::message::{Barrier, Message};
+use crate::keygroup::{key_group_of_hash, key_hash, subtask_for_key_group};
+
+type Senders<T> = Vec<Sender<Message<T>>>;
+type Receivers<T> = Vec<Receiver<Message<T>>>;
+
+/// The bounded channels between every upstream and every downstream
+/// subtask of one shuffle, made afresh for each run of the job.
+pub struct Edge<T> {
+    inner: Mutex<EdgeInner<T>>,
+}
+
+struct EdgeInner<T> {
+    upstream: u32,
+    downstream: u32,
+    senders: Vec<Option<Senders<T>>>,
+    receivers: Vec<Option<Receivers<T>>>,
+}
+
+/// Wiring of an edge, independent of its record type.
+pub trait Connect: Send + Sync {
+    /// Records the receiving stage's parallelism (known once it is built).
+    fn set_downstream(&self, parallelism: u32);
+    /// Makes fresh channels for a run of the job.
+    fn connect(&self, capacity: usize);
+}
+
+impl<T: Send + 'static> Edge<T> {
+    pub fn new(upstream: u32) -> Arc<Edge<T>> {
+        Arc::new(Edge {
+            inner: Mutex::new(EdgeInner { upstream, downstream: 0, senders: Vec::new(), receivers: Vec::new() }),
+        })
+    }
+
+    pub fn downstream(&self) -> u32 {
+        self.inner.lock().map(|g| g.downstream).unwrap_or(0)
+    }
+
+    /// The senders of upstream subtask `i`, one per downstream subtask.
+    pub fn take_senders(&self, i: u32) -> Result<Senders<T>, TaskError> {
+        self.inner
+            .lock()
+            .ok()
+            .and_then(|mut g| g.senders.get_mut(i as usize).and_then(Option::take))
+            .ok_or(TaskError::Disconnected("shuffle senders"))
+    }
+
+    /// The receivers of downstream subtask `j`, one per upstream subtask.
+    pub fn take_receivers(&self, j: u32) -> Result<Receivers<T>, TaskError> {
+        self.inner
+            .lock()
+            .ok()
+            .and_then(|mut g| g.receivers.get_mut(j as usize).and_then(Option::take))
+            .ok_or(TaskError::Disconnected("shuffle receivers"))
+    }
+}
+
+impl<T: Send + 'static> Connect for Edge<T> {
+    fn set_downstream(&self, parallelism: u32) {
+        if let Ok(mut g) = self.inner.lock() {
+            g.downstream = parallelism;
+        }
+    }
+
+    fn connect(&self, capacity: usize) {
+        let Ok(mut g) = self.inner.lock() else { return };
+        let (up, down) = (g.upstream as usize, g.downstream as usize);
+        let mut senders: Vec<Senders<T>> = (0..up).map(|_| Vec::with_capacity(down)).collect();
+        let mut receivers: Vec<Receivers<T>> = (0..down).map(|_| Vec::with_capacity(up)).collect();
+        for s in senders.iter_mut() {
+            for r in receivers.iter_mut() {
+                let (tx, rx) = channel(capacity);
+                s.push(tx);
+                r.push(rx);
+            }
+        }
+        g.senders = senders.into_iter().map(Some).collect();
+        g.receivers = receivers.into_iter().map(Some).collect();
+    }
+}
+
+async fn send<T>(to: &Sender<Message<T>>, msg: Message<T>) -> Result<(), TaskError> {
+    to.send(msg).await.map_err(|_| TaskError::Disconnected("downstream subtask"))
+}
+
+/// The end of a chain that sends each record to the subtask owning its key.
+pub struct KeyRouter<T, K, F> {
+    key: F,
+    outputs: Senders<T>,
+    buffers: Vec<Vec<T>>,
+    max_parallelism: u32,
+    batch_size: usize,
+    _key: std::marker::PhantomData<fn() -> K>,
+}
+
+impl<T, K, F> KeyRouter<T, K, F>
+where
+    T: Send + 'static,
+    K: Hash,
+    F: Fn(&T) -> K + Send,
+{
+    pub fn new(key: F, outputs: Senders<T>, max_parallelism: u32, batch_size: usize) -> Self {
+        let buffers = outputs.iter().map(|_| Vec::new()).collect();
+        KeyRouter { key, outputs, buffers, max_parallelism, batch_size, _key: std::marker::PhantomData }
+    }
+
+
+    async fn flush(&mut self) -> Result<(), TaskError> {
+        for target in 0..self.buffers.len() {
+            if !self.buffers[target].is_empty() {
+                let batch = std::mem::replace(&mut self.buffers[target], Vec::with_capacity(self.batch_size));
+                send(&self.outputs[target], Message::Batch(batch)).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl<T, K, F> Collector<T> for KeyRouter<T, K, F>
+where
+    T: Send + 'static,
+    K: Hash,
+    F: Fn(&T) -> K + Send,
+{
+    async fn open(&mut self) -> Result<(), TaskError> {
+        Ok(())
+    }
+
+    async fn collect(&mut self, batch: Vec<T>) -> Result<(), TaskError> {
+        let n = self.outputs.len();
+        if n == 1 {
+            // One downstream subtask owns every key group: forward the batch as is.
+            return send(&self.outputs[0], Message::Batch(batch)).await;
+        }
+        for record in batch {
+            let group = key_group_of_hash(key_hash(&(self.key)(&record)), self.max_parallelism);
+            let target = subtask_for_key_group(group, self.max_parallelism, n as u32);
+            self.buffers[target].push(record);
+        }
+        // Flushing at the end of each input batch bounds latency; batches stay
+        // large because input batches are.
+        self.flush().await
+    }
+
+    async fn barrier(&mut self, barrier: Barrier, _: &mut TaskSnapshot) -> Result<(), TaskError> {
+        self.flush().await?;
+        for target in 0..self.outputs.len() {
+            send(&self.outputs[target], Message::Barrier(barrier)).await?;
+        }
+        Ok(())
+    }
+
+    async fn checkpoint_complete(&mut self, _: u64) -> Result<(), TaskError> {
+        Ok(())
+    }
+
+    async fn end_of_input(&mut self) -> Result<(), TaskError> {
+        self.flush().await?;
+        for target in 0..self.outputs.len() {
+            send(&self.outputs[target], Message::End).await?;
+        }
+        Ok(())
+    }
+}

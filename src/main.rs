@@ -1,0 +1,77 @@
+//! `weir`: run stream jobs locally, inspect their checkpoints, and (soon)
+//! operate them on Kubernetes.
+//!
+//! # Layout
+//! - [`run`]: `weir run FILE`, a whole job in this process, with progress.
+//! - [`checkpoints`]: `weir checkpoints list|inspect`.
+
+mod checkpoints;
+mod run;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(name = "weir", version, about = "Exactly-once stream processing jobs, locally and on Kubernetes")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a StreamJob manifest in this process; rerunning resumes from its
+    /// newest completed checkpoint.
+    Run {
+        /// The manifest, exactly as you would `kubectl apply` it.
+        file: PathBuf,
+        /// Never draw the updating progress line, log progress instead.
+        #[arg(long)]
+        no_progress_line: bool,
+    },
+    /// Inspect a job's checkpoints.
+    Checkpoints {
+        #[command(subcommand)]
+        command: CheckpointsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CheckpointsCommand {
+    /// List checkpoints under a job's directory, e.g. file://./weir-data/default/my-job
+    List { uri: String },
+    /// Show one checkpoint's operators, subtasks, files, sizes and times.
+    Inspect { uri: String, id: u64 },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_env("WEIR_LOG").unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Run { file, no_progress_line } => run::run(&file, !no_progress_line).await,
+            Command::Checkpoints { command: CheckpointsCommand::List { uri } } => checkpoints::list(&uri).await,
+            Command::Checkpoints { command: CheckpointsCommand::Inspect { uri, id } } => checkpoints::inspect(&uri, id).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
