@@ -14,7 +14,7 @@ use crate::checkpoint::{CheckpointError, CheckpointStore, CoordinatorOptions, Pe
 use crate::dataflow::JobGraph;
 use crate::faults::{FaultPoint, Faults};
 use crate::keygroup::KeyGroupRange;
-use crate::manifest::{CheckpointMode, CheckpointOptions};
+use crate::manifest::CheckpointOptions;
 use crate::metrics::{CompletedCheckpoint, JobMetrics};
 use crate::task::runnable::{RunnableTask, TaskIo};
 use crate::task::{Control, Event, TaskContext, TaskError, TaskId};
@@ -246,17 +246,29 @@ async fn coordinate(
                         return Ok(last);
                     }
                 }
-                Ok((i, Err(source))) => return Err(JobError::Task { task: running.ids[i].to_string(), source }),
+                Ok((i, Err(source))) => {
+                    let first = JobError::Task { task: running.ids[i].to_string(), source };
+                    return Err(root_cause(join, running, first).await);
+                }
                 Err(e) => return Err(JobError::Panicked { task: e.to_string() }),
             },
         }
     }
 }
 
-/// Whether a mode aligns barriers; shown in progress output.
-pub fn mode_name(mode: CheckpointMode) -> &'static str {
-    match mode {
-        CheckpointMode::ExactlyOnce => "exactly-once",
-        CheckpointMode::AtLeastOnce => "at-least-once",
+/// When one task fails, its neighbours fail too, seeing a closed channel.
+/// Report the failure that caused the others, not the first one seen.
+async fn root_cause(join: &mut JoinSet<(usize, Result<(), TaskError>)>, running: &Running, first: JobError) -> JobError {
+    if !matches!(first, JobError::Task { source: TaskError::Disconnected(_), .. }) {
+        return first;
     }
+    join.abort_all();
+    while let Some(done) = join.join_next().await {
+        if let Ok((i, Err(source))) = done {
+            if !matches!(source, TaskError::Disconnected(_)) {
+                return JobError::Task { task: running.ids[i].to_string(), source };
+            }
+        }
+    }
+    first
 }

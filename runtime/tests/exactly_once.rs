@@ -1,0 +1,130 @@
+//! Exactly-once across crashes: the committed output of a keyed job holds
+//! every record exactly once however often and wherever the job crashes.
+
+mod common;
+
+use std::collections::HashMap;
+
+use common::*;
+use weir_runtime::checkpoint::store::checkpoint_dir;
+use weir_runtime::faults::{FaultPoint, Faults};
+use weir_runtime::job::JobError;
+use weir_runtime::task::TaskError;
+
+fn crash_plan(rng: &mut Rng) -> (FaultPoint, u64) {
+    let point = FaultPoint::ALL[rng.below(FaultPoint::ALL.len() as u64) as usize];
+    let nth = match point {
+        FaultPoint::SourceBatch | FaultPoint::MidBatch => 1 + rng.below(40),
+        FaultPoint::BeforeAck => 1 + rng.below(8),
+        FaultPoint::AfterMetadata | FaultPoint::DuringCommit => 1 + rng.below(4),
+    };
+    (point, nth)
+}
+
+fn is_injected(e: &JobError) -> bool {
+    matches!(e, JobError::Task { source: TaskError::Injected(_), .. }) || matches!(e, JobError::Background { reason, .. } if reason.contains("injected fault"))
+}
+
+/// Runs one job to completion through seeded crashes; returns crashes per point.
+fn run_through_crashes(dir: &std::path::Path, spec: &JobSpec, seed: u64, max_crashes: usize) -> HashMap<String, usize> {
+    let job = manifest(dir, spec);
+    let mut rng = Rng(seed);
+    let mut crashes: HashMap<String, usize> = HashMap::new();
+    for _ in 0..max_crashes + 50 {
+        let total: usize = crashes.values().sum();
+        let faults = if total < max_crashes {
+            let (point, nth) = crash_plan(&mut rng);
+            Faults::crash_at(point, nth)
+        } else {
+            Faults::none()
+        };
+        match run_once(&job, faults.clone()) {
+            Ok(_) => return crashes,
+            Err(e) if is_injected(&e) => {
+                *crashes.entry(format!("{e}").split(" at ").last().unwrap_or("?").to_string()).or_default() += 1;
+            }
+            Err(e) => panic!("job failed for a reason other than the injected crash: {e}"),
+        }
+    }
+    panic!("job did not finish");
+}
+
+#[test]
+fn committed_output_is_exact_through_fifty_seeded_crashes_at_every_kind_of_point() {
+    let mut total: HashMap<String, usize> = HashMap::new();
+    for seed in [0x9e37_79b9_7f4a_7c15u64, 0xdead_beef_1234_5678, 0x0123_4567_89ab_cdef, 0x5151_7e7e_0f0f_a5a5] {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = JobSpec { count: 40_000, ..JobSpec::default() };
+        let crashes = run_through_crashes(dir.path(), &spec, seed, 18);
+        assert_exactly_once(dir.path(), spec.count, spec.keys);
+        for (k, v) in crashes {
+            *total.entry(k).or_default() += v;
+        }
+    }
+    let sum: usize = total.values().sum();
+    eprintln!("crashes by point: {total:?}");
+    assert!(sum >= 50, "only {sum} crashes happened: {total:?}");
+    assert_eq!(total.len(), FaultPoint::ALL.len(), "not every crash point was hit: {total:?}");
+}
+
+#[test]
+fn at_least_once_loses_nothing_through_crashes() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = JobSpec { mode: "AtLeastOnce", ..JobSpec::default() };
+    let crashes = run_through_crashes(dir.path(), &spec, 42, 15);
+    assert!(crashes.values().sum::<usize>() >= 10, "{crashes:?}");
+    assert_at_least_once(dir.path(), spec.count, spec.keys);
+}
+
+#[test]
+fn restores_from_the_checkpoint_before_a_corrupt_newest_one_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = JobSpec::default();
+    let job = manifest(dir.path(), &spec);
+    let err = run_once(&job, Faults::crash_at(FaultPoint::AfterMetadata, 6)).unwrap_err();
+    assert!(is_injected(&err), "{err}");
+
+    // Damage every state file of the newest completed checkpoint.
+    let base = dir.path().join("checkpoints/default/counts");
+    let newest = std::fs::read_dir(&base)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().join("_metadata").exists())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .max()
+        .unwrap();
+    let newest_id: u64 = newest.trim_start_matches("chk-").parse().unwrap();
+    for f in std::fs::read_dir(base.join(&newest)).unwrap().filter_map(|e| e.ok()) {
+        if f.file_name() != "_metadata" {
+            std::fs::write(f.path(), b"garbage").unwrap();
+        }
+    }
+
+    let outcome = run_once(&job, Faults::none()).unwrap();
+    assert_eq!(outcome.skipped.len(), 1, "{:?}", outcome.skipped);
+    assert_eq!(outcome.skipped[0].0, newest_id);
+    assert!(outcome.skipped[0].1.contains("_metadata says"), "{}", outcome.skipped[0].1);
+    let restored = outcome.restored_from.unwrap();
+    assert!(restored < newest_id, "restored {restored}, newest was {newest_id}");
+    assert!(!base.join(checkpoint_dir(restored)).join("nonexistent").exists());
+    assert_exactly_once(dir.path(), spec.count, spec.keys);
+}
+
+#[test]
+fn rescaling_two_three_one_across_restores_keeps_per_key_results_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = JobSpec { count: 30_000, ..JobSpec::default() };
+    let mut restored = Vec::new();
+    for (parallelism, crash) in [(2, Some(4)), (3, Some(4)), (1, None)] {
+        spec.parallelism = parallelism;
+        let job = manifest(dir.path(), &spec);
+        let faults = crash.map_or(Faults::none(), |n| Faults::crash_at(FaultPoint::AfterMetadata, n));
+        match run_once(&job, faults) {
+            Ok(outcome) => restored.push(outcome.restored_from),
+            Err(e) if is_injected(&e) => restored.push(None),
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(restored[2].is_some(), "the last run restored state: {restored:?}");
+    assert_exactly_once(dir.path(), spec.count, spec.keys);
+}
