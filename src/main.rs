@@ -64,7 +64,9 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Run { file, no_progress_line } => run::run(&file, !no_progress_line).await,
             Command::Checkpoints { command: CheckpointsCommand::List { uri } } => checkpoints::list(&uri).await,
-            Command::Checkpoints { command: CheckpointsCommand::Inspect { uri, id } } => checkpoints::inspect(&uri, id).await,
+            Command::Checkpoints { command: CheckpointsCommand::Inspect { uri, id } } => {
+                checkpoints::inspect(&uri, id).await
+            }
         }
     });
     match result {

@@ -99,7 +99,14 @@ impl StreamEnv {
                 Ok(Box::new(SourceTask { ctx, uid: uid.clone(), source, chain }) as Box<dyn RunnableTask>)
             })
         });
-        DataStream { graph: self.graph.clone(), name, parallelism: self.parallelism, input: None, is_source: true, close }
+        DataStream {
+            graph: self.graph.clone(),
+            name,
+            parallelism: self.parallelism,
+            input: None,
+            is_source: true,
+            close,
+        }
     }
 
     pub fn build(self) -> Result<JobGraph, BuildError> {
@@ -297,4 +304,3 @@ where
         format!("stage-{}", self.graph.borrow().stages.len())
     }
 }
-

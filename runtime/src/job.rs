@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
@@ -24,7 +24,7 @@ pub enum JobError {
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
     #[error("task {task} failed: {source}")]
-    Task { task: String, source: TaskError },
+    Task { task: String, source: Box<TaskError> },
     #[error("{task} failed: {reason}")]
     Background { task: String, reason: String },
     #[error("checkpoint {id} failed ({reason}); {consecutive} consecutive failures exceed tolerableFailures")]
@@ -127,7 +127,8 @@ pub async fn run_job(graph: JobGraph, config: &JobConfig, metrics: Arc<JobMetric
                 batch_size: config.batch_size,
                 channel_capacity: config.channel_capacity,
             };
-            let task = (stage.factory)(ctx).map_err(|source| JobError::Task { task: id.to_string(), source })?;
+            let task = (stage.factory)(ctx)
+                .map_err(|source| JobError::Task { task: id.to_string(), source: Box::new(source) })?;
             let (control_tx, control_rx) = mpsc::channel(64);
             if stage.is_source {
                 running.sources.push(running.controls.len());
@@ -141,15 +142,55 @@ pub async fn run_job(graph: JobGraph, config: &JobConfig, metrics: Arc<JobMetric
     // Open every task before any runs: restore-time commits and clean-ups
     // must not race with new output.
     for ((task, _), id) in tasks.iter_mut().zip(&running.ids) {
-        task.open().await.map_err(|source| JobError::Task { task: id.to_string(), source })?;
+        task.open().await.map_err(|source| JobError::Task { task: id.to_string(), source: Box::new(source) })?;
     }
     let mut join = JoinSet::new();
+    let mut exits = Vec::new();
     for (i, (task, io)) in tasks.into_iter().enumerate() {
-        join.spawn(async move { (i, task.run(io).await) });
+        let (done, exited) = run_on_own_thread(&running.ids[i], task, io)?;
+        exits.push(exited);
+        join.spawn(async move { (i, done.await.unwrap_or(Err(TaskError::Disconnected("task thread")))) });
     }
     let result = coordinate(&mut join, &mut events, &running, &store, config, max_parallelism, next_id, &metrics).await;
     join.abort_all();
+    // Wait until every subtask thread is gone, so that nothing of this run
+    // (a late commit, a late state file) can touch what the next run restores.
+    for exited in exits {
+        let _ = exited.await;
+    }
     result.map(|last_checkpoint| JobOutcome { last_checkpoint, ..outcome })
+}
+
+/// Runs a subtask on a thread of its own, as Flink does: a work-stealing
+/// pool tends to run a producer and its consumer on one core, which halves
+/// a pipeline's throughput. The subtask is cancelled when the returned
+/// receiver is dropped.
+fn run_on_own_thread(
+    id: &TaskId,
+    task: Box<dyn RunnableTask>,
+    io: TaskIo,
+) -> Result<(oneshot::Receiver<Result<(), TaskError>>, oneshot::Receiver<()>), JobError> {
+    let (tx, rx) = oneshot::channel();
+    let (exit_tx, exit_rx) = oneshot::channel::<()>();
+    let spawn_error =
+        |e: std::io::Error| JobError::Background { task: id.to_string(), reason: format!("cannot start thread: {e}") };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(spawn_error)?;
+    std::thread::Builder::new()
+        .name(format!("{}-{}", id.name, id.subtask))
+        .spawn(move || {
+            runtime.block_on(async move {
+                let mut tx = tx;
+                tokio::select! {
+                    result = task.run(io) => { let _ = tx.send(result); }
+                    _ = tx.closed() => {}
+                }
+            });
+            // Dropping the runtime ends the subtask's background writers.
+            drop(runtime);
+            drop(exit_tx);
+        })
+        .map_err(spawn_error)?;
+    Ok((rx, exit_rx))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -164,7 +205,9 @@ async fn coordinate(
     metrics: &JobMetrics,
 ) -> Result<Option<CompletedCheckpoint>, JobError> {
     let opts = CoordinatorOptions::from(&config.checkpoints);
-    let tick_every = opts.interval.map_or(Duration::from_millis(100), |i| (i / 4).clamp(Duration::from_millis(5), Duration::from_millis(100)));
+    let tick_every = opts
+        .interval
+        .map_or(Duration::from_millis(100), |i| (i / 4).clamp(Duration::from_millis(5), Duration::from_millis(100)));
     let mut coordinator = PendingCheckpoints::new(
         opts,
         config.name.clone(),
@@ -202,7 +245,7 @@ async fn coordinate(
                     let Some(meta) = coordinator.ack(checkpoint, task, files, Instant::now(), wall_ms()) else { continue };
                     let id = meta.id;
                     store.write_metadata(&meta).await.map_err(|source| JobError::Complete { action: "complete", id, source })?;
-                    config.faults.check(FaultPoint::AfterMetadata).map_err(|source| JobError::Task { task: "coordinator".into(), source })?;
+                    config.faults.check(FaultPoint::AfterMetadata).map_err(|source| JobError::Task { task: "coordinator".into(), source: Box::new(source) })?;
                     let completed = CompletedCheckpoint {
                         id,
                         path: store.path_of(id),
@@ -247,7 +290,7 @@ async fn coordinate(
                     }
                 }
                 Ok((i, Err(source))) => {
-                    let first = JobError::Task { task: running.ids[i].to_string(), source };
+                    let first = JobError::Task { task: running.ids[i].to_string(), source: Box::new(source) };
                     return Err(root_cause(join, running, first).await);
                 }
                 Err(e) => return Err(JobError::Panicked { task: e.to_string() }),
@@ -258,15 +301,19 @@ async fn coordinate(
 
 /// When one task fails, its neighbours fail too, seeing a closed channel.
 /// Report the failure that caused the others, not the first one seen.
-async fn root_cause(join: &mut JoinSet<(usize, Result<(), TaskError>)>, running: &Running, first: JobError) -> JobError {
-    if !matches!(first, JobError::Task { source: TaskError::Disconnected(_), .. }) {
+async fn root_cause(
+    join: &mut JoinSet<(usize, Result<(), TaskError>)>,
+    running: &Running,
+    first: JobError,
+) -> JobError {
+    if !matches!(&first, JobError::Task { source, .. } if matches!(**source, TaskError::Disconnected(_))) {
         return first;
     }
     join.abort_all();
     while let Some(done) = join.join_next().await {
         if let Ok((i, Err(source))) = done {
             if !matches!(source, TaskError::Disconnected(_)) {
-                return JobError::Task { task: running.ids[i].to_string(), source };
+                return JobError::Task { task: running.ids[i].to_string(), source: Box::new(source) };
             }
         }
     }

@@ -23,10 +23,7 @@ pub const MAX_MAX_PARALLELISM: u32 = 32768;
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
     #[error("cannot read manifest {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("manifest is not a valid StreamJob: {0}")]
     Parse(String),
     #[error("manifest has {}: {}", if .0.len() == 1 { "an invalid field" } else { "invalid fields" }, .0.join("; "))]
@@ -413,17 +410,25 @@ impl JsonSchema for HumanDuration {
 impl StreamJob {
     /// Reads and validates a manifest file.
     pub fn from_file(path: &std::path::Path) -> Result<StreamJob, ManifestError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ManifestError::Read { path: path.to_path_buf(), source })?;
         Self::from_yaml(&text)
     }
 
     /// Parses and validates a manifest; errors name the offending field.
     pub fn from_yaml(text: &str) -> Result<StreamJob, ManifestError> {
+        // serde_path_to_error names the exact field even for errors raised
+        // inside a field's own deserializer (a malformed duration).
         let job: StreamJob =
-            serde_yaml::from_str(text).map_err(|e| ManifestError::Parse(e.to_string()))?;
+            serde_path_to_error::deserialize(serde_yaml::Deserializer::from_str(text)).map_err(|e| {
+                let path = e.path().to_string();
+                let inner = e.into_inner().to_string();
+                if path == "." || inner.starts_with(&path) {
+                    ManifestError::Parse(inner)
+                } else {
+                    ManifestError::Parse(format!("{path}: {inner}"))
+                }
+            })?;
         job.validate()?;
         Ok(job)
     }
@@ -433,10 +438,7 @@ impl StreamJob {
     pub fn validate(&self) -> Result<(), ManifestError> {
         let mut errors = Vec::new();
         if self.api_version != API_VERSION {
-            errors.push(format!(
-                "apiVersion: expected `{API_VERSION}`, got `{}`",
-                self.api_version
-            ));
+            errors.push(format!("apiVersion: expected `{API_VERSION}`, got `{}`", self.api_version));
         }
         if self.kind != KIND {
             errors.push(format!("kind: expected `{KIND}`, got `{}`", self.kind));
@@ -460,8 +462,7 @@ impl StreamJob {
 
 fn is_dns_label(s: &str) -> bool {
     s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
 }
@@ -471,10 +472,8 @@ impl StreamJobSpec {
     pub fn problems(&self) -> Vec<String> {
         let mut errors = Vec::new();
         if self.max_parallelism == 0 || self.max_parallelism > MAX_MAX_PARALLELISM {
-            errors.push(format!(
-                "spec.maxParallelism: expected 1..={MAX_MAX_PARALLELISM}, got {}",
-                self.max_parallelism
-            ));
+            errors
+                .push(format!("spec.maxParallelism: expected 1..={MAX_MAX_PARALLELISM}, got {}", self.max_parallelism));
         }
         if self.parallelism == 0 {
             errors.push("spec.parallelism: expected at least 1, got 0".into());
@@ -500,9 +499,7 @@ impl StreamJobSpec {
         if self.error_policy.on_bad_record == BadRecordAction::DeadLetter
             && self.error_policy.dead_letter_path.is_none()
         {
-            errors.push(
-                "spec.errorPolicy.deadLetterPath: required when onBadRecord is deadLetter".into(),
-            );
+            errors.push("spec.errorPolicy.deadLetterPath: required when onBadRecord is deadLetter".into());
         }
         errors.extend(self.pipeline.problems());
         errors
@@ -540,9 +537,7 @@ impl PipelineSpec {
                 }
                 Ok(StepKind::Aggregate(a)) => {
                     if !keyed {
-                        errors.push(format!(
-                            "spec.pipeline.steps[{i}].aggregate: needs a keyBy step before it"
-                        ));
+                        errors.push(format!("spec.pipeline.steps[{i}].aggregate: needs a keyBy step before it"));
                     }
                     if !a.count && a.sum.is_empty() && a.min.is_empty() && a.max.is_empty() {
                         errors.push(format!(

@@ -1,5 +1,6 @@
 //! Job counters, read by the progress line and (later) the metrics endpoint.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
@@ -22,7 +23,12 @@ pub struct JobMetrics {
     pub checkpoints_completed: AtomicU64,
     pub checkpoints_failed: AtomicU64,
     pub last_checkpoint: Mutex<Option<CompletedCheckpoint>>,
+    /// The most recent completed checkpoints, oldest first.
+    pub history: Mutex<VecDeque<CompletedCheckpoint>>,
 }
+
+/// How many completed checkpoints [`JobMetrics::history`] keeps.
+pub const HISTORY_LEN: usize = 256;
 
 impl JobMetrics {
     pub fn add(counter: &AtomicU64, n: usize) {
@@ -38,8 +44,18 @@ impl JobMetrics {
     }
 
     pub fn set_last_checkpoint(&self, c: CompletedCheckpoint) {
+        if let Ok(mut h) = self.history.lock() {
+            if h.len() == HISTORY_LEN {
+                h.pop_front();
+            }
+            h.push_back(c.clone());
+        }
         if let Ok(mut g) = self.last_checkpoint.lock() {
             *g = Some(c);
         }
+    }
+
+    pub fn history(&self) -> Vec<CompletedCheckpoint> {
+        self.history.lock().map(|h| h.iter().cloned().collect()).unwrap_or_default()
     }
 }

@@ -16,7 +16,7 @@ pub enum StorageError {
     #[error("storage uri `{uri}` has no {what}")]
     Incomplete { uri: String, what: &'static str },
     #[error("cannot open storage `{uri}`: {source}")]
-    Open { uri: String, source: opendal::Error },
+    Open { uri: String, source: Box<opendal::Error> },
     #[error("cannot determine the working directory for `{uri}`: {source}")]
     WorkingDir { uri: String, source: std::io::Error },
 }
@@ -25,9 +25,17 @@ pub enum StorageError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StorageUri {
     /// A local directory (relative paths are relative to the working directory).
-    File { path: String },
-    S3 { bucket: String, prefix: String },
-    Hdfs { name_node: String, path: String },
+    File {
+        path: String,
+    },
+    S3 {
+        bucket: String,
+        prefix: String,
+    },
+    Hdfs {
+        name_node: String,
+        path: String,
+    },
 }
 
 impl StorageUri {
@@ -60,7 +68,7 @@ impl StorageUri {
 
     /// An operator rooted at this URI joined with `sub` (a relative path).
     pub fn operator(&self, uri: &str, sub: &str) -> Result<Operator, StorageError> {
-        let open = |source| StorageError::Open { uri: uri.into(), source };
+        let open = |source| StorageError::Open { uri: uri.into(), source: Box::new(source) };
         match self {
             StorageUri::File { path } => {
                 let mut root = std::path::PathBuf::from(path);
@@ -76,9 +84,7 @@ impl StorageUri {
             }
             #[cfg(feature = "s3")]
             StorageUri::S3 { bucket, prefix } => {
-                let mut builder = opendal::services::S3::default()
-                    .bucket(bucket)
-                    .root(&format!("/{}/{}", prefix, sub));
+                let mut builder = opendal::services::S3::default().bucket(bucket).root(&format!("/{}/{}", prefix, sub));
                 if let Ok(endpoint) = std::env::var("AWS_ENDPOINT_URL") {
                     builder = builder.endpoint(&endpoint);
                 }
@@ -95,9 +101,11 @@ impl StorageUri {
             StorageUri::S3 { .. } => Err(StorageError::FeatureMissing { uri: uri.into(), feature: "s3" }),
             #[cfg(feature = "hdfs")]
             StorageUri::Hdfs { name_node, path } => {
-                let builder = opendal::services::HdfsNative::default()
-                    .name_node(name_node)
-                    .root(&format!("{}/{}", path.trim_end_matches('/'), sub));
+                let builder = opendal::services::HdfsNative::default().name_node(name_node).root(&format!(
+                    "{}/{}",
+                    path.trim_end_matches('/'),
+                    sub
+                ));
                 Operator::new(builder).map_err(open)
             }
             #[cfg(not(feature = "hdfs"))]

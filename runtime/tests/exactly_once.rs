@@ -22,7 +22,8 @@ fn crash_plan(rng: &mut Rng) -> (FaultPoint, u64) {
 }
 
 fn is_injected(e: &JobError) -> bool {
-    matches!(e, JobError::Task { source: TaskError::Injected(_), .. }) || matches!(e, JobError::Background { reason, .. } if reason.contains("injected fault"))
+    matches!(e, JobError::Task { source, .. } if matches!(**source, TaskError::Injected(_)))
+        || matches!(e, JobError::Background { reason, .. } if reason.contains("injected fault"))
 }
 
 /// Runs one job to completion through seeded crashes; returns crashes per point.

@@ -68,7 +68,14 @@ pub struct PendingCheckpoints {
 
 impl PendingCheckpoints {
     /// `next_id` must be above every id ever used in the job's storage.
-    pub fn new(opts: CoordinatorOptions, job: String, max_parallelism: u32, tasks: usize, next_id: u64, now: Instant) -> Self {
+    pub fn new(
+        opts: CoordinatorOptions,
+        job: String,
+        max_parallelism: u32,
+        tasks: usize,
+        next_id: u64,
+        now: Instant,
+    ) -> Self {
         PendingCheckpoints {
             opts,
             job,
@@ -112,7 +119,14 @@ impl PendingCheckpoints {
     }
 
     /// Records an ack; returns the metadata when the checkpoint is complete.
-    pub fn ack(&mut self, id: u64, task: TaskId, files: Vec<WrittenState>, now: Instant, wall_ms: u64) -> Option<CheckpointMetadata> {
+    pub fn ack(
+        &mut self,
+        id: u64,
+        task: TaskId,
+        files: Vec<WrittenState>,
+        now: Instant,
+        wall_ms: u64,
+    ) -> Option<CheckpointMetadata> {
         let p = self.pending.get_mut(&id)?;
         if !p.acked.insert(task) {
             return None;

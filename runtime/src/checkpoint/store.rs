@@ -25,7 +25,7 @@ pub enum CheckpointError {
     #[error(transparent)]
     Storage(#[from] StorageError),
     #[error("cannot {action} {path}: {source}")]
-    Io { action: &'static str, path: String, source: opendal::Error },
+    Io { action: &'static str, path: String, source: Box<opendal::Error> },
     #[error("checkpoint {id} has no _metadata at {path}: it never completed")]
     MissingMetadata { id: u64, path: String },
     #[error("checkpoint {id} has unreadable _metadata at {path}: {reason}")]
@@ -38,7 +38,9 @@ pub enum CheckpointError {
     ChecksumMismatch { path: String, expected: u32, actual: u32 },
     #[error("state file {path} cannot be decoded: {reason}")]
     Decode { path: String, reason: String },
-    #[error("checkpoint {id} was taken with maxParallelism {found}, the job has {expected}: key groups cannot be mapped")]
+    #[error(
+        "checkpoint {id} was taken with maxParallelism {found}, the job has {expected}: key groups cannot be mapped"
+    )]
     MaxParallelismChanged { id: u64, found: u32, expected: u32 },
     #[error(
         "no intact checkpoint in {location}: {damaged} checkpoint(s) with _metadata are all damaged \
@@ -187,7 +189,12 @@ impl CheckpointStore {
         Self::open_job_dir(&parsed, uri, "", uri)
     }
 
-    fn open_job_dir(parsed: &StorageUri, uri: &str, sub: &str, location: &str) -> Result<CheckpointStore, CheckpointError> {
+    fn open_job_dir(
+        parsed: &StorageUri,
+        uri: &str,
+        sub: &str,
+        location: &str,
+    ) -> Result<CheckpointStore, CheckpointError> {
         let op = parsed.operator(uri, sub)?;
         Ok(CheckpointStore { op, location: location.to_string() })
     }
@@ -206,10 +213,11 @@ impl CheckpointStore {
         let path = format!("{}/{name}", checkpoint_dir(id));
         let size = bytes.len() as u64;
         let crc = crc32fast::hash(&bytes);
-        self.op
-            .write(&path, bytes)
-            .await
-            .map_err(|source| CheckpointError::Io { action: "write", path: self.full(&path), source })?;
+        self.op.write(&path, bytes).await.map_err(|source| CheckpointError::Io {
+            action: "write",
+            path: self.full(&path),
+            source: Box::new(source),
+        })?;
         Ok((size, crc))
     }
 
@@ -221,10 +229,11 @@ impl CheckpointStore {
             path: self.full(&path),
             reason: e.to_string(),
         })?;
-        self.op
-            .write(&path, bytes)
-            .await
-            .map_err(|source| CheckpointError::Io { action: "write", path: self.full(&path), source })?;
+        self.op.write(&path, bytes).await.map_err(|source| CheckpointError::Io {
+            action: "write",
+            path: self.full(&path),
+            source: Box::new(source),
+        })?;
         Ok(())
     }
 
@@ -237,7 +246,13 @@ impl CheckpointStore {
         let entries = match self.op.list("/").await {
             Ok(e) => e,
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(source) => return Err(CheckpointError::Io { action: "list", path: self.location.clone(), source }),
+            Err(source) => {
+                return Err(CheckpointError::Io {
+                    action: "list",
+                    path: self.location.clone(),
+                    source: Box::new(source),
+                })
+            }
         };
         let mut ids: Vec<u64> = entries.iter().filter_map(|e| parse_checkpoint_dir(e.name())).collect();
         ids.sort_unstable_by(|a, b| b.cmp(a));
@@ -253,7 +268,9 @@ impl CheckpointStore {
             Err(e) if e.kind() == ErrorKind::NotFound => {
                 return Err(CheckpointError::MissingMetadata { id, path: self.full(&path) })
             }
-            Err(source) => return Err(CheckpointError::Io { action: "read", path: self.full(&path), source }),
+            Err(source) => {
+                return Err(CheckpointError::Io { action: "read", path: self.full(&path), source: Box::new(source) })
+            }
         };
         let meta: CheckpointMetadata = serde_json::from_slice(&bytes).map_err(|e| CheckpointError::BadMetadata {
             id,
@@ -285,7 +302,11 @@ impl CheckpointStore {
                         return Err(CheckpointError::MissingFile { path: self.full(&path) })
                     }
                     Err(source) => {
-                        return Err(CheckpointError::Io { action: "read", path: self.full(&path), source })
+                        return Err(CheckpointError::Io {
+                            action: "read",
+                            path: self.full(&path),
+                            source: Box::new(source),
+                        })
                     }
                 };
                 if bytes.len() as u64 != f.size {
@@ -297,7 +318,11 @@ impl CheckpointStore {
                 }
                 let crc = crc32fast::hash(&bytes);
                 if crc != f.crc32 {
-                    return Err(CheckpointError::ChecksumMismatch { path: self.full(&path), expected: f.crc32, actual: crc });
+                    return Err(CheckpointError::ChecksumMismatch {
+                        path: self.full(&path),
+                        expected: f.crc32,
+                        actual: crc,
+                    });
                 }
                 let state = OperatorSubtaskState::decode(&bytes)
                     .map_err(|e| CheckpointError::Decode { path: self.full(&path), reason: e.to_string() })?;
@@ -359,11 +384,10 @@ impl CheckpointStore {
             if id > latest {
                 continue;
             }
-            let complete = self
-                .op
-                .exists(&format!("{}/{METADATA_FILE}", checkpoint_dir(id)))
-                .await
-                .map_err(|source| CheckpointError::Io { action: "stat", path: self.path_of(id), source })?;
+            let complete =
+                self.op.exists(&format!("{}/{METADATA_FILE}", checkpoint_dir(id))).await.map_err(|source| {
+                    CheckpointError::Io { action: "stat", path: self.path_of(id), source: Box::new(source) }
+                })?;
             if complete && kept < retained {
                 kept += 1;
                 continue;
@@ -376,11 +400,11 @@ impl CheckpointStore {
 
     pub async fn delete(&self, id: u64) -> Result<(), CheckpointError> {
         let dir = format!("{}/", checkpoint_dir(id));
-        self.op
-            .delete_with(&dir)
-            .recursive(true)
-            .await
-            .map_err(|source| CheckpointError::Io { action: "delete", path: self.path_of(id), source })
+        self.op.delete_with(&dir).recursive(true).await.map_err(|source| CheckpointError::Io {
+            action: "delete",
+            path: self.path_of(id),
+            source: Box::new(source),
+        })
     }
 
     /// Raw access for tools and tests (for example to damage a file on purpose).

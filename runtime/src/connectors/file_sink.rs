@@ -40,7 +40,14 @@ pub struct FileSink<T> {
 impl<T> FileSink<T> {
     /// Part files named `<prefix>-<subtask>-<txn>.jsonl` in `dir`.
     pub fn new(dir: impl Into<PathBuf>, prefix: &str, subtask: u32) -> FileSink<T> {
-        FileSink { dir: dir.into(), prefix: prefix.into(), subtask, writer: None, line: Vec::new(), _records: PhantomData }
+        FileSink {
+            dir: dir.into(),
+            prefix: prefix.into(),
+            subtask,
+            writer: None,
+            line: Vec::new(),
+            _records: PhantomData,
+        }
     }
 
     fn err(&self, what: &str, path: &Path, e: impl std::fmt::Display) -> TaskError {
@@ -164,8 +171,9 @@ pub fn read_committed(dir: &Path) -> std::io::Result<Vec<serde_json::Value>> {
     for path in names {
         let text = fs::read_to_string(&path)?;
         for line in text.lines().filter(|l| !l.is_empty()) {
-            let value = serde_json::from_str(line)
-                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{}: {e}", path.display())))?;
+            let value = serde_json::from_str(line).map_err(|e| {
+                std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{}: {e}", path.display()))
+            })?;
             out.push(value);
         }
     }

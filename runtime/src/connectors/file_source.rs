@@ -61,8 +61,8 @@ impl FileSource {
 
     fn open_current(&mut self) -> Result<(), TaskError> {
         let split = &self.splits[self.current];
-        let mut file = File::open(&split.path)
-            .map_err(|e| TaskError::source(&split.path, format!("cannot open: {e}")))?;
+        let mut file =
+            File::open(&split.path).map_err(|e| TaskError::source(&split.path, format!("cannot open: {e}")))?;
         file.seek(SeekFrom::Start(split.offset))
             .map_err(|e| TaskError::source(&split.path, format!("cannot seek to {}: {e}", split.offset)))?;
         self.reader = Some(BufReader::with_capacity(1 << 16, file));
@@ -81,9 +81,9 @@ impl Source<Result<Row, BadRecord>> for FileSource {
             let Some(reader) = self.reader.as_mut() else { break };
             while batch.len() < max {
                 self.buf.clear();
-                let n = reader
-                    .read_line(&mut self.buf)
-                    .map_err(|e| TaskError::source(&split.path, format!("cannot read at byte {}: {e}", split.offset)))?;
+                let n = reader.read_line(&mut self.buf).map_err(|e| {
+                    TaskError::source(&split.path, format!("cannot read at byte {}: {e}", split.offset))
+                })?;
                 if n == 0 {
                     break;
                 }

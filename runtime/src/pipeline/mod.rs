@@ -39,26 +39,27 @@ pub enum PipelineError {
 /// The job a manifest's `spec.pipeline` declares.
 pub fn build(spec: &StreamJobSpec) -> Result<JobGraph, PipelineError> {
     let env = StreamEnv::new(spec.parallelism, spec.max_parallelism);
-    let source: DataStream<Result<Row, BadRecord>> = match spec.pipeline.source.kind().map_err(PipelineError::Invalid)? {
-        SourceKind::Generator(g) => {
-            let g = g.clone();
-            env.source("source", move |ctx, restored| {
-                let keys = g.keys;
-                let make = Arc::new(move |seq: u64| {
-                    let (key, value) = generated(seq, keys);
-                    Ok(json!({"seq": seq, "key": format!("k{key}"), "value": value}))
-                });
-                let src = GeneratorSource::new(ctx, restored, g.splits, g.count, g.rate, make)?;
-                Ok(Box::new(src) as Box<dyn Source<Result<Row, BadRecord>>>)
-            })
-        }
-        SourceKind::File(f) => {
-            let path = PathBuf::from(&f.path);
-            env.source("source", move |ctx, restored| {
-                Ok(Box::new(FileSource::new(ctx, restored, &path)?) as Box<dyn Source<Result<Row, BadRecord>>>)
-            })
-        }
-    };
+    let source: DataStream<Result<Row, BadRecord>> =
+        match spec.pipeline.source.kind().map_err(PipelineError::Invalid)? {
+            SourceKind::Generator(g) => {
+                let g = g.clone();
+                env.source("source", move |ctx, restored| {
+                    let keys = g.keys;
+                    let make = Arc::new(move |seq: u64| {
+                        let (key, value) = generated(seq, keys);
+                        Ok(json!({"seq": seq, "key": format!("k{key}"), "value": value}))
+                    });
+                    let src = GeneratorSource::new(ctx, restored, g.splits, g.count, g.rate, make)?;
+                    Ok(Box::new(src) as Box<dyn Source<Result<Row, BadRecord>>>)
+                })
+            }
+            SourceKind::File(f) => {
+                let path = PathBuf::from(&f.path);
+                env.source("source", move |ctx, restored| {
+                    Ok(Box::new(FileSource::new(ctx, restored, &path)?) as Box<dyn Source<Result<Row, BadRecord>>>)
+                })
+            }
+        };
 
     let rules = field_rules(&spec.pipeline.steps);
     let policy = spec.error_policy.clone();

@@ -58,9 +58,20 @@ pub struct WrittenState {
 /// What a subtask tells the coordinator.
 #[derive(Debug)]
 pub enum Event {
-    Ack { checkpoint: u64, task: TaskId, files: Vec<WrittenState> },
-    Decline { checkpoint: u64, task: TaskId, reason: String },
+    Ack {
+        checkpoint: u64,
+        task: TaskId,
+        files: Vec<WrittenState>,
+    },
+    Decline {
+        checkpoint: u64,
+        task: TaskId,
+        reason: String,
+    },
     SourceExhausted(TaskId),
     /// A background part of a task (a snapshot writer) failed fatally.
-    Failed { task: TaskId, reason: String },
+    Failed {
+        task: TaskId,
+        reason: String,
+    },
 }

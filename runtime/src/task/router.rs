@@ -115,7 +115,6 @@ where
         KeyRouter { key, outputs, buffers, max_parallelism, batch_size, _key: std::marker::PhantomData }
     }
 
-
     async fn flush(&mut self) -> Result<(), TaskError> {
         for target in 0..self.buffers.len() {
             if !self.buffers[target].is_empty() {

@@ -62,9 +62,9 @@ async fn write_snapshot(
     let mut files = Vec::new();
     for op in snapshot.operators {
         let keyed = match op.keyed {
-            Some(encode) => tokio::task::spawn_blocking(encode)
-                .await
-                .map_err(|_| TaskError::Disconnected("snapshot encoder"))??,
+            Some(encode) => {
+                tokio::task::spawn_blocking(encode).await.map_err(|_| TaskError::Disconnected("snapshot encoder"))??
+            }
             None => Vec::new(),
         };
         let state = OperatorSubtaskState { keyed, list: op.list, union: op.union };
