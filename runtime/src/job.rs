@@ -147,7 +147,7 @@ pub async fn run_job(graph: JobGraph, config: &JobConfig, metrics: Arc<JobMetric
     let mut join = JoinSet::new();
     let mut exits = Vec::new();
     for (i, (task, io)) in tasks.into_iter().enumerate() {
-        let (done, exited) = run_on_own_thread(&running.ids[i], task, io)?;
+        let TaskThread { done, exited } = run_on_own_thread(&running.ids[i], task, io)?;
         exits.push(exited);
         join.spawn(async move { (i, done.await.unwrap_or(Err(TaskError::Disconnected("task thread")))) });
     }
@@ -161,15 +161,17 @@ pub async fn run_job(graph: JobGraph, config: &JobConfig, metrics: Arc<JobMetric
     result.map(|last_checkpoint| JobOutcome { last_checkpoint, ..outcome })
 }
 
+/// A subtask's thread: its result, and a signal that fires when it is gone.
+struct TaskThread {
+    done: oneshot::Receiver<Result<(), TaskError>>,
+    exited: oneshot::Receiver<()>,
+}
+
 /// Runs a subtask on a thread of its own, as Flink does: a work-stealing
 /// pool tends to run a producer and its consumer on one core, which halves
 /// a pipeline's throughput. The subtask is cancelled when the returned
 /// receiver is dropped.
-fn run_on_own_thread(
-    id: &TaskId,
-    task: Box<dyn RunnableTask>,
-    io: TaskIo,
-) -> Result<(oneshot::Receiver<Result<(), TaskError>>, oneshot::Receiver<()>), JobError> {
+fn run_on_own_thread(id: &TaskId, task: Box<dyn RunnableTask>, io: TaskIo) -> Result<TaskThread, JobError> {
     let (tx, rx) = oneshot::channel();
     let (exit_tx, exit_rx) = oneshot::channel::<()>();
     let spawn_error =
@@ -190,7 +192,7 @@ fn run_on_own_thread(
             drop(exit_tx);
         })
         .map_err(spawn_error)?;
-    Ok((rx, exit_rx))
+    Ok(TaskThread { done: rx, exited: exit_rx })
 }
 
 #[allow(clippy::too_many_arguments)]
