@@ -66,8 +66,13 @@ impl StorageUri {
         Err(StorageError::UnsupportedScheme { uri: uri.into() })
     }
 
-    /// An operator rooted at this URI joined with `sub` (a relative path).
+    /// An operator rooted at this URI joined with `sub` (a relative path),
+    /// retrying temporary errors with exponential backoff.
     pub fn operator(&self, uri: &str, sub: &str) -> Result<Operator, StorageError> {
+        Ok(self.bare_operator(uri, sub)?.layer(opendal::layers::RetryLayer::new().with_jitter()))
+    }
+
+    fn bare_operator(&self, uri: &str, sub: &str) -> Result<Operator, StorageError> {
         let open = |source| StorageError::Open { uri: uri.into(), source: Box::new(source) };
         match self {
             StorageUri::File { path } => {
@@ -84,6 +89,8 @@ impl StorageUri {
             }
             #[cfg(feature = "s3")]
             StorageUri::S3 { bucket, prefix } => {
+                // Installs the HTTP client once per process (idempotent).
+                opendal::install_default();
                 let mut builder = opendal::services::S3::default().bucket(bucket).root(&format!("/{}/{}", prefix, sub));
                 if let Ok(endpoint) = std::env::var("AWS_ENDPOINT_URL") {
                     builder = builder.endpoint(&endpoint);

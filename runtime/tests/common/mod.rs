@@ -21,11 +21,21 @@ pub struct JobSpec {
     pub rate: u64,
     pub interval: &'static str,
     pub mode: &'static str,
+    /// Checkpoint storage; `file://<dir>/checkpoints` when `None`.
+    pub storage: Option<String>,
 }
 
 impl Default for JobSpec {
     fn default() -> Self {
-        JobSpec { parallelism: 2, count: 20_000, keys: 50, rate: 100_000, interval: "10ms", mode: "ExactlyOnce" }
+        JobSpec {
+            parallelism: 2,
+            count: 20_000,
+            keys: 50,
+            rate: 100_000,
+            interval: "10ms",
+            mode: "ExactlyOnce",
+            storage: None,
+        }
     }
 }
 
@@ -38,7 +48,7 @@ metadata: {{name: counts}}
 spec:
   parallelism: {p}
   maxParallelism: 16
-  checkpoints: {{interval: {interval}, mode: {mode}, storage: "file://{dir}/checkpoints", retained: 2}}
+  checkpoints: {{interval: {interval}, mode: {mode}, storage: "{storage}", retained: 2}}
   pipeline:
     source:
       generator: {{keys: {keys}, count: {count}, rate: {rate}, splits: 6}}
@@ -55,6 +65,7 @@ spec:
         keys = s.keys,
         count = s.count,
         rate = s.rate,
+        storage = s.storage.clone().unwrap_or_else(|| format!("file://{}/checkpoints", dir.display())),
     );
     StreamJob::from_yaml(&yaml).expect("test manifest is valid")
 }
