@@ -75,6 +75,9 @@ pub fn mix64(mut z: u64) -> u64 {
 mod tests {
     use super::*;
 
+    const PINNED_U64: [u16; 6] = [0, 80, 79, 23, 71, 127];
+    const PINNED_STR: [u16; 3] = [60, 11, 65];
+
     #[test]
     fn subtask_ranges_cover_every_key_group_once() {
         for m in [1u32, 7, 128, 1000] {
@@ -94,9 +97,17 @@ mod tests {
     }
 
     #[test]
-    fn key_hash_is_stable_across_runs() {
-        // Checkpoints store state by key group: the hash must never change.
-        assert_eq!(key_group_of_hash(key_hash(&42u64), 128), key_group_of_hash(key_hash(&42u64), 128));
+    fn key_groups_of_known_keys_never_change() {
+        // Checkpoints store state by key group: a change of hash function
+        // would silently orphan every existing checkpoint's state.
+        let groups: Vec<u16> = (0u64..6).map(|k| key_group_of_hash(key_hash(&k), 128)).collect();
+        let names: Vec<u16> =
+            ["k0", "k1", "user-42"].iter().map(|k| key_group_of_hash(key_hash(&k.to_string()), 128)).collect();
+        assert_eq!((groups, names), (PINNED_U64.to_vec(), PINNED_STR.to_vec()));
+    }
+
+    #[test]
+    fn keys_spread_over_key_groups() {
         let spread: std::collections::HashSet<u16> =
             (0u64..1000).map(|k| key_group_of_hash(key_hash(&k), 128)).collect();
         assert!(spread.len() > 120, "keys cluster in {} groups", spread.len());
