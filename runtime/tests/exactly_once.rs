@@ -9,7 +9,6 @@ use common::*;
 use weir_runtime::checkpoint::store::checkpoint_dir;
 use weir_runtime::faults::{FaultPoint, Faults};
 use weir_runtime::job::JobError;
-use weir_runtime::task::TaskError;
 
 fn crash_plan(rng: &mut Rng) -> (FaultPoint, u64) {
     let point = FaultPoint::ALL[rng.below(FaultPoint::ALL.len() as u64) as usize];
@@ -22,8 +21,7 @@ fn crash_plan(rng: &mut Rng) -> (FaultPoint, u64) {
 }
 
 fn is_injected(e: &JobError) -> bool {
-    matches!(e, JobError::Task { source, .. } if matches!(**source, TaskError::Injected(_)))
-        || matches!(e, JobError::Background { reason, .. } if reason.contains("injected fault"))
+    matches!(e, JobError::TaskFailed { reason, .. } | JobError::Background { reason, .. } if reason.contains("injected fault"))
 }
 
 /// Runs one job to completion through seeded crashes; returns crashes per point.

@@ -74,4 +74,11 @@ pub enum Event {
         task: TaskId,
         reason: String,
     },
+    /// A subtask ended; `secondary` when it failed only because a neighbour
+    /// went away first.
+    TaskFinished {
+        task: TaskId,
+        error: Option<String>,
+        secondary: bool,
+    },
 }

@@ -1,0 +1,240 @@
+//! The checkpoint loop: trigger, collect acks, write `_metadata`, notify,
+//! retain; end when every subtask finished, fail when one failed. It talks
+//! to subtasks through a [`ControlPlane`], so the same loop drives threads
+//! in this process and subtasks on remote workers.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use super::{JobConfig, JobError};
+use crate::checkpoint::coordinator::FailureVerdict;
+use crate::checkpoint::{CheckpointMetadata, CheckpointStore, CoordinatorOptions, PendingCheckpoints};
+use crate::faults::FaultPoint;
+use crate::metrics::{CompletedCheckpoint, JobMetrics};
+use crate::task::{Barrier, Control, Event, TaskId};
+
+/// How the loop reaches subtasks, by their index in [`ControlPlane::tasks`].
+pub trait ControlPlane {
+    fn tasks(&self) -> &[(TaskId, bool)];
+    fn send(&self, task: usize, msg: Control) -> impl std::future::Future<Output = ()> + Send;
+}
+
+pub fn wall_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// Where the outcome of a requested checkpoint goes.
+pub type CheckpointReply = tokio::sync::oneshot::Sender<Result<CheckpointMetadata, String>>;
+
+/// A requested checkpoint: its id, who waits, whether the job stops after.
+type Waiting = Vec<(u64, CheckpointReply, bool)>;
+
+/// A request from outside the loop (the HTTP API).
+#[derive(Debug)]
+pub enum Request {
+    /// Take a checkpoint now and report it when complete.
+    Checkpoint { reply: CheckpointReply },
+    /// Take a checkpoint now, then finish the job.
+    Stop { reply: CheckpointReply },
+}
+
+pub struct Loop<'a, P: ControlPlane> {
+    pub plane: &'a P,
+    pub store: &'a CheckpointStore,
+    pub config: &'a JobConfig,
+    pub metrics: &'a JobMetrics,
+    pub max_parallelism: u32,
+    pub next_id: u64,
+}
+
+async fn broadcast<P: ControlPlane>(plane: &P, msg: Control, sources_only: bool) {
+    for (i, (_, is_source)) in plane.tasks().iter().enumerate() {
+        if !sources_only || *is_source {
+            plane.send(i, msg.clone()).await;
+        }
+    }
+}
+
+impl<P: ControlPlane + Sync> Loop<'_, P> {
+    /// Runs until every subtask finished (`Ok` with the last checkpoint) or
+    /// something failed. `requests` may be a channel that never yields.
+    pub async fn run(
+        self,
+        events: &mut mpsc::Receiver<Event>,
+        requests: &mut mpsc::Receiver<Request>,
+    ) -> Result<Option<CompletedCheckpoint>, JobError> {
+        let tasks = self.plane.tasks();
+        let sources = tasks.iter().filter(|t| t.1).count();
+        let opts = CoordinatorOptions::from(&self.config.checkpoints);
+        let tick_every = opts.interval.map_or(Duration::from_millis(100), |i| {
+            (i / 4).clamp(Duration::from_millis(5), Duration::from_millis(100))
+        });
+        let mut checkpoints = PendingCheckpoints::new(
+            opts,
+            self.config.name.clone(),
+            self.max_parallelism,
+            tasks.len(),
+            self.next_id,
+            Instant::now(),
+        );
+        let mut tick = tokio::time::interval(tick_every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let (mut exhausted, mut finished) = (0, 0);
+        let mut stopping = false;
+        let mut last = None;
+        // Requests waiting for a checkpoint: (id, reply, stop afterwards).
+        let mut waiting: Waiting = Vec::new();
+        let mut failure: Option<(JobError, Instant)> = None;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    if let Some((err, since)) = failure.take() {
+                        if since.elapsed() >= Duration::from_millis(200) {
+                            return Err(err);
+                        }
+                        failure = Some((err, since));
+                        continue;
+                    }
+                    let now = Instant::now();
+                    for id in checkpoints.expired(now) {
+                        warn!(checkpoint = id, "checkpoint {id} expired before completing");
+                        self.metrics.checkpoints_failed.fetch_add(1, Ordering::Relaxed);
+                        broadcast(self.plane, Control::Abort(id), false).await;
+                        reply_failed(&mut waiting, id, "expired");
+                        if let FailureVerdict::FailJob { consecutive } = checkpoints.fail(id) {
+                            return Err(JobError::TooManyCheckpointFailures { id, reason: "expired".into(), consecutive });
+                        }
+                    }
+                    if !stopping && checkpoints.due(now) {
+                        self.trigger(&mut checkpoints, now).await;
+                    }
+                }
+                Some(request) = requests.recv() => {
+                    let (reply, stop) = match request {
+                        Request::Checkpoint { reply } => (reply, false),
+                        Request::Stop { reply } => (reply, true),
+                    };
+                    if stopping {
+                        let _ = reply.send(Err("the job is finishing".into()));
+                        continue;
+                    }
+                    let barrier = self.trigger(&mut checkpoints, Instant::now()).await;
+                    waiting.push((barrier.id, reply, stop));
+                }
+                Some(event) = events.recv() => match event {
+                    Event::Ack { checkpoint, task, files } => {
+                        let Some(meta) = checkpoints.ack(checkpoint, task, files, Instant::now(), wall_ms()) else { continue };
+                        let completed = self.complete(&meta).await?;
+                        last = Some(completed);
+                        let mut stop_now = checkpoints.is_final(meta.id);
+                        for (id, reply, stop) in std::mem::take(&mut waiting) {
+                            if id == meta.id {
+                                stop_now |= stop;
+                                let _ = reply.send(Ok(meta.clone()));
+                            } else {
+                                waiting.push((id, reply, stop));
+                            }
+                        }
+                        if stop_now && !stopping {
+                            stopping = true;
+                            broadcast(self.plane, Control::Stop, false).await;
+                        }
+                    }
+                    Event::Decline { checkpoint, task, reason } => {
+                        warn!(checkpoint, %task, "checkpoint {checkpoint} declined by {task}: {reason}");
+                        self.metrics.checkpoints_failed.fetch_add(1, Ordering::Relaxed);
+                        broadcast(self.plane, Control::Abort(checkpoint), false).await;
+                        reply_failed(&mut waiting, checkpoint, &reason);
+                        if let FailureVerdict::FailJob { consecutive } = checkpoints.fail(checkpoint) {
+                            return Err(JobError::TooManyCheckpointFailures { id: checkpoint, reason, consecutive });
+                        }
+                    }
+                    Event::SourceExhausted(task) => {
+                        debug!(%task, "source finished");
+                        exhausted += 1;
+                        if exhausted == sources {
+                            checkpoints.request_final();
+                        }
+                    }
+                    Event::Failed { task, reason } => return Err(JobError::Background { task: task.to_string(), reason }),
+                    Event::TaskFinished { task, error: None, .. } => {
+                        debug!(%task, "subtask finished");
+                        finished += 1;
+                        if finished == tasks.len() {
+                            return Ok(last);
+                        }
+                    }
+                    Event::TaskFinished { task, error: Some(reason), secondary } => {
+                        let err = JobError::TaskFailed { task: task.to_string(), reason };
+                        // A failing subtask makes its neighbours fail with a
+                        // closed channel; report the cause, not the echo.
+                        if !secondary {
+                            return Err(err);
+                        }
+                        if failure.is_none() {
+                            failure = Some((err, Instant::now()));
+                        }
+                    }
+                },
+            }
+        }
+    }
+
+    async fn trigger(&self, checkpoints: &mut PendingCheckpoints, now: Instant) -> Barrier {
+        let barrier = checkpoints.trigger(now, wall_ms());
+        debug!(checkpoint = barrier.id, "triggering checkpoint {}", barrier.id);
+        broadcast(self.plane, Control::Trigger(barrier), true).await;
+        barrier
+    }
+
+    /// Makes a checkpoint complete: `_metadata`, notification, retention.
+    async fn complete(&self, meta: &CheckpointMetadata) -> Result<CompletedCheckpoint, JobError> {
+        let id = meta.id;
+        self.store.write_metadata(meta).await.map_err(|source| JobError::Complete {
+            action: "complete",
+            id,
+            source,
+        })?;
+        self.config
+            .faults
+            .check(FaultPoint::AfterMetadata)
+            .map_err(|e| JobError::TaskFailed { task: "coordinator".into(), reason: e.to_string() })?;
+        let completed = CompletedCheckpoint {
+            id,
+            path: self.store.path_of(id),
+            completed_at_ms: meta.completed_at_ms,
+            duration_ms: meta.duration_ms,
+            size_bytes: meta.size_bytes(),
+        };
+        info!(
+            checkpoint = id,
+            duration_ms = meta.duration_ms,
+            size_bytes = completed.size_bytes,
+            "completed checkpoint {id}"
+        );
+        self.metrics.checkpoints_completed.fetch_add(1, Ordering::Relaxed);
+        self.metrics.set_last_checkpoint(completed.clone());
+        broadcast(self.plane, Control::Complete(id), false).await;
+        let retained = self.config.checkpoints.retained.max(1) as usize;
+        self.store.apply_retention(id, retained).await.map_err(|source| JobError::Complete {
+            action: "apply retention after",
+            id,
+            source,
+        })?;
+        Ok(completed)
+    }
+}
+
+fn reply_failed(waiting: &mut Waiting, id: u64, reason: &str) {
+    for (wid, reply, stop) in std::mem::take(waiting) {
+        if wid == id {
+            let _ = reply.send(Err(format!("checkpoint {id} failed: {reason}")));
+        } else {
+            waiting.push((wid, reply, stop));
+        }
+    }
+}

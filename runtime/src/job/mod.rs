@@ -1,0 +1,136 @@
+//! Running a job: restore, start subtasks, coordinate checkpoints, and
+//! finish or fail as a whole.
+//!
+//! # Layout
+//! - [`deploy`]: a process's share of subtasks, on threads of their own.
+//! - [`coordinate`]: the checkpoint loop over any [`coordinate::ControlPlane`].
+//! - [`run_job`]: both together in one process (`weir run`).
+
+pub mod coordinate;
+pub mod deploy;
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tracing::info;
+
+use crate::checkpoint::{CheckpointError, CheckpointStore, RestoredCheckpoint};
+use crate::dataflow::JobGraph;
+use crate::faults::Faults;
+use crate::manifest::CheckpointOptions;
+use crate::metrics::{CompletedCheckpoint, JobMetrics};
+use crate::task::{Control, Event, TaskError, TaskId};
+use coordinate::{ControlPlane, Loop};
+use deploy::{all_tasks, Deployment};
+
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error("task {task} failed: {source}")]
+    Task { task: String, source: Box<TaskError> },
+    #[error("task {task} failed: {reason}")]
+    TaskFailed { task: String, reason: String },
+    #[error("{task} failed: {reason}")]
+    Background { task: String, reason: String },
+    #[error("checkpoint {id} failed ({reason}); {consecutive} consecutive failures exceed tolerableFailures")]
+    TooManyCheckpointFailures { id: u64, reason: String, consecutive: u32 },
+    #[error("cannot {action} checkpoint {id}: {source}")]
+    Complete { action: &'static str, id: u64, source: CheckpointError },
+}
+
+/// How a job runs, beyond its graph.
+#[derive(Debug, Clone)]
+pub struct JobConfig {
+    pub name: String,
+    pub namespace: String,
+    pub checkpoints: CheckpointOptions,
+    pub batch_size: usize,
+    pub channel_capacity: usize,
+    pub faults: Faults,
+}
+
+impl JobConfig {
+    pub fn new(name: &str, namespace: &str, checkpoints: CheckpointOptions) -> JobConfig {
+        JobConfig {
+            name: name.into(),
+            namespace: namespace.into(),
+            checkpoints,
+            batch_size: 1024,
+            channel_capacity: 16,
+            faults: Faults::none(),
+        }
+    }
+}
+
+/// How a finished run went.
+#[derive(Debug, Clone)]
+pub struct JobOutcome {
+    pub restored_from: Option<u64>,
+    /// Damaged checkpoints passed over on restore, with why.
+    pub skipped: Vec<(u64, String)>,
+    pub last_checkpoint: Option<CompletedCheckpoint>,
+}
+
+struct Local {
+    tasks: Vec<(TaskId, bool)>,
+    deployment: Deployment,
+}
+
+impl ControlPlane for Local {
+    fn tasks(&self) -> &[(TaskId, bool)] {
+        &self.tasks
+    }
+    async fn send(&self, task: usize, msg: Control) {
+        self.deployment.send(task, msg).await
+    }
+}
+
+/// Runs `graph` in this process to completion (bounded sources) or
+/// failure. Every subtask is gone when this returns.
+pub async fn run_job(graph: JobGraph, config: &JobConfig, metrics: Arc<JobMetrics>) -> Result<JobOutcome, JobError> {
+    let store = CheckpointStore::open(&config.checkpoints.storage, &config.namespace, &config.name)?;
+    let (restored, next_id) = restore_point(&store, graph.max_parallelism, &config.name).await?;
+    let outcome = JobOutcome {
+        restored_from: restored.as_ref().map(|r| r.id),
+        skipped: restored.as_ref().map(|r| r.skipped.clone()).unwrap_or_default(),
+        last_checkpoint: None,
+    };
+    for edge in &graph.edges {
+        edge.connect(config.channel_capacity);
+    }
+    let (events_tx, mut events) = mpsc::channel::<Event>(1024);
+    let mut deployment = Deployment::build(&graph, |_| true, restored, config, metrics.clone(), &store, &events_tx)?;
+    deployment.open().await?;
+    deployment.start(&events_tx)?;
+    drop(events_tx);
+    let local = Local { tasks: all_tasks(&graph), deployment };
+    let (_requests_tx, mut requests) = mpsc::channel(1);
+    let coordinator = Loop {
+        plane: &local,
+        store: &store,
+        config,
+        metrics: &metrics,
+        max_parallelism: graph.max_parallelism,
+        next_id,
+    };
+    let result = coordinator.run(&mut events, &mut requests).await;
+    local.deployment.shutdown().await;
+    result.map(|last_checkpoint| JobOutcome { last_checkpoint, ..outcome })
+}
+
+/// The checkpoint to restore and the first id for new checkpoints, which
+/// is above every id in storage, complete or not.
+pub async fn restore_point(
+    store: &CheckpointStore,
+    max_parallelism: u32,
+    job: &str,
+) -> Result<(Option<Arc<RestoredCheckpoint>>, u64), JobError> {
+    let existing = store.checkpoint_ids().await?;
+    let restored = store.latest_restorable(max_parallelism).await?.map(Arc::new);
+    match &restored {
+        Some(r) => info!(checkpoint = r.id, path = %r.path, "restoring job {job} from checkpoint {}", r.id),
+        None => info!("starting job {job} with empty state"),
+    }
+    Ok((restored, existing.first().map_or(1, |newest| newest + 1)))
+}
