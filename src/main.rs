@@ -4,8 +4,10 @@
 //! # Layout
 //! - [`run`]: `weir run FILE`, a whole job in this process, with progress.
 //! - [`checkpoints`]: `weir checkpoints list|inspect`.
+//! - [`cluster`]: `weir coordinator` and `weir worker`, a job across processes.
 
 mod checkpoints;
+mod cluster;
 mod run;
 
 use std::path::PathBuf;
@@ -32,6 +34,10 @@ enum Command {
         #[arg(long)]
         no_progress_line: bool,
     },
+    /// Coordinate a job across worker processes: schedule, checkpoint, recover.
+    Coordinator(cluster::CoordinatorArgs),
+    /// Run the subtasks a coordinator assigns.
+    Worker(cluster::WorkerArgs),
     /// Inspect a job's checkpoints.
     Checkpoints {
         #[command(subcommand)]
@@ -63,6 +69,8 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Run { file, no_progress_line } => run::run(&file, !no_progress_line).await,
+            Command::Coordinator(args) => cluster::coordinator(args).await,
+            Command::Worker(args) => cluster::worker(args).await,
             Command::Checkpoints { command: CheckpointsCommand::List { uri } } => checkpoints::list(&uri).await,
             Command::Checkpoints { command: CheckpointsCommand::Inspect { uri, id } } => {
                 checkpoints::inspect(&uri, id).await

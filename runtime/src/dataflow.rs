@@ -215,13 +215,16 @@ impl<T: Send + 'static> DataStream<T> {
     }
 
     /// Repartitions by key: the records of one key go to one subtask.
+    /// Records cross process boundaries here, so they must serialize.
     pub fn key_by<K, F>(self, key: F) -> KeyedStream<K, T>
     where
+        T: Serialize + DeserializeOwned,
         K: Hash + Eq + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
         F: Fn(&T) -> K + Clone + Send + Sync + 'static,
     {
-        let edge = Edge::<T>::new(self.parallelism);
         let graph = self.graph.clone();
+        let stage = graph.borrow().stages.len();
+        let edge = Edge::<T>::new(stage, self.parallelism);
         let parallelism = graph.borrow().parallelism;
         let route_edge = edge.clone();
         let route_key = key.clone();
@@ -269,7 +272,7 @@ pub struct KeyedStream<K, T> {
 impl<K, T> KeyedStream<K, T>
 where
     K: Hash + Eq + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
-    T: Send + 'static,
+    T: Serialize + DeserializeOwned + Send + 'static,
 {
     /// Runs `function` on every record with the state of its key.
     pub fn process<O, F>(self, uid: &str, function: F) -> DataStream<O>

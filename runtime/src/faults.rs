@@ -39,16 +39,38 @@ struct Plan {
 }
 
 #[derive(Debug, Clone, Default)]
-pub struct Faults(Option<Arc<Plan>>);
+pub struct Faults(Option<Arc<Plan>>, Option<std::time::Duration>);
 
 impl Faults {
     pub fn none() -> Faults {
-        Faults(None)
+        Faults(None, None)
+    }
+
+    /// Reads a plan for a whole process from the environment, so tests can
+    /// inject faults into `weir` processes: `WEIR_INJECT_FAULT=MidBatch:3`
+    /// crashes the 3rd time the point is reached, and
+    /// `WEIR_INJECT_SNAPSHOT_DELAY_MS=500` makes every snapshot write slow.
+    pub fn from_env() -> Faults {
+        let plan = std::env::var("WEIR_INJECT_FAULT").ok().and_then(|v| {
+            let (name, nth) = v.split_once(':')?;
+            let point = FaultPoint::ALL.into_iter().find(|p| format!("{p:?}") == name)?;
+            Some(Arc::new(Plan { point, remaining: AtomicI64::new(nth.parse().ok()?) }))
+        });
+        let delay = std::env::var("WEIR_INJECT_SNAPSHOT_DELAY_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map(std::time::Duration::from_millis);
+        Faults(plan, delay)
+    }
+
+    /// Extra time every snapshot write takes (tests only).
+    pub fn snapshot_delay(&self) -> Option<std::time::Duration> {
+        self.1
     }
 
     /// Crash the `nth` (1-based) time `point` is reached.
     pub fn crash_at(point: FaultPoint, nth: u64) -> Faults {
-        Faults(Some(Arc::new(Plan { point, remaining: AtomicI64::new(nth as i64) })))
+        Faults(Some(Arc::new(Plan { point, remaining: AtomicI64::new(nth as i64) })), None)
     }
 
     #[inline]

@@ -20,6 +20,7 @@
 pub mod checkpoint;
 pub mod connectors;
 pub mod dataflow;
+pub mod distributed;
 pub mod faults;
 pub mod job;
 pub mod keygroup;

@@ -22,6 +22,9 @@ pub struct JobMetrics {
     pub bad_records_dead_lettered: AtomicU64,
     pub checkpoints_completed: AtomicU64,
     pub checkpoints_failed: AtomicU64,
+    pub checkpoints_in_progress: AtomicU64,
+    /// When a source first emitted a batch, in ms since the epoch (0: not yet).
+    pub first_record_at_ms: AtomicU64,
     pub last_checkpoint: Mutex<Option<CompletedCheckpoint>>,
     /// The most recent completed checkpoints, oldest first.
     pub history: Mutex<VecDeque<CompletedCheckpoint>>,
@@ -37,6 +40,17 @@ impl JobMetrics {
 
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
+    }
+
+    /// Notes the first record of a run; later calls change nothing.
+    pub fn mark_first_record(&self) {
+        if self.first_record_at_ms.load(Ordering::Relaxed) == 0 {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(1);
+            let _ = self.first_record_at_ms.compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
+        }
     }
 
     pub fn last_checkpoint(&self) -> Option<CompletedCheckpoint> {

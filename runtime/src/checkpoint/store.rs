@@ -398,6 +398,30 @@ impl CheckpointStore {
         Ok(deleted)
     }
 
+    /// Copies completed checkpoint `id` to `savepoints/sp-<ms>/`, which
+    /// retention never touches; returns the savepoint's location.
+    pub async fn copy_to_savepoint(&self, id: u64, at_ms: u64) -> Result<String, CheckpointError> {
+        let meta = self.read_metadata(id).await?;
+        let dir = format!("savepoints/sp-{at_ms}");
+        let mut names: Vec<String> = meta.operators.iter().flat_map(|o| &o.files).map(|f| f.name.clone()).collect();
+        names.push(METADATA_FILE.to_string());
+        for name in names {
+            let from = format!("{}/{name}", checkpoint_dir(id));
+            let bytes = self.op.read(&from).await.map_err(|source| CheckpointError::Io {
+                action: "read",
+                path: self.full(&from),
+                source: Box::new(source),
+            })?;
+            let to = format!("{dir}/{name}");
+            self.op.write(&to, bytes).await.map_err(|source| CheckpointError::Io {
+                action: "write",
+                path: self.full(&to),
+                source: Box::new(source),
+            })?;
+        }
+        Ok(self.full(&dir))
+    }
+
     pub async fn delete(&self, id: u64) -> Result<(), CheckpointError> {
         let dir = format!("{}/", checkpoint_dir(id));
         self.op.delete_with(&dir).recursive(true).await.map_err(|source| CheckpointError::Io {

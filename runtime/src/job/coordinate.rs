@@ -90,6 +90,7 @@ impl<P: ControlPlane + Sync> Loop<'_, P> {
         let mut waiting: Waiting = Vec::new();
         let mut failure: Option<(JobError, Instant)> = None;
         loop {
+            self.metrics.checkpoints_in_progress.store(checkpoints.in_progress() as u64, Ordering::Relaxed);
             tokio::select! {
                 _ = tick.tick() => {
                     if let Some((err, since)) = failure.take() {

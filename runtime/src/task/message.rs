@@ -1,17 +1,19 @@
 use std::fmt;
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
+
 use crate::checkpoint::store::StateFileMetadata;
 
 /// A checkpoint barrier: everything before it belongs to checkpoint `id`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Barrier {
     pub id: u64,
     pub timestamp_ms: u64,
 }
 
 /// What flows on a data channel between two subtasks.
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
 pub enum Message<T> {
     Batch(Vec<T>),
     Barrier(Barrier),
@@ -20,7 +22,7 @@ pub enum Message<T> {
 }
 
 /// What the coordinator tells a subtask.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Control {
     /// Sources only: take a snapshot and emit this barrier.
     Trigger(Barrier),
@@ -33,7 +35,7 @@ pub enum Control {
 }
 
 /// Identity of a subtask.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct TaskId {
     pub stage: usize,
     pub name: Arc<str>,
@@ -48,7 +50,7 @@ impl fmt::Display for TaskId {
 }
 
 /// A state file a subtask wrote for a checkpoint.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WrittenState {
     pub uid: String,
     pub parallelism: u32,
@@ -56,7 +58,7 @@ pub struct WrittenState {
 }
 
 /// What a subtask tells the coordinator.
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
 pub enum Event {
     Ack {
         checkpoint: u64,

@@ -7,9 +7,15 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use tokio::sync::mpsc::{channel, Receiver, Sender};
 
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::task::JoinSet;
+
 use super::collector::{Collector, TaskSnapshot};
 use super::error::TaskError;
 use super::message::{Barrier, Message};
+use crate::distributed::network::{spawn_inbound, spawn_outbound, DataPlane, OnBroken};
+use crate::distributed::protocol::{ChannelKey, Placement, TaskKey};
 use crate::keygroup::{key_group_of_hash, key_hash, subtask_for_key_group};
 
 type Senders<T> = Vec<Sender<Message<T>>>;
@@ -22,24 +28,42 @@ pub struct Edge<T> {
 }
 
 struct EdgeInner<T> {
+    /// Index of the sending stage; the receiving stage is the next one.
+    stage: usize,
     upstream: u32,
     downstream: u32,
     senders: Vec<Option<Senders<T>>>,
     receivers: Vec<Option<Receivers<T>>>,
 }
 
+/// How a worker wires the shuffles of one attempt over the network.
+pub struct NetworkWiring<'a> {
+    pub attempt: u64,
+    pub placement: &'a Placement,
+    /// This worker's index in the placement.
+    pub me: usize,
+    pub plane: &'a DataPlane,
+    /// Where the channel pumps run; dropped with the attempt.
+    pub pumps: &'a mut JoinSet<()>,
+    pub on_broken: OnBroken,
+}
+
 /// Wiring of an edge, independent of its record type.
 pub trait Connect: Send + Sync {
     /// Records the receiving stage's parallelism (known once it is built).
     fn set_downstream(&self, parallelism: u32);
-    /// Makes fresh channels for a run of the job.
+    /// Makes fresh channels for a run of the job in one process.
     fn connect(&self, capacity: usize);
+    /// Makes fresh channels for the subtasks of this worker: local pairs
+    /// directly, the rest through the data plane.
+    fn connect_distributed(&self, edge: usize, capacity: usize, wiring: &mut NetworkWiring<'_>);
 }
 
 impl<T: Send + 'static> Edge<T> {
-    pub fn new(upstream: u32) -> Arc<Edge<T>> {
+    /// The shuffle out of stage `stage`, which has `upstream` subtasks.
+    pub fn new(stage: usize, upstream: u32) -> Arc<Edge<T>> {
         Arc::new(Edge {
-            inner: Mutex::new(EdgeInner { upstream, downstream: 0, senders: Vec::new(), receivers: Vec::new() }),
+            inner: Mutex::new(EdgeInner { stage, upstream, downstream: 0, senders: Vec::new(), receivers: Vec::new() }),
         })
     }
 
@@ -66,7 +90,7 @@ impl<T: Send + 'static> Edge<T> {
     }
 }
 
-impl<T: Send + 'static> Connect for Edge<T> {
+impl<T: Serialize + DeserializeOwned + Send + 'static> Connect for Edge<T> {
     fn set_downstream(&self, parallelism: u32) {
         if let Ok(mut g) = self.inner.lock() {
             g.downstream = parallelism;
@@ -87,6 +111,42 @@ impl<T: Send + 'static> Connect for Edge<T> {
         }
         g.senders = senders.into_iter().map(Some).collect();
         g.receivers = receivers.into_iter().map(Some).collect();
+    }
+
+    fn connect_distributed(&self, edge: usize, capacity: usize, w: &mut NetworkWiring<'_>) {
+        let Ok(mut g) = self.inner.lock() else { return };
+        let (stage, up, down) = (g.stage, g.upstream, g.downstream);
+        let here = |stage: usize, subtask: u32| w.placement.worker_of(TaskKey { stage, subtask });
+        let mut senders: Vec<Option<Senders<T>>> = (0..up).map(|_| None).collect();
+        let mut receivers: Vec<Option<Receivers<T>>> = (0..down).map(|_| None).collect();
+        for u in 0..up {
+            let up_worker = here(stage, u);
+            for d in 0..down {
+                let down_worker = here(stage + 1, d);
+                let key = ChannelKey { attempt: w.attempt, edge, upstream: u, downstream: d };
+                let (tx, rx) = channel(capacity);
+                match (up_worker == Some(w.me), down_worker == Some(w.me)) {
+                    (true, true) => {
+                        senders[u as usize].get_or_insert_with(Vec::new).push(tx);
+                        receivers[d as usize].get_or_insert_with(Vec::new).push(rx);
+                    }
+                    (true, false) => {
+                        let to = down_worker.and_then(|i| w.placement.data_addrs.get(i).copied());
+                        senders[u as usize].get_or_insert_with(Vec::new).push(tx);
+                        if let Some(to) = to {
+                            spawn_outbound(w.pumps, key, to, rx, w.on_broken.clone());
+                        }
+                    }
+                    (false, true) => {
+                        receivers[d as usize].get_or_insert_with(Vec::new).push(rx);
+                        spawn_inbound(w.pumps, w.plane, key, tx, w.on_broken.clone());
+                    }
+                    (false, false) => {}
+                }
+            }
+        }
+        g.senders = senders;
+        g.receivers = receivers;
     }
 }
 

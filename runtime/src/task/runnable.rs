@@ -40,6 +40,9 @@ pub fn spawn_snapshot_write(
     while writers.try_join_next().is_some() {}
     let (ctx, store, events) = (ctx.clone(), io.store.clone(), io.events.clone());
     writers.spawn(async move {
+        if let Some(delay) = ctx.faults.snapshot_delay() {
+            tokio::time::sleep(delay).await;
+        }
         let task = ctx.id.clone();
         let event = match write_snapshot(&ctx, &store, barrier, snapshot).await {
             Ok(files) => match ctx.faults.check(FaultPoint::BeforeAck) {

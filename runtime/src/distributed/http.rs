@@ -1,0 +1,194 @@
+//! The coordinator's HTTP API (JSON) and Prometheus metrics. The operator
+//! reads checkpoint completion from here.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use super::coordinator::{JobState, Shared};
+use crate::job::coordinate::{wall_ms, Request};
+use crate::metrics::{CompletedCheckpoint, JobMetrics};
+
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/v1/job", get(job))
+        .route("/v1/checkpoints", get(checkpoints))
+        .route("/v1/savepoints", post(savepoint))
+        .route("/v1/stop", post(stop))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(ready))
+        .with_state(shared)
+}
+
+/// Serves the API on `listener` until the process ends.
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>) -> std::io::Result<()> {
+    axum::serve(listener, router(shared)).await
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": message.into() }))).into_response()
+}
+
+async fn job(State(shared): State<Arc<Shared>>) -> Response {
+    let Some(status) = shared.status() else { return error(StatusCode::INTERNAL_SERVER_ERROR, "status unavailable") };
+    let (records_in, records_out) = shared.records();
+    let mut body = serde_json::to_value(&status).unwrap_or_default();
+    if let Some(obj) = body.as_object_mut() {
+        obj.insert("workers".into(), serde_json::to_value(shared.workers()).unwrap_or_default());
+        obj.insert("recordsIn".into(), records_in.into());
+        obj.insert("recordsOut".into(), records_out.into());
+    }
+    Json(body).into_response()
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct CheckpointView {
+    id: u64,
+    path: String,
+    completed_at_ms: u64,
+    duration_ms: u64,
+    size_bytes: u64,
+}
+
+impl From<CompletedCheckpoint> for CheckpointView {
+    fn from(c: CompletedCheckpoint) -> Self {
+        CheckpointView {
+            id: c.id,
+            path: c.path,
+            completed_at_ms: c.completed_at_ms,
+            duration_ms: c.duration_ms,
+            size_bytes: c.size_bytes,
+        }
+    }
+}
+
+async fn checkpoints(State(shared): State<Arc<Shared>>) -> Response {
+    let m = &shared.metrics;
+    let history: Vec<CheckpointView> = m.history().into_iter().rev().take(20).map(Into::into).collect();
+    Json(json!({
+        "latest": m.last_checkpoint().map(CheckpointView::from),
+        "inProgress": m.checkpoints_in_progress.load(Ordering::Relaxed),
+        "completed": JobMetrics::get(&m.checkpoints_completed),
+        "failed": JobMetrics::get(&m.checkpoints_failed),
+        "history": history,
+    }))
+    .into_response()
+}
+
+async fn take_savepoint(shared: &Shared, stop: bool) -> Response {
+    let (reply, result) = tokio::sync::oneshot::channel();
+    let request = if stop { Request::Stop { reply } } else { Request::Checkpoint { reply } };
+    if shared.requests.send(request).await.is_err() {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "the job is not running");
+    }
+    let meta = match result.await {
+        Ok(Ok(meta)) => meta,
+        Ok(Err(reason)) => return error(StatusCode::CONFLICT, reason),
+        Err(_) => return error(StatusCode::SERVICE_UNAVAILABLE, "the job stopped before the savepoint completed"),
+    };
+    match shared.store.copy_to_savepoint(meta.id, wall_ms()).await {
+        Ok(path) => Json(json!({ "path": path, "checkpoint": meta.id })).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn savepoint(State(shared): State<Arc<Shared>>) -> Response {
+    take_savepoint(&shared, false).await
+}
+
+async fn stop(State(shared): State<Arc<Shared>>) -> Response {
+    take_savepoint(&shared, true).await
+}
+
+async fn ready(State(shared): State<Arc<Shared>>) -> Response {
+    match shared.status().map(|s| s.state) {
+        Some(JobState::Running) => (StatusCode::OK, "running").into_response(),
+        Some(state) => (StatusCode::SERVICE_UNAVAILABLE, format!("{state:?}")).into_response(),
+        None => StatusCode::SERVICE_UNAVAILABLE.into_response(),
+    }
+}
+
+fn counter(registry: &mut Registry, name: &str, help: &str, value: u64) {
+    let c: Counter = Counter::default();
+    c.inc_by(value);
+    registry.register(name, help, c);
+}
+
+fn gauge(registry: &mut Registry, name: &str, help: &str, value: i64) {
+    let g: Gauge = Gauge::default();
+    g.set(value);
+    registry.register(name, help, g);
+}
+
+async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+    let m = &shared.metrics;
+    let mut registry = Registry::with_prefix("weir");
+    let (records_in, records_out) = shared.records();
+    counter(&mut registry, "records_in", "Records emitted by the job's sources", records_in);
+    counter(&mut registry, "records_out", "Records written by the job's sinks", records_out);
+    counter(&mut registry, "checkpoints_completed", "Completed checkpoints", JobMetrics::get(&m.checkpoints_completed));
+    counter(
+        &mut registry,
+        "checkpoints_failed",
+        "Failed or expired checkpoints",
+        JobMetrics::get(&m.checkpoints_failed),
+    );
+    gauge(
+        &mut registry,
+        "checkpoints_in_progress",
+        "Checkpoints in progress",
+        m.checkpoints_in_progress.load(Ordering::Relaxed) as i64,
+    );
+    let last = m.last_checkpoint();
+    gauge(
+        &mut registry,
+        "last_checkpoint_id",
+        "Id of the newest completed checkpoint",
+        last.as_ref().map_or(0, |c| c.id as i64),
+    );
+    gauge(
+        &mut registry,
+        "last_checkpoint_duration_ms",
+        "Duration of the newest completed checkpoint",
+        last.as_ref().map_or(0, |c| c.duration_ms as i64),
+    );
+    gauge(
+        &mut registry,
+        "last_checkpoint_size_bytes",
+        "Size of the newest completed checkpoint",
+        last.as_ref().map_or(0, |c| c.size_bytes as i64),
+    );
+    let status = shared.status();
+    counter(
+        &mut registry,
+        "restarts",
+        "Times the job was reset to a checkpoint",
+        status.as_ref().map_or(0, |s| s.restarts),
+    );
+    gauge(&mut registry, "workers", "Registered workers", shared.workers().len() as i64);
+    gauge(
+        &mut registry,
+        "running",
+        "1 while the job runs",
+        i64::from(status.is_some_and(|s| s.state == JobState::Running)),
+    );
+    let mut body = String::new();
+    if let Err(e) = encode(&mut body, &registry) {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+    }
+    ([("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")], body).into_response()
+}

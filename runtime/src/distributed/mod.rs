@@ -1,0 +1,14 @@
+//! A job across processes: one coordinator and N workers.
+//!
+//! # Layout
+//! - [`protocol`]: messages between coordinator and workers, and framing.
+//! - [`network`]: shuffle channels between workers, with credit-based flow control.
+//! - [`worker`]: the worker process: runs the subtasks it is assigned.
+//! - [`coordinator`]: the coordinator process: scheduling, checkpoints, recovery.
+//! - [`http`]: the coordinator's HTTP API and Prometheus metrics.
+
+pub mod coordinator;
+pub mod http;
+pub mod network;
+pub mod protocol;
+pub mod worker;

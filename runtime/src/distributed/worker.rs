@@ -1,0 +1,248 @@
+//! The worker process: registers with the coordinator, runs the subtasks
+//! it is assigned, forwards their events, and reconnects (dropping its
+//! subtasks) whenever the coordinator goes away.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tracing::{info, warn};
+
+use super::network::{DataPlane, OnBroken};
+use super::protocol::{self, Connection, Placement, ProtocolError, TaskKey, ToCoordinator, ToWorker, WorkerCounters};
+use crate::checkpoint::CheckpointStore;
+use crate::faults::Faults;
+use crate::job::deploy::Deployment;
+use crate::job::JobConfig;
+use crate::manifest::StreamJob;
+use crate::metrics::JobMetrics;
+use crate::task::router::NetworkWiring;
+use crate::task::{Event, TaskId};
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("cannot listen for shuffle data on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+}
+
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    /// `host:port` of the coordinator's worker endpoint.
+    pub coordinator: String,
+    pub name: String,
+    /// Where to listen for shuffle data (port 0: any free port).
+    pub data_bind: SocketAddr,
+    pub heartbeat: Duration,
+}
+
+enum SessionEnd {
+    Shutdown,
+    Lost(String),
+}
+
+struct Attempt {
+    id: u64,
+    deployment: Deployment,
+    pumps: JoinSet<()>,
+    metrics: Arc<JobMetrics>,
+    events_tx: mpsc::Sender<Event>,
+    events: mpsc::Receiver<Event>,
+    index: HashMap<TaskKey, usize>,
+}
+
+impl Attempt {
+    async fn shutdown(mut self) {
+        self.deployment.shutdown().await;
+        self.pumps.abort_all();
+        while self.pumps.join_next().await.is_some() {}
+    }
+}
+
+/// Runs until the coordinator says the job is finished.
+pub async fn run_worker(opts: WorkerOptions) -> Result<(), WorkerError> {
+    let plane =
+        DataPlane::bind(opts.data_bind).await.map_err(|source| WorkerError::Bind { addr: opts.data_bind, source })?;
+    info!(name = %opts.name, data = %plane.addr(), coordinator = %opts.coordinator, "worker started");
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let stream = match TcpStream::connect(&opts.coordinator).await {
+            Ok(s) => s,
+            Err(e) => {
+                warn!("cannot reach the coordinator at {}: {e}; retrying in {backoff:?}", opts.coordinator);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(100);
+        let mut conn = protocol::framed(stream);
+        match session(&mut conn, &plane, &opts).await {
+            SessionEnd::Shutdown => {
+                info!("the job is finished; worker exits");
+                return Ok(());
+            }
+            SessionEnd::Lost(why) => warn!("lost the coordinator ({why}); dropped my subtasks, reconnecting"),
+        }
+    }
+}
+
+async fn next_event(current: &mut Option<Attempt>) -> Option<(u64, Event)> {
+    match current {
+        Some(a) => a.events.recv().await.map(|e| (a.id, e)),
+        None => std::future::pending().await,
+    }
+}
+
+fn network_task() -> TaskId {
+    TaskId { stage: usize::MAX, name: Arc::from("network"), subtask: 0, parallelism: 0 }
+}
+
+async fn session(conn: &mut Connection, plane: &Arc<DataPlane>, opts: &WorkerOptions) -> SessionEnd {
+    let register = ToCoordinator::Register { name: opts.name.clone(), data_addr: plane.addr() };
+    if let Err(e) = protocol::send(conn, &register).await {
+        return SessionEnd::Lost(e.to_string());
+    }
+    let (broken_tx, mut broken) = mpsc::channel::<(u64, String)>(64);
+    let mut current: Option<Attempt> = None;
+    let mut heartbeat = tokio::time::interval(opts.heartbeat);
+    let end = loop {
+        let step: Result<Option<SessionEnd>, ProtocolError> = tokio::select! {
+            msg = protocol::recv::<ToWorker>(conn) => match msg {
+                Ok(Some(msg)) => handle(msg, conn, &mut current, plane, &broken_tx).await,
+                Ok(None) => Ok(Some(SessionEnd::Lost("connection closed".into()))),
+                Err(e) => Err(e),
+            },
+            Some((attempt, event)) = next_event(&mut current) => {
+                protocol::send(conn, &ToCoordinator::Event { attempt, event }).await.map(|_| None)
+            }
+            Some((attempt, reason)) = broken.recv() => {
+                let event = Event::Failed { task: network_task(), reason };
+                protocol::send(conn, &ToCoordinator::Event { attempt, event }).await.map(|_| None)
+            }
+            _ = heartbeat.tick() => {
+                let counters = current.as_ref().map_or(WorkerCounters::default(), |a| WorkerCounters {
+                    attempt: a.id,
+                    records_in: JobMetrics::get(&a.metrics.records_in),
+                    records_out: JobMetrics::get(&a.metrics.records_out),
+                    bad_records: JobMetrics::get(&a.metrics.bad_records_skipped) + JobMetrics::get(&a.metrics.bad_records_dead_lettered),
+                    first_record_at_ms: Some(JobMetrics::get(&a.metrics.first_record_at_ms)).filter(|t| *t > 0),
+                });
+                protocol::send(conn, &ToCoordinator::Heartbeat(counters)).await.map(|_| None)
+            }
+        };
+        match step {
+            Ok(None) => {}
+            Ok(Some(end)) => break end,
+            Err(e) => break SessionEnd::Lost(e.to_string()),
+        }
+    };
+    if let Some(a) = current.take() {
+        a.shutdown().await;
+    }
+    end
+}
+
+async fn handle(
+    msg: ToWorker,
+    conn: &mut Connection,
+    current: &mut Option<Attempt>,
+    plane: &Arc<DataPlane>,
+    broken_tx: &mpsc::Sender<(u64, String)>,
+) -> Result<Option<SessionEnd>, ProtocolError> {
+    match msg {
+        ToWorker::Deploy { attempt, manifest, restore, placement, worker_index } => {
+            if let Some(a) = current.take() {
+                a.shutdown().await;
+            }
+            match deploy(attempt, &manifest, restore, placement, worker_index, plane, broken_tx).await {
+                Ok(a) => {
+                    info!(attempt, subtasks = a.index.len(), restore = ?restore, "deployed attempt {attempt}");
+                    *current = Some(a);
+                    protocol::send(conn, &ToCoordinator::Opened { attempt }).await?;
+                }
+                Err(reason) => {
+                    warn!(attempt, "cannot deploy attempt {attempt}: {reason}");
+                    protocol::send(conn, &ToCoordinator::OpenFailed { attempt, reason }).await?;
+                }
+            }
+        }
+        ToWorker::Start { attempt } => {
+            if let Some(a) = current.as_mut().filter(|a| a.id == attempt) {
+                if let Err(e) = a.deployment.start(&a.events_tx) {
+                    let event = Event::Failed { task: network_task(), reason: e.to_string() };
+                    protocol::send(conn, &ToCoordinator::Event { attempt, event }).await?;
+                }
+            }
+        }
+        ToWorker::Control { attempt, task, control } => {
+            if let Some(a) = current.as_ref().filter(|a| a.id == attempt) {
+                if let Some(i) = a.index.get(&task) {
+                    a.deployment.send(*i, control).await;
+                }
+            }
+        }
+        ToWorker::Cancel { attempt } => {
+            if current.as_ref().is_some_and(|a| a.id <= attempt) {
+                if let Some(a) = current.take() {
+                    a.shutdown().await;
+                }
+            }
+        }
+        ToWorker::Shutdown => return Ok(Some(SessionEnd::Shutdown)),
+    }
+    Ok(None)
+}
+
+async fn deploy(
+    attempt: u64,
+    manifest: &str,
+    restore: Option<u64>,
+    placement: Placement,
+    me: usize,
+    plane: &Arc<DataPlane>,
+    broken_tx: &mpsc::Sender<(u64, String)>,
+) -> Result<Attempt, String> {
+    let job = StreamJob::from_yaml(manifest).map_err(|e| e.to_string())?;
+    let graph = crate::pipeline::build(&job.spec).map_err(|e| e.to_string())?;
+    let mut config =
+        JobConfig::new(&job.metadata.name, job.metadata.namespace_or_default(), job.spec.checkpoints.clone());
+    config.faults = Faults::from_env();
+    let store = CheckpointStore::open(&config.checkpoints.storage, &config.namespace, &config.name)
+        .map_err(|e| e.to_string())?;
+    let restored = match restore {
+        Some(id) => Some(Arc::new(store.load_verified(id).await.map_err(|e| e.to_string())?)),
+        None => None,
+    };
+    plane.forget_before(attempt);
+    let broken = broken_tx.clone();
+    let on_broken: OnBroken = Arc::new(move |reason| {
+        let _ = broken.try_send((attempt, reason));
+    });
+    let mut pumps = JoinSet::new();
+    let mut wiring =
+        NetworkWiring { attempt, placement: &placement, me, plane: plane.as_ref(), pumps: &mut pumps, on_broken };
+    for (i, edge) in graph.edges.iter().enumerate() {
+        edge.connect_distributed(i, config.channel_capacity, &mut wiring);
+    }
+    let (events_tx, events) = mpsc::channel(1024);
+    let metrics = Arc::new(JobMetrics::default());
+    let mine = |id: &TaskId| placement.worker_of(TaskKey { stage: id.stage, subtask: id.subtask }) == Some(me);
+    let mut deployment = Deployment::build(&graph, mine, restored, &config, metrics.clone(), &store, &events_tx)
+        .map_err(|e| e.to_string())?;
+    if let Err(e) = deployment.open().await {
+        deployment.shutdown().await;
+        pumps.abort_all();
+        return Err(e.to_string());
+    }
+    let index = deployment
+        .ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| (TaskKey { stage: id.stage, subtask: id.subtask }, i))
+        .collect();
+    Ok(Attempt { id: attempt, deployment, pumps, metrics, events_tx, events, index })
+}

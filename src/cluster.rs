@@ -1,0 +1,90 @@
+//! `weir coordinator` and `weir worker`. Every flag can also come from an
+//! environment variable, which is how pods get them.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+use weir_runtime::distributed::coordinator::{self, CoordinatorOptions};
+use weir_runtime::distributed::http;
+use weir_runtime::distributed::worker::{run_worker, WorkerOptions};
+use weir_runtime::manifest::{HumanDuration, StreamJob};
+
+#[derive(Args)]
+pub struct CoordinatorArgs {
+    /// The StreamJob manifest.
+    #[arg(long, env = "WEIR_JOB")]
+    job: PathBuf,
+    /// Where workers connect.
+    #[arg(long, env = "WEIR_LISTEN", default_value = "0.0.0.0:6123")]
+    listen: SocketAddr,
+    /// The HTTP API (/v1/job, /v1/checkpoints, /metrics, ...).
+    #[arg(long, env = "WEIR_HTTP", default_value = "0.0.0.0:8081")]
+    http: SocketAddr,
+    /// Number of workers the job runs on.
+    #[arg(long, env = "WEIR_WORKERS", default_value_t = 1)]
+    workers: usize,
+    /// A worker silent this long is treated as lost.
+    #[arg(long, env = "WEIR_HEARTBEAT_TIMEOUT", default_value = "10s")]
+    heartbeat_timeout: HumanDuration,
+    /// Pause between a failure and restoring the job.
+    #[arg(long, env = "WEIR_RESTART_DELAY", default_value = "200ms")]
+    restart_delay: HumanDuration,
+}
+
+#[derive(Args)]
+pub struct WorkerArgs {
+    /// `host:port` of the coordinator's worker endpoint.
+    #[arg(long, env = "WEIR_COORDINATOR")]
+    coordinator: String,
+    /// Where to listen for shuffle data from other workers (port 0: any).
+    #[arg(long, env = "WEIR_DATA_BIND", default_value = "0.0.0.0:0")]
+    data: SocketAddr,
+    /// This worker's name in logs and the API (default: host name and pid).
+    #[arg(long, env = "WEIR_WORKER_NAME")]
+    name: Option<String>,
+    /// How often to tell the coordinator this worker is alive.
+    #[arg(long, env = "WEIR_HEARTBEAT_INTERVAL", default_value = "1s")]
+    heartbeat: HumanDuration,
+}
+
+pub async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
+    let manifest =
+        std::fs::read_to_string(&args.job).with_context(|| format!("cannot read manifest {}", args.job.display()))?;
+    let job = StreamJob::from_yaml(&manifest)?;
+    if args.workers == 0 {
+        anyhow::bail!("--workers: expected at least 1, got 0");
+    }
+    let http_listener =
+        tokio::net::TcpListener::bind(args.http).await.with_context(|| format!("cannot listen on {}", args.http))?;
+    let opts = CoordinatorOptions {
+        manifest,
+        job,
+        listen: args.listen,
+        http: args.http,
+        workers: args.workers,
+        heartbeat_timeout: args.heartbeat_timeout.get(),
+        restart_delay: args.restart_delay.get(),
+    };
+    let (shared, coordinator) = coordinator::start(opts).await?;
+    tracing::info!(workers = %args.listen, http = %args.http, "coordinator listening");
+    tokio::spawn(async move {
+        if let Err(e) = http::serve(http_listener, shared).await {
+            tracing::error!("http api stopped: {e}");
+        }
+    });
+    coordinator.run().await?;
+    Ok(())
+}
+
+pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
+    let name = args.name.unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+        format!("{}-{}", host.trim(), std::process::id())
+    });
+    let opts =
+        WorkerOptions { coordinator: args.coordinator, name, data_bind: args.data, heartbeat: args.heartbeat.get() };
+    run_worker(opts).await?;
+    Ok(())
+}

@@ -1,0 +1,262 @@
+//! A job across real processes on loopback: one coordinator, three
+//! workers. Workers and the coordinator are killed (`kill -9`) or frozen
+//! (`SIGSTOP`, a partition-like fault); the committed output still holds
+//! every record exactly once and checkpoint ids never go backwards.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use weir_runtime::connectors::file_sink::read_committed;
+use weir_runtime::connectors::generator::generated;
+
+const KEYS: u64 = 200;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+struct Cluster {
+    dir: PathBuf,
+    manifest: PathBuf,
+    worker_port: u16,
+    http_port: u16,
+    count: u64,
+    children: Vec<Child>,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Cluster {
+    fn new(dir: &Path, count: u64, rate: u64) -> Cluster {
+        let manifest = dir.join("job.yaml");
+        let yaml = format!(
+            r#"apiVersion: weir.dev/v1alpha1
+kind: StreamJob
+metadata: {{name: spread}}
+spec:
+  parallelism: 3
+  maxParallelism: 32
+  checkpoints: {{interval: 300ms, storage: "file://{d}/chk", retained: 3}}
+  pipeline:
+    source: {{generator: {{keys: {KEYS}, count: {count}, rate: {rate}, splits: 6}}}}
+    steps:
+      - keyBy: {{field: key}}
+      - aggregate: {{count: true, sum: [value]}}
+    sink: {{file: {{path: "{d}/out"}}}}
+"#,
+            d = dir.display()
+        );
+        std::fs::write(&manifest, yaml).unwrap();
+        Cluster {
+            dir: dir.into(),
+            manifest,
+            worker_port: free_port(),
+            http_port: free_port(),
+            count,
+            children: Vec::new(),
+        }
+    }
+
+    fn log(&self, name: &str) -> std::fs::File {
+        std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join(format!("{name}.log"))).unwrap()
+    }
+
+    fn coordinator(&mut self) -> usize {
+        let child = Command::new(env!("CARGO_BIN_EXE_weir"))
+            .arg("coordinator")
+            .env("WEIR_JOB", &self.manifest)
+            .env("WEIR_LISTEN", format!("127.0.0.1:{}", self.worker_port))
+            .env("WEIR_HTTP", format!("127.0.0.1:{}", self.http_port))
+            .env("WEIR_WORKERS", "3")
+            .env("WEIR_HEARTBEAT_TIMEOUT", "1s")
+            .env("WEIR_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(self.log("coordinator"))
+            .spawn()
+            .unwrap();
+        self.children.push(child);
+        self.children.len() - 1
+    }
+
+    fn worker(&mut self, name: &str) -> usize {
+        let child = Command::new(env!("CARGO_BIN_EXE_weir"))
+            .arg("worker")
+            .env("WEIR_COORDINATOR", format!("127.0.0.1:{}", self.worker_port))
+            .env("WEIR_DATA_BIND", "127.0.0.1:0")
+            .env("WEIR_WORKER_NAME", name)
+            .env("WEIR_HEARTBEAT_INTERVAL", "200ms")
+            // Slow snapshot writes keep a checkpoint in flight most of the time.
+            .env("WEIR_INJECT_SNAPSHOT_DELAY_MS", "150")
+            .env("WEIR_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(self.log(name))
+            .spawn()
+            .unwrap();
+        self.children.push(child);
+        self.children.len() - 1
+    }
+
+    fn kill(&mut self, i: usize) {
+        self.children[i].kill().unwrap();
+        self.children[i].wait().unwrap();
+    }
+
+    fn signal(&self, i: usize, sig: &str) {
+        let pid = self.children[i].id().to_string();
+        assert!(Command::new("kill").args(["-s", sig, &pid]).status().unwrap().success());
+    }
+
+    fn get(&self, path: &str) -> Option<Value> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.http_port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).ok()?;
+        let body = text.split_once("\r\n\r\n")?.1;
+        serde_json::from_str(body).ok()
+    }
+
+    /// Polls `/v1/job` and `/v1/checkpoints` until `done` holds; records
+    /// every latest checkpoint id seen.
+    fn wait_for(&self, what: &str, ids: &mut Vec<u64>, timeout: Duration, done: impl Fn(&Value, &Value) -> bool) {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if let (Some(job), Some(chk)) = (self.get("/v1/job"), self.get("/v1/checkpoints")) {
+                if let Some(id) = chk["latest"]["id"].as_u64() {
+                    ids.push(id);
+                }
+                if done(&job, &chk) {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("timed out waiting for {what}; see logs in {}", self.dir.display());
+    }
+
+    fn wait_exit(&mut self, i: usize, timeout: Duration) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if let Some(status) = self.children[i].try_wait().unwrap() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("process {i} did not exit; see logs in {}", self.dir.display());
+    }
+
+    fn assert_exact(&self) {
+        let mut want: BTreeMap<String, (u64, i64)> = BTreeMap::new();
+        for seq in 0..self.count {
+            let (k, v) = generated(seq, KEYS);
+            let e = want.entry(format!("k{k}")).or_default();
+            e.0 += 1;
+            e.1 += v;
+        }
+        let mut got: BTreeMap<String, Vec<(u64, i64)>> = BTreeMap::new();
+        for row in read_committed(&self.dir.join("out")).unwrap() {
+            got.entry(row["key"].as_str().unwrap().into())
+                .or_default()
+                .push((row["count"].as_u64().unwrap(), row["sum_value"].as_i64().unwrap()));
+        }
+        assert_eq!(got.len(), want.len(), "keys");
+        for (key, (n, sum)) in want {
+            let mut updates = got.remove(&key).unwrap();
+            updates.sort();
+            let counts: Vec<u64> = updates.iter().map(|u| u.0).collect();
+            assert_eq!(counts, (1..=n).collect::<Vec<_>>(), "key {key}: every record exactly once");
+            assert_eq!(updates.last().unwrap().1, sum, "key {key}");
+        }
+    }
+}
+
+fn never_backwards(ids: &[u64]) {
+    for w in ids.windows(2) {
+        assert!(w[1] >= w[0], "checkpoint id went back from {} to {}: {ids:?}", w[0], w[1]);
+    }
+}
+
+#[test]
+fn killing_a_worker_mid_checkpoint_then_the_coordinator_keeps_output_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Cluster::new(dir.path(), 600_000, 100_000);
+    let coordinator = c.coordinator();
+    let workers: Vec<usize> = ["w1", "w2", "w3"].iter().map(|n| c.worker(n)).collect();
+    let mut ids = Vec::new();
+
+    c.wait_for("two checkpoints and one in flight", &mut ids, Duration::from_secs(30), |_, chk| {
+        chk["latest"]["id"].as_u64().unwrap_or(0) >= 2 && chk["inProgress"].as_u64().unwrap_or(0) > 0
+    });
+    c.kill(workers[1]);
+    let killed_at = Instant::now();
+    c.wait_for("the loss to be noticed", &mut ids, Duration::from_secs(15), |job, _| {
+        job["restarts"].as_u64().unwrap_or(0) >= 1
+    });
+    c.worker("w4");
+    c.wait_for("recovery with the replacement worker", &mut ids, Duration::from_secs(30), |job, _| {
+        job["state"] == "Running" && job["lastRecovery"]["recoveryMs"].is_u64()
+    });
+    let job = c.get("/v1/job").unwrap();
+    println!(
+        "worker kill: restored from checkpoint {}, recovery (replacement registered -> first record) {} ms, {} ms after the kill",
+        job["restoredFrom"],
+        job["lastRecovery"]["recoveryMs"],
+        killed_at.elapsed().as_millis()
+    );
+    assert!(job["restoredFrom"].is_u64(), "restored from a checkpoint: {job}");
+    let before = ids.last().copied().unwrap_or(0);
+    c.wait_for("a checkpoint after the restore", &mut ids, Duration::from_secs(30), |_, chk| {
+        chk["latest"]["id"].as_u64().unwrap_or(0) > before
+    });
+
+    c.kill(coordinator);
+    let second = c.coordinator();
+    c.wait_for("the new coordinator to take the workers back", &mut ids, Duration::from_secs(30), |job, _| {
+        job["state"] == "Running"
+    });
+    let job = c.get("/v1/job").unwrap();
+    println!("coordinator kill: new coordinator restored from checkpoint {}", job["restoredFrom"]);
+    assert!(job["restoredFrom"].as_u64().unwrap_or(0) >= before, "{job}");
+    c.wait_for("a checkpoint from the new coordinator", &mut ids, Duration::from_secs(30), |_, chk| {
+        chk["latest"]["id"].as_u64().is_some()
+    });
+    assert!(c.wait_exit(second, Duration::from_secs(60)), "the job finished cleanly");
+    never_backwards(&ids);
+    c.assert_exact();
+}
+
+#[test]
+fn a_frozen_worker_is_detected_by_heartbeat_timeout_and_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Cluster::new(dir.path(), 400_000, 100_000);
+    let coordinator = c.coordinator();
+    let workers: Vec<usize> = ["w1", "w2", "w3"].iter().map(|n| c.worker(n)).collect();
+    let mut ids = Vec::new();
+    c.wait_for("two checkpoints", &mut ids, Duration::from_secs(30), |_, chk| {
+        chk["latest"]["id"].as_u64().unwrap_or(0) >= 2
+    });
+    // The process stays, its connections stay open, it just stops answering.
+    c.signal(workers[2], "STOP");
+    let frozen_at = Instant::now();
+    c.wait_for("the heartbeat timeout", &mut ids, Duration::from_secs(15), |job, _| {
+        job["restarts"].as_u64().unwrap_or(0) >= 1
+    });
+    println!("frozen worker noticed after {} ms", frozen_at.elapsed().as_millis());
+    c.worker("w4");
+    assert!(c.wait_exit(coordinator, Duration::from_secs(60)), "the job finished cleanly");
+    c.kill(workers[2]);
+    never_backwards(&ids);
+    c.assert_exact();
+}
