@@ -10,45 +10,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
 use weir_runtime::connectors::generator::generated;
-use weir_runtime::connectors::print::DiscardSink;
-use weir_runtime::connectors::GeneratorSource;
-use weir_runtime::dataflow::StreamEnv;
 use weir_runtime::job::{run_job, JobConfig};
-use weir_runtime::manifest::{CheckpointOptions, HumanDuration};
+use weir_runtime::manifest::{CheckpointOptions, HumanDuration, StreamJob};
 use weir_runtime::metrics::{CompletedCheckpoint, JobMetrics};
-use weir_runtime::operators::KeyedProcessFunction;
-use weir_runtime::state::ValueState;
-use weir_runtime::task::source_task::Source;
-use weir_runtime::task::{Collector, TaskError};
 
 const KEYS: u64 = 100_000;
-
-/// The running sum, written as a Flink user would: a `ValueState` per key.
-#[derive(Clone)]
-struct RunningSum;
-
-#[derive(Clone, Default, Serialize, Deserialize)]
-struct SumState {
-    sum: ValueState<i64>,
-}
-
-impl KeyedProcessFunction<u64, (u64, i64), (u64, i64)> for RunningSum {
-    type State = SumState;
-    fn process(
-        &mut self,
-        key: &u64,
-        r: (u64, i64),
-        s: &mut SumState,
-        out: &mut Vec<(u64, i64)>,
-    ) -> Result<(), TaskError> {
-        let sum = s.sum.value().copied().unwrap_or(0) + r.1;
-        s.sum.update(sum);
-        out.push((*key, sum));
-        Ok(())
-    }
-}
 
 struct Run {
     secs: f64,
@@ -57,15 +24,12 @@ struct Run {
 
 fn engine(records: u64, parallelism: u32, interval: Option<Duration>) -> Run {
     let dir = tempfile::tempdir().expect("temp dir");
-    let env = StreamEnv::new(parallelism, 128);
-    env.source("gen", move |ctx, restored| {
-        let make = Arc::new(|seq: u64| generated(seq, KEYS));
-        Ok(Box::new(GeneratorSource::new(ctx, restored, 8, Some(records), 0, make)?) as Box<dyn Source<(u64, i64)>>)
-    })
-    .key_by(|r: &(u64, i64)| r.0)
-    .process("sum", RunningSum)
-    .sink(|ctx| Ok(Box::new(DiscardSink::<(u64, i64)>::new(ctx.clone())) as Box<dyn Collector<(u64, i64)>>));
-    let graph = env.build().expect("job builds");
+    let spec = StreamJob::from_yaml(&format!(
+        "apiVersion: weir.dev/v1alpha1\nkind: StreamJob\nmetadata: {{name: bench}}\nspec:\n  parallelism: {parallelism}\n  program: {{entry: keyed-sum, args: {{keys: \"{KEYS}\", count: \"{records}\"}}}}\n"
+    ))
+    .expect("bench manifest")
+    .spec;
+    let graph = weir_runtime::pipeline::build(&spec).expect("job builds");
     let checkpoints = CheckpointOptions {
         interval: HumanDuration(interval.unwrap_or(Duration::ZERO)),
         storage: format!("file://{}", dir.path().display()),

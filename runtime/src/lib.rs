@@ -11,6 +11,7 @@
 //! - [`storage`]: storage URIs to OpenDAL operators.
 //! - [`connectors`]: sources and sinks (two-phase commit).
 //! - [`pipeline`]: declared pipelines (`spec.pipeline`) built on `dataflow`.
+//! - [`programs`]: typed jobs compiled in, chosen by `spec.program.entry`.
 //! - [`record`]: the JSON rows of declared pipelines and bad records.
 //! - [`job`]: running a job in one process.
 //! - [`keygroup`]: key hashing and key-group ranges.
@@ -28,6 +29,7 @@ pub mod manifest;
 pub mod metrics;
 pub mod operators;
 pub mod pipeline;
+pub mod programs;
 pub mod record;
 pub mod state;
 pub mod storage;

@@ -75,8 +75,24 @@ pub struct StreamJobSpec {
     /// What happens to a record that cannot be parsed or processed.
     #[serde(default)]
     pub error_policy: ErrorPolicy,
-    /// The job, declared without compiling anything.
-    pub pipeline: PipelineSpec,
+    /// The job, declared without compiling anything. Exactly one of
+    /// `pipeline` and `program` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pipeline: Option<PipelineSpec>,
+    /// A job written with the typed Rust API and compiled into the `weir`
+    /// binary (or a custom image), chosen by its entry name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub program: Option<ProgramSpec>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProgramSpec {
+    /// The registered name of the program, like Flink's entry class.
+    pub entry: String,
+    /// Arguments the program reads.
+    #[serde(default)]
+    pub args: std::collections::BTreeMap<String, String>,
 }
 
 fn default_parallelism() -> u32 {
@@ -501,7 +517,14 @@ impl StreamJobSpec {
         {
             errors.push("spec.errorPolicy.deadLetterPath: required when onBadRecord is deadLetter".into());
         }
-        errors.extend(self.pipeline.problems());
+        match (&self.pipeline, &self.program) {
+            (Some(p), None) => errors.extend(p.problems()),
+            (None, Some(p)) if p.entry.is_empty() => {
+                errors.push("spec.program.entry: required, got an empty name".into())
+            }
+            (None, Some(_)) => {}
+            _ => errors.push("spec: expected exactly one of pipeline, program".into()),
+        }
         errors
     }
 }
@@ -644,6 +667,13 @@ spec:
         let text = GOOD.replace("generator: {keys: 10, count: 100}", "generator: {keys: 10}\n      file: {path: x}");
         let err = StreamJob::from_yaml(&text).unwrap_err().to_string();
         assert!(err.contains("spec.pipeline.source: expected exactly one of generator, file"), "{err}");
+    }
+
+    #[test]
+    fn rejects_a_spec_with_both_pipeline_and_program() {
+        let text = GOOD.replace("  pipeline:", "  program: {entry: keyed-sum}\n  pipeline:");
+        let err = StreamJob::from_yaml(&text).unwrap_err().to_string();
+        assert!(err.contains("spec: expected exactly one of pipeline, program"), "{err}");
     }
 
     #[test]

@@ -21,7 +21,7 @@ use crate::connectors::generator::generated;
 use crate::connectors::print::StdoutSink;
 use crate::connectors::{FileSink, GeneratorSource};
 use crate::dataflow::{BuildError, DataStream, JobGraph, StreamEnv};
-use crate::manifest::{SinkKind, SourceKind, StepKind, StepSpec, StreamJobSpec};
+use crate::manifest::{PipelineSpec, SinkKind, SourceKind, StepKind, StepSpec, StreamJobSpec};
 use crate::record::{key_of, BadRecord, FieldRule, Row};
 use crate::task::source_task::Source;
 use crate::task::{Collector, TaskError};
@@ -34,34 +34,43 @@ pub enum PipelineError {
     Invalid(String),
     #[error(transparent)]
     Build(#[from] BuildError),
+    #[error("spec.program: {0}")]
+    Program(String),
 }
 
-/// The job a manifest's `spec.pipeline` declares.
+/// The job a manifest declares: its `pipeline` or its `program`.
 pub fn build(spec: &StreamJobSpec) -> Result<JobGraph, PipelineError> {
-    let env = StreamEnv::new(spec.parallelism, spec.max_parallelism);
-    let source: DataStream<Result<Row, BadRecord>> =
-        match spec.pipeline.source.kind().map_err(PipelineError::Invalid)? {
-            SourceKind::Generator(g) => {
-                let g = g.clone();
-                env.source("source", move |ctx, restored| {
-                    let keys = g.keys;
-                    let make = Arc::new(move |seq: u64| {
-                        let (key, value) = generated(seq, keys);
-                        Ok(json!({"seq": seq, "key": format!("k{key}"), "value": value}))
-                    });
-                    let src = GeneratorSource::new(ctx, restored, g.splits, g.count, g.rate, make)?;
-                    Ok(Box::new(src) as Box<dyn Source<Result<Row, BadRecord>>>)
-                })
-            }
-            SourceKind::File(f) => {
-                let path = PathBuf::from(&f.path);
-                env.source("source", move |ctx, restored| {
-                    Ok(Box::new(FileSource::new(ctx, restored, &path)?) as Box<dyn Source<Result<Row, BadRecord>>>)
-                })
-            }
-        };
+    match (&spec.pipeline, &spec.program) {
+        (Some(pipeline), None) => build_pipeline(spec, pipeline),
+        (None, Some(program)) => crate::programs::build(spec, program).map_err(PipelineError::Program),
+        _ => Err(PipelineError::Invalid("expected exactly one of pipeline, program".into())),
+    }
+}
 
-    let rules = field_rules(&spec.pipeline.steps);
+fn build_pipeline(spec: &StreamJobSpec, pipeline: &PipelineSpec) -> Result<JobGraph, PipelineError> {
+    let env = StreamEnv::new(spec.parallelism, spec.max_parallelism);
+    let source: DataStream<Result<Row, BadRecord>> = match pipeline.source.kind().map_err(PipelineError::Invalid)? {
+        SourceKind::Generator(g) => {
+            let g = g.clone();
+            env.source("source", move |ctx, restored| {
+                let keys = g.keys;
+                let make = Arc::new(move |seq: u64| {
+                    let (key, value) = generated(seq, keys);
+                    Ok(json!({"seq": seq, "key": format!("k{key}"), "value": value}))
+                });
+                let src = GeneratorSource::new(ctx, restored, g.splits, g.count, g.rate, make)?;
+                Ok(Box::new(src) as Box<dyn Source<Result<Row, BadRecord>>>)
+            })
+        }
+        SourceKind::File(f) => {
+            let path = PathBuf::from(&f.path);
+            env.source("source", move |ctx, restored| {
+                Ok(Box::new(FileSource::new(ctx, restored, &path)?) as Box<dyn Source<Result<Row, BadRecord>>>)
+            })
+        }
+    };
+
+    let rules = field_rules(&pipeline.steps);
     let policy = spec.error_policy.clone();
     let mut stream: DataStream<Row> = source.transform(move |ctx, next| {
         Ok(Box::new(BadRecordHandler::new(
@@ -75,7 +84,7 @@ pub fn build(spec: &StreamJobSpec) -> Result<JobGraph, PipelineError> {
     });
 
     let mut key_field: Option<String> = None;
-    for (i, step) in spec.pipeline.steps.iter().enumerate() {
+    for (i, step) in pipeline.steps.iter().enumerate() {
         match step.kind().map_err(PipelineError::Invalid)? {
             StepKind::KeyBy(k) => key_field = Some(k.field.clone()),
             StepKind::Aggregate(a) => {
@@ -86,7 +95,7 @@ pub fn build(spec: &StreamJobSpec) -> Result<JobGraph, PipelineError> {
             }
         }
     }
-    match spec.pipeline.sink.kind().map_err(PipelineError::Invalid)? {
+    match pipeline.sink.kind().map_err(PipelineError::Invalid)? {
         SinkKind::File(f) => {
             let dir = PathBuf::from(&f.path);
             stream.sink_two_phase("sink", move |ctx| Ok(FileSink::<Row>::new(dir.clone(), "part", ctx.subtask())));
