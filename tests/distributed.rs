@@ -121,7 +121,8 @@ spec:
     fn request(&self, method: &str, path: &str) -> Option<String> {
         let mut s = TcpStream::connect(("127.0.0.1", self.http_port)).ok()?;
         s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
-        write!(s, "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").ok()?;
+        write!(s, "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            .ok()?;
         let mut text = String::new();
         s.read_to_string(&mut text).ok()?;
         Some(text.split_once("\r\n\r\n")?.1.to_string())
@@ -303,6 +304,8 @@ fn savepoint_metrics_and_stop_through_the_http_api() {
     let metrics = c.request("GET", "/metrics").unwrap();
     assert!(metrics.contains("weir_checkpoints_completed_total"), "{metrics}");
     assert!(metrics.contains("weir_records_in_total"), "{metrics}");
+    assert!(metrics.contains("weir_operator_records_in{operator=\"steps-1-aggregate\"}"), "{metrics}");
+    assert!(metrics.contains("weir_operator_backpressure_ms{operator=\"source\"}"), "{metrics}");
     assert!(c.request("GET", "/healthz").unwrap().contains("ok"));
 
     let stopped = c.post("/v1/stop").expect("stop answer");

@@ -230,8 +230,13 @@ impl<T: Send + 'static> DataStream<T> {
         let route_key = key.clone();
         self.close_stage(Arc::new(move |ctx: &TaskContext| {
             let senders = route_edge.take_senders(ctx.subtask())?;
-            Ok(Box::new(KeyRouter::new(route_key.clone(), senders, ctx.max_parallelism, ctx.batch_size))
-                as Box<dyn Collector<T>>)
+            Ok(Box::new(KeyRouter::new(
+                route_key.clone(),
+                senders,
+                ctx.max_parallelism,
+                ctx.batch_size,
+                ctx.stage.clone(),
+            )) as Box<dyn Collector<T>>)
         }));
         graph.borrow_mut().edges.push(edge.clone());
         KeyedStream { graph, edge, key: Arc::new(key), parallelism }
@@ -280,6 +285,7 @@ where
         O: Send + 'static,
         F: KeyedProcessFunction<K, T, O> + Sync,
     {
+        let name = uid.to_string();
         let uid = uid.to_string();
         let edge = self.edge.clone();
         let key = self.key.clone();
@@ -292,7 +298,6 @@ where
                 Ok(Box::new(InputTask { ctx, inputs, chain: Box::new(op) }) as Box<dyn RunnableTask>)
             })
         });
-        let name = self.edge_name();
         DataStream {
             graph: self.graph,
             name,
@@ -301,9 +306,5 @@ where
             is_source: false,
             close,
         }
-    }
-
-    fn edge_name(&self) -> String {
-        format!("stage-{}", self.graph.borrow().stages.len())
     }
 }

@@ -14,8 +14,28 @@ pub struct CompletedCheckpoint {
     pub size_bytes: u64,
 }
 
+/// Counters of one stage (its chained operators), over its subtasks here.
+#[derive(Debug, Default)]
+pub struct StageCounters {
+    pub records_in: AtomicU64,
+    pub records_out: AtomicU64,
+    /// Time spent waiting for downstream capacity: backpressure.
+    pub backpressure_ns: AtomicU64,
+}
+
+/// A reading of [`StageCounters`].
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StageSample {
+    pub stage: String,
+    pub records_in: u64,
+    pub records_out: u64,
+    pub backpressure_ms: u64,
+}
+
 #[derive(Debug, Default)]
 pub struct JobMetrics {
+    pub stages: Mutex<std::collections::BTreeMap<String, std::sync::Arc<StageCounters>>>,
     pub records_in: AtomicU64,
     pub records_out: AtomicU64,
     pub bad_records_skipped: AtomicU64,
@@ -51,6 +71,26 @@ impl JobMetrics {
                 .unwrap_or(1);
             let _ = self.first_record_at_ms.compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
         }
+    }
+
+    /// The counters of stage `name`, created on first use.
+    pub fn stage(&self, name: &str) -> std::sync::Arc<StageCounters> {
+        match self.stages.lock() {
+            Ok(mut m) => m.entry(name.to_string()).or_default().clone(),
+            Err(_) => std::sync::Arc::default(),
+        }
+    }
+
+    pub fn stage_samples(&self) -> Vec<StageSample> {
+        let Ok(m) = self.stages.lock() else { return Vec::new() };
+        m.iter()
+            .map(|(name, c)| StageSample {
+                stage: name.clone(),
+                records_in: Self::get(&c.records_in),
+                records_out: Self::get(&c.records_out),
+                backpressure_ms: Self::get(&c.backpressure_ns) / 1_000_000,
+            })
+            .collect()
     }
 
     pub fn last_checkpoint(&self) -> Option<CompletedCheckpoint> {

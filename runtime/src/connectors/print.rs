@@ -28,6 +28,7 @@ impl<T: Serialize + Send + 'static> Collector<T> for StdoutSink<T> {
     }
     async fn collect(&mut self, batch: Vec<T>) -> Result<(), TaskError> {
         JobMetrics::add(&self.ctx.metrics.records_out, batch.len());
+        JobMetrics::add(&self.ctx.stage.records_out, batch.len());
         let mut out = std::io::stdout().lock();
         for r in &batch {
             serde_json::to_writer(&mut out, r).map_err(|e| TaskError::sink("stdout", e))?;
@@ -65,6 +66,7 @@ impl<T: Send + 'static> Collector<T> for DiscardSink<T> {
     }
     async fn collect(&mut self, batch: Vec<T>) -> Result<(), TaskError> {
         JobMetrics::add(&self.ctx.metrics.records_out, batch.len());
+        JobMetrics::add(&self.ctx.stage.records_out, batch.len());
         Ok(())
     }
     async fn barrier(&mut self, _: Barrier, _: &mut TaskSnapshot) -> Result<(), TaskError> {

@@ -146,6 +146,7 @@ impl<T: Send + 'static, S: TwoPhaseCommitSink<T> + 'static> Collector<T> for Two
     }
     async fn collect(&mut self, batch: Vec<T>) -> Result<(), TaskError> {
         JobMetrics::add(&self.driver.ctx.metrics.records_out, batch.len());
+        JobMetrics::add(&self.driver.ctx.stage.records_out, batch.len());
         self.driver.write(batch).await
     }
     async fn barrier(&mut self, barrier: Barrier, snapshot: &mut TaskSnapshot) -> Result<(), TaskError> {

@@ -166,6 +166,26 @@ impl Shared {
         (rin, rout)
     }
 
+    /// Per stage, summed over workers, for the current attempt.
+    pub fn stages(&self) -> Vec<crate::metrics::StageSample> {
+        let mut sums: BTreeMap<String, crate::metrics::StageSample> = BTreeMap::new();
+        let attempt = self.status().map_or(0, |s| s.attempt);
+        if let Ok(w) = self.workers.lock() {
+            for c in w.values().filter(|c| c.counters.attempt == attempt) {
+                for s in &c.counters.stages {
+                    let e = sums.entry(s.stage.clone()).or_insert_with(|| crate::metrics::StageSample {
+                        stage: s.stage.clone(),
+                        ..Default::default()
+                    });
+                    e.records_in += s.records_in;
+                    e.records_out += s.records_out;
+                    e.backpressure_ms += s.backpressure_ms;
+                }
+            }
+        }
+        sums.into_values().collect()
+    }
+
     fn lose_worker(&self, id: u64, why: &str) {
         let removed = self.workers.lock().ok().and_then(|mut w| w.remove(&id));
         let Some(conn) = removed else { return };
@@ -199,10 +219,10 @@ impl Shared {
                                 r.1 += c.counters.records_out;
                             }
                         }
-                        c.counters = counters;
+                        c.counters = counters.clone();
                     }
                 }
-                self.note_first_record(counters);
+                self.note_first_record(&counters);
             }
             ToCoordinator::Opened { attempt } => self.reply_opened(id, attempt, Ok(())),
             ToCoordinator::OpenFailed { attempt, reason } => self.reply_opened(id, attempt, Err(reason)),
@@ -223,7 +243,7 @@ impl Shared {
         }
     }
 
-    fn note_first_record(&self, counters: WorkerCounters) {
+    fn note_first_record(&self, counters: &WorkerCounters) {
         let Some(at) = counters.first_record_at_ms else { return };
         self.update(|s| {
             if let Some(r) = s.last_recovery.as_mut().filter(|r| r.attempt == counters.attempt) {

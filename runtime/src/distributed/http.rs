@@ -11,6 +11,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use serde::Serialize;
@@ -50,6 +51,7 @@ async fn job(State(shared): State<Arc<Shared>>) -> Response {
         obj.insert("workers".into(), serde_json::to_value(shared.workers()).unwrap_or_default());
         obj.insert("recordsIn".into(), records_in.into());
         obj.insert("recordsOut".into(), records_out.into());
+        obj.insert("stages".into(), serde_json::to_value(shared.stages()).unwrap_or_default());
     }
     Json(body).into_response()
 }
@@ -185,6 +187,22 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
         "running",
         "1 while the job runs",
         i64::from(status.is_some_and(|s| s.state == JobState::Running)),
+    );
+    let stage_in = Family::<Vec<(String, String)>, Gauge>::default();
+    let stage_out = Family::<Vec<(String, String)>, Gauge>::default();
+    let stage_bp = Family::<Vec<(String, String)>, Gauge>::default();
+    for s in shared.stages() {
+        let labels = vec![("operator".to_string(), s.stage.clone())];
+        stage_in.get_or_create(&labels).set(s.records_in as i64);
+        stage_out.get_or_create(&labels).set(s.records_out as i64);
+        stage_bp.get_or_create(&labels).set(s.backpressure_ms as i64);
+    }
+    registry.register("operator_records_in", "Records into an operator chain in the current attempt", stage_in);
+    registry.register("operator_records_out", "Records out of an operator chain in the current attempt", stage_out);
+    registry.register(
+        "operator_backpressure_ms",
+        "Time an operator chain waited for downstream capacity in the current attempt",
+        stage_bp,
     );
     let mut body = String::new();
     if let Err(e) = encode(&mut body, &registry) {

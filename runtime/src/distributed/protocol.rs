@@ -77,7 +77,7 @@ impl Placement {
 }
 
 /// Progress counters a worker reports with each heartbeat.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct WorkerCounters {
     pub attempt: u64,
     pub records_in: u64,
@@ -85,6 +85,8 @@ pub struct WorkerCounters {
     pub bad_records: u64,
     /// When a source of the current attempt emitted its first batch (ms since epoch).
     pub first_record_at_ms: Option<u64>,
+    /// Per stage, over this worker's subtasks of the attempt.
+    pub stages: Vec<crate::metrics::StageSample>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -130,6 +130,7 @@ async fn session(conn: &mut Connection, plane: &Arc<DataPlane>, opts: &WorkerOpt
                     records_out: JobMetrics::get(&a.metrics.records_out),
                     bad_records: JobMetrics::get(&a.metrics.bad_records_skipped) + JobMetrics::get(&a.metrics.bad_records_dead_lettered),
                     first_record_at_ms: Some(JobMetrics::get(&a.metrics.first_record_at_ms)).filter(|t| *t > 0),
+                    stages: a.metrics.stage_samples(),
                 });
                 protocol::send(conn, &ToCoordinator::Heartbeat(counters)).await.map(|_| None)
             }

@@ -60,6 +60,7 @@ impl Deployment {
                 key_groups: KeyGroupRange::for_subtask(graph.max_parallelism, id.parallelism, id.subtask),
                 mode: config.checkpoints.mode,
                 restored: restored.clone(),
+                stage: metrics.stage(&id.name),
                 metrics: metrics.clone(),
                 faults: config.faults.clone(),
                 batch_size: config.batch_size,

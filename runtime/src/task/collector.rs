@@ -14,7 +14,7 @@ use crate::checkpoint::store::RestoredCheckpoint;
 use crate::faults::Faults;
 use crate::keygroup::KeyGroupRange;
 use crate::manifest::CheckpointMode;
-use crate::metrics::JobMetrics;
+use crate::metrics::{JobMetrics, StageCounters};
 use crate::state::snapshot::CodecError;
 
 /// Everything a subtask and its operators are built with.
@@ -27,6 +27,8 @@ pub struct TaskContext {
     /// The checkpoint this run restores from, if any.
     pub restored: Option<Arc<RestoredCheckpoint>>,
     pub metrics: Arc<JobMetrics>,
+    /// This subtask's stage's counters.
+    pub stage: Arc<StageCounters>,
     pub faults: Faults,
     /// Records per batch that sources and shuffles aim for.
     pub batch_size: usize,

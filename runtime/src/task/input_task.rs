@@ -13,6 +13,7 @@ use super::collector::{Collector, TaskContext, TaskSnapshot};
 use super::error::TaskError;
 use super::message::{Control, Message};
 use super::runnable::{spawn_snapshot_write, RunnableTask, TaskIo};
+use crate::metrics::JobMetrics;
 
 pub struct InputTask<T: Send + 'static> {
     pub ctx: TaskContext,
@@ -78,6 +79,7 @@ impl<T: Send + 'static> RunnableTask for InputTask<T> {
                 (i, msg) = poll_fn(|cx| poll_inputs(inputs, &aligner, &ended, &mut start, cx)), if !input_done => {
                     let aligned = match msg {
                         Message::Batch(batch) => {
+                            JobMetrics::add(&self.ctx.stage.records_in, batch.len());
                             self.chain.collect(batch).await?;
                             Alignment::Pending
                         }

@@ -5,6 +5,7 @@ use std::hash::Hash;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::mpsc::{channel, Receiver, Sender};
 
 use serde::de::DeserializeOwned;
@@ -17,6 +18,7 @@ use super::message::{Barrier, Message};
 use crate::distributed::network::{spawn_inbound, spawn_outbound, DataPlane, OnBroken};
 use crate::distributed::protocol::{ChannelKey, Placement, TaskKey};
 use crate::keygroup::{key_group_of_hash, key_hash, subtask_for_key_group};
+use crate::metrics::{JobMetrics, StageCounters};
 
 type Senders<T> = Vec<Sender<Message<T>>>;
 type Receivers<T> = Vec<Receiver<Message<T>>>;
@@ -150,8 +152,19 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> Connect for Edge<T> {
     }
 }
 
-async fn send<T>(to: &Sender<Message<T>>, msg: Message<T>) -> Result<(), TaskError> {
-    to.send(msg).await.map_err(|_| TaskError::Disconnected("downstream subtask"))
+/// Sends, counting the time spent waiting for a full channel as backpressure.
+async fn send<T>(to: &Sender<Message<T>>, msg: Message<T>, stage: &StageCounters) -> Result<(), TaskError> {
+    let closed = |_| TaskError::Disconnected("downstream subtask");
+    match to.try_send(msg) {
+        Ok(()) => Ok(()),
+        Err(TrySendError::Closed(_)) => Err(TaskError::Disconnected("downstream subtask")),
+        Err(TrySendError::Full(msg)) => {
+            let started = std::time::Instant::now();
+            let sent = to.send(msg).await.map_err(closed);
+            JobMetrics::add(&stage.backpressure_ns, started.elapsed().as_nanos() as usize);
+            sent
+        }
+    }
 }
 
 /// The end of a chain that sends each record to the subtask owning its key.
@@ -161,6 +174,7 @@ pub struct KeyRouter<T, K, F> {
     buffers: Vec<Vec<T>>,
     max_parallelism: u32,
     batch_size: usize,
+    stage: Arc<StageCounters>,
     _key: std::marker::PhantomData<fn() -> K>,
 }
 
@@ -170,16 +184,23 @@ where
     K: Hash,
     F: Fn(&T) -> K + Send,
 {
-    pub fn new(key: F, outputs: Senders<T>, max_parallelism: u32, batch_size: usize) -> Self {
+    pub fn new(
+        key: F,
+        outputs: Senders<T>,
+        max_parallelism: u32,
+        batch_size: usize,
+        stage: Arc<StageCounters>,
+    ) -> Self {
         let buffers = outputs.iter().map(|_| Vec::new()).collect();
-        KeyRouter { key, outputs, buffers, max_parallelism, batch_size, _key: std::marker::PhantomData }
+        KeyRouter { key, outputs, buffers, max_parallelism, batch_size, stage, _key: std::marker::PhantomData }
     }
 
     async fn flush(&mut self) -> Result<(), TaskError> {
         for target in 0..self.buffers.len() {
             if !self.buffers[target].is_empty() {
                 let batch = std::mem::replace(&mut self.buffers[target], Vec::with_capacity(self.batch_size));
-                send(&self.outputs[target], Message::Batch(batch)).await?;
+                JobMetrics::add(&self.stage.records_out, batch.len());
+                send(&self.outputs[target], Message::Batch(batch), &self.stage).await?;
             }
         }
         Ok(())
@@ -201,7 +222,8 @@ where
         let n = self.outputs.len();
         if n == 1 {
             // One downstream subtask owns every key group: forward the batch as is.
-            return send(&self.outputs[0], Message::Batch(batch)).await;
+            JobMetrics::add(&self.stage.records_out, batch.len());
+            return send(&self.outputs[0], Message::Batch(batch), &self.stage).await;
         }
         for record in batch {
             let group = key_group_of_hash(key_hash(&(self.key)(&record)), self.max_parallelism);
@@ -216,7 +238,7 @@ where
     async fn barrier(&mut self, barrier: Barrier, _: &mut TaskSnapshot) -> Result<(), TaskError> {
         self.flush().await?;
         for target in 0..self.outputs.len() {
-            send(&self.outputs[target], Message::Barrier(barrier)).await?;
+            send(&self.outputs[target], Message::Barrier(barrier), &self.stage).await?;
         }
         Ok(())
     }
@@ -228,7 +250,7 @@ where
     async fn end_of_input(&mut self) -> Result<(), TaskError> {
         self.flush().await?;
         for target in 0..self.outputs.len() {
-            send(&self.outputs[target], Message::End).await?;
+            send(&self.outputs[target], Message::End, &self.stage).await?;
         }
         Ok(())
     }

@@ -69,6 +69,7 @@ impl<T: Send + 'static> RunnableTask for SourceTask<T> {
                     match self.source.poll_batch(self.ctx.batch_size)? {
                         super::source_task::SourcePoll::Batch(batch) => {
                             JobMetrics::add(&self.ctx.metrics.records_in, batch.len());
+                            JobMetrics::add(&self.ctx.stage.records_in, batch.len());
                             self.ctx.metrics.mark_first_record();
                             self.chain.collect(batch).await?;
                             self.ctx.faults.check(FaultPoint::SourceBatch)?;
