@@ -4,10 +4,12 @@
 //! # Layout
 //! - [`run`]: `weir run FILE`, a whole job in this process, with progress.
 //! - [`checkpoints`]: `weir checkpoints list|inspect`.
+//! - [`crd`]: the `StreamJob` custom resource and `weir crd`.
 //! - [`cluster`]: `weir coordinator` and `weir worker`, a job across processes.
 
 mod checkpoints;
 mod cluster;
+mod crd;
 mod run;
 
 use std::path::PathBuf;
@@ -38,6 +40,8 @@ enum Command {
     Coordinator(cluster::CoordinatorArgs),
     /// Run the subtasks a coordinator assigns.
     Worker(cluster::WorkerArgs),
+    /// Print the StreamJob CustomResourceDefinition (YAML).
+    Crd,
     /// Inspect a job's checkpoints.
     Checkpoints {
         #[command(subcommand)]
@@ -69,6 +73,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Run { file, no_progress_line } => run::run(&file, !no_progress_line).await,
+            Command::Crd => crd::crd_yaml().map(|y| print!("{y}")).map_err(anyhow::Error::from),
             Command::Coordinator(args) => cluster::coordinator(args).await,
             Command::Worker(args) => cluster::worker(args).await,
             Command::Checkpoints { command: CheckpointsCommand::List { uri } } => checkpoints::list(&uri).await,

@@ -83,6 +83,184 @@ pub struct StreamJobSpec {
     /// binary (or a custom image), chosen by its entry name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub program: Option<ProgramSpec>,
+
+    // What follows is read by the operator; `weir run` ignores it.
+    /// Worker pods the subtasks are spread over.
+    #[serde(default = "default_one")]
+    #[schemars(range(min = 1, max = 1024))]
+    pub workers: u32,
+    /// Container image of the job's pods (default: the operator's `--job-image`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Resource requests and limits of each job pod, e.g. `{requests: {cpu: 500m, memory: 1Gi}}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<PodResources>,
+    /// What happens when a job pod fails.
+    #[serde(default)]
+    pub restart_strategy: RestartStrategy,
+    /// Take the job down (pods deleted, state kept); `false` resumes it.
+    #[serde(default)]
+    pub suspend: bool,
+    /// How spec changes and suspension carry state over.
+    #[serde(default)]
+    pub upgrade_mode: UpgradeMode,
+    /// Change to any new value to take a savepoint once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub savepoint_nonce: Option<i64>,
+    /// Change to any new value to restart the job's pods once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_nonce: Option<i64>,
+    /// What deleting the StreamJob does to its checkpoints.
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PodResources {
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub requests: std::collections::BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub limits: std::collections::BTreeMap<String, String>,
+}
+
+/// Flink's restart strategies; exactly one field is set (none set: the
+/// default, `exponentialDelay` with Flink's defaults).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RestartStrategy {
+    /// Never restart: the first failure fails the job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub none: Option<NoRestart>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fixed_delay: Option<FixedDelay>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_rate: Option<FailureRate>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exponential_delay: Option<ExponentialDelay>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NoRestart {}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FixedDelay {
+    /// Restarts allowed before the job fails.
+    #[schemars(range(min = 0))]
+    pub attempts: u32,
+    #[serde(default = "default_restart_delay")]
+    pub delay: HumanDuration,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FailureRate {
+    /// Failures allowed within `interval`; one more fails the job.
+    #[schemars(range(min = 1))]
+    pub max_failures_per_interval: u32,
+    #[serde(default = "default_failure_interval")]
+    pub interval: HumanDuration,
+    #[serde(default = "default_restart_delay")]
+    pub delay: HumanDuration,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ExponentialDelay {
+    #[serde(default = "default_initial_backoff")]
+    pub initial_backoff: HumanDuration,
+    #[serde(default = "default_max_backoff")]
+    pub max_backoff: HumanDuration,
+    #[serde(default = "default_multiplier")]
+    #[schemars(range(min = 1.0))]
+    pub multiplier: f64,
+    /// A job that ran this long without failing starts again from `initialBackoff`.
+    #[serde(default = "default_reset_threshold")]
+    pub reset_backoff_threshold: HumanDuration,
+    /// Each delay is varied by up to this fraction, so jobs do not restart in lockstep.
+    #[serde(default = "default_jitter")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub jitter: f64,
+}
+
+impl Default for ExponentialDelay {
+    fn default() -> Self {
+        ExponentialDelay {
+            initial_backoff: default_initial_backoff(),
+            max_backoff: default_max_backoff(),
+            multiplier: default_multiplier(),
+            reset_backoff_threshold: default_reset_threshold(),
+            jitter: default_jitter(),
+        }
+    }
+}
+
+fn default_restart_delay() -> HumanDuration {
+    HumanDuration(Duration::from_secs(1))
+}
+fn default_failure_interval() -> HumanDuration {
+    HumanDuration(Duration::from_secs(60))
+}
+fn default_initial_backoff() -> HumanDuration {
+    HumanDuration(Duration::from_secs(1))
+}
+fn default_max_backoff() -> HumanDuration {
+    HumanDuration(Duration::from_secs(60))
+}
+fn default_multiplier() -> f64 {
+    1.5
+}
+fn default_reset_threshold() -> HumanDuration {
+    HumanDuration(Duration::from_secs(3600))
+}
+fn default_jitter() -> f64 {
+    0.1
+}
+
+/// The strategy a [`RestartStrategy`] sets.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RestartStrategyKind {
+    None,
+    FixedDelay(FixedDelay),
+    FailureRate(FailureRate),
+    ExponentialDelay(ExponentialDelay),
+}
+
+impl RestartStrategy {
+    pub fn kind(&self) -> Result<RestartStrategyKind, String> {
+        match (&self.none, &self.fixed_delay, &self.failure_rate, &self.exponential_delay) {
+            (None, None, None, None) => Ok(RestartStrategyKind::ExponentialDelay(ExponentialDelay::default())),
+            (Some(_), None, None, None) => Ok(RestartStrategyKind::None),
+            (None, Some(f), None, None) => Ok(RestartStrategyKind::FixedDelay(f.clone())),
+            (None, None, Some(f), None) => Ok(RestartStrategyKind::FailureRate(f.clone())),
+            (None, None, None, Some(e)) => Ok(RestartStrategyKind::ExponentialDelay(e.clone())),
+            _ => Err("expected at most one of none, fixedDelay, failureRate, exponentialDelay".into()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
+pub enum UpgradeMode {
+    /// Stop the pods and resume from the newest completed checkpoint.
+    #[default]
+    LastState,
+    /// Take a savepoint, stop, and resume from it.
+    Savepoint,
+    /// Stop and start again with empty state.
+    Stateless,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
+pub enum DeletionPolicy {
+    /// Keep checkpoints and savepoints.
+    #[default]
+    Retain,
+    /// Take a savepoint first (best effort), then keep everything.
+    Savepoint,
+    /// Delete the job's checkpoints and savepoints.
+    Purge,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
@@ -516,6 +694,39 @@ impl StreamJobSpec {
             && self.error_policy.dead_letter_path.is_none()
         {
             errors.push("spec.errorPolicy.deadLetterPath: required when onBadRecord is deadLetter".into());
+        }
+        if self.workers == 0 {
+            errors.push("spec.workers: expected at least 1, got 0".into());
+        } else if self.workers > self.parallelism.max(1) {
+            errors.push(format!(
+                "spec.workers: {} exceeds spec.parallelism {}: a worker would have nothing to run",
+                self.workers, self.parallelism
+            ));
+        }
+        match self.restart_strategy.kind() {
+            Err(e) => errors.push(format!("spec.restartStrategy: {e}")),
+            Ok(RestartStrategyKind::ExponentialDelay(e)) => {
+                if e.multiplier < 1.0 {
+                    errors.push(format!(
+                        "spec.restartStrategy.exponentialDelay.multiplier: expected at least 1.0, got {}",
+                        e.multiplier
+                    ));
+                }
+                if !(0.0..=1.0).contains(&e.jitter) {
+                    errors.push(format!(
+                        "spec.restartStrategy.exponentialDelay.jitter: expected 0.0 to 1.0, got {}",
+                        e.jitter
+                    ));
+                }
+                if e.max_backoff < e.initial_backoff {
+                    errors.push(
+                        "spec.restartStrategy.exponentialDelay.maxBackoff: must not be below initialBackoff".into(),
+                    );
+                }
+            }
+            Ok(RestartStrategyKind::FailureRate(f)) if f.max_failures_per_interval == 0 => errors
+                .push("spec.restartStrategy.failureRate.maxFailuresPerInterval: expected at least 1, got 0".into()),
+            Ok(_) => {}
         }
         match (&self.pipeline, &self.program) {
             (Some(p), None) => errors.extend(p.problems()),

@@ -1,0 +1,184 @@
+//! The `StreamJob` custom resource: the runtime's spec type (the one
+//! definition `weir run` also reads) plus the status the operator writes.
+//! `weir crd` prints the CRD generated from these types; `crds/` holds its
+//! output and a test fails when the two drift apart.
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// What a stream job runs and how: the job, its parallelism, checkpoints, restarts and lifecycle.
+#[derive(CustomResource, Clone, Debug, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[kube(
+    group = "weir.dev",
+    version = "v1alpha1",
+    kind = "StreamJob",
+    plural = "streamjobs",
+    shortname = "sj",
+    namespaced,
+    status = "StreamJobStatus",
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Parallelism","type":"integer","jsonPath":".spec.parallelism"}"#,
+    printcolumn = r#"{"name":"Checkpoint","type":"integer","jsonPath":".status.checkpoints.latest.id"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(transparent)]
+#[schemars(transparent)]
+pub struct JobSpec(pub weir_runtime::manifest::StreamJobSpec);
+
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
+pub enum Phase {
+    #[default]
+    Pending,
+    Starting,
+    Running,
+    Restarting,
+    Suspended,
+    Failed,
+    Finished,
+}
+
+/// A standard Kubernetes condition.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    pub reason: String,
+    pub message: String,
+    /// RFC 3339; changes only when `status` changes.
+    pub last_transition_time: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckpointRef {
+    pub id: u64,
+    pub path: String,
+    /// RFC 3339.
+    pub completed_at: String,
+    pub duration_ms: u64,
+    pub size_bytes: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckpointStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latest: Option<CheckpointRef>,
+    /// Recent completed checkpoints, newest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<CheckpointRef>,
+    /// Failed or expired checkpoints the coordinator counted.
+    #[serde(default)]
+    pub failed: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Failure {
+    pub pod: String,
+    pub reason: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// RFC 3339.
+    pub time: String,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RestartStatus {
+    /// Restarts so far.
+    pub count: u32,
+    /// When the pending restart happens (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_restart_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure: Option<Failure>,
+    /// Times of recent failures (ms since the epoch), oldest first; what
+    /// failure-rate and exponential-delay strategies count.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failure_times_ms: Vec<u64>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SavepointStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<i64>,
+    pub path: String,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamJobStatus {
+    #[serde(default)]
+    pub phase: Phase,
+    /// The generation this status describes; set on every reconcile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoints: Option<CheckpointStatus>,
+    /// The checkpoint the running job restored from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restored_from: Option<u64>,
+    #[serde(default)]
+    pub restarts: RestartStatus,
+    /// Hash of the spec the pods run; a different hash means an upgrade.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployed_spec_hash: Option<String>,
+    /// The last `restartNonce` acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_nonce: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_savepoint: Option<SavepointStatus>,
+}
+
+/// The CRD as YAML, as `weir crd` prints it.
+pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
+    use kube::CustomResourceExt;
+    serde_yaml::to_string(&StreamJob::crd())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crds_folder_matches_the_types() {
+        let generated = crd_yaml().unwrap();
+        let stored =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/crds/streamjob.yaml")).unwrap_or_default();
+        assert!(
+            stored == generated,
+            "crds/streamjob.yaml is stale: run `cargo run -- crd > crds/streamjob.yaml` and commit it"
+        );
+    }
+
+    #[test]
+    fn the_crd_is_namespaced_with_short_name_status_and_printer_columns() {
+        use kube::CustomResourceExt;
+        let crd = StreamJob::crd();
+        assert_eq!(crd.metadata.name.as_deref(), Some("streamjobs.weir.dev"));
+        assert_eq!(crd.spec.scope, "Namespaced");
+        assert_eq!(crd.spec.names.short_names, Some(vec!["sj".to_string()]));
+        let version = &crd.spec.versions[0];
+        assert!(version.subresources.as_ref().and_then(|s| s.status.as_ref()).is_some());
+        let columns: Vec<String> =
+            version.additional_printer_columns.iter().flatten().map(|c| c.name.clone()).collect();
+        assert_eq!(columns, ["Phase", "Parallelism", "Checkpoint", "Age"]);
+    }
+
+    #[test]
+    fn a_manifest_for_weir_run_is_also_a_valid_custom_resource() {
+        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/counts.yaml")).unwrap();
+        let job: StreamJob = serde_yaml::from_str(&text).unwrap();
+        assert_eq!(job.spec.0.parallelism, 2);
+    }
+}
