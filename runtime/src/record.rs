@@ -17,6 +17,13 @@ pub struct BadRecord {
     pub reason: String,
 }
 
+/// A record as a source read it, and where from (`file:line`) when known.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SourceRecord {
+    pub origin: Option<String>,
+    pub row: Result<Row, BadRecord>,
+}
+
 /// Parses one JSON-lines line into an object row.
 pub fn parse_json_object(text: &str, origin: String) -> Result<Row, BadRecord> {
     match serde_json::from_str::<Value>(text) {

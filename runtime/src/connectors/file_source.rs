@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::record::{BadRecord, Row};
+use crate::record::SourceRecord;
 use crate::state::snapshot::{decode, encode};
 use crate::task::source_task::{Source, SourcePoll};
 use crate::task::{TaskContext, TaskError};
@@ -70,8 +70,8 @@ impl FileSource {
     }
 }
 
-impl Source<Result<Row, BadRecord>> for FileSource {
-    fn poll_batch(&mut self, max: usize) -> Result<SourcePoll<Result<Row, BadRecord>>, TaskError> {
+impl Source<SourceRecord> for FileSource {
+    fn poll_batch(&mut self, max: usize) -> Result<SourcePoll<SourceRecord>, TaskError> {
         while self.current < self.splits.len() {
             if self.reader.is_none() {
                 self.open_current()?;
@@ -94,7 +94,8 @@ impl Source<Result<Row, BadRecord>> for FileSource {
                 if text.trim().is_empty() {
                     continue;
                 }
-                batch.push(crate::record::parse_json_object(text, origin));
+                let row = crate::record::parse_json_object(text, origin.clone());
+                batch.push(SourceRecord { origin: Some(origin), row });
             }
             if !batch.is_empty() {
                 return Ok(SourcePoll::Batch(batch));

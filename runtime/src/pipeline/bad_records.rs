@@ -7,7 +7,7 @@ use tracing::warn;
 use crate::connectors::{FileSink, TxnDriver};
 use crate::manifest::BadRecordAction;
 use crate::metrics::JobMetrics;
-use crate::record::{BadRecord, FieldRule, Row};
+use crate::record::{BadRecord, FieldRule, Row, SourceRecord};
 use crate::task::{Barrier, Collector, TaskContext, TaskError, TaskSnapshot};
 
 /// Passes good rows on and applies the policy to bad ones. Dead letters are
@@ -40,11 +40,11 @@ impl BadRecordHandler {
         BadRecordHandler { ctx, action, rules, dead_letters, next, warned: 0 }
     }
 
-    fn validate(&self, item: Result<Row, BadRecord>) -> Result<Row, BadRecord> {
-        let row = item?;
+    fn validate(&self, item: SourceRecord) -> Result<Row, BadRecord> {
+        let row = item.row?;
         for rule in &self.rules {
             if let Err(reason) = rule.check(&row) {
-                return Err(BadRecord { origin: String::new(), raw: row.to_string(), reason });
+                return Err(BadRecord { origin: item.origin.unwrap_or_default(), raw: row.to_string(), reason });
             }
         }
         Ok(row)
@@ -52,7 +52,7 @@ impl BadRecordHandler {
 }
 
 #[async_trait]
-impl Collector<Result<Row, BadRecord>> for BadRecordHandler {
+impl Collector<SourceRecord> for BadRecordHandler {
     async fn open(&mut self) -> Result<(), TaskError> {
         if let Some(dl) = &mut self.dead_letters {
             dl.open().await?;
@@ -60,7 +60,7 @@ impl Collector<Result<Row, BadRecord>> for BadRecordHandler {
         self.next.open().await
     }
 
-    async fn collect(&mut self, batch: Vec<Result<Row, BadRecord>>) -> Result<(), TaskError> {
+    async fn collect(&mut self, batch: Vec<SourceRecord>) -> Result<(), TaskError> {
         let mut good = Vec::with_capacity(batch.len());
         let mut bad = Vec::new();
         for item in batch {

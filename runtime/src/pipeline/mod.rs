@@ -22,7 +22,7 @@ use crate::connectors::print::StdoutSink;
 use crate::connectors::{FileSink, GeneratorSource};
 use crate::dataflow::{BuildError, DataStream, JobGraph, StreamEnv};
 use crate::manifest::{PipelineSpec, SinkKind, SourceKind, StepKind, StepSpec, StreamJobSpec};
-use crate::record::{key_of, BadRecord, FieldRule, Row};
+use crate::record::{key_of, FieldRule, Row, SourceRecord};
 use crate::task::source_task::Source;
 use crate::task::{Collector, TaskError};
 use aggregate::Aggregate;
@@ -49,23 +49,26 @@ pub fn build(spec: &StreamJobSpec) -> Result<JobGraph, PipelineError> {
 
 fn build_pipeline(spec: &StreamJobSpec, pipeline: &PipelineSpec) -> Result<JobGraph, PipelineError> {
     let env = StreamEnv::new(spec.parallelism, spec.max_parallelism);
-    let source: DataStream<Result<Row, BadRecord>> = match pipeline.source.kind().map_err(PipelineError::Invalid)? {
+    let source: DataStream<SourceRecord> = match pipeline.source.kind().map_err(PipelineError::Invalid)? {
         SourceKind::Generator(g) => {
             let g = g.clone();
             env.source("source", move |ctx, restored| {
                 let keys = g.keys;
                 let make = Arc::new(move |seq: u64| {
                     let (key, value) = generated(seq, keys);
-                    Ok(json!({"seq": seq, "key": format!("k{key}"), "value": value}))
+                    SourceRecord {
+                        origin: None,
+                        row: Ok(json!({"seq": seq, "key": format!("k{key}"), "value": value})),
+                    }
                 });
                 let src = GeneratorSource::new(ctx, restored, g.splits, g.count, g.rate, make)?;
-                Ok(Box::new(src) as Box<dyn Source<Result<Row, BadRecord>>>)
+                Ok(Box::new(src) as Box<dyn Source<SourceRecord>>)
             })
         }
         SourceKind::File(f) => {
             let path = PathBuf::from(&f.path);
             env.source("source", move |ctx, restored| {
-                Ok(Box::new(FileSource::new(ctx, restored, &path)?) as Box<dyn Source<Result<Row, BadRecord>>>)
+                Ok(Box::new(FileSource::new(ctx, restored, &path)?) as Box<dyn Source<SourceRecord>>)
             })
         }
     };
@@ -80,7 +83,7 @@ fn build_pipeline(spec: &StreamJobSpec, pipeline: &PipelineSpec) -> Result<JobGr
             policy.dead_letter_path.as_deref(),
             rules.clone(),
             next,
-        )) as Box<dyn Collector<Result<Row, BadRecord>>>)
+        )) as Box<dyn Collector<SourceRecord>>)
     });
 
     let mut key_field: Option<String> = None;
