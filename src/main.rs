@@ -5,11 +5,15 @@
 //! - [`run`]: `weir run FILE`, a whole job in this process, with progress.
 //! - [`checkpoints`]: `weir checkpoints list|inspect`.
 //! - [`crd`]: the `StreamJob` custom resource and `weir crd`.
+//! - [`operator`]: the StreamJob controller.
+//! - [`restart_strategy`]: when to recreate failed pods (pure).
 //! - [`cluster`]: `weir coordinator` and `weir worker`, a job across processes.
 
 mod checkpoints;
 mod cluster;
 mod crd;
+mod operator;
+mod restart_strategy;
 mod run;
 
 use std::path::PathBuf;
@@ -42,6 +46,23 @@ enum Command {
     Worker(cluster::WorkerArgs),
     /// Print the StreamJob CustomResourceDefinition (YAML).
     Crd,
+    /// Run the StreamJob operator against the current kubeconfig or in-cluster config.
+    Operator {
+        /// Namespaces to watch (comma-separated); empty: all namespaces.
+        #[arg(long, env = "WEIR_NAMESPACES", value_delimiter = ',', default_value = "")]
+        namespaces: Vec<String>,
+        /// Image of job pods when a StreamJob names none.
+        #[arg(long, env = "WEIR_JOB_IMAGE", default_value = "ghcr.io/weir-dev/weir:latest")]
+        job_image: String,
+        #[arg(long, env = "WEIR_IMAGE_PULL_POLICY", default_value = "IfNotPresent")]
+        image_pull_policy: String,
+        /// /healthz, /readyz and /metrics.
+        #[arg(long, env = "WEIR_OPERATOR_HEALTH", default_value = "0.0.0.0:8080")]
+        health: std::net::SocketAddr,
+        /// How to reach a job's coordinator API; `{name}` and `{namespace}` are replaced.
+        #[arg(long, env = "WEIR_COORDINATOR_URL")]
+        coordinator_url: Option<String>,
+    },
     /// Inspect a job's checkpoints.
     Checkpoints {
         #[command(subcommand)]
@@ -73,6 +94,15 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Run { file, no_progress_line } => run::run(&file, !no_progress_line).await,
+            Command::Operator { namespaces, job_image, image_pull_policy, health, coordinator_url } => {
+                operator::run::run(operator::run::OperatorOptions {
+                    namespaces: namespaces.into_iter().filter(|n| !n.is_empty()).collect(),
+                    settings: operator::plan::Settings { job_image, image_pull_policy },
+                    health,
+                    coordinator_url,
+                })
+                .await
+            }
             Command::Crd => crd::crd_yaml().map(|y| print!("{y}")).map_err(anyhow::Error::from),
             Command::Coordinator(args) => cluster::coordinator(args).await,
             Command::Worker(args) => cluster::worker(args).await,

@@ -1,0 +1,251 @@
+//! One reconcile: observe -> plan (pure) -> apply with server-side apply ->
+//! status. Deletion goes through a finalizer whose clean-up never fails
+//! because an event, a savepoint or a status write failed.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
+use kube::runtime::finalizer::{finalizer, Event as FinalizerEvent};
+use kube::{Client, Resource, ResourceExt};
+use serde_json::json;
+use tracing::{info, warn};
+use weir_runtime::checkpoint::CheckpointStore;
+use weir_runtime::manifest::DeletionPolicy;
+
+use super::coordinator_api::CoordinatorApi;
+use super::plan::{
+    self, Action as PlanAction, Observed, PodPhase, PodView, Role, Settings, HASH_LABEL, JOB_LABEL, ROLE_LABEL,
+};
+use crate::crd::{SavepointStatus, StreamJob};
+
+pub const FINALIZER: &str = "weir.dev/cleanup";
+pub const FIELD_MANAGER: &str = "weir-operator";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("kubernetes api: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("finalizer: {0}")]
+    Finalizer(String),
+    #[error("streamjob has no namespace")]
+    NoNamespace,
+}
+
+/// Where Kubernetes Events go; a trait so tests can collect them.
+#[async_trait]
+pub trait Events: Send + Sync {
+    async fn publish(&self, job: &StreamJob, event: &plan::Event);
+}
+
+pub struct KubeEvents {
+    pub client: Client,
+}
+
+#[async_trait]
+impl Events for KubeEvents {
+    async fn publish(&self, job: &StreamJob, event: &plan::Event) {
+        let recorder =
+            Recorder::new(self.client.clone(), Reporter { controller: FIELD_MANAGER.into(), instance: None });
+        let e = KubeEvent {
+            type_: if event.warning { EventType::Warning } else { EventType::Normal },
+            reason: event.reason.clone(),
+            note: Some(event.note.clone()),
+            action: event.reason.clone(),
+            secondary: None,
+        };
+        // An event that cannot be written must not stop the reconcile.
+        if let Err(err) = recorder.publish(&e, &job.object_ref(&())).await {
+            warn!(job = %job.name_any(), "cannot publish event {}: {err}", event.reason);
+        }
+    }
+}
+
+pub struct Context {
+    pub client: Client,
+    pub coordinator: Arc<dyn CoordinatorApi>,
+    pub events: Arc<dyn Events>,
+    pub settings: Settings,
+    pub metrics: Arc<super::metrics::OperatorMetrics>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+pub async fn reconcile(job: Arc<StreamJob>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = std::time::Instant::now();
+    let ns = job.namespace().ok_or(Error::NoNamespace)?;
+    let api: Api<StreamJob> = Api::namespaced(ctx.client.clone(), &ns);
+    let result = finalizer(&api, FINALIZER, job, |event| async {
+        match event {
+            FinalizerEvent::Apply(job) => apply(job, &ctx).await,
+            FinalizerEvent::Cleanup(job) => cleanup(job, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(e.to_string()));
+    ctx.metrics.observe_reconcile(started.elapsed(), result.is_err());
+    result
+}
+
+pub fn error_policy(job: Arc<StreamJob>, error: &Error, _ctx: Arc<Context>) -> Action {
+    warn!(job = %job.name_any(), namespace = ?job.namespace(), "reconcile failed: {error}; retrying");
+    Action::requeue(Duration::from_secs(5))
+}
+
+fn pod_view(pod: &Pod) -> Option<PodView> {
+    let labels = pod.metadata.labels.as_ref()?;
+    let name = pod.name_any();
+    let role = match labels.get(ROLE_LABEL).map(String::as_str) {
+        Some("coordinator") => Role::Coordinator,
+        Some("worker") => Role::Worker(name.rsplit('-').next()?.parse().ok()?),
+        _ => return None,
+    };
+    let status = pod.status.as_ref();
+    let phase = match status.and_then(|s| s.phase.as_deref()) {
+        Some("Pending") | None => PodPhase::Pending,
+        Some("Running") => PodPhase::Running,
+        Some("Succeeded") => PodPhase::Succeeded,
+        Some("Failed") => PodPhase::Failed,
+        _ => PodPhase::Unknown,
+    };
+    let terminated = status
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|c| c.first())
+        .and_then(|c| c.state.as_ref())
+        .and_then(|s| s.terminated.as_ref());
+    Some(PodView {
+        name,
+        role,
+        phase,
+        spec_hash: labels.get(HASH_LABEL).cloned().unwrap_or_default(),
+        exit_code: terminated.map(|t| t.exit_code),
+        reason: terminated.and_then(|t| t.reason.clone()).or_else(|| status.and_then(|s| s.reason.clone())),
+        deleting: pod.metadata.deletion_timestamp.is_some(),
+    })
+}
+
+async fn observe(job: &StreamJob, ctx: &Context, ns: &str) -> Result<Observed, Error> {
+    let name = job.name_any();
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    let list = pods.list(&ListParams::default().labels(&format!("{JOB_LABEL}={name}"))).await?;
+    let pods = list.items.iter().filter_map(pod_view).collect::<Vec<_>>();
+    let coordinator_up = pods.iter().any(|p| p.role == Role::Coordinator && p.phase == PodPhase::Running);
+    let coordinator = if coordinator_up { ctx.coordinator.view(ns, &name).await } else { None };
+    Ok(Observed { pods, coordinator, now_ms: now_ms() })
+}
+
+async fn apply(job: Arc<StreamJob>, ctx: &Context) -> Result<Action, Error> {
+    let ns = job.namespace().ok_or(Error::NoNamespace)?;
+    let name = job.name_any();
+    let observed = observe(&job, ctx, &ns).await?;
+    let mut p = plan::plan(&job, &observed, &ctx.settings);
+
+    for action in &p.actions {
+        match action {
+            PlanAction::Savepoint { nonce } => match ctx.coordinator.savepoint(&ns, &name, false).await {
+                Ok(path) => {
+                    p.status.last_savepoint = Some(SavepointStatus { nonce: *nonce, path: path.clone() });
+                    p.events.push(plan::Event {
+                        warning: false,
+                        reason: "Savepoint".into(),
+                        note: format!("savepoint at {path}"),
+                    });
+                }
+                Err(e) => p.events.push(plan::Event { warning: true, reason: "SavepointFailed".into(), note: e }),
+            },
+            PlanAction::StopWithSavepoint => match ctx.coordinator.savepoint(&ns, &name, true).await {
+                Ok(path) => {
+                    p.status.last_savepoint =
+                        Some(SavepointStatus { nonce: job.spec.0.savepoint_nonce, path: path.clone() });
+                    p.events.push(plan::Event {
+                        warning: false,
+                        reason: "Stopped".into(),
+                        note: format!("stopped with a savepoint at {path}"),
+                    });
+                    p.requeue_ms = 500;
+                }
+                Err(e) => p.events.push(plan::Event { warning: true, reason: "SavepointFailed".into(), note: e }),
+            },
+        }
+    }
+
+    let pp = PatchParams::apply(FIELD_MANAGER).force();
+    if let Some(cm) = &p.config_map {
+        Api::<ConfigMap>::namespaced(ctx.client.clone(), &ns).patch(&cm.name_any(), &pp, &Patch::Apply(cm)).await?;
+    }
+    if let Some(svc) = &p.service {
+        Api::<Service>::namespaced(ctx.client.clone(), &ns).patch(&svc.name_any(), &pp, &Patch::Apply(svc)).await?;
+    }
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    for pod_name in &p.delete {
+        match pods.delete(pod_name, &DeleteParams::default()).await {
+            Ok(_) => info!(job = %name, pod = %pod_name, "deleted pod"),
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    // Pods are created only where none exists: a pod's spec is immutable.
+    let existing: Vec<&str> = observed.pods.iter().map(|p| p.name.as_str()).collect();
+    for pod in &p.pods {
+        let pod_name = pod.name_any();
+        if existing.contains(&pod_name.as_str()) && !p.delete.contains(&pod_name) {
+            continue;
+        }
+        if p.delete.contains(&pod_name) {
+            continue; // recreated once the deletion is observed
+        }
+        pods.patch(&pod_name, &pp, &Patch::Apply(pod)).await?;
+    }
+
+    for event in &p.events {
+        ctx.events.publish(&job, event).await;
+    }
+    if job.status.as_ref() != Some(&p.status) {
+        let api: Api<StreamJob> = Api::namespaced(ctx.client.clone(), &ns);
+        api.patch_status(&name, &PatchParams::default(), &Patch::Merge(json!({ "status": p.status }))).await?;
+    }
+    ctx.metrics.set_phase(&ns, &name, p.status.phase);
+    Ok(if p.requeue_ms == 0 { Action::await_change() } else { Action::requeue(Duration::from_millis(p.requeue_ms)) })
+}
+
+/// Deletion under the job's `deletionPolicy`. Owned objects are removed by
+/// garbage collection; nothing here may keep the finalizer stuck.
+async fn cleanup(job: Arc<StreamJob>, ctx: &Context) -> Result<Action, Error> {
+    let ns = job.namespace().ok_or(Error::NoNamespace)?;
+    let name = job.name_any();
+    match job.spec.0.deletion_policy {
+        DeletionPolicy::Retain => {}
+        DeletionPolicy::Savepoint => {
+            let taken =
+                tokio::time::timeout(Duration::from_secs(60), ctx.coordinator.savepoint(&ns, &name, true)).await;
+            match taken {
+                Ok(Ok(path)) => info!(job = %name, "savepoint before deletion at {path}"),
+                Ok(Err(e)) => warn!(job = %name, "no savepoint before deletion: {e}"),
+                Err(_) => warn!(job = %name, "no savepoint before deletion: timed out"),
+            }
+        }
+        DeletionPolicy::Purge => {
+            let storage = &job.spec.0.checkpoints.storage;
+            match CheckpointStore::open(storage, &ns, &name) {
+                Ok(store) => {
+                    if let Err(e) = store.operator().delete_with("/").recursive(true).await {
+                        warn!(job = %name, "cannot purge checkpoints under {}: {e}", store.location());
+                    } else {
+                        info!(job = %name, "purged checkpoints under {}", store.location());
+                    }
+                }
+                Err(e) => warn!(job = %name, "cannot purge checkpoints: {e}"),
+            }
+        }
+    }
+    let note = format!("deleted with deletionPolicy {:?}", job.spec.0.deletion_policy);
+    ctx.events.publish(&job, &plan::Event { warning: false, reason: "Deleted".into(), note }).await;
+    ctx.metrics.forget(&ns, &name);
+    Ok(Action::await_change())
+}

@@ -1,0 +1,16 @@
+//! `weir operator`: a kube-rs controller that turns each `StreamJob` into
+//! a coordinator pod, worker pods, a Service and a ConfigMap, and keeps
+//! the resource's status true.
+//!
+//! # Layout
+//! - [`plan`]: desired objects, restarts and status from what was observed (pure).
+//! - [`controller`]: one reconcile (observe, plan, apply, status) and the finalizer.
+//! - [`coordinator_api`]: reading a job's coordinator and asking it for savepoints.
+//! - [`metrics`]: Prometheus metrics and health endpoints.
+//! - [`run`]: watches and namespace scoping.
+
+pub mod controller;
+pub mod coordinator_api;
+pub mod metrics;
+pub mod plan;
+pub mod run;

@@ -1,0 +1,631 @@
+//! The pure heart of a reconcile: from the job and what was observed, the
+//! objects that should exist, the pods to delete, the actions to take, and
+//! the status to write. No I/O; tested with plain values.
+
+use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
+
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, Pod, PodSecurityContext, PodSpec,
+    ResourceRequirements, SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::Resource;
+use weir_runtime::manifest::{StreamJobSpec, UpgradeMode};
+
+use crate::crd::{CheckpointRef, Condition, Failure, Phase, StreamJob, StreamJobStatus};
+use crate::restart_strategy::{next_restart, RestartDecision};
+
+pub const JOB_LABEL: &str = "weir.dev/job";
+pub const ROLE_LABEL: &str = "weir.dev/role";
+pub const HASH_LABEL: &str = "weir.dev/spec-hash";
+pub const WORKER_PORT: i32 = 6123;
+pub const HTTP_PORT: i32 = 8081;
+
+/// Operator-wide settings: defaults for what a spec leaves out.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub job_image: String,
+    pub image_pull_policy: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Coordinator,
+    Worker(u32),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PodPhase {
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    Unknown,
+}
+
+/// A job pod as observed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PodView {
+    pub name: String,
+    pub role: Role,
+    pub phase: PodPhase,
+    pub spec_hash: String,
+    pub exit_code: Option<i32>,
+    pub reason: Option<String>,
+    pub deleting: bool,
+}
+
+/// What the coordinator's API said, if it answered.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CoordinatorView {
+    pub state: String,
+    pub restored_from: Option<u64>,
+    pub latest: Option<CheckpointRef>,
+    pub history: Vec<CheckpointRef>,
+    pub failed: u64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Observed {
+    pub pods: Vec<PodView>,
+    pub coordinator: Option<CoordinatorView>,
+    pub now_ms: u64,
+}
+
+/// Calls to the coordinator's API the reconcile should make.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// `POST /v1/savepoints`; record the path under this nonce.
+    Savepoint { nonce: Option<i64> },
+    /// `POST /v1/stop` (savepoint, then the job finishes).
+    StopWithSavepoint,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub warning: bool,
+    pub reason: String,
+    pub note: String,
+}
+
+#[derive(Debug, Default)]
+pub struct Plan {
+    pub config_map: Option<ConfigMap>,
+    pub service: Option<Service>,
+    pub pods: Vec<Pod>,
+    pub delete: Vec<String>,
+    pub actions: Vec<Action>,
+    pub status: StreamJobStatus,
+    pub events: Vec<Event>,
+    /// When to look again, in ms from now.
+    pub requeue_ms: u64,
+}
+
+/// Names of the objects of job `name`.
+pub fn coordinator_name(job: &str) -> String {
+    format!("{job}-coordinator")
+}
+pub fn worker_name(job: &str, i: u32) -> String {
+    format!("{job}-worker-{i}")
+}
+pub fn config_map_name(job: &str) -> String {
+    format!("{job}-job")
+}
+
+/// A hash of what the pods run; lifecycle fields (suspend, nonces,
+/// restart strategy, deletion policy) do not count, so changing them
+/// restarts nothing.
+pub fn spec_hash(spec: &StreamJobSpec) -> String {
+    let mut s = spec.clone();
+    s.suspend = false;
+    s.savepoint_nonce = None;
+    s.restart_nonce = None;
+    s.restart_strategy = Default::default();
+    s.deletion_policy = Default::default();
+    s.upgrade_mode = Default::default();
+    let text = serde_json::to_string(&s).unwrap_or_default();
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    text.hash(&mut h);
+    format!("{:016x}", h.finish())
+}
+
+pub fn rfc3339(ms: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms)).to_string()
+}
+
+fn parse_rfc3339(s: &str) -> Option<u64> {
+    humantime::parse_rfc3339(s).ok()?.duration_since(std::time::UNIX_EPOCH).ok().map(|d| d.as_millis() as u64)
+}
+
+/// What every condition of one reconcile shares.
+pub struct Stamp<'a> {
+    pub old: &'a [Condition],
+    pub generation: Option<i64>,
+    pub now: &'a str,
+}
+
+/// Sets a condition, keeping its transition time while its status holds.
+pub fn set_condition(
+    out: &mut Vec<Condition>,
+    stamp: &Stamp<'_>,
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: &str,
+) {
+    let status = if status { "True" } else { "False" }.to_string();
+    let since = stamp
+        .old
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map_or_else(|| stamp.now.to_string(), |c| c.last_transition_time.clone());
+    out.push(Condition {
+        type_: type_.into(),
+        status,
+        reason: reason.into(),
+        message: message.into(),
+        last_transition_time: since,
+        observed_generation: stamp.generation,
+    });
+}
+
+pub fn plan(job: &StreamJob, observed: &Observed, settings: &Settings) -> Plan {
+    let name = job.metadata.name.clone().unwrap_or_default();
+    let spec = &job.spec.0;
+    let old = job.status.clone().unwrap_or_default();
+    let generation = job.metadata.generation;
+    let now = observed.now_ms;
+    let now_text = rfc3339(now);
+    let mut p = Plan { status: old.clone(), requeue_ms: 5_000, ..Plan::default() };
+    p.status.observed_generation = generation;
+
+    let problems = spec.problems();
+    if !problems.is_empty() {
+        let message = problems.join("; ");
+        p.status.conditions =
+            conditions(&old, generation, &now_text, Phase::Failed, Some(("InvalidSpec", &message)), None);
+        if old.conditions.iter().all(|c| c.reason != "InvalidSpec" || c.message != message) {
+            p.events.push(Event { warning: true, reason: "InvalidSpec".into(), note: message });
+        }
+        p.requeue_ms = 0;
+        return p;
+    }
+
+    let hash = spec_hash(spec);
+    let coordinator_done =
+        observed.pods.iter().any(|pod| pod.role == Role::Coordinator && pod.phase == PodPhase::Succeeded);
+    let live: Vec<&PodView> = observed.pods.iter().filter(|pod| !pod.deleting).collect();
+
+    // One-off savepoint.
+    let new_nonce =
+        spec.savepoint_nonce.is_some() && spec.savepoint_nonce != old.last_savepoint.as_ref().and_then(|s| s.nonce);
+    if new_nonce && coordinator_running(observed) {
+        p.actions.push(Action::Savepoint { nonce: spec.savepoint_nonce });
+    }
+
+    // Suspension.
+    if spec.suspend {
+        if !live.is_empty() {
+            if spec.upgrade_mode == UpgradeMode::Savepoint && !coordinator_done && coordinator_running(observed) {
+                p.actions.push(Action::StopWithSavepoint);
+            } else {
+                p.delete = live.iter().map(|pod| pod.name.clone()).collect();
+            }
+        }
+        if old.phase != Phase::Suspended {
+            p.events.push(Event {
+                warning: false,
+                reason: "Suspended".into(),
+                note: "job pods deleted, state kept".into(),
+            });
+        }
+        p.status.phase = Phase::Suspended;
+        p.status.conditions =
+            conditions(&old, generation, &now_text, Phase::Suspended, None, checkpoints_healthy(spec, observed, now));
+        return p;
+    }
+
+    // A finished bounded job stays finished.
+    if coordinator_done && old.deployed_spec_hash.as_deref() == Some(hash.as_str()) {
+        p.status.phase = Phase::Finished;
+        fill_checkpoints(&mut p.status, observed);
+        p.status.conditions = conditions(&old, generation, &now_text, Phase::Finished, None, None);
+        p.requeue_ms = 0;
+        return p;
+    }
+
+    // Restart budget spent: keep pods for their logs, keep checkpoints.
+    if old.phase == Phase::Failed
+        && old.deployed_spec_hash.as_deref() == Some(hash.as_str())
+        && spec.restart_nonce == old.restart_nonce
+    {
+        p.status.conditions = conditions(
+            &old,
+            generation,
+            &now_text,
+            Phase::Failed,
+            Some(("RestartBudgetExhausted", "no further restarts")),
+            None,
+        );
+        p.requeue_ms = 0;
+        return p;
+    }
+
+    // Spec change or restart request: take the pods down per upgradeMode.
+    let outdated = live.iter().any(|pod| pod.spec_hash != hash);
+    let restart_requested = spec.restart_nonce.is_some() && spec.restart_nonce != old.restart_nonce;
+    if (outdated || restart_requested) && !live.is_empty() {
+        if outdated && spec.upgrade_mode == UpgradeMode::Savepoint && coordinator_running(observed) && !coordinator_done
+        {
+            p.actions.push(Action::StopWithSavepoint);
+        } else {
+            p.delete = live.iter().map(|pod| pod.name.clone()).collect();
+            p.status.restart_nonce = spec.restart_nonce;
+            p.events.push(Event {
+                warning: false,
+                reason: if restart_requested { "RestartRequested" } else { "Upgrading" }.into(),
+                note: format!("recreating job pods ({:?})", spec.upgrade_mode),
+            });
+        }
+        p.status.phase = Phase::Starting;
+        p.status.conditions = conditions(&old, generation, &now_text, Phase::Starting, None, None);
+        p.requeue_ms = 1_000;
+        return p;
+    }
+    p.status.restart_nonce = spec.restart_nonce;
+
+    // Failures: a failed pod, or one that vanished while the job ran.
+    let failed: Vec<&&PodView> = live.iter().filter(|pod| pod.phase == PodPhase::Failed).collect();
+    let expected = 1 + spec.workers as usize;
+    let vanished = old.deployed_spec_hash.is_some()
+        && matches!(old.phase, Phase::Running | Phase::Starting)
+        && live.len() < expected;
+    if (!failed.is_empty() || vanished) && old.restarts.next_restart_at.is_none() {
+        let failure = match failed.first() {
+            Some(pod) => Failure {
+                pod: pod.name.clone(),
+                reason: pod.reason.clone().unwrap_or_else(|| "Failed".into()),
+                exit_code: pod.exit_code,
+                time: now_text.clone(),
+            },
+            None => Failure {
+                pod: missing_pod(&name, spec, &live),
+                reason: "PodDeleted".into(),
+                exit_code: None,
+                time: now_text.clone(),
+            },
+        };
+        let mut times = old.restarts.failure_times_ms.clone();
+        times.push(now);
+        if times.len() > 32 {
+            times.remove(0);
+        }
+        let strategy = spec.restart_strategy.kind().unwrap_or(weir_runtime::manifest::RestartStrategyKind::None);
+        let seed = job.metadata.uid.as_deref().map_or(0, weir_runtime::keygroup::key_hash);
+        p.status.restarts.failure_times_ms = times.clone();
+        p.status.restarts.last_failure = Some(failure.clone());
+        let note = format!(
+            "pod {} failed: {}{}",
+            failure.pod,
+            failure.reason,
+            failure.exit_code.map_or(String::new(), |c| format!(" (exit code {c})"))
+        );
+        match next_restart(&strategy, &times, now, seed) {
+            RestartDecision::RestartAt(at) => {
+                p.status.restarts.next_restart_at = Some(rfc3339(at));
+                p.status.phase = Phase::Restarting;
+                p.events.push(Event {
+                    warning: true,
+                    reason: "PodFailed".into(),
+                    note: format!("{note}; restarting at {}", rfc3339(at)),
+                });
+                p.requeue_ms = at.saturating_sub(now).max(100);
+            }
+            RestartDecision::GiveUp { reason } => {
+                p.status.phase = Phase::Failed;
+                p.events.push(Event {
+                    warning: true,
+                    reason: "RestartBudgetExhausted".into(),
+                    note: format!("{note}; {reason}"),
+                });
+                p.status.conditions = conditions(
+                    &old,
+                    generation,
+                    &now_text,
+                    Phase::Failed,
+                    Some(("RestartBudgetExhausted", &reason)),
+                    None,
+                );
+                p.requeue_ms = 0;
+                return p;
+            }
+        }
+        p.status.conditions =
+            conditions(&old, generation, &now_text, Phase::Restarting, None, checkpoints_healthy(spec, observed, now));
+        return p;
+    }
+    if let Some(at) = old.restarts.next_restart_at.as_deref().and_then(parse_rfc3339) {
+        if now < at {
+            p.requeue_ms = at - now;
+            return p;
+        }
+        // Time to restart: failed pods go, missing ones are created below.
+        p.delete = failed.iter().map(|pod| pod.name.clone()).collect();
+        p.status.restarts.next_restart_at = None;
+        p.status.restarts.count += 1;
+        p.events.push(Event {
+            warning: false,
+            reason: "Restarting".into(),
+            note: format!("restart {} of the job's pods", p.status.restarts.count),
+        });
+    }
+
+    // The desired objects.
+    let owner = job.controller_owner_ref(&()).map(|o| vec![o]).unwrap_or_default();
+    p.config_map = Some(config_map(job, &owner));
+    p.service = Some(service(&name, job.metadata.namespace.as_deref(), &owner));
+    let image = spec.image.clone().unwrap_or_else(|| settings.job_image.clone());
+    p.pods.push(pod(job, Role::Coordinator, &image, settings, &hash, &owner));
+    for i in 0..spec.workers {
+        p.pods.push(pod(job, Role::Worker(i), &image, settings, &hash, &owner));
+    }
+    if old.deployed_spec_hash.as_deref() != Some(hash.as_str()) {
+        p.events.push(Event {
+            warning: false,
+            reason: "Deploying".into(),
+            note: format!("creating {} job pods", 1 + spec.workers),
+        });
+    }
+    p.status.deployed_spec_hash = Some(hash);
+
+    let running = coordinator_running(observed);
+    p.status.phase = if running { Phase::Running } else { Phase::Starting };
+    if let Some(c) = &observed.coordinator {
+        p.status.restored_from = c.restored_from.or(old.restored_from);
+    }
+    fill_checkpoints(&mut p.status, observed);
+    if running && old.phase != Phase::Running {
+        p.events.push(Event {
+            warning: false,
+            reason: "Running".into(),
+            note: "all job pods run and the coordinator reports Running".into(),
+        });
+    }
+    p.status.conditions =
+        conditions(&old, generation, &now_text, p.status.phase, None, checkpoints_healthy(spec, observed, now));
+    p.requeue_ms = if running { 5_000 } else { 1_000 };
+    p
+}
+
+fn coordinator_running(observed: &Observed) -> bool {
+    observed.coordinator.as_ref().is_some_and(|c| c.state == "Running")
+}
+
+fn missing_pod(name: &str, spec: &StreamJobSpec, live: &[&PodView]) -> String {
+    let mut wanted = vec![coordinator_name(name)];
+    wanted.extend((0..spec.workers).map(|i| worker_name(name, i)));
+    wanted.into_iter().find(|w| live.iter().all(|p| &p.name != w)).unwrap_or_default()
+}
+
+fn fill_checkpoints(status: &mut StreamJobStatus, observed: &Observed) {
+    let Some(c) = &observed.coordinator else { return };
+    let mut cs = status.checkpoints.clone().unwrap_or_default();
+    if c.latest.is_some() {
+        cs.latest = c.latest.clone();
+        cs.history = c.history.iter().take(10).cloned().collect();
+    }
+    cs.failed = c.failed;
+    status.checkpoints = Some(cs);
+}
+
+/// `Some(true)` while checkpoints complete on time, `Some(false)` when they
+/// stopped advancing, `None` while there is nothing to judge.
+fn checkpoints_healthy(spec: &StreamJobSpec, observed: &Observed, now: u64) -> Option<(bool, String)> {
+    let c = observed.coordinator.as_ref()?;
+    let interval = spec.checkpoints.interval.get().as_millis() as u64;
+    if interval == 0 {
+        return None;
+    }
+    let latest = c.latest.as_ref()?;
+    let at = parse_rfc3339(&latest.completed_at)?;
+    let limit = 3 * interval + 30_000;
+    Some(if now.saturating_sub(at) <= limit {
+        (true, format!("checkpoint {} completed at {}", latest.id, latest.completed_at))
+    } else {
+        (false, format!("no checkpoint completed since {} (checkpoint {})", latest.completed_at, latest.id))
+    })
+}
+
+fn conditions(
+    old: &StreamJobStatus,
+    generation: Option<i64>,
+    now: &str,
+    phase: Phase,
+    failure: Option<(&str, &str)>,
+    checkpoints: Option<(bool, String)>,
+) -> Vec<Condition> {
+    let mut out = Vec::new();
+    let stamp = Stamp { old: &old.conditions, generation, now };
+    let phase_name = format!("{phase:?}");
+    let (reason, message) = failure.unwrap_or((&phase_name, ""));
+    let progressing = matches!(phase, Phase::Starting | Phase::Restarting | Phase::Pending);
+    set_condition(&mut out, &stamp, "Ready", phase == Phase::Running, reason, message);
+    set_condition(&mut out, &stamp, "Progressing", progressing, &phase_name, "");
+    set_condition(&mut out, &stamp, "Degraded", matches!(phase, Phase::Restarting | Phase::Failed), reason, message);
+    match checkpoints {
+        Some((ok, message)) => {
+            let reason = if ok { "Completing" } else { "Stalled" };
+            set_condition(&mut out, &stamp, "CheckpointsHealthy", ok, reason, &message)
+        }
+        None => {
+            if let Some(c) = old.conditions.iter().find(|c| c.type_ == "CheckpointsHealthy") {
+                out.push(c.clone());
+            }
+        }
+    }
+    set_condition(&mut out, &stamp, "Suspended", phase == Phase::Suspended, &phase_name, "");
+    out
+}
+
+fn labels(job: &str, role: Option<Role>, hash: Option<&str>) -> BTreeMap<String, String> {
+    let mut l = BTreeMap::from([
+        ("app.kubernetes.io/name".to_string(), "weir".to_string()),
+        ("app.kubernetes.io/managed-by".to_string(), "weir-operator".to_string()),
+        (JOB_LABEL.to_string(), job.to_string()),
+    ]);
+    if let Some(role) = role {
+        l.insert(
+            ROLE_LABEL.into(),
+            match role {
+                Role::Coordinator => "coordinator".into(),
+                Role::Worker(_) => "worker".into(),
+            },
+        );
+    }
+    if let Some(h) = hash {
+        l.insert(HASH_LABEL.into(), h.into());
+    }
+    l
+}
+
+fn meta(
+    name: String,
+    namespace: Option<&str>,
+    labels: BTreeMap<String, String>,
+    owner: &[OwnerReference],
+) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: namespace.map(Into::into),
+        labels: Some(labels),
+        owner_references: Some(owner.to_vec()),
+        ..ObjectMeta::default()
+    }
+}
+
+fn config_map(job: &StreamJob, owner: &[OwnerReference]) -> ConfigMap {
+    let name = job.metadata.name.clone().unwrap_or_default();
+    let manifest = serde_json::json!({
+        "apiVersion": weir_runtime::manifest::API_VERSION,
+        "kind": weir_runtime::manifest::KIND,
+        "metadata": { "name": name, "namespace": job.metadata.namespace },
+        "spec": job.spec.0,
+    });
+    let yaml = serde_yaml::to_string(&manifest).unwrap_or_default();
+    ConfigMap {
+        metadata: meta(config_map_name(&name), job.metadata.namespace.as_deref(), labels(&name, None, None), owner),
+        data: Some(BTreeMap::from([("job.yaml".to_string(), yaml)])),
+        ..ConfigMap::default()
+    }
+}
+
+fn service(job: &str, namespace: Option<&str>, owner: &[OwnerReference]) -> Service {
+    Service {
+        metadata: meta(coordinator_name(job), namespace, labels(job, None, None), owner),
+        spec: Some(ServiceSpec {
+            selector: Some(
+                labels(job, Some(Role::Coordinator), None).into_iter().filter(|(k, _)| k != HASH_LABEL).collect(),
+            ),
+            ports: Some(vec![
+                ServicePort { name: Some("workers".into()), port: WORKER_PORT, ..ServicePort::default() },
+                ServicePort { name: Some("http".into()), port: HTTP_PORT, ..ServicePort::default() },
+            ]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    }
+}
+
+fn env(name: &str, value: impl Into<String>) -> EnvVar {
+    EnvVar { name: name.into(), value: Some(value.into()), ..EnvVar::default() }
+}
+
+fn pod(job: &StreamJob, role: Role, image: &str, settings: &Settings, hash: &str, owner: &[OwnerReference]) -> Pod {
+    let name = job.metadata.name.clone().unwrap_or_default();
+    let ns = job.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+    let spec = &job.spec.0;
+    let (pod_name, args, envs, mounts, volumes) = match role {
+        Role::Coordinator => (
+            coordinator_name(&name),
+            vec!["coordinator".to_string()],
+            vec![
+                env("WEIR_JOB", "/etc/weir/job.yaml"),
+                env("WEIR_LISTEN", format!("0.0.0.0:{WORKER_PORT}")),
+                env("WEIR_HTTP", format!("0.0.0.0:{HTTP_PORT}")),
+                env("WEIR_WORKERS", spec.workers.to_string()),
+            ],
+            vec![VolumeMount {
+                name: "job".into(),
+                mount_path: "/etc/weir".into(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            }],
+            vec![Volume {
+                name: "job".into(),
+                config_map: Some(ConfigMapVolumeSource {
+                    name: config_map_name(&name),
+                    ..ConfigMapVolumeSource::default()
+                }),
+                ..Volume::default()
+            }],
+        ),
+        Role::Worker(i) => (
+            worker_name(&name, i),
+            vec!["worker".to_string()],
+            vec![
+                env("WEIR_COORDINATOR", format!("{}.{ns}.svc:{WORKER_PORT}", coordinator_name(&name))),
+                env("WEIR_WORKER_NAME", worker_name(&name, i)),
+            ],
+            Vec::new(),
+            Vec::new(),
+        ),
+    };
+    let resources = spec.resources.as_ref().map(|r| ResourceRequirements {
+        requests: Some(r.requests.iter().map(|(k, v)| (k.clone(), Quantity(v.clone()))).collect())
+            .filter(|m: &BTreeMap<_, _>| !m.is_empty()),
+        limits: Some(r.limits.iter().map(|(k, v)| (k.clone(), Quantity(v.clone()))).collect())
+            .filter(|m: &BTreeMap<_, _>| !m.is_empty()),
+        ..ResourceRequirements::default()
+    });
+    let ports = match role {
+        Role::Coordinator => Some(vec![
+            ContainerPort { name: Some("workers".into()), container_port: WORKER_PORT, ..ContainerPort::default() },
+            ContainerPort { name: Some("http".into()), container_port: HTTP_PORT, ..ContainerPort::default() },
+        ]),
+        Role::Worker(_) => None,
+    };
+    Pod {
+        metadata: meta(pod_name, job.metadata.namespace.as_deref(), labels(&name, Some(role), Some(hash)), owner),
+        spec: Some(PodSpec {
+            restart_policy: Some("Never".into()),
+            security_context: Some(PodSecurityContext {
+                run_as_non_root: Some(true),
+                run_as_user: Some(65532),
+                ..PodSecurityContext::default()
+            }),
+            containers: vec![Container {
+                name: "weir".into(),
+                image: Some(image.into()),
+                image_pull_policy: Some(settings.image_pull_policy.clone()),
+                command: Some(vec!["weir".into()]),
+                args: Some(args),
+                env: Some(envs),
+                ports,
+                resources,
+                volume_mounts: Some(mounts).filter(|m: &Vec<_>| !m.is_empty()),
+                security_context: Some(SecurityContext {
+                    allow_privilege_escalation: Some(false),
+                    read_only_root_filesystem: Some(true),
+                    capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), ..Capabilities::default() }),
+                    ..SecurityContext::default()
+                }),
+                ..Container::default()
+            }],
+            volumes: Some(volumes).filter(|v: &Vec<_>| !v.is_empty()),
+            ..PodSpec::default()
+        }),
+        ..Pod::default()
+    }
+}

@@ -1,0 +1,77 @@
+//! Starting the controller: watches, namespace scoping, health endpoints.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
+use kube::runtime::watcher::Config;
+use kube::runtime::Controller;
+use kube::{Api, Client};
+use tracing::{info, warn};
+
+use super::controller::{error_policy, reconcile, Context, KubeEvents};
+use super::coordinator_api::HttpCoordinatorApi;
+use super::metrics::{router, OperatorMetrics};
+use super::plan::{Settings, JOB_LABEL};
+use crate::crd::StreamJob;
+
+pub struct OperatorOptions {
+    /// Namespaces to watch; empty: all.
+    pub namespaces: Vec<String>,
+    pub settings: Settings,
+    pub health: SocketAddr,
+    pub coordinator_url: Option<String>,
+}
+
+pub async fn run(opts: OperatorOptions) -> anyhow::Result<()> {
+    let client = Client::try_default().await?;
+    let metrics = Arc::new(OperatorMetrics::default());
+    let listener = tokio::net::TcpListener::bind(opts.health).await?;
+    let health = router(metrics.clone());
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, health).await {
+            warn!("health endpoint stopped: {e}");
+        }
+    });
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        coordinator: Arc::new(HttpCoordinatorApi::new(opts.coordinator_url)),
+        events: Arc::new(KubeEvents { client: client.clone() }),
+        settings: opts.settings,
+        metrics: metrics.clone(),
+    });
+    let owned = Config::default().labels(JOB_LABEL);
+    let scopes: Vec<Option<String>> =
+        if opts.namespaces.is_empty() { vec![None] } else { opts.namespaces.into_iter().map(Some).collect() };
+    info!(namespaces = ?scopes, "weir operator starting");
+    metrics.ready.store(true, Ordering::Relaxed);
+    let controllers = scopes.into_iter().map(|ns| {
+        let (jobs, pods, services, maps) = match &ns {
+            Some(ns) => (
+                Api::<StreamJob>::namespaced(client.clone(), ns),
+                Api::<Pod>::namespaced(client.clone(), ns),
+                Api::<Service>::namespaced(client.clone(), ns),
+                Api::<ConfigMap>::namespaced(client.clone(), ns),
+            ),
+            None => {
+                (Api::all(client.clone()), Api::all(client.clone()), Api::all(client.clone()), Api::all(client.clone()))
+            }
+        };
+        Controller::new(jobs, Config::default())
+            .owns(pods, owned.clone())
+            .owns(services, owned.clone())
+            .owns(maps, owned.clone())
+            .shutdown_on_signal()
+            .run(reconcile, error_policy, ctx.clone())
+            .for_each(|result| async move {
+                match result {
+                    Ok((obj, _)) => tracing::debug!(namespace = ?obj.namespace, name = %obj.name, "reconciled"),
+                    Err(e) => tracing::debug!("reconcile error: {e}"),
+                }
+            })
+    });
+    futures::future::join_all(controllers).await;
+    Ok(())
+}
