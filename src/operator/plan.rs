@@ -262,6 +262,8 @@ pub fn plan(job: &StreamJob, observed: &Observed, settings: &Settings) -> Plan {
             p.actions.push(Action::StopWithSavepoint);
         } else {
             p.delete = live.iter().map(|pod| pod.name.clone()).collect();
+            // Pods deleted on purpose: their absence is not a failure.
+            p.status.deployed_spec_hash = None;
             p.status.restart_nonce = spec.restart_nonce;
             p.events.push(Event {
                 warning: false,
@@ -378,7 +380,8 @@ pub fn plan(job: &StreamJob, observed: &Observed, settings: &Settings) -> Plan {
             note: format!("creating {} job pods", 1 + spec.workers),
         });
     }
-    p.status.deployed_spec_hash = Some(hash);
+    // Until deleted pods are gone and recreated, missing pods are expected.
+    p.status.deployed_spec_hash = if p.delete.is_empty() { Some(hash) } else { None };
 
     let running = coordinator_running(observed);
     p.status.phase = if running { Phase::Running } else { Phase::Starting };
@@ -629,3 +632,7 @@ fn pod(job: &StreamJob, role: Role, image: &str, settings: &Settings, hash: &str
         ..Pod::default()
     }
 }
+
+#[cfg(test)]
+#[path = "plan_tests.rs"]
+mod tests;

@@ -1,0 +1,313 @@
+use kube::api::ObjectMeta;
+
+use super::*;
+use crate::crd::{CheckpointRef, JobSpec};
+
+const MANIFEST: &str = r#"
+apiVersion: weir.dev/v1alpha1
+kind: StreamJob
+metadata: {name: counts, namespace: jobs}
+spec:
+  parallelism: 2
+  workers: 2
+  checkpoints: {interval: 1s}
+  restartStrategy: {fixedDelay: {attempts: 1, delay: 10s}}
+  pipeline:
+    source: {generator: {keys: 10}}
+    steps: [{keyBy: {field: key}}, {aggregate: {count: true}}]
+    sink: {file: {path: /out}}
+"#;
+
+const T0: u64 = 1_800_000_000_000;
+
+fn settings() -> Settings {
+    Settings { job_image: "weir:test".into(), image_pull_policy: "IfNotPresent".into() }
+}
+
+fn job(edit: impl FnOnce(&mut weir_runtime::manifest::StreamJobSpec)) -> StreamJob {
+    let parsed = weir_runtime::manifest::StreamJob::from_yaml(MANIFEST).unwrap();
+    let mut spec = parsed.spec;
+    edit(&mut spec);
+    let mut j = StreamJob::new("counts", JobSpec(spec));
+    j.metadata = ObjectMeta {
+        name: Some("counts".into()),
+        namespace: Some("jobs".into()),
+        uid: Some("u-1".into()),
+        generation: Some(3),
+        ..ObjectMeta::default()
+    };
+    j
+}
+
+fn pods(job: &StreamJob, phase: PodPhase) -> Vec<PodView> {
+    let hash = spec_hash(&job.spec.0);
+    let mut out = vec![PodView {
+        name: "counts-coordinator".into(),
+        role: Role::Coordinator,
+        phase,
+        spec_hash: hash.clone(),
+        exit_code: None,
+        reason: None,
+        deleting: false,
+    }];
+    for i in 0..job.spec.0.workers {
+        out.push(PodView { name: worker_name("counts", i), role: Role::Worker(i), ..out[0].clone() });
+    }
+    out
+}
+
+fn running(latest_at: u64) -> Option<CoordinatorView> {
+    let latest = CheckpointRef {
+        id: 7,
+        path: "file:///chk-7".into(),
+        completed_at: rfc3339(latest_at),
+        duration_ms: 12,
+        size_bytes: 99,
+    };
+    Some(CoordinatorView {
+        state: "Running".into(),
+        restored_from: Some(5),
+        latest: Some(latest.clone()),
+        history: vec![latest],
+        failed: 0,
+    })
+}
+
+/// Every pod running and the coordinator reporting checkpoint 7 at `T0`.
+fn up(j: &StreamJob, now_ms: u64) -> Observed {
+    Observed { pods: pods(j, PodPhase::Running), coordinator: running(T0), now_ms }
+}
+
+/// Plans, then feeds the plan's status back as the job's, as the API server would.
+fn step(job: &mut StreamJob, observed: &Observed) -> Plan {
+    let p = plan(job, observed, &settings());
+    job.status = Some(p.status.clone());
+    p
+}
+
+fn condition<'a>(s: &'a StreamJobStatus, t: &str) -> &'a Condition {
+    s.conditions.iter().find(|c| c.type_ == t).unwrap_or_else(|| panic!("no {t} condition"))
+}
+
+#[test]
+fn first_reconcile_creates_config_map_service_and_one_pod_per_role() {
+    let mut j = job(|_| {});
+    let p = step(&mut j, &Observed { now_ms: T0, ..Observed::default() });
+    assert!(p.config_map.unwrap().data.unwrap()["job.yaml"].contains("kind: StreamJob"));
+    assert_eq!(p.service.unwrap().metadata.name.as_deref(), Some("counts-coordinator"));
+    let names: Vec<_> = p.pods.iter().map(|p| p.metadata.name.clone().unwrap()).collect();
+    assert_eq!(names, ["counts-coordinator", "counts-worker-0", "counts-worker-1"]);
+    let owner = &p.pods[0].metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!((owner.kind.as_str(), owner.controller), ("StreamJob", Some(true)));
+    assert_eq!(p.status.phase, Phase::Starting);
+    assert_eq!(p.status.observed_generation, Some(3));
+    assert!(p.events.iter().any(|e| e.reason == "Deploying"));
+    let container = &p.pods[1].spec.as_ref().unwrap().containers[0];
+    assert_eq!(container.image.as_deref(), Some("weir:test"));
+    assert_eq!(container.security_context.as_ref().unwrap().read_only_root_filesystem, Some(true));
+}
+
+#[test]
+fn a_running_job_reports_its_latest_checkpoint_and_is_ready() {
+    let mut j = job(|_| {});
+    step(&mut j, &Observed { now_ms: T0, ..Observed::default() });
+    let p = {
+        let o = up(&j, T0 + 500);
+        step(&mut j, &o)
+    };
+    assert_eq!(p.status.phase, Phase::Running);
+    assert_eq!(p.status.checkpoints.as_ref().unwrap().latest.as_ref().unwrap().id, 7);
+    assert_eq!(p.status.restored_from, Some(5));
+    assert_eq!(condition(&p.status, "Ready").status, "True");
+    assert_eq!(condition(&p.status, "CheckpointsHealthy").status, "True");
+}
+
+#[test]
+fn reapplying_an_unchanged_job_changes_no_pod_and_no_status() {
+    let mut j = job(|_| {});
+    step(&mut j, &Observed { now_ms: T0, ..Observed::default() });
+    let observed = Observed { pods: pods(&j, PodPhase::Running), coordinator: running(T0), now_ms: T0 + 1000 };
+    let first = step(&mut j, &observed);
+    let later = Observed { now_ms: T0 + 60_000, coordinator: running(T0 + 59_000), ..observed };
+    let before = j.status.clone().unwrap();
+    let second = step(&mut j, &later);
+    assert!(second.delete.is_empty() && second.actions.is_empty());
+    assert!(second.events.is_empty(), "{:?}", second.events);
+    let ready = |s: &StreamJobStatus| condition(s, "Ready").last_transition_time.clone();
+    assert_eq!(ready(&before), ready(&second.status), "lastTransitionTime kept while unchanged");
+    assert_eq!(first.pods.len(), second.pods.len());
+}
+
+#[test]
+fn a_failed_pod_is_recreated_after_the_fixed_delay_and_the_budget_then_runs_out() {
+    let mut j = job(|_| {});
+    step(&mut j, &Observed { now_ms: T0, ..Observed::default() });
+    {
+        let o = up(&j, T0);
+        step(&mut j, &o)
+    };
+    let mut failed = pods(&j, PodPhase::Running);
+    failed[1].phase = PodPhase::Failed;
+    failed[1].exit_code = Some(137);
+    failed[1].reason = Some("Error".into());
+    let p = step(&mut j, &Observed { pods: failed.clone(), coordinator: running(T0), now_ms: T0 + 1000 });
+    assert_eq!(p.status.phase, Phase::Restarting);
+    assert_eq!(p.status.restarts.next_restart_at.as_deref(), Some(rfc3339(T0 + 11_000).as_str()));
+    let f = p.status.restarts.last_failure.as_ref().unwrap();
+    assert_eq!((f.pod.as_str(), f.exit_code), ("counts-worker-0", Some(137)));
+    assert!(p.delete.is_empty(), "not before the delay");
+    assert!(p.events.iter().any(|e| e.warning && e.reason == "PodFailed"));
+
+    let early = step(&mut j, &Observed { pods: failed.clone(), coordinator: running(T0), now_ms: T0 + 5000 });
+    assert!(early.delete.is_empty());
+    let due = step(&mut j, &Observed { pods: failed.clone(), coordinator: running(T0), now_ms: T0 + 11_000 });
+    assert_eq!(due.delete, ["counts-worker-0"]);
+    assert_eq!(due.status.restarts.count, 1);
+
+    // The second failure exceeds `attempts: 1`.
+    let p = step(&mut j, &Observed { pods: failed.clone(), coordinator: running(T0), now_ms: T0 + 20_000 });
+    assert_eq!(p.status.phase, Phase::Failed);
+    assert!(p.events.iter().any(|e| e.warning && e.reason == "RestartBudgetExhausted"));
+    assert!(p.delete.is_empty(), "failed pods are kept for their logs");
+    let after = step(&mut j, &Observed { pods: failed, coordinator: None, now_ms: T0 + 30_000 });
+    assert_eq!(after.status.phase, Phase::Failed);
+    assert!(after.pods.is_empty() && after.delete.is_empty(), "no further restarts");
+}
+
+#[test]
+fn a_vanished_pod_counts_as_a_failure() {
+    let mut j = job(|s| s.restart_strategy = Default::default());
+    step(&mut j, &Observed { now_ms: T0, ..Observed::default() });
+    {
+        let o = up(&j, T0);
+        step(&mut j, &o)
+    };
+    let mut gone = pods(&j, PodPhase::Running);
+    gone.remove(2);
+    let p = step(&mut j, &Observed { pods: gone, coordinator: running(T0), now_ms: T0 + 100 });
+    let f = p.status.restarts.last_failure.unwrap();
+    assert_eq!((f.pod.as_str(), f.reason.as_str()), ("counts-worker-1", "PodDeleted"));
+    assert_eq!(p.status.phase, Phase::Restarting, "the default exponential delay restarts");
+}
+
+#[test]
+fn suspend_deletes_pods_and_resume_recreates_them() {
+    let mut j = job(|_| {});
+    step(&mut j, &Observed { now_ms: T0, ..Observed::default() });
+    j.spec.0.suspend = true;
+    let p = {
+        let o = up(&j, T0);
+        step(&mut j, &o)
+    };
+    assert_eq!(p.delete.len(), 3);
+    assert_eq!(p.status.phase, Phase::Suspended);
+    assert_eq!(condition(&p.status, "Suspended").status, "True");
+    j.spec.0.suspend = false;
+    let p = step(&mut j, &Observed { now_ms: T0 + 1000, ..Observed::default() });
+    assert_eq!(p.pods.len(), 3);
+    assert_eq!(condition(&p.status, "Suspended").status, "False");
+}
+
+#[test]
+fn suspend_in_savepoint_mode_stops_with_a_savepoint_first() {
+    let mut j = job(|s| s.upgrade_mode = UpgradeMode::Savepoint);
+    step(&mut j, &Observed { now_ms: T0, ..Observed::default() });
+    j.spec.0.suspend = true;
+    let p = {
+        let o = up(&j, T0);
+        step(&mut j, &o)
+    };
+    assert_eq!(p.actions, [Action::StopWithSavepoint]);
+    assert!(p.delete.is_empty());
+}
+
+#[test]
+fn a_parallelism_change_in_last_state_mode_recreates_every_pod() {
+    let mut j = job(|_| {});
+    step(&mut j, &Observed { now_ms: T0, ..Observed::default() });
+    let old_pods = pods(&j, PodPhase::Running);
+    j.spec.0.parallelism = 3;
+    let p = step(&mut j, &Observed { pods: old_pods, coordinator: running(T0), now_ms: T0 });
+    assert_eq!(p.delete.len(), 3);
+    assert!(p.events.iter().any(|e| e.reason == "Upgrading"));
+    let p = step(&mut j, &Observed { now_ms: T0 + 2000, ..Observed::default() });
+    let hash = p.pods[0].metadata.labels.as_ref().unwrap()[HASH_LABEL].clone();
+    assert_eq!(hash, spec_hash(&j.spec.0));
+}
+
+#[test]
+fn an_invalid_spec_is_reported_in_conditions_naming_the_field() {
+    let mut j = job(|s| s.workers = 0);
+    let p = step(&mut j, &Observed { now_ms: T0, ..Observed::default() });
+    assert!(p.pods.is_empty() && p.config_map.is_none());
+    let ready = condition(&p.status, "Ready");
+    assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "InvalidSpec"));
+    assert!(ready.message.contains("spec.workers"), "{}", ready.message);
+    assert!(p.events.iter().any(|e| e.warning && e.reason == "InvalidSpec"));
+    let again = step(&mut j, &Observed { now_ms: T0 + 1000, ..Observed::default() });
+    assert!(again.events.is_empty(), "the same problem is not announced twice");
+}
+
+#[test]
+fn checkpoints_turn_unhealthy_when_they_stop_advancing() {
+    let mut j = job(|_| {});
+    step(&mut j, &Observed { now_ms: T0, ..Observed::default() });
+    let p = {
+        let o = up(&j, T0 + 120_000);
+        step(&mut j, &o)
+    };
+    let c = condition(&p.status, "CheckpointsHealthy");
+    assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "Stalled"));
+}
+
+#[test]
+fn nonces_trigger_one_savepoint_and_one_restart() {
+    let mut j = job(|_| {});
+    step(&mut j, &Observed { now_ms: T0, ..Observed::default() });
+    j.spec.0.savepoint_nonce = Some(1);
+    let p = {
+        let o = up(&j, T0);
+        step(&mut j, &o)
+    };
+    assert_eq!(p.actions, [Action::Savepoint { nonce: Some(1) }]);
+    j.spec.0.restart_nonce = Some(9);
+    let p = {
+        let o = up(&j, T0);
+        step(&mut j, &o)
+    };
+    assert_eq!(p.delete.len(), 3);
+    assert_eq!(p.status.restart_nonce, Some(9));
+    let p = {
+        let o = up(&j, T0);
+        step(&mut j, &o)
+    };
+    assert!(p.delete.is_empty(), "a nonce acts once");
+}
+
+#[test]
+fn changing_only_the_restart_strategy_restarts_nothing() {
+    let j = job(|_| {});
+    let mut k = j.clone();
+    k.spec.0.restart_strategy = Default::default();
+    k.spec.0.suspend = false;
+    assert_eq!(spec_hash(&j.spec.0), spec_hash(&k.spec.0));
+}
+
+#[test]
+fn a_pod_deleted_for_a_restart_is_recreated_without_counting_another_failure() {
+    let mut j = job(|s| s.restart_strategy.fixed_delay.as_mut().unwrap().attempts = 5);
+    step(&mut j, &Observed { now_ms: T0, ..Observed::default() });
+    let o = up(&j, T0);
+    step(&mut j, &o);
+    let mut failed = pods(&j, PodPhase::Running);
+    failed[0].phase = PodPhase::Failed;
+    step(&mut j, &Observed { pods: failed.clone(), coordinator: None, now_ms: T0 + 1000 });
+    let due = step(&mut j, &Observed { pods: failed.clone(), coordinator: None, now_ms: T0 + 11_000 });
+    assert_eq!(due.delete, ["counts-coordinator"]);
+    let mut rest = failed;
+    rest.remove(0);
+    let p = step(&mut j, &Observed { pods: rest, coordinator: None, now_ms: T0 + 12_000 });
+    assert_eq!(p.status.restarts.failure_times_ms.len(), 1, "one failure, not two");
+    assert_eq!(p.status.phase, Phase::Starting);
+    assert!(p.pods.iter().any(|pod| pod.metadata.name.as_deref() == Some("counts-coordinator")));
+}
