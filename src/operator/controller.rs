@@ -249,3 +249,7 @@ async fn cleanup(job: Arc<StreamJob>, ctx: &Context) -> Result<Action, Error> {
     ctx.metrics.forget(&ns, &name);
     Ok(Action::await_change())
 }
+
+#[cfg(test)]
+#[path = "controller_tests.rs"]
+mod tests;

@@ -1,0 +1,289 @@
+//! The controller against a mocked API server (tower-test): the requests a
+//! reconcile makes, in order, and what it does when the server fails.
+
+use std::sync::{Arc, Mutex};
+
+use http::{Request, Response};
+use kube::client::Body;
+use kube::Client;
+use serde_json::{json, Value};
+
+use super::*;
+use crate::operator::coordinator_api::CoordinatorApi;
+use crate::operator::metrics::OperatorMetrics;
+use crate::operator::plan::{CoordinatorView, Settings};
+
+type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+#[derive(Default)]
+struct FakeCoordinator {
+    view: Option<CoordinatorView>,
+    savepoints: Mutex<Vec<bool>>,
+    fail: bool,
+}
+
+#[async_trait]
+impl CoordinatorApi for FakeCoordinator {
+    async fn view(&self, _: &str, _: &str) -> Option<CoordinatorView> {
+        self.view.clone()
+    }
+    async fn savepoint(&self, _: &str, _: &str, stop: bool) -> Result<String, String> {
+        if let Ok(mut s) = self.savepoints.lock() {
+            s.push(stop);
+        }
+        if self.fail {
+            Err("coordinator unreachable".into())
+        } else {
+            Ok("file:///sp/sp-1".into())
+        }
+    }
+}
+
+#[derive(Default)]
+struct CollectedEvents(Mutex<Vec<plan::Event>>);
+
+#[async_trait]
+impl Events for CollectedEvents {
+    async fn publish(&self, _: &StreamJob, event: &plan::Event) {
+        if let Ok(mut e) = self.0.lock() {
+            e.push(event.clone());
+        }
+    }
+}
+
+struct Setup {
+    ctx: Arc<Context>,
+    handle: Handle,
+    coordinator: Arc<FakeCoordinator>,
+    events: Arc<CollectedEvents>,
+}
+
+fn setup(coordinator: FakeCoordinator) -> Setup {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(service, "default");
+    let coordinator = Arc::new(coordinator);
+    let events = Arc::new(CollectedEvents::default());
+    let ctx = Arc::new(Context {
+        client,
+        coordinator: coordinator.clone(),
+        events: events.clone(),
+        settings: Settings { job_image: "weir:test".into(), image_pull_policy: "IfNotPresent".into() },
+        metrics: Arc::new(OperatorMetrics::default()),
+    });
+    Setup { ctx, handle, coordinator, events }
+}
+
+fn job_json(extra_spec: Value, deleting: bool, storage: &str) -> Value {
+    let mut spec = json!({
+        "parallelism": 1,
+        "checkpoints": {"interval": "1s", "storage": storage},
+        "restartStrategy": {"fixedDelay": {"attempts": 2, "delay": "10s"}},
+        "pipeline": {
+            "source": {"generator": {"keys": 10}},
+            "steps": [{"keyBy": {"field": "key"}}, {"aggregate": {"count": true}}],
+            "sink": {"file": {"path": "/out"}}
+        }
+    });
+    if let (Some(s), Some(extra)) = (spec.as_object_mut(), extra_spec.as_object()) {
+        for (k, v) in extra {
+            s.insert(k.clone(), v.clone());
+        }
+    }
+    let mut metadata = json!({
+        "name": "counts", "namespace": "jobs", "uid": "u-1", "generation": 2,
+        "resourceVersion": "10", "finalizers": [FINALIZER]
+    });
+    if deleting {
+        metadata["deletionTimestamp"] = json!("2026-11-26T10:00:00Z");
+    }
+    json!({"apiVersion": "weir.dev/v1alpha1", "kind": "StreamJob", "metadata": metadata, "spec": spec})
+}
+
+fn pod_json(name: &str, role: &str, phase: &str, hash: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "jobs", "labels": {JOB_LABEL: "counts", ROLE_LABEL: role, HASH_LABEL: hash}},
+        "status": {"phase": phase, "containerStatuses": [{
+            "name": "weir", "ready": false, "restartCount": 0, "image": "weir:test", "imageID": "",
+            "state": {"terminated": {"exitCode": 137, "reason": "Error"}}
+        }]}
+    })
+}
+
+fn pod_list(items: Vec<Value>) -> Value {
+    json!({"apiVersion": "v1", "kind": "PodList", "metadata": {"resourceVersion": "1"}, "items": items})
+}
+
+/// Answers requests in order; each expectation is (method, path fragment,
+/// status, response). Returns every request's method, URI and JSON body.
+async fn serve(mut handle: Handle, script: Vec<(&str, &str, u16, Value)>) -> Vec<(String, String, Value)> {
+    let mut seen = Vec::new();
+    for (method, fragment, status, response) in script {
+        let (request, send) = handle.next_request().await.unwrap_or_else(|| panic!("expected {method} {fragment}"));
+        let uri = request.uri().to_string();
+        assert_eq!(request.method().as_str(), method, "request to {uri}");
+        assert!(uri.contains(fragment), "expected {method} {fragment}, got {uri}");
+        let body = request.into_body().collect_bytes().await.unwrap_or_default();
+        let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        let reply = if response.is_null() { body.clone() } else { response };
+        send.send_response(
+            Response::builder().status(status).body(Body::from(serde_json::to_vec(&reply).unwrap())).unwrap(),
+        );
+        seen.push((method.to_string(), uri, body));
+    }
+    seen
+}
+
+fn parse(v: &Value) -> Arc<StreamJob> {
+    Arc::new(serde_json::from_value(v.clone()).unwrap())
+}
+
+#[tokio::test]
+async fn first_creation_applies_config_map_service_pods_then_status() {
+    let s = setup(FakeCoordinator::default());
+    let job = job_json(json!({}), false, "file:///tmp/weir-test-none");
+    let server = tokio::spawn(serve(
+        s.handle,
+        vec![
+            ("GET", "/api/v1/namespaces/jobs/pods?", 200, pod_list(vec![])),
+            ("PATCH", "/api/v1/namespaces/jobs/configmaps/counts-job?", 200, Value::Null),
+            ("PATCH", "/api/v1/namespaces/jobs/services/counts-coordinator?", 200, Value::Null),
+            ("PATCH", "/api/v1/namespaces/jobs/pods/counts-coordinator?", 200, Value::Null),
+            ("PATCH", "/api/v1/namespaces/jobs/pods/counts-worker-0?", 200, Value::Null),
+            ("PATCH", "/apis/weir.dev/v1alpha1/namespaces/jobs/streamjobs/counts/status?", 200, job.clone()),
+        ],
+    ));
+    let action = reconcile(parse(&job), s.ctx.clone()).await.expect("reconcile succeeds");
+    let seen = server.await.unwrap();
+    assert!(
+        seen[1].1.contains("fieldManager=weir-operator"),
+        "server-side apply with one field manager: {}",
+        seen[1].1
+    );
+    assert_eq!(seen[3].2["metadata"]["ownerReferences"][0]["kind"], "StreamJob");
+    let status = &seen[5].2["status"];
+    assert_eq!(status["phase"], "Starting");
+    assert_eq!(status["observedGeneration"], 2);
+    assert_eq!(action, Action::requeue(Duration::from_millis(1000)));
+    assert!(s.events.0.lock().unwrap().iter().any(|e| e.reason == "Deploying"));
+}
+
+#[tokio::test]
+async fn a_failed_pod_records_the_failure_and_schedules_a_restart() {
+    let s = setup(FakeCoordinator::default());
+    let mut job = job_json(json!({}), false, "file:///tmp/weir-test-none");
+    let hash = plan::spec_hash(&parse(&job).spec.0);
+    job["status"] = json!({"phase": "Running", "deployedSpecHash": hash, "restarts": {"count": 0}});
+    let pods = pod_list(vec![
+        pod_json("counts-coordinator", "coordinator", "Running", &hash),
+        pod_json("counts-worker-0", "worker", "Failed", &hash),
+    ]);
+    let server = tokio::spawn(serve(
+        s.handle,
+        vec![("GET", "/pods?", 200, pods), ("PATCH", "/streamjobs/counts/status?", 200, job.clone())],
+    ));
+    reconcile(parse(&job), s.ctx.clone()).await.expect("reconcile succeeds");
+    let seen = server.await.unwrap();
+    let status = &seen[1].2["status"];
+    assert_eq!(status["phase"], "Restarting");
+    assert_eq!(status["restarts"]["lastFailure"]["pod"], "counts-worker-0");
+    assert_eq!(status["restarts"]["lastFailure"]["exitCode"], 137);
+    assert!(status["restarts"]["nextRestartAt"].is_string());
+    assert!(s.events.0.lock().unwrap().iter().any(|e| e.warning && e.reason == "PodFailed"));
+}
+
+#[tokio::test]
+async fn suspend_deletes_the_pods_and_keeps_state() {
+    let s = setup(FakeCoordinator::default());
+    let mut job = job_json(json!({"suspend": true}), false, "file:///tmp/weir-test-none");
+    let hash = plan::spec_hash(&parse(&job).spec.0);
+    job["status"] = json!({"phase": "Running", "deployedSpecHash": hash});
+    let pods = pod_list(vec![
+        pod_json("counts-coordinator", "coordinator", "Running", &hash),
+        pod_json("counts-worker-0", "worker", "Running", &hash),
+    ]);
+    let server = tokio::spawn(serve(
+        s.handle,
+        vec![
+            ("GET", "/pods?", 200, pods),
+            (
+                "DELETE",
+                "/pods/counts-coordinator",
+                200,
+                pod_json("counts-coordinator", "coordinator", "Running", &hash),
+            ),
+            ("DELETE", "/pods/counts-worker-0", 200, pod_json("counts-worker-0", "worker", "Running", &hash)),
+            ("PATCH", "/streamjobs/counts/status?", 200, job.clone()),
+        ],
+    ));
+    reconcile(parse(&job), s.ctx.clone()).await.expect("reconcile succeeds");
+    let seen = server.await.unwrap();
+    assert_eq!(seen[3].2["status"]["phase"], "Suspended");
+}
+
+#[tokio::test]
+async fn an_api_server_error_fails_the_reconcile_which_is_requeued_without_panicking() {
+    let s = setup(FakeCoordinator::default());
+    let job = job_json(json!({}), false, "file:///tmp/weir-test-none");
+    let failure = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": "etcd unavailable", "reason": "InternalError", "code": 500});
+    let server = tokio::spawn(serve(s.handle, vec![("GET", "/pods?", 500, failure)]));
+    let err = reconcile(parse(&job), s.ctx.clone()).await.expect_err("the error is returned");
+    server.await.unwrap();
+    assert!(err.to_string().contains("etcd unavailable"), "{err}");
+    assert_eq!(error_policy(parse(&job), &err, s.ctx.clone()), Action::requeue(Duration::from_secs(5)));
+}
+
+#[tokio::test]
+async fn deletion_with_purge_removes_checkpoints_then_the_finalizer() {
+    let s = setup(FakeCoordinator::default());
+    let dir = tempfile::tempdir().unwrap();
+    let chk = dir.path().join("jobs/counts/chk-0000000001");
+    std::fs::create_dir_all(&chk).unwrap();
+    std::fs::write(chk.join("_metadata"), "{}").unwrap();
+    let job = job_json(json!({"deletionPolicy": "Purge"}), true, &format!("file://{}", dir.path().display()));
+    let server = tokio::spawn(serve(s.handle, vec![("PATCH", "/streamjobs/counts?", 200, job.clone())]));
+    reconcile(parse(&job), s.ctx.clone()).await.expect("cleanup succeeds");
+    let seen = server.await.unwrap();
+    assert!(seen[0].2.to_string().contains("remove"), "finalizer removed: {}", seen[0].2);
+    assert!(!chk.exists(), "checkpoints purged");
+}
+
+#[tokio::test]
+async fn deletion_with_retain_keeps_checkpoints() {
+    let s = setup(FakeCoordinator::default());
+    let dir = tempfile::tempdir().unwrap();
+    let chk = dir.path().join("jobs/counts/chk-0000000001");
+    std::fs::create_dir_all(&chk).unwrap();
+    let job = job_json(json!({"deletionPolicy": "Retain"}), true, &format!("file://{}", dir.path().display()));
+    let server = tokio::spawn(serve(s.handle, vec![("PATCH", "/streamjobs/counts?", 200, job.clone())]));
+    reconcile(parse(&job), s.ctx.clone()).await.expect("cleanup succeeds");
+    server.await.unwrap();
+    assert!(chk.exists());
+}
+
+#[tokio::test]
+async fn deletion_with_savepoint_never_wedges_when_the_savepoint_fails() {
+    let s = setup(FakeCoordinator { fail: true, ..FakeCoordinator::default() });
+    let job = job_json(json!({"deletionPolicy": "Savepoint"}), true, "file:///tmp/weir-test-none");
+    let server = tokio::spawn(serve(s.handle, vec![("PATCH", "/streamjobs/counts?", 200, job.clone())]));
+    reconcile(parse(&job), s.ctx.clone()).await.expect("cleanup succeeds although the savepoint failed");
+    server.await.unwrap();
+    assert_eq!(*s.coordinator.savepoints.lock().unwrap(), vec![true], "a stop-with-savepoint was attempted");
+}
+
+#[tokio::test]
+async fn an_invalid_spec_sets_a_condition_and_creates_nothing() {
+    let s = setup(FakeCoordinator::default());
+    let job = job_json(json!({"workers": 5}), false, "file:///tmp/weir-test-none");
+    let server = tokio::spawn(serve(
+        s.handle,
+        vec![("GET", "/pods?", 200, pod_list(vec![])), ("PATCH", "/streamjobs/counts/status?", 200, job.clone())],
+    ));
+    let action = reconcile(parse(&job), s.ctx.clone()).await.expect("no error: the spec is reported, not retried");
+    let seen = server.await.unwrap();
+    let ready =
+        seen[1].2["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Ready").unwrap().clone();
+    assert_eq!(ready["reason"], "InvalidSpec");
+    assert!(ready["message"].as_str().unwrap().contains("spec.workers"));
+    assert_eq!(action, Action::await_change());
+}
