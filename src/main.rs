@@ -62,6 +62,9 @@ enum Command {
         /// How to reach a job's coordinator API; `{name}` and `{namespace}` are replaced.
         #[arg(long, env = "WEIR_COORDINATOR_URL")]
         coordinator_url: Option<String>,
+        /// Elect a leader among replicas through this Lease (`NAMESPACE/NAME`).
+        #[arg(long, env = "WEIR_LEADER_LEASE")]
+        leader_lease: Option<String>,
     },
     /// Inspect a job's checkpoints.
     Checkpoints {
@@ -94,12 +97,20 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Run { file, no_progress_line } => run::run(&file, !no_progress_line).await,
-            Command::Operator { namespaces, job_image, image_pull_policy, health, coordinator_url } => {
+            Command::Operator { namespaces, job_image, image_pull_policy, health, coordinator_url, leader_lease } => {
+                let leader_election = match leader_lease.as_deref().map(|l| l.split_once('/')) {
+                    None => None,
+                    Some(Some((ns, name))) if !ns.is_empty() && !name.is_empty() => {
+                        Some((ns.to_string(), name.to_string()))
+                    }
+                    Some(_) => return Err(anyhow::anyhow!("--leader-lease: expected NAMESPACE/NAME")),
+                };
                 operator::run::run(operator::run::OperatorOptions {
                     namespaces: namespaces.into_iter().filter(|n| !n.is_empty()).collect(),
                     settings: operator::plan::Settings { job_image, image_pull_policy },
                     health,
                     coordinator_url,
+                    leader_election,
                 })
                 .await
             }

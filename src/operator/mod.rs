@@ -6,11 +6,13 @@
 //! - [`plan`]: desired objects, restarts and status from what was observed (pure).
 //! - [`controller`]: one reconcile (observe, plan, apply, status) and the finalizer.
 //! - [`coordinator_api`]: reading a job's coordinator and asking it for savepoints.
+//! - [`leader`]: leader election over a Lease, for several replicas.
 //! - [`metrics`]: Prometheus metrics and health endpoints.
 //! - [`run`]: watches and namespace scoping.
 
 pub mod controller;
 pub mod coordinator_api;
+pub mod leader;
 pub mod metrics;
 pub mod plan;
 pub mod run;

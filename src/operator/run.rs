@@ -13,6 +13,7 @@ use tracing::{info, warn};
 
 use super::controller::{error_policy, reconcile, Context, KubeEvents};
 use super::coordinator_api::HttpCoordinatorApi;
+use super::leader::Election;
 use super::metrics::{router, OperatorMetrics};
 use super::plan::{Settings, JOB_LABEL};
 use crate::crd::StreamJob;
@@ -23,6 +24,8 @@ pub struct OperatorOptions {
     pub settings: Settings,
     pub health: SocketAddr,
     pub coordinator_url: Option<String>,
+    /// `Some((namespace, lease name))`: run for leadership first.
+    pub leader_election: Option<(String, String)>,
 }
 
 pub async fn run(opts: OperatorOptions) -> anyhow::Result<()> {
@@ -35,6 +38,11 @@ pub async fn run(opts: OperatorOptions) -> anyhow::Result<()> {
             warn!("health endpoint stopped: {e}");
         }
     });
+    if let Some((namespace, lease)) = &opts.leader_election {
+        let identity = std::env::var("POD_NAME").unwrap_or_else(|_| format!("weir-operator-{}", std::process::id()));
+        info!(%identity, %lease, "waiting to lead");
+        Election::new(client.clone(), namespace, lease, &identity, std::time::Duration::from_secs(15)).lead().await;
+    }
     let ctx = Arc::new(Context {
         client: client.clone(),
         coordinator: Arc::new(HttpCoordinatorApi::new(opts.coordinator_url)),
