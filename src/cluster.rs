@@ -31,6 +31,10 @@ pub struct CoordinatorArgs {
     /// Pause between a failure and restoring the job.
     #[arg(long, env = "WEIR_RESTART_DELAY", default_value = "200ms")]
     restart_delay: HumanDuration,
+    /// Do not restore checkpoints completed before this time (ms since the
+    /// epoch); the operator sets it for a stateless upgrade.
+    #[arg(long, env = "WEIR_IGNORE_CHECKPOINTS_BEFORE_MS", default_value_t = 0)]
+    ignore_checkpoints_before_ms: u64,
 }
 
 #[derive(Args)]
@@ -66,6 +70,7 @@ pub async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
         workers: args.workers,
         heartbeat_timeout: args.heartbeat_timeout.get(),
         restart_delay: args.restart_delay.get(),
+        ignore_checkpoints_before_ms: args.ignore_checkpoints_before_ms,
     };
     let (shared, coordinator) = coordinator::start(opts).await?;
     tracing::info!(workers = %args.listen, http = %args.http, "coordinator listening");

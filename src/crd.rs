@@ -138,6 +138,10 @@ pub struct StreamJobStatus {
     pub restart_nonce: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_savepoint: Option<SavepointStatus>,
+    /// Set by a stateless upgrade: checkpoints completed before this time
+    /// (ms since the epoch) are not restored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_reset_at_ms: Option<u64>,
 }
 
 /// The CRD as YAML, as `weir crd` prints it.

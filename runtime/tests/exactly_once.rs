@@ -127,3 +127,18 @@ fn rescaling_two_three_one_across_restores_keeps_per_key_results_exact() {
     assert!(restored[2].is_some(), "the last run restored state: {restored:?}");
     assert_exactly_once(dir.path(), spec.count, spec.keys);
 }
+
+#[test]
+fn a_stateless_reset_time_hides_older_checkpoints_from_restore() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = JobSpec::default();
+    let job = manifest(dir.path(), &spec);
+    assert!(is_injected(&run_once(&job, Faults::crash_at(FaultPoint::AfterMetadata, 3)).unwrap_err()));
+    let store = weir_runtime::checkpoint::CheckpointStore::open(&job.spec.checkpoints.storage, "default", "counts").unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (kept, next) = rt.block_on(weir_runtime::job::restore_point(&store, 16, "counts", 0)).unwrap();
+    assert!(kept.is_some());
+    let (hidden, next_after) = rt.block_on(weir_runtime::job::restore_point(&store, 16, "counts", u64::MAX)).unwrap();
+    assert!(hidden.is_none(), "checkpoints before the reset are not restored");
+    assert_eq!(next, next_after, "ids still continue above every checkpoint");
+}

@@ -264,6 +264,9 @@ pub fn plan(job: &StreamJob, observed: &Observed, settings: &Settings) -> Plan {
             p.delete = live.iter().map(|pod| pod.name.clone()).collect();
             // Pods deleted on purpose: their absence is not a failure.
             p.status.deployed_spec_hash = None;
+            if outdated && spec.upgrade_mode == UpgradeMode::Stateless {
+                p.status.state_reset_at_ms = Some(now);
+            }
             p.status.restart_nonce = spec.restart_nonce;
             p.events.push(Event {
                 warning: false,
@@ -369,7 +372,13 @@ pub fn plan(job: &StreamJob, observed: &Observed, settings: &Settings) -> Plan {
     p.config_map = Some(config_map(job, &owner));
     p.service = Some(service(&name, job.metadata.namespace.as_deref(), &owner));
     let image = spec.image.clone().unwrap_or_else(|| settings.job_image.clone());
-    p.pods.push(pod(job, Role::Coordinator, &image, settings, &hash, &owner));
+    let mut coordinator = pod(job, Role::Coordinator, &image, settings, &hash, &owner);
+    if let Some(reset) = p.status.state_reset_at_ms {
+        if let Some(c) = coordinator.spec.as_mut().and_then(|s| s.containers.first_mut()) {
+            c.env.get_or_insert_with(Vec::new).push(env("WEIR_IGNORE_CHECKPOINTS_BEFORE_MS", reset.to_string()));
+        }
+    }
+    p.pods.push(coordinator);
     for i in 0..spec.workers {
         p.pods.push(pod(job, Role::Worker(i), &image, settings, &hash, &owner));
     }

@@ -311,3 +311,16 @@ fn a_pod_deleted_for_a_restart_is_recreated_without_counting_another_failure() {
     assert_eq!(p.status.phase, Phase::Starting);
     assert!(p.pods.iter().any(|pod| pod.metadata.name.as_deref() == Some("counts-coordinator")));
 }
+
+#[test]
+fn a_stateless_upgrade_starts_the_new_pods_without_old_checkpoints() {
+    let mut j = job(|s| s.upgrade_mode = UpgradeMode::Stateless);
+    step(&mut j, &Observed { now_ms: T0, ..Observed::default() });
+    let old_pods = pods(&j, PodPhase::Running);
+    j.spec.0.parallelism = 3;
+    step(&mut j, &Observed { pods: old_pods, coordinator: running(T0), now_ms: T0 + 5 });
+    let p = step(&mut j, &Observed { now_ms: T0 + 2000, ..Observed::default() });
+    let env = p.pods[0].spec.as_ref().unwrap().containers[0].env.clone().unwrap();
+    let reset = env.iter().find(|e| e.name == "WEIR_IGNORE_CHECKPOINTS_BEFORE_MS").expect("reset marker");
+    assert_eq!(reset.value.as_deref(), Some((T0 + 5).to_string().as_str()));
+}

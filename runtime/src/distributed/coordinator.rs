@@ -51,6 +51,9 @@ pub struct CoordinatorOptions {
     pub heartbeat_timeout: Duration,
     /// Pause between a failure and the next attempt.
     pub restart_delay: Duration,
+    /// Checkpoints completed before this time (ms since the epoch) are not
+    /// restored: set by a stateless upgrade.
+    pub ignore_checkpoints_before_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -504,7 +507,9 @@ impl Coordinator {
         config: &JobConfig,
         members: &[u64],
     ) -> Result<(), JobError> {
-        let (restored, next_id) = restore_point(&self.shared.store, graph.max_parallelism, &config.name).await?;
+        let not_before = self.opts.ignore_checkpoints_before_ms;
+        let (restored, next_id) =
+            restore_point(&self.shared.store, graph.max_parallelism, &config.name, not_before).await?;
         let restore = restored.as_ref().map(|r| r.id);
         self.shared.update(|s| s.restored_from = restore);
         let tasks = all_tasks(graph);

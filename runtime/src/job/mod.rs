@@ -90,7 +90,7 @@ impl ControlPlane for Local {
 /// failure. Every subtask is gone when this returns.
 pub async fn run_job(graph: JobGraph, config: &JobConfig, metrics: Arc<JobMetrics>) -> Result<JobOutcome, JobError> {
     let store = CheckpointStore::open(&config.checkpoints.storage, &config.namespace, &config.name)?;
-    let (restored, next_id) = restore_point(&store, graph.max_parallelism, &config.name).await?;
+    let (restored, next_id) = restore_point(&store, graph.max_parallelism, &config.name, 0).await?;
     let outcome = JobOutcome {
         restored_from: restored.as_ref().map(|r| r.id),
         skipped: restored.as_ref().map(|r| r.skipped.clone()).unwrap_or_default(),
@@ -120,14 +120,20 @@ pub async fn run_job(graph: JobGraph, config: &JobConfig, metrics: Arc<JobMetric
 }
 
 /// The checkpoint to restore and the first id for new checkpoints, which
-/// is above every id in storage, complete or not.
+/// is above every id in storage, complete or not. Checkpoints completed
+/// before `not_before_ms` are ignored (a stateless upgrade starts empty).
 pub async fn restore_point(
     store: &CheckpointStore,
     max_parallelism: u32,
     job: &str,
+    not_before_ms: u64,
 ) -> Result<(Option<Arc<RestoredCheckpoint>>, u64), JobError> {
     let existing = store.checkpoint_ids().await?;
-    let restored = store.latest_restorable(max_parallelism).await?.map(Arc::new);
+    let mut restored = store.latest_restorable(max_parallelism).await?.map(Arc::new);
+    if restored.as_ref().is_some_and(|r| r.metadata.completed_at_ms < not_before_ms) {
+        info!("ignoring checkpoints completed before the stateless upgrade at {not_before_ms} ms");
+        restored = None;
+    }
     match &restored {
         Some(r) => info!(checkpoint = r.id, path = %r.path, "restoring job {job} from checkpoint {}", r.id),
         None => info!("starting job {job} with empty state"),
