@@ -134,7 +134,8 @@ fn a_stateless_reset_time_hides_older_checkpoints_from_restore() {
     let spec = JobSpec::default();
     let job = manifest(dir.path(), &spec);
     assert!(is_injected(&run_once(&job, Faults::crash_at(FaultPoint::AfterMetadata, 3)).unwrap_err()));
-    let store = weir_runtime::checkpoint::CheckpointStore::open(&job.spec.checkpoints.storage, "default", "counts").unwrap();
+    let store =
+        weir_runtime::checkpoint::CheckpointStore::open(&job.spec.checkpoints.storage, "default", "counts").unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (kept, next) = rt.block_on(weir_runtime::job::restore_point(&store, 16, "counts", 0)).unwrap();
     assert!(kept.is_some());

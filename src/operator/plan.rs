@@ -282,7 +282,9 @@ pub fn plan(job: &StreamJob, observed: &Observed, settings: &Settings) -> Plan {
     p.status.restart_nonce = spec.restart_nonce;
 
     // Failures: a failed pod, or one that vanished while the job ran.
-    let failed: Vec<&&PodView> = live.iter().filter(|pod| pod.phase == PodPhase::Failed).collect();
+    // A pod in phase Unknown lost its node: that is a failure too.
+    let failed: Vec<&&PodView> =
+        live.iter().filter(|pod| matches!(pod.phase, PodPhase::Failed | PodPhase::Unknown)).collect();
     let expected = 1 + spec.workers as usize;
     let vanished = old.deployed_spec_hash.is_some()
         && matches!(old.phase, Phase::Running | Phase::Starting)
@@ -398,6 +400,11 @@ pub fn plan(job: &StreamJob, observed: &Observed, settings: &Settings) -> Plan {
         p.status.restored_from = c.restored_from.or(old.restored_from);
     }
     fill_checkpoints(&mut p.status, observed);
+    let mut health = checkpoints_healthy(spec, observed, now);
+    let failed_before = old.checkpoints.as_ref().map_or(0, |c| c.failed);
+    if let Some(c) = observed.coordinator.as_ref().filter(|c| c.failed > failed_before) {
+        health = Some((false, format!("{} checkpoint(s) failed since the last look", c.failed - failed_before)));
+    }
     if running && old.phase != Phase::Running {
         p.events.push(Event {
             warning: false,
@@ -405,8 +412,7 @@ pub fn plan(job: &StreamJob, observed: &Observed, settings: &Settings) -> Plan {
             note: "all job pods run and the coordinator reports Running".into(),
         });
     }
-    p.status.conditions =
-        conditions(&old, generation, &now_text, p.status.phase, None, checkpoints_healthy(spec, observed, now));
+    p.status.conditions = conditions(&old, generation, &now_text, p.status.phase, None, health);
     p.requeue_ms = if running { 5_000 } else { 1_000 };
     p
 }

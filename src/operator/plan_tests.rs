@@ -324,3 +324,47 @@ fn a_stateless_upgrade_starts_the_new_pods_without_old_checkpoints() {
     let reset = env.iter().find(|e| e.name == "WEIR_IGNORE_CHECKPOINTS_BEFORE_MS").expect("reset marker");
     assert_eq!(reset.value.as_deref(), Some((T0 + 5).to_string().as_str()));
 }
+
+#[test]
+fn every_restart_strategy_decides_about_a_failed_pod() {
+    use weir_runtime::manifest::{ExponentialDelay, FailureRate, FixedDelay, NoRestart, RestartStrategy};
+    let fixed = FixedDelay { attempts: 3, delay: "2s".parse().unwrap() };
+    let rate =
+        FailureRate { max_failures_per_interval: 1, interval: "1m".parse().unwrap(), delay: "1s".parse().unwrap() };
+    let strategies = [
+        (RestartStrategy { none: Some(NoRestart {}), ..Default::default() }, Phase::Failed),
+        (RestartStrategy { fixed_delay: Some(fixed), ..Default::default() }, Phase::Restarting),
+        (RestartStrategy { failure_rate: Some(rate), ..Default::default() }, Phase::Restarting),
+        (
+            RestartStrategy { exponential_delay: Some(ExponentialDelay::default()), ..Default::default() },
+            Phase::Restarting,
+        ),
+    ];
+    for (strategy, phase) in strategies {
+        let mut j = job(|s| s.restart_strategy = strategy.clone());
+        step(&mut j, &Observed { now_ms: T0, ..Observed::default() });
+        let o = up(&j, T0);
+        step(&mut j, &o);
+        let mut lost = pods(&j, PodPhase::Running);
+        lost[2].phase = PodPhase::Unknown;
+        let p = step(&mut j, &Observed { pods: lost, coordinator: running(T0), now_ms: T0 + 100 });
+        assert_eq!(p.status.phase, phase, "{strategy:?}");
+        assert_eq!(p.status.restarts.last_failure.unwrap().pod, "counts-worker-1", "a lost node is a failure");
+    }
+}
+
+#[test]
+fn failed_checkpoints_turn_checkpoints_unhealthy() {
+    let mut j = job(|_| {});
+    step(&mut j, &Observed { now_ms: T0, ..Observed::default() });
+    let o = up(&j, T0 + 100);
+    step(&mut j, &o);
+    let mut o = up(&j, T0 + 200);
+    if let Some(c) = o.coordinator.as_mut() {
+        c.failed = 2;
+    }
+    let p = step(&mut j, &o);
+    let c = condition(&p.status, "CheckpointsHealthy");
+    assert_eq!(c.status, "False");
+    assert!(c.message.contains("2 checkpoint(s) failed"), "{}", c.message);
+}
