@@ -166,6 +166,13 @@ mod tests {
     }
 
     #[test]
+    fn the_chart_ships_the_same_crd() {
+        let chart = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/charts/weir/crds/streamjob.yaml"))
+            .unwrap_or_default();
+        assert!(chart == crd_yaml().unwrap(), "charts/weir/crds/streamjob.yaml is stale: copy crds/streamjob.yaml");
+    }
+
+    #[test]
     fn the_crd_is_namespaced_with_short_name_status_and_printer_columns() {
         use kube::CustomResourceExt;
         let crd = StreamJob::crd();

@@ -62,6 +62,12 @@ enum Command {
         /// How to reach a job's coordinator API; `{name}` and `{namespace}` are replaced.
         #[arg(long, env = "WEIR_COORDINATOR_URL")]
         coordinator_url: Option<String>,
+        /// Checkpoint storage for jobs that keep the built-in default.
+        #[arg(long, env = "WEIR_DEFAULT_STORAGE")]
+        default_storage: Option<String>,
+        /// A Secret whose keys become environment variables of job pods (storage credentials).
+        #[arg(long, env = "WEIR_JOB_CREDENTIALS_SECRET")]
+        job_credentials_secret: Option<String>,
         /// Elect a leader among replicas through this Lease (`NAMESPACE/NAME`).
         #[arg(long, env = "WEIR_LEADER_LEASE")]
         leader_lease: Option<String>,
@@ -97,7 +103,16 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Run { file, no_progress_line } => run::run(&file, !no_progress_line).await,
-            Command::Operator { namespaces, job_image, image_pull_policy, health, coordinator_url, leader_lease } => {
+            Command::Operator {
+                namespaces,
+                job_image,
+                image_pull_policy,
+                health,
+                coordinator_url,
+                leader_lease,
+                default_storage,
+                job_credentials_secret,
+            } => {
                 let leader_election = match leader_lease.as_deref().map(|l| l.split_once('/')) {
                     None => None,
                     Some(Some((ns, name))) if !ns.is_empty() && !name.is_empty() => {
@@ -107,7 +122,12 @@ fn main() -> ExitCode {
                 };
                 operator::run::run(operator::run::OperatorOptions {
                     namespaces: namespaces.into_iter().filter(|n| !n.is_empty()).collect(),
-                    settings: operator::plan::Settings { job_image, image_pull_policy },
+                    settings: operator::plan::Settings {
+                        job_image,
+                        image_pull_policy,
+                        default_storage,
+                        credentials_secret: job_credentials_secret,
+                    },
                     health,
                     coordinator_url,
                     leader_election,

@@ -67,7 +67,12 @@ fn setup(coordinator: FakeCoordinator) -> Setup {
         client,
         coordinator: coordinator.clone(),
         events: events.clone(),
-        settings: Settings { job_image: "weir:test".into(), image_pull_policy: "IfNotPresent".into() },
+        settings: Settings {
+            job_image: "weir:test".into(),
+            image_pull_policy: "IfNotPresent".into(),
+            default_storage: None,
+            credentials_secret: None,
+        },
         metrics: Arc::new(OperatorMetrics::default()),
     });
     Setup { ctx, handle, coordinator, events }

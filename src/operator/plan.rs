@@ -6,8 +6,9 @@ use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, Pod, PodSecurityContext, PodSpec,
-    ResourceRequirements, SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvFromSource, EnvVar, Pod,
+    PodSecurityContext, PodSpec, ResourceRequirements, SecretEnvSource, SecurityContext, Service, ServicePort,
+    ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -28,6 +29,10 @@ pub const HTTP_PORT: i32 = 8081;
 pub struct Settings {
     pub job_image: String,
     pub image_pull_policy: String,
+    /// Checkpoint storage for jobs that keep the built-in default.
+    pub default_storage: Option<String>,
+    /// A Secret whose keys become environment variables of job pods.
+    pub credentials_secret: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -371,7 +376,7 @@ pub fn plan(job: &StreamJob, observed: &Observed, settings: &Settings) -> Plan {
 
     // The desired objects.
     let owner = job.controller_owner_ref(&()).map(|o| vec![o]).unwrap_or_default();
-    p.config_map = Some(config_map(job, &owner));
+    p.config_map = Some(config_map(job, &owner, settings));
     p.service = Some(service(&name, job.metadata.namespace.as_deref(), &owner));
     let image = spec.image.clone().unwrap_or_else(|| settings.job_image.clone());
     let mut coordinator = pod(job, Role::Coordinator, &image, settings, &hash, &owner);
@@ -523,13 +528,19 @@ fn meta(
     }
 }
 
-fn config_map(job: &StreamJob, owner: &[OwnerReference]) -> ConfigMap {
+fn config_map(job: &StreamJob, owner: &[OwnerReference], settings: &Settings) -> ConfigMap {
     let name = job.metadata.name.clone().unwrap_or_default();
+    let mut spec = job.spec.0.clone();
+    if let Some(storage) = &settings.default_storage {
+        if spec.checkpoints.storage == weir_runtime::manifest::CheckpointOptions::default().storage {
+            spec.checkpoints.storage = storage.clone();
+        }
+    }
     let manifest = serde_json::json!({
         "apiVersion": weir_runtime::manifest::API_VERSION,
         "kind": weir_runtime::manifest::KIND,
         "metadata": { "name": name, "namespace": job.metadata.namespace },
-        "spec": job.spec.0,
+        "spec": spec,
     });
     let yaml = serde_yaml::to_string(&manifest).unwrap_or_default();
     ConfigMap {
@@ -633,6 +644,12 @@ fn pod(job: &StreamJob, role: Role, image: &str, settings: &Settings, hash: &str
                 ports,
                 resources,
                 volume_mounts: Some(mounts).filter(|m: &Vec<_>| !m.is_empty()),
+                env_from: settings.credentials_secret.as_ref().map(|secret| {
+                    vec![EnvFromSource {
+                        secret_ref: Some(SecretEnvSource { name: secret.clone(), optional: Some(false) }),
+                        ..EnvFromSource::default()
+                    }]
+                }),
                 security_context: Some(SecurityContext {
                     allow_privilege_escalation: Some(false),
                     read_only_root_filesystem: Some(true),

@@ -21,7 +21,12 @@ spec:
 const T0: u64 = 1_800_000_000_000;
 
 fn settings() -> Settings {
-    Settings { job_image: "weir:test".into(), image_pull_policy: "IfNotPresent".into() }
+    Settings {
+        job_image: "weir:test".into(),
+        image_pull_policy: "IfNotPresent".into(),
+        default_storage: Some("s3://bucket/weir".into()),
+        credentials_secret: Some("weir-s3".into()),
+    }
 }
 
 fn job(edit: impl FnOnce(&mut weir_runtime::manifest::StreamJobSpec)) -> StreamJob {
@@ -367,4 +372,14 @@ fn failed_checkpoints_turn_checkpoints_unhealthy() {
     let c = condition(&p.status, "CheckpointsHealthy");
     assert_eq!(c.status, "False");
     assert!(c.message.contains("2 checkpoint(s) failed"), "{}", c.message);
+}
+
+#[test]
+fn operator_defaults_fill_in_storage_and_credentials() {
+    let mut j = job(|_| {});
+    let p = step(&mut j, &Observed { now_ms: T0, ..Observed::default() });
+    let manifest = &p.config_map.unwrap().data.unwrap()["job.yaml"];
+    assert!(manifest.contains("storage: s3://bucket/weir"), "{manifest}");
+    let env_from = p.pods[1].spec.as_ref().unwrap().containers[0].env_from.clone().unwrap();
+    assert_eq!(env_from[0].secret_ref.as_ref().unwrap().name, "weir-s3");
 }
