@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use weir_runtime::connectors::file_sink::read_committed;
-use weir_runtime::connectors::generator::generated;
 
 const KEYS: u64 = 200;
 
@@ -166,26 +165,8 @@ spec:
     }
 
     fn assert_exact(&self) {
-        let mut want: BTreeMap<String, (u64, i64)> = BTreeMap::new();
-        for seq in 0..self.count {
-            let (k, v) = generated(seq, KEYS);
-            let e = want.entry(format!("k{k}")).or_default();
-            e.0 += 1;
-            e.1 += v;
-        }
-        let mut got: BTreeMap<String, Vec<(u64, i64)>> = BTreeMap::new();
-        for row in read_committed(&self.dir.join("out")).unwrap() {
-            got.entry(row["key"].as_str().unwrap().into())
-                .or_default()
-                .push((row["count"].as_u64().unwrap(), row["sum_value"].as_i64().unwrap()));
-        }
-        assert_eq!(got.len(), want.len(), "keys");
-        for (key, (n, sum)) in want {
-            let mut updates = got.remove(&key).unwrap();
-            updates.sort();
-            let counts: Vec<u64> = updates.iter().map(|u| u.0).collect();
-            assert_eq!(counts, (1..=n).collect::<Vec<_>>(), "key {key}: every record exactly once");
-            assert_eq!(updates.last().unwrap().1, sum, "key {key}");
+        if let Err(e) = weir_runtime::verify::check_exactly_once(&self.dir.join("out"), self.count, KEYS) {
+            panic!("{e}; see logs in {}", self.dir.display());
         }
     }
 }

@@ -1,13 +1,9 @@
 //! `kill -9` of a real `weir run` process, then a rerun: the committed
 //! output holds every record exactly once.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
-
-use weir_runtime::connectors::file_sink::read_committed;
-use weir_runtime::connectors::generator::generated;
 
 const COUNT: u64 = 200_000;
 const KEYS: u64 = 100;
@@ -71,25 +67,7 @@ fn kill_nine_of_weir_run_then_rerun_yields_exact_output() {
     let status = weir(&manifest, dir.path()).wait().unwrap();
     assert!(status.success(), "final run failed: {status}");
 
-    let mut want: BTreeMap<String, (u64, i64)> = BTreeMap::new();
-    for seq in 0..COUNT {
-        let (k, v) = generated(seq, KEYS);
-        let e = want.entry(format!("k{k}")).or_default();
-        e.0 += 1;
-        e.1 += v;
-    }
-    let mut got: BTreeMap<String, Vec<(u64, i64)>> = BTreeMap::new();
-    for row in read_committed(&dir.path().join("out")).unwrap() {
-        got.entry(row["key"].as_str().unwrap().into())
-            .or_default()
-            .push((row["count"].as_u64().unwrap(), row["sum_value"].as_i64().unwrap()));
-    }
-    assert_eq!(got.len(), want.len());
-    for (key, (n, sum)) in want {
-        let mut updates = got.remove(&key).unwrap();
-        updates.sort();
-        let counts: Vec<u64> = updates.iter().map(|u| u.0).collect();
-        assert_eq!(counts, (1..=n).collect::<Vec<_>>(), "key {key}: every record exactly once");
-        assert_eq!(updates.last().unwrap().1, sum, "key {key}: final sum");
+    if let Err(e) = weir_runtime::verify::check_exactly_once(&dir.path().join("out"), COUNT, KEYS) {
+        panic!("output after kill -9 and rerun: {e}");
     }
 }

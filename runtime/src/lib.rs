@@ -14,6 +14,7 @@
 //! - [`programs`]: typed jobs compiled in, chosen by `spec.program.entry`.
 //! - [`record`]: the JSON rows of declared pipelines and bad records.
 //! - [`job`]: running a job in one process.
+//! - [`verify`]: auditing the output of the generated keyed count/sum job.
 //! - [`keygroup`]: key hashing and key-group ranges.
 //! - [`faults`]: fault injection points for crash tests.
 //! - [`metrics`]: job counters.
@@ -34,3 +35,4 @@ pub mod record;
 pub mod state;
 pub mod storage;
 pub mod task;
+pub mod verify;

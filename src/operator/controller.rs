@@ -13,7 +13,7 @@ use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{finalizer, Event as FinalizerEvent};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
-use tracing::{info, warn};
+use tracing::{info, warn, Instrument};
 use weir_runtime::checkpoint::CheckpointStore;
 use weir_runtime::manifest::DeletionPolicy;
 
@@ -81,12 +81,14 @@ pub async fn reconcile(job: Arc<StreamJob>, ctx: Arc<Context>) -> Result<Action,
     let started = std::time::Instant::now();
     let ns = job.namespace().ok_or(Error::NoNamespace)?;
     let api: Api<StreamJob> = Api::namespaced(ctx.client.clone(), &ns);
+    let span = tracing::info_span!("reconcile", namespace = %ns, name = %job.name_any());
     let result = finalizer(&api, FINALIZER, job, |event| async {
         match event {
             FinalizerEvent::Apply(job) => apply(job, &ctx).await,
             FinalizerEvent::Cleanup(job) => cleanup(job, &ctx).await,
         }
     })
+    .instrument(span)
     .await
     .map_err(|e| Error::Finalizer(e.to_string()));
     ctx.metrics.observe_reconcile(started.elapsed(), result.is_err());

@@ -3,12 +3,9 @@
 
 #![allow(dead_code)]
 
-use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 
-use weir_runtime::connectors::file_sink::read_committed;
-use weir_runtime::connectors::generator::generated;
 use weir_runtime::faults::Faults;
 use weir_runtime::job::{run_job, JobConfig, JobError, JobOutcome};
 use weir_runtime::manifest::StreamJob;
@@ -82,59 +79,17 @@ pub fn run_once(job: &StreamJob, faults: Faults) -> Result<JobOutcome, JobError>
     result
 }
 
-/// Per key: how many records and their value sum the generator produces.
-pub fn expected(count: u64, keys: u64) -> HashMap<String, (u64, i64)> {
-    let mut m: HashMap<String, (u64, i64)> = HashMap::new();
-    for seq in 0..count {
-        let (k, v) = generated(seq, keys);
-        let e = m.entry(format!("k{k}")).or_default();
-        e.0 += 1;
-        e.1 += v;
-    }
-    m
-}
-
-/// Committed updates per key: count -> (how many times seen, sum).
-pub fn committed(dir: &Path) -> BTreeMap<String, BTreeMap<u64, (u32, i64)>> {
-    let mut out: BTreeMap<String, BTreeMap<u64, (u32, i64)>> = BTreeMap::new();
-    for row in read_committed(&dir.join("out")).unwrap() {
-        let key = row["key"].as_str().unwrap().to_string();
-        let count = row["count"].as_u64().unwrap();
-        let sum = row["sum_value"].as_i64().unwrap();
-        let e = out.entry(key).or_default().entry(count).or_insert((0, sum));
-        e.0 += 1;
-    }
-    out
-}
-
-/// Every record counted exactly once: each key's updates are exactly
-/// 1..=n once each, and the last one carries the whole sum.
+/// Every record counted exactly once (see [`weir_runtime::verify`]).
 pub fn assert_exactly_once(dir: &Path, count: u64, keys: u64) {
-    let want = expected(count, keys);
-    let got = committed(dir);
-    assert_eq!(got.len(), want.len(), "keys in output");
-    for (key, (n, sum)) in &want {
-        let updates = got.get(key).unwrap_or_else(|| panic!("key {key} missing from output"));
-        let dupes: Vec<_> = updates.iter().filter(|(_, (seen, _))| *seen != 1).collect();
-        assert!(dupes.is_empty(), "key {key}: updates seen more than once: {dupes:?}");
-        let counts: Vec<u64> = updates.keys().copied().collect();
-        assert_eq!(counts, (1..=*n).collect::<Vec<_>>(), "key {key}: updates are not exactly 1..={n}");
-        assert_eq!(updates[n].1, *sum, "key {key}: final sum");
+    if let Err(e) = weir_runtime::verify::check_exactly_once(&dir.join("out"), count, keys) {
+        panic!("{e}");
     }
 }
 
-/// Nothing lost: every key reached at least its record count and sum.
+/// Nothing lost.
 pub fn assert_at_least_once(dir: &Path, count: u64, keys: u64) {
-    let want = expected(count, keys);
-    let got = committed(dir);
-    for (key, (n, sum)) in &want {
-        let updates = got.get(key).unwrap_or_else(|| panic!("key {key} missing from output"));
-        let (max_count, (_, max_sum)) = updates.iter().next_back().unwrap();
-        assert!(*max_count >= *n, "key {key}: saw {max_count} of {n} records");
-        assert!(*max_sum >= *sum, "key {key}: sum {max_sum} below {sum}");
-        for c in 1..=*n {
-            assert!(updates.contains_key(&c), "key {key}: update {c} lost");
-        }
+    if let Err(e) = weir_runtime::verify::check_at_least_once(&dir.join("out"), count, keys) {
+        panic!("{e}");
     }
 }
 

@@ -1,0 +1,130 @@
+//! Auditing the committed output of a keyed running count and sum over
+//! generated records (`generator` -> `keyBy: key` -> `aggregate: {count,
+//! sum: [value]}` -> `file` sink): is every record there exactly once? The
+//! test suites use it after crashes; a user can run it after any run.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use crate::connectors::file_sink::read_committed;
+use crate::connectors::generator::generated;
+
+/// Per key (`k<n>`): how many of the first `count` generated records it
+/// gets, and the sum of their values.
+pub fn expected_per_key(count: u64, keys: u64) -> BTreeMap<String, (u64, i64)> {
+    let mut m: BTreeMap<String, (u64, i64)> = BTreeMap::new();
+    for seq in 0..count {
+        let (k, v) = generated(seq, keys);
+        let e = m.entry(format!("k{k}")).or_default();
+        e.0 += 1;
+        e.1 += v;
+    }
+    m
+}
+
+/// Committed updates per key: running count -> (times seen, running sum).
+pub type Updates = BTreeMap<String, BTreeMap<u64, (u32, i64)>>;
+
+/// Reads the committed updates under a file sink's directory.
+pub fn committed_updates(out: &Path) -> Result<Updates, String> {
+    let mut updates: Updates = BTreeMap::new();
+    let rows = read_committed(out).map_err(|e| format!("cannot read {}: {e}", out.display()))?;
+    for row in rows {
+        let (Some(key), Some(count), Some(sum)) =
+            (row["key"].as_str(), row["count"].as_u64(), row["sum_value"].as_i64())
+        else {
+            return Err(format!("not a count/sum update: {row}"));
+        };
+        updates.entry(key.to_string()).or_default().entry(count).or_insert((0, sum)).0 += 1;
+    }
+    Ok(updates)
+}
+
+/// Every record counted exactly once: each key's updates are exactly
+/// `1..=n`, each once, and the last carries the whole sum.
+pub fn check_exactly_once(out: &Path, count: u64, keys: u64) -> Result<(), String> {
+    let want = expected_per_key(count, keys);
+    let got = committed_updates(out)?;
+    if got.len() != want.len() {
+        return Err(format!("{} keys in the output, {} expected", got.len(), want.len()));
+    }
+    for (key, (n, sum)) in &want {
+        let updates = got.get(key).ok_or_else(|| format!("key {key} missing from the output"))?;
+        if let Some((c, (seen, _))) = updates.iter().find(|(_, (seen, _))| *seen != 1) {
+            return Err(format!("key {key}: update {c} committed {seen} times"));
+        }
+        let counts: Vec<u64> = updates.keys().copied().collect();
+        if counts != (1..=*n).collect::<Vec<_>>() {
+            let last = counts.last().copied().unwrap_or(0);
+            return Err(format!("key {key}: {} updates up to {last}, expected exactly 1..={n}", counts.len()));
+        }
+        if updates[n].1 != *sum {
+            return Err(format!("key {key}: final sum {}, expected {sum}", updates[n].1));
+        }
+    }
+    Ok(())
+}
+
+/// Nothing lost (duplicates allowed): every key reached its count and sum
+/// and no update in between is missing.
+pub fn check_at_least_once(out: &Path, count: u64, keys: u64) -> Result<(), String> {
+    let want = expected_per_key(count, keys);
+    let got = committed_updates(out)?;
+    for (key, (n, sum)) in &want {
+        let updates = got.get(key).ok_or_else(|| format!("key {key} missing from the output"))?;
+        if let Some(c) = (1..=*n).find(|c| !updates.contains_key(c)) {
+            return Err(format!("key {key}: update {c} lost"));
+        }
+        let max_sum = updates.values().map(|u| u.1).max().unwrap_or(i64::MIN);
+        if max_sum < *sum {
+            return Err(format!("key {key}: sum reached {max_sum}, below {sum}"));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, rows: &[(String, u64, i64)]) {
+        let text: String =
+            rows.iter().map(|(k, c, s)| format!("{{\"key\":\"{k}\",\"count\":{c},\"sum_value\":{s}}}\n")).collect();
+        std::fs::write(dir.join("part-00000-0000000001.jsonl"), text).unwrap();
+    }
+
+    fn exact_rows(count: u64, keys: u64) -> Vec<(String, u64, i64)> {
+        let mut state: BTreeMap<u64, (u64, i64)> = BTreeMap::new();
+        (0..count)
+            .map(|seq| {
+                let (k, v) = generated(seq, keys);
+                let e = state.entry(k).or_default();
+                e.0 += 1;
+                e.1 += v;
+                (format!("k{k}"), e.0, e.1)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn accepts_exact_output_and_names_a_duplicate_or_a_gap() {
+        let dir = tempfile::tempdir().unwrap();
+        let rows = exact_rows(500, 7);
+        write(dir.path(), &rows);
+        assert_eq!(check_exactly_once(dir.path(), 500, 7), Ok(()));
+        assert_eq!(check_at_least_once(dir.path(), 500, 7), Ok(()));
+
+        let mut dup = rows.clone();
+        dup.push(rows[10].clone());
+        write(dir.path(), &dup);
+        let err = check_exactly_once(dir.path(), 500, 7).unwrap_err();
+        assert!(err.contains("committed 2 times"), "{err}");
+        assert_eq!(check_at_least_once(dir.path(), 500, 7), Ok(()), "duplicates are fine at least once");
+
+        let mut gap = rows.clone();
+        gap.remove(10);
+        write(dir.path(), &gap);
+        assert!(check_exactly_once(dir.path(), 500, 7).is_err());
+        assert!(check_at_least_once(dir.path(), 500, 7).unwrap_err().contains("lost"));
+    }
+}
