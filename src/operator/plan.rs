@@ -170,7 +170,8 @@ pub fn set_condition(
         type_: type_.into(),
         status,
         reason: reason.into(),
-        message: message.into(),
+        // Never empty: some API servers turn "" into null and refuse it.
+        message: if message.is_empty() { format!("the job is {reason}") } else { message.into() },
         last_transition_time: since,
         observed_generation: stamp.generation,
     });
@@ -558,8 +559,8 @@ fn service(job: &str, namespace: Option<&str>, owner: &[OwnerReference]) -> Serv
                 labels(job, Some(Role::Coordinator), None).into_iter().filter(|(k, _)| k != HASH_LABEL).collect(),
             ),
             ports: Some(vec![
-                ServicePort { name: Some("workers".into()), port: WORKER_PORT, ..ServicePort::default() },
-                ServicePort { name: Some("http".into()), port: HTTP_PORT, ..ServicePort::default() },
+                ServicePort { name: Some("workers".into()), port: WORKER_PORT, protocol: Some("TCP".into()), ..ServicePort::default() },
+                ServicePort { name: Some("http".into()), port: HTTP_PORT, protocol: Some("TCP".into()), ..ServicePort::default() },
             ]),
             ..ServiceSpec::default()
         }),
@@ -620,8 +621,8 @@ fn pod(job: &StreamJob, role: Role, image: &str, settings: &Settings, hash: &str
     });
     let ports = match role {
         Role::Coordinator => Some(vec![
-            ContainerPort { name: Some("workers".into()), container_port: WORKER_PORT, ..ContainerPort::default() },
-            ContainerPort { name: Some("http".into()), container_port: HTTP_PORT, ..ContainerPort::default() },
+            ContainerPort { name: Some("workers".into()), container_port: WORKER_PORT, protocol: Some("TCP".into()), ..ContainerPort::default() },
+            ContainerPort { name: Some("http".into()), container_port: HTTP_PORT, protocol: Some("TCP".into()), ..ContainerPort::default() },
         ]),
         Role::Worker(_) => None,
     };

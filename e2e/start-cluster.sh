@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Starts etcd, kube-apiserver, kube-controller-manager and kube-scheduler
+# on 127.0.0.1 under DIR (default /tmp/weir-e2e), writes DIR/kubeconfig and
+# registers a Ready Node named weir-node. Stop with e2e/stop-cluster.sh DIR.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+dir=${1:-/tmp/weir-e2e}
+bin=$("$here/build-kubernetes.sh")
+mkdir -p "$dir" && cd "$dir"
+api_port=${WEIR_E2E_API_PORT:-16443}
+etcd_port=${WEIR_E2E_ETCD_PORT:-12379}
+
+# Certificates: a self-signed serving cert for 127.0.0.1, a service-account key pair.
+if [ ! -f serving.crt ]; then
+  openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj /CN=127.0.0.1 \
+    -addext subjectAltName=IP:127.0.0.1 -keyout serving.key -out serving.crt 2> /dev/null
+  openssl genrsa -out sa.key 2048 2> /dev/null
+  openssl rsa -in sa.key -pubout -out sa.pub 2> /dev/null
+  echo "weir-e2e-token,admin,admin,system:masters" > tokens.csv
+fi
+cat > kubeconfig <<KC
+apiVersion: v1
+kind: Config
+clusters:
+- cluster: {server: "https://127.0.0.1:$api_port", insecure-skip-tls-verify: true}
+  name: e2e
+users:
+- name: admin
+  user: {token: weir-e2e-token}
+contexts:
+- context: {cluster: e2e, user: admin, namespace: default}
+  name: e2e
+current-context: e2e
+KC
+
+rm -rf etcd-data
+etcd --data-dir etcd-data --listen-client-urls "http://127.0.0.1:$etcd_port" \
+  --advertise-client-urls "http://127.0.0.1:$etcd_port" --listen-peer-urls http://127.0.0.1:0 > etcd.log 2>&1 &
+echo $! > etcd.pid
+"$bin/kube-apiserver" --etcd-servers "http://127.0.0.1:$etcd_port" --bind-address 127.0.0.1 \
+  --secure-port "$api_port" --advertise-address 127.0.0.1 --tls-cert-file serving.crt --tls-private-key-file serving.key \
+  --token-auth-file tokens.csv --authorization-mode RBAC --service-cluster-ip-range 10.96.0.0/16 \
+  --service-account-issuer https://kubernetes.default.svc --service-account-key-file sa.pub \
+  --service-account-signing-key-file sa.key --allow-privileged=false > apiserver.log 2>&1 &
+echo $! > apiserver.pid
+export KUBECONFIG="$dir/kubeconfig"
+for _ in $(seq 1 150); do
+  kubectl get --raw /readyz > /dev/null 2>&1 && break
+  sleep 0.2
+done
+kubectl get --raw /readyz > /dev/null
+"$bin/kube-controller-manager" --kubeconfig "$dir/kubeconfig" --leader-elect=false --bind-address 127.0.0.1 \
+  --secure-port 0 --controllers '*,-nodeipam' --service-account-private-key-file sa.key \
+  --use-service-account-credentials=false > controller-manager.log 2>&1 &
+echo $! > controller-manager.pid
+"$bin/kube-scheduler" --kubeconfig "$dir/kubeconfig" --leader-elect=false --bind-address 127.0.0.1 --secure-port 0 \
+  > scheduler.log 2>&1 &
+echo $! > scheduler.pid
+
+kubectl apply -f - > /dev/null <<NODE
+apiVersion: v1
+kind: Node
+metadata: {name: weir-node, labels: {kubernetes.io/hostname: weir-node}}
+NODE
+echo "$dir/kubeconfig"
