@@ -559,8 +559,18 @@ fn service(job: &str, namespace: Option<&str>, owner: &[OwnerReference]) -> Serv
                 labels(job, Some(Role::Coordinator), None).into_iter().filter(|(k, _)| k != HASH_LABEL).collect(),
             ),
             ports: Some(vec![
-                ServicePort { name: Some("workers".into()), port: WORKER_PORT, protocol: Some("TCP".into()), ..ServicePort::default() },
-                ServicePort { name: Some("http".into()), port: HTTP_PORT, protocol: Some("TCP".into()), ..ServicePort::default() },
+                ServicePort {
+                    name: Some("workers".into()),
+                    port: WORKER_PORT,
+                    protocol: Some("TCP".into()),
+                    ..ServicePort::default()
+                },
+                ServicePort {
+                    name: Some("http".into()),
+                    port: HTTP_PORT,
+                    protocol: Some("TCP".into()),
+                    ..ServicePort::default()
+                },
             ]),
             ..ServiceSpec::default()
         }),
@@ -621,8 +631,18 @@ fn pod(job: &StreamJob, role: Role, image: &str, settings: &Settings, hash: &str
     });
     let ports = match role {
         Role::Coordinator => Some(vec![
-            ContainerPort { name: Some("workers".into()), container_port: WORKER_PORT, protocol: Some("TCP".into()), ..ContainerPort::default() },
-            ContainerPort { name: Some("http".into()), container_port: HTTP_PORT, protocol: Some("TCP".into()), ..ContainerPort::default() },
+            ContainerPort {
+                name: Some("workers".into()),
+                container_port: WORKER_PORT,
+                protocol: Some("TCP".into()),
+                ..ContainerPort::default()
+            },
+            ContainerPort {
+                name: Some("http".into()),
+                container_port: HTTP_PORT,
+                protocol: Some("TCP".into()),
+                ..ContainerPort::default()
+            },
         ]),
         Role::Worker(_) => None,
     };
