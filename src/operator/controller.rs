@@ -12,7 +12,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{finalizer, Event as FinalizerEvent};
 use kube::{Client, Resource, ResourceExt};
-use serde_json::json;
+use serde_json::{json, Value};
 use tracing::{info, warn, Instrument};
 use weir_runtime::checkpoint::CheckpointStore;
 use weir_runtime::manifest::DeletionPolicy;
@@ -210,10 +210,31 @@ async fn apply(job: Arc<StreamJob>, ctx: &Context) -> Result<Action, Error> {
     }
     if job.status.as_ref() != Some(&p.status) {
         let api: Api<StreamJob> = Api::namespaced(ctx.client.clone(), &ns);
-        api.patch_status(&name, &PatchParams::default(), &Patch::Merge(json!({ "status": p.status }))).await?;
+        let old = serde_json::to_value(&job.status).unwrap_or(Value::Null);
+        let new = serde_json::to_value(&p.status).unwrap_or(Value::Null);
+        let patch = json!({ "status": merge_patch(&old, &new) });
+        api.patch_status(&name, &PatchParams::default(), &Patch::Merge(patch)).await?;
     }
     ctx.metrics.set_phase(&ns, &name, p.status.phase);
     Ok(if p.requeue_ms == 0 { Action::await_change() } else { Action::requeue(Duration::from_millis(p.requeue_ms)) })
+}
+
+/// A JSON merge patch from `old` to `new`: fields `new` lacks become
+/// `null`, or the API server would keep them (a cleared `nextRestartAt`).
+pub fn merge_patch(old: &Value, new: &Value) -> Value {
+    match (old, new) {
+        (Value::Object(o), Value::Object(n)) => {
+            let mut patch = serde_json::Map::new();
+            for (k, v) in n {
+                patch.insert(k.clone(), merge_patch(o.get(k).unwrap_or(&Value::Null), v));
+            }
+            for k in o.keys().filter(|k| !n.contains_key(*k)) {
+                patch.insert(k.clone(), Value::Null);
+            }
+            Value::Object(patch)
+        }
+        _ => new.clone(),
+    }
 }
 
 /// Deletion under the job's `deletionPolicy`. Owned objects are removed by

@@ -292,3 +292,10 @@ async fn an_invalid_spec_sets_a_condition_and_creates_nothing() {
     assert!(ready["message"].as_str().unwrap().contains("spec.workers"));
     assert_eq!(action, Action::await_change());
 }
+
+#[test]
+fn the_status_patch_clears_fields_the_new_status_drops() {
+    let old = json!({"phase": "Restarting", "restarts": {"count": 0, "nextRestartAt": "2026-11-26T10:00:00Z"}});
+    let new = json!({"phase": "Starting", "restarts": {"count": 1}});
+    assert_eq!(merge_patch(&old, &new), json!({"phase": "Starting", "restarts": {"count": 1, "nextRestartAt": null}}));
+}

@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# End-to-end scenarios on a real API server with the local node agent:
+# helm install of the chart, a job through kubectl, worker and coordinator
+# kills, exact output. Prints a line per scenario with its time.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/.." && pwd)
+weir="${WEIR_BIN:-$root/target/release/weir}"
+dir=$(mktemp -d /tmp/weir-e2e.XXXXXX)
+proxy_port=${WEIR_E2E_PROXY_PORT:-18011}
+cleanup() {
+  [ -n "${agent:-}" ] && kill "$agent" 2> /dev/null
+  [ -n "${proxy:-}" ] && kill "$proxy" 2> /dev/null
+  pkill -9 -f "$dir/pods" 2> /dev/null || true
+  for p in $(pgrep -f "$weir (operator|coordinator|worker)" || true); do kill -9 "$p" 2> /dev/null || true; done
+  "$here/stop-cluster.sh" "$dir"
+  sed -i '/weir-e2e/d' /etc/hosts 2> /dev/null || true
+}
+trap cleanup EXIT
+scenario() { echo "scenario: $1 ... ok ($(( $(date +%s) - $2 ))s)"; }
+fail() {
+  echo "FAIL: $*"
+  kubectl get sj,pods -A -o wide || true
+  for f in "$dir"/agent.log "$dir"/pods/*/*/log; do echo "== $f"; tail -8 "$f"; done
+  exit 1
+}
+
+t=$(date +%s)
+export KUBECONFIG=$("$here/start-cluster.sh" "$dir")
+kubectl proxy --port="$proxy_port" > "$dir/proxy.log" 2>&1 &
+proxy=$!
+python3 "$here/node_agent.py" --proxy "http://127.0.0.1:$proxy_port" --weir "$weir" --workdir "$dir" \
+  --kubeconfig "$KUBECONFIG" > "$dir/agent.log" 2>&1 &
+agent=$!
+for _ in $(seq 1 100); do
+  [ "$(kubectl get node weir-node -o jsonpath='{.status.conditions[0].status}' 2> /dev/null)" = True ] && break
+  sleep 0.2
+done
+scenario "control plane and node agent up" "$t"
+
+t=$(date +%s)
+helm=$("$root/scripts/test-chart" --print-helm 2> /dev/null | tail -1)
+"$helm" install weir "$root/charts/weir" --namespace weir-system --create-namespace \
+  --set checkpoints.defaultStorage="file://$dir/storage" --set leaderElection.enabled=true > /dev/null
+kubectl -n weir-system rollout status deployment/weir --timeout=60s > /dev/null || fail "operator not ready"
+scenario "helm install; operator Deployment ready" "$t"
+
+t=$(date +%s)
+cat > "$dir/job.yaml" <<JOB
+apiVersion: weir.dev/v1alpha1
+kind: StreamJob
+metadata: {name: counts, namespace: default}
+spec:
+  parallelism: 2
+  workers: 2
+  checkpoints: {interval: 500ms}
+  restartStrategy: {fixedDelay: {attempts: 5, delay: 1s}}
+  pipeline:
+    source: {generator: {keys: 100, rate: 20000, count: 400000}}
+    steps: [{keyBy: {field: key}}, {aggregate: {count: true, sum: [value]}}]
+    sink: {file: {path: $dir/out}}
+JOB
+kubectl apply -f "$dir/job.yaml" > /dev/null
+kubectl wait --for=condition=Ready streamjob/counts --timeout=60s > /dev/null || fail "job not Ready"
+for _ in $(seq 1 50); do
+  first=$(kubectl get sj counts -o jsonpath='{.status.checkpoints.latest.id}')
+  [ -n "$first" ] && break
+  sleep 0.2
+done
+for _ in $(seq 1 50); do
+  later=$(kubectl get sj counts -o jsonpath='{.status.checkpoints.latest.id}')
+  [ "${later:-0}" -gt "${first:-0}" ] && break
+  sleep 0.2
+done
+[ "${later:-0}" -gt "${first:-0}" ] || fail "checkpoint id did not advance ($first -> $later)"
+kubectl get sj
+scenario "kubectl apply; Ready; status.checkpoints.latest.id advances ($first -> $later)" "$t"
+
+pid_of() {
+  for p in $(pgrep -f "$weir $1" || true); do
+    tr '\0' '\n' < "/proc/$p/environ" 2> /dev/null | grep -q "^$2\$" && echo "$p"
+  done
+}
+t=$(date +%s)
+kill -9 "$(pid_of worker WEIR_WORKER_NAME=counts-worker-1)"
+for _ in $(seq 1 60); do
+  [ "$(kubectl get sj counts -o jsonpath='{.status.restarts.count}')" = 1 ] && \
+    [ "$(kubectl get pod counts-worker-1 -o jsonpath='{.status.phase}' 2> /dev/null)" = Running ] && break
+  sleep 0.5
+done
+[ "$(kubectl get sj counts -o jsonpath='{.status.restarts.lastFailure.exitCode}')" = 137 ] || fail "no failure recorded"
+scenario "kill -9 of a worker: pod failed, recreated after the delay" "$t"
+
+t=$(date +%s)
+kill -9 "$(pid_of coordinator WEIR_JOB=$dir/pods/default/counts-coordinator/volumes/job/job.yaml)"
+for _ in $(seq 1 60); do
+  [ "$(kubectl get sj counts -o jsonpath='{.status.restarts.count}')" = 2 ] && break
+  sleep 0.5
+done
+[ "$(kubectl get sj counts -o jsonpath='{.status.restarts.count}')" = 2 ] || fail "coordinator failure not restarted"
+scenario "kill -9 of the coordinator: recreated" "$t"
+
+t=$(date +%s)
+for _ in $(seq 1 120); do
+  [ "$(kubectl get sj counts -o jsonpath='{.status.phase}')" = Finished ] && break
+  sleep 0.5
+done
+[ "$(kubectl get sj counts -o jsonpath='{.status.phase}')" = Finished ] || fail "job did not finish"
+restored=$(kubectl get sj counts -o jsonpath='{.status.restoredFrom}')
+[ -n "$restored" ] || fail "no restoredFrom"
+python3 - "$dir/out" <<'PY' || fail "output not exact"
+import collections, glob, json, sys
+rows = [json.loads(l) for f in sorted(glob.glob(sys.argv[1] + "/part-*.jsonl")) for l in open(f)]
+per = collections.defaultdict(list)
+for r in rows:
+    per[r["key"]].append(r["count"])
+bad = [k for k, v in per.items() if sorted(v) != list(range(1, len(v) + 1))]
+assert len(rows) == 400000 and len(per) == 100 and not bad, (len(rows), len(per), bad[:5])
+PY
+scenario "job finished after both kills (restoredFrom $restored); output exact: 400000 records once" "$t"
+
+t=$(date +%s)
+kubectl delete sj counts --timeout=30s > /dev/null || fail "deletion stuck"
+scenario "kubectl delete; no stuck finalizer" "$t"
