@@ -56,7 +56,7 @@ spec:
   checkpoints: {interval: 500ms}
   restartStrategy: {fixedDelay: {attempts: 5, delay: 1s}}
   pipeline:
-    source: {generator: {keys: 100, rate: 20000, count: 400000}}
+    source: {generator: {keys: 100, rate: 20000, count: 600000}}
     steps: [{keyBy: {field: key}}, {aggregate: {count: true, sum: [value]}}]
     sink: {file: {path: $dir/out}}
 JOB
@@ -100,6 +100,46 @@ done
 [ "$(kubectl get sj counts -o jsonpath='{.status.restarts.count}')" = 2 ] || fail "coordinator failure not restarted"
 scenario "kill -9 of the coordinator: recreated" "$t"
 
+wait_phase() {
+  for _ in $(seq 1 120); do
+    [ "$(kubectl get sj counts -o jsonpath='{.status.phase}')" = "$1" ] && return 0
+    sleep 0.5
+  done
+  fail "phase $1 not reached"
+}
+
+t=$(date +%s)
+wait_phase Running
+conditions=$(kubectl get sj counts -o jsonpath='{.status.conditions}')
+pods_before=$(kubectl get pods -l weir.dev/job=counts -o jsonpath='{.items[*].metadata.uid}')
+kubectl apply -f "$dir/job.yaml" > /dev/null
+sleep 3
+[ "$(kubectl get pods -l weir.dev/job=counts -o jsonpath='{.items[*].metadata.uid}')" = "$pods_before" ] || fail "reapply restarted pods"
+after=$(kubectl get sj counts -o jsonpath='{.status.conditions}')
+[ "$(echo "$conditions" | python3 -c 'import json,sys; print([(c["type"],c["status"],c["lastTransitionTime"]) for c in json.load(sys.stdin) if c["type"]!="CheckpointsHealthy"])')" = \
+  "$(echo "$after" | python3 -c 'import json,sys; print([(c["type"],c["status"],c["lastTransitionTime"]) for c in json.load(sys.stdin) if c["type"]!="CheckpointsHealthy"])')" ] \
+  || fail "reapply changed conditions"
+scenario "reapplying the same manifest changes no pod and no condition" "$t"
+
+t=$(date +%s)
+kubectl patch sj counts --type=merge -p '{"spec":{"suspend":true}}' > /dev/null
+wait_phase Suspended
+for _ in $(seq 1 60); do
+  [ -z "$(kubectl get pods -l weir.dev/job=counts -o name)" ] && break
+  sleep 0.5
+done
+[ -z "$(kubectl get pods -l weir.dev/job=counts -o name)" ] || fail "pods left while suspended"
+kubectl patch sj counts --type=merge -p '{"spec":{"suspend":false}}' > /dev/null
+wait_phase Running
+scenario "suspend: pods deleted, state kept; resume: Running again" "$t"
+
+t=$(date +%s)
+kubectl patch sj counts --type=merge -p '{"spec":{"parallelism":3}}' > /dev/null
+sleep 1
+wait_phase Running
+[ "$(kubectl get configmap counts-job -o jsonpath='{.data.job\.yaml}' | grep -c 'parallelism: 3')" = 1 ] || fail "new parallelism not deployed"
+scenario "parallelism 2 -> 3 with LastState: pods recreated, Running" "$t"
+
 t=$(date +%s)
 for _ in $(seq 1 120); do
   [ "$(kubectl get sj counts -o jsonpath='{.status.phase}')" = Finished ] && break
@@ -115,10 +155,18 @@ per = collections.defaultdict(list)
 for r in rows:
     per[r["key"]].append(r["count"])
 bad = [k for k, v in per.items() if sorted(v) != list(range(1, len(v) + 1))]
-assert len(rows) == 400000 and len(per) == 100 and not bad, (len(rows), len(per), bad[:5])
+assert len(rows) == 600000 and len(per) == 100 and not bad, (len(rows), len(per), bad[:5])
 PY
-scenario "job finished after both kills (restoredFrom $restored); output exact: 400000 records once" "$t"
+scenario "job finished after both kills (restoredFrom $restored); output exact: 600000 records once" "$t"
 
 t=$(date +%s)
+ls "$dir/storage/default/counts" > /dev/null || fail "no checkpoints to purge"
+kubectl patch sj counts --type=merge -p '{"spec":{"deletionPolicy":"Purge"}}' > /dev/null
 kubectl delete sj counts --timeout=30s > /dev/null || fail "deletion stuck"
-scenario "kubectl delete; no stuck finalizer" "$t"
+[ ! -e "$dir/storage/default/counts/chk-0000000001" ] && [ -z "$(ls -A "$dir/storage/default/counts" 2> /dev/null)" ] \
+  || fail "checkpoints not purged"
+for _ in $(seq 1 60); do
+  [ -z "$(kubectl get pods -l weir.dev/job=counts -o name)" ] && break
+  sleep 0.5
+done
+scenario "kubectl delete with deletionPolicy Purge: checkpoints gone, no stuck finalizer" "$t"

@@ -254,8 +254,8 @@ async fn cleanup(job: Arc<StreamJob>, ctx: &Context) -> Result<Action, Error> {
             }
         }
         DeletionPolicy::Purge => {
-            let storage = &job.spec.0.checkpoints.storage;
-            match CheckpointStore::open(storage, &ns, &name) {
+            let storage = plan::effective_storage(&job.spec.0, &ctx.settings);
+            match CheckpointStore::open(&storage, &ns, &name) {
                 Ok(store) => {
                     if let Err(e) = store.operator().delete_with("/").recursive(true).await {
                         warn!(job = %name, "cannot purge checkpoints under {}: {e}", store.location());

@@ -530,14 +530,21 @@ fn meta(
     }
 }
 
+/// Where a job's checkpoints really go: its own storage, or the operator's
+/// default when the job keeps the built-in one.
+pub fn effective_storage(spec: &StreamJobSpec, settings: &Settings) -> String {
+    match &settings.default_storage {
+        Some(storage) if spec.checkpoints.storage == weir_runtime::manifest::CheckpointOptions::default().storage => {
+            storage.clone()
+        }
+        _ => spec.checkpoints.storage.clone(),
+    }
+}
+
 fn config_map(job: &StreamJob, owner: &[OwnerReference], settings: &Settings) -> ConfigMap {
     let name = job.metadata.name.clone().unwrap_or_default();
     let mut spec = job.spec.0.clone();
-    if let Some(storage) = &settings.default_storage {
-        if spec.checkpoints.storage == weir_runtime::manifest::CheckpointOptions::default().storage {
-            spec.checkpoints.storage = storage.clone();
-        }
-    }
+    spec.checkpoints.storage = effective_storage(&spec, settings);
     let manifest = serde_json::json!({
         "apiVersion": weir_runtime::manifest::API_VERSION,
         "kind": weir_runtime::manifest::KIND,
