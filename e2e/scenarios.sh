@@ -6,7 +6,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
 weir="${WEIR_BIN:-${CARGO_TARGET_DIR:-$root/target}/release/weir}"
-[ -x "$weir" ] || (cd "$root" \&\& cargo build --release --bin weir)
+[ -x "$weir" ] || (cd "$root" && cargo build --release --bin weir)
 dir=$(mktemp -d /tmp/weir-e2e.XXXXXX)
 proxy_port=${WEIR_E2E_PROXY_PORT:-18011}
 cleanup() {

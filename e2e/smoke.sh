@@ -12,7 +12,7 @@ start=$(date +%s)
 export KUBECONFIG=$("$here/start-cluster.sh" "$dir")
 echo "control plane up in $(( $(date +%s) - start ))s"
 weir="${WEIR_BIN:-${CARGO_TARGET_DIR:-$root/target}/release/weir}"
-[ -x "$weir" ] || (cd "$root" \&\& cargo build --release --bin weir)
+[ -x "$weir" ] || (cd "$root" && cargo build --release --bin weir)
 
 kubectl apply -f "$root/crds/streamjob.yaml" > /dev/null
 kubectl wait --for=condition=Established crd/streamjobs.weir.dev --timeout=30s > /dev/null
