@@ -142,6 +142,13 @@ wait_phase Running
 scenario "parallelism 2 -> 3 with LastState: pods recreated, Running" "$t"
 
 t=$(date +%s)
+job_pods=$(kubectl get pods -l weir.dev/job=counts -o jsonpath='{.items[*].metadata.uid}')
+"$helm" upgrade weir "$root/charts/weir" --namespace weir-system --reuse-values --set logLevel=debug > /dev/null
+kubectl -n weir-system rollout status deployment/weir --timeout=90s > /dev/null || fail "operator upgrade did not roll out"
+[ "$(kubectl get pods -l weir.dev/job=counts -o jsonpath='{.items[*].metadata.uid}')" = "$job_pods" ] || fail "helm upgrade restarted job pods"
+scenario "helm upgrade of the operator keeps the running job's pods" "$t"
+
+t=$(date +%s)
 for _ in $(seq 1 120); do
   [ "$(kubectl get sj counts -o jsonpath='{.status.phase}')" = Finished ] && break
   sleep 0.5

@@ -38,6 +38,10 @@ pub async fn run(opts: OperatorOptions) -> anyhow::Result<()> {
             warn!("health endpoint stopped: {e}");
         }
     });
+    // Ready as soon as serving: a follower waiting for the lease is a healthy
+    // standby, and a rolling upgrade needs the new pod ready before the old
+    // one (the leader) goes away.
+    metrics.ready.store(true, Ordering::Relaxed);
     if let Some((namespace, lease)) = &opts.leader_election {
         let identity = std::env::var("POD_NAME").unwrap_or_else(|_| format!("weir-operator-{}", std::process::id()));
         info!(%identity, %lease, "waiting to lead");
@@ -54,7 +58,6 @@ pub async fn run(opts: OperatorOptions) -> anyhow::Result<()> {
     let scopes: Vec<Option<String>> =
         if opts.namespaces.is_empty() { vec![None] } else { opts.namespaces.into_iter().map(Some).collect() };
     info!(namespaces = ?scopes, "weir operator starting");
-    metrics.ready.store(true, Ordering::Relaxed);
     let controllers = scopes.into_iter().map(|ns| {
         let (jobs, pods, services, maps) = match &ns {
             Some(ns) => (
