@@ -71,6 +71,8 @@ pub struct Context {
     pub events: Arc<dyn Events>,
     pub settings: Settings,
     pub metrics: Arc<super::metrics::OperatorMetrics>,
+    /// Consecutive failed reconciles per `namespace/name`, for backoff.
+    pub failures: std::sync::Mutex<std::collections::HashMap<String, u32>>,
 }
 
 fn now_ms() -> u64 {
@@ -81,7 +83,8 @@ pub async fn reconcile(job: Arc<StreamJob>, ctx: Arc<Context>) -> Result<Action,
     let started = std::time::Instant::now();
     let ns = job.namespace().ok_or(Error::NoNamespace)?;
     let api: Api<StreamJob> = Api::namespaced(ctx.client.clone(), &ns);
-    let span = tracing::info_span!("reconcile", namespace = %ns, name = %job.name_any());
+    let name = job.name_any();
+    let span = tracing::info_span!("reconcile", namespace = %ns, name = %name);
     let result = finalizer(&api, FINALIZER, job, |event| async {
         match event {
             FinalizerEvent::Apply(job) => apply(job, &ctx).await,
@@ -92,12 +95,26 @@ pub async fn reconcile(job: Arc<StreamJob>, ctx: Arc<Context>) -> Result<Action,
     .await
     .map_err(|e| Error::Finalizer(e.to_string()));
     ctx.metrics.observe_reconcile(started.elapsed(), result.is_err());
+    if result.is_ok() {
+        if let Ok(mut f) = ctx.failures.lock() {
+            f.remove(&format!("{ns}/{name}"));
+        }
+    }
     result
 }
 
-pub fn error_policy(job: Arc<StreamJob>, error: &Error, _ctx: Arc<Context>) -> Action {
-    warn!(job = %job.name_any(), namespace = ?job.namespace(), "reconcile failed: {error}; retrying");
-    Action::requeue(Duration::from_secs(5))
+/// Requeues a failed reconcile with exponential backoff per object:
+/// 1 s, 2 s, 4 s ... up to 5 minutes; a success resets it.
+pub fn error_policy(job: Arc<StreamJob>, error: &Error, ctx: Arc<Context>) -> Action {
+    let key = format!("{}/{}", job.namespace().unwrap_or_default(), job.name_any());
+    let failures = ctx.failures.lock().map(|mut f| {
+        let n = f.entry(key).or_insert(0);
+        *n = (*n + 1).min(20);
+        *n
+    });
+    let delay = Duration::from_secs(1u64 << (failures.unwrap_or(1) - 1).min(8)).min(Duration::from_secs(300));
+    warn!(job = %job.name_any(), namespace = ?job.namespace(), "reconcile failed: {error}; retrying in {delay:?}");
+    Action::requeue(delay)
 }
 
 fn pod_view(pod: &Pod) -> Option<PodView> {

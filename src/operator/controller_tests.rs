@@ -74,6 +74,7 @@ fn setup(coordinator: FakeCoordinator) -> Setup {
             credentials_secret: None,
         },
         metrics: Arc::new(OperatorMetrics::default()),
+        failures: Default::default(),
     });
     Setup { ctx, handle, coordinator, events }
 }
@@ -235,7 +236,9 @@ async fn an_api_server_error_fails_the_reconcile_which_is_requeued_without_panic
     let err = reconcile(parse(&job), s.ctx.clone()).await.expect_err("the error is returned");
     server.await.unwrap();
     assert!(err.to_string().contains("etcd unavailable"), "{err}");
-    assert_eq!(error_policy(parse(&job), &err, s.ctx.clone()), Action::requeue(Duration::from_secs(5)));
+    let delays: Vec<Action> = (0..4).map(|_| error_policy(parse(&job), &err, s.ctx.clone())).collect();
+    let secs = |n| Action::requeue(Duration::from_secs(n));
+    assert_eq!(delays, [secs(1), secs(2), secs(4), secs(8)], "backoff doubles per consecutive failure");
 }
 
 #[tokio::test]

@@ -53,6 +53,7 @@ pub async fn run(opts: OperatorOptions) -> anyhow::Result<()> {
         events: Arc::new(KubeEvents { client: client.clone() }),
         settings: opts.settings,
         metrics: metrics.clone(),
+        failures: Default::default(),
     });
     let owned = Config::default().labels(JOB_LABEL);
     let scopes: Vec<Option<String>> =
