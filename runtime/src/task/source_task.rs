@@ -67,7 +67,7 @@ impl<T: Send + 'static> RunnableTask for SourceTask<T> {
                 }
                 _ = std::future::ready(()), if producing && idle_until.is_none() => {
                     match self.source.poll_batch(self.ctx.batch_size)? {
-                        super::source_task::SourcePoll::Batch(batch) => {
+                        SourcePoll::Batch(batch) => {
                             JobMetrics::add(&self.ctx.metrics.records_in, batch.len());
                             JobMetrics::add(&self.ctx.stage.records_in, batch.len());
                             self.ctx.metrics.mark_first_record();
