@@ -103,7 +103,7 @@ scenario "kill -9 of the coordinator: recreated" "$t"
 
 wait_phase() {
   for _ in $(seq 1 120); do
-    [ "$(kubectl get sj counts -o jsonpath='{.status.phase}')" = "$1" ] && return 0
+    [ "$(kubectl get sj "${2:-counts}" -o jsonpath='{.status.phase}')" = "$1" ] && return 0
     sleep 0.5
   done
   fail "phase $1 not reached"
@@ -178,3 +178,30 @@ for _ in $(seq 1 60); do
   sleep 0.5
 done
 scenario "kubectl delete with deletionPolicy Purge: checkpoints gone, no stuck finalizer" "$t"
+
+t=$(date +%s)
+printf '{"key": "a", "value": 1}\nnot json\n' > "$dir/bad.jsonl"
+cat > "$dir/bad.yaml" <<JOB
+apiVersion: weir.dev/v1alpha1
+kind: StreamJob
+metadata: {name: broken, namespace: default}
+spec:
+  parallelism: 1
+  checkpoints: {interval: 500ms}
+  errorPolicy: {onBadRecord: fail}
+  restartStrategy: {fixedDelay: {attempts: 1, delay: 1s}}
+  pipeline:
+    source: {file: {path: $dir/bad.jsonl}}
+    steps: [{keyBy: {field: key}}, {aggregate: {count: true}}]
+    sink: {file: {path: $dir/bad-out}}
+JOB
+kubectl apply -f "$dir/bad.yaml" > /dev/null
+wait_phase Failed broken
+kubectl get events --field-selector involvedObject.name=broken,reason=RestartBudgetExhausted -o name | grep -q . \
+  || fail "no RestartBudgetExhausted event"
+restarts=$(kubectl get sj broken -o jsonpath='{.status.restarts.count}')
+sleep 4
+[ "$(kubectl get sj broken -o jsonpath='{.status.restarts.count}')" = "$restarts" ] || fail "restarted after giving up"
+kubectl get pod broken-coordinator > /dev/null || fail "failed pods are kept for their logs"
+kubectl get sj broken -o jsonpath='{.status.restarts.lastFailure}' | grep -q coordinator || fail "last failure not recorded"
+scenario "restart budget exhausted (bad records, fail policy): Failed, Warning event, no further restarts" "$t"

@@ -452,6 +452,16 @@ impl Coordinator {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     return Ok(());
                 }
+                Err(e) if !is_infrastructure_failure(&e) => {
+                    // The job itself failed (a bad record under the fail
+                    // policy, too many failed checkpoints): retrying in place
+                    // would loop forever. Fail the process, so the pod fails
+                    // and the operator's restart strategy paces and bounds it.
+                    warn!(attempt, "attempt {attempt} failed: {e}; the coordinator exits");
+                    self.shared.update(|s| s.last_failure = Some(e.to_string()));
+                    self.cancel_everywhere(attempt).await;
+                    return Err(CoordinatorError::Job(e));
+                }
                 Err(e) => {
                     warn!(
                         attempt,
@@ -466,18 +476,19 @@ impl Coordinator {
                     if let Ok(mut a) = self.shared.attempt.lock() {
                         *a = None;
                     }
-                    let all: Vec<mpsc::Sender<ToWorker>> = self
-                        .shared
-                        .workers
-                        .lock()
-                        .map(|w| w.values().map(|c| c.tx.clone()).collect())
-                        .unwrap_or_default();
-                    for tx in all {
-                        let _ = tx.send(ToWorker::Cancel { attempt }).await;
-                    }
+                    self.cancel_everywhere(attempt).await;
                     tokio::time::sleep(self.opts.restart_delay).await;
                 }
             }
+        }
+    }
+
+    /// Tells every registered worker to drop the subtasks of `attempt`.
+    async fn cancel_everywhere(&self, attempt: u64) {
+        let all: Vec<mpsc::Sender<ToWorker>> =
+            self.shared.workers.lock().map(|w| w.values().map(|c| c.tx.clone()).collect()).unwrap_or_default();
+        for tx in all {
+            let _ = tx.send(ToWorker::Cancel { attempt }).await;
         }
     }
 
@@ -580,6 +591,17 @@ impl Coordinator {
             next_id,
         };
         coordinator.run(&mut events, &mut self.requests).await.map(|_| ())
+    }
+}
+
+/// Whether a failure came from the machinery (a lost worker, a broken
+/// channel, a deployment problem), which recovery in place can cure, rather
+/// than from the job itself.
+fn is_infrastructure_failure(e: &JobError) -> bool {
+    match e {
+        JobError::Background { .. } | JobError::Checkpoint(_) | JobError::Complete { .. } => true,
+        JobError::TaskFailed { reason, .. } => reason.contains("went away"),
+        JobError::Task { .. } | JobError::TooManyCheckpointFailures { .. } => false,
     }
 }
 
