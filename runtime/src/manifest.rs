@@ -113,6 +113,25 @@ pub struct StreamJobSpec {
     /// What deleting the StreamJob does to its checkpoints.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
+    /// A Kubernetes pod template (`metadata` and `spec`) merged into every
+    /// job pod, as in Flink's operator: volumes and their mounts (a shared
+    /// volume for `file://` checkpoints and file sinks), node selector,
+    /// tolerations, service account, security context, sidecars, labels and
+    /// annotations. The container named `weir` is merged with the
+    /// operator's own; its command, args, image and ports stay the operator's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "pod_template_schema")]
+    pub pod_template: Option<serde_json::Value>,
+}
+
+/// Kubernetes' own pod schema is large and version-specific, so the CRD
+/// keeps the template as free-form object (as Flink's operator does) and the
+/// operator checks it field by field when it reconciles.
+fn pod_template_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": true,
+    })
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema, PartialEq)]
@@ -694,6 +713,9 @@ impl StreamJobSpec {
             && self.error_policy.dead_letter_path.is_none()
         {
             errors.push("spec.errorPolicy.deadLetterPath: required when onBadRecord is deadLetter".into());
+        }
+        if self.pod_template.as_ref().is_some_and(|t| !t.is_object()) {
+            errors.push("spec.podTemplate: expected an object with metadata and spec, as in a Deployment".into());
         }
         if self.workers == 0 {
             errors.push("spec.workers: expected at least 1, got 0".into());

@@ -4,6 +4,7 @@
 //!
 //! # Layout
 //! - [`plan`]: desired objects, restarts and status from what was observed (pure).
+//! - [`pod_template`]: merging `spec.podTemplate` into the job pods (pure).
 //! - [`controller`]: one reconcile (observe, plan, apply, status) and the finalizer.
 //! - [`coordinator_api`]: reading a job's coordinator and asking it for savepoints.
 //! - [`leader`]: leader election over a Lease, for several replicas.
@@ -15,4 +16,5 @@ pub mod coordinator_api;
 pub mod leader;
 pub mod metrics;
 pub mod plan;
+pub mod pod_template;
 pub mod run;

@@ -15,6 +15,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use kube::Resource;
 use weir_runtime::manifest::{StreamJobSpec, UpgradeMode};
 
+use super::pod_template;
 use crate::crd::{CheckpointRef, Condition, Failure, Phase, StreamJob, StreamJobStatus};
 use crate::restart_strategy::{next_restart, RestartDecision};
 
@@ -187,7 +188,11 @@ pub fn plan(job: &StreamJob, observed: &Observed, settings: &Settings) -> Plan {
     let mut p = Plan { status: old.clone(), requeue_ms: 5_000, ..Plan::default() };
     p.status.observed_generation = generation;
 
-    let problems = spec.problems();
+    let mut problems = spec.problems();
+    let template = pod_template::parse(spec.pod_template.as_ref()).unwrap_or_else(|e| {
+        problems.push(e);
+        None
+    });
     if !problems.is_empty() {
         let message = problems.join("; ");
         p.status.conditions =
@@ -381,6 +386,9 @@ pub fn plan(job: &StreamJob, observed: &Observed, settings: &Settings) -> Plan {
     p.service = Some(service(&name, job.metadata.namespace.as_deref(), &owner));
     let image = spec.image.clone().unwrap_or_else(|| settings.job_image.clone());
     let mut coordinator = pod(job, Role::Coordinator, &image, settings, &hash, &owner);
+    if let Some(t) = &template {
+        pod_template::apply(&mut coordinator, t);
+    }
     if let Some(reset) = p.status.state_reset_at_ms {
         if let Some(c) = coordinator.spec.as_mut().and_then(|s| s.containers.first_mut()) {
             c.env.get_or_insert_with(Vec::new).push(env("WEIR_IGNORE_CHECKPOINTS_BEFORE_MS", reset.to_string()));
@@ -388,7 +396,11 @@ pub fn plan(job: &StreamJob, observed: &Observed, settings: &Settings) -> Plan {
     }
     p.pods.push(coordinator);
     for i in 0..spec.workers {
-        p.pods.push(pod(job, Role::Worker(i), &image, settings, &hash, &owner));
+        let mut worker = pod(job, Role::Worker(i), &image, settings, &hash, &owner);
+        if let Some(t) = &template {
+            pod_template::apply(&mut worker, t);
+        }
+        p.pods.push(worker);
     }
     if old.deployed_spec_hash.as_deref() != Some(hash.as_str()) {
         p.events.push(Event {
@@ -545,6 +557,7 @@ fn config_map(job: &StreamJob, owner: &[OwnerReference], settings: &Settings) ->
     let name = job.metadata.name.clone().unwrap_or_default();
     let mut spec = job.spec.0.clone();
     spec.checkpoints.storage = effective_storage(&spec, settings);
+    spec.pod_template = None;
     let manifest = serde_json::json!({
         "apiVersion": weir_runtime::manifest::API_VERSION,
         "kind": weir_runtime::manifest::KIND,
@@ -661,10 +674,12 @@ fn pod(job: &StreamJob, role: Role, image: &str, settings: &Settings, hash: &str
             security_context: Some(PodSecurityContext {
                 run_as_non_root: Some(true),
                 run_as_user: Some(65532),
+                // Makes mounted volumes writable by the job's user.
+                fs_group: Some(65532),
                 ..PodSecurityContext::default()
             }),
             containers: vec![Container {
-                name: "weir".into(),
+                name: pod_template::MAIN_CONTAINER.into(),
                 image: Some(image.into()),
                 image_pull_policy: Some(settings.image_pull_policy.clone()),
                 command: Some(vec!["weir".into()]),

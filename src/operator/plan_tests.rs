@@ -383,3 +383,31 @@ fn operator_defaults_fill_in_storage_and_credentials() {
     let env_from = p.pods[1].spec.as_ref().unwrap().containers[0].env_from.clone().unwrap();
     assert_eq!(env_from[0].secret_ref.as_ref().unwrap().name, "weir-s3");
 }
+
+#[test]
+fn a_pod_template_volume_reaches_every_job_pod_but_not_the_job_file() {
+    let mut j = job(|s| {
+        s.pod_template = Some(serde_json::json!({"spec": {
+            "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "weir-data"}}],
+            "containers": [{"name": "weir", "volumeMounts": [{"name": "data", "mountPath": "/data"}]}],
+        }}));
+    });
+    let p = step(&mut j, &Observed { now_ms: T0, ..Observed::default() });
+    assert_eq!(p.pods.len(), 3);
+    for pod in &p.pods {
+        let spec = pod.spec.as_ref().unwrap();
+        assert!(spec.volumes.as_ref().unwrap().iter().any(|v| v.name == "data"), "{:?}", pod.metadata.name);
+        assert!(spec.containers[0].volume_mounts.as_ref().unwrap().iter().any(|m| m.mount_path == "/data"));
+    }
+    assert!(!p.config_map.unwrap().data.unwrap()["job.yaml"].contains("podTemplate"));
+}
+
+#[test]
+fn a_malformed_pod_template_is_an_invalid_spec_naming_the_field() {
+    let mut j = job(|s| s.pod_template = Some(serde_json::json!({"spec": {"tolerations": {"key": "x"}}})));
+    let p = step(&mut j, &Observed { now_ms: T0, ..Observed::default() });
+    assert!(p.pods.is_empty());
+    let ready = condition(&p.status, "Ready");
+    assert_eq!(ready.reason, "InvalidSpec");
+    assert!(ready.message.starts_with("spec.podTemplate.spec.tolerations: "), "{}", ready.message);
+}
