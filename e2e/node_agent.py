@@ -8,8 +8,13 @@ one Node as local processes and reports their status.
   the operator find each other as in a cluster.
 - A container's command `weir ...` runs the `weir` binary given by --weir;
   env values, fieldRefs (metadata.name/namespace, status.podIP) and Secret
-  envFrom are resolved; ConfigMap volumes are written to a pod directory and
-  env values under their mount path are rewritten to it.
+  envFrom are resolved; HOSTNAME is the pod's name, as a kubelet sets it.
+- Volumes are real mounts: each pod process runs in its own mount namespace
+  (`unshare -m`) with its volumes bind-mounted at their mount paths (empty
+  mount points are created on the host). ConfigMap and Secret volumes are
+  written to a pod directory, emptyDir is a pod directory, hostPath is the
+  host's directory, and a persistentVolumeClaim is the hostPath of the
+  PersistentVolume it is bound to (the pod waits until it is bound).
 - Exit code -> container terminated, pod Succeeded/Failed (restartPolicy
   Never) or restarted (Always). Deleting a pod kills its process.
 
@@ -17,6 +22,7 @@ Talks to the API server through `kubectl proxy` on loopback.
 """
 
 import argparse
+import base64
 import hashlib
 import json
 import os
@@ -105,14 +111,14 @@ class Agent:
         with open(HOSTS, "w") as f:
             f.write("\n".join(kept + lines) + "\n")
 
-    def env_for(self, pod, container, mounts):
+    def env_for(self, pod, container):
         ns, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
-        env = {"PATH": os.environ.get("PATH", ""), "KUBECONFIG": self.kubeconfig, "HOME": self.workdir}
+        env = {"PATH": os.environ.get("PATH", ""), "KUBECONFIG": self.kubeconfig, "HOME": self.workdir,
+               "HOSTNAME": name}
         for src in container.get("envFrom") or []:
             ref = src.get("secretRef")
             if ref:
                 secret = self.api.call("GET", f"/api/v1/namespaces/{ns}/secrets/{ref['name']}") or {}
-                import base64
                 for k, v in (secret.get("data") or {}).items():
                     env[k] = base64.b64decode(v).decode()
         for e in container.get("env") or []:
@@ -121,9 +127,6 @@ class Agent:
             else:
                 path = e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
                 value = {"metadata.name": name, "metadata.namespace": ns, "status.podIP": pod_ip(ns, name)}.get(path, "")
-            for mount_path, local in mounts.items():
-                if value.startswith(mount_path):
-                    value = local + value[len(mount_path):]
             env[e["name"]] = value.replace("0.0.0.0:", pod_ip(ns, name) + ":")
         env.setdefault("WEIR_DATA_BIND", pod_ip(ns, name) + ":0")
         return env
@@ -133,29 +136,59 @@ class Agent:
         container = pod["spec"]["containers"][0]
         poddir = os.path.join(self.workdir, "pods", ns, name)
         os.makedirs(poddir, exist_ok=True)
-        mounts = {}
-        volumes = {v["name"]: v for v in pod["spec"].get("volumes") or []}
-        for m in container.get("volumeMounts") or []:
-            vol = volumes.get(m["name"], {})
-            local = os.path.join(poddir, "volumes", m["name"])
-            os.makedirs(local, exist_ok=True)
-            if "configMap" in vol:
-                cm = self.api.call("GET", f"/api/v1/namespaces/{ns}/configmaps/{vol['configMap']['name']}") or {}
-                for k, v in (cm.get("data") or {}).items():
-                    with open(os.path.join(local, k), "w") as f:
-                        f.write(v)
-            mounts[m["mountPath"]] = local
         cmd = (container.get("command") or []) + (container.get("args") or [])
         if not cmd or cmd[0] != "weir":
             self.report(pod, None, 127, "command not runnable by the e2e agent")
             return
+        mounts = []
+        volumes = {v["name"]: v for v in pod["spec"].get("volumes") or []}
+        for m in container.get("volumeMounts") or []:
+            local = self.volume_dir(ns, poddir, volumes.get(m["name"], {"name": m["name"]}))
+            if local is None:
+                return  # an unbound claim: a kubelet waits too; the next pass tries again
+            mounts.append((local, m["mountPath"], m.get("readOnly", False)))
+        # Each mount: make the mount point, bind the volume there, make it read-only if asked.
+        script = "set -e\n" + "".join(
+            'mkdir -p "${%d}"; mount --bind "${%d}" "${%d}"\n' % (i * 2 + 2, i * 2 + 1, i * 2 + 2)
+            + ('mount -o remount,bind,ro "${%d}"\n' % (i * 2 + 2) if ro else "")
+            for i, (_, _, ro) in enumerate(mounts)) + f'shift {len(mounts) * 2}\nexec "$@"\n'
+        argv = ["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh"]
+        for local, target, _ in mounts:
+            argv += [local, target]
         log = open(os.path.join(poddir, "log"), "ab")
-        proc = subprocess.Popen([self.weir] + cmd[1:], env=self.env_for(pod, container, mounts), cwd=poddir,
+        proc = subprocess.Popen(argv + [self.weir] + cmd[1:], env=self.env_for(pod, container), cwd=poddir,
                                 stdout=log, stderr=log, start_new_session=True)
         self.procs[(ns, name)] = (proc, uid)
         self.sync_hosts()
         self.report(pod, proc, None, None)
         threading.Thread(target=self.wait, args=(pod, proc), daemon=True).start()
+
+    def volume_dir(self, ns, poddir, vol):
+        """The host directory behind a pod volume, or None while it cannot exist yet."""
+        if "hostPath" in vol:
+            return vol["hostPath"]["path"]
+        if "persistentVolumeClaim" in vol:
+            claim = vol["persistentVolumeClaim"]["claimName"]
+            pvc = self.api.call("GET", f"/api/v1/namespaces/{ns}/persistentvolumeclaims/{claim}") or {}
+            pv_name = (pvc.get("spec") or {}).get("volumeName")
+            pv = pv_name and self.api.call("GET", f"/api/v1/persistentvolumes/{pv_name}") or {}
+            path = ((pv.get("spec") or {}).get("hostPath") or {}).get("path")
+            if path:
+                os.makedirs(path, exist_ok=True)
+            return path
+        local = os.path.join(poddir, "volumes", vol["name"])
+        os.makedirs(local, exist_ok=True)
+        data = {}
+        if "configMap" in vol:
+            cm = self.api.call("GET", f"/api/v1/namespaces/{ns}/configmaps/{vol['configMap']['name']}") or {}
+            data = cm.get("data") or {}
+        elif "secret" in vol:
+            secret = self.api.call("GET", f"/api/v1/namespaces/{ns}/secrets/{vol['secret']['secretName']}") or {}
+            data = {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}
+        for k, v in data.items():
+            with open(os.path.join(local, k), "w") as f:
+                f.write(v)
+        return local
 
     def wait(self, pod, proc):
         code = proc.wait()

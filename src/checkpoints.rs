@@ -58,3 +58,10 @@ pub async fn inspect(uri: &str, id: u64) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+pub async fn purge(uri: &str) -> anyhow::Result<()> {
+    let store = CheckpointStore::open_dir(uri)?;
+    let (checkpoints, savepoints) = store.purge().await.with_context(|| format!("cannot purge {uri}"))?;
+    println!("purged {uri}: {checkpoints} checkpoint(s), {savepoints} savepoint(s)");
+    Ok(())
+}

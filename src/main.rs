@@ -85,6 +85,8 @@ enum CheckpointsCommand {
     List { uri: String },
     /// Show one checkpoint's operators, subtasks, files, sizes and times.
     Inspect { uri: String, id: u64 },
+    /// Delete a job's checkpoints and savepoints (what deletionPolicy Purge runs).
+    Purge { uri: String },
 }
 
 fn main() -> ExitCode {
@@ -138,6 +140,7 @@ fn main() -> ExitCode {
             Command::Coordinator(args) => cluster::coordinator(args).await,
             Command::Worker(args) => cluster::worker(args).await,
             Command::Checkpoints { command: CheckpointsCommand::List { uri } } => checkpoints::list(&uri).await,
+            Command::Checkpoints { command: CheckpointsCommand::Purge { uri } } => checkpoints::purge(&uri).await,
             Command::Checkpoints { command: CheckpointsCommand::Inspect { uri, id } } => {
                 checkpoints::inspect(&uri, id).await
             }

@@ -14,7 +14,6 @@ use kube::runtime::finalizer::{finalizer, Event as FinalizerEvent};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::{json, Value};
 use tracing::{info, warn, Instrument};
-use weir_runtime::checkpoint::CheckpointStore;
 use weir_runtime::manifest::DeletionPolicy;
 
 use super::coordinator_api::CoordinatorApi;
@@ -271,23 +270,64 @@ async fn cleanup(job: Arc<StreamJob>, ctx: &Context) -> Result<Action, Error> {
             }
         }
         DeletionPolicy::Purge => {
-            let storage = plan::effective_storage(&job.spec.0, &ctx.settings);
-            match CheckpointStore::open(&storage, &ns, &name) {
-                Ok(store) => {
-                    if let Err(e) = store.operator().delete_with("/").recursive(true).await {
-                        warn!(job = %name, "cannot purge checkpoints under {}: {e}", store.location());
-                    } else {
-                        info!(job = %name, "purged checkpoints under {}", store.location());
-                    }
-                }
-                Err(e) => warn!(job = %name, "cannot purge checkpoints: {e}"),
-            }
+            let event = match purge(&job, ctx, &ns).await {
+                Ok(note) => plan::Event { warning: false, reason: "Purged".into(), note },
+                Err(note) => plan::Event { warning: true, reason: "PurgeFailed".into(), note },
+            };
+            ctx.events.publish(&job, &event).await;
         }
     }
     let note = format!("deleted with deletionPolicy {:?}", job.spec.0.deletion_policy);
     ctx.events.publish(&job, &plan::Event { warning: false, reason: "Deleted".into(), note }).await;
     ctx.metrics.forget(&ns, &name);
     Ok(Action::await_change())
+}
+
+/// How long a deletion waits for the purge pod before giving up.
+const PURGE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Runs the purge pod and waits for it. An error is the reason the
+/// checkpoints may remain; deletion goes on either way.
+async fn purge(job: &StreamJob, ctx: &Context, ns: &str) -> Result<String, String> {
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    let pod = plan::purge_pod(job, &ctx.settings);
+    let pod_name = pod.name_any();
+    let location = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.containers.first())
+        .and_then(|c| c.args.as_ref())
+        .and_then(|a| a.last().cloned())
+        .unwrap_or_default();
+    // An existing purge pod (from a reconcile cut short) is reused, not duplicated.
+    pods.patch(&pod_name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&pod))
+        .await
+        .map_err(|e| format!("cannot create pod {pod_name} to purge {location}: {e}"))?;
+    let deadline = tokio::time::Instant::now() + PURGE_TIMEOUT;
+    loop {
+        let status = pods.get_opt(&pod_name).await.ok().flatten().and_then(|p| p.status);
+        match status.as_ref().and_then(|s| s.phase.as_deref()) {
+            Some("Succeeded") => return Ok(format!("purged checkpoints and savepoints under {location}")),
+            Some("Failed") => {
+                let why = status
+                    .as_ref()
+                    .and_then(|s| s.container_statuses.as_ref())
+                    .and_then(|c| c.first())
+                    .and_then(|c| c.state.as_ref())
+                    .and_then(|s| s.terminated.as_ref())
+                    .map(|t| t.message.clone().unwrap_or_else(|| format!("exit code {}", t.exit_code)))
+                    .unwrap_or_else(|| "no reason given".into());
+                return Err(format!("pod {pod_name} failed to purge {location}: {}", why.trim()));
+            }
+            _ if tokio::time::Instant::now() >= deadline => {
+                return Err(format!(
+                    "pod {pod_name} did not purge {location} within {}s; the checkpoints may remain",
+                    PURGE_TIMEOUT.as_secs()
+                ))
+            }
+            _ => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -241,19 +241,80 @@ async fn an_api_server_error_fails_the_reconcile_which_is_requeued_without_panic
     assert_eq!(delays, [secs(1), secs(2), secs(4), secs(8)], "backoff doubles per consecutive failure");
 }
 
-#[tokio::test]
-async fn deletion_with_purge_removes_checkpoints_then_the_finalizer() {
+fn purge_pod_json(phase: &str, terminated: Value) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "counts-purge", "namespace": "jobs", "labels": {JOB_LABEL: "counts", ROLE_LABEL: "purge"}},
+        "status": {"phase": phase, "containerStatuses": [{
+            "name": "weir", "ready": false, "restartCount": 0, "image": "weir:test", "imageID": "",
+            "state": terminated
+        }]}
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn deletion_with_purge_runs_a_purge_pod_then_removes_the_finalizer() {
     let s = setup(FakeCoordinator::default());
-    let dir = tempfile::tempdir().unwrap();
-    let chk = dir.path().join("jobs/counts/chk-0000000001");
-    std::fs::create_dir_all(&chk).unwrap();
-    std::fs::write(chk.join("_metadata"), "{}").unwrap();
-    let job = job_json(json!({"deletionPolicy": "Purge"}), true, &format!("file://{}", dir.path().display()));
-    let server = tokio::spawn(serve(s.handle, vec![("PATCH", "/streamjobs/counts?", 200, job.clone())]));
+    let job = job_json(json!({"deletionPolicy": "Purge"}), true, "s3://bucket/weir");
+    let running = purge_pod_json("Running", json!({"running": {}}));
+    let done = purge_pod_json("Succeeded", json!({"terminated": {"exitCode": 0}}));
+    let server = tokio::spawn(serve(
+        s.handle,
+        vec![
+            ("PATCH", "/api/v1/namespaces/jobs/pods/counts-purge?", 200, running.clone()),
+            ("GET", "/pods/counts-purge", 200, running),
+            ("GET", "/pods/counts-purge", 200, done),
+            ("PATCH", "/streamjobs/counts?", 200, job.clone()),
+        ],
+    ));
     reconcile(parse(&job), s.ctx.clone()).await.expect("cleanup succeeds");
     let seen = server.await.unwrap();
-    assert!(seen[0].2.to_string().contains("remove"), "finalizer removed: {}", seen[0].2);
-    assert!(!chk.exists(), "checkpoints purged");
+    assert_eq!(
+        seen[0].2["spec"]["containers"][0]["args"],
+        json!(["checkpoints", "purge", "s3://bucket/weir/jobs/counts"])
+    );
+    assert!(seen[3].2.to_string().contains("remove"), "finalizer removed: {}", seen[3].2);
+    let events = s.events.0.lock().unwrap().clone();
+    assert!(events.iter().any(|e| e.reason == "Purged" && !e.warning), "{events:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_purge_is_reported_and_never_keeps_the_finalizer() {
+    let s = setup(FakeCoordinator::default());
+    let job = job_json(json!({"deletionPolicy": "Purge"}), true, "s3://bucket/weir");
+    let failed = purge_pod_json(
+        "Failed",
+        json!({"terminated": {"exitCode": 1, "message": "error: cannot purge: permission denied\n"}}),
+    );
+    let server = tokio::spawn(serve(
+        s.handle,
+        vec![
+            ("PATCH", "/pods/counts-purge?", 200, failed.clone()),
+            ("GET", "/pods/counts-purge", 200, failed),
+            ("PATCH", "/streamjobs/counts?", 200, job.clone()),
+        ],
+    ));
+    reconcile(parse(&job), s.ctx.clone()).await.expect("cleanup succeeds although the purge failed");
+    server.await.unwrap();
+    let events = s.events.0.lock().unwrap().clone();
+    let failed = events.iter().find(|e| e.reason == "PurgeFailed").expect("a PurgeFailed event");
+    assert!(failed.warning && failed.note.ends_with("cannot purge: permission denied"), "{}", failed.note);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_purge_pod_that_never_finishes_gives_up_after_the_timeout() {
+    let s = setup(FakeCoordinator::default());
+    let job = job_json(json!({"deletionPolicy": "Purge"}), true, "s3://bucket/weir");
+    let pending = purge_pod_json("Pending", json!({"waiting": {"reason": "ContainerCreating"}}));
+    let mut script = vec![("PATCH", "/pods/counts-purge?", 200, pending.clone())];
+    // One poll every 500 ms for 120 s, then the finalizer goes.
+    script.extend(std::iter::repeat_n(("GET", "/pods/counts-purge", 200, pending), 241));
+    script.push(("PATCH", "/streamjobs/counts?", 200, job.clone()));
+    let server = tokio::spawn(serve(s.handle, script));
+    reconcile(parse(&job), s.ctx.clone()).await.expect("cleanup succeeds");
+    server.await.unwrap();
+    let events = s.events.0.lock().unwrap().clone();
+    assert!(events.iter().any(|e| e.reason == "PurgeFailed" && e.note.contains("within 120s")), "{events:?}");
 }
 
 #[tokio::test]

@@ -553,6 +553,41 @@ pub fn effective_storage(spec: &StreamJobSpec, settings: &Settings) -> String {
     }
 }
 
+/// The role label of the pod that purges a deleted job's checkpoints.
+pub const PURGE_ROLE: &str = "purge";
+
+pub fn purge_pod_name(job: &str) -> String {
+    format!("{job}-purge")
+}
+
+/// The short-lived pod that runs `weir checkpoints purge` for a job deleted
+/// under `deletionPolicy: Purge`. It runs like the job's own pods (image,
+/// pod template, credentials) because a `file://` volume or the storage's
+/// credentials may exist only there, not in the operator's pod.
+pub fn purge_pod(job: &StreamJob, settings: &Settings) -> Pod {
+    let name = job.metadata.name.clone().unwrap_or_default();
+    let ns = job.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+    let spec = &job.spec.0;
+    let image = spec.image.clone().unwrap_or_else(|| settings.job_image.clone());
+    let owner = job.controller_owner_ref(&()).map(|o| vec![o]).unwrap_or_default();
+    let mut p = pod(job, Role::Worker(0), &image, settings, "", &owner);
+    let mut l = labels(&name, None, None);
+    l.insert(ROLE_LABEL.into(), PURGE_ROLE.into());
+    p.metadata.name = Some(purge_pod_name(&name));
+    p.metadata.labels = Some(l);
+    let location = format!("{}/{ns}/{name}", effective_storage(spec, settings).trim_end_matches('/'));
+    if let Some(c) = p.spec.as_mut().and_then(|s| s.containers.first_mut()) {
+        c.args = Some(vec!["checkpoints".into(), "purge".into(), location]);
+        c.env = None;
+        // A failure's reason reaches the operator's event through the pod status.
+        c.termination_message_policy = Some("FallbackToLogsOnError".into());
+    }
+    if let Ok(Some(t)) = pod_template::parse(spec.pod_template.as_ref()) {
+        pod_template::apply(&mut p, &t);
+    }
+    p
+}
+
 fn config_map(job: &StreamJob, owner: &[OwnerReference], settings: &Settings) -> ConfigMap {
     let name = job.metadata.name.clone().unwrap_or_default();
     let mut spec = job.spec.0.clone();

@@ -411,3 +411,23 @@ fn a_malformed_pod_template_is_an_invalid_spec_naming_the_field() {
     assert_eq!(ready.reason, "InvalidSpec");
     assert!(ready.message.starts_with("spec.podTemplate.spec.tolerations: "), "{}", ready.message);
 }
+
+#[test]
+fn the_purge_pod_runs_like_a_job_pod_and_names_the_jobs_directory() {
+    let j = job(|s| {
+        s.pod_template = Some(serde_json::json!({"spec": {
+            "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "weir-data"}}],
+            "containers": [{"name": "weir", "volumeMounts": [{"name": "data", "mountPath": "/data"}]}],
+        }}));
+    });
+    let p = purge_pod(&j, &settings());
+    assert_eq!(p.metadata.name.as_deref(), Some("counts-purge"));
+    assert_eq!(p.metadata.labels.as_ref().unwrap()[ROLE_LABEL], PURGE_ROLE);
+    let spec = p.spec.unwrap();
+    assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
+    let c = &spec.containers[0];
+    assert_eq!(c.args.clone().unwrap(), ["checkpoints", "purge", "s3://bucket/weir/jobs/counts"]);
+    assert_eq!(c.image.as_deref(), Some("weir:test"));
+    assert!(c.env_from.is_some(), "the storage credentials are there");
+    assert!(c.volume_mounts.as_ref().unwrap().iter().any(|m| m.mount_path == "/data"), "the job's volume is there");
+}

@@ -431,6 +431,29 @@ impl CheckpointStore {
         })
     }
 
+    /// Deletes everything under the job's directory: checkpoints, savepoints
+    /// and sink bookkeeping. Returns how many checkpoints and savepoints were there.
+    pub async fn purge(&self) -> Result<(usize, usize), CheckpointError> {
+        let checkpoints = self.checkpoint_ids().await?.len();
+        let savepoints = match self.op.list("savepoints/").await {
+            Ok(entries) => entries.iter().filter(|e| e.path().trim_end_matches('/') != "savepoints").count(),
+            Err(e) if e.kind() == opendal::ErrorKind::NotFound => 0,
+            Err(source) => {
+                return Err(CheckpointError::Io {
+                    action: "list",
+                    path: self.full("savepoints/"),
+                    source: Box::new(source),
+                })
+            }
+        };
+        self.op.delete_with("/").recursive(true).await.map_err(|source| CheckpointError::Io {
+            action: "delete",
+            path: self.location.clone(),
+            source: Box::new(source),
+        })?;
+        Ok((checkpoints, savepoints))
+    }
+
     /// Raw access for tools and tests (for example to damage a file on purpose).
     pub fn operator(&self) -> &Operator {
         &self.op
@@ -453,6 +476,23 @@ mod tests {
 
     fn store(dir: &tempfile::TempDir) -> CheckpointStore {
         CheckpointStore::open(&format!("file://{}", dir.path().display()), "default", "job").unwrap()
+    }
+
+    #[tokio::test]
+    async fn purge_deletes_checkpoints_and_savepoints_of_one_job_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir);
+        let other = CheckpointStore::open(&format!("file://{}", dir.path().display()), "default", "other").unwrap();
+        write_checkpoint(&store, 1, b"one").await;
+        write_checkpoint(&store, 2, b"two").await;
+        write_checkpoint(&other, 1, b"kept").await;
+        store.copy_to_savepoint(2, 1234).await.unwrap();
+        assert_eq!(store.purge().await.unwrap(), (2, 1));
+        assert!(store.checkpoint_ids().await.unwrap().is_empty());
+        let job_dir = dir.path().join("default/job");
+        let left = std::fs::read_dir(&job_dir).map(|d| d.count()).unwrap_or(0);
+        assert_eq!(left, 0, "nothing is left under {}", job_dir.display());
+        assert_eq!(other.checkpoint_ids().await.unwrap(), [1]);
     }
 
     #[tokio::test]
