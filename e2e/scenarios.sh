@@ -47,21 +47,20 @@ kubectl -n weir-system rollout status deployment/weir --timeout=60s > /dev/null 
 scenario "helm install; operator Deployment ready" "$t"
 
 t=$(date +%s)
-cat > "$dir/job.yaml" <<JOB
-apiVersion: weir.dev/v1alpha1
-kind: StreamJob
-metadata: {name: counts, namespace: default}
+# The cluster's storage, as an administrator provides it: a ReadWriteMany
+# hostPath volume that the examples' claim binds to.
+kubectl apply -f - > /dev/null <<PV
+apiVersion: v1
+kind: PersistentVolume
+metadata: {name: weir-e2e-data}
 spec:
-  parallelism: 2
-  workers: 2
-  checkpoints: {interval: 500ms}
-  restartStrategy: {fixedDelay: {attempts: 5, delay: 1s}}
-  pipeline:
-    source: {generator: {keys: 100, rate: 20000, count: 600000}}
-    steps: [{keyBy: {field: key}}, {aggregate: {count: true, sum: [value]}}]
-    sink: {file: {path: $dir/out}}
-JOB
-kubectl apply -f "$dir/job.yaml" > /dev/null
+  capacity: {storage: 10Gi}
+  accessModes: [ReadWriteMany]
+  persistentVolumeReclaimPolicy: Retain
+  hostPath: {path: $dir/pv}
+PV
+examples="$root/examples/kubernetes"
+kubectl apply -f "$examples/volume.yaml" -f "$examples/counts.yaml" > /dev/null
 kubectl wait --for=condition=Ready streamjob/counts --timeout=60s > /dev/null || fail "job not Ready"
 for _ in $(seq 1 50); do
   first=$(kubectl get sj counts -o jsonpath='{.status.checkpoints.latest.id}')
@@ -75,15 +74,17 @@ for _ in $(seq 1 50); do
 done
 [ "${later:-0}" -gt "${first:-0}" ] || fail "checkpoint id did not advance ($first -> $later)"
 kubectl get sj
-scenario "kubectl apply; Ready; status.checkpoints.latest.id advances ($first -> $later)" "$t"
+[ "$(kubectl get pvc weir-data -o jsonpath='{.status.phase}')" = Bound ] || fail "claim not bound"
+scenario "kubectl apply -f examples/kubernetes/counts.yaml; Ready; status.checkpoints.latest.id advances ($first -> $later)" "$t"
 
+# The process of a pod, found by the HOSTNAME the agent gives it (the pod's name).
 pid_of() {
-  for p in $(pgrep -f "$weir $1" || true); do
-    tr '\0' '\n' < "/proc/$p/environ" 2> /dev/null | grep -q "^$2\$" && echo "$p"
+  for p in $(pgrep -f "$weir " || true); do
+    tr '\0' '\n' < "/proc/$p/environ" 2> /dev/null | grep -qx "HOSTNAME=$1" && echo "$p"
   done
 }
 t=$(date +%s)
-kill -9 "$(pid_of worker WEIR_WORKER_NAME=counts-worker-1)"
+kill -9 "$(pid_of counts-worker-1)"
 for _ in $(seq 1 60); do
   [ "$(kubectl get sj counts -o jsonpath='{.status.restarts.count}')" = 1 ] && \
     [ "$(kubectl get pod counts-worker-1 -o jsonpath='{.status.phase}' 2> /dev/null)" = Running ] && break
@@ -93,7 +94,7 @@ done
 scenario "kill -9 of a worker: pod failed, recreated after the delay" "$t"
 
 t=$(date +%s)
-kill -9 "$(pid_of coordinator WEIR_JOB=$dir/pods/default/counts-coordinator/volumes/job/job.yaml)"
+kill -9 "$(pid_of counts-coordinator)"
 for _ in $(seq 1 60); do
   [ "$(kubectl get sj counts -o jsonpath='{.status.restarts.count}')" = 2 ] && break
   sleep 0.5
@@ -113,7 +114,7 @@ t=$(date +%s)
 wait_phase Running
 conditions=$(kubectl get sj counts -o jsonpath='{.status.conditions}')
 pods_before=$(kubectl get pods -l weir.dev/job=counts -o jsonpath='{.items[*].metadata.uid}')
-kubectl apply -f "$dir/job.yaml" > /dev/null
+kubectl apply -f "$examples/counts.yaml" > /dev/null
 sleep 3
 [ "$(kubectl get pods -l weir.dev/job=counts -o jsonpath='{.items[*].metadata.uid}')" = "$pods_before" ] || fail "reapply restarted pods"
 after=$(kubectl get sj counts -o jsonpath='{.status.conditions}')
@@ -156,7 +157,7 @@ done
 [ "$(kubectl get sj counts -o jsonpath='{.status.phase}')" = Finished ] || fail "job did not finish"
 restored=$(kubectl get sj counts -o jsonpath='{.status.restoredFrom}')
 [ -n "$restored" ] || fail "no restoredFrom"
-python3 - "$dir/out" <<'PY' || fail "output not exact"
+python3 - "$dir/pv/output/counts" <<'PY' || fail "output not exact"
 import collections, glob, json, sys
 rows = [json.loads(l) for f in sorted(glob.glob(sys.argv[1] + "/part-*.jsonl")) for l in open(f)]
 per = collections.defaultdict(list)
@@ -167,17 +168,55 @@ assert len(rows) == 600000 and len(per) == 100 and not bad, (len(rows), len(per)
 PY
 scenario "job finished after both kills (restoredFrom $restored); output exact: 600000 records once" "$t"
 
+chk="$dir/pv/checkpoints/default"
 t=$(date +%s)
-ls "$dir/storage/default/counts" > /dev/null || fail "no checkpoints to purge"
-kubectl patch sj counts --type=merge -p '{"spec":{"deletionPolicy":"Purge"}}' > /dev/null
-kubectl delete sj counts --timeout=30s > /dev/null || fail "deletion stuck"
-[ ! -e "$dir/storage/default/counts/chk-0000000001" ] && [ -z "$(ls -A "$dir/storage/default/counts" 2> /dev/null)" ] \
-  || fail "checkpoints not purged"
+kubectl delete -f "$examples/counts.yaml" --timeout=30s > /dev/null || fail "deletion stuck"
+wait_gone() {
+  for _ in $(seq 1 60); do
+    [ -z "$(kubectl get pods -l "weir.dev/job=$1" -o name)" ] && return 0
+    sleep 0.5
+  done
+  fail "pods of $1 left after deletion"
+}
+wait_gone counts
+kept=$("$weir" checkpoints list "file://$chk/counts")
+echo "$kept" | grep -q completed || fail "Retain did not keep the checkpoints: $kept"
+scenario "kubectl delete with deletionPolicy Retain: pods gone, checkpoints kept, no stuck finalizer" "$t"
+
+t=$(date +%s)
+kubectl apply -f "$examples/running-sums.yaml" > /dev/null
+kubectl wait --for=condition=Ready streamjob/running-sums --timeout=60s > /dev/null || fail "running-sums not Ready"
 for _ in $(seq 1 60); do
-  [ -z "$(kubectl get pods -l weir.dev/job=counts -o name)" ] && break
+  [ -n "$(kubectl get sj running-sums -o jsonpath='{.status.checkpoints.latest.id}')" ] && break
   sleep 0.5
 done
-scenario "kubectl delete with deletionPolicy Purge: checkpoints gone, no stuck finalizer" "$t"
+kubectl delete -f "$examples/running-sums.yaml" --timeout=90s > /dev/null || fail "deletion stuck"
+wait_gone running-sums
+ls "$chk/running-sums/savepoints"/sp-*/_metadata > /dev/null 2>&1 || fail "no savepoint before deletion"
+scenario "kubectl delete with deletionPolicy Savepoint: savepoint taken, pods gone, no stuck finalizer" "$t"
+
+t=$(date +%s)
+kubectl apply -f "$examples/running-sums.yaml" > /dev/null
+for _ in $(seq 1 60); do
+  restored=$(kubectl get sj running-sums -o jsonpath='{.status.restoredFrom}')
+  [ -n "$restored" ] && break
+  sleep 0.5
+done
+[ -n "$restored" ] || fail "the reapplied job did not resume from its kept state"
+kubectl patch sj running-sums --type=merge -p '{"spec":{"deletionPolicy":"Purge"}}' > /dev/null
+kubectl delete sj running-sums --timeout=90s > /dev/null || fail "deletion stuck"
+wait_gone running-sums
+[ -z "$(ls -A "$chk/running-sums" 2> /dev/null)" ] || fail "checkpoints not purged: $(ls "$chk/running-sums")"
+kubectl get events --field-selector involvedObject.name=running-sums,reason=Purged -o name | grep -q . \
+  || fail "no Purged event"
+scenario "reapplied after deletion: resumed (restoredFrom $restored); deletionPolicy Purge: purge pod ran, checkpoints gone" "$t"
+
+t=$(date +%s)
+if out=$(sed 's/parallelism: 2/parallelism: -1/' "$examples/counts.yaml" | kubectl apply --dry-run=server -f - 2>&1); then
+  fail "a negative parallelism was accepted"
+fi
+echo "$out" | grep -q "spec.parallelism" || fail "the refusal does not name the field: $out"
+scenario "a malformed manifest is refused by kubectl apply --dry-run=server naming spec.parallelism" "$t"
 
 t=$(date +%s)
 printf '{"key": "a", "value": 1}\nnot json\n' > "$dir/bad.jsonl"

@@ -1,5 +1,7 @@
 //! `weir checkpoints`: what is in a job's checkpoint directory.
 
+use std::io::Write;
+
 use anyhow::Context;
 use weir_runtime::checkpoint::{CheckpointError, CheckpointStore};
 
@@ -8,16 +10,18 @@ fn time(ms: u64) -> String {
 }
 
 pub async fn list(uri: &str) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
     let store = CheckpointStore::open_dir(uri)?;
     let ids = store.checkpoint_ids().await?;
     if ids.is_empty() {
-        println!("no checkpoints under {uri}");
+        writeln!(out, "no checkpoints under {uri}")?;
         return Ok(());
     }
-    println!("{:>12}  {:<10}  {:<24}  {:>8}  {:>12}", "ID", "STATE", "COMPLETED", "MS", "BYTES");
+    writeln!(out, "{:>12}  {:<10}  {:<24}  {:>8}  {:>12}", "ID", "STATE", "COMPLETED", "MS", "BYTES")?;
     for id in ids {
         match store.read_metadata(id).await {
-            Ok(m) => println!(
+            Ok(m) => writeln!(
+                out,
                 "{:>12}  {:<10}  {:<24}  {:>8}  {:>12}",
                 id,
                 "completed",
@@ -25,43 +29,46 @@ pub async fn list(uri: &str) -> anyhow::Result<()> {
                 m.duration_ms,
                 m.size_bytes()
             ),
-            Err(CheckpointError::MissingMetadata { .. }) => println!("{id:>12}  {:<10}", "incomplete"),
-            Err(e) => println!("{id:>12}  {:<10}  {e}", "damaged"),
-        }
+            Err(CheckpointError::MissingMetadata { .. }) => writeln!(out, "{id:>12}  {:<10}", "incomplete"),
+            Err(e) => writeln!(out, "{id:>12}  {:<10}  {e}", "damaged"),
+        }?;
     }
     Ok(())
 }
 
 pub async fn inspect(uri: &str, id: u64) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
     let store = CheckpointStore::open_dir(uri)?;
     let m = store.read_metadata(id).await.with_context(|| format!("cannot inspect checkpoint {id}"))?;
     let verdict = match store.load_verified(id).await {
         Ok(_) => "intact (every file matches its size and checksum)".to_string(),
         Err(e) => format!("DAMAGED: {e}"),
     };
-    println!("checkpoint {id} of job {}", m.job);
-    println!("  path:            {}", store.path_of(id));
-    println!("  triggered:       {}", time(m.triggered_at_ms));
-    println!("  completed:       {}", time(m.completed_at_ms));
-    println!("  duration:        {} ms", m.duration_ms);
-    println!("  size:            {} bytes", m.size_bytes());
-    println!("  maxParallelism:  {}", m.max_parallelism);
-    println!("  verification:    {verdict}");
+    writeln!(out, "checkpoint {id} of job {}", m.job)?;
+    writeln!(out, "  path:            {}", store.path_of(id))?;
+    writeln!(out, "  triggered:       {}", time(m.triggered_at_ms))?;
+    writeln!(out, "  completed:       {}", time(m.completed_at_ms))?;
+    writeln!(out, "  duration:        {} ms", m.duration_ms)?;
+    writeln!(out, "  size:            {} bytes", m.size_bytes())?;
+    writeln!(out, "  maxParallelism:  {}", m.max_parallelism)?;
+    writeln!(out, "  verification:    {verdict}")?;
     for op in &m.operators {
-        println!("  operator {} (parallelism {})", op.uid, op.parallelism);
+        writeln!(out, "  operator {} (parallelism {})", op.uid, op.parallelism)?;
         for f in &op.files {
-            println!(
+            writeln!(
+                out,
                 "    subtask {:>3}  key groups {:>5}-{:<5}  {:>10} bytes  crc32 {:08x}  {}",
                 f.subtask, f.key_groups.start, f.key_groups.end, f.size, f.crc32, f.name
-            );
+            )?;
         }
     }
     Ok(())
 }
 
 pub async fn purge(uri: &str) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
     let store = CheckpointStore::open_dir(uri)?;
     let (checkpoints, savepoints) = store.purge().await.with_context(|| format!("cannot purge {uri}"))?;
-    println!("purged {uri}: {checkpoints} checkpoint(s), {savepoints} savepoint(s)");
+    writeln!(out, "purged {uri}: {checkpoints} checkpoint(s), {savepoints} savepoint(s)")?;
     Ok(())
 }

@@ -193,3 +193,49 @@ mod tests {
         assert_eq!(job.spec.0.parallelism, 2);
     }
 }
+
+#[cfg(test)]
+mod example_tests {
+    use super::*;
+    use crate::operator::plan::{self, Observed, Settings};
+
+    /// Every StreamJob in `examples/kubernetes/` as the operator would see it.
+    fn kubernetes_examples() -> Vec<(String, StreamJob)> {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/kubernetes");
+        let mut jobs = Vec::new();
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap();
+            for doc in serde_yaml::Deserializer::from_str(&text) {
+                let value = serde_yaml::Value::deserialize(doc).unwrap();
+                if value.get("kind").and_then(|k| k.as_str()) == Some("StreamJob") {
+                    let mut job: StreamJob = serde_yaml::from_value(value).unwrap();
+                    job.metadata.namespace = Some("default".into());
+                    jobs.push((path.display().to_string(), job));
+                }
+            }
+        }
+        jobs
+    }
+
+    #[test]
+    fn the_kubernetes_examples_are_valid_and_mount_their_volume_in_every_pod() {
+        let jobs = kubernetes_examples();
+        assert!(jobs.len() >= 2, "{jobs:?}");
+        let settings = Settings {
+            job_image: "weir:test".into(),
+            image_pull_policy: "IfNotPresent".into(),
+            default_storage: None,
+            credentials_secret: None,
+        };
+        for (path, job) in jobs {
+            let p = plan::plan(&job, &Observed::default(), &settings);
+            assert!(p.status.conditions.iter().all(|c| c.reason != "InvalidSpec"), "{path}: {:?}", p.status.conditions);
+            assert_eq!(p.pods.len() as u32, 1 + job.spec.0.workers, "{path}");
+            for pod in &p.pods {
+                let mounts = pod.spec.as_ref().and_then(|s| s.containers[0].volume_mounts.clone()).unwrap_or_default();
+                assert!(mounts.iter().any(|m| m.mount_path == "/data"), "{path}: {:?}", pod.metadata.name);
+            }
+        }
+    }
+}
