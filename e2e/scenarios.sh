@@ -73,7 +73,8 @@ for _ in $(seq 1 50); do
   sleep 0.2
 done
 [ "${later:-0}" -gt "${first:-0}" ] || fail "checkpoint id did not advance ($first -> $later)"
-kubectl get sj
+row=$(kubectl get sj counts --no-headers)
+echo "$row" | awk '{exit !($2 == "Running" && $4 ~ /^[0-9]+$/)}' || fail "kubectl get sj does not show phase and checkpoint: $row"
 [ "$(kubectl get pvc weir-data -o jsonpath='{.status.phase}')" = Bound ] || fail "claim not bound"
 scenario "kubectl apply -f examples/kubernetes/counts.yaml; Ready; status.checkpoints.latest.id advances ($first -> $later)" "$t"
 
@@ -84,23 +85,43 @@ pid_of() {
   done
 }
 t=$(date +%s)
+before=$(kubectl get sj counts -o jsonpath='{.status.checkpoints.latest.id}')
+old_uid=$(kubectl get pod counts-worker-1 -o jsonpath='{.metadata.uid}')
+killed_ms=$(date +%s%3N)
 kill -9 "$(pid_of counts-worker-1)"
+for _ in $(seq 1 200); do
+  uid=$(kubectl get pod counts-worker-1 -o jsonpath='{.metadata.uid}' 2> /dev/null || true)
+  [ -n "$uid" ] && [ "$uid" != "$old_uid" ] && break
+  sleep 0.05
+done
+after_ms=$(( $(date +%s%3N) - killed_ms ))
+[ "$after_ms" -ge 1000 ] || fail "worker recreated ${after_ms}ms after the kill, before the 1s restart delay"
 for _ in $(seq 1 60); do
   [ "$(kubectl get sj counts -o jsonpath='{.status.restarts.count}')" = 1 ] && \
-    [ "$(kubectl get pod counts-worker-1 -o jsonpath='{.status.phase}' 2> /dev/null)" = Running ] && break
+    [ "$(kubectl get pod counts-worker-1 -o jsonpath='{.status.phase}' 2> /dev/null)" = Running ] && \
+    [ "$(kubectl get sj counts -o jsonpath='{.status.restoredFrom}')" -ge "$before" ] 2> /dev/null && break
   sleep 0.5
 done
 [ "$(kubectl get sj counts -o jsonpath='{.status.restarts.lastFailure.exitCode}')" = 137 ] || fail "no failure recorded"
-scenario "kill -9 of a worker: pod failed, recreated after the delay" "$t"
+restored=$(kubectl get sj counts -o jsonpath='{.status.restoredFrom}')
+[ "${restored:-0}" -ge "$before" ] || fail "resumed from checkpoint ${restored:-none}, older than $before"
+scenario "kill -9 of a worker: failed (137), recreated ${after_ms}ms later (delay 1s), resumed from checkpoint $restored >= $before" "$t"
 
 t=$(date +%s)
+before=$(kubectl get sj counts -o jsonpath='{.status.checkpoints.latest.id}')
+old_uid=$(kubectl get pod counts-coordinator -o jsonpath='{.metadata.uid}')
 kill -9 "$(pid_of counts-coordinator)"
 for _ in $(seq 1 60); do
-  [ "$(kubectl get sj counts -o jsonpath='{.status.restarts.count}')" = 2 ] && break
+  [ "$(kubectl get sj counts -o jsonpath='{.status.restarts.count}')" = 2 ] && \
+    [ "$(kubectl get pod counts-coordinator -o jsonpath='{.metadata.uid}/{.status.phase}' 2> /dev/null)" != "$old_uid/Running" ] && \
+    [ "$(kubectl get pod counts-coordinator -o jsonpath='{.status.phase}' 2> /dev/null)" = Running ] && \
+    [ "$(kubectl get sj counts -o jsonpath='{.status.restoredFrom}')" -ge "$before" ] 2> /dev/null && break
   sleep 0.5
 done
 [ "$(kubectl get sj counts -o jsonpath='{.status.restarts.count}')" = 2 ] || fail "coordinator failure not restarted"
-scenario "kill -9 of the coordinator: recreated" "$t"
+restored=$(kubectl get sj counts -o jsonpath='{.status.restoredFrom}')
+[ "${restored:-0}" -ge "$before" ] || fail "resumed from checkpoint ${restored:-none}, older than $before"
+scenario "kill -9 of the coordinator: recreated, resumed from checkpoint $restored >= $before" "$t"
 
 wait_phase() {
   for _ in $(seq 1 120); do

@@ -283,6 +283,42 @@ async fn cleanup(job: Arc<StreamJob>, ctx: &Context) -> Result<Action, Error> {
     Ok(Action::await_change())
 }
 
+/// Deletes the job's coordinator and worker pods and waits until they are
+/// gone (the node has stopped their processes).
+async fn stop_job_pods(job: &StreamJob, pods: &Api<Pod>) -> Result<(), String> {
+    let name = job.name_any();
+    let selector = format!("{JOB_LABEL}={name},{ROLE_LABEL} in (coordinator,worker)");
+    let deadline = tokio::time::Instant::now() + PURGE_TIMEOUT;
+    let mut asked = Vec::new();
+    loop {
+        let list = pods
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .map_err(|e| format!("cannot list the pods of {name} to stop them before the purge: {e}"))?;
+        if list.items.is_empty() {
+            return Ok(());
+        }
+        for pod in &list.items {
+            let pod_name = pod.name_any();
+            if pod.metadata.deletion_timestamp.is_none() && !asked.contains(&pod_name) {
+                match pods.delete(&pod_name, &DeleteParams::default()).await {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(e)) if e.code == 404 => {}
+                    Err(e) => return Err(format!("cannot stop pod {pod_name} before the purge: {e}")),
+                }
+                asked.push(pod_name);
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!(
+                "the pods of {name} did not stop within {}s; checkpoints were not purged",
+                PURGE_TIMEOUT.as_secs()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 /// How long a deletion waits for the purge pod before giving up.
 const PURGE_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -290,6 +326,9 @@ const PURGE_TIMEOUT: Duration = Duration::from_secs(120);
 /// checkpoints may remain; deletion goes on either way.
 async fn purge(job: &StreamJob, ctx: &Context, ns: &str) -> Result<String, String> {
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    // The job must stop first: a running coordinator would write a new
+    // checkpoint after the purge.
+    stop_job_pods(job, &pods).await?;
     let pod = plan::purge_pod(job, &ctx.settings);
     let pod_name = pod.name_any();
     let location = pod

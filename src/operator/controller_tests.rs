@@ -253,14 +253,21 @@ fn purge_pod_json(phase: &str, terminated: Value) -> Value {
 }
 
 #[tokio::test(start_paused = true)]
-async fn deletion_with_purge_runs_a_purge_pod_then_removes_the_finalizer() {
+async fn deletion_with_purge_stops_the_job_runs_a_purge_pod_then_removes_the_finalizer() {
     let s = setup(FakeCoordinator::default());
     let job = job_json(json!({"deletionPolicy": "Purge"}), true, "s3://bucket/weir");
     let running = purge_pod_json("Running", json!({"running": {}}));
     let done = purge_pod_json("Succeeded", json!({"terminated": {"exitCode": 0}}));
+    let coordinator = pod_json("counts-coordinator", "coordinator", "Running", "h");
+    let mut terminating = coordinator.clone();
+    terminating["metadata"]["deletionTimestamp"] = json!("2026-11-26T10:00:01Z");
     let server = tokio::spawn(serve(
         s.handle,
         vec![
+            ("GET", "/api/v1/namespaces/jobs/pods?", 200, pod_list(vec![coordinator.clone()])),
+            ("DELETE", "/pods/counts-coordinator", 200, coordinator),
+            ("GET", "/pods?", 200, pod_list(vec![terminating])),
+            ("GET", "/pods?", 200, pod_list(vec![])),
             ("PATCH", "/api/v1/namespaces/jobs/pods/counts-purge?", 200, running.clone()),
             ("GET", "/pods/counts-purge", 200, running),
             ("GET", "/pods/counts-purge", 200, done),
@@ -269,11 +276,12 @@ async fn deletion_with_purge_runs_a_purge_pod_then_removes_the_finalizer() {
     ));
     reconcile(parse(&job), s.ctx.clone()).await.expect("cleanup succeeds");
     let seen = server.await.unwrap();
+    assert!(seen[0].1.contains("role+in+%28coordinator%2Cworker%29"), "only the job's pods stop: {}", seen[0].1);
     assert_eq!(
-        seen[0].2["spec"]["containers"][0]["args"],
+        seen[4].2["spec"]["containers"][0]["args"],
         json!(["checkpoints", "purge", "s3://bucket/weir/jobs/counts"])
     );
-    assert!(seen[3].2.to_string().contains("remove"), "finalizer removed: {}", seen[3].2);
+    assert!(seen[7].2.to_string().contains("remove"), "finalizer removed: {}", seen[7].2);
     let events = s.events.0.lock().unwrap().clone();
     assert!(events.iter().any(|e| e.reason == "Purged" && !e.warning), "{events:?}");
 }
@@ -289,6 +297,7 @@ async fn a_failed_purge_is_reported_and_never_keeps_the_finalizer() {
     let server = tokio::spawn(serve(
         s.handle,
         vec![
+            ("GET", "/pods?", 200, pod_list(vec![])),
             ("PATCH", "/pods/counts-purge?", 200, failed.clone()),
             ("GET", "/pods/counts-purge", 200, failed),
             ("PATCH", "/streamjobs/counts?", 200, job.clone()),
@@ -306,7 +315,8 @@ async fn a_purge_pod_that_never_finishes_gives_up_after_the_timeout() {
     let s = setup(FakeCoordinator::default());
     let job = job_json(json!({"deletionPolicy": "Purge"}), true, "s3://bucket/weir");
     let pending = purge_pod_json("Pending", json!({"waiting": {"reason": "ContainerCreating"}}));
-    let mut script = vec![("PATCH", "/pods/counts-purge?", 200, pending.clone())];
+    let mut script =
+        vec![("GET", "/pods?", 200, pod_list(vec![])), ("PATCH", "/pods/counts-purge?", 200, pending.clone())];
     // One poll every 500 ms for 120 s, then the finalizer goes.
     script.extend(std::iter::repeat_n(("GET", "/pods/counts-purge", 200, pending), 241));
     script.push(("PATCH", "/streamjobs/counts?", 200, job.clone()));

@@ -141,6 +141,12 @@ pub fn rfc3339(ms: u64) -> String {
     humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms)).to_string()
 }
 
+/// With milliseconds, for instants a decision waits for: truncated to the
+/// second, a 1 s restart delay could shrink to almost nothing.
+pub fn rfc3339_millis(ms: u64) -> String {
+    humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms)).to_string()
+}
+
 fn parse_rfc3339(s: &str) -> Option<u64> {
     humantime::parse_rfc3339(s).ok()?.duration_since(std::time::UNIX_EPOCH).ok().map(|d| d.as_millis() as u64)
 }
@@ -332,12 +338,12 @@ pub fn plan(job: &StreamJob, observed: &Observed, settings: &Settings) -> Plan {
         );
         match next_restart(&strategy, &times, now, seed) {
             RestartDecision::RestartAt(at) => {
-                p.status.restarts.next_restart_at = Some(rfc3339(at));
+                p.status.restarts.next_restart_at = Some(rfc3339_millis(at));
                 p.status.phase = Phase::Restarting;
                 p.events.push(Event {
                     warning: true,
                     reason: "PodFailed".into(),
-                    note: format!("{note}; restarting at {}", rfc3339(at)),
+                    note: format!("{note}; restarting at {}", rfc3339_millis(at)),
                 });
                 p.requeue_ms = at.saturating_sub(now).max(100);
             }

@@ -157,7 +157,7 @@ fn a_failed_pod_is_recreated_after_the_fixed_delay_and_the_budget_then_runs_out(
     failed[1].reason = Some("Error".into());
     let p = step(&mut j, &Observed { pods: failed.clone(), coordinator: running(T0), now_ms: T0 + 1000 });
     assert_eq!(p.status.phase, Phase::Restarting);
-    assert_eq!(p.status.restarts.next_restart_at.as_deref(), Some(rfc3339(T0 + 11_000).as_str()));
+    assert_eq!(p.status.restarts.next_restart_at.as_deref(), Some(rfc3339_millis(T0 + 11_000).as_str()));
     let f = p.status.restarts.last_failure.as_ref().unwrap();
     assert_eq!((f.pod.as_str(), f.exit_code), ("counts-worker-0", Some(137)));
     assert!(p.delete.is_empty(), "not before the delay");
@@ -430,4 +430,25 @@ fn the_purge_pod_runs_like_a_job_pod_and_names_the_jobs_directory() {
     assert_eq!(c.image.as_deref(), Some("weir:test"));
     assert!(c.env_from.is_some(), "the storage credentials are there");
     assert!(c.volume_mounts.as_ref().unwrap().iter().any(|m| m.mount_path == "/data"), "the job's volume is there");
+}
+
+#[test]
+fn a_failure_seen_mid_second_still_waits_the_whole_delay() {
+    let mut j = job(|s| {
+        s.restart_strategy.fixed_delay =
+            Some(weir_runtime::manifest::FixedDelay { attempts: 3, delay: "1s".parse().unwrap() });
+    });
+    step(&mut j, &Observed { now_ms: T0, ..Observed::default() });
+    {
+        let o = up(&j, T0);
+        step(&mut j, &o)
+    };
+    let mut failed = pods(&j, PodPhase::Running);
+    failed[1].phase = PodPhase::Failed;
+    let seen = T0 + 1_700;
+    step(&mut j, &Observed { pods: failed.clone(), coordinator: running(T0), now_ms: seen });
+    let early = step(&mut j, &Observed { pods: failed.clone(), coordinator: running(T0), now_ms: seen + 999 });
+    assert!(early.delete.is_empty(), "restarted {} ms after the failure", 999);
+    let due = step(&mut j, &Observed { pods: failed, coordinator: running(T0), now_ms: seen + 1_000 });
+    assert_eq!(due.delete, ["counts-worker-0"]);
 }
