@@ -8,7 +8,7 @@ one Node as local processes and reports their status.
   the operator find each other as in a cluster.
 - A container's command `weir ...` runs the `weir` binary given by --weir;
   env values, fieldRefs (metadata.name/namespace, status.podIP) and Secret
-  envFrom are resolved; HOSTNAME is the pod's name, as a kubelet sets it.
+  envFrom and secretKeyRef env are resolved; HOSTNAME is the pod's name, as a kubelet sets it.
 - Volumes are real mounts: each pod process runs in its own mount namespace
   (`unshare -m`) with its volumes bind-mounted at their mount paths (empty
   mount points are created on the host). ConfigMap and Secret volumes are
@@ -122,8 +122,17 @@ class Agent:
                 for k, v in (secret.get("data") or {}).items():
                     env[k] = base64.b64decode(v).decode()
         for e in container.get("env") or []:
+            secret_ref = e.get("valueFrom", {}).get("secretKeyRef")
             if "value" in e:
                 value = e["value"]
+            elif secret_ref:
+                secret = self.api.call("GET", f"/api/v1/namespaces/{ns}/secrets/{secret_ref['name']}") or {}
+                encoded = (secret.get("data") or {}).get(secret_ref["key"])
+                if encoded is None:
+                    if secret_ref.get("optional"):
+                        continue
+                    return None  # as a kubelet: the container waits for its Secret
+                value = base64.b64decode(encoded).decode()
             else:
                 path = e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
                 value = {"metadata.name": name, "metadata.namespace": ns, "status.podIP": pod_ip(ns, name)}.get(path, "")
@@ -155,8 +164,11 @@ class Agent:
         argv = ["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh"]
         for local, target, _ in mounts:
             argv += [local, target]
+        env = self.env_for(pod, container)
+        if env is None:
+            return
         log = open(os.path.join(poddir, "log"), "ab")
-        proc = subprocess.Popen(argv + [self.weir] + cmd[1:], env=self.env_for(pod, container), cwd=poddir,
+        proc = subprocess.Popen(argv + [self.weir] + cmd[1:], env=env, cwd=poddir,
                                 stdout=log, stderr=log, start_new_session=True)
         self.procs[(ns, name)] = (proc, uid)
         self.sync_hosts()

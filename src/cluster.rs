@@ -6,8 +6,10 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
+use tracing::warn;
 use weir_runtime::distributed::coordinator::{self, CoordinatorOptions};
 use weir_runtime::distributed::http;
+use weir_runtime::distributed::protocol::JobToken;
 use weir_runtime::distributed::worker::{run_worker, WorkerOptions};
 use weir_runtime::manifest::{HumanDuration, StreamJob};
 
@@ -71,6 +73,7 @@ pub async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
         heartbeat_timeout: args.heartbeat_timeout.get(),
         restart_delay: args.restart_delay.get(),
         ignore_checkpoints_before_ms: args.ignore_checkpoints_before_ms,
+        token: job_token("coordinator"),
     };
     let (shared, coordinator) = coordinator::start(opts).await?;
     tracing::info!(workers = %args.listen, http = %args.http, "coordinator listening");
@@ -88,8 +91,26 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
         format!("{}-{}", host.trim(), std::process::id())
     });
-    let opts =
-        WorkerOptions { coordinator: args.coordinator, name, data_bind: args.data, heartbeat: args.heartbeat.get() };
+    let opts = WorkerOptions {
+        coordinator: args.coordinator,
+        name,
+        data_bind: args.data,
+        heartbeat: args.heartbeat.get(),
+        token: job_token("worker"),
+    };
     run_worker(opts).await?;
     Ok(())
+}
+
+/// The job token comes from the environment only (`WEIR_JOB_TOKEN`, set
+/// from a Secret by the operator): a flag would show it in `ps`.
+fn job_token(role: &str) -> JobToken {
+    let token = JobToken::new(std::env::var("WEIR_JOB_TOKEN").ok());
+    if !token.is_set() {
+        warn!(
+            "no WEIR_JOB_TOKEN: this {role} admits any process that reaches it; \
+             the operator sets one per job"
+        );
+    }
+    token
 }

@@ -26,6 +26,8 @@ struct Cluster {
     http_port: u16,
     count: u64,
     children: Vec<Child>,
+    /// The job token the coordinator and workers get, if any.
+    token: Option<String>,
 }
 
 impl Drop for Cluster {
@@ -65,6 +67,7 @@ spec:
             http_port: free_port(),
             count,
             children: Vec::new(),
+            token: None,
         }
     }
 
@@ -73,7 +76,11 @@ spec:
     }
 
     fn coordinator(&mut self) -> usize {
-        let child = Command::new(env!("CARGO_BIN_EXE_weir"))
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_weir"));
+        if let Some(t) = &self.token {
+            cmd.env("WEIR_JOB_TOKEN", t);
+        }
+        let child = cmd
             .arg("coordinator")
             .env("WEIR_JOB", &self.manifest)
             .env("WEIR_LISTEN", format!("127.0.0.1:{}", self.worker_port))
@@ -90,7 +97,16 @@ spec:
     }
 
     fn worker(&mut self, name: &str) -> usize {
-        let child = Command::new(env!("CARGO_BIN_EXE_weir"))
+        let token = self.token.clone();
+        self.worker_with_token(name, token.as_deref())
+    }
+
+    fn worker_with_token(&mut self, name: &str, token: Option<&str>) -> usize {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_weir"));
+        if let Some(t) = token {
+            cmd.env("WEIR_JOB_TOKEN", t);
+        }
+        let child = cmd
             .arg("worker")
             .env("WEIR_COORDINATOR", format!("127.0.0.1:{}", self.worker_port))
             .env("WEIR_DATA_BIND", "127.0.0.1:0")
@@ -118,13 +134,23 @@ spec:
     }
 
     fn request(&self, method: &str, path: &str) -> Option<String> {
+        let auth = self.token.as_ref().map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+        Some(self.raw_request(method, path, &auth)?.1)
+    }
+
+    /// Status code and body.
+    fn raw_request(&self, method: &str, path: &str, headers: &str) -> Option<(u16, String)> {
         let mut s = TcpStream::connect(("127.0.0.1", self.http_port)).ok()?;
         s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
-        write!(s, "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-            .ok()?;
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n{headers}Connection: close\r\n\r\n"
+        )
+        .ok()?;
         let mut text = String::new();
         s.read_to_string(&mut text).ok()?;
-        Some(text.split_once("\r\n\r\n")?.1.to_string())
+        let code = text.split_whitespace().nth(1)?.parse().ok()?;
+        Some((code, text.split_once("\r\n\r\n")?.1.to_string()))
     }
 
     fn get(&self, path: &str) -> Option<Value> {
@@ -296,4 +322,36 @@ fn savepoint_metrics_and_stop_through_the_http_api() {
     assert!(written > 0, "something was committed before the stop");
     // Retention never deletes savepoints.
     assert!(local.join("_metadata").exists());
+}
+
+#[test]
+fn only_processes_with_the_job_token_join_the_job_or_take_savepoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Cluster::new(dir.path(), 400_000, 100_000);
+    c.token = Some("0123456789abcdef-job-token".into());
+    let coordinator = c.coordinator();
+    let intruder = c.worker_with_token("intruder", Some("guessed-token"));
+    assert!(!c.wait_exit(intruder, Duration::from_secs(30)), "a worker with a wrong token exits with an error");
+    let log = std::fs::read_to_string(dir.path().join("intruder.log")).unwrap();
+    assert!(log.contains("refused"), "the worker says why: {log}");
+    let anonymous = c.worker_with_token("anonymous", None);
+    assert!(!c.wait_exit(anonymous, Duration::from_secs(30)), "a worker without a token is refused too");
+
+    for n in ["w1", "w2", "w3"] {
+        c.worker(n);
+    }
+    let mut ids = Vec::new();
+    c.wait_for("a checkpoint", &mut ids, Duration::from_secs(30), |_, chk| chk["latest"]["id"].is_u64());
+    let (code, body) = c.raw_request("POST", "/v1/savepoints", "").unwrap();
+    assert_eq!(code, 401, "a savepoint without the token is refused: {body}");
+    let (code, _) = c.raw_request("POST", "/v1/stop", "Authorization: Bearer guessed-token\r\n").unwrap();
+    assert_eq!(code, 401, "a stop with a wrong token is refused");
+    assert!(c.get("/v1/job").is_some(), "reads stay open for probes and scrapers");
+    let sp = c.post("/v1/savepoints").expect("savepoint with the token");
+    assert!(sp["path"].is_string(), "{sp}");
+
+    assert!(c.wait_exit(coordinator, Duration::from_secs(60)), "the job finished");
+    c.assert_exact();
+    let coordinator_log = std::fs::read_to_string(dir.path().join("coordinator.log")).unwrap();
+    assert!(!coordinator_log.contains("0123456789abcdef-job-token"), "the token never reaches a log");
 }

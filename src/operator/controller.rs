@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{finalizer, Event as FinalizerEvent};
@@ -33,6 +33,8 @@ pub enum Error {
     Finalizer(String),
     #[error("streamjob has no namespace")]
     NoNamespace,
+    #[error("cannot make a job token: {0}")]
+    Token(String),
 }
 
 /// Where Kubernetes Events go; a trait so tests can collect them.
@@ -210,6 +212,13 @@ async fn apply(job: Arc<StreamJob>, ctx: &Context) -> Result<Action, Error> {
     }
     // Pods are created only where none exists: a pod's spec is immutable.
     let existing: Vec<&str> = observed.pods.iter().map(|p| p.name.as_str()).collect();
+    let creating = p.pods.iter().any(|pod| {
+        let n = pod.name_any();
+        !existing.contains(&n.as_str()) && !p.delete.contains(&n)
+    });
+    if creating {
+        ensure_token(&job, ctx, &ns).await?;
+    }
     for pod in &p.pods {
         let pod_name = pod.name_any();
         if existing.contains(&pod_name.as_str()) && !p.delete.contains(&pod_name) {
@@ -250,6 +259,24 @@ pub fn merge_patch(old: &Value, new: &Value) -> Value {
             Value::Object(patch)
         }
         _ => new.clone(),
+    }
+}
+
+/// Creates the job's token Secret unless it exists. A token is never
+/// replaced: pods still running would no longer be admitted.
+async fn ensure_token(job: &StreamJob, ctx: &Context, ns: &str) -> Result<(), Error> {
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let name = plan::token_secret_name(&job.name_any());
+    if secrets.get_opt(&name).await?.is_some() {
+        return Ok(());
+    }
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| Error::Token(e.to_string()))?;
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    match secrets.create(&PostParams::default(), &plan::token_secret(job, &token)).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()), // made by a concurrent reconcile
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -116,6 +116,10 @@ fn pod_json(name: &str, role: &str, phase: &str, hash: &str) -> Value {
     })
 }
 
+fn not_found() -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"})
+}
+
 fn pod_list(items: Vec<Value>) -> Value {
     json!({"apiVersion": "v1", "kind": "PodList", "metadata": {"resourceVersion": "1"}, "items": items})
 }
@@ -154,6 +158,8 @@ async fn first_creation_applies_config_map_service_pods_then_status() {
             ("GET", "/api/v1/namespaces/jobs/pods?", 200, pod_list(vec![])),
             ("PATCH", "/api/v1/namespaces/jobs/configmaps/counts-job?", 200, Value::Null),
             ("PATCH", "/api/v1/namespaces/jobs/services/counts-coordinator?", 200, Value::Null),
+            ("GET", "/api/v1/namespaces/jobs/secrets/counts-token", 404, not_found()),
+            ("POST", "/api/v1/namespaces/jobs/secrets?", 201, Value::Null),
             ("PATCH", "/api/v1/namespaces/jobs/pods/counts-coordinator?", 200, Value::Null),
             ("PATCH", "/api/v1/namespaces/jobs/pods/counts-worker-0?", 200, Value::Null),
             ("PATCH", "/apis/weir.dev/v1alpha1/namespaces/jobs/streamjobs/counts/status?", 200, job.clone()),
@@ -166,8 +172,13 @@ async fn first_creation_applies_config_map_service_pods_then_status() {
         "server-side apply with one field manager: {}",
         seen[1].1
     );
-    assert_eq!(seen[3].2["metadata"]["ownerReferences"][0]["kind"], "StreamJob");
-    let status = &seen[5].2["status"];
+    let token = seen[4].2["stringData"]["token"].as_str().unwrap_or_default().to_string();
+    assert_eq!(token.len(), 64, "a 256-bit token, hex: {}", seen[4].2);
+    assert_eq!(seen[4].2["metadata"]["ownerReferences"][0]["kind"], "StreamJob", "deleted with the job");
+    let env = seen[5].2["spec"]["containers"][0]["env"].to_string();
+    assert!(env.contains("counts-token") && !env.contains(&token), "pods read the token from the Secret: {env}");
+    assert_eq!(seen[5].2["metadata"]["ownerReferences"][0]["kind"], "StreamJob");
+    let status = &seen[7].2["status"];
     assert_eq!(status["phase"], "Starting");
     assert_eq!(status["observedGeneration"], 2);
     assert_eq!(action, Action::requeue(Duration::from_millis(1000)));

@@ -11,7 +11,9 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 
-use super::plan::{coordinator_name, rfc3339, CoordinatorView, HTTP_PORT};
+use k8s_openapi::api::core::v1::Secret;
+
+use super::plan::{coordinator_name, rfc3339, token_secret_name, CoordinatorView, HTTP_PORT, TOKEN_KEY};
 use crate::crd::CheckpointRef;
 
 #[async_trait]
@@ -27,12 +29,25 @@ pub trait CoordinatorApi: Send + Sync {
 pub struct HttpCoordinatorApi {
     template: String,
     client: Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>,
+    /// Reads each job's token Secret for the calls that need it.
+    kube: kube::Client,
 }
 
 impl HttpCoordinatorApi {
-    pub fn new(template: Option<String>) -> Self {
+    pub fn new(template: Option<String>, kube: kube::Client) -> Self {
         let template = template.unwrap_or_else(|| format!("http://{{name}}.{{namespace}}.svc:{HTTP_PORT}"));
-        HttpCoordinatorApi { template, client: Client::builder(TokioExecutor::new()).build_http() }
+        HttpCoordinatorApi { template, client: Client::builder(TokioExecutor::new()).build_http(), kube }
+    }
+
+    /// The job's token, from the Secret the operator created with its pods.
+    async fn token(&self, namespace: &str, job: &str) -> Result<Option<String>, String> {
+        let secrets: kube::Api<Secret> = kube::Api::namespaced(self.kube.clone(), namespace);
+        let name = token_secret_name(job);
+        let secret = secrets.get_opt(&name).await.map_err(|e| format!("cannot read secret {name}: {e}"))?;
+        Ok(secret
+            .and_then(|s| s.data)
+            .and_then(|d| d.get(TOKEN_KEY).cloned())
+            .and_then(|b| String::from_utf8(b.0).ok()))
     }
 
     fn url(&self, namespace: &str, job: &str, path: &str) -> String {
@@ -40,9 +55,18 @@ impl HttpCoordinatorApi {
         format!("{}{path}", base.trim_end_matches('/'))
     }
 
-    async fn call(&self, method: hyper::Method, url: &str, timeout: Duration) -> Result<Value, String> {
-        let request =
-            hyper::Request::builder().method(method).uri(url).body(Empty::<Bytes>::new()).map_err(|e| e.to_string())?;
+    async fn call(
+        &self,
+        method: hyper::Method,
+        url: &str,
+        token: Option<&str>,
+        timeout: Duration,
+    ) -> Result<Value, String> {
+        let mut request = hyper::Request::builder().method(method).uri(url);
+        if let Some(token) = token {
+            request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let request = request.body(Empty::<Bytes>::new()).map_err(|e| e.to_string())?;
         let response = tokio::time::timeout(timeout, self.client.request(request))
             .await
             .map_err(|_| format!("{url} did not answer within {timeout:?}"))?
@@ -71,8 +95,8 @@ fn checkpoint(v: &Value) -> Option<CheckpointRef> {
 impl CoordinatorApi for HttpCoordinatorApi {
     async fn view(&self, namespace: &str, job: &str) -> Option<CoordinatorView> {
         let short = Duration::from_secs(2);
-        let j = self.call(hyper::Method::GET, &self.url(namespace, job, "/v1/job"), short).await.ok()?;
-        let c = self.call(hyper::Method::GET, &self.url(namespace, job, "/v1/checkpoints"), short).await.ok()?;
+        let j = self.call(hyper::Method::GET, &self.url(namespace, job, "/v1/job"), None, short).await.ok()?;
+        let c = self.call(hyper::Method::GET, &self.url(namespace, job, "/v1/checkpoints"), None, short).await.ok()?;
         Some(CoordinatorView {
             state: j["state"].as_str().unwrap_or("").to_string(),
             restored_from: j["restoredFrom"].as_u64(),
@@ -84,7 +108,9 @@ impl CoordinatorApi for HttpCoordinatorApi {
 
     async fn savepoint(&self, namespace: &str, job: &str, stop: bool) -> Result<String, String> {
         let path = if stop { "/v1/stop" } else { "/v1/savepoints" };
-        let v = self.call(hyper::Method::POST, &self.url(namespace, job, path), Duration::from_secs(120)).await?;
+        let token = self.token(namespace, job).await?;
+        let url = self.url(namespace, job, path);
+        let v = self.call(hyper::Method::POST, &url, token.as_deref(), Duration::from_secs(120)).await?;
         v["path"].as_str().map(str::to_string).ok_or_else(|| format!("no path in {v}"))
     }
 }

@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvFromSource, EnvVar, Pod,
-    PodSecurityContext, PodSpec, ResourceRequirements, SecretEnvSource, SecurityContext, Service, ServicePort,
-    ServiceSpec, Volume, VolumeMount,
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvFromSource, EnvVar, EnvVarSource, Pod,
+    PodSecurityContext, PodSpec, ResourceRequirements, Secret, SecretEnvSource, SecretKeySelector, SecurityContext,
+    Service, ServicePort, ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -116,6 +116,26 @@ pub fn coordinator_name(job: &str) -> String {
 pub fn worker_name(job: &str, i: u32) -> String {
     format!("{job}-worker-{i}")
 }
+/// The Secret holding the job's token (key [`TOKEN_KEY`]).
+pub fn token_secret_name(job: &str) -> String {
+    format!("{job}-token")
+}
+
+pub const TOKEN_KEY: &str = "token";
+
+/// The job's token Secret. The token is made once, when the Secret is
+/// created (never re-applied: a new value would lock out running pods).
+pub fn token_secret(job: &StreamJob, token: &str) -> Secret {
+    let name = job.metadata.name.clone().unwrap_or_default();
+    let owner = job.controller_owner_ref(&()).map(|o| vec![o]).unwrap_or_default();
+    Secret {
+        metadata: meta(token_secret_name(&name), job.metadata.namespace.as_deref(), labels(&name, None, None), &owner),
+        string_data: Some(BTreeMap::from([(TOKEN_KEY.to_string(), token.to_string())])),
+        type_: Some("Opaque".into()),
+        ..Secret::default()
+    }
+}
+
 pub fn config_map_name(job: &str) -> String {
     format!("{job}-job")
 }
@@ -648,6 +668,18 @@ fn pod(job: &StreamJob, role: Role, image: &str, settings: &Settings, hash: &str
     let name = job.metadata.name.clone().unwrap_or_default();
     let ns = job.metadata.namespace.clone().unwrap_or_else(|| "default".into());
     let spec = &job.spec.0;
+    let token = EnvVar {
+        name: "WEIR_JOB_TOKEN".into(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: token_secret_name(&name),
+                key: TOKEN_KEY.into(),
+                optional: Some(false),
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    };
     let (pod_name, args, envs, mounts, volumes) = match role {
         Role::Coordinator => (
             coordinator_name(&name),
@@ -657,6 +689,7 @@ fn pod(job: &StreamJob, role: Role, image: &str, settings: &Settings, hash: &str
                 env("WEIR_LISTEN", format!("0.0.0.0:{WORKER_PORT}")),
                 env("WEIR_HTTP", format!("0.0.0.0:{HTTP_PORT}")),
                 env("WEIR_WORKERS", spec.workers.to_string()),
+                token,
             ],
             vec![VolumeMount {
                 name: "job".into(),
@@ -679,6 +712,7 @@ fn pod(job: &StreamJob, role: Role, image: &str, settings: &Settings, hash: &str
             vec![
                 env("WEIR_COORDINATOR", format!("{}.{ns}.svc:{WORKER_PORT}", coordinator_name(&name))),
                 env("WEIR_WORKER_NAME", worker_name(&name, i)),
+                token,
             ],
             Vec::new(),
             Vec::new(),

@@ -49,7 +49,7 @@ pub async fn run(opts: OperatorOptions) -> anyhow::Result<()> {
     }
     let ctx = Arc::new(Context {
         client: client.clone(),
-        coordinator: Arc::new(HttpCoordinatorApi::new(opts.coordinator_url)),
+        coordinator: Arc::new(HttpCoordinatorApi::new(opts.coordinator_url, client.clone())),
         events: Arc::new(KubeEvents { client: client.clone() }),
         settings: opts.settings,
         metrics: metrics.clone(),

@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use super::protocol::{self, Placement, TaskKey, ToCoordinator, ToWorker, WorkerCounters};
+use super::protocol::{self, JobToken, Placement, TaskKey, ToCoordinator, ToWorker, WorkerCounters};
 use crate::checkpoint::CheckpointStore;
 use crate::dataflow::JobGraph;
 use crate::job::coordinate::{wall_ms, ControlPlane, Loop, Request};
@@ -54,6 +54,8 @@ pub struct CoordinatorOptions {
     /// Checkpoints completed before this time (ms since the epoch) are not
     /// restored: set by a stateless upgrade.
     pub ignore_checkpoints_before_ms: u64,
+    /// What workers and mutating API calls must present.
+    pub token: JobToken,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -123,6 +125,7 @@ pub struct Shared {
     pub metrics: Arc<JobMetrics>,
     pub requests: mpsc::Sender<Request>,
     pub store: CheckpointStore,
+    pub token: JobToken,
     workers: Mutex<BTreeMap<u64, WorkerConn>>,
     /// The running attempt's event channel and workers.
     attempt: Mutex<Option<CurrentAttempt>>,
@@ -305,6 +308,7 @@ pub async fn start(opts: CoordinatorOptions) -> Result<(Arc<Shared>, Coordinator
         metrics: Arc::new(JobMetrics::default()),
         requests: requests_tx,
         store,
+        token: opts.token.clone(),
         workers: Mutex::default(),
         attempt: Mutex::default(),
         opened: Mutex::default(),
@@ -349,11 +353,17 @@ async fn serve_worker(
     registered: &mpsc::Sender<u64>,
 ) -> Result<(), String> {
     let mut conn = protocol::framed(stream);
-    let Some(ToCoordinator::Register { name, data_addr }) =
+    let Some(ToCoordinator::Register { name, data_addr, token }) =
         protocol::recv::<ToCoordinator>(&mut conn).await.map_err(|e| e.to_string())?
     else {
         return Err("first message was not a registration".into());
     };
+    if !shared.token.admits(token.as_deref()) {
+        let reason = format!("worker {name} at {data_addr} presented a wrong or no job token");
+        warn!("refused a registration: {reason}");
+        let _ = protocol::send(&mut conn, &ToWorker::Refused { reason: reason.clone() }).await;
+        return Err(reason);
+    }
     info!(worker = %name, %data_addr, "worker {name} registered");
     let (mut sink, mut stream) = conn.split();
     let (tx, mut rx) = mpsc::channel::<ToWorker>(256);

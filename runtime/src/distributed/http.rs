@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -108,12 +108,33 @@ async fn take_savepoint(shared: &Shared, stop: bool) -> Response {
     }
 }
 
-async fn savepoint(State(shared): State<Arc<Shared>>) -> Response {
+async fn savepoint(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    if !authorized(&shared, &headers) {
+        return unauthorized();
+    }
     take_savepoint(&shared, false).await
 }
 
-async fn stop(State(shared): State<Arc<Shared>>) -> Response {
+async fn stop(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    if !authorized(&shared, &headers) {
+        return unauthorized();
+    }
     take_savepoint(&shared, true).await
+}
+
+/// Mutating calls present the job token as `Authorization: Bearer <token>`;
+/// reads (status, checkpoints, metrics, health) stay open for probes and scrapers.
+fn authorized(shared: &Shared, headers: &HeaderMap) -> bool {
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    shared.token.admits(presented)
+}
+
+fn unauthorized() -> Response {
+    error(StatusCode::UNAUTHORIZED, "this call needs the job token: Authorization: Bearer <token>")
 }
 
 async fn ready(State(shared): State<Arc<Shared>>) -> Response {

@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
-use super::protocol::{self, ChannelKey, Connection, ProtocolError};
+use super::protocol::{self, ChannelKey, Connection, DataHello, JobToken, ProtocolError};
 use crate::task::Message;
 
 enum Slot {
@@ -33,13 +33,15 @@ enum Slot {
 /// A worker's listener for incoming shuffle channels.
 pub struct DataPlane {
     addr: SocketAddr,
+    token: JobToken,
     slots: Mutex<HashMap<ChannelKey, Slot>>,
 }
 
 impl DataPlane {
-    pub async fn bind(addr: SocketAddr) -> std::io::Result<Arc<DataPlane>> {
+    /// Listens on `addr`; connections that do not present `token` are dropped.
+    pub async fn bind(addr: SocketAddr, token: JobToken) -> std::io::Result<Arc<DataPlane>> {
         let listener = TcpListener::bind(addr).await?;
-        let plane = Arc::new(DataPlane { addr: listener.local_addr()?, slots: Mutex::default() });
+        let plane = Arc::new(DataPlane { addr: listener.local_addr()?, token, slots: Mutex::default() });
         let accepting = plane.clone();
         tokio::spawn(async move {
             loop {
@@ -47,8 +49,10 @@ impl DataPlane {
                     Ok((stream, _)) => {
                         let plane = accepting.clone();
                         tokio::spawn(async move {
-                            if let Err(e) = plane.accept(stream).await {
-                                debug!("dropping a data connection: {e}");
+                            match plane.accept(stream).await {
+                                Ok(true) => {}
+                                Ok(false) => warn!("refused a data connection without the job's token"),
+                                Err(e) => debug!("dropping a data connection: {e}"),
                             }
                         });
                     }
@@ -63,10 +67,20 @@ impl DataPlane {
         self.addr
     }
 
-    async fn accept(&self, stream: TcpStream) -> Result<(), ProtocolError> {
+    /// The token this worker presents on its own outbound channels.
+    pub fn token(&self) -> &JobToken {
+        &self.token
+    }
+
+    /// Takes a connection's channel; `false` if it was refused.
+    async fn accept(&self, stream: TcpStream) -> Result<bool, ProtocolError> {
         let mut conn = protocol::framed(stream);
-        let Some(key) = protocol::recv::<ChannelKey>(&mut conn).await? else { return Ok(()) };
-        let Ok(mut slots) = self.slots.lock() else { return Ok(()) };
+        let Some(hello) = protocol::recv::<DataHello>(&mut conn).await? else { return Ok(true) };
+        if !self.token.admits(hello.token.as_deref()) {
+            return Ok(false);
+        }
+        let key = hello.channel;
+        let Ok(mut slots) = self.slots.lock() else { return Ok(true) };
         match slots.remove(&key) {
             Some(Slot::Waiting(tx)) => {
                 let _ = tx.send(conn);
@@ -75,7 +89,7 @@ impl DataPlane {
                 slots.insert(key, Slot::Arrived(conn));
             }
         }
-        Ok(())
+        Ok(true)
     }
 
     /// The connection for `key`, whenever it arrives.
@@ -108,15 +122,17 @@ pub type OnBroken = Arc<dyn Fn(String) + Send + Sync>;
 /// Sends what a local upstream subtask puts into `rx` to a remote subtask.
 pub fn spawn_outbound<T: Serialize + Send + 'static>(
     tasks: &mut JoinSet<()>,
+    token: &JobToken,
     key: ChannelKey,
     to: SocketAddr,
     mut rx: mpsc::Receiver<Message<T>>,
     on_broken: OnBroken,
 ) {
+    let hello = DataHello { token: token.presented(), channel: key };
     tasks.spawn(async move {
         let result: Result<(), ProtocolError> = async {
             let mut conn = connect(to).await?;
-            protocol::send(&mut conn, &key).await?;
+            protocol::send(&mut conn, &hello).await?;
             let mut credits: u64 = 0;
             loop {
                 if credits == 0 {
@@ -198,4 +214,33 @@ async fn connect(to: SocketAddr) -> Result<Connection, ProtocolError> {
         delay = (delay * 2).min(Duration::from_millis(500));
     }
     Err(ProtocolError::Io(last.unwrap_or_else(|| std::io::ErrorKind::TimedOut.into())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn hello(plane: &DataPlane, token: Option<&str>, channel: ChannelKey) -> Connection {
+        let mut conn = protocol::framed(TcpStream::connect(plane.addr()).await.unwrap());
+        protocol::send(&mut conn, &DataHello { token: token.map(String::from), channel }).await.unwrap();
+        conn
+    }
+
+    #[tokio::test]
+    async fn a_shuffle_connection_without_the_job_token_is_dropped_before_it_reaches_a_subtask() {
+        let token = JobToken::new(Some("job-secret".into()));
+        let plane = DataPlane::bind("127.0.0.1:0".parse().unwrap(), token).await.unwrap();
+        let key = ChannelKey { attempt: 1, edge: 0, upstream: 0, downstream: 0 };
+        let mut arrival = plane.expect(key);
+
+        let mut wrong = hello(&plane, Some("guess"), key).await;
+        assert!(wrong.next().await.is_none(), "the plane closes a connection with a wrong token");
+        let mut none = hello(&plane, None, key).await;
+        assert!(none.next().await.is_none(), "and one without a token");
+        assert!(arrival.try_recv().is_err(), "no subtask got either");
+
+        let _right = hello(&plane, Some("job-secret"), key).await;
+        let conn = tokio::time::timeout(Duration::from_secs(5), arrival).await;
+        assert!(matches!(conn, Ok(Ok(_))), "the connection with the token reaches the waiting subtask");
+    }
 }

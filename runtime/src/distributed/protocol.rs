@@ -55,6 +55,48 @@ pub async fn recv<T: DeserializeOwned>(conn: &mut Connection) -> Result<Option<T
     }
 }
 
+/// The per-job secret that every worker registration, every shuffle
+/// connection and every mutating API call presents. Without one (`weir run`,
+/// local tries) everything is admitted. It authenticates peers; it does not
+/// encrypt traffic.
+#[derive(Clone, Default)]
+pub struct JobToken(Option<std::sync::Arc<str>>);
+
+impl JobToken {
+    /// An empty or missing value means no token.
+    pub fn new(token: Option<String>) -> JobToken {
+        JobToken(token.map(|t| t.trim().to_string()).filter(|t| !t.is_empty()).map(Into::into))
+    }
+
+    pub fn is_set(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// What this side presents to its peers.
+    pub fn presented(&self) -> Option<String> {
+        self.0.as_deref().map(String::from)
+    }
+
+    /// Whether `presented` may pass. Compares in constant time, so the time
+    /// a refusal takes tells nothing about how much of a guess was right.
+    pub fn admits(&self, presented: Option<&str>) -> bool {
+        let Some(expected) = self.0.as_deref() else { return true };
+        let Some(given) = presented else { return false };
+        let (a, b) = (expected.as_bytes(), given.as_bytes());
+        let mut diff = (a.len() != b.len()) as u8;
+        for (i, x) in a.iter().enumerate() {
+            diff |= x ^ b.get(i).copied().unwrap_or(!x);
+        }
+        diff == 0
+    }
+}
+
+impl std::fmt::Debug for JobToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.is_set() { "JobToken(<redacted>)" } else { "JobToken(none)" })
+    }
+}
+
 /// A subtask's address in the job graph.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct TaskKey {
@@ -94,6 +136,9 @@ pub enum ToCoordinator {
     Register {
         name: String,
         data_addr: SocketAddr,
+        /// The job token, when the job has one.
+        #[serde(default)]
+        token: Option<String>,
     },
     Heartbeat(WorkerCounters),
     /// Every subtask of the attempt is built and opened.
@@ -136,13 +181,41 @@ pub enum ToWorker {
     },
     /// The job is finished: exit.
     Shutdown,
+    /// The registration was refused (a wrong or missing job token): exit.
+    Refused {
+        reason: String,
+    },
 }
 
-/// First frame on a data connection: which shuffle channel it carries.
+/// First frame on a data connection: the job token and the channel.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DataHello {
+    pub token: Option<String>,
+    pub channel: ChannelKey,
+}
+
+/// Which shuffle channel a data connection carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ChannelKey {
     pub attempt: u64,
     pub edge: usize,
     pub upstream: u32,
     pub downstream: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_job_token_admits_only_the_same_token() {
+        let token = JobToken::new(Some("s3cret-token".into()));
+        assert!(token.admits(Some("s3cret-token")));
+        for wrong in [None, Some(""), Some("s3cret-toke"), Some("s3cret-token2"), Some("S3cret-token")] {
+            assert!(!token.admits(wrong), "{wrong:?}");
+        }
+        assert!(JobToken::new(None).admits(None), "no token: everything is admitted");
+        assert!(!JobToken::new(Some("  ".into())).is_set(), "a blank token is no token");
+        assert_eq!(format!("{token:?}"), "JobToken(<redacted>)");
+    }
 }

@@ -13,7 +13,9 @@ use tokio::task::JoinSet;
 use tracing::{info, warn};
 
 use super::network::{DataPlane, OnBroken};
-use super::protocol::{self, Connection, Placement, ProtocolError, TaskKey, ToCoordinator, ToWorker, WorkerCounters};
+use super::protocol::{
+    self, Connection, JobToken, Placement, ProtocolError, TaskKey, ToCoordinator, ToWorker, WorkerCounters,
+};
 use crate::checkpoint::CheckpointStore;
 use crate::faults::Faults;
 use crate::job::deploy::Deployment;
@@ -27,6 +29,8 @@ use crate::task::{Event, TaskId};
 pub enum WorkerError {
     #[error("cannot listen for shuffle data on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("the coordinator refused this worker: {0}")]
+    Refused(String),
 }
 
 #[derive(Debug, Clone)]
@@ -37,11 +41,14 @@ pub struct WorkerOptions {
     /// Where to listen for shuffle data (port 0: any free port).
     pub data_bind: SocketAddr,
     pub heartbeat: Duration,
+    /// Presented to the coordinator and other workers, and asked of them.
+    pub token: JobToken,
 }
 
 enum SessionEnd {
     Shutdown,
     Lost(String),
+    Refused(String),
 }
 
 struct Attempt {
@@ -64,8 +71,9 @@ impl Attempt {
 
 /// Runs until the coordinator says the job is finished.
 pub async fn run_worker(opts: WorkerOptions) -> Result<(), WorkerError> {
-    let plane =
-        DataPlane::bind(opts.data_bind).await.map_err(|source| WorkerError::Bind { addr: opts.data_bind, source })?;
+    let plane = DataPlane::bind(opts.data_bind, opts.token.clone())
+        .await
+        .map_err(|source| WorkerError::Bind { addr: opts.data_bind, source })?;
     info!(name = %opts.name, data = %plane.addr(), coordinator = %opts.coordinator, "worker started");
     let mut backoff = Duration::from_millis(100);
     loop {
@@ -86,6 +94,8 @@ pub async fn run_worker(opts: WorkerOptions) -> Result<(), WorkerError> {
                 return Ok(());
             }
             SessionEnd::Lost(why) => warn!("lost the coordinator ({why}); dropped my subtasks, reconnecting"),
+            // Retrying cannot help: the token is wrong until the pod is recreated.
+            SessionEnd::Refused(why) => return Err(WorkerError::Refused(why)),
         }
     }
 }
@@ -102,7 +112,8 @@ fn network_task() -> TaskId {
 }
 
 async fn session(conn: &mut Connection, plane: &Arc<DataPlane>, opts: &WorkerOptions) -> SessionEnd {
-    let register = ToCoordinator::Register { name: opts.name.clone(), data_addr: plane.addr() };
+    let register =
+        ToCoordinator::Register { name: opts.name.clone(), data_addr: plane.addr(), token: opts.token.presented() };
     if let Err(e) = protocol::send(conn, &register).await {
         return SessionEnd::Lost(e.to_string());
     }
@@ -194,6 +205,7 @@ async fn handle(
             }
         }
         ToWorker::Shutdown => return Ok(Some(SessionEnd::Shutdown)),
+        ToWorker::Refused { reason } => return Ok(Some(SessionEnd::Refused(reason))),
     }
     Ok(None)
 }
