@@ -13,7 +13,7 @@ use weir_runtime::metrics::JobMetrics;
 pub async fn run(file: &Path, progress_line: bool) -> anyhow::Result<()> {
     let job = StreamJob::from_file(file)?;
     let graph = weir_runtime::pipeline::build(&job.spec).context("cannot build the job")?;
-    let config = JobConfig::new(&job.metadata.name, job.metadata.namespace_or_default(), job.spec.checkpoints.clone());
+    let config = JobConfig::for_job(&job);
     let metrics = Arc::new(JobMetrics::default());
     let progress = tokio::spawn(report_progress(metrics.clone(), progress_line && std::io::stderr().is_terminal()));
     let started = Instant::now();

@@ -355,3 +355,38 @@ fn only_processes_with_the_job_token_join_the_job_or_take_savepoints() {
     let coordinator_log = std::fs::read_to_string(dir.path().join("coordinator.log")).unwrap();
     assert!(!coordinator_log.contains("0123456789abcdef-job-token"), "the token never reaches a log");
 }
+
+#[test]
+fn a_job_started_from_a_stopped_jobs_savepoint_on_other_workers_continues_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut old = Cluster::new(dir.path(), 600_000, 100_000);
+    let coordinator = old.coordinator();
+    for n in ["w1", "w2", "w3"] {
+        old.worker(n);
+    }
+    let mut ids = Vec::new();
+    old.wait_for("a checkpoint", &mut ids, Duration::from_secs(30), |_, chk| chk["latest"]["id"].is_u64());
+    let stopped = old.post("/v1/stop").expect("stop answer");
+    let savepoint = stopped["path"].as_str().unwrap_or_else(|| panic!("no savepoint in {stopped}")).to_string();
+    assert!(old.wait_exit(coordinator, Duration::from_secs(30)), "the old job stopped cleanly");
+    let written_before = assert_contiguous(dir.path());
+    assert!(written_before < 600_000, "stopped part way ({written_before} records)");
+    drop(old);
+
+    // The same pipeline as a new job (its own checkpoint directory), started
+    // from the savepoint by fresh coordinator and worker processes.
+    let mut new = Cluster::new(dir.path(), 600_000, 100_000);
+    let yaml = std::fs::read_to_string(&new.manifest)
+        .unwrap()
+        .replace("name: spread", "name: spread-v2")
+        .replace("spec:\n", &format!("spec:\n  initialSavepointPath: \"{savepoint}\"\n"));
+    std::fs::write(&new.manifest, yaml).unwrap();
+    let coordinator = new.coordinator();
+    for n in ["v1", "v2", "v3"] {
+        new.worker(n);
+    }
+    let mut ids = Vec::new();
+    new.wait_for("the restore", &mut ids, Duration::from_secs(30), |job, _| job["restoredFrom"].is_u64());
+    assert!(new.wait_exit(coordinator, Duration::from_secs(60)), "the new job finished");
+    new.assert_exact();
+}

@@ -72,6 +72,12 @@ pub struct StreamJobSpec {
     pub max_parallelism: u32,
     #[serde(default)]
     pub checkpoints: CheckpointOptions,
+    /// A savepoint (or completed checkpoint) directory to start from, e.g.
+    /// `file:///data/checkpoints/default/old-job/savepoints/sp-1764100000000`,
+    /// as Flink's `initialSavepointPath`: used only while the job has no
+    /// completed checkpoint of its own; after that the job resumes from its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial_savepoint_path: Option<String>,
     /// What happens to a record that cannot be parsed or processed.
     #[serde(default)]
     pub error_policy: ErrorPolicy,
@@ -708,6 +714,9 @@ impl StreamJobSpec {
         }
         if let Err(e) = crate::storage::StorageUri::parse(&c.storage) {
             errors.push(format!("spec.checkpoints.storage: {e}"));
+        }
+        if let Some(Err(e)) = self.initial_savepoint_path.as_deref().map(crate::storage::StorageUri::parse) {
+            errors.push(format!("spec.initialSavepointPath: {e}"));
         }
         if self.error_policy.on_bad_record == BadRecordAction::DeadLetter
             && self.error_policy.dead_letter_path.is_none()

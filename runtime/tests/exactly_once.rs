@@ -137,9 +137,10 @@ fn a_stateless_reset_time_hides_older_checkpoints_from_restore() {
     let store =
         weir_runtime::checkpoint::CheckpointStore::open(&job.spec.checkpoints.storage, "default", "counts").unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let (kept, next) = rt.block_on(weir_runtime::job::restore_point(&store, 16, "counts", 0)).unwrap();
+    let (kept, next) = rt.block_on(weir_runtime::job::restore_point(&store, 16, "counts", 0, None)).unwrap();
     assert!(kept.is_some());
-    let (hidden, next_after) = rt.block_on(weir_runtime::job::restore_point(&store, 16, "counts", u64::MAX)).unwrap();
+    let (hidden, next_after) =
+        rt.block_on(weir_runtime::job::restore_point(&store, 16, "counts", u64::MAX, None)).unwrap();
     assert!(hidden.is_none(), "checkpoints before the reset are not restored");
     assert_eq!(next, next_after, "ids still continue above every checkpoint");
 }

@@ -151,6 +151,8 @@ pub fn spec_hash(spec: &StreamJobSpec) -> String {
     s.restart_strategy = Default::default();
     s.deletion_policy = Default::default();
     s.upgrade_mode = Default::default();
+    // Read only while the job has no checkpoint of its own, like Flink's.
+    s.initial_savepoint_path = None;
     let text = serde_json::to_string(&s).unwrap_or_default();
     let mut h = std::collections::hash_map::DefaultHasher::new();
     text.hash(&mut h);

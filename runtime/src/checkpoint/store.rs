@@ -30,6 +30,8 @@ pub enum CheckpointError {
     MissingMetadata { id: u64, path: String },
     #[error("checkpoint {id} has unreadable _metadata at {path}: {reason}")]
     BadMetadata { id: u64, path: String, reason: String },
+    #[error("no _metadata at {path}: not a completed checkpoint or savepoint directory")]
+    NotASnapshot { path: String },
     #[error("state file {path} is missing")]
     MissingFile { path: String },
     #[error("state file {path} is {actual} bytes, _metadata says {expected}")]
@@ -120,6 +122,8 @@ pub struct RestoredCheckpoint {
     pub states: HashMap<String, Vec<OperatorSubtaskState>>,
     /// Newer checkpoints that were passed over, with why.
     pub skipped: Vec<(u64, String)>,
+    /// Read from outside the job's own directory (an initial savepoint).
+    pub external: bool,
 }
 
 impl RestoredCheckpoint {
@@ -161,6 +165,14 @@ impl RestoredCheckpoint {
 pub struct CheckpointStore {
     op: Operator,
     location: String,
+}
+
+fn join(dir: &str, name: &str) -> String {
+    if dir.is_empty() {
+        name.to_string()
+    } else {
+        format!("{dir}/{name}")
+    }
 }
 
 pub fn checkpoint_dir(id: u64) -> String {
@@ -262,7 +274,13 @@ impl CheckpointStore {
 
     /// Reads and parses `_metadata` of checkpoint `id`.
     pub async fn read_metadata(&self, id: u64) -> Result<CheckpointMetadata, CheckpointError> {
-        let path = format!("{}/{METADATA_FILE}", checkpoint_dir(id));
+        self.read_metadata_in(&checkpoint_dir(id), id).await
+    }
+
+    /// `_metadata` in `dir` (relative to the store; empty: the store itself),
+    /// which must name checkpoint `id`.
+    async fn read_metadata_in(&self, dir: &str, id: u64) -> Result<CheckpointMetadata, CheckpointError> {
+        let path = join(dir, METADATA_FILE);
         let bytes = match self.op.read(&path).await {
             Ok(b) => b.to_vec(),
             Err(e) if e.kind() == ErrorKind::NotFound => {
@@ -290,12 +308,43 @@ impl CheckpointStore {
     /// Loads checkpoint `id`, checking every file against `_metadata`.
     pub async fn load_verified(&self, id: u64) -> Result<RestoredCheckpoint, CheckpointError> {
         let metadata = self.read_metadata(id).await?;
+        self.load_files(&checkpoint_dir(id), metadata, self.path_of(id)).await
+    }
+
+    /// Loads the savepoint or checkpoint whose directory this store was
+    /// opened at (`open_dir`), checking every file against its `_metadata`.
+    pub async fn load_snapshot_here(&self) -> Result<RestoredCheckpoint, CheckpointError> {
+        let bytes = match self.op.read(METADATA_FILE).await {
+            Ok(b) => b.to_vec(),
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                return Err(CheckpointError::NotASnapshot { path: self.location.clone() })
+            }
+            Err(source) => {
+                return Err(CheckpointError::Io {
+                    action: "read",
+                    path: self.full(METADATA_FILE),
+                    source: Box::new(source),
+                })
+            }
+        };
+        let id = serde_json::from_slice::<CheckpointMetadata>(&bytes).map(|m| m.id).unwrap_or(0);
+        let metadata = self.read_metadata_in("", id).await?;
+        self.load_files("", metadata, self.location.clone()).await
+    }
+
+    async fn load_files(
+        &self,
+        dir: &str,
+        metadata: CheckpointMetadata,
+        location: String,
+    ) -> Result<RestoredCheckpoint, CheckpointError> {
+        let id = metadata.id;
         let mut states: HashMap<String, Vec<OperatorSubtaskState>> = HashMap::new();
         for op in &metadata.operators {
             let mut files = op.files.clone();
             files.sort_by_key(|f| f.subtask);
             for f in &files {
-                let path = format!("{}/{}", checkpoint_dir(id), f.name);
+                let path = join(dir, &f.name);
                 let bytes = match self.op.read(&path).await {
                     Ok(b) => b.to_vec(),
                     Err(e) if e.kind() == ErrorKind::NotFound => {
@@ -329,7 +378,7 @@ impl CheckpointStore {
                 states.entry(op.uid.clone()).or_default().push(state);
             }
         }
-        Ok(RestoredCheckpoint { id, path: self.path_of(id), metadata, states, skipped: Vec::new() })
+        Ok(RestoredCheckpoint { id, path: location, metadata, states, skipped: Vec::new(), external: false })
     }
 
     /// The newest completed, intact checkpoint; damaged newer ones are

@@ -423,11 +423,7 @@ impl Coordinator {
     pub async fn run(mut self) -> Result<(), CoordinatorError> {
         let spec = self.opts.job.spec.clone();
         let graph = crate::pipeline::build(&spec).map_err(|e| CoordinatorError::Build(e.to_string()))?;
-        let config = JobConfig::new(
-            &self.opts.job.metadata.name,
-            self.opts.job.metadata.namespace_or_default(),
-            spec.checkpoints.clone(),
-        );
+        let config = JobConfig::for_job(&self.opts.job);
         let mut attempt = 0u64;
         let mut failed_at: Option<u64> = None;
         loop {
@@ -529,9 +525,16 @@ impl Coordinator {
         members: &[u64],
     ) -> Result<(), JobError> {
         let not_before = self.opts.ignore_checkpoints_before_ms;
-        let (restored, next_id) =
-            restore_point(&self.shared.store, graph.max_parallelism, &config.name, not_before).await?;
+        let (restored, next_id) = restore_point(
+            &self.shared.store,
+            graph.max_parallelism,
+            &config.name,
+            not_before,
+            config.initial_savepoint.as_deref(),
+        )
+        .await?;
         let restore = restored.as_ref().map(|r| r.id);
+        let restore_from = restored.as_ref().filter(|r| r.external).map(|r| r.path.clone());
         self.shared.update(|s| s.restored_from = restore);
         let tasks = all_tasks(graph);
         let (addrs, senders): (Vec<SocketAddr>, Vec<mpsc::Sender<ToWorker>>) = {
@@ -561,6 +564,7 @@ impl Coordinator {
                 attempt,
                 manifest: self.opts.manifest.clone(),
                 restore,
+                restore_from: restore_from.clone(),
                 placement: placement.clone(),
                 worker_index: i,
             };
@@ -611,7 +615,9 @@ fn is_infrastructure_failure(e: &JobError) -> bool {
     match e {
         JobError::Background { .. } | JobError::Checkpoint(_) | JobError::Complete { .. } => true,
         JobError::TaskFailed { reason, .. } => reason.contains("went away"),
-        JobError::Task { .. } | JobError::TooManyCheckpointFailures { .. } => false,
+        // A bad initial savepoint does not heal in place: exit, and let the
+        // operator's restart strategy bound the retries.
+        JobError::Task { .. } | JobError::TooManyCheckpointFailures { .. } | JobError::InitialSavepoint { .. } => false,
     }
 }
 

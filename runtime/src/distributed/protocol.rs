@@ -163,6 +163,10 @@ pub enum ToWorker {
         attempt: u64,
         manifest: String,
         restore: Option<u64>,
+        /// Where `restore` lives when it is not in the job's own directory
+        /// (the initial savepoint).
+        #[serde(default)]
+        restore_from: Option<String>,
         placement: Placement,
         worker_index: usize,
     },

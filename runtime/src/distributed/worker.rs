@@ -166,11 +166,12 @@ async fn handle(
     broken_tx: &mpsc::Sender<(u64, String)>,
 ) -> Result<Option<SessionEnd>, ProtocolError> {
     match msg {
-        ToWorker::Deploy { attempt, manifest, restore, placement, worker_index } => {
+        ToWorker::Deploy { attempt, manifest, restore, restore_from, placement, worker_index } => {
             if let Some(a) = current.take() {
                 a.shutdown().await;
             }
-            match deploy(attempt, &manifest, restore, placement, worker_index, plane, broken_tx).await {
+            let source = restore.map(|id| (id, restore_from));
+            match deploy(attempt, &manifest, source, placement, worker_index, plane, broken_tx).await {
                 Ok(a) => {
                     info!(attempt, subtasks = a.index.len(), restore = ?restore, "deployed attempt {attempt}");
                     *current = Some(a);
@@ -213,7 +214,7 @@ async fn handle(
 async fn deploy(
     attempt: u64,
     manifest: &str,
-    restore: Option<u64>,
+    restore: Option<(u64, Option<String>)>,
     placement: Placement,
     me: usize,
     plane: &Arc<DataPlane>,
@@ -221,13 +222,16 @@ async fn deploy(
 ) -> Result<Attempt, String> {
     let job = StreamJob::from_yaml(manifest).map_err(|e| e.to_string())?;
     let graph = crate::pipeline::build(&job.spec).map_err(|e| e.to_string())?;
-    let mut config =
-        JobConfig::new(&job.metadata.name, job.metadata.namespace_or_default(), job.spec.checkpoints.clone());
+    let mut config = JobConfig::for_job(&job);
     config.faults = Faults::from_env();
     let store = CheckpointStore::open(&config.checkpoints.storage, &config.namespace, &config.name)
         .map_err(|e| e.to_string())?;
     let restored = match restore {
-        Some(id) => Some(Arc::new(store.load_verified(id).await.map_err(|e| e.to_string())?)),
+        Some((id, None)) => Some(Arc::new(store.load_verified(id).await.map_err(|e| e.to_string())?)),
+        Some((_, Some(uri))) => {
+            let snapshot = CheckpointStore::open_dir(&uri).map_err(|e| e.to_string())?;
+            Some(Arc::new(snapshot.load_snapshot_here().await.map_err(|e| format!("{uri}: {e}"))?))
+        }
         None => None,
     };
     plane.forget_before(attempt);

@@ -37,6 +37,8 @@ pub enum JobError {
     TooManyCheckpointFailures { id: u64, reason: String, consecutive: u32 },
     #[error("cannot {action} checkpoint {id}: {source}")]
     Complete { action: &'static str, id: u64, source: CheckpointError },
+    #[error("cannot start from spec.initialSavepointPath {uri}: {reason}")]
+    InitialSavepoint { uri: String, reason: String },
 }
 
 /// How a job runs, beyond its graph.
@@ -48,9 +50,19 @@ pub struct JobConfig {
     pub batch_size: usize,
     pub channel_capacity: usize,
     pub faults: Faults,
+    /// Where to start when the job has no completed checkpoint of its own.
+    pub initial_savepoint: Option<String>,
 }
 
 impl JobConfig {
+    /// The configuration a manifest asks for.
+    pub fn for_job(job: &crate::manifest::StreamJob) -> JobConfig {
+        let mut config =
+            JobConfig::new(&job.metadata.name, job.metadata.namespace_or_default(), job.spec.checkpoints.clone());
+        config.initial_savepoint = job.spec.initial_savepoint_path.clone();
+        config
+    }
+
     pub fn new(name: &str, namespace: &str, checkpoints: CheckpointOptions) -> JobConfig {
         JobConfig {
             name: name.into(),
@@ -59,6 +71,7 @@ impl JobConfig {
             batch_size: 1024,
             channel_capacity: 16,
             faults: Faults::none(),
+            initial_savepoint: None,
         }
     }
 }
@@ -90,7 +103,8 @@ impl ControlPlane for Local {
 /// failure. Every subtask is gone when this returns.
 pub async fn run_job(graph: JobGraph, config: &JobConfig, metrics: Arc<JobMetrics>) -> Result<JobOutcome, JobError> {
     let store = CheckpointStore::open(&config.checkpoints.storage, &config.namespace, &config.name)?;
-    let (restored, next_id) = restore_point(&store, graph.max_parallelism, &config.name, 0).await?;
+    let (restored, next_id) =
+        restore_point(&store, graph.max_parallelism, &config.name, 0, config.initial_savepoint.as_deref()).await?;
     let outcome = JobOutcome {
         restored_from: restored.as_ref().map(|r| r.id),
         skipped: restored.as_ref().map(|r| r.skipped.clone()).unwrap_or_default(),
@@ -120,13 +134,17 @@ pub async fn run_job(graph: JobGraph, config: &JobConfig, metrics: Arc<JobMetric
 }
 
 /// The checkpoint to restore and the first id for new checkpoints, which
-/// is above every id in storage, complete or not. Checkpoints completed
-/// before `not_before_ms` are ignored (a stateless upgrade starts empty).
+/// is above every id in storage, complete or not, and above the restored
+/// one. Checkpoints completed before `not_before_ms` are ignored (a
+/// stateless upgrade starts empty). Without a checkpoint of its own the job
+/// starts from `initial` (a savepoint or checkpoint directory) if given;
+/// one that cannot be read is an error, never a silent start from empty.
 pub async fn restore_point(
     store: &CheckpointStore,
     max_parallelism: u32,
     job: &str,
     not_before_ms: u64,
+    initial: Option<&str>,
 ) -> Result<(Option<Arc<RestoredCheckpoint>>, u64), JobError> {
     let existing = store.checkpoint_ids().await?;
     let mut restored = store.latest_restorable(max_parallelism).await?.map(Arc::new);
@@ -134,9 +152,27 @@ pub async fn restore_point(
         info!("ignoring checkpoints completed before the stateless upgrade at {not_before_ms} ms");
         restored = None;
     }
+    if let (None, Some(uri), 0) = (&restored, initial, not_before_ms) {
+        let snapshot = CheckpointStore::open_dir(uri)
+            .map_err(|e| JobError::InitialSavepoint { uri: uri.into(), reason: e.to_string() })?
+            .load_snapshot_here()
+            .await
+            .map_err(|e| JobError::InitialSavepoint { uri: uri.into(), reason: e.to_string() })?;
+        if snapshot.metadata.max_parallelism != max_parallelism {
+            return Err(JobError::InitialSavepoint {
+                uri: uri.into(),
+                reason: format!(
+                    "it was taken with maxParallelism {}, the job has {}: key groups cannot be mapped",
+                    snapshot.metadata.max_parallelism, max_parallelism
+                ),
+            });
+        }
+        restored = Some(Arc::new(RestoredCheckpoint { external: true, ..snapshot }));
+    }
     match &restored {
         Some(r) => info!(checkpoint = r.id, path = %r.path, "restoring job {job} from checkpoint {}", r.id),
         None => info!("starting job {job} with empty state"),
     }
-    Ok((restored, existing.first().map_or(1, |newest| newest + 1)))
+    let next = existing.first().map_or(1, |newest| newest + 1).max(restored.as_ref().map_or(1, |r| r.id + 1));
+    Ok((restored, next))
 }

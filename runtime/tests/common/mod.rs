@@ -70,7 +70,7 @@ spec:
 /// Runs the job once in a fresh runtime, as a fresh process would.
 pub fn run_once(job: &StreamJob, faults: Faults) -> Result<JobOutcome, JobError> {
     let graph = weir_runtime::pipeline::build(&job.spec).expect("pipeline builds");
-    let mut config = JobConfig::new(&job.metadata.name, "default", job.spec.checkpoints.clone());
+    let mut config = JobConfig::for_job(job);
     config.faults = faults;
     config.batch_size = 256;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
