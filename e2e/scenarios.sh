@@ -76,12 +76,14 @@ done
 row=$(kubectl get sj counts --no-headers)
 echo "$row" | awk '{exit !($2 == "Running" && $4 ~ /^[0-9]+$/)}' || fail "kubectl get sj does not show phase and checkpoint: $row"
 [ "$(kubectl get pvc weir-data -o jsonpath='{.status.phase}')" = Bound ] || fail "claim not bound"
+[ "$(kubectl get networkpolicy counts -o jsonpath='{.spec.podSelector.matchLabels.weir\.dev/job}')" = counts ] \
+  || fail "no NetworkPolicy for the job"
 token=$(kubectl get secret counts-token -o jsonpath='{.data.token}' | base64 -d)
 [ "${#token}" = 64 ] || fail "no job token Secret"
 kubectl get configmap counts-job -o yaml | grep -q "$token" && fail "the job token leaked into the ConfigMap"
 code=$(curl -s -o /dev/null -w '%{http_code}' -X POST "http://$(getent hosts counts-coordinator.default.svc | cut -d' ' -f1):8081/v1/savepoints")
 [ "$code" = 401 ] || fail "a savepoint without the job token was not refused ($code)"
-scenario "kubectl apply -f examples/kubernetes/counts.yaml; Ready; status.checkpoints.latest.id advances ($first -> $later); job token Secret, unauthenticated savepoint refused" "$t"
+scenario "kubectl apply -f examples/kubernetes/counts.yaml; Ready; status.checkpoints.latest.id advances ($first -> $later); job token Secret, unauthenticated savepoint refused, NetworkPolicy" "$t"
 
 # The process of a pod, found by the HOSTNAME the agent gives it (the pod's name).
 pid_of() {

@@ -227,6 +227,7 @@ mod example_tests {
             image_pull_policy: "IfNotPresent".into(),
             default_storage: None,
             credentials_secret: None,
+            network_policies: true,
         };
         for (path, job) in jobs {
             let p = plan::plan(&job, &Observed::default(), &settings);

@@ -68,6 +68,9 @@ enum Command {
         /// A Secret whose keys become environment variables of job pods (storage credentials).
         #[arg(long, env = "WEIR_JOB_CREDENTIALS_SECRET")]
         job_credentials_secret: Option<String>,
+        /// Give each job a NetworkPolicy admitting only its own pods (and anyone to its HTTP API port).
+        #[arg(long, env = "WEIR_NETWORK_POLICIES", default_value_t = true, action = clap::ArgAction::Set)]
+        network_policies: bool,
         /// Elect a leader among replicas through this Lease (`NAMESPACE/NAME`).
         #[arg(long, env = "WEIR_LEADER_LEASE")]
         leader_lease: Option<String>,
@@ -114,6 +117,7 @@ fn main() -> ExitCode {
                 leader_lease,
                 default_storage,
                 job_credentials_secret,
+                network_policies,
             } => {
                 let leader_election = match leader_lease.as_deref().map(|l| l.split_once('/')) {
                     None => None,
@@ -129,6 +133,7 @@ fn main() -> ExitCode {
                         image_pull_policy,
                         default_storage,
                         credentials_secret: job_credentials_secret,
+                        network_policies,
                     },
                     health,
                     coordinator_url,

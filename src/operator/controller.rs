@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
@@ -201,6 +202,9 @@ async fn apply(job: Arc<StreamJob>, ctx: &Context) -> Result<Action, Error> {
     }
     if let Some(svc) = &p.service {
         Api::<Service>::namespaced(ctx.client.clone(), &ns).patch(&svc.name_any(), &pp, &Patch::Apply(svc)).await?;
+    }
+    if let Some(np) = &p.network_policy {
+        Api::<NetworkPolicy>::namespaced(ctx.client.clone(), &ns).patch(&np.name_any(), &pp, &Patch::Apply(np)).await?;
     }
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     for pod_name in &p.delete {

@@ -72,6 +72,7 @@ fn setup(coordinator: FakeCoordinator) -> Setup {
             image_pull_policy: "IfNotPresent".into(),
             default_storage: None,
             credentials_secret: None,
+            network_policies: true,
         },
         metrics: Arc::new(OperatorMetrics::default()),
         failures: Default::default(),
@@ -158,6 +159,7 @@ async fn first_creation_applies_config_map_service_pods_then_status() {
             ("GET", "/api/v1/namespaces/jobs/pods?", 200, pod_list(vec![])),
             ("PATCH", "/api/v1/namespaces/jobs/configmaps/counts-job?", 200, Value::Null),
             ("PATCH", "/api/v1/namespaces/jobs/services/counts-coordinator?", 200, Value::Null),
+            ("PATCH", "/apis/networking.k8s.io/v1/namespaces/jobs/networkpolicies/counts?", 200, Value::Null),
             ("GET", "/api/v1/namespaces/jobs/secrets/counts-token", 404, not_found()),
             ("POST", "/api/v1/namespaces/jobs/secrets?", 201, Value::Null),
             ("PATCH", "/api/v1/namespaces/jobs/pods/counts-coordinator?", 200, Value::Null),
@@ -172,13 +174,17 @@ async fn first_creation_applies_config_map_service_pods_then_status() {
         "server-side apply with one field manager: {}",
         seen[1].1
     );
-    let token = seen[4].2["stringData"]["token"].as_str().unwrap_or_default().to_string();
-    assert_eq!(token.len(), 64, "a 256-bit token, hex: {}", seen[4].2);
-    assert_eq!(seen[4].2["metadata"]["ownerReferences"][0]["kind"], "StreamJob", "deleted with the job");
-    let env = seen[5].2["spec"]["containers"][0]["env"].to_string();
+    let policy = &seen[3].2["spec"];
+    assert_eq!(policy["podSelector"]["matchLabels"][JOB_LABEL], "counts");
+    assert_eq!(policy["ingress"][0]["from"][0]["podSelector"]["matchLabels"][JOB_LABEL], "counts");
+    assert_eq!(policy["ingress"][1]["ports"][0]["port"], 8081, "the HTTP API is reachable; it guards mutations");
+    let token = seen[5].2["stringData"]["token"].as_str().unwrap_or_default().to_string();
+    assert_eq!(token.len(), 64, "a 256-bit token, hex: {}", seen[5].2);
+    assert_eq!(seen[5].2["metadata"]["ownerReferences"][0]["kind"], "StreamJob", "deleted with the job");
+    let env = seen[6].2["spec"]["containers"][0]["env"].to_string();
     assert!(env.contains("counts-token") && !env.contains(&token), "pods read the token from the Secret: {env}");
-    assert_eq!(seen[5].2["metadata"]["ownerReferences"][0]["kind"], "StreamJob");
-    let status = &seen[7].2["status"];
+    assert_eq!(seen[6].2["metadata"]["ownerReferences"][0]["kind"], "StreamJob");
+    let status = &seen[8].2["status"];
     assert_eq!(status["phase"], "Starting");
     assert_eq!(status["observedGeneration"], 2);
     assert_eq!(action, Action::requeue(Duration::from_millis(1000)));

@@ -10,8 +10,13 @@ use k8s_openapi::api::core::v1::{
     PodSecurityContext, PodSpec, ResourceRequirements, Secret, SecretEnvSource, SecretKeySelector, SecurityContext,
     Service, ServicePort, ServiceSpec, Volume, VolumeMount,
 };
+use k8s_openapi::api::networking::v1::{
+    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort, NetworkPolicySpec,
+};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::Resource;
 use weir_runtime::manifest::{StreamJobSpec, UpgradeMode};
 
@@ -34,6 +39,9 @@ pub struct Settings {
     pub default_storage: Option<String>,
     /// A Secret whose keys become environment variables of job pods.
     pub credentials_secret: Option<String>,
+    /// Give every job a NetworkPolicy that admits only its own pods, and
+    /// anyone to the coordinator's HTTP port.
+    pub network_policies: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,6 +108,7 @@ pub struct Event {
 pub struct Plan {
     pub config_map: Option<ConfigMap>,
     pub service: Option<Service>,
+    pub network_policy: Option<NetworkPolicy>,
     pub pods: Vec<Pod>,
     pub delete: Vec<String>,
     pub actions: Vec<Action>,
@@ -412,6 +421,9 @@ pub fn plan(job: &StreamJob, observed: &Observed, settings: &Settings) -> Plan {
     let owner = job.controller_owner_ref(&()).map(|o| vec![o]).unwrap_or_default();
     p.config_map = Some(config_map(job, &owner, settings));
     p.service = Some(service(&name, job.metadata.namespace.as_deref(), &owner));
+    if settings.network_policies {
+        p.network_policy = Some(network_policy(&name, job.metadata.namespace.as_deref(), &owner));
+    }
     let image = spec.image.clone().unwrap_or_else(|| settings.job_image.clone());
     let mut coordinator = pod(job, Role::Coordinator, &image, settings, &hash, &owner);
     if let Some(t) = &template {
@@ -659,6 +671,42 @@ fn service(job: &str, namespace: Option<&str>, owner: &[OwnerReference]) -> Serv
             ..ServiceSpec::default()
         }),
         ..Service::default()
+    }
+}
+
+/// Job pods take traffic from each other (worker registration, shuffle
+/// channels) on any port, and from anywhere on the coordinator's HTTP port:
+/// the operator and Prometheus read it, and its mutating calls need the
+/// job token. Outbound traffic (storage, brokers) is not limited.
+fn network_policy(job: &str, namespace: Option<&str>, owner: &[OwnerReference]) -> NetworkPolicy {
+    let same_job = LabelSelector {
+        match_labels: Some(BTreeMap::from([(JOB_LABEL.to_string(), job.to_string())])),
+        ..LabelSelector::default()
+    };
+    NetworkPolicy {
+        metadata: meta(job.to_string(), namespace, labels(job, None, None), owner),
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(same_job.clone()),
+            policy_types: Some(vec!["Ingress".into()]),
+            ingress: Some(vec![
+                NetworkPolicyIngressRule {
+                    from: Some(vec![NetworkPolicyPeer {
+                        pod_selector: Some(same_job),
+                        ..NetworkPolicyPeer::default()
+                    }]),
+                    ..NetworkPolicyIngressRule::default()
+                },
+                NetworkPolicyIngressRule {
+                    ports: Some(vec![NetworkPolicyPort {
+                        port: Some(IntOrString::Int(HTTP_PORT)),
+                        protocol: Some("TCP".into()),
+                        ..NetworkPolicyPort::default()
+                    }]),
+                    ..NetworkPolicyIngressRule::default()
+                },
+            ]),
+            ..NetworkPolicySpec::default()
+        }),
     }
 }
 

@@ -26,6 +26,7 @@ fn settings() -> Settings {
         image_pull_policy: "IfNotPresent".into(),
         default_storage: Some("s3://bucket/weir".into()),
         credentials_secret: Some("weir-s3".into()),
+        network_policies: true,
     }
 }
 
