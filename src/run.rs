@@ -6,28 +6,61 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+
+use crate::restart_strategy::{next_restart, RestartDecision};
+use weir_runtime::faults::Faults;
 use weir_runtime::job::{run_job, JobConfig};
 use weir_runtime::manifest::StreamJob;
 use weir_runtime::metrics::JobMetrics;
 
 pub async fn run(file: &Path, progress_line: bool) -> anyhow::Result<()> {
     let job = StreamJob::from_file(file)?;
-    let graph = weir_runtime::pipeline::build(&job.spec).context("cannot build the job")?;
-    let config = JobConfig::for_job(&job);
+    let mut config = JobConfig::for_job(&job);
+    config.faults = Faults::from_env();
+    let strategy = job.spec.restart_strategy.kind().map_err(|e| anyhow::anyhow!("spec.restartStrategy: {e}"))?;
+    let seed = weir_runtime::keygroup::key_hash(&job.metadata.name);
     let metrics = Arc::new(JobMetrics::default());
     let progress = tokio::spawn(report_progress(metrics.clone(), progress_line && std::io::stderr().is_terminal()));
     let started = Instant::now();
-    let result = tokio::select! {
-        r = run_job(graph, &config, metrics.clone()) => r,
-        _ = tokio::signal::ctrl_c() => {
-            progress.abort();
-            let last = metrics.last_checkpoint().map_or("no checkpoint yet".into(), |c| format!("checkpoint {}", c.id));
-            eprintln!("\ninterrupted; run again to resume from the newest completed checkpoint ({last})");
-            return Ok(());
+    let mut failures: Vec<u64> = Vec::new();
+    // As a Flink mini cluster does: a failed attempt restarts from the newest
+    // completed checkpoint, paced and bounded by spec.restartStrategy.
+    let result = loop {
+        let graph = weir_runtime::pipeline::build(&job.spec).context("cannot build the job")?;
+        let attempt = tokio::select! {
+            r = run_job(graph, &config, metrics.clone()) => r,
+            _ = tokio::signal::ctrl_c() => break None,
+        };
+        let error = match attempt {
+            Ok(outcome) => break Some(outcome),
+            Err(e) => e,
+        };
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        failures.push(now);
+        match next_restart(&strategy, &failures, now, seed) {
+            RestartDecision::RestartAt(at) => {
+                let wait = Duration::from_millis(at.saturating_sub(now));
+                eprintln!("\njob failed: {error}\nrestart {} in {wait:?} (spec.restartStrategy)", failures.len());
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = tokio::signal::ctrl_c() => break None,
+                }
+            }
+            RestartDecision::GiveUp { reason } => {
+                progress.abort();
+                return Err(anyhow::Error::new(error)
+                    .context(format!("giving up after {} failure(s): {reason}", failures.len())));
+            }
         }
     };
+    let Some(outcome) = result else {
+        progress.abort();
+        let last = metrics.last_checkpoint().map_or("no checkpoint yet".into(), |c| format!("checkpoint {}", c.id));
+        eprintln!("\ninterrupted; run again to resume from the newest completed checkpoint ({last})");
+        return Ok(());
+    };
     progress.abort();
-    let outcome = result?;
     let secs = started.elapsed().as_secs_f64();
     let records = JobMetrics::get(&metrics.records_in);
     eprintln!(
