@@ -43,3 +43,64 @@ fn checkpoints_in_s3_restore_after_crashes_with_exact_output() {
     let latest = rt.block_on(store.latest_restorable(16)).unwrap().unwrap();
     assert_eq!(Some(latest.id), outcome.last_checkpoint.map(|c| c.id));
 }
+
+/// Runs `job` once and returns its outcome with the metrics it kept.
+fn run_with_metrics(
+    job: &weir_runtime::manifest::StreamJob,
+) -> (
+    Result<weir_runtime::job::JobOutcome, weir_runtime::job::JobError>,
+    std::sync::Arc<weir_runtime::metrics::JobMetrics>,
+) {
+    let graph = weir_runtime::pipeline::build(&job.spec).expect("pipeline builds");
+    let config = weir_runtime::job::JobConfig::for_job(job);
+    let metrics = std::sync::Arc::new(weir_runtime::metrics::JobMetrics::default());
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let result = rt.block_on(weir_runtime::job::run_job(graph, &config, metrics.clone()));
+    rt.shutdown_timeout(std::time::Duration::from_secs(5));
+    (result, metrics)
+}
+
+fn signal(pid: &str, sig: &str) {
+    assert!(std::process::Command::new("kill").args(["-s", sig, pid]).status().unwrap().success());
+}
+
+#[test]
+fn storage_that_stops_answering_fails_checkpoints_not_the_output() {
+    std::env::set_var("AWS_ENDPOINT_URL", endpoint());
+    let Ok(pid) = std::env::var("WEIR_TEST_S3_PID") else {
+        panic!("WEIR_TEST_S3_PID must name the S3 server's process; scripts/test-s3 sets it")
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let bucket = std::env::var("WEIR_TEST_S3_BUCKET").unwrap_or_else(|_| "weir-test".into());
+    let spec = JobSpec {
+        count: 60_000,
+        rate: 20_000,
+        interval: "100ms",
+        storage: Some(format!("s3://{bucket}/frozen-{}", std::process::id())),
+        ..JobSpec::default()
+    };
+    let mut job = manifest(dir.path(), &spec);
+    job.spec.checkpoints.timeout = "400ms".parse().unwrap();
+    job.spec.checkpoints.tolerable_failures = 1000;
+    let running = std::thread::spawn(move || run_with_metrics(&job));
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    // The server freezes mid-job: every request to it hangs.
+    signal(&pid, "STOP");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    signal(&pid, "CONT");
+    let (result, metrics) = running.join().unwrap();
+    let outcome = result.unwrap_or_else(|e| panic!("the job survives storage that stops answering: {e}"));
+    let failed = metrics.checkpoints_failed.load(std::sync::atomic::Ordering::Relaxed);
+    let completed = metrics.checkpoints_completed.load(std::sync::atomic::Ordering::Relaxed);
+    // A checkpoint caught before its `_metadata` write times out and fails;
+    // one caught writing `_metadata` waits for the store (it may have
+    // landed, so it is never declared failed). Either way progress stalls.
+    let times: Vec<u64> = metrics.history().iter().map(|c| c.completed_at_ms).collect();
+    let longest_gap = times.windows(2).map(|w| w[1].saturating_sub(w[0])).max().unwrap_or(0);
+    assert!(
+        failed >= 1 || longest_gap >= 1000,
+        "the freeze hit the job: {failed} failed, longest gap {longest_gap} ms ({completed} completed)"
+    );
+    assert!(completed >= 2 && outcome.last_checkpoint.is_some(), "checkpoints completed before and after");
+    assert_exactly_once(dir.path(), spec.count, spec.keys);
+}
