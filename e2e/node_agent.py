@@ -15,7 +15,8 @@ one Node as local processes and reports their status.
   written to a pod directory, emptyDir is a pod directory, hostPath is the
   host's directory, and a persistentVolumeClaim is the hostPath of the
   PersistentVolume it is bound to (the pod waits until it is bound).
-- Exit code -> container terminated, pod Succeeded/Failed (restartPolicy
+- Exit code -> container terminated (with the log's tail as its message
+  under terminationMessagePolicy FallbackToLogsOnError), pod Succeeded/Failed (restartPolicy
   Never) or restarted (Always). Deleting a pod kills its process.
 
 Talks to the API server through `kubectl proxy` on loopback.
@@ -227,6 +228,15 @@ class Agent:
         else:
             phase = "Succeeded" if code == 0 else "Failed"
             state = {"terminated": {"exitCode": code, "reason": reason, "startedAt": now(), "finishedAt": now()}}
+            if code != 0 and container.get("terminationMessagePolicy") == "FallbackToLogsOnError":
+                # As a kubelet: the log's tail, at most 80 lines and 2048 bytes.
+                path = os.path.join(self.workdir, "pods", ns, name, "log")
+                try:
+                    with open(path, "rb") as f:
+                        tail = b"\n".join(f.read().splitlines()[-80:])[-2048:]
+                    state["terminated"]["message"] = tail.decode("utf-8", "replace")
+                except OSError:
+                    pass
             ready = False
         cond = "True" if ready else "False"
         status = {"status": {

@@ -288,4 +288,6 @@ sleep 4
 [ "$(kubectl get sj broken -o jsonpath='{.status.restarts.count}')" = "$restarts" ] || fail "restarted after giving up"
 kubectl get pod broken-coordinator > /dev/null || fail "failed pods are kept for their logs"
 kubectl get sj broken -o jsonpath='{.status.restarts.lastFailure}' | grep -q coordinator || fail "last failure not recorded"
-scenario "restart budget exhausted (bad records, fail policy): Failed, Warning event, no further restarts" "$t"
+why=$(kubectl get sj broken -o jsonpath='{.status.restarts.lastFailure.message}')
+echo "$why" | grep -q "bad.jsonl:2" || fail "the failure's cause is not in status: '$why'"
+scenario "restart budget exhausted (bad records, fail policy): Failed, Warning event, no further restarts; cause in status: ${why:0:90}" "$t"

@@ -85,6 +85,10 @@ pub struct Failure {
     pub reason: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
+    /// The end of what the container said before it ended (its termination
+    /// message, or its last log lines), e.g. the bad record that failed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
     /// RFC 3339.
     pub time: String,
 }

@@ -146,6 +146,7 @@ fn pod_view(pod: &Pod) -> Option<PodView> {
         phase,
         spec_hash: labels.get(HASH_LABEL).cloned().unwrap_or_default(),
         exit_code: terminated.map(|t| t.exit_code),
+        message: terminated.and_then(|t| t.message.clone()),
         reason: terminated.and_then(|t| t.reason.clone()).or_else(|| status.and_then(|s| s.reason.clone())),
         deleting: pod.metadata.deletion_timestamp.is_some(),
     })

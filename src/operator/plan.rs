@@ -68,6 +68,8 @@ pub struct PodView {
     pub spec_hash: String,
     pub exit_code: Option<i32>,
     pub reason: Option<String>,
+    /// The terminated container's message (see [`Failure::message`]).
+    pub message: Option<String>,
     pub deleting: bool,
 }
 
@@ -343,12 +345,14 @@ pub fn plan(job: &StreamJob, observed: &Observed, settings: &Settings) -> Plan {
                 pod: pod.name.clone(),
                 reason: pod.reason.clone().unwrap_or_else(|| "Failed".into()),
                 exit_code: pod.exit_code,
+                message: pod.message.as_deref().and_then(failure_message),
                 time: now_text.clone(),
             },
             None => Failure {
                 pod: missing_pod(&name, spec, &live),
                 reason: "PodDeleted".into(),
                 exit_code: None,
+                message: None,
                 time: now_text.clone(),
             },
         };
@@ -362,10 +366,11 @@ pub fn plan(job: &StreamJob, observed: &Observed, settings: &Settings) -> Plan {
         p.status.restarts.failure_times_ms = times.clone();
         p.status.restarts.last_failure = Some(failure.clone());
         let note = format!(
-            "pod {} failed: {}{}",
+            "pod {} failed: {}{}{}",
             failure.pod,
             failure.reason,
-            failure.exit_code.map_or(String::new(), |c| format!(" (exit code {c})"))
+            failure.exit_code.map_or(String::new(), |c| format!(" (exit code {c})")),
+            failure.message.as_deref().map_or(String::new(), |m| format!(": {m}"))
         );
         match next_restart(&strategy, &times, now, seed) {
             RestartDecision::RestartAt(at) => {
@@ -593,6 +598,19 @@ pub fn effective_storage(spec: &StreamJobSpec, settings: &Settings) -> String {
     }
 }
 
+/// What a status can hold of a container's last words: the `error:` line
+/// the weir binary prints when it fails, else the last line, shortened.
+fn failure_message(text: &str) -> Option<String> {
+    let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let line = lines.iter().rev().find(|l| l.starts_with("error:")).or(lines.last())?;
+    let line = line.strip_prefix("error:").unwrap_or(line).trim();
+    let mut short: String = line.chars().take(480).collect();
+    if short.len() < line.len() {
+        short.push_str(" ...");
+    }
+    Some(short)
+}
+
 /// The role label of the pod that purges a deleted job's checkpoints.
 pub const PURGE_ROLE: &str = "purge";
 
@@ -619,8 +637,6 @@ pub fn purge_pod(job: &StreamJob, settings: &Settings) -> Pod {
     if let Some(c) = p.spec.as_mut().and_then(|s| s.containers.first_mut()) {
         c.args = Some(vec!["checkpoints".into(), "purge".into(), location]);
         c.env = None;
-        // A failure's reason reaches the operator's event through the pod status.
-        c.termination_message_policy = Some("FallbackToLogsOnError".into());
     }
     if let Ok(Some(t)) = pod_template::parse(spec.pod_template.as_ref()) {
         pod_template::apply(&mut p, &t);
@@ -809,6 +825,9 @@ fn pod(job: &StreamJob, role: Role, image: &str, settings: &Settings, hash: &str
                 image_pull_policy: Some(settings.image_pull_policy.clone()),
                 command: Some(vec!["weir".into()]),
                 args: Some(args),
+                // Why a container failed reaches status and events through
+                // its termination message: the last log lines.
+                termination_message_policy: Some("FallbackToLogsOnError".into()),
                 env: Some(envs),
                 ports,
                 resources,

@@ -54,6 +54,7 @@ fn pods(job: &StreamJob, phase: PodPhase) -> Vec<PodView> {
         spec_hash: hash.clone(),
         exit_code: None,
         reason: None,
+        message: None,
         deleting: false,
     }];
     for i in 0..job.spec.0.workers {
@@ -452,4 +453,28 @@ fn a_failure_seen_mid_second_still_waits_the_whole_delay() {
     assert!(early.delete.is_empty(), "restarted {} ms after the failure", 999);
     let due = step(&mut j, &Observed { pods: failed, coordinator: running(T0), now_ms: seen + 1_000 });
     assert_eq!(due.delete, ["counts-worker-0"]);
+}
+
+#[test]
+fn a_failed_pods_last_words_reach_status_and_the_event() {
+    let mut j = job(|_| {});
+    step(&mut j, &Observed { now_ms: T0, ..Observed::default() });
+    {
+        let o = up(&j, T0);
+        step(&mut j, &o)
+    };
+    let mut failed = pods(&j, PodPhase::Running);
+    failed[0].phase = PodPhase::Failed;
+    failed[0].exit_code = Some(1);
+    failed[0].message = Some(
+        "INFO completed checkpoint 3\nerror: task source failed: bad record at /in/a.jsonl:2: expected value\n".into(),
+    );
+    let p = step(&mut j, &Observed { pods: failed, coordinator: None, now_ms: T0 + 1000 });
+    let f = p.status.restarts.last_failure.unwrap();
+    assert_eq!(f.message.as_deref(), Some("task source failed: bad record at /in/a.jsonl:2: expected value"));
+    let event = p.events.iter().find(|e| e.reason == "PodFailed").unwrap();
+    assert!(event.note.contains("/in/a.jsonl:2"), "{}", event.note);
+    let long = "x".repeat(5000);
+    assert_eq!(failure_message(&long).unwrap().chars().count(), 484, "kept short: 480 characters and ' ...'");
+    assert_eq!(failure_message("\n \n"), None);
 }
