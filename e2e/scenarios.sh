@@ -42,9 +42,11 @@ scenario "control plane and node agent up" "$t"
 t=$(date +%s)
 helm=$("$root/scripts/test-chart" --print-helm 2> /dev/null | tail -1)
 "$helm" install weir "$root/charts/weir" --namespace weir-system --create-namespace \
-  --set checkpoints.defaultStorage="file://$dir/storage" --set leaderElection.enabled=true > /dev/null
+  --set checkpoints.defaultStorage="file://$dir/storage" --set leaderElection.enabled=true > "$dir/notes.txt"
 kubectl -n weir-system rollout status deployment/weir --timeout=60s > /dev/null || fail "operator not ready"
-scenario "helm install; operator Deployment ready" "$t"
+grep -q "kubectl apply -f examples/kubernetes/volume.yaml -f examples/kubernetes/counts.yaml" "$dir/notes.txt" \
+  || fail "NOTES.txt does not say how to run the example: $(cat "$dir/notes.txt")"
+scenario "helm install; operator Deployment ready; NOTES name the example to apply" "$t"
 
 t=$(date +%s)
 # The cluster's storage, as an administrator provides it: a ReadWriteMany
