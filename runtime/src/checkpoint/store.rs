@@ -127,6 +127,16 @@ pub struct RestoredCheckpoint {
 }
 
 impl RestoredCheckpoint {
+    /// Refuses state whose key groups cannot be mapped onto `expected`.
+    pub fn require_max_parallelism(&self, expected: u32) -> Result<(), CheckpointError> {
+        let found = self.metadata.max_parallelism;
+        if found == expected {
+            Ok(())
+        } else {
+            Err(CheckpointError::MaxParallelismChanged { id: self.id, found, expected })
+        }
+    }
+
     /// Keyed state blobs of the key groups in `range`, from whichever old
     /// subtasks held them.
     pub fn keyed(&self, uid: &str, range: KeyGroupRange) -> Vec<(u16, &[u8])> {
@@ -274,12 +284,13 @@ impl CheckpointStore {
 
     /// Reads and parses `_metadata` of checkpoint `id`.
     pub async fn read_metadata(&self, id: u64) -> Result<CheckpointMetadata, CheckpointError> {
-        self.read_metadata_in(&checkpoint_dir(id), id).await
+        self.read_metadata_in(&checkpoint_dir(id), Some(id)).await
     }
 
     /// `_metadata` in `dir` (relative to the store; empty: the store itself),
-    /// which must name checkpoint `id`.
-    async fn read_metadata_in(&self, dir: &str, id: u64) -> Result<CheckpointMetadata, CheckpointError> {
+    /// which must name checkpoint `expected` when given.
+    async fn read_metadata_in(&self, dir: &str, expected: Option<u64>) -> Result<CheckpointMetadata, CheckpointError> {
+        let id = expected.unwrap_or(0);
         let path = join(dir, METADATA_FILE);
         let bytes = match self.op.read(&path).await {
             Ok(b) => b.to_vec(),
@@ -295,7 +306,7 @@ impl CheckpointStore {
             path: self.full(&path),
             reason: e.to_string(),
         })?;
-        if meta.id != id {
+        if expected.is_some_and(|id| meta.id != id) {
             return Err(CheckpointError::BadMetadata {
                 id,
                 path: self.full(&path),
@@ -314,21 +325,12 @@ impl CheckpointStore {
     /// Loads the savepoint or checkpoint whose directory this store was
     /// opened at (`open_dir`), checking every file against its `_metadata`.
     pub async fn load_snapshot_here(&self) -> Result<RestoredCheckpoint, CheckpointError> {
-        let bytes = match self.op.read(METADATA_FILE).await {
-            Ok(b) => b.to_vec(),
-            Err(e) if e.kind() == ErrorKind::NotFound => {
+        let metadata = match self.read_metadata_in("", None).await {
+            Err(CheckpointError::MissingMetadata { .. }) => {
                 return Err(CheckpointError::NotASnapshot { path: self.location.clone() })
             }
-            Err(source) => {
-                return Err(CheckpointError::Io {
-                    action: "read",
-                    path: self.full(METADATA_FILE),
-                    source: Box::new(source),
-                })
-            }
+            read => read?,
         };
-        let id = serde_json::from_slice::<CheckpointMetadata>(&bytes).map(|m| m.id).unwrap_or(0);
-        let metadata = self.read_metadata_in("", id).await?;
         self.load_files("", metadata, self.location.clone()).await
     }
 
@@ -389,13 +391,7 @@ impl CheckpointStore {
         for id in self.checkpoint_ids().await? {
             match self.load_verified(id).await {
                 Ok(mut restored) => {
-                    if restored.metadata.max_parallelism != max_parallelism {
-                        return Err(CheckpointError::MaxParallelismChanged {
-                            id,
-                            found: restored.metadata.max_parallelism,
-                            expected: max_parallelism,
-                        });
-                    }
+                    restored.require_max_parallelism(max_parallelism)?;
                     if !skipped.is_empty() {
                         warn!(checkpoint = id, skipped = ?skipped.iter().map(|(id, _)| id).collect::<Vec<_>>(),
                             "restoring from checkpoint {id}, an older one, because newer checkpoints are damaged");

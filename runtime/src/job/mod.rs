@@ -153,20 +153,9 @@ pub async fn restore_point(
         restored = None;
     }
     if let (None, Some(uri), 0) = (&restored, initial, not_before_ms) {
-        let snapshot = CheckpointStore::open_dir(uri)
-            .map_err(|e| JobError::InitialSavepoint { uri: uri.into(), reason: e.to_string() })?
-            .load_snapshot_here()
-            .await
-            .map_err(|e| JobError::InitialSavepoint { uri: uri.into(), reason: e.to_string() })?;
-        if snapshot.metadata.max_parallelism != max_parallelism {
-            return Err(JobError::InitialSavepoint {
-                uri: uri.into(),
-                reason: format!(
-                    "it was taken with maxParallelism {}, the job has {}: key groups cannot be mapped",
-                    snapshot.metadata.max_parallelism, max_parallelism
-                ),
-            });
-        }
+        let refused = |e: CheckpointError| JobError::InitialSavepoint { uri: uri.into(), reason: e.to_string() };
+        let snapshot = CheckpointStore::open_dir(uri).map_err(refused)?.load_snapshot_here().await.map_err(refused)?;
+        snapshot.require_max_parallelism(max_parallelism).map_err(refused)?;
         restored = Some(Arc::new(RestoredCheckpoint { external: true, ..snapshot }));
     }
     match &restored {
