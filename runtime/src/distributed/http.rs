@@ -91,7 +91,11 @@ async fn checkpoints(State(shared): State<Arc<Shared>>) -> Response {
     .into_response()
 }
 
-async fn take_savepoint(shared: &Shared, stop: bool) -> Response {
+/// Both mutating calls: they need the job token.
+async fn take_savepoint(shared: &Shared, headers: &HeaderMap, stop: bool) -> Response {
+    if !authorized(shared, headers) {
+        return error(StatusCode::UNAUTHORIZED, "this call needs the job token: Authorization: Bearer <token>");
+    }
     let (reply, result) = tokio::sync::oneshot::channel();
     let request = if stop { Request::Stop { reply } } else { Request::Checkpoint { reply } };
     if shared.requests.send(request).await.is_err() {
@@ -109,17 +113,11 @@ async fn take_savepoint(shared: &Shared, stop: bool) -> Response {
 }
 
 async fn savepoint(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    if !authorized(&shared, &headers) {
-        return unauthorized();
-    }
-    take_savepoint(&shared, false).await
+    take_savepoint(&shared, &headers, false).await
 }
 
 async fn stop(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    if !authorized(&shared, &headers) {
-        return unauthorized();
-    }
-    take_savepoint(&shared, true).await
+    take_savepoint(&shared, &headers, true).await
 }
 
 /// Mutating calls present the job token as `Authorization: Bearer <token>`;
@@ -131,10 +129,6 @@ fn authorized(shared: &Shared, headers: &HeaderMap) -> bool {
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
     shared.token.admits(presented)
-}
-
-fn unauthorized() -> Response {
-    error(StatusCode::UNAUTHORIZED, "this call needs the job token: Authorization: Bearer <token>")
 }
 
 async fn ready(State(shared): State<Arc<Shared>>) -> Response {
