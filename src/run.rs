@@ -9,6 +9,7 @@ use anyhow::Context;
 
 use crate::restart_strategy::{next_restart, RestartDecision};
 use weir_runtime::faults::Faults;
+use weir_runtime::job::coordinate::wall_ms;
 use weir_runtime::job::{run_job, JobConfig};
 use weir_runtime::manifest::StreamJob;
 use weir_runtime::metrics::JobMetrics;
@@ -35,8 +36,7 @@ pub async fn run(file: &Path, progress_line: bool) -> anyhow::Result<()> {
             Ok(outcome) => break Some(outcome),
             Err(e) => e,
         };
-        let now =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let now = wall_ms();
         failures.push(now);
         match next_restart(&strategy, &failures, now, seed) {
             RestartDecision::RestartAt(at) => {

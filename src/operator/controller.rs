@@ -3,10 +3,10 @@
 //! because an event, a savepoint or a status write failed.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_trait::async_trait;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, ContainerStateTerminated, Pod, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
@@ -15,6 +15,7 @@ use kube::runtime::finalizer::{finalizer, Event as FinalizerEvent};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::{json, Value};
 use tracing::{info, warn, Instrument};
+use weir_runtime::job::coordinate::wall_ms;
 use weir_runtime::manifest::DeletionPolicy;
 
 use super::coordinator_api::CoordinatorApi;
@@ -77,10 +78,6 @@ pub struct Context {
     pub failures: std::sync::Mutex<std::collections::HashMap<String, u32>>,
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
-
 pub async fn reconcile(job: Arc<StreamJob>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = std::time::Instant::now();
     let ns = job.namespace().ok_or(Error::NoNamespace)?;
@@ -119,6 +116,11 @@ pub fn error_policy(job: Arc<StreamJob>, error: &Error, ctx: Arc<Context>) -> Ac
     Action::requeue(delay)
 }
 
+/// How the pod's (only) container ended, if it has.
+fn terminated(pod: &Pod) -> Option<&ContainerStateTerminated> {
+    pod.status.as_ref()?.container_statuses.as_ref()?.first()?.state.as_ref()?.terminated.as_ref()
+}
+
 fn pod_view(pod: &Pod) -> Option<PodView> {
     let labels = pod.metadata.labels.as_ref()?;
     let name = pod.name_any();
@@ -135,11 +137,7 @@ fn pod_view(pod: &Pod) -> Option<PodView> {
         Some("Failed") => PodPhase::Failed,
         _ => PodPhase::Unknown,
     };
-    let terminated = status
-        .and_then(|s| s.container_statuses.as_ref())
-        .and_then(|c| c.first())
-        .and_then(|c| c.state.as_ref())
-        .and_then(|s| s.terminated.as_ref());
+    let terminated = terminated(pod);
     Some(PodView {
         name,
         role,
@@ -159,7 +157,7 @@ async fn observe(job: &StreamJob, ctx: &Context, ns: &str) -> Result<Observed, E
     let pods = list.items.iter().filter_map(pod_view).collect::<Vec<_>>();
     let coordinator_up = pods.iter().any(|p| p.role == Role::Coordinator && p.phase == PodPhase::Running);
     let coordinator = if coordinator_up { ctx.coordinator.view(ns, &name).await } else { None };
-    Ok(Observed { pods, coordinator, now_ms: now_ms() })
+    Ok(Observed { pods, coordinator, now_ms: wall_ms() })
 }
 
 async fn apply(job: Arc<StreamJob>, ctx: &Context) -> Result<Action, Error> {
@@ -363,29 +361,20 @@ async fn purge(job: &StreamJob, ctx: &Context, ns: &str) -> Result<String, Strin
     stop_job_pods(job, &pods).await?;
     let pod = plan::purge_pod(job, &ctx.settings);
     let pod_name = pod.name_any();
-    let location = pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.containers.first())
-        .and_then(|c| c.args.as_ref())
-        .and_then(|a| a.last().cloned())
-        .unwrap_or_default();
+    let location = plan::checkpoint_location(job, &ctx.settings);
     // An existing purge pod (from a reconcile cut short) is reused, not duplicated.
     pods.patch(&pod_name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&pod))
         .await
         .map_err(|e| format!("cannot create pod {pod_name} to purge {location}: {e}"))?;
     let deadline = tokio::time::Instant::now() + PURGE_TIMEOUT;
     loop {
-        let status = pods.get_opt(&pod_name).await.ok().flatten().and_then(|p| p.status);
-        match status.as_ref().and_then(|s| s.phase.as_deref()) {
+        let seen = pods.get_opt(&pod_name).await.ok().flatten();
+        match seen.as_ref().and_then(|p| p.status.as_ref()).and_then(|s| s.phase.as_deref()) {
             Some("Succeeded") => return Ok(format!("purged checkpoints and savepoints under {location}")),
             Some("Failed") => {
-                let why = status
+                let why = seen
                     .as_ref()
-                    .and_then(|s| s.container_statuses.as_ref())
-                    .and_then(|c| c.first())
-                    .and_then(|c| c.state.as_ref())
-                    .and_then(|s| s.terminated.as_ref())
+                    .and_then(terminated)
                     .map(|t| t.message.clone().unwrap_or_else(|| format!("exit code {}", t.exit_code)))
                     .unwrap_or_else(|| "no reason given".into());
                 return Err(format!("pod {pod_name} failed to purge {location}: {}", why.trim()));

@@ -7,8 +7,8 @@ use std::hash::{Hash, Hasher};
 
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvFromSource, EnvVar, EnvVarSource, Pod,
-    PodSecurityContext, PodSpec, ResourceRequirements, Secret, SecretEnvSource, SecretKeySelector, SecurityContext,
-    Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+    PodSecurityContext, PodSpec, PodTemplateSpec, ResourceRequirements, Secret, SecretEnvSource, SecretKeySelector,
+    SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::api::networking::v1::{
     NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort, NetworkPolicySpec,
@@ -138,9 +138,13 @@ pub const TOKEN_KEY: &str = "token";
 /// created (never re-applied: a new value would lock out running pods).
 pub fn token_secret(job: &StreamJob, token: &str) -> Secret {
     let name = job.metadata.name.clone().unwrap_or_default();
-    let owner = job.controller_owner_ref(&()).map(|o| vec![o]).unwrap_or_default();
     Secret {
-        metadata: meta(token_secret_name(&name), job.metadata.namespace.as_deref(), labels(&name, None, None), &owner),
+        metadata: meta(
+            token_secret_name(&name),
+            job.metadata.namespace.as_deref(),
+            labels(&name, None, None),
+            &owner(job),
+        ),
         string_data: Some(BTreeMap::from([(TOKEN_KEY.to_string(), token.to_string())])),
         type_: Some("Opaque".into()),
         ..Secret::default()
@@ -423,17 +427,13 @@ pub fn plan(job: &StreamJob, observed: &Observed, settings: &Settings) -> Plan {
     }
 
     // The desired objects.
-    let owner = job.controller_owner_ref(&()).map(|o| vec![o]).unwrap_or_default();
+    let owner = owner(job);
     p.config_map = Some(config_map(job, &owner, settings));
     p.service = Some(service(&name, job.metadata.namespace.as_deref(), &owner));
     if settings.network_policies {
         p.network_policy = Some(network_policy(&name, job.metadata.namespace.as_deref(), &owner));
     }
-    let image = spec.image.clone().unwrap_or_else(|| settings.job_image.clone());
-    let mut coordinator = pod(job, Role::Coordinator, &image, settings, &hash, &owner);
-    if let Some(t) = &template {
-        pod_template::apply(&mut coordinator, t);
-    }
+    let mut coordinator = pod(job, Role::Coordinator, settings, &hash, &owner, template.as_ref());
     if let Some(reset) = p.status.state_reset_at_ms {
         if let Some(c) = coordinator.spec.as_mut().and_then(|s| s.containers.first_mut()) {
             c.env.get_or_insert_with(Vec::new).push(env("WEIR_IGNORE_CHECKPOINTS_BEFORE_MS", reset.to_string()));
@@ -441,11 +441,7 @@ pub fn plan(job: &StreamJob, observed: &Observed, settings: &Settings) -> Plan {
     }
     p.pods.push(coordinator);
     for i in 0..spec.workers {
-        let mut worker = pod(job, Role::Worker(i), &image, settings, &hash, &owner);
-        if let Some(t) = &template {
-            pod_template::apply(&mut worker, t);
-        }
-        p.pods.push(worker);
+        p.pods.push(pod(job, Role::Worker(i), settings, &hash, &owner, template.as_ref()));
     }
     if old.deployed_spec_hash.as_deref() != Some(hash.as_str()) {
         p.events.push(Event {
@@ -572,6 +568,11 @@ fn labels(job: &str, role: Option<Role>, hash: Option<&str>) -> BTreeMap<String,
     l
 }
 
+/// The StreamJob as controller owner, so garbage collection removes what it owns.
+fn owner(job: &StreamJob) -> Vec<OwnerReference> {
+    job.controller_owner_ref(&()).map(|o| vec![o]).unwrap_or_default()
+}
+
 fn meta(
     name: String,
     namespace: Option<&str>,
@@ -624,24 +625,29 @@ pub fn purge_pod_name(job: &str) -> String {
 /// credentials may exist only there, not in the operator's pod.
 pub fn purge_pod(job: &StreamJob, settings: &Settings) -> Pod {
     let name = job.metadata.name.clone().unwrap_or_default();
-    let ns = job.metadata.namespace.clone().unwrap_or_else(|| "default".into());
-    let spec = &job.spec.0;
-    let image = spec.image.clone().unwrap_or_else(|| settings.job_image.clone());
-    let owner = job.controller_owner_ref(&()).map(|o| vec![o]).unwrap_or_default();
-    let mut p = pod(job, Role::Worker(0), &image, settings, "", &owner);
+    // The operator's own settings only: the template is merged after the
+    // worker's arguments and environment are replaced.
+    let mut p = pod(job, Role::Worker(0), settings, "", &owner(job), None);
     let mut l = labels(&name, None, None);
     l.insert(ROLE_LABEL.into(), PURGE_ROLE.into());
     p.metadata.name = Some(purge_pod_name(&name));
     p.metadata.labels = Some(l);
-    let location = format!("{}/{ns}/{name}", effective_storage(spec, settings).trim_end_matches('/'));
     if let Some(c) = p.spec.as_mut().and_then(|s| s.containers.first_mut()) {
-        c.args = Some(vec!["checkpoints".into(), "purge".into(), location]);
+        c.args = Some(vec!["checkpoints".into(), "purge".into(), checkpoint_location(job, settings)]);
         c.env = None;
     }
-    if let Ok(Some(t)) = pod_template::parse(spec.pod_template.as_ref()) {
+    if let Ok(Some(t)) = pod_template::parse(job.spec.0.pod_template.as_ref()) {
         pod_template::apply(&mut p, &t);
     }
     p
+}
+
+/// The job's own directory under its effective storage, as the runtime
+/// lays it out (`<storage>/<namespace>/<name>`).
+pub fn checkpoint_location(job: &StreamJob, settings: &Settings) -> String {
+    let name = job.metadata.name.as_deref().unwrap_or_default();
+    let ns = job.metadata.namespace.as_deref().unwrap_or("default");
+    format!("{}/{ns}/{name}", effective_storage(&job.spec.0, settings).trim_end_matches('/'))
 }
 
 fn config_map(job: &StreamJob, owner: &[OwnerReference], settings: &Settings) -> ConfigMap {
@@ -730,10 +736,19 @@ fn env(name: &str, value: impl Into<String>) -> EnvVar {
     EnvVar { name: name.into(), value: Some(value.into()), ..EnvVar::default() }
 }
 
-fn pod(job: &StreamJob, role: Role, image: &str, settings: &Settings, hash: &str, owner: &[OwnerReference]) -> Pod {
+/// A job pod: the operator's settings, then the user's pod template.
+fn pod(
+    job: &StreamJob,
+    role: Role,
+    settings: &Settings,
+    hash: &str,
+    owner: &[OwnerReference],
+    template: Option<&PodTemplateSpec>,
+) -> Pod {
     let name = job.metadata.name.clone().unwrap_or_default();
     let ns = job.metadata.namespace.clone().unwrap_or_else(|| "default".into());
     let spec = &job.spec.0;
+    let image = spec.image.as_deref().unwrap_or(&settings.job_image);
     let token = EnvVar {
         name: "WEIR_JOB_TOKEN".into(),
         value_from: Some(EnvVarSource {
@@ -808,7 +823,7 @@ fn pod(job: &StreamJob, role: Role, image: &str, settings: &Settings, hash: &str
         ]),
         Role::Worker(_) => None,
     };
-    Pod {
+    let mut pod = Pod {
         metadata: meta(pod_name, job.metadata.namespace.as_deref(), labels(&name, Some(role), Some(hash)), owner),
         spec: Some(PodSpec {
             restart_policy: Some("Never".into()),
@@ -850,7 +865,11 @@ fn pod(job: &StreamJob, role: Role, image: &str, settings: &Settings, hash: &str
             ..PodSpec::default()
         }),
         ..Pod::default()
+    };
+    if let Some(t) = template {
+        pod_template::apply(&mut pod, t);
     }
+    pod
 }
 
 #[cfg(test)]

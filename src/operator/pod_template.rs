@@ -9,8 +9,6 @@
 //! sidecar a writable root); and the container named `weir` is merged with
 //! the operator's container while other containers are kept as sidecars.
 
-use std::collections::BTreeMap;
-
 use k8s_openapi::api::core::v1::{Container, Pod, PodTemplateSpec};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -52,8 +50,8 @@ pub fn parse(value: Option<&serde_json::Value>) -> Result<Option<PodTemplateSpec
 /// Merges `template` into `pod` (see the module docs for the rules).
 pub fn apply(pod: &mut Pod, template: &PodTemplateSpec) {
     if let Some(meta) = &template.metadata {
-        pod.metadata.labels = union_maps(meta.labels.clone(), pod.metadata.labels.take());
-        pod.metadata.annotations = union_maps(meta.annotations.clone(), pod.metadata.annotations.take());
+        pod.metadata.labels = extended(meta.labels.clone(), pod.metadata.labels.take());
+        pod.metadata.annotations = extended(meta.annotations.clone(), pod.metadata.annotations.take());
     }
     let (Some(ours), Some(theirs)) = (pod.spec.as_mut(), template.spec.as_ref()) else { return };
     let mut merged = theirs.clone();
@@ -75,7 +73,7 @@ pub fn apply(pod: &mut Pod, template: &PodTemplateSpec) {
 
 fn merge_container(ours: &mut Container, theirs: &Container) {
     ours.env = union_by(theirs.env.clone(), ours.env.take(), |e| e.name.clone());
-    ours.env_from = concat(theirs.env_from.clone(), ours.env_from.take());
+    ours.env_from = extended(theirs.env_from.clone(), ours.env_from.take());
     ours.volume_mounts = union_by(theirs.volume_mounts.clone(), ours.volume_mounts.take(), |m| m.mount_path.clone());
     ours.resources = overlay(theirs.resources.clone(), ours.resources.take());
     ours.security_context = overlay(ours.security_context.take(), theirs.security_context.clone());
@@ -86,10 +84,8 @@ fn merge_container(ours: &mut Container, theirs: &Container) {
     ours.working_dir = ours.working_dir.take().or_else(|| theirs.working_dir.clone());
 }
 
-fn union_maps(
-    base: Option<BTreeMap<String, String>>,
-    top: Option<BTreeMap<String, String>>,
-) -> Option<BTreeMap<String, String>> {
+/// The base extended by the top: a list appended, a map's keys overridden.
+fn extended<C: Extend<I> + IntoIterator<Item = I>, I>(base: Option<C>, top: Option<C>) -> Option<C> {
     match (base, top) {
         (Some(mut base), Some(top)) => {
             base.extend(top);
@@ -106,16 +102,6 @@ fn union_by<T, K: PartialEq>(base: Option<Vec<T>>, top: Option<Vec<T>>, key: imp
             let mut out: Vec<T> = base.into_iter().filter(|b| !top.iter().any(|t| key(t) == key(b))).collect();
             out.extend(top);
             Some(out)
-        }
-        (base, top) => top.or(base),
-    }
-}
-
-fn concat<T>(base: Option<Vec<T>>, top: Option<Vec<T>>) -> Option<Vec<T>> {
-    match (base, top) {
-        (Some(mut base), Some(top)) => {
-            base.extend(top);
-            Some(base)
         }
         (base, top) => top.or(base),
     }
@@ -152,6 +138,8 @@ fn merge_json(base: &mut serde_json::Value, top: serde_json::Value) {
 mod tests {
     use k8s_openapi::api::core::v1::{EnvVar, PodSecurityContext, PodSpec, SecurityContext, Volume, VolumeMount};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use std::collections::BTreeMap;
+
     use serde_json::json;
 
     use super::*;
