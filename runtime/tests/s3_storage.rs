@@ -44,22 +44,6 @@ fn checkpoints_in_s3_restore_after_crashes_with_exact_output() {
     assert_eq!(Some(latest.id), outcome.last_checkpoint.map(|c| c.id));
 }
 
-/// Runs `job` once and returns its outcome with the metrics it kept.
-fn run_with_metrics(
-    job: &weir_runtime::manifest::StreamJob,
-) -> (
-    Result<weir_runtime::job::JobOutcome, weir_runtime::job::JobError>,
-    std::sync::Arc<weir_runtime::metrics::JobMetrics>,
-) {
-    let graph = weir_runtime::pipeline::build(&job.spec).expect("pipeline builds");
-    let config = weir_runtime::job::JobConfig::for_job(job);
-    let metrics = std::sync::Arc::new(weir_runtime::metrics::JobMetrics::default());
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let result = rt.block_on(weir_runtime::job::run_job(graph, &config, metrics.clone()));
-    rt.shutdown_timeout(std::time::Duration::from_secs(5));
-    (result, metrics)
-}
-
 fn signal(pid: &str, sig: &str) {
     assert!(std::process::Command::new("kill").args(["-s", sig, pid]).status().unwrap().success());
 }
@@ -82,7 +66,7 @@ fn storage_that_stops_answering_fails_checkpoints_not_the_output() {
     let mut job = manifest(dir.path(), &spec);
     job.spec.checkpoints.timeout = "400ms".parse().unwrap();
     job.spec.checkpoints.tolerable_failures = 1000;
-    let running = std::thread::spawn(move || run_with_metrics(&job));
+    let running = std::thread::spawn(move || run_with_metrics(&job, Faults::none()));
     std::thread::sleep(std::time::Duration::from_millis(700));
     // The server freezes mid-job: every request to it hangs.
     signal(&pid, "STOP");

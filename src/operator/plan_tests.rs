@@ -85,6 +85,16 @@ fn up(j: &StreamJob, now_ms: u64) -> Observed {
     Observed { pods: pods(j, PodPhase::Running), coordinator: running(T0), now_ms }
 }
 
+/// A job as `job` makes it, reconciled once while it has no pods and once
+/// while they all run.
+fn deployed(edit: impl FnOnce(&mut weir_runtime::manifest::StreamJobSpec)) -> StreamJob {
+    let mut j = job(edit);
+    step(&mut j, &Observed { now_ms: T0, ..Observed::default() });
+    let o = up(&j, T0);
+    step(&mut j, &o);
+    j
+}
+
 /// Plans, then feeds the plan's status back as the job's, as the API server would.
 fn step(job: &mut StreamJob, observed: &Observed) -> Plan {
     let p = plan(job, observed, &settings());
@@ -147,12 +157,7 @@ fn reapplying_an_unchanged_job_changes_no_pod_and_no_status() {
 
 #[test]
 fn a_failed_pod_is_recreated_after_the_fixed_delay_and_the_budget_then_runs_out() {
-    let mut j = job(|_| {});
-    step(&mut j, &Observed { now_ms: T0, ..Observed::default() });
-    {
-        let o = up(&j, T0);
-        step(&mut j, &o)
-    };
+    let mut j = deployed(|_| {});
     let mut failed = pods(&j, PodPhase::Running);
     failed[1].phase = PodPhase::Failed;
     failed[1].exit_code = Some(137);
@@ -183,12 +188,7 @@ fn a_failed_pod_is_recreated_after_the_fixed_delay_and_the_budget_then_runs_out(
 
 #[test]
 fn a_vanished_pod_counts_as_a_failure() {
-    let mut j = job(|s| s.restart_strategy = Default::default());
-    step(&mut j, &Observed { now_ms: T0, ..Observed::default() });
-    {
-        let o = up(&j, T0);
-        step(&mut j, &o)
-    };
+    let mut j = deployed(|s| s.restart_strategy = Default::default());
     let mut gone = pods(&j, PodPhase::Running);
     gone.remove(2);
     let p = step(&mut j, &Observed { pods: gone, coordinator: running(T0), now_ms: T0 + 100 });
@@ -436,15 +436,10 @@ fn the_purge_pod_runs_like_a_job_pod_and_names_the_jobs_directory() {
 
 #[test]
 fn a_failure_seen_mid_second_still_waits_the_whole_delay() {
-    let mut j = job(|s| {
+    let mut j = deployed(|s| {
         s.restart_strategy.fixed_delay =
             Some(weir_runtime::manifest::FixedDelay { attempts: 3, delay: "1s".parse().unwrap() });
     });
-    step(&mut j, &Observed { now_ms: T0, ..Observed::default() });
-    {
-        let o = up(&j, T0);
-        step(&mut j, &o)
-    };
     let mut failed = pods(&j, PodPhase::Running);
     failed[1].phase = PodPhase::Failed;
     let seen = T0 + 1_700;
@@ -457,12 +452,7 @@ fn a_failure_seen_mid_second_still_waits_the_whole_delay() {
 
 #[test]
 fn a_failed_pods_last_words_reach_status_and_the_event() {
-    let mut j = job(|_| {});
-    step(&mut j, &Observed { now_ms: T0, ..Observed::default() });
-    {
-        let o = up(&j, T0);
-        step(&mut j, &o)
-    };
+    let mut j = deployed(|_| {});
     let mut failed = pods(&j, PodPhase::Running);
     failed[0].phase = PodPhase::Failed;
     failed[0].exit_code = Some(1);

@@ -69,14 +69,20 @@ spec:
 
 /// Runs the job once in a fresh runtime, as a fresh process would.
 pub fn run_once(job: &StreamJob, faults: Faults) -> Result<JobOutcome, JobError> {
+    run_with_metrics(job, faults).0
+}
+
+/// [`run_once`], also returning the metrics the run kept.
+pub fn run_with_metrics(job: &StreamJob, faults: Faults) -> (Result<JobOutcome, JobError>, Arc<JobMetrics>) {
     let graph = weir_runtime::pipeline::build(&job.spec).expect("pipeline builds");
     let mut config = JobConfig::for_job(job);
     config.faults = faults;
     config.batch_size = 256;
+    let metrics = Arc::new(JobMetrics::default());
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let result = rt.block_on(run_job(graph, &config, Arc::new(JobMetrics::default())));
+    let result = rt.block_on(run_job(graph, &config, metrics.clone()));
     rt.shutdown_timeout(std::time::Duration::from_secs(5));
-    result
+    (result, metrics)
 }
 
 /// Every record counted exactly once (see [`weir_runtime::verify`]).
