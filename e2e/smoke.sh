@@ -5,6 +5,8 @@
 # owner references, writes status, and the printer columns show it.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
+# kubectl and helm from PyPI (scripts/k8s-tools), first on PATH.
+PATH="$("$here/../scripts/k8s-tools"):$PATH"
 root=$(cd "$here/.." && pwd)
 dir=$(mktemp -d /tmp/weir-e2e.XXXXXX)
 trap '"$here/stop-cluster.sh" "$dir"; [ -n "${op:-}" ] && kill "$op" 2>/dev/null; true' EXIT

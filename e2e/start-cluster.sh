@@ -4,6 +4,8 @@
 # registers a Ready Node named weir-node. Stop with e2e/stop-cluster.sh DIR.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
+# kubectl and helm from PyPI (scripts/k8s-tools), first on PATH.
+PATH="$("$here/../scripts/k8s-tools"):$PATH"
 dir=${1:-/tmp/weir-e2e}
 bin=$("$here/build-kubernetes.sh")
 mkdir -p "$dir" && cd "$dir"
