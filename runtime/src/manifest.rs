@@ -338,6 +338,22 @@ pub struct CheckpointOptions {
     /// `<storage>/<namespace>/<name>/`.
     #[serde(default = "default_storage")]
     pub storage: String,
+    /// What a restore does when the newest checkpoint is damaged and it falls
+    /// back to an older one while a sink already committed output of the
+    /// newer one: `Refuse` (default: the job fails, naming both checkpoints;
+    /// readers may have seen that output, so it is never retracted behind
+    /// their back) or `Retract` (that output is deleted and written again).
+    #[serde(default)]
+    pub on_fallback_past_committed_output: FallbackPolicy,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
+pub enum FallbackPolicy {
+    /// Fail the job rather than retract committed output.
+    #[default]
+    Refuse,
+    /// Delete output committed after the restored checkpoint; it is written again.
+    Retract,
 }
 
 fn default_interval() -> HumanDuration {
@@ -370,6 +386,7 @@ impl Default for CheckpointOptions {
             tolerable_failures: 0,
             retained: default_retained(),
             storage: default_storage(),
+            on_fallback_past_committed_output: FallbackPolicy::default(),
         }
     }
 }

@@ -104,7 +104,7 @@ pub fn keyed_sum(spec: &StreamJobSpec, args: &BTreeMap<String, String>) -> Resul
     match args.get("output") {
         Some(dir) => {
             let dir = PathBuf::from(dir);
-            sums.sink_two_phase("out", move |ctx| Ok(FileSink::<(u64, i64)>::new(dir.clone(), "part", ctx.subtask())));
+            sums.sink_two_phase("out", move |ctx| Ok(FileSink::<(u64, i64)>::for_task(dir.clone(), "part", ctx)));
         }
         None => {
             sums.sink(|ctx| Ok(Box::new(DiscardSink::<(u64, i64)>::new(ctx.clone())) as Box<dyn Collector<(u64, i64)>>))

@@ -61,7 +61,7 @@ fn addr() -> SocketAddr {
 fn network_frames_never_panic_the_decoder() {
     let register = ToCoordinator::Register { name: "w1".into(), data_addr: addr(), token: Some("t".into()) };
     let deploy = ToWorker::Deploy {
-        attempt: 3,
+        fence: weir_runtime::job::fence::Fence { incarnation: 5, epoch: 3 },
         manifest: "apiVersion: weir.dev/v1alpha1".into(),
         restore: Some(7),
         restore_from: Some("file:///sp".into()),
@@ -70,9 +70,10 @@ fn network_frames_never_panic_the_decoder() {
             data_addrs: vec![addr(), addr()],
         },
         worker_index: 1,
+        heartbeat_timeout_ms: 1000,
     };
     let hello =
-        DataHello { token: Some("t".into()), channel: ChannelKey { attempt: 1, edge: 0, upstream: 2, downstream: 3 } };
+        DataHello { token: Some("t".into()), channel: ChannelKey { epoch: 1, edge: 0, upstream: 2, downstream: 3 } };
     let batch: Message<serde_json::Value> =
         Message::Batch(vec![serde_json::json!({"key": "k1", "value": 5, "nested": [1.5, null, "x"]})]);
     let barrier: Message<serde_json::Value> = Message::Barrier(Barrier { id: 9, timestamp_ms: 1 });

@@ -9,6 +9,7 @@ use common::*;
 use weir_runtime::checkpoint::store::checkpoint_dir;
 use weir_runtime::faults::{FaultPoint, Faults};
 use weir_runtime::job::JobError;
+use weir_runtime::task::error::FailureKind;
 
 fn crash_plan(rng: &mut Rng) -> (FaultPoint, u64) {
     let point = FaultPoint::ALL[rng.below(FaultPoint::ALL.len() as u64) as usize];
@@ -21,7 +22,7 @@ fn crash_plan(rng: &mut Rng) -> (FaultPoint, u64) {
 }
 
 fn is_injected(e: &JobError) -> bool {
-    matches!(e, JobError::TaskFailed { reason, .. } | JobError::Background { reason, .. } if reason.contains("injected fault"))
+    weir_runtime::job::failure::kind(e) == FailureKind::Injected
 }
 
 /// Runs one job to completion through seeded crashes; returns crashes per point.
@@ -109,6 +110,63 @@ fn restores_from_the_checkpoint_before_a_corrupt_newest_one_and_says_so() {
     assert_exactly_once(dir.path(), spec.count, spec.keys);
 }
 
+/// Overwrites every state file of the newest completed checkpoint; returns its id.
+fn damage_newest_checkpoint(dir: &std::path::Path) -> u64 {
+    let base = dir.join("checkpoints/default/counts");
+    let newest = std::fs::read_dir(&base)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().join("_metadata").exists())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .max()
+        .unwrap();
+    for f in std::fs::read_dir(base.join(&newest)).unwrap().filter_map(|e| e.ok()) {
+        if f.file_name() != "_metadata" {
+            std::fs::write(f.path(), b"garbage").unwrap();
+        }
+    }
+    newest.trim_start_matches("chk-").parse().unwrap()
+}
+
+#[test]
+fn falling_back_past_committed_output_is_refused_unless_the_manifest_allows_retraction() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = JobSpec::default();
+    let mut job = manifest(dir.path(), &spec);
+    run_once(&job, Faults::none()).unwrap();
+    let committed = weir_runtime::connectors::file_sink::read_committed(&dir.path().join("out")).unwrap().len();
+    // The final checkpoint completed and its output is committed; then it is damaged.
+    let newest = damage_newest_checkpoint(dir.path());
+
+    let err = run_once(&job, Faults::none()).unwrap_err();
+    assert_eq!(weir_runtime::job::failure::kind(&err), FailureKind::CommittedOutputAhead, "{err}");
+    let text = err.to_string();
+    assert!(text.contains(&format!("output of checkpoint {newest}")), "{text}");
+    assert!(text.contains("onFallbackPastCommittedOutput"), "{text}");
+    let after = weir_runtime::connectors::file_sink::read_committed(&dir.path().join("out")).unwrap().len();
+    assert_eq!(after, committed, "nothing committed was retracted");
+
+    job.spec.checkpoints.on_fallback_past_committed_output = weir_runtime::manifest::FallbackPolicy::Retract;
+    let outcome = run_once(&job, Faults::none()).unwrap();
+    assert!(outcome.restored_from.unwrap() < newest);
+    assert_exactly_once(dir.path(), spec.count, spec.keys);
+}
+
+#[test]
+fn a_rerun_after_the_checkpoints_were_deleted_keeps_the_first_runs_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = JobSpec::default();
+    let job = manifest(dir.path(), &spec);
+    run_once(&job, Faults::none()).unwrap();
+    let first = weir_runtime::connectors::file_sink::read_committed(&dir.path().join("out")).unwrap().len();
+    assert!(first > 0);
+    // A stateless upgrade, a Purge or a new job with the same sink path.
+    std::fs::remove_dir_all(dir.path().join("checkpoints")).unwrap();
+    run_once(&job, Faults::none()).unwrap();
+    let both = weir_runtime::connectors::file_sink::read_committed(&dir.path().join("out")).unwrap().len();
+    assert_eq!(both, 2 * first, "the second run's output is added, the first run's is never replaced");
+}
+
 #[test]
 fn rescaling_two_three_one_across_restores_keeps_per_key_results_exact() {
     let dir = tempfile::tempdir().unwrap();
@@ -137,10 +195,15 @@ fn a_stateless_reset_time_hides_older_checkpoints_from_restore() {
     let store =
         weir_runtime::checkpoint::CheckpointStore::open(&job.spec.checkpoints.storage, "default", "counts").unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let (kept, next) = rt.block_on(weir_runtime::job::restore_point(&store, 16, "counts", 0, None)).unwrap();
-    assert!(kept.is_some());
-    let (hidden, next_after) =
-        rt.block_on(weir_runtime::job::restore_point(&store, 16, "counts", u64::MAX, None)).unwrap();
-    assert!(hidden.is_none(), "checkpoints before the reset are not restored");
-    assert_eq!(next, next_after, "ids still continue above every checkpoint");
+    let kept = rt.block_on(weir_runtime::job::restore_point(&store, 16, "counts", 0, None, 0)).unwrap();
+    assert!(kept.restored.is_some());
+    let hidden = rt.block_on(weir_runtime::job::restore_point(&store, 16, "counts", u64::MAX, None, 0)).unwrap();
+    assert!(hidden.restored.is_none(), "checkpoints before the reset are not restored");
+    assert_eq!(kept.next_id, hidden.next_id, "ids still continue above every checkpoint");
+    assert_ne!(kept.fence.incarnation, hidden.fence.incarnation, "starting empty starts a new incarnation");
+    let issued =
+        rt.block_on(weir_runtime::job::restore_point(&store, 16, "counts", 0, None, kept.next_id + 5)).unwrap();
+    assert_eq!(issued.next_id, kept.next_id + 6, "ids issued but never written are not used again");
+    assert_eq!(issued.fence.incarnation, kept.fence.incarnation, "a restore keeps the incarnation");
+    assert_ne!(issued.fence.epoch, kept.fence.epoch, "every attempt draws a new epoch");
 }

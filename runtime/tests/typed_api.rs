@@ -88,7 +88,7 @@ fn job(dir: &std::path::Path, parallelism: u32) -> JobGraph {
     .map(|(k, v): (u64, i64)| (k, v % 7))
     .key_by(|r: &(u64, i64)| r.0)
     .process("profile", Profile)
-    .sink_two_phase("out", move |ctx| Ok(FileSink::<Update>::new(out.clone(), "part", ctx.subtask())));
+    .sink_two_phase("out", move |ctx| Ok(FileSink::<Update>::for_task(out.clone(), "part", ctx)));
     env.build().unwrap()
 }
 

@@ -54,6 +54,7 @@ pub enum FailureVerdict {
 pub struct PendingCheckpoints {
     opts: CoordinatorOptions,
     job: String,
+    incarnation: u64,
     max_parallelism: u32,
     tasks: usize,
     next_id: u64,
@@ -79,6 +80,7 @@ impl PendingCheckpoints {
         PendingCheckpoints {
             opts,
             job,
+            incarnation: 0,
             max_parallelism,
             tasks,
             next_id,
@@ -89,6 +91,17 @@ impl PendingCheckpoints {
             final_wanted: false,
             final_id: None,
         }
+    }
+
+    /// Checkpoints record the job incarnation that wrote them.
+    pub fn with_incarnation(mut self, incarnation: u64) -> Self {
+        self.incarnation = incarnation;
+        self
+    }
+
+    /// The id the next trigger will use.
+    pub fn next_id(&self) -> u64 {
+        self.next_id
     }
 
     /// Whether a checkpoint should be triggered now.
@@ -113,7 +126,8 @@ impl PendingCheckpoints {
         if self.final_wanted {
             self.final_id = Some(id);
         }
-        let metadata = CheckpointMetadata::new(id, self.job.clone(), self.max_parallelism, wall_ms, wall_ms);
+        let mut metadata = CheckpointMetadata::new(id, self.job.clone(), self.max_parallelism, wall_ms, wall_ms);
+        metadata.incarnation = self.incarnation;
         self.pending.insert(id, Pending { started: now, acked: HashSet::new(), metadata });
         Barrier { id, timestamp_ms: wall_ms }
     }

@@ -51,6 +51,18 @@ pub enum CheckpointError {
     NoIntactCheckpoint { location: String, damaged: usize, newest_reason: String },
 }
 
+impl CheckpointError {
+    /// Storage that did not answer may answer later; anything else about a
+    /// checkpoint will not change by trying again.
+    pub fn failure_kind(&self) -> crate::task::error::FailureKind {
+        use crate::task::error::FailureKind;
+        match self {
+            CheckpointError::Io { .. } | CheckpointError::Storage(_) => FailureKind::Storage,
+            _ => FailureKind::Restore,
+        }
+    }
+}
+
 /// What `_metadata` records about a completed checkpoint.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -58,6 +70,10 @@ pub struct CheckpointMetadata {
     pub format: u32,
     pub id: u64,
     pub job: String,
+    /// The job incarnation that wrote it (see `job::fence`); 0 in
+    /// checkpoints written before incarnations existed.
+    #[serde(default)]
+    pub incarnation: u64,
     /// Milliseconds since the Unix epoch.
     pub triggered_at_ms: u64,
     pub completed_at_ms: u64,
@@ -91,6 +107,7 @@ impl CheckpointMetadata {
             format: METADATA_FORMAT,
             id,
             job,
+            incarnation: 0,
             triggered_at_ms,
             completed_at_ms,
             duration_ms: completed_at_ms.saturating_sub(triggered_at_ms),
@@ -193,8 +210,10 @@ fn parse_checkpoint_dir(name: &str) -> Option<u64> {
     name.trim_end_matches('/').strip_prefix("chk-")?.parse().ok()
 }
 
-pub fn state_file_name(uid: &str, subtask: u32, range: KeyGroupRange) -> String {
-    format!("{uid}-{subtask}-{}-{}.state", range.start, range.end)
+/// A state file's name carries the writing attempt's epoch, so a stale
+/// attempt's late write never replaces a file the live attempt wrote.
+pub fn state_file_name(uid: &str, subtask: u32, range: KeyGroupRange, epoch: u64) -> String {
+    format!("{uid}-{subtask}-{}-{}-{epoch:016x}.state", range.start, range.end)
 }
 
 impl CheckpointStore {
@@ -306,6 +325,13 @@ impl CheckpointStore {
             path: self.full(&path),
             reason: e.to_string(),
         })?;
+        if meta.format != METADATA_FORMAT {
+            return Err(CheckpointError::BadMetadata {
+                id,
+                path: self.full(&path),
+                reason: format!("format {} is not {METADATA_FORMAT}, the only one this version reads", meta.format),
+            });
+        }
         if expected.is_some_and(|id| meta.id != id) {
             return Err(CheckpointError::BadMetadata {
                 id,
@@ -512,7 +538,7 @@ mod tests {
     async fn write_checkpoint(store: &CheckpointStore, id: u64, payload: &[u8]) {
         let range = KeyGroupRange { start: 0, end: 127 };
         let state = OperatorSubtaskState { keyed: vec![(3, payload.to_vec())], list: vec![], union: vec![] };
-        let name = state_file_name("sum", 0, range);
+        let name = state_file_name("sum", 0, range, 7);
         let (size, crc32) = store.write_state(id, &name, state.encode()).await.unwrap();
         let mut meta = CheckpointMetadata::new(id, "job".into(), 128, 0, 1);
         meta.add_file("sum", 1, StateFileMetadata { name, subtask: 0, key_groups: range, size, crc32 });
@@ -546,7 +572,7 @@ mod tests {
         let store = store(&dir);
         write_checkpoint(&store, 1, b"one").await;
         write_checkpoint(&store, 2, b"two").await;
-        let name = state_file_name("sum", 0, KeyGroupRange { start: 0, end: 127 });
+        let name = state_file_name("sum", 0, KeyGroupRange { start: 0, end: 127 }, 7);
         let path = dir.path().join("default/job").join(checkpoint_dir(2)).join(name);
         let mut bytes = std::fs::read(&path).unwrap();
         let last = bytes.len() - 1;

@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,16 +15,18 @@ use serde::Serialize;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::protocol::{self, JobToken, Placement, TaskKey, ToCoordinator, ToWorker, WorkerCounters};
 use crate::checkpoint::CheckpointStore;
 use crate::dataflow::JobGraph;
 use crate::job::coordinate::{wall_ms, ControlPlane, Loop, Request};
 use crate::job::deploy::all_tasks;
-use crate::job::{restore_point, JobConfig, JobError};
+use crate::job::failure::{self, Recovery as Next};
+use crate::job::{restore_point, JobConfig, JobError, RestorePoint};
 use crate::manifest::StreamJob;
 use crate::metrics::JobMetrics;
+use crate::task::error::{FailureKind, TaskFailure};
 use crate::task::{Control, Event, TaskId};
 
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +86,8 @@ pub struct WorkerInfo {
 #[serde(rename_all = "camelCase")]
 pub struct Recovery {
     pub attempt: u64,
+    #[serde(skip)]
+    epoch: u64,
     pub failed_at_ms: u64,
     pub workers_ready_at_ms: u64,
     pub first_record_at_ms: Option<u64>,
@@ -97,11 +102,17 @@ pub struct JobStatus {
     pub namespace: String,
     pub state: JobState,
     pub attempt: u64,
+    /// The running attempt's fencing epoch (hex); messages, channels and
+    /// files of any other epoch are refused.
+    pub epoch: String,
     pub parallelism: u32,
     pub workers_wanted: usize,
     pub restored_from: Option<u64>,
     pub restarts: u64,
     pub last_failure: Option<String>,
+    /// The kind of the last failure, which decided whether the job
+    /// recovered in place or the coordinator exited.
+    pub last_failure_kind: Option<FailureKind>,
     pub last_recovery: Option<Recovery>,
 }
 
@@ -114,10 +125,10 @@ struct WorkerConn {
     counters: WorkerCounters,
 }
 
-/// Attempt id, where its events go, and the workers (registry ids) it runs on.
+/// Attempt epoch, where its events go, and the workers (registry ids) it runs on.
 type CurrentAttempt = (u64, mpsc::Sender<Event>, Vec<u64>);
-/// A worker's reply to `Deploy`: worker id, attempt, outcome.
-type Opened = (u64, u64, Result<(), String>);
+/// A worker's reply to `Deploy`: worker id, epoch, outcome.
+type Opened = (u64, u64, Result<(), TaskFailure>);
 
 /// Everything the coordinator's tasks and the HTTP API share.
 pub struct Shared {
@@ -175,9 +186,9 @@ impl Shared {
     /// Per stage, summed over workers, for the current attempt.
     pub fn stages(&self) -> Vec<crate::metrics::StageSample> {
         let mut sums: BTreeMap<String, crate::metrics::StageSample> = BTreeMap::new();
-        let attempt = self.status().map_or(0, |s| s.attempt);
+        let epoch = self.attempt.lock().ok().and_then(|a| a.as_ref().map(|a| a.0)).unwrap_or(0);
         if let Ok(w) = self.workers.lock() {
-            for c in w.values().filter(|c| c.counters.attempt == attempt) {
+            for c in w.values().filter(|c| c.counters.epoch == epoch) {
                 for s in &c.counters.stages {
                     let e = sums.entry(s.stage.clone()).or_insert_with(|| crate::metrics::StageSample {
                         stage: s.stage.clone(),
@@ -201,12 +212,13 @@ impl Shared {
             r.1 += conn.counters.records_out;
         }
         let attempt = self.attempt.lock().ok().and_then(|a| a.clone());
-        if let Some((attempt, events, members)) = attempt {
+        if let Some((epoch, events, members)) = attempt {
             if members.contains(&id) {
                 let task =
                     TaskId { stage: usize::MAX, name: Arc::from(conn.name.as_str()), subtask: 0, parallelism: 0 };
-                let _ = events.try_send(Event::Failed { task, reason: format!("worker {} lost: {why}", conn.name) });
-                info!(attempt, "attempt {attempt} lost worker {}", conn.name);
+                let failure = TaskFailure::new(FailureKind::WorkerLost, format!("worker {} lost: {why}", conn.name));
+                let _ = events.try_send(Event::Failed { task, failure });
+                info!(epoch = %format!("{epoch:016x}"), "the attempt lost worker {}", conn.name);
             }
         }
     }
@@ -218,7 +230,7 @@ impl Shared {
                 if let Ok(mut w) = self.workers.lock() {
                     if let Some(c) = w.get_mut(&id) {
                         c.last_seen = Instant::now();
-                        if c.counters.attempt != counters.attempt {
+                        if c.counters.epoch != counters.epoch {
                             // A new attempt starts counting from zero; keep the old counts.
                             if let Ok(mut r) = self.retired.lock() {
                                 r.0 += c.counters.records_in;
@@ -230,29 +242,30 @@ impl Shared {
                 }
                 self.note_first_record(&counters);
             }
-            ToCoordinator::Opened { attempt } => self.reply_opened(id, attempt, Ok(())),
-            ToCoordinator::OpenFailed { attempt, reason } => self.reply_opened(id, attempt, Err(reason)),
-            ToCoordinator::Event { attempt, event } => {
+            ToCoordinator::Opened { epoch } => self.reply_opened(id, epoch, Ok(())),
+            ToCoordinator::OpenFailed { epoch, failure } => self.reply_opened(id, epoch, Err(failure)),
+            ToCoordinator::Event { epoch, event } => {
                 let target = self.attempt.lock().ok().and_then(|a| a.clone());
-                if let Some((current, events, _)) = target {
-                    if current == attempt {
+                match target {
+                    Some((current, events, _)) if current == epoch => {
                         let _ = events.try_send(event);
                     }
+                    _ => debug!(epoch = %format!("{epoch:016x}"), "ignoring an event of a stale attempt"),
                 }
             }
         }
     }
 
-    fn reply_opened(&self, worker: u64, attempt: u64, result: Result<(), String>) {
+    fn reply_opened(&self, worker: u64, epoch: u64, result: Result<(), TaskFailure>) {
         if let Some(tx) = self.opened.lock().ok().and_then(|o| o.clone()) {
-            let _ = tx.try_send((worker, attempt, result));
+            let _ = tx.try_send((worker, epoch, result));
         }
     }
 
     fn note_first_record(&self, counters: &WorkerCounters) {
         let Some(at) = counters.first_record_at_ms else { return };
         self.update(|s| {
-            if let Some(r) = s.last_recovery.as_mut().filter(|r| r.attempt == counters.attempt) {
+            if let Some(r) = s.last_recovery.as_mut().filter(|r| r.epoch == counters.epoch) {
                 if r.first_record_at_ms.is_none_or(|t| at < t) {
                     r.first_record_at_ms = Some(at);
                     r.recovery_ms = Some(at.saturating_sub(r.workers_ready_at_ms));
@@ -263,7 +276,7 @@ impl Shared {
 }
 
 struct RemotePlane {
-    attempt: u64,
+    epoch: u64,
     tasks: Vec<(TaskId, bool)>,
     keys: Vec<TaskKey>,
     routes: Vec<mpsc::Sender<ToWorker>>,
@@ -274,7 +287,7 @@ impl ControlPlane for RemotePlane {
         &self.tasks
     }
     async fn send(&self, task: usize, control: Control) {
-        let msg = ToWorker::Control { attempt: self.attempt, task: self.keys[task], control };
+        let msg = ToWorker::Control { epoch: self.epoch, task: self.keys[task], control };
         // A lost worker's failure reaches the loop as an event.
         let _ = self.routes[task].send(msg).await;
     }
@@ -298,11 +311,13 @@ pub async fn start(opts: CoordinatorOptions) -> Result<(Arc<Shared>, Coordinator
             namespace: opts.job.metadata.namespace_or_default().to_string(),
             state: JobState::WaitingForWorkers,
             attempt: 0,
+            epoch: String::new(),
             parallelism: spec.parallelism,
             workers_wanted: opts.workers,
             restored_from: None,
             restarts: 0,
             last_failure: None,
+            last_failure_kind: None,
             last_recovery: None,
         }),
         metrics: Arc::new(JobMetrics::default()),
@@ -315,9 +330,11 @@ pub async fn start(opts: CoordinatorOptions) -> Result<(Arc<Shared>, Coordinator
         retired: Mutex::default(),
     });
     let (registered_tx, registered) = mpsc::channel(64);
-    tokio::spawn(accept_workers(listener, shared.clone(), registered_tx));
+    let ping_every = (opts.heartbeat_timeout / 4).max(Duration::from_millis(10));
+    tokio::spawn(accept_workers(listener, shared.clone(), registered_tx, ping_every));
     tokio::spawn(watch_heartbeats(shared.clone(), opts.heartbeat_timeout));
-    Ok((shared.clone(), Coordinator { opts, shared, requests, registered }))
+    let last_issued = AtomicU64::new(0);
+    Ok((shared.clone(), Coordinator { opts, shared, requests, registered, last_issued }))
 }
 
 pub struct Coordinator {
@@ -325,9 +342,16 @@ pub struct Coordinator {
     shared: Arc<Shared>,
     requests: mpsc::Receiver<Request>,
     registered: mpsc::Receiver<u64>,
+    /// The highest checkpoint id any attempt of this process issued.
+    last_issued: AtomicU64,
 }
 
-async fn accept_workers(listener: TcpListener, shared: Arc<Shared>, registered: mpsc::Sender<u64>) {
+async fn accept_workers(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    registered: mpsc::Sender<u64>,
+    ping_every: Duration,
+) {
     let mut next_id = 0u64;
     loop {
         let Ok((stream, peer)) = listener.accept().await else { continue };
@@ -336,7 +360,7 @@ async fn accept_workers(listener: TcpListener, shared: Arc<Shared>, registered: 
         let shared = shared.clone();
         let registered = registered.clone();
         tokio::spawn(async move {
-            if let Err(e) = serve_worker(id, stream, &shared, &registered).await {
+            if let Err(e) = serve_worker(id, stream, &shared, &registered, ping_every).await {
                 shared.lose_worker(id, &e);
             } else {
                 shared.lose_worker(id, "connection closed");
@@ -351,6 +375,7 @@ async fn serve_worker(
     stream: TcpStream,
     shared: &Shared,
     registered: &mpsc::Sender<u64>,
+    ping_every: Duration,
 ) -> Result<(), String> {
     let mut conn = protocol::framed(stream);
     let Some(ToCoordinator::Register { name, data_addr, token }) =
@@ -382,12 +407,21 @@ async fn serve_worker(
     }
     let _ = registered.send(id).await;
     let writer = async {
-        while let Some(msg) = rx.recv().await {
+        // Pings tell the worker its coordinator lives; a worker that misses
+        // them past the heartbeat timeout fences itself off.
+        let mut ping = tokio::time::interval(ping_every);
+        loop {
+            let msg = tokio::select! {
+                msg = rx.recv() => match msg {
+                    Some(msg) => msg,
+                    // Dropped from the registry (heartbeat timeout): close the connection.
+                    None => return Err::<(), String>("dropped by the coordinator".into()),
+                },
+                _ = ping.tick() => ToWorker::Ping,
+            };
             let bytes = protocol::encode(&msg).map_err(|e| e.to_string())?;
             sink.send(bytes).await.map_err(|e| e.to_string())?;
         }
-        // Dropped from the registry (heartbeat timeout): close the connection.
-        Err::<(), String>("dropped by the coordinator".into())
     };
     let reader = async {
         while let Some(frame) = stream.next().await {
@@ -419,7 +453,8 @@ async fn watch_heartbeats(shared: Arc<Shared>, timeout: Duration) {
 }
 
 impl Coordinator {
-    /// Runs the job until it finishes; recovers from every failure.
+    /// Runs the job until it finishes; recovers in place from the loss of
+    /// workers and exits on any other failure (see `job::failure`).
     pub async fn run(mut self) -> Result<(), CoordinatorError> {
         let spec = self.opts.job.spec.clone();
         let graph = crate::pipeline::build(&spec).map_err(|e| CoordinatorError::Build(e.to_string()))?;
@@ -434,22 +469,12 @@ impl Coordinator {
             self.shared.update(|s| {
                 s.state = JobState::Deploying;
                 s.attempt = attempt;
-                if let Some(failed) = failed_at {
-                    s.last_recovery = Some(Recovery {
-                        attempt,
-                        failed_at_ms: failed,
-                        workers_ready_at_ms: ready_at,
-                        first_record_at_ms: None,
-                        recovery_ms: None,
-                    });
-                }
             });
-            match self.attempt(attempt, &graph, &config, &members).await {
+            let result = self.attempt(attempt, &graph, &config, &members, failed_at.map(|f| (f, ready_at))).await;
+            let epoch = self.shared.attempt.lock().ok().and_then(|mut a| a.take()).map_or(0, |a| a.0);
+            let e = match result {
                 Ok(()) => {
                     self.shared.update(|s| s.state = JobState::Finished);
-                    if let Ok(mut a) = self.shared.attempt.lock() {
-                        *a = None;
-                    }
                     info!("job {} finished", config.name);
                     for tx in self.worker_senders(&members) {
                         let _ = tx.send(ToWorker::Shutdown).await;
@@ -458,43 +483,45 @@ impl Coordinator {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     return Ok(());
                 }
-                Err(e) if !is_infrastructure_failure(&e) => {
-                    // The job itself failed (a bad record under the fail
-                    // policy, too many failed checkpoints): retrying in place
-                    // would loop forever. Fail the process, so the pod fails
-                    // and the operator's restart strategy paces and bounds it.
-                    warn!(attempt, "attempt {attempt} failed: {e}; the coordinator exits");
-                    self.shared.update(|s| s.last_failure = Some(e.to_string()));
-                    self.cancel_everywhere(attempt).await;
+                Err(e) => e,
+            };
+            let kind = failure::kind(&e);
+            self.shared.update(|s| {
+                s.last_failure = Some(e.to_string());
+                s.last_failure_kind = Some(kind);
+            });
+            self.cancel_everywhere(epoch).await;
+            match kind.recovery() {
+                Next::ExitToOperator => {
+                    // Retrying in place would fail the same way, forever. Fail
+                    // the process, so the pod fails and the operator's restart
+                    // strategy paces and bounds it.
+                    warn!(attempt, ?kind, "attempt {attempt} failed: {e}; the coordinator exits");
                     return Err(CoordinatorError::Job(e));
                 }
-                Err(e) => {
+                Next::InPlace => {
                     warn!(
                         attempt,
+                        ?kind,
                         "attempt {attempt} failed: {e}; restoring every worker from the newest completed checkpoint"
                     );
                     failed_at = Some(wall_ms());
                     self.shared.update(|s| {
                         s.state = JobState::Restarting;
                         s.restarts += 1;
-                        s.last_failure = Some(e.to_string());
                     });
-                    if let Ok(mut a) = self.shared.attempt.lock() {
-                        *a = None;
-                    }
-                    self.cancel_everywhere(attempt).await;
                     tokio::time::sleep(self.opts.restart_delay).await;
                 }
             }
         }
     }
 
-    /// Tells every registered worker to drop the subtasks of `attempt`.
-    async fn cancel_everywhere(&self, attempt: u64) {
+    /// Tells every registered worker to drop the subtasks of the attempt of `epoch`.
+    async fn cancel_everywhere(&self, epoch: u64) {
         let all: Vec<mpsc::Sender<ToWorker>> =
             self.shared.workers.lock().map(|w| w.values().map(|c| c.tx.clone()).collect()).unwrap_or_default();
         for tx in all {
-            let _ = tx.send(ToWorker::Cancel { attempt }).await;
+            let _ = tx.send(ToWorker::Cancel { epoch }).await;
         }
     }
 
@@ -517,25 +544,43 @@ impl Coordinator {
         }
     }
 
+    /// Runs one attempt: restore point and fence, deployment, the checkpoint
+    /// loop. `recovering` is (failed at, workers ready at) after a failure.
     async fn attempt(
         &mut self,
         attempt: u64,
         graph: &JobGraph,
         config: &JobConfig,
         members: &[u64],
+        recovering: Option<(u64, u64)>,
     ) -> Result<(), JobError> {
         let not_before = self.opts.ignore_checkpoints_before_ms;
-        let (restored, next_id) = restore_point(
+        let RestorePoint { restored, next_id, fence } = restore_point(
             &self.shared.store,
             graph.max_parallelism,
             &config.name,
             not_before,
             config.initial_savepoint.as_deref(),
+            self.last_issued.load(Ordering::Relaxed),
         )
         .await?;
+        let epoch = fence.epoch;
         let restore = restored.as_ref().map(|r| r.id);
         let restore_from = restored.as_ref().filter(|r| r.external).map(|r| r.path.clone());
-        self.shared.update(|s| s.restored_from = restore);
+        self.shared.update(|s| {
+            s.restored_from = restore;
+            s.epoch = fence.epoch_tag();
+            if let Some((failed_at_ms, workers_ready_at_ms)) = recovering {
+                s.last_recovery = Some(Recovery {
+                    attempt,
+                    epoch,
+                    failed_at_ms,
+                    workers_ready_at_ms,
+                    first_record_at_ms: None,
+                    recovery_ms: None,
+                });
+            }
+        });
         let tasks = all_tasks(graph);
         let (addrs, senders): (Vec<SocketAddr>, Vec<mpsc::Sender<ToWorker>>) = {
             let w = self.shared.workers.lock().map_err(|_| lost("registry poisoned"))?;
@@ -557,16 +602,18 @@ impl Coordinator {
             *o = Some(opened_tx);
         }
         if let Ok(mut a) = self.shared.attempt.lock() {
-            *a = Some((attempt, events_tx, members.to_vec()));
+            *a = Some((epoch, events_tx, members.to_vec()));
         }
+        let heartbeat_timeout_ms = self.opts.heartbeat_timeout.as_millis() as u64;
         for (i, tx) in senders.iter().enumerate() {
             let deploy = ToWorker::Deploy {
-                attempt,
+                fence,
                 manifest: self.opts.manifest.clone(),
                 restore,
                 restore_from: restore_from.clone(),
                 placement: placement.clone(),
                 worker_index: i,
+                heartbeat_timeout_ms,
             };
             tx.send(deploy).await.map_err(|_| lost("a worker left during deployment"))?;
         }
@@ -575,23 +622,24 @@ impl Coordinator {
         tokio::pin!(deadline);
         while ready < members.len() {
             tokio::select! {
-                Some((_, a, result)) = opened.recv() => {
-                    if a != attempt { continue }
-                    result.map_err(|reason| JobError::Background { task: "deployment".into(), reason })?;
+                Some((worker, e, result)) = opened.recv() => {
+                    if e != epoch { continue }
+                    result.map_err(|failure| JobError::TaskFailed { task: format!("deployment on worker {worker}"), failure })?;
                     ready += 1;
                 }
-                Some(Event::Failed { task, reason }) = events.recv() => return Err(JobError::Background { task: task.to_string(), reason }),
+                Some(Event::Failed { task, failure }) = events.recv() => return Err(JobError::TaskFailed { task: task.to_string(), failure }),
                 _ = &mut deadline => return Err(lost("workers did not open their subtasks within 60s")),
             }
         }
         // Every subtask is open (restore-time commits done) before any runs.
         for tx in &senders {
-            tx.send(ToWorker::Start { attempt }).await.map_err(|_| lost("a worker left before start"))?;
+            tx.send(ToWorker::Start { epoch }).await.map_err(|_| lost("a worker left before start"))?;
         }
         self.shared.update(|s| s.state = JobState::Running);
-        info!(attempt, workers = members.len(), restore = ?restore, next_checkpoint = next_id, "attempt {attempt} running");
+        info!(attempt, epoch = %fence.epoch_tag(), incarnation = %fence.incarnation_tag(), workers = members.len(),
+            restore = ?restore, next_checkpoint = next_id, "attempt {attempt} running");
         let plane = RemotePlane {
-            attempt,
+            epoch,
             keys: assignments.iter().map(|(k, _)| *k).collect(),
             routes: assignments.iter().map(|(_, w)| senders[*w].clone()).collect(),
             tasks,
@@ -603,24 +651,13 @@ impl Coordinator {
             metrics: &self.shared.metrics,
             max_parallelism: graph.max_parallelism,
             next_id,
+            fence,
+            last_issued: &self.last_issued,
         };
         coordinator.run(&mut events, &mut self.requests).await.map(|_| ())
     }
 }
 
-/// Whether a failure came from the machinery (a lost worker, a broken
-/// channel, a deployment problem), which recovery in place can cure, rather
-/// than from the job itself.
-fn is_infrastructure_failure(e: &JobError) -> bool {
-    match e {
-        JobError::Background { .. } | JobError::Checkpoint(_) | JobError::Complete { .. } => true,
-        JobError::TaskFailed { reason, .. } => reason.contains("went away"),
-        // A bad initial savepoint does not heal in place: exit, and let the
-        // operator's restart strategy bound the retries.
-        JobError::Task { .. } | JobError::TooManyCheckpointFailures { .. } | JobError::InitialSavepoint { .. } => false,
-    }
-}
-
 fn lost(reason: &str) -> JobError {
-    JobError::Background { task: "coordinator".into(), reason: reason.into() }
+    JobError::WorkersLost(reason.into())
 }

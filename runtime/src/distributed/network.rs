@@ -108,10 +108,10 @@ impl DataPlane {
         rx
     }
 
-    /// Forgets channels of attempts before `attempt`.
-    pub fn forget_before(&self, attempt: u64) {
+    /// Forgets channels of every attempt but the one of `epoch`.
+    pub fn forget_all_but(&self, epoch: u64) {
         if let Ok(mut slots) = self.slots.lock() {
-            slots.retain(|k, _| k.attempt >= attempt);
+            slots.retain(|k, _| k.epoch == epoch);
         }
     }
 }
@@ -230,7 +230,7 @@ mod tests {
     async fn a_shuffle_connection_without_the_job_token_is_dropped_before_it_reaches_a_subtask() {
         let token = JobToken::new(Some("job-secret".into()));
         let plane = DataPlane::bind("127.0.0.1:0".parse().unwrap(), token).await.unwrap();
-        let key = ChannelKey { attempt: 1, edge: 0, upstream: 0, downstream: 0 };
+        let key = ChannelKey { epoch: 1, edge: 0, upstream: 0, downstream: 0 };
         let mut arrival = plane.expect(key);
 
         let mut wrong = hello(&plane, Some("guess"), key).await;

@@ -14,6 +14,8 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpStream;
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
+use crate::job::fence::Fence;
+use crate::task::error::TaskFailure;
 use crate::task::{Control, Event};
 
 pub type Connection = Framed<TcpStream, LengthDelimitedCodec>;
@@ -121,7 +123,8 @@ impl Placement {
 /// Progress counters a worker reports with each heartbeat.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct WorkerCounters {
-    pub attempt: u64,
+    /// The epoch of the attempt counted (0: none).
+    pub epoch: u64,
     pub records_in: u64,
     pub records_out: u64,
     pub bad_records: u64,
@@ -131,6 +134,8 @@ pub struct WorkerCounters {
     pub stages: Vec<crate::metrics::StageSample>,
 }
 
+/// Messages name an attempt by its epoch, a random fencing token (see
+/// `job::fence`): a message of any other epoch is ignored.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum ToCoordinator {
     Register {
@@ -143,14 +148,14 @@ pub enum ToCoordinator {
     Heartbeat(WorkerCounters),
     /// Every subtask of the attempt is built and opened.
     Opened {
-        attempt: u64,
+        epoch: u64,
     },
     OpenFailed {
-        attempt: u64,
-        reason: String,
+        epoch: u64,
+        failure: TaskFailure,
     },
     Event {
-        attempt: u64,
+        epoch: u64,
         event: Event,
     },
 }
@@ -160,7 +165,7 @@ pub enum ToWorker {
     /// Build and open this worker's subtasks of the job in `manifest`,
     /// restoring checkpoint `restore` of it.
     Deploy {
-        attempt: u64,
+        fence: Fence,
         manifest: String,
         restore: Option<u64>,
         /// Where `restore` lives when it is not in the job's own directory
@@ -169,20 +174,25 @@ pub enum ToWorker {
         restore_from: Option<String>,
         placement: Placement,
         worker_index: usize,
+        /// A worker that hears nothing from the coordinator for this long
+        /// drops its subtasks on its own: it is fenced, not trusted.
+        heartbeat_timeout_ms: u64,
     },
     /// Run what `Deploy` opened.
     Start {
-        attempt: u64,
+        epoch: u64,
     },
     Control {
-        attempt: u64,
+        epoch: u64,
         task: TaskKey,
         control: Control,
     },
     /// Stop and drop the attempt's subtasks.
     Cancel {
-        attempt: u64,
+        epoch: u64,
     },
+    /// The coordinator is alive (sent every quarter heartbeat timeout).
+    Ping,
     /// The job is finished: exit.
     Shutdown,
     /// The registration was refused (a wrong or missing job token): exit.
@@ -198,10 +208,11 @@ pub struct DataHello {
     pub channel: ChannelKey,
 }
 
-/// Which shuffle channel a data connection carries.
+/// Which shuffle channel a data connection carries; the epoch keeps a
+/// stale attempt's channel from ever being taken for the live one's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ChannelKey {
-    pub attempt: u64,
+    pub epoch: u64,
     pub edge: usize,
     pub upstream: u32,
     pub downstream: u32,

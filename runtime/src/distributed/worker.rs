@@ -1,6 +1,9 @@
 //! The worker process: registers with the coordinator, runs the subtasks
 //! it is assigned, forwards their events, and reconnects (dropping its
-//! subtasks) whenever the coordinator goes away.
+//! subtasks) whenever the coordinator goes away. A worker that hears
+//! nothing from its coordinator within the heartbeat timeout (it was frozen,
+//! or cut off) drops its subtasks on its own before it talks again: by then
+//! a replacement may run them, under another epoch.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -10,6 +13,7 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::network::{DataPlane, OnBroken};
@@ -19,9 +23,11 @@ use super::protocol::{
 use crate::checkpoint::CheckpointStore;
 use crate::faults::Faults;
 use crate::job::deploy::Deployment;
+use crate::job::fence::Fence;
 use crate::job::JobConfig;
 use crate::manifest::StreamJob;
 use crate::metrics::JobMetrics;
+use crate::task::error::{FailureKind, TaskFailure};
 use crate::task::router::NetworkWiring;
 use crate::task::{Event, TaskId};
 
@@ -52,13 +58,15 @@ enum SessionEnd {
 }
 
 struct Attempt {
-    id: u64,
+    epoch: u64,
     deployment: Deployment,
     pumps: JoinSet<()>,
     metrics: Arc<JobMetrics>,
     events_tx: mpsc::Sender<Event>,
     events: mpsc::Receiver<Event>,
     index: HashMap<TaskKey, usize>,
+    /// Silence from the coordinator longer than this fences the attempt off.
+    heartbeat_timeout: Duration,
 }
 
 impl Attempt {
@@ -102,7 +110,7 @@ pub async fn run_worker(opts: WorkerOptions) -> Result<(), WorkerError> {
 
 async fn next_event(current: &mut Option<Attempt>) -> Option<(u64, Event)> {
     match current {
-        Some(a) => a.events.recv().await.map(|e| (a.id, e)),
+        Some(a) => a.events.recv().await.map(|e| (a.epoch, e)),
         None => std::future::pending().await,
     }
 }
@@ -120,23 +128,21 @@ async fn session(conn: &mut Connection, plane: &Arc<DataPlane>, opts: &WorkerOpt
     let (broken_tx, mut broken) = mpsc::channel::<(u64, String)>(64);
     let mut current: Option<Attempt> = None;
     let mut heartbeat = tokio::time::interval(opts.heartbeat);
+    let mut last_heard = Instant::now();
     let end = loop {
         let step: Result<Option<SessionEnd>, ProtocolError> = tokio::select! {
-            msg = protocol::recv::<ToWorker>(conn) => match msg {
-                Ok(Some(msg)) => handle(msg, conn, &mut current, plane, &broken_tx).await,
-                Ok(None) => Ok(Some(SessionEnd::Lost("connection closed".into()))),
-                Err(e) => Err(e),
-            },
-            Some((attempt, event)) = next_event(&mut current) => {
-                protocol::send(conn, &ToCoordinator::Event { attempt, event }).await.map(|_| None)
-            }
-            Some((attempt, reason)) = broken.recv() => {
-                let event = Event::Failed { task: network_task(), reason };
-                protocol::send(conn, &ToCoordinator::Event { attempt, event }).await.map(|_| None)
-            }
+            // Checked first: after a freeze, the timeout must win over
+            // whatever else became ready meanwhile.
+            biased;
             _ = heartbeat.tick() => {
+                if let Some(a) = current.as_ref().filter(|a| last_heard.elapsed() > a.heartbeat_timeout) {
+                    let silent = last_heard.elapsed();
+                    warn!(epoch = %format!("{:016x}", a.epoch),
+                        "no word from the coordinator for {silent:?} (timeout {:?}): fencing myself off", a.heartbeat_timeout);
+                    break SessionEnd::Lost(format!("no word from the coordinator for {silent:?}"));
+                }
                 let counters = current.as_ref().map_or(WorkerCounters::default(), |a| WorkerCounters {
-                    attempt: a.id,
+                    epoch: a.epoch,
                     records_in: JobMetrics::get(&a.metrics.records_in),
                     records_out: JobMetrics::get(&a.metrics.records_out),
                     bad_records: JobMetrics::get(&a.metrics.bad_records_skipped) + JobMetrics::get(&a.metrics.bad_records_dead_lettered),
@@ -144,6 +150,21 @@ async fn session(conn: &mut Connection, plane: &Arc<DataPlane>, opts: &WorkerOpt
                     stages: a.metrics.stage_samples(),
                 });
                 protocol::send(conn, &ToCoordinator::Heartbeat(counters)).await.map(|_| None)
+            }
+            msg = protocol::recv::<ToWorker>(conn) => match msg {
+                Ok(Some(msg)) => {
+                    last_heard = Instant::now();
+                    handle(msg, conn, &mut current, plane, &broken_tx).await
+                }
+                Ok(None) => Ok(Some(SessionEnd::Lost("connection closed".into()))),
+                Err(e) => Err(e),
+            },
+            Some((epoch, event)) = next_event(&mut current) => {
+                protocol::send(conn, &ToCoordinator::Event { epoch, event }).await.map(|_| None)
+            }
+            Some((epoch, reason)) = broken.recv() => {
+                let event = Event::Failed { task: network_task(), failure: TaskFailure::new(FailureKind::ChannelBroken, reason) };
+                protocol::send(conn, &ToCoordinator::Event { epoch, event }).await.map(|_| None)
             }
         };
         match step {
@@ -166,94 +187,104 @@ async fn handle(
     broken_tx: &mpsc::Sender<(u64, String)>,
 ) -> Result<Option<SessionEnd>, ProtocolError> {
     match msg {
-        ToWorker::Deploy { attempt, manifest, restore, restore_from, placement, worker_index } => {
+        ToWorker::Deploy { fence, manifest, restore, restore_from, placement, worker_index, heartbeat_timeout_ms } => {
             if let Some(a) = current.take() {
                 a.shutdown().await;
             }
+            let epoch = fence.epoch;
             let source = restore.map(|id| (id, restore_from));
-            match deploy(attempt, &manifest, source, placement, worker_index, plane, broken_tx).await {
+            let timeout = Duration::from_millis(heartbeat_timeout_ms.max(1));
+            match deploy(fence, &manifest, source, placement, worker_index, plane, broken_tx, timeout).await {
                 Ok(a) => {
-                    info!(attempt, subtasks = a.index.len(), restore = ?restore, "deployed attempt {attempt}");
+                    info!(epoch = %fence.epoch_tag(), incarnation = %fence.incarnation_tag(), subtasks = a.index.len(),
+                        restore = ?restore, "deployed attempt {}", fence.epoch_tag());
                     *current = Some(a);
-                    protocol::send(conn, &ToCoordinator::Opened { attempt }).await?;
+                    protocol::send(conn, &ToCoordinator::Opened { epoch }).await?;
                 }
-                Err(reason) => {
-                    warn!(attempt, "cannot deploy attempt {attempt}: {reason}");
-                    protocol::send(conn, &ToCoordinator::OpenFailed { attempt, reason }).await?;
+                Err(failure) => {
+                    warn!(epoch = %fence.epoch_tag(), "cannot deploy attempt {}: {failure}", fence.epoch_tag());
+                    protocol::send(conn, &ToCoordinator::OpenFailed { epoch, failure }).await?;
                 }
             }
         }
-        ToWorker::Start { attempt } => {
-            if let Some(a) = current.as_mut().filter(|a| a.id == attempt) {
+        ToWorker::Start { epoch } => {
+            if let Some(a) = current.as_mut().filter(|a| a.epoch == epoch) {
                 if let Err(e) = a.deployment.start(&a.events_tx) {
-                    let event = Event::Failed { task: network_task(), reason: e.to_string() };
-                    protocol::send(conn, &ToCoordinator::Event { attempt, event }).await?;
+                    let failure = TaskFailure::new(FailureKind::Deployment, e.to_string());
+                    let event = Event::Failed { task: network_task(), failure };
+                    protocol::send(conn, &ToCoordinator::Event { epoch, event }).await?;
                 }
             }
         }
-        ToWorker::Control { attempt, task, control } => {
-            if let Some(a) = current.as_ref().filter(|a| a.id == attempt) {
+        ToWorker::Control { epoch, task, control } => {
+            if let Some(a) = current.as_ref().filter(|a| a.epoch == epoch) {
                 if let Some(i) = a.index.get(&task) {
                     a.deployment.send(*i, control).await;
                 }
             }
         }
-        ToWorker::Cancel { attempt } => {
-            if current.as_ref().is_some_and(|a| a.id <= attempt) {
+        ToWorker::Cancel { epoch } => {
+            if current.as_ref().is_some_and(|a| a.epoch == epoch) {
                 if let Some(a) = current.take() {
                     a.shutdown().await;
                 }
             }
         }
+        ToWorker::Ping => {}
         ToWorker::Shutdown => return Ok(Some(SessionEnd::Shutdown)),
         ToWorker::Refused { reason } => return Ok(Some(SessionEnd::Refused(reason))),
     }
     Ok(None)
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn deploy(
-    attempt: u64,
+    fence: Fence,
     manifest: &str,
     restore: Option<(u64, Option<String>)>,
     placement: Placement,
     me: usize,
     plane: &Arc<DataPlane>,
     broken_tx: &mpsc::Sender<(u64, String)>,
-) -> Result<Attempt, String> {
-    let job = StreamJob::from_yaml(manifest).map_err(|e| e.to_string())?;
-    let graph = crate::pipeline::build(&job.spec).map_err(|e| e.to_string())?;
+    heartbeat_timeout: Duration,
+) -> Result<Attempt, TaskFailure> {
+    let unbuildable = |e: &dyn std::fmt::Display| TaskFailure::new(FailureKind::Deployment, e.to_string());
+    let job = StreamJob::from_yaml(manifest).map_err(|e| unbuildable(&e))?;
+    let graph = crate::pipeline::build(&job.spec).map_err(|e| unbuildable(&e))?;
     let mut config = JobConfig::for_job(&job);
     config.faults = Faults::from_env();
     let store = CheckpointStore::open(&config.checkpoints.storage, &config.namespace, &config.name)
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| TaskFailure::from(&e))?;
     let restored = match restore {
-        Some((id, None)) => Some(Arc::new(store.load_verified(id).await.map_err(|e| e.to_string())?)),
+        Some((id, None)) => Some(Arc::new(store.load_verified(id).await.map_err(|e| TaskFailure::from(&e))?)),
         Some((_, Some(uri))) => {
-            let snapshot = CheckpointStore::open_dir(&uri).map_err(|e| e.to_string())?;
-            Some(Arc::new(snapshot.load_snapshot_here().await.map_err(|e| format!("{uri}: {e}"))?))
+            let snapshot = CheckpointStore::open_dir(&uri).map_err(|e| TaskFailure::from(&e))?;
+            let loaded = snapshot.load_snapshot_here().await;
+            Some(Arc::new(loaded.map_err(|e| TaskFailure::new(e.failure_kind(), format!("{uri}: {e}")))?))
         }
         None => None,
     };
-    plane.forget_before(attempt);
+    let epoch = fence.epoch;
+    plane.forget_all_but(epoch);
     let broken = broken_tx.clone();
     let on_broken: OnBroken = Arc::new(move |reason| {
-        let _ = broken.try_send((attempt, reason));
+        let _ = broken.try_send((epoch, reason));
     });
     let mut pumps = JoinSet::new();
     let mut wiring =
-        NetworkWiring { attempt, placement: &placement, me, plane: plane.as_ref(), pumps: &mut pumps, on_broken };
+        NetworkWiring { epoch, placement: &placement, me, plane: plane.as_ref(), pumps: &mut pumps, on_broken };
     for (i, edge) in graph.edges.iter().enumerate() {
         edge.connect_distributed(i, config.channel_capacity, &mut wiring);
     }
     let (events_tx, events) = mpsc::channel(1024);
     let metrics = Arc::new(JobMetrics::default());
     let mine = |id: &TaskId| placement.worker_of(TaskKey { stage: id.stage, subtask: id.subtask }) == Some(me);
-    let mut deployment = Deployment::build(&graph, mine, restored, &config, metrics.clone(), &store, &events_tx)
-        .map_err(|e| e.to_string())?;
+    let mut deployment = Deployment::build(&graph, mine, restored, fence, &config, metrics.clone(), &store, &events_tx)
+        .map_err(|e| TaskFailure::from(&e))?;
     if let Err(e) = deployment.open().await {
         deployment.shutdown().await;
         pumps.abort_all();
-        return Err(e.to_string());
+        return Err(TaskFailure::from(&e));
     }
     let index = deployment
         .ids
@@ -261,5 +292,5 @@ async fn deploy(
         .enumerate()
         .map(|(i, id)| (TaskKey { stage: id.stage, subtask: id.subtask }, i))
         .collect();
-    Ok(Attempt { id: attempt, deployment, pumps, metrics, events_tx, events, index })
+    Ok(Attempt { epoch, deployment, pumps, metrics, events_tx, events, index, heartbeat_timeout })
 }

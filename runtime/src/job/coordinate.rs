@@ -3,18 +3,20 @@
 //! to subtasks through a [`ControlPlane`], so the same loop drives threads
 //! in this process and subtasks on remote workers.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use super::fence::Fence;
 use super::{JobConfig, JobError};
 use crate::checkpoint::coordinator::FailureVerdict;
 use crate::checkpoint::{CheckpointMetadata, CheckpointStore, CoordinatorOptions, PendingCheckpoints};
 use crate::faults::FaultPoint;
 use crate::metrics::{CompletedCheckpoint, JobMetrics};
+use crate::task::error::FailureKind;
 use crate::task::{Barrier, Control, Event, TaskId};
 
 /// How the loop reaches subtasks, by their index in [`ControlPlane::tasks`].
@@ -49,6 +51,11 @@ pub struct Loop<'a, P: ControlPlane> {
     pub metrics: &'a JobMetrics,
     pub max_parallelism: u32,
     pub next_id: u64,
+    /// The attempt's fence; checkpoints record its incarnation.
+    pub fence: Fence,
+    /// The highest checkpoint id this loop issued, kept beyond the attempt
+    /// so the next one never issues it again.
+    pub last_issued: &'a AtomicU64,
 }
 
 async fn broadcast<P: ControlPlane>(plane: &P, msg: Control, sources_only: bool) {
@@ -80,7 +87,8 @@ impl<P: ControlPlane + Sync> Loop<'_, P> {
             tasks.len(),
             self.next_id,
             Instant::now(),
-        );
+        )
+        .with_incarnation(self.fence.incarnation);
         let mut tick = tokio::time::interval(tick_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let (mut exhausted, mut finished) = (0, 0);
@@ -161,7 +169,7 @@ impl<P: ControlPlane + Sync> Loop<'_, P> {
                             checkpoints.request_final();
                         }
                     }
-                    Event::Failed { task, reason } => return Err(JobError::Background { task: task.to_string(), reason }),
+                    Event::Failed { task, failure: cause } => return Err(JobError::TaskFailed { task: task.to_string(), failure: cause }),
                     Event::TaskFinished { task, error: None, .. } => {
                         debug!(%task, "subtask finished");
                         finished += 1;
@@ -169,8 +177,9 @@ impl<P: ControlPlane + Sync> Loop<'_, P> {
                             return Ok(last);
                         }
                     }
-                    Event::TaskFinished { task, error: Some(reason), secondary } => {
-                        let err = JobError::TaskFailed { task: task.to_string(), reason };
+                    Event::TaskFinished { task, error: Some(cause) } => {
+                        let secondary = cause.kind == FailureKind::Disconnected;
+                        let err = JobError::TaskFailed { task: task.to_string(), failure: cause };
                         // A failing subtask makes its neighbours fail with a
                         // closed channel; report the cause, not the echo.
                         if !secondary {
@@ -187,6 +196,7 @@ impl<P: ControlPlane + Sync> Loop<'_, P> {
 
     async fn trigger(&self, checkpoints: &mut PendingCheckpoints, now: Instant) -> Barrier {
         let barrier = checkpoints.trigger(now, wall_ms());
+        self.last_issued.fetch_max(barrier.id, Ordering::Relaxed);
         debug!(checkpoint = barrier.id, "triggering checkpoint {}", barrier.id);
         broadcast(self.plane, Control::Trigger(barrier), true).await;
         barrier
@@ -203,7 +213,7 @@ impl<P: ControlPlane + Sync> Loop<'_, P> {
         self.config
             .faults
             .check(FaultPoint::AfterMetadata)
-            .map_err(|e| JobError::TaskFailed { task: "coordinator".into(), reason: e.to_string() })?;
+            .map_err(|e| JobError::TaskFailed { task: "coordinator".into(), failure: (&e).into() })?;
         let completed = CompletedCheckpoint {
             id,
             path: self.store.path_of(id),

@@ -6,13 +6,18 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::fence::Fence;
 use super::{JobConfig, JobError};
 use crate::checkpoint::{CheckpointStore, RestoredCheckpoint};
 use crate::dataflow::JobGraph;
 use crate::keygroup::KeyGroupRange;
+use crate::manifest::FallbackPolicy;
 use crate::metrics::JobMetrics;
 use crate::task::runnable::{RunnableTask, TaskIo};
-use crate::task::{Control, Event, TaskContext, TaskError, TaskId};
+use futures::FutureExt;
+
+use crate::task::error::{FailureKind, TaskFailure};
+use crate::task::{Control, Event, TaskContext, TaskId};
 
 /// Every subtask of a graph, in stage order, with whether it is a source.
 pub fn all_tasks(graph: &JobGraph) -> Vec<(TaskId, bool)> {
@@ -37,10 +42,12 @@ pub struct Deployment {
 
 impl Deployment {
     /// Builds the subtasks `wanted` picks. Edges must be connected first.
+    #[allow(clippy::too_many_arguments)]
     pub fn build(
         graph: &JobGraph,
         wanted: impl Fn(&TaskId) -> bool,
         restored: Option<Arc<RestoredCheckpoint>>,
+        fence: Fence,
         config: &JobConfig,
         metrics: Arc<JobMetrics>,
         store: &CheckpointStore,
@@ -65,6 +72,8 @@ impl Deployment {
                 faults: config.faults.clone(),
                 batch_size: config.batch_size,
                 channel_capacity: config.channel_capacity,
+                fence,
+                retract_on_fallback: config.checkpoints.on_fallback_past_committed_output == FallbackPolicy::Retract,
             };
             let task = (graph.stages[id.stage].factory)(ctx)
                 .map_err(|source| JobError::Task { task: id.to_string(), source: Box::new(source) })?;
@@ -83,7 +92,7 @@ impl Deployment {
         let tasks = self
             .tasks
             .get_mut()
-            .map_err(|_| JobError::Background { task: "deployment".into(), reason: "poisoned".into() })?;
+            .map_err(|_| JobError::Internal { task: "deployment".into(), reason: "poisoned".into() })?;
         for ((task, _), id) in tasks.iter_mut().zip(&self.ids) {
             task.open().await.map_err(|source| JobError::Task { task: id.to_string(), source: Box::new(source) })?;
         }
@@ -96,7 +105,7 @@ impl Deployment {
         let tasks = std::mem::take(
             self.tasks
                 .get_mut()
-                .map_err(|_| JobError::Background { task: "deployment".into(), reason: "poisoned".into() })?,
+                .map_err(|_| JobError::Internal { task: "deployment".into(), reason: "poisoned".into() })?,
         );
         for ((task, io), id) in tasks.into_iter().zip(&self.ids) {
             let exited = run_on_own_thread(id, task, io, self.cancel.subscribe(), events.clone())?;
@@ -134,25 +143,28 @@ fn run_on_own_thread(
 ) -> Result<oneshot::Receiver<()>, JobError> {
     let (exit_tx, exit_rx) = oneshot::channel::<()>();
     let spawn_error =
-        |e: std::io::Error| JobError::Background { task: id.to_string(), reason: format!("cannot start thread: {e}") };
+        |e: std::io::Error| JobError::Internal { task: id.to_string(), reason: format!("cannot start thread: {e}") };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(spawn_error)?;
     let task_id = id.clone();
     std::thread::Builder::new()
         .name(format!("{}-{}", id.name, id.subtask))
         .spawn(move || {
             runtime.block_on(async move {
+                // A panic in user code fails the subtask like any error,
+                // with its message, instead of leaving the job waiting.
+                let run = std::panic::AssertUnwindSafe(task.run(io)).catch_unwind();
                 let result = tokio::select! {
-                    result = task.run(io) => result,
+                    result = run => result,
                     _ = cancel.wait_for(|c| *c) => return,
                 };
-                let (error, secondary) = match result {
-                    Ok(()) => (None, false),
-                    Err(e) => {
-                        let secondary = matches!(e, TaskError::Disconnected(_));
-                        (Some(e.to_string()), secondary)
+                let error = match result {
+                    Ok(Ok(())) => None,
+                    Ok(Err(e)) => Some(TaskFailure::from(&e)),
+                    Err(panic) => {
+                        Some(TaskFailure::new(FailureKind::UserCode, format!("panicked: {}", panic_message(&*panic))))
                     }
                 };
-                let _ = events.send(Event::TaskFinished { task: task_id, error, secondary }).await;
+                let _ = events.send(Event::TaskFinished { task: task_id, error }).await;
             });
             // Dropping the runtime ends the subtask's background writers.
             drop(runtime);
@@ -160,4 +172,13 @@ fn run_on_own_thread(
         })
         .map_err(spawn_error)?;
     Ok(exit_rx)
+}
+
+/// The text a panic was raised with.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    match (panic.downcast_ref::<&str>(), panic.downcast_ref::<String>()) {
+        (Some(s), _) => (*s).to_string(),
+        (_, Some(s)) => s.clone(),
+        _ => "a panic without a message".to_string(),
+    }
 }

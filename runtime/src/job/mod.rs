@@ -4,11 +4,16 @@
 //! # Layout
 //! - [`deploy`]: a process's share of subtasks, on threads of their own.
 //! - [`coordinate`]: the checkpoint loop over any [`coordinate::ControlPlane`].
+//! - [`fence`]: the incarnation and epoch that fence stale writers.
+//! - [`failure`]: what a failure's cause means: recover in place or exit.
 //! - [`run_job`]: both together in one process (`weir run`).
 
 pub mod coordinate;
 pub mod deploy;
+pub mod failure;
+pub mod fence;
 
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
@@ -19,9 +24,11 @@ use crate::dataflow::JobGraph;
 use crate::faults::Faults;
 use crate::manifest::CheckpointOptions;
 use crate::metrics::{CompletedCheckpoint, JobMetrics};
+use crate::task::error::TaskFailure;
 use crate::task::{Control, Event, TaskError, TaskId};
 use coordinate::{ControlPlane, Loop};
 use deploy::{all_tasks, Deployment};
+use fence::Fence;
 
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {
@@ -29,16 +36,21 @@ pub enum JobError {
     Checkpoint(#[from] CheckpointError),
     #[error("task {task} failed: {source}")]
     Task { task: String, source: Box<TaskError> },
-    #[error("task {task} failed: {reason}")]
-    TaskFailed { task: String, reason: String },
+    #[error("task {task} failed: {failure}")]
+    TaskFailed { task: String, failure: TaskFailure },
+    /// Workers went away while an attempt was being deployed.
+    #[error("{0}")]
+    WorkersLost(String),
     #[error("{task} failed: {reason}")]
-    Background { task: String, reason: String },
+    Internal { task: String, reason: String },
     #[error("checkpoint {id} failed ({reason}); {consecutive} consecutive failures exceed tolerableFailures")]
     TooManyCheckpointFailures { id: u64, reason: String, consecutive: u32 },
     #[error("cannot {action} checkpoint {id}: {source}")]
     Complete { action: &'static str, id: u64, source: CheckpointError },
     #[error("cannot start from spec.initialSavepointPath {uri}: {reason}")]
     InitialSavepoint { uri: String, reason: String },
+    #[error(transparent)]
+    Fence(#[from] fence::FenceError),
 }
 
 /// How a job runs, beyond its graph.
@@ -103,8 +115,8 @@ impl ControlPlane for Local {
 /// failure. Every subtask is gone when this returns.
 pub async fn run_job(graph: JobGraph, config: &JobConfig, metrics: Arc<JobMetrics>) -> Result<JobOutcome, JobError> {
     let store = CheckpointStore::open(&config.checkpoints.storage, &config.namespace, &config.name)?;
-    let (restored, next_id) =
-        restore_point(&store, graph.max_parallelism, &config.name, 0, config.initial_savepoint.as_deref()).await?;
+    let RestorePoint { restored, next_id, fence } =
+        restore_point(&store, graph.max_parallelism, &config.name, 0, config.initial_savepoint.as_deref(), 0).await?;
     let outcome = JobOutcome {
         restored_from: restored.as_ref().map(|r| r.id),
         skipped: restored.as_ref().map(|r| r.skipped.clone()).unwrap_or_default(),
@@ -114,7 +126,8 @@ pub async fn run_job(graph: JobGraph, config: &JobConfig, metrics: Arc<JobMetric
         edge.connect(config.channel_capacity);
     }
     let (events_tx, mut events) = mpsc::channel::<Event>(1024);
-    let mut deployment = Deployment::build(&graph, |_| true, restored, config, metrics.clone(), &store, &events_tx)?;
+    let mut deployment =
+        Deployment::build(&graph, |_| true, restored, fence, config, metrics.clone(), &store, &events_tx)?;
     deployment.open().await?;
     deployment.start(&events_tx)?;
     drop(events_tx);
@@ -127,15 +140,29 @@ pub async fn run_job(graph: JobGraph, config: &JobConfig, metrics: Arc<JobMetric
         metrics: &metrics,
         max_parallelism: graph.max_parallelism,
         next_id,
+        fence,
+        last_issued: &AtomicU64::new(0),
     };
     let result = coordinator.run(&mut events, &mut requests).await;
     local.deployment.shutdown().await;
     result.map(|last_checkpoint| JobOutcome { last_checkpoint, ..outcome })
 }
 
-/// The checkpoint to restore and the first id for new checkpoints, which
-/// is above every id in storage, complete or not, and above the restored
-/// one. Checkpoints completed before `not_before_ms` are ignored (a
+/// Where an attempt starts.
+pub struct RestorePoint {
+    pub restored: Option<Arc<RestoredCheckpoint>>,
+    /// The first id for new checkpoints.
+    pub next_id: u64,
+    /// The restored checkpoint's incarnation (a new one without a
+    /// checkpoint of the job's own) and a new epoch.
+    pub fence: Fence,
+}
+
+/// The checkpoint to restore, the first id for new checkpoints and the
+/// attempt's fence. The id is above every id in storage, complete or not,
+/// above the restored one and above `last_issued` (ids issued by this
+/// process whose directories may not exist), so no id is ever used twice.
+/// Checkpoints completed before `not_before_ms` are ignored (a
 /// stateless upgrade starts empty). Without a checkpoint of its own the job
 /// starts from `initial` (a savepoint or checkpoint directory) if given;
 /// one that cannot be read is an error, never a silent start from empty.
@@ -145,7 +172,8 @@ pub async fn restore_point(
     job: &str,
     not_before_ms: u64,
     initial: Option<&str>,
-) -> Result<(Option<Arc<RestoredCheckpoint>>, u64), JobError> {
+    last_issued: u64,
+) -> Result<RestorePoint, JobError> {
     let existing = store.checkpoint_ids().await?;
     let mut restored = store.latest_restorable(max_parallelism).await?.map(Arc::new);
     if restored.as_ref().is_some_and(|r| r.metadata.completed_at_ms < not_before_ms) {
@@ -158,10 +186,21 @@ pub async fn restore_point(
         snapshot.require_max_parallelism(max_parallelism).map_err(refused)?;
         restored = Some(Arc::new(RestoredCheckpoint { external: true, ..snapshot }));
     }
+    // Another job's savepoint starts a new incarnation: its output is not ours.
+    let fence = Fence::new_attempt(restored.as_ref().filter(|r| !r.external).map(|r| r.metadata.incarnation))?;
     match &restored {
-        Some(r) => info!(checkpoint = r.id, path = %r.path, "restoring job {job} from checkpoint {}", r.id),
-        None => info!("starting job {job} with empty state"),
+        Some(r) => {
+            info!(checkpoint = r.id, path = %r.path, incarnation = %fence.incarnation_tag(), epoch = %fence.epoch_tag(),
+            "restoring job {job} from checkpoint {}", r.id)
+        }
+        None => {
+            info!(incarnation = %fence.incarnation_tag(), epoch = %fence.epoch_tag(), "starting job {job} with empty state")
+        }
     }
-    let next = existing.first().map_or(1, |newest| newest + 1).max(restored.as_ref().map_or(1, |r| r.id + 1));
-    Ok((restored, next))
+    let next_id = existing
+        .first()
+        .map_or(1, |newest| newest + 1)
+        .max(restored.as_ref().map_or(1, |r| r.id + 1))
+        .max(last_issued + 1);
+    Ok(RestorePoint { restored, next_id, fence })
 }

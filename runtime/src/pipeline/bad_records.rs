@@ -32,7 +32,7 @@ impl BadRecordHandler {
     ) -> Self {
         let dead_letters = match (action, dead_letter_dir) {
             (BadRecordAction::DeadLetter, Some(dir)) => {
-                let sink = FileSink::new(dir, "dead-letter", ctx.subtask());
+                let sink = FileSink::for_task(dir, "dead-letter", &ctx);
                 Some(TxnDriver::new(uid.to_string(), ctx.clone(), sink))
             }
             _ => None,

@@ -101,7 +101,7 @@ fn build_pipeline(spec: &StreamJobSpec, pipeline: &PipelineSpec) -> Result<JobGr
     match pipeline.sink.kind().map_err(PipelineError::Invalid)? {
         SinkKind::File(f) => {
             let dir = PathBuf::from(&f.path);
-            stream.sink_two_phase("sink", move |ctx| Ok(FileSink::<Row>::new(dir.clone(), "part", ctx.subtask())));
+            stream.sink_two_phase("sink", move |ctx| Ok(FileSink::<Row>::for_task(dir.clone(), "part", ctx)));
         }
         SinkKind::Stdout(_) => {
             stream.sink(|ctx| Ok(Box::new(StdoutSink::<Row>::new(ctx.clone())) as Box<dyn Collector<Row>>));

@@ -12,6 +12,7 @@ use super::error::TaskError;
 use super::message::{Barrier, TaskId};
 use crate::checkpoint::store::RestoredCheckpoint;
 use crate::faults::Faults;
+use crate::job::fence::Fence;
 use crate::keygroup::KeyGroupRange;
 use crate::manifest::CheckpointMode;
 use crate::metrics::{JobMetrics, StageCounters};
@@ -34,6 +35,12 @@ pub struct TaskContext {
     pub batch_size: usize,
     /// Batches buffered per channel before the sender waits.
     pub channel_capacity: usize,
+    /// The job incarnation and this attempt's epoch, carried in the names
+    /// of everything the subtask writes.
+    pub fence: Fence,
+    /// Whether sinks may retract output committed after the restored
+    /// checkpoint (`onFallbackPastCommittedOutput: Retract`).
+    pub retract_on_fallback: bool,
 }
 
 impl TaskContext {

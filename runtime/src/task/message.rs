@@ -3,6 +3,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use super::error::TaskFailure;
 use crate::checkpoint::store::StateFileMetadata;
 
 /// A checkpoint barrier: everything before it belongs to checkpoint `id`.
@@ -71,16 +72,15 @@ pub enum Event {
         reason: String,
     },
     SourceExhausted(TaskId),
-    /// A background part of a task (a snapshot writer) failed fatally.
+    /// A background part of a task (a snapshot writer), a worker or a
+    /// channel failed fatally.
     Failed {
         task: TaskId,
-        reason: String,
+        failure: TaskFailure,
     },
-    /// A subtask ended; `secondary` when it failed only because a neighbour
-    /// went away first.
+    /// A subtask ended, with its failure if it failed.
     TaskFinished {
         task: TaskId,
-        error: Option<String>,
-        secondary: bool,
+        error: Option<TaskFailure>,
     },
 }

@@ -40,7 +40,7 @@ struct EdgeInner<T> {
 
 /// How a worker wires the shuffles of one attempt over the network.
 pub struct NetworkWiring<'a> {
-    pub attempt: u64,
+    pub epoch: u64,
     pub placement: &'a Placement,
     /// This worker's index in the placement.
     pub me: usize,
@@ -125,7 +125,7 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> Connect for Edge<T> {
             let up_worker = here(stage, u);
             for d in 0..down {
                 let down_worker = here(stage + 1, d);
-                let key = ChannelKey { attempt: w.attempt, edge, upstream: u, downstream: d };
+                let key = ChannelKey { epoch: w.epoch, edge, upstream: u, downstream: d };
                 let (tx, rx) = channel(capacity);
                 match (up_worker == Some(w.me), down_worker == Some(w.me)) {
                     (true, true) => {

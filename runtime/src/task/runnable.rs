@@ -47,7 +47,7 @@ pub fn spawn_snapshot_write(
         let event = match write_snapshot(&ctx, &store, barrier, snapshot).await {
             Ok(files) => match ctx.faults.check(FaultPoint::BeforeAck) {
                 Ok(()) => Event::Ack { checkpoint: barrier.id, task, files },
-                Err(e) => Event::Failed { task, reason: e.to_string() },
+                Err(e) => Event::Failed { task, failure: (&e).into() },
             },
             Err(e) => Event::Decline { checkpoint: barrier.id, task, reason: e.to_string() },
         };
@@ -74,7 +74,7 @@ async fn write_snapshot(
         if state.is_empty() {
             continue;
         }
-        let name = state_file_name(&op.uid, ctx.subtask(), ctx.key_groups);
+        let name = state_file_name(&op.uid, ctx.subtask(), ctx.key_groups, ctx.fence.epoch);
         let (size, crc32) = store.write_state(barrier.id, &name, state.encode()).await?;
         files.push(WrittenState {
             uid: op.uid,
