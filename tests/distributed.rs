@@ -276,6 +276,73 @@ fn a_frozen_worker_is_detected_by_heartbeat_timeout_and_replaced() {
     c.assert_exact();
 }
 
+/// The epoch of the last attempt a worker deployed, from its log.
+fn last_deployed_epoch(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap();
+    let at = text.rfind("deployed attempt ").expect("the worker deployed an attempt");
+    text[at + "deployed attempt ".len()..][..16].to_string()
+}
+
+#[test]
+fn a_frozen_worker_resumed_after_its_replacement_writes_nothing_the_job_keeps() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Cluster::new(dir.path(), 500_000, 60_000);
+    let coordinator = c.coordinator();
+    let workers: Vec<usize> = ["w1", "w2", "w3"].iter().map(|n| c.worker(n)).collect();
+    let mut ids = Vec::new();
+    c.wait_for("two checkpoints", &mut ids, Duration::from_secs(30), |_, chk| {
+        chk["latest"]["id"].as_u64().unwrap_or(0) >= 2
+    });
+    c.signal(workers[2], "STOP");
+    let stale = last_deployed_epoch(&dir.path().join("w3.log"));
+    c.wait_for("the heartbeat timeout", &mut ids, Duration::from_secs(15), |job, _| {
+        job["restarts"].as_u64().unwrap_or(0) >= 1
+    });
+    c.worker("w4");
+    c.wait_for("recovery on the replacement", &mut ids, Duration::from_secs(30), |job, _| {
+        job["state"] == "Running" && job["lastRecovery"]["recoveryMs"].is_u64()
+    });
+    let job = c.get("/v1/job").unwrap();
+    let restored = job["restoredFrom"].as_u64().expect("the recovery restored a checkpoint");
+    assert_ne!(job["epoch"].as_str().unwrap(), stale, "the new attempt has a new epoch");
+    // The stale worker wakes up while the job runs on without it.
+    c.signal(workers[2], "CONT");
+    let start = Instant::now();
+    let fenced = loop {
+        let log = std::fs::read_to_string(dir.path().join("w3.log")).unwrap();
+        if let Some(line) = log.lines().find(|l| l.contains("fencing myself off") || l.contains("lost the coordinator"))
+        {
+            println!("stale worker: {line}");
+            break true;
+        }
+        if start.elapsed() > Duration::from_secs(15) {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(fenced, "the resumed worker dropped its subtasks; see {}", dir.path().display());
+    assert!(c.wait_exit(coordinator, Duration::from_secs(90)), "the job finished cleanly");
+    c.kill(workers[2]);
+    never_backwards(&ids);
+    c.assert_exact();
+
+    // Nothing of the stale epoch reached a completed checkpoint...
+    for entry in std::fs::read_dir(dir.path().join("chk/default/spread")).unwrap() {
+        let meta = entry.unwrap().path().join("_metadata");
+        if let Ok(text) = std::fs::read_to_string(&meta) {
+            assert!(!text.contains(&stale), "{} lists a state file of the stale epoch {stale}", meta.display());
+        }
+    }
+    // ...and it committed no output beyond the checkpoint the others restored.
+    for entry in std::fs::read_dir(dir.path().join("out")).unwrap() {
+        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+        if !name.starts_with('.') && name.ends_with(&format!("-{stale}.jsonl")) {
+            let txn: u64 = name.split('-').nth(2).unwrap().parse().unwrap();
+            assert!(txn <= restored, "{name}: committed by the stale worker after checkpoint {restored}");
+        }
+    }
+}
+
 /// Every key's updates are 1..=n without gaps or repeats, whatever n is.
 fn assert_contiguous(dir: &Path) -> u64 {
     let mut got: BTreeMap<String, Vec<u64>> = BTreeMap::new();

@@ -226,10 +226,11 @@ impl Shared {
     fn on_message(&self, id: u64, msg: ToCoordinator) {
         match msg {
             ToCoordinator::Register { .. } => {}
-            ToCoordinator::Heartbeat(counters) => {
+            ToCoordinator::Heartbeat { sent_at_us, counters } => {
                 if let Ok(mut w) = self.workers.lock() {
                     if let Some(c) = w.get_mut(&id) {
                         c.last_seen = Instant::now();
+                        let _ = c.tx.try_send(ToWorker::HeartbeatAck { sent_at_us });
                         if c.counters.epoch != counters.epoch {
                             // A new attempt starts counting from zero; keep the old counts.
                             if let Ok(mut r) = self.retired.lock() {
@@ -330,8 +331,7 @@ pub async fn start(opts: CoordinatorOptions) -> Result<(Arc<Shared>, Coordinator
         retired: Mutex::default(),
     });
     let (registered_tx, registered) = mpsc::channel(64);
-    let ping_every = (opts.heartbeat_timeout / 4).max(Duration::from_millis(10));
-    tokio::spawn(accept_workers(listener, shared.clone(), registered_tx, ping_every));
+    tokio::spawn(accept_workers(listener, shared.clone(), registered_tx));
     tokio::spawn(watch_heartbeats(shared.clone(), opts.heartbeat_timeout));
     let last_issued = AtomicU64::new(0);
     Ok((shared.clone(), Coordinator { opts, shared, requests, registered, last_issued }))
@@ -346,12 +346,7 @@ pub struct Coordinator {
     last_issued: AtomicU64,
 }
 
-async fn accept_workers(
-    listener: TcpListener,
-    shared: Arc<Shared>,
-    registered: mpsc::Sender<u64>,
-    ping_every: Duration,
-) {
+async fn accept_workers(listener: TcpListener, shared: Arc<Shared>, registered: mpsc::Sender<u64>) {
     let mut next_id = 0u64;
     loop {
         let Ok((stream, peer)) = listener.accept().await else { continue };
@@ -360,7 +355,7 @@ async fn accept_workers(
         let shared = shared.clone();
         let registered = registered.clone();
         tokio::spawn(async move {
-            if let Err(e) = serve_worker(id, stream, &shared, &registered, ping_every).await {
+            if let Err(e) = serve_worker(id, stream, &shared, &registered).await {
                 shared.lose_worker(id, &e);
             } else {
                 shared.lose_worker(id, "connection closed");
@@ -375,7 +370,6 @@ async fn serve_worker(
     stream: TcpStream,
     shared: &Shared,
     registered: &mpsc::Sender<u64>,
-    ping_every: Duration,
 ) -> Result<(), String> {
     let mut conn = protocol::framed(stream);
     let Some(ToCoordinator::Register { name, data_addr, token }) =
@@ -407,21 +401,12 @@ async fn serve_worker(
     }
     let _ = registered.send(id).await;
     let writer = async {
-        // Pings tell the worker its coordinator lives; a worker that misses
-        // them past the heartbeat timeout fences itself off.
-        let mut ping = tokio::time::interval(ping_every);
-        loop {
-            let msg = tokio::select! {
-                msg = rx.recv() => match msg {
-                    Some(msg) => msg,
-                    // Dropped from the registry (heartbeat timeout): close the connection.
-                    None => return Err::<(), String>("dropped by the coordinator".into()),
-                },
-                _ = ping.tick() => ToWorker::Ping,
-            };
+        while let Some(msg) = rx.recv().await {
             let bytes = protocol::encode(&msg).map_err(|e| e.to_string())?;
             sink.send(bytes).await.map_err(|e| e.to_string())?;
         }
+        // Dropped from the registry (heartbeat timeout): close the connection.
+        Err::<(), String>("dropped by the coordinator".into())
     };
     let reader = async {
         while let Some(frame) = stream.next().await {

@@ -145,7 +145,12 @@ pub enum ToCoordinator {
         #[serde(default)]
         token: Option<String>,
     },
-    Heartbeat(WorkerCounters),
+    /// `sent_at_us` is the worker's own clock (microseconds since it
+    /// connected); the coordinator echoes it back.
+    Heartbeat {
+        sent_at_us: u64,
+        counters: WorkerCounters,
+    },
     /// Every subtask of the attempt is built and opened.
     Opened {
         epoch: u64,
@@ -191,8 +196,14 @@ pub enum ToWorker {
     Cancel {
         epoch: u64,
     },
-    /// The coordinator is alive (sent every quarter heartbeat timeout).
-    Ping,
+    /// The coordinator got the heartbeat sent at `sent_at_us` (the worker's
+    /// clock). The worker holds a lease from the newest echoed send time:
+    /// an echo that waited in a buffer while the worker was frozen does not
+    /// renew it, so a frozen worker cannot mistake old news for a live
+    /// coordinator.
+    HeartbeatAck {
+        sent_at_us: u64,
+    },
     /// The job is finished: exit.
     Shutdown,
     /// The registration was refused (a wrong or missing job token): exit.

@@ -128,42 +128,58 @@ async fn session(conn: &mut Connection, plane: &Arc<DataPlane>, opts: &WorkerOpt
     let (broken_tx, mut broken) = mpsc::channel::<(u64, String)>(64);
     let mut current: Option<Attempt> = None;
     let mut heartbeat = tokio::time::interval(opts.heartbeat);
-    let mut last_heard = Instant::now();
+    let connected = Instant::now();
+    let mut lease = Lease::new();
     let end = loop {
-        let step: Result<Option<SessionEnd>, ProtocolError> = tokio::select! {
-            // Checked first: after a freeze, the timeout must win over
-            // whatever else became ready meanwhile.
-            biased;
-            _ = heartbeat.tick() => {
-                if let Some(a) = current.as_ref().filter(|a| last_heard.elapsed() > a.heartbeat_timeout) {
-                    let silent = last_heard.elapsed();
-                    warn!(epoch = %format!("{:016x}", a.epoch),
-                        "no word from the coordinator for {silent:?} (timeout {:?}): fencing myself off", a.heartbeat_timeout);
-                    break SessionEnd::Lost(format!("no word from the coordinator for {silent:?}"));
-                }
+        let woke = tokio::select! {
+            _ = heartbeat.tick() => Woke::Tick,
+            msg = protocol::recv::<ToWorker>(conn) => Woke::Message(msg),
+            Some((epoch, event)) = next_event(&mut current) => Woke::Event(epoch, event),
+            Some((epoch, reason)) = broken.recv() => Woke::Broken(epoch, reason),
+        };
+        // Whatever woke the loop, a lapsed lease comes first: after a
+        // freeze, the subtasks must go before anything is said or done.
+        if let Some(a) = current.as_ref() {
+            if let Some(silent) = lease.lapsed(a.heartbeat_timeout) {
+                warn!(epoch = %format!("{:016x}", a.epoch),
+                    "no word from the coordinator for {silent:?} (timeout {:?}): fencing myself off", a.heartbeat_timeout);
+                break SessionEnd::Lost(format!("no word from the coordinator for {silent:?}"));
+            }
+        }
+        let step: Result<Option<SessionEnd>, ProtocolError> = match woke {
+            Woke::Tick => {
                 let counters = current.as_ref().map_or(WorkerCounters::default(), |a| WorkerCounters {
                     epoch: a.epoch,
                     records_in: JobMetrics::get(&a.metrics.records_in),
                     records_out: JobMetrics::get(&a.metrics.records_out),
-                    bad_records: JobMetrics::get(&a.metrics.bad_records_skipped) + JobMetrics::get(&a.metrics.bad_records_dead_lettered),
+                    bad_records: JobMetrics::get(&a.metrics.bad_records_skipped)
+                        + JobMetrics::get(&a.metrics.bad_records_dead_lettered),
                     first_record_at_ms: Some(JobMetrics::get(&a.metrics.first_record_at_ms)).filter(|t| *t > 0),
                     stages: a.metrics.stage_samples(),
                 });
-                protocol::send(conn, &ToCoordinator::Heartbeat(counters)).await.map(|_| None)
+                let sent_at_us = connected.elapsed().as_micros() as u64;
+                protocol::send(conn, &ToCoordinator::Heartbeat { sent_at_us, counters }).await.map(|_| None)
             }
-            msg = protocol::recv::<ToWorker>(conn) => match msg {
-                Ok(Some(msg)) => {
-                    last_heard = Instant::now();
-                    handle(msg, conn, &mut current, plane, &broken_tx).await
+            Woke::Message(Ok(Some(ToWorker::HeartbeatAck { sent_at_us }))) => {
+                lease.renew(connected + Duration::from_micros(sent_at_us));
+                Ok(None)
+            }
+            Woke::Message(Ok(Some(msg))) => {
+                if matches!(msg, ToWorker::Deploy { .. }) {
+                    lease.renew(Instant::now());
                 }
-                Ok(None) => Ok(Some(SessionEnd::Lost("connection closed".into()))),
-                Err(e) => Err(e),
-            },
-            Some((epoch, event)) = next_event(&mut current) => {
+                handle(msg, conn, &mut current, plane, &broken_tx).await
+            }
+            Woke::Message(Ok(None)) => Ok(Some(SessionEnd::Lost("connection closed".into()))),
+            Woke::Message(Err(e)) => Err(e),
+            Woke::Event(epoch, event) => {
                 protocol::send(conn, &ToCoordinator::Event { epoch, event }).await.map(|_| None)
             }
-            Some((epoch, reason)) = broken.recv() => {
-                let event = Event::Failed { task: network_task(), failure: TaskFailure::new(FailureKind::ChannelBroken, reason) };
+            Woke::Broken(epoch, reason) => {
+                let event = Event::Failed {
+                    task: network_task(),
+                    failure: TaskFailure::new(FailureKind::ChannelBroken, reason),
+                };
                 protocol::send(conn, &ToCoordinator::Event { epoch, event }).await.map(|_| None)
             }
         };
@@ -177,6 +193,37 @@ async fn session(conn: &mut Connection, plane: &Arc<DataPlane>, opts: &WorkerOpt
         a.shutdown().await;
     }
     end
+}
+
+/// What woke the session loop.
+enum Woke {
+    Tick,
+    Message(Result<Option<ToWorker>, ProtocolError>),
+    Event(u64, Event),
+    Broken(u64, String),
+}
+
+/// The coordinator's word that it was alive at some instant of this
+/// worker's clock: the send time of the newest heartbeat it echoed. Only
+/// echoes renew it, so messages that sat in a buffer while the process was
+/// frozen do not make a stale worker believe it still belongs.
+struct Lease {
+    since: Instant,
+}
+
+impl Lease {
+    fn new() -> Lease {
+        Lease { since: Instant::now() }
+    }
+
+    fn renew(&mut self, alive_at: Instant) {
+        self.since = self.since.max(alive_at);
+    }
+
+    /// How long the coordinator has been silent, if longer than `timeout`.
+    fn lapsed(&self, timeout: Duration) -> Option<Duration> {
+        Some(self.since.elapsed()).filter(|silent| *silent > timeout)
+    }
 }
 
 async fn handle(
@@ -230,7 +277,7 @@ async fn handle(
                 }
             }
         }
-        ToWorker::Ping => {}
+        ToWorker::HeartbeatAck { .. } => {}
         ToWorker::Shutdown => return Ok(Some(SessionEnd::Shutdown)),
         ToWorker::Refused { reason } => return Ok(Some(SessionEnd::Refused(reason))),
     }
@@ -293,4 +340,37 @@ async fn deploy(
         .map(|(i, id)| (TaskKey { stage: id.stage, subtask: id.subtask }, i))
         .collect();
     Ok(Attempt { epoch, deployment, pumps, metrics, events_tx, events, index, heartbeat_timeout })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn an_echo_that_waited_out_a_freeze_does_not_renew_the_lease() {
+        let timeout = Duration::from_secs(1);
+        let mut lease = Lease::new();
+        let sent = Instant::now();
+        tokio::time::advance(Duration::from_millis(300)).await;
+        lease.renew(sent + Duration::from_millis(200));
+        assert_eq!(lease.lapsed(timeout), None, "a fresh echo keeps the worker in");
+        // Frozen for five seconds; on waking it reads the echo of a
+        // heartbeat it sent before the freeze.
+        let before_freeze = Instant::now();
+        tokio::time::advance(Duration::from_secs(5)).await;
+        lease.renew(before_freeze);
+        let silent = lease.lapsed(timeout).expect("the lease lapsed");
+        assert!(silent >= Duration::from_secs(5), "{silent:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_older_echo_never_moves_the_lease_back() {
+        let mut lease = Lease::new();
+        tokio::time::advance(Duration::from_millis(900)).await;
+        let recent = Instant::now();
+        lease.renew(recent);
+        lease.renew(recent - Duration::from_millis(800));
+        tokio::time::advance(Duration::from_millis(500)).await;
+        assert_eq!(lease.lapsed(Duration::from_secs(1)), None);
+    }
 }
