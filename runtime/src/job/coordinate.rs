@@ -56,6 +56,8 @@ pub struct Loop<'a, P: ControlPlane> {
     /// The highest checkpoint id this loop issued, kept beyond the attempt
     /// so the next one never issues it again.
     pub last_issued: &'a AtomicU64,
+    /// Checkpoints the restore found damaged: retention does not count them.
+    pub damaged: Vec<u64>,
 }
 
 async fn broadcast<P: ControlPlane>(plane: &P, msg: Control, sources_only: bool) {
@@ -231,7 +233,7 @@ impl<P: ControlPlane + Sync> Loop<'_, P> {
         self.metrics.set_last_checkpoint(completed.clone());
         broadcast(self.plane, Control::Complete(id), false).await;
         let retained = self.config.checkpoints.retained.max(1) as usize;
-        self.store.apply_retention(id, retained).await.map_err(|source| JobError::Complete {
+        self.store.apply_retention(id, retained, &self.damaged).await.map_err(|source| JobError::Complete {
             action: "apply retention after",
             id,
             source,

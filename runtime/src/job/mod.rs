@@ -142,6 +142,7 @@ pub async fn run_job(graph: JobGraph, config: &JobConfig, metrics: Arc<JobMetric
         next_id,
         fence,
         last_issued: &AtomicU64::new(0),
+        damaged: outcome.skipped.iter().map(|(id, _)| *id).collect(),
     };
     let result = coordinator.run(&mut events, &mut requests).await;
     local.deployment.shutdown().await;

@@ -23,13 +23,23 @@ pub struct Aligner {
     arrived: Vec<bool>,
     ended: Vec<bool>,
     current: Option<Barrier>,
-    /// Highest checkpoint id aligned or aborted; older barriers are stale.
+    /// Highest checkpoint id aligned, or aborted while aligning; older
+    /// barriers are stale.
     floor: u64,
+    /// Newer checkpoints aborted before their barriers arrived here.
+    aborted: Vec<u64>,
 }
 
 impl Aligner {
     pub fn new(inputs: usize, mode: CheckpointMode) -> Aligner {
-        Aligner { mode, arrived: vec![false; inputs], ended: vec![false; inputs], current: None, floor: 0 }
+        Aligner {
+            mode,
+            arrived: vec![false; inputs],
+            ended: vec![false; inputs],
+            current: None,
+            floor: 0,
+            aborted: Vec::new(),
+        }
     }
 
     /// Whether `input` must not be read now.
@@ -38,7 +48,7 @@ impl Aligner {
     }
 
     pub fn on_barrier(&mut self, input: usize, barrier: Barrier) -> Alignment {
-        if barrier.id <= self.floor {
+        if barrier.id <= self.floor || self.aborted.contains(&barrier.id) {
             return Alignment::Pending;
         }
         match self.current {
@@ -61,12 +71,20 @@ impl Aligner {
         }
     }
 
-    /// The coordinator aborted checkpoint `id`: unblock if aligning for it.
+    /// The coordinator aborted checkpoint `id`: unblock if aligning for
+    /// it, ignore its barriers from now on, and leave the alignment of any
+    /// other checkpoint as it is.
     pub fn abort(&mut self, id: u64) {
-        self.floor = self.floor.max(id);
-        if self.current.is_some_and(|b| b.id <= id) {
-            self.reset();
+        match self.current {
+            Some(cur) if cur.id == id => {
+                self.reset();
+                self.floor = self.floor.max(id);
+            }
+            _ if id > self.floor => self.aborted.push(id),
+            _ => {}
         }
+        let floor = self.floor;
+        self.aborted.retain(|a| *a > floor);
     }
 
     pub fn all_ended(&self) -> bool {
@@ -79,6 +97,7 @@ impl Aligner {
             (true, Some(b)) => {
                 self.reset();
                 self.floor = b.id;
+                self.aborted.retain(|a| *a > b.id);
                 Alignment::Aligned(b)
             }
             _ => Alignment::Pending,
@@ -142,6 +161,20 @@ mod tests {
         assert_eq!(a.on_barrier(0, b(4)), Alignment::Aligned(b(4)));
         assert_eq!(a.on_barrier(1, b(3)), Alignment::Pending);
         assert!(!a.is_blocked(1));
+    }
+
+    #[test]
+    fn aborting_a_newer_checkpoint_keeps_aligning_the_older_one() {
+        // maxConcurrent 2: checkpoint 6 is declined while 5 is aligning here.
+        let mut a = Aligner::new(2, CheckpointMode::ExactlyOnce);
+        a.on_barrier(0, b(5));
+        a.abort(6);
+        assert!(a.is_blocked(0), "5 is still aligning");
+        assert_eq!(a.on_barrier(1, b(5)), Alignment::Aligned(b(5)));
+        assert_eq!(a.on_barrier(0, b(6)), Alignment::Pending, "barriers of the aborted 6 are ignored");
+        assert!(!a.is_blocked(0));
+        assert_eq!(a.on_barrier(0, b(7)), Alignment::Pending);
+        assert_eq!(a.on_barrier(1, b(7)), Alignment::Aligned(b(7)));
     }
 
     #[test]

@@ -53,6 +53,26 @@ impl TaskContext {
     pub fn restored_id(&self) -> Option<u64> {
         self.restored.as_ref().map(|r| r.id)
     }
+
+    /// Subtask 0 of 1 of a stage named `name`, exactly-once, nothing restored.
+    #[cfg(test)]
+    pub fn for_test(name: &str) -> TaskContext {
+        let metrics = Arc::new(JobMetrics::default());
+        TaskContext {
+            id: super::TaskId { stage: 0, name: Arc::from(name), subtask: 0, parallelism: 1 },
+            max_parallelism: 128,
+            key_groups: KeyGroupRange::for_subtask(128, 1, 0),
+            mode: CheckpointMode::ExactlyOnce,
+            restored: None,
+            stage: metrics.stage(name),
+            metrics,
+            faults: Faults::none(),
+            batch_size: 64,
+            channel_capacity: 4,
+            fence: Fence { incarnation: 1, epoch: 1 },
+            retract_on_fallback: false,
+        }
+    }
 }
 
 /// Encodes keyed state off the task thread.

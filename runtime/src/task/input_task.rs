@@ -22,14 +22,14 @@ pub struct InputTask<T: Send + 'static> {
 }
 
 /// Polls the inputs the aligner does not block, starting after the last
-/// one served so no input starves.
+/// one served so no input starves. `None`: the input broke without `End`.
 fn poll_inputs<T>(
     inputs: &mut [Receiver<Message<T>>],
     aligner: &Aligner,
     ended: &[bool],
     start: &mut usize,
     cx: &mut std::task::Context<'_>,
-) -> Poll<(usize, Message<T>)> {
+) -> Poll<(usize, Option<Message<T>>)> {
     let n = inputs.len();
     for k in 0..n {
         let i = (*start + k) % n;
@@ -39,11 +39,9 @@ fn poll_inputs<T>(
         match inputs[i].poll_recv(cx) {
             Poll::Ready(Some(m)) => {
                 *start = (i + 1) % n;
-                return Poll::Ready((i, m));
+                return Poll::Ready((i, Some(m)));
             }
-            // A vanished upstream ends its input; its failure reaches the
-            // coordinator on its own.
-            Poll::Ready(None) => return Poll::Ready((i, Message::End)),
+            Poll::Ready(None) => return Poll::Ready((i, None)),
             Poll::Pending => {}
         }
     }
@@ -77,6 +75,11 @@ impl<T: Send + 'static> RunnableTask for InputTask<T> {
                     Some(Control::Stop) | None => stop_requested = true,
                 },
                 (i, msg) = poll_fn(|cx| poll_inputs(inputs, &aligner, &ended, &mut start, cx)), if !input_done => {
+                    // An upstream that vanished without `End` did not finish:
+                    // taking it for the end of input would let a checkpoint
+                    // align (and a sink commit) without its records. Fail;
+                    // the upstream's own failure names the cause.
+                    let Some(msg) = msg else { return Err(TaskError::Disconnected("an upstream subtask")) };
                     let aligned = match msg {
                         Message::Batch(batch) => {
                             JobMetrics::add(&self.ctx.stage.records_in, batch.len());
@@ -103,5 +106,66 @@ impl<T: Send + 'static> RunnableTask for InputTask<T> {
         }
         while writers.join_next().await.is_some() {}
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::checkpoint::CheckpointStore;
+    use crate::task::Barrier;
+
+    /// Counts what reaches the end of the chain.
+    struct Recording {
+        ended: Arc<AtomicBool>,
+    }
+
+    #[async_trait]
+    impl Collector<u32> for Recording {
+        async fn open(&mut self) -> Result<(), TaskError> {
+            Ok(())
+        }
+        async fn collect(&mut self, _: Vec<u32>) -> Result<(), TaskError> {
+            Ok(())
+        }
+        async fn barrier(&mut self, _: Barrier, _: &mut TaskSnapshot) -> Result<(), TaskError> {
+            Ok(())
+        }
+        async fn checkpoint_complete(&mut self, _: u64) -> Result<(), TaskError> {
+            Ok(())
+        }
+        async fn end_of_input(&mut self) -> Result<(), TaskError> {
+            self.ended.store(true, Ordering::SeqCst);
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn an_input_that_breaks_without_end_fails_the_task_instead_of_ending_its_input() {
+        let dir = tempfile::tempdir().unwrap();
+        let (finished, finished_rx) = mpsc::channel(4);
+        let (broken, broken_rx) = mpsc::channel(4);
+        finished.send(Message::Batch(vec![1])).await.unwrap();
+        finished.send(Message::End).await.unwrap();
+        broken.send(Message::Batch(vec![2])).await.unwrap();
+        drop(broken); // the upstream vanished: no End
+        let ended = Arc::new(AtomicBool::new(false));
+        let task = Box::new(InputTask {
+            ctx: TaskContext::for_test("agg"),
+            inputs: vec![finished_rx, broken_rx],
+            chain: Box::new(Recording { ended: ended.clone() }),
+        });
+        let (_control, control) = mpsc::channel(1);
+        let (events, _events) = mpsc::channel(8);
+        let store = CheckpointStore::open(&format!("file://{}", dir.path().display()), "default", "job").unwrap();
+        let err = task.run(TaskIo { control, events, store }).await.unwrap_err();
+        assert!(matches!(err, TaskError::Disconnected(_)), "{err}");
+        assert!(!ended.load(Ordering::SeqCst), "the chain never saw an end of input");
+        drop(finished);
     }
 }
