@@ -53,6 +53,9 @@ pub struct JobGraph {
     pub max_parallelism: u32,
     pub stages: Vec<StageDef>,
     pub edges: Vec<Arc<dyn Connect>>,
+    /// The uids of every operator that may hold state: state in a
+    /// checkpoint under any other uid would find no operator on restore.
+    pub state_uids: Vec<String>,
 }
 
 #[derive(Default)]
@@ -62,6 +65,7 @@ struct GraphBuilder {
     stages: Vec<StageDef>,
     edges: Vec<Arc<dyn Connect>>,
     sinks: usize,
+    state_uids: Vec<String>,
 }
 
 /// Where a job is assembled.
@@ -85,6 +89,7 @@ impl StreamEnv {
         F: Fn(&TaskContext, Option<Vec<Vec<u8>>>) -> Result<Box<dyn Source<T>>, TaskError> + Send + Sync + 'static,
     {
         let uid = uid.to_string();
+        self.declare_state(&uid);
         let name = uid.clone();
         let make = Arc::new(make);
         let close: CloseStage<T> = Box::new(move |chain: ChainFactory<T>| -> TaskFactory {
@@ -109,6 +114,11 @@ impl StreamEnv {
         }
     }
 
+    /// Says that an operator added with `transform` keeps state under `uid`.
+    pub fn declare_state(&self, uid: &str) {
+        self.graph.borrow_mut().state_uids.push(uid.to_string());
+    }
+
     pub fn build(self) -> Result<JobGraph, BuildError> {
         let g = self.graph.take();
         if g.sinks == 0 {
@@ -123,7 +133,12 @@ impl StreamEnv {
                 });
             }
         }
-        Ok(JobGraph { max_parallelism: self.max_parallelism, stages: g.stages, edges: g.edges })
+        Ok(JobGraph {
+            max_parallelism: self.max_parallelism,
+            stages: g.stages,
+            edges: g.edges,
+            state_uids: g.state_uids,
+        })
     }
 }
 
@@ -259,6 +274,7 @@ impl<T: Send + 'static> DataStream<T> {
         F: Fn(&TaskContext) -> Result<S, TaskError> + Send + Sync + 'static,
     {
         let uid = uid.to_string();
+        self.graph.borrow_mut().state_uids.push(uid.clone());
         self.sink(move |ctx| {
             let sink = make(ctx)?;
             Ok(Box::new(TwoPhaseCommitCollector::new(uid.clone(), ctx.clone(), sink)) as Box<dyn Collector<T>>)
@@ -287,6 +303,7 @@ where
     {
         let name = uid.to_string();
         let uid = uid.to_string();
+        self.graph.borrow_mut().state_uids.push(uid.clone());
         let edge = self.edge.clone();
         let key = self.key.clone();
         let close: CloseStage<O> = Box::new(move |rest: ChainFactory<O>| -> TaskFactory {

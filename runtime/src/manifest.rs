@@ -78,6 +78,12 @@ pub struct StreamJobSpec {
     /// completed checkpoint of its own; after that the job resumes from its own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub initial_savepoint_path: Option<String>,
+    /// Start even if the restored checkpoint holds state of an operator the
+    /// job no longer has (Flink's `allowNonRestoredState`); that state is
+    /// dropped. Off by default: such state usually means an operator's id
+    /// changed, and starting without it would silently reset it.
+    #[serde(default)]
+    pub allow_non_restored_state: bool,
     /// What happens to a record that cannot be parsed or processed.
     #[serde(default)]
     pub error_policy: ErrorPolicy,
@@ -309,8 +315,9 @@ fn default_max_parallelism() -> u32 {
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CheckpointOptions {
-    /// Time between checkpoint triggers; `0s` disables periodic checkpoints
-    /// (a bounded job still takes one final checkpoint to commit its sinks).
+    /// Time between checkpoint triggers, at least `10ms` (Flink's minimum).
+    /// Sinks commit only when a checkpoint completes, so this is also how
+    /// late output becomes visible.
     #[serde(default = "default_interval")]
     pub interval: HumanDuration,
     #[serde(default)]
@@ -499,6 +506,14 @@ pub struct FileSourceSpec {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct StepSpec {
+    /// A stable id for the step's state (as Flink's `uid`): a checkpoint's
+    /// state goes back to the operator of the same id, wherever the step
+    /// moves in the list. Without one, the id is derived from the step's
+    /// content, so changing the step (or its keyBy) starts it without state
+    /// (refused unless `allowNonRestoredState`). Lowercase letters, digits,
+    /// `-`, `_` and `.`; unique within the pipeline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
     /// Repartition by the value of a field.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_by: Option<KeyBySpec>,
@@ -506,6 +521,21 @@ pub struct StepSpec {
     /// updated aggregate for every input record.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aggregate: Option<AggregateSpec>,
+}
+
+/// Ids the pipeline gives its own stateful parts.
+const RESERVED_IDS: [&str; 3] = ["source", "sink", "bad-records"];
+
+/// Checks a step id: it names state files, so it is kept to a safe alphabet.
+fn check_operator_id(id: &str) -> Result<(), String> {
+    let safe = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.');
+    if id.is_empty() || id.len() > 63 || !id.chars().all(safe) || id.starts_with(['-', '.']) {
+        return Err(format!("expected 1 to 63 lowercase letters, digits, `-`, `_` or `.` (not first), got `{id}`"));
+    }
+    if RESERVED_IDS.contains(&id) {
+        return Err(format!("`{id}` is the id of the pipeline's own {id}; choose another"));
+    }
+    Ok(())
 }
 
 /// The step a [`StepSpec`] sets.
@@ -652,7 +682,18 @@ impl StreamJob {
     }
 
     /// Parses and validates a manifest; errors name the offending field.
+    /// A manifest of another kind is refused by its kind, before its fields.
     pub fn from_yaml(text: &str) -> Result<StreamJob, ManifestError> {
+        if let Ok(serde_yaml::Value::Mapping(top)) = serde_yaml::from_str::<serde_yaml::Value>(text) {
+            let field = |name: &str| top.get(name).and_then(|v| v.as_str()).unwrap_or("").to_string();
+            let (api_version, kind) = (field("apiVersion"), field("kind"));
+            if kind != KIND || api_version != API_VERSION {
+                return Err(ManifestError::Invalid(vec![format!(
+                    "expected a manifest of kind `{KIND}` and apiVersion `{API_VERSION}`, got kind `{kind}` \
+                     and apiVersion `{api_version}`: this is not a Weir job"
+                )]));
+            }
+        }
         // serde_path_to_error names the exact field even for errors raised
         // inside a field's own deserializer (a malformed duration).
         let job: StreamJob =
@@ -696,6 +737,9 @@ impl StreamJob {
     }
 }
 
+/// The shortest checkpoint interval and timeout that can work (Flink's 10 ms).
+const MIN_CHECKPOINT_DURATION: Duration = Duration::from_millis(10);
+
 fn is_dns_label(s: &str) -> bool {
     s.len() <= 63
         && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
@@ -726,8 +770,14 @@ impl StreamJobSpec {
         if c.retained == 0 {
             errors.push("spec.checkpoints.retained: expected at least 1, got 0".into());
         }
-        if c.timeout.0.is_zero() {
-            errors.push("spec.checkpoints.timeout: expected more than 0s".into());
+        for (field, value) in [("interval", c.interval.0), ("timeout", c.timeout.0)] {
+            if value < MIN_CHECKPOINT_DURATION {
+                errors.push(format!(
+                    "spec.checkpoints.{field}: expected at least {}, got {}",
+                    humantime::format_duration(MIN_CHECKPOINT_DURATION),
+                    humantime::format_duration(value)
+                ));
+            }
         }
         if let Err(e) = crate::storage::StorageUri::parse(&c.storage) {
             errors.push(format!("spec.checkpoints.storage: {e}"));
@@ -808,7 +858,16 @@ impl PipelineSpec {
             }
         }
         let mut keyed = false;
+        let mut ids: Vec<&str> = Vec::new();
         for (i, step) in self.steps.iter().enumerate() {
+            if let Some(id) = step.id.as_deref() {
+                if let Err(e) = check_operator_id(id) {
+                    errors.push(format!("spec.pipeline.steps[{i}].id: {e}"));
+                } else if ids.contains(&id) {
+                    errors.push(format!("spec.pipeline.steps[{i}].id: `{id}` is already the id of another step"));
+                }
+                ids.push(id);
+            }
             match step.kind() {
                 Err(e) => errors.push(format!("spec.pipeline.steps[{i}]: {e}")),
                 Ok(StepKind::KeyBy(k)) => {
@@ -912,6 +971,36 @@ spec:
         let err = StreamJob::from_yaml(&text).unwrap_err().to_string();
         assert!(err.contains("spec.checkpoints.interval"), "{err}");
         assert!(err.contains("expected a duration"), "{err}");
+    }
+
+    #[test]
+    fn refuses_a_manifest_of_another_kind_by_its_kind_first() {
+        let err = StreamJob::from_yaml("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\ndata: {}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("kind `ConfigMap`") && err.contains("not a Weir job"), "{err}");
+        assert!(!err.contains("spec"), "{err}");
+    }
+
+    #[test]
+    fn refuses_checkpoint_interval_and_timeout_below_ten_milliseconds() {
+        let text = GOOD.replace("interval: 1s", "interval: 0s\n    timeout: 1ms");
+        let err = StreamJob::from_yaml(&text).unwrap_err().to_string();
+        assert!(err.contains("spec.checkpoints.interval: expected at least 10ms, got 0s"), "{err}");
+        assert!(err.contains("spec.checkpoints.timeout: expected at least 10ms, got 1ms"), "{err}");
+    }
+
+    #[test]
+    fn refuses_a_step_id_that_is_unsafe_reserved_or_repeated() {
+        let text = GOOD.replace(
+            "      - keyBy: {field: key}\n      - aggregate: {count: true, sum: [value]}",
+            "      - {id: Per/Key, keyBy: {field: key}}\n      - {id: sink, aggregate: {count: true}}\n      \
+             - {id: a, keyBy: {field: key}}\n      - {id: a, aggregate: {count: true}}",
+        );
+        let err = StreamJob::from_yaml(&text).unwrap_err().to_string();
+        assert!(err.contains("spec.pipeline.steps[0].id: expected 1 to 63 lowercase"), "{err}");
+        assert!(err.contains("spec.pipeline.steps[1].id: `sink` is the id of the pipeline's own sink"), "{err}");
+        assert!(err.contains("spec.pipeline.steps[3].id: `a` is already the id of another step"), "{err}");
     }
 
     #[test]

@@ -195,15 +195,69 @@ fn a_stateless_reset_time_hides_older_checkpoints_from_restore() {
     let store =
         weir_runtime::checkpoint::CheckpointStore::open(&job.spec.checkpoints.storage, "default", "counts").unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let kept = rt.block_on(weir_runtime::job::restore_point(&store, 16, "counts", 0, None, 0)).unwrap();
+    let graph = weir_runtime::pipeline::build(&job.spec).unwrap();
+    let config = weir_runtime::job::JobConfig::for_job(&job);
+    let restore_point = |not_before, last_issued| {
+        rt.block_on(weir_runtime::job::restore_point(&store, &graph, &config, not_before, last_issued)).unwrap()
+    };
+    let kept = restore_point(0, 0);
     assert!(kept.restored.is_some());
-    let hidden = rt.block_on(weir_runtime::job::restore_point(&store, 16, "counts", u64::MAX, None, 0)).unwrap();
+    let hidden = restore_point(u64::MAX, 0);
     assert!(hidden.restored.is_none(), "checkpoints before the reset are not restored");
     assert_eq!(kept.next_id, hidden.next_id, "ids still continue above every checkpoint");
     assert_ne!(kept.fence.incarnation, hidden.fence.incarnation, "starting empty starts a new incarnation");
-    let issued =
-        rt.block_on(weir_runtime::job::restore_point(&store, 16, "counts", 0, None, kept.next_id + 5)).unwrap();
+    let issued = restore_point(0, kept.next_id + 5);
     assert_eq!(issued.next_id, kept.next_id + 6, "ids issued but never written are not used again");
     assert_eq!(issued.fence.incarnation, kept.fence.incarnation, "a restore keeps the incarnation");
     assert_ne!(issued.fence.epoch, kept.fence.epoch, "every attempt draws a new epoch");
+}
+
+#[test]
+fn inserting_a_step_before_the_aggregate_keeps_its_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = JobSpec::default();
+    let job = manifest(dir.path(), &spec);
+    assert!(is_injected(&run_once(&job, Faults::crash_at(FaultPoint::AfterMetadata, 3)).unwrap_err()));
+    // The upgrade adds a step in front: the aggregate moves from position 1 to 2.
+    let mut upgraded = job.clone();
+    let steps = &mut upgraded.spec.pipeline.as_mut().unwrap().steps;
+    steps.insert(0, steps[0].clone());
+    let outcome = run_once(&upgraded, Faults::none()).unwrap();
+    assert!(outcome.restored_from.is_some());
+    assert_exactly_once(dir.path(), spec.count, spec.keys);
+}
+
+#[test]
+fn state_that_matches_no_operator_is_refused_unless_allow_non_restored_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = JobSpec::default();
+    let job = manifest(dir.path(), &spec);
+    assert!(is_injected(&run_once(&job, Faults::crash_at(FaultPoint::AfterMetadata, 3)).unwrap_err()));
+    // The aggregate now computes something else: its derived id changes.
+    let mut changed = job.clone();
+    let pipeline = changed.spec.pipeline.as_mut().unwrap();
+    pipeline.steps[1].aggregate.as_mut().unwrap().max = vec!["value".into()];
+    let err = run_once(&changed, Faults::none()).unwrap_err();
+    assert_eq!(weir_runtime::job::failure::kind(&err), FailureKind::Restore, "{err}");
+    let text = err.to_string();
+    assert!(text.contains("`aggregate-") && text.contains("allowNonRestoredState"), "{text}");
+
+    changed.spec.allow_non_restored_state = true;
+    let outcome = run_once(&changed, Faults::none()).unwrap();
+    assert!(outcome.restored_from.is_some(), "the sources' positions are still restored");
+}
+
+#[test]
+fn a_step_with_an_id_keeps_its_state_when_it_moves() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = JobSpec::default();
+    let mut job = manifest(dir.path(), &spec);
+    job.spec.pipeline.as_mut().unwrap().steps[1].id = Some("per-key".into());
+    assert!(is_injected(&run_once(&job, Faults::crash_at(FaultPoint::AfterMetadata, 3)).unwrap_err()));
+    let mut moved = job.clone();
+    let steps = &mut moved.spec.pipeline.as_mut().unwrap().steps;
+    steps.insert(0, steps[0].clone());
+    let outcome = run_once(&moved, Faults::none()).unwrap();
+    assert!(outcome.restored_from.is_some());
+    assert_exactly_once(dir.path(), spec.count, spec.keys);
 }

@@ -540,15 +540,9 @@ impl Coordinator {
         recovering: Option<(u64, u64)>,
     ) -> Result<(), JobError> {
         let not_before = self.opts.ignore_checkpoints_before_ms;
-        let RestorePoint { restored, next_id, fence } = restore_point(
-            &self.shared.store,
-            graph.max_parallelism,
-            &config.name,
-            not_before,
-            config.initial_savepoint.as_deref(),
-            self.last_issued.load(Ordering::Relaxed),
-        )
-        .await?;
+        let last_issued = self.last_issued.load(Ordering::Relaxed);
+        let RestorePoint { restored, next_id, fence } =
+            restore_point(&self.shared.store, graph, config, not_before, last_issued).await?;
         let epoch = fence.epoch;
         let damaged = restored.as_ref().map(|r| r.skipped.iter().map(|(id, _)| *id).collect()).unwrap_or_default();
         let restore = restored.as_ref().map(|r| r.id);

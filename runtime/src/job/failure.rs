@@ -29,7 +29,7 @@ pub fn kind(e: &JobError) -> FailureKind {
         JobError::WorkersLost(_) => FailureKind::WorkerLost,
         JobError::Checkpoint(c) | JobError::Complete { source: c, .. } => c.failure_kind(),
         JobError::TooManyCheckpointFailures { .. } => FailureKind::Storage,
-        JobError::InitialSavepoint { .. } => FailureKind::Restore,
+        JobError::InitialSavepoint { .. } | JobError::NonRestoredState { .. } => FailureKind::Restore,
         JobError::Internal { .. } | JobError::Fence(_) => FailureKind::Deployment,
     }
 }

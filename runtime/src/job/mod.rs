@@ -17,7 +17,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::checkpoint::{CheckpointError, CheckpointStore, RestoredCheckpoint};
 use crate::dataflow::JobGraph;
@@ -51,6 +51,13 @@ pub enum JobError {
     InitialSavepoint { uri: String, reason: String },
     #[error(transparent)]
     Fence(#[from] fence::FenceError),
+    #[error(
+        "checkpoint {id} at {path} holds state of {} the job no longer has ({}); an operator's id \
+         probably changed. Give the step its old `id`, or set spec.allowNonRestoredState: true to drop that state",
+        if uids.len() == 1 { "an operator" } else { "operators" },
+        uids.iter().map(|u| format!("`{u}`")).collect::<Vec<_>>().join(", ")
+    )]
+    NonRestoredState { id: u64, path: String, uids: Vec<String> },
 }
 
 /// How a job runs, beyond its graph.
@@ -64,6 +71,8 @@ pub struct JobConfig {
     pub faults: Faults,
     /// Where to start when the job has no completed checkpoint of its own.
     pub initial_savepoint: Option<String>,
+    /// Start even if restored state matches no operator (it is dropped).
+    pub allow_non_restored_state: bool,
 }
 
 impl JobConfig {
@@ -72,6 +81,7 @@ impl JobConfig {
         let mut config =
             JobConfig::new(&job.metadata.name, job.metadata.namespace_or_default(), job.spec.checkpoints.clone());
         config.initial_savepoint = job.spec.initial_savepoint_path.clone();
+        config.allow_non_restored_state = job.spec.allow_non_restored_state;
         config
     }
 
@@ -84,6 +94,7 @@ impl JobConfig {
             channel_capacity: 16,
             faults: Faults::none(),
             initial_savepoint: None,
+            allow_non_restored_state: false,
         }
     }
 }
@@ -115,8 +126,7 @@ impl ControlPlane for Local {
 /// failure. Every subtask is gone when this returns.
 pub async fn run_job(graph: JobGraph, config: &JobConfig, metrics: Arc<JobMetrics>) -> Result<JobOutcome, JobError> {
     let store = CheckpointStore::open(&config.checkpoints.storage, &config.namespace, &config.name)?;
-    let RestorePoint { restored, next_id, fence } =
-        restore_point(&store, graph.max_parallelism, &config.name, 0, config.initial_savepoint.as_deref(), 0).await?;
+    let RestorePoint { restored, next_id, fence } = restore_point(&store, &graph, config, 0, 0).await?;
     let outcome = JobOutcome {
         restored_from: restored.as_ref().map(|r| r.id),
         skipped: restored.as_ref().map(|r| r.skipped.clone()).unwrap_or_default(),
@@ -169,12 +179,12 @@ pub struct RestorePoint {
 /// one that cannot be read is an error, never a silent start from empty.
 pub async fn restore_point(
     store: &CheckpointStore,
-    max_parallelism: u32,
-    job: &str,
+    graph: &JobGraph,
+    config: &JobConfig,
     not_before_ms: u64,
-    initial: Option<&str>,
     last_issued: u64,
 ) -> Result<RestorePoint, JobError> {
+    let (max_parallelism, job, initial) = (graph.max_parallelism, &config.name, config.initial_savepoint.as_deref());
     let existing = store.checkpoint_ids().await?;
     let mut restored = store.latest_restorable(max_parallelism).await?.map(Arc::new);
     if restored.as_ref().is_some_and(|r| r.metadata.completed_at_ms < not_before_ms) {
@@ -186,6 +196,22 @@ pub async fn restore_point(
         let snapshot = CheckpointStore::open_dir(uri).map_err(refused)?.load_snapshot_here().await.map_err(refused)?;
         snapshot.require_max_parallelism(max_parallelism).map_err(refused)?;
         restored = Some(Arc::new(RestoredCheckpoint { external: true, ..snapshot }));
+    }
+    if let Some(r) = &restored {
+        let orphaned: Vec<String> = r
+            .metadata
+            .operators
+            .iter()
+            .filter(|op| !op.files.is_empty() && !graph.state_uids.contains(&op.uid))
+            .map(|op| op.uid.clone())
+            .collect();
+        if !orphaned.is_empty() {
+            if !config.allow_non_restored_state {
+                return Err(JobError::NonRestoredState { id: r.id, path: r.path.clone(), uids: orphaned });
+            }
+            warn!(checkpoint = r.id, dropped = ?orphaned,
+                "dropping state of operators the job no longer has (allowNonRestoredState)");
+        }
     }
     // Another job's savepoint starts a new incarnation: its output is not ours.
     let fence = Fence::new_attempt(restored.as_ref().filter(|r| !r.external).map(|r| r.metadata.incarnation))?;

@@ -4,9 +4,10 @@
 //! - [`aggregate`]: running count/sum/min/max per key.
 //! - [`bad_records`]: the error policy for records that cannot be processed.
 //!
-//! Operator uids are derived from positions in the manifest (`source`,
-//! `steps-1-aggregate`, `sink`), so a checkpoint of one run of a manifest
-//! restores into the next.
+//! Operator uids are `source`, `sink`, `bad-records` and, for each
+//! aggregate, the step's `id` or one derived from its content (its keyBy
+//! field and aggregates), never from its position: inserting a step before
+//! an aggregate leaves its state where it was.
 
 pub mod aggregate;
 pub mod bad_records;
@@ -21,7 +22,7 @@ use crate::connectors::generator::generated;
 use crate::connectors::print::StdoutSink;
 use crate::connectors::{FileSink, GeneratorSource};
 use crate::dataflow::{BuildError, DataStream, JobGraph, StreamEnv};
-use crate::manifest::{PipelineSpec, SinkKind, SourceKind, StepKind, StepSpec, StreamJobSpec};
+use crate::manifest::{AggregateSpec, PipelineSpec, SinkKind, SourceKind, StepKind, StepSpec, StreamJobSpec};
 use crate::record::{key_of, FieldRule, Row, SourceRecord};
 use crate::task::source_task::Source;
 use crate::task::{Collector, TaskError};
@@ -74,6 +75,7 @@ fn build_pipeline(spec: &StreamJobSpec, pipeline: &PipelineSpec) -> Result<JobGr
     };
 
     let rules = field_rules(&pipeline.steps);
+    env.declare_state("bad-records");
     let policy = spec.error_policy.clone();
     let mut stream: DataStream<Row> = source.transform(move |ctx, next| {
         Ok(Box::new(BadRecordHandler::new(
@@ -87,14 +89,15 @@ fn build_pipeline(spec: &StreamJobSpec, pipeline: &PipelineSpec) -> Result<JobGr
     });
 
     let mut key_field: Option<String> = None;
-    for (i, step) in pipeline.steps.iter().enumerate() {
+    for step in &pipeline.steps {
         match step.kind().map_err(PipelineError::Invalid)? {
             StepKind::KeyBy(k) => key_field = Some(k.field.clone()),
             StepKind::Aggregate(a) => {
                 let Some(field) = key_field.take() else { continue };
                 let key_name = field.clone();
                 let keyed = stream.key_by(move |row: &Row| key_of(row, &key_name).unwrap_or_default());
-                stream = keyed.process(&format!("steps-{i}-aggregate"), Aggregate::new(&field, a));
+                let id = step.id.clone().unwrap_or_else(|| aggregate_id(&field, a));
+                stream = keyed.process(&id, Aggregate::new(&field, a));
             }
         }
     }
@@ -108,6 +111,14 @@ fn build_pipeline(spec: &StreamJobSpec, pipeline: &PipelineSpec) -> Result<JobGr
         }
     }
     Ok(env.build()?)
+}
+
+/// The id of an aggregate without one of its own: a digest of what it
+/// computes (its key field and aggregates), so it stays the same when other
+/// steps come and go, and changes when the state would mean something else.
+fn aggregate_id(key_field: &str, spec: &AggregateSpec) -> String {
+    let content = json!({"keyBy": key_field, "aggregate": spec});
+    format!("aggregate-{:08x}", crc32fast::hash(content.to_string().as_bytes()))
 }
 
 /// What records must carry for the steps up to the first aggregate; later
