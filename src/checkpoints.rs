@@ -9,12 +9,39 @@ fn time(ms: u64) -> String {
     humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms)).to_string()
 }
 
-pub async fn list(uri: &str) -> anyhow::Result<()> {
-    let mut out = std::io::stdout().lock();
-    let store = CheckpointStore::open_dir(uri)?;
+/// Where `weir checkpoints list` looks: a job directory, or the job of a manifest.
+pub enum Target {
+    Uri(String),
+    Manifest(std::path::PathBuf),
+}
+
+pub async fn list(target: Target) -> anyhow::Result<()> {
+    let (store, uri) = match target {
+        Target::Uri(uri) => (CheckpointStore::open_dir(&uri)?, uri),
+        Target::Manifest(path) => {
+            let job = weir_runtime::manifest::StreamJob::from_file(&path)?;
+            let store = CheckpointStore::open(
+                &job.spec.checkpoints.storage,
+                job.metadata.namespace_or_default(),
+                &job.metadata.name,
+            )?;
+            let uri = store.location().to_string();
+            (store, uri)
+        }
+    };
     let ids = store.checkpoint_ids().await?;
+    let mut out = std::io::stdout().lock();
     if ids.is_empty() {
-        writeln!(out, "no checkpoints under {uri}")?;
+        // Perhaps a storage root (what a manifest names): say which jobs are under it.
+        let jobs = CheckpointStore::jobs_under(&uri).await.unwrap_or_default();
+        if jobs.is_empty() {
+            writeln!(out, "no checkpoints under {uri}")?;
+        } else {
+            writeln!(out, "no checkpoints directly under {uri}; it holds the checkpoints of these jobs:")?;
+            for job in jobs {
+                writeln!(out, "  {job}    (weir checkpoints list {}/{job})", uri.trim_end_matches('/'))?;
+            }
+        }
         return Ok(());
     }
     writeln!(out, "{:>12}  {:<10}  {:<24}  {:>8}  {:>12}", "ID", "STATE", "COMPLETED", "MS", "BYTES")?;

@@ -20,13 +20,25 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
 #[command(name = "weir", version, about = "Exactly-once stream processing jobs, locally and on Kubernetes")]
 struct Cli {
+    /// How log lines look: `text` (coloured only on a terminal) or `json`
+    /// (one object per line, for log collectors).
+    #[arg(long, global = true, env = "WEIR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -85,7 +97,14 @@ enum Command {
 #[derive(Subcommand)]
 enum CheckpointsCommand {
     /// List checkpoints under a job's directory, e.g. file://./weir-data/default/my-job
-    List { uri: String },
+    /// (given a storage root, lists the jobs under it), or of a manifest's job (-f).
+    List {
+        #[arg(required_unless_present = "file")]
+        uri: Option<String>,
+        /// The job's manifest: its storage, namespace and name say where its checkpoints are.
+        #[arg(short, long, conflicts_with = "uri")]
+        file: Option<PathBuf>,
+    },
     /// Show one checkpoint's operators, subtasks, files, sizes and times.
     Inspect { uri: String, id: u64 },
     /// Delete a job's checkpoints and savepoints (what deletionPolicy Purge runs).
@@ -93,11 +112,14 @@ enum CheckpointsCommand {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_env("WEIR_LOG").unwrap_or_else(|_| EnvFilter::new("info")))
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    let filter = EnvFilter::try_from_env("WEIR_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match cli.log_format {
+        // Colour codes only where a person reads them: not in files or `kubectl logs`.
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => logs.json().init(),
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -144,7 +166,14 @@ fn main() -> ExitCode {
             Command::Crd => crd::crd_yaml().map(|y| print!("{y}")).map_err(anyhow::Error::from),
             Command::Coordinator(args) => cluster::coordinator(args).await,
             Command::Worker(args) => cluster::worker(args).await,
-            Command::Checkpoints { command: CheckpointsCommand::List { uri } } => checkpoints::list(&uri).await,
+            Command::Checkpoints { command: CheckpointsCommand::List { uri, file } } => {
+                let target = match (uri, file) {
+                    (_, Some(file)) => checkpoints::Target::Manifest(file),
+                    (Some(uri), None) => checkpoints::Target::Uri(uri),
+                    (None, None) => anyhow::bail!("give a checkpoint directory URI or -f MANIFEST"),
+                };
+                checkpoints::list(target).await
+            }
             Command::Checkpoints { command: CheckpointsCommand::Purge { uri } } => checkpoints::purge(&uri).await,
             Command::Checkpoints { command: CheckpointsCommand::Inspect { uri, id } } => {
                 checkpoints::inspect(&uri, id).await

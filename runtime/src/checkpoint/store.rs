@@ -248,6 +248,40 @@ impl CheckpointStore {
         Ok(CheckpointStore { op, location: location.to_string(), local })
     }
 
+    /// Jobs (`namespace/name`) with checkpoints under a storage root URI,
+    /// as a manifest's `spec.checkpoints.storage` names it.
+    pub async fn jobs_under(uri: &str) -> Result<Vec<String>, CheckpointError> {
+        let root = Self::open_dir(uri)?;
+        let dirs = |store: &CheckpointStore, at: String| {
+            let op = store.op.clone();
+            let location = store.full(&at);
+            async move {
+                match op.list(&at).await {
+                    Ok(entries) => Ok(entries
+                        .into_iter()
+                        .filter(|e| e.metadata().is_dir() && e.path() != at)
+                        .map(|e| e.name().trim_end_matches('/').to_string())
+                        .collect::<Vec<_>>()),
+                    Err(e) if e.kind() == ErrorKind::NotFound => Ok(Vec::new()),
+                    Err(source) => {
+                        Err(CheckpointError::Io { action: "list", path: location, source: Box::new(source) })
+                    }
+                }
+            }
+        };
+        let mut jobs = Vec::new();
+        for namespace in dirs(&root, "/".to_string()).await? {
+            for name in dirs(&root, format!("{namespace}/")).await? {
+                let children = dirs(&root, format!("{namespace}/{name}/")).await?;
+                if children.iter().any(|c| parse_checkpoint_dir(c).is_some() || c == "savepoints") {
+                    jobs.push(format!("{namespace}/{name}"));
+                }
+            }
+        }
+        jobs.sort();
+        Ok(jobs)
+    }
+
     /// Human-readable location of checkpoint `id`.
     pub fn path_of(&self, id: u64) -> String {
         format!("{}/{}", self.location, checkpoint_dir(id))
@@ -718,6 +752,17 @@ mod tests {
         std::fs::write(&path, text).unwrap();
         let err = store.read_metadata(1).await.unwrap_err().to_string();
         assert!(err.contains("format 99"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn jobs_under_a_storage_root_are_found_by_their_checkpoints() {
+        let dir = tempfile::tempdir().unwrap();
+        write_checkpoint(&store(&dir), 1, b"x").await;
+        let other = CheckpointStore::open(&format!("file://{}", dir.path().display()), "team-a", "sums").unwrap();
+        write_checkpoint(&other, 3, b"x").await;
+        std::fs::create_dir_all(dir.path().join("default/not-a-job/data")).unwrap();
+        let jobs = CheckpointStore::jobs_under(&format!("file://{}", dir.path().display())).await.unwrap();
+        assert_eq!(jobs, vec!["default/job", "team-a/sums"]);
     }
 
     #[tokio::test]
