@@ -48,7 +48,7 @@ kind: StreamJob
 metadata: {{name: files}}
 spec:
   parallelism: 2
-  checkpoints: {{interval: 5ms, storage: "file://{d}/checkpoints"}}
+  checkpoints: {{interval: 10ms, storage: "file://{d}/checkpoints"}}
   errorPolicy: {policy}
   pipeline:
     source: {{file: {{path: "{d}/in"}}}}

@@ -69,7 +69,7 @@ fn build_pipeline(spec: &StreamJobSpec, pipeline: &PipelineSpec) -> Result<JobGr
         SourceKind::File(f) => {
             let path = PathBuf::from(&f.path);
             env.source("source", move |ctx, restored| {
-                Ok(Box::new(FileSource::new(ctx, restored, &path)?) as Box<dyn Source<SourceRecord>>)
+                Ok(Box::new(FileSource::new(ctx, "source", restored, &path)?) as Box<dyn Source<SourceRecord>>)
             })
         }
     };
