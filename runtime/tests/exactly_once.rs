@@ -84,21 +84,8 @@ fn restores_from_the_checkpoint_before_a_corrupt_newest_one_and_says_so() {
     let err = run_once(&job, Faults::crash_at(FaultPoint::AfterMetadata, 6)).unwrap_err();
     assert!(is_injected(&err), "{err}");
 
-    // Damage every state file of the newest completed checkpoint.
+    let newest_id = damage_newest_checkpoint(dir.path());
     let base = dir.path().join("checkpoints/default/counts");
-    let newest = std::fs::read_dir(&base)
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .filter(|e| e.path().join("_metadata").exists())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .max()
-        .unwrap();
-    let newest_id: u64 = newest.trim_start_matches("chk-").parse().unwrap();
-    for f in std::fs::read_dir(base.join(&newest)).unwrap().filter_map(|e| e.ok()) {
-        if f.file_name() != "_metadata" {
-            std::fs::write(f.path(), b"garbage").unwrap();
-        }
-    }
 
     let outcome = run_once(&job, Faults::none()).unwrap();
     assert_eq!(outcome.skipped.len(), 1, "{:?}", outcome.skipped);
@@ -186,12 +173,23 @@ fn rescaling_two_three_one_across_restores_keeps_per_key_results_exact() {
     assert_exactly_once(dir.path(), spec.count, spec.keys);
 }
 
-#[test]
-fn a_stateless_reset_time_hides_older_checkpoints_from_restore() {
+/// Runs `job` until it crashes right after its third checkpoint completed.
+fn crash_after_third_checkpoint(job: &weir_runtime::manifest::StreamJob) {
+    assert!(is_injected(&run_once(job, Faults::crash_at(FaultPoint::AfterMetadata, 3)).unwrap_err()));
+}
+
+/// The default job, crashed right after its third checkpoint completed.
+fn crashed_after_third_checkpoint() -> (tempfile::TempDir, JobSpec, weir_runtime::manifest::StreamJob) {
     let dir = tempfile::tempdir().unwrap();
     let spec = JobSpec::default();
     let job = manifest(dir.path(), &spec);
-    assert!(is_injected(&run_once(&job, Faults::crash_at(FaultPoint::AfterMetadata, 3)).unwrap_err()));
+    crash_after_third_checkpoint(&job);
+    (dir, spec, job)
+}
+
+#[test]
+fn a_stateless_reset_time_hides_older_checkpoints_from_restore() {
+    let (_dir, _spec, job) = crashed_after_third_checkpoint();
     let store =
         weir_runtime::checkpoint::CheckpointStore::open(&job.spec.checkpoints.storage, "default", "counts").unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -214,10 +212,7 @@ fn a_stateless_reset_time_hides_older_checkpoints_from_restore() {
 
 #[test]
 fn inserting_a_step_before_the_aggregate_keeps_its_state() {
-    let dir = tempfile::tempdir().unwrap();
-    let spec = JobSpec::default();
-    let job = manifest(dir.path(), &spec);
-    assert!(is_injected(&run_once(&job, Faults::crash_at(FaultPoint::AfterMetadata, 3)).unwrap_err()));
+    let (dir, spec, job) = crashed_after_third_checkpoint();
     // The upgrade adds a step in front: the aggregate moves from position 1 to 2.
     let mut upgraded = job.clone();
     let steps = &mut upgraded.spec.pipeline.as_mut().unwrap().steps;
@@ -229,10 +224,7 @@ fn inserting_a_step_before_the_aggregate_keeps_its_state() {
 
 #[test]
 fn state_that_matches_no_operator_is_refused_unless_allow_non_restored_state() {
-    let dir = tempfile::tempdir().unwrap();
-    let spec = JobSpec::default();
-    let job = manifest(dir.path(), &spec);
-    assert!(is_injected(&run_once(&job, Faults::crash_at(FaultPoint::AfterMetadata, 3)).unwrap_err()));
+    let (_dir, _spec, job) = crashed_after_third_checkpoint();
     // The aggregate now computes something else: its derived id changes.
     let mut changed = job.clone();
     let pipeline = changed.spec.pipeline.as_mut().unwrap();
@@ -253,7 +245,7 @@ fn a_step_with_an_id_keeps_its_state_when_it_moves() {
     let spec = JobSpec::default();
     let mut job = manifest(dir.path(), &spec);
     job.spec.pipeline.as_mut().unwrap().steps[1].id = Some("per-key".into());
-    assert!(is_injected(&run_once(&job, Faults::crash_at(FaultPoint::AfterMetadata, 3)).unwrap_err()));
+    crash_after_third_checkpoint(&job);
     let mut moved = job.clone();
     let steps = &mut moved.spec.pipeline.as_mut().unwrap().steps;
     steps.insert(0, steps[0].clone());
