@@ -199,6 +199,32 @@ pub struct CheckpointStore {
     /// The job directory on the local file system, for `file://` storage:
     /// directories are synced there after renames, which OpenDAL does not do.
     local: Option<std::path::PathBuf>,
+    /// Checkpoints retention must keep (a savepoint is being copied from
+    /// them), with how many holders; shared by every clone of the store.
+    pins: std::sync::Arc<std::sync::Mutex<Vec<u64>>>,
+}
+
+/// Keeps a checkpoint from retention while it lives.
+#[derive(Debug)]
+pub struct Pin {
+    id: u64,
+    pins: std::sync::Arc<std::sync::Mutex<Vec<u64>>>,
+}
+
+impl Pin {
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+}
+
+impl Drop for Pin {
+    fn drop(&mut self) {
+        if let Ok(mut pins) = self.pins.lock() {
+            if let Some(at) = pins.iter().position(|p| *p == self.id) {
+                pins.swap_remove(at);
+            }
+        }
+    }
 }
 
 fn join(dir: &str, name: &str) -> String {
@@ -245,7 +271,7 @@ impl CheckpointStore {
     ) -> Result<CheckpointStore, CheckpointError> {
         let op = parsed.operator(uri, sub)?;
         let local = parsed.local_dir(uri, sub)?;
-        Ok(CheckpointStore { op, location: location.to_string(), local })
+        Ok(CheckpointStore { op, location: location.to_string(), local, pins: Default::default() })
     }
 
     /// Jobs (`namespace/name`) with checkpoints under a storage root URI,
@@ -280,6 +306,31 @@ impl CheckpointStore {
         }
         jobs.sort();
         Ok(jobs)
+    }
+
+    /// Keeps checkpoint `id` from retention until the pin is dropped.
+    pub fn pin(&self, id: u64) -> Pin {
+        if let Ok(mut pins) = self.pins.lock() {
+            pins.push(id);
+        }
+        Pin { id, pins: self.pins.clone() }
+    }
+
+    fn is_pinned(&self, id: u64) -> bool {
+        self.pins.lock().map(|p| p.contains(&id)).unwrap_or(true)
+    }
+
+    /// Waits until no checkpoint is pinned (savepoint copies ended), at
+    /// most `limit`; `false` if some still were.
+    pub async fn wait_unpinned(&self, limit: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.pins.lock().map(|p| !p.is_empty()).unwrap_or(false) {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        true
     }
 
     /// Human-readable location of checkpoint `id`.
@@ -537,7 +588,7 @@ impl CheckpointStore {
         let mut kept = 0;
         let mut deleted = Vec::new();
         for id in self.checkpoint_ids().await? {
-            if id > latest {
+            if id > latest || self.is_pinned(id) {
                 continue;
             }
             if damaged.contains(&id) {
@@ -712,6 +763,22 @@ mod tests {
         let deleted = store.apply_retention(6, 2, &[]).await.unwrap();
         assert_eq!(deleted, vec![5, 3, 2, 1]);
         assert_eq!(store.checkpoint_ids().await.unwrap(), vec![6, 4]);
+    }
+
+    #[tokio::test]
+    async fn retention_keeps_a_pinned_checkpoint_until_its_pin_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir);
+        write_checkpoint(&store, 1, b"x").await;
+        let pin = store.clone().pin(1);
+        for id in 2..=3 {
+            write_checkpoint(&store, id, b"x").await;
+        }
+        assert_eq!(store.apply_retention(3, 1, &[]).await.unwrap(), vec![2]);
+        assert!(!store.wait_unpinned(std::time::Duration::from_millis(50)).await);
+        drop(pin);
+        assert!(store.wait_unpinned(std::time::Duration::from_millis(50)).await);
+        assert_eq!(store.apply_retention(3, 1, &[]).await.unwrap(), vec![1]);
     }
 
     #[tokio::test]

@@ -459,6 +459,10 @@ impl Coordinator {
             let epoch = self.shared.attempt.lock().ok().and_then(|mut a| a.take()).map_or(0, |a| a.0);
             let e = match result {
                 Ok(()) => {
+                    // A stop's savepoint may still be copying: the process stays until it is done.
+                    if !self.shared.store.wait_unpinned(config.checkpoints.timeout.get()).await {
+                        warn!("a savepoint copy did not finish within the checkpoint timeout");
+                    }
                     self.shared.update(|s| s.state = JobState::Finished);
                     info!("job {} finished", config.name);
                     for tx in self.worker_senders(&members) {

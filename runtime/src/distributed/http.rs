@@ -101,13 +101,18 @@ async fn take_savepoint(shared: &Shared, headers: &HeaderMap, stop: bool) -> Res
     if shared.requests.send(request).await.is_err() {
         return error(StatusCode::SERVICE_UNAVAILABLE, "the job is not running");
     }
-    let meta = match result.await {
-        Ok(Ok(meta)) => meta,
+    let requested = match result.await {
+        Ok(Ok(requested)) => requested,
         Ok(Err(reason)) => return error(StatusCode::CONFLICT, reason),
         Err(_) => return error(StatusCode::SERVICE_UNAVAILABLE, "the job stopped before the savepoint completed"),
     };
-    match shared.store.copy_to_savepoint(meta.id, wall_ms()).await {
-        Ok(path) => Json(json!({ "path": path, "checkpoint": meta.id })).into_response(),
+    // The pin keeps the checkpoint from retention, and the coordinator from
+    // exiting after a stop, until the copy is done.
+    let id = requested.pin.id();
+    let copied = shared.store.copy_to_savepoint(id, wall_ms()).await;
+    drop(requested);
+    match copied {
+        Ok(path) => Json(json!({ "path": path, "checkpoint": id })).into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }

@@ -13,6 +13,7 @@ use tracing::{debug, info, warn};
 use super::fence::Fence;
 use super::{JobConfig, JobError};
 use crate::checkpoint::coordinator::FailureVerdict;
+use crate::checkpoint::store::Pin;
 use crate::checkpoint::{CheckpointMetadata, CheckpointStore, CoordinatorOptions, PendingCheckpoints};
 use crate::faults::FaultPoint;
 use crate::metrics::{CompletedCheckpoint, JobMetrics};
@@ -29,8 +30,16 @@ pub fn wall_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
+/// A requested checkpoint, complete, and pinned against retention for as
+/// long as the requester holds it (while it copies a savepoint).
+#[derive(Debug)]
+pub struct Requested {
+    pub metadata: CheckpointMetadata,
+    pub pin: Pin,
+}
+
 /// Where the outcome of a requested checkpoint goes.
-pub type CheckpointReply = tokio::sync::oneshot::Sender<Result<CheckpointMetadata, String>>;
+pub type CheckpointReply = tokio::sync::oneshot::Sender<Result<Requested, String>>;
 
 /// A requested checkpoint: its id, who waits, whether the job stops after.
 type Waiting = Vec<(u64, CheckpointReply, bool)>;
@@ -142,10 +151,12 @@ impl<P: ControlPlane + Sync> Loop<'_, P> {
                         let completed = self.complete(&meta).await?;
                         last = Some(completed);
                         let mut stop_now = checkpoints.is_final(meta.id);
+                        // A request whose checkpoint this one subsumed gets this one.
                         for (id, reply, stop) in std::mem::take(&mut waiting) {
-                            if id == meta.id {
+                            if id <= meta.id {
                                 stop_now |= stop;
-                                let _ = reply.send(Ok(meta.clone()));
+                                let pin = self.store.pin(meta.id);
+                                let _ = reply.send(Ok(Requested { metadata: meta.clone(), pin }));
                             } else {
                                 waiting.push((id, reply, stop));
                             }
@@ -249,5 +260,84 @@ fn reply_failed(waiting: &mut Waiting, id: u64, reason: &str) {
         } else {
             waiting.push((wid, reply, stop));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::manifest::{CheckpointOptions, HumanDuration};
+
+    /// One source subtask; what the loop sends it is recorded.
+    struct Recorded {
+        tasks: Vec<(TaskId, bool)>,
+        sent: mpsc::UnboundedSender<Control>,
+    }
+
+    impl ControlPlane for Recorded {
+        fn tasks(&self) -> &[(TaskId, bool)] {
+            &self.tasks
+        }
+        async fn send(&self, _: usize, msg: Control) {
+            let _ = self.sent.send(msg);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_savepoint_request_whose_checkpoint_is_subsumed_gets_the_subsuming_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = format!("file://{}", dir.path().display());
+        let checkpoints = CheckpointOptions {
+            interval: HumanDuration(Duration::from_secs(3600)),
+            max_concurrent: 2,
+            storage: storage.clone(),
+            ..CheckpointOptions::default()
+        };
+        let config = JobConfig::new("job", "default", checkpoints);
+        let store = CheckpointStore::open(&storage, "default", "job").unwrap();
+        let task = TaskId { stage: 0, name: Arc::from("source"), subtask: 0, parallelism: 1 };
+        let (sent, mut controls) = mpsc::unbounded_channel();
+        let plane = Recorded { tasks: vec![(task.clone(), true)], sent };
+        let metrics = JobMetrics::default();
+        let issued = AtomicU64::new(0);
+        let run = Loop {
+            plane: &plane,
+            store: &store,
+            config: &config,
+            metrics: &metrics,
+            max_parallelism: 128,
+            next_id: 1,
+            fence: Fence { incarnation: 1, epoch: 1 },
+            last_issued: &issued,
+            damaged: Vec::new(),
+        };
+        let (events_tx, mut events) = mpsc::channel(16);
+        let (requests_tx, mut requests) = mpsc::channel(4);
+        let driver = async {
+            let (first, first_done) = tokio::sync::oneshot::channel();
+            requests_tx.send(Request::Checkpoint { reply: first }).await.unwrap();
+            let (second, second_done) = tokio::sync::oneshot::channel();
+            requests_tx.send(Request::Checkpoint { reply: second }).await.unwrap();
+            let mut triggered = Vec::new();
+            while triggered.len() < 2 {
+                if let Some(Control::Trigger(b)) = controls.recv().await {
+                    triggered.push(b.id);
+                }
+            }
+            assert_eq!(triggered, vec![1, 2]);
+            // Checkpoint 2 completes first and subsumes 1.
+            events_tx.send(Event::Ack { checkpoint: 2, task: task.clone(), files: Vec::new() }).await.unwrap();
+            let answer = tokio::time::timeout(Duration::from_secs(10), first_done).await;
+            let first = answer.expect("the subsumed request was answered").unwrap().unwrap();
+            let second = second_done.await.unwrap().unwrap();
+            assert_eq!((first.metadata.id, second.metadata.id), (2, 2));
+            assert_eq!(first.pin.id(), 2, "the subsuming checkpoint is pinned for the copy");
+            events_tx.send(Event::TaskFinished { task: task.clone(), error: None }).await.unwrap();
+        };
+        let (result, ()) = tokio::join!(run.run(&mut events, &mut requests), driver);
+        assert_eq!(result.unwrap().map(|c| c.id), Some(2));
     }
 }
