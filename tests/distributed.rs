@@ -436,3 +436,50 @@ fn a_job_started_from_a_stopped_jobs_savepoint_on_other_workers_continues_exactl
     assert!(new.wait_exit(coordinator, Duration::from_secs(60)), "the new job finished");
     new.assert_exact();
 }
+
+#[test]
+fn a_bad_record_on_one_of_three_workers_fails_the_job_instead_of_restarting_it_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Cluster::new(dir.path(), 0, 0);
+    // Six input files, one split per file, two per worker; one line of one file is broken.
+    let input = dir.path().join("in");
+    std::fs::create_dir_all(&input).unwrap();
+    for f in 0..6 {
+        let mut text = String::new();
+        for i in 0..2_000 {
+            if f == 4 && i == 1_500 {
+                text.push_str("{\"key\": \"k1\", \"value\": \n");
+            } else {
+                text.push_str(&format!("{{\"key\": \"k{}\", \"value\": {}}}\n", i % 13, i % 10));
+            }
+        }
+        std::fs::write(input.join(format!("part-{f}.jsonl")), text).unwrap();
+    }
+    let yaml = format!(
+        r#"apiVersion: weir.dev/v1alpha1
+kind: StreamJob
+metadata: {{name: files}}
+spec:
+  parallelism: 3
+  maxParallelism: 32
+  checkpoints: {{interval: 100ms, storage: "file://{d}/chk"}}
+  pipeline:
+    source: {{file: {{path: "{d}/in"}}}}
+    steps:
+      - keyBy: {{field: key}}
+      - aggregate: {{count: true}}
+    sink: {{file: {{path: "{d}/out"}}}}
+"#,
+        d = dir.path().display()
+    );
+    std::fs::write(&c.manifest, yaml).unwrap();
+    let coordinator = c.coordinator();
+    for n in ["w1", "w2", "w3"] {
+        c.worker(n);
+    }
+    assert!(!c.wait_exit(coordinator, Duration::from_secs(60)), "the coordinator exits non-zero");
+    let log = std::fs::read_to_string(dir.path().join("coordinator.log")).unwrap();
+    assert!(log.contains("part-4.jsonl:1501"), "the failure names the record; see {}", dir.path().display());
+    assert!(log.contains("BadRecord") && log.contains("the coordinator exits"), "{log}");
+    assert!(!log.contains("restoring every worker"), "no restart in place: {log}");
+}

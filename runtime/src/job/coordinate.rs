@@ -20,6 +20,9 @@ use crate::metrics::{CompletedCheckpoint, JobMetrics};
 use crate::task::error::FailureKind;
 use crate::task::{Barrier, Control, Event, TaskId};
 
+/// How long an echo of a failure (a closed channel) waits for its cause.
+const ECHO_GRACE: Duration = Duration::from_millis(500);
+
 /// How the loop reaches subtasks, by their index in [`ControlPlane::tasks`].
 pub trait ControlPlane {
     fn tasks(&self) -> &[(TaskId, bool)];
@@ -113,7 +116,7 @@ impl<P: ControlPlane + Sync> Loop<'_, P> {
             tokio::select! {
                 _ = tick.tick() => {
                     if let Some((err, since)) = failure.take() {
-                        if since.elapsed() >= Duration::from_millis(200) {
+                        if since.elapsed() >= ECHO_GRACE {
                             return Err(err);
                         }
                         failure = Some((err, since));
@@ -182,7 +185,6 @@ impl<P: ControlPlane + Sync> Loop<'_, P> {
                             checkpoints.request_final();
                         }
                     }
-                    Event::Failed { task, failure: cause } => return Err(JobError::TaskFailed { task: task.to_string(), failure: cause }),
                     Event::TaskFinished { task, error: None, .. } => {
                         debug!(%task, "subtask finished");
                         finished += 1;
@@ -190,12 +192,14 @@ impl<P: ControlPlane + Sync> Loop<'_, P> {
                             return Ok(last);
                         }
                     }
-                    Event::TaskFinished { task, error: Some(cause) } => {
-                        let secondary = cause.kind == FailureKind::Disconnected;
+                    Event::TaskFinished { task, error: Some(cause) } | Event::Failed { task, failure: cause } => {
+                        // A failing subtask makes its neighbours fail with
+                        // closed channels, on this worker and on others, and
+                        // those echoes may arrive first: wait a moment for
+                        // the cause, and decide by it, not by the echo.
+                        let echo = matches!(cause.kind, FailureKind::Disconnected | FailureKind::ChannelBroken);
                         let err = JobError::TaskFailed { task: task.to_string(), failure: cause };
-                        // A failing subtask makes its neighbours fail with a
-                        // closed channel; report the cause, not the echo.
-                        if !secondary {
+                        if !echo {
                             return Err(err);
                         }
                         if failure.is_none() {
