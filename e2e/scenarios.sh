@@ -257,8 +257,13 @@ kubectl patch sj running-sums --type=merge -p '{"spec":{"deletionPolicy":"Purge"
 kubectl delete sj running-sums --timeout=90s > /dev/null || fail "deletion stuck"
 wait_gone running-sums
 [ -z "$(ls -A "$chk/running-sums" 2> /dev/null)" ] || fail "checkpoints not purged: $(ls "$chk/running-sums")"
-kubectl get events --field-selector involvedObject.name=running-sums,reason=Purged -o name | grep -q . \
-  || fail "no Purged event"
+# The event is written beside the finalizer's removal; give it a moment to land.
+for _ in $(seq 1 50); do
+  purged=$(kubectl get events --field-selector involvedObject.name=running-sums,reason=Purged -o name)
+  [ -n "$purged" ] && break
+  sleep 0.2
+done
+[ -n "$purged" ] || fail "no Purged event"
 scenario "reapplied after deletion: resumed (restoredFrom $restored); deletionPolicy Purge: purge pod ran, checkpoints gone" "$t"
 
 t=$(date +%s)
