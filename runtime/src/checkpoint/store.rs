@@ -200,7 +200,7 @@ pub struct CheckpointStore {
     /// directories are synced there after renames, which OpenDAL does not do.
     local: Option<std::path::PathBuf>,
     /// Checkpoints retention must keep (a savepoint is being copied from
-    /// them), with how many holders; shared by every clone of the store.
+    /// them), one entry per holder; shared by every clone of the store.
     pins: std::sync::Arc<std::sync::Mutex<Vec<u64>>>,
 }
 
@@ -398,12 +398,11 @@ impl CheckpointStore {
     async fn sync_local_dir(&self, dir: &str) -> Result<(), CheckpointError> {
         let Some(local) = &self.local else { return Ok(()) };
         let path = local.join(dir);
-        let synced = tokio::task::spawn_blocking(move || std::fs::File::open(&path).and_then(|d| d.sync_all())).await;
-        match synced {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(CheckpointError::Sync { path: self.full(dir), reason: e.to_string() }),
-            Err(e) => Err(CheckpointError::Sync { path: self.full(dir), reason: e.to_string() }),
-        }
+        let synced = tokio::task::spawn_blocking(move || std::fs::File::open(&path).and_then(|d| d.sync_all()))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        synced.map_err(|reason| CheckpointError::Sync { path: self.full(dir), reason })
     }
 
     fn full(&self, path: &str) -> String {
