@@ -3,21 +3,18 @@
 //! (`SIGSTOP`, a partition-like fault); the committed output still holds
 //! every record exactly once and checkpoint ids never go backwards.
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::free_port;
 use serde_json::Value;
 use weir_runtime::connectors::file_sink::read_committed;
 
 const KEYS: u64 = 200;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 struct Cluster {
     dir: PathBuf,
@@ -129,8 +126,7 @@ spec:
     }
 
     fn signal(&self, i: usize, sig: &str) {
-        let pid = self.children[i].id().to_string();
-        assert!(Command::new("kill").args(["-s", sig, &pid]).status().unwrap().success());
+        common::signal(self.children[i].id(), sig);
     }
 
     fn request(&self, method: &str, path: &str) -> Option<String> {
@@ -140,17 +136,7 @@ spec:
 
     /// Status code and body.
     fn raw_request(&self, method: &str, path: &str, headers: &str) -> Option<(u16, String)> {
-        let mut s = TcpStream::connect(("127.0.0.1", self.http_port)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
-        write!(
-            s,
-            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n{headers}Connection: close\r\n\r\n"
-        )
-        .ok()?;
-        let mut text = String::new();
-        s.read_to_string(&mut text).ok()?;
-        let code = text.split_whitespace().nth(1)?.parse().ok()?;
-        Some((code, text.split_once("\r\n\r\n")?.1.to_string()))
+        common::http(self.http_port, method, path, headers)
     }
 
     fn get(&self, path: &str) -> Option<Value> {

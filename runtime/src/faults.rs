@@ -2,9 +2,15 @@
 //!
 //! A plan says "crash at the n-th time point P is reached". Production jobs
 //! carry an empty plan, which costs one branch per check.
+//!
+//! Stop points are the other kind: `WEIR_STOP_AT=Point:n` makes the whole
+//! process stop itself (`SIGSTOP`) the n-th time it passes the point, so a
+//! fault harness outside can `kill -9` it there, or resume it, at an instant
+//! a timer could hardly hit (between writing `_metadata` and renaming it,
+//! between a sink's pre-commit and its commit).
 
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use crate::task::TaskError;
 
@@ -90,5 +96,86 @@ impl Faults {
     /// Whether the planned crash happened.
     pub fn fired(&self) -> bool {
         self.0.as_ref().is_some_and(|p| p.remaining.load(Ordering::SeqCst) <= 0)
+    }
+}
+
+/// Where a process can stop itself for a fault harness (`WEIR_STOP_AT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopPoint {
+    /// `_metadata` is written under its temporary name, not yet renamed.
+    MetadataWritten,
+    /// `_metadata` is in place; nobody has been told the checkpoint completed.
+    MetadataRenamed,
+    /// A subtask wrote its state files and has not acknowledged them.
+    StateWritten,
+    /// A sink pre-committed its transaction for a checkpoint in flight.
+    PreCommitted,
+    /// A checkpoint completed; its sink transaction is not committed yet.
+    BeforeCommit,
+    /// A sink committed one transaction; later ones may be pending.
+    Committed,
+}
+
+impl StopPoint {
+    pub const ALL: [StopPoint; 6] = [
+        StopPoint::MetadataWritten,
+        StopPoint::MetadataRenamed,
+        StopPoint::StateWritten,
+        StopPoint::PreCommitted,
+        StopPoint::BeforeCommit,
+        StopPoint::Committed,
+    ];
+
+    /// Parses `Point:n` (n >= 1).
+    pub fn parse_plan(text: &str) -> Option<(StopPoint, u64)> {
+        let (name, nth) = text.split_once(':')?;
+        let point = StopPoint::ALL.into_iter().find(|p| format!("{p:?}") == name)?;
+        let nth: u64 = nth.parse().ok()?;
+        (nth >= 1).then_some((point, nth))
+    }
+}
+
+struct StopPlan {
+    point: StopPoint,
+    remaining: AtomicI64,
+}
+
+static STOP_PLAN: OnceLock<Option<StopPlan>> = OnceLock::new();
+
+/// Stops the whole process here if `WEIR_STOP_AT` says so (tests only);
+/// without the variable this is one load and one branch.
+#[inline]
+pub fn stop_point(point: StopPoint) {
+    let plan = STOP_PLAN.get_or_init(|| {
+        let text = std::env::var("WEIR_STOP_AT").ok()?;
+        let parsed = StopPoint::parse_plan(&text);
+        if parsed.is_none() {
+            tracing::warn!(
+                "ignoring WEIR_STOP_AT={text}: expected Point:n with n >= 1, Point one of {:?}",
+                StopPoint::ALL
+            );
+        }
+        let (point, nth) = parsed?;
+        Some(StopPlan { point, remaining: AtomicI64::new(nth as i64) })
+    });
+    if let Some(plan) = plan {
+        if plan.point == point && plan.remaining.fetch_sub(1, Ordering::SeqCst) == 1 {
+            tracing::warn!("stopping the process at {point:?} (WEIR_STOP_AT)");
+            // SIGSTOP stops every thread of the process, whichever raises it.
+            unsafe { libc::raise(libc::SIGSTOP) };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StopPoint;
+
+    #[test]
+    fn stop_plans_name_a_point_and_a_positive_count() {
+        assert_eq!(StopPoint::parse_plan("BeforeCommit:2"), Some((StopPoint::BeforeCommit, 2)));
+        assert_eq!(StopPoint::parse_plan("BeforeCommit:0"), None);
+        assert_eq!(StopPoint::parse_plan("Elsewhere:1"), None);
+        assert_eq!(StopPoint::parse_plan("MetadataWritten"), None);
     }
 }

@@ -10,8 +10,8 @@ use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use common::Rng;
-use weir_runtime::checkpoint::store::StateFileMetadata;
 use weir_runtime::checkpoint::CheckpointMetadata;
+use weir_runtime::checkpoint::StateFileMetadata;
 use weir_runtime::distributed::protocol::{self, ChannelKey, DataHello, Placement, TaskKey, ToCoordinator, ToWorker};
 use weir_runtime::keygroup::KeyGroupRange;
 use weir_runtime::manifest::StreamJob;

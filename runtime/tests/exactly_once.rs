@@ -6,7 +6,7 @@ mod common;
 use std::collections::HashMap;
 
 use common::*;
-use weir_runtime::checkpoint::store::checkpoint_dir;
+use weir_runtime::checkpoint::metadata::checkpoint_dir;
 use weir_runtime::faults::{FaultPoint, Faults};
 use weir_runtime::job::JobError;
 use weir_runtime::task::error::FailureKind;
@@ -97,22 +97,48 @@ fn restores_from_the_checkpoint_before_a_corrupt_newest_one_and_says_so() {
     assert_exactly_once(dir.path(), spec.count, spec.keys);
 }
 
-/// Overwrites every state file of the newest completed checkpoint; returns its id.
-fn damage_newest_checkpoint(dir: &std::path::Path) -> u64 {
+/// Ids of the completed checkpoints, oldest first.
+fn completed_checkpoints(dir: &std::path::Path) -> Vec<u64> {
     let base = dir.join("checkpoints/default/counts");
-    let newest = std::fs::read_dir(&base)
+    let mut ids: Vec<u64> = std::fs::read_dir(&base)
         .unwrap()
         .filter_map(|e| e.ok())
         .filter(|e| e.path().join("_metadata").exists())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .max()
-        .unwrap();
-    for f in std::fs::read_dir(base.join(&newest)).unwrap().filter_map(|e| e.ok()) {
+        .filter_map(|e| e.file_name().to_string_lossy().strip_prefix("chk-")?.parse().ok())
+        .collect();
+    ids.sort_unstable();
+    ids
+}
+
+/// Overwrites every state file of completed checkpoint `id`.
+fn damage_checkpoint(dir: &std::path::Path, id: u64) {
+    let at = dir.join("checkpoints/default/counts").join(checkpoint_dir(id));
+    for f in std::fs::read_dir(at).unwrap().filter_map(|e| e.ok()) {
         if f.file_name() != "_metadata" {
             std::fs::write(f.path(), b"garbage").unwrap();
         }
     }
-    newest.trim_start_matches("chk-").parse().unwrap()
+}
+
+/// Overwrites every state file of the newest completed checkpoint; returns its id.
+fn damage_newest_checkpoint(dir: &std::path::Path) -> u64 {
+    let newest = *completed_checkpoints(dir).last().unwrap();
+    damage_checkpoint(dir, newest);
+    newest
+}
+
+/// The newest checkpoint whose sink transaction was committed, from the
+/// part file names (`part-<subtask>-<checkpoint>-<incarnation>-<epoch>.jsonl`).
+fn newest_committed_transaction(out: &std::path::Path) -> u64 {
+    std::fs::read_dir(out)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.strip_prefix("part-")?.split('-').nth(1)?.parse().ok()
+        })
+        .max()
+        .unwrap()
 }
 
 #[test]
@@ -122,8 +148,13 @@ fn falling_back_past_committed_output_is_refused_unless_the_manifest_allows_retr
     let mut job = manifest(dir.path(), &spec);
     run_once(&job, Faults::none()).unwrap();
     let committed = weir_runtime::connectors::file_sink::read_committed(&dir.path().join("out")).unwrap().len();
-    // The final checkpoint completed and its output is committed; then it is damaged.
-    let newest = damage_newest_checkpoint(dir.path());
+    // The checkpoint of the newest committed output is damaged, and any
+    // newer one (the last checkpoints may carry no records), so a restore
+    // falls back past committed output.
+    let newest = newest_committed_transaction(&dir.path().join("out"));
+    for id in completed_checkpoints(dir.path()).into_iter().filter(|id| *id >= newest) {
+        damage_checkpoint(dir.path(), id);
+    }
 
     let err = run_once(&job, Faults::none()).unwrap_err();
     assert_eq!(weir_runtime::job::failure::kind(&err), FailureKind::CommittedOutputAhead, "{err}");

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::store::CheckpointMetadata;
+use super::metadata::CheckpointMetadata;
 use crate::manifest::CheckpointOptions;
 use crate::task::message::{TaskId, WrittenState};
 use crate::task::Barrier;

@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tracing::debug;
 
-use crate::faults::FaultPoint;
+use crate::faults::{stop_point, FaultPoint, StopPoint};
 use crate::metrics::JobMetrics;
 use crate::state::snapshot::{decode, encode};
 use crate::task::collector::OperatorSnapshot;
@@ -96,6 +96,7 @@ impl<T: Send + 'static, S: TwoPhaseCommitSink<T>> TxnDriver<T, S> {
     pub async fn barrier(&mut self, barrier: Barrier) -> Result<OperatorSnapshot, TaskError> {
         if let Some(txn) = self.current.take() {
             let handle = self.sink.pre_commit(txn).await?;
+            stop_point(StopPoint::PreCommitted);
             self.pending.push((barrier.id, handle));
         }
         self.next_txn = barrier.id + 1;
@@ -114,7 +115,9 @@ impl<T: Send + 'static, S: TwoPhaseCommitSink<T>> TxnDriver<T, S> {
                 break;
             }
             self.ctx.faults.check(FaultPoint::DuringCommit)?;
+            stop_point(StopPoint::BeforeCommit);
             self.sink.commit(txn).await?;
+            stop_point(StopPoint::Committed);
             self.pending.remove(0);
         }
         Ok(())

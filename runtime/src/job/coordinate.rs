@@ -13,7 +13,7 @@ use tracing::{debug, info, warn};
 use super::fence::Fence;
 use super::{JobConfig, JobError};
 use crate::checkpoint::coordinator::FailureVerdict;
-use crate::checkpoint::store::Pin;
+use crate::checkpoint::Pin;
 use crate::checkpoint::{CheckpointMetadata, CheckpointStore, CoordinatorOptions, PendingCheckpoints};
 use crate::faults::FaultPoint;
 use crate::metrics::{CompletedCheckpoint, JobMetrics};

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 
 use super::error::TaskError;
 use super::message::{Barrier, TaskId};
-use crate::checkpoint::store::RestoredCheckpoint;
+use crate::checkpoint::RestoredCheckpoint;
 use crate::faults::Faults;
 use crate::job::fence::Fence;
 use crate::keygroup::KeyGroupRange;

@@ -1,6 +1,6 @@
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::store::CheckpointError;
+use crate::checkpoint::CheckpointError;
 use crate::faults::FaultPoint;
 use crate::state::snapshot::CodecError;
 

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::error::TaskFailure;
-use crate::checkpoint::store::StateFileMetadata;
+use crate::checkpoint::StateFileMetadata;
 
 /// A checkpoint barrier: everything before it belongs to checkpoint `id`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -8,8 +8,9 @@ use tokio::task::JoinSet;
 use super::collector::{TaskContext, TaskSnapshot};
 use super::error::TaskError;
 use super::message::{Barrier, Control, Event, WrittenState};
-use crate::checkpoint::store::{state_file_name, CheckpointStore, StateFileMetadata};
-use crate::faults::FaultPoint;
+use crate::checkpoint::metadata::{state_file_name, StateFileMetadata};
+use crate::checkpoint::CheckpointStore;
+use crate::faults::{stop_point, FaultPoint, StopPoint};
 use crate::state::OperatorSubtaskState;
 
 /// A subtask's connections to the coordinator.
@@ -45,10 +46,12 @@ pub fn spawn_snapshot_write(
         }
         let task = ctx.id.clone();
         let event = match write_snapshot(&ctx, &store, barrier, snapshot).await {
-            Ok(files) => match ctx.faults.check(FaultPoint::BeforeAck) {
-                Ok(()) => Event::Ack { checkpoint: barrier.id, task, files },
-                Err(e) => Event::Failed { task, failure: (&e).into() },
-            },
+            Ok(files) => {
+                match ctx.faults.check(FaultPoint::BeforeAck).inspect(|()| stop_point(StopPoint::StateWritten)) {
+                    Ok(()) => Event::Ack { checkpoint: barrier.id, task, files },
+                    Err(e) => Event::Failed { task, failure: (&e).into() },
+                }
+            }
             Err(e) => Event::Decline { checkpoint: barrier.id, task, reason: e.to_string() },
         };
         // A closed channel means the job is shutting down; nothing to tell.

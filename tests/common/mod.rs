@@ -1,0 +1,38 @@
+//! Helpers the process-level suites share: ports, a tiny HTTP client for the
+//! coordinator's API, and process states read from `/proc`.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::time::Duration;
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// One request to `127.0.0.1:port`; the status code and body, or `None`
+/// when nothing answers.
+pub fn http(port: u16, method: &str, path: &str, headers: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n{headers}Connection: close\r\n\r\n")
+        .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let code = text.split_whitespace().nth(1)?.parse().ok()?;
+    Some((code, text.split_once("\r\n\r\n")?.1.to_string()))
+}
+
+/// The state letter of a live process (`R`, `S`, `T` for stopped, ...).
+pub fn process_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name in parentheses may hold spaces; the state follows it.
+    stat.rsplit_once(") ")?.1.chars().next()
+}
+
+/// Sends a signal by name (`STOP`, `CONT`, `KILL`) to a process.
+pub fn signal(pid: u32, sig: &str) {
+    let ok = std::process::Command::new("kill").args(["-s", sig, &pid.to_string()]).status().unwrap().success();
+    assert!(ok, "kill -s {sig} {pid} failed");
+}
