@@ -1,8 +1,13 @@
 //! The checkpoint coordinator's decisions, as a state machine over plain
 //! values: when to trigger, when a checkpoint is complete, when it expired,
 //! when failures are too many. The job loop performs the effects.
+//!
+//! A checkpoint whose every subtask acknowledged is *finalizing* until the
+//! loop reports its `_metadata` written ([`PendingCheckpoints::completed`])
+//! or not ([`PendingCheckpoints::fail`]); it still counts against
+//! `maxConcurrent`.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -59,6 +64,8 @@ pub struct PendingCheckpoints {
     tasks: usize,
     next_id: u64,
     pending: BTreeMap<u64, Pending>,
+    /// Acknowledged by every subtask, `_metadata` being written.
+    finalizing: BTreeSet<u64>,
     last_trigger: Option<Instant>,
     last_completion: Option<Instant>,
     consecutive_failures: u32,
@@ -85,6 +92,7 @@ impl PendingCheckpoints {
             tasks,
             next_id,
             pending: BTreeMap::new(),
+            finalizing: BTreeSet::new(),
             last_trigger: Some(now),
             last_completion: None,
             consecutive_failures: 0,
@@ -106,12 +114,12 @@ impl PendingCheckpoints {
 
     /// Whether a checkpoint should be triggered now.
     pub fn due(&self, now: Instant) -> bool {
-        if self.pending.len() >= self.opts.max_concurrent {
+        if self.in_progress() >= self.opts.max_concurrent {
             return false;
         }
         if self.final_wanted {
             // The last checkpoint must start after every source finished.
-            return self.final_id.is_none() && self.pending.is_empty();
+            return self.final_id.is_none() && self.in_progress() == 0;
         }
         let Some(interval) = self.opts.interval else { return false };
         let since_trigger = self.last_trigger.is_none_or(|t| now.duration_since(t) >= interval);
@@ -132,7 +140,8 @@ impl PendingCheckpoints {
         Barrier { id, timestamp_ms: wall_ms }
     }
 
-    /// Records an ack; returns the metadata when the checkpoint is complete.
+    /// Records an ack; returns the metadata to write when every subtask
+    /// acknowledged (the checkpoint is finalizing from then on).
     pub fn ack(
         &mut self,
         id: u64,
@@ -154,11 +163,18 @@ impl PendingCheckpoints {
         let mut done = self.pending.remove(&id)?;
         // Older checkpoints still pending are subsumed by this one.
         self.pending.retain(|older, _| *older > id);
+        self.finalizing.insert(id);
         done.metadata.completed_at_ms = wall_ms;
         done.metadata.duration_ms = now.duration_since(done.started).as_millis() as u64;
-        self.last_completion = Some(now);
-        self.consecutive_failures = 0;
         Some(done.metadata)
+    }
+
+    /// The `_metadata` of finalizing checkpoint `id` is written: it is complete.
+    pub fn completed(&mut self, id: u64, now: Instant) {
+        if self.finalizing.remove(&id) {
+            self.last_completion = Some(now);
+            self.consecutive_failures = 0;
+        }
     }
 
     /// Whether `id` was the checkpoint taken after every source finished.
@@ -171,9 +187,10 @@ impl PendingCheckpoints {
         self.final_wanted = true;
     }
 
-    /// Checkpoint `id` failed (declined or expired).
+    /// Checkpoint `id` failed (declined, expired, or its `_metadata` write
+    /// failed).
     pub fn fail(&mut self, id: u64) -> FailureVerdict {
-        if self.pending.remove(&id).is_none() {
+        if self.pending.remove(&id).is_none() && !self.finalizing.remove(&id) {
             return FailureVerdict::Tolerated;
         }
         if self.final_id == Some(id) {
@@ -196,8 +213,9 @@ impl PendingCheckpoints {
             .collect()
     }
 
+    /// Checkpoints triggered and not yet complete or failed.
     pub fn in_progress(&self) -> usize {
-        self.pending.len()
+        self.pending.len() + self.finalizing.len()
     }
 }
 
@@ -248,6 +266,7 @@ mod tests {
         c.trigger(Instant::now(), 0);
         tokio::time::advance(Duration::from_millis(900)).await;
         c.ack(1, task(0), vec![], Instant::now(), 0).unwrap();
+        c.completed(1, Instant::now());
         tokio::time::advance(Duration::from_millis(200)).await;
         assert!(!c.due(Instant::now()), "interval passed but min pause did not");
         tokio::time::advance(Duration::from_millis(300)).await;
@@ -281,5 +300,26 @@ mod tests {
         assert!(!c.due(t0));
         c.fail(b.id);
         assert!(c.due(t0), "a failed final checkpoint is taken again");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_finalizing_checkpoint_counts_as_in_progress_until_its_metadata_is_written_or_fails() {
+        let t0 = Instant::now();
+        let mut c = PendingCheckpoints::new(opts(), "job".into(), 128, 1, 1, t0);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        c.trigger(Instant::now(), 0);
+        c.ack(1, task(0), vec![], Instant::now(), 0).unwrap();
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(c.in_progress(), 1);
+        assert!(!c.due(Instant::now()), "max_concurrent 1 holds while _metadata is written");
+        assert!(c.expired(Instant::now()).is_empty(), "the write has its own timeout");
+        assert_eq!(c.fail(1), FailureVerdict::Tolerated, "a failed _metadata write is a checkpoint failure");
+        assert_eq!(c.in_progress(), 0);
+        c.trigger(Instant::now(), 0);
+        c.ack(2, task(0), vec![], Instant::now(), 0).unwrap();
+        c.completed(2, Instant::now());
+        assert_eq!(c.in_progress(), 0);
+        c.trigger(Instant::now(), 0);
+        assert_eq!(c.fail(3), FailureVerdict::Tolerated, "the completion reset the failure count");
     }
 }

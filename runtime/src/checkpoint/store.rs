@@ -25,6 +25,10 @@ pub struct CheckpointStore {
     /// Checkpoints retention must keep (a savepoint is being copied from
     /// them), one entry per holder; shared by every clone of the store.
     pub(super) pins: std::sync::Arc<std::sync::Mutex<Vec<u64>>>,
+    /// Storage that takes this long before each `_metadata` write (tests
+    /// of the loop's behaviour around slow storage).
+    #[cfg(test)]
+    pub(crate) metadata_delay: Option<std::time::Duration>,
 }
 
 impl CheckpointStore {
@@ -49,7 +53,14 @@ impl CheckpointStore {
     ) -> Result<CheckpointStore, CheckpointError> {
         let op = parsed.operator(uri, sub)?;
         let local = parsed.local_dir(uri, sub)?;
-        Ok(CheckpointStore { op, location: location.to_string(), local, pins: Default::default() })
+        Ok(CheckpointStore {
+            op,
+            location: location.to_string(),
+            local,
+            pins: Default::default(),
+            #[cfg(test)]
+            metadata_delay: None,
+        })
     }
 
     /// Jobs (`namespace/name`) with checkpoints under a storage root URI,
@@ -126,6 +137,10 @@ impl CheckpointStore {
             path: self.full(&path),
             reason: e.to_string(),
         })?;
+        #[cfg(test)]
+        if let Some(delay) = self.metadata_delay {
+            tokio::time::sleep(delay).await;
+        }
         let capability = self.op.info().capability();
         if capability.rename {
             let token = crate::job::fence::random_token().map_err(|e| CheckpointError::BadMetadata {

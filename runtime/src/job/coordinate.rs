@@ -1,10 +1,16 @@
 //! The checkpoint loop: trigger, collect acks, write `_metadata`, notify,
-//! retain; end when every subtask finished, fail when one failed. It talks
+//! retain; end when every subtask finished, fail when one failed. The
+//! storage work of a completion (`_metadata`, retention) runs beside the
+//! loop with the checkpoint timeout as its limit, so a slow store never
+//! holds up acks, failures or requests. It talks
 //! to subtasks through a [`ControlPlane`], so the same loop drives threads
 //! in this process and subtasks on remote workers.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::future::{BoxFuture, OptionFuture};
 
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -111,7 +117,14 @@ impl<P: ControlPlane + Sync> Loop<'_, P> {
         // Requests waiting for a checkpoint: (id, reply, stop afterwards).
         let mut waiting: Waiting = Vec::new();
         let mut failure: Option<(JobError, Instant)> = None;
+        // `_metadata` writes and retention run beside the loop, so acks,
+        // failures and requests keep flowing while storage is slow.
+        let mut writes = MetadataWrites::new(self.store.clone(), self.config.checkpoints.timeout.get());
+        let retained = self.config.checkpoints.retained.max(1) as usize;
+        let mut retention = Retention::new(self.store.clone(), retained, self.damaged.clone(), writes.limit);
         loop {
+            writes.start_next();
+            retention.start_next();
             self.metrics.checkpoints_in_progress.store(checkpoints.in_progress() as u64, Ordering::Relaxed);
             tokio::select! {
                 _ = tick.tick() => {
@@ -136,6 +149,38 @@ impl<P: ControlPlane + Sync> Loop<'_, P> {
                         self.trigger(&mut checkpoints, now).await;
                     }
                 }
+                Some((meta, written)) = OptionFuture::from(writes.current.as_mut()) => {
+                    writes.current = None;
+                    let id = meta.id;
+                    if let Err(reason) = written {
+                        warn!(checkpoint = id, "checkpoint {id} failed: {reason}");
+                        self.metrics.checkpoints_failed.fetch_add(1, Ordering::Relaxed);
+                        reply_failed(&mut waiting, id, &reason);
+                        if let FailureVerdict::FailJob { consecutive } = checkpoints.fail(id) {
+                            return Err(JobError::TooManyCheckpointFailures { id, reason, consecutive });
+                        }
+                        continue;
+                    }
+                    checkpoints.completed(id, Instant::now());
+                    last = Some(self.announce(&meta).await?);
+                    retention.want(id);
+                    let mut stop_now = checkpoints.is_final(id);
+                    // A request whose checkpoint this one subsumed gets this one.
+                    for (wid, reply, stop) in std::mem::take(&mut waiting) {
+                        if wid <= id {
+                            stop_now |= stop;
+                            let pin = self.store.pin(id);
+                            let _ = reply.send(Ok(Requested { metadata: meta.clone(), pin }));
+                        } else {
+                            waiting.push((wid, reply, stop));
+                        }
+                    }
+                    if stop_now && !stopping {
+                        stopping = true;
+                        broadcast(self.plane, Control::Stop, false).await;
+                    }
+                }
+                Some(()) = OptionFuture::from(retention.current.as_mut()) => retention.current = None,
                 Some(request) = requests.recv() => {
                     let (reply, stop) = match request {
                         Request::Checkpoint { reply } => (reply, false),
@@ -151,23 +196,7 @@ impl<P: ControlPlane + Sync> Loop<'_, P> {
                 Some(event) = events.recv() => match event {
                     Event::Ack { checkpoint, task, files } => {
                         let Some(meta) = checkpoints.ack(checkpoint, task, files, Instant::now(), wall_ms()) else { continue };
-                        let completed = self.complete(&meta).await?;
-                        last = Some(completed);
-                        let mut stop_now = checkpoints.is_final(meta.id);
-                        // A request whose checkpoint this one subsumed gets this one.
-                        for (id, reply, stop) in std::mem::take(&mut waiting) {
-                            if id <= meta.id {
-                                stop_now |= stop;
-                                let pin = self.store.pin(meta.id);
-                                let _ = reply.send(Ok(Requested { metadata: meta.clone(), pin }));
-                            } else {
-                                waiting.push((id, reply, stop));
-                            }
-                        }
-                        if stop_now && !stopping {
-                            stopping = true;
-                            broadcast(self.plane, Control::Stop, false).await;
-                        }
+                        writes.push(meta);
                     }
                     Event::Decline { checkpoint, task, reason } => {
                         warn!(checkpoint, %task, "checkpoint {checkpoint} declined by {task}: {reason}");
@@ -189,6 +218,7 @@ impl<P: ControlPlane + Sync> Loop<'_, P> {
                         debug!(%task, "subtask finished");
                         finished += 1;
                         if finished == tasks.len() {
+                            retention.finish().await;
                             return Ok(last);
                         }
                     }
@@ -219,14 +249,10 @@ impl<P: ControlPlane + Sync> Loop<'_, P> {
         barrier
     }
 
-    /// Makes a checkpoint complete: `_metadata`, notification, retention.
-    async fn complete(&self, meta: &CheckpointMetadata) -> Result<CompletedCheckpoint, JobError> {
+    /// Tells everyone that checkpoint `meta` is complete, its `_metadata`
+    /// being written: metrics, the log, and the subtasks, whose sinks commit.
+    async fn announce(&self, meta: &CheckpointMetadata) -> Result<CompletedCheckpoint, JobError> {
         let id = meta.id;
-        self.store.write_metadata(meta).await.map_err(|source| JobError::Complete {
-            action: "complete",
-            id,
-            source,
-        })?;
         self.config
             .faults
             .check(FaultPoint::AfterMetadata)
@@ -247,13 +273,94 @@ impl<P: ControlPlane + Sync> Loop<'_, P> {
         self.metrics.checkpoints_completed.fetch_add(1, Ordering::Relaxed);
         self.metrics.set_last_checkpoint(completed.clone());
         broadcast(self.plane, Control::Complete(id), false).await;
-        let retained = self.config.checkpoints.retained.max(1) as usize;
-        self.store.apply_retention(id, retained, &self.damaged).await.map_err(|source| JobError::Complete {
-            action: "apply retention after",
-            id,
-            source,
-        })?;
         Ok(completed)
+    }
+}
+
+type Written = BoxFuture<'static, (CheckpointMetadata, Result<(), String>)>;
+
+/// `_metadata` writes, one at a time in checkpoint order, each bounded by
+/// the checkpoint timeout.
+struct MetadataWrites {
+    store: CheckpointStore,
+    limit: Duration,
+    queue: VecDeque<CheckpointMetadata>,
+    current: Option<Written>,
+}
+
+impl MetadataWrites {
+    fn new(store: CheckpointStore, limit: Duration) -> Self {
+        MetadataWrites { store, limit, queue: VecDeque::new(), current: None }
+    }
+
+    fn push(&mut self, meta: CheckpointMetadata) {
+        self.queue.push_back(meta);
+    }
+
+    fn start_next(&mut self) {
+        if self.current.is_some() {
+            return;
+        }
+        let Some(meta) = self.queue.pop_front() else { return };
+        let (store, limit) = (self.store.clone(), self.limit);
+        self.current = Some(Box::pin(async move {
+            let written = match tokio::time::timeout(limit, store.write_metadata(&meta)).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(format!("cannot write its _metadata: {e}")),
+                // It may still land; that is safe: the checkpoint is whole,
+                // and its sink transactions stay pending until a later one
+                // completes.
+                Err(_) => Err(format!("its _metadata was not written within the checkpoint timeout ({limit:?})")),
+            };
+            (meta, written)
+        }));
+    }
+}
+
+/// Retention after completions: at most one pass at a time, for the newest
+/// completed checkpoint; a failure is a warning (the next pass retries).
+struct Retention {
+    store: CheckpointStore,
+    retained: usize,
+    damaged: Vec<u64>,
+    limit: Duration,
+    wanted: Option<u64>,
+    current: Option<BoxFuture<'static, ()>>,
+}
+
+impl Retention {
+    fn new(store: CheckpointStore, retained: usize, damaged: Vec<u64>, limit: Duration) -> Self {
+        Retention { store, retained, damaged, limit, wanted: None, current: None }
+    }
+
+    fn want(&mut self, latest: u64) {
+        self.wanted = Some(latest);
+    }
+
+    fn start_next(&mut self) {
+        if self.current.is_some() {
+            return;
+        }
+        let Some(latest) = self.wanted.take() else { return };
+        let (store, retained, damaged, limit) = (self.store.clone(), self.retained, self.damaged.clone(), self.limit);
+        self.current = Some(Box::pin(async move {
+            match tokio::time::timeout(limit, store.apply_retention(latest, retained, &damaged)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => warn!(checkpoint = latest, "retention after checkpoint {latest} failed: {e}"),
+                Err(_) => warn!(checkpoint = latest, "retention after checkpoint {latest} took longer than {limit:?}"),
+            }
+        }));
+    }
+
+    /// Lets the pass in flight, and one for the newest checkpoint, end.
+    async fn finish(&mut self) {
+        if let Some(pass) = self.current.take() {
+            pass.await;
+        }
+        self.start_next();
+        if let Some(pass) = self.current.take() {
+            pass.await;
+        }
     }
 }
 
@@ -274,6 +381,7 @@ mod tests {
 
     use super::*;
     use crate::manifest::{CheckpointOptions, HumanDuration};
+    use crate::task::error::FailureKind;
 
     /// One source subtask; what the loop sends it is recorded.
     struct Recorded {
@@ -288,6 +396,110 @@ mod tests {
         async fn send(&self, _: usize, msg: Control) {
             let _ = self.sent.send(msg);
         }
+    }
+
+    /// A loop over one source subtask, with `_metadata` writes that take
+    /// `delay` and a checkpoint timeout of 10 s.
+    struct Harness {
+        _dir: tempfile::TempDir,
+        store: CheckpointStore,
+        config: JobConfig,
+        plane: Recorded,
+        metrics: JobMetrics,
+        issued: AtomicU64,
+        task: TaskId,
+    }
+
+    fn harness(delay: Duration, tolerable_failures: u32) -> (Harness, mpsc::UnboundedReceiver<Control>) {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = format!("file://{}", dir.path().display());
+        let checkpoints = CheckpointOptions {
+            interval: HumanDuration(Duration::from_secs(3600)),
+            timeout: HumanDuration(Duration::from_secs(10)),
+            tolerable_failures,
+            storage: storage.clone(),
+            ..CheckpointOptions::default()
+        };
+        let config = JobConfig::new("job", "default", checkpoints);
+        let mut store = CheckpointStore::open(&storage, "default", "job").unwrap();
+        store.metadata_delay = Some(delay);
+        let task = TaskId { stage: 0, name: Arc::from("source"), subtask: 0, parallelism: 1 };
+        let (sent, controls) = mpsc::unbounded_channel();
+        let plane = Recorded { tasks: vec![(task.clone(), true)], sent };
+        let h = Harness {
+            _dir: dir,
+            store,
+            config,
+            plane,
+            metrics: JobMetrics::default(),
+            issued: AtomicU64::new(0),
+            task,
+        };
+        (h, controls)
+    }
+
+    impl Harness {
+        fn run_loop(&self) -> Loop<'_, Recorded> {
+            Loop {
+                plane: &self.plane,
+                store: &self.store,
+                config: &self.config,
+                metrics: &self.metrics,
+                max_parallelism: 128,
+                next_id: 1,
+                fence: Fence { incarnation: 1, epoch: 1 },
+                last_issued: &self.issued,
+                damaged: Vec::new(),
+            }
+        }
+    }
+
+    async fn next_trigger(controls: &mut mpsc::UnboundedReceiver<Control>) -> u64 {
+        loop {
+            if let Some(Control::Trigger(b)) = controls.recv().await {
+                return b.id;
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_task_failure_ends_the_loop_while_a_metadata_write_hangs() {
+        let (h, mut controls) = harness(Duration::from_secs(3600), 0);
+        let (events_tx, mut events) = mpsc::channel(16);
+        let (requests_tx, mut requests) = mpsc::channel(4);
+        let started = Instant::now();
+        let driver = async {
+            let (reply, _answer) = tokio::sync::oneshot::channel();
+            requests_tx.send(Request::Checkpoint { reply }).await.unwrap();
+            let id = next_trigger(&mut controls).await;
+            events_tx.send(Event::Ack { checkpoint: id, task: h.task.clone(), files: Vec::new() }).await.unwrap();
+            tokio::task::yield_now().await;
+            let failure = crate::task::error::TaskFailure::new(FailureKind::BadRecord, "record 7 is not JSON");
+            events_tx.send(Event::Failed { task: h.task.clone(), failure }).await.unwrap();
+        };
+        let (result, ()) = tokio::join!(h.run_loop().run(&mut events, &mut requests), driver);
+        let err = result.unwrap_err();
+        assert!(err.to_string().contains("record 7"), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(1), "the failure did not wait for storage");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_metadata_write_past_the_timeout_fails_that_checkpoint_and_the_loop_goes_on() {
+        let (h, mut controls) = harness(Duration::from_secs(30), 1);
+        let (events_tx, mut events) = mpsc::channel(16);
+        let (requests_tx, mut requests) = mpsc::channel(4);
+        let driver = async {
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            requests_tx.send(Request::Checkpoint { reply }).await.unwrap();
+            let id = next_trigger(&mut controls).await;
+            events_tx.send(Event::Ack { checkpoint: id, task: h.task.clone(), files: Vec::new() }).await.unwrap();
+            let refused = answer.await.unwrap().unwrap_err();
+            assert!(refused.contains("not written within the checkpoint timeout"), "{refused}");
+            assert_eq!(h.metrics.checkpoints_failed.load(Ordering::Relaxed), 1);
+            events_tx.send(Event::TaskFinished { task: h.task.clone(), error: None }).await.unwrap();
+        };
+        let (result, ()) = tokio::join!(h.run_loop().run(&mut events, &mut requests), driver);
+        assert_eq!(result.unwrap().map(|c| c.id), None, "no checkpoint completed");
     }
 
     #[tokio::test]

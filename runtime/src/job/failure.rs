@@ -27,7 +27,7 @@ pub fn kind(e: &JobError) -> FailureKind {
         JobError::TaskFailed { failure, .. } => failure.kind,
         JobError::Task { source, .. } => source.kind(),
         JobError::WorkersLost(_) => FailureKind::WorkerLost,
-        JobError::Checkpoint(c) | JobError::Complete { source: c, .. } => c.failure_kind(),
+        JobError::Checkpoint(c) => c.failure_kind(),
         JobError::TooManyCheckpointFailures { .. } => FailureKind::Storage,
         JobError::InitialSavepoint { .. } | JobError::NonRestoredState { .. } => FailureKind::Restore,
         JobError::Internal { .. } | JobError::Fence(_) => FailureKind::Deployment,

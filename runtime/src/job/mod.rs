@@ -45,8 +45,6 @@ pub enum JobError {
     Internal { task: String, reason: String },
     #[error("checkpoint {id} failed ({reason}); {consecutive} consecutive failures exceed tolerableFailures")]
     TooManyCheckpointFailures { id: u64, reason: String, consecutive: u32 },
-    #[error("cannot {action} checkpoint {id}: {source}")]
-    Complete { action: &'static str, id: u64, source: CheckpointError },
     #[error("cannot start from spec.initialSavepointPath {uri}: {reason}")]
     InitialSavepoint { uri: String, reason: String },
     #[error(transparent)]

@@ -3,31 +3,42 @@
 //! worker by resetting every worker to the newest completed checkpoint.
 //! A coordinator that starts over (a new process) continues checkpoint ids
 //! above everything in storage and takes back the workers that reconnect.
+//!
+//! # Layout
+//! - this module: the attempt lifecycle (wait for workers, restore point,
+//!   deploy, run the checkpoint loop, recover in place or exit, by the
+//!   failure's kind as `job::failure` classifies it).
+//! - [`registry`]: status, connected workers and the running attempt's
+//!   event queue, shared with the HTTP API.
+//! - [`wire`]: the worker endpoint and the control plane to remote subtasks.
+//! - [`heartbeats`]: dropping workers that went silent.
 
-use std::collections::BTreeMap;
+mod heartbeats;
+mod registry;
+mod wire;
+
+pub use registry::{JobState, JobStatus, Recovery, Shared, WorkerInfo};
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::{SinkExt, StreamExt};
-use serde::Serialize;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-use tokio::time::Instant;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
-use super::protocol::{self, JobToken, Placement, TaskKey, ToCoordinator, ToWorker, WorkerCounters};
+use super::protocol::{JobToken, Placement, TaskKey, ToWorker};
 use crate::checkpoint::CheckpointStore;
 use crate::dataflow::JobGraph;
-use crate::job::coordinate::{wall_ms, ControlPlane, Loop, Request};
+use crate::job::coordinate::{wall_ms, Loop, Request};
 use crate::job::deploy::all_tasks;
 use crate::job::failure::{self, Recovery as Next};
 use crate::job::{restore_point, JobConfig, JobError, RestorePoint};
 use crate::manifest::StreamJob;
 use crate::metrics::JobMetrics;
-use crate::task::error::{FailureKind, TaskFailure};
-use crate::task::{Control, Event, TaskId};
+use crate::task::Event;
+use wire::RemotePlane;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CoordinatorError {
@@ -59,239 +70,6 @@ pub struct CoordinatorOptions {
     pub ignore_checkpoints_before_ms: u64,
     /// What workers and mutating API calls must present.
     pub token: JobToken,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub enum JobState {
-    WaitingForWorkers,
-    Deploying,
-    Running,
-    Restarting,
-    Finished,
-}
-
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct WorkerInfo {
-    pub name: String,
-    pub data_addr: SocketAddr,
-    pub registered_at_ms: u64,
-    pub last_heartbeat_ms_ago: u64,
-    pub records_in: u64,
-    pub records_out: u64,
-}
-
-/// Time from a replacement worker registering to the first record after restore.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Recovery {
-    pub attempt: u64,
-    #[serde(skip)]
-    epoch: u64,
-    pub failed_at_ms: u64,
-    pub workers_ready_at_ms: u64,
-    pub first_record_at_ms: Option<u64>,
-    pub recovery_ms: Option<u64>,
-}
-
-/// What the HTTP API shows.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct JobStatus {
-    pub name: String,
-    pub namespace: String,
-    pub state: JobState,
-    pub attempt: u64,
-    /// The running attempt's fencing epoch (hex); messages, channels and
-    /// files of any other epoch are refused.
-    pub epoch: String,
-    pub parallelism: u32,
-    pub workers_wanted: usize,
-    pub restored_from: Option<u64>,
-    pub restarts: u64,
-    pub last_failure: Option<String>,
-    /// The kind of the last failure, which decided whether the job
-    /// recovered in place or the coordinator exited.
-    pub last_failure_kind: Option<FailureKind>,
-    pub last_recovery: Option<Recovery>,
-}
-
-struct WorkerConn {
-    name: String,
-    data_addr: SocketAddr,
-    tx: mpsc::Sender<ToWorker>,
-    last_seen: Instant,
-    registered_at_ms: u64,
-    counters: WorkerCounters,
-}
-
-/// Attempt epoch, where its events go, and the workers (registry ids) it runs on.
-type CurrentAttempt = (u64, mpsc::Sender<Event>, Vec<u64>);
-/// A worker's reply to `Deploy`: worker id, epoch, outcome.
-type Opened = (u64, u64, Result<(), TaskFailure>);
-
-/// Everything the coordinator's tasks and the HTTP API share.
-pub struct Shared {
-    pub status: Mutex<JobStatus>,
-    pub metrics: Arc<JobMetrics>,
-    pub requests: mpsc::Sender<Request>,
-    pub store: CheckpointStore,
-    pub token: JobToken,
-    workers: Mutex<BTreeMap<u64, WorkerConn>>,
-    /// The running attempt's event channel and workers.
-    attempt: Mutex<Option<CurrentAttempt>>,
-    /// Replies to `Deploy`.
-    opened: Mutex<Option<mpsc::Sender<Opened>>>,
-    /// Records in and out counted by attempts that ended or workers that left.
-    retired: Mutex<(u64, u64)>,
-}
-
-impl Shared {
-    pub fn status(&self) -> Option<JobStatus> {
-        self.status.lock().ok().map(|s| s.clone())
-    }
-
-    fn update(&self, f: impl FnOnce(&mut JobStatus)) {
-        if let Ok(mut s) = self.status.lock() {
-            f(&mut s);
-        }
-    }
-
-    pub fn workers(&self) -> Vec<WorkerInfo> {
-        let Ok(w) = self.workers.lock() else { return Vec::new() };
-        w.values()
-            .map(|c| WorkerInfo {
-                name: c.name.clone(),
-                data_addr: c.data_addr,
-                registered_at_ms: c.registered_at_ms,
-                last_heartbeat_ms_ago: c.last_seen.elapsed().as_millis() as u64,
-                records_in: c.counters.records_in,
-                records_out: c.counters.records_out,
-            })
-            .collect()
-    }
-
-    /// Records in and out over the job's life (current attempt plus earlier ones).
-    pub fn records(&self) -> (u64, u64) {
-        let (mut rin, mut rout) = self.retired.lock().map(|r| *r).unwrap_or((0, 0));
-        if let Ok(w) = self.workers.lock() {
-            for c in w.values() {
-                rin += c.counters.records_in;
-                rout += c.counters.records_out;
-            }
-        }
-        (rin, rout)
-    }
-
-    /// Per stage, summed over workers, for the current attempt.
-    pub fn stages(&self) -> Vec<crate::metrics::StageSample> {
-        let mut sums: BTreeMap<String, crate::metrics::StageSample> = BTreeMap::new();
-        let epoch = self.attempt.lock().ok().and_then(|a| a.as_ref().map(|a| a.0)).unwrap_or(0);
-        if let Ok(w) = self.workers.lock() {
-            for c in w.values().filter(|c| c.counters.epoch == epoch) {
-                for s in &c.counters.stages {
-                    let e = sums.entry(s.stage.clone()).or_insert_with(|| crate::metrics::StageSample {
-                        stage: s.stage.clone(),
-                        ..Default::default()
-                    });
-                    e.records_in += s.records_in;
-                    e.records_out += s.records_out;
-                    e.backpressure_ms += s.backpressure_ms;
-                }
-            }
-        }
-        sums.into_values().collect()
-    }
-
-    fn lose_worker(&self, id: u64, why: &str) {
-        let removed = self.workers.lock().ok().and_then(|mut w| w.remove(&id));
-        let Some(conn) = removed else { return };
-        warn!(worker = %conn.name, "worker {} lost: {why}", conn.name);
-        if let Ok(mut r) = self.retired.lock() {
-            r.0 += conn.counters.records_in;
-            r.1 += conn.counters.records_out;
-        }
-        let attempt = self.attempt.lock().ok().and_then(|a| a.clone());
-        if let Some((epoch, events, members)) = attempt {
-            if members.contains(&id) {
-                let task =
-                    TaskId { stage: usize::MAX, name: Arc::from(conn.name.as_str()), subtask: 0, parallelism: 0 };
-                let failure = TaskFailure::new(FailureKind::WorkerLost, format!("worker {} lost: {why}", conn.name));
-                let _ = events.try_send(Event::Failed { task, failure });
-                info!(epoch = %format!("{epoch:016x}"), "the attempt lost worker {}", conn.name);
-            }
-        }
-    }
-
-    fn on_message(&self, id: u64, msg: ToCoordinator) {
-        match msg {
-            ToCoordinator::Register { .. } => {}
-            ToCoordinator::Heartbeat { sent_at_us, counters } => {
-                if let Ok(mut w) = self.workers.lock() {
-                    if let Some(c) = w.get_mut(&id) {
-                        c.last_seen = Instant::now();
-                        let _ = c.tx.try_send(ToWorker::HeartbeatAck { sent_at_us });
-                        if c.counters.epoch != counters.epoch {
-                            // A new attempt starts counting from zero; keep the old counts.
-                            if let Ok(mut r) = self.retired.lock() {
-                                r.0 += c.counters.records_in;
-                                r.1 += c.counters.records_out;
-                            }
-                        }
-                        c.counters = counters.clone();
-                    }
-                }
-                self.note_first_record(&counters);
-            }
-            ToCoordinator::Opened { epoch } => self.reply_opened(id, epoch, Ok(())),
-            ToCoordinator::OpenFailed { epoch, failure } => self.reply_opened(id, epoch, Err(failure)),
-            ToCoordinator::Event { epoch, event } => {
-                let target = self.attempt.lock().ok().and_then(|a| a.clone());
-                match target {
-                    Some((current, events, _)) if current == epoch => {
-                        let _ = events.try_send(event);
-                    }
-                    _ => debug!(epoch = %format!("{epoch:016x}"), "ignoring an event of a stale attempt"),
-                }
-            }
-        }
-    }
-
-    fn reply_opened(&self, worker: u64, epoch: u64, result: Result<(), TaskFailure>) {
-        if let Some(tx) = self.opened.lock().ok().and_then(|o| o.clone()) {
-            let _ = tx.try_send((worker, epoch, result));
-        }
-    }
-
-    fn note_first_record(&self, counters: &WorkerCounters) {
-        let Some(at) = counters.first_record_at_ms else { return };
-        self.update(|s| {
-            if let Some(r) = s.last_recovery.as_mut().filter(|r| r.epoch == counters.epoch) {
-                if r.first_record_at_ms.is_none_or(|t| at < t) {
-                    r.first_record_at_ms = Some(at);
-                    r.recovery_ms = Some(at.saturating_sub(r.workers_ready_at_ms));
-                }
-            }
-        });
-    }
-}
-
-struct RemotePlane {
-    epoch: u64,
-    tasks: Vec<(TaskId, bool)>,
-    keys: Vec<TaskKey>,
-    routes: Vec<mpsc::Sender<ToWorker>>,
-}
-
-impl ControlPlane for RemotePlane {
-    fn tasks(&self) -> &[(TaskId, bool)] {
-        &self.tasks
-    }
-    async fn send(&self, task: usize, control: Control) {
-        let msg = ToWorker::Control { epoch: self.epoch, task: self.keys[task], control };
-        // A lost worker's failure reaches the loop as an event.
-        let _ = self.routes[task].send(msg).await;
-    }
 }
 
 /// Binds the worker endpoint; returns the shared state and what runs the job.
@@ -331,8 +109,8 @@ pub async fn start(opts: CoordinatorOptions) -> Result<(Arc<Shared>, Coordinator
         retired: Mutex::default(),
     });
     let (registered_tx, registered) = mpsc::channel(64);
-    tokio::spawn(accept_workers(listener, shared.clone(), registered_tx));
-    tokio::spawn(watch_heartbeats(shared.clone(), opts.heartbeat_timeout));
+    tokio::spawn(wire::accept_workers(listener, shared.clone(), registered_tx));
+    tokio::spawn(heartbeats::watch_heartbeats(shared.clone(), opts.heartbeat_timeout));
     let last_issued = AtomicU64::new(0);
     Ok((shared.clone(), Coordinator { opts, shared, requests, registered, last_issued }))
 }
@@ -344,97 +122,6 @@ pub struct Coordinator {
     registered: mpsc::Receiver<u64>,
     /// The highest checkpoint id any attempt of this process issued.
     last_issued: AtomicU64,
-}
-
-async fn accept_workers(listener: TcpListener, shared: Arc<Shared>, registered: mpsc::Sender<u64>) {
-    let mut next_id = 0u64;
-    loop {
-        let Ok((stream, peer)) = listener.accept().await else { continue };
-        next_id += 1;
-        let id = next_id;
-        let shared = shared.clone();
-        let registered = registered.clone();
-        tokio::spawn(async move {
-            if let Err(e) = serve_worker(id, stream, &shared, &registered).await {
-                shared.lose_worker(id, &e);
-            } else {
-                shared.lose_worker(id, "connection closed");
-            }
-            let _ = peer;
-        });
-    }
-}
-
-async fn serve_worker(
-    id: u64,
-    stream: TcpStream,
-    shared: &Shared,
-    registered: &mpsc::Sender<u64>,
-) -> Result<(), String> {
-    let mut conn = protocol::framed(stream);
-    let Some(ToCoordinator::Register { name, data_addr, token }) =
-        protocol::recv::<ToCoordinator>(&mut conn).await.map_err(|e| e.to_string())?
-    else {
-        return Err("first message was not a registration".into());
-    };
-    if !shared.token.admits(token.as_deref()) {
-        let reason = format!("worker {name} at {data_addr} presented a wrong or no job token");
-        warn!("refused a registration: {reason}");
-        let _ = protocol::send(&mut conn, &ToWorker::Refused { reason: reason.clone() }).await;
-        return Err(reason);
-    }
-    info!(worker = %name, %data_addr, "worker {name} registered");
-    let (mut sink, mut stream) = conn.split();
-    let (tx, mut rx) = mpsc::channel::<ToWorker>(256);
-    if let Ok(mut w) = shared.workers.lock() {
-        w.insert(
-            id,
-            WorkerConn {
-                name,
-                data_addr,
-                tx,
-                last_seen: Instant::now(),
-                registered_at_ms: wall_ms(),
-                counters: WorkerCounters::default(),
-            },
-        );
-    }
-    let _ = registered.send(id).await;
-    let writer = async {
-        while let Some(msg) = rx.recv().await {
-            let bytes = protocol::encode(&msg).map_err(|e| e.to_string())?;
-            sink.send(bytes).await.map_err(|e| e.to_string())?;
-        }
-        // Dropped from the registry (heartbeat timeout): close the connection.
-        Err::<(), String>("dropped by the coordinator".into())
-    };
-    let reader = async {
-        while let Some(frame) = stream.next().await {
-            let frame = frame.map_err(|e| e.to_string())?;
-            let msg: ToCoordinator = protocol::decode(&frame).map_err(|e| e.to_string())?;
-            shared.on_message(id, msg);
-        }
-        Ok::<(), String>(())
-    };
-    tokio::select! {
-        r = writer => r,
-        r = reader => r,
-    }
-}
-
-async fn watch_heartbeats(shared: Arc<Shared>, timeout: Duration) {
-    let mut tick = tokio::time::interval((timeout / 4).max(Duration::from_millis(50)));
-    loop {
-        tick.tick().await;
-        let silent: Vec<u64> = shared
-            .workers
-            .lock()
-            .map(|w| w.iter().filter(|(_, c)| c.last_seen.elapsed() > timeout).map(|(id, _)| *id).collect())
-            .unwrap_or_default();
-        for id in silent {
-            shared.lose_worker(id, &format!("no heartbeat for {timeout:?}"));
-        }
-    }
 }
 
 impl Coordinator {

@@ -1,0 +1,110 @@
+//! The worker endpoint: accepting connections, registration with the job
+//! token, one reader and one writer per worker, and the control plane that
+//! sends an attempt's control messages to the worker of each subtask.
+
+use std::sync::Arc;
+
+use futures::{SinkExt, StreamExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use super::super::protocol::{self, TaskKey, ToCoordinator, ToWorker, WorkerCounters};
+use super::registry::{Shared, WorkerConn};
+use crate::job::coordinate::{wall_ms, ControlPlane};
+use crate::task::{Control, TaskId};
+
+pub(super) async fn accept_workers(listener: TcpListener, shared: Arc<Shared>, registered: mpsc::Sender<u64>) {
+    let mut next_id = 0u64;
+    loop {
+        let Ok((stream, peer)) = listener.accept().await else { continue };
+        next_id += 1;
+        let id = next_id;
+        let shared = shared.clone();
+        let registered = registered.clone();
+        tokio::spawn(async move {
+            let why = match serve_worker(id, stream, &shared, &registered).await {
+                Err(e) => e,
+                Ok(()) => "connection closed".into(),
+            };
+            shared.lose_worker(id, &why).await;
+            let _ = peer;
+        });
+    }
+}
+
+async fn serve_worker(
+    id: u64,
+    stream: TcpStream,
+    shared: &Shared,
+    registered: &mpsc::Sender<u64>,
+) -> Result<(), String> {
+    let mut conn = protocol::framed(stream);
+    let Some(ToCoordinator::Register { name, data_addr, token }) =
+        protocol::recv::<ToCoordinator>(&mut conn).await.map_err(|e| e.to_string())?
+    else {
+        return Err("first message was not a registration".into());
+    };
+    if !shared.token.admits(token.as_deref()) {
+        let reason = format!("worker {name} at {data_addr} presented a wrong or no job token");
+        warn!("refused a registration: {reason}");
+        let _ = protocol::send(&mut conn, &ToWorker::Refused { reason: reason.clone() }).await;
+        return Err(reason);
+    }
+    info!(worker = %name, %data_addr, "worker {name} registered");
+    let (mut sink, mut stream) = conn.split();
+    let (tx, mut rx) = mpsc::channel::<ToWorker>(256);
+    if let Ok(mut w) = shared.workers.lock() {
+        w.insert(
+            id,
+            WorkerConn {
+                name,
+                data_addr,
+                tx,
+                last_seen: Instant::now(),
+                registered_at_ms: wall_ms(),
+                counters: WorkerCounters::default(),
+            },
+        );
+    }
+    let _ = registered.send(id).await;
+    let writer = async {
+        while let Some(msg) = rx.recv().await {
+            let bytes = protocol::encode(&msg).map_err(|e| e.to_string())?;
+            sink.send(bytes).await.map_err(|e| e.to_string())?;
+        }
+        // Dropped from the registry (heartbeat timeout): close the connection.
+        Err::<(), String>("dropped by the coordinator".into())
+    };
+    let reader = async {
+        while let Some(frame) = stream.next().await {
+            let frame = frame.map_err(|e| e.to_string())?;
+            let msg: ToCoordinator = protocol::decode(&frame).map_err(|e| e.to_string())?;
+            shared.on_message(id, msg).await;
+        }
+        Ok::<(), String>(())
+    };
+    tokio::select! {
+        r = writer => r,
+        r = reader => r,
+    }
+}
+
+pub(super) struct RemotePlane {
+    pub(super) epoch: u64,
+    pub(super) tasks: Vec<(TaskId, bool)>,
+    pub(super) keys: Vec<TaskKey>,
+    pub(super) routes: Vec<mpsc::Sender<ToWorker>>,
+}
+
+impl ControlPlane for RemotePlane {
+    fn tasks(&self) -> &[(TaskId, bool)] {
+        &self.tasks
+    }
+    async fn send(&self, task: usize, control: Control) {
+        let msg = ToWorker::Control { epoch: self.epoch, task: self.keys[task], control };
+        // A lost worker's failure reaches the loop as an event.
+        let _ = self.routes[task].send(msg).await;
+    }
+}
