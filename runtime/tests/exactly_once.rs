@@ -146,6 +146,8 @@ fn falling_back_past_committed_output_is_refused_unless_the_manifest_allows_retr
     let dir = tempfile::tempdir().unwrap();
     let spec = JobSpec::default();
     let mut job = manifest(dir.path(), &spec);
+    // Keep every checkpoint, so one older than the damaged ones is left.
+    job.spec.checkpoints.retained = 1000;
     run_once(&job, Faults::none()).unwrap();
     let committed = weir_runtime::connectors::file_sink::read_committed(&dir.path().join("out")).unwrap().len();
     // The checkpoint of the newest committed output is damaged, and any
