@@ -67,7 +67,7 @@ pub async fn inspect(uri: &str, id: u64) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     let store = CheckpointStore::open_dir(uri)?;
     let m = store.read_metadata(id).await.with_context(|| format!("cannot inspect checkpoint {id}"))?;
-    let verdict = match store.load_verified(id).await {
+    let verdict = match store.load_verified(id, &weir_runtime::checkpoint::Keep::Everything).await {
         Ok(_) => "intact (every file matches its size and checksum)".to_string(),
         Err(e) => format!("DAMAGED: {e}"),
     };

@@ -97,7 +97,7 @@ impl StreamEnv {
                 let restored = ctx
                     .restored
                     .as_ref()
-                    .filter(|r| r.states.contains_key(&uid))
+                    .filter(|r| r.has_state(&uid))
                     .map(|r| r.list_round_robin(&uid, ctx.subtask() as usize, ctx.parallelism() as usize));
                 let source = make(&ctx, restored)?;
                 let chain = chain(&ctx)?;

@@ -117,6 +117,7 @@ fn state_files_and_metadata_never_panic_the_decoder() {
             key_groups: KeyGroupRange { start: 0, end: 63 },
             size: 100,
             crc32: 7,
+            operator_state: None,
         },
     );
     let json = serde_json::to_vec(&meta).unwrap();

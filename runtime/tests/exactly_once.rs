@@ -228,8 +228,14 @@ fn a_stateless_reset_time_hides_older_checkpoints_from_restore() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let graph = weir_runtime::pipeline::build(&job.spec).unwrap();
     let config = weir_runtime::job::JobConfig::for_job(&job);
-    let restore_point = |not_before, last_issued| {
-        rt.block_on(weir_runtime::job::restore_point(&store, &graph, &config, not_before, last_issued)).unwrap()
+    let restore_point = |not_before_ms, last_issued| {
+        let opts = weir_runtime::job::RestoreOptions {
+            not_before_ms,
+            last_issued,
+            load: weir_runtime::checkpoint::Load::MetadataOnly,
+            known_damaged: &[],
+        };
+        rt.block_on(weir_runtime::job::restore_point(&store, &graph, &config, opts)).unwrap()
     };
     let kept = restore_point(0, 0);
     assert!(kept.restored.is_some());

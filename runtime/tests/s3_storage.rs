@@ -40,7 +40,8 @@ fn checkpoints_in_s3_restore_after_crashes_with_exact_output() {
     let store = CheckpointStore::open(&format!("s3://{bucket}/{prefix}"), "default", "counts").unwrap();
     let ids = rt.block_on(store.checkpoint_ids()).unwrap();
     assert!(!ids.is_empty() && ids.len() <= 3, "retention keeps 2 completed (and maybe one in progress): {ids:?}");
-    let latest = rt.block_on(store.latest_restorable(16)).unwrap().unwrap();
+    let latest =
+        rt.block_on(store.latest_restorable(16, &weir_runtime::checkpoint::Load::MetadataOnly, &[])).unwrap().unwrap();
     assert_eq!(Some(latest.id), outcome.last_checkpoint.map(|c| c.id));
 }
 

@@ -23,6 +23,8 @@ pub enum CheckpointError {
     SizeMismatch { path: String, expected: u64, actual: u64 },
     #[error("state file {path} has checksum {actual:08x}, _metadata says {expected:08x}")]
     ChecksumMismatch { path: String, expected: u32, actual: u32 },
+    #[error("checkpoint {id} was found damaged by a worker that read it: {reason}")]
+    FoundDamaged { id: u64, reason: String },
     #[error("state file {path} cannot be decoded: {reason}")]
     Decode { path: String, reason: String },
     #[error(
@@ -37,6 +39,20 @@ pub enum CheckpointError {
 }
 
 impl CheckpointError {
+    /// Whether this says the checkpoint itself is damaged (as opposed to
+    /// storage that did not answer, which may answer later).
+    pub fn is_damage(&self) -> bool {
+        matches!(
+            self,
+            CheckpointError::MissingFile { .. }
+                | CheckpointError::SizeMismatch { .. }
+                | CheckpointError::ChecksumMismatch { .. }
+                | CheckpointError::Decode { .. }
+                | CheckpointError::BadMetadata { .. }
+                | CheckpointError::MissingMetadata { .. }
+        )
+    }
+
     /// Storage that did not answer may answer later; anything else about a
     /// checkpoint will not change by trying again.
     pub fn failure_kind(&self) -> crate::task::error::FailureKind {

@@ -45,6 +45,11 @@ pub struct StateFileMetadata {
     pub key_groups: KeyGroupRange,
     pub size: u64,
     pub crc32: u32,
+    /// Whether the file holds operator (list or union) state, which any new
+    /// subtask may need; absent in checkpoints written before it was
+    /// recorded (such files are always read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operator_state: Option<bool>,
 }
 
 impl CheckpointMetadata {

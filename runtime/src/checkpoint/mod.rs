@@ -23,6 +23,6 @@ mod testing;
 pub use coordinator::{CoordinatorOptions, PendingCheckpoints};
 pub use error::CheckpointError;
 pub use metadata::{CheckpointMetadata, StateFileMetadata};
-pub use restore::RestoredCheckpoint;
+pub use restore::{Keep, Load, RestoredCheckpoint};
 pub use retention::Pin;
 pub use store::CheckpointStore;

@@ -18,6 +18,10 @@ pub async fn write_checkpoint(store: &CheckpointStore, id: u64, payload: &[u8]) 
     let name = state_file_name("sum", 0, range, 7);
     let (size, crc32) = store.write_state(id, &name, state.encode()).await.unwrap();
     let mut meta = CheckpointMetadata::new(id, "job".into(), 128, 0, 1);
-    meta.add_file("sum", 1, StateFileMetadata { name, subtask: 0, key_groups: range, size, crc32 });
+    meta.add_file(
+        "sum",
+        1,
+        StateFileMetadata { name, subtask: 0, key_groups: range, size, crc32, operator_state: Some(false) },
+    );
     store.write_metadata(&meta).await.unwrap();
 }

@@ -158,6 +158,9 @@ pub enum ToCoordinator {
     OpenFailed {
         epoch: u64,
         failure: TaskFailure,
+        /// The checkpoint to restore, when loading it showed it is damaged.
+        #[serde(default)]
+        damaged: Option<u64>,
     },
     Event {
         epoch: u64,

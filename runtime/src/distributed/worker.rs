@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::OptionFuture;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -20,11 +21,12 @@ use super::network::{DataPlane, OnBroken};
 use super::protocol::{
     self, Connection, JobToken, Placement, ProtocolError, TaskKey, ToCoordinator, ToWorker, WorkerCounters,
 };
-use crate::checkpoint::CheckpointStore;
+use crate::checkpoint::{CheckpointStore, Keep, Load};
 use crate::faults::Faults;
-use crate::job::deploy::Deployment;
+use crate::job::deploy::{all_tasks, Deployment};
 use crate::job::fence::Fence;
 use crate::job::JobConfig;
+use crate::keygroup::KeyGroupRange;
 use crate::manifest::StreamJob;
 use crate::metrics::JobMetrics;
 use crate::task::error::{FailureKind, TaskFailure};
@@ -127,6 +129,9 @@ async fn session(conn: &mut Connection, plane: &Arc<DataPlane>, opts: &WorkerOpt
     }
     let (broken_tx, mut broken) = mpsc::channel::<(u64, String)>(64);
     let mut current: Option<Attempt> = None;
+    // An attempt being deployed (state loading can take long): the session
+    // loop goes on heartbeating meanwhile.
+    let mut opening: Option<Opening> = None;
     let mut heartbeat = tokio::time::interval(opts.heartbeat);
     let connected = Instant::now();
     let mut lease = Lease::new();
@@ -136,13 +141,15 @@ async fn session(conn: &mut Connection, plane: &Arc<DataPlane>, opts: &WorkerOpt
             msg = protocol::recv::<ToWorker>(conn) => Woke::Message(msg),
             Some((epoch, event)) = next_event(&mut current) => Woke::Event(epoch, event),
             Some((epoch, reason)) = broken.recv() => Woke::Broken(epoch, reason),
+            Some(opened) = OptionFuture::from(opening.as_mut().map(|o| &mut o.handle)) => Woke::Opened(opened),
         };
         // Whatever woke the loop, a lapsed lease comes first: after a
         // freeze, the subtasks must go before anything is said or done.
-        if let Some(a) = current.as_ref() {
-            if let Some(silent) = lease.lapsed(a.heartbeat_timeout) {
-                warn!(epoch = %format!("{:016x}", a.epoch),
-                    "no word from the coordinator for {silent:?} (timeout {:?}): fencing myself off", a.heartbeat_timeout);
+        let held = current.as_ref().map(|a| (a.epoch, a.heartbeat_timeout));
+        if let Some((epoch, timeout)) = held.or(opening.as_ref().map(|o| (o.fence.epoch, o.heartbeat_timeout))) {
+            if let Some(silent) = lease.lapsed(timeout) {
+                warn!(epoch = %format!("{epoch:016x}"),
+                    "no word from the coordinator for {silent:?} (timeout {timeout:?}): fencing myself off");
                 break SessionEnd::Lost(format!("no word from the coordinator for {silent:?}"));
             }
         }
@@ -168,8 +175,12 @@ async fn session(conn: &mut Connection, plane: &Arc<DataPlane>, opts: &WorkerOpt
                 if matches!(msg, ToWorker::Deploy { .. }) {
                     lease.renew(Instant::now());
                 }
-                handle(msg, conn, &mut current, plane, &broken_tx).await
+                handle(msg, conn, &mut current, &mut opening, plane, &broken_tx).await
             }
+            Woke::Opened(opened) => match opening.take() {
+                Some(o) => o.finish(opened, conn, &mut current).await,
+                None => Ok(None),
+            },
             Woke::Message(Ok(None)) => Ok(Some(SessionEnd::Lost("connection closed".into()))),
             Woke::Message(Err(e)) => Err(e),
             Woke::Event(epoch, event) => {
@@ -189,6 +200,9 @@ async fn session(conn: &mut Connection, plane: &Arc<DataPlane>, opts: &WorkerOpt
             Err(e) => break SessionEnd::Lost(e.to_string()),
         }
     };
+    if let Some(o) = opening.take() {
+        o.handle.abort();
+    }
     if let Some(a) = current.take() {
         a.shutdown().await;
     }
@@ -201,6 +215,57 @@ enum Woke {
     Message(Result<Option<ToWorker>, ProtocolError>),
     Event(u64, Event),
     Broken(u64, String),
+    Opened(Result<Result<Attempt, DeployFailure>, tokio::task::JoinError>),
+}
+
+/// An attempt being deployed beside the session loop.
+struct Opening {
+    fence: Fence,
+    restore: Option<u64>,
+    heartbeat_timeout: Duration,
+    handle: tokio::task::JoinHandle<Result<Attempt, DeployFailure>>,
+}
+
+/// Why a deployment failed, and the checkpoint it found damaged, if that was why.
+struct DeployFailure {
+    failure: TaskFailure,
+    damaged: Option<u64>,
+}
+
+impl From<TaskFailure> for DeployFailure {
+    fn from(failure: TaskFailure) -> DeployFailure {
+        DeployFailure { failure, damaged: None }
+    }
+}
+
+impl Opening {
+    /// Reports the deployment's outcome to the coordinator; a deployed
+    /// attempt becomes the current one.
+    async fn finish(
+        self,
+        opened: Result<Result<Attempt, DeployFailure>, tokio::task::JoinError>,
+        conn: &mut Connection,
+        current: &mut Option<Attempt>,
+    ) -> Result<Option<SessionEnd>, ProtocolError> {
+        let (fence, epoch) = (self.fence, self.fence.epoch);
+        let opened = opened.unwrap_or_else(|e| {
+            let why = format!("the deployment of attempt {} ended: {e}", fence.epoch_tag());
+            Err(TaskFailure::new(FailureKind::Deployment, why).into())
+        });
+        match opened {
+            Ok(a) => {
+                info!(epoch = %fence.epoch_tag(), incarnation = %fence.incarnation_tag(), subtasks = a.index.len(),
+                    restore = ?self.restore, "deployed attempt {}", fence.epoch_tag());
+                *current = Some(a);
+                protocol::send(conn, &ToCoordinator::Opened { epoch }).await?;
+            }
+            Err(DeployFailure { failure, damaged }) => {
+                warn!(epoch = %fence.epoch_tag(), "cannot deploy attempt {}: {failure}", fence.epoch_tag());
+                protocol::send(conn, &ToCoordinator::OpenFailed { epoch, failure, damaged }).await?;
+            }
+        }
+        Ok(None)
+    }
 }
 
 /// The coordinator's word that it was alive at some instant of this
@@ -230,6 +295,7 @@ async fn handle(
     msg: ToWorker,
     conn: &mut Connection,
     current: &mut Option<Attempt>,
+    opening: &mut Option<Opening>,
     plane: &Arc<DataPlane>,
     broken_tx: &mpsc::Sender<(u64, String)>,
 ) -> Result<Option<SessionEnd>, ProtocolError> {
@@ -238,21 +304,16 @@ async fn handle(
             if let Some(a) = current.take() {
                 a.shutdown().await;
             }
-            let epoch = fence.epoch;
-            let source = restore.map(|id| (id, restore_from));
-            let timeout = Duration::from_millis(heartbeat_timeout_ms.max(1));
-            match deploy(fence, &manifest, source, placement, worker_index, plane, broken_tx, timeout).await {
-                Ok(a) => {
-                    info!(epoch = %fence.epoch_tag(), incarnation = %fence.incarnation_tag(), subtasks = a.index.len(),
-                        restore = ?restore, "deployed attempt {}", fence.epoch_tag());
-                    *current = Some(a);
-                    protocol::send(conn, &ToCoordinator::Opened { epoch }).await?;
-                }
-                Err(failure) => {
-                    warn!(epoch = %fence.epoch_tag(), "cannot deploy attempt {}: {failure}", fence.epoch_tag());
-                    protocol::send(conn, &ToCoordinator::OpenFailed { epoch, failure }).await?;
-                }
+            if let Some(o) = opening.take() {
+                o.handle.abort();
             }
+            let source = restore.map(|id| (id, restore_from));
+            let heartbeat_timeout = Duration::from_millis(heartbeat_timeout_ms.max(1));
+            let (plane, broken_tx) = (plane.clone(), broken_tx.clone());
+            let handle = tokio::spawn(async move {
+                deploy(fence, manifest, source, placement, worker_index, plane, broken_tx, heartbeat_timeout).await
+            });
+            *opening = Some(Opening { fence, restore, heartbeat_timeout, handle });
         }
         ToWorker::Start { epoch } => {
             if let Some(a) = current.as_mut().filter(|a| a.epoch == epoch) {
@@ -271,6 +332,11 @@ async fn handle(
             }
         }
         ToWorker::Cancel { epoch } => {
+            if opening.as_ref().is_some_and(|o| o.fence.epoch == epoch) {
+                if let Some(o) = opening.take() {
+                    o.handle.abort();
+                }
+            }
             if current.as_ref().is_some_and(|a| a.epoch == epoch) {
                 if let Some(a) = current.take() {
                     a.shutdown().await;
@@ -287,26 +353,42 @@ async fn handle(
 #[allow(clippy::too_many_arguments)]
 async fn deploy(
     fence: Fence,
-    manifest: &str,
+    manifest: String,
     restore: Option<(u64, Option<String>)>,
     placement: Placement,
     me: usize,
-    plane: &Arc<DataPlane>,
-    broken_tx: &mpsc::Sender<(u64, String)>,
+    plane: Arc<DataPlane>,
+    broken_tx: mpsc::Sender<(u64, String)>,
     heartbeat_timeout: Duration,
-) -> Result<Attempt, TaskFailure> {
+) -> Result<Attempt, DeployFailure> {
     let unbuildable = |e: &dyn std::fmt::Display| TaskFailure::new(FailureKind::Deployment, e.to_string());
-    let job = StreamJob::from_yaml(manifest).map_err(|e| unbuildable(&e))?;
+    let job = StreamJob::from_yaml(&manifest).map_err(|e| unbuildable(&e))?;
     let graph = crate::pipeline::build(&job.spec).map_err(|e| unbuildable(&e))?;
     let mut config = JobConfig::for_job(&job);
     config.faults = Faults::from_env();
     let store = CheckpointStore::open(&config.checkpoints.storage, &config.namespace, &config.name)
         .map_err(|e| TaskFailure::from(&e))?;
+    // Only the key groups of this worker's subtasks are read and kept.
+    let mine = |id: &TaskId| placement.worker_of(TaskKey { stage: id.stage, subtask: id.subtask }) == Some(me);
+    let keep = Keep::KeyGroups(
+        all_tasks(&graph)
+            .into_iter()
+            .filter(|(id, _)| mine(id))
+            .map(|(id, _)| KeyGroupRange::for_subtask(graph.max_parallelism, id.parallelism, id.subtask))
+            .collect(),
+    );
     let restored = match restore {
-        Some((id, None)) => Some(Arc::new(store.load_verified(id).await.map_err(|e| TaskFailure::from(&e))?)),
+        Some((id, None)) => match store.load_verified(id, &keep).await {
+            Ok(r) => Some(Arc::new(r)),
+            Err(e) if e.is_damage() => {
+                let failure = TaskFailure::new(FailureKind::DamagedCheckpoint, e.to_string());
+                return Err(DeployFailure { failure, damaged: Some(id) });
+            }
+            Err(e) => return Err(TaskFailure::from(&e).into()),
+        },
         Some((_, Some(uri))) => {
             let snapshot = CheckpointStore::open_dir(&uri).map_err(|e| TaskFailure::from(&e))?;
-            let loaded = snapshot.load_snapshot_here().await;
+            let loaded = snapshot.load_snapshot_here(&Load::Verified(keep)).await;
             Some(Arc::new(loaded.map_err(|e| TaskFailure::new(e.failure_kind(), format!("{uri}: {e}")))?))
         }
         None => None,
@@ -325,13 +407,24 @@ async fn deploy(
     }
     let (events_tx, events) = mpsc::channel(1024);
     let metrics = Arc::new(JobMetrics::default());
-    let mine = |id: &TaskId| placement.worker_of(TaskKey { stage: id.stage, subtask: id.subtask }) == Some(me);
-    let mut deployment = Deployment::build(&graph, mine, restored, fence, &config, metrics.clone(), &store, &events_tx)
-        .map_err(|e| TaskFailure::from(&e))?;
+    // Building decodes the restored state into the operators: CPU work
+    // that must not hold a runtime thread the session loop may need.
+    let build =
+        || Deployment::build(&graph, mine, restored.clone(), fence, &config, metrics.clone(), &store, &events_tx);
+    let built = match tokio::runtime::Handle::current().runtime_flavor() {
+        tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(build),
+        _ => build(),
+    };
+    let mut deployment = built.map_err(|e| TaskFailure::from(&e))?;
     if let Err(e) = deployment.open().await {
         deployment.shutdown().await;
         pumps.abort_all();
-        return Err(TaskFailure::from(&e));
+        return Err(TaskFailure::from(&e).into());
+    }
+    // Every operator took its state: what is left of the restored
+    // checkpoint (operator state, already copied) goes now.
+    if let Some(r) = restored {
+        r.release_state();
     }
     let index = deployment
         .ids

@@ -3,7 +3,8 @@
 //!
 //! Only the loss of a worker (and the broken channels and vanished
 //! neighbours it leaves behind) is cured by restoring every worker in place:
-//! a replacement takes its subtasks. Everything else (a bad record under
+//! a replacement takes its subtasks. So is a checkpoint a worker found
+//! damaged while loading it: the next attempt passes it over. Everything else (a bad record under
 //! `fail`, a user function's error or panic, a sink that cannot commit,
 //! storage that cannot be read, a checkpoint that cannot be restored) would
 //! fail again the same way, so the coordinator exits non-zero and the
@@ -31,13 +32,17 @@ pub fn kind(e: &JobError) -> FailureKind {
         JobError::TooManyCheckpointFailures { .. } => FailureKind::Storage,
         JobError::InitialSavepoint { .. } | JobError::NonRestoredState { .. } => FailureKind::Restore,
         JobError::Internal { .. } | JobError::Fence(_) => FailureKind::Deployment,
+        JobError::DamagedCheckpoint { .. } => FailureKind::DamagedCheckpoint,
     }
 }
 
 impl FailureKind {
     pub fn recovery(self) -> Recovery {
         match self {
-            FailureKind::WorkerLost | FailureKind::ChannelBroken | FailureKind::Disconnected => Recovery::InPlace,
+            FailureKind::WorkerLost
+            | FailureKind::ChannelBroken
+            | FailureKind::Disconnected
+            | FailureKind::DamagedCheckpoint => Recovery::InPlace,
             FailureKind::BadRecord
             | FailureKind::Source
             | FailureKind::Sink

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use crate::checkpoint::{CheckpointError, CheckpointStore, RestoredCheckpoint};
+use crate::checkpoint::{CheckpointError, CheckpointStore, Keep, Load, RestoredCheckpoint};
 use crate::dataflow::JobGraph;
 use crate::faults::Faults;
 use crate::manifest::CheckpointOptions;
@@ -45,6 +45,8 @@ pub enum JobError {
     Internal { task: String, reason: String },
     #[error("checkpoint {id} failed ({reason}); {consecutive} consecutive failures exceed tolerableFailures")]
     TooManyCheckpointFailures { id: u64, reason: String, consecutive: u32 },
+    #[error("checkpoint {id} is damaged (found so by a worker restoring it): {reason}")]
+    DamagedCheckpoint { id: u64, reason: String },
     #[error("cannot start from spec.initialSavepointPath {uri}: {reason}")]
     InitialSavepoint { uri: String, reason: String },
     #[error(transparent)]
@@ -124,7 +126,9 @@ impl ControlPlane for Local {
 /// failure. Every subtask is gone when this returns.
 pub async fn run_job(graph: JobGraph, config: &JobConfig, metrics: Arc<JobMetrics>) -> Result<JobOutcome, JobError> {
     let store = CheckpointStore::open(&config.checkpoints.storage, &config.namespace, &config.name)?;
-    let RestorePoint { restored, next_id, fence } = restore_point(&store, &graph, config, 0, 0).await?;
+    let everything =
+        RestoreOptions { not_before_ms: 0, last_issued: 0, load: Load::Verified(Keep::Everything), known_damaged: &[] };
+    let RestorePoint { restored, next_id, fence } = restore_point(&store, &graph, config, everything).await?;
     let outcome = JobOutcome {
         restored_from: restored.as_ref().map(|r| r.id),
         skipped: restored.as_ref().map(|r| r.skipped.clone()).unwrap_or_default(),
@@ -135,8 +139,11 @@ pub async fn run_job(graph: JobGraph, config: &JobConfig, metrics: Arc<JobMetric
     }
     let (events_tx, mut events) = mpsc::channel::<Event>(1024);
     let mut deployment =
-        Deployment::build(&graph, |_| true, restored, fence, config, metrics.clone(), &store, &events_tx)?;
+        Deployment::build(&graph, |_| true, restored.clone(), fence, config, metrics.clone(), &store, &events_tx)?;
     deployment.open().await?;
+    if let Some(r) = restored {
+        r.release_state();
+    }
     deployment.start(&events_tx)?;
     drop(events_tx);
     let local = Local { tasks: all_tasks(&graph), deployment };
@@ -155,6 +162,19 @@ pub async fn run_job(graph: JobGraph, config: &JobConfig, metrics: Arc<JobMetric
     let result = coordinator.run(&mut events, &mut requests).await;
     local.deployment.shutdown().await;
     result.map(|last_checkpoint| JobOutcome { last_checkpoint, ..outcome })
+}
+
+/// How an attempt's restore point is chosen.
+pub struct RestoreOptions<'a> {
+    /// Checkpoints completed before this time are ignored (a stateless upgrade).
+    pub not_before_ms: u64,
+    /// The highest checkpoint id this process issued.
+    pub last_issued: u64,
+    /// How candidates are read: all of it where one process runs every
+    /// subtask, `_metadata` only on a coordinator whose workers read state.
+    pub load: Load,
+    /// Checkpoints a worker found damaged while restoring them.
+    pub known_damaged: &'a [(u64, String)],
 }
 
 /// Where an attempt starts.
@@ -179,21 +199,22 @@ pub async fn restore_point(
     store: &CheckpointStore,
     graph: &JobGraph,
     config: &JobConfig,
-    not_before_ms: u64,
-    last_issued: u64,
+    opts: RestoreOptions<'_>,
 ) -> Result<RestorePoint, JobError> {
+    let RestoreOptions { not_before_ms, last_issued, load, known_damaged } = opts;
     let (max_parallelism, job, initial) = (graph.max_parallelism, &config.name, config.initial_savepoint.as_deref());
     let existing = store.checkpoint_ids().await?;
-    let mut restored = store.latest_restorable(max_parallelism).await?.map(Arc::new);
+    let mut restored = store.latest_restorable(max_parallelism, &load, known_damaged).await?;
     if restored.as_ref().is_some_and(|r| r.metadata.completed_at_ms < not_before_ms) {
         info!("ignoring checkpoints completed before the stateless upgrade at {not_before_ms} ms");
         restored = None;
     }
     if let (None, Some(uri), 0) = (&restored, initial, not_before_ms) {
         let refused = |e: CheckpointError| JobError::InitialSavepoint { uri: uri.into(), reason: e.to_string() };
-        let snapshot = CheckpointStore::open_dir(uri).map_err(refused)?.load_snapshot_here().await.map_err(refused)?;
+        let snapshot =
+            CheckpointStore::open_dir(uri).map_err(refused)?.load_snapshot_here(&load).await.map_err(refused)?;
         snapshot.require_max_parallelism(max_parallelism).map_err(refused)?;
-        restored = Some(Arc::new(RestoredCheckpoint { external: true, ..snapshot }));
+        restored = Some(snapshot.into_external());
     }
     if let Some(r) = &restored {
         let orphaned: Vec<String> = r
@@ -227,5 +248,5 @@ pub async fn restore_point(
         .map_or(1, |newest| newest + 1)
         .max(restored.as_ref().map_or(1, |r| r.id + 1))
         .max(last_issued + 1);
-    Ok(RestorePoint { restored, next_id, fence })
+    Ok(RestorePoint { restored: restored.map(Arc::new), next_id, fence })
 }

@@ -49,7 +49,8 @@ where
     ) -> Result<Self, TaskError> {
         let mut state = KeyedStateBackend::new(ctx.key_groups, ctx.max_parallelism);
         if let Some(restored) = &ctx.restored {
-            state.restore(restored.keyed(&uid, ctx.key_groups))?;
+            let blobs = restored.take_keyed(&uid, ctx.key_groups);
+            state.restore(blobs.iter().map(|(group, bytes)| (*group, bytes.as_slice())))?;
         }
         Ok(KeyedProcess { uid, ctx, key_of, function, state, next, _types: std::marker::PhantomData })
     }

@@ -51,6 +51,9 @@ pub enum FailureKind {
     Storage,
     /// A checkpoint to restore cannot be used (damaged, incompatible).
     Restore,
+    /// A worker found the checkpoint it was to restore damaged (a checksum
+    /// or a decode failed): the next attempt restores an older one.
+    DamagedCheckpoint,
     /// Restore fell back past output a sink already committed.
     CommittedOutputAhead,
     /// A test's injected crash.

@@ -77,12 +77,20 @@ async fn write_snapshot(
         if state.is_empty() {
             continue;
         }
+        let operator_state = Some(!state.list.is_empty() || !state.union.is_empty());
         let name = state_file_name(&op.uid, ctx.subtask(), ctx.key_groups, ctx.fence.epoch);
         let (size, crc32) = store.write_state(barrier.id, &name, state.encode()).await?;
         files.push(WrittenState {
             uid: op.uid,
             parallelism: ctx.parallelism(),
-            file: StateFileMetadata { name, subtask: ctx.subtask(), key_groups: ctx.key_groups, size, crc32 },
+            file: StateFileMetadata {
+                name,
+                subtask: ctx.subtask(),
+                key_groups: ctx.key_groups,
+                size,
+                crc32,
+                operator_state,
+            },
         });
     }
     Ok(files)

@@ -29,15 +29,16 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use super::protocol::{JobToken, Placement, TaskKey, ToWorker};
-use crate::checkpoint::CheckpointStore;
+use crate::checkpoint::{CheckpointStore, Load};
 use crate::dataflow::JobGraph;
 use crate::job::coordinate::{wall_ms, Loop, Request};
 use crate::job::deploy::all_tasks;
 use crate::job::failure::{self, Recovery as Next};
-use crate::job::{restore_point, JobConfig, JobError, RestorePoint};
+use crate::job::{restore_point, JobConfig, JobError, RestoreOptions, RestorePoint};
 use crate::manifest::StreamJob;
 use crate::metrics::JobMetrics;
 use crate::task::Event;
+use registry::OpenFailure;
 use wire::RemotePlane;
 
 #[derive(Debug, thiserror::Error)]
@@ -112,7 +113,7 @@ pub async fn start(opts: CoordinatorOptions) -> Result<(Arc<Shared>, Coordinator
     tokio::spawn(wire::accept_workers(listener, shared.clone(), registered_tx));
     tokio::spawn(heartbeats::watch_heartbeats(shared.clone(), opts.heartbeat_timeout));
     let last_issued = AtomicU64::new(0);
-    Ok((shared.clone(), Coordinator { opts, shared, requests, registered, last_issued }))
+    Ok((shared.clone(), Coordinator { opts, shared, requests, registered, last_issued, found_damaged: Vec::new() }))
 }
 
 pub struct Coordinator {
@@ -122,6 +123,8 @@ pub struct Coordinator {
     registered: mpsc::Receiver<u64>,
     /// The highest checkpoint id any attempt of this process issued.
     last_issued: AtomicU64,
+    /// Checkpoints a worker found damaged while restoring them.
+    found_damaged: Vec<(u64, String)>,
 }
 
 impl Coordinator {
@@ -232,8 +235,19 @@ impl Coordinator {
     ) -> Result<(), JobError> {
         let not_before = self.opts.ignore_checkpoints_before_ms;
         let last_issued = self.last_issued.load(Ordering::Relaxed);
-        let RestorePoint { restored, next_id, fence } =
-            restore_point(&self.shared.store, graph, config, not_before, last_issued).await?;
+        let RestorePoint { restored, next_id, fence } = restore_point(
+            &self.shared.store,
+            graph,
+            config,
+            RestoreOptions {
+                not_before_ms: not_before,
+                last_issued,
+                // Workers read the state files, each only its key groups.
+                load: Load::MetadataOnly,
+                known_damaged: &self.found_damaged,
+            },
+        )
+        .await?;
         let epoch = fence.epoch;
         let damaged = restored.as_ref().map(|r| r.skipped.iter().map(|(id, _)| *id).collect()).unwrap_or_default();
         let restore = restored.as_ref().map(|r| r.id);
@@ -295,7 +309,14 @@ impl Coordinator {
             tokio::select! {
                 Some((worker, e, result)) = opened.recv() => {
                     if e != epoch { continue }
-                    result.map_err(|failure| JobError::TaskFailed { task: format!("deployment on worker {worker}"), failure })?;
+                    if let Err(OpenFailure { failure, damaged }) = result {
+                        if let Some(id) = damaged {
+                            // The next attempt passes it over.
+                            self.found_damaged.push((id, failure.message.clone()));
+                            return Err(JobError::DamagedCheckpoint { id, reason: failure.message });
+                        }
+                        return Err(JobError::TaskFailed { task: format!("deployment on worker {worker}"), failure });
+                    }
                     ready += 1;
                 }
                 Some(Event::Failed { task, failure }) = events.recv() => return Err(JobError::TaskFailed { task: task.to_string(), failure }),

@@ -85,7 +85,13 @@ pub(super) struct WorkerConn {
 /// Attempt epoch, where its events go, and the workers (registry ids) it runs on.
 pub(super) type CurrentAttempt = (u64, mpsc::Sender<Event>, Vec<u64>);
 /// A worker's reply to `Deploy`: worker id, epoch, outcome.
-pub(super) type Opened = (u64, u64, Result<(), TaskFailure>);
+pub(super) type Opened = (u64, u64, Result<(), OpenFailure>);
+
+/// A worker's failed deployment: why, and the checkpoint it found damaged.
+pub(super) struct OpenFailure {
+    pub(super) failure: TaskFailure,
+    pub(super) damaged: Option<u64>,
+}
 
 /// Everything the coordinator's tasks and the HTTP API share.
 pub struct Shared {
@@ -207,7 +213,9 @@ impl Shared {
                 self.note_first_record(&counters);
             }
             ToCoordinator::Opened { epoch } => self.reply_opened(id, epoch, Ok(())),
-            ToCoordinator::OpenFailed { epoch, failure } => self.reply_opened(id, epoch, Err(failure)),
+            ToCoordinator::OpenFailed { epoch, failure, damaged } => {
+                self.reply_opened(id, epoch, Err(OpenFailure { failure, damaged }))
+            }
             ToCoordinator::Event { epoch, event } => {
                 let target = self.attempt.lock().ok().and_then(|a| a.clone());
                 match target {
@@ -221,7 +229,7 @@ impl Shared {
         }
     }
 
-    fn reply_opened(&self, worker: u64, epoch: u64, result: Result<(), TaskFailure>) {
+    fn reply_opened(&self, worker: u64, epoch: u64, result: Result<(), OpenFailure>) {
         if let Some(tx) = self.opened.lock().ok().and_then(|o| o.clone()) {
             let _ = tx.try_send((worker, epoch, result));
         }
