@@ -27,6 +27,7 @@ fn registry() -> &'static Mutex<HashMap<String, Program>> {
     REGISTRY.get_or_init(|| {
         let mut m: HashMap<String, Program> = HashMap::new();
         m.insert("keyed-sum".into(), keyed_sum);
+        m.insert("keyed-ballast".into(), keyed_ballast);
         Mutex::new(m)
     })
 }
@@ -80,11 +81,59 @@ impl KeyedProcessFunction<u64, (u64, i64), (u64, i64)> for RunningSum {
     }
 }
 
+/// The running sum, plus `bytes` of ballast per key: big keyed state.
+#[derive(Clone)]
+pub struct RunningSumWithBallast {
+    bytes: usize,
+}
+
+#[derive(Clone, Default, Serialize, Deserialize)]
+pub struct BallastState {
+    sum: ValueState<i64>,
+    /// A string, so the codec copies it whole rather than byte by byte.
+    ballast: String,
+}
+
+impl KeyedProcessFunction<u64, (u64, i64), (u64, i64)> for RunningSumWithBallast {
+    type State = BallastState;
+    fn process(
+        &mut self,
+        key: &u64,
+        r: (u64, i64),
+        s: &mut BallastState,
+        out: &mut Vec<(u64, i64)>,
+    ) -> Result<(), TaskError> {
+        if s.ballast.len() != self.bytes {
+            let c = char::from(b'a' + (*key % 26) as u8);
+            s.ballast = std::iter::repeat_n(c, self.bytes).collect();
+        }
+        let sum = s.sum.value().copied().unwrap_or(0) + r.1;
+        s.sum.update(sum);
+        out.push((*key, sum));
+        Ok(())
+    }
+}
+
+/// `keyed-ballast`: `keyed-sum` whose state also holds `stateBytes` (1000)
+/// bytes per key, for restore tests and benchmarks of big keyed state
+/// (`keys` x `stateBytes` in all). Same args as `keyed-sum` otherwise.
+pub fn keyed_ballast(spec: &StreamJobSpec, args: &BTreeMap<String, String>) -> Result<JobGraph, String> {
+    let bytes: usize = arg(args, "stateBytes", 1000)?;
+    keyed_job(spec, args, RunningSumWithBallast { bytes })
+}
+
 /// `keyed-sum`: generated `(key, value)` records, a running sum per key.
 /// Args: `keys` (100000), `count` (unbounded), `rate` (0 = unlimited),
 /// `splits` (8), `output` (a directory for exactly-once part files; none:
 /// records are counted and dropped).
 pub fn keyed_sum(spec: &StreamJobSpec, args: &BTreeMap<String, String>) -> Result<JobGraph, String> {
+    keyed_job(spec, args, RunningSum)
+}
+
+fn keyed_job<F>(spec: &StreamJobSpec, args: &BTreeMap<String, String>, function: F) -> Result<JobGraph, String>
+where
+    F: KeyedProcessFunction<u64, (u64, i64), (u64, i64)> + Clone + Send + Sync + 'static,
+{
     let keys: u64 = arg(args, "keys", 100_000)?;
     let count: u64 = arg(args, "count", 0)?;
     let rate: u64 = arg(args, "rate", 0)?;
@@ -100,7 +149,7 @@ pub fn keyed_sum(spec: &StreamJobSpec, args: &BTreeMap<String, String>) -> Resul
             Ok(Box::new(GeneratorSource::new(ctx, restored, splits, count, rate, make)?) as Box<dyn Source<(u64, i64)>>)
         })
         .key_by(|r: &(u64, i64)| r.0)
-        .process("sum", RunningSum);
+        .process("sum", function);
     match args.get("output") {
         Some(dir) => {
             let dir = PathBuf::from(dir);
