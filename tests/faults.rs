@@ -260,21 +260,29 @@ fn wait_exit(child: &mut Child, within: Duration, dir: &Path) -> ExitStatus {
     panic!("no exit within {within:?}; see {}", dir.display());
 }
 
-#[test]
-#[ignore = "slow: scripts/test-faults runs it"]
-fn weir_run_loses_and_duplicates_nothing_through_random_and_chosen_faults() {
+/// One faulted job: its directory, the rng, its fault quota, `maxConcurrent`, the tally.
+type FaultedJob = fn(&Path, &mut Rng, u32, u32, &mut Tally);
+
+/// Runs faulted jobs, `maxConcurrent` alternating 1 and 2, until the
+/// quota of faults is applied; each job is audited as it ends.
+fn run_faulted_jobs(what: &str, per_job: u32, job: FaultedJob) {
     let mut rng = Rng::from_env();
     let quota = quota();
     let mut tally = Tally::default();
     let mut jobs = 0;
     while tally.total() < quota {
         let dir = job_dir();
-        let per_job = (quota - tally.total()).min(12);
-        faulted_local_job(&dir, &mut rng, per_job, 1 + jobs % 2, &mut tally);
+        job(&dir, &mut rng, (quota - tally.total()).min(per_job), 1 + jobs % 2, &mut tally);
         let _ = std::fs::remove_dir_all(&dir);
         jobs += 1;
     }
-    tally.print(&format!("weir run, {jobs} jobs audited exactly once"));
+    tally.print(&format!("{what}, {jobs} jobs audited exactly once"));
+}
+
+#[test]
+#[ignore = "slow: scripts/test-faults runs it"]
+fn weir_run_loses_and_duplicates_nothing_through_random_and_chosen_faults() {
+    run_faulted_jobs("weir run", 12, faulted_local_job);
 }
 
 // ------------------------------------------------- coordinator + 3 workers
@@ -600,16 +608,5 @@ fn faulted_cluster_job(dir: &Path, rng: &mut Rng, quota: u32, max_concurrent: u3
 #[test]
 #[ignore = "slow: scripts/test-faults runs it"]
 fn a_three_worker_job_loses_and_duplicates_nothing_through_random_and_chosen_faults() {
-    let mut rng = Rng::from_env();
-    let quota = quota();
-    let mut tally = Tally::default();
-    let mut jobs = 0;
-    while tally.total() < quota {
-        let dir = job_dir();
-        let per_job = (quota - tally.total()).min(15);
-        faulted_cluster_job(&dir, &mut rng, per_job, 1 + jobs % 2, &mut tally);
-        let _ = std::fs::remove_dir_all(&dir);
-        jobs += 1;
-    }
-    tally.print(&format!("coordinator + 3 workers, {jobs} jobs audited exactly once"));
+    run_faulted_jobs("coordinator + 3 workers", 15, faulted_cluster_job);
 }

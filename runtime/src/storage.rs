@@ -127,6 +127,12 @@ impl StorageUri {
     }
 }
 
+/// Syncs a directory of the local file system, so that a rename in it
+/// outlives a crash of the machine (a file's own sync does not cover its name).
+pub fn sync_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    std::fs::File::open(dir).and_then(|d| d.sync_all())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -178,19 +178,7 @@ impl CheckpointStore {
             files.sort_by_key(|f| f.subtask);
             for f in files.iter().filter(|f| keep.reads(f)) {
                 let path = join(dir, &f.name);
-                let bytes = match self.op.read(&path).await {
-                    Ok(b) => b.to_vec(),
-                    Err(e) if e.kind() == ErrorKind::NotFound => {
-                        return Err(CheckpointError::MissingFile { path: self.full(&path) })
-                    }
-                    Err(source) => {
-                        return Err(CheckpointError::Io {
-                            action: "read",
-                            path: self.full(&path),
-                            source: Box::new(source),
-                        })
-                    }
-                };
+                let bytes = self.op.read(&path).await.map_err(|e| self.state_file_error("read", &path, e))?.to_vec();
                 if bytes.len() as u64 != f.size {
                     return Err(CheckpointError::SizeMismatch {
                         path: self.full(&path),
@@ -218,6 +206,15 @@ impl CheckpointStore {
         Ok(restored)
     }
 
+    /// A state file that cannot be read: missing, or storage that failed.
+    fn state_file_error(&self, action: &'static str, path: &str, e: opendal::Error) -> CheckpointError {
+        if e.kind() == ErrorKind::NotFound {
+            CheckpointError::MissingFile { path: self.full(path) }
+        } else {
+            CheckpointError::Io { action, path: self.full(path), source: Box::new(e) }
+        }
+    }
+
     /// Checks that every file `_metadata` lists is there with its size.
     async fn check_sizes(
         &self,
@@ -227,19 +224,8 @@ impl CheckpointStore {
     ) -> Result<RestoredCheckpoint, CheckpointError> {
         for f in metadata.operators.iter().flat_map(|op| &op.files) {
             let path = join(dir, &f.name);
-            let actual = match self.op.stat(&path).await {
-                Ok(m) => m.content_length(),
-                Err(e) if e.kind() == ErrorKind::NotFound => {
-                    return Err(CheckpointError::MissingFile { path: self.full(&path) })
-                }
-                Err(source) => {
-                    return Err(CheckpointError::Io {
-                        action: "stat",
-                        path: self.full(&path),
-                        source: Box::new(source),
-                    })
-                }
-            };
+            let actual =
+                self.op.stat(&path).await.map_err(|e| self.state_file_error("stat", &path, e))?.content_length();
             if actual != f.size {
                 return Err(CheckpointError::SizeMismatch { path: self.full(&path), expected: f.size, actual });
             }

@@ -170,7 +170,7 @@ impl CheckpointStore {
     async fn sync_local_dir(&self, dir: &str) -> Result<(), CheckpointError> {
         let Some(local) = &self.local else { return Ok(()) };
         let path = local.join(dir);
-        let synced = tokio::task::spawn_blocking(move || std::fs::File::open(&path).and_then(|d| d.sync_all()))
+        let synced = tokio::task::spawn_blocking(move || crate::storage::sync_dir(&path))
             .await
             .map_err(|e| e.to_string())
             .and_then(|r| r.map_err(|e| e.to_string()));

@@ -95,7 +95,7 @@ impl<T> FileSink<T> {
 
     /// Syncs the directory, so that a rename in it survives a crash.
     fn sync_dir(&self) -> Result<(), TaskError> {
-        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(|e| self.err("sync directory", &self.dir, e))
+        crate::storage::sync_dir(&self.dir).map_err(|e| self.err("sync directory", &self.dir, e))
     }
 }
 
