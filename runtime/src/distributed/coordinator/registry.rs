@@ -212,9 +212,9 @@ impl Shared {
                 }
                 self.note_first_record(&counters);
             }
-            ToCoordinator::Opened { epoch } => self.reply_opened(id, epoch, Ok(())),
+            ToCoordinator::Opened { epoch } => self.reply_opened(id, epoch, Ok(())).await,
             ToCoordinator::OpenFailed { epoch, failure, damaged } => {
-                self.reply_opened(id, epoch, Err(OpenFailure { failure, damaged }))
+                self.reply_opened(id, epoch, Err(OpenFailure { failure, damaged })).await
             }
             ToCoordinator::Event { epoch, event } => {
                 let target = self.attempt.lock().ok().and_then(|a| a.clone());
@@ -229,9 +229,11 @@ impl Shared {
         }
     }
 
-    fn reply_opened(&self, worker: u64, epoch: u64, result: Result<(), OpenFailure>) {
-        if let Some(tx) = self.opened.lock().ok().and_then(|o| o.clone()) {
-            let _ = tx.try_send((worker, epoch, result));
+    async fn reply_opened(&self, worker: u64, epoch: u64, result: Result<(), OpenFailure>) {
+        let tx = self.opened.lock().ok().and_then(|o| o.clone());
+        if let Some(tx) = tx {
+            // Closed: that deployment was given up already.
+            let _ = tx.send((worker, epoch, result)).await;
         }
     }
 
