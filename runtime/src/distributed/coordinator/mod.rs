@@ -287,7 +287,7 @@ impl Coordinator {
             *o = Some(opened_tx);
         }
         if let Ok(mut a) = self.shared.attempt.lock() {
-            *a = Some((epoch, events_tx, members.to_vec()));
+            *a = Some((epoch, events_tx.clone(), members.to_vec()));
         }
         let heartbeat_timeout_ms = self.opts.heartbeat_timeout.as_millis() as u64;
         for (i, tx) in senders.iter().enumerate() {
@@ -335,6 +335,8 @@ impl Coordinator {
             keys: assignments.iter().map(|(k, _)| *k).collect(),
             routes: assignments.iter().map(|(_, w)| senders[*w].clone()).collect(),
             tasks,
+            events: events_tx,
+            slow_peer_limit: self.opts.heartbeat_timeout,
         };
         let coordinator = Loop {
             plane: &plane,

@@ -3,6 +3,7 @@
 //! sends an attempt's control messages to the worker of each subtask.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -13,7 +14,8 @@ use tracing::{info, warn};
 use super::super::protocol::{self, TaskKey, ToCoordinator, ToWorker, WorkerCounters};
 use super::registry::{Shared, WorkerConn};
 use crate::job::coordinate::{wall_ms, ControlPlane};
-use crate::task::{Control, TaskId};
+use crate::task::error::{FailureKind, TaskFailure};
+use crate::task::{Control, Event, TaskId};
 
 pub(super) async fn accept_workers(listener: TcpListener, shared: Arc<Shared>, registered: mpsc::Sender<u64>) {
     let mut next_id = 0u64;
@@ -96,6 +98,10 @@ pub(super) struct RemotePlane {
     pub(super) tasks: Vec<(TaskId, bool)>,
     pub(super) keys: Vec<TaskKey>,
     pub(super) routes: Vec<mpsc::Sender<ToWorker>>,
+    /// The attempt's events, where a worker too slow to take messages is reported.
+    pub(super) events: mpsc::Sender<Event>,
+    /// How long a send may wait for a worker's queue (the heartbeat timeout).
+    pub(super) slow_peer_limit: Duration,
 }
 
 impl ControlPlane for RemotePlane {
@@ -104,7 +110,51 @@ impl ControlPlane for RemotePlane {
     }
     async fn send(&self, task: usize, control: Control) {
         let msg = ToWorker::Control { epoch: self.epoch, task: self.keys[task], control };
-        // A lost worker's failure reaches the loop as an event.
-        let _ = self.routes[task].send(msg).await;
+        // A lost worker's failure reaches the loop as an event. A worker
+        // whose queue stays full (it stopped reading) must not hold the
+        // loop: past the limit it counts as lost.
+        if let Err(tokio::time::error::Elapsed { .. }) =
+            tokio::time::timeout(self.slow_peer_limit, self.routes[task].send(msg)).await
+        {
+            let why = format!(
+                "the worker of {} took no message for {:?}: lost as too slow",
+                self.tasks[task].0, self.slow_peer_limit
+            );
+            let failure = TaskFailure::new(FailureKind::WorkerLost, why);
+            let _ = self.events.try_send(Event::Failed { task: self.tasks[task].0.clone(), failure });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::task::Barrier;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_worker_that_stops_taking_messages_is_reported_lost_instead_of_holding_the_loop() {
+        let task = TaskId { stage: 0, name: Arc::from("source"), subtask: 0, parallelism: 1 };
+        // The worker's queue holds one message and nobody reads it.
+        let (route, _unread) = mpsc::channel(1);
+        let (events, mut reported) = mpsc::channel(4);
+        let plane = RemotePlane {
+            epoch: 7,
+            tasks: vec![(task, true)],
+            keys: vec![TaskKey { stage: 0, subtask: 0 }],
+            routes: vec![route],
+            events,
+            slow_peer_limit: Duration::from_secs(2),
+        };
+        let started = tokio::time::Instant::now();
+        plane.send(0, Control::Trigger(Barrier { id: 1, timestamp_ms: 0 })).await;
+        plane.send(0, Control::Trigger(Barrier { id: 2, timestamp_ms: 0 })).await;
+        assert_eq!(started.elapsed(), Duration::from_secs(2), "the second send gave up at the limit");
+        match reported.try_recv() {
+            Ok(Event::Failed { failure, .. }) => {
+                assert_eq!(failure.kind, FailureKind::WorkerLost);
+                assert!(failure.message.contains("took no message"), "{}", failure.message);
+            }
+            other => panic!("expected a lost worker, got {other:?}"),
+        }
     }
 }
