@@ -138,12 +138,8 @@ impl<P: ControlPlane + Sync> Loop<'_, P> {
                     let now = Instant::now();
                     for id in checkpoints.expired(now) {
                         warn!(checkpoint = id, "checkpoint {id} expired before completing");
-                        self.metrics.checkpoints_failed.fetch_add(1, Ordering::Relaxed);
                         broadcast(self.plane, Control::Abort(id), false).await;
-                        reply_failed(&mut waiting, id, "expired");
-                        if let FailureVerdict::FailJob { consecutive } = checkpoints.fail(id) {
-                            return Err(JobError::TooManyCheckpointFailures { id, reason: "expired".into(), consecutive });
-                        }
+                        self.checkpoint_failed(&mut checkpoints, &mut waiting, id, "expired".into())?;
                     }
                     if !stopping && checkpoints.due(now) {
                         self.trigger(&mut checkpoints, now).await;
@@ -154,11 +150,7 @@ impl<P: ControlPlane + Sync> Loop<'_, P> {
                     let id = meta.id;
                     if let Err(reason) = written {
                         warn!(checkpoint = id, "checkpoint {id} failed: {reason}");
-                        self.metrics.checkpoints_failed.fetch_add(1, Ordering::Relaxed);
-                        reply_failed(&mut waiting, id, &reason);
-                        if let FailureVerdict::FailJob { consecutive } = checkpoints.fail(id) {
-                            return Err(JobError::TooManyCheckpointFailures { id, reason, consecutive });
-                        }
+                        self.checkpoint_failed(&mut checkpoints, &mut waiting, id, reason)?;
                         continue;
                     }
                     checkpoints.completed(id, Instant::now());
@@ -200,12 +192,8 @@ impl<P: ControlPlane + Sync> Loop<'_, P> {
                     }
                     Event::Decline { checkpoint, task, reason } => {
                         warn!(checkpoint, %task, "checkpoint {checkpoint} declined by {task}: {reason}");
-                        self.metrics.checkpoints_failed.fetch_add(1, Ordering::Relaxed);
                         broadcast(self.plane, Control::Abort(checkpoint), false).await;
-                        reply_failed(&mut waiting, checkpoint, &reason);
-                        if let FailureVerdict::FailJob { consecutive } = checkpoints.fail(checkpoint) {
-                            return Err(JobError::TooManyCheckpointFailures { id: checkpoint, reason, consecutive });
-                        }
+                        self.checkpoint_failed(&mut checkpoints, &mut waiting, checkpoint, reason)?;
                     }
                     Event::SourceExhausted(task) => {
                         debug!(%task, "source finished");
@@ -247,6 +235,25 @@ impl<P: ControlPlane + Sync> Loop<'_, P> {
         debug!(checkpoint = barrier.id, "triggering checkpoint {}", barrier.id);
         broadcast(self.plane, Control::Trigger(barrier), true).await;
         barrier
+    }
+
+    /// Checkpoint `id` failed (expired, declined, `_metadata` not written):
+    /// counted, its requesters told; an error once failures are too many.
+    fn checkpoint_failed(
+        &self,
+        checkpoints: &mut PendingCheckpoints,
+        waiting: &mut Waiting,
+        id: u64,
+        reason: String,
+    ) -> Result<(), JobError> {
+        self.metrics.checkpoints_failed.fetch_add(1, Ordering::Relaxed);
+        reply_failed(waiting, id, &reason);
+        match checkpoints.fail(id) {
+            FailureVerdict::FailJob { consecutive } => {
+                Err(JobError::TooManyCheckpointFailures { id, reason, consecutive })
+            }
+            FailureVerdict::Tolerated => Ok(()),
+        }
     }
 
     /// Tells everyone that checkpoint `meta` is complete, its `_metadata`
