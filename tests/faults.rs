@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{free_port, process_state, signal};
+use common::{free_port, http, process_state, signal};
 use weir_runtime::faults::StopPoint;
 
 const KEYS: u64 = 100;
@@ -441,6 +441,26 @@ impl Cluster<'_> {
         (!idx.is_empty()).then(|| rng.pick(&idx))
     }
 
+    /// Before giving up on a job: what the coordinator says and where every
+    /// thread of every process waits, written beside the logs.
+    fn diagnose(&self) {
+        let job = http(self.http_port, "GET", "/v1/job", "").map(|(_, body)| body);
+        let mut text = format!("GET /v1/job: {job:?}\n");
+        for p in &self.procs {
+            let stacks = Command::new("gdb")
+                .args(["-p", &p.child.id().to_string(), "-batch", "-ex", "thread apply all bt"])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_else(|e| format!("gdb: {e}"));
+            let state = process_state(p.child.id());
+            text.push_str(&format!(
+                "\n===== {} (state {state:?}, frozen {:?}, resume {:?})\n{stacks}",
+                p.name, p.frozen_until, p.resume_at
+            ));
+        }
+        let _ = std::fs::write(self.dir.join("diagnosis.txt"), text);
+    }
+
     fn kill_all(&mut self) {
         for p in &mut self.procs {
             if p.frozen_until.is_some() || p.resume_at.is_some() {
@@ -480,11 +500,10 @@ fn faulted_cluster_job(dir: &Path, rng: &mut Rng, quota: u32, max_concurrent: u3
     let mut finished = false;
     let mut next_fault = Instant::now() + rng.ms(800, 1500);
     loop {
-        assert!(
-            started.elapsed() < Duration::from_secs(300),
-            "the job did not finish within 300 s; see {}",
-            dir.display()
-        );
+        if started.elapsed() > Duration::from_secs(300) {
+            c.diagnose();
+            panic!("the job did not finish within 300 s; see {}", dir.display());
+        }
         std::thread::sleep(Duration::from_millis(10));
         let now = Instant::now();
 

@@ -34,6 +34,8 @@ pub enum ProtocolError {
     Encode(#[from] rmp_serde::encode::Error),
     #[error("cannot decode message: {0}")]
     Decode(#[from] rmp_serde::decode::Error),
+    #[error("the peer took no message for {0:?}")]
+    Stalled(std::time::Duration),
 }
 
 pub fn encode<T: Serialize>(msg: &T) -> Result<Bytes, ProtocolError> {
@@ -47,6 +49,17 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ProtocolError> {
 pub async fn send<T: Serialize>(conn: &mut Connection, msg: &T) -> Result<(), ProtocolError> {
     conn.send(encode(msg)?).await?;
     Ok(())
+}
+
+/// Like [`send`], but a peer that does not take the message within
+/// `limit` (frozen, or cut off without a reset) is an error, not a wait
+/// that holds the caller for as long as TCP retries.
+pub async fn send_within<T: Serialize>(
+    conn: &mut Connection,
+    msg: &T,
+    limit: std::time::Duration,
+) -> Result<(), ProtocolError> {
+    tokio::time::timeout(limit, send(conn, msg)).await.map_err(|_| ProtocolError::Stalled(limit))?
 }
 
 /// The next message; `Ok(None)` when the peer closed the connection.
@@ -235,6 +248,24 @@ pub struct ChannelKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_send_to_a_peer_that_reads_nothing_gives_up_at_the_limit() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut conn = framed(TcpStream::connect(addr).await.unwrap());
+        // Accepted and never read, like a frozen coordinator.
+        let (_unread, _) = listener.accept().await.unwrap();
+        // More than the socket buffers of both ends hold.
+        let big = vec![7u8; 64 << 20];
+        let limit = std::time::Duration::from_secs(3);
+        let started = tokio::time::Instant::now();
+        match send_within(&mut conn, &serde_bytes::ByteBuf::from(big), limit).await {
+            Err(ProtocolError::Stalled(d)) => assert_eq!(d, limit),
+            other => panic!("expected a stall, got {other:?}"),
+        }
+        assert_eq!(started.elapsed(), limit);
+    }
 
     #[test]
     fn a_job_token_admits_only_the_same_token() {

@@ -31,7 +31,7 @@ use crate::manifest::StreamJob;
 use crate::metrics::JobMetrics;
 use crate::task::error::{FailureKind, TaskFailure};
 use crate::task::router::NetworkWiring;
-use crate::task::{Event, TaskId};
+use crate::task::{Control, Event, TaskId};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
@@ -39,7 +39,18 @@ pub enum WorkerError {
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("the coordinator refused this worker: {0}")]
     Refused(String),
+    #[error("subtasks of attempt {epoch:016x} did not stop within {limit:?} of being cancelled; exiting so the pod is replaced")]
+    Wedged { epoch: u64, limit: Duration },
 }
+
+/// How long cancelled subtasks may take to stop. They stop at their next
+/// await; only code stuck outside the runtime (a hung disk) takes longer,
+/// and then the process cannot safely run another attempt.
+const STOP_LIMIT: Duration = Duration::from_secs(30);
+
+/// How long a message to the coordinator may wait before any attempt said
+/// what the heartbeat timeout is.
+const IDLE_SEND_LIMIT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone)]
 pub struct WorkerOptions {
@@ -57,12 +68,17 @@ enum SessionEnd {
     Shutdown,
     Lost(String),
     Refused(String),
+    Wedged(WorkerError),
 }
 
 struct Attempt {
     epoch: u64,
     deployment: Deployment,
     pumps: JoinSet<()>,
+    /// Control messages per subtask, forwarded by a task of `pumps` each: a
+    /// subtask slow to take them (held by backpressure) never holds the
+    /// session loop, which must go on heartbeating and obeying `Cancel`.
+    controls: Vec<mpsc::UnboundedSender<Control>>,
     metrics: Arc<JobMetrics>,
     events_tx: mpsc::Sender<Event>,
     events: mpsc::Receiver<Event>,
@@ -72,10 +88,12 @@ struct Attempt {
 }
 
 impl Attempt {
-    async fn shutdown(mut self) {
-        self.deployment.shutdown().await;
+    /// Cancels the subtasks and waits, up to [`STOP_LIMIT`], until they are gone.
+    async fn shutdown(mut self) -> Result<(), WorkerError> {
+        let stopped = tokio::time::timeout(STOP_LIMIT, self.deployment.shutdown()).await;
         self.pumps.abort_all();
         while self.pumps.join_next().await.is_some() {}
+        stopped.map_err(|_| WorkerError::Wedged { epoch: self.epoch, limit: STOP_LIMIT })
     }
 }
 
@@ -106,6 +124,7 @@ pub async fn run_worker(opts: WorkerOptions) -> Result<(), WorkerError> {
             SessionEnd::Lost(why) => warn!("lost the coordinator ({why}); dropped my subtasks, reconnecting"),
             // Retrying cannot help: the token is wrong until the pod is recreated.
             SessionEnd::Refused(why) => return Err(WorkerError::Refused(why)),
+            SessionEnd::Wedged(e) => return Err(e),
         }
     }
 }
@@ -124,7 +143,7 @@ fn network_task() -> TaskId {
 async fn session(conn: &mut Connection, plane: &Arc<DataPlane>, opts: &WorkerOptions) -> SessionEnd {
     let register =
         ToCoordinator::Register { name: opts.name.clone(), data_addr: plane.addr(), token: opts.token.presented() };
-    if let Err(e) = protocol::send(conn, &register).await {
+    if let Err(e) = protocol::send_within(conn, &register, IDLE_SEND_LIMIT).await {
         return SessionEnd::Lost(e.to_string());
     }
     let (broken_tx, mut broken) = mpsc::channel::<(u64, String)>(64);
@@ -146,7 +165,11 @@ async fn session(conn: &mut Connection, plane: &Arc<DataPlane>, opts: &WorkerOpt
         // Whatever woke the loop, a lapsed lease comes first: after a
         // freeze, the subtasks must go before anything is said or done.
         let held = current.as_ref().map(|a| (a.epoch, a.heartbeat_timeout));
-        if let Some((epoch, timeout)) = held.or(opening.as_ref().map(|o| (o.fence.epoch, o.heartbeat_timeout))) {
+        let held = held.or(opening.as_ref().map(|o| (o.fence.epoch, o.heartbeat_timeout)));
+        // A coordinator that takes no message for as long as the lease
+        // lasts is as good as silent.
+        let limit = held.map_or(IDLE_SEND_LIMIT, |(_, timeout)| timeout);
+        if let Some((epoch, timeout)) = held {
             if let Some(silent) = lease.lapsed(timeout) {
                 warn!(epoch = %format!("{epoch:016x}"),
                     "no word from the coordinator for {silent:?} (timeout {timeout:?}): fencing myself off");
@@ -165,7 +188,8 @@ async fn session(conn: &mut Connection, plane: &Arc<DataPlane>, opts: &WorkerOpt
                     stages: a.metrics.stage_samples(),
                 });
                 let sent_at_us = connected.elapsed().as_micros() as u64;
-                protocol::send(conn, &ToCoordinator::Heartbeat { sent_at_us, counters }).await.map(|_| None)
+                let beat = ToCoordinator::Heartbeat { sent_at_us, counters };
+                protocol::send_within(conn, &beat, limit).await.map(|_| None)
             }
             Woke::Message(Ok(Some(ToWorker::HeartbeatAck { sent_at_us }))) => {
                 lease.renew(connected + Duration::from_micros(sent_at_us));
@@ -175,23 +199,23 @@ async fn session(conn: &mut Connection, plane: &Arc<DataPlane>, opts: &WorkerOpt
                 if matches!(msg, ToWorker::Deploy { .. }) {
                     lease.renew(Instant::now());
                 }
-                handle(msg, conn, &mut current, &mut opening, plane, &broken_tx).await
+                handle(msg, conn, limit, &mut current, &mut opening, plane, &broken_tx).await
             }
             Woke::Opened(opened) => match opening.take() {
-                Some(o) => o.finish(opened, conn, &mut current).await,
+                Some(o) => o.finish(opened, conn, limit, &mut current).await,
                 None => Ok(None),
             },
             Woke::Message(Ok(None)) => Ok(Some(SessionEnd::Lost("connection closed".into()))),
             Woke::Message(Err(e)) => Err(e),
             Woke::Event(epoch, event) => {
-                protocol::send(conn, &ToCoordinator::Event { epoch, event }).await.map(|_| None)
+                protocol::send_within(conn, &ToCoordinator::Event { epoch, event }, limit).await.map(|_| None)
             }
             Woke::Broken(epoch, reason) => {
                 let event = Event::Failed {
                     task: network_task(),
                     failure: TaskFailure::new(FailureKind::ChannelBroken, reason),
                 };
-                protocol::send(conn, &ToCoordinator::Event { epoch, event }).await.map(|_| None)
+                protocol::send_within(conn, &ToCoordinator::Event { epoch, event }, limit).await.map(|_| None)
             }
         };
         match step {
@@ -204,7 +228,9 @@ async fn session(conn: &mut Connection, plane: &Arc<DataPlane>, opts: &WorkerOpt
         o.handle.abort();
     }
     if let Some(a) = current.take() {
-        a.shutdown().await;
+        if let Err(e) = a.shutdown().await {
+            return SessionEnd::Wedged(e);
+        }
     }
     end
 }
@@ -245,6 +271,7 @@ impl Opening {
         self,
         opened: Result<Result<Attempt, DeployFailure>, tokio::task::JoinError>,
         conn: &mut Connection,
+        limit: Duration,
         current: &mut Option<Attempt>,
     ) -> Result<Option<SessionEnd>, ProtocolError> {
         let (fence, epoch) = (self.fence, self.fence.epoch);
@@ -257,11 +284,11 @@ impl Opening {
                 info!(epoch = %fence.epoch_tag(), incarnation = %fence.incarnation_tag(), subtasks = a.index.len(),
                     restore = ?self.restore, "deployed attempt {}", fence.epoch_tag());
                 *current = Some(a);
-                protocol::send(conn, &ToCoordinator::Opened { epoch }).await?;
+                protocol::send_within(conn, &ToCoordinator::Opened { epoch }, limit).await?;
             }
             Err(DeployFailure { failure, damaged }) => {
                 warn!(epoch = %fence.epoch_tag(), "cannot deploy attempt {}: {failure}", fence.epoch_tag());
-                protocol::send(conn, &ToCoordinator::OpenFailed { epoch, failure, damaged }).await?;
+                protocol::send_within(conn, &ToCoordinator::OpenFailed { epoch, failure, damaged }, limit).await?;
             }
         }
         Ok(None)
@@ -294,6 +321,7 @@ impl Lease {
 async fn handle(
     msg: ToWorker,
     conn: &mut Connection,
+    limit: Duration,
     current: &mut Option<Attempt>,
     opening: &mut Option<Opening>,
     plane: &Arc<DataPlane>,
@@ -302,7 +330,9 @@ async fn handle(
     match msg {
         ToWorker::Deploy { fence, manifest, restore, restore_from, placement, worker_index, heartbeat_timeout_ms } => {
             if let Some(a) = current.take() {
-                a.shutdown().await;
+                if let Err(e) = a.shutdown().await {
+                    return Ok(Some(SessionEnd::Wedged(e)));
+                }
             }
             if let Some(o) = opening.take() {
                 o.handle.abort();
@@ -320,14 +350,15 @@ async fn handle(
                 if let Err(e) = a.deployment.start(&a.events_tx) {
                     let failure = TaskFailure::new(FailureKind::Deployment, e.to_string());
                     let event = Event::Failed { task: network_task(), failure };
-                    protocol::send(conn, &ToCoordinator::Event { epoch, event }).await?;
+                    protocol::send_within(conn, &ToCoordinator::Event { epoch, event }, limit).await?;
                 }
             }
         }
         ToWorker::Control { epoch, task, control } => {
             if let Some(a) = current.as_ref().filter(|a| a.epoch == epoch) {
                 if let Some(i) = a.index.get(&task) {
-                    a.deployment.send(*i, control).await;
+                    // Gone only when the subtask's forwarder ended with it.
+                    let _ = a.controls[*i].send(control);
                 }
             }
         }
@@ -339,7 +370,9 @@ async fn handle(
             }
             if current.as_ref().is_some_and(|a| a.epoch == epoch) {
                 if let Some(a) = current.take() {
-                    a.shutdown().await;
+                    if let Err(e) = a.shutdown().await {
+                        return Ok(Some(SessionEnd::Wedged(e)));
+                    }
                 }
             }
         }
@@ -432,7 +465,23 @@ async fn deploy(
         .enumerate()
         .map(|(i, id)| (TaskKey { stage: id.stage, subtask: id.subtask }, i))
         .collect();
-    Ok(Attempt { epoch, deployment, pumps, metrics, events_tx, events, index, heartbeat_timeout })
+    let controls = deployment
+        .controls
+        .iter()
+        .map(|to_task| {
+            let (tx, mut rx) = mpsc::unbounded_channel();
+            let to_task = to_task.clone();
+            pumps.spawn(async move {
+                while let Some(control) = rx.recv().await {
+                    if to_task.send(control).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            tx
+        })
+        .collect();
+    Ok(Attempt { epoch, deployment, pumps, controls, metrics, events_tx, events, index, heartbeat_timeout })
 }
 
 #[cfg(test)]

@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tracing::{info, warn};
 
 use super::protocol::{JobToken, Placement, TaskKey, ToWorker};
@@ -109,8 +109,8 @@ pub async fn start(opts: CoordinatorOptions) -> Result<(Arc<Shared>, Coordinator
         opened: Mutex::default(),
         retired: Mutex::default(),
     });
-    let (registered_tx, registered) = mpsc::channel(64);
-    tokio::spawn(wire::accept_workers(listener, shared.clone(), registered_tx));
+    let registered = Arc::new(Notify::new());
+    tokio::spawn(wire::accept_workers(listener, shared.clone(), registered.clone()));
     tokio::spawn(heartbeats::watch_heartbeats(shared.clone(), opts.heartbeat_timeout));
     let last_issued = AtomicU64::new(0);
     Ok((shared.clone(), Coordinator { opts, shared, requests, registered, last_issued, found_damaged: Vec::new() }))
@@ -120,7 +120,10 @@ pub struct Coordinator {
     opts: CoordinatorOptions,
     shared: Arc<Shared>,
     requests: mpsc::Receiver<Request>,
-    registered: mpsc::Receiver<u64>,
+    /// Woken by each registration. A notification, not a queue: nobody
+    /// reads it while an attempt runs, and a queue would fill and hold the
+    /// next worker's registration forever.
+    registered: Arc<Notify>,
     /// The highest checkpoint id any attempt of this process issued.
     last_issued: AtomicU64,
     /// Checkpoints a worker found damaged while restoring them.
@@ -156,7 +159,7 @@ impl Coordinator {
                     self.shared.update(|s| s.state = JobState::Finished);
                     info!("job {} finished", config.name);
                     for tx in self.worker_senders(&members) {
-                        let _ = tx.send(ToWorker::Shutdown).await;
+                        self.tell(&tx, ToWorker::Shutdown).await;
                     }
                     // Let the shutdown messages leave before the process ends.
                     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -200,8 +203,14 @@ impl Coordinator {
         let all: Vec<mpsc::Sender<ToWorker>> =
             self.shared.workers.lock().map(|w| w.values().map(|c| c.tx.clone()).collect()).unwrap_or_default();
         for tx in all {
-            let _ = tx.send(ToWorker::Cancel { epoch }).await;
+            self.tell(&tx, ToWorker::Cancel { epoch }).await;
         }
+    }
+
+    /// Sends one message to a worker; false if it left or took nothing
+    /// within the heartbeat timeout (the heartbeat watch loses it then).
+    async fn tell(&self, worker: &mpsc::Sender<ToWorker>, msg: ToWorker) -> bool {
+        matches!(tokio::time::timeout(self.opts.heartbeat_timeout, worker.send(msg)).await, Ok(Ok(())))
     }
 
     fn worker_senders(&self, members: &[u64]) -> Vec<mpsc::Sender<ToWorker>> {
@@ -211,13 +220,24 @@ impl Coordinator {
 
     /// Waits until enough workers are registered; returns the chosen ones.
     async fn wait_for_workers(&mut self) -> Vec<u64> {
+        let started = tokio::time::Instant::now();
+        let mut next_report = started + Duration::from_secs(10);
         loop {
             let live: Vec<u64> = self.shared.workers.lock().map(|w| w.keys().copied().collect()).unwrap_or_default();
             if live.len() >= self.opts.workers {
                 return live.into_iter().take(self.opts.workers).collect();
             }
+            if tokio::time::Instant::now() >= next_report {
+                next_report += Duration::from_secs(10);
+                info!(
+                    "waiting for workers: {} of {} registered after {:?}",
+                    live.len(),
+                    self.opts.workers,
+                    started.elapsed()
+                );
+            }
             tokio::select! {
-                _ = self.registered.recv() => {}
+                _ = self.registered.notified() => {}
                 _ = tokio::time::sleep(Duration::from_millis(100)) => {}
             }
         }
@@ -300,7 +320,9 @@ impl Coordinator {
                 worker_index: i,
                 heartbeat_timeout_ms,
             };
-            tx.send(deploy).await.map_err(|_| lost("a worker left during deployment"))?;
+            if !self.tell(tx, deploy).await {
+                return Err(lost("a worker left or took no message during deployment"));
+            }
         }
         let mut ready = 0;
         let deadline = tokio::time::sleep(Duration::from_secs(60));
@@ -325,7 +347,9 @@ impl Coordinator {
         }
         // Every subtask is open (restore-time commits done) before any runs.
         for tx in &senders {
-            tx.send(ToWorker::Start { epoch }).await.map_err(|_| lost("a worker left before start"))?;
+            if !self.tell(tx, ToWorker::Start { epoch }).await {
+                return Err(lost("a worker left or took no message before start"));
+            }
         }
         self.shared.update(|s| s.state = JobState::Running);
         info!(attempt, epoch = %fence.epoch_tag(), incarnation = %fence.incarnation_tag(), workers = members.len(),
@@ -355,4 +379,52 @@ impl Coordinator {
 
 fn lost(reason: &str) -> JobError {
     JobError::WorkersLost(reason.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::distributed::protocol::{self, ToCoordinator, WorkerCounters};
+
+    fn options(dir: &std::path::Path, listen: SocketAddr) -> CoordinatorOptions {
+        let manifest = format!(
+            "apiVersion: weir.dev/v1alpha1\nkind: StreamJob\nmetadata: {{name: counts}}\nspec:\n  parallelism: 3\n  \
+             checkpoints: {{interval: 1s, storage: 'file://{}'}}\n  pipeline:\n    source: {{generator: {{keys: 10, \
+             count: 10}}}}\n    steps: [{{keyBy: {{field: key}}}}, {{aggregate: {{count: true}}}}]\n    sink: {{stdout: \
+             {{}}}}\n",
+            dir.display()
+        );
+        let job = StreamJob::from_yaml(&manifest).unwrap();
+        CoordinatorOptions {
+            manifest,
+            job,
+            listen,
+            http: "127.0.0.1:0".parse().unwrap(),
+            workers: 3,
+            heartbeat_timeout: Duration::from_secs(30),
+            restart_delay: Duration::ZERO,
+            ignore_checkpoints_before_ms: 0,
+            token: JobToken::new(None),
+        }
+    }
+
+    #[tokio::test]
+    async fn every_worker_that_registers_is_served_however_many_came_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let listen = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        // Nothing runs the job: as while an attempt runs, nobody waits for workers.
+        let (_shared, _coordinator) = start(options(dir.path(), listen)).await.unwrap();
+        for n in 0..200 {
+            let mut conn = protocol::framed(tokio::net::TcpStream::connect(listen).await.unwrap());
+            let register = ToCoordinator::Register { name: format!("w{n}"), data_addr: listen, token: None };
+            protocol::send(&mut conn, &register).await.unwrap();
+            let beat = ToCoordinator::Heartbeat { sent_at_us: n, counters: WorkerCounters::default() };
+            protocol::send(&mut conn, &beat).await.unwrap();
+            let echo = tokio::time::timeout(Duration::from_secs(5), protocol::recv::<ToWorker>(&mut conn)).await;
+            assert!(
+                matches!(echo, Ok(Ok(Some(ToWorker::HeartbeatAck { sent_at_us }))) if sent_at_us == n),
+                "registration {n} got no answer: {echo:?}"
+            );
+        }
+    }
 }

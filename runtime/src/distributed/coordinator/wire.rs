@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
@@ -17,7 +17,7 @@ use crate::job::coordinate::{wall_ms, ControlPlane};
 use crate::task::error::{FailureKind, TaskFailure};
 use crate::task::{Control, Event, TaskId};
 
-pub(super) async fn accept_workers(listener: TcpListener, shared: Arc<Shared>, registered: mpsc::Sender<u64>) {
+pub(super) async fn accept_workers(listener: TcpListener, shared: Arc<Shared>, registered: Arc<Notify>) {
     let mut next_id = 0u64;
     loop {
         let Ok((stream, peer)) = listener.accept().await else { continue };
@@ -36,12 +36,7 @@ pub(super) async fn accept_workers(listener: TcpListener, shared: Arc<Shared>, r
     }
 }
 
-async fn serve_worker(
-    id: u64,
-    stream: TcpStream,
-    shared: &Shared,
-    registered: &mpsc::Sender<u64>,
-) -> Result<(), String> {
+async fn serve_worker(id: u64, stream: TcpStream, shared: &Shared, registered: &Notify) -> Result<(), String> {
     let mut conn = protocol::framed(stream);
     let Some(ToCoordinator::Register { name, data_addr, token }) =
         protocol::recv::<ToCoordinator>(&mut conn).await.map_err(|e| e.to_string())?
@@ -70,7 +65,7 @@ async fn serve_worker(
             },
         );
     }
-    let _ = registered.send(id).await;
+    registered.notify_one();
     let writer = async {
         while let Some(msg) = rx.recv().await {
             let bytes = protocol::encode(&msg).map_err(|e| e.to_string())?;
