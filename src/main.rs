@@ -24,8 +24,11 @@ use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
+/// `weir --version`: the release and the git revision it was built from.
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (revision ", env!("WEIR_REVISION"), ")");
+
 #[derive(Parser)]
-#[command(name = "weir", version, about = "Exactly-once stream processing jobs, locally and on Kubernetes")]
+#[command(name = "weir", version = VERSION, about = "Exactly-once stream processing jobs, locally and on Kubernetes")]
 struct Cli {
     /// How log lines look: `text` (coloured only on a terminal) or `json`
     /// (one object per line, for log collectors).
