@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Starts etcd, kube-apiserver, kube-controller-manager and kube-scheduler
-# on 127.0.0.1 under DIR (default /tmp/weir-e2e), writes DIR/kubeconfig and
-# registers a Ready Node named weir-node. Stop with e2e/stop-cluster.sh DIR.
+# under DIR (default /tmp/weir-e2e), writes DIR/kubeconfig and registers a
+# Node named weir-node. The API server listens on the gateway of the Docker
+# network `weir-e2e` (172.30.0.1), made here if missing, so that pods run as
+# containers on that network reach it as pods reach theirs.
+# Stop with e2e/stop-cluster.sh DIR.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 # kubectl and helm from PyPI (scripts/k8s-tools), first on PATH.
@@ -10,12 +13,22 @@ dir=${1:-/tmp/weir-e2e}
 bin=$("$here/build-kubernetes.sh")
 mkdir -p "$dir" && cd "$dir"
 api_port=${WEIR_E2E_API_PORT:-16443}
+network=weir-e2e
+api_host=172.30.0.1
+docker network inspect "$network" > /dev/null 2>&1 \
+  || docker network create --subnet 172.30.0.0/16 --gateway "$api_host" "$network" > /dev/null
 etcd_port=${WEIR_E2E_ETCD_PORT:-12379}
 
-# Certificates: a self-signed serving cert for 127.0.0.1, a service-account key pair.
+# Certificates: a CA, a serving certificate for the API server, a service-account key pair.
 if [ ! -f serving.crt ]; then
-  openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj /CN=127.0.0.1 \
-    -addext subjectAltName=IP:127.0.0.1 -keyout serving.key -out serving.crt 2> /dev/null
+  # A cluster CA and a serving certificate it signs: rustls (kube-rs in
+  # a pod) refuses a self-signed CA certificate as a server's.
+  openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj /CN=weir-e2e-ca -keyout ca.key -out ca.crt 2> /dev/null
+  openssl req -newkey rsa:2048 -nodes -subj /CN=kubernetes -keyout serving.key -out serving.csr 2> /dev/null
+  printf 'subjectAltName=IP:%s,IP:127.0.0.1,DNS:kubernetes.default.svc\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' \
+    "$api_host" > serving.ext
+  openssl x509 -req -in serving.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 30 -extfile serving.ext \
+    -out serving.crt 2> /dev/null
   openssl genrsa -out sa.key 2048 2> /dev/null
   openssl rsa -in sa.key -pubout -out sa.pub 2> /dev/null
   echo "weir-e2e-token,admin,admin,system:masters" > tokens.csv
@@ -24,7 +37,7 @@ cat > kubeconfig <<KC
 apiVersion: v1
 kind: Config
 clusters:
-- cluster: {server: "https://127.0.0.1:$api_port", insecure-skip-tls-verify: true}
+- cluster: {server: "https://$api_host:$api_port", insecure-skip-tls-verify: true}
   name: e2e
 users:
 - name: admin
@@ -39,8 +52,8 @@ rm -rf etcd-data
 etcd --data-dir etcd-data --listen-client-urls "http://127.0.0.1:$etcd_port" \
   --advertise-client-urls "http://127.0.0.1:$etcd_port" --listen-peer-urls http://127.0.0.1:0 > etcd.log 2>&1 &
 echo $! > etcd.pid
-"$bin/kube-apiserver" --etcd-servers "http://127.0.0.1:$etcd_port" --bind-address 127.0.0.1 \
-  --secure-port "$api_port" --advertise-address 127.0.0.1 --tls-cert-file serving.crt --tls-private-key-file serving.key \
+"$bin/kube-apiserver" --etcd-servers "http://127.0.0.1:$etcd_port" --bind-address "$api_host" \
+  --secure-port "$api_port" --advertise-address "$api_host" --tls-cert-file serving.crt --tls-private-key-file serving.key \
   --token-auth-file tokens.csv --authorization-mode RBAC --service-cluster-ip-range 10.96.0.0/16 \
   --service-account-issuer https://kubernetes.default.svc --service-account-key-file sa.pub \
   --service-account-signing-key-file sa.key --allow-privileged=false > apiserver.log 2>&1 &
@@ -53,13 +66,14 @@ done
 kubectl get --raw /readyz > /dev/null
 "$bin/kube-controller-manager" --kubeconfig "$dir/kubeconfig" --leader-elect=false --bind-address 127.0.0.1 \
   --secure-port 0 --controllers '*,-nodeipam' --service-account-private-key-file sa.key \
+  --root-ca-file ca.crt \
   --use-service-account-credentials=false > controller-manager.log 2>&1 &
 echo $! > controller-manager.pid
 "$bin/kube-scheduler" --kubeconfig "$dir/kubeconfig" --leader-elect=false --bind-address 127.0.0.1 --secure-port 0 \
   > scheduler.log 2>&1 &
 echo $! > scheduler.pid
 
-kubectl apply -f - > /dev/null <<NODE
+[ "${WEIR_E2E_REGISTER_NODE:-1}" = 1 ] && kubectl apply -f - > /dev/null <<NODE
 apiVersion: v1
 kind: Node
 metadata: {name: weir-node, labels: {kubernetes.io/hostname: weir-node}}

@@ -116,6 +116,10 @@ enum CheckpointsCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Two TLS stacks share rustls here (kube's and the S3 client's), each
+    // bringing its own crypto provider; with both compiled in, rustls
+    // refuses to guess, so the process names one before any connection.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let filter = EnvFilter::try_from_env("WEIR_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match cli.log_format {

@@ -521,12 +521,16 @@ fn faulted_cluster_job(dir: &Path, rng: &mut Rng, quota: u32, max_concurrent: u3
                 c.procs.remove(i);
                 continue;
             }
+            // Stopped while the harness holds it frozen (or as it resumes
+            // it) is the harness's doing; only a process it left running
+            // stopped at its point.
+            let held = p.frozen_until.is_some() || p.resume_at.is_some();
             if p.frozen_until.is_some_and(|t| now >= t) || p.resume_at.is_some_and(|t| now >= t) {
                 signal(p.child.id(), "CONT");
                 p.frozen_until = None;
                 p.resume_at = None;
             }
-            if let Some(point) = p.plan {
+            if let Some(point) = p.plan.filter(|_| !held) {
                 if process_state(p.child.id()) == Some('T') {
                     p.plan = None;
                     let who = if p.role == Role::Coordinator { "coordinator" } else { "worker" };

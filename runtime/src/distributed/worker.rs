@@ -141,8 +141,9 @@ fn network_task() -> TaskId {
 }
 
 async fn session(conn: &mut Connection, plane: &Arc<DataPlane>, opts: &WorkerOptions) -> SessionEnd {
-    let register =
-        ToCoordinator::Register { name: opts.name.clone(), data_addr: plane.addr(), token: opts.token.presented() };
+    let local = conn.get_ref().local_addr().ok();
+    let data_addr = advertised(plane.addr(), local);
+    let register = ToCoordinator::Register { name: opts.name.clone(), data_addr, token: opts.token.presented() };
     if let Err(e) = protocol::send_within(conn, &register, IDLE_SEND_LIMIT).await {
         return SessionEnd::Lost(e.to_string());
     }
@@ -233,6 +234,17 @@ async fn session(conn: &mut Connection, plane: &Arc<DataPlane>, opts: &WorkerOpt
         }
     }
     end
+}
+
+/// The shuffle address other workers are told. A listener on every
+/// interface (`0.0.0.0:port`, a pod's default) is reached at the address
+/// this worker has on the coordinator's network: the local end of the
+/// connection to it.
+fn advertised(bound: SocketAddr, towards_coordinator: Option<SocketAddr>) -> SocketAddr {
+    match towards_coordinator {
+        Some(local) if bound.ip().is_unspecified() => SocketAddr::new(local.ip(), bound.port()),
+        _ => bound,
+    }
 }
 
 /// What woke the session loop.
@@ -487,6 +499,15 @@ async fn deploy(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_worker_listening_on_every_interface_advertises_its_address_towards_the_coordinator() {
+        let any: SocketAddr = "0.0.0.0:7001".parse().unwrap();
+        let towards = Some("10.1.2.3:51234".parse().unwrap());
+        assert_eq!(advertised(any, towards), "10.1.2.3:7001".parse().unwrap());
+        let pinned: SocketAddr = "10.9.9.9:7001".parse().unwrap();
+        assert_eq!(advertised(pinned, towards), pinned, "an address chosen by hand is kept");
+    }
 
     #[tokio::test(start_paused = true)]
     async fn an_echo_that_waited_out_a_freeze_does_not_renew_the_lease() {
