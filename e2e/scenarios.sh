@@ -1,51 +1,68 @@
 #!/usr/bin/env bash
-# End-to-end scenarios on a real API server with the local node agent:
-# helm install of the chart, a job through kubectl, worker and coordinator
-# kills, exact output. Prints a line per scenario with its time.
+# End-to-end scenarios on a real API server with two nodes whose agents
+# (docker_agent.py) run every pod, the operator's included, as a container
+# of the weir image: helm install of the chart, jobs through kubectl,
+# container kills, exact output. Prints a line per scenario with its time.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 # kubectl and helm from PyPI (scripts/k8s-tools), first on PATH.
 PATH="$("$here/../scripts/k8s-tools"):$PATH"
 . "$here/wait.sh"
 root=$(cd "$here/.." && pwd)
+# The host's weir only reads checkpoints (`weir checkpoints list`); pods run the image.
 weir="${WEIR_BIN:-${CARGO_TARGET_DIR:-$root/target}/release/weir}"
+t=$(date +%s)
+"$root/scripts/build-image" weir:dev
 [ -x "$weir" ] || (cd "$root" && cargo build --release --bin weir)
 dir=$(mktemp -d /tmp/weir-e2e.XXXXXX)
 proxy_port=${WEIR_E2E_PROXY_PORT:-18011}
+api_port=${WEIR_E2E_API_PORT:-16443}
+agents=()
 cleanup() {
-  [ -n "${agent:-}" ] && kill "$agent" 2> /dev/null
+  for a in "${agents[@]}"; do kill "$a" 2> /dev/null; done
   [ -n "${proxy:-}" ] && kill "$proxy" 2> /dev/null
-  pkill -9 -f "$dir/pods" 2> /dev/null || true
-  for p in $(pgrep -f "$weir (operator|coordinator|worker)" || true); do kill -9 "$p" 2> /dev/null || true; done
+  docker ps -aq --filter label=weir-e2e.node | xargs -r docker rm -f > /dev/null
   "$here/stop-cluster.sh" "$dir"
-  sed -i '/weir-e2e/d' /etc/hosts 2> /dev/null || true
 }
 trap cleanup EXIT
 scenario() { echo "scenario: $1 ... ok ($(( $(date +%s) - $2 ))s)"; }
 fail() {
   echo "FAIL: $*"
   kubectl get sj,pods -A -o wide || true
-  for f in "$dir"/agent.log "$dir"/pods/*/*/log; do echo "== $f"; tail -8 "$f"; done
+  for f in "$dir"/agent-*.log; do echo "== $f"; tail -8 "$f"; done
+  for c in $(docker ps -a --filter label=weir-e2e.node --format '{{.Names}}'); do
+    echo "== docker logs $c"; docker logs --tail 8 "$c" 2>&1
+  done
   exit 1
 }
+# The container now running a pod (namespace default).
+container_of() {
+  docker ps -q --filter "label=weir-e2e.pod=default/$1" --filter status=running | head -1
+}
+pod_ip() { kubectl get pod "$1" -o jsonpath='{.status.podIP}'; }
 
-t=$(date +%s)
+export WEIR_E2E_REGISTER_NODE=0
 export KUBECONFIG=$("$here/start-cluster.sh" "$dir")
 kubectl proxy --port="$proxy_port" > "$dir/proxy.log" 2>&1 &
 proxy=$!
-python3 "$here/node_agent.py" --proxy "http://127.0.0.1:$proxy_port" --weir "$weir" --workdir "$dir" \
-  --kubeconfig "$KUBECONFIG" > "$dir/agent.log" 2>&1 &
-agent=$!
+for node in a:1 b:2; do
+  python3 "$here/docker_agent.py" --proxy "http://127.0.0.1:$proxy_port" --node "weir-node-${node%%:*}" \
+    --prefix "172.30.${node##*:}" --network weir-e2e --workdir "$dir" --api-host 172.30.0.1 --api-port "$api_port" \
+    > "$dir/agent-${node%%:*}.log" 2>&1 &
+  agents+=($!)
+done
 for _ in $(seq 1 100); do
-  [ "$(kubectl get node weir-node -o jsonpath='{.status.conditions[0].status}' 2> /dev/null)" = True ] && break
+  [ "$(kubectl get nodes -o jsonpath='{range .items[*]}{.status.conditions[0].status}{end}' 2> /dev/null)" = TrueTrue ] \
+    && break
   sleep 0.2
 done
-scenario "control plane and node agent up" "$t"
+scenario "image weir:dev built; control plane and two Docker nodes up" "$t"
 
 t=$(date +%s)
 helm=helm
 "$helm" install weir "$root/charts/weir" --namespace weir-system --create-namespace \
-  --set checkpoints.defaultStorage="file://$dir/storage" --set leaderElection.enabled=true > "$dir/notes.txt"
+  --set image.repository=weir --set image.tag=dev --set image.pullPolicy=Never \
+  --set checkpoints.defaultStorage="file:///data/storage" --set leaderElection.enabled=true > "$dir/notes.txt"
 kubectl -n weir-system rollout status deployment/weir --timeout=60s > /dev/null || fail "operator not ready"
 grep -q "kubectl apply -f examples/kubernetes/volume.yaml -f examples/kubernetes/counts.yaml" "$dir/notes.txt" \
   || fail "NOTES.txt does not say how to run the example: $(cat "$dir/notes.txt")"
@@ -54,6 +71,8 @@ scenario "helm install; operator Deployment ready; NOTES name the example to app
 t=$(date +%s)
 # The cluster's storage, as an administrator provides it: a ReadWriteMany
 # hostPath volume that the examples' claim binds to.
+mkdir -p "$dir/pv"
+chown 65532:65532 "$dir/pv"
 kubectl apply -f - > /dev/null <<PV
 apiVersion: v1
 kind: PersistentVolume
@@ -86,21 +105,15 @@ echo "$row" | awk '{exit !($2 == "Running" && $4 ~ /^[0-9]+$/)}' || fail "kubect
 token=$(kubectl get secret counts-token -o jsonpath='{.data.token}' | base64 -d)
 [ "${#token}" = 64 ] || fail "no job token Secret"
 kubectl get configmap counts-job -o yaml | grep -q "$token" && fail "the job token leaked into the ConfigMap"
-code=$(curl -s -o /dev/null -w '%{http_code}' -X POST "http://$(getent hosts counts-coordinator.default.svc | cut -d' ' -f1):8081/v1/savepoints")
+code=$(curl -s -o /dev/null -w '%{http_code}' -X POST "http://$(pod_ip counts-coordinator):8081/v1/savepoints")
 [ "$code" = 401 ] || fail "a savepoint without the job token was not refused ($code)"
 scenario "kubectl apply -f examples/kubernetes/counts.yaml; Ready; status.checkpoints.latest.id advances ($first -> $later); job token Secret, unauthenticated savepoint refused, NetworkPolicy" "$t"
 
-# The process of a pod, found by the HOSTNAME the agent gives it (the pod's name).
-pid_of() {
-  for p in $(pgrep -f "$weir " || true); do
-    tr '\0' '\n' < "/proc/$p/environ" 2> /dev/null | grep -qx "HOSTNAME=$1" && echo "$p"
-  done
-}
 t=$(date +%s)
 before=$(kubectl get sj counts -o jsonpath='{.status.checkpoints.latest.id}')
 old_uid=$(kubectl get pod counts-worker-1 -o jsonpath='{.metadata.uid}')
 killed_ms=$(date +%s%3N)
-kill -9 "$(pid_of counts-worker-1)"
+docker kill -s KILL "$(container_of counts-worker-1)" > /dev/null
 for _ in $(seq 1 200); do
   uid=$(kubectl get pod counts-worker-1 -o jsonpath='{.metadata.uid}' 2> /dev/null || true)
   [ -n "$uid" ] && [ "$uid" != "$old_uid" ] && break
@@ -122,13 +135,12 @@ scenario "kill -9 of a worker: failed (137), recreated ${after_ms}ms later (dela
 t=$(date +%s)
 before=$(kubectl get sj counts -o jsonpath='{.status.checkpoints.latest.id}')
 old_uid=$(kubectl get pod counts-coordinator -o jsonpath='{.metadata.uid}')
-kill -9 "$(pid_of counts-coordinator)"
-# The new coordinator process itself says where it resumed from.
-api="http://$(getent hosts counts-coordinator.default.svc | cut -d' ' -f1):8081"
+docker kill -s KILL "$(container_of counts-coordinator)" > /dev/null
+# The new coordinator itself says where it resumed from.
 restored=""
 for _ in $(seq 1 60); do
   if [ "$(kubectl get pod counts-coordinator -o jsonpath='{.metadata.uid}' 2> /dev/null)" != "$old_uid" ]; then
-    restored=$(curl -s "$api/v1/job" 2> /dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin).get("restoredFrom") or "")' 2> /dev/null || true)
+    restored=$(curl -s "http://$(pod_ip counts-coordinator):8081/v1/job" 2> /dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin).get("restoredFrom") or "")' 2> /dev/null || true)
     [ -n "$restored" ] && break
   fi
   sleep 0.5
@@ -274,7 +286,8 @@ echo "$out" | grep -q "spec.parallelism" || fail "the refusal does not name the 
 scenario "a malformed manifest is refused by kubectl apply --dry-run=server naming spec.parallelism" "$t"
 
 t=$(date +%s)
-printf '{"key": "a", "value": 1}\nnot json\n' > "$dir/bad.jsonl"
+printf '{"key": "a", "value": 1}\nnot json\n' > "$dir/pv/bad.jsonl"
+chown 65532:65532 "$dir/pv/bad.jsonl"
 cat > "$dir/bad.yaml" <<JOB
 apiVersion: weir.dev/v1alpha1
 kind: StreamJob
@@ -285,9 +298,13 @@ spec:
   errorPolicy: {onBadRecord: fail}
   restartStrategy: {fixedDelay: {attempts: 1, delay: 1s}}
   pipeline:
-    source: {file: {path: $dir/bad.jsonl}}
+    source: {file: {path: /data/bad.jsonl}}
     steps: [{keyBy: {field: key}}, {aggregate: {count: true}}]
-    sink: {file: {path: $dir/bad-out}}
+    sink: {file: {path: /data/bad-out}}
+  podTemplate:
+    spec:
+      volumes: [{name: data, persistentVolumeClaim: {claimName: weir-data}}]
+      containers: [{name: weir, volumeMounts: [{name: data, mountPath: /data}]}]
 JOB
 kubectl apply -f "$dir/bad.yaml" > /dev/null
 wait_phase Failed broken

@@ -114,6 +114,13 @@ enum CheckpointsCommand {
     Purge { uri: String },
 }
 
+/// Resolves on SIGTERM with the exit code a shell gives it (128 + 15).
+async fn terminated() -> anyhow::Result<u8> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    term.recv().await;
+    Ok(143)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // Two TLS stacks share rustls here (kube's and the S3 client's), each
@@ -134,7 +141,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(async {
+    // A pod's process is PID 1 of its container, where SIGTERM does
+    // nothing unless handled: the long-running roles end on it at once
+    // (checkpoints make that safe), instead of waiting out the grace period.
+    let serves = matches!(cli.command, Command::Operator { .. } | Command::Coordinator(_) | Command::Worker(_));
+    let work = async {
         match cli.command {
             Command::Run { file, no_progress_line } => run::run(&file, !no_progress_line).await,
             Command::Operator {
@@ -186,9 +197,22 @@ fn main() -> ExitCode {
                 checkpoints::inspect(&uri, id).await
             }
         }
+    };
+    let result = runtime.block_on(async {
+        if !serves {
+            return work.await.map(|()| None);
+        }
+        tokio::select! {
+            result = work => result.map(|()| None),
+            signal = terminated() => signal.map(Some),
+        }
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(None) => ExitCode::SUCCESS,
+        Ok(Some(code)) => {
+            tracing::info!("terminated (SIGTERM): exiting");
+            ExitCode::from(code)
+        }
         // A reader that stopped early (`weir checkpoints list | head`) is not an error.
         Err(e) if e.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) => {
             ExitCode::SUCCESS
