@@ -40,6 +40,20 @@ container_of() {
   docker ps -q --filter "label=weir-e2e.pod=default/$1" --filter status=running | head -1
 }
 pod_ip() { kubectl get pod "$1" -o jsonpath='{.status.podIP}'; }
+# Every key's counts are exactly 1..n, with ROWS updates in all, over KEYS
+# keys (0: any number; a generator with many keys does not draw them all).
+exact() {
+  python3 - "$@" <<'PY'
+import collections, glob, json, sys
+out, want_rows, want_keys = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+rows = [json.loads(l) for f in sorted(glob.glob(out + "/part-*.jsonl")) for l in open(f)]
+per = collections.defaultdict(list)
+for r in rows:
+    per[r["key"]].append(r["count"])
+bad = [k for k, v in per.items() if sorted(v) != list(range(1, len(v) + 1))]
+assert len(rows) == want_rows and len(per) == (want_keys or len(per)) and not bad, (len(rows), len(per), bad[:5])
+PY
+}
 
 export WEIR_E2E_REGISTER_NODE=0
 export KUBECONFIG=$("$here/start-cluster.sh" "$dir")
@@ -205,15 +219,7 @@ done
 [ "$(kubectl get sj counts -o jsonpath='{.status.phase}')" = Finished ] || fail "job did not finish"
 restored=$(kubectl get sj counts -o jsonpath='{.status.restoredFrom}')
 [ -n "$restored" ] || fail "no restoredFrom"
-python3 - "$dir/pv/output/counts" <<'PY' || fail "output not exact"
-import collections, glob, json, sys
-rows = [json.loads(l) for f in sorted(glob.glob(sys.argv[1] + "/part-*.jsonl")) for l in open(f)]
-per = collections.defaultdict(list)
-for r in rows:
-    per[r["key"]].append(r["count"])
-bad = [k for k, v in per.items() if sorted(v) != list(range(1, len(v) + 1))]
-assert len(rows) == 600000 and len(per) == 100 and not bad, (len(rows), len(per), bad[:5])
-PY
+exact "$dir/pv/output/counts" 600000 100 || fail "output not exact"
 scenario "job finished after both kills (restoredFrom $restored); output exact: 600000 records once" "$t"
 
 chk="$dir/pv/checkpoints/default"
@@ -318,3 +324,69 @@ kubectl get sj broken -o jsonpath='{.status.restarts.lastFailure}' | grep -q coo
 why=$(kubectl get sj broken -o jsonpath='{.status.restarts.lastFailure.message}')
 echo "$why" | grep -q "bad.jsonl:2" || fail "the failure's cause is not in status: '$why'"
 scenario "restart budget exhausted (bad records, fail policy): Failed, Warning event, no further restarts; cause in status: ${why:0:90}" "$t"
+
+# A job like the example under another name and output, with SPEC_LINES
+# (indented two spaces) appended to its spec.
+variant() {
+  sed -e "s/name: counts/name: $1/" -e "s|/data/output/counts|/data/output/$1|" "$examples/counts.yaml"
+  printf '%s\n' "${@:2}" | sed 's/^/  /'
+}
+
+t=$(date +%s)
+# Aggregate state for 400,000 keys does not fit in 40 MiB: a worker is
+# killed by the kernel (cgroup memory limit) and reported OOMKilled.
+variant hungry 'resources: {limits: {memory: 40Mi}}' \
+  | sed -e 's/keys: 100, rate: 20000, count: 600000/keys: 400000, rate: 100000, count: 800000/' \
+        -e 's/attempts: 5/attempts: 50/' > "$dir/hungry.yaml"
+kubectl apply -f "$dir/hungry.yaml" > /dev/null
+reason=""
+for _ in $(seq 1 120); do
+  reason=$(kubectl get sj hungry -o jsonpath='{.status.restarts.lastFailure.reason}')
+  [ -n "$reason" ] && break
+  sleep 0.5
+done
+[ "$reason" = OOMKilled ] || fail "a worker over its memory limit was reported as '${reason:-nothing}', not OOMKilled"
+oom_pod=$(kubectl get sj hungry -o jsonpath='{.status.restarts.lastFailure.pod}')
+for _ in $(seq 1 60); do
+  [ "$(kubectl get pod "$oom_pod" -o jsonpath='{.status.phase}' 2> /dev/null)" = Running ] && break
+  sleep 0.5
+done
+[ "$(kubectl get pod "$oom_pod" -o jsonpath='{.status.phase}')" = Running ] || fail "$oom_pod not recreated after OOMKilled"
+# The user raises the limit; the job goes on from its last checkpoint.
+kubectl patch sj hungry --type=merge -p '{"spec":{"resources":{"limits":{"memory":"1Gi"}}}}' > /dev/null
+wait_phase Finished hungry
+exact "$dir/pv/output/hungry" 800000 0 || fail "output of the OOM-killed job not exact"
+scenario "a worker over its 40Mi limit: OOMKilled in status.restarts.lastFailure, recreated; limit raised, output exact (800000 once)" "$t"
+
+t=$(date +%s)
+variant frozen > "$dir/frozen.yaml"
+kubectl apply -f "$dir/frozen.yaml" > /dev/null
+wait_condition streamjob/frozen Ready 60 || fail "frozen not Ready"
+for _ in $(seq 1 60); do
+  [ -n "$(kubectl get sj frozen -o jsonpath='{.status.checkpoints.latest.id}')" ] && break
+  sleep 0.5
+done
+coordinator_uid=$(kubectl get pod frozen-coordinator -o jsonpath='{.metadata.uid}')
+docker pause "$(container_of frozen-coordinator)" > /dev/null
+sleep 12
+docker unpause "$(docker ps -q --filter label=weir-e2e.pod=default/frozen-coordinator --filter status=paused)" > /dev/null
+wait_phase Finished frozen
+[ "$(kubectl get pod frozen-coordinator -o jsonpath='{.metadata.uid}')" = "$coordinator_uid" ] \
+  || fail "the paused coordinator's pod was replaced"
+exact "$dir/pv/output/frozen" 600000 100 || fail "output after the coordinator's pause not exact"
+scenario "coordinator container paused 12 s (docker pause, past the workers' lease) and resumed: job finished, output exact" "$t"
+
+t=$(date +%s)
+# The operator's container is killed while it creates a job's objects; its
+# replacement finishes the job's deployment, with no pod twice.
+variant orphaned > "$dir/orphaned.yaml"
+operator=$(docker ps -q --filter label=weir-e2e.pod --filter status=running \
+  | xargs docker inspect -f '{{.Id}} {{index .Config.Labels "weir-e2e.pod"}}' | awk '$2 ~ /^weir-system\// {print $1}')
+kubectl apply -f "$dir/orphaned.yaml" > /dev/null
+sleep 0.3
+docker kill -s KILL "$operator" > /dev/null
+kubectl -n weir-system rollout status deployment/weir --timeout=120s > /dev/null || fail "operator not back"
+wait_phase Finished orphaned
+[ "$(kubectl get pods -l weir.dev/job=orphaned -o name | sort | uniq -d)" = "" ] || fail "a pod twice"
+exact "$dir/pv/output/orphaned" 600000 100 || fail "output after the operator's kill not exact"
+scenario "the operator's container killed right after kubectl apply: its replacement deployed the job; output exact" "$t"
