@@ -227,6 +227,7 @@ mod example_tests {
         let jobs = kubernetes_examples();
         assert!(jobs.len() >= 2, "{jobs:?}");
         let settings = Settings {
+            image_pull_secrets: Vec::new(),
             job_image: "weir:test".into(),
             image_pull_policy: "IfNotPresent".into(),
             default_storage: None,

@@ -67,10 +67,13 @@ enum Command {
         #[arg(long, env = "WEIR_NAMESPACES", value_delimiter = ',', default_value = "")]
         namespaces: Vec<String>,
         /// Image of job pods when a StreamJob names none.
-        #[arg(long, env = "WEIR_JOB_IMAGE", default_value = "ghcr.io/weir-dev/weir:latest")]
+        #[arg(long, env = "WEIR_JOB_IMAGE", default_value = concat!("ghcr.io/weir-dev/weir:", env!("CARGO_PKG_VERSION")))]
         job_image: String,
         #[arg(long, env = "WEIR_IMAGE_PULL_POLICY", default_value = "IfNotPresent")]
         image_pull_policy: String,
+        /// Secrets job pods pull their image with (comma-separated names).
+        #[arg(long, env = "WEIR_IMAGE_PULL_SECRETS", value_delimiter = ',', default_value = "")]
+        image_pull_secrets: Vec<String>,
         /// /healthz, /readyz and /metrics.
         #[arg(long, env = "WEIR_OPERATOR_HEALTH", default_value = "0.0.0.0:8080")]
         health: std::net::SocketAddr,
@@ -152,6 +155,7 @@ fn main() -> ExitCode {
                 namespaces,
                 job_image,
                 image_pull_policy,
+                image_pull_secrets,
                 health,
                 coordinator_url,
                 leader_lease,
@@ -174,6 +178,7 @@ fn main() -> ExitCode {
                         default_storage,
                         credentials_secret: job_credentials_secret,
                         network_policies,
+                        image_pull_secrets: image_pull_secrets.into_iter().filter(|s| !s.is_empty()).collect(),
                     },
                     health,
                     coordinator_url,

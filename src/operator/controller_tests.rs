@@ -68,6 +68,7 @@ fn setup(coordinator: FakeCoordinator) -> Setup {
         coordinator: coordinator.clone(),
         events: events.clone(),
         settings: Settings {
+            image_pull_secrets: Vec::new(),
             job_image: "weir:test".into(),
             image_pull_policy: "IfNotPresent".into(),
             default_storage: None,

@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvFromSource, EnvVar, EnvVarSource, Pod,
-    PodSecurityContext, PodSpec, PodTemplateSpec, ResourceRequirements, Secret, SecretEnvSource, SecretKeySelector,
-    SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvFromSource, EnvVar, EnvVarSource,
+    LocalObjectReference, Pod, PodSecurityContext, PodSpec, PodTemplateSpec, ResourceRequirements, Secret,
+    SecretEnvSource, SecretKeySelector, SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::api::networking::v1::{
     NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort, NetworkPolicySpec,
@@ -42,6 +42,8 @@ pub struct Settings {
     /// Give every job a NetworkPolicy that admits only its own pods, and
     /// anyone to the coordinator's HTTP port.
     pub network_policies: bool,
+    /// Secrets job pods pull their image with (`imagePullSecrets`).
+    pub image_pull_secrets: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -827,6 +829,10 @@ fn pod(
         metadata: meta(pod_name, job.metadata.namespace.as_deref(), labels(&name, Some(role), Some(hash)), owner),
         spec: Some(PodSpec {
             restart_policy: Some("Never".into()),
+            image_pull_secrets: Some(
+                settings.image_pull_secrets.iter().map(|name| LocalObjectReference { name: name.clone() }).collect(),
+            )
+            .filter(|s: &Vec<_>| !s.is_empty()),
             security_context: Some(PodSecurityContext {
                 run_as_non_root: Some(true),
                 run_as_user: Some(65532),

@@ -22,6 +22,7 @@ const T0: u64 = 1_800_000_000_000;
 
 fn settings() -> Settings {
     Settings {
+        image_pull_secrets: Vec::new(),
         job_image: "weir:test".into(),
         image_pull_policy: "IfNotPresent".into(),
         default_storage: Some("s3://bucket/weir".into()),
@@ -122,6 +123,20 @@ fn first_reconcile_creates_config_map_service_and_one_pod_per_role() {
     let container = &p.pods[1].spec.as_ref().unwrap().containers[0];
     assert_eq!(container.image.as_deref(), Some("weir:test"));
     assert_eq!(container.security_context.as_ref().unwrap().read_only_root_filesystem, Some(true));
+}
+
+#[test]
+fn job_pods_pull_their_image_with_the_operators_pull_secrets() {
+    let j = job(|_| {});
+    let mut with_secret = settings();
+    with_secret.image_pull_secrets = vec!["registry-login".into()];
+    let p = plan(&j, &Observed { now_ms: T0, ..Observed::default() }, &with_secret);
+    for pod in &p.pods {
+        let secrets = pod.spec.as_ref().unwrap().image_pull_secrets.clone().unwrap_or_default();
+        assert_eq!(secrets, [LocalObjectReference { name: "registry-login".into() }], "{:?}", pod.metadata.name);
+    }
+    let none = step(&mut job(|_| {}), &Observed { now_ms: T0, ..Observed::default() });
+    assert!(none.pods.iter().all(|p| p.spec.as_ref().unwrap().image_pull_secrets.is_none()));
 }
 
 #[test]
