@@ -10,6 +10,7 @@ use tracing::warn;
 use weir_runtime::distributed::coordinator::{self, CoordinatorOptions};
 use weir_runtime::distributed::http;
 use weir_runtime::distributed::protocol::JobToken;
+use weir_runtime::distributed::tls;
 use weir_runtime::distributed::worker::{run_worker, WorkerOptions};
 use weir_runtime::manifest::{HumanDuration, StreamJob};
 
@@ -74,6 +75,7 @@ pub async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
         restart_delay: args.restart_delay.get(),
         ignore_checkpoints_before_ms: args.ignore_checkpoints_before_ms,
         token: job_token("coordinator"),
+        tls: job_tls("coordinator")?,
     };
     let (shared, coordinator) = coordinator::start(opts).await?;
     tracing::info!(workers = %args.listen, http = %args.http, "coordinator listening");
@@ -97,9 +99,22 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         data_bind: args.data,
         heartbeat: args.heartbeat.get(),
         token: job_token("worker"),
+        tls: job_tls("worker")?,
     };
     run_worker(opts).await?;
     Ok(())
+}
+
+/// Mutual TLS from `WEIR_TLS_CERT`, `WEIR_TLS_KEY` and `WEIR_TLS_CA`
+/// (the operator mounts them from the job's Secret); without them the
+/// job's processes talk plain TCP, which `weir run` and hand-started
+/// processes may do.
+fn job_tls(role: &str) -> anyhow::Result<Option<std::sync::Arc<tls::JobTls>>> {
+    let tls = tls::JobTls::from_env()?;
+    if tls.is_none() {
+        warn!("no WEIR_TLS_CERT/KEY/CA: this {role} talks to the job's other processes in clear");
+    }
+    Ok(tls.map(std::sync::Arc::new))
 }
 
 /// The job token comes from the environment only (`WEIR_JOB_TOKEN`, set

@@ -25,6 +25,8 @@ struct Cluster {
     children: Vec<Child>,
     /// The job token the coordinator and workers get, if any.
     token: Option<String>,
+    /// Environment every process started from now on gets (TLS files).
+    env: Vec<(String, String)>,
 }
 
 impl Drop for Cluster {
@@ -65,6 +67,7 @@ spec:
             count,
             children: Vec::new(),
             token: None,
+            env: Vec::new(),
         }
     }
 
@@ -78,6 +81,7 @@ spec:
 
     fn coordinator_with(&mut self, env: &[(&str, &str)]) -> usize {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_weir"));
+        cmd.envs(self.env.iter().cloned());
         cmd.envs(env.iter().copied());
         if let Some(t) = &self.token {
             cmd.env("WEIR_JOB_TOKEN", t);
@@ -105,6 +109,7 @@ spec:
 
     fn worker_with_token(&mut self, name: &str, token: Option<&str>) -> usize {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_weir"));
+        cmd.envs(self.env.iter().cloned());
         if let Some(t) = token {
             cmd.env("WEIR_JOB_TOKEN", t);
         }
@@ -516,4 +521,50 @@ fn a_checkpoint_a_worker_finds_damaged_is_passed_over_and_the_job_restores_an_ol
     assert!(log.contains("DamagedCheckpoint") && log.contains("checkpoint 3 is damaged"), "{log}");
     assert!(c.wait_exit(second, Duration::from_secs(90)), "the job finished");
     c.assert_exact();
+}
+
+/// A fresh job CA's certificate, key and CA written under `dir/name`, as
+/// the environment that points a process at them.
+fn tls_env(dir: &Path, name: &str) -> Vec<(String, String)> {
+    let id = weir_runtime::distributed::tls::JobIdentity::generate(name).unwrap();
+    let at = dir.join(name);
+    std::fs::create_dir_all(&at).unwrap();
+    let mut env = Vec::new();
+    for (var, file, pem) in [
+        ("WEIR_TLS_CERT", "tls.crt", &id.cert),
+        ("WEIR_TLS_KEY", "tls.key", &id.key),
+        ("WEIR_TLS_CA", "ca.crt", &id.ca),
+    ] {
+        std::fs::write(at.join(file), pem).unwrap();
+        env.push((var.to_string(), at.join(file).display().to_string()));
+    }
+    env
+}
+
+#[test]
+fn over_mutual_tls_a_job_keeps_output_exact_and_a_process_of_another_job_cannot_join() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Cluster::new(dir.path(), 400_000, 100_000);
+    let (ours, theirs) = (tls_env(dir.path(), "ours"), tls_env(dir.path(), "theirs"));
+    c.env = ours.clone();
+    let coordinator = c.coordinator();
+    c.env = theirs;
+    c.worker("intruder");
+    c.env = ours;
+    let first = c.worker("w1");
+    c.worker("w2");
+    c.worker("w3");
+    let mut ids = Vec::new();
+    c.wait_for("a checkpoint", &mut ids, Duration::from_secs(30), |_, chk| chk["latest"]["id"].is_u64());
+    // Shuffle channels are TLS too: a worker lost and replaced reconnects over them.
+    c.kill(first);
+    c.worker("w4");
+    assert!(c.wait_exit(coordinator, Duration::from_secs(90)), "the job finished; see {}", dir.path().display());
+    never_backwards(&ids);
+    c.assert_exact();
+    let coordinator_log = std::fs::read_to_string(dir.path().join("coordinator.log")).unwrap();
+    assert!(coordinator_log.contains("refused a worker connection"), "{coordinator_log}");
+    assert!(!coordinator_log.contains("worker intruder registered"), "the intruder joined: {coordinator_log}");
+    let intruder_log = std::fs::read_to_string(dir.path().join("intruder.log")).unwrap();
+    assert!(intruder_log.contains("no TLS session with the coordinator"), "{intruder_log}");
 }

@@ -16,6 +16,7 @@ fn endpoint() -> String {
 }
 
 #[test]
+#[ignore = "needs an S3 server: scripts/test-s3 starts one and runs these"]
 fn checkpoints_in_s3_restore_after_crashes_with_exact_output() {
     // The store reads endpoint and credentials from the environment, as a pod would.
     std::env::set_var("AWS_ENDPOINT_URL", endpoint());
@@ -50,6 +51,7 @@ fn signal(pid: &str, sig: &str) {
 }
 
 #[test]
+#[ignore = "needs an S3 server: scripts/test-s3 starts one and runs these"]
 fn storage_that_stops_answering_fails_checkpoints_not_the_output() {
     std::env::set_var("AWS_ENDPOINT_URL", endpoint());
     let Ok(pid) = std::env::var("WEIR_TEST_S3_PID") else {

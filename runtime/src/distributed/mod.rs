@@ -11,4 +11,5 @@ pub mod coordinator;
 pub mod http;
 pub mod network;
 pub mod protocol;
+pub mod tls;
 pub mod worker;

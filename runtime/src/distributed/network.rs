@@ -21,6 +21,7 @@ use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
 use super::protocol::{self, ChannelKey, Connection, DataHello, JobToken, ProtocolError};
+use super::tls::{self, JobTls};
 use crate::task::Message;
 
 enum Slot {
@@ -34,14 +35,16 @@ enum Slot {
 pub struct DataPlane {
     addr: SocketAddr,
     token: JobToken,
+    /// Mutual TLS with the job's other workers, when the job has it.
+    tls: Option<Arc<JobTls>>,
     slots: Mutex<HashMap<ChannelKey, Slot>>,
 }
 
 impl DataPlane {
     /// Listens on `addr`; connections that do not present `token` are dropped.
-    pub async fn bind(addr: SocketAddr, token: JobToken) -> std::io::Result<Arc<DataPlane>> {
+    pub async fn bind(addr: SocketAddr, token: JobToken, tls: Option<Arc<JobTls>>) -> std::io::Result<Arc<DataPlane>> {
         let listener = TcpListener::bind(addr).await?;
-        let plane = Arc::new(DataPlane { addr: listener.local_addr()?, token, slots: Mutex::default() });
+        let plane = Arc::new(DataPlane { addr: listener.local_addr()?, token, tls, slots: Mutex::default() });
         let accepting = plane.clone();
         tokio::spawn(async move {
             loop {
@@ -72,9 +75,14 @@ impl DataPlane {
         &self.token
     }
 
+    /// The job's TLS identity, which outbound channels use too.
+    pub fn tls(&self) -> Option<Arc<JobTls>> {
+        self.tls.clone()
+    }
+
     /// Takes a connection's channel; `false` if it was refused.
     async fn accept(&self, stream: TcpStream) -> Result<bool, ProtocolError> {
-        let mut conn = protocol::framed(stream);
+        let mut conn = protocol::framed(tls::server(self.tls.as_deref(), stream).await?);
         let Some(hello) = protocol::recv::<DataHello>(&mut conn).await? else { return Ok(true) };
         if !self.token.admits(hello.token.as_deref()) {
             return Ok(false);
@@ -123,6 +131,7 @@ pub type OnBroken = Arc<dyn Fn(String) + Send + Sync>;
 pub fn spawn_outbound<T: Serialize + Send + 'static>(
     tasks: &mut JoinSet<()>,
     token: &JobToken,
+    tls: Option<Arc<JobTls>>,
     key: ChannelKey,
     to: SocketAddr,
     mut rx: mpsc::Receiver<Message<T>>,
@@ -131,7 +140,7 @@ pub fn spawn_outbound<T: Serialize + Send + 'static>(
     let hello = DataHello { token: token.presented(), channel: key };
     tasks.spawn(async move {
         let result: Result<(), ProtocolError> = async {
-            let mut conn = connect(to).await?;
+            let mut conn = connect(to, tls.as_deref()).await?;
             protocol::send(&mut conn, &hello).await?;
             let mut credits: u64 = 0;
             loop {
@@ -202,12 +211,13 @@ pub fn spawn_inbound<T: DeserializeOwned + Send + 'static>(
     });
 }
 
-async fn connect(to: SocketAddr) -> Result<Connection, ProtocolError> {
+async fn connect(to: SocketAddr, tls: Option<&JobTls>) -> Result<Connection, ProtocolError> {
     let mut delay = Duration::from_millis(10);
     let mut last = None;
     for _ in 0..40 {
         match TcpStream::connect(to).await {
-            Ok(s) => return Ok(protocol::framed(s)),
+            // A refused handshake is not retried: the peer is not of this job.
+            Ok(s) => return Ok(protocol::framed(tls::client(tls, s).await?)),
             Err(e) => last = Some(e),
         }
         tokio::time::sleep(delay).await;
@@ -229,7 +239,7 @@ mod tests {
     #[tokio::test]
     async fn a_shuffle_connection_without_the_job_token_is_dropped_before_it_reaches_a_subtask() {
         let token = JobToken::new(Some("job-secret".into()));
-        let plane = DataPlane::bind("127.0.0.1:0".parse().unwrap(), token).await.unwrap();
+        let plane = DataPlane::bind("127.0.0.1:0".parse().unwrap(), token, None).await.unwrap();
         let key = ChannelKey { epoch: 1, edge: 0, upstream: 0, downstream: 0 };
         let mut arrival = plane.expect(key);
 

@@ -11,18 +11,22 @@ use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+#[cfg(test)]
 use tokio::net::TcpStream;
+
+use super::tls::Io;
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
 use crate::job::fence::Fence;
 use crate::task::error::TaskFailure;
 use crate::task::{Control, Event};
 
-pub type Connection = Framed<TcpStream, LengthDelimitedCodec>;
+/// A framed connection over plain TCP or TLS (`tls`).
+pub type Connection = Framed<Box<dyn Io>, LengthDelimitedCodec>;
 
 /// Frames up to 256 MiB: a batch of large rows must fit.
-pub fn framed(stream: TcpStream) -> Connection {
-    let _ = stream.set_nodelay(true);
+pub fn framed(stream: impl Io + 'static) -> Connection {
+    let stream: Box<dyn Io> = Box::new(stream);
     Framed::new(stream, LengthDelimitedCodec::builder().max_frame_length(256 << 20).new_codec())
 }
 

@@ -21,6 +21,7 @@ use super::network::{DataPlane, OnBroken};
 use super::protocol::{
     self, Connection, JobToken, Placement, ProtocolError, TaskKey, ToCoordinator, ToWorker, WorkerCounters,
 };
+use super::tls::{self, JobTls};
 use crate::checkpoint::{CheckpointStore, Keep, Load};
 use crate::faults::Faults;
 use crate::job::deploy::{all_tasks, Deployment};
@@ -62,6 +63,8 @@ pub struct WorkerOptions {
     pub heartbeat: Duration,
     /// Presented to the coordinator and other workers, and asked of them.
     pub token: JobToken,
+    /// Mutual TLS with the coordinator and the other workers.
+    pub tls: Option<Arc<JobTls>>,
 }
 
 enum SessionEnd {
@@ -99,7 +102,7 @@ impl Attempt {
 
 /// Runs until the coordinator says the job is finished.
 pub async fn run_worker(opts: WorkerOptions) -> Result<(), WorkerError> {
-    let plane = DataPlane::bind(opts.data_bind, opts.token.clone())
+    let plane = DataPlane::bind(opts.data_bind, opts.token.clone(), opts.tls.clone())
         .await
         .map_err(|source| WorkerError::Bind { addr: opts.data_bind, source })?;
     info!(name = %opts.name, data = %plane.addr(), coordinator = %opts.coordinator, "worker started");
@@ -114,9 +117,19 @@ pub async fn run_worker(opts: WorkerOptions) -> Result<(), WorkerError> {
                 continue;
             }
         };
+        let local = stream.local_addr().ok();
+        let stream = match tls::client(opts.tls.as_deref(), stream).await {
+            Ok(s) => s,
+            Err(e) => {
+                warn!("no TLS session with the coordinator at {}: {e}; retrying in {backoff:?}", opts.coordinator);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                continue;
+            }
+        };
         backoff = Duration::from_millis(100);
         let mut conn = protocol::framed(stream);
-        match session(&mut conn, &plane, &opts).await {
+        match session(&mut conn, local, &plane, &opts).await {
             SessionEnd::Shutdown => {
                 info!("the job is finished; worker exits");
                 return Ok(());
@@ -140,8 +153,13 @@ fn network_task() -> TaskId {
     TaskId { stage: usize::MAX, name: Arc::from("network"), subtask: 0, parallelism: 0 }
 }
 
-async fn session(conn: &mut Connection, plane: &Arc<DataPlane>, opts: &WorkerOptions) -> SessionEnd {
-    let local = conn.get_ref().local_addr().ok();
+/// `local`: this end of the connection, the address peers reach us at.
+async fn session(
+    conn: &mut Connection,
+    local: Option<SocketAddr>,
+    plane: &Arc<DataPlane>,
+    opts: &WorkerOptions,
+) -> SessionEnd {
     let data_addr = advertised(plane.addr(), local);
     let register = ToCoordinator::Register { name: opts.name.clone(), data_addr, token: opts.token.presented() };
     if let Err(e) = protocol::send_within(conn, &register, IDLE_SEND_LIMIT).await {

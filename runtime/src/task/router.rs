@@ -136,7 +136,7 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> Connect for Edge<T> {
                         let to = down_worker.and_then(|i| w.placement.data_addrs.get(i).copied());
                         senders[u as usize].get_or_insert_with(Vec::new).push(tx);
                         if let Some(to) = to {
-                            spawn_outbound(w.pumps, w.plane.token(), key, to, rx, w.on_broken.clone());
+                            spawn_outbound(w.pumps, w.plane.token(), w.plane.tls(), key, to, rx, w.on_broken.clone());
                         }
                     }
                     (false, true) => {

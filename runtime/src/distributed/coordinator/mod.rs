@@ -29,6 +29,7 @@ use tokio::sync::{mpsc, Notify};
 use tracing::{info, warn};
 
 use super::protocol::{JobToken, Placement, TaskKey, ToWorker};
+use super::tls::JobTls;
 use crate::checkpoint::{CheckpointStore, Load};
 use crate::dataflow::JobGraph;
 use crate::job::coordinate::{wall_ms, Loop, Request};
@@ -71,6 +72,8 @@ pub struct CoordinatorOptions {
     pub ignore_checkpoints_before_ms: u64,
     /// What workers and mutating API calls must present.
     pub token: JobToken,
+    /// Mutual TLS on the worker endpoint.
+    pub tls: Option<Arc<JobTls>>,
 }
 
 /// Binds the worker endpoint; returns the shared state and what runs the job.
@@ -110,7 +113,7 @@ pub async fn start(opts: CoordinatorOptions) -> Result<(Arc<Shared>, Coordinator
         retired: Mutex::default(),
     });
     let registered = Arc::new(Notify::new());
-    tokio::spawn(wire::accept_workers(listener, shared.clone(), registered.clone()));
+    tokio::spawn(wire::accept_workers(listener, shared.clone(), registered.clone(), opts.tls.clone()));
     tokio::spawn(heartbeats::watch_heartbeats(shared.clone(), opts.heartbeat_timeout));
     let last_issued = AtomicU64::new(0);
     Ok((shared.clone(), Coordinator { opts, shared, requests, registered, last_issued, found_damaged: Vec::new() }))
@@ -405,6 +408,7 @@ mod tests {
             restart_delay: Duration::ZERO,
             ignore_checkpoints_before_ms: 0,
             token: JobToken::new(None),
+            tls: None,
         }
     }
 

@@ -6,26 +6,39 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::super::protocol::{self, TaskKey, ToCoordinator, ToWorker, WorkerCounters};
+use super::super::tls::{self, Io, JobTls};
 use super::registry::{Shared, WorkerConn};
 use crate::job::coordinate::{wall_ms, ControlPlane};
 use crate::task::error::{FailureKind, TaskFailure};
 use crate::task::{Control, Event, TaskId};
 
-pub(super) async fn accept_workers(listener: TcpListener, shared: Arc<Shared>, registered: Arc<Notify>) {
+pub(super) async fn accept_workers(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    registered: Arc<Notify>,
+    tls: Option<Arc<JobTls>>,
+) {
     let mut next_id = 0u64;
     loop {
         let Ok((stream, peer)) = listener.accept().await else { continue };
         next_id += 1;
         let id = next_id;
         let shared = shared.clone();
-        let registered = registered.clone();
+        let (registered, tls) = (registered.clone(), tls.clone());
         tokio::spawn(async move {
+            let stream = match tls::server(tls.as_deref(), stream).await {
+                Ok(s) => s,
+                Err(e) => {
+                    warn!(%peer, "refused a worker connection: no TLS session: {e}");
+                    return;
+                }
+            };
             let why = match serve_worker(id, stream, &shared, &registered).await {
                 Err(e) => e,
                 Ok(()) => "connection closed".into(),
@@ -36,7 +49,7 @@ pub(super) async fn accept_workers(listener: TcpListener, shared: Arc<Shared>, r
     }
 }
 
-async fn serve_worker(id: u64, stream: TcpStream, shared: &Shared, registered: &Notify) -> Result<(), String> {
+async fn serve_worker(id: u64, stream: Box<dyn Io>, shared: &Shared, registered: &Notify) -> Result<(), String> {
     let mut conn = protocol::framed(stream);
     let Some(ToCoordinator::Register { name, data_addr, token }) =
         protocol::recv::<ToCoordinator>(&mut conn).await.map_err(|e| e.to_string())?

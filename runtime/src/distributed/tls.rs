@@ -1,0 +1,253 @@
+//! Mutual TLS between a job's processes: the coordinator's worker endpoint,
+//! worker registration and the shuffle channels. Every process of a job
+//! holds a certificate signed by the job's own CA and trusts only that CA,
+//! so a process with another job's certificate is refused in the
+//! handshake, and nothing a job sends travels in clear.
+//!
+//! Peers are addressed by pod IP or Service name; the identity checked is
+//! membership of the job, so every certificate carries the one DNS name
+//! [`JOB_NAME`] and clients ask for it whatever address they dial.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::crypto::aws_lc_rs;
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+/// The DNS name in every job certificate, and the name clients ask for.
+pub const JOB_NAME: &str = "weir-job";
+
+/// How long a handshake may take before the connection is dropped.
+const HANDSHAKE_LIMIT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read {what} from {path}: {source}")]
+    Read { what: &'static str, path: PathBuf, source: std::io::Error },
+    #[error("{what}: {reason}")]
+    Pem { what: &'static str, reason: String },
+    #[error("{what}: no {expected} found")]
+    Empty { what: &'static str, expected: &'static str },
+    #[error("invalid TLS set-up: {0}")]
+    Config(String),
+    #[error("TLS is half configured: set {missing} as well as {present}, or neither")]
+    Partial { missing: String, present: String },
+}
+
+/// Any byte stream a framed connection runs on: plain TCP or TLS over it.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// A job's TLS identity: this process's certificate and key, and the job CA.
+pub struct JobTls {
+    connector: TlsConnector,
+    acceptor: TlsAcceptor,
+}
+
+impl std::fmt::Debug for JobTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JobTls")
+    }
+}
+
+/// The environment variables naming the three PEM files.
+pub const ENV_CERT: &str = "WEIR_TLS_CERT";
+pub const ENV_KEY: &str = "WEIR_TLS_KEY";
+pub const ENV_CA: &str = "WEIR_TLS_CA";
+
+impl JobTls {
+    /// From `WEIR_TLS_CERT`, `WEIR_TLS_KEY` and `WEIR_TLS_CA` (PEM file
+    /// paths): all three, or none for plain TCP.
+    pub fn from_env() -> Result<Option<JobTls>, TlsError> {
+        let vars = [ENV_CERT, ENV_KEY, ENV_CA].map(|v| (v, std::env::var_os(v).filter(|p| !p.is_empty())));
+        let (set, unset): (Vec<_>, Vec<_>) = vars.iter().partition(|(_, p)| p.is_some());
+        if set.is_empty() {
+            return Ok(None);
+        }
+        if !unset.is_empty() {
+            let names = |vs: &[&(&str, _)]| vs.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ");
+            return Err(TlsError::Partial { missing: names(&unset), present: names(&set) });
+        }
+        let path = |i: usize| PathBuf::from(vars[i].1.clone().unwrap_or_default());
+        JobTls::from_files(&path(0), &path(1), &path(2)).map(Some)
+    }
+
+    pub fn from_files(cert: &Path, key: &Path, ca: &Path) -> Result<JobTls, TlsError> {
+        let read = |what: &'static str, path: &Path| {
+            std::fs::read(path).map_err(|source| TlsError::Read { what, path: path.to_path_buf(), source })
+        };
+        JobTls::from_pem(&read("the certificate", cert)?, &read("the key", key)?, &read("the job CA", ca)?)
+    }
+
+    pub fn from_pem(cert: &[u8], key: &[u8], ca: &[u8]) -> Result<JobTls, TlsError> {
+        let chain = certs("the certificate", cert)?;
+        let key =
+            PrivateKeyDer::from_pem_slice(key).map_err(|e| TlsError::Pem { what: "the key", reason: e.to_string() })?;
+        let mut roots = RootCertStore::empty();
+        for c in certs("the job CA", ca)? {
+            roots.add(c).map_err(|e| TlsError::Config(format!("the job CA: {e}")))?;
+        }
+        let roots = Arc::new(roots);
+        let provider = Arc::new(aws_lc_rs::default_provider());
+        let config = |e: rustls::Error| TlsError::Config(e.to_string());
+        let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
+            .build()
+            .map_err(|e| TlsError::Config(e.to_string()))?;
+        let server = ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(config)?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain.clone(), key.clone_key())
+            .map_err(config)?;
+        let client = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(config)?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .map_err(config)?;
+        Ok(JobTls { connector: TlsConnector::from(Arc::new(client)), acceptor: TlsAcceptor::from(Arc::new(server)) })
+    }
+
+    /// The client side of a handshake on `tcp`.
+    pub async fn connect(&self, tcp: TcpStream) -> std::io::Result<Box<dyn Io>> {
+        let name = ServerName::try_from(JOB_NAME).map_err(std::io::Error::other)?;
+        let stream = within(self.connector.connect(name, tcp)).await?;
+        Ok(Box::new(stream))
+    }
+
+    /// The server side of a handshake on `tcp`.
+    pub async fn accept(&self, tcp: TcpStream) -> std::io::Result<Box<dyn Io>> {
+        let stream = within(self.acceptor.accept(tcp)).await?;
+        Ok(Box::new(stream))
+    }
+}
+
+async fn within<T>(handshake: impl std::future::Future<Output = std::io::Result<T>>) -> std::io::Result<T> {
+    tokio::time::timeout(HANDSHAKE_LIMIT, handshake).await.map_err(|_| {
+        std::io::Error::new(std::io::ErrorKind::TimedOut, format!("no TLS handshake within {HANDSHAKE_LIMIT:?}"))
+    })?
+}
+
+fn certs(what: &'static str, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::Pem { what, reason: e.to_string() })?;
+    if certs.is_empty() {
+        return Err(TlsError::Empty { what, expected: "PEM certificate" });
+    }
+    Ok(certs)
+}
+
+/// Plain TCP or TLS, as the job is configured: the client side.
+pub async fn client(tls: Option<&JobTls>, tcp: TcpStream) -> std::io::Result<Box<dyn Io>> {
+    let _ = tcp.set_nodelay(true);
+    match tls {
+        Some(t) => t.connect(tcp).await,
+        None => Ok(Box::new(tcp)),
+    }
+}
+
+/// Plain TCP or TLS, as the job is configured: the server side.
+pub async fn server(tls: Option<&JobTls>, tcp: TcpStream) -> std::io::Result<Box<dyn Io>> {
+    let _ = tcp.set_nodelay(true);
+    match tls {
+        Some(t) => t.accept(tcp).await,
+        None => Ok(Box::new(tcp)),
+    }
+}
+
+/// A job's TLS material in PEM: the certificate and key every process of
+/// the job presents, and the job CA that signed it (its key is thrown
+/// away: a new job identity is a new CA).
+#[derive(Clone)]
+pub struct JobIdentity {
+    pub cert: String,
+    pub key: String,
+    pub ca: String,
+}
+
+impl std::fmt::Debug for JobIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JobIdentity { .. }")
+    }
+}
+
+impl JobIdentity {
+    /// A fresh job CA and the one member certificate (for [`JOB_NAME`]) it signs.
+    pub fn generate(job: &str) -> Result<JobIdentity, TlsError> {
+        let gen = |e: rcgen::Error| TlsError::Config(format!("cannot make the job's certificates: {e}"));
+        let ca_key = rcgen::KeyPair::generate().map_err(gen)?;
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(gen)?;
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params.distinguished_name.push(rcgen::DnType::CommonName, format!("weir job CA {job}"));
+        let ca = ca_params.self_signed(&ca_key).map_err(gen)?;
+        let key = rcgen::KeyPair::generate().map_err(gen)?;
+        let mut params = rcgen::CertificateParams::new(vec![JOB_NAME.to_string()]).map_err(gen)?;
+        params.distinguished_name.push(rcgen::DnType::CommonName, format!("weir job {job}"));
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let cert = params.signed_by(&key, &issuer).map_err(gen)?;
+        Ok(JobIdentity { cert: cert.pem(), key: key.serialize_pem(), ca: ca.pem() })
+    }
+
+    pub fn tls(&self) -> Result<JobTls, TlsError> {
+        JobTls::from_pem(self.cert.as_bytes(), self.key.as_bytes(), self.ca.as_bytes())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn identity() -> JobTls {
+        JobIdentity::generate("other").unwrap().tls().unwrap()
+    }
+
+    /// Client `a` talks to server `b`; what the server read, or the error either side saw.
+    async fn exchange(a: &JobTls, b: &JobTls) -> Result<Vec<u8>, String> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = async {
+            let (tcp, _) = listener.accept().await.map_err(|e| e.to_string())?;
+            let mut s = b.accept(tcp).await.map_err(|e| e.to_string())?;
+            let mut got = vec![0u8; 5];
+            s.read_exact(&mut got).await.map_err(|e| e.to_string())?;
+            Ok::<_, String>(got)
+        };
+        let client = async {
+            let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+            let mut c = a.connect(tcp).await.map_err(|e| e.to_string())?;
+            c.write_all(b"hello").await.map_err(|e| e.to_string())?;
+            c.flush().await.map_err(|e| e.to_string())?;
+            Ok::<_, String>(c)
+        };
+        let (got, sent) = tokio::join!(server, client);
+        let _keep_open = sent?;
+        got
+    }
+
+    #[tokio::test]
+    async fn members_of_one_job_talk_and_a_member_of_another_job_is_refused() {
+        let job = JobIdentity::generate("counts").unwrap();
+        let (a, b) = (job.tls().unwrap(), job.tls().unwrap());
+        assert_eq!(exchange(&a, &b).await.unwrap(), b"hello");
+        let stranger = identity();
+        assert!(exchange(&stranger, &b).await.is_err(), "a client with another job's certificate is refused");
+        assert!(exchange(&a, &stranger).await.is_err(), "a server with another job's certificate is refused");
+    }
+
+    #[test]
+    fn half_configured_tls_names_what_is_missing() {
+        let e = TlsError::Partial { missing: ENV_CA.into(), present: format!("{ENV_CERT}, {ENV_KEY}") };
+        assert!(e.to_string().contains("WEIR_TLS_CA"), "{e}");
+        let bad = JobTls::from_pem(b"not pem", b"", b"");
+        assert!(matches!(bad, Err(TlsError::Empty { what: "the certificate", .. })), "{bad:?}");
+    }
+}
