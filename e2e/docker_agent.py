@@ -175,6 +175,10 @@ class Agent:
 
     def free_ip(self):
         used = {p.ip for p in self.pods.values()}
+        # Addresses held by containers this agent does not know (a previous run's).
+        held = docker("network", "inspect", "-f", "{{range .Containers}}{{.IPv4Address}} {{end}}", self.network,
+                      check=False)
+        used |= {a.split("/")[0] for a in held.split()}
         for i in range(2, 255):
             ip = f"{self.prefix}.{i}"
             if ip not in used:
@@ -288,15 +292,24 @@ class Agent:
             if secret is None and not vol["secret"].get("optional"):
                 return None
             data = {k: base64.b64decode(v) for k, v in ((secret or {}).get("data") or {}).items()}
-        for k, v in (data or {}).items():
-            path = os.path.join(local, k)
+        source = vol.get("configMap") or vol.get("secret") or {}
+        mode = source.get("defaultMode", 0o644)
+        files = {k: (k, mode) for k in (data or {})}
+        if source.get("items"):
+            # Only the keys listed, at their paths; a listed key that is missing fails the mount.
+            if any(i["key"] not in (data or {}) for i in source["items"]) and not source.get("optional"):
+                return None
+            files = {i["key"]: (i["path"], i.get("mode", mode)) for i in source["items"] if i["key"] in (data or {})}
+        for k, (name, file_mode) in files.items():
+            path = os.path.join(local, name)
+            v = data[k]
             with open(path, "wb") as f:
                 f.write(v if isinstance(v, bytes) else v.encode())
-            os.chmod(path, 0o644)
+            os.chmod(path, file_mode)
         # As the kubelet does with fsGroup: the group owns it and may write.
         if owner is not None:
-            for root, dirs, files in os.walk(local):
-                for n in [root] + [os.path.join(root, f) for f in files]:
+            for root, _, names in os.walk(local):
+                for n in [root] + [os.path.join(root, f) for f in names]:
                     os.chown(n, 0, owner)
             os.chmod(local, 0o2775 if data is None else 0o2755)
         return local

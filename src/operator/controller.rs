@@ -15,6 +15,7 @@ use kube::runtime::finalizer::{finalizer, Event as FinalizerEvent};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::{json, Value};
 use tracing::{info, warn, Instrument};
+use weir_runtime::distributed::tls::JobIdentity;
 use weir_runtime::job::coordinate::wall_ms;
 use weir_runtime::manifest::DeletionPolicy;
 
@@ -35,7 +36,7 @@ pub enum Error {
     Finalizer(String),
     #[error("streamjob has no namespace")]
     NoNamespace,
-    #[error("cannot make a job token: {0}")]
+    #[error("cannot make a job token or TLS identity: {0}")]
     Token(String),
 }
 
@@ -265,18 +266,26 @@ pub fn merge_patch(old: &Value, new: &Value) -> Value {
     }
 }
 
-/// Creates the job's token Secret unless it exists. A token is never
-/// replaced: pods still running would no longer be admitted.
+/// Creates the job's Secret (token and TLS identity) unless it exists.
+/// Neither is ever replaced: pods still running would no longer be
+/// admitted. A Secret an older operator made without TLS gets its
+/// identity added; pods started from then on use it.
 async fn ensure_token(job: &StreamJob, ctx: &Context, ns: &str) -> Result<(), Error> {
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     let name = plan::token_secret_name(&job.name_any());
-    if secrets.get_opt(&name).await?.is_some() {
+    let identity = || JobIdentity::generate(&job.name_any()).map_err(|e| Error::Token(e.to_string()));
+    if let Some(existing) = secrets.get_opt(&name).await? {
+        if existing.data.as_ref().is_some_and(|d| d.contains_key(plan::TLS_CA_KEY)) {
+            return Ok(());
+        }
+        let patch = serde_json::json!({"stringData": plan::tls_secret_data(&identity()?)});
+        secrets.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
         return Ok(());
     }
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes).map_err(|e| Error::Token(e.to_string()))?;
     let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    match secrets.create(&PostParams::default(), &plan::token_secret(job, &token)).await {
+    match secrets.create(&PostParams::default(), &plan::token_secret(job, &token, &identity()?)).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(e)) if e.code == 409 => Ok(()), // made by a concurrent reconcile
         Err(e) => Err(e.into()),

@@ -7,8 +7,9 @@ use std::hash::{Hash, Hasher};
 
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvFromSource, EnvVar, EnvVarSource,
-    LocalObjectReference, Pod, PodSecurityContext, PodSpec, PodTemplateSpec, ResourceRequirements, Secret,
-    SecretEnvSource, SecretKeySelector, SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+    KeyToPath, LocalObjectReference, Pod, PodSecurityContext, PodSpec, PodTemplateSpec, ResourceRequirements, Secret,
+    SecretEnvSource, SecretKeySelector, SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec, Volume,
+    VolumeMount,
 };
 use k8s_openapi::api::networking::v1::{
     NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort, NetworkPolicySpec,
@@ -18,6 +19,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::Resource;
+use weir_runtime::distributed::tls::JobIdentity;
 use weir_runtime::manifest::{StreamJobSpec, UpgradeMode};
 
 use super::pod_template;
@@ -135,10 +137,27 @@ pub fn token_secret_name(job: &str) -> String {
 }
 
 pub const TOKEN_KEY: &str = "token";
+/// The job's TLS identity in the same Secret: certificate, key, job CA.
+pub const TLS_CERT_KEY: &str = "tls.crt";
+pub const TLS_KEY_KEY: &str = "tls.key";
+pub const TLS_CA_KEY: &str = "ca.crt";
+/// Where job pods find them.
+/// Not under `/etc/weir`: that is the read-only ConfigMap volume of the
+/// coordinator, inside which no mount point can be made.
+pub const TLS_DIR: &str = "/etc/weir-tls";
 
-/// The job's token Secret. The token is made once, when the Secret is
-/// created (never re-applied: a new value would lock out running pods).
-pub fn token_secret(job: &StreamJob, token: &str) -> Secret {
+pub fn tls_secret_data(identity: &JobIdentity) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (TLS_CERT_KEY.to_string(), identity.cert.clone()),
+        (TLS_KEY_KEY.to_string(), identity.key.clone()),
+        (TLS_CA_KEY.to_string(), identity.ca.clone()),
+    ])
+}
+
+/// The job's Secret: its token and its TLS identity. Both are made once,
+/// when the Secret is created (never re-applied: new values would lock
+/// out running pods).
+pub fn token_secret(job: &StreamJob, token: &str, identity: &JobIdentity) -> Secret {
     let name = job.metadata.name.clone().unwrap_or_default();
     Secret {
         metadata: meta(
@@ -147,7 +166,11 @@ pub fn token_secret(job: &StreamJob, token: &str) -> Secret {
             labels(&name, None, None),
             &owner(job),
         ),
-        string_data: Some(BTreeMap::from([(TOKEN_KEY.to_string(), token.to_string())])),
+        string_data: Some({
+            let mut data = tls_secret_data(identity);
+            data.insert(TOKEN_KEY.to_string(), token.to_string());
+            data
+        }),
         type_: Some("Opaque".into()),
         ..Secret::default()
     }
@@ -801,6 +824,32 @@ fn pod(
             Vec::new(),
         ),
     };
+    // Mutual TLS with the job's other pods, from the job's Secret.
+    let (mut envs, mut mounts, mut volumes) = (envs, mounts, volumes);
+    for (var, key) in [("WEIR_TLS_CERT", TLS_CERT_KEY), ("WEIR_TLS_KEY", TLS_KEY_KEY), ("WEIR_TLS_CA", TLS_CA_KEY)] {
+        envs.push(env(var, format!("{TLS_DIR}/{key}")));
+    }
+    mounts.push(VolumeMount {
+        name: "tls".into(),
+        mount_path: TLS_DIR.into(),
+        read_only: Some(true),
+        ..VolumeMount::default()
+    });
+    volumes.push(Volume {
+        name: "tls".into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(token_secret_name(&name)),
+            items: Some(
+                [TLS_CERT_KEY, TLS_KEY_KEY, TLS_CA_KEY]
+                    .map(|k| KeyToPath { key: k.into(), path: k.into(), mode: None })
+                    .to_vec(),
+            ),
+            // Readable by the job's group (fsGroup), by nobody else.
+            default_mode: Some(0o440),
+            ..SecretVolumeSource::default()
+        }),
+        ..Volume::default()
+    });
     let resources = spec.resources.as_ref().map(|r| ResourceRequirements {
         requests: Some(r.requests.iter().map(|(k, v)| (k.clone(), Quantity(v.clone()))).collect())
             .filter(|m: &BTreeMap<_, _>| !m.is_empty()),

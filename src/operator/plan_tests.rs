@@ -140,6 +140,28 @@ fn job_pods_pull_their_image_with_the_operators_pull_secrets() {
 }
 
 #[test]
+fn every_job_pod_talks_mutual_tls_with_the_identity_in_the_jobs_secret() {
+    let mut j = job(|_| {});
+    let p = step(&mut j, &Observed { now_ms: T0, ..Observed::default() });
+    for pod in &p.pods {
+        let spec = pod.spec.as_ref().unwrap();
+        let tls = spec.volumes.as_ref().unwrap().iter().find(|v| v.name == "tls").expect("a tls volume");
+        assert_eq!(tls.secret.as_ref().unwrap().secret_name.as_deref(), Some("counts-token"));
+        let c = &spec.containers[0];
+        assert!(c.volume_mounts.as_ref().unwrap().iter().any(|m| m.name == "tls" && m.mount_path == TLS_DIR));
+        let env: Vec<_> = c.env.as_ref().unwrap().iter().map(|e| (e.name.as_str(), e.value.clone())).collect();
+        for (var, file) in [("WEIR_TLS_CERT", "tls.crt"), ("WEIR_TLS_KEY", "tls.key"), ("WEIR_TLS_CA", "ca.crt")] {
+            assert!(env.contains(&(var, Some(format!("{TLS_DIR}/{file}")))), "{var} in {env:?}");
+        }
+    }
+    let identity = JobIdentity::generate("counts").unwrap();
+    let secret = token_secret(&j, "t0k3n", &identity);
+    let data = secret.string_data.unwrap();
+    assert_eq!(data.keys().collect::<Vec<_>>(), ["ca.crt", "tls.crt", "tls.key", "token"]);
+    assert!(identity.tls().is_ok(), "the identity makes a working TLS set-up");
+}
+
+#[test]
 fn a_running_job_reports_its_latest_checkpoint_and_is_ready() {
     let mut j = job(|_| {});
     step(&mut j, &Observed { now_ms: T0, ..Observed::default() });
