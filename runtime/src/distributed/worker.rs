@@ -108,20 +108,10 @@ pub async fn run_worker(opts: WorkerOptions) -> Result<(), WorkerError> {
     info!(name = %opts.name, data = %plane.addr(), coordinator = %opts.coordinator, "worker started");
     let mut backoff = Duration::from_millis(100);
     loop {
-        let stream = match TcpStream::connect(&opts.coordinator).await {
+        let (stream, local) = match connect(&opts).await {
             Ok(s) => s,
-            Err(e) => {
-                warn!("cannot reach the coordinator at {}: {e}; retrying in {backoff:?}", opts.coordinator);
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(2));
-                continue;
-            }
-        };
-        let local = stream.local_addr().ok();
-        let stream = match tls::client(opts.tls.as_deref(), stream).await {
-            Ok(s) => s,
-            Err(e) => {
-                warn!("no TLS session with the coordinator at {}: {e}; retrying in {backoff:?}", opts.coordinator);
+            Err(why) => {
+                warn!("{why}; retrying in {backoff:?}");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(2));
                 continue;
@@ -140,6 +130,18 @@ pub async fn run_worker(opts: WorkerOptions) -> Result<(), WorkerError> {
             SessionEnd::Wedged(e) => return Err(e),
         }
     }
+}
+
+/// A connection to the coordinator (TLS if the job has it), and this end's address.
+async fn connect(opts: &WorkerOptions) -> Result<(Box<dyn tls::Io>, Option<SocketAddr>), String> {
+    let tcp = TcpStream::connect(&opts.coordinator)
+        .await
+        .map_err(|e| format!("cannot reach the coordinator at {}: {e}", opts.coordinator))?;
+    let local = tcp.local_addr().ok();
+    let stream = tls::client(opts.tls.as_deref(), tcp)
+        .await
+        .map_err(|e| format!("no TLS session with the coordinator at {}: {e}", opts.coordinator))?;
+    Ok((stream, local))
 }
 
 async fn next_event(current: &mut Option<Attempt>) -> Option<(u64, Event)> {
