@@ -373,10 +373,11 @@ class Agent:
                 raise Refused("ContainerCreating", f"volume {m['name']} is not ready (unbound claim or missing source)")
             source = os.path.join(local, m["subPath"]) if m.get("subPath") else local
             args += ["-v", f"{source}:{m['mountPath']}" + (":ro" if m.get("readOnly") else "")]
-        for k, v in self.env_for(pod, c).items():
+        # Resolved once: each resolution reads the Secrets and ConfigMaps it refers to.
+        env = self.env_for(pod, c)
+        for k, v in env.items():
             args += ["-e", f"{k}={v}"]
         command, cargs = c.get("command"), c.get("args") or []
-        env = self.env_for(pod, c)
         command = [expand(x, env) for x in command] if command else None
         cargs = [expand(x, env) for x in cargs]
         if command:
