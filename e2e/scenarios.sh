@@ -41,6 +41,9 @@ container_of() {
   docker ps -q --filter "label=weir-e2e.pod=default/$1" --filter status=running | head -1
 }
 pod_ip() { kubectl get pod "$1" -o jsonpath='{.status.podIP}'; }
+# A job's current pod in slot N (0 the coordinator, 1 + i worker i): pods
+# are named per attempt, and status.deployed.pods says which are current.
+current() { kubectl get sj "$1" -o jsonpath="{.status.deployed.pods[$2]}"; }
 # Every key's counts are exactly 1..n, with ROWS updates in all, over KEYS
 # keys (0: any number; a generator with many keys does not draw them all).
 exact() {
@@ -78,7 +81,9 @@ helm=helm
 "$helm" install weir "$root/charts/weir" --namespace weir-system --create-namespace \
   --set image.repository=weir --set image.tag=dev --set image.pullPolicy=Never \
   --set checkpoints.defaultStorage="file:///data/storage" --set leaderElection.enabled=true \
-  --set podDisruptionBudget.enabled=false > "$dir/notes.txt"  # policy/v1 needs 1.21; this API server is 1.20
+  --set podDisruptionBudget.enabled=false --set nodeLostAfter=5s \
+  --set 'nodeSelector.kubernetes\.io/hostname=weir-node-a' \
+  > "$dir/notes.txt"  # policy/v1 needs 1.21; this API server is 1.20
 kubectl -n weir-system rollout status deployment/weir --timeout=60s > /dev/null || fail "operator not ready"
 grep -q "kubectl apply -f examples/kubernetes/volume.yaml -f examples/kubernetes/counts.yaml" "$dir/notes.txt" \
   || fail "NOTES.txt does not say how to run the example: $(cat "$dir/notes.txt")"
@@ -121,7 +126,7 @@ echo "$row" | awk '{exit !($2 == "Running" && $4 ~ /^[0-9]+$/)}' || fail "kubect
 token=$(kubectl get secret counts-token -o jsonpath='{.data.token}' | base64 -d)
 [ "${#token}" = 64 ] || fail "no job token Secret"
 kubectl get configmap counts-job -o yaml | grep -q "$token" && fail "the job token leaked into the ConfigMap"
-code=$(curl -s -o /dev/null -w '%{http_code}' -X POST "http://$(pod_ip counts-coordinator):8081/v1/savepoints")
+code=$(curl -s -o /dev/null -w '%{http_code}' -X POST "http://$(pod_ip "$(current counts 0)"):8081/v1/savepoints")
 [ "$code" = 401 ] || fail "a savepoint without the job token was not refused ($code)"
 scenario "kubectl apply -f examples/kubernetes/counts.yaml; Ready; status.checkpoints.latest.id advances ($first -> $later); job token Secret, unauthenticated savepoint refused, NetworkPolicy" "$t"
 
@@ -136,23 +141,24 @@ tcpdump -i "$bridge" -U -w "$dir/capture.pcap" tcp and not port 8081 2> "$dir/tc
 capture=$!
 sleep 1
 before=$(kubectl get sj counts -o jsonpath='{.status.checkpoints.latest.id}')
-old_uid=$(kubectl get pod counts-worker-1 -o jsonpath='{.metadata.uid}')
+old_pod=$(current counts 2)
 killed_ms=$(date +%s%3N)
-docker kill -s KILL "$(container_of counts-worker-1)" > /dev/null
+docker kill -s KILL "$(container_of "$old_pod")" > /dev/null
 for _ in $(seq 1 200); do
-  uid=$(kubectl get pod counts-worker-1 -o jsonpath='{.metadata.uid}' 2> /dev/null || true)
-  [ -n "$uid" ] && [ "$uid" != "$old_uid" ] && break
+  new_pod=$(current counts 2)
+  [ "$new_pod" != "$old_pod" ] && kubectl get pod "$new_pod" > /dev/null 2>&1 && break
   sleep 0.05
 done
 after_ms=$(( $(date +%s%3N) - killed_ms ))
 [ "$after_ms" -ge 1000 ] || fail "worker recreated ${after_ms}ms after the kill, before the 1s restart delay"
 for _ in $(seq 1 60); do
   [ "$(kubectl get sj counts -o jsonpath='{.status.restarts.count}')" = 1 ] && \
-    [ "$(kubectl get pod counts-worker-1 -o jsonpath='{.status.phase}' 2> /dev/null)" = Running ] && \
+    [ "$(kubectl get pod "$new_pod" -o jsonpath='{.status.phase}' 2> /dev/null)" = Running ] && \
     [ "$(kubectl get sj counts -o jsonpath='{.status.restoredFrom}')" -ge "$before" ] 2> /dev/null && break
   sleep 0.5
 done
 [ "$(kubectl get sj counts -o jsonpath='{.status.restarts.lastFailure.exitCode}')" = 137 ] || fail "no failure recorded"
+[ "$(kubectl get sj counts -o jsonpath='{.status.restarts.failures}')" = 1 ] || fail "one kill counted as more than one failure"
 restored=$(kubectl get sj counts -o jsonpath='{.status.restoredFrom}')
 [ "${restored:-0}" -ge "$before" ] || fail "resumed from checkpoint ${restored:-none}, older than $before"
 sleep 2
@@ -165,28 +171,29 @@ captured=$(stat -c %s "$dir/capture.pcap")
 if grep -aqF -e "$token" -e "counts-worker-" "$dir/capture.pcap"; then
   fail "the job token or a worker's name crossed the network in clear"
 fi
-scenario "kill -9 of a worker: failed (137), recreated ${after_ms}ms later (delay 1s), resumed from checkpoint $restored >= $before; ${captured} bytes captured meanwhile, no token or name in clear (mutual TLS)" "$t"
+scenario "kill -9 of a worker: failed (137), replaced by $new_pod ${after_ms}ms later (delay 1s), resumed from checkpoint $restored >= $before; ${captured} bytes captured meanwhile, no token or name in clear (mutual TLS)" "$t"
 
 t=$(date +%s)
 before=$(kubectl get sj counts -o jsonpath='{.status.checkpoints.latest.id}')
-old_uid=$(kubectl get pod counts-coordinator -o jsonpath='{.metadata.uid}')
-docker kill -s KILL "$(container_of counts-coordinator)" > /dev/null
+old_pod=$(current counts 0)
+docker kill -s KILL "$(container_of "$old_pod")" > /dev/null
 # The new coordinator itself says where it resumed from.
 restored=""
 for _ in $(seq 1 60); do
-  if [ "$(kubectl get pod counts-coordinator -o jsonpath='{.metadata.uid}' 2> /dev/null)" != "$old_uid" ]; then
-    restored=$(curl -s "http://$(pod_ip counts-coordinator):8081/v1/job" 2> /dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin).get("restoredFrom") or "")' 2> /dev/null || true)
+  new_pod=$(current counts 0)
+  if [ "$new_pod" != "$old_pod" ]; then
+    restored=$(curl -s "http://$(pod_ip "$new_pod"):8081/v1/job" 2> /dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin).get("restoredFrom") or "")' 2> /dev/null || true)
     [ -n "$restored" ] && break
   fi
   sleep 0.5
 done
 [ "$(kubectl get sj counts -o jsonpath='{.status.restarts.count}')" = 2 ] || fail "coordinator failure not restarted"
-[ "$(kubectl get sj counts -o jsonpath='{.status.restarts.lastFailure.pod}')" = counts-coordinator ] || fail "failure not attributed"
+[ "$(kubectl get sj counts -o jsonpath='{.status.restarts.lastFailure.pod}')" = "$old_pod" ] || fail "failure not attributed"
 [ "${restored:-0}" -ge "$before" ] || fail "the new coordinator resumed from checkpoint ${restored:-none}, older than $before"
 scenario "kill -9 of the coordinator: recreated, resumed from checkpoint $restored >= $before" "$t"
 
 wait_phase() {
-  for _ in $(seq 1 120); do
+  for _ in $(seq 1 $(( ${3:-60} * 2 ))); do
     [ "$(kubectl get sj "${2:-counts}" -o jsonpath='{.status.phase}')" = "$1" ] && return 0
     sleep 0.5
   done
@@ -340,7 +347,7 @@ kubectl get events --field-selector involvedObject.name=broken,reason=RestartBud
 restarts=$(kubectl get sj broken -o jsonpath='{.status.restarts.count}')
 sleep 4
 [ "$(kubectl get sj broken -o jsonpath='{.status.restarts.count}')" = "$restarts" ] || fail "restarted after giving up"
-kubectl get pod broken-coordinator > /dev/null || fail "failed pods are kept for their logs"
+kubectl get pod "$(current broken 0)" > /dev/null || fail "failed pods are kept for their logs"
 kubectl get sj broken -o jsonpath='{.status.restarts.lastFailure}' | grep -q coordinator || fail "last failure not recorded"
 why=$(kubectl get sj broken -o jsonpath='{.status.restarts.lastFailure.message}')
 echo "$why" | grep -q "bad.jsonl:2" || fail "the failure's cause is not in status: '$why'"
@@ -368,11 +375,13 @@ for _ in $(seq 1 120); do
 done
 [ "$reason" = OOMKilled ] || fail "a worker over its memory limit was reported as '${reason:-nothing}', not OOMKilled"
 oom_pod=$(kubectl get sj hungry -o jsonpath='{.status.restarts.lastFailure.pod}')
+slot=$(kubectl get sj hungry -o jsonpath='{.status.deployed.pods}' | python3 -c 'import json,sys; p=json.load(sys.stdin); print([i for i,n in enumerate(p) if n.rsplit("-",1)[0]==sys.argv[1].rsplit("-",1)[0]][0])' "$oom_pod")
 for _ in $(seq 1 60); do
-  [ "$(kubectl get pod "$oom_pod" -o jsonpath='{.status.phase}' 2> /dev/null)" = Running ] && break
+  replacement=$(current hungry "$slot")
+  [ "$replacement" != "$oom_pod" ] && [ "$(kubectl get pod "$replacement" -o jsonpath='{.status.phase}' 2> /dev/null)" = Running ] && break
   sleep 0.5
 done
-[ "$(kubectl get pod "$oom_pod" -o jsonpath='{.status.phase}')" = Running ] || fail "$oom_pod not recreated after OOMKilled"
+[ "$(kubectl get pod "$replacement" -o jsonpath='{.status.phase}')" = Running ] || fail "$oom_pod not replaced after OOMKilled"
 # The user raises the limit; the job goes on from its last checkpoint.
 kubectl patch sj hungry --type=merge -p '{"spec":{"resources":{"limits":{"memory":"1Gi"}}}}' > /dev/null
 wait_phase Finished hungry
@@ -387,12 +396,13 @@ for _ in $(seq 1 60); do
   [ -n "$(kubectl get sj frozen -o jsonpath='{.status.checkpoints.latest.id}')" ] && break
   sleep 0.5
 done
-coordinator_uid=$(kubectl get pod frozen-coordinator -o jsonpath='{.metadata.uid}')
-docker pause "$(container_of frozen-coordinator)" > /dev/null
+frozen_pod=$(current frozen 0)
+coordinator_uid=$(kubectl get pod "$frozen_pod" -o jsonpath='{.metadata.uid}')
+docker pause "$(container_of "$frozen_pod")" > /dev/null
 sleep 12
-docker unpause "$(docker ps -q --filter label=weir-e2e.pod=default/frozen-coordinator --filter status=paused)" > /dev/null
+docker unpause "$(docker ps -q --filter "label=weir-e2e.pod=default/$frozen_pod" --filter status=paused)" > /dev/null
 wait_phase Finished frozen
-[ "$(kubectl get pod frozen-coordinator -o jsonpath='{.metadata.uid}')" = "$coordinator_uid" ] \
+[ "$(current frozen 0)" = "$frozen_pod" ] && [ "$(kubectl get pod "$frozen_pod" -o jsonpath='{.metadata.uid}')" = "$coordinator_uid" ] \
   || fail "the paused coordinator's pod was replaced"
 exact "$dir/pv/output/frozen" 600000 100 || fail "output after the coordinator's pause not exact"
 scenario "coordinator container paused 12 s (docker pause, past the workers' lease) and resumed: job finished, output exact" "$t"
@@ -411,3 +421,48 @@ wait_phase Finished orphaned
 [ "$(kubectl get pods -l weir.dev/job=orphaned -o name | sort | uniq -d)" = "" ] || fail "a pod twice"
 exact "$dir/pv/output/orphaned" 600000 100 || fail "output after the operator's kill not exact"
 scenario "the operator's container killed right after kubectl apply: its replacement deployed the job; output exact" "$t"
+
+t=$(date +%s)
+# A node is lost, as in a power cut: its agent stops reporting and every
+# container on it freezes. The job's pods all run there (they prefer node
+# b; the operator is on node a). Once the node has been NotReady for
+# nodeLostAfter, the operator counts one failure for the three pods, deletes
+# them with no grace period (no kubelet is left to confirm their end) and
+# recreates them on node a under new names; the job resumes from its last
+# checkpoint and its output is exact.
+sed -e 's/count: 600000/count: 1200000/' \
+    -e 's/^      volumes:/      affinity: {nodeAffinity: {preferredDuringSchedulingIgnoredDuringExecution: [{weight: 100, preference: {matchExpressions: [{key: kubernetes.io\/hostname, operator: In, values: [weir-node-b]}]}}]}}\n      volumes:/' \
+    <(variant stranded) > "$dir/stranded.yaml"
+kubectl apply -f "$dir/stranded.yaml" > /dev/null
+wait_condition streamjob/stranded Ready 60 || fail "stranded not Ready"
+for _ in $(seq 1 60); do
+  [ -n "$(kubectl get sj stranded -o jsonpath='{.status.checkpoints.latest.id}')" ] && break
+  sleep 0.5
+done
+placed=$(kubectl get pods -l weir.dev/job=stranded -o jsonpath='{range .items[*]}{.spec.nodeName}{"\n"}{end}' | sort -u)
+[ "$placed" = weir-node-b ] || fail "the job's pods are not all on weir-node-b: $placed"
+lost_pods=$(kubectl get sj stranded -o jsonpath='{.status.deployed.pods[*]}')
+kill -STOP "${agents[1]}"
+docker ps -q --filter label=weir-e2e.node=weir-node-b | xargs -r docker pause > /dev/null
+lost_at=$(date +%s)
+reason=""
+for _ in $(seq 1 180); do
+  reason=$(kubectl get sj stranded -o jsonpath='{.status.restarts.lastFailure.reason}')
+  [ -n "$reason" ] && break
+  sleep 0.5
+done
+[ "$reason" = NodeLost ] || fail "the lost node was reported as '${reason:-nothing}', not NodeLost"
+detected=$(( $(date +%s) - lost_at ))
+wait_phase Finished stranded 180
+for p in $lost_pods; do
+  kubectl get pod "$p" > /dev/null 2>&1 && fail "pod $p of the lost node was not deleted"
+done
+moved=$(kubectl get pods -l weir.dev/job=stranded -o jsonpath='{range .items[*]}{.spec.nodeName}{"\n"}{end}' | sort -u)
+[ "$moved" = weir-node-a ] || fail "the replacements are not on weir-node-a: $moved"
+[ "$(kubectl get sj stranded -o jsonpath='{.status.restarts.failures}')" = 1 ] \
+  || fail "one lost node with three pods counted $(kubectl get sj stranded -o jsonpath='{.status.restarts.failures}') failures"
+exact "$dir/pv/output/stranded" 1200000 100 || fail "output after the node loss not exact"
+# The node does not come back as it was: its frozen processes are gone.
+docker ps -q --filter label=weir-e2e.node=weir-node-b | xargs -r docker rm -f > /dev/null
+kill -CONT "${agents[1]}"
+scenario "node lost (agent stopped, containers frozen): NodeLost after ${detected}s, 3 pods force-deleted and recreated on the other node, one failure; output exact (1200000 once)" "$t"

@@ -38,8 +38,8 @@ done
 kubectl get configmap counts-job > /dev/null
 kubectl get service counts-coordinator > /dev/null
 pods=$(kubectl get pods -l weir.dev/job=counts -o name | sort | tr '\n' ' ')
-[ "$pods" = "pod/counts-coordinator pod/counts-worker-0 " ] || { echo "FAIL: pods are '$pods'"; exit 1; }
-owner=$(kubectl get pod counts-worker-0 -o jsonpath='{.metadata.ownerReferences[0].kind}')
+[ "$pods" = "pod/counts-coordinator-1 pod/counts-worker-0-1 " ] || { echo "FAIL: pods are '$pods'"; exit 1; }
+owner=$(kubectl get pod counts-worker-0-1 -o jsonpath='{.metadata.ownerReferences[0].kind}')
 [ "$owner" = "StreamJob" ] || { echo "FAIL: owner is '$owner'"; exit 1; }
 gen=$(kubectl get sj counts -o jsonpath='{.status.observedGeneration}')
 [ "$gen" = "$(kubectl get sj counts -o jsonpath='{.metadata.generation}')" ] || { echo "FAIL: observedGeneration $gen"; exit 1; }

@@ -66,7 +66,7 @@ done
 kubectl get --raw /readyz > /dev/null
 "$bin/kube-controller-manager" --kubeconfig "$dir/kubeconfig" --leader-elect=false --bind-address 127.0.0.1 \
   --secure-port 0 --controllers '*,-nodeipam' --service-account-private-key-file sa.key \
-  --root-ca-file ca.crt \
+  --root-ca-file ca.crt --node-monitor-grace-period 12s --node-monitor-period 2s \
   --use-service-account-credentials=false > controller-manager.log 2>&1 &
 echo $! > controller-manager.pid
 "$bin/kube-scheduler" --kubeconfig "$dir/kubeconfig" --leader-elect=false --bind-address 127.0.0.1 --secure-port 0 \

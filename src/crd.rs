@@ -93,20 +93,52 @@ pub struct Failure {
     pub time: String,
 }
 
+/// The restart budget as Flink's restart strategies keep it.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct RestartStatus {
-    /// Restarts so far.
+    /// Restarts since the job was created.
     pub count: u32,
+    /// Failures since the budget was last reset (by a spec change, a new
+    /// `restartNonce` or a resume from Failed): what `fixedDelay` counts.
+    #[serde(default)]
+    pub failures: u32,
     /// When the pending restart happens (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_restart_at: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_failure: Option<Failure>,
-    /// Times of recent failures (ms since the epoch), oldest first; what
-    /// failure-rate and exponential-delay strategies count.
+    /// Times of the latest failures (ms since the epoch), oldest first, at
+    /// most `maxFailuresPerInterval` of them: what `failureRate` counts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failure_times_ms: Vec<u64>,
+    /// Failures in a row, each within `resetBackoffThreshold` of the one
+    /// before: what `exponentialDelay`'s backoff grows with.
+    #[serde(default)]
+    pub backoff_streak: u32,
+}
+
+/// What the operator deployed, like Flink's `lastReconciledSpec`: a job
+/// keeps its image and checkpoint storage through failovers and operator
+/// upgrades, and only a change of its own spec moves it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DeployedStatus {
+    /// SHA-256 of the canonical JSON of the spec fields the pods run.
+    pub digest: String,
+    pub image: String,
+    pub checkpoint_storage: String,
+    /// The failover attempt of the newest pods; each attempt's pods have
+    /// their own names.
+    pub attempt: u32,
+    /// The job's current pods: the coordinator, then workers 0, 1, ...
+    /// Any other pod of the job is stale and is deleted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pods: Vec<String>,
+    /// Whether the current pods were created; until then their absence
+    /// is expected, not a failure.
+    #[serde(default)]
+    pub created: bool,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema, PartialEq)]
@@ -134,9 +166,9 @@ pub struct StreamJobStatus {
     pub restored_from: Option<u64>,
     #[serde(default)]
     pub restarts: RestartStatus,
-    /// Hash of the spec the pods run; a different hash means an upgrade.
+    /// What the pods run; a different spec digest means an upgrade.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub deployed_spec_hash: Option<String>,
+    pub deployed: Option<DeployedStatus>,
     /// The last `restartNonce` acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restart_nonce: Option<i64>,
@@ -201,7 +233,8 @@ mod tests {
 #[cfg(test)]
 mod example_tests {
     use super::*;
-    use crate::operator::plan::{self, Observed, Settings};
+    use crate::operator::objects::Settings;
+    use crate::operator::plan::{self, Observed};
 
     /// Every StreamJob in `examples/kubernetes/` as the operator would see it.
     fn kubernetes_examples() -> Vec<(String, StreamJob)> {
@@ -233,12 +266,13 @@ mod example_tests {
             default_storage: None,
             credentials_secret: None,
             network_policies: true,
+            node_lost_after_ms: 60_000,
         };
         for (path, job) in jobs {
             let p = plan::plan(&job, &Observed::default(), &settings);
             assert!(p.status.conditions.iter().all(|c| c.reason != "InvalidSpec"), "{path}: {:?}", p.status.conditions);
-            assert_eq!(p.pods.len() as u32, 1 + job.spec.0.workers, "{path}");
-            for pod in &p.pods {
+            assert_eq!(p.create.len() as u32, 1 + job.spec.0.workers, "{path}");
+            for pod in &p.create {
                 let mounts = pod.spec.as_ref().and_then(|s| s.containers[0].volume_mounts.clone()).unwrap_or_default();
                 assert!(mounts.iter().any(|m| m.mount_path == "/data"), "{path}: {:?}", pod.metadata.name);
             }

@@ -89,6 +89,10 @@ enum Command {
         /// Give each job a NetworkPolicy admitting only its own pods (and anyone to its HTTP API port).
         #[arg(long, env = "WEIR_NETWORK_POLICIES", default_value_t = true, action = clap::ArgAction::Set)]
         network_policies: bool,
+        /// How long a node may be NotReady or Unknown before the job pods on it count as lost:
+        /// force-deleted and replaced, one failure per job (e.g. 60s).
+        #[arg(long, env = "WEIR_NODE_LOST_AFTER", default_value = "60s", value_parser = humantime::parse_duration)]
+        node_lost_after: std::time::Duration,
         /// Elect a leader among replicas through this Lease (`NAMESPACE/NAME`).
         #[arg(long, env = "WEIR_LEADER_LEASE")]
         leader_lease: Option<String>,
@@ -162,6 +166,7 @@ fn main() -> ExitCode {
                 default_storage,
                 job_credentials_secret,
                 network_policies,
+                node_lost_after,
             } => {
                 let leader_election = match leader_lease.as_deref().map(|l| l.split_once('/')) {
                     None => None,
@@ -172,13 +177,14 @@ fn main() -> ExitCode {
                 };
                 operator::run::run(operator::run::OperatorOptions {
                     namespaces: namespaces.into_iter().filter(|n| !n.is_empty()).collect(),
-                    settings: operator::plan::Settings {
+                    settings: operator::objects::Settings {
                         job_image,
                         image_pull_policy,
                         default_storage,
                         credentials_secret: job_credentials_secret,
                         network_policies,
                         image_pull_secrets: image_pull_secrets.into_iter().filter(|s| !s.is_empty()).collect(),
+                        node_lost_after_ms: node_lost_after.as_millis() as u64,
                     },
                     health,
                     coordinator_url,

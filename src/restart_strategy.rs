@@ -1,8 +1,14 @@
-//! What to do about a failed job pod, given the job's restart strategy and
-//! its recent failures. Pure: times are plain milliseconds since the epoch.
+//! The restart budget: what to do about a failure, given the job's restart
+//! strategy and the budget kept in its status. Pure: times are plain
+//! milliseconds since the epoch. The semantics are Flink's restart
+//! strategies': `fixedDelay` allows `attempts` restarts in all,
+//! `failureRate` fails on the `maxFailuresPerInterval`-th failure within
+//! `interval`, and `exponentialDelay` never gives up.
 
 use weir_runtime::keygroup::mix64;
 use weir_runtime::manifest::{ExponentialDelay, RestartStrategyKind};
+
+use crate::crd::RestartStatus;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum RestartDecision {
@@ -12,16 +18,29 @@ pub enum RestartDecision {
     GiveUp { reason: String },
 }
 
-/// `failures` are the times of failures so far, oldest first, including
-/// the one being decided about; `seed` varies the jitter per job.
-pub fn next_restart(strategy: &RestartStrategyKind, failures: &[u64], now: u64, seed: u64) -> RestartDecision {
-    let n = failures.len() as u64;
+/// Counts one failure at `now` into `budget` and decides. `seed` varies
+/// the jitter per job. Call it once per failover, never per pod.
+pub fn record_failure(
+    budget: &mut RestartStatus,
+    strategy: &RestartStrategyKind,
+    now: u64,
+    seed: u64,
+) -> RestartDecision {
+    budget.failures = budget.failures.saturating_add(1);
+    let previous = budget.failure_times_ms.last().copied();
     match strategy {
-        RestartStrategyKind::None => RestartDecision::GiveUp { reason: "restartStrategy is none".into() },
+        RestartStrategyKind::None => {
+            budget.failure_times_ms = vec![now];
+            RestartDecision::GiveUp { reason: "restartStrategy is none".into() }
+        }
         RestartStrategyKind::FixedDelay(f) => {
-            if n > f.attempts as u64 {
+            budget.failure_times_ms = vec![now];
+            if budget.failures > f.attempts {
                 RestartDecision::GiveUp {
-                    reason: format!("fixedDelay allows {} restarts and the job failed {n} times", f.attempts),
+                    reason: format!(
+                        "fixedDelay allows {} restarts and the job failed {} times",
+                        f.attempts, budget.failures
+                    ),
                 }
             } else {
                 RestartDecision::RestartAt(now + f.delay.get().as_millis() as u64)
@@ -29,42 +48,46 @@ pub fn next_restart(strategy: &RestartStrategyKind, failures: &[u64], now: u64, 
         }
         RestartStrategyKind::FailureRate(f) => {
             let window = f.interval.get().as_millis() as u64;
-            let recent = failures.iter().filter(|t| now.saturating_sub(**t) < window).count() as u32;
-            if recent > f.max_failures_per_interval {
+            let keep = f.max_failures_per_interval.max(1) as usize;
+            budget.failure_times_ms.push(now);
+            let excess = budget.failure_times_ms.len().saturating_sub(keep);
+            budget.failure_times_ms.drain(..excess);
+            let oldest = budget.failure_times_ms.first().copied().unwrap_or(now);
+            if budget.failure_times_ms.len() >= keep && now.saturating_sub(oldest) <= window {
                 RestartDecision::GiveUp {
                     reason: format!(
-                        "failureRate allows {} failures per {} and the job failed {recent} times",
-                        f.max_failures_per_interval, f.interval
+                        "failureRate allows fewer than {} failures per {} and the job failed {keep} times since {}",
+                        f.max_failures_per_interval,
+                        f.interval,
+                        crate::operator::plan::rfc3339(oldest)
                     ),
                 }
             } else {
                 RestartDecision::RestartAt(now + f.delay.get().as_millis() as u64)
             }
         }
-        RestartStrategyKind::ExponentialDelay(e) => RestartDecision::RestartAt(now + backoff_ms(e, failures, seed)),
+        RestartStrategyKind::ExponentialDelay(e) => {
+            let reset = e.reset_backoff_threshold.get().as_millis() as u64;
+            budget.backoff_streak = match previous {
+                Some(p) if now.saturating_sub(p) < reset => budget.backoff_streak.saturating_add(1),
+                _ => 1,
+            };
+            budget.failure_times_ms = vec![now];
+            RestartDecision::RestartAt(now + backoff_ms(e, budget.backoff_streak, seed ^ budget.failures as u64))
+        }
     }
 }
 
 /// The delay before the next restart: `initialBackoff * multiplier^(k-1)`
-/// for the k-th failure since the job last ran for `resetBackoffThreshold`
-/// without failing, capped at `maxBackoff`, varied by up to `jitter`.
-pub fn backoff_ms(e: &ExponentialDelay, failures: &[u64], seed: u64) -> u64 {
-    let reset = e.reset_backoff_threshold.get().as_millis() as u64;
-    let mut streak = 0u32;
-    let mut previous: Option<u64> = None;
-    for &t in failures {
-        streak = match previous {
-            Some(p) if t.saturating_sub(p) >= reset => 1,
-            _ => streak + 1,
-        };
-        previous = Some(t);
-    }
+/// for the k-th failure in a row (`streak`), capped at `maxBackoff`,
+/// varied by up to `jitter`.
+pub fn backoff_ms(e: &ExponentialDelay, streak: u32, seed: u64) -> u64 {
     let initial = e.initial_backoff.get().as_millis() as f64;
     let max = e.max_backoff.get().as_millis() as f64;
-    let base = (initial * e.multiplier.powi(streak.saturating_sub(1) as i32)).min(max);
+    let base = (initial * e.multiplier.powi(streak.saturating_sub(1).min(1024) as i32)).min(max);
     // A deterministic factor in [-1, 1] per job and failure, so replays of
     // a reconcile agree on the time.
-    let unit = (mix64(seed ^ failures.len() as u64) >> 11) as f64 / (1u64 << 53) as f64;
+    let unit = (mix64(seed) >> 11) as f64 / (1u64 << 53) as f64;
     let jittered = base * (1.0 + e.jitter * (2.0 * unit - 1.0));
     jittered.clamp(0.0, max.max(initial)) as u64
 }
@@ -81,33 +104,66 @@ mod tests {
         HumanDuration(Duration::from_secs(s))
     }
 
+    /// Failures at the given times, one decision each.
+    fn failures(strategy: &RestartStrategyKind, times: &[u64]) -> Vec<RestartDecision> {
+        let mut budget = RestartStatus::default();
+        times.iter().map(|t| record_failure(&mut budget, strategy, *t, 7)).collect()
+    }
+
+    fn gives_up(d: &RestartDecision) -> bool {
+        matches!(d, RestartDecision::GiveUp { .. })
+    }
+
     #[test]
     fn no_restart_gives_up_at_the_first_failure() {
-        assert!(matches!(next_restart(&RestartStrategyKind::None, &[1000], 1000, 0), RestartDecision::GiveUp { .. }));
+        assert!(gives_up(&failures(&RestartStrategyKind::None, &[1000])[0]));
     }
 
     #[test]
     fn fixed_delay_gives_up_after_the_last_attempt() {
         let s = RestartStrategyKind::FixedDelay(FixedDelay { attempts: 2, delay: secs(5) });
-        assert_eq!(next_restart(&s, &[0], 1_000, 0), RestartDecision::RestartAt(6_000));
-        assert_eq!(next_restart(&s, &[0, 10_000], 10_000, 0), RestartDecision::RestartAt(15_000));
-        let RestartDecision::GiveUp { reason } = next_restart(&s, &[0, 10_000, 20_000], 20_000, 0) else {
-            panic!("a third failure exceeds 2 attempts")
-        };
+        let d = failures(&s, &[1_000, 10_000, 20_000]);
+        assert_eq!(d[..2], [RestartDecision::RestartAt(6_000), RestartDecision::RestartAt(15_000)]);
+        let RestartDecision::GiveUp { reason } = &d[2] else { panic!("a third failure exceeds 2 attempts") };
         assert!(reason.contains("allows 2 restarts"), "{reason}");
     }
 
     #[test]
-    fn failure_rate_counts_only_failures_inside_the_interval() {
+    fn fixed_delay_budgets_beyond_32_attempts_run_out_too() {
+        let s = RestartStrategyKind::FixedDelay(FixedDelay { attempts: 50, delay: secs(1) });
+        let d = failures(&s, &(0..51).map(|i| i * 60_000).collect::<Vec<_>>());
+        assert!(d[..50].iter().all(|d| !gives_up(d)));
+        assert!(gives_up(&d[50]), "the 51st failure spends a budget of 50");
+    }
+
+    #[test]
+    fn failure_rate_fails_on_the_nth_failure_inside_the_interval() {
         let s = RestartStrategyKind::FailureRate(FailureRate {
-            max_failures_per_interval: 2,
+            max_failures_per_interval: 3,
             interval: secs(60),
             delay: secs(1),
         });
-        assert_eq!(next_restart(&s, &[0, 30_000], 30_000, 0), RestartDecision::RestartAt(31_000));
-        assert!(matches!(next_restart(&s, &[0, 30_000, 50_000], 50_000, 0), RestartDecision::GiveUp { .. }));
-        // The first failure has left the window.
-        assert_eq!(next_restart(&s, &[0, 30_000, 70_000], 70_000, 0), RestartDecision::RestartAt(71_000));
+        let d = failures(&s, &[0, 30_000, 50_000]);
+        assert_eq!(d[..2], [RestartDecision::RestartAt(1_000), RestartDecision::RestartAt(31_000)]);
+        assert!(gives_up(&d[2]), "three failures within 60 s with a limit of 3: {d:?}");
+        // Spread out, the oldest has left the window each time.
+        let d = failures(&s, &[0, 30_000, 61_000, 95_000, 130_000]);
+        assert!(d.iter().all(|d| !gives_up(d)), "{d:?}");
+    }
+
+    #[test]
+    fn failure_rate_keeps_no_more_times_than_it_counts() {
+        let s = RestartStrategyKind::FailureRate(FailureRate {
+            max_failures_per_interval: 2,
+            interval: secs(1),
+            delay: secs(1),
+        });
+        let mut budget = RestartStatus::default();
+        for t in 0..100 {
+            record_failure(&mut budget, &s, t * 10_000, 0);
+        }
+        assert_eq!(budget.failure_times_ms, [980_000, 990_000]);
+        assert_eq!(budget.failures, 100);
     }
 
     #[test]
@@ -119,11 +175,18 @@ mod tests {
             reset_backoff_threshold: secs(600),
             jitter: 0.0,
         };
-        let delays: Vec<u64> =
-            (1..=6).map(|k| backoff_ms(&e, &(0..k).map(|i| i * 1000).collect::<Vec<_>>(), 0)).collect();
-        assert_eq!(delays, [1000, 2000, 4000, 8000, 10_000, 10_000]);
+        let s = RestartStrategyKind::ExponentialDelay(e);
+        let times = [0, 1_000, 2_000, 3_000, 4_000, 5_000, 5_000 + 600_000];
+        let delays: Vec<u64> = failures(&s, &times)
+            .iter()
+            .zip(times)
+            .map(|(d, t)| match d {
+                RestartDecision::RestartAt(at) => at - t,
+                RestartDecision::GiveUp { .. } => panic!("exponentialDelay never gives up"),
+            })
+            .collect();
         // Ten quiet minutes later the streak starts over.
-        assert_eq!(backoff_ms(&e, &[0, 1000, 2000, 2000 + 600_000], 0), 1000);
+        assert_eq!(delays, [1000, 2000, 4000, 8000, 10_000, 10_000, 1000]);
     }
 
     #[test]
@@ -135,7 +198,7 @@ mod tests {
             reset_backoff_threshold: secs(3600),
             jitter: 0.2,
         };
-        let samples: Vec<u64> = (0..200).map(|seed| backoff_ms(&e, &[0], seed)).collect();
+        let samples: Vec<u64> = (0..200).map(|seed| backoff_ms(&e, 1, seed)).collect();
         assert!(samples.iter().all(|d| (8000..=12_000).contains(d)), "{samples:?}");
         assert!(samples.iter().any(|d| *d != 10_000), "jitter varies the delay");
     }
@@ -145,7 +208,7 @@ mod tests {
         let s = RestartStrategyKind::FixedDelay(FixedDelay { attempts: 3, delay: secs(30) });
         let start = tokio::time::Instant::now();
         let failed_at = 1_000_000;
-        let RestartDecision::RestartAt(at) = next_restart(&s, &[failed_at], failed_at, 0) else { panic!() };
+        let RestartDecision::RestartAt(at) = failures(&s, &[failed_at])[0] else { panic!() };
         let now = |t: tokio::time::Instant| failed_at + t.duration_since(start).as_millis() as u64;
         tokio::time::advance(Duration::from_secs(29)).await;
         assert!(now(tokio::time::Instant::now()) < at);

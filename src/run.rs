@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use crate::restart_strategy::{next_restart, RestartDecision};
+use crate::crd::RestartStatus;
+use crate::restart_strategy::{record_failure, RestartDecision};
 use weir_runtime::faults::Faults;
 use weir_runtime::job::coordinate::wall_ms;
 use weir_runtime::job::{run_job, JobConfig};
@@ -23,7 +24,8 @@ pub async fn run(file: &Path, progress_line: bool) -> anyhow::Result<()> {
     let metrics = Arc::new(JobMetrics::default());
     let progress = tokio::spawn(report_progress(metrics.clone(), progress_line && std::io::stderr().is_terminal()));
     let started = Instant::now();
-    let mut failures: Vec<u64> = Vec::new();
+    // The same budget the operator keeps in a StreamJob's status.
+    let mut budget = RestartStatus::default();
     // As a Flink mini cluster does: a failed attempt restarts from the newest
     // completed checkpoint, paced and bounded by spec.restartStrategy.
     let result = loop {
@@ -37,11 +39,10 @@ pub async fn run(file: &Path, progress_line: bool) -> anyhow::Result<()> {
             Err(e) => e,
         };
         let now = wall_ms();
-        failures.push(now);
-        match next_restart(&strategy, &failures, now, seed) {
+        match record_failure(&mut budget, &strategy, now, seed) {
             RestartDecision::RestartAt(at) => {
                 let wait = Duration::from_millis(at.saturating_sub(now));
-                eprintln!("\njob failed: {error}\nrestart {} in {wait:?} (spec.restartStrategy)", failures.len());
+                eprintln!("\njob failed: {error}\nrestart {} in {wait:?} (spec.restartStrategy)", budget.failures);
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
                     _ = tokio::signal::ctrl_c() => break None,
@@ -50,7 +51,7 @@ pub async fn run(file: &Path, progress_line: bool) -> anyhow::Result<()> {
             RestartDecision::GiveUp { reason } => {
                 progress.abort();
                 return Err(anyhow::Error::new(error)
-                    .context(format!("giving up after {} failure(s): {reason}", failures.len())));
+                    .context(format!("giving up after {} failure(s): {reason}", budget.failures)));
             }
         }
     };

@@ -188,7 +188,8 @@ pub struct FixedDelay {
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct FailureRate {
-    /// Failures allowed within `interval`; one more fails the job.
+    /// The number of failures within `interval` that fails the job, as in
+    /// Flink: the job fails on the N-th failure inside any such interval.
     #[schemars(range(min = 1))]
     pub max_failures_per_interval: u32,
     #[serde(default = "default_failure_interval")]

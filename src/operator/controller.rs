@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use k8s_openapi::api::core::v1::{ConfigMap, ContainerStateTerminated, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, ContainerStateTerminated, Node, Pod, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
@@ -20,9 +20,8 @@ use weir_runtime::job::coordinate::wall_ms;
 use weir_runtime::manifest::DeletionPolicy;
 
 use super::coordinator_api::CoordinatorApi;
-use super::plan::{
-    self, Action as PlanAction, Observed, PodPhase, PodView, Role, Settings, HASH_LABEL, JOB_LABEL, ROLE_LABEL,
-};
+use super::objects::{self, Role, Settings, DIGEST_LABEL, JOB_LABEL, ROLE_LABEL};
+use super::plan::{self, Action as PlanAction, Observed, PodPhase, PodView};
 use crate::crd::{SavepointStatus, StreamJob};
 
 pub const FINALIZER: &str = "weir.dev/cleanup";
@@ -77,6 +76,8 @@ pub struct Context {
     pub metrics: Arc<super::metrics::OperatorMetrics>,
     /// Consecutive failed reconciles per `namespace/name`, for backoff.
     pub failures: std::sync::Mutex<std::collections::HashMap<String, u32>>,
+    /// Whether the warning that nodes cannot be read was logged.
+    pub node_warning: std::sync::atomic::AtomicBool,
 }
 
 pub async fn reconcile(job: Arc<StreamJob>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -122,14 +123,21 @@ fn terminated(pod: &Pod) -> Option<&ContainerStateTerminated> {
     pod.status.as_ref()?.container_statuses.as_ref()?.first()?.state.as_ref()?.terminated.as_ref()
 }
 
-fn pod_view(pod: &Pod) -> Option<PodView> {
+/// Since when each node has not been Ready (ms since the epoch); a node
+/// missing from the list has been gone since it was looked at.
+type NodeHealth = std::collections::HashMap<String, Option<u64>>;
+
+fn pod_view(pod: &Pod, nodes: &NodeHealth, now: u64) -> Option<PodView> {
     let labels = pod.metadata.labels.as_ref()?;
     let name = pod.name_any();
     let role = match labels.get(ROLE_LABEL).map(String::as_str) {
         Some("coordinator") => Role::Coordinator,
-        Some("worker") => Role::Worker(name.rsplit('-').next()?.parse().ok()?),
+        // `<job>-worker-<i>-<attempt>`
+        Some("worker") => Role::Worker(name.rsplit('-').nth(1)?.parse().ok()?),
         _ => return None,
     };
+    let node = pod.spec.as_ref().and_then(|s| s.node_name.as_deref());
+    let node_not_ready_since_ms = node.and_then(|n| nodes.get(n).copied().unwrap_or(Some(now)));
     let status = pod.status.as_ref();
     let phase = match status.and_then(|s| s.phase.as_deref()) {
         Some("Pending") | None => PodPhase::Pending,
@@ -143,22 +151,59 @@ fn pod_view(pod: &Pod) -> Option<PodView> {
         name,
         role,
         phase,
-        spec_hash: labels.get(HASH_LABEL).cloned().unwrap_or_default(),
+        digest: labels.get(DIGEST_LABEL).cloned().unwrap_or_default(),
         exit_code: terminated.map(|t| t.exit_code),
         message: terminated.and_then(|t| t.message.clone()),
         reason: terminated.and_then(|t| t.reason.clone()).or_else(|| status.and_then(|s| s.reason.clone())),
         deleting: pod.metadata.deletion_timestamp.is_some(),
+        node_not_ready_since_ms,
     })
+}
+
+/// The Ready condition of the nodes the pods run on. Without the right to
+/// read nodes the operator cannot tell a lost node, and says so once.
+async fn node_health(ctx: &Context, pods: &[Pod], now: u64) -> NodeHealth {
+    let api: Api<Node> = Api::all(ctx.client.clone());
+    let mut health = NodeHealth::new();
+    for name in pods.iter().filter_map(|p| p.spec.as_ref()?.node_name.clone()) {
+        if health.contains_key(&name) {
+            continue;
+        }
+        let since = match api.get_opt(&name).await {
+            Ok(Some(node)) => not_ready_since(&node, now),
+            Ok(None) => Some(now),
+            Err(e) => {
+                if !ctx.node_warning.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    warn!("cannot read node {name}, so pods of lost nodes are not replaced: {e}");
+                }
+                None
+            }
+        };
+        health.insert(name, since);
+    }
+    health
+}
+
+/// When a node stopped being Ready, if it is not.
+fn not_ready_since(node: &Node, now: u64) -> Option<u64> {
+    let ready = node.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == "Ready");
+    match ready {
+        Some(c) if c.status == "True" => None,
+        Some(c) => Some(c.last_transition_time.as_ref().map_or(now, |t| t.0.as_millisecond().max(0) as u64)),
+        None => None,
+    }
 }
 
 async fn observe(job: &StreamJob, ctx: &Context, ns: &str) -> Result<Observed, Error> {
     let name = job.name_any();
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
     let list = pods.list(&ListParams::default().labels(&format!("{JOB_LABEL}={name}"))).await?;
-    let pods = list.items.iter().filter_map(pod_view).collect::<Vec<_>>();
+    let now_ms = wall_ms();
+    let nodes = node_health(ctx, &list.items, now_ms).await;
+    let pods = list.items.iter().filter_map(|p| pod_view(p, &nodes, now_ms)).collect::<Vec<_>>();
     let coordinator_up = pods.iter().any(|p| p.role == Role::Coordinator && p.phase == PodPhase::Running);
     let coordinator = if coordinator_up { ctx.coordinator.view(ns, &name).await } else { None };
-    Ok(Observed { pods, coordinator, now_ms: wall_ms() })
+    Ok(Observed { pods, coordinator, now_ms })
 }
 
 async fn apply(job: Arc<StreamJob>, ctx: &Context) -> Result<Action, Error> {
@@ -207,31 +252,33 @@ async fn apply(job: Arc<StreamJob>, ctx: &Context) -> Result<Action, Error> {
         Api::<NetworkPolicy>::namespaced(ctx.client.clone(), &ns).patch(&np.name_any(), &pp, &Patch::Apply(np)).await?;
     }
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    for pod_name in &p.delete {
-        match pods.delete(pod_name, &DeleteParams::default()).await {
-            Ok(_) => info!(job = %name, pod = %pod_name, "deleted pod"),
+    let force = DeleteParams { grace_period_seconds: Some(0), ..DeleteParams::default() };
+    for (pod_name, params) in
+        p.delete.iter().map(|n| (n, DeleteParams::default())).chain(p.force_delete.iter().map(|n| (n, force.clone())))
+    {
+        match pods.delete(pod_name, &params).await {
+            Ok(_) => info!(job = %name, pod = %pod_name, force = params.grace_period_seconds == Some(0), "deleted pod"),
             Err(kube::Error::Api(e)) if e.code == 404 => {}
             Err(e) => return Err(e.into()),
         }
     }
-    // Pods are created only where none exists: a pod's spec is immutable.
-    let existing: Vec<&str> = observed.pods.iter().map(|p| p.name.as_str()).collect();
-    let creating = p.pods.iter().any(|pod| {
-        let n = pod.name_any();
-        !existing.contains(&n.as_str()) && !p.delete.contains(&n)
-    });
-    if creating {
+    if !p.create.is_empty() {
         ensure_token(&job, ctx, &ns).await?;
     }
-    for pod in &p.pods {
+    for pod in &p.create {
         let pod_name = pod.name_any();
-        if existing.contains(&pod_name.as_str()) && !p.delete.contains(&pod_name) {
-            continue;
+        match pods.create(&PostParams::default(), pod).await {
+            Ok(_) => info!(job = %name, pod = %pod_name, "created pod"),
+            Err(kube::Error::Api(e)) if e.code == 409 => {} // made by a reconcile whose status write was lost
+            // The API server refused the pod (admission, quota, an invalid
+            // field): the user's to fix, so it goes to status and events,
+            // and the job waits instead of retrying at full speed.
+            Err(kube::Error::Api(e)) if (400..500).contains(&e.code) => {
+                refused(&mut p, &job, &pod_name, &e.message);
+                break;
+            }
+            Err(e) => return Err(e.into()),
         }
-        if p.delete.contains(&pod_name) {
-            continue; // recreated once the deletion is observed
-        }
-        pods.patch(&pod_name, &pp, &Patch::Apply(pod)).await?;
     }
 
     for event in &p.events {
@@ -246,6 +293,26 @@ async fn apply(job: Arc<StreamJob>, ctx: &Context) -> Result<Action, Error> {
     }
     ctx.metrics.set_phase(&ns, &name, p.status.phase);
     Ok(if p.requeue_ms == 0 { Action::await_change() } else { Action::requeue(Duration::from_millis(p.requeue_ms)) })
+}
+
+/// A pod the API server refused: the current pods count as not created,
+/// so the next reconcile tries again, and the reason is in status.
+fn refused(p: &mut plan::Plan, job: &StreamJob, pod: &str, why: &str) {
+    if let Some(d) = p.status.deployed.as_mut() {
+        d.created = false;
+    }
+    let message = format!("the API server refused pod {pod}: {why}");
+    let old = job.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
+    let now = plan::rfc3339(wall_ms());
+    let stamp = plan::Stamp { old, generation: job.metadata.generation, now: &now };
+    p.status.conditions.retain(|c| c.type_ != "Ready");
+    let mut ready = Vec::new();
+    plan::set_condition(&mut ready, &stamp, "Ready", false, "PodRejected", &message);
+    p.status.conditions.splice(0..0, ready);
+    if old.iter().all(|c| c.message != message) {
+        p.events.push(plan::Event { warning: true, reason: "PodRejected".into(), note: message });
+    }
+    p.requeue_ms = 30_000;
 }
 
 /// A JSON merge patch from `old` to `new`: fields `new` lacks become
@@ -272,20 +339,20 @@ pub fn merge_patch(old: &Value, new: &Value) -> Value {
 /// identity added; pods started from then on use it.
 async fn ensure_token(job: &StreamJob, ctx: &Context, ns: &str) -> Result<(), Error> {
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
-    let name = plan::token_secret_name(&job.name_any());
+    let name = objects::token_secret_name(&job.name_any());
     let identity = || JobIdentity::generate(&job.name_any()).map_err(|e| Error::Token(e.to_string()));
     if let Some(existing) = secrets.get_opt(&name).await? {
-        if existing.data.as_ref().is_some_and(|d| d.contains_key(plan::TLS_CA_KEY)) {
+        if existing.data.as_ref().is_some_and(|d| d.contains_key(objects::TLS_CA_KEY)) {
             return Ok(());
         }
-        let patch = serde_json::json!({"stringData": plan::tls_secret_data(&identity()?)});
+        let patch = serde_json::json!({"stringData": objects::tls_secret_data(&identity()?)});
         secrets.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
         return Ok(());
     }
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes).map_err(|e| Error::Token(e.to_string()))?;
     let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    match secrets.create(&PostParams::default(), &plan::token_secret(job, &token, &identity()?)).await {
+    match secrets.create(&PostParams::default(), &objects::token_secret(job, &token, &identity()?)).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(e)) if e.code == 409 => Ok(()), // made by a concurrent reconcile
         Err(e) => Err(e.into()),

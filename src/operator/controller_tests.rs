@@ -11,7 +11,8 @@ use serde_json::{json, Value};
 use super::*;
 use crate::operator::coordinator_api::CoordinatorApi;
 use crate::operator::metrics::OperatorMetrics;
-use crate::operator::plan::{CoordinatorView, Settings};
+use crate::operator::objects::ATTEMPT_LABEL;
+use crate::operator::plan::CoordinatorView;
 
 type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 
@@ -74,9 +75,11 @@ fn setup(coordinator: FakeCoordinator) -> Setup {
             default_storage: None,
             credentials_secret: None,
             network_policies: true,
+            node_lost_after_ms: 60_000,
         },
         metrics: Arc::new(OperatorMetrics::default()),
         failures: Default::default(),
+        node_warning: Default::default(),
     });
     Setup { ctx, handle, coordinator, events }
 }
@@ -107,14 +110,24 @@ fn job_json(extra_spec: Value, deleting: bool, storage: &str) -> Value {
     json!({"apiVersion": "weir.dev/v1alpha1", "kind": "StreamJob", "metadata": metadata, "spec": spec})
 }
 
-fn pod_json(name: &str, role: &str, phase: &str, hash: &str) -> Value {
+fn pod_json(name: &str, role: &str, phase: &str, digest: &str) -> Value {
     json!({
         "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "namespace": "jobs", "labels": {JOB_LABEL: "counts", ROLE_LABEL: role, HASH_LABEL: hash}},
+        "metadata": {"name": name, "namespace": "jobs", "labels": {
+            JOB_LABEL: "counts", ROLE_LABEL: role, DIGEST_LABEL: digest.chars().take(32).collect::<String>(), ATTEMPT_LABEL: "1"
+        }},
         "status": {"phase": phase, "containerStatuses": [{
             "name": "weir", "ready": false, "restartCount": 0, "image": "weir:test", "imageID": "",
             "state": {"terminated": {"exitCode": 137, "reason": "Error"}}
         }]}
+    })
+}
+
+/// `status.deployed` of a job whose attempt-1 pods were created.
+fn deployed(digest: &str) -> Value {
+    json!({
+        "digest": digest, "image": "weir:test", "checkpointStorage": "file:///tmp/weir-test-none", "attempt": 1,
+        "pods": ["counts-coordinator-1", "counts-worker-0-1"], "created": true
     })
 }
 
@@ -163,8 +176,8 @@ async fn first_creation_applies_config_map_service_pods_then_status() {
             ("PATCH", "/apis/networking.k8s.io/v1/namespaces/jobs/networkpolicies/counts?", 200, Value::Null),
             ("GET", "/api/v1/namespaces/jobs/secrets/counts-token", 404, not_found()),
             ("POST", "/api/v1/namespaces/jobs/secrets?", 201, Value::Null),
-            ("PATCH", "/api/v1/namespaces/jobs/pods/counts-coordinator?", 200, Value::Null),
-            ("PATCH", "/api/v1/namespaces/jobs/pods/counts-worker-0?", 200, Value::Null),
+            ("POST", "/api/v1/namespaces/jobs/pods?", 201, Value::Null),
+            ("POST", "/api/v1/namespaces/jobs/pods?", 201, Value::Null),
             ("PATCH", "/apis/weir.dev/v1alpha1/namespaces/jobs/streamjobs/counts/status?", 200, job.clone()),
         ],
     ));
@@ -185,7 +198,11 @@ async fn first_creation_applies_config_map_service_pods_then_status() {
     let env = seen[6].2["spec"]["containers"][0]["env"].to_string();
     assert!(env.contains("counts-token") && !env.contains(&token), "pods read the token from the Secret: {env}");
     assert_eq!(seen[6].2["metadata"]["ownerReferences"][0]["kind"], "StreamJob");
+    assert_eq!(seen[6].2["metadata"]["name"], "counts-coordinator-1");
+    assert_eq!(seen[7].2["metadata"]["name"], "counts-worker-0-1");
     let status = &seen[8].2["status"];
+    assert_eq!(status["deployed"]["pods"], json!(["counts-coordinator-1", "counts-worker-0-1"]));
+    assert_eq!(status["deployed"]["created"], true);
     assert_eq!(status["phase"], "Starting");
     assert_eq!(status["observedGeneration"], 2);
     assert_eq!(action, Action::requeue(Duration::from_millis(1000)));
@@ -196,11 +213,11 @@ async fn first_creation_applies_config_map_service_pods_then_status() {
 async fn a_failed_pod_records_the_failure_and_schedules_a_restart() {
     let s = setup(FakeCoordinator::default());
     let mut job = job_json(json!({}), false, "file:///tmp/weir-test-none");
-    let hash = plan::spec_hash(&parse(&job).spec.0);
-    job["status"] = json!({"phase": "Running", "deployedSpecHash": hash, "restarts": {"count": 0}});
+    let hash = plan::spec_digest(&parse(&job).spec.0);
+    job["status"] = json!({"phase": "Running", "deployed": deployed(&hash), "restarts": {"count": 0}});
     let pods = pod_list(vec![
-        pod_json("counts-coordinator", "coordinator", "Running", &hash),
-        pod_json("counts-worker-0", "worker", "Failed", &hash),
+        pod_json("counts-coordinator-1", "coordinator", "Running", &hash),
+        pod_json("counts-worker-0-1", "worker", "Failed", &hash),
     ]);
     let server = tokio::spawn(serve(
         s.handle,
@@ -210,7 +227,7 @@ async fn a_failed_pod_records_the_failure_and_schedules_a_restart() {
     let seen = server.await.unwrap();
     let status = &seen[1].2["status"];
     assert_eq!(status["phase"], "Restarting");
-    assert_eq!(status["restarts"]["lastFailure"]["pod"], "counts-worker-0");
+    assert_eq!(status["restarts"]["lastFailure"]["pod"], "counts-worker-0-1");
     assert_eq!(status["restarts"]["lastFailure"]["exitCode"], 137);
     assert!(status["restarts"]["nextRestartAt"].is_string());
     assert!(s.events.0.lock().unwrap().iter().any(|e| e.warning && e.reason == "PodFailed"));
@@ -220,11 +237,11 @@ async fn a_failed_pod_records_the_failure_and_schedules_a_restart() {
 async fn suspend_deletes_the_pods_and_keeps_state() {
     let s = setup(FakeCoordinator::default());
     let mut job = job_json(json!({"suspend": true}), false, "file:///tmp/weir-test-none");
-    let hash = plan::spec_hash(&parse(&job).spec.0);
-    job["status"] = json!({"phase": "Running", "deployedSpecHash": hash});
+    let hash = plan::spec_digest(&parse(&job).spec.0);
+    job["status"] = json!({"phase": "Running", "deployed": deployed(&hash)});
     let pods = pod_list(vec![
-        pod_json("counts-coordinator", "coordinator", "Running", &hash),
-        pod_json("counts-worker-0", "worker", "Running", &hash),
+        pod_json("counts-coordinator-1", "coordinator", "Running", &hash),
+        pod_json("counts-worker-0-1", "worker", "Running", &hash),
     ]);
     let server = tokio::spawn(serve(
         s.handle,
@@ -232,17 +249,73 @@ async fn suspend_deletes_the_pods_and_keeps_state() {
             ("GET", "/pods?", 200, pods),
             (
                 "DELETE",
-                "/pods/counts-coordinator",
+                "/pods/counts-coordinator-1",
                 200,
-                pod_json("counts-coordinator", "coordinator", "Running", &hash),
+                pod_json("counts-coordinator-1", "coordinator", "Running", &hash),
             ),
-            ("DELETE", "/pods/counts-worker-0", 200, pod_json("counts-worker-0", "worker", "Running", &hash)),
+            ("DELETE", "/pods/counts-worker-0-1", 200, pod_json("counts-worker-0-1", "worker", "Running", &hash)),
             ("PATCH", "/streamjobs/counts/status?", 200, job.clone()),
         ],
     ));
     reconcile(parse(&job), s.ctx.clone()).await.expect("reconcile succeeds");
     let seen = server.await.unwrap();
     assert_eq!(seen[3].2["status"]["phase"], "Suspended");
+}
+
+#[tokio::test]
+async fn a_pod_the_api_server_refuses_is_a_condition_and_a_warning_not_a_retry_storm() {
+    let s = setup(FakeCoordinator::default());
+    let job = job_json(json!({}), false, "file:///tmp/weir-test-none");
+    let forbidden = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Forbidden", "code": 403,
+        "message": "pods \"counts-coordinator-1\" is forbidden: exceeded quota: jobs-quota, requested: cpu=2"});
+    let server = tokio::spawn(serve(
+        s.handle,
+        vec![
+            ("GET", "/api/v1/namespaces/jobs/pods?", 200, pod_list(vec![])),
+            ("PATCH", "/configmaps/counts-job?", 200, Value::Null),
+            ("PATCH", "/services/counts-coordinator?", 200, Value::Null),
+            ("PATCH", "/networkpolicies/counts?", 200, Value::Null),
+            ("GET", "/secrets/counts-token", 404, not_found()),
+            ("POST", "/secrets?", 201, Value::Null),
+            ("POST", "/api/v1/namespaces/jobs/pods?", 403, forbidden),
+            ("PATCH", "/streamjobs/counts/status?", 200, job.clone()),
+        ],
+    ));
+    let action = reconcile(parse(&job), s.ctx.clone()).await.expect("a refusal is the user's to fix, not an error");
+    let seen = server.await.unwrap();
+    let status = &seen[7].2["status"];
+    let ready = status["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Ready").unwrap().clone();
+    assert_eq!(ready["reason"], "PodRejected");
+    assert!(ready["message"].as_str().unwrap().contains("exceeded quota"), "{ready}");
+    assert_eq!(status["deployed"]["created"], false, "the next reconcile tries again");
+    assert_eq!(action, Action::requeue(Duration::from_secs(30)));
+    let events = s.events.0.lock().unwrap();
+    assert!(events.iter().any(|e| e.warning && e.reason == "PodRejected" && e.note.contains("exceeded quota")));
+}
+
+#[tokio::test]
+async fn a_pod_of_a_node_not_ready_past_the_grace_period_is_a_node_lost_failure() {
+    let s = setup(FakeCoordinator::default());
+    let mut job = job_json(json!({}), false, "file:///tmp/weir-test-none");
+    let hash = plan::spec_digest(&parse(&job).spec.0);
+    job["status"] = json!({"phase": "Running", "deployed": deployed(&hash)});
+    let mut worker = pod_json("counts-worker-0-1", "worker", "Running", &hash);
+    worker["spec"] = json!({"nodeName": "node-b", "containers": [{"name": "weir"}]});
+    let pods = pod_list(vec![pod_json("counts-coordinator-1", "coordinator", "Running", &hash), worker]);
+    let node = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-b"},
+        "status": {"conditions": [{"type": "Ready", "status": "Unknown", "lastTransitionTime": "2020-01-01T00:00:00Z"}]}});
+    let server = tokio::spawn(serve(
+        s.handle,
+        vec![
+            ("GET", "/pods?", 200, pods),
+            ("GET", "/api/v1/nodes/node-b", 200, node),
+            ("PATCH", "/streamjobs/counts/status?", 200, job.clone()),
+        ],
+    ));
+    reconcile(parse(&job), s.ctx.clone()).await.expect("reconcile succeeds");
+    let seen = server.await.unwrap();
+    let failure = &seen[2].2["status"]["restarts"]["lastFailure"];
+    assert_eq!((failure["pod"].as_str(), failure["reason"].as_str()), (Some("counts-worker-0-1"), Some("NodeLost")));
 }
 
 #[tokio::test]

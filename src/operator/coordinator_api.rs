@@ -13,7 +13,8 @@ use serde_json::Value;
 
 use k8s_openapi::api::core::v1::Secret;
 
-use super::plan::{coordinator_name, rfc3339, token_secret_name, CoordinatorView, HTTP_PORT, TOKEN_KEY};
+use super::objects::{coordinator_name, token_secret_name, HTTP_PORT, TOKEN_KEY};
+use super::plan::{rfc3339, CoordinatorView};
 use crate::crd::CheckpointRef;
 
 #[async_trait]

@@ -3,7 +3,10 @@
 //! the resource's status true.
 //!
 //! # Layout
-//! - [`plan`]: desired objects, restarts and status from what was observed (pure).
+//! - [`plan`]: the step a reconcile takes (an explicit decision in priority
+//!   order: invalid, suspend, finished, failed, redeploy, failover, restart,
+//!   run) and the plan that carries it out, with the status to write (pure).
+//! - [`objects`]: the job's pods, Service, ConfigMap, Secret and NetworkPolicy (pure).
 //! - [`pod_template`]: merging `spec.podTemplate` into the job pods (pure).
 //! - [`controller`]: one reconcile (observe, plan, apply, status) and the finalizer.
 //! - [`coordinator_api`]: reading a job's coordinator and asking it for savepoints.
@@ -15,6 +18,7 @@ pub mod controller;
 pub mod coordinator_api;
 pub mod leader;
 pub mod metrics;
+pub mod objects;
 pub mod plan;
 pub mod pod_template;
 pub mod run;

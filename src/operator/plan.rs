@@ -1,58 +1,25 @@
-//! The pure heart of a reconcile: from the job and what was observed, the
-//! objects that should exist, the pods to delete, the actions to take, and
-//! the status to write. No I/O; tested with plain values.
+//! The pure heart of a reconcile: from the job, its status and what was
+//! observed, one [`Step`] (what to do, decided in one place in priority
+//! order), then the [`Plan`] that carries it out: objects to apply, pods to
+//! create and delete, coordinator calls and the status to write. No I/O;
+//! tested with plain values.
+//!
+//! Each failover is one attempt with pods of its own names
+//! (`<job>-worker-<i>-<attempt>`), recorded in `status.deployed`. A pod of
+//! the current attempt that fails, vanishes, is evicted or sits on a lost
+//! node is one failure however many reconciles see it; pods of older
+//! attempts are stale, never a failure, and are deleted (forcibly when
+//! their node is lost) before the new attempt's pods start.
 
 use std::collections::BTreeMap;
-use std::hash::{Hash, Hasher};
 
-use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvFromSource, EnvVar, EnvVarSource,
-    KeyToPath, LocalObjectReference, Pod, PodSecurityContext, PodSpec, PodTemplateSpec, ResourceRequirements, Secret,
-    SecretEnvSource, SecretKeySelector, SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec, Volume,
-    VolumeMount,
-};
-use k8s_openapi::api::networking::v1::{
-    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort, NetworkPolicySpec,
-};
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::Resource;
-use weir_runtime::distributed::tls::JobIdentity;
-use weir_runtime::manifest::{StreamJobSpec, UpgradeMode};
+use sha2::{Digest, Sha256};
+use weir_runtime::manifest::{CheckpointOptions, StreamJobSpec, UpgradeMode};
 
+use super::objects::{self, pod_name, Deployment, Role, Settings, MAX_JOB_NAME};
 use super::pod_template;
-use crate::crd::{CheckpointRef, Condition, Failure, Phase, StreamJob, StreamJobStatus};
-use crate::restart_strategy::{next_restart, RestartDecision};
-
-pub const JOB_LABEL: &str = "weir.dev/job";
-pub const ROLE_LABEL: &str = "weir.dev/role";
-pub const HASH_LABEL: &str = "weir.dev/spec-hash";
-pub const WORKER_PORT: i32 = 6123;
-pub const HTTP_PORT: i32 = 8081;
-
-/// Operator-wide settings: defaults for what a spec leaves out.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    pub job_image: String,
-    pub image_pull_policy: String,
-    /// Checkpoint storage for jobs that keep the built-in default.
-    pub default_storage: Option<String>,
-    /// A Secret whose keys become environment variables of job pods.
-    pub credentials_secret: Option<String>,
-    /// Give every job a NetworkPolicy that admits only its own pods, and
-    /// anyone to the coordinator's HTTP port.
-    pub network_policies: bool,
-    /// Secrets job pods pull their image with (`imagePullSecrets`).
-    pub image_pull_secrets: Vec<String>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    Coordinator,
-    Worker(u32),
-}
+use crate::crd::{CheckpointRef, Condition, DeployedStatus, Failure, Phase, RestartStatus, StreamJob, StreamJobStatus};
+use crate::restart_strategy::{record_failure, RestartDecision};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PodPhase {
@@ -69,12 +36,15 @@ pub struct PodView {
     pub name: String,
     pub role: Role,
     pub phase: PodPhase,
-    pub spec_hash: String,
+    /// Its `weir.dev/spec-digest` label.
+    pub digest: String,
     pub exit_code: Option<i32>,
     pub reason: Option<String>,
     /// The terminated container's message (see [`Failure::message`]).
     pub message: Option<String>,
     pub deleting: bool,
+    /// Since when its node has not been Ready (ms since the epoch).
+    pub node_not_ready_since_ms: Option<u64>,
 }
 
 /// What the coordinator's API said, if it answered.
@@ -112,11 +82,15 @@ pub struct Event {
 
 #[derive(Debug, Default)]
 pub struct Plan {
-    pub config_map: Option<ConfigMap>,
-    pub service: Option<Service>,
-    pub network_policy: Option<NetworkPolicy>,
-    pub pods: Vec<Pod>,
+    pub config_map: Option<k8s_openapi::api::core::v1::ConfigMap>,
+    pub service: Option<k8s_openapi::api::core::v1::Service>,
+    pub network_policy: Option<k8s_openapi::api::networking::v1::NetworkPolicy>,
+    /// Pods to create: current pods that do not exist yet.
+    pub create: Vec<k8s_openapi::api::core::v1::Pod>,
     pub delete: Vec<String>,
+    /// Pods of a lost node: deleted with no grace period, since no kubelet
+    /// is left to confirm their end.
+    pub force_delete: Vec<String>,
     pub actions: Vec<Action>,
     pub status: StreamJobStatus,
     pub events: Vec<Event>,
@@ -124,66 +98,49 @@ pub struct Plan {
     pub requeue_ms: u64,
 }
 
-/// Names of the objects of job `name`.
-pub fn coordinator_name(job: &str) -> String {
-    format!("{job}-coordinator")
-}
-pub fn worker_name(job: &str, i: u32) -> String {
-    format!("{job}-worker-{i}")
-}
-/// The Secret holding the job's token (key [`TOKEN_KEY`]).
-pub fn token_secret_name(job: &str) -> String {
-    format!("{job}-token")
+/// Why the job is deployed anew.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Redeploy {
+    SpecChanged,
+    RestartRequested,
 }
 
-pub const TOKEN_KEY: &str = "token";
-/// The job's TLS identity in the same Secret: certificate, key, job CA.
-pub const TLS_CERT_KEY: &str = "tls.crt";
-pub const TLS_KEY_KEY: &str = "tls.key";
-pub const TLS_CA_KEY: &str = "ca.crt";
-/// Where job pods find them.
-/// Not under `/etc/weir`: that is the read-only ConfigMap volume of the
-/// coordinator, inside which no mount point can be made.
-pub const TLS_DIR: &str = "/etc/weir-tls";
-
-pub fn tls_secret_data(identity: &JobIdentity) -> BTreeMap<String, String> {
-    BTreeMap::from([
-        (TLS_CERT_KEY.to_string(), identity.cert.clone()),
-        (TLS_KEY_KEY.to_string(), identity.key.clone()),
-        (TLS_CA_KEY.to_string(), identity.ca.clone()),
-    ])
+/// What one reconcile does. [`decide`] takes the first that applies, in
+/// the order of the variants.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    /// The spec is invalid: pods stay as they are, the reason goes to status.
+    Invalid(String),
+    /// `suspend: true`: the pods go (after a savepoint in savepoint mode);
+    /// state and checkpoints stay.
+    Suspend,
+    /// The current coordinator ended successfully: a bounded job is done.
+    Finished,
+    /// The restart budget is spent; stays so until the spec or
+    /// `restartNonce` changes.
+    Failed,
+    /// The spec or `restartNonce` changed: all pods go (per `upgradeMode`)
+    /// and a new attempt starts with a fresh restart budget.
+    Redeploy(Redeploy),
+    /// A current pod failed: one failure counted, a restart scheduled or
+    /// the budget spent.
+    Failover(Failure),
+    /// A restart is scheduled for this time (ms since the epoch).
+    AwaitRestart(u64),
+    /// The scheduled restart is due: failed pods are replaced by pods of a
+    /// new attempt.
+    Restart,
+    /// Keep the current pods: create what is missing, report.
+    Run,
 }
 
-/// The job's Secret: its token and its TLS identity. Both are made once,
-/// when the Secret is created (never re-applied: new values would lock
-/// out running pods).
-pub fn token_secret(job: &StreamJob, token: &str, identity: &JobIdentity) -> Secret {
-    let name = job.metadata.name.clone().unwrap_or_default();
-    Secret {
-        metadata: meta(
-            token_secret_name(&name),
-            job.metadata.namespace.as_deref(),
-            labels(&name, None, None),
-            &owner(job),
-        ),
-        string_data: Some({
-            let mut data = tls_secret_data(identity);
-            data.insert(TOKEN_KEY.to_string(), token.to_string());
-            data
-        }),
-        type_: Some("Opaque".into()),
-        ..Secret::default()
-    }
-}
-
-pub fn config_map_name(job: &str) -> String {
-    format!("{job}-job")
-}
-
-/// A hash of what the pods run; lifecycle fields (suspend, nonces,
-/// restart strategy, deletion policy) do not count, so changing them
-/// restarts nothing.
-pub fn spec_hash(spec: &StreamJobSpec) -> String {
+/// The first 64 hex digits of SHA-256 over the canonical JSON (keys
+/// sorted) of what the pods run. Lifecycle fields (suspend, nonces,
+/// restart strategy, deletion and upgrade policy, the initial savepoint)
+/// are left out, so changing them restarts nothing; so are operator
+/// settings, so an operator upgrade restarts nothing either. Stable across
+/// Rust releases and operator versions, unlike `DefaultHasher`.
+pub fn spec_digest(spec: &StreamJobSpec) -> String {
     let mut s = spec.clone();
     s.suspend = false;
     s.savepoint_nonce = None;
@@ -193,10 +150,539 @@ pub fn spec_hash(spec: &StreamJobSpec) -> String {
     s.upgrade_mode = Default::default();
     // Read only while the job has no checkpoint of its own, like Flink's.
     s.initial_savepoint_path = None;
-    let text = serde_json::to_string(&s).unwrap_or_default();
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    text.hash(&mut h);
-    format!("{:016x}", h.finish())
+    let mut text = String::new();
+    canonical_json(&serde_json::to_value(&s).unwrap_or_default(), &mut text);
+    Sha256::digest(text.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// JSON with object keys sorted and no whitespace, whatever order the
+/// serializer keeps maps in.
+fn canonical_json(v: &serde_json::Value, out: &mut String) {
+    match v {
+        serde_json::Value::Object(map) => {
+            let sorted: BTreeMap<&String, &serde_json::Value> = map.iter().collect();
+            out.push('{');
+            for (i, (k, v)) in sorted.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&serde_json::Value::String(k.clone()).to_string());
+                out.push(':');
+                canonical_json(v, out);
+            }
+            out.push('}');
+        }
+        serde_json::Value::Array(items) => {
+            out.push('[');
+            for (i, v) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                canonical_json(v, out);
+            }
+            out.push(']');
+        }
+        other => out.push_str(&other.to_string()),
+    }
+}
+
+/// Where a job's checkpoints go: its own storage if the spec names one;
+/// else where the job already keeps them (an operator whose default
+/// changed never moves a job's state behind its back); else the
+/// operator's default.
+pub fn effective_storage(spec: &StreamJobSpec, deployed: Option<&DeployedStatus>, settings: &Settings) -> String {
+    if spec.checkpoints.storage != CheckpointOptions::default().storage {
+        return spec.checkpoints.storage.clone();
+    }
+    if let Some(d) = deployed.filter(|d| !d.checkpoint_storage.is_empty()) {
+        return d.checkpoint_storage.clone();
+    }
+    settings.default_storage.clone().unwrap_or_else(|| spec.checkpoints.storage.clone())
+}
+
+/// The roles of a job's pods, in the order of `status.deployed.pods`.
+fn roles(spec: &StreamJobSpec) -> Vec<Role> {
+    std::iter::once(Role::Coordinator).chain((0..spec.workers).map(Role::Worker)).collect()
+}
+
+/// The attempt a pod name ends with.
+fn attempt_of(name: &str) -> u32 {
+    name.rsplit('-').next().and_then(|a| a.parse().ok()).unwrap_or(0)
+}
+
+/// Why a current pod counts as failed, if it does.
+fn failure_of(pod: Option<&PodView>, name: &str, now: u64, settings: &Settings) -> Option<Failure> {
+    let now_text = rfc3339(now);
+    let Some(pod) = pod else {
+        return Some(Failure {
+            pod: name.into(),
+            reason: "PodDeleted".into(),
+            exit_code: None,
+            message: None,
+            time: now_text,
+        });
+    };
+    if let Some(since) = pod.node_not_ready_since_ms.filter(|s| now.saturating_sub(*s) >= settings.node_lost_after_ms) {
+        return Some(Failure {
+            pod: pod.name.clone(),
+            reason: "NodeLost".into(),
+            exit_code: None,
+            message: Some(format!("its node has not been Ready since {}", rfc3339(since))),
+            time: now_text,
+        });
+    }
+    if matches!(pod.phase, PodPhase::Failed | PodPhase::Unknown) {
+        return Some(Failure {
+            pod: pod.name.clone(),
+            reason: pod.reason.clone().unwrap_or_else(|| "Failed".into()),
+            exit_code: pod.exit_code,
+            message: pod.message.as_deref().and_then(failure_message),
+            time: now_text,
+        });
+    }
+    if pod.deleting {
+        // Evicted, drained or deleted by hand: the operator never deletes
+        // a current pod.
+        return Some(Failure {
+            pod: pod.name.clone(),
+            reason: pod.reason.clone().unwrap_or_else(|| "PodDeleted".into()),
+            exit_code: None,
+            message: None,
+            time: now_text,
+        });
+    }
+    None
+}
+
+fn node_lost(pod: &PodView, now: u64, settings: &Settings) -> bool {
+    pod.node_not_ready_since_ms.is_some_and(|s| now.saturating_sub(s) >= settings.node_lost_after_ms)
+}
+
+/// Everything [`decide`] and the step builders share.
+struct Ctx<'a> {
+    job: &'a StreamJob,
+    name: String,
+    spec: &'a StreamJobSpec,
+    old: StreamJobStatus,
+    observed: &'a Observed,
+    settings: &'a Settings,
+    digest: String,
+    now: u64,
+}
+
+impl Ctx<'_> {
+    fn pod(&self, name: &str) -> Option<&PodView> {
+        self.observed.pods.iter().find(|p| p.name == name)
+    }
+
+    /// The current pods' names, or none before the first deployment.
+    fn current(&self) -> &[String] {
+        self.old.deployed.as_ref().map_or(&[], |d| d.pods.as_slice())
+    }
+
+    fn created(&self) -> bool {
+        self.old.deployed.as_ref().is_some_and(|d| d.created)
+    }
+
+    /// Pods that are not deleted yet.
+    fn live(&self) -> impl Iterator<Item = &PodView> {
+        self.observed.pods.iter().filter(|p| !p.deleting)
+    }
+
+    fn coordinator_done(&self) -> bool {
+        self.current().first().and_then(|n| self.pod(n)).is_some_and(|p| p.phase == PodPhase::Succeeded)
+    }
+
+    fn coordinator_running(&self) -> bool {
+        self.observed.coordinator.as_ref().is_some_and(|c| c.state == "Running")
+    }
+
+    /// The current pods that failed, with why.
+    fn failures(&self) -> Vec<(usize, Failure)> {
+        if !self.created() {
+            return Vec::new();
+        }
+        self.current()
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, name)| failure_of(self.pod(name), name, self.now, self.settings).map(|f| (slot, f)))
+            .collect()
+    }
+}
+
+/// What this reconcile does, in priority order.
+fn decide(c: &Ctx<'_>, problems: &[String]) -> Step {
+    if !problems.is_empty() {
+        return Step::Invalid(problems.join("; "));
+    }
+    if c.spec.suspend {
+        return Step::Suspend;
+    }
+    let same_spec = c.old.deployed.as_ref().is_some_and(|d| d.digest == c.digest);
+    if c.coordinator_done() && same_spec {
+        return Step::Finished;
+    }
+    let restart_requested = c.spec.restart_nonce.is_some() && c.spec.restart_nonce != c.old.restart_nonce;
+    if c.old.phase == Phase::Failed && same_spec && !restart_requested {
+        return Step::Failed;
+    }
+    if restart_requested {
+        return Step::Redeploy(Redeploy::RestartRequested);
+    }
+    if c.old.deployed.is_some() && !same_spec {
+        return Step::Redeploy(Redeploy::SpecChanged);
+    }
+    let next_restart = c.old.restarts.next_restart_at.as_deref().and_then(parse_rfc3339);
+    match next_restart {
+        Some(at) if c.now < at => Step::AwaitRestart(at),
+        Some(_) => Step::Restart,
+        None => match c.failures().into_iter().next() {
+            Some((_, failure)) => Step::Failover(failure),
+            None => Step::Run,
+        },
+    }
+}
+
+pub fn plan(job: &StreamJob, observed: &Observed, settings: &Settings) -> Plan {
+    let spec = &job.spec.0;
+    let name = job.metadata.name.clone().unwrap_or_default();
+    let mut problems = spec.problems();
+    if name.len() > MAX_JOB_NAME {
+        problems.push(format!(
+            "metadata.name: at most {MAX_JOB_NAME} characters (pod names add a role, an index and an attempt), got {}",
+            name.len()
+        ));
+    }
+    let template = pod_template::parse(spec.pod_template.as_ref()).unwrap_or_else(|e| {
+        problems.push(e);
+        None
+    });
+    let c = Ctx {
+        job,
+        name,
+        spec,
+        old: job.status.clone().unwrap_or_default(),
+        observed,
+        settings,
+        digest: spec_digest(spec),
+        now: observed.now_ms,
+    };
+    let step = decide(&c, &problems);
+    let mut p = Plan { status: c.old.clone(), requeue_ms: 5_000, ..Plan::default() };
+    p.status.observed_generation = job.metadata.generation;
+
+    // A one-off savepoint, whatever else happens.
+    let new_nonce =
+        spec.savepoint_nonce.is_some() && spec.savepoint_nonce != c.old.last_savepoint.as_ref().and_then(|s| s.nonce);
+    if new_nonce && c.coordinator_running() && !matches!(step, Step::Invalid(_)) {
+        p.actions.push(Action::Savepoint { nonce: spec.savepoint_nonce });
+    }
+
+    match step {
+        Step::Invalid(message) => invalid(&c, &mut p, message),
+        Step::Suspend => suspend(&c, &mut p),
+        Step::Finished => {
+            p.status.phase = Phase::Finished;
+            fill_checkpoints(&mut p.status, observed);
+            p.status.conditions = conditions(&c, Phase::Finished, None, None);
+            p.requeue_ms = 0;
+        }
+        Step::Failed => {
+            p.status.conditions =
+                conditions(&c, Phase::Failed, Some(("RestartBudgetExhausted", "no further restarts")), None);
+            p.requeue_ms = 0;
+        }
+        Step::Redeploy(why) => redeploy(&c, &mut p, why),
+        Step::Failover(failure) => failover(&c, &mut p, failure),
+        Step::AwaitRestart(at) => p.requeue_ms = at - c.now,
+        Step::Restart => {
+            restart(&c, &mut p);
+            run(&c, &mut p, template.as_ref());
+        }
+        Step::Run => run(&c, &mut p, template.as_ref()),
+    }
+    p
+}
+
+fn invalid(c: &Ctx<'_>, p: &mut Plan, message: String) {
+    p.status.conditions = conditions(c, Phase::Failed, Some(("InvalidSpec", &message)), None);
+    if c.old.conditions.iter().all(|x| x.reason != "InvalidSpec" || x.message != message) {
+        p.events.push(Event { warning: true, reason: "InvalidSpec".into(), note: message });
+    }
+    p.requeue_ms = 0;
+}
+
+fn suspend(c: &Ctx<'_>, p: &mut Plan) {
+    let live: Vec<&PodView> = c.live().collect();
+    if !live.is_empty() {
+        if c.spec.upgrade_mode == UpgradeMode::Savepoint && !c.coordinator_done() && c.coordinator_running() {
+            p.actions.push(Action::StopWithSavepoint);
+        } else {
+            delete_pods(c, p, live.into_iter());
+            if let Some(d) = p.status.deployed.as_mut() {
+                d.pods.clear();
+                d.created = false;
+            }
+        }
+    }
+    if c.old.phase != Phase::Suspended {
+        p.events.push(Event {
+            warning: false,
+            reason: "Suspended".into(),
+            note: "job pods deleted, state kept".into(),
+        });
+    }
+    p.status.phase = Phase::Suspended;
+    p.status.conditions = conditions(c, Phase::Suspended, None, checkpoints_healthy(c));
+}
+
+/// Deletes pods, forcibly where their node is lost.
+fn delete_pods<'a>(c: &Ctx<'_>, p: &mut Plan, pods: impl Iterator<Item = &'a PodView>) {
+    for pod in pods {
+        if node_lost(pod, c.now, c.settings) {
+            p.force_delete.push(pod.name.clone());
+        } else if !pod.deleting {
+            p.delete.push(pod.name.clone());
+        }
+    }
+}
+
+fn redeploy(c: &Ctx<'_>, p: &mut Plan, why: Redeploy) {
+    let live: Vec<&PodView> = c.live().collect();
+    let spec_changed = c.old.deployed.as_ref().is_some_and(|d| d.digest != c.digest);
+    if spec_changed
+        && !live.is_empty()
+        && c.spec.upgrade_mode == UpgradeMode::Savepoint
+        && c.coordinator_running()
+        && !c.coordinator_done()
+    {
+        // The new attempt starts once the job stopped with its savepoint.
+        p.actions.push(Action::StopWithSavepoint);
+        p.status.phase = Phase::Starting;
+        p.status.conditions = conditions(c, Phase::Starting, None, None);
+        p.requeue_ms = 1_000;
+        return;
+    }
+    delete_pods(c, p, c.observed.pods.iter());
+    if spec_changed && c.spec.upgrade_mode == UpgradeMode::Stateless {
+        p.status.state_reset_at_ms = Some(c.now);
+    }
+    let attempt = c.old.deployed.as_ref().map_or(0, |d| d.attempt) + 1;
+    p.status.deployed = Some(DeployedStatus {
+        digest: c.digest.clone(),
+        // Defaults are read afresh: a new spec takes the operator's image.
+        image: c.spec.image.clone().unwrap_or_else(|| c.settings.job_image.clone()),
+        checkpoint_storage: effective_storage(c.spec, c.old.deployed.as_ref(), c.settings),
+        attempt,
+        pods: roles(c.spec).into_iter().map(|r| pod_name(&c.name, r, attempt)).collect(),
+        created: false,
+    });
+    // A fresh budget, as after a Flink job is resubmitted.
+    p.status.restarts = RestartStatus { count: c.old.restarts.count, ..RestartStatus::default() };
+    p.status.restart_nonce = c.spec.restart_nonce;
+    let reason = match why {
+        Redeploy::RestartRequested => "RestartRequested",
+        Redeploy::SpecChanged => "Upgrading",
+    };
+    p.events.push(Event {
+        warning: false,
+        reason: reason.into(),
+        note: format!("recreating job pods as attempt {attempt} ({:?})", c.spec.upgrade_mode),
+    });
+    p.status.phase = Phase::Starting;
+    p.status.conditions = conditions(c, Phase::Starting, None, None);
+    p.requeue_ms = 1_000;
+}
+
+fn failover(c: &Ctx<'_>, p: &mut Plan, failure: Failure) {
+    let strategy = c.spec.restart_strategy.kind().unwrap_or(weir_runtime::manifest::RestartStrategyKind::None);
+    let seed = c.job.metadata.uid.as_deref().map_or(0, weir_runtime::keygroup::key_hash);
+    p.status.restarts.last_failure = Some(failure.clone());
+    let note = format!(
+        "pod {} failed: {}{}{}",
+        failure.pod,
+        failure.reason,
+        failure.exit_code.map_or(String::new(), |code| format!(" (exit code {code})")),
+        failure.message.as_deref().map_or(String::new(), |m| format!(": {m}"))
+    );
+    match record_failure(&mut p.status.restarts, &strategy, c.now, seed) {
+        RestartDecision::RestartAt(at) => {
+            p.status.restarts.next_restart_at = Some(rfc3339_millis(at));
+            p.status.phase = Phase::Restarting;
+            p.events.push(Event {
+                warning: true,
+                reason: "PodFailed".into(),
+                note: format!("{note}; restarting at {}", rfc3339_millis(at)),
+            });
+            p.requeue_ms = at.saturating_sub(c.now).max(100);
+            p.status.conditions = conditions(c, Phase::Restarting, None, checkpoints_healthy(c));
+        }
+        RestartDecision::GiveUp { reason } => {
+            p.status.phase = Phase::Failed;
+            p.events.push(Event {
+                warning: true,
+                reason: "RestartBudgetExhausted".into(),
+                note: format!("{note}; {reason}"),
+            });
+            p.status.conditions = conditions(c, Phase::Failed, Some(("RestartBudgetExhausted", &reason)), None);
+            p.requeue_ms = 0;
+        }
+    }
+}
+
+/// Failed pods give way to pods of a new attempt, which [`run`] creates.
+fn restart(c: &Ctx<'_>, p: &mut Plan) {
+    let failed = c.failures();
+    p.status.restarts.next_restart_at = None;
+    p.status.restarts.count += 1;
+    let Some(d) = p.status.deployed.as_mut() else { return };
+    d.attempt += 1;
+    let roles = roles(c.spec);
+    for (slot, _) in &failed {
+        if let (Some(name), Some(role)) = (d.pods.get_mut(*slot), roles.get(*slot)) {
+            *name = pod_name(&c.name, *role, d.attempt);
+        }
+    }
+    if !failed.is_empty() {
+        d.created = false;
+    }
+    p.events.push(Event {
+        warning: false,
+        reason: "Restarting".into(),
+        note: format!(
+            "restart {}: replacing {} pod(s) as attempt {}",
+            p.status.restarts.count,
+            failed.len(),
+            d.attempt
+        ),
+    });
+}
+
+/// Keeps the current pods: stale pods go, missing current pods are created
+/// once no stale pod runs any more, and status reports progress.
+fn run(c: &Ctx<'_>, p: &mut Plan, template: Option<&k8s_openapi::api::core::v1::PodTemplateSpec>) {
+    let expected = roles(c.spec);
+    let mut deployed = p.status.deployed.clone().unwrap_or_else(|| DeployedStatus {
+        digest: c.digest.clone(),
+        image: c.spec.image.clone().unwrap_or_else(|| c.settings.job_image.clone()),
+        checkpoint_storage: effective_storage(c.spec, None, c.settings),
+        attempt: 0,
+        pods: Vec::new(),
+        created: false,
+    });
+    if deployed.pods.len() != expected.len() {
+        // First deployment, or a resume: a new attempt of every pod.
+        deployed.attempt += 1;
+        deployed.pods = expected.iter().map(|r| pod_name(&c.name, *r, deployed.attempt)).collect();
+        deployed.created = false;
+    }
+    deployed.checkpoint_storage = effective_storage(c.spec, Some(&deployed), c.settings);
+
+    // Stale pods: anything of the job that is not a current pod.
+    let stale: Vec<&PodView> = c.observed.pods.iter().filter(|pod| !deployed.pods.contains(&pod.name)).collect();
+    delete_pods(c, p, stale.iter().copied());
+    // A stale pod still running could write beside the new attempt; it
+    // is waited for unless it has ended or its node is lost.
+    let waiting_for: Vec<&str> = stale
+        .iter()
+        .filter(|pod| {
+            !matches!(pod.phase, PodPhase::Succeeded | PodPhase::Failed) && !node_lost(pod, c.now, c.settings)
+        })
+        .map(|pod| pod.name.as_str())
+        .collect();
+
+    let d = Deployment {
+        job: c.job,
+        digest: &deployed.digest,
+        image: &deployed.image,
+        storage: &deployed.checkpoint_storage,
+        template,
+    };
+    p.config_map = Some(objects::config_map(&d));
+    p.service = Some(objects::service(c.job, deployed.pods.first().map_or(0, |n| attempt_of(n))));
+    if c.settings.network_policies {
+        p.network_policy = Some(objects::network_policy(c.job));
+    }
+    let creating = !deployed.created;
+    if creating && waiting_for.is_empty() {
+        for (name, role) in deployed.pods.iter().zip(&expected) {
+            if c.pod(name).is_some() {
+                continue;
+            }
+            let mut pod = objects::pod(&d, *role, attempt_of(name), c.settings);
+            if let (Role::Coordinator, Some(reset)) = (role, p.status.state_reset_at_ms) {
+                if let Some(container) = pod.spec.as_mut().and_then(|s| s.containers.first_mut()) {
+                    container.env.get_or_insert_with(Vec::new).push(k8s_openapi::api::core::v1::EnvVar {
+                        name: "WEIR_IGNORE_CHECKPOINTS_BEFORE_MS".into(),
+                        value: Some(reset.to_string()),
+                        ..Default::default()
+                    });
+                }
+            }
+            p.create.push(pod);
+        }
+        if !p.create.is_empty() && c.old.deployed.as_ref().is_none_or(|o| o.digest != deployed.digest || !o.created) {
+            p.events.push(Event {
+                warning: false,
+                reason: "Deploying".into(),
+                note: format!("creating {} job pod(s) of attempt {}", p.create.len(), deployed.attempt),
+            });
+        }
+        deployed.created = true;
+    }
+    p.status.deployed = Some(deployed);
+
+    let running = c.coordinator_running();
+    p.status.phase = if running && !creating { Phase::Running } else { Phase::Starting };
+    if let Some(coordinator) = &c.observed.coordinator {
+        p.status.restored_from = coordinator.restored_from.or(c.old.restored_from);
+    }
+    fill_checkpoints(&mut p.status, c.observed);
+    let mut health = checkpoints_healthy(c);
+    let failed_before = c.old.checkpoints.as_ref().map_or(0, |x| x.failed);
+    if let Some(x) = c.observed.coordinator.as_ref().filter(|x| x.failed > failed_before) {
+        health = Some((false, format!("{} checkpoint(s) failed since the last look", x.failed - failed_before)));
+    }
+    if p.status.phase == Phase::Running && c.old.phase != Phase::Running {
+        p.events.push(Event {
+            warning: false,
+            reason: "Running".into(),
+            note: "all job pods run and the coordinator reports Running".into(),
+        });
+    }
+    let waiting = (!waiting_for.is_empty() && creating)
+        .then(|| format!("waiting for stale pods to end: {}", waiting_for.join(", ")));
+    p.status.conditions = conditions(c, p.status.phase, None, health);
+    if let Some(w) = waiting {
+        if let Some(x) = p.status.conditions.iter_mut().find(|x| x.type_ == "Progressing") {
+            x.message = w;
+        }
+    }
+    // Checkpoint completion shows in status within about two seconds.
+    p.requeue_ms = if p.status.phase == Phase::Running { 2_000 } else { 1_000 };
+}
+
+/// The job's pods, as seen by the purge that runs when it is deleted.
+pub fn purge_pod(job: &StreamJob, settings: &Settings) -> k8s_openapi::api::core::v1::Pod {
+    let spec = &job.spec.0;
+    let status = job.status.clone().unwrap_or_default();
+    let storage = effective_storage(spec, status.deployed.as_ref(), settings);
+    let image = status
+        .deployed
+        .as_ref()
+        .map(|d| d.image.clone())
+        .or_else(|| spec.image.clone())
+        .unwrap_or_else(|| settings.job_image.clone());
+    let template = pod_template::parse(spec.pod_template.as_ref()).ok().flatten();
+    let digest = spec_digest(spec);
+    let d = Deployment { job, digest: &digest, image: &image, storage: &storage, template: template.as_ref() };
+    objects::purge_pod(&d, settings)
+}
+
+/// Where the purge of a deleted job deletes.
+pub fn checkpoint_location(job: &StreamJob, settings: &Settings) -> String {
+    let status = job.status.clone().unwrap_or_default();
+    objects::checkpoint_location(job, &effective_storage(&job.spec.0, status.deployed.as_ref(), settings))
 }
 
 pub fn rfc3339(ms: u64) -> String {
@@ -246,270 +732,17 @@ pub fn set_condition(
     });
 }
 
-pub fn plan(job: &StreamJob, observed: &Observed, settings: &Settings) -> Plan {
-    let name = job.metadata.name.clone().unwrap_or_default();
-    let spec = &job.spec.0;
-    let old = job.status.clone().unwrap_or_default();
-    let generation = job.metadata.generation;
-    let now = observed.now_ms;
-    let now_text = rfc3339(now);
-    let mut p = Plan { status: old.clone(), requeue_ms: 5_000, ..Plan::default() };
-    p.status.observed_generation = generation;
-
-    let mut problems = spec.problems();
-    let template = pod_template::parse(spec.pod_template.as_ref()).unwrap_or_else(|e| {
-        problems.push(e);
-        None
-    });
-    if !problems.is_empty() {
-        let message = problems.join("; ");
-        p.status.conditions =
-            conditions(&old, generation, &now_text, Phase::Failed, Some(("InvalidSpec", &message)), None);
-        if old.conditions.iter().all(|c| c.reason != "InvalidSpec" || c.message != message) {
-            p.events.push(Event { warning: true, reason: "InvalidSpec".into(), note: message });
-        }
-        p.requeue_ms = 0;
-        return p;
+/// What a status can hold of a container's last words: the `error:` line
+/// the weir binary prints when it fails, else the last line, shortened.
+fn failure_message(text: &str) -> Option<String> {
+    let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let line = lines.iter().rev().find(|l| l.starts_with("error:")).or(lines.last())?;
+    let line = line.strip_prefix("error:").unwrap_or(line).trim();
+    let mut short: String = line.chars().take(480).collect();
+    if short.len() < line.len() {
+        short.push_str(" ...");
     }
-
-    let hash = spec_hash(spec);
-    let coordinator_done =
-        observed.pods.iter().any(|pod| pod.role == Role::Coordinator && pod.phase == PodPhase::Succeeded);
-    let live: Vec<&PodView> = observed.pods.iter().filter(|pod| !pod.deleting).collect();
-
-    // One-off savepoint.
-    let new_nonce =
-        spec.savepoint_nonce.is_some() && spec.savepoint_nonce != old.last_savepoint.as_ref().and_then(|s| s.nonce);
-    if new_nonce && coordinator_running(observed) {
-        p.actions.push(Action::Savepoint { nonce: spec.savepoint_nonce });
-    }
-
-    // Suspension.
-    if spec.suspend {
-        if !live.is_empty() {
-            if spec.upgrade_mode == UpgradeMode::Savepoint && !coordinator_done && coordinator_running(observed) {
-                p.actions.push(Action::StopWithSavepoint);
-            } else {
-                p.delete = live.iter().map(|pod| pod.name.clone()).collect();
-            }
-        }
-        if old.phase != Phase::Suspended {
-            p.events.push(Event {
-                warning: false,
-                reason: "Suspended".into(),
-                note: "job pods deleted, state kept".into(),
-            });
-        }
-        p.status.phase = Phase::Suspended;
-        p.status.conditions =
-            conditions(&old, generation, &now_text, Phase::Suspended, None, checkpoints_healthy(spec, observed, now));
-        return p;
-    }
-
-    // A finished bounded job stays finished.
-    if coordinator_done && old.deployed_spec_hash.as_deref() == Some(hash.as_str()) {
-        p.status.phase = Phase::Finished;
-        fill_checkpoints(&mut p.status, observed);
-        p.status.conditions = conditions(&old, generation, &now_text, Phase::Finished, None, None);
-        p.requeue_ms = 0;
-        return p;
-    }
-
-    // Restart budget spent: keep pods for their logs, keep checkpoints.
-    if old.phase == Phase::Failed
-        && old.deployed_spec_hash.as_deref() == Some(hash.as_str())
-        && spec.restart_nonce == old.restart_nonce
-    {
-        p.status.conditions = conditions(
-            &old,
-            generation,
-            &now_text,
-            Phase::Failed,
-            Some(("RestartBudgetExhausted", "no further restarts")),
-            None,
-        );
-        p.requeue_ms = 0;
-        return p;
-    }
-
-    // Spec change or restart request: take the pods down per upgradeMode.
-    let outdated = live.iter().any(|pod| pod.spec_hash != hash);
-    let restart_requested = spec.restart_nonce.is_some() && spec.restart_nonce != old.restart_nonce;
-    if (outdated || restart_requested) && !live.is_empty() {
-        if outdated && spec.upgrade_mode == UpgradeMode::Savepoint && coordinator_running(observed) && !coordinator_done
-        {
-            p.actions.push(Action::StopWithSavepoint);
-        } else {
-            p.delete = live.iter().map(|pod| pod.name.clone()).collect();
-            // Pods deleted on purpose: their absence is not a failure.
-            p.status.deployed_spec_hash = None;
-            if outdated && spec.upgrade_mode == UpgradeMode::Stateless {
-                p.status.state_reset_at_ms = Some(now);
-            }
-            p.status.restart_nonce = spec.restart_nonce;
-            p.events.push(Event {
-                warning: false,
-                reason: if restart_requested { "RestartRequested" } else { "Upgrading" }.into(),
-                note: format!("recreating job pods ({:?})", spec.upgrade_mode),
-            });
-        }
-        p.status.phase = Phase::Starting;
-        p.status.conditions = conditions(&old, generation, &now_text, Phase::Starting, None, None);
-        p.requeue_ms = 1_000;
-        return p;
-    }
-    p.status.restart_nonce = spec.restart_nonce;
-
-    // Failures: a failed pod, or one that vanished while the job ran.
-    // A pod in phase Unknown lost its node: that is a failure too.
-    let failed: Vec<&&PodView> =
-        live.iter().filter(|pod| matches!(pod.phase, PodPhase::Failed | PodPhase::Unknown)).collect();
-    let expected = 1 + spec.workers as usize;
-    let vanished = old.deployed_spec_hash.is_some()
-        && matches!(old.phase, Phase::Running | Phase::Starting)
-        && live.len() < expected;
-    if (!failed.is_empty() || vanished) && old.restarts.next_restart_at.is_none() {
-        let failure = match failed.first() {
-            Some(pod) => Failure {
-                pod: pod.name.clone(),
-                reason: pod.reason.clone().unwrap_or_else(|| "Failed".into()),
-                exit_code: pod.exit_code,
-                message: pod.message.as_deref().and_then(failure_message),
-                time: now_text.clone(),
-            },
-            None => Failure {
-                pod: missing_pod(&name, spec, &live),
-                reason: "PodDeleted".into(),
-                exit_code: None,
-                message: None,
-                time: now_text.clone(),
-            },
-        };
-        let mut times = old.restarts.failure_times_ms.clone();
-        times.push(now);
-        if times.len() > 32 {
-            times.remove(0);
-        }
-        let strategy = spec.restart_strategy.kind().unwrap_or(weir_runtime::manifest::RestartStrategyKind::None);
-        let seed = job.metadata.uid.as_deref().map_or(0, weir_runtime::keygroup::key_hash);
-        p.status.restarts.failure_times_ms = times.clone();
-        p.status.restarts.last_failure = Some(failure.clone());
-        let note = format!(
-            "pod {} failed: {}{}{}",
-            failure.pod,
-            failure.reason,
-            failure.exit_code.map_or(String::new(), |c| format!(" (exit code {c})")),
-            failure.message.as_deref().map_or(String::new(), |m| format!(": {m}"))
-        );
-        match next_restart(&strategy, &times, now, seed) {
-            RestartDecision::RestartAt(at) => {
-                p.status.restarts.next_restart_at = Some(rfc3339_millis(at));
-                p.status.phase = Phase::Restarting;
-                p.events.push(Event {
-                    warning: true,
-                    reason: "PodFailed".into(),
-                    note: format!("{note}; restarting at {}", rfc3339_millis(at)),
-                });
-                p.requeue_ms = at.saturating_sub(now).max(100);
-            }
-            RestartDecision::GiveUp { reason } => {
-                p.status.phase = Phase::Failed;
-                p.events.push(Event {
-                    warning: true,
-                    reason: "RestartBudgetExhausted".into(),
-                    note: format!("{note}; {reason}"),
-                });
-                p.status.conditions = conditions(
-                    &old,
-                    generation,
-                    &now_text,
-                    Phase::Failed,
-                    Some(("RestartBudgetExhausted", &reason)),
-                    None,
-                );
-                p.requeue_ms = 0;
-                return p;
-            }
-        }
-        p.status.conditions =
-            conditions(&old, generation, &now_text, Phase::Restarting, None, checkpoints_healthy(spec, observed, now));
-        return p;
-    }
-    if let Some(at) = old.restarts.next_restart_at.as_deref().and_then(parse_rfc3339) {
-        if now < at {
-            p.requeue_ms = at - now;
-            return p;
-        }
-        // Time to restart: failed pods go, missing ones are created below.
-        p.delete = failed.iter().map(|pod| pod.name.clone()).collect();
-        p.status.restarts.next_restart_at = None;
-        p.status.restarts.count += 1;
-        p.events.push(Event {
-            warning: false,
-            reason: "Restarting".into(),
-            note: format!("restart {} of the job's pods", p.status.restarts.count),
-        });
-    }
-
-    // The desired objects.
-    let owner = owner(job);
-    p.config_map = Some(config_map(job, &owner, settings));
-    p.service = Some(service(&name, job.metadata.namespace.as_deref(), &owner));
-    if settings.network_policies {
-        p.network_policy = Some(network_policy(&name, job.metadata.namespace.as_deref(), &owner));
-    }
-    let mut coordinator = pod(job, Role::Coordinator, settings, &hash, &owner, template.as_ref());
-    if let Some(reset) = p.status.state_reset_at_ms {
-        if let Some(c) = coordinator.spec.as_mut().and_then(|s| s.containers.first_mut()) {
-            c.env.get_or_insert_with(Vec::new).push(env("WEIR_IGNORE_CHECKPOINTS_BEFORE_MS", reset.to_string()));
-        }
-    }
-    p.pods.push(coordinator);
-    for i in 0..spec.workers {
-        p.pods.push(pod(job, Role::Worker(i), settings, &hash, &owner, template.as_ref()));
-    }
-    if old.deployed_spec_hash.as_deref() != Some(hash.as_str()) {
-        p.events.push(Event {
-            warning: false,
-            reason: "Deploying".into(),
-            note: format!("creating {} job pods", 1 + spec.workers),
-        });
-    }
-    // Until deleted pods are gone and recreated, missing pods are expected.
-    p.status.deployed_spec_hash = if p.delete.is_empty() { Some(hash) } else { None };
-
-    let running = coordinator_running(observed);
-    p.status.phase = if running { Phase::Running } else { Phase::Starting };
-    if let Some(c) = &observed.coordinator {
-        p.status.restored_from = c.restored_from.or(old.restored_from);
-    }
-    fill_checkpoints(&mut p.status, observed);
-    let mut health = checkpoints_healthy(spec, observed, now);
-    let failed_before = old.checkpoints.as_ref().map_or(0, |c| c.failed);
-    if let Some(c) = observed.coordinator.as_ref().filter(|c| c.failed > failed_before) {
-        health = Some((false, format!("{} checkpoint(s) failed since the last look", c.failed - failed_before)));
-    }
-    if running && old.phase != Phase::Running {
-        p.events.push(Event {
-            warning: false,
-            reason: "Running".into(),
-            note: "all job pods run and the coordinator reports Running".into(),
-        });
-    }
-    p.status.conditions = conditions(&old, generation, &now_text, p.status.phase, None, health);
-    // Checkpoint completion shows in status within about two seconds.
-    p.requeue_ms = if running { 2_000 } else { 1_000 };
-    p
-}
-
-fn coordinator_running(observed: &Observed) -> bool {
-    observed.coordinator.as_ref().is_some_and(|c| c.state == "Running")
-}
-
-fn missing_pod(name: &str, spec: &StreamJobSpec, live: &[&PodView]) -> String {
-    let mut wanted = vec![coordinator_name(name)];
-    wanted.extend((0..spec.workers).map(|i| worker_name(name, i)));
-    wanted.into_iter().find(|w| live.iter().all(|p| &p.name != w)).unwrap_or_default()
+    Some(short)
 }
 
 fn fill_checkpoints(status: &mut StreamJobStatus, observed: &Observed) {
@@ -525,8 +758,9 @@ fn fill_checkpoints(status: &mut StreamJobStatus, observed: &Observed) {
 
 /// `Some(true)` while checkpoints complete on time, `Some(false)` when they
 /// stopped advancing, `None` while there is nothing to judge.
-fn checkpoints_healthy(spec: &StreamJobSpec, observed: &Observed, now: u64) -> Option<(bool, String)> {
-    let c = observed.coordinator.as_ref()?;
+fn checkpoints_healthy(ctx: &Ctx<'_>) -> Option<(bool, String)> {
+    let (spec, now) = (ctx.spec, ctx.now);
+    let c = ctx.observed.coordinator.as_ref()?;
     let interval = spec.checkpoints.interval.get().as_millis() as u64;
     if interval == 0 {
         return None;
@@ -542,15 +776,15 @@ fn checkpoints_healthy(spec: &StreamJobSpec, observed: &Observed, now: u64) -> O
 }
 
 fn conditions(
-    old: &StreamJobStatus,
-    generation: Option<i64>,
-    now: &str,
+    ctx: &Ctx<'_>,
     phase: Phase,
     failure: Option<(&str, &str)>,
     checkpoints: Option<(bool, String)>,
 ) -> Vec<Condition> {
     let mut out = Vec::new();
-    let stamp = Stamp { old: &old.conditions, generation, now };
+    let old = &ctx.old;
+    let now = rfc3339(ctx.now);
+    let stamp = Stamp { old: &old.conditions, generation: ctx.job.metadata.generation, now: &now };
     let phase_name = format!("{phase:?}");
     let (reason, message) = failure.unwrap_or((&phase_name, ""));
     let progressing = matches!(phase, Phase::Starting | Phase::Restarting | Phase::Pending);
@@ -570,361 +804,6 @@ fn conditions(
     }
     set_condition(&mut out, &stamp, "Suspended", phase == Phase::Suspended, &phase_name, "");
     out
-}
-
-fn labels(job: &str, role: Option<Role>, hash: Option<&str>) -> BTreeMap<String, String> {
-    let mut l = BTreeMap::from([
-        ("app.kubernetes.io/name".to_string(), "weir".to_string()),
-        ("app.kubernetes.io/managed-by".to_string(), "weir-operator".to_string()),
-        (JOB_LABEL.to_string(), job.to_string()),
-    ]);
-    if let Some(role) = role {
-        l.insert(
-            ROLE_LABEL.into(),
-            match role {
-                Role::Coordinator => "coordinator".into(),
-                Role::Worker(_) => "worker".into(),
-            },
-        );
-    }
-    if let Some(h) = hash {
-        l.insert(HASH_LABEL.into(), h.into());
-    }
-    l
-}
-
-/// The StreamJob as controller owner, so garbage collection removes what it owns.
-fn owner(job: &StreamJob) -> Vec<OwnerReference> {
-    job.controller_owner_ref(&()).map(|o| vec![o]).unwrap_or_default()
-}
-
-fn meta(
-    name: String,
-    namespace: Option<&str>,
-    labels: BTreeMap<String, String>,
-    owner: &[OwnerReference],
-) -> ObjectMeta {
-    ObjectMeta {
-        name: Some(name),
-        namespace: namespace.map(Into::into),
-        labels: Some(labels),
-        owner_references: Some(owner.to_vec()),
-        ..ObjectMeta::default()
-    }
-}
-
-/// Where a job's checkpoints really go: its own storage, or the operator's
-/// default when the job keeps the built-in one.
-pub fn effective_storage(spec: &StreamJobSpec, settings: &Settings) -> String {
-    match &settings.default_storage {
-        Some(storage) if spec.checkpoints.storage == weir_runtime::manifest::CheckpointOptions::default().storage => {
-            storage.clone()
-        }
-        _ => spec.checkpoints.storage.clone(),
-    }
-}
-
-/// What a status can hold of a container's last words: the `error:` line
-/// the weir binary prints when it fails, else the last line, shortened.
-fn failure_message(text: &str) -> Option<String> {
-    let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
-    let line = lines.iter().rev().find(|l| l.starts_with("error:")).or(lines.last())?;
-    let line = line.strip_prefix("error:").unwrap_or(line).trim();
-    let mut short: String = line.chars().take(480).collect();
-    if short.len() < line.len() {
-        short.push_str(" ...");
-    }
-    Some(short)
-}
-
-/// The role label of the pod that purges a deleted job's checkpoints.
-pub const PURGE_ROLE: &str = "purge";
-
-pub fn purge_pod_name(job: &str) -> String {
-    format!("{job}-purge")
-}
-
-/// The short-lived pod that runs `weir checkpoints purge` for a job deleted
-/// under `deletionPolicy: Purge`. It runs like the job's own pods (image,
-/// pod template, credentials) because a `file://` volume or the storage's
-/// credentials may exist only there, not in the operator's pod.
-pub fn purge_pod(job: &StreamJob, settings: &Settings) -> Pod {
-    let name = job.metadata.name.clone().unwrap_or_default();
-    // The operator's own settings only: the template is merged after the
-    // worker's arguments and environment are replaced.
-    let mut p = pod(job, Role::Worker(0), settings, "", &owner(job), None);
-    let mut l = labels(&name, None, None);
-    l.insert(ROLE_LABEL.into(), PURGE_ROLE.into());
-    p.metadata.name = Some(purge_pod_name(&name));
-    p.metadata.labels = Some(l);
-    if let Some(c) = p.spec.as_mut().and_then(|s| s.containers.first_mut()) {
-        c.args = Some(vec!["checkpoints".into(), "purge".into(), checkpoint_location(job, settings)]);
-        c.env = None;
-    }
-    if let Ok(Some(t)) = pod_template::parse(job.spec.0.pod_template.as_ref()) {
-        pod_template::apply(&mut p, &t);
-    }
-    p
-}
-
-/// The job's own directory under its effective storage, as the runtime
-/// lays it out (`<storage>/<namespace>/<name>`).
-pub fn checkpoint_location(job: &StreamJob, settings: &Settings) -> String {
-    let name = job.metadata.name.as_deref().unwrap_or_default();
-    let ns = job.metadata.namespace.as_deref().unwrap_or("default");
-    format!("{}/{ns}/{name}", effective_storage(&job.spec.0, settings).trim_end_matches('/'))
-}
-
-fn config_map(job: &StreamJob, owner: &[OwnerReference], settings: &Settings) -> ConfigMap {
-    let name = job.metadata.name.clone().unwrap_or_default();
-    let mut spec = job.spec.0.clone();
-    spec.checkpoints.storage = effective_storage(&spec, settings);
-    spec.pod_template = None;
-    let manifest = serde_json::json!({
-        "apiVersion": weir_runtime::manifest::API_VERSION,
-        "kind": weir_runtime::manifest::KIND,
-        "metadata": { "name": name, "namespace": job.metadata.namespace },
-        "spec": spec,
-    });
-    let yaml = serde_yaml::to_string(&manifest).unwrap_or_default();
-    ConfigMap {
-        metadata: meta(config_map_name(&name), job.metadata.namespace.as_deref(), labels(&name, None, None), owner),
-        data: Some(BTreeMap::from([("job.yaml".to_string(), yaml)])),
-        ..ConfigMap::default()
-    }
-}
-
-fn service(job: &str, namespace: Option<&str>, owner: &[OwnerReference]) -> Service {
-    Service {
-        metadata: meta(coordinator_name(job), namespace, labels(job, None, None), owner),
-        spec: Some(ServiceSpec {
-            selector: Some(
-                labels(job, Some(Role::Coordinator), None).into_iter().filter(|(k, _)| k != HASH_LABEL).collect(),
-            ),
-            ports: Some(vec![
-                ServicePort {
-                    name: Some("workers".into()),
-                    port: WORKER_PORT,
-                    protocol: Some("TCP".into()),
-                    ..ServicePort::default()
-                },
-                ServicePort {
-                    name: Some("http".into()),
-                    port: HTTP_PORT,
-                    protocol: Some("TCP".into()),
-                    ..ServicePort::default()
-                },
-            ]),
-            ..ServiceSpec::default()
-        }),
-        ..Service::default()
-    }
-}
-
-/// Job pods take traffic from each other (worker registration, shuffle
-/// channels) on any port, and from anywhere on the coordinator's HTTP port:
-/// the operator and Prometheus read it, and its mutating calls need the
-/// job token. Outbound traffic (storage, brokers) is not limited.
-fn network_policy(job: &str, namespace: Option<&str>, owner: &[OwnerReference]) -> NetworkPolicy {
-    let same_job = LabelSelector {
-        match_labels: Some(BTreeMap::from([(JOB_LABEL.to_string(), job.to_string())])),
-        ..LabelSelector::default()
-    };
-    NetworkPolicy {
-        metadata: meta(job.to_string(), namespace, labels(job, None, None), owner),
-        spec: Some(NetworkPolicySpec {
-            pod_selector: Some(same_job.clone()),
-            policy_types: Some(vec!["Ingress".into()]),
-            ingress: Some(vec![
-                NetworkPolicyIngressRule {
-                    from: Some(vec![NetworkPolicyPeer {
-                        pod_selector: Some(same_job),
-                        ..NetworkPolicyPeer::default()
-                    }]),
-                    ..NetworkPolicyIngressRule::default()
-                },
-                NetworkPolicyIngressRule {
-                    ports: Some(vec![NetworkPolicyPort {
-                        port: Some(IntOrString::Int(HTTP_PORT)),
-                        protocol: Some("TCP".into()),
-                        ..NetworkPolicyPort::default()
-                    }]),
-                    ..NetworkPolicyIngressRule::default()
-                },
-            ]),
-            ..NetworkPolicySpec::default()
-        }),
-    }
-}
-
-fn env(name: &str, value: impl Into<String>) -> EnvVar {
-    EnvVar { name: name.into(), value: Some(value.into()), ..EnvVar::default() }
-}
-
-/// A job pod: the operator's settings, then the user's pod template.
-fn pod(
-    job: &StreamJob,
-    role: Role,
-    settings: &Settings,
-    hash: &str,
-    owner: &[OwnerReference],
-    template: Option<&PodTemplateSpec>,
-) -> Pod {
-    let name = job.metadata.name.clone().unwrap_or_default();
-    let ns = job.metadata.namespace.clone().unwrap_or_else(|| "default".into());
-    let spec = &job.spec.0;
-    let image = spec.image.as_deref().unwrap_or(&settings.job_image);
-    let token = EnvVar {
-        name: "WEIR_JOB_TOKEN".into(),
-        value_from: Some(EnvVarSource {
-            secret_key_ref: Some(SecretKeySelector {
-                name: token_secret_name(&name),
-                key: TOKEN_KEY.into(),
-                optional: Some(false),
-            }),
-            ..EnvVarSource::default()
-        }),
-        ..EnvVar::default()
-    };
-    let (pod_name, args, envs, mounts, volumes) = match role {
-        Role::Coordinator => (
-            coordinator_name(&name),
-            vec!["coordinator".to_string()],
-            vec![
-                env("WEIR_JOB", "/etc/weir/job.yaml"),
-                env("WEIR_LISTEN", format!("0.0.0.0:{WORKER_PORT}")),
-                env("WEIR_HTTP", format!("0.0.0.0:{HTTP_PORT}")),
-                env("WEIR_WORKERS", spec.workers.to_string()),
-                token,
-            ],
-            vec![VolumeMount {
-                name: "job".into(),
-                mount_path: "/etc/weir".into(),
-                read_only: Some(true),
-                ..VolumeMount::default()
-            }],
-            vec![Volume {
-                name: "job".into(),
-                config_map: Some(ConfigMapVolumeSource {
-                    name: config_map_name(&name),
-                    ..ConfigMapVolumeSource::default()
-                }),
-                ..Volume::default()
-            }],
-        ),
-        Role::Worker(i) => (
-            worker_name(&name, i),
-            vec!["worker".to_string()],
-            vec![
-                env("WEIR_COORDINATOR", format!("{}.{ns}.svc:{WORKER_PORT}", coordinator_name(&name))),
-                env("WEIR_WORKER_NAME", worker_name(&name, i)),
-                token,
-            ],
-            Vec::new(),
-            Vec::new(),
-        ),
-    };
-    // Mutual TLS with the job's other pods, from the job's Secret.
-    let (mut envs, mut mounts, mut volumes) = (envs, mounts, volumes);
-    for (var, key) in [("WEIR_TLS_CERT", TLS_CERT_KEY), ("WEIR_TLS_KEY", TLS_KEY_KEY), ("WEIR_TLS_CA", TLS_CA_KEY)] {
-        envs.push(env(var, format!("{TLS_DIR}/{key}")));
-    }
-    mounts.push(VolumeMount {
-        name: "tls".into(),
-        mount_path: TLS_DIR.into(),
-        read_only: Some(true),
-        ..VolumeMount::default()
-    });
-    volumes.push(Volume {
-        name: "tls".into(),
-        secret: Some(SecretVolumeSource {
-            secret_name: Some(token_secret_name(&name)),
-            items: Some(
-                [TLS_CERT_KEY, TLS_KEY_KEY, TLS_CA_KEY]
-                    .map(|k| KeyToPath { key: k.into(), path: k.into(), mode: None })
-                    .to_vec(),
-            ),
-            // Readable by the job's group (fsGroup), by nobody else.
-            default_mode: Some(0o440),
-            ..SecretVolumeSource::default()
-        }),
-        ..Volume::default()
-    });
-    let resources = spec.resources.as_ref().map(|r| ResourceRequirements {
-        requests: Some(r.requests.iter().map(|(k, v)| (k.clone(), Quantity(v.clone()))).collect())
-            .filter(|m: &BTreeMap<_, _>| !m.is_empty()),
-        limits: Some(r.limits.iter().map(|(k, v)| (k.clone(), Quantity(v.clone()))).collect())
-            .filter(|m: &BTreeMap<_, _>| !m.is_empty()),
-        ..ResourceRequirements::default()
-    });
-    let ports = match role {
-        Role::Coordinator => Some(vec![
-            ContainerPort {
-                name: Some("workers".into()),
-                container_port: WORKER_PORT,
-                protocol: Some("TCP".into()),
-                ..ContainerPort::default()
-            },
-            ContainerPort {
-                name: Some("http".into()),
-                container_port: HTTP_PORT,
-                protocol: Some("TCP".into()),
-                ..ContainerPort::default()
-            },
-        ]),
-        Role::Worker(_) => None,
-    };
-    let mut pod = Pod {
-        metadata: meta(pod_name, job.metadata.namespace.as_deref(), labels(&name, Some(role), Some(hash)), owner),
-        spec: Some(PodSpec {
-            restart_policy: Some("Never".into()),
-            image_pull_secrets: Some(
-                settings.image_pull_secrets.iter().map(|name| LocalObjectReference { name: name.clone() }).collect(),
-            )
-            .filter(|s: &Vec<_>| !s.is_empty()),
-            security_context: Some(PodSecurityContext {
-                run_as_non_root: Some(true),
-                run_as_user: Some(65532),
-                // Makes mounted volumes writable by the job's user.
-                fs_group: Some(65532),
-                ..PodSecurityContext::default()
-            }),
-            containers: vec![Container {
-                name: pod_template::MAIN_CONTAINER.into(),
-                image: Some(image.into()),
-                image_pull_policy: Some(settings.image_pull_policy.clone()),
-                command: Some(vec!["weir".into()]),
-                args: Some(args),
-                // Why a container failed reaches status and events through
-                // its termination message: the last log lines.
-                termination_message_policy: Some("FallbackToLogsOnError".into()),
-                env: Some(envs),
-                ports,
-                resources,
-                volume_mounts: Some(mounts).filter(|m: &Vec<_>| !m.is_empty()),
-                env_from: settings.credentials_secret.as_ref().map(|secret| {
-                    vec![EnvFromSource {
-                        secret_ref: Some(SecretEnvSource { name: secret.clone(), optional: Some(false) }),
-                        ..EnvFromSource::default()
-                    }]
-                }),
-                security_context: Some(SecurityContext {
-                    allow_privilege_escalation: Some(false),
-                    read_only_root_filesystem: Some(true),
-                    capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), ..Capabilities::default() }),
-                    ..SecurityContext::default()
-                }),
-                ..Container::default()
-            }],
-            volumes: Some(volumes).filter(|v: &Vec<_>| !v.is_empty()),
-            ..PodSpec::default()
-        }),
-        ..Pod::default()
-    };
-    if let Some(t) = template {
-        pod_template::apply(&mut pod, t);
-    }
-    pod
 }
 
 #[cfg(test)]

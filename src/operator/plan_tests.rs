@@ -1,7 +1,10 @@
+use k8s_openapi::api::core::v1::LocalObjectReference;
 use kube::api::ObjectMeta;
+use weir_runtime::distributed::tls::JobIdentity;
 
 use super::*;
 use crate::crd::{CheckpointRef, JobSpec};
+use crate::operator::objects::{token_secret, DIGEST_LABEL, PURGE_ROLE, ROLE_LABEL, TLS_DIR};
 
 const MANIFEST: &str = r#"
 apiVersion: weir.dev/v1alpha1
@@ -19,6 +22,7 @@ spec:
 "#;
 
 const T0: u64 = 1_800_000_000_000;
+const ATTEMPT: &str = crate::operator::objects::ATTEMPT_LABEL;
 
 fn settings() -> Settings {
     Settings {
@@ -28,6 +32,7 @@ fn settings() -> Settings {
         default_storage: Some("s3://bucket/weir".into()),
         credentials_secret: Some("weir-s3".into()),
         network_policies: true,
+        node_lost_after_ms: 60_000,
     }
 }
 
@@ -46,22 +51,29 @@ fn job(edit: impl FnOnce(&mut weir_runtime::manifest::StreamJobSpec)) -> StreamJ
     j
 }
 
+/// The job's current pods (as its status names them), all in `phase`.
 fn pods(job: &StreamJob, phase: PodPhase) -> Vec<PodView> {
-    let hash = spec_hash(&job.spec.0);
-    let mut out = vec![PodView {
-        name: "counts-coordinator".into(),
-        role: Role::Coordinator,
-        phase,
-        spec_hash: hash.clone(),
-        exit_code: None,
-        reason: None,
-        message: None,
-        deleting: false,
-    }];
-    for i in 0..job.spec.0.workers {
-        out.push(PodView { name: worker_name("counts", i), role: Role::Worker(i), ..out[0].clone() });
-    }
-    out
+    let digest = spec_digest(&job.spec.0);
+    let names = job.status.as_ref().and_then(|s| s.deployed.as_ref()).map(|d| d.pods.clone()).unwrap_or_default();
+    names
+        .into_iter()
+        .zip(roles(&job.spec.0))
+        .map(|(name, role)| PodView {
+            name,
+            role,
+            phase,
+            digest: digest.chars().take(32).collect(),
+            exit_code: None,
+            reason: None,
+            message: None,
+            deleting: false,
+            node_not_ready_since_ms: None,
+        })
+        .collect()
+}
+
+fn names(p: &Plan) -> Vec<String> {
+    p.create.iter().map(|pod| pod.metadata.name.clone().unwrap_or_default()).collect()
 }
 
 fn running(latest_at: u64) -> Option<CoordinatorView> {
@@ -111,16 +123,17 @@ fn condition<'a>(s: &'a StreamJobStatus, t: &str) -> &'a Condition {
 fn first_reconcile_creates_config_map_service_and_one_pod_per_role() {
     let mut j = job(|_| {});
     let p = step(&mut j, &Observed { now_ms: T0, ..Observed::default() });
-    assert!(p.config_map.unwrap().data.unwrap()["job.yaml"].contains("kind: StreamJob"));
-    assert_eq!(p.service.unwrap().metadata.name.as_deref(), Some("counts-coordinator"));
-    let names: Vec<_> = p.pods.iter().map(|p| p.metadata.name.clone().unwrap()).collect();
-    assert_eq!(names, ["counts-coordinator", "counts-worker-0", "counts-worker-1"]);
-    let owner = &p.pods[0].metadata.owner_references.as_ref().unwrap()[0];
+    assert!(p.config_map.as_ref().unwrap().data.as_ref().unwrap()["job.yaml"].contains("kind: StreamJob"));
+    assert_eq!(p.service.as_ref().unwrap().metadata.name.as_deref(), Some("counts-coordinator"));
+    assert_eq!(names(&p), ["counts-coordinator-1", "counts-worker-0-1", "counts-worker-1-1"]);
+    let selector = p.service.as_ref().unwrap().spec.as_ref().unwrap().selector.clone().unwrap();
+    assert_eq!(selector.get(ATTEMPT), Some(&"1".to_string()), "the Service selects this attempt's coordinator");
+    let owner = &p.create[0].metadata.owner_references.as_ref().unwrap()[0];
     assert_eq!((owner.kind.as_str(), owner.controller), ("StreamJob", Some(true)));
     assert_eq!(p.status.phase, Phase::Starting);
     assert_eq!(p.status.observed_generation, Some(3));
     assert!(p.events.iter().any(|e| e.reason == "Deploying"));
-    let container = &p.pods[1].spec.as_ref().unwrap().containers[0];
+    let container = &p.create[1].spec.as_ref().unwrap().containers[0];
     assert_eq!(container.image.as_deref(), Some("weir:test"));
     assert_eq!(container.security_context.as_ref().unwrap().read_only_root_filesystem, Some(true));
 }
@@ -131,19 +144,19 @@ fn job_pods_pull_their_image_with_the_operators_pull_secrets() {
     let mut with_secret = settings();
     with_secret.image_pull_secrets = vec!["registry-login".into()];
     let p = plan(&j, &Observed { now_ms: T0, ..Observed::default() }, &with_secret);
-    for pod in &p.pods {
+    for pod in &p.create {
         let secrets = pod.spec.as_ref().unwrap().image_pull_secrets.clone().unwrap_or_default();
         assert_eq!(secrets, [LocalObjectReference { name: "registry-login".into() }], "{:?}", pod.metadata.name);
     }
     let none = step(&mut job(|_| {}), &Observed { now_ms: T0, ..Observed::default() });
-    assert!(none.pods.iter().all(|p| p.spec.as_ref().unwrap().image_pull_secrets.is_none()));
+    assert!(none.create.iter().all(|p| p.spec.as_ref().unwrap().image_pull_secrets.is_none()));
 }
 
 #[test]
 fn every_job_pod_talks_mutual_tls_with_the_identity_in_the_jobs_secret() {
     let mut j = job(|_| {});
     let p = step(&mut j, &Observed { now_ms: T0, ..Observed::default() });
-    for pod in &p.pods {
+    for pod in &p.create {
         let spec = pod.spec.as_ref().unwrap();
         let tls = spec.volumes.as_ref().unwrap().iter().find(|v| v.name == "tls").expect("a tls volume");
         assert_eq!(tls.secret.as_ref().unwrap().secret_name.as_deref(), Some("counts-token"));
@@ -181,7 +194,7 @@ fn reapplying_an_unchanged_job_changes_no_pod_and_no_status() {
     let mut j = job(|_| {});
     step(&mut j, &Observed { now_ms: T0, ..Observed::default() });
     let observed = Observed { pods: pods(&j, PodPhase::Running), coordinator: running(T0), now_ms: T0 + 1000 };
-    let first = step(&mut j, &observed);
+    step(&mut j, &observed);
     let later = Observed { now_ms: T0 + 60_000, coordinator: running(T0 + 59_000), ..observed };
     let before = j.status.clone().unwrap();
     let second = step(&mut j, &later);
@@ -189,7 +202,7 @@ fn reapplying_an_unchanged_job_changes_no_pod_and_no_status() {
     assert!(second.events.is_empty(), "{:?}", second.events);
     let ready = |s: &StreamJobStatus| condition(s, "Ready").last_transition_time.clone();
     assert_eq!(ready(&before), ready(&second.status), "lastTransitionTime kept while unchanged");
-    assert_eq!(first.pods.len(), second.pods.len());
+    assert_eq!(second.create.len(), 0);
 }
 
 #[test]
@@ -203,24 +216,27 @@ fn a_failed_pod_is_recreated_after_the_fixed_delay_and_the_budget_then_runs_out(
     assert_eq!(p.status.phase, Phase::Restarting);
     assert_eq!(p.status.restarts.next_restart_at.as_deref(), Some(rfc3339_millis(T0 + 11_000).as_str()));
     let f = p.status.restarts.last_failure.as_ref().unwrap();
-    assert_eq!((f.pod.as_str(), f.exit_code), ("counts-worker-0", Some(137)));
+    assert_eq!((f.pod.as_str(), f.exit_code), ("counts-worker-0-1", Some(137)));
     assert!(p.delete.is_empty(), "not before the delay");
     assert!(p.events.iter().any(|e| e.warning && e.reason == "PodFailed"));
 
     let early = step(&mut j, &Observed { pods: failed.clone(), coordinator: running(T0), now_ms: T0 + 5000 });
     assert!(early.delete.is_empty());
     let due = step(&mut j, &Observed { pods: failed.clone(), coordinator: running(T0), now_ms: T0 + 11_000 });
-    assert_eq!(due.delete, ["counts-worker-0"]);
+    assert_eq!(due.delete, ["counts-worker-0-1"]);
+    assert_eq!(names(&due), ["counts-worker-0-2"], "only the failed pod is replaced, under a new name");
     assert_eq!(due.status.restarts.count, 1);
 
     // The second failure exceeds `attempts: 1`.
+    let mut failed = pods(&j, PodPhase::Running);
+    failed[1].phase = PodPhase::Failed;
     let p = step(&mut j, &Observed { pods: failed.clone(), coordinator: running(T0), now_ms: T0 + 20_000 });
     assert_eq!(p.status.phase, Phase::Failed);
     assert!(p.events.iter().any(|e| e.warning && e.reason == "RestartBudgetExhausted"));
     assert!(p.delete.is_empty(), "failed pods are kept for their logs");
     let after = step(&mut j, &Observed { pods: failed, coordinator: None, now_ms: T0 + 30_000 });
     assert_eq!(after.status.phase, Phase::Failed);
-    assert!(after.pods.is_empty() && after.delete.is_empty(), "no further restarts");
+    assert!(after.create.is_empty() && after.delete.is_empty(), "no further restarts");
 }
 
 #[test]
@@ -230,7 +246,7 @@ fn a_vanished_pod_counts_as_a_failure() {
     gone.remove(2);
     let p = step(&mut j, &Observed { pods: gone, coordinator: running(T0), now_ms: T0 + 100 });
     let f = p.status.restarts.last_failure.unwrap();
-    assert_eq!((f.pod.as_str(), f.reason.as_str()), ("counts-worker-1", "PodDeleted"));
+    assert_eq!((f.pod.as_str(), f.reason.as_str()), ("counts-worker-1-1", "PodDeleted"));
     assert_eq!(p.status.phase, Phase::Restarting, "the default exponential delay restarts");
 }
 
@@ -248,7 +264,7 @@ fn suspend_deletes_pods_and_resume_recreates_them() {
     assert_eq!(condition(&p.status, "Suspended").status, "True");
     j.spec.0.suspend = false;
     let p = step(&mut j, &Observed { now_ms: T0 + 1000, ..Observed::default() });
-    assert_eq!(p.pods.len(), 3);
+    assert_eq!(names(&p), ["counts-coordinator-2", "counts-worker-0-2", "counts-worker-1-2"]);
     assert_eq!(condition(&p.status, "Suspended").status, "False");
 }
 
@@ -275,15 +291,16 @@ fn a_parallelism_change_in_last_state_mode_recreates_every_pod() {
     assert_eq!(p.delete.len(), 3);
     assert!(p.events.iter().any(|e| e.reason == "Upgrading"));
     let p = step(&mut j, &Observed { now_ms: T0 + 2000, ..Observed::default() });
-    let hash = p.pods[0].metadata.labels.as_ref().unwrap()[HASH_LABEL].clone();
-    assert_eq!(hash, spec_hash(&j.spec.0));
+    let digest = p.create[0].metadata.labels.as_ref().unwrap()[DIGEST_LABEL].clone();
+    assert!(spec_digest(&j.spec.0).starts_with(&digest));
+    assert_eq!(names(&p), ["counts-coordinator-2", "counts-worker-0-2", "counts-worker-1-2"]);
 }
 
 #[test]
 fn an_invalid_spec_is_reported_in_conditions_naming_the_field() {
     let mut j = job(|s| s.workers = 0);
     let p = step(&mut j, &Observed { now_ms: T0, ..Observed::default() });
-    assert!(p.pods.is_empty() && p.config_map.is_none());
+    assert!(p.create.is_empty() && p.config_map.is_none());
     let ready = condition(&p.status, "Ready");
     assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "InvalidSpec"));
     assert!(ready.message.contains("spec.workers"), "{}", ready.message);
@@ -334,7 +351,7 @@ fn changing_only_the_restart_strategy_restarts_nothing() {
     let mut k = j.clone();
     k.spec.0.restart_strategy = Default::default();
     k.spec.0.suspend = false;
-    assert_eq!(spec_hash(&j.spec.0), spec_hash(&k.spec.0));
+    assert_eq!(spec_digest(&j.spec.0), spec_digest(&k.spec.0));
 }
 
 #[test]
@@ -347,13 +364,13 @@ fn a_pod_deleted_for_a_restart_is_recreated_without_counting_another_failure() {
     failed[0].phase = PodPhase::Failed;
     step(&mut j, &Observed { pods: failed.clone(), coordinator: None, now_ms: T0 + 1000 });
     let due = step(&mut j, &Observed { pods: failed.clone(), coordinator: None, now_ms: T0 + 11_000 });
-    assert_eq!(due.delete, ["counts-coordinator"]);
-    let mut rest = failed;
-    rest.remove(0);
-    let p = step(&mut j, &Observed { pods: rest, coordinator: None, now_ms: T0 + 12_000 });
-    assert_eq!(p.status.restarts.failure_times_ms.len(), 1, "one failure, not two");
+    assert_eq!(due.delete, ["counts-coordinator-1"]);
+    assert_eq!(names(&due), ["counts-coordinator-2"]);
+    let replaced = pods(&j, PodPhase::Pending);
+    let p = step(&mut j, &Observed { pods: replaced, coordinator: None, now_ms: T0 + 12_000 });
+    assert_eq!(p.status.restarts.failures, 1, "one failure, not two");
     assert_eq!(p.status.phase, Phase::Starting);
-    assert!(p.pods.iter().any(|pod| pod.metadata.name.as_deref() == Some("counts-coordinator")));
+    assert!(p.delete.is_empty() && p.create.is_empty());
 }
 
 #[test]
@@ -364,7 +381,7 @@ fn a_stateless_upgrade_starts_the_new_pods_without_old_checkpoints() {
     j.spec.0.parallelism = 3;
     step(&mut j, &Observed { pods: old_pods, coordinator: running(T0), now_ms: T0 + 5 });
     let p = step(&mut j, &Observed { now_ms: T0 + 2000, ..Observed::default() });
-    let env = p.pods[0].spec.as_ref().unwrap().containers[0].env.clone().unwrap();
+    let env = p.create[0].spec.as_ref().unwrap().containers[0].env.clone().unwrap();
     let reset = env.iter().find(|e| e.name == "WEIR_IGNORE_CHECKPOINTS_BEFORE_MS").expect("reset marker");
     assert_eq!(reset.value.as_deref(), Some((T0 + 5).to_string().as_str()));
 }
@@ -374,7 +391,7 @@ fn every_restart_strategy_decides_about_a_failed_pod() {
     use weir_runtime::manifest::{ExponentialDelay, FailureRate, FixedDelay, NoRestart, RestartStrategy};
     let fixed = FixedDelay { attempts: 3, delay: "2s".parse().unwrap() };
     let rate =
-        FailureRate { max_failures_per_interval: 1, interval: "1m".parse().unwrap(), delay: "1s".parse().unwrap() };
+        FailureRate { max_failures_per_interval: 2, interval: "1m".parse().unwrap(), delay: "1s".parse().unwrap() };
     let strategies = [
         (RestartStrategy { none: Some(NoRestart {}), ..Default::default() }, Phase::Failed),
         (RestartStrategy { fixed_delay: Some(fixed), ..Default::default() }, Phase::Restarting),
@@ -393,7 +410,7 @@ fn every_restart_strategy_decides_about_a_failed_pod() {
         lost[2].phase = PodPhase::Unknown;
         let p = step(&mut j, &Observed { pods: lost, coordinator: running(T0), now_ms: T0 + 100 });
         assert_eq!(p.status.phase, phase, "{strategy:?}");
-        assert_eq!(p.status.restarts.last_failure.unwrap().pod, "counts-worker-1", "a lost node is a failure");
+        assert_eq!(p.status.restarts.last_failure.unwrap().pod, "counts-worker-1-1", "a lost node is a failure");
     }
 }
 
@@ -419,7 +436,7 @@ fn operator_defaults_fill_in_storage_and_credentials() {
     let p = step(&mut j, &Observed { now_ms: T0, ..Observed::default() });
     let manifest = &p.config_map.unwrap().data.unwrap()["job.yaml"];
     assert!(manifest.contains("storage: s3://bucket/weir"), "{manifest}");
-    let env_from = p.pods[1].spec.as_ref().unwrap().containers[0].env_from.clone().unwrap();
+    let env_from = p.create[1].spec.as_ref().unwrap().containers[0].env_from.clone().unwrap();
     assert_eq!(env_from[0].secret_ref.as_ref().unwrap().name, "weir-s3");
 }
 
@@ -432,8 +449,8 @@ fn a_pod_template_volume_reaches_every_job_pod_but_not_the_job_file() {
         }}));
     });
     let p = step(&mut j, &Observed { now_ms: T0, ..Observed::default() });
-    assert_eq!(p.pods.len(), 3);
-    for pod in &p.pods {
+    assert_eq!(p.create.len(), 3);
+    for pod in &p.create {
         let spec = pod.spec.as_ref().unwrap();
         assert!(spec.volumes.as_ref().unwrap().iter().any(|v| v.name == "data"), "{:?}", pod.metadata.name);
         assert!(spec.containers[0].volume_mounts.as_ref().unwrap().iter().any(|m| m.mount_path == "/data"));
@@ -445,7 +462,7 @@ fn a_pod_template_volume_reaches_every_job_pod_but_not_the_job_file() {
 fn a_malformed_pod_template_is_an_invalid_spec_naming_the_field() {
     let mut j = job(|s| s.pod_template = Some(serde_json::json!({"spec": {"tolerations": {"key": "x"}}})));
     let p = step(&mut j, &Observed { now_ms: T0, ..Observed::default() });
-    assert!(p.pods.is_empty());
+    assert!(p.create.is_empty());
     let ready = condition(&p.status, "Ready");
     assert_eq!(ready.reason, "InvalidSpec");
     assert!(ready.message.starts_with("spec.podTemplate.spec.tolerations: "), "{}", ready.message);
@@ -484,7 +501,7 @@ fn a_failure_seen_mid_second_still_waits_the_whole_delay() {
     let early = step(&mut j, &Observed { pods: failed.clone(), coordinator: running(T0), now_ms: seen + 999 });
     assert!(early.delete.is_empty(), "restarted {} ms after the failure", 999);
     let due = step(&mut j, &Observed { pods: failed, coordinator: running(T0), now_ms: seen + 1_000 });
-    assert_eq!(due.delete, ["counts-worker-0"]);
+    assert_eq!(due.delete, ["counts-worker-0-1"]);
 }
 
 #[test]
@@ -504,4 +521,186 @@ fn a_failed_pods_last_words_reach_status_and_the_event() {
     let long = "x".repeat(5000);
     assert_eq!(failure_message(&long).unwrap().chars().count(), 484, "kept short: 480 characters and ' ...'");
     assert_eq!(failure_message("\n \n"), None);
+}
+
+/// The job after its pods were created and all run.
+fn running_job(edit: impl FnOnce(&mut weir_runtime::manifest::StreamJobSpec)) -> StreamJob {
+    deployed(edit)
+}
+
+#[test]
+fn a_pod_on_a_lost_node_is_one_failure_force_deleted_and_replaced_under_a_new_name() {
+    let mut j = running_job(|s| {
+        s.restart_strategy.fixed_delay =
+            Some(weir_runtime::manifest::FixedDelay { attempts: 3, delay: "1s".parse().unwrap() });
+    });
+    let mut lost = pods(&j, PodPhase::Running);
+    lost[2].node_not_ready_since_ms = Some(T0);
+    // Within the grace period the node may come back: nothing happens.
+    let p = step(&mut j, &Observed { pods: lost.clone(), coordinator: running(T0), now_ms: T0 + 59_000 });
+    assert!(p.status.restarts.last_failure.is_none() && p.delete.is_empty() && p.force_delete.is_empty());
+    // Past it, one failure, however many reconciles see the pod.
+    for t in [60_000, 60_200, 60_500] {
+        step(&mut j, &Observed { pods: lost.clone(), coordinator: running(T0), now_ms: T0 + t });
+    }
+    assert_eq!(j.status.as_ref().unwrap().restarts.failures, 1);
+    assert_eq!(j.status.as_ref().unwrap().restarts.last_failure.as_ref().unwrap().reason, "NodeLost");
+    let due = step(&mut j, &Observed { pods: lost.clone(), coordinator: running(T0), now_ms: T0 + 61_000 });
+    assert_eq!(due.force_delete, ["counts-worker-1-1"], "no kubelet is left to confirm a graceful end");
+    assert_eq!(names(&due), ["counts-worker-1-2"], "the stuck pod's name does not block the replacement");
+    // The old pod stays stuck Terminating: it is stale now, never a failure.
+    let mut seen = pods(&j, PodPhase::Running);
+    let mut stuck = lost[2].clone();
+    stuck.deleting = true;
+    seen.push(stuck);
+    let later = step(&mut j, &Observed { pods: seen, coordinator: running(T0), now_ms: T0 + 200_000 });
+    assert_eq!(later.status.restarts.failures, 1);
+    assert_eq!(later.force_delete, ["counts-worker-1-1"], "asked again until it is gone");
+    assert_eq!(later.status.phase, Phase::Running);
+}
+
+#[test]
+fn a_drain_longer_than_the_restart_delay_is_one_failure_and_the_replacement_waits_for_the_evicted_pod() {
+    let mut j = running_job(|s| {
+        s.restart_strategy.fixed_delay =
+            Some(weir_runtime::manifest::FixedDelay { attempts: 1, delay: "1s".parse().unwrap() });
+    });
+    let mut evicted = pods(&j, PodPhase::Running);
+    evicted[1].deleting = true;
+    evicted[1].reason = Some("Evicted".into());
+    step(&mut j, &Observed { pods: evicted.clone(), coordinator: running(T0), now_ms: T0 + 1_000 });
+    assert_eq!(j.status.as_ref().unwrap().restarts.last_failure.as_ref().unwrap().reason, "Evicted");
+    // The restart is due while the evicted pod still shuts down gracefully.
+    let due = step(&mut j, &Observed { pods: evicted.clone(), coordinator: running(T0), now_ms: T0 + 2_000 });
+    assert!(due.create.is_empty(), "a stale pod that still runs could write beside the new attempt");
+    let waiting = condition(&due.status, "Progressing");
+    assert!(waiting.message.contains("counts-worker-0-1"), "{}", waiting.message);
+    for t in [5_000, 20_000, 30_000] {
+        let p = step(&mut j, &Observed { pods: evicted.clone(), coordinator: running(T0), now_ms: T0 + t });
+        assert!(p.create.is_empty());
+    }
+    // Gone: the replacement starts, and the budget of one restart holds.
+    let mut rest = evicted;
+    rest.remove(1);
+    let p = step(&mut j, &Observed { pods: rest, coordinator: running(T0), now_ms: T0 + 31_000 });
+    assert_eq!(names(&p), ["counts-worker-0-2"]);
+    assert_eq!(p.status.restarts.failures, 1);
+    assert_ne!(p.status.phase, Phase::Failed);
+}
+
+#[test]
+fn a_restart_nonce_after_the_budget_ran_out_starts_again_with_a_fresh_budget() {
+    let mut j = running_job(|_| {});
+    for (i, t) in [1_000, 30_000].into_iter().enumerate() {
+        let mut failed = pods(&j, PodPhase::Running);
+        failed[0].phase = PodPhase::Failed;
+        step(&mut j, &Observed { pods: failed.clone(), coordinator: None, now_ms: T0 + t });
+        if i == 0 {
+            step(&mut j, &Observed { pods: failed, coordinator: None, now_ms: T0 + t + 10_000 });
+        }
+    }
+    assert_eq!(j.status.as_ref().unwrap().phase, Phase::Failed, "attempts: 1 allows one restart");
+    j.spec.0.restart_nonce = Some(1);
+    let mut failed = pods(&j, PodPhase::Running);
+    failed[0].phase = PodPhase::Failed;
+    let p = step(&mut j, &Observed { pods: failed, coordinator: None, now_ms: T0 + 40_000 });
+    assert_eq!(p.status.phase, Phase::Starting);
+    assert_eq!(p.status.restarts.failures, 0, "the budget starts over");
+    assert_eq!(p.status.restarts.count, 1, "the count of restarts is the job's history");
+    let p = step(&mut j, &Observed { now_ms: T0 + 41_000, ..Observed::default() });
+    assert_eq!(names(&p), ["counts-coordinator-3", "counts-worker-0-3", "counts-worker-1-3"]);
+    // The first failure of the new run is restarted, not fatal.
+    let mut failed = pods(&j, PodPhase::Running);
+    failed[0].phase = PodPhase::Failed;
+    let p = step(&mut j, &Observed { pods: failed, coordinator: None, now_ms: T0 + 50_000 });
+    assert_eq!(p.status.phase, Phase::Restarting);
+}
+
+#[test]
+fn a_spec_change_after_the_budget_ran_out_resumes_the_job() {
+    let mut j = running_job(|s| {
+        s.restart_strategy = weir_runtime::manifest::RestartStrategy {
+            none: Some(weir_runtime::manifest::NoRestart {}),
+            ..Default::default()
+        }
+    });
+    let mut failed = pods(&j, PodPhase::Running);
+    failed[1].phase = PodPhase::Failed;
+    let p = step(&mut j, &Observed { pods: failed.clone(), coordinator: None, now_ms: T0 + 1_000 });
+    assert_eq!(p.status.phase, Phase::Failed, "{:?}", p.status.conditions);
+    j.spec.0.parallelism = 3;
+    let p = step(&mut j, &Observed { pods: failed, coordinator: None, now_ms: T0 + 2_000 });
+    assert_eq!(p.status.phase, Phase::Starting);
+    assert_eq!(p.delete.len(), 3, "the failed attempt's pods go");
+}
+
+#[test]
+fn an_operator_upgrade_with_new_defaults_restarts_nothing_and_keeps_the_jobs_storage() {
+    let mut j = running_job(|_| {});
+    let before = j.status.clone().unwrap().deployed.unwrap();
+    let mut upgraded = settings();
+    upgraded.job_image = "weir:0.2.0".into();
+    upgraded.default_storage = Some("s3://elsewhere/weir".into());
+    upgraded.credentials_secret = Some("other".into());
+    let p = plan(&j, &up(&j, T0 + 5_000), &upgraded);
+    assert!(p.create.is_empty() && p.delete.is_empty() && p.force_delete.is_empty() && p.actions.is_empty());
+    assert_eq!(p.status.deployed.as_ref(), Some(&before), "the image and the storage stay as deployed");
+    let manifest = &p.config_map.unwrap().data.unwrap()["job.yaml"];
+    assert!(manifest.contains("storage: s3://bucket/weir"), "{manifest}");
+    // A failover recreates the pod as it was, image included.
+    j.status = Some(p.status);
+    let mut failed = pods(&j, PodPhase::Running);
+    failed[2].phase = PodPhase::Failed;
+    let _ = plan(&j, &Observed { pods: failed.clone(), coordinator: None, now_ms: T0 + 6_000 }, &upgraded);
+    let mut k = j.clone();
+    k.status =
+        Some(plan(&j, &Observed { pods: failed.clone(), coordinator: None, now_ms: T0 + 6_000 }, &upgraded).status);
+    let due = plan(&k, &Observed { pods: failed, coordinator: None, now_ms: T0 + 17_000 }, &upgraded);
+    assert_eq!(due.create.len(), 1);
+    assert_eq!(due.create[0].spec.as_ref().unwrap().containers[0].image.as_deref(), Some("weir:test"));
+    // A spec change takes the new default image, but never moves the state.
+    k.spec.0.parallelism = 3;
+    k.status = Some(due.status);
+    let p = plan(&k, &up(&k, T0 + 20_000), &upgraded);
+    let d = p.status.deployed.unwrap();
+    assert_eq!((d.image.as_str(), d.checkpoint_storage.as_str()), ("weir:0.2.0", "s3://bucket/weir"));
+}
+
+#[test]
+fn the_spec_digest_is_sha256_of_canonical_json_and_stable_across_releases() {
+    let j = job(|_| {});
+    let digest = spec_digest(&j.spec.0);
+    assert_eq!(digest.len(), 64);
+    // Computed once and written down: a change here restarts every job
+    // whose spec did not change, so it must be deliberate.
+    assert_eq!(digest, GOLDEN_DIGEST, "the digest of an unchanged spec changed");
+    let mut out = String::new();
+    canonical_json(&serde_json::json!({"b": [1, {"z": null, "a": "x"}], "a": true}), &mut out);
+    assert_eq!(out, r#"{"a":true,"b":[1,{"a":"x","z":null}]}"#);
+}
+
+const GOLDEN_DIGEST: &str = "f3d78da479b5cc9e100205043a5aa8c03b0fc0ac0ee8edf811299a4b4b37a4ed";
+
+#[test]
+fn a_job_name_too_long_for_its_pod_names_is_refused_naming_the_field() {
+    let mut j = job(|_| {});
+    j.metadata.name = Some("a".repeat(41));
+    let p = plan(&j, &Observed { now_ms: T0, ..Observed::default() }, &settings());
+    let ready = condition(&p.status, "Ready");
+    assert!(ready.message.contains("metadata.name: at most 40 characters"), "{}", ready.message);
+    assert!(p.create.is_empty());
+}
+
+#[test]
+fn stale_pods_of_an_older_attempt_are_deleted_and_never_count_as_failures() {
+    let mut j = running_job(|_| {});
+    let mut seen = pods(&j, PodPhase::Running);
+    let mut stale = seen[1].clone();
+    stale.name = "counts-worker-0-0".into();
+    stale.phase = PodPhase::Failed;
+    seen.push(stale);
+    let p = step(&mut j, &Observed { pods: seen, coordinator: running(T0), now_ms: T0 + 1_000 });
+    assert_eq!(p.delete, ["counts-worker-0-0"]);
+    assert!(p.status.restarts.last_failure.is_none());
+    assert_eq!(p.status.phase, Phase::Running);
 }

@@ -15,7 +15,7 @@ use super::controller::{error_policy, reconcile, Context, KubeEvents};
 use super::coordinator_api::HttpCoordinatorApi;
 use super::leader::Election;
 use super::metrics::{router, OperatorMetrics};
-use super::plan::{Settings, JOB_LABEL};
+use super::objects::{Settings, JOB_LABEL};
 use crate::crd::StreamJob;
 
 pub struct OperatorOptions {
@@ -54,6 +54,7 @@ pub async fn run(opts: OperatorOptions) -> anyhow::Result<()> {
         settings: opts.settings,
         metrics: metrics.clone(),
         failures: Default::default(),
+        node_warning: Default::default(),
     });
     let owned = Config::default().labels(JOB_LABEL);
     let scopes: Vec<Option<String>> =
