@@ -93,6 +93,10 @@ enum Command {
         /// force-deleted and replaced, one failure per job (e.g. 60s).
         #[arg(long, env = "WEIR_NODE_LOST_AFTER", default_value = "60s", value_parser = humantime::parse_duration)]
         node_lost_after: std::time::Duration,
+        /// How long a job may take to run (after a deployment, upgrade or restart) before its
+        /// status says Stalled, with what its pods wait for.
+        #[arg(long, env = "WEIR_PROGRESS_DEADLINE", default_value = "10m", value_parser = humantime::parse_duration)]
+        progress_deadline: std::time::Duration,
         /// Elect a leader among replicas through this Lease (`NAMESPACE/NAME`).
         #[arg(long, env = "WEIR_LEADER_LEASE")]
         leader_lease: Option<String>,
@@ -167,6 +171,7 @@ fn main() -> ExitCode {
                 job_credentials_secret,
                 network_policies,
                 node_lost_after,
+                progress_deadline,
             } => {
                 let leader_election = match leader_lease.as_deref().map(|l| l.split_once('/')) {
                     None => None,
@@ -185,6 +190,7 @@ fn main() -> ExitCode {
                         network_policies,
                         image_pull_secrets: image_pull_secrets.into_iter().filter(|s| !s.is_empty()).collect(),
                         node_lost_after_ms: node_lost_after.as_millis() as u64,
+                        progress_deadline_ms: progress_deadline.as_millis() as u64,
                     },
                     health,
                     coordinator_url,

@@ -38,7 +38,7 @@ pub fn record_failure(
             if budget.failures > f.attempts {
                 RestartDecision::GiveUp {
                     reason: format!(
-                        "fixedDelay allows {} restarts and the job failed {} times",
+                        "fixedDelay allows {} restart(s) and the job failed {} time(s)",
                         f.attempts, budget.failures
                     ),
                 }
@@ -56,7 +56,7 @@ pub fn record_failure(
             if budget.failure_times_ms.len() >= keep && now.saturating_sub(oldest) <= window {
                 RestartDecision::GiveUp {
                     reason: format!(
-                        "failureRate allows fewer than {} failures per {} and the job failed {keep} times since {}",
+                        "failureRate fails the job on its {} failure(s) within {}, and it failed {keep} time(s) since {}",
                         f.max_failures_per_interval,
                         f.interval,
                         crate::operator::plan::rfc3339(oldest)
@@ -125,7 +125,7 @@ mod tests {
         let d = failures(&s, &[1_000, 10_000, 20_000]);
         assert_eq!(d[..2], [RestartDecision::RestartAt(6_000), RestartDecision::RestartAt(15_000)]);
         let RestartDecision::GiveUp { reason } = &d[2] else { panic!("a third failure exceeds 2 attempts") };
-        assert!(reason.contains("allows 2 restarts"), "{reason}");
+        assert!(reason.contains("allows 2 restart(s)"), "{reason}");
     }
 
     #[test]

@@ -157,7 +157,21 @@ fn pod_view(pod: &Pod, nodes: &NodeHealth, now: u64) -> Option<PodView> {
         reason: terminated.and_then(|t| t.reason.clone()).or_else(|| status.and_then(|s| s.reason.clone())),
         deleting: pod.metadata.deletion_timestamp.is_some(),
         node_not_ready_since_ms,
+        waiting: waiting(pod),
     })
+}
+
+/// Why a pod is not running yet, if it says.
+fn waiting(pod: &Pod) -> Option<String> {
+    let status = pod.status.as_ref()?;
+    let container = status.container_statuses.iter().flatten().find_map(|c| c.state.as_ref()?.waiting.clone());
+    if let Some(w) = container.filter(|w| w.reason.as_deref() != Some("ContainerCreating")) {
+        let reason = w.reason.unwrap_or_else(|| "Waiting".into());
+        return Some(w.message.map_or(reason.clone(), |m| format!("{reason}: {m}")));
+    }
+    let unscheduled = status.conditions.iter().flatten().find(|c| c.type_ == "PodScheduled" && c.status == "False")?;
+    let reason = unscheduled.reason.clone().unwrap_or_else(|| "Unschedulable".into());
+    Some(unscheduled.message.clone().map_or(reason.clone(), |m| format!("{reason}: {m}")))
 }
 
 /// The Ready condition of the nodes the pods run on. Without the right to
@@ -305,10 +319,13 @@ fn refused(p: &mut plan::Plan, job: &StreamJob, pod: &str, why: &str) {
     let old = job.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
     let now = plan::rfc3339(wall_ms());
     let stamp = plan::Stamp { old, generation: job.metadata.generation, now: &now };
-    p.status.conditions.retain(|c| c.type_ != "Ready");
-    let mut ready = Vec::new();
-    plan::set_condition(&mut ready, &stamp, "Ready", false, "PodRejected", &message);
-    p.status.conditions.splice(0..0, ready);
+    // The user's to fix: Stalled, in kstatus' terms, and not Reconciling.
+    let mut fixed = Vec::new();
+    plan::set_condition(&mut fixed, &stamp, "Ready", false, "PodRejected", &message);
+    plan::set_condition(&mut fixed, &stamp, "Reconciling", false, "PodRejected", &message);
+    plan::set_condition(&mut fixed, &stamp, "Stalled", true, "PodRejected", &message);
+    p.status.conditions.retain(|c| !fixed.iter().any(|f| f.type_ == c.type_));
+    p.status.conditions.splice(0..0, fixed);
     if old.iter().all(|c| c.message != message) {
         p.events.push(plan::Event { warning: true, reason: "PodRejected".into(), note: message });
     }

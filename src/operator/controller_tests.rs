@@ -76,6 +76,7 @@ fn setup(coordinator: FakeCoordinator) -> Setup {
             credentials_secret: None,
             network_policies: true,
             node_lost_after_ms: 60_000,
+            progress_deadline_ms: 600_000,
         },
         metrics: Arc::new(OperatorMetrics::default()),
         failures: Default::default(),

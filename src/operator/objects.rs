@@ -52,6 +52,9 @@ pub struct Settings {
     /// How long a pod's node may be NotReady or Unknown before its pods
     /// count as lost: force-deleted and replaced.
     pub node_lost_after_ms: u64,
+    /// How long a job may take to run after a deployment, upgrade or
+    /// restart before it counts as Stalled.
+    pub progress_deadline_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

@@ -12,6 +12,7 @@ fn settings() -> Settings {
         network_policies: true,
         image_pull_secrets: Vec::new(),
         node_lost_after_ms: 60_000,
+        progress_deadline_ms: 600_000,
     }
 }
 

@@ -45,6 +45,10 @@ pub struct PodView {
     pub deleting: bool,
     /// Since when its node has not been Ready (ms since the epoch).
     pub node_not_ready_since_ms: Option<u64>,
+    /// Why it is not running yet: its container's waiting reason and
+    /// message (ImagePullBackOff, CreateContainerConfigError), or why it
+    /// is not scheduled (Unschedulable).
+    pub waiting: Option<String>,
 }
 
 /// What the coordinator's API said, if it answered.
@@ -297,6 +301,18 @@ impl Ctx<'_> {
         self.observed.coordinator.as_ref().is_some_and(|c| c.state == "Running")
     }
 
+    /// What the current pods wait for, e.g. `counts-worker-0-1:
+    /// ImagePullBackOff: ...` or `Unschedulable: 0/2 nodes are available`.
+    fn waiting(&self) -> Option<String> {
+        let reasons: Vec<String> = self
+            .current()
+            .iter()
+            .filter_map(|n| self.pod(n))
+            .filter_map(|p| p.waiting.as_ref().map(|w| format!("{}: {w}", p.name)))
+            .collect();
+        (!reasons.is_empty()).then(|| reasons.join("; "))
+    }
+
     /// The current pods that failed, with why.
     fn failures(&self) -> Vec<(usize, Failure)> {
         if !self.created() {
@@ -456,8 +472,10 @@ fn redeploy(c: &Ctx<'_>, p: &mut Plan, why: Redeploy) {
         && c.coordinator_running()
         && !c.coordinator_done()
     {
-        // The new attempt starts once the job stopped with its savepoint.
+        // The new attempt starts once the job stopped with its savepoint;
+        // until then this generation is not acted on.
         p.actions.push(Action::StopWithSavepoint);
+        p.status.observed_generation = c.old.observed_generation;
         p.status.phase = Phase::Starting;
         p.status.conditions = conditions(c, Phase::Starting, None, None);
         p.requeue_ms = 1_000;
@@ -654,7 +672,7 @@ fn run(c: &Ctx<'_>, p: &mut Plan, template: Option<&k8s_openapi::api::core::v1::
         .then(|| format!("waiting for stale pods to end: {}", waiting_for.join(", ")));
     p.status.conditions = conditions(c, p.status.phase, None, health);
     if let Some(w) = waiting {
-        if let Some(x) = p.status.conditions.iter_mut().find(|x| x.type_ == "Progressing") {
+        if let Some(x) = p.status.conditions.iter_mut().find(|x| x.type_ == "Reconciling") {
             x.message = w;
         }
     }
@@ -775,6 +793,11 @@ fn checkpoints_healthy(ctx: &Ctx<'_>) -> Option<(bool, String)> {
     })
 }
 
+/// The conditions, with the meanings kstatus, Flux and Argo CD give them:
+/// `Ready` when the job runs and checkpoints (or finished), `Reconciling`
+/// while the operator works towards the spec, `Stalled` when it cannot get
+/// there without the user: an invalid spec, a spent restart budget, a pod
+/// the API server refuses, or no progress within the progress deadline.
 fn conditions(
     ctx: &Ctx<'_>,
     phase: Phase,
@@ -786,11 +809,51 @@ fn conditions(
     let now = rfc3339(ctx.now);
     let stamp = Stamp { old: &old.conditions, generation: ctx.job.metadata.generation, now: &now };
     let phase_name = format!("{phase:?}");
-    let (reason, message) = failure.unwrap_or((&phase_name, ""));
-    let progressing = matches!(phase, Phase::Starting | Phase::Restarting | Phase::Pending);
-    set_condition(&mut out, &stamp, "Ready", phase == Phase::Running, reason, message);
-    set_condition(&mut out, &stamp, "Progressing", progressing, &phase_name, "");
-    set_condition(&mut out, &stamp, "Degraded", matches!(phase, Phase::Restarting | Phase::Failed), reason, message);
+    let mut reconciling = matches!(phase, Phase::Starting | Phase::Restarting | Phase::Pending);
+    let waiting = ctx.waiting();
+    let mut reconciling_message = match &waiting {
+        Some(w) => format!("the job is {phase_name}: {w}"),
+        None => String::new(),
+    };
+    let mut stalled = failure.map(|(r, m)| (r.to_string(), m.to_string()));
+    // Reconciling for longer than the deadline: the job is stuck, and
+    // what the pods wait for says why.
+    let since = old
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Reconciling" && c.status == "True")
+        .and_then(|c| parse_rfc3339(&c.last_transition_time));
+    if let Some(since) = since.filter(|s| reconciling && ctx.now.saturating_sub(*s) > ctx.settings.progress_deadline_ms)
+    {
+        let message = format!(
+            "not running {} after it started reconciling at {}{}",
+            humantime::format_duration(std::time::Duration::from_secs(ctx.settings.progress_deadline_ms / 1000)),
+            rfc3339(since),
+            waiting.map_or(String::new(), |w| format!(": {w}"))
+        );
+        stalled.get_or_insert(("ProgressDeadlineExceeded".into(), message));
+        // kstatus reads Reconciling before Stalled.
+        reconciling = false;
+        reconciling_message.clear();
+    }
+    let checkpointing = !ctx.spec.checkpoints.interval.get().is_zero();
+    let (ready, ready_reason, ready_message) = match (&stalled, phase) {
+        (Some((r, m)), _) => (false, r.clone(), m.clone()),
+        (None, Phase::Finished) => (true, "Finished".to_string(), "the job finished".to_string()),
+        (None, Phase::Running) => match &checkpoints {
+            Some((true, m)) => (true, "Running".into(), m.clone()),
+            Some((false, m)) => (false, "CheckpointsStalled".into(), m.clone()),
+            None if !checkpointing => (true, "Running".into(), "the job runs without checkpoints".into()),
+            None => (false, "AwaitingCheckpoint".into(), "the job runs; no checkpoint completed yet".into()),
+        },
+        (None, _) => (false, phase_name.clone(), reconciling_message.clone()),
+    };
+    set_condition(&mut out, &stamp, "Ready", ready, &ready_reason, &ready_message);
+    set_condition(&mut out, &stamp, "Reconciling", reconciling, &phase_name, &reconciling_message);
+    match &stalled {
+        Some((reason, message)) => set_condition(&mut out, &stamp, "Stalled", true, reason, message),
+        None => set_condition(&mut out, &stamp, "Stalled", false, "Progressing", "nothing blocks the job"),
+    }
     match checkpoints {
         Some((ok, message)) => {
             let reason = if ok { "Completing" } else { "Stalled" };

@@ -33,6 +33,7 @@ fn settings() -> Settings {
         credentials_secret: Some("weir-s3".into()),
         network_policies: true,
         node_lost_after_ms: 60_000,
+        progress_deadline_ms: 600_000,
     }
 }
 
@@ -68,6 +69,7 @@ fn pods(job: &StreamJob, phase: PodPhase) -> Vec<PodView> {
             message: None,
             deleting: false,
             node_not_ready_since_ms: None,
+            waiting: None,
         })
         .collect()
 }
@@ -573,7 +575,7 @@ fn a_drain_longer_than_the_restart_delay_is_one_failure_and_the_replacement_wait
     // The restart is due while the evicted pod still shuts down gracefully.
     let due = step(&mut j, &Observed { pods: evicted.clone(), coordinator: running(T0), now_ms: T0 + 2_000 });
     assert!(due.create.is_empty(), "a stale pod that still runs could write beside the new attempt");
-    let waiting = condition(&due.status, "Progressing");
+    let waiting = condition(&due.status, "Reconciling");
     assert!(waiting.message.contains("counts-worker-0-1"), "{}", waiting.message);
     for t in [5_000, 20_000, 30_000] {
         let p = step(&mut j, &Observed { pods: evicted.clone(), coordinator: running(T0), now_ms: T0 + t });
@@ -703,4 +705,93 @@ fn stale_pods_of_an_older_attempt_are_deleted_and_never_count_as_failures() {
     assert_eq!(p.delete, ["counts-worker-0-0"]);
     assert!(p.status.restarts.last_failure.is_none());
     assert_eq!(p.status.phase, Phase::Running);
+}
+
+/// The job as the API server would return it after the plan's status.
+fn fixture(job: &StreamJob) -> String {
+    let mut value = serde_json::to_value(job).unwrap();
+    value["metadata"] = serde_json::json!({
+        "name": job.metadata.name, "namespace": job.metadata.namespace, "generation": job.metadata.generation,
+    });
+    serde_yaml::to_string(&value).unwrap()
+}
+
+/// Argo CD's health check (`integrations/argocd`) is tested against these
+/// statuses; they are made here by the operator's own plan, so the check
+/// cannot drift from what the operator writes. `WEIR_BLESS=1` rewrites them.
+#[test]
+fn argocd_health_fixtures_are_what_the_operator_writes() {
+    let mut cases: Vec<(&str, StreamJob)> = Vec::new();
+    let fixed = |attempts| {
+        move |s: &mut weir_runtime::manifest::StreamJobSpec| {
+            s.restart_strategy.fixed_delay =
+                Some(weir_runtime::manifest::FixedDelay { attempts, delay: "10s".parse().unwrap() })
+        }
+    };
+
+    let mut j = running_job(|_| {});
+    let o = up(&j, T0 + 1_000);
+    step(&mut j, &o);
+    cases.push(("running", j.clone()));
+
+    let mut finished = j.clone();
+    let done = pods(&finished, PodPhase::Succeeded);
+    step(&mut finished, &Observed { pods: done, coordinator: None, now_ms: T0 + 9_000 });
+    cases.push(("finished", finished));
+
+    let mut old = j.clone();
+    old.metadata.generation = Some(4);
+    cases.push(("old-generation", old));
+
+    let mut stalled = j.clone();
+    let o = up(&stalled, T0 + 120_000);
+    step(&mut stalled, &o);
+    cases.push(("checkpoints-stalled", stalled));
+
+    let mut awaiting = job(|_| {});
+    step(&mut awaiting, &Observed { now_ms: T0, ..Observed::default() });
+    let mut first = running(T0).unwrap();
+    first.latest = None;
+    first.history.clear();
+    let started = pods(&awaiting, PodPhase::Running);
+    step(&mut awaiting, &Observed { pods: started, coordinator: Some(first), now_ms: T0 + 900 });
+    cases.push(("awaiting-checkpoint", awaiting));
+
+    let mut restarting = running_job(fixed(5));
+    let mut failed = pods(&restarting, PodPhase::Running);
+    failed[2].phase = PodPhase::Failed;
+    failed[2].reason = Some("OOMKilled".into());
+    failed[2].exit_code = Some(137);
+    step(&mut restarting, &Observed { pods: failed.clone(), coordinator: running(T0), now_ms: T0 + 2_000 });
+    cases.push(("restarting", restarting));
+
+    let mut exhausted = running_job(fixed(0));
+    step(&mut exhausted, &Observed { pods: failed, coordinator: None, now_ms: T0 + 2_000 });
+    cases.push(("budget-exhausted", exhausted));
+
+    let mut pulling = job(|s| s.image = Some("weir:typo".into()));
+    step(&mut pulling, &Observed { now_ms: T0, ..Observed::default() });
+    let mut waiting = pods(&pulling, PodPhase::Pending);
+    waiting[1].waiting = Some("ImagePullBackOff: Back-off pulling image \"weir:typo\"".into());
+    step(&mut pulling, &Observed { pods: waiting.clone(), coordinator: None, now_ms: T0 + 1_000 });
+    step(&mut pulling, &Observed { pods: waiting, coordinator: None, now_ms: T0 + 601_000 });
+    cases.push(("image-pull-backoff", pulling));
+
+    let mut suspended = j.clone();
+    suspended.spec.0.suspend = true;
+    let o = up(&suspended, T0 + 3_000);
+    step(&mut suspended, &o);
+    cases.push(("suspended", suspended));
+
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/integrations/argocd/weir.dev/StreamJob/testdata");
+    let bless = std::env::var_os("WEIR_BLESS").is_some();
+    for (name, job) in cases {
+        let path = format!("{dir}/{name}.yaml");
+        let want = fixture(&job);
+        if bless {
+            std::fs::write(&path, &want).unwrap();
+        }
+        let stored = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(stored == want, "{path} is stale: run this test with WEIR_BLESS=1 and commit it");
+    }
 }
