@@ -57,8 +57,25 @@ impl ObjectMeta {
 }
 
 /// What a user asks for: the job, how wide it runs, how it checkpoints.
+// Rules the API server checks at admission (CEL, Kubernetes 1.25+; older
+// servers ignore them and the operator's own checks still apply). Fields
+// with defaults may be absent when a rule runs, hence the `has` guards.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "!has(self.workers) || !has(self.parallelism) || self.workers <= self.parallelism",
+        "message": "spec.workers must not exceed spec.parallelism: a worker would have nothing to run"
+    },
+    {
+        "rule": "!has(self.parallelism) || !has(self.maxParallelism) || self.parallelism <= self.maxParallelism",
+        "message": "spec.parallelism must not exceed spec.maxParallelism"
+    },
+    {
+        "rule": "has(self.pipeline) != has(self.program)",
+        "message": "exactly one of spec.pipeline and spec.program must be set"
+    }
+]))]
 pub struct StreamJobSpec {
     /// Number of parallel subtasks of every operator.
     #[serde(default = "default_parallelism")]
@@ -69,6 +86,10 @@ pub struct StreamJobSpec {
     /// it discards the compatibility of existing checkpoints.
     #[serde(default = "default_max_parallelism")]
     #[schemars(range(min = 1, max = 32768))]
+    #[schemars(extend("x-kubernetes-validations" = [{
+        "rule": "self == oldSelf",
+        "message": "spec.maxParallelism is immutable: the job's checkpoints are split into that many key groups"
+    }]))]
     pub max_parallelism: u32,
     #[serde(default)]
     pub checkpoints: CheckpointOptions,
@@ -159,6 +180,10 @@ pub struct PodResources {
 /// default, `exponentialDelay` with Flink's defaults).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "(has(self.none) ? 1 : 0) + (has(self.fixedDelay) ? 1 : 0) + (has(self.failureRate) ? 1 : 0) + (has(self.exponentialDelay) ? 1 : 0) <= 1",
+    "message": "at most one of none, fixedDelay, failureRate, exponentialDelay must be set in spec.restartStrategy"
+}]))]
 pub struct RestartStrategy {
     /// Never restart: the first failure fails the job.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -445,6 +470,10 @@ pub struct PipelineSpec {
 /// Exactly one field is set (the Kubernetes way of writing a union).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "(has(self.generator) ? 1 : 0) + (has(self.file) ? 1 : 0) == 1",
+    "message": "exactly one of generator, file must be set in spec.pipeline.source"
+}]))]
 pub struct SourceSpec {
     /// Deterministic records `{"seq", "key", "value"}`: replaying from an
     /// offset yields the same records.
@@ -506,6 +535,10 @@ pub struct FileSourceSpec {
 /// One step; exactly one field is set.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "(has(self.keyBy) ? 1 : 0) + (has(self.aggregate) ? 1 : 0) == 1",
+    "message": "exactly one of keyBy, aggregate must be set in each spec.pipeline.steps item"
+}]))]
 pub struct StepSpec {
     /// A stable id for the step's state (as Flink's `uid`): a checkpoint's
     /// state goes back to the operator of the same id, wherever the step
@@ -582,6 +615,10 @@ pub struct AggregateSpec {
 /// Exactly one field is set.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "(has(self.file) ? 1 : 0) + (has(self.stdout) ? 1 : 0) == 1",
+    "message": "exactly one of file, stdout must be set in spec.pipeline.sink"
+}]))]
 pub struct SinkSpec {
     /// Exactly-once JSON-lines files: a part file per subtask and checkpoint,
     /// visible only once its checkpoint completed.
