@@ -201,7 +201,8 @@ wait_phase() {
 }
 
 t=$(date +%s)
-wait_phase Running
+# Ready: running and checkpointing again after the kills.
+wait_condition streamjob/counts Ready 60 || fail "not Ready again after the kills"
 conditions=$(kubectl get sj counts -o jsonpath='{.status.conditions}')
 pods_before=$(kubectl get pods -l weir.dev/job=counts -o jsonpath='{.items[*].metadata.uid}')
 kubectl apply -f "$examples/counts.yaml" > /dev/null

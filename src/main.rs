@@ -100,6 +100,9 @@ enum Command {
         /// Elect a leader among replicas through this Lease (`NAMESPACE/NAME`).
         #[arg(long, env = "WEIR_LEADER_LEASE")]
         leader_lease: Option<String>,
+        /// How long the leader's lease holds without renewal; the leader stops acting after 2/3 of it.
+        #[arg(long, env = "WEIR_LEADER_LEASE_DURATION", default_value = "15s", value_parser = humantime::parse_duration)]
+        leader_lease_duration: std::time::Duration,
     },
     /// Inspect a job's checkpoints.
     Checkpoints {
@@ -156,6 +159,7 @@ fn main() -> ExitCode {
     // nothing unless handled: the long-running roles end on it at once
     // (checkpoints make that safe), instead of waiting out the grace period.
     let serves = matches!(cli.command, Command::Operator { .. } | Command::Coordinator(_) | Command::Worker(_));
+    let operator = matches!(cli.command, Command::Operator { .. });
     let work = async {
         match cli.command {
             Command::Run { file, no_progress_line } => run::run(&file, !no_progress_line).await,
@@ -167,6 +171,7 @@ fn main() -> ExitCode {
                 health,
                 coordinator_url,
                 leader_lease,
+                leader_lease_duration,
                 default_storage,
                 job_credentials_secret,
                 network_policies,
@@ -195,6 +200,7 @@ fn main() -> ExitCode {
                     health,
                     coordinator_url,
                     leader_election,
+                    leader_lease_duration,
                 })
                 .await
             }
@@ -221,7 +227,13 @@ fn main() -> ExitCode {
         }
         tokio::select! {
             result = work => result.map(|()| None),
-            signal = terminated() => signal.map(Some),
+            signal = terminated() => {
+                if operator {
+                    // A follower takes over now, not after the lease expires.
+                    operator::leader::release().await;
+                }
+                signal.map(Some)
+            }
         }
     });
     match result {

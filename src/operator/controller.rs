@@ -78,9 +78,16 @@ pub struct Context {
     pub failures: std::sync::Mutex<std::collections::HashMap<String, u32>>,
     /// Whether the warning that nodes cannot be read was logged.
     pub node_warning: std::sync::atomic::AtomicBool,
+    /// With leader election: whether this replica may act now.
+    pub leadership: Option<Arc<super::leader::Leadership>>,
 }
 
 pub async fn reconcile(job: Arc<StreamJob>, ctx: Arc<Context>) -> Result<Action, Error> {
+    // A leader frozen past its renew deadline may have been replaced: it
+    // acts on nothing (and its election task exits the process).
+    if ctx.leadership.as_ref().is_some_and(|l| !l.valid()) {
+        return Ok(Action::requeue(Duration::from_secs(2)));
+    }
     let started = std::time::Instant::now();
     let ns = job.namespace().ok_or(Error::NoNamespace)?;
     let api: Api<StreamJob> = Api::namespaced(ctx.client.clone(), &ns);
@@ -302,8 +309,21 @@ async fn apply(job: Arc<StreamJob>, ctx: &Context) -> Result<Action, Error> {
         let api: Api<StreamJob> = Api::namespaced(ctx.client.clone(), &ns);
         let old = serde_json::to_value(&job.status).unwrap_or(Value::Null);
         let new = serde_json::to_value(&p.status).unwrap_or(Value::Null);
-        let patch = json!({ "status": merge_patch(&old, &new) });
-        api.patch_status(&name, &PatchParams::default(), &Patch::Merge(patch)).await?;
+        // The resourceVersion read is a precondition: a stale reconcile
+        // (a frozen leader, a lagging cache) cannot write over a newer
+        // status, and so cannot count a failure twice.
+        let patch = json!({
+            "metadata": { "resourceVersion": job.metadata.resource_version },
+            "status": merge_patch(&old, &new),
+        });
+        match api.patch_status(&name, &PatchParams::default(), &Patch::Merge(patch)).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 409 => {
+                info!(job = %name, "status changed since it was read; planning again");
+                return Ok(Action::requeue(Duration::from_millis(200)));
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
     ctx.metrics.set_phase(&ns, &name, p.status.phase);
     Ok(if p.requeue_ms == 0 { Action::await_change() } else { Action::requeue(Duration::from_millis(p.requeue_ms)) })

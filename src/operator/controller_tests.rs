@@ -81,6 +81,7 @@ fn setup(coordinator: FakeCoordinator) -> Setup {
         metrics: Arc::new(OperatorMetrics::default()),
         failures: Default::default(),
         node_warning: Default::default(),
+        leadership: None,
     });
     Setup { ctx, handle, coordinator, events }
 }

@@ -14,23 +14,36 @@ use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 use crate::crd::Phase;
 
-#[derive(Default)]
 pub struct OperatorMetrics {
     reconciles: AtomicU64,
     errors: AtomicU64,
-    reconcile_micros: AtomicU64,
+    /// Seconds per reconcile, 1 ms to about 16 s.
+    durations: Histogram,
     phases: Mutex<BTreeMap<(String, String), Phase>>,
     pub ready: AtomicBool,
+}
+
+impl Default for OperatorMetrics {
+    fn default() -> Self {
+        OperatorMetrics {
+            reconciles: AtomicU64::default(),
+            errors: AtomicU64::default(),
+            durations: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
+            phases: Mutex::default(),
+            ready: AtomicBool::default(),
+        }
+    }
 }
 
 impl OperatorMetrics {
     pub fn observe_reconcile(&self, took: Duration, failed: bool) {
         self.reconciles.fetch_add(1, Ordering::Relaxed);
-        self.reconcile_micros.fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+        self.durations.observe(took.as_secs_f64());
         if failed {
             self.errors.fetch_add(1, Ordering::Relaxed);
         }
@@ -56,9 +69,7 @@ impl OperatorMetrics {
         let errors: Counter = Counter::default();
         errors.inc_by(self.errors.load(Ordering::Relaxed));
         registry.register("reconcile_errors", "Reconciles that failed and were requeued", errors);
-        let micros: Counter = Counter::default();
-        micros.inc_by(self.reconcile_micros.load(Ordering::Relaxed));
-        registry.register("reconcile_duration_microseconds", "Total time spent reconciling", micros);
+        registry.register("reconcile_duration_seconds", "How long reconciles take", self.durations.clone());
         let by_phase = Family::<Vec<(String, String)>, Gauge>::default();
         if let Ok(m) = self.phases.lock() {
             let mut counts: BTreeMap<String, i64> = BTreeMap::new();
@@ -99,4 +110,20 @@ pub fn router(metrics: Arc<OperatorMetrics>) -> Router {
             }),
         )
         .with_state(metrics)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconcile_durations_are_a_histogram_with_buckets() {
+        let m = OperatorMetrics::default();
+        m.observe_reconcile(Duration::from_millis(3), false);
+        m.observe_reconcile(Duration::from_millis(700), true);
+        let text = m.render().unwrap();
+        assert!(text.contains("weir_operator_reconcile_duration_seconds_bucket{le=\"0.004\"} 1"), "{text}");
+        assert!(text.contains("weir_operator_reconcile_duration_seconds_count 2"), "{text}");
+        assert!(text.contains("weir_operator_reconcile_errors_total 1"), "{text}");
+    }
 }

@@ -13,7 +13,7 @@ use tracing::{info, warn};
 
 use super::controller::{error_policy, reconcile, Context, KubeEvents};
 use super::coordinator_api::HttpCoordinatorApi;
-use super::leader::Election;
+use super::leader::{Election, Timing};
 use super::metrics::{router, OperatorMetrics};
 use super::objects::{Settings, JOB_LABEL};
 use crate::crd::StreamJob;
@@ -26,6 +26,8 @@ pub struct OperatorOptions {
     pub coordinator_url: Option<String>,
     /// `Some((namespace, lease name))`: run for leadership first.
     pub leader_election: Option<(String, String)>,
+    /// How long the leader's lease holds without renewal.
+    pub leader_lease_duration: std::time::Duration,
 }
 
 pub async fn run(opts: OperatorOptions) -> anyhow::Result<()> {
@@ -42,10 +44,12 @@ pub async fn run(opts: OperatorOptions) -> anyhow::Result<()> {
     // standby, and a rolling upgrade needs the new pod ready before the old
     // one (the leader) goes away.
     metrics.ready.store(true, Ordering::Relaxed);
+    let mut leadership = None;
     if let Some((namespace, lease)) = &opts.leader_election {
         let identity = std::env::var("POD_NAME").unwrap_or_else(|_| format!("weir-operator-{}", std::process::id()));
         info!(%identity, %lease, "waiting to lead");
-        Election::new(client.clone(), namespace, lease, &identity, std::time::Duration::from_secs(15)).lead().await;
+        let timing = Timing::for_lease(opts.leader_lease_duration);
+        leadership = Some(Election::new(client.clone(), namespace, lease, &identity, timing).lead().await);
     }
     let ctx = Arc::new(Context {
         client: client.clone(),
@@ -55,6 +59,7 @@ pub async fn run(opts: OperatorOptions) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         failures: Default::default(),
         node_warning: Default::default(),
+        leadership,
     });
     let owned = Config::default().labels(JOB_LABEL);
     let scopes: Vec<Option<String>> =
@@ -86,5 +91,8 @@ pub async fn run(opts: OperatorOptions) -> anyhow::Result<()> {
             })
     });
     futures::future::join_all(controllers).await;
+    // The controllers end on SIGTERM (after in-flight reconciles): hand the
+    // lease over now rather than after it expires.
+    super::leader::release().await;
     Ok(())
 }
