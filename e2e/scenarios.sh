@@ -81,7 +81,7 @@ helm=helm
 "$helm" install weir "$root/charts/weir" --namespace weir-system --create-namespace \
   --set image.repository=weir --set image.tag=dev --set image.pullPolicy=Never \
   --set checkpoints.defaultStorage="file:///data/storage" --set leaderElection.enabled=true \
-  --set podDisruptionBudget.enabled=false --set nodeLostAfter=5s \
+  --set podDisruptionBudget.enabled=false --set nodeLostAfter=5s --set statusInterval=2s \
   --set 'nodeSelector.kubernetes\.io/hostname=weir-node-a' \
   > "$dir/notes.txt"  # policy/v1 needs 1.21; this API server is 1.20
 kubectl -n weir-system rollout status deployment/weir --timeout=60s > /dev/null || fail "operator not ready"
@@ -239,6 +239,26 @@ job_pods=$(kubectl get pods -l weir.dev/job=counts -o jsonpath='{.items[*].metad
 kubectl -n weir-system rollout status deployment/weir --timeout=90s > /dev/null || fail "operator upgrade did not roll out"
 [ "$(kubectl get pods -l weir.dev/job=counts -o jsonpath='{.items[*].metadata.uid}')" = "$job_pods" ] || fail "helm upgrade restarted job pods"
 scenario "helm upgrade of the operator keeps the running job's pods" "$t"
+
+t=$(date +%s)
+# Helm installs crds/ once and never upgrades them; the chart's README says
+# to apply the new CRD first. A changed CRD (here an extra printer column)
+# applied server-side, then helm upgrade: running jobs keep their pods.
+python3 - "$root/crds/streamjob.yaml" > "$dir/crd-v2.yaml" <<'PY'
+import sys, yaml
+crd = yaml.safe_load(open(sys.argv[1]))
+crd["spec"]["versions"][0]["additionalPrinterColumns"].append(
+    {"name": "Restarts", "type": "integer", "jsonPath": ".status.restarts.count"})
+print(yaml.safe_dump(crd))
+PY
+kubectl apply --server-side --force-conflicts --validate=false -f "$dir/crd-v2.yaml" > /dev/null \
+  || fail "the changed CRD was not applied"
+"$helm" upgrade weir "$root/charts/weir" --namespace weir-system --reuse-values --set logLevel=info > /dev/null
+kubectl -n weir-system rollout status deployment/weir --timeout=90s > /dev/null || fail "operator upgrade did not roll out"
+kubectl get sj counts | head -1 | grep -q RESTARTS || fail "the new printer column is not served"
+[ "$(kubectl get pods -l weir.dev/job=counts -o jsonpath='{.items[*].metadata.uid}')" = "$job_pods" ] \
+  || fail "the CRD upgrade restarted job pods"
+scenario "CRD upgrade: a changed CRD applied server-side, then helm upgrade; new column served, job pods kept" "$t"
 
 t=$(date +%s)
 for _ in $(seq 1 120); do

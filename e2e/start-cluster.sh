@@ -52,7 +52,14 @@ rm -rf etcd-data
 etcd --data-dir etcd-data --listen-client-urls "http://127.0.0.1:$etcd_port" \
   --advertise-client-urls "http://127.0.0.1:$etcd_port" --listen-peer-urls http://127.0.0.1:0 > etcd.log 2>&1 &
 echo $! > etcd.pid
-"$bin/kube-apiserver" --etcd-servers "http://127.0.0.1:$etcd_port" --bind-address "$api_host" \
+# WEIR_E2E_AUDIT=1: every request's metadata (verb, resource, user agent)
+# goes to audit.log, e.g. to count what the operator asks for.
+audit=()
+if [ -n "${WEIR_E2E_AUDIT:-}" ]; then
+  printf 'apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules: [{level: Metadata}]\n' > audit-policy.yaml
+  audit=(--audit-policy-file audit-policy.yaml --audit-log-path audit.log)
+fi
+"$bin/kube-apiserver" "${audit[@]}" --etcd-servers "http://127.0.0.1:$etcd_port" --bind-address "$api_host" \
   --secure-port "$api_port" --advertise-address "$api_host" --tls-cert-file serving.crt --tls-private-key-file serving.key \
   --token-auth-file tokens.csv --authorization-mode RBAC --service-cluster-ip-range 10.96.0.0/16 \
   --service-account-issuer https://kubernetes.default.svc --service-account-key-file sa.pub \

@@ -288,6 +288,7 @@ mod example_tests {
             network_policies: true,
             node_lost_after_ms: 60_000,
             progress_deadline_ms: 600_000,
+            status_interval_ms: 2_000,
         };
         for (path, job) in jobs {
             let p = plan::plan(&job, &Observed::default(), &settings);

@@ -97,6 +97,9 @@ enum Command {
         /// status says Stalled, with what its pods wait for.
         #[arg(long, env = "WEIR_PROGRESS_DEADLINE", default_value = "10m", value_parser = humantime::parse_duration)]
         progress_deadline: std::time::Duration,
+        /// How often a running job's coordinator is asked for its checkpoints (status.checkpoints).
+        #[arg(long, env = "WEIR_STATUS_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
+        status_interval: std::time::Duration,
         /// Elect a leader among replicas through this Lease (`NAMESPACE/NAME`).
         #[arg(long, env = "WEIR_LEADER_LEASE")]
         leader_lease: Option<String>,
@@ -177,6 +180,7 @@ fn main() -> ExitCode {
                 network_policies,
                 node_lost_after,
                 progress_deadline,
+                status_interval,
             } => {
                 let leader_election = match leader_lease.as_deref().map(|l| l.split_once('/')) {
                     None => None,
@@ -196,6 +200,7 @@ fn main() -> ExitCode {
                         image_pull_secrets: image_pull_secrets.into_iter().filter(|s| !s.is_empty()).collect(),
                         node_lost_after_ms: node_lost_after.as_millis() as u64,
                         progress_deadline_ms: progress_deadline.as_millis() as u64,
+                        status_interval_ms: status_interval.as_millis().max(100) as u64,
                     },
                     health,
                     coordinator_url,

@@ -12,6 +12,7 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{finalizer, Event as FinalizerEvent};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::{json, Value};
 use tracing::{info, warn, Instrument};
@@ -37,6 +38,8 @@ pub enum Error {
     NoNamespace,
     #[error("cannot make a job token or TLS identity: {0}")]
     Token(String),
+    #[error("{kind} {name} exists and does not belong to this StreamJob; delete or rename it")]
+    NotOwned { kind: String, name: String },
 }
 
 /// Where Kubernetes Events go; a trait so tests can collect them.
@@ -80,6 +83,47 @@ pub struct Context {
     pub node_warning: std::sync::atomic::AtomicBool,
     /// With leader election: whether this replica may act now.
     pub leadership: Option<Arc<super::leader::Leadership>>,
+    /// Watched caches; without them (in tests) every reconcile asks the
+    /// API server.
+    pub caches: Caches,
+}
+
+/// What reconciles read without calling the API server.
+#[derive(Default)]
+pub struct Caches {
+    /// Job pods, per watched namespace (`None`: all namespaces).
+    pub pods: Vec<(Option<String>, Store<Pod>)>,
+    /// Nodes, when the operator may watch them.
+    pub nodes: Option<Store<Node>>,
+    /// A hash of what was last applied per child object, so an unchanged
+    /// object is not sent again.
+    pub applied: std::sync::Mutex<std::collections::HashMap<String, u64>>,
+}
+
+impl Caches {
+    fn pods(&self, ns: &str, job: &str) -> Option<Vec<Pod>> {
+        let (_, store) = self.pods.iter().find(|(scope, _)| scope.as_deref().is_none_or(|s| s == ns))?;
+        let mine = |p: &Arc<Pod>| {
+            p.metadata.namespace.as_deref() == Some(ns)
+                && p.metadata.labels.as_ref().and_then(|l| l.get(JOB_LABEL)).map(String::as_str) == Some(job)
+        };
+        Some(store.state().into_iter().filter(mine).map(|p| (*p).clone()).collect())
+    }
+
+    /// Whether `object` differs from what was last applied under `key`.
+    fn changed(&self, key: &str, object: &impl serde::Serialize) -> bool {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        serde_json::to_string(object).unwrap_or_default().hash(&mut h);
+        let hash = h.finish();
+        self.applied.lock().map_or(true, |mut m| m.insert(key.to_string(), hash) != Some(hash))
+    }
+
+    fn forget(&self, key: &str) {
+        if let Ok(mut m) = self.applied.lock() {
+            m.remove(key);
+        }
+    }
 }
 
 pub async fn reconcile(job: Arc<StreamJob>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -170,7 +214,7 @@ fn pod_view(pod: &Pod, nodes: &NodeHealth, now: u64) -> Option<PodView> {
 
 /// Why a pod is not running yet, if it says.
 fn waiting(pod: &Pod) -> Option<String> {
-    let status = pod.status.as_ref()?;
+    let status = pod.status.as_ref().filter(|s| s.phase.as_deref().is_none_or(|p| p == "Pending"))?;
     let container = status.container_statuses.iter().flatten().find_map(|c| c.state.as_ref()?.waiting.clone());
     if let Some(w) = container.filter(|w| w.reason.as_deref() != Some("ContainerCreating")) {
         let reason = w.reason.unwrap_or_else(|| "Waiting".into());
@@ -188,6 +232,11 @@ async fn node_health(ctx: &Context, pods: &[Pod], now: u64) -> NodeHealth {
     let mut health = NodeHealth::new();
     for name in pods.iter().filter_map(|p| p.spec.as_ref()?.node_name.clone()) {
         if health.contains_key(&name) {
+            continue;
+        }
+        if let Some(store) = &ctx.caches.nodes {
+            let node = store.get(&ObjectRef::new(&name));
+            health.insert(name, node.map_or(Some(now), |n| not_ready_since(&n, now)));
             continue;
         }
         let since = match api.get_opt(&name).await {
@@ -217,11 +266,22 @@ fn not_ready_since(node: &Node, now: u64) -> Option<u64> {
 
 async fn observe(job: &StreamJob, ctx: &Context, ns: &str) -> Result<Observed, Error> {
     let name = job.name_any();
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
-    let list = pods.list(&ListParams::default().labels(&format!("{JOB_LABEL}={name}"))).await?;
+    // The watch cache, unless it lacks a pod this job created: a cache a
+    // moment behind must not make a pod look deleted, so then ask.
+    let expected = job.status.as_ref().and_then(|s| s.deployed.as_ref()).filter(|d| d.created).map(|d| &d.pods);
+    let cached = ctx.caches.pods(ns, &name).filter(|pods| {
+        expected.is_none_or(|want| want.iter().all(|w| pods.iter().any(|p| p.metadata.name.as_deref() == Some(w))))
+    });
+    let items = match cached {
+        Some(pods) => pods,
+        None => {
+            let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+            pods.list(&ListParams::default().labels(&format!("{JOB_LABEL}={name}"))).await?.items
+        }
+    };
     let now_ms = wall_ms();
-    let nodes = node_health(ctx, &list.items, now_ms).await;
-    let pods = list.items.iter().filter_map(|p| pod_view(p, &nodes, now_ms)).collect::<Vec<_>>();
+    let nodes = node_health(ctx, &items, now_ms).await;
+    let pods = items.iter().filter_map(|p| pod_view(p, &nodes, now_ms)).collect::<Vec<_>>();
     let coordinator_up = pods.iter().any(|p| p.role == Role::Coordinator && p.phase == PodPhase::Running);
     let coordinator = if coordinator_up { ctx.coordinator.view(ns, &name).await } else { None };
     Ok(Observed { pods, coordinator, now_ms })
@@ -263,14 +323,23 @@ async fn apply(job: Arc<StreamJob>, ctx: &Context) -> Result<Action, Error> {
     }
 
     let pp = PatchParams::apply(FIELD_MANAGER).force();
-    if let Some(cm) = &p.config_map {
-        Api::<ConfigMap>::namespaced(ctx.client.clone(), &ns).patch(&cm.name_any(), &pp, &Patch::Apply(cm)).await?;
-    }
-    if let Some(svc) = &p.service {
-        Api::<Service>::namespaced(ctx.client.clone(), &ns).patch(&svc.name_any(), &pp, &Patch::Apply(svc)).await?;
-    }
-    if let Some(np) = &p.network_policy {
-        Api::<NetworkPolicy>::namespaced(ctx.client.clone(), &ns).patch(&np.name_any(), &pp, &Patch::Apply(np)).await?;
+    let children = async {
+        if let Some(cm) = &p.config_map {
+            apply_if_changed(ctx, &Api::<ConfigMap>::namespaced(ctx.client.clone(), &ns), cm, &pp).await?;
+        }
+        if let Some(svc) = &p.service {
+            apply_if_changed(ctx, &Api::<Service>::namespaced(ctx.client.clone(), &ns), svc, &pp).await?;
+        }
+        if let Some(np) = &p.network_policy {
+            apply_if_changed(ctx, &Api::<NetworkPolicy>::namespaced(ctx.client.clone(), &ns), np, &pp).await?;
+        }
+        Ok::<(), Error>(())
+    };
+    match children.await {
+        Ok(()) => {}
+        // Nothing of this job starts beside someone else's object.
+        Err(e @ Error::NotOwned { .. }) => hold_back(&mut p, &job, &e),
+        Err(e) => return Err(e),
     }
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let force = DeleteParams { grace_period_seconds: Some(0), ..DeleteParams::default() };
@@ -284,7 +353,11 @@ async fn apply(job: Arc<StreamJob>, ctx: &Context) -> Result<Action, Error> {
         }
     }
     if !p.create.is_empty() {
-        ensure_token(&job, ctx, &ns).await?;
+        match ensure_token(&job, ctx, &ns).await {
+            Ok(()) => {}
+            Err(e @ Error::NotOwned { .. }) => hold_back(&mut p, &job, &e),
+            Err(e) => return Err(e),
+        }
     }
     for pod in &p.create {
         let pod_name = pod.name_any();
@@ -329,25 +402,65 @@ async fn apply(job: Arc<StreamJob>, ctx: &Context) -> Result<Action, Error> {
     Ok(if p.requeue_ms == 0 { Action::await_change() } else { Action::requeue(Duration::from_millis(p.requeue_ms)) })
 }
 
+/// Server-side applies `object` unless this process already applied it
+/// unchanged: a job at steady state costs the API server nothing.
+async fn apply_if_changed<K>(ctx: &Context, api: &Api<K>, object: &K, pp: &PatchParams) -> Result<(), Error>
+where
+    K: Resource<DynamicType = ()> + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let key = format!("{}/{}/{}", K::kind(&()), object.namespace().unwrap_or_default(), object.name_any());
+    if !ctx.caches.changed(&key, object) {
+        return Ok(());
+    }
+    // Server-side apply with force would take over an object of the same
+    // name that someone else made: refuse instead.
+    let owner = object.meta().owner_references.as_ref().and_then(|o| o.first()).map(|o| o.uid.clone());
+    if let (Some(uid), Some(existing)) = (owner, api.get_opt(&object.name_any()).await?) {
+        if !existing.meta().owner_references.iter().flatten().any(|o| o.uid == uid) {
+            ctx.caches.forget(&key);
+            return Err(Error::NotOwned { kind: K::kind(&()).to_string(), name: object.name_any() });
+        }
+    }
+    if let Err(e) = api.patch(&object.name_any(), pp, &Patch::Apply(object)).await {
+        ctx.caches.forget(&key);
+        return Err(e.into());
+    }
+    Ok(())
+}
+
 /// A pod the API server refused: the current pods count as not created,
 /// so the next reconcile tries again, and the reason is in status.
 fn refused(p: &mut plan::Plan, job: &StreamJob, pod: &str, why: &str) {
     if let Some(d) = p.status.deployed.as_mut() {
         d.created = false;
     }
-    let message = format!("the API server refused pod {pod}: {why}");
+    stalled(p, job, "PodRejected", format!("the API server refused pod {pod}: {why}"));
+}
+
+/// No pod starts while an object of the job's name belongs to another.
+fn hold_back(p: &mut plan::Plan, job: &StreamJob, e: &Error) {
+    p.create.clear();
+    if let Some(d) = p.status.deployed.as_mut() {
+        d.created = false;
+    }
+    stalled(p, job, "NameTaken", e.to_string());
+}
+
+/// Something only the user can fix: Stalled (and not Reconciling, which
+/// kstatus reads first), a Warning event once, a slow retry.
+fn stalled(p: &mut plan::Plan, job: &StreamJob, reason: &str, message: String) {
     let old = job.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
     let now = plan::rfc3339(wall_ms());
     let stamp = plan::Stamp { old, generation: job.metadata.generation, now: &now };
     // The user's to fix: Stalled, in kstatus' terms, and not Reconciling.
     let mut fixed = Vec::new();
-    plan::set_condition(&mut fixed, &stamp, "Ready", false, "PodRejected", &message);
-    plan::set_condition(&mut fixed, &stamp, "Reconciling", false, "PodRejected", &message);
-    plan::set_condition(&mut fixed, &stamp, "Stalled", true, "PodRejected", &message);
+    plan::set_condition(&mut fixed, &stamp, "Ready", false, reason, &message);
+    plan::set_condition(&mut fixed, &stamp, "Reconciling", false, reason, &message);
+    plan::set_condition(&mut fixed, &stamp, "Stalled", true, reason, &message);
     p.status.conditions.retain(|c| !fixed.iter().any(|f| f.type_ == c.type_));
     p.status.conditions.splice(0..0, fixed);
     if old.iter().all(|c| c.message != message) {
-        p.events.push(plan::Event { warning: true, reason: "PodRejected".into(), note: message });
+        p.events.push(plan::Event { warning: true, reason: reason.into(), note: message });
     }
     p.requeue_ms = 30_000;
 }
@@ -379,6 +492,11 @@ async fn ensure_token(job: &StreamJob, ctx: &Context, ns: &str) -> Result<(), Er
     let name = objects::token_secret_name(&job.name_any());
     let identity = || JobIdentity::generate(&job.name_any()).map_err(|e| Error::Token(e.to_string()));
     if let Some(existing) = secrets.get_opt(&name).await? {
+        // Another's Secret would hand this job someone else's token and keys.
+        let uid = job.metadata.uid.as_deref().unwrap_or_default();
+        if !existing.metadata.owner_references.iter().flatten().any(|o| o.uid == uid) {
+            return Err(Error::NotOwned { kind: "Secret".into(), name });
+        }
         if existing.data.as_ref().is_some_and(|d| d.contains_key(objects::TLS_CA_KEY)) {
             return Ok(());
         }

@@ -77,11 +77,13 @@ fn setup(coordinator: FakeCoordinator) -> Setup {
             network_policies: true,
             node_lost_after_ms: 60_000,
             progress_deadline_ms: 600_000,
+            status_interval_ms: 2_000,
         },
         metrics: Arc::new(OperatorMetrics::default()),
         failures: Default::default(),
         node_warning: Default::default(),
         leadership: None,
+        caches: Default::default(),
     });
     Setup { ctx, handle, coordinator, events }
 }
@@ -141,6 +143,22 @@ fn pod_list(items: Vec<Value>) -> Value {
     json!({"apiVersion": "v1", "kind": "PodList", "metadata": {"resourceVersion": "1"}, "items": items})
 }
 
+/// What a first reconcile asks before it creates pods: the job's pods,
+/// each child object (looked up, then applied), the job's Secret (made).
+fn first_deployment() -> Vec<(&'static str, &'static str, u16, Value)> {
+    vec![
+        ("GET", "/api/v1/namespaces/jobs/pods?", 200, pod_list(vec![])),
+        ("GET", "/api/v1/namespaces/jobs/configmaps/counts-job", 404, not_found()),
+        ("PATCH", "/api/v1/namespaces/jobs/configmaps/counts-job?", 200, Value::Null),
+        ("GET", "/api/v1/namespaces/jobs/services/counts-coordinator", 404, not_found()),
+        ("PATCH", "/api/v1/namespaces/jobs/services/counts-coordinator?", 200, Value::Null),
+        ("GET", "/apis/networking.k8s.io/v1/namespaces/jobs/networkpolicies/counts", 404, not_found()),
+        ("PATCH", "/apis/networking.k8s.io/v1/namespaces/jobs/networkpolicies/counts?", 200, Value::Null),
+        ("GET", "/api/v1/namespaces/jobs/secrets/counts-token", 404, not_found()),
+        ("POST", "/api/v1/namespaces/jobs/secrets?", 201, Value::Null),
+    ]
+}
+
 /// Answers requests in order; each expectation is (method, path fragment,
 /// status, response). Returns every request's method, URI and JSON body.
 async fn serve(mut handle: Handle, script: Vec<(&str, &str, u16, Value)>) -> Vec<(String, String, Value)> {
@@ -171,38 +189,36 @@ async fn first_creation_applies_config_map_service_pods_then_status() {
     let job = job_json(json!({}), false, "file:///tmp/weir-test-none");
     let server = tokio::spawn(serve(
         s.handle,
-        vec![
-            ("GET", "/api/v1/namespaces/jobs/pods?", 200, pod_list(vec![])),
-            ("PATCH", "/api/v1/namespaces/jobs/configmaps/counts-job?", 200, Value::Null),
-            ("PATCH", "/api/v1/namespaces/jobs/services/counts-coordinator?", 200, Value::Null),
-            ("PATCH", "/apis/networking.k8s.io/v1/namespaces/jobs/networkpolicies/counts?", 200, Value::Null),
-            ("GET", "/api/v1/namespaces/jobs/secrets/counts-token", 404, not_found()),
-            ("POST", "/api/v1/namespaces/jobs/secrets?", 201, Value::Null),
-            ("POST", "/api/v1/namespaces/jobs/pods?", 201, Value::Null),
-            ("POST", "/api/v1/namespaces/jobs/pods?", 201, Value::Null),
-            ("PATCH", "/apis/weir.dev/v1alpha1/namespaces/jobs/streamjobs/counts/status?", 200, job.clone()),
-        ],
+        [
+            first_deployment(),
+            vec![
+                ("POST", "/api/v1/namespaces/jobs/pods?", 201, Value::Null),
+                ("POST", "/api/v1/namespaces/jobs/pods?", 201, Value::Null),
+                ("PATCH", "/apis/weir.dev/v1alpha1/namespaces/jobs/streamjobs/counts/status?", 200, job.clone()),
+            ],
+        ]
+        .concat(),
     ));
     let action = reconcile(parse(&job), s.ctx.clone()).await.expect("reconcile succeeds");
     let seen = server.await.unwrap();
     assert!(
-        seen[1].1.contains("fieldManager=weir-operator"),
+        seen[2].1.contains("fieldManager=weir-operator"),
         "server-side apply with one field manager: {}",
-        seen[1].1
+        seen[2].1
     );
-    let policy = &seen[3].2["spec"];
+    let policy = &seen[6].2["spec"];
     assert_eq!(policy["podSelector"]["matchLabels"][JOB_LABEL], "counts");
     assert_eq!(policy["ingress"][0]["from"][0]["podSelector"]["matchLabels"][JOB_LABEL], "counts");
     assert_eq!(policy["ingress"][1]["ports"][0]["port"], 8081, "the HTTP API is reachable; it guards mutations");
-    let token = seen[5].2["stringData"]["token"].as_str().unwrap_or_default().to_string();
-    assert_eq!(token.len(), 64, "a 256-bit token, hex: {}", seen[5].2);
-    assert_eq!(seen[5].2["metadata"]["ownerReferences"][0]["kind"], "StreamJob", "deleted with the job");
-    let env = seen[6].2["spec"]["containers"][0]["env"].to_string();
+    let token = seen[8].2["stringData"]["token"].as_str().unwrap_or_default().to_string();
+    assert_eq!(token.len(), 64, "a 256-bit token, hex: {}", seen[8].2);
+    assert_eq!(seen[8].2["metadata"]["ownerReferences"][0]["kind"], "StreamJob", "deleted with the job");
+    let env = seen[9].2["spec"]["containers"][0]["env"].to_string();
     assert!(env.contains("counts-token") && !env.contains(&token), "pods read the token from the Secret: {env}");
-    assert_eq!(seen[6].2["metadata"]["ownerReferences"][0]["kind"], "StreamJob");
-    assert_eq!(seen[6].2["metadata"]["name"], "counts-coordinator-1");
-    assert_eq!(seen[7].2["metadata"]["name"], "counts-worker-0-1");
-    let status = &seen[8].2["status"];
+    assert_eq!(seen[9].2["metadata"]["ownerReferences"][0]["kind"], "StreamJob");
+    assert_eq!(seen[9].2["metadata"]["name"], "counts-coordinator-1");
+    assert_eq!(seen[10].2["metadata"]["name"], "counts-worker-0-1");
+    let status = &seen[11].2["status"];
     assert_eq!(status["deployed"]["pods"], json!(["counts-coordinator-1", "counts-worker-0-1"]));
     assert_eq!(status["deployed"]["created"], true);
     assert_eq!(status["phase"], "Starting");
@@ -272,20 +288,18 @@ async fn a_pod_the_api_server_refuses_is_a_condition_and_a_warning_not_a_retry_s
         "message": "pods \"counts-coordinator-1\" is forbidden: exceeded quota: jobs-quota, requested: cpu=2"});
     let server = tokio::spawn(serve(
         s.handle,
-        vec![
-            ("GET", "/api/v1/namespaces/jobs/pods?", 200, pod_list(vec![])),
-            ("PATCH", "/configmaps/counts-job?", 200, Value::Null),
-            ("PATCH", "/services/counts-coordinator?", 200, Value::Null),
-            ("PATCH", "/networkpolicies/counts?", 200, Value::Null),
-            ("GET", "/secrets/counts-token", 404, not_found()),
-            ("POST", "/secrets?", 201, Value::Null),
-            ("POST", "/api/v1/namespaces/jobs/pods?", 403, forbidden),
-            ("PATCH", "/streamjobs/counts/status?", 200, job.clone()),
-        ],
+        [
+            first_deployment(),
+            vec![
+                ("POST", "/api/v1/namespaces/jobs/pods?", 403, forbidden),
+                ("PATCH", "/streamjobs/counts/status?", 200, job.clone()),
+            ],
+        ]
+        .concat(),
     ));
     let action = reconcile(parse(&job), s.ctx.clone()).await.expect("a refusal is the user's to fix, not an error");
     let seen = server.await.unwrap();
-    let status = &seen[7].2["status"];
+    let status = &seen[10].2["status"];
     let ready = status["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Ready").unwrap().clone();
     assert_eq!(ready["reason"], "PodRejected");
     assert!(ready["message"].as_str().unwrap().contains("exceeded quota"), "{ready}");
@@ -293,6 +307,32 @@ async fn a_pod_the_api_server_refuses_is_a_condition_and_a_warning_not_a_retry_s
     assert_eq!(action, Action::requeue(Duration::from_secs(30)));
     let events = s.events.0.lock().unwrap();
     assert!(events.iter().any(|e| e.warning && e.reason == "PodRejected" && e.note.contains("exceeded quota")));
+}
+
+#[tokio::test]
+async fn an_object_of_the_same_name_that_the_job_does_not_own_is_refused_not_taken_over() {
+    let s = setup(FakeCoordinator::default());
+    let job = job_json(json!({}), false, "file:///tmp/weir-test-none");
+    let foreign = json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "counts-coordinator", "namespace": "jobs", "uid": "someone-else"}});
+    let server = tokio::spawn(serve(
+        s.handle,
+        vec![
+            ("GET", "/api/v1/namespaces/jobs/pods?", 200, pod_list(vec![])),
+            ("GET", "/configmaps/counts-job", 404, not_found()),
+            ("PATCH", "/configmaps/counts-job?", 200, Value::Null),
+            ("GET", "/services/counts-coordinator", 200, foreign),
+            ("PATCH", "/streamjobs/counts/status?", 200, job.clone()),
+        ],
+    ));
+    reconcile(parse(&job), s.ctx.clone()).await.expect("the user's to fix, not an error");
+    let seen = server.await.unwrap();
+    assert!(seen.iter().all(|(m, uri, _)| !(m == "PATCH" && uri.contains("/services/"))), "not taken over");
+    assert!(seen.iter().all(|(m, uri, _)| !(m == "POST" && uri.contains("/pods"))), "no pod starts");
+    let status = &seen[4].2["status"];
+    let stalled = status["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Stalled").unwrap().clone();
+    assert_eq!((stalled["status"].as_str(), stalled["reason"].as_str()), (Some("True"), Some("NameTaken")));
+    assert!(stalled["message"].as_str().unwrap().contains("Service counts-coordinator exists"), "{stalled}");
 }
 
 #[tokio::test]

@@ -24,6 +24,8 @@ pub struct OperatorMetrics {
     errors: AtomicU64,
     /// Seconds per reconcile, 1 ms to about 16 s.
     durations: Histogram,
+    /// Requests to the API server by method (a watch counts once).
+    pub api_requests: Family<Vec<(String, String)>, Counter>,
     phases: Mutex<BTreeMap<(String, String), Phase>>,
     pub ready: AtomicBool,
 }
@@ -34,6 +36,7 @@ impl Default for OperatorMetrics {
             reconciles: AtomicU64::default(),
             errors: AtomicU64::default(),
             durations: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
+            api_requests: Family::default(),
             phases: Mutex::default(),
             ready: AtomicBool::default(),
         }
@@ -41,6 +44,11 @@ impl Default for OperatorMetrics {
 }
 
 impl OperatorMetrics {
+    /// Counts one request to the API server.
+    pub fn api_request(&self, method: &str) {
+        self.api_requests.get_or_create(&vec![("method".to_string(), method.to_string())]).inc();
+    }
+
     pub fn observe_reconcile(&self, took: Duration, failed: bool) {
         self.reconciles.fetch_add(1, Ordering::Relaxed);
         self.durations.observe(took.as_secs_f64());
@@ -70,6 +78,7 @@ impl OperatorMetrics {
         errors.inc_by(self.errors.load(Ordering::Relaxed));
         registry.register("reconcile_errors", "Reconciles that failed and were requeued", errors);
         registry.register("reconcile_duration_seconds", "How long reconciles take", self.durations.clone());
+        registry.register("api_requests", "Requests to the Kubernetes API server", self.api_requests.clone());
         let by_phase = Family::<Vec<(String, String)>, Gauge>::default();
         if let Ok(m) = self.phases.lock() {
             let mut counts: BTreeMap<String, i64> = BTreeMap::new();

@@ -55,6 +55,8 @@ pub struct Settings {
     /// How long a job may take to run after a deployment, upgrade or
     /// restart before it counts as Stalled.
     pub progress_deadline_ms: u64,
+    /// How often a running job's coordinator is asked for its checkpoints.
+    pub status_interval_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

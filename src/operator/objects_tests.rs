@@ -13,6 +13,7 @@ fn settings() -> Settings {
         image_pull_secrets: Vec::new(),
         node_lost_after_ms: 60_000,
         progress_deadline_ms: 600_000,
+        status_interval_ms: 2_000,
     }
 }
 

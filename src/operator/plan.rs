@@ -676,8 +676,10 @@ fn run(c: &Ctx<'_>, p: &mut Plan, template: Option<&k8s_openapi::api::core::v1::
             x.message = w;
         }
     }
-    // Checkpoint completion shows in status within about two seconds.
-    p.requeue_ms = if p.status.phase == Phase::Running { 2_000 } else { 1_000 };
+    // A running job's coordinator is asked for its checkpoints every
+    // status interval; a starting one sooner. Pod changes wake the
+    // reconcile anyway.
+    p.requeue_ms = if p.status.phase == Phase::Running { c.settings.status_interval_ms } else { 1_000 };
 }
 
 /// The job's pods, as seen by the purge that runs when it is deleted.

@@ -34,6 +34,7 @@ fn settings() -> Settings {
         network_policies: true,
         node_lost_after_ms: 60_000,
         progress_deadline_ms: 600_000,
+        status_interval_ms: 2_000,
     }
 }
 
