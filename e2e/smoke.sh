@@ -31,7 +31,9 @@ echo "ok: bad manifest refused: $(echo "$out" | tail -1)"
 
 "$weir" operator --health 127.0.0.1:0 --job-image weir:e2e > "$dir/operator.log" 2>&1 &
 op=$!
-kubectl apply -f "$root/examples/counts.yaml" > /dev/null
+# The Kubernetes example: its checkpoints are on a volume every pod mounts
+# (a job's pod-local file:// storage is refused in operator mode).
+kubectl apply -f "$root/examples/kubernetes/counts.yaml" > /dev/null
 for _ in $(seq 1 100); do
   phase=$(kubectl get sj counts -o jsonpath='{.status.phase}' 2>/dev/null || true)
   [ -n "$phase" ] && break
@@ -41,7 +43,7 @@ done
 kubectl get configmap counts-job > /dev/null
 kubectl get service counts-coordinator > /dev/null
 pods=$(kubectl get pods -l weir.dev/job=counts -o name | sort | tr '\n' ' ')
-[ "$pods" = "pod/counts-coordinator-1 pod/counts-worker-0-1 " ] || { echo "FAIL: pods are '$pods'"; exit 1; }
+[ "$pods" = "pod/counts-coordinator-1 pod/counts-worker-0-1 pod/counts-worker-1-1 " ] || { echo "FAIL: pods are '$pods'"; exit 1; }
 owner=$(kubectl get pod counts-worker-0-1 -o jsonpath='{.metadata.ownerReferences[0].kind}')
 [ "$owner" = "StreamJob" ] || { echo "FAIL: owner is '$owner'"; exit 1; }
 gen=$(kubectl get sj counts -o jsonpath='{.status.observedGeneration}')
@@ -66,7 +68,7 @@ state() {
   kubectl get sj counts -o jsonpath='{range .status.conditions[*]}{.type}={.status}@{.lastTransitionTime} {end}'
 }
 before=$(state)
-kubectl apply -f "$root/examples/counts.yaml" > /dev/null
+kubectl apply -f "$root/examples/kubernetes/counts.yaml" > /dev/null
 sleep 3
 after=$(state)
 [ "$before" = "$after" ] || { echo "FAIL: reapplying changed the job: $before -> $after"; exit 1; }

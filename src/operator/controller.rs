@@ -40,6 +40,9 @@ pub enum Error {
     Token(String),
     #[error("{kind} {name} exists and does not belong to this StreamJob; delete or rename it")]
     NotOwned { kind: String, name: String },
+    /// Not a failure: a deletion step that needs another look.
+    #[error("{0}")]
+    CleanupPending(String),
 }
 
 /// Where Kubernetes Events go; a trait so tests can collect them.
@@ -88,6 +91,9 @@ pub struct Context {
     pub caches: Caches,
 }
 
+/// How often an unchanged child object is applied again anyway.
+const REAPPLY_EVERY: Duration = Duration::from_secs(600);
+
 /// What reconciles read without calling the API server.
 #[derive(Default)]
 pub struct Caches {
@@ -95,9 +101,10 @@ pub struct Caches {
     pub pods: Vec<(Option<String>, Store<Pod>)>,
     /// Nodes, when the operator may watch them.
     pub nodes: Option<Store<Node>>,
-    /// A hash of what was last applied per child object, so an unchanged
-    /// object is not sent again.
-    pub applied: std::sync::Mutex<std::collections::HashMap<String, u64>>,
+    /// A hash of what was last applied per child object and when, so an
+    /// unchanged object is not sent again (except every
+    /// [`REAPPLY_EVERY`], which repairs an object deleted or edited by hand).
+    pub applied: std::sync::Mutex<std::collections::HashMap<String, (u64, std::time::Instant)>>,
 }
 
 impl Caches {
@@ -116,7 +123,14 @@ impl Caches {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         serde_json::to_string(object).unwrap_or_default().hash(&mut h);
         let hash = h.finish();
-        self.applied.lock().map_or(true, |mut m| m.insert(key.to_string(), hash) != Some(hash))
+        let now = std::time::Instant::now();
+        self.applied.lock().map_or(true, |mut m| match m.get(key) {
+            Some((h, at)) if *h == hash && now.duration_since(*at) < REAPPLY_EVERY => false,
+            _ => {
+                m.insert(key.to_string(), (hash, now));
+                true
+            }
+        })
     }
 
     fn forget(&self, key: &str) {
@@ -145,7 +159,17 @@ pub async fn reconcile(job: Arc<StreamJob>, ctx: Arc<Context>) -> Result<Action,
     })
     .instrument(span)
     .await
-    .map_err(|e| Error::Finalizer(e.to_string()));
+    .map_or_else(
+        |e| match e {
+            // A deletion step still under way: look again soon, keeping the finalizer.
+            kube::runtime::finalizer::Error::CleanupFailed(Error::CleanupPending(why)) => {
+                info!(job = %name, "deletion in progress: {why}");
+                Ok(Action::requeue(Duration::from_secs(1)))
+            }
+            e => Err(Error::Finalizer(e.to_string())),
+        },
+        Ok,
+    );
     ctx.metrics.observe_reconcile(started.elapsed(), result.is_err());
     if result.is_ok() {
         if let Ok(mut f) = ctx.failures.lock() {
@@ -415,17 +439,21 @@ where
     // Server-side apply with force would take over an object of the same
     // name that someone else made: refuse instead.
     let owner = object.meta().owner_references.as_ref().and_then(|o| o.first()).map(|o| o.uid.clone());
-    if let (Some(uid), Some(existing)) = (owner, api.get_opt(&object.name_any()).await?) {
-        if !existing.meta().owner_references.iter().flatten().any(|o| o.uid == uid) {
-            ctx.caches.forget(&key);
-            return Err(Error::NotOwned { kind: K::kind(&()).to_string(), name: object.name_any() });
+    let applied = async {
+        if let (Some(uid), Some(existing)) = (owner, api.get_opt(&object.name_any()).await?) {
+            if !existing.meta().owner_references.iter().flatten().any(|o| o.uid == uid) {
+                return Err(Error::NotOwned { kind: K::kind(&()).to_string(), name: object.name_any() });
+            }
         }
-    }
-    if let Err(e) = api.patch(&object.name_any(), pp, &Patch::Apply(object)).await {
+        api.patch(&object.name_any(), pp, &Patch::Apply(object)).await?;
+        Ok(())
+    };
+    // Anything short of an applied object is tried again next time.
+    let result = applied.await;
+    if result.is_err() {
         ctx.caches.forget(&key);
-        return Err(e.into());
     }
-    Ok(())
+    result
 }
 
 /// A pod the API server refused: the current pods count as not created,
@@ -515,7 +543,9 @@ async fn ensure_token(job: &StreamJob, ctx: &Context, ns: &str) -> Result<(), Er
 }
 
 /// Deletion under the job's `deletionPolicy`. Owned objects are removed by
-/// garbage collection; nothing here may keep the finalizer stuck.
+/// garbage collection; nothing here may keep the finalizer stuck. A purge
+/// is a sequence of steps, each one reconcile that requeues
+/// ([`Error::CleanupPending`]), never a wait inside a reconcile.
 async fn cleanup(job: Arc<StreamJob>, ctx: &Context) -> Result<Action, Error> {
     let ns = job.namespace().ok_or(Error::NoNamespace)?;
     let name = job.name_any();
@@ -531,7 +561,7 @@ async fn cleanup(job: Arc<StreamJob>, ctx: &Context) -> Result<Action, Error> {
             }
         }
         DeletionPolicy::Purge => {
-            let event = match purge(&job, ctx, &ns).await {
+            let event = match purge_step(&job, ctx, &ns).await? {
                 Ok(note) => plan::Event { warning: false, reason: "Purged".into(), note },
                 Err(note) => plan::Event { warning: true, reason: "PurgeFailed".into(), note },
             };
@@ -544,81 +574,63 @@ async fn cleanup(job: Arc<StreamJob>, ctx: &Context) -> Result<Action, Error> {
     Ok(Action::await_change())
 }
 
-/// Deletes the job's coordinator and worker pods and waits until they are
-/// gone (the node has stopped their processes).
-async fn stop_job_pods(job: &StreamJob, pods: &Api<Pod>) -> Result<(), String> {
-    let name = job.name_any();
-    let selector = format!("{JOB_LABEL}={name},{ROLE_LABEL} in (coordinator,worker)");
-    let deadline = tokio::time::Instant::now() + PURGE_TIMEOUT;
-    let mut asked = Vec::new();
-    loop {
-        let list = pods
-            .list(&ListParams::default().labels(&selector))
-            .await
-            .map_err(|e| format!("cannot list the pods of {name} to stop them before the purge: {e}"))?;
-        if list.items.is_empty() {
-            return Ok(());
-        }
-        for pod in &list.items {
-            let pod_name = pod.name_any();
-            if pod.metadata.deletion_timestamp.is_none() && !asked.contains(&pod_name) {
-                match pods.delete(&pod_name, &DeleteParams::default()).await {
-                    Ok(_) => {}
-                    Err(kube::Error::Api(e)) if e.code == 404 => {}
-                    Err(e) => return Err(format!("cannot stop pod {pod_name} before the purge: {e}")),
-                }
-                asked.push(pod_name);
-            }
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return Err(format!(
-                "the pods of {name} did not stop within {}s; checkpoints were not purged",
-                PURGE_TIMEOUT.as_secs()
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
-/// How long a deletion waits for the purge pod before giving up.
+/// How long a deletion may spend stopping the job and purging before it
+/// gives up (the checkpoints then remain, and an event says so).
 const PURGE_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// Runs the purge pod and waits for it. An error is the reason the
-/// checkpoints may remain; deletion goes on either way.
-async fn purge(job: &StreamJob, ctx: &Context, ns: &str) -> Result<String, String> {
+/// One step of a purge: stop the job's pods (a running coordinator would
+/// write a checkpoint after the purge), then run the purge pod, then read
+/// its outcome. `Err(CleanupPending)` while a step is under way; at the end
+/// the event's note, `Ok` if the checkpoints are gone.
+async fn purge_step(job: &StreamJob, ctx: &Context, ns: &str) -> Result<Result<String, String>, Error> {
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
-    // The job must stop first: a running coordinator would write a new
-    // checkpoint after the purge.
-    stop_job_pods(job, &pods).await?;
-    let pod = plan::purge_pod(job, &ctx.settings);
-    let pod_name = pod.name_any();
+    let name = job.name_any();
     let location = plan::checkpoint_location(job, &ctx.settings);
-    // An existing purge pod (from a reconcile cut short) is reused, not duplicated.
-    pods.patch(&pod_name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&pod))
-        .await
-        .map_err(|e| format!("cannot create pod {pod_name} to purge {location}: {e}"))?;
-    let deadline = tokio::time::Instant::now() + PURGE_TIMEOUT;
-    loop {
-        let seen = pods.get_opt(&pod_name).await.ok().flatten();
-        match seen.as_ref().and_then(|p| p.status.as_ref()).and_then(|s| s.phase.as_deref()) {
-            Some("Succeeded") => return Ok(format!("purged checkpoints and savepoints under {location}")),
-            Some("Failed") => {
-                let why = seen
-                    .as_ref()
-                    .and_then(terminated)
-                    .map(|t| t.message.clone().unwrap_or_else(|| format!("exit code {}", t.exit_code)))
-                    .unwrap_or_else(|| "no reason given".into());
-                return Err(format!("pod {pod_name} failed to purge {location}: {}", why.trim()));
-            }
-            _ if tokio::time::Instant::now() >= deadline => {
-                return Err(format!(
-                    "pod {pod_name} did not purge {location} within {}s; the checkpoints may remain",
-                    PURGE_TIMEOUT.as_secs()
-                ))
-            }
-            _ => tokio::time::sleep(Duration::from_millis(500)).await,
-        }
+    let since = job.metadata.deletion_timestamp.as_ref().map_or(0, |t| t.0.as_millisecond().max(0) as u64);
+    if wall_ms().saturating_sub(since) > PURGE_TIMEOUT.as_millis() as u64 {
+        return Ok(Err(format!(
+            "{name} was not purged within {}s of its deletion; the checkpoints under {location} may remain",
+            PURGE_TIMEOUT.as_secs()
+        )));
     }
+    let selector = format!("{JOB_LABEL}={name},{ROLE_LABEL} in (coordinator,worker)");
+    let running = pods.list(&ListParams::default().labels(&selector)).await?;
+    if !running.items.is_empty() {
+        for pod in running.items.iter().filter(|p| p.metadata.deletion_timestamp.is_none()) {
+            match pods.delete(&pod.name_any(), &DeleteParams::default()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        return Err(Error::CleanupPending(format!("stopping {} job pod(s) before the purge", running.items.len())));
+    }
+    let purge = plan::purge_pod(job, &ctx.settings);
+    let pod_name = purge.name_any();
+    let Some(seen) = pods.get_opt(&pod_name).await? else {
+        pods.patch(&pod_name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&purge)).await?;
+        return Err(Error::CleanupPending(format!("pod {pod_name} purges {location}")));
+    };
+    let outcome = match seen.status.as_ref().and_then(|s| s.phase.as_deref()) {
+        Some("Succeeded") => Ok(format!("purged checkpoints and savepoints under {location}")),
+        Some("Failed") => {
+            let why = terminated(&seen)
+                .map(|t| t.message.clone().unwrap_or_else(|| format!("exit code {}", t.exit_code)))
+                .unwrap_or_else(|| "no reason given".into());
+            Err(format!("pod {pod_name} failed to purge {location}: {}", why.trim()))
+        }
+        phase => {
+            return Err(Error::CleanupPending(format!("pod {pod_name} purges {location} ({})", phase.unwrap_or("new"))))
+        }
+    };
+    // The purge pod has no owner (a foreground deletion would collect it
+    // mid-purge), so it is removed here, its outcome being in the event.
+    match pods.delete(&pod_name, &DeleteParams::default()).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 404 => {}
+        Err(e) => warn!(job = %name, "cannot delete pod {pod_name}: {e}"),
+    }
+    Ok(outcome)
 }
 
 #[cfg(test)]

@@ -59,6 +59,21 @@ struct Setup {
     events: Arc<CollectedEvents>,
 }
 
+/// Another context with the same parts (for a fresh mocked API server).
+fn clone_context(ctx: &Context) -> Context {
+    Context {
+        client: ctx.client.clone(),
+        coordinator: ctx.coordinator.clone(),
+        events: ctx.events.clone(),
+        settings: ctx.settings.clone(),
+        metrics: ctx.metrics.clone(),
+        failures: Default::default(),
+        node_warning: Default::default(),
+        leadership: None,
+        caches: Default::default(),
+    }
+}
+
 fn setup(coordinator: FakeCoordinator) -> Setup {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "default");
@@ -97,7 +112,12 @@ fn job_json(extra_spec: Value, deleting: bool, storage: &str) -> Value {
             "source": {"generator": {"keys": 10}},
             "steps": [{"keyBy": {"field": "key"}}, {"aggregate": {"count": true}}],
             "sink": {"file": {"path": "/out"}}
-        }
+        },
+        // file:// checkpoints live on a volume every job pod mounts.
+        "podTemplate": {"spec": {
+            "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "weir-data"}}],
+            "containers": [{"name": "weir", "volumeMounts": [{"name": "data", "mountPath": "/tmp"}]}]
+        }}
     });
     if let (Some(s), Some(extra)) = (spec.as_object_mut(), extra_spec.as_object()) {
         for (k, v) in extra {
@@ -109,7 +129,7 @@ fn job_json(extra_spec: Value, deleting: bool, storage: &str) -> Value {
         "resourceVersion": "10", "finalizers": [FINALIZER]
     });
     if deleting {
-        metadata["deletionTimestamp"] = json!("2026-11-26T10:00:00Z");
+        metadata["deletionTimestamp"] = json!(plan::rfc3339(wall_ms()));
     }
     json!({"apiVersion": "weir.dev/v1alpha1", "kind": "StreamJob", "metadata": metadata, "spec": spec})
 }
@@ -385,41 +405,93 @@ fn purge_pod_json(phase: &str, terminated: Value) -> Value {
     })
 }
 
-#[tokio::test(start_paused = true)]
-async fn deletion_with_purge_stops_the_job_runs_a_purge_pod_then_removes_the_finalizer() {
+/// Reconciles once against `script`; what was asked, and what came back.
+async fn one_reconcile(
+    s: &Setup,
+    job: &Value,
+    script: Vec<(&'static str, &'static str, u16, Value)>,
+) -> (Vec<(String, String, Value)>, Result<Action, Error>) {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let ctx = Arc::new(Context { client: Client::new(service, "default"), ..clone_context(&s.ctx) });
+    let server = tokio::spawn(serve(handle, script));
+    let result = reconcile(parse(job), ctx).await;
+    (server.await.unwrap(), result)
+}
+
+#[tokio::test]
+async fn deletion_with_purge_stops_the_job_runs_a_purge_pod_then_removes_the_finalizer_one_step_per_reconcile() {
     let s = setup(FakeCoordinator::default());
     let job = job_json(json!({"deletionPolicy": "Purge"}), true, "s3://bucket/weir");
     let running = purge_pod_json("Running", json!({"running": {}}));
     let done = purge_pod_json("Succeeded", json!({"terminated": {"exitCode": 0}}));
-    let coordinator = pod_json("counts-coordinator", "coordinator", "Running", "h");
+    let coordinator = pod_json("counts-coordinator-1", "coordinator", "Running", &"h".repeat(64));
     let mut terminating = coordinator.clone();
-    terminating["metadata"]["deletionTimestamp"] = json!("2026-11-26T10:00:01Z");
-    let server = tokio::spawn(serve(
-        s.handle,
+    terminating["metadata"]["deletionTimestamp"] = json!(plan::rfc3339(wall_ms()));
+    let requeued = Action::requeue(Duration::from_secs(1));
+
+    // 1: the job's pods are asked to stop; nothing waits inside the reconcile.
+    let (seen, result) = one_reconcile(
+        &s,
+        &job,
         vec![
             ("GET", "/api/v1/namespaces/jobs/pods?", 200, pod_list(vec![coordinator.clone()])),
-            ("DELETE", "/pods/counts-coordinator", 200, coordinator),
-            ("GET", "/pods?", 200, pod_list(vec![terminating])),
-            ("GET", "/pods?", 200, pod_list(vec![])),
-            ("PATCH", "/api/v1/namespaces/jobs/pods/counts-purge?", 200, running.clone()),
-            ("GET", "/pods/counts-purge", 200, running),
-            ("GET", "/pods/counts-purge", 200, done),
-            ("PATCH", "/streamjobs/counts?", 200, job.clone()),
+            ("DELETE", "/pods/counts-coordinator-1", 200, coordinator),
         ],
-    ));
-    reconcile(parse(&job), s.ctx.clone()).await.expect("cleanup succeeds");
-    let seen = server.await.unwrap();
+    )
+    .await;
     assert!(seen[0].1.contains("role+in+%28coordinator%2Cworker%29"), "only the job's pods stop: {}", seen[0].1);
+    assert_eq!(result.unwrap(), requeued.clone());
+    // 2: still terminating: look again later.
+    let (_, result) = one_reconcile(&s, &job, vec![("GET", "/pods?", 200, pod_list(vec![terminating]))]).await;
+    assert_eq!(result.unwrap(), requeued.clone());
+    // 3: gone: the purge pod starts, owned by nobody.
+    let (seen, result) = one_reconcile(
+        &s,
+        &job,
+        vec![
+            ("GET", "/pods?", 200, pod_list(vec![])),
+            ("GET", "/pods/counts-purge", 404, not_found()),
+            ("PATCH", "/api/v1/namespaces/jobs/pods/counts-purge?", 200, running.clone()),
+        ],
+    )
+    .await;
     assert_eq!(
-        seen[4].2["spec"]["containers"][0]["args"],
+        seen[2].2["spec"]["containers"][0]["args"],
         json!(["checkpoints", "purge", "s3://bucket/weir/jobs/counts"])
     );
-    assert!(seen[7].2.to_string().contains("remove"), "finalizer removed: {}", seen[7].2);
+    assert!(
+        seen[2].2["metadata"]["ownerReferences"].is_null(),
+        "a foreground deletion must not collect it: {}",
+        seen[2].2
+    );
+    assert_eq!(result.unwrap(), requeued.clone());
+    // 4: running.
+    let (_, result) = one_reconcile(
+        &s,
+        &job,
+        vec![("GET", "/pods?", 200, pod_list(vec![])), ("GET", "/pods/counts-purge", 200, running)],
+    )
+    .await;
+    assert_eq!(result.unwrap(), requeued);
+    // 5: done: the purge pod goes, then the finalizer.
+    let (seen, result) = one_reconcile(
+        &s,
+        &job,
+        vec![
+            ("GET", "/pods?", 200, pod_list(vec![])),
+            ("GET", "/pods/counts-purge", 200, done.clone()),
+            ("DELETE", "/pods/counts-purge", 200, done),
+            ("PATCH", "/streamjobs/counts?", 200, job.clone()),
+        ],
+    )
+    .await;
+    assert!(result.is_ok());
+    assert!(seen[3].2.to_string().contains("remove"), "finalizer removed: {}", seen[3].2);
     let events = s.events.0.lock().unwrap().clone();
     assert!(events.iter().any(|e| e.reason == "Purged" && !e.warning), "{events:?}");
 }
 
-#[tokio::test(start_paused = true)]
+#[tokio::test]
 async fn a_failed_purge_is_reported_and_never_keeps_the_finalizer() {
     let s = setup(FakeCoordinator::default());
     let job = job_json(json!({"deletionPolicy": "Purge"}), true, "s3://bucket/weir");
@@ -427,35 +499,30 @@ async fn a_failed_purge_is_reported_and_never_keeps_the_finalizer() {
         "Failed",
         json!({"terminated": {"exitCode": 1, "message": "error: cannot purge: permission denied\n"}}),
     );
-    let server = tokio::spawn(serve(
-        s.handle,
+    let (_, result) = one_reconcile(
+        &s,
+        &job,
         vec![
             ("GET", "/pods?", 200, pod_list(vec![])),
-            ("PATCH", "/pods/counts-purge?", 200, failed.clone()),
-            ("GET", "/pods/counts-purge", 200, failed),
+            ("GET", "/pods/counts-purge", 200, failed.clone()),
+            ("DELETE", "/pods/counts-purge", 200, failed),
             ("PATCH", "/streamjobs/counts?", 200, job.clone()),
         ],
-    ));
-    reconcile(parse(&job), s.ctx.clone()).await.expect("cleanup succeeds although the purge failed");
-    server.await.unwrap();
+    )
+    .await;
+    result.expect("cleanup succeeds although the purge failed");
     let events = s.events.0.lock().unwrap().clone();
     let failed = events.iter().find(|e| e.reason == "PurgeFailed").expect("a PurgeFailed event");
     assert!(failed.warning && failed.note.ends_with("cannot purge: permission denied"), "{}", failed.note);
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_purge_pod_that_never_finishes_gives_up_after_the_timeout() {
+#[tokio::test]
+async fn a_purge_that_outlasts_its_time_gives_up_and_says_the_checkpoints_may_remain() {
     let s = setup(FakeCoordinator::default());
-    let job = job_json(json!({"deletionPolicy": "Purge"}), true, "s3://bucket/weir");
-    let pending = purge_pod_json("Pending", json!({"waiting": {"reason": "ContainerCreating"}}));
-    let mut script =
-        vec![("GET", "/pods?", 200, pod_list(vec![])), ("PATCH", "/pods/counts-purge?", 200, pending.clone())];
-    // One poll every 500 ms for 120 s, then the finalizer goes.
-    script.extend(std::iter::repeat_n(("GET", "/pods/counts-purge", 200, pending), 241));
-    script.push(("PATCH", "/streamjobs/counts?", 200, job.clone()));
-    let server = tokio::spawn(serve(s.handle, script));
-    reconcile(parse(&job), s.ctx.clone()).await.expect("cleanup succeeds");
-    server.await.unwrap();
+    let mut job = job_json(json!({"deletionPolicy": "Purge"}), true, "s3://bucket/weir");
+    job["metadata"]["deletionTimestamp"] = json!(plan::rfc3339(wall_ms() - 121_000));
+    let (_, result) = one_reconcile(&s, &job, vec![("PATCH", "/streamjobs/counts?", 200, job.clone())]).await;
+    result.expect("cleanup ends");
     let events = s.events.0.lock().unwrap().clone();
     assert!(events.iter().any(|e| e.reason == "PurgeFailed" && e.note.contains("within 120s")), "{events:?}");
 }

@@ -196,6 +196,9 @@ pub fn purge_pod(d: &Deployment<'_>, settings: &Settings) -> Pod {
     l.insert(ROLE_LABEL.into(), PURGE_ROLE.into());
     p.metadata.name = Some(purge_pod_name(&name));
     p.metadata.labels = Some(l);
+    // Not owned by the job: a foreground deletion would collect it
+    // mid-purge. The operator deletes it once it has ended.
+    p.metadata.owner_references = None;
     if let Some(c) = p.spec.as_mut().and_then(|s| s.containers.first_mut()) {
         c.args = Some(vec!["checkpoints".into(), "purge".into(), checkpoint_location(d.job, d.storage)]);
         c.env = None;

@@ -204,6 +204,41 @@ pub fn effective_storage(spec: &StreamJobSpec, deployed: Option<&DeployedStatus>
     settings.default_storage.clone().unwrap_or_else(|| spec.checkpoints.storage.clone())
 }
 
+/// A `file://` checkpoint storage that lies inside each pod's own
+/// filesystem: a replaced pod would find none of its checkpoints (and a
+/// coordinator and its workers would not see each other's files). In
+/// operator mode it must be on a volume that every job pod mounts and that
+/// outlives pods: a claim, a host path, NFS, CSI and the like.
+fn pod_local_storage(storage: &str, template: Option<&k8s_openapi::api::core::v1::PodTemplateSpec>) -> Option<String> {
+    let path = storage.strip_prefix("file://")?;
+    let spec = template.and_then(|t| t.spec.as_ref());
+    let container = spec.and_then(|s| s.containers.iter().find(|c| c.name == pod_template::MAIN_CONTAINER));
+    let lasting = |volume: &str| {
+        spec.and_then(|s| s.volumes.as_ref()).and_then(|v| v.iter().find(|v| v.name == volume)).is_some_and(|v| {
+            v.empty_dir.is_none()
+                && v.config_map.is_none()
+                && v.secret.is_none()
+                && v.downward_api.is_none()
+                && v.projected.is_none()
+        })
+    };
+    let under = |mount: &str| {
+        let mount = mount.trim_end_matches('/');
+        path == mount || path.starts_with(&format!("{mount}/"))
+    };
+    let shared = path.starts_with('/')
+        && container
+            .and_then(|c| c.volume_mounts.as_ref())
+            .is_some_and(|m| m.iter().any(|m| under(&m.mount_path) && lasting(&m.name)));
+    (!shared).then(|| {
+        format!(
+            "spec.checkpoints.storage: {storage} is inside each pod; give the job a volume every pod mounts \
+             (spec.podTemplate: a persistentVolumeClaim mounted in the `weir` container at a parent of {path}) \
+             or use object storage (s3://)"
+        )
+    })
+}
+
 /// The roles of a job's pods, in the order of `status.deployed.pods`.
 fn roles(spec: &StreamJobSpec) -> Vec<Role> {
     std::iter::once(Role::Coordinator).chain((0..spec.workers).map(Role::Worker)).collect()
@@ -373,6 +408,8 @@ pub fn plan(job: &StreamJob, observed: &Observed, settings: &Settings) -> Plan {
         problems.push(e);
         None
     });
+    let old_deployed = job.status.as_ref().and_then(|s| s.deployed.as_ref());
+    problems.extend(pod_local_storage(&effective_storage(spec, old_deployed, settings), template.as_ref()));
     let c = Ctx {
         job,
         name,

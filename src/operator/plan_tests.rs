@@ -796,3 +796,35 @@ fn argocd_health_fixtures_are_what_the_operator_writes() {
         assert!(stored == want, "{path} is stale: run this test with WEIR_BLESS=1 and commit it");
     }
 }
+
+#[test]
+fn pod_local_file_storage_is_refused_in_operator_mode_and_a_shared_volume_is_not() {
+    let refused = |storage: &str, template: Option<serde_json::Value>| {
+        let mut j = job(|s| {
+            s.checkpoints.storage = storage.into();
+            s.pod_template = template;
+        });
+        let p = step(&mut j, &Observed { now_ms: T0, ..Observed::default() });
+        let ready = condition(&p.status, "Ready");
+        (ready.reason == "InvalidSpec").then(|| ready.message.clone())
+    };
+    let volume = |kind: serde_json::Value| {
+        let mut v = serde_json::json!({"name": "data"});
+        v.as_object_mut().unwrap().extend(kind.as_object().unwrap().clone());
+        Some(serde_json::json!({"spec": {
+            "volumes": [v],
+            "containers": [{"name": "weir", "volumeMounts": [{"name": "data", "mountPath": "/data"}]}],
+        }}))
+    };
+    let pvc = serde_json::json!({"persistentVolumeClaim": {"claimName": "weir-data"}});
+    let message = refused("file://./chk", None).expect("a relative path is inside the pod");
+    assert!(message.starts_with("spec.checkpoints.storage: file://./chk is inside each pod"), "{message}");
+    assert!(refused("file:///data/chk", None).is_some(), "no volume at all");
+    assert!(
+        refused("file:///data/chk", volume(serde_json::json!({"emptyDir": {}}))).is_some(),
+        "an emptyDir dies with its pod"
+    );
+    assert!(refused("file:///database/chk", volume(pvc.clone())).is_some(), "/database is not under /data");
+    assert_eq!(refused("file:///data/chk", volume(pvc)), None);
+    assert_eq!(refused("s3://bucket/weir", None), None);
+}
