@@ -10,7 +10,9 @@ PATH="$("$here/../scripts/k8s-tools"):$PATH"
 . "$here/wait.sh"
 root=$(cd "$here/.." && pwd)
 dir=$(mktemp -d /tmp/weir-e2e.XXXXXX)
-trap '"$here/stop-cluster.sh" "$dir"; for p in ${op:-} ${a:-} ${b:-} ${c:-}; do kill -CONT "$p"; kill "$p"; done 2>/dev/null; true' EXIT
+# Every command here may fail (the process already gone) and must not turn
+# a passed run into a failed one under set -e.
+trap '"$here/stop-cluster.sh" "$dir" || true; for p in ${op:-} ${a:-} ${b:-} ${c:-}; do kill -CONT "$p" 2> /dev/null || true; kill "$p" 2> /dev/null || true; done' EXIT
 start=$(date +%s)
 export KUBECONFIG=$("$here/start-cluster.sh" "$dir")
 echo "control plane up in $(( $(date +%s) - start ))s"

@@ -478,6 +478,8 @@ fn suspend(c: &Ctx<'_>, p: &mut Plan) {
             }
         }
     }
+    // A restart pending at suspension is moot: resuming starts every pod anew.
+    p.status.restarts.next_restart_at = None;
     if c.old.phase != Phase::Suspended {
         p.events.push(Event {
             warning: false,

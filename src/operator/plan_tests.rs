@@ -828,3 +828,18 @@ fn pod_local_file_storage_is_refused_in_operator_mode_and_a_shared_volume_is_not
     assert_eq!(refused("file:///data/chk", volume(pvc)), None);
     assert_eq!(refused("s3://bucket/weir", None), None);
 }
+
+#[test]
+fn a_restart_pending_at_suspension_is_not_counted_on_resume() {
+    let mut j = running_job(|_| {});
+    let mut failed = pods(&j, PodPhase::Running);
+    failed[1].phase = PodPhase::Failed;
+    step(&mut j, &Observed { pods: failed.clone(), coordinator: None, now_ms: T0 + 1_000 });
+    assert!(j.status.as_ref().unwrap().restarts.next_restart_at.is_some());
+    j.spec.0.suspend = true;
+    step(&mut j, &Observed { pods: failed, coordinator: None, now_ms: T0 + 2_000 });
+    j.spec.0.suspend = false;
+    let p = step(&mut j, &Observed { now_ms: T0 + 60_000, ..Observed::default() });
+    assert_eq!(p.status.restarts.count, 0, "a resume is not a restart");
+    assert_eq!(names(&p), ["counts-coordinator-2", "counts-worker-0-2", "counts-worker-1-2"]);
+}
