@@ -362,7 +362,7 @@ async fn apply(job: Arc<StreamJob>, ctx: &Context) -> Result<Action, Error> {
     match children.await {
         Ok(()) => {}
         // Nothing of this job starts beside someone else's object.
-        Err(e @ Error::NotOwned { .. }) => hold_back(&mut p, &job, &e),
+        Err(e @ Error::NotOwned { .. }) => hold_back(&mut p, &job, "NameTaken", e.to_string()),
         Err(e) => return Err(e),
     }
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
@@ -379,7 +379,7 @@ async fn apply(job: Arc<StreamJob>, ctx: &Context) -> Result<Action, Error> {
     if !p.create.is_empty() {
         match ensure_token(&job, ctx, &ns).await {
             Ok(()) => {}
-            Err(e @ Error::NotOwned { .. }) => hold_back(&mut p, &job, &e),
+            Err(e @ Error::NotOwned { .. }) => hold_back(&mut p, &job, "NameTaken", e.to_string()),
             Err(e) => return Err(e),
         }
     }
@@ -392,7 +392,8 @@ async fn apply(job: Arc<StreamJob>, ctx: &Context) -> Result<Action, Error> {
             // field): the user's to fix, so it goes to status and events,
             // and the job waits instead of retrying at full speed.
             Err(kube::Error::Api(e)) if (400..500).contains(&e.code) => {
-                refused(&mut p, &job, &pod_name, &e.message);
+                let why = format!("the API server refused pod {pod_name}: {}", e.message);
+                hold_back(&mut p, &job, "PodRejected", why);
                 break;
             }
             Err(e) => return Err(e.into()),
@@ -456,22 +457,15 @@ where
     result
 }
 
-/// A pod the API server refused: the current pods count as not created,
-/// so the next reconcile tries again, and the reason is in status.
-fn refused(p: &mut plan::Plan, job: &StreamJob, pod: &str, why: &str) {
-    if let Some(d) = p.status.deployed.as_mut() {
-        d.created = false;
-    }
-    stalled(p, job, "PodRejected", format!("the API server refused pod {pod}: {why}"));
-}
-
-/// No pod starts while an object of the job's name belongs to another.
-fn hold_back(p: &mut plan::Plan, job: &StreamJob, e: &Error) {
+/// No (further) pod starts, and why is in status: the API server refused
+/// one, or an object of the job's name belongs to another. The current pods
+/// count as not created, so a later reconcile tries again.
+fn hold_back(p: &mut plan::Plan, job: &StreamJob, reason: &str, message: String) {
     p.create.clear();
     if let Some(d) = p.status.deployed.as_mut() {
         d.created = false;
     }
-    stalled(p, job, "NameTaken", e.to_string());
+    stalled(p, job, reason, message);
 }
 
 /// Something only the user can fix: Stalled (and not Reconciling, which

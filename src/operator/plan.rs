@@ -525,15 +525,7 @@ fn redeploy(c: &Ctx<'_>, p: &mut Plan, why: Redeploy) {
         p.status.state_reset_at_ms = Some(c.now);
     }
     let attempt = c.old.deployed.as_ref().map_or(0, |d| d.attempt) + 1;
-    p.status.deployed = Some(DeployedStatus {
-        digest: c.digest.clone(),
-        // Defaults are read afresh: a new spec takes the operator's image.
-        image: c.spec.image.clone().unwrap_or_else(|| c.settings.job_image.clone()),
-        checkpoint_storage: effective_storage(c.spec, c.old.deployed.as_ref(), c.settings),
-        attempt,
-        pods: roles(c.spec).into_iter().map(|r| pod_name(&c.name, r, attempt)).collect(),
-        created: false,
-    });
+    p.status.deployed = Some(new_deployment(c, c.old.deployed.as_ref(), attempt));
     // A fresh budget, as after a Flink job is resubmitted.
     p.status.restarts = RestartStatus { count: c.old.restarts.count, ..RestartStatus::default() };
     p.status.restart_nonce = c.spec.restart_nonce;
@@ -549,6 +541,20 @@ fn redeploy(c: &Ctx<'_>, p: &mut Plan, why: Redeploy) {
     p.status.phase = Phase::Starting;
     p.status.conditions = conditions(c, Phase::Starting, None, None);
     p.requeue_ms = 1_000;
+}
+
+/// A deployment of the spec as it is now, every pod of `attempt`, none
+/// created yet. Defaults are read afresh (a new spec takes the operator's
+/// image); the checkpoint storage stays where `previous` kept it.
+fn new_deployment(c: &Ctx<'_>, previous: Option<&DeployedStatus>, attempt: u32) -> DeployedStatus {
+    DeployedStatus {
+        digest: c.digest.clone(),
+        image: c.spec.image.clone().unwrap_or_else(|| c.settings.job_image.clone()),
+        checkpoint_storage: effective_storage(c.spec, previous, c.settings),
+        attempt,
+        pods: roles(c.spec).into_iter().map(|r| pod_name(&c.name, r, attempt)).collect(),
+        created: false,
+    }
 }
 
 fn failover(c: &Ctx<'_>, p: &mut Plan, failure: Failure) {
@@ -619,14 +625,7 @@ fn restart(c: &Ctx<'_>, p: &mut Plan) {
 /// once no stale pod runs any more, and status reports progress.
 fn run(c: &Ctx<'_>, p: &mut Plan, template: Option<&k8s_openapi::api::core::v1::PodTemplateSpec>) {
     let expected = roles(c.spec);
-    let mut deployed = p.status.deployed.clone().unwrap_or_else(|| DeployedStatus {
-        digest: c.digest.clone(),
-        image: c.spec.image.clone().unwrap_or_else(|| c.settings.job_image.clone()),
-        checkpoint_storage: effective_storage(c.spec, None, c.settings),
-        attempt: 0,
-        pods: Vec::new(),
-        created: false,
-    });
+    let mut deployed = p.status.deployed.clone().unwrap_or_else(|| new_deployment(c, None, 1));
     if deployed.pods.len() != expected.len() {
         // First deployment, or a resume: a new attempt of every pod.
         deployed.attempt += 1;
