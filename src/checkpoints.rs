@@ -3,7 +3,7 @@
 use std::io::Write;
 
 use anyhow::Context;
-use weir_runtime::checkpoint::{CheckpointError, CheckpointStore};
+use weir_runtime::checkpoint::{CheckpointError, CheckpointStore, Ledger};
 
 fn time(ms: u64) -> String {
     humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms)).to_string()
@@ -44,20 +44,23 @@ pub async fn list(target: Target) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    writeln!(out, "{:>12}  {:<10}  {:<24}  {:>8}  {:>12}", "ID", "STATE", "COMPLETED", "MS", "BYTES")?;
+    let committed = Ledger::read(&store).await?;
+    writeln!(out, "{:>12}  {:<11}  {:<24}  {:>8}  {:>12}", "ID", "STATE", "COMPLETED", "MS", "BYTES")?;
     for id in ids {
         match store.read_metadata(id).await {
+            // Written by an attempt that was superseded before it committed.
+            Ok(_) if !committed.admits(id) => writeln!(out, "{id:>12}  {:<11}", "uncommitted"),
             Ok(m) => writeln!(
                 out,
-                "{:>12}  {:<10}  {:<24}  {:>8}  {:>12}",
+                "{:>12}  {:<11}  {:<24}  {:>8}  {:>12}",
                 id,
                 "completed",
                 time(m.completed_at_ms),
                 m.duration_ms,
                 m.size_bytes()
             ),
-            Err(CheckpointError::MissingMetadata { .. }) => writeln!(out, "{id:>12}  {:<10}", "incomplete"),
-            Err(e) => writeln!(out, "{id:>12}  {:<10}  {e}", "damaged"),
+            Err(CheckpointError::MissingMetadata { .. }) => writeln!(out, "{id:>12}  {:<11}", "incomplete"),
+            Err(e) => writeln!(out, "{id:>12}  {:<11}  {e}", "damaged"),
         }?;
     }
     Ok(())

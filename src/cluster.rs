@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::Args;
 use tracing::warn;
 use weir_runtime::distributed::coordinator::{self, CoordinatorOptions};
+use weir_runtime::distributed::health::{self, Health, LIVENESS_LIMIT};
 use weir_runtime::distributed::http;
 use weir_runtime::distributed::protocol::JobToken;
 use weir_runtime::distributed::tls;
@@ -54,6 +55,10 @@ pub struct WorkerArgs {
     /// How often to tell the coordinator this worker is alive.
     #[arg(long, env = "WEIR_HEARTBEAT_INTERVAL", default_value = "1s")]
     heartbeat: HumanDuration,
+    /// Where to serve /healthz (the control loop turns) and /readyz (a
+    /// session with the coordinator) for probes; none if unset.
+    #[arg(long, env = "WEIR_HEALTH")]
+    health: Option<SocketAddr>,
 }
 
 pub async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
@@ -93,6 +98,17 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
         format!("{}-{}", host.trim(), std::process::id())
     });
+    let health_state = Health::new(LIVENESS_LIMIT);
+    if let Some(addr) = args.health {
+        let listener =
+            tokio::net::TcpListener::bind(addr).await.with_context(|| format!("--health: cannot listen on {addr}"))?;
+        let served = health_state.clone();
+        tokio::spawn(async move {
+            if let Err(e) = health::serve(listener, served).await {
+                tracing::error!("health endpoint stopped: {e}");
+            }
+        });
+    }
     let opts = WorkerOptions {
         coordinator: args.coordinator,
         name,
@@ -100,6 +116,7 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         heartbeat: args.heartbeat.get(),
         token: job_token("worker"),
         tls: job_tls("worker")?,
+        health: health_state,
     };
     run_worker(opts).await?;
     Ok(())

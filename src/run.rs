@@ -14,6 +14,7 @@ use weir_runtime::job::coordinate::wall_ms;
 use weir_runtime::job::{run_job, JobConfig};
 use weir_runtime::manifest::StreamJob;
 use weir_runtime::metrics::JobMetrics;
+use weir_runtime::task::error::FailureKind;
 
 pub async fn run(file: &Path, progress_line: bool) -> anyhow::Result<()> {
     let job = StreamJob::from_file(file)?;
@@ -38,6 +39,12 @@ pub async fn run(file: &Path, progress_line: bool) -> anyhow::Result<()> {
             Ok(outcome) => break Some(outcome),
             Err(e) => e,
         };
+        if weir_runtime::job::failure::kind(&error) == FailureKind::Superseded {
+            // Another run of this job took over its checkpoints; restarting
+            // would take them back from it.
+            progress.abort();
+            return Err(anyhow::Error::new(error).context("another run of this job took over; this one stops"));
+        }
         let now = wall_ms();
         match record_failure(&mut budget, &strategy, now, seed) {
             RestartDecision::RestartAt(at) => {

@@ -27,6 +27,8 @@ struct Cluster {
     token: Option<String>,
     /// Environment every process started from now on gets (TLS files).
     env: Vec<(String, String)>,
+    /// Prefix of log file names (a second set of processes of the same job).
+    site: String,
 }
 
 impl Drop for Cluster {
@@ -68,11 +70,32 @@ spec:
             children: Vec::new(),
             token: None,
             env: Vec::new(),
+            site: String::new(),
+        }
+    }
+
+    /// Processes of the same job, on the same storage and output, that
+    /// listen on ports of their own and log to `<site>-<name>.log`.
+    fn another_site(&self, site: &str) -> Cluster {
+        Cluster {
+            dir: self.dir.clone(),
+            manifest: self.manifest.clone(),
+            worker_port: free_port(),
+            http_port: free_port(),
+            count: self.count,
+            children: Vec::new(),
+            token: self.token.clone(),
+            env: self.env.clone(),
+            site: format!("{site}-"),
         }
     }
 
     fn log(&self, name: &str) -> std::fs::File {
-        std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join(format!("{name}.log"))).unwrap()
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("{}{name}.log", self.site)))
+            .unwrap()
     }
 
     fn coordinator(&mut self) -> usize {
@@ -318,6 +341,52 @@ fn a_frozen_worker_is_replaced_and_once_resumed_writes_nothing_the_job_keeps() {
     }
 }
 
+#[test]
+fn a_frozen_coordinator_and_its_workers_are_superseded_and_once_resumed_commit_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut old = Cluster::new(dir.path(), 600_000, 60_000);
+    let coordinator = old.coordinator();
+    let workers: Vec<usize> = ["w1", "w2", "w3"].iter().map(|n| old.worker(n)).collect();
+    let mut ids = Vec::new();
+    old.wait_for("two checkpoints", &mut ids, Duration::from_secs(30), |_, chk| {
+        chk["latest"]["id"].as_u64().unwrap_or(0) >= 2
+    });
+    // A node cut off from the cluster: its coordinator and workers stop
+    // together, keep their connections and their state, and the job is
+    // started again elsewhere on the same checkpoint storage.
+    let cut_off: Vec<usize> = std::iter::once(coordinator).chain(workers.iter().copied()).collect();
+    for &i in &cut_off {
+        old.signal(i, "STOP");
+    }
+    let stale_latest = *ids.last().unwrap();
+    let mut new = old.another_site("new");
+    let replacement = new.coordinator();
+    for name in ["w1", "w2", "w3"] {
+        new.worker(name);
+    }
+    let mut new_ids = Vec::new();
+    new.wait_for("the replacement to checkpoint on", &mut new_ids, Duration::from_secs(60), |_, chk| {
+        chk["latest"]["id"].as_u64().unwrap_or(0) >= stale_latest + 6
+    });
+    let restored = new.get("/v1/job").unwrap()["restoredFrom"].as_u64();
+    assert!(restored >= Some(stale_latest), "the replacement restored {restored:?}, the old one had {stale_latest}");
+    // The node comes back while the replacement runs on.
+    for &i in &cut_off {
+        old.signal(i, "CONT");
+    }
+    let old_exit = old.wait_exit(coordinator, Duration::from_secs(60));
+    assert!(new.wait_exit(replacement, Duration::from_secs(120)), "the replacement finished the job");
+    never_backwards(&new_ids);
+    new.assert_exact();
+    assert!(!old_exit, "the superseded coordinator exits non-zero");
+    let log = std::fs::read_to_string(dir.path().join("coordinator.log")).unwrap();
+    let line = log
+        .lines()
+        .find(|l| l.contains("superseded"))
+        .unwrap_or_else(|| panic!("the old coordinator says it was superseded; see {}", dir.path().display()));
+    println!("old coordinator: {line}");
+}
+
 /// Every key's updates are 1..=n without gaps or repeats, whatever n is.
 fn assert_contiguous(dir: &Path) -> u64 {
     let mut got: BTreeMap<String, Vec<u64>> = BTreeMap::new();
@@ -484,9 +553,9 @@ spec:
 fn a_checkpoint_a_worker_finds_damaged_is_passed_over_and_the_job_restores_an_older_one() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = Cluster::new(dir.path(), 500_000, 100_000);
-    // The coordinator stops itself once checkpoint 3's _metadata is in
-    // place, before anyone is told: its output is not committed yet.
-    let first = c.coordinator_with(&[("WEIR_STOP_AT", "MetadataRenamed:3")]);
+    // The coordinator stops itself once checkpoint 3 is committed in the
+    // ledger, before anyone is told: its output is not committed yet.
+    let first = c.coordinator_with(&[("WEIR_STOP_AT", "LedgerCommitted:3")]);
     for n in ["w1", "w2", "w3"] {
         c.worker(n);
     }

@@ -158,7 +158,7 @@ fn kill9(child: &mut Child) {
 
 // ---------------------------------------------------------------- weir run
 
-const LOCAL_POINTS: [StopPoint; 6] = StopPoint::ALL;
+const LOCAL_POINTS: [StopPoint; 7] = StopPoint::ALL;
 
 fn weir_run(dir: &Path, plan: Option<(StopPoint, u64)>) -> Child {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_weir"));
@@ -384,7 +384,8 @@ struct Cluster<'a> {
     spawned: u32,
 }
 
-const COORDINATOR_POINTS: [StopPoint; 2] = [StopPoint::MetadataWritten, StopPoint::MetadataRenamed];
+const COORDINATOR_POINTS: [StopPoint; 3] =
+    [StopPoint::MetadataWritten, StopPoint::MetadataRenamed, StopPoint::LedgerCommitted];
 const WORKER_POINTS: [StopPoint; 4] =
     [StopPoint::StateWritten, StopPoint::PreCommitted, StopPoint::BeforeCommit, StopPoint::Committed];
 

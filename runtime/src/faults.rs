@@ -104,8 +104,10 @@ impl Faults {
 pub enum StopPoint {
     /// `_metadata` is written under its temporary name, not yet renamed.
     MetadataWritten,
-    /// `_metadata` is in place; nobody has been told the checkpoint completed.
+    /// `_metadata` is in place; the checkpoint is not committed in the ledger.
     MetadataRenamed,
+    /// The checkpoint is committed in the ledger; nobody has been told.
+    LedgerCommitted,
     /// A subtask wrote its state files and has not acknowledged them.
     StateWritten,
     /// A sink pre-committed its transaction for a checkpoint in flight.
@@ -117,9 +119,10 @@ pub enum StopPoint {
 }
 
 impl StopPoint {
-    pub const ALL: [StopPoint; 6] = [
+    pub const ALL: [StopPoint; 7] = [
         StopPoint::MetadataWritten,
         StopPoint::MetadataRenamed,
+        StopPoint::LedgerCommitted,
         StopPoint::StateWritten,
         StopPoint::PreCommitted,
         StopPoint::BeforeCommit,

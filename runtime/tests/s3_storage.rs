@@ -7,7 +7,7 @@
 mod common;
 
 use common::*;
-use weir_runtime::checkpoint::CheckpointStore;
+use weir_runtime::checkpoint::{CheckpointError, CheckpointStore, Ledger, LedgerSlot};
 use weir_runtime::faults::{FaultPoint, Faults};
 
 fn endpoint() -> String {
@@ -41,9 +41,34 @@ fn checkpoints_in_s3_restore_after_crashes_with_exact_output() {
     let store = CheckpointStore::open(&format!("s3://{bucket}/{prefix}"), "default", "counts").unwrap();
     let ids = rt.block_on(store.checkpoint_ids()).unwrap();
     assert!(!ids.is_empty() && ids.len() <= 3, "retention keeps 2 completed (and maybe one in progress): {ids:?}");
-    let latest =
-        rt.block_on(store.latest_restorable(16, &weir_runtime::checkpoint::Load::MetadataOnly, &[])).unwrap().unwrap();
+    let committed = rt.block_on(Ledger::read(&store)).unwrap();
+    let latest = rt
+        .block_on(store.latest_restorable(16, &weir_runtime::checkpoint::Load::MetadataOnly, &[], &committed))
+        .unwrap()
+        .unwrap();
     assert_eq!(Some(latest.id), outcome.last_checkpoint.map(|c| c.id));
+}
+
+#[test]
+#[ignore = "needs an S3 server: scripts/test-s3 starts one and runs these"]
+fn on_s3_an_attempt_that_another_joined_after_commits_nothing() {
+    std::env::set_var("AWS_ENDPOINT_URL", endpoint());
+    let bucket = std::env::var("WEIR_TEST_S3_BUCKET").unwrap_or_else(|_| "weir-test".into());
+    let store =
+        CheckpointStore::open(&format!("s3://{bucket}/ledger-{}", std::process::id()), "default", "job").unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let old = Ledger::join(&store, 1, &LedgerSlot::default()).await.unwrap();
+        old.commit(1).await.unwrap();
+        let new = Ledger::join(&store, 2, &LedgerSlot::default()).await.unwrap();
+        // A conditional put (If-None-Match: *) refuses the old attempt's
+        // entry: the server must not let it replace the new one's.
+        let err = old.commit(2).await.unwrap_err();
+        assert!(matches!(err, CheckpointError::Superseded { .. }), "{err}");
+        new.commit(2).await.unwrap();
+        let committed = Ledger::join(&store, 3, &LedgerSlot::default()).await.unwrap().committed().await;
+        assert!(committed.admits(1) && committed.admits(2) && !committed.admits(3));
+    });
 }
 
 fn signal(pid: &str, sig: &str) {

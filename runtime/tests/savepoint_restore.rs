@@ -20,8 +20,9 @@ fn old_job_with_a_savepoint(dir: &Path, spec: &JobSpec) -> String {
     assert!(err.to_string().contains("injected fault"), "{err}");
     let store = CheckpointStore::open(&job.spec.checkpoints.storage, "default", "counts").unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
+    let committed = rt.block_on(weir_runtime::checkpoint::Ledger::read(&store)).unwrap();
     let newest = rt
-        .block_on(store.latest_restorable(16, &weir_runtime::checkpoint::Load::MetadataOnly, &[]))
+        .block_on(store.latest_restorable(16, &weir_runtime::checkpoint::Load::MetadataOnly, &[], &committed))
         .unwrap()
         .expect("a completed checkpoint");
     rt.block_on(store.copy_to_savepoint(newest.id, 1_764_000_000_000)).unwrap()

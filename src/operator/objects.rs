@@ -31,6 +31,8 @@ pub const DIGEST_LABEL: &str = "weir.dev/spec-digest";
 pub const ATTEMPT_LABEL: &str = "weir.dev/attempt";
 pub const WORKER_PORT: i32 = 6123;
 pub const HTTP_PORT: i32 = 8081;
+/// A worker's `/healthz` and `/readyz`.
+pub const WORKER_HEALTH_PORT: i32 = 8082;
 /// A job's name must leave room for `-worker-<index>-<attempt>` in a
 /// 63-character label value.
 pub const MAX_JOB_NAME: usize = 40;
@@ -307,14 +309,14 @@ pub fn network_policy(job: &StreamJob) -> NetworkPolicy {
     }
 }
 
-/// A probe of the coordinator's HTTP port. Readiness means the job runs;
-/// the Service publishes the coordinator before that, since workers must
-/// reach it to make it run.
-fn http_probe(path: &str, period_seconds: i32, failure_threshold: i32) -> Probe {
+/// A probe of a named HTTP port. The coordinator's readiness means the
+/// job runs; the Service publishes the coordinator before that, since
+/// workers must reach it to make it run.
+fn http_probe(port: &str, path: &str, period_seconds: i32, failure_threshold: i32) -> Probe {
     Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.into()),
-            port: IntOrString::String("http".into()),
+            port: IntOrString::String(port.into()),
             ..HTTPGetAction::default()
         }),
         period_seconds: Some(period_seconds),
@@ -379,6 +381,7 @@ pub fn pod(d: &Deployment<'_>, role: Role, attempt: u32, settings: &Settings) ->
             vec![
                 env("WEIR_COORDINATOR", format!("{}.{ns}.svc:{WORKER_PORT}", coordinator_name(&name))),
                 env("WEIR_WORKER_NAME", own_name.clone()),
+                env("WEIR_HEALTH", format!("0.0.0.0:{WORKER_HEALTH_PORT}")),
                 token,
             ],
             Vec::new(),
@@ -433,11 +436,19 @@ pub fn pod(d: &Deployment<'_>, role: Role, attempt: u32, settings: &Settings) ->
                 ..ContainerPort::default()
             },
         ]),
-        Role::Worker(_) => None,
+        Role::Worker(_) => Some(vec![ContainerPort {
+            name: Some("health".into()),
+            container_port: WORKER_HEALTH_PORT,
+            protocol: Some("TCP".into()),
+            ..ContainerPort::default()
+        }]),
     };
+    // A worker is live while its control loop turns (a hung one is killed,
+    // its pod fails and the job fails over); ready while it has a session
+    // with the coordinator.
     let probes = match role {
-        Role::Coordinator => (Some(http_probe("/healthz", 10, 3)), Some(http_probe("/readyz", 5, 1))),
-        Role::Worker(_) => (None, None),
+        Role::Coordinator => (Some(http_probe("http", "/healthz", 10, 3)), Some(http_probe("http", "/readyz", 5, 1))),
+        Role::Worker(_) => (Some(http_probe("health", "/healthz", 10, 3)), Some(http_probe("health", "/readyz", 5, 1))),
     };
     let mut pod_labels = labels(&name, Some(role));
     pod_labels.insert(DIGEST_LABEL.into(), digest_label(d.digest));

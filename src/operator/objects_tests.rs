@@ -1,4 +1,5 @@
 use k8s_openapi::api::core::v1::{Container, Pod, PodSecurityContext, SecurityContext};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::*;
 use crate::crd::JobSpec;
@@ -108,14 +109,24 @@ fn the_restricted_profile_check_catches_what_a_template_loosens() {
 }
 
 #[test]
-fn the_coordinator_has_probes_and_its_service_publishes_it_before_it_is_ready() {
+fn every_job_pod_has_probes_on_a_port_it_declares_and_the_service_publishes_the_coordinator_before_it_is_ready() {
     let j = job(None);
     let pods = job_pods(&j);
-    let c = &pods[0].spec.as_ref().unwrap().containers[0];
-    let path =
-        |p: &Option<k8s_openapi::api::core::v1::Probe>| p.as_ref().unwrap().http_get.as_ref().unwrap().path.clone();
-    assert_eq!(path(&c.liveness_probe).as_deref(), Some("/healthz"));
-    assert_eq!(path(&c.readiness_probe).as_deref(), Some("/readyz"));
+    assert!(pods.len() >= 2, "a coordinator and workers");
+    for pod in &pods {
+        let c = &pod.spec.as_ref().unwrap().containers[0];
+        let get = |p: &Option<k8s_openapi::api::core::v1::Probe>| p.as_ref().unwrap().http_get.clone().unwrap();
+        let (live, ready) = (get(&c.liveness_probe), get(&c.readiness_probe));
+        assert_eq!(live.path.as_deref(), Some("/healthz"));
+        assert_eq!(ready.path.as_deref(), Some("/readyz"));
+        let IntOrString::String(port) = live.port else { panic!("probes name their port") };
+        let declared = c.ports.iter().flatten().find(|p| p.name.as_deref() == Some(port.as_str()));
+        let declared = declared.unwrap_or_else(|| panic!("{:?}: no port named {port}", pod.metadata.name));
+        if port == "health" {
+            let served = c.env.iter().flatten().find(|e| e.name == "WEIR_HEALTH").and_then(|e| e.value.clone());
+            assert_eq!(served, Some(format!("0.0.0.0:{}", declared.container_port)), "the worker serves there");
+        }
+    }
     let svc = service(&j, 1);
     assert_eq!(svc.spec.unwrap().publish_not_ready_addresses, Some(true), "workers must reach it to make it ready");
 }

@@ -13,6 +13,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::metadata::CheckpointMetadata;
+use crate::job::fence::Fence;
 use crate::manifest::CheckpointOptions;
 use crate::task::message::{TaskId, WrittenState};
 use crate::task::Barrier;
@@ -59,7 +60,7 @@ pub enum FailureVerdict {
 pub struct PendingCheckpoints {
     opts: CoordinatorOptions,
     job: String,
-    incarnation: u64,
+    fence: Fence,
     max_parallelism: u32,
     tasks: usize,
     next_id: u64,
@@ -87,7 +88,7 @@ impl PendingCheckpoints {
         PendingCheckpoints {
             opts,
             job,
-            incarnation: 0,
+            fence: Fence { incarnation: 0, epoch: 0 },
             max_parallelism,
             tasks,
             next_id,
@@ -101,9 +102,9 @@ impl PendingCheckpoints {
         }
     }
 
-    /// Checkpoints record the job incarnation that wrote them.
-    pub fn with_incarnation(mut self, incarnation: u64) -> Self {
-        self.incarnation = incarnation;
+    /// Checkpoints record the job incarnation and the attempt's epoch that wrote them.
+    pub fn with_fence(mut self, fence: Fence) -> Self {
+        self.fence = fence;
         self
     }
 
@@ -135,7 +136,8 @@ impl PendingCheckpoints {
             self.final_id = Some(id);
         }
         let mut metadata = CheckpointMetadata::new(id, self.job.clone(), self.max_parallelism, wall_ms, wall_ms);
-        metadata.incarnation = self.incarnation;
+        metadata.incarnation = self.fence.incarnation;
+        metadata.epoch = self.fence.epoch;
         self.pending.insert(id, Pending { started: now, acked: HashSet::new(), metadata });
         Barrier { id, timestamp_ms: wall_ms }
     }

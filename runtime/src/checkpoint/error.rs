@@ -13,8 +13,19 @@ pub enum CheckpointError {
     MissingMetadata { id: u64, path: String },
     #[error("checkpoint {id} has unreadable _metadata at {path}: {reason}")]
     BadMetadata { id: u64, path: String, reason: String },
-    #[error("cannot sync directory {path}: {reason}")]
-    Sync { path: String, reason: String },
+    #[error("cannot {action} {path}: {reason}")]
+    LocalIo { action: &'static str, path: String, reason: String },
+    #[error(
+        "this attempt (epoch {epoch}) was superseded by attempt {by}, which holds ledger entry {path}: \
+         a newer attempt of the job took over, so this one commits nothing more and stops"
+    )]
+    Superseded { epoch: String, by: String, path: String },
+    #[error("cannot join the checkpoint ledger at {path}: other attempts took its next entry {tries} times in a row")]
+    LedgerBusy { path: String, tries: u32 },
+    #[error("ledger entry {path} cannot be read: {reason}")]
+    BadLedgerEntry { path: String, reason: String },
+    #[error("checkpoint {id} already has a _metadata at {path} (another attempt used the id); it is left as it is")]
+    MetadataExists { id: u64, path: String },
     #[error("no _metadata at {path}: not a completed checkpoint or savepoint directory")]
     NotASnapshot { path: String },
     #[error("state file {path} is missing")]
@@ -58,9 +69,11 @@ impl CheckpointError {
     pub fn failure_kind(&self) -> crate::task::error::FailureKind {
         use crate::task::error::FailureKind;
         match self {
-            CheckpointError::Io { .. } | CheckpointError::Storage(_) | CheckpointError::Sync { .. } => {
+            CheckpointError::Io { .. } | CheckpointError::Storage(_) | CheckpointError::LocalIo { .. } => {
                 FailureKind::Storage
             }
+            CheckpointError::LedgerBusy { .. } | CheckpointError::BadLedgerEntry { .. } => FailureKind::Storage,
+            CheckpointError::Superseded { .. } => FailureKind::Superseded,
             _ => FailureKind::Restore,
         }
     }

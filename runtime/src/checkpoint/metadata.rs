@@ -20,6 +20,10 @@ pub struct CheckpointMetadata {
     /// checkpoints written before incarnations existed.
     #[serde(default)]
     pub incarnation: u64,
+    /// The epoch of the attempt that wrote it; 0 in checkpoints written
+    /// before it was recorded. The ledger names the epoch that committed it.
+    #[serde(default)]
+    pub epoch: u64,
     /// Milliseconds since the Unix epoch.
     pub triggered_at_ms: u64,
     pub completed_at_ms: u64,
@@ -59,6 +63,7 @@ impl CheckpointMetadata {
             id,
             job,
             incarnation: 0,
+            epoch: 0,
             triggered_at_ms,
             completed_at_ms,
             duration_ms: completed_at_ms.saturating_sub(triggered_at_ms),

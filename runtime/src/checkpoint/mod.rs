@@ -6,6 +6,8 @@
 //!   directories and state files.
 //! - [`store`]: one job's checkpoint directory and its I/O (state files,
 //!   atomic `_metadata`, listing).
+//! - [`ledger`]: the append-only log of attempts and committed
+//!   checkpoints that fences a superseded attempt.
 //! - [`restore`]: verifying a checkpoint against `_metadata` and choosing
 //!   the newest intact one to restore.
 //! - [`retention`]: retention, pins, savepoint copies and purge.
@@ -13,6 +15,7 @@
 
 pub mod coordinator;
 pub mod error;
+pub mod ledger;
 pub mod metadata;
 pub mod restore;
 pub mod retention;
@@ -22,6 +25,7 @@ mod testing;
 
 pub use coordinator::{CoordinatorOptions, PendingCheckpoints};
 pub use error::CheckpointError;
+pub use ledger::{Committed, Ledger, LedgerSlot};
 pub use metadata::{CheckpointMetadata, StateFileMetadata};
 pub use restore::{Keep, Load, RestoredCheckpoint};
 pub use retention::Pin;

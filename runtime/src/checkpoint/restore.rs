@@ -13,6 +13,7 @@ use opendal::ErrorKind;
 use tracing::{info, warn};
 
 use super::error::CheckpointError;
+use super::ledger::Committed;
 use super::metadata::{checkpoint_dir, join, CheckpointMetadata, StateFileMetadata};
 use super::store::CheckpointStore;
 use crate::keygroup::KeyGroupRange;
@@ -233,18 +234,25 @@ impl CheckpointStore {
         Ok(RestoredCheckpoint::metadata_only(metadata.id, location, metadata))
     }
 
-    /// The newest completed, intact checkpoint; damaged newer ones (and
-    /// `known_damaged`, found so by a worker that read them) are skipped
-    /// with a warning. `Ok(None)` when no checkpoint ever completed.
+    /// The newest completed, intact checkpoint that the ledger committed;
+    /// damaged newer ones (and `known_damaged`, found so by a worker that
+    /// read them) are skipped with a warning, uncommitted ones (written by
+    /// a superseded attempt, or cut short before their commit) with a note.
+    /// `Ok(None)` when no checkpoint ever completed.
     pub async fn latest_restorable(
         &self,
         max_parallelism: u32,
         load: &Load,
         known_damaged: &[(u64, String)],
+        committed: &Committed,
     ) -> Result<Option<RestoredCheckpoint>, CheckpointError> {
         let mut skipped = Vec::new();
         let mut damaged = 0;
         for id in self.checkpoint_ids().await? {
+            if !committed.admits(id) {
+                info!(checkpoint = id, "skipping checkpoint {id}: the ledger does not list it as committed");
+                continue;
+            }
             let candidate = match known_damaged.iter().find(|(d, _)| *d == id) {
                 Some((_, reason)) => Err(CheckpointError::FoundDamaged { id, reason: reason.clone() }),
                 None => match load {
@@ -255,6 +263,10 @@ impl CheckpointStore {
                     },
                 },
             };
+            let candidate = candidate.and_then(|restored| match committed.mismatch(&restored.metadata) {
+                Some(reason) => Err(CheckpointError::FoundDamaged { id, reason }),
+                None => Ok(restored),
+            });
             match candidate {
                 Ok(mut restored) => {
                     restored.require_max_parallelism(max_parallelism)?;
@@ -295,6 +307,21 @@ mod tests {
     use crate::checkpoint::StateFileMetadata;
 
     #[tokio::test]
+    async fn a_complete_checkpoint_the_ledger_never_committed_is_passed_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir);
+        let ledger = crate::checkpoint::Ledger::join(&store, 1, &Default::default()).await.unwrap();
+        write_checkpoint(&store, 1, b"committed").await;
+        ledger.commit(1).await.unwrap();
+        // A superseded attempt wrote _metadata of 2 and could not commit it.
+        write_checkpoint(&store, 2, b"stale").await;
+        let committed = ledger.committed().await;
+        let chosen = store.latest_restorable(128, &Load::MetadataOnly, &[], &committed).await.unwrap().unwrap();
+        assert_eq!(chosen.id, 1);
+        assert!(chosen.skipped.is_empty(), "an uncommitted checkpoint is not damage");
+    }
+
+    #[tokio::test]
     async fn restores_from_newest_complete_checkpoint_when_latest_is_corrupt() {
         let dir = tempfile::tempdir().unwrap();
         let store = store(&dir);
@@ -307,7 +334,11 @@ mod tests {
         bytes[last] ^= 0xff;
         std::fs::write(&path, bytes).unwrap();
 
-        let restored = store.latest_restorable(128, &Load::Verified(Keep::Everything), &[]).await.unwrap().unwrap();
+        let restored = store
+            .latest_restorable(128, &Load::Verified(Keep::Everything), &[], &Committed::everything())
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(restored.id, 1);
         assert_eq!(restored.skipped.len(), 1);
         assert!(restored.skipped[0].1.contains("checksum"), "{:?}", restored.skipped);
@@ -320,7 +351,11 @@ mod tests {
         let store = store(&dir);
         write_checkpoint(&store, 1, b"one").await;
         store.write_state(2, "sum-0-0-127.state", vec![1, 2, 3]).await.unwrap();
-        let restored = store.latest_restorable(128, &Load::Verified(Keep::Everything), &[]).await.unwrap().unwrap();
+        let restored = store
+            .latest_restorable(128, &Load::Verified(Keep::Everything), &[], &Committed::everything())
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(restored.id, 1);
         assert!(restored.skipped.is_empty());
     }
@@ -333,7 +368,11 @@ mod tests {
         let path = dir.path().join("default/job").join(checkpoint_dir(1)).join(METADATA_FILE);
         let text = std::fs::read(&path).unwrap();
         std::fs::write(&path, &text[..text.len() / 2]).unwrap();
-        let err = store.latest_restorable(128, &Load::Verified(Keep::Everything), &[]).await.unwrap_err().to_string();
+        let err = store
+            .latest_restorable(128, &Load::Verified(Keep::Everything), &[], &Committed::everything())
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("no intact checkpoint"), "{err}");
         assert!(err.contains("unreadable _metadata"), "{err}");
     }
@@ -341,7 +380,8 @@ mod tests {
     #[tokio::test]
     async fn an_empty_store_has_nothing_to_restore() {
         let dir = tempfile::tempdir().unwrap();
-        let nothing = store(&dir).latest_restorable(128, &Load::MetadataOnly, &[]).await.unwrap();
+        let nothing =
+            store(&dir).latest_restorable(128, &Load::MetadataOnly, &[], &Committed::everything()).await.unwrap();
         assert!(nothing.is_none());
     }
 
@@ -396,18 +436,24 @@ mod tests {
         let store = store(&dir);
         write_checkpoint(&store, 1, b"one").await;
         write_checkpoint(&store, 2, b"two").await;
-        let chosen = store.latest_restorable(128, &Load::MetadataOnly, &[]).await.unwrap().unwrap();
+        let chosen =
+            store.latest_restorable(128, &Load::MetadataOnly, &[], &Committed::everything()).await.unwrap().unwrap();
         assert_eq!(chosen.id, 2);
         assert!(!chosen.has_state("sum"), "the coordinator read no state file");
         let damaged = [(2, "checksum mismatch in sum-0".to_string())];
-        let chosen = store.latest_restorable(128, &Load::MetadataOnly, &damaged).await.unwrap().unwrap();
+        let chosen = store
+            .latest_restorable(128, &Load::MetadataOnly, &damaged, &Committed::everything())
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(chosen.id, 1);
         assert_eq!(chosen.skipped.len(), 1);
         assert!(chosen.skipped[0].1.contains("found damaged by a worker"), "{:?}", chosen.skipped);
         // A truncated file shows in its size, without reading it.
         let name = state_file_name("sum", 0, KeyGroupRange { start: 0, end: 127 }, 7);
         std::fs::write(dir.path().join("default/job").join(checkpoint_dir(1)).join(name), b"x").unwrap();
-        let err = store.latest_restorable(128, &Load::MetadataOnly, &damaged).await.unwrap_err();
+        let err =
+            store.latest_restorable(128, &Load::MetadataOnly, &damaged, &Committed::everything()).await.unwrap_err();
         assert!(err.to_string().contains("no intact checkpoint"), "{err}");
     }
 }

@@ -3,8 +3,17 @@
 //! savepoint copy itself, and purge.
 
 use super::error::CheckpointError;
+use super::ledger::Committed;
 use super::metadata::{checkpoint_dir, METADATA_FILE};
 use super::store::CheckpointStore;
+
+/// What retention did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Retained {
+    pub deleted: Vec<u64>,
+    /// The oldest complete checkpoint it kept (pinned ones aside).
+    pub oldest_kept: Option<u64>,
+}
 
 /// Keeps a checkpoint from retention while it lives.
 #[derive(Debug)]
@@ -56,18 +65,20 @@ impl CheckpointStore {
     }
 
     /// Deletes completed checkpoints beyond the newest `retained` intact
-    /// ones and any incomplete checkpoint older than `latest`. `damaged`
-    /// (found so by a restore) do not count as retained, so the older
-    /// checkpoint a restore fell back to is kept until enough intact newer
-    /// ones exist.
+    /// ones and any incomplete or uncommitted checkpoint older than
+    /// `latest`. `damaged` (found so by a restore) do not count as
+    /// retained, so the older checkpoint a restore fell back to is kept
+    /// until enough intact newer ones exist.
     pub async fn apply_retention(
         &self,
         latest: u64,
         retained: usize,
         damaged: &[u64],
-    ) -> Result<Vec<u64>, CheckpointError> {
+        committed: &Committed,
+    ) -> Result<Retained, CheckpointError> {
         let mut kept = 0;
         let mut deleted = Vec::new();
+        let mut oldest_kept = None;
         for id in self.checkpoint_ids().await? {
             if id > latest || self.is_pinned(id) {
                 continue;
@@ -77,18 +88,19 @@ impl CheckpointStore {
                 deleted.push(id);
                 continue;
             }
-            let complete =
-                self.op.exists(&format!("{}/{METADATA_FILE}", checkpoint_dir(id))).await.map_err(|source| {
+            let complete = committed.admits(id)
+                && self.op.exists(&format!("{}/{METADATA_FILE}", checkpoint_dir(id))).await.map_err(|source| {
                     CheckpointError::Io { action: "stat", path: self.path_of(id), source: Box::new(source) }
                 })?;
             if complete && kept < retained {
                 kept += 1;
+                oldest_kept = Some(id);
                 continue;
             }
             self.delete(id).await?;
             deleted.push(id);
         }
-        Ok(deleted)
+        Ok(Retained { deleted, oldest_kept })
     }
 
     /// Copies completed checkpoint `id` to `savepoints/sp-<ms>/`, which
@@ -179,7 +191,7 @@ mod tests {
         }
         store.write_state(5, "sum-0-0-127.state", vec![1]).await.unwrap();
         write_checkpoint(&store, 6, b"x").await;
-        let deleted = store.apply_retention(6, 2, &[]).await.unwrap();
+        let deleted = store.apply_retention(6, 2, &[], &Committed::everything()).await.unwrap().deleted;
         assert_eq!(deleted, vec![5, 3, 2, 1]);
         assert_eq!(store.checkpoint_ids().await.unwrap(), vec![6, 4]);
     }
@@ -193,11 +205,11 @@ mod tests {
         for id in 2..=3 {
             write_checkpoint(&store, id, b"x").await;
         }
-        assert_eq!(store.apply_retention(3, 1, &[]).await.unwrap(), vec![2]);
+        assert_eq!(store.apply_retention(3, 1, &[], &Committed::everything()).await.unwrap().deleted, vec![2]);
         assert!(!store.wait_unpinned(std::time::Duration::from_millis(50)).await);
         drop(pin);
         assert!(store.wait_unpinned(std::time::Duration::from_millis(50)).await);
-        assert_eq!(store.apply_retention(3, 1, &[]).await.unwrap(), vec![1]);
+        assert_eq!(store.apply_retention(3, 1, &[], &Committed::everything()).await.unwrap().deleted, vec![1]);
     }
 
     #[tokio::test]
@@ -209,7 +221,7 @@ mod tests {
         }
         // 3 was found damaged; the job restored 2 and completed 4.
         write_checkpoint(&store, 4, b"x").await;
-        let deleted = store.apply_retention(4, 2, &[3]).await.unwrap();
+        let deleted = store.apply_retention(4, 2, &[3], &Committed::everything()).await.unwrap().deleted;
         assert_eq!(deleted, vec![3, 1]);
         assert_eq!(store.checkpoint_ids().await.unwrap(), vec![4, 2], "2, restored from, is still retained");
     }

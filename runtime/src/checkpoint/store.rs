@@ -3,9 +3,11 @@
 //!
 //! Layout under `<storage>/<namespace>/<job>/`:
 //! `chk-0000000042/<operator>-<subtask>-<first key group>-<last key group>-<epoch>.state`
-//! and `chk-0000000042/_metadata`, which is written last. A checkpoint
-//! without `_metadata` never completed; one whose files do not match the
-//! sizes and checksums in `_metadata` is damaged and is skipped.
+//! and `chk-0000000042/_metadata`, which is written last; `_ledger/` holds
+//! the ledger (see [`super::ledger`]). A checkpoint without `_metadata`
+//! never completed; one the ledger does not list was never committed; one
+//! whose files do not match the sizes and checksums in `_metadata` is
+//! damaged and is skipped.
 
 use opendal::{ErrorKind, Operator};
 
@@ -120,18 +122,11 @@ impl CheckpointStore {
     }
 
     /// Writes `_metadata`, which makes the checkpoint complete, so that it
-    /// exists whole or not at all: where the store can rename (a file
-    /// system), it is written to a temporary name (OpenDAL syncs it on
-    /// close), renamed, and the directory synced; on object storage one put
-    /// is atomic, and a conditional one where supported, so an existing
-    /// `_metadata` is never replaced.
+    /// exists whole or not at all and never replaces one that is there (a
+    /// stale attempt may have used the same id): see [`Self::create_new`].
+    /// Storage that cannot create only if absent gets a plain put.
     pub async fn write_metadata(&self, meta: &CheckpointMetadata) -> Result<(), CheckpointError> {
-        let dir = checkpoint_dir(meta.id);
-        let path = format!("{dir}/{METADATA_FILE}");
-        let io = |action: &'static str, at: &str| {
-            let path = self.full(at);
-            move |source| CheckpointError::Io { action, path, source: Box::new(source) }
-        };
+        let path = format!("{}/{METADATA_FILE}", checkpoint_dir(meta.id));
         let bytes = serde_json::to_vec_pretty(meta).map_err(|e| CheckpointError::BadMetadata {
             id: meta.id,
             path: self.full(&path),
@@ -141,40 +136,62 @@ impl CheckpointStore {
         if let Some(delay) = self.metadata_delay {
             tokio::time::sleep(delay).await;
         }
-        let capability = self.op.info().capability();
-        if capability.rename {
-            let token = crate::job::fence::random_token().map_err(|e| CheckpointError::BadMetadata {
-                id: meta.id,
-                path: self.full(&path),
-                reason: e.to_string(),
-            })?;
-            let temp = format!("{dir}/{METADATA_FILE}.inprogress-{token:016x}");
-            self.op.write(&temp, bytes).await.map_err(io("write", &temp))?;
-            stop_point(StopPoint::MetadataWritten);
-            self.op.rename(&temp, &path).await.map_err(io("rename into place", &path))?;
-            stop_point(StopPoint::MetadataRenamed);
-            self.sync_local_dir(&dir).await
-        } else if capability.write_with_if_not_exists {
-            stop_point(StopPoint::MetadataWritten);
-            self.op.write_with(&path, bytes).if_not_exists(true).await.map_err(io("write", &path))?;
-            stop_point(StopPoint::MetadataRenamed);
-            Ok(())
-        } else {
-            self.op.write(&path, bytes).await.map_err(io("write", &path))?;
-            Ok(())
+        let stops = Some((StopPoint::MetadataWritten, StopPoint::MetadataRenamed));
+        match self.create_new(&path, bytes.clone(), stops).await? {
+            Created::Created => Ok(()),
+            Created::Exists => Err(CheckpointError::MetadataExists { id: meta.id, path: self.full(&path) }),
+            Created::Unsupported => self.op.write(&path, bytes).await.map(|_| ()).map_err(|source| {
+                CheckpointError::Io { action: "write", path: self.full(&path), source: Box::new(source) }
+            }),
         }
     }
 
-    /// Syncs `dir` (relative to the job directory) on a local file system,
-    /// so a rename in it outlives a crash of the machine.
-    async fn sync_local_dir(&self, dir: &str) -> Result<(), CheckpointError> {
-        let Some(local) = &self.local else { return Ok(()) };
-        let path = local.join(dir);
-        let synced = tokio::task::spawn_blocking(move || crate::storage::sync_dir(&path))
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r.map_err(|e| e.to_string()));
-        synced.map_err(|reason| CheckpointError::Sync { path: self.full(dir), reason })
+    /// Creates `path` (relative to the job directory) holding `bytes` only
+    /// if nothing is there, as one step no other writer can slip between:
+    /// on a local file system the bytes go to a temporary file, synced,
+    /// that is hard-linked to `path` (a link never replaces a file; a
+    /// rename would), then the directory is synced; on object storage one
+    /// conditional put (`If-None-Match: *`). `stops` are the crash tests'
+    /// stop points once the temporary file is written and once the name is
+    /// in place.
+    pub(super) async fn create_new(
+        &self,
+        path: &str,
+        bytes: Vec<u8>,
+        stops: Option<(StopPoint, StopPoint)>,
+    ) -> Result<Created, CheckpointError> {
+        if let Some(local) = &self.local {
+            let target = local.join(path);
+            let token = crate::job::fence::random_token().map_err(|e| CheckpointError::LocalIo {
+                action: "name a temporary file for",
+                path: self.full(path),
+                reason: e.to_string(),
+            })?;
+            let created = tokio::task::spawn_blocking(move || create_new_local(&target, &bytes, token, stops))
+                .await
+                .map_err(|e| std::io::Error::other(e.to_string()))
+                .and_then(|r| r);
+            return created.map(|created| if created { Created::Created } else { Created::Exists }).map_err(|e| {
+                CheckpointError::LocalIo { action: "create", path: self.full(path), reason: e.to_string() }
+            });
+        }
+        if !self.op.info().capability().write_with_if_not_exists {
+            return Ok(Created::Unsupported);
+        }
+        if let Some((written, _)) = stops {
+            stop_point(written);
+        }
+        match self.op.write_with(path, bytes).if_not_exists(true).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::ConditionNotMatch => return Ok(Created::Exists),
+            Err(source) => {
+                return Err(CheckpointError::Io { action: "write", path: self.full(path), source: Box::new(source) })
+            }
+        }
+        if let Some((_, in_place)) = stops {
+            stop_point(in_place);
+        }
+        Ok(Created::Created)
     }
 
     pub(super) fn full(&self, path: &str) -> String {
@@ -251,6 +268,51 @@ impl CheckpointStore {
     }
 }
 
+/// What [`CheckpointStore::create_new`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Created {
+    Created,
+    /// Something was already at the path; nothing was written.
+    Exists,
+    /// The storage cannot create a file only if absent; nothing was written.
+    Unsupported,
+}
+
+/// `create_new` on a local file system: `Ok(false)` if `target` exists.
+fn create_new_local(
+    target: &std::path::Path,
+    bytes: &[u8],
+    token: u64,
+    stops: Option<(StopPoint, StopPoint)>,
+) -> std::io::Result<bool> {
+    use std::io::Write;
+    let (Some(dir), Some(name)) = (target.parent(), target.file_name()) else {
+        return Err(std::io::Error::other("the path names no file"));
+    };
+    std::fs::create_dir_all(dir)?;
+    let temp = dir.join(format!("{}.inprogress-{token:016x}", name.to_string_lossy()));
+    let mut file = std::fs::File::create_new(&temp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    drop(file);
+    if let Some((written, _)) = stops {
+        stop_point(written);
+    }
+    let linked = std::fs::hard_link(&temp, target);
+    let removed = std::fs::remove_file(&temp);
+    match linked {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(false),
+        Err(e) => return Err(e),
+    }
+    removed?;
+    crate::storage::sync_dir(dir)?;
+    if let Some((_, in_place)) = stops {
+        stop_point(in_place);
+    }
+    Ok(true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -268,6 +330,18 @@ mod tests {
         assert!(names.contains(&METADATA_FILE.to_string()), "{names:?}");
         assert!(!names.iter().any(|n| n.contains("inprogress")), "{names:?}");
         assert_eq!(store.read_metadata(1).await.unwrap().id, 1);
+    }
+
+    #[tokio::test]
+    async fn metadata_already_in_place_is_never_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir);
+        write_checkpoint(&store, 1, b"x").await;
+        let mut other = store.read_metadata(1).await.unwrap();
+        other.completed_at_ms = 99;
+        let err = store.write_metadata(&other).await.unwrap_err();
+        assert!(matches!(err, CheckpointError::MetadataExists { id: 1, .. }), "{err}");
+        assert_eq!(store.read_metadata(1).await.unwrap().completed_at_ms, 1, "the first _metadata stays");
     }
 
     #[tokio::test]

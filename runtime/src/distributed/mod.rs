@@ -6,8 +6,11 @@
 //! - [`worker`]: the worker process: runs the subtasks it is assigned.
 //! - [`coordinator`]: the coordinator process: scheduling, checkpoints, recovery.
 //! - [`http`]: the coordinator's HTTP API and Prometheus metrics.
+//! - [`health`]: a worker's liveness and readiness probes.
+//! - [`tls`]: mutual TLS between a job's processes.
 
 pub mod coordinator;
+pub mod health;
 pub mod http;
 pub mod network;
 pub mod protocol;

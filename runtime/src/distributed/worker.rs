@@ -17,6 +17,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
+use super::health::Health;
 use super::network::{DataPlane, OnBroken};
 use super::protocol::{
     self, Connection, JobToken, Placement, ProtocolError, TaskKey, ToCoordinator, ToWorker, WorkerCounters,
@@ -65,6 +66,8 @@ pub struct WorkerOptions {
     pub token: JobToken,
     /// Mutual TLS with the coordinator and the other workers.
     pub tls: Option<Arc<JobTls>>,
+    /// What the liveness and readiness probes report.
+    pub health: Arc<Health>,
 }
 
 enum SessionEnd {
@@ -108,6 +111,7 @@ pub async fn run_worker(opts: WorkerOptions) -> Result<(), WorkerError> {
     info!(name = %opts.name, data = %plane.addr(), coordinator = %opts.coordinator, "worker started");
     let mut backoff = Duration::from_millis(100);
     loop {
+        opts.health.turned();
         let (stream, local) = match connect(&opts).await {
             Ok(s) => s,
             Err(why) => {
@@ -175,7 +179,9 @@ async fn session(
     let mut heartbeat = tokio::time::interval(opts.heartbeat);
     let connected = Instant::now();
     let mut lease = Lease::new();
+    opts.health.set_connected(true);
     let end = loop {
+        opts.health.turned();
         let woke = tokio::select! {
             _ = heartbeat.tick() => Woke::Tick,
             msg = protocol::recv::<ToWorker>(conn) => Woke::Message(msg),
@@ -245,6 +251,7 @@ async fn session(
             Err(e) => break SessionEnd::Lost(e.to_string()),
         }
     };
+    opts.health.set_connected(false);
     if let Some(o) = opening.take() {
         o.handle.abort();
     }

@@ -20,7 +20,9 @@ use super::fence::Fence;
 use super::{JobConfig, JobError};
 use crate::checkpoint::coordinator::FailureVerdict;
 use crate::checkpoint::Pin;
-use crate::checkpoint::{CheckpointMetadata, CheckpointStore, CoordinatorOptions, PendingCheckpoints};
+use crate::checkpoint::{
+    CheckpointError, CheckpointMetadata, CheckpointStore, CoordinatorOptions, Ledger, PendingCheckpoints,
+};
 use crate::faults::FaultPoint;
 use crate::metrics::{CompletedCheckpoint, JobMetrics};
 use crate::task::error::FailureKind;
@@ -69,8 +71,10 @@ pub struct Loop<'a, P: ControlPlane> {
     pub metrics: &'a JobMetrics,
     pub max_parallelism: u32,
     pub next_id: u64,
-    /// The attempt's fence; checkpoints record its incarnation.
+    /// The attempt's fence; checkpoints record its incarnation and epoch.
     pub fence: Fence,
+    /// Where the attempt commits completed checkpoints.
+    pub ledger: Ledger,
     /// The highest checkpoint id this loop issued, kept beyond the attempt
     /// so the next one never issues it again.
     pub last_issued: &'a AtomicU64,
@@ -108,7 +112,7 @@ impl<P: ControlPlane + Sync> Loop<'_, P> {
             self.next_id,
             Instant::now(),
         )
-        .with_incarnation(self.fence.incarnation);
+        .with_fence(self.fence);
         let mut tick = tokio::time::interval(tick_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let (mut exhausted, mut finished) = (0, 0);
@@ -119,9 +123,11 @@ impl<P: ControlPlane + Sync> Loop<'_, P> {
         let mut failure: Option<(JobError, Instant)> = None;
         // `_metadata` writes and retention run beside the loop, so acks,
         // failures and requests keep flowing while storage is slow.
-        let mut writes = MetadataWrites::new(self.store.clone(), self.config.checkpoints.timeout.get());
+        let limit = self.config.checkpoints.timeout.get();
+        let mut writes = MetadataWrites::new(self.store.clone(), self.ledger.clone(), limit);
         let retained = self.config.checkpoints.retained.max(1) as usize;
-        let mut retention = Retention::new(self.store.clone(), retained, self.damaged.clone(), writes.limit);
+        let mut retention =
+            Retention::new(self.store.clone(), self.ledger.clone(), retained, self.damaged.clone(), limit);
         loop {
             writes.start_next();
             retention.start_next();
@@ -148,10 +154,20 @@ impl<P: ControlPlane + Sync> Loop<'_, P> {
                 Some((meta, written)) = OptionFuture::from(writes.current.as_mut()) => {
                     writes.current = None;
                     let id = meta.id;
-                    if let Err(reason) = written {
-                        warn!(checkpoint = id, "checkpoint {id} failed: {reason}");
-                        self.checkpoint_failed(&mut checkpoints, &mut waiting, id, reason)?;
-                        continue;
+                    match written {
+                        Ok(()) => {}
+                        Err(Unwritten::Failed(reason)) => {
+                            warn!(checkpoint = id, "checkpoint {id} failed: {reason}");
+                            self.checkpoint_failed(&mut checkpoints, &mut waiting, id, reason)?;
+                            continue;
+                        }
+                        Err(Unwritten::Superseded(e)) => {
+                            // Its sinks must never commit: the newer attempt
+                            // restores and owns what this one wrote.
+                            warn!(checkpoint = id, "checkpoint {id} is not committed: {e}");
+                            reply_failed(&mut waiting, id, &e.to_string());
+                            return Err(e.into());
+                        }
                     }
                     checkpoints.completed(id, Instant::now());
                     last = Some(self.announce(&meta).await?);
@@ -284,20 +300,29 @@ impl<P: ControlPlane + Sync> Loop<'_, P> {
     }
 }
 
-type Written = BoxFuture<'static, (CheckpointMetadata, Result<(), String>)>;
+/// Why a completion did not happen.
+enum Unwritten {
+    /// The checkpoint failed (counted against `tolerableFailures`).
+    Failed(String),
+    /// A newer attempt took over the ledger: this one commits nothing more.
+    Superseded(CheckpointError),
+}
 
-/// `_metadata` writes, one at a time in checkpoint order, each bounded by
-/// the checkpoint timeout.
+type Written = BoxFuture<'static, (CheckpointMetadata, Result<(), Unwritten>)>;
+
+/// Completions, one at a time in checkpoint order, each bounded by the
+/// checkpoint timeout: `_metadata` written, then committed in the ledger.
 struct MetadataWrites {
     store: CheckpointStore,
+    ledger: Ledger,
     limit: Duration,
     queue: VecDeque<CheckpointMetadata>,
     current: Option<Written>,
 }
 
 impl MetadataWrites {
-    fn new(store: CheckpointStore, limit: Duration) -> Self {
-        MetadataWrites { store, limit, queue: VecDeque::new(), current: None }
+    fn new(store: CheckpointStore, ledger: Ledger, limit: Duration) -> Self {
+        MetadataWrites { store, ledger, limit, queue: VecDeque::new(), current: None }
     }
 
     fn push(&mut self, meta: CheckpointMetadata) {
@@ -309,15 +334,26 @@ impl MetadataWrites {
             return;
         }
         let Some(meta) = self.queue.pop_front() else { return };
-        let (store, limit) = (self.store.clone(), self.limit);
+        let (store, ledger, limit) = (self.store.clone(), self.ledger.clone(), self.limit);
         self.current = Some(Box::pin(async move {
-            let written = match tokio::time::timeout(limit, store.write_metadata(&meta)).await {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(format!("cannot write its _metadata: {e}")),
+            let complete = async {
+                store
+                    .write_metadata(&meta)
+                    .await
+                    .map_err(|e| Unwritten::Failed(format!("cannot write its _metadata: {e}")))?;
+                ledger.commit(meta.id).await.map_err(|e| match e {
+                    e @ CheckpointError::Superseded { .. } => Unwritten::Superseded(e),
+                    e => Unwritten::Failed(format!("cannot commit it in the ledger: {e}")),
+                })
+            };
+            let written = match tokio::time::timeout(limit, complete).await {
+                Ok(done) => done,
                 // It may still land; that is safe: the checkpoint is whole,
                 // and its sink transactions stay pending until a later one
-                // completes.
-                Err(_) => Err(format!("its _metadata was not written within the checkpoint timeout ({limit:?})")),
+                // completes (or a restore from it commits them).
+                Err(_) => Err(Unwritten::Failed(format!(
+                    "its _metadata was not written and committed within the checkpoint timeout ({limit:?})"
+                ))),
             };
             (meta, written)
         }));
@@ -328,6 +364,7 @@ impl MetadataWrites {
 /// completed checkpoint; a failure is a warning (the next pass retries).
 struct Retention {
     store: CheckpointStore,
+    ledger: Ledger,
     retained: usize,
     damaged: Vec<u64>,
     limit: Duration,
@@ -336,8 +373,8 @@ struct Retention {
 }
 
 impl Retention {
-    fn new(store: CheckpointStore, retained: usize, damaged: Vec<u64>, limit: Duration) -> Self {
-        Retention { store, retained, damaged, limit, wanted: None, current: None }
+    fn new(store: CheckpointStore, ledger: Ledger, retained: usize, damaged: Vec<u64>, limit: Duration) -> Self {
+        Retention { store, ledger, retained, damaged, limit, wanted: None, current: None }
     }
 
     fn want(&mut self, latest: u64) {
@@ -349,9 +386,18 @@ impl Retention {
             return;
         }
         let Some(latest) = self.wanted.take() else { return };
-        let (store, retained, damaged, limit) = (self.store.clone(), self.retained, self.damaged.clone(), self.limit);
+        let (store, ledger) = (self.store.clone(), self.ledger.clone());
+        let (retained, damaged, limit) = (self.retained, self.damaged.clone(), self.limit);
         self.current = Some(Box::pin(async move {
-            match tokio::time::timeout(limit, store.apply_retention(latest, retained, &damaged)).await {
+            let pass = async {
+                let committed = ledger.committed().await;
+                let done = store.apply_retention(latest, retained, &damaged, &committed).await?;
+                match done.oldest_kept {
+                    Some(oldest) => ledger.trim(oldest).await,
+                    None => Ok(()),
+                }
+            };
+            match tokio::time::timeout(limit, pass).await {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => warn!(checkpoint = latest, "retention after checkpoint {latest} failed: {e}"),
                 Err(_) => warn!(checkpoint = latest, "retention after checkpoint {latest} took longer than {limit:?}"),
@@ -455,6 +501,7 @@ mod tests {
                 max_parallelism: 128,
                 next_id: 1,
                 fence: Fence { incarnation: 1, epoch: 1 },
+                ledger: Ledger::unfenced(&self.store),
                 last_issued: &self.issued,
                 damaged: Vec::new(),
             }
@@ -501,7 +548,7 @@ mod tests {
             let id = next_trigger(&mut controls).await;
             events_tx.send(Event::Ack { checkpoint: id, task: h.task.clone(), files: Vec::new() }).await.unwrap();
             let refused = answer.await.unwrap().unwrap_err();
-            assert!(refused.contains("not written within the checkpoint timeout"), "{refused}");
+            assert!(refused.contains("within the checkpoint timeout"), "{refused}");
             assert_eq!(h.metrics.checkpoints_failed.load(Ordering::Relaxed), 1);
             events_tx.send(Event::TaskFinished { task: h.task.clone(), error: None }).await.unwrap();
         };
@@ -534,6 +581,7 @@ mod tests {
             max_parallelism: 128,
             next_id: 1,
             fence: Fence { incarnation: 1, epoch: 1 },
+            ledger: Ledger::unfenced(&store),
             last_issued: &issued,
             damaged: Vec::new(),
         };

@@ -52,7 +52,8 @@ impl FailureKind {
             | FailureKind::Restore
             | FailureKind::CommittedOutputAhead
             | FailureKind::Injected
-            | FailureKind::Deployment => Recovery::ExitToOperator,
+            | FailureKind::Deployment
+            | FailureKind::Superseded => Recovery::ExitToOperator,
         }
     }
 }

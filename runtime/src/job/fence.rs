@@ -49,6 +49,12 @@ impl Fence {
         Ok(Fence { incarnation, epoch: random_token()? })
     }
 
+    /// The attempt of `epoch` (drawn already) of incarnation
+    /// `incarnation`, or of a new incarnation.
+    pub fn for_attempt(incarnation: Option<u64>, epoch: u64) -> Result<Fence, FenceError> {
+        Ok(Fence { epoch, ..Fence::new_attempt(incarnation)? })
+    }
+
     /// How names of committed output carry the fence: `<incarnation>-<epoch>`
     /// in fixed-width hex.
     pub fn tag(&self) -> String {

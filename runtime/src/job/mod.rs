@@ -19,7 +19,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use crate::checkpoint::{CheckpointError, CheckpointStore, Keep, Load, RestoredCheckpoint};
+use crate::checkpoint::{CheckpointError, CheckpointStore, Keep, Ledger, LedgerSlot, Load, RestoredCheckpoint};
 use crate::dataflow::JobGraph;
 use crate::faults::Faults;
 use crate::manifest::CheckpointOptions;
@@ -73,6 +73,8 @@ pub struct JobConfig {
     pub initial_savepoint: Option<String>,
     /// Start even if restored state matches no operator (it is dropped).
     pub allow_non_restored_state: bool,
+    /// This process's newest ledger entry, shared by its attempts.
+    pub ledger: LedgerSlot,
 }
 
 impl JobConfig {
@@ -95,6 +97,7 @@ impl JobConfig {
             faults: Faults::none(),
             initial_savepoint: None,
             allow_non_restored_state: false,
+            ledger: LedgerSlot::default(),
         }
     }
 }
@@ -128,7 +131,7 @@ pub async fn run_job(graph: JobGraph, config: &JobConfig, metrics: Arc<JobMetric
     let store = CheckpointStore::open(&config.checkpoints.storage, &config.namespace, &config.name)?;
     let everything =
         RestoreOptions { not_before_ms: 0, last_issued: 0, load: Load::Verified(Keep::Everything), known_damaged: &[] };
-    let RestorePoint { restored, next_id, fence } = restore_point(&store, &graph, config, everything).await?;
+    let RestorePoint { restored, next_id, fence, ledger } = restore_point(&store, &graph, config, everything).await?;
     let outcome = JobOutcome {
         restored_from: restored.as_ref().map(|r| r.id),
         skipped: restored.as_ref().map(|r| r.skipped.clone()).unwrap_or_default(),
@@ -156,6 +159,7 @@ pub async fn run_job(graph: JobGraph, config: &JobConfig, metrics: Arc<JobMetric
         max_parallelism: graph.max_parallelism,
         next_id,
         fence,
+        ledger,
         last_issued: &AtomicU64::new(0),
         damaged: outcome.skipped.iter().map(|(id, _)| *id).collect(),
     };
@@ -185,6 +189,9 @@ pub struct RestorePoint {
     /// The restored checkpoint's incarnation (a new one without a
     /// checkpoint of the job's own) and a new epoch.
     pub fence: Fence,
+    /// The attempt's place in the job's ledger, joined before the restore
+    /// point was chosen: whatever another attempt commits after that fails.
+    pub ledger: Ledger,
 }
 
 /// The checkpoint to restore, the first id for new checkpoints and the
@@ -203,8 +210,13 @@ pub async fn restore_point(
 ) -> Result<RestorePoint, JobError> {
     let RestoreOptions { not_before_ms, last_issued, load, known_damaged } = opts;
     let (max_parallelism, job, initial) = (graph.max_parallelism, &config.name, config.initial_savepoint.as_deref());
+    // Joining first fences every older attempt: what it committed before is
+    // in the ledger read here, and it can commit nothing after.
+    let epoch = fence::random_token()?;
+    let ledger = Ledger::join(store, epoch, &config.ledger).await?;
+    let committed = ledger.committed().await;
     let existing = store.checkpoint_ids().await?;
-    let mut restored = store.latest_restorable(max_parallelism, &load, known_damaged).await?;
+    let mut restored = store.latest_restorable(max_parallelism, &load, known_damaged, &committed).await?;
     if restored.as_ref().is_some_and(|r| r.metadata.completed_at_ms < not_before_ms) {
         info!("ignoring checkpoints completed before the stateless upgrade at {not_before_ms} ms");
         restored = None;
@@ -233,7 +245,7 @@ pub async fn restore_point(
         }
     }
     // Another job's savepoint starts a new incarnation: its output is not ours.
-    let fence = Fence::new_attempt(restored.as_ref().filter(|r| !r.external).map(|r| r.metadata.incarnation))?;
+    let fence = Fence::for_attempt(restored.as_ref().filter(|r| !r.external).map(|r| r.metadata.incarnation), epoch)?;
     match &restored {
         Some(r) => {
             info!(checkpoint = r.id, path = %r.path, incarnation = %fence.incarnation_tag(), epoch = %fence.epoch_tag(),
@@ -248,5 +260,5 @@ pub async fn restore_point(
         .map_or(1, |newest| newest + 1)
         .max(restored.as_ref().map_or(1, |r| r.id + 1))
         .max(last_issued + 1);
-    Ok(RestorePoint { restored: restored.map(Arc::new), next_id, fence })
+    Ok(RestorePoint { restored: restored.map(Arc::new), next_id, fence, ledger })
 }

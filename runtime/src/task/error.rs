@@ -66,6 +66,9 @@ pub enum FailureKind {
     ChannelBroken,
     /// The job could not be built or deployed from its manifest.
     Deployment,
+    /// A newer attempt of the job took over (the checkpoint ledger): this
+    /// one must stop, and never restart on its own.
+    Superseded,
 }
 
 /// A failure as it travels: its kind and what to tell the user.

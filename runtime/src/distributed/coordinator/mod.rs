@@ -258,7 +258,7 @@ impl Coordinator {
     ) -> Result<(), JobError> {
         let not_before = self.opts.ignore_checkpoints_before_ms;
         let last_issued = self.last_issued.load(Ordering::Relaxed);
-        let RestorePoint { restored, next_id, fence } = restore_point(
+        let RestorePoint { restored, next_id, fence, ledger } = restore_point(
             &self.shared.store,
             graph,
             config,
@@ -373,6 +373,7 @@ impl Coordinator {
             max_parallelism: graph.max_parallelism,
             next_id,
             fence,
+            ledger,
             last_issued: &self.last_issued,
             damaged,
         };
