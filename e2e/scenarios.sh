@@ -320,8 +320,26 @@ for _ in $(seq 1 60); do
   sleep 0.5
 done
 [ "$(kubectl get sj running-sums-v2 -o jsonpath='{.status.restoredFrom}')" = "$sp_id" ] || fail "the new job did not start from the savepoint"
-kubectl delete sj running-sums-v2 --timeout=90s > /dev/null || fail "deletion stuck"
 scenario "a new job with initialSavepointPath starts from the deleted job's savepoint (checkpoint $sp_id)" "$t"
+
+t=$(date +%s)
+for _ in $(seq 1 60); do
+  [ -n "$(kubectl get sj running-sums-v2 -o jsonpath='{.status.checkpoints.latest.id}')" ] && break
+  sleep 0.5
+done
+# Argo CD's default prune: the garbage collector deletes the job's pods
+# while the operator's finalizer still holds the StreamJob.
+kubectl delete sj running-sums-v2 --cascade=foreground --timeout=120s > /dev/null || fail "foreground deletion stuck"
+wait_gone running-sums-v2
+ls "$chk/running-sums-v2/savepoints"/sp-*/_metadata > /dev/null 2>&1 || fail "no savepoint before a foreground deletion"
+for _ in $(seq 1 50); do
+  how=$(kubectl get events --field-selector involvedObject.name=running-sums-v2,reason=Savepoint -o jsonpath='{.items[0].message}')
+  [ -n "$how" ] && break
+  sleep 0.2
+done
+[ -n "$how" ] || fail "no Savepoint event"
+[ -z "$(kubectl get pods -l weir.dev/job=running-sums-v2 -o name)" ] || fail "the savepoint pod was left behind"
+scenario "kubectl delete --cascade=foreground with deletionPolicy Savepoint: $how" "$t"
 
 t=$(date +%s)
 kubectl apply -f "$examples/running-sums.yaml" > /dev/null

@@ -95,6 +95,40 @@ pub async fn inspect(uri: &str, id: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Copies the newest committed checkpoint whose every file matches its
+/// `_metadata` to `savepoints/sp-<ms>`; a damaged newer one is passed over
+/// with a note. It is a consistent point of the job: the output after it
+/// was never committed.
+pub async fn savepoint(uri: &str) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    let store = CheckpointStore::open_dir(uri)?;
+    let committed = Ledger::read(&store).await?;
+    for id in store.checkpoint_ids().await? {
+        if !committed.admits(id) {
+            continue;
+        }
+        match store.load_verified(id, &weir_runtime::checkpoint::Keep::Everything).await {
+            Ok(_) => {}
+            Err(e @ CheckpointError::Io { .. }) => return Err(e).context(format!("cannot read checkpoint {id}")),
+            Err(e) => {
+                writeln!(out, "passing over checkpoint {id}: {e}")?;
+                continue;
+            }
+        }
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as u64;
+        let path = store.copy_to_savepoint(id, now).await.with_context(|| format!("cannot copy checkpoint {id}"))?;
+        let line = format!("savepoint of checkpoint {id} at {path}");
+        writeln!(out, "{line}")?;
+        // In a pod, the operator reads this as the container's termination
+        // message; elsewhere the file does not exist and is not made.
+        if let Ok(mut f) = std::fs::OpenOptions::new().write(true).open("/dev/termination-log") {
+            let _ = f.write_all(line.as_bytes());
+        }
+        return Ok(());
+    }
+    anyhow::bail!("no committed, intact checkpoint under {uri} to make a savepoint of")
+}
+
 pub async fn purge(uri: &str) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     let store = CheckpointStore::open_dir(uri)?;

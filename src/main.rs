@@ -129,6 +129,9 @@ enum CheckpointsCommand {
     Inspect { uri: String, id: u64 },
     /// Delete a job's checkpoints and savepoints (what deletionPolicy Purge runs).
     Purge { uri: String },
+    /// Copy a job's newest committed, intact checkpoint to `savepoints/` (what
+    /// deletionPolicy Savepoint runs when the job cannot take a savepoint itself).
+    Savepoint { uri: String },
 }
 
 /// Resolves on SIGTERM with the exit code a shell gives it (128 + 15).
@@ -221,6 +224,9 @@ fn main() -> ExitCode {
                 checkpoints::list(target).await
             }
             Command::Checkpoints { command: CheckpointsCommand::Purge { uri } } => checkpoints::purge(&uri).await,
+            Command::Checkpoints { command: CheckpointsCommand::Savepoint { uri } } => {
+                checkpoints::savepoint(&uri).await
+            }
             Command::Checkpoints { command: CheckpointsCommand::Inspect { uri, id } } => {
                 checkpoints::inspect(&uri, id).await
             }

@@ -21,7 +21,7 @@ use weir_runtime::job::coordinate::wall_ms;
 use weir_runtime::manifest::DeletionPolicy;
 
 use super::coordinator_api::CoordinatorApi;
-use super::objects::{self, Role, Settings, DIGEST_LABEL, JOB_LABEL, ROLE_LABEL};
+use super::objects::{self, chore_pod_name, Chore, Role, Settings, DIGEST_LABEL, JOB_LABEL, ROLE_LABEL};
 use super::plan::{self, Action as PlanAction, Observed, PodPhase, PodView};
 use crate::crd::{SavepointStatus, StreamJob};
 
@@ -546,16 +546,14 @@ async fn cleanup(job: Arc<StreamJob>, ctx: &Context) -> Result<Action, Error> {
     match job.spec.0.deletion_policy {
         DeletionPolicy::Retain => {}
         DeletionPolicy::Savepoint => {
-            let taken =
-                tokio::time::timeout(Duration::from_secs(60), ctx.coordinator.savepoint(&ns, &name, true)).await;
-            match taken {
-                Ok(Ok(path)) => info!(job = %name, "savepoint before deletion at {path}"),
-                Ok(Err(e)) => warn!(job = %name, "no savepoint before deletion: {e}"),
-                Err(_) => warn!(job = %name, "no savepoint before deletion: timed out"),
-            }
+            let event = match savepoint_step(&job, ctx, &ns).await? {
+                Ok(note) => plan::Event { warning: false, reason: "Savepoint".into(), note },
+                Err(note) => plan::Event { warning: true, reason: "SavepointFailed".into(), note },
+            };
+            ctx.events.publish(&job, &event).await;
         }
         DeletionPolicy::Purge => {
-            let event = match purge_step(&job, ctx, &ns).await? {
+            let event = match chore_step(&job, ctx, &ns, Chore::Purge).await? {
                 Ok(note) => plan::Event { warning: false, reason: "Purged".into(), note },
                 Err(note) => plan::Event { warning: true, reason: "PurgeFailed".into(), note },
             };
@@ -572,18 +570,50 @@ async fn cleanup(job: Arc<StreamJob>, ctx: &Context) -> Result<Action, Error> {
 /// gives up (the checkpoints then remain, and an event says so).
 const PURGE_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// One step of a purge: stop the job's pods (a running coordinator would
-/// write a checkpoint after the purge), then run the purge pod, then read
-/// its outcome. `Err(CleanupPending)` while a step is under way; at the end
-/// the event's note, `Ok` if the checkpoints are gone.
-async fn purge_step(job: &StreamJob, ctx: &Context, ns: &str) -> Result<Result<String, String>, Error> {
+/// The savepoint before a deletion: the job takes it itself if its
+/// coordinator runs undisturbed; otherwise (its pods went first, as under
+/// foreground deletion, or it was not running, or the call failed) a pod
+/// copies its newest committed checkpoint to a savepoint, which is a
+/// consistent point of the job too: output after it was never committed.
+async fn savepoint_step(job: &StreamJob, ctx: &Context, ns: &str) -> Result<Result<String, String>, Error> {
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    let name = job.name_any();
+    if pods.get_opt(&chore_pod_name(&name, Chore::Savepoint)).await?.is_none() {
+        let selector = format!("{JOB_LABEL}={name},{ROLE_LABEL}=coordinator");
+        let coordinators = pods.list(&ListParams::default().labels(&selector)).await?;
+        let undisturbed = coordinators.items.iter().any(|p| {
+            p.metadata.deletion_timestamp.is_none()
+                && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+        });
+        if undisturbed {
+            let taken = tokio::time::timeout(Duration::from_secs(60), ctx.coordinator.savepoint(ns, &name, true)).await;
+            match taken {
+                Ok(Ok(path)) => return Ok(Ok(format!("savepoint before deletion at {path}"))),
+                Ok(Err(e)) => {
+                    warn!(job = %name, "the job took no savepoint before deletion ({e}); copying its newest checkpoint")
+                }
+                Err(_) => {
+                    warn!(job = %name, "the job took no savepoint before deletion within 60s; copying its newest checkpoint")
+                }
+            }
+        }
+    }
+    chore_step(job, ctx, ns, Chore::Savepoint).await
+}
+
+/// One step of a purge or savepoint pod's run: stop the job's pods (a
+/// running coordinator would write or delete checkpoints meanwhile), then
+/// run the pod, then read its outcome. `Err(CleanupPending)` while a step
+/// is under way; at the end the event's note, `Ok` if the chore was done.
+async fn chore_step(job: &StreamJob, ctx: &Context, ns: &str, chore: Chore) -> Result<Result<String, String>, Error> {
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
     let name = job.name_any();
     let location = plan::checkpoint_location(job, &ctx.settings);
+    let verb = chore.verb();
     let since = job.metadata.deletion_timestamp.as_ref().map_or(0, |t| t.0.as_millisecond().max(0) as u64);
     if wall_ms().saturating_sub(since) > PURGE_TIMEOUT.as_millis() as u64 {
         return Ok(Err(format!(
-            "{name} was not purged within {}s of its deletion; the checkpoints under {location} may remain",
+            "no {verb} of {name} within {}s of its deletion; the checkpoints under {location} are as they were",
             PURGE_TIMEOUT.as_secs()
         )));
     }
@@ -597,28 +627,38 @@ async fn purge_step(job: &StreamJob, ctx: &Context, ns: &str) -> Result<Result<S
                 Err(e) => return Err(e.into()),
             }
         }
-        return Err(Error::CleanupPending(format!("stopping {} job pod(s) before the purge", running.items.len())));
+        return Err(Error::CleanupPending(format!("stopping {} job pod(s) before the {verb}", running.items.len())));
     }
-    let purge = plan::purge_pod(job, &ctx.settings);
-    let pod_name = purge.name_any();
+    let chore_pod = plan::chore_pod(job, &ctx.settings, chore);
+    let pod_name = chore_pod.name_any();
     let Some(seen) = pods.get_opt(&pod_name).await? else {
-        pods.patch(&pod_name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&purge)).await?;
-        return Err(Error::CleanupPending(format!("pod {pod_name} purges {location}")));
+        pods.patch(&pod_name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&chore_pod)).await?;
+        return Err(Error::CleanupPending(format!("pod {pod_name} runs the {verb} of {location}")));
     };
+    let said =
+        terminated(&seen).and_then(|t| t.message.clone()).map(|m| m.trim().to_string()).filter(|m| !m.is_empty());
     let outcome = match seen.status.as_ref().and_then(|s| s.phase.as_deref()) {
-        Some("Succeeded") => Ok(format!("purged checkpoints and savepoints under {location}")),
+        Some("Succeeded") => Ok(match chore {
+            Chore::Purge => format!("purged checkpoints and savepoints under {location}"),
+            Chore::Savepoint => {
+                said.unwrap_or_else(|| format!("savepoint of the newest checkpoint under {location}/savepoints"))
+            }
+        }),
         Some("Failed") => {
-            let why = terminated(&seen)
-                .map(|t| t.message.clone().unwrap_or_else(|| format!("exit code {}", t.exit_code)))
+            let why = said
+                .or_else(|| terminated(&seen).map(|t| format!("exit code {}", t.exit_code)))
                 .unwrap_or_else(|| "no reason given".into());
-            Err(format!("pod {pod_name} failed to purge {location}: {}", why.trim()))
+            Err(format!("pod {pod_name} failed the {verb} of {location}: {why}"))
         }
         phase => {
-            return Err(Error::CleanupPending(format!("pod {pod_name} purges {location} ({})", phase.unwrap_or("new"))))
+            return Err(Error::CleanupPending(format!(
+                "pod {pod_name} runs the {verb} of {location} ({})",
+                phase.unwrap_or("new")
+            )))
         }
     };
-    // The purge pod has no owner (a foreground deletion would collect it
-    // mid-purge), so it is removed here, its outcome being in the event.
+    // The pod has no owner (a foreground deletion would collect it
+    // mid-chore), so it is removed here, its outcome being in the event.
     match pods.delete(&pod_name, &DeleteParams::default()).await {
         Ok(_) => {}
         Err(kube::Error::Api(e)) if e.code == 404 => {}

@@ -541,13 +541,117 @@ async fn deletion_with_retain_keeps_checkpoints() {
 }
 
 #[tokio::test]
+async fn deletion_with_savepoint_asks_a_coordinator_that_runs_undisturbed() {
+    let s = setup(FakeCoordinator::default());
+    let job = job_json(json!({"deletionPolicy": "Savepoint"}), true, "s3://bucket/weir");
+    let coordinator = pod_json("counts-coordinator-1", "coordinator", "Running", &"h".repeat(64));
+    let (seen, result) = one_reconcile(
+        &s,
+        &job,
+        vec![
+            ("GET", "/pods/counts-savepoint", 404, not_found()),
+            ("GET", "/pods?", 200, pod_list(vec![coordinator])),
+            ("PATCH", "/streamjobs/counts?", 200, job.clone()),
+        ],
+    )
+    .await;
+    result.expect("cleanup succeeds");
+    assert!(seen[1].1.contains("role%3Dcoordinator"), "{}", seen[1].1);
+    assert_eq!(*s.coordinator.savepoints.lock().unwrap(), vec![true], "a stop-with-savepoint");
+    let events = s.events.0.lock().unwrap().clone();
+    assert!(events.iter().any(|e| e.reason == "Savepoint" && !e.warning), "{events:?}");
+}
+
+fn savepoint_pod_json(phase: &str, terminated: Value) -> Value {
+    let mut pod = purge_pod_json(phase, terminated);
+    pod["metadata"]["name"] = json!("counts-savepoint");
+    pod["metadata"]["labels"][ROLE_LABEL] = json!("savepoint");
+    pod
+}
+
+#[tokio::test]
+async fn under_foreground_deletion_a_pod_copies_the_newest_checkpoint_to_a_savepoint_before_the_finalizer_goes() {
+    let s = setup(FakeCoordinator::default());
+    let job = job_json(json!({"deletionPolicy": "Savepoint"}), true, "s3://bucket/weir");
+    // The garbage collector deleted the job's pods before the operator saw the deletion.
+    let mut collected = pod_json("counts-coordinator-1", "coordinator", "Running", &"h".repeat(64));
+    collected["metadata"]["deletionTimestamp"] = json!(plan::rfc3339(wall_ms()));
+    let requeued = Action::requeue(Duration::from_secs(1));
+    let (_, result) = one_reconcile(
+        &s,
+        &job,
+        vec![
+            ("GET", "/pods/counts-savepoint", 404, not_found()),
+            ("GET", "/pods?", 200, pod_list(vec![collected.clone()])),
+            ("GET", "/pods?", 200, pod_list(vec![collected])),
+        ],
+    )
+    .await;
+    assert_eq!(result.unwrap(), requeued.clone(), "waits for the pods to be gone");
+    assert!(s.coordinator.savepoints.lock().unwrap().is_empty(), "a terminating coordinator is not asked");
+    let running = savepoint_pod_json("Running", json!({"running": {}}));
+    let (seen, result) = one_reconcile(
+        &s,
+        &job,
+        vec![
+            ("GET", "/pods/counts-savepoint", 404, not_found()),
+            ("GET", "/pods?", 200, pod_list(vec![])),
+            ("GET", "/pods?", 200, pod_list(vec![])),
+            ("GET", "/pods/counts-savepoint", 404, not_found()),
+            ("PATCH", "/api/v1/namespaces/jobs/pods/counts-savepoint?", 200, running),
+        ],
+    )
+    .await;
+    assert_eq!(result.unwrap(), requeued);
+    assert_eq!(
+        seen[4].2["spec"]["containers"][0]["args"],
+        json!(["checkpoints", "savepoint", "s3://bucket/weir/jobs/counts"])
+    );
+    assert!(seen[4].2["metadata"]["ownerReferences"].is_null(), "not collected mid-copy");
+    let said = "savepoint of checkpoint 42 at s3://bucket/weir/jobs/counts/savepoints/sp-1";
+    let done = savepoint_pod_json("Succeeded", json!({"terminated": {"exitCode": 0, "message": said}}));
+    let (_, result) = one_reconcile(
+        &s,
+        &job,
+        vec![
+            ("GET", "/pods/counts-savepoint", 200, done.clone()),
+            ("GET", "/pods?", 200, pod_list(vec![])),
+            ("GET", "/pods/counts-savepoint", 200, done.clone()),
+            ("DELETE", "/pods/counts-savepoint", 200, done),
+            ("PATCH", "/streamjobs/counts?", 200, job.clone()),
+        ],
+    )
+    .await;
+    result.expect("the finalizer goes once the savepoint is there");
+    assert!(s.coordinator.savepoints.lock().unwrap().is_empty());
+    let events = s.events.0.lock().unwrap().clone();
+    assert!(events.iter().any(|e| e.reason == "Savepoint" && e.note == said), "{events:?}");
+}
+
+#[tokio::test]
 async fn deletion_with_savepoint_never_wedges_when_the_savepoint_fails() {
     let s = setup(FakeCoordinator { fail: true, ..FakeCoordinator::default() });
-    let job = job_json(json!({"deletionPolicy": "Savepoint"}), true, "file:///tmp/weir-test-none");
-    let server = tokio::spawn(serve(s.handle, vec![("PATCH", "/streamjobs/counts?", 200, job.clone())]));
-    reconcile(parse(&job), s.ctx.clone()).await.expect("cleanup succeeds although the savepoint failed");
-    server.await.unwrap();
-    assert_eq!(*s.coordinator.savepoints.lock().unwrap(), vec![true], "a stop-with-savepoint was attempted");
+    let job = job_json(json!({"deletionPolicy": "Savepoint"}), true, "s3://bucket/weir");
+    let failed = savepoint_pod_json(
+        "Failed",
+        json!({"terminated": {"exitCode": 1, "message": "error: no committed, intact checkpoint\n"}}),
+    );
+    let (_, result) = one_reconcile(
+        &s,
+        &job,
+        vec![
+            ("GET", "/pods/counts-savepoint", 200, failed.clone()),
+            ("GET", "/pods?", 200, pod_list(vec![])),
+            ("GET", "/pods/counts-savepoint", 200, failed.clone()),
+            ("DELETE", "/pods/counts-savepoint", 200, failed),
+            ("PATCH", "/streamjobs/counts?", 200, job.clone()),
+        ],
+    )
+    .await;
+    result.expect("cleanup succeeds although the savepoint failed");
+    let events = s.events.0.lock().unwrap().clone();
+    let failed = events.iter().find(|e| e.reason == "SavepointFailed").expect("a SavepointFailed event");
+    assert!(failed.warning && failed.note.ends_with("no committed, intact checkpoint"), "{}", failed.note);
 }
 
 #[tokio::test]

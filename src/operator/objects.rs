@@ -178,32 +178,54 @@ fn meta(
     }
 }
 
-/// The role label of the pod that purges a deleted job's checkpoints.
-pub const PURGE_ROLE: &str = "purge";
-
-pub fn purge_pod_name(job: &str) -> String {
-    format!("{job}-purge")
+/// What a short-lived storage pod does for a deleted job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Chore {
+    /// `weir checkpoints purge` (deletionPolicy Purge).
+    Purge,
+    /// `weir checkpoints savepoint`: the newest committed checkpoint copied
+    /// to a savepoint (deletionPolicy Savepoint, when the job could not
+    /// take one itself: its pods were gone first, as under foreground
+    /// deletion, or it was not running).
+    Savepoint,
 }
 
-/// The short-lived pod that runs `weir checkpoints purge` for a job deleted
-/// under `deletionPolicy: Purge`. It runs like the job's own pods (image,
-/// pod template, credentials) because a `file://` volume or the storage's
+impl Chore {
+    pub fn verb(self) -> &'static str {
+        match self {
+            Chore::Purge => "purge",
+            Chore::Savepoint => "savepoint",
+        }
+    }
+}
+
+pub fn chore_pod_name(job: &str, chore: Chore) -> String {
+    format!("{job}-{}", chore.verb())
+}
+
+/// The short-lived pod that runs `weir checkpoints purge` or `savepoint`
+/// for a deleted job. It runs like the job's own pods (image, pod
+/// template, credentials) because a `file://` volume or the storage's
 /// credentials may exist only there, not in the operator's pod.
-pub fn purge_pod(d: &Deployment<'_>, settings: &Settings) -> Pod {
+pub fn chore_pod(d: &Deployment<'_>, settings: &Settings, chore: Chore) -> Pod {
     let name = d.job.metadata.name.clone().unwrap_or_default();
     // The operator's own settings only: the template is merged after the
     // worker's arguments and environment are replaced.
     let mut p = pod(&Deployment { template: None, ..*d }, Role::Worker(0), 0, settings);
     let mut l = labels(&name, None);
-    l.insert(ROLE_LABEL.into(), PURGE_ROLE.into());
-    p.metadata.name = Some(purge_pod_name(&name));
+    l.insert(ROLE_LABEL.into(), chore.verb().into());
+    p.metadata.name = Some(chore_pod_name(&name, chore));
     p.metadata.labels = Some(l);
     // Not owned by the job: a foreground deletion would collect it
-    // mid-purge. The operator deletes it once it has ended.
+    // mid-chore. The operator deletes it once it has ended.
     p.metadata.owner_references = None;
     if let Some(c) = p.spec.as_mut().and_then(|s| s.containers.first_mut()) {
-        c.args = Some(vec!["checkpoints".into(), "purge".into(), checkpoint_location(d.job, d.storage)]);
+        c.args = Some(vec!["checkpoints".into(), chore.verb().into(), checkpoint_location(d.job, d.storage)]);
         c.env = None;
+        // A worker's probes and port; this pod serves nothing.
+        c.ports = None;
+        c.liveness_probe = None;
+        c.readiness_probe = None;
     }
     if let Some(t) = d.template {
         pod_template::apply(&mut p, t);

@@ -720,8 +720,8 @@ fn run(c: &Ctx<'_>, p: &mut Plan, template: Option<&k8s_openapi::api::core::v1::
     p.requeue_ms = if p.status.phase == Phase::Running { c.settings.status_interval_ms } else { 1_000 };
 }
 
-/// The job's pods, as seen by the purge that runs when it is deleted.
-pub fn purge_pod(job: &StreamJob, settings: &Settings) -> k8s_openapi::api::core::v1::Pod {
+/// The pod of a deleted job's purge or savepoint, as the job's own pods run.
+pub fn chore_pod(job: &StreamJob, settings: &Settings, chore: objects::Chore) -> k8s_openapi::api::core::v1::Pod {
     let spec = &job.spec.0;
     let status = job.status.clone().unwrap_or_default();
     let storage = effective_storage(spec, status.deployed.as_ref(), settings);
@@ -734,7 +734,7 @@ pub fn purge_pod(job: &StreamJob, settings: &Settings) -> k8s_openapi::api::core
     let template = pod_template::parse(spec.pod_template.as_ref()).ok().flatten();
     let digest = spec_digest(spec);
     let d = Deployment { job, digest: &digest, image: &image, storage: &storage, template: template.as_ref() };
-    objects::purge_pod(&d, settings)
+    objects::chore_pod(&d, settings, chore)
 }
 
 /// Where the purge of a deleted job deletes.

@@ -4,7 +4,7 @@ use weir_runtime::distributed::tls::JobIdentity;
 
 use super::*;
 use crate::crd::{CheckpointRef, JobSpec};
-use crate::operator::objects::{token_secret, DIGEST_LABEL, PURGE_ROLE, ROLE_LABEL, TLS_DIR};
+use crate::operator::objects::{token_secret, Chore, DIGEST_LABEL, ROLE_LABEL, TLS_DIR};
 
 const MANIFEST: &str = r#"
 apiVersion: weir.dev/v1alpha1
@@ -472,23 +472,27 @@ fn a_malformed_pod_template_is_an_invalid_spec_naming_the_field() {
 }
 
 #[test]
-fn the_purge_pod_runs_like_a_job_pod_and_names_the_jobs_directory() {
+fn the_purge_and_savepoint_pods_run_like_a_job_pod_and_name_the_jobs_directory() {
     let j = job(|s| {
         s.pod_template = Some(serde_json::json!({"spec": {
             "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "weir-data"}}],
             "containers": [{"name": "weir", "volumeMounts": [{"name": "data", "mountPath": "/data"}]}],
         }}));
     });
-    let p = purge_pod(&j, &settings());
-    assert_eq!(p.metadata.name.as_deref(), Some("counts-purge"));
-    assert_eq!(p.metadata.labels.as_ref().unwrap()[ROLE_LABEL], PURGE_ROLE);
-    let spec = p.spec.unwrap();
-    assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
-    let c = &spec.containers[0];
-    assert_eq!(c.args.clone().unwrap(), ["checkpoints", "purge", "s3://bucket/weir/jobs/counts"]);
-    assert_eq!(c.image.as_deref(), Some("weir:test"));
-    assert!(c.env_from.is_some(), "the storage credentials are there");
-    assert!(c.volume_mounts.as_ref().unwrap().iter().any(|m| m.mount_path == "/data"), "the job's volume is there");
+    for (chore, verb) in [(Chore::Purge, "purge"), (Chore::Savepoint, "savepoint")] {
+        let p = chore_pod(&j, &settings(), chore);
+        assert_eq!(p.metadata.name.as_deref(), Some(format!("counts-{verb}").as_str()));
+        assert_eq!(p.metadata.labels.as_ref().unwrap()[ROLE_LABEL], verb);
+        assert!(p.metadata.owner_references.is_none(), "a foreground deletion must not collect it mid-{verb}");
+        let spec = p.spec.unwrap();
+        assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
+        let c = &spec.containers[0];
+        assert_eq!(c.args.clone().unwrap(), ["checkpoints", verb, "s3://bucket/weir/jobs/counts"]);
+        assert_eq!(c.image.as_deref(), Some("weir:test"));
+        assert!(c.env_from.is_some(), "the storage credentials are there");
+        assert!(c.volume_mounts.as_ref().unwrap().iter().any(|m| m.mount_path == "/data"), "the job's volume is there");
+        assert!(c.liveness_probe.is_none() && c.ports.is_none(), "it serves no probes");
+    }
 }
 
 #[test]
