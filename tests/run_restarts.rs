@@ -2,8 +2,11 @@
 //! a failed attempt restarts from the newest completed checkpoint, and a
 //! spent budget ends the run with an error that says why.
 
+mod common;
+
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 const COUNT: u64 = 100_000;
 const KEYS: u64 = 50;
@@ -74,4 +77,66 @@ spec:
     assert_eq!(stderr.matches("restart ").count(), 2, "two restarts, then no more: {stderr}");
     assert!(stderr.contains("giving up after 3 failure(s)"), "{stderr}");
     assert!(stderr.contains("in.jsonl:2"), "the bad record is named: {stderr}");
+}
+
+#[test]
+fn a_frozen_run_that_wakes_after_another_run_took_over_stops_and_commits_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let count = 300_000;
+    let yaml = format!(
+        r#"apiVersion: weir.dev/v1alpha1
+kind: StreamJob
+metadata: {{name: twice}}
+spec:
+  parallelism: 2
+  checkpoints: {{interval: 100ms, storage: "file://{d}/chk", retained: 2}}
+  restartStrategy: {{fixedDelay: {{attempts: 5, delay: 100ms}}}}
+  pipeline:
+    source: {{generator: {{keys: {KEYS}, count: {count}, rate: 100000}}}}
+    steps: [{{keyBy: {{field: key}}}}, {{aggregate: {{count: true, sum: [value]}}}}]
+    sink: {{file: {{path: "{d}/out"}}}}
+"#,
+        d = dir.path().display()
+    );
+    let manifest = dir.path().join("job.yaml");
+    std::fs::write(&manifest, &yaml).unwrap();
+    let log = std::fs::File::create(dir.path().join("first.log")).unwrap();
+    let mut first = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["run", "--no-progress-line"])
+        .arg(&manifest)
+        .current_dir(dir.path())
+        .env("WEIR_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let ledger = dir.path().join("chk/default/twice/_ledger");
+    let start = Instant::now();
+    // Two entries: the run joined and committed a checkpoint.
+    while std::fs::read_dir(&ledger).map_or(0, |d| d.count()) < 2 {
+        assert!(start.elapsed() < Duration::from_secs(30), "the first run committed no checkpoint");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Frozen (a laptop suspended, a process stopped); a second run of the
+    // same manifest takes over the checkpoints and finishes the job.
+    common::signal(first.id(), "STOP");
+    let second = weir_run(dir.path(), &yaml, None);
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(second.status.success(), "{stderr}");
+    assert!(stderr.contains("resumed from checkpoint"), "{stderr}");
+    common::signal(first.id(), "CONT");
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = first.try_wait().unwrap() {
+            break status;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "the woken run did not stop");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let said = std::fs::read_to_string(dir.path().join("first.log")).unwrap();
+    assert!(!status.success(), "{said}");
+    assert!(said.contains("another run of this job took over"), "{said}");
+    if let Err(e) = weir_runtime::verify::check_exactly_once(&dir.path().join("out"), count, KEYS) {
+        panic!("{e}");
+    }
 }

@@ -16,8 +16,8 @@ pub enum CheckpointError {
     #[error("cannot {action} {path}: {reason}")]
     LocalIo { action: &'static str, path: String, reason: String },
     #[error(
-        "this attempt (epoch {epoch}) was superseded by attempt {by}, which holds ledger entry {path}: \
-         a newer attempt of the job took over, so this one commits nothing more and stops"
+        "this attempt (epoch {epoch}) was superseded by {by} ({path}): a newer attempt of the job \
+         took over, so this one commits nothing more and stops"
     )]
     Superseded { epoch: String, by: String, path: String },
     #[error("cannot join the checkpoint ledger at {path}: other attempts took its next entry {tries} times in a row")]

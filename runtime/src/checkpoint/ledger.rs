@@ -140,7 +140,7 @@ impl Ledger {
                 legacy_below,
                 at_ms: crate::job::coordinate::wall_ms(),
             };
-            match create(store, &entry).await? {
+            match append(store, &entry).await? {
                 Created::Created => {
                     info!(seq, epoch = %epoch_tag(epoch), "joined the checkpoint ledger at entry {seq}");
                     *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some((seq, epoch));
@@ -213,8 +213,19 @@ impl Ledger {
                 legacy_below,
                 at_ms: crate::job::coordinate::wall_ms(),
             };
-            let found = match create(&self.store, &entry).await? {
+            let found = match append(&self.store, &entry).await? {
                 Created::Created => {
+                    // The name was free, but it may have been freed by a
+                    // newer attempt's trim: then the base is above it.
+                    let base = list(&self.store).await?.base;
+                    if seq < base {
+                        let _ = self.store.op.delete(&entry_path(seq)).await;
+                        return Err(CheckpointError::Superseded {
+                            epoch: own,
+                            by: format!("a newer attempt that trimmed the ledger past entry {seq}"),
+                            path: self.store.full(&base_path(base)),
+                        });
+                    }
                     crate::faults::stop_point(crate::faults::StopPoint::LedgerCommitted);
                     entry
                 }
@@ -246,8 +257,16 @@ impl Ledger {
         let mut state = self.state.lock().await;
         let Some(tail) = state.seq else { return Ok(()) };
         let floor = state.seqs.range(oldest_kept..).next().map_or(tail, |(_, seq)| *seq).min(tail);
-        for seq in entry_seqs(&self.store).await?.into_iter().filter(|s| *s < floor) {
-            let path = entry_path(seq);
+        let listing = list(&self.store).await?;
+        if listing.base >= floor {
+            return Ok(());
+        }
+        // The base goes first: an entry a stale attempt re-creates in the
+        // trimmed range is below it, and nobody takes it for valid.
+        create(&self.store, &base_path(floor), b"{}".to_vec()).await?;
+        let gone = listing.seqs.iter().filter(|s| **s < floor).map(|s| entry_path(*s));
+        let old_bases = listing.bases.iter().filter(|b| **b < floor).map(|b| base_path(*b));
+        for path in gone.chain(old_bases) {
             self.store.op.delete(&path).await.map_err(|source| CheckpointError::Io {
                 action: "delete",
                 path: self.store.full(&path),
@@ -282,26 +301,58 @@ fn superseded(store: &CheckpointStore, epoch: u64, by: &Entry) -> CheckpointErro
     CheckpointError::Superseded { epoch: epoch_tag(epoch), by: by.epoch.clone(), path: store.full(&entry_path(by.seq)) }
 }
 
-async fn create(store: &CheckpointStore, entry: &Entry) -> Result<Created, CheckpointError> {
+async fn append(store: &CheckpointStore, entry: &Entry) -> Result<Created, CheckpointError> {
     let path = entry_path(entry.seq);
     let bytes = serde_json::to_vec(entry)
         .map_err(|e| CheckpointError::BadLedgerEntry { path: store.full(&path), reason: e.to_string() })?;
-    store.create_new(&path, bytes, None).await
+    create(store, &path, bytes).await
 }
 
-async fn entry_seqs(store: &CheckpointStore) -> Result<Vec<u64>, CheckpointError> {
+async fn create(store: &CheckpointStore, path: &str, bytes: Vec<u8>) -> Result<Created, CheckpointError> {
+    store.create_new(path, bytes, None).await
+}
+
+/// The ledger's files: entry seqs, oldest first, and the base, below
+/// which entries were trimmed (a re-created one there is not valid).
+struct Listing {
+    seqs: Vec<u64>,
+    base: u64,
+    bases: Vec<u64>,
+}
+
+impl Listing {
+    /// Entries at or above the base, oldest first.
+    fn valid(&self) -> impl Iterator<Item = u64> + '_ {
+        self.seqs.iter().copied().filter(|s| *s >= self.base)
+    }
+}
+
+fn base_path(base: u64) -> String {
+    format!("{LEDGER_DIR}/base-{base:020}")
+}
+
+async fn list(store: &CheckpointStore) -> Result<Listing, CheckpointError> {
     let listed = match store.op.list(&format!("{LEDGER_DIR}/")).await {
         Ok(entries) => entries,
-        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            return Ok(Listing { seqs: Vec::new(), base: 0, bases: Vec::new() })
+        }
         Err(source) => {
             return Err(CheckpointError::Io { action: "list", path: store.full(LEDGER_DIR), source: Box::new(source) })
         }
     };
     // Temporary files of a create cut short have a suffix and do not parse.
-    let mut seqs: Vec<u64> =
-        listed.iter().filter(|e| e.name().len() == 20).filter_map(|e| e.name().parse().ok()).collect();
+    let parse = |name: &str| (name.len() == 20).then(|| name.parse::<u64>().ok()).flatten();
+    let mut seqs: Vec<u64> = listed.iter().filter_map(|e| parse(e.name())).collect();
     seqs.sort_unstable();
-    Ok(seqs)
+    let bases: Vec<u64> = listed.iter().filter_map(|e| e.name().strip_prefix("base-").and_then(parse)).collect();
+    let base = bases.iter().copied().max().unwrap_or(0);
+    Ok(Listing { seqs, base, bases })
+}
+
+#[cfg(test)]
+async fn entry_seqs(store: &CheckpointStore) -> Result<Vec<u64>, CheckpointError> {
+    Ok(list(store).await?.valid().collect())
 }
 
 async fn read_entry(store: &CheckpointStore, seq: u64) -> Result<Entry, CheckpointError> {
@@ -324,7 +375,7 @@ async fn read_entry(store: &CheckpointStore, seq: u64) -> Result<Entry, Checkpoi
 /// the read is passed over.
 async fn read_entries(store: &CheckpointStore) -> Result<Vec<Entry>, CheckpointError> {
     let mut entries = Vec::new();
-    for seq in entry_seqs(store).await? {
+    for seq in list(store).await?.valid() {
         match read_entry(store, seq).await {
             Ok(entry) => entries.push(entry),
             Err(CheckpointError::Io { source, .. }) if source.kind() == ErrorKind::NotFound => {}
@@ -352,7 +403,7 @@ mod tests {
         let new = Ledger::join(&store, 2, &slot()).await.unwrap();
         assert!(new.committed().await.admits(1), "what the old attempt committed before is restorable");
         let err = old.commit(2).await.unwrap_err();
-        assert!(matches!(&err, CheckpointError::Superseded { by, .. } if by == &epoch_tag(2)), "{err}");
+        assert!(matches!(&err, CheckpointError::Superseded { by, .. } if by.contains(&epoch_tag(2))), "{err}");
         assert!(err.to_string().contains("superseded"), "{err}");
         new.commit(2).await.unwrap();
         let after = Ledger::join(&store, 3, &slot()).await.unwrap().committed().await;
@@ -370,7 +421,7 @@ mod tests {
         again.commit(2).await.unwrap();
         Ledger::join(&store, 9, &slot()).await.unwrap();
         let err = Ledger::join(&store, 3, &mine).await.unwrap_err();
-        assert!(matches!(&err, CheckpointError::Superseded { by, .. } if by == &epoch_tag(9)), "{err}");
+        assert!(matches!(&err, CheckpointError::Superseded { by, .. } if by.contains(&epoch_tag(9))), "{err}");
     }
 
     #[tokio::test]
@@ -380,7 +431,7 @@ mod tests {
         let ledger = Ledger::join(&store, 1, &slot()).await.unwrap();
         // The entry of checkpoint 1 is there, the ledger never heard back.
         let landed = Entry { seq: 2, epoch: epoch_tag(1), checkpoint: Some(1), legacy_below: 1, at_ms: 0 };
-        assert_eq!(create(&store, &landed).await.unwrap(), Created::Created);
+        assert_eq!(append(&store, &landed).await.unwrap(), Created::Created);
         ledger.commit(2).await.unwrap();
         let committed = ledger.committed().await;
         assert!(committed.admits(1) && committed.admits(2));
@@ -419,6 +470,27 @@ mod tests {
         assert!(rejoined.admits(4) && rejoined.admits(5) && !rejoined.admits(3));
         ledger.trim(99).await.unwrap();
         assert_eq!(entry_seqs(&store).await.unwrap(), vec![6, 7], "this attempt's newest entry stays");
+    }
+
+    #[tokio::test]
+    async fn an_attempt_whose_next_entry_a_newer_one_trimmed_away_still_cannot_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir);
+        let old = Ledger::join(&store, 1, &slot()).await.unwrap();
+        old.commit(1).await.unwrap();
+        let new = Ledger::join(&store, 2, &slot()).await.unwrap();
+        for id in 2..=4 {
+            new.commit(id).await.unwrap();
+        }
+        // Retention keeps checkpoints 3 and 4: the entries before them go,
+        // the old attempt's and the new one's join among them.
+        new.trim(3).await.unwrap();
+        assert_eq!(entry_seqs(&store).await.unwrap(), vec![5, 6]);
+        let err = old.commit(5).await.unwrap_err();
+        assert!(matches!(err, CheckpointError::Superseded { .. }), "{err}");
+        assert_eq!(entry_seqs(&store).await.unwrap(), vec![5, 6], "its re-created entry is gone again");
+        let committed = Ledger::read(&store).await.unwrap();
+        assert!(committed.admits(3) && committed.admits(4) && !committed.admits(5));
     }
 
     #[tokio::test]
