@@ -23,7 +23,8 @@ What it honours, per pod:
 - httpGet and tcpSocket readiness, liveness and startup probes;
 - restartPolicy (Always and OnFailure restart with the kubelet's back-off,
   10 s doubling to 5 min), terminationGracePeriodSeconds (SIGTERM, then
-  SIGKILL), terminationMessagePolicy FallbackToLogsOnError.
+  SIGKILL), the termination message file (terminationMessagePath, read
+  when the container ends) and terminationMessagePolicy FallbackToLogsOnError.
 - Each pod gets an address on the network; `<service>.<namespace>.svc`
   resolves (Docker network aliases) to the pod a Service selects, as with a
   headless Service: there is no kube-proxy, so ClusterIPs are not routed.
@@ -373,6 +374,13 @@ class Agent:
                 raise Refused("ContainerCreating", f"volume {m['name']} is not ready (unbound claim or missing source)")
             source = os.path.join(local, m["subPath"]) if m.get("subPath") else local
             args += ["-v", f"{source}:{m['mountPath']}" + (":ro" if m.get("readOnly") else "")]
+        # As the kubelet does: a file the container may write its termination
+        # message to, read when it ends.
+        message = self.termination_log(pod)
+        with open(message, "w"):
+            pass
+        os.chmod(message, 0o666)
+        args += ["-v", f"{message}:{c.get('terminationMessagePath', '/dev/termination-log')}"]
         # Resolved once: each resolution reads the Secrets and ConfigMaps it refers to.
         env = self.env_for(pod, c)
         for k, v in env.items():
@@ -385,6 +393,12 @@ class Agent:
         else:
             args += [image] + cargs
         return args
+
+    def termination_log(self, pod):
+        meta = pod.obj["metadata"]
+        d = os.path.join(self.workdir, "pods", meta["namespace"], meta["name"], meta["uid"][:8])
+        os.makedirs(d, exist_ok=True)
+        return os.path.join(d, f"termination-log-{pod.restarts}")
 
     def aliases(self, pod):
         meta = pod.obj["metadata"]
@@ -486,7 +500,14 @@ class Agent:
         term = {"exitCode": code, "reason": reason, "startedAt": pod.started_at or now(), "finishedAt": now(),
                 "containerID": "docker://" + info["Id"]}
         c = pod.obj["spec"]["containers"][0]
-        if code != 0 and c.get("terminationMessagePolicy") == "FallbackToLogsOnError":
+        try:
+            with open(self.termination_log(pod), "rb") as f:
+                written = f.read(4096).decode("utf-8", "replace")
+        except OSError:
+            written = ""
+        if written:
+            term["message"] = written
+        elif code != 0 and c.get("terminationMessagePolicy") == "FallbackToLogsOnError":
             r = subprocess.run(["docker", "logs", "--tail", "80", pod.container], capture_output=True)
             tail = (r.stdout + r.stderr)[-2048:].decode("utf-8", "replace")
             if tail:

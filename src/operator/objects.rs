@@ -31,6 +31,8 @@ pub const DIGEST_LABEL: &str = "weir.dev/spec-digest";
 pub const ATTEMPT_LABEL: &str = "weir.dev/attempt";
 pub const WORKER_PORT: i32 = 6123;
 pub const HTTP_PORT: i32 = 8081;
+/// The volume of the job's Secret (TLS files) in its pods.
+const TLS_VOLUME: &str = "tls";
 /// A worker's `/healthz` and `/readyz`.
 pub const WORKER_HEALTH_PORT: i32 = 8082;
 /// A job's name must leave room for `-worker-<index>-<attempt>` in a
@@ -219,13 +221,23 @@ pub fn chore_pod(d: &Deployment<'_>, settings: &Settings, chore: Chore) -> Pod {
     // Not owned by the job: a foreground deletion would collect it
     // mid-chore. The operator deletes it once it has ended.
     p.metadata.owner_references = None;
-    if let Some(c) = p.spec.as_mut().and_then(|s| s.containers.first_mut()) {
-        c.args = Some(vec!["checkpoints".into(), chore.verb().into(), checkpoint_location(d.job, d.storage)]);
-        c.env = None;
-        // A worker's probes and port; this pod serves nothing.
-        c.ports = None;
-        c.liveness_probe = None;
-        c.readiness_probe = None;
+    if let Some(spec) = p.spec.as_mut() {
+        // The job's Secret (token, TLS) is owned by the job: a foreground
+        // deletion removes it first, and this pod talks to no other pod.
+        if let Some(volumes) = spec.volumes.as_mut() {
+            volumes.retain(|v| v.name != TLS_VOLUME);
+        }
+        if let Some(c) = spec.containers.first_mut() {
+            c.args = Some(vec!["checkpoints".into(), chore.verb().into(), checkpoint_location(d.job, d.storage)]);
+            c.env = None;
+            if let Some(mounts) = c.volume_mounts.as_mut() {
+                mounts.retain(|m| m.name != TLS_VOLUME);
+            }
+            // A worker's probes and port; this pod serves nothing.
+            c.ports = None;
+            c.liveness_probe = None;
+            c.readiness_probe = None;
+        }
     }
     if let Some(t) = d.template {
         pod_template::apply(&mut p, t);
@@ -416,13 +428,13 @@ pub fn pod(d: &Deployment<'_>, role: Role, attempt: u32, settings: &Settings) ->
         envs.push(env(var, format!("{TLS_DIR}/{key}")));
     }
     mounts.push(VolumeMount {
-        name: "tls".into(),
+        name: TLS_VOLUME.into(),
         mount_path: TLS_DIR.into(),
         read_only: Some(true),
         ..VolumeMount::default()
     });
     volumes.push(Volume {
-        name: "tls".into(),
+        name: TLS_VOLUME.into(),
         secret: Some(SecretVolumeSource {
             secret_name: Some(token_secret_name(&name)),
             items: Some(

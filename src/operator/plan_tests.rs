@@ -492,6 +492,9 @@ fn the_purge_and_savepoint_pods_run_like_a_job_pod_and_name_the_jobs_directory()
         assert!(c.env_from.is_some(), "the storage credentials are there");
         assert!(c.volume_mounts.as_ref().unwrap().iter().any(|m| m.mount_path == "/data"), "the job's volume is there");
         assert!(c.liveness_probe.is_none() && c.ports.is_none(), "it serves no probes");
+        // The job's Secret goes first under foreground deletion; the pod must not wait for it.
+        assert!(c.volume_mounts.iter().flatten().all(|m| m.name != "tls"), "{:?}", c.volume_mounts);
+        assert!(spec.volumes.iter().flatten().all(|v| v.name != "tls"));
     }
 }
 
