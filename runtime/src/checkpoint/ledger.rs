@@ -105,6 +105,13 @@ struct State {
     seqs: BTreeMap<u64, u64>,
 }
 
+impl State {
+    /// No ledger: nothing is fenced, every complete checkpoint counts.
+    fn unfenced() -> State {
+        State { seq: None, committed: Committed::everything(), seqs: BTreeMap::new() }
+    }
+}
+
 /// One attempt's place in its job's ledger.
 #[derive(Debug, Clone)]
 pub struct Ledger {
@@ -128,10 +135,7 @@ impl Ledger {
                     return Err(superseded(store, epoch, e));
                 }
             }
-            let legacy_below = match entries.last() {
-                Some(e) => e.legacy_below,
-                None => store.checkpoint_ids().await?.first().map_or(1, |newest| newest + 1),
-            };
+            let legacy_below = legacy_below(store, &entries).await?;
             let seq = entries.last().map_or(1, |e| e.seq + 1);
             let entry = Entry {
                 seq,
@@ -159,7 +163,7 @@ impl Ledger {
                         "this checkpoint storage cannot create a file only if it is absent: \
                          a stale attempt of this job (a process cut off, then back) is not fenced"
                     );
-                    let state = State { seq: None, committed: Committed::everything(), seqs: BTreeMap::new() };
+                    let state = State::unfenced();
                     return Ok(Ledger::with(store, epoch, slot, state));
                 }
             }
@@ -171,10 +175,7 @@ impl Ledger {
     /// (tools that only look).
     pub async fn read(store: &CheckpointStore) -> Result<Committed, CheckpointError> {
         let entries = read_entries(store).await?;
-        let legacy_below = match entries.last() {
-            Some(e) => e.legacy_below,
-            None => store.checkpoint_ids().await?.first().map_or(1, |newest| newest + 1),
-        };
+        let legacy_below = legacy_below(store, &entries).await?;
         let (committed, _) = committed_by(&entries, legacy_below);
         Ok(committed)
     }
@@ -183,7 +184,7 @@ impl Ledger {
     /// the loop's own behaviour).
     #[cfg(test)]
     pub(crate) fn unfenced(store: &CheckpointStore) -> Ledger {
-        let state = State { seq: None, committed: Committed::everything(), seqs: BTreeMap::new() };
+        let state = State::unfenced();
         Ledger::with(store, 0, &LedgerSlot::default(), state)
     }
 
@@ -281,6 +282,15 @@ impl Ledger {
             }
         }
         Ok(())
+    }
+}
+
+/// Where the ledger began: carried in every entry; for a ledger not begun
+/// yet, above every checkpoint already in storage.
+async fn legacy_below(store: &CheckpointStore, entries: &[Entry]) -> Result<u64, CheckpointError> {
+    match entries.last() {
+        Some(e) => Ok(e.legacy_below),
+        None => Ok(store.checkpoint_ids().await?.first().map_or(1, |newest| newest + 1)),
     }
 }
 
