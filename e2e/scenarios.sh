@@ -44,6 +44,15 @@ pod_ip() { kubectl get pod "$1" -o jsonpath='{.status.podIP}'; }
 # A job's current pod in slot N (0 the coordinator, 1 + i worker i): pods
 # are named per attempt, and status.deployed.pods says which are current.
 current() { kubectl get sj "$1" -o jsonpath="{.status.deployed.pods[$2]}"; }
+# A call to JOB's coordinator API: HTTPS, trusting only the job's CA (from
+# its Secret) and asking for the name in every job certificate.
+api() {
+  local job=$1 path=$2
+  shift 2
+  kubectl get secret "$job-token" -o jsonpath='{.data.ca\.crt}' | base64 -d > "$dir/$job-ca.crt"
+  curl -s --max-time 5 --cacert "$dir/$job-ca.crt" --resolve "weir-job:8081:$(pod_ip "$(current "$job" 0)")" \
+    "https://weir-job:8081$path" "$@"
+}
 # Every key's counts are exactly 1..n, with ROWS updates in all, over KEYS
 # keys (0: any number; a generator with many keys does not draw them all).
 exact() {
@@ -126,18 +135,28 @@ echo "$row" | awk '{exit !($2 == "Running" && $4 ~ /^[0-9]+$/)}' || fail "kubect
 token=$(kubectl get secret counts-token -o jsonpath='{.data.token}' | base64 -d)
 [ "${#token}" = 64 ] || fail "no job token Secret"
 kubectl get configmap counts-job -o yaml | grep -q "$token" && fail "the job token leaked into the ConfigMap"
-code=$(curl -s -o /dev/null -w '%{http_code}' -X POST "http://$(pod_ip "$(current counts 0)"):8081/v1/savepoints")
+code=$(api counts /v1/savepoints -o /dev/null -w '%{http_code}' -X POST)
 [ "$code" = 401 ] || fail "a savepoint without the job token was not refused ($code)"
-scenario "kubectl apply -f examples/kubernetes/counts.yaml; Ready; status.checkpoints.latest.id advances ($first -> $later); job token Secret, unauthenticated savepoint refused, NetworkPolicy" "$t"
+code=$(curl -s -o /dev/null -w '%{http_code}' "http://$(pod_ip "$(current counts 0)"):8081/v1/job")
+[ "$code" = 403 ] || fail "the coordinator API answered /v1/job over plain HTTP ($code)"
+[ "$(curl -s "http://$(pod_ip "$(current counts 0)"):8081/healthz")" = ok ] || fail "plain HTTP probes do not reach /healthz"
+# A CA of no job: a client trusting it must not reach the API.
+openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=stranger -keyout "$dir/other-ca.key" \
+  -out "$dir/other-ca.crt" 2> /dev/null
+if curl -s --max-time 5 --cacert "$dir/other-ca.crt" --resolve "weir-job:8081:$(pod_ip "$(current counts 0)")" \
+    https://weir-job:8081/v1/job > /dev/null; then
+  fail "a client trusting another CA reached the coordinator API"
+fi
+scenario "kubectl apply -f examples/kubernetes/counts.yaml; Ready; status.checkpoints.latest.id advances ($first -> $later); job token Secret; coordinator API HTTPS only (plain HTTP 403 but for probes, another CA refused, no token 401); NetworkPolicy" "$t"
 
 t=$(date +%s)
 # Everything between pods is captured on the network while a worker is
 # killed and replaced: its registration and new shuffle channels included.
 command -v tcpdump > /dev/null || { apt-get update -qq && apt-get install -y -qq tcpdump > /dev/null; }
 bridge="br-$(docker network inspect -f '{{.Id}}' weir-e2e | cut -c1-12)"
-# Port 8081, the coordinator's HTTP API, is left out: it is not TLS yet
-# (its job status names the workers).
-tcpdump -i "$bridge" -U -w "$dir/capture.pcap" tcp and not port 8081 2> "$dir/tcpdump.log" &
+# The coordinator's HTTP API (8081) included: the operator reads the job's
+# status there, which names the workers.
+tcpdump -i "$bridge" -U -w "$dir/capture.pcap" tcp 2> "$dir/tcpdump.log" &
 capture=$!
 sleep 1
 before=$(kubectl get sj counts -o jsonpath='{.status.checkpoints.latest.id}')
@@ -167,11 +186,12 @@ wait "$capture" 2> /dev/null || true
 captured=$(stat -c %s "$dir/capture.pcap")
 [ "$captured" -gt 100000 ] || fail "the capture holds only $captured bytes"
 # Without TLS the token travels in every registration and shuffle hello,
-# and worker names in every registration.
+# and worker names in every registration and in the job status the
+# operator reads.
 if grep -aqF -e "$token" -e "counts-worker-" "$dir/capture.pcap"; then
   fail "the job token or a worker's name crossed the network in clear"
 fi
-scenario "kill -9 of a worker: failed (137), replaced by $new_pod ${after_ms}ms later (delay 1s), resumed from checkpoint $restored >= $before; ${captured} bytes captured meanwhile, no token or name in clear (mutual TLS)" "$t"
+scenario "kill -9 of a worker: failed (137), replaced by $new_pod ${after_ms}ms later (delay 1s), resumed from checkpoint $restored >= $before; ${captured} bytes captured meanwhile (API port included), no token or name in clear (TLS)" "$t"
 
 t=$(date +%s)
 before=$(kubectl get sj counts -o jsonpath='{.status.checkpoints.latest.id}')
@@ -182,7 +202,7 @@ restored=""
 for _ in $(seq 1 60); do
   new_pod=$(current counts 0)
   if [ "$new_pod" != "$old_pod" ]; then
-    restored=$(curl -s "http://$(pod_ip "$new_pod"):8081/v1/job" 2> /dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin).get("restoredFrom") or "")' 2> /dev/null || true)
+    restored=$(api counts /v1/job 2> /dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin).get("restoredFrom") or "")' 2> /dev/null || true)
     [ -n "$restored" ] && break
   fi
   sleep 0.5
@@ -526,3 +546,99 @@ exact "$dir/pv/output/stranded" 1200000 100 || fail "output after the node loss 
 docker ps -q --filter label=weir-e2e.node=weir-node-b | xargs -r docker rm -f > /dev/null
 kill -CONT "${agents[1]}"
 scenario "node lost (agent stopped, containers frozen): NodeLost after ${detected}s, 3 pods force-deleted and recreated on the other node, one failure; output exact (1200000 once)" "$t"
+
+t=$(date +%s)
+# A worker's container cut off from the pod network (docker network
+# disconnect) past the heartbeat timeout (10 s), then connected again
+# under its address: the coordinator loses it and restarts in place, and
+# the worker, hearing nothing for as long, fences itself off (drops the
+# subtasks of its attempt) before it talks again; it rejoins under a new
+# epoch, nothing it held is kept, and its pod is not replaced. Cut off a
+# second time for good, its liveness probe fails (as a kubelet's would,
+# from the node), the container is killed and the pod replaced under the
+# restart strategy; the output is exact either way.
+sed -e 's/count: 600000/count: 1400000/' <(variant cutoff) > "$dir/cutoff.yaml"
+kubectl apply -f "$dir/cutoff.yaml" > /dev/null
+wait_condition streamjob/cutoff Ready 60 || fail "cutoff not Ready"
+for _ in $(seq 1 60); do
+  [ -n "$(kubectl get sj cutoff -o jsonpath='{.status.checkpoints.latest.id}')" ] && break
+  sleep 0.5
+done
+cut_pod=$(current cutoff 1)
+cut=$(container_of "$cut_pod")
+cut_ip=$(pod_ip "$cut_pod")
+epoch_before=$(api cutoff /v1/job | python3 -c 'import json,sys; print(json.load(sys.stdin)["epoch"])')
+docker network disconnect weir-e2e "$cut" > /dev/null
+kind=""
+for _ in $(seq 1 60); do
+  kind=$(api cutoff /v1/job | python3 -c 'import json,sys; print(json.load(sys.stdin).get("lastFailureKind") or "")')
+  [ -n "$kind" ] && break
+  sleep 0.5
+done
+[ "$kind" = WorkerLost ] || fail "the cut-off worker was reported as '${kind:-nothing}', not WorkerLost"
+lost_after=$(( $(date +%s) - t ))
+# Past the heartbeat timeout on the worker's side too, well before its
+# liveness probe has failed three times 10 s apart.
+sleep 4
+docker network connect --ip "$cut_ip" weir-e2e "$cut" > /dev/null
+for _ in $(seq 1 80); do
+  epoch_after=$(api cutoff /v1/job | python3 -c 'import json,sys; j=json.load(sys.stdin); print(j["epoch"] if j["state"]=="Running" else "")')
+  [ -n "$epoch_after" ] && [ "$epoch_after" != "$epoch_before" ] && break
+  sleep 0.5
+done
+[ -n "$epoch_after" ] && [ "$epoch_after" != "$epoch_before" ] || fail "the job did not run again under a new epoch after the cut"
+docker logs "$cut" 2>&1 | grep -q "fencing myself off" || fail "the cut-off worker did not fence itself off"
+[ "$(current cutoff 1)" = "$cut_pod" ] || fail "a worker back within its liveness limit was replaced"
+[ "$(kubectl get sj cutoff -o jsonpath='{.status.restarts.failures}')" = 0 ] || fail "a recovery in place counted as a pod failure"
+docker network disconnect weir-e2e "$cut" > /dev/null
+for _ in $(seq 1 120); do
+  [ "$(current cutoff 1)" != "$cut_pod" ] && break
+  sleep 0.5
+done
+[ "$(current cutoff 1)" != "$cut_pod" ] || fail "a worker cut off for good was not replaced"
+grep -q "liveness probe failed for default/$cut_pod" "$dir"/agent-*.log || fail "the replacement was not the liveness probe's doing"
+wait_phase Finished cutoff 180
+[ "$(kubectl get sj cutoff -o jsonpath='{.status.restarts.failures}')" = 1 ] || fail "the worker cut off for good counted $(kubectl get sj cutoff -o jsonpath='{.status.restarts.failures}') failures, not 1"
+exact "$dir/pv/output/cutoff" 1400000 100 || fail "output after the network cuts not exact"
+scenario "worker cut off (docker network disconnect): WorkerLost after ${lost_after}s, reconnected it fenced itself off and rejoined under a new epoch, same pod; cut off for good: liveness failed, pod replaced, one failure; output exact (1400000 once)" "$t"
+
+t=$(date +%s)
+# helm upgrade to a rebuilt image of a new version (a new image id and
+# version label; the same binary, since a second release build would cost
+# minutes): the operator rolls out on it; a running job keeps its pods and
+# the image it was deployed with, even when a pod of it is replaced; a job
+# created afterwards takes the new one.
+"$root/scripts/build-image" weir:next 0.1.1-e2e > /dev/null
+[ "$(docker image inspect -f '{{.Id}}' weir:next)" != "$(docker image inspect -f '{{.Id}}' weir:dev)" ] \
+  || fail "the rebuilt image is the same image"
+sed -e 's/count: 600000/count: 1000000/' <(variant steady) > "$dir/steady.yaml"
+kubectl apply -f "$dir/steady.yaml" > /dev/null
+wait_condition streamjob/steady Ready 60 || fail "steady not Ready"
+steady_pods=$(kubectl get pods -l weir.dev/job=steady -o jsonpath='{.items[*].metadata.uid}')
+"$helm" upgrade weir "$root/charts/weir" --namespace weir-system --reuse-values --set image.tag=next > /dev/null
+kubectl -n weir-system rollout status deployment/weir --timeout=120s > /dev/null || fail "the upgrade to weir:next did not roll out"
+[ "$(kubectl -n weir-system get pods -l app.kubernetes.io/name=weir-operator -o jsonpath='{.items[*].spec.containers[0].image}')" = weir:next ] \
+  || fail "the operator does not run weir:next"
+sleep 3
+[ "$(kubectl get pods -l weir.dev/job=steady -o jsonpath='{.items[*].metadata.uid}')" = "$steady_pods" ] \
+  || fail "the operator's upgrade restarted a running job's pods"
+[ "$(kubectl get sj steady -o jsonpath='{.status.deployed.image}')" = weir:dev ] || fail "the running job's deployed image changed"
+old_pod=$(current steady 2)
+docker kill -s KILL "$(container_of "$old_pod")" > /dev/null
+for _ in $(seq 1 60); do
+  new_pod=$(current steady 2)
+  [ "$new_pod" != "$old_pod" ] && kubectl get pod "$new_pod" > /dev/null 2>&1 && break
+  sleep 0.5
+done
+[ "$(kubectl get pod "$new_pod" -o jsonpath='{.spec.containers[0].image}')" = weir:dev ] \
+  || fail "the replaced pod of a running job moved to another image"
+variant fresh > "$dir/fresh.yaml"
+kubectl apply -f "$dir/fresh.yaml" > /dev/null
+wait_condition streamjob/fresh Ready 60 || fail "fresh not Ready"
+[ "$(kubectl get pods -l weir.dev/job=fresh -o jsonpath='{range .items[*]}{.spec.containers[0].image}{"\n"}{end}' | sort -u)" = weir:next ] \
+  || fail "a job created after the upgrade does not run weir:next"
+wait_phase Finished steady 180
+wait_phase Finished fresh 180
+exact "$dir/pv/output/steady" 1000000 100 || fail "output of the job running through the upgrade not exact"
+exact "$dir/pv/output/fresh" 600000 100 || fail "output of the job created after the upgrade not exact"
+scenario "helm upgrade to a rebuilt image (weir:next, version 0.1.1-e2e): operator on it, the running job kept its pods and weir:dev (also for a replaced pod), a new job runs weir:next; both outputs exact" "$t"

@@ -32,6 +32,10 @@ pub struct CoordinatorArgs {
     /// A worker silent this long is treated as lost.
     #[arg(long, env = "WEIR_HEARTBEAT_TIMEOUT", default_value = "10s")]
     heartbeat_timeout: HumanDuration,
+    /// How long to wait for enough workers to register before an attempt
+    /// (Flink's slot.request.timeout); then the coordinator exits non-zero.
+    #[arg(long, env = "WEIR_WORKER_WAIT_TIMEOUT", default_value = "5m")]
+    worker_wait_timeout: HumanDuration,
     /// Pause between a failure and restoring the job.
     #[arg(long, env = "WEIR_RESTART_DELAY", default_value = "200ms")]
     restart_delay: HumanDuration,
@@ -77,15 +81,17 @@ pub async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
         http: args.http,
         workers: args.workers,
         heartbeat_timeout: args.heartbeat_timeout.get(),
+        worker_wait_timeout: args.worker_wait_timeout.get(),
         restart_delay: args.restart_delay.get(),
         ignore_checkpoints_before_ms: args.ignore_checkpoints_before_ms,
         token: job_token("coordinator"),
         tls: job_tls("coordinator")?,
     };
+    let api_tls = opts.tls.clone();
     let (shared, coordinator) = coordinator::start(opts).await?;
     tracing::info!(workers = %args.listen, http = %args.http, "coordinator listening");
     tokio::spawn(async move {
-        if let Err(e) = http::serve(http_listener, shared).await {
+        if let Err(e) = http::serve(http_listener, shared, api_tls).await {
             tracing::error!("http api stopped: {e}");
         }
     });

@@ -29,6 +29,8 @@ struct Cluster {
     env: Vec<(String, String)>,
     /// Prefix of log file names (a second set of processes of the same job).
     site: String,
+    /// The job CA the API is reached with over TLS, once the job has one.
+    api_ca: Option<Vec<u8>>,
 }
 
 impl Drop for Cluster {
@@ -71,6 +73,7 @@ spec:
             token: None,
             env: Vec::new(),
             site: String::new(),
+            api_ca: None,
         }
     }
 
@@ -87,6 +90,7 @@ spec:
             token: self.token.clone(),
             env: self.env.clone(),
             site: format!("{site}-"),
+            api_ca: self.api_ca.clone(),
         }
     }
 
@@ -169,7 +173,10 @@ spec:
 
     /// Status code and body.
     fn raw_request(&self, method: &str, path: &str, headers: &str) -> Option<(u16, String)> {
-        common::http(self.http_port, method, path, headers)
+        match &self.api_ca {
+            Some(ca) => common::https(self.http_port, ca, method, path, headers),
+            None => common::http(self.http_port, method, path, headers),
+        }
     }
 
     fn get(&self, path: &str) -> Option<Value> {
@@ -617,6 +624,7 @@ fn over_mutual_tls_a_job_keeps_output_exact_and_a_process_of_another_job_cannot_
     let (ours, theirs) = (tls_env(dir.path(), "ours"), tls_env(dir.path(), "theirs"));
     c.env = ours.clone();
     let coordinator = c.coordinator();
+    c.api_ca = Some(std::fs::read(dir.path().join("ours/ca.crt")).unwrap());
     c.env = theirs;
     c.worker("intruder");
     c.env = ours;
@@ -625,6 +633,16 @@ fn over_mutual_tls_a_job_keeps_output_exact_and_a_process_of_another_job_cannot_
     c.worker("w3");
     let mut ids = Vec::new();
     c.wait_for("a checkpoint", &mut ids, Duration::from_secs(30), |_, chk| chk["latest"]["id"].is_u64());
+    // The API is HTTPS with the job's certificate: plain HTTP reaches only
+    // health and metrics, and a client trusting another job's CA is refused.
+    let (code, body) = common::http(c.http_port, "GET", "/v1/job", "").expect("a plain answer");
+    assert_eq!(code, 403, "plain HTTP read the job's status: {body}");
+    assert!(body.contains("needs HTTPS"), "{body}");
+    for open in ["/healthz", "/metrics"] {
+        assert_eq!(common::http(c.http_port, "GET", open, "").map(|a| a.0), Some(200), "{open} over plain HTTP");
+    }
+    let theirs_ca = std::fs::read(dir.path().join("theirs/ca.crt")).unwrap();
+    assert_eq!(common::https(c.http_port, &theirs_ca, "GET", "/v1/job", ""), None, "another job's CA trusted this API");
     // Shuffle channels are TLS too: a worker lost and replaced reconnects over them.
     c.kill(first);
     c.worker("w4");

@@ -2,18 +2,22 @@
 //! asking it for savepoints. Behind a trait so controller tests need no
 //! coordinator.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use http_body_util::{BodyExt, Empty};
-use hyper::body::Bytes;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use hyper::body::{Bytes, Incoming};
+use hyper_util::rt::TokioIo;
 use serde_json::Value;
+use tokio::net::TcpStream;
+use tracing::warn;
 
 use k8s_openapi::api::core::v1::Secret;
+use weir_runtime::distributed::tls::{peer_speaks_plain, JobTrust};
 
-use super::objects::{coordinator_name, token_secret_name, HTTP_PORT, TOKEN_KEY};
+use super::objects::{coordinator_name, token_secret_name, HTTP_PORT, TLS_CA_KEY, TOKEN_KEY};
 use super::plan::{rfc3339, CoordinatorView};
 use crate::crd::CheckpointRef;
 
@@ -25,30 +29,56 @@ pub trait CoordinatorApi: Send + Sync {
     async fn savepoint(&self, namespace: &str, job: &str, stop: bool) -> Result<String, String>;
 }
 
-/// Talks HTTP to `http://<job>-coordinator.<namespace>.svc:8081` (or the
-/// template given, with `{name}` and `{namespace}` replaced).
+/// Talks to `<job>-coordinator.<namespace>.svc:8081` (or the template
+/// given, with `{name}` and `{namespace}` replaced): over TLS, checking the
+/// server against the job's CA, whenever the job's Secret holds one.
 pub struct HttpCoordinatorApi {
     template: String,
-    client: Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>,
-    /// Reads each job's token Secret for the calls that need it.
+    /// Reads each job's Secret (token and CA) for the calls.
     kube: kube::Client,
+    /// Each job's Secret as last read. A job's identity is made once, so
+    /// it is read again only after a handshake or the token was refused.
+    secrets: Mutex<HashMap<(String, String), JobSecrets>>,
+}
+
+#[derive(Clone, Default)]
+struct JobSecrets {
+    token: Option<String>,
+    trust: Option<JobTrust>,
 }
 
 impl HttpCoordinatorApi {
     pub fn new(template: Option<String>, kube: kube::Client) -> Self {
         let template = template.unwrap_or_else(|| format!("http://{{name}}.{{namespace}}.svc:{HTTP_PORT}"));
-        HttpCoordinatorApi { template, client: Client::builder(TokioExecutor::new()).build_http(), kube }
+        HttpCoordinatorApi { template, kube, secrets: Mutex::default() }
     }
 
-    /// The job's token, from the Secret the operator created with its pods.
-    async fn token(&self, namespace: &str, job: &str) -> Result<Option<String>, String> {
+    /// The job's token and CA, from the Secret the operator created with its pods.
+    async fn secrets(&self, namespace: &str, job: &str) -> Result<JobSecrets, String> {
+        let key = (namespace.to_string(), job.to_string());
+        if let Some(known) = self.secrets.lock().ok().and_then(|s| s.get(&key).cloned()) {
+            return Ok(known);
+        }
         let secrets: kube::Api<Secret> = kube::Api::namespaced(self.kube.clone(), namespace);
         let name = token_secret_name(job);
         let secret = secrets.get_opt(&name).await.map_err(|e| format!("cannot read secret {name}: {e}"))?;
-        Ok(secret
-            .and_then(|s| s.data)
-            .and_then(|d| d.get(TOKEN_KEY).cloned())
-            .and_then(|b| String::from_utf8(b.0).ok()))
+        let data = secret.and_then(|s| s.data).unwrap_or_default();
+        let token = data.get(TOKEN_KEY).and_then(|b| String::from_utf8(b.0.clone()).ok());
+        let trust = match data.get(TLS_CA_KEY) {
+            Some(ca) => Some(JobTrust::from_ca_pem(&ca.0).map_err(|e| format!("secret {name}: {TLS_CA_KEY}: {e}"))?),
+            None => None,
+        };
+        let found = JobSecrets { token, trust };
+        if let Ok(mut s) = self.secrets.lock() {
+            s.insert(key, found.clone());
+        }
+        Ok(found)
+    }
+
+    fn forget(&self, namespace: &str, job: &str) {
+        if let Ok(mut s) = self.secrets.lock() {
+            s.remove(&(namespace.to_string(), job.to_string()));
+        }
     }
 
     fn url(&self, namespace: &str, job: &str, path: &str) -> String {
@@ -56,30 +86,83 @@ impl HttpCoordinatorApi {
         format!("{}{path}", base.trim_end_matches('/'))
     }
 
+    /// One request on a connection of its own; calls are seconds apart.
     async fn call(
         &self,
+        (namespace, job): (&str, &str),
         method: hyper::Method,
-        url: &str,
-        token: Option<&str>,
+        path: &str,
+        with_token: bool,
         timeout: Duration,
     ) -> Result<Value, String> {
-        let mut request = hyper::Request::builder().method(method).uri(url);
-        if let Some(token) = token {
-            request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
-        }
-        let request = request.body(Empty::<Bytes>::new()).map_err(|e| e.to_string())?;
-        let response = tokio::time::timeout(timeout, self.client.request(request))
+        let url = self.url(namespace, job, path);
+        let secrets = self.secrets(namespace, job).await?;
+        let answer = tokio::time::timeout(timeout, self.exchange(&url, method, &secrets, with_token))
             .await
-            .map_err(|_| format!("{url} did not answer within {timeout:?}"))?
-            .map_err(|e| format!("{url}: {e}"))?;
-        let status = response.status();
-        let body = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+            .unwrap_or_else(|_| Err(format!("did not answer within {timeout:?}")));
+        // Whatever failed, the Secret is read again for the next call: a job
+        // made again has a new CA and token, and an older operator's Secret
+        // gains its CA only once this one patched it.
+        let (status, body) =
+            answer.inspect_err(|_| self.forget(namespace, job)).map_err(|why| format!("{url}: {why}"))?;
+        if !status.is_success() {
+            self.forget(namespace, job);
+        }
         let value: Value = serde_json::from_slice(&body).map_err(|e| format!("{url}: not JSON: {e}"))?;
         if !status.is_success() {
             return Err(format!("{url}: {status}: {}", value["error"].as_str().unwrap_or("")));
         }
         Ok(value)
     }
+
+    async fn exchange(
+        &self,
+        url: &str,
+        method: hyper::Method,
+        secrets: &JobSecrets,
+        with_token: bool,
+    ) -> Result<(hyper::StatusCode, Bytes), String> {
+        let uri: hyper::Uri = url.parse().map_err(|e| format!("not a URL: {e}"))?;
+        let host = uri.host().ok_or_else(|| "no host".to_string())?.to_string();
+        let port = uri.port_u16().unwrap_or(HTTP_PORT as u16);
+        let mut request = hyper::Request::builder()
+            .method(method)
+            .uri(uri.path_and_query().map_or("/", |p| p.as_str()))
+            .header(hyper::header::HOST, format!("{host}:{port}"));
+        if let (true, Some(token)) = (with_token, &secrets.token) {
+            request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let request = request.body(Empty::<Bytes>::new()).map_err(|e| e.to_string())?;
+        let connect =
+            || async { TcpStream::connect((host.as_str(), port)).await.map_err(|e| format!("cannot connect: {e}")) };
+        let tcp = connect().await?;
+        let response = match &secrets.trust {
+            None => send(TokioIo::new(tcp), request).await?,
+            Some(trust) => match trust.connect(tcp).await {
+                Ok(tls) => send(TokioIo::new(tls), request).await?,
+                Err(e) if peer_speaks_plain(&e) => {
+                    // A coordinator of an image from before TLS on its API.
+                    if with_token {
+                        warn!("{url} answers only plain HTTP (an older image); the job token travels in clear");
+                    }
+                    send(TokioIo::new(connect().await?), request).await?
+                }
+                Err(e) => return Err(format!("TLS handshake with the job's CA failed: {e}")),
+            },
+        };
+        let status = response.status();
+        let body = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+        Ok((status, body))
+    }
+}
+
+async fn send<I>(io: I, request: hyper::Request<Empty<Bytes>>) -> Result<hyper::Response<Incoming>, String>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    sender.send_request(request).await.map_err(|e| e.to_string())
 }
 
 fn checkpoint(v: &Value) -> Option<CheckpointRef> {
@@ -96,8 +179,9 @@ fn checkpoint(v: &Value) -> Option<CheckpointRef> {
 impl CoordinatorApi for HttpCoordinatorApi {
     async fn view(&self, namespace: &str, job: &str) -> Option<CoordinatorView> {
         let short = Duration::from_secs(2);
-        let j = self.call(hyper::Method::GET, &self.url(namespace, job, "/v1/job"), None, short).await.ok()?;
-        let c = self.call(hyper::Method::GET, &self.url(namespace, job, "/v1/checkpoints"), None, short).await.ok()?;
+        let at = (namespace, job);
+        let j = self.call(at, hyper::Method::GET, "/v1/job", false, short).await.ok()?;
+        let c = self.call(at, hyper::Method::GET, "/v1/checkpoints", false, short).await.ok()?;
         Some(CoordinatorView {
             state: j["state"].as_str().unwrap_or("").to_string(),
             restored_from: j["restoredFrom"].as_u64(),
@@ -109,9 +193,7 @@ impl CoordinatorApi for HttpCoordinatorApi {
 
     async fn savepoint(&self, namespace: &str, job: &str, stop: bool) -> Result<String, String> {
         let path = if stop { "/v1/stop" } else { "/v1/savepoints" };
-        let token = self.token(namespace, job).await?;
-        let url = self.url(namespace, job, path);
-        let v = self.call(hyper::Method::POST, &url, token.as_deref(), Duration::from_secs(120)).await?;
+        let v = self.call((namespace, job), hyper::Method::POST, path, true, Duration::from_secs(120)).await?;
         v["path"].as_str().map(str::to_string).ok_or_else(|| format!("no path in {v}"))
     }
 }

@@ -24,6 +24,37 @@ pub fn http(port: u16, method: &str, path: &str, headers: &str) -> Option<(u16, 
     Some((code, text.split_once("\r\n\r\n")?.1.to_string()))
 }
 
+/// One request over TLS to `127.0.0.1:port`, trusting only the CA in
+/// `ca_pem` and asking for the name every job certificate holds; `None`
+/// when nothing answers or the handshake fails.
+pub fn https(port: u16, ca_pem: &[u8], method: &str, path: &str, headers: &str) -> Option<(u16, String)> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem) {
+        roots.add(cert.ok()?).ok()?;
+    }
+    let config =
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+            .with_safe_default_protocol_versions()
+            .ok()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    let name = ServerName::try_from(weir_runtime::distributed::tls::JOB_NAME).ok()?;
+    let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).ok()?;
+    let tcp = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    tcp.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+    let mut s = rustls::StreamOwned::new(conn, tcp);
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n{headers}Connection: close\r\n\r\n")
+        .ok()?;
+    let mut bytes = Vec::new();
+    // The server may close without a TLS close_notify; what came is enough.
+    let _ = s.read_to_end(&mut bytes);
+    let text = String::from_utf8(bytes).ok()?;
+    let code = text.split_whitespace().nth(1)?.parse().ok()?;
+    Some((code, text.split_once("\r\n\r\n")?.1.to_string()))
+}
+
 /// The state letter of a live process (`R`, `S`, `T` for stopped, ...).
 pub fn process_state(pid: u32) -> Option<char> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;

@@ -1,13 +1,26 @@
 //! The coordinator's HTTP API (JSON) and Prometheus metrics. The operator
 //! reads checkpoint completion from here.
+//!
+//! With the job's TLS identity the API is HTTPS (the job certificate, no
+//! client certificate asked). The same port still answers plain HTTP for
+//! health and metrics only, told apart by the first byte a client sends
+//! (a TLS handshake starts with 0x16): kubelet probes and Prometheus
+//! scrapers need no job CA, and a job pod created from an image that
+//! predates TLS on this port keeps the same probes.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use axum::extract::State;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::extract::connect_info::{ConnectInfo, Connected};
+use axum::extract::{Request as HttpRequest, State};
 use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::serve::{IncomingStream, Listener};
 use axum::{Json, Router};
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -16,9 +29,13 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use serde::Serialize;
 use serde_json::json;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_util::either::Either;
+use tracing::debug;
 
 use super::coordinator::{JobState, Shared};
+use super::tls::JobTls;
 use crate::job::coordinate::{wall_ms, Request};
 use crate::metrics::{CompletedCheckpoint, JobMetrics};
 
@@ -34,9 +51,122 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
-/// Serves the API on `listener` until the process ends.
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>) -> std::io::Result<()> {
-    axum::serve(listener, router(shared)).await
+/// Serves the API on `listener` until the process ends: HTTPS with `tls`,
+/// and plain HTTP for health and metrics beside it.
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>, tls: Option<Arc<JobTls>>) -> std::io::Result<()> {
+    let addr = listener.local_addr()?;
+    let tls_required = tls.is_some();
+    let app = router(shared).layer(middleware::from_fn_with_state(tls_required, plain_only_for_open));
+    let listener = ApiListener::start(listener, tls, addr);
+    axum::serve(listener, app.into_make_service_with_connect_info::<Peer>()).await
+}
+
+/// Who is calling, and whether over TLS.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    pub tls: bool,
+}
+
+impl Connected<IncomingStream<'_, ApiListener>> for Peer {
+    fn connect_info(stream: IncomingStream<'_, ApiListener>) -> Self {
+        *stream.remote_addr()
+    }
+}
+
+/// Paths plain HTTP may reach while the API takes TLS: nothing in them is
+/// secret, and probes and scrapers hold no job CA.
+const OPEN_IN_PLAIN: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
+
+async fn plain_only_for_open(
+    State(tls_required): State<bool>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    req: HttpRequest,
+    next: Next,
+) -> Response {
+    if tls_required && !peer.tls && !OPEN_IN_PLAIN.contains(&req.uri().path()) {
+        return error(
+            StatusCode::FORBIDDEN,
+            format!(
+                "{} needs HTTPS: this API serves TLS with the job's certificate (the CA is ca.crt in the job's Secret); plain HTTP reaches only {}",
+                req.uri().path(),
+                OPEN_IN_PLAIN.join(", ")
+            ),
+        );
+    }
+    next.run(req).await
+}
+
+/// How long a client may take to send its first byte, and then its handshake.
+const FIRST_BYTE_LIMIT: Duration = Duration::from_secs(10);
+
+/// Connections of the API port, each TLS or plain by its first byte.
+/// Handshakes run on their own tasks, so a slow client holds up no other.
+pub struct ApiListener {
+    ready: mpsc::Receiver<(Either<tokio_rustls::server::TlsStream<TcpStream>, TcpStream>, Peer)>,
+    addr: SocketAddr,
+}
+
+impl ApiListener {
+    fn start(listener: TcpListener, tls: Option<Arc<JobTls>>, addr: SocketAddr) -> ApiListener {
+        let (tx, ready) = mpsc::channel(64);
+        tokio::spawn(async move {
+            loop {
+                let (tcp, from) = match listener.accept().await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        // Out of file descriptors and the like: wait, as axum does.
+                        debug!("api accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let (tx, tls) = (tx.clone(), tls.clone());
+                tokio::spawn(async move {
+                    let Some(io) = classify(tcp, from, tls.as_deref()).await else { return };
+                    let _ = tx.send(io).await;
+                });
+            }
+        });
+        ApiListener { ready, addr }
+    }
+}
+
+async fn classify(
+    tcp: TcpStream,
+    from: SocketAddr,
+    tls: Option<&JobTls>,
+) -> Option<(Either<tokio_rustls::server::TlsStream<TcpStream>, TcpStream>, Peer)> {
+    let Some(tls) = tls else { return Some((Either::Right(tcp), Peer { addr: from, tls: false })) };
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(FIRST_BYTE_LIMIT, tcp.peek(&mut first)).await {
+        Ok(Ok(1)) if first[0] == 0x16 => match tls.accept_api(tcp).await {
+            Ok(stream) => Some((Either::Left(stream), Peer { addr: from, tls: true })),
+            Err(e) => {
+                debug!("api handshake with {from} failed: {e}");
+                None
+            }
+        },
+        Ok(Ok(1)) => Some((Either::Right(tcp), Peer { addr: from, tls: false })),
+        _ => None,
+    }
+}
+
+impl Listener for ApiListener {
+    type Io = Either<tokio_rustls::server::TlsStream<TcpStream>, TcpStream>;
+    type Addr = Peer;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.ready.recv().await {
+            Some(c) => c,
+            // The accept loop never ends while the process runs.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(Peer { addr: self.addr, tls: false })
+    }
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {

@@ -49,6 +49,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 pub struct JobTls {
     connector: TlsConnector,
     acceptor: TlsAcceptor,
+    /// The coordinator's HTTP API: the same certificate, but no client
+    /// certificate asked, since its clients (the operator, a user's curl)
+    /// are no members of the job; mutating calls carry the job token.
+    api_acceptor: TlsAcceptor,
 }
 
 impl std::fmt::Debug for JobTls {
@@ -106,13 +110,24 @@ impl JobTls {
             .with_client_cert_verifier(verifier)
             .with_single_cert(chain.clone(), key.clone_key())
             .map_err(config)?;
+        let mut api = ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(config)?
+            .with_no_client_auth()
+            .with_single_cert(chain.clone(), key.clone_key())
+            .map_err(config)?;
+        api.alpn_protocols = vec![b"http/1.1".to_vec()];
         let client = ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(config)?
             .with_root_certificates(roots)
             .with_client_auth_cert(chain, key)
             .map_err(config)?;
-        Ok(JobTls { connector: TlsConnector::from(Arc::new(client)), acceptor: TlsAcceptor::from(Arc::new(server)) })
+        Ok(JobTls {
+            connector: TlsConnector::from(Arc::new(client)),
+            acceptor: TlsAcceptor::from(Arc::new(server)),
+            api_acceptor: TlsAcceptor::from(Arc::new(api)),
+        })
     }
 
     /// The client side of a handshake on `tcp`.
@@ -127,6 +142,57 @@ impl JobTls {
         let stream = within(self.acceptor.accept(tcp)).await?;
         Ok(Box::new(stream))
     }
+
+    /// The server side of an HTTP API handshake: no client certificate asked.
+    pub async fn accept_api(&self, tcp: TcpStream) -> std::io::Result<tokio_rustls::server::TlsStream<TcpStream>> {
+        within(self.api_acceptor.accept(tcp)).await
+    }
+}
+
+/// Trust in one job's CA, for a client that is no member of the job and
+/// holds no certificate of its own: the operator calling a coordinator's API.
+#[derive(Clone)]
+pub struct JobTrust {
+    connector: TlsConnector,
+}
+
+impl std::fmt::Debug for JobTrust {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JobTrust")
+    }
+}
+
+impl JobTrust {
+    pub fn from_ca_pem(ca: &[u8]) -> Result<JobTrust, TlsError> {
+        let mut roots = RootCertStore::empty();
+        for c in certs("the job CA", ca)? {
+            roots.add(c).map_err(|e| TlsError::Config(format!("the job CA: {e}")))?;
+        }
+        let mut client = ClientConfig::builder_with_provider(Arc::new(aws_lc_rs::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsError::Config(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        client.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(JobTrust { connector: TlsConnector::from(Arc::new(client)) })
+    }
+
+    /// The client side of a handshake on `tcp`, checking that the server
+    /// holds a certificate of this job.
+    pub async fn connect(&self, tcp: TcpStream) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+        let name = ServerName::try_from(JOB_NAME).map_err(std::io::Error::other)?;
+        within(self.connector.connect(name, tcp)).await
+    }
+}
+
+/// Whether a failed handshake failed because the peer does not speak TLS
+/// at all (it answered in plain text), as a coordinator of an image from
+/// before its API took TLS does.
+pub fn peer_speaks_plain(e: &std::io::Error) -> bool {
+    matches!(
+        e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()),
+        Some(rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType))
+    )
 }
 
 async fn within<T>(handshake: impl std::future::Future<Output = std::io::Result<T>>) -> std::io::Result<T> {

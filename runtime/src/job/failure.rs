@@ -28,6 +28,7 @@ pub fn kind(e: &JobError) -> FailureKind {
         JobError::TaskFailed { failure, .. } => failure.kind,
         JobError::Task { source, .. } => source.kind(),
         JobError::WorkersLost(_) => FailureKind::WorkerLost,
+        JobError::WorkersUnavailable { .. } => FailureKind::WorkersUnavailable,
         JobError::Checkpoint(c) => c.failure_kind(),
         JobError::TooManyCheckpointFailures { .. } => FailureKind::Storage,
         JobError::InitialSavepoint { .. } | JobError::NonRestoredState { .. } => FailureKind::Restore,
@@ -52,6 +53,7 @@ impl FailureKind {
             | FailureKind::Restore
             | FailureKind::CommittedOutputAhead
             | FailureKind::Injected
+            | FailureKind::WorkersUnavailable
             | FailureKind::Deployment
             | FailureKind::Superseded => Recovery::ExitToOperator,
         }

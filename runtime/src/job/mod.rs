@@ -41,6 +41,11 @@ pub enum JobError {
     /// Workers went away while an attempt was being deployed.
     #[error("{0}")]
     WorkersLost(String),
+    /// Too few workers registered within the wait's deadline: a replacement
+    /// that never comes (a pod that cannot be scheduled, a worker that
+    /// cannot reach the coordinator) must not hold the job forever.
+    #[error("{registered} of {wanted} workers registered within {waited:?} (--worker-wait-timeout); missing workers are not coming")]
+    WorkersUnavailable { registered: usize, wanted: usize, waited: std::time::Duration },
     #[error("{task} failed: {reason}")]
     Internal { task: String, reason: String },
     #[error("checkpoint {id} failed ({reason}); {consecutive} consecutive failures exceed tolerableFailures")]

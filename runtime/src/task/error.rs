@@ -62,6 +62,8 @@ pub enum FailureKind {
     Disconnected,
     /// A worker process was lost (killed, disconnected, silent).
     WorkerLost,
+    /// Too few workers registered within the wait's deadline.
+    WorkersUnavailable,
     /// A shuffle channel between workers broke.
     ChannelBroken,
     /// The job could not be built or deployed from its manifest.

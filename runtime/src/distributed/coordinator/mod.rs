@@ -65,6 +65,10 @@ pub struct CoordinatorOptions {
     pub workers: usize,
     /// A worker silent for longer is treated as lost.
     pub heartbeat_timeout: Duration,
+    /// How long to wait for enough workers to register before an attempt
+    /// (Flink's `slot.request.timeout`); then the coordinator exits, so the
+    /// operator's restart strategy replaces the pods.
+    pub worker_wait_timeout: Duration,
     /// Pause between a failure and the next attempt.
     pub restart_delay: Duration,
     /// Checkpoints completed before this time (ms since the epoch) are not
@@ -144,7 +148,17 @@ impl Coordinator {
         let mut failed_at: Option<u64> = None;
         loop {
             self.shared.update(|s| s.state = JobState::WaitingForWorkers);
-            let members = self.wait_for_workers().await;
+            let members = match self.wait_for_workers().await {
+                Ok(m) => m,
+                Err(e) => {
+                    warn!("{e}; the coordinator exits");
+                    self.shared.update(|s| {
+                        s.last_failure = Some(e.to_string());
+                        s.last_failure_kind = Some(failure::kind(&e));
+                    });
+                    return Err(CoordinatorError::Job(e));
+                }
+            };
             attempt += 1;
             let ready_at = wall_ms();
             self.shared.update(|s| {
@@ -221,14 +235,23 @@ impl Coordinator {
         members.iter().filter_map(|id| w.get(id).map(|c| c.tx.clone())).collect()
     }
 
-    /// Waits until enough workers are registered; returns the chosen ones.
-    async fn wait_for_workers(&mut self) -> Vec<u64> {
+    /// Waits until enough workers are registered; returns the chosen ones,
+    /// or gives up after the worker wait timeout.
+    async fn wait_for_workers(&mut self) -> Result<Vec<u64>, JobError> {
         let started = tokio::time::Instant::now();
+        let deadline = started + self.opts.worker_wait_timeout;
         let mut next_report = started + Duration::from_secs(10);
         loop {
             let live: Vec<u64> = self.shared.workers.lock().map(|w| w.keys().copied().collect()).unwrap_or_default();
             if live.len() >= self.opts.workers {
-                return live.into_iter().take(self.opts.workers).collect();
+                return Ok(live.into_iter().take(self.opts.workers).collect());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(JobError::WorkersUnavailable {
+                    registered: live.len(),
+                    wanted: self.opts.workers,
+                    waited: self.opts.worker_wait_timeout,
+                });
             }
             if tokio::time::Instant::now() >= next_report {
                 next_report += Duration::from_secs(10);
@@ -389,6 +412,7 @@ fn lost(reason: &str) -> JobError {
 mod tests {
     use super::*;
     use crate::distributed::protocol::{self, ToCoordinator, WorkerCounters};
+    use crate::task::error::FailureKind;
 
     fn options(dir: &std::path::Path, listen: SocketAddr) -> CoordinatorOptions {
         let manifest = format!(
@@ -406,6 +430,7 @@ mod tests {
             http: "127.0.0.1:0".parse().unwrap(),
             workers: 3,
             heartbeat_timeout: Duration::from_secs(30),
+            worker_wait_timeout: Duration::from_secs(300),
             restart_delay: Duration::ZERO,
             ignore_checkpoints_before_ms: 0,
             token: JobToken::new(None),
@@ -431,5 +456,39 @@ mod tests {
                 "registration {n} got no answer: {echo:?}"
             );
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_coordinator_short_of_workers_past_the_wait_timeout_exits_naming_how_many_came() {
+        let dir = tempfile::tempdir().unwrap();
+        let listen = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let mut opts = options(dir.path(), listen);
+        opts.worker_wait_timeout = Duration::from_secs(120);
+        let (shared, coordinator) = start(opts).await.unwrap();
+        let mut conn = protocol::framed(tokio::net::TcpStream::connect(listen).await.unwrap());
+        let register = ToCoordinator::Register { name: "w0".into(), data_addr: listen, token: None };
+        protocol::send(&mut conn, &register).await.unwrap();
+        // One worker of three keeps heartbeating; the other two never come.
+        let beating = tokio::spawn(async move {
+            for n in 0.. {
+                let beat = ToCoordinator::Heartbeat { sent_at_us: n, counters: WorkerCounters::default() };
+                if protocol::send(&mut conn, &beat).await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+        let started = tokio::time::Instant::now();
+        let ended = coordinator.run().await;
+        beating.abort();
+        assert!(started.elapsed() >= Duration::from_secs(120), "gave up after {:?}", started.elapsed());
+        match ended {
+            Err(CoordinatorError::Job(e @ JobError::WorkersUnavailable { registered: 1, wanted: 3, .. })) => {
+                assert!(e.to_string().contains("1 of 3 workers registered within 120s"), "{e}");
+            }
+            other => panic!("expected WorkersUnavailable, got {other:?}"),
+        }
+        let status = shared.status().unwrap();
+        assert_eq!(status.last_failure_kind, Some(FailureKind::WorkersUnavailable), "the cause reaches the API");
     }
 }
