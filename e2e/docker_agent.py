@@ -488,7 +488,7 @@ class Agent:
             return False
 
     def kill_for_probe(self, pod, container, which):
-        print(f"agent {self.node}: {which} probe failed for {pod.key}; killing its container", flush=True)
+        print(f"agent {self.node}: {which} probe failed for {pod.key[0]}/{pod.key[1]}; killing its container", flush=True)
         grace = pod.obj["spec"].get("terminationGracePeriodSeconds", 30)
         docker("stop", "-t", str(grace), container, check=False)
 

@@ -13,6 +13,9 @@ use std::time::Duration;
 use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+pub mod postgres;
+pub use postgres::{PostgresSinkMode, PostgresSinkSpec};
+
 pub const API_VERSION: &str = "weir.dev/v1alpha1";
 pub const KIND: &str = "StreamJob";
 /// Flink's default number of key groups.
@@ -616,8 +619,8 @@ pub struct AggregateSpec {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[schemars(extend("x-kubernetes-validations" = [{
-    "rule": "(has(self.file) ? 1 : 0) + (has(self.stdout) ? 1 : 0) == 1",
-    "message": "exactly one of file, stdout must be set in spec.pipeline.sink"
+    "rule": "(has(self.file) ? 1 : 0) + (has(self.stdout) ? 1 : 0) + (has(self.postgres) ? 1 : 0) == 1",
+    "message": "exactly one of file, stdout, postgres must be set in spec.pipeline.sink"
 }]))]
 pub struct SinkSpec {
     /// Exactly-once JSON-lines files: a part file per subtask and checkpoint,
@@ -628,6 +631,10 @@ pub struct SinkSpec {
     /// replayed after a failure are printed again).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stdout: Option<StdoutSinkSpec>,
+    /// Rows into a PostgreSQL table, with two-phase commit (exactly once)
+    /// or as upserts by key (idempotent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres: Option<PostgresSinkSpec>,
 }
 
 /// The sink a [`SinkSpec`] sets.
@@ -635,14 +642,16 @@ pub struct SinkSpec {
 pub enum SinkKind<'a> {
     File(&'a FileSinkSpec),
     Stdout(&'a StdoutSinkSpec),
+    Postgres(&'a PostgresSinkSpec),
 }
 
 impl SinkSpec {
     pub fn kind(&self) -> Result<SinkKind<'_>, String> {
-        match (&self.file, &self.stdout) {
-            (Some(f), None) => Ok(SinkKind::File(f)),
-            (None, Some(s)) => Ok(SinkKind::Stdout(s)),
-            _ => Err("expected exactly one of file, stdout".into()),
+        match (&self.file, &self.stdout, &self.postgres) {
+            (Some(f), None, None) => Ok(SinkKind::File(f)),
+            (None, Some(s), None) => Ok(SinkKind::Stdout(s)),
+            (None, None, Some(p)) => Ok(SinkKind::Postgres(p)),
+            _ => Err("expected exactly one of file, stdout, postgres".into()),
         }
     }
 }
@@ -932,6 +941,7 @@ impl PipelineSpec {
             Ok(SinkKind::File(f)) if f.path.is_empty() => {
                 errors.push("spec.pipeline.sink.file.path: required, got an empty path".into())
             }
+            Ok(SinkKind::Postgres(p)) => errors.extend(p.problems("spec.pipeline.sink.postgres")),
             Ok(_) => {}
         }
         errors

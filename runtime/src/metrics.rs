@@ -40,6 +40,8 @@ pub struct JobMetrics {
     pub records_out: AtomicU64,
     pub bad_records_skipped: AtomicU64,
     pub bad_records_dead_lettered: AtomicU64,
+    /// Sink operations retried after a transient error (a lost connection).
+    pub sink_retries: AtomicU64,
     pub checkpoints_completed: AtomicU64,
     pub checkpoints_failed: AtomicU64,
     pub checkpoints_in_progress: AtomicU64,

@@ -27,8 +27,13 @@ pub type Updates = BTreeMap<String, BTreeMap<u64, (u32, i64)>>;
 
 /// Reads the committed updates under a file sink's directory.
 pub fn committed_updates(out: &Path) -> Result<Updates, String> {
-    let mut updates: Updates = BTreeMap::new();
     let rows = read_committed(out).map_err(|e| format!("cannot read {}: {e}", out.display()))?;
+    updates_of(rows)
+}
+
+/// The updates among rows `{"key", "count", "sum_value"}` from any sink.
+pub fn updates_of(rows: Vec<serde_json::Value>) -> Result<Updates, String> {
+    let mut updates: Updates = BTreeMap::new();
     for row in rows {
         let (Some(key), Some(count), Some(sum)) =
             (row["key"].as_str(), row["count"].as_u64(), row["sum_value"].as_i64())
@@ -43,8 +48,12 @@ pub fn committed_updates(out: &Path) -> Result<Updates, String> {
 /// Every record counted exactly once: each key's updates are exactly
 /// `1..=n`, each once, and the last carries the whole sum.
 pub fn check_exactly_once(out: &Path, count: u64, keys: u64) -> Result<(), String> {
+    check_updates_exactly_once(&committed_updates(out)?, count, keys)
+}
+
+/// [`check_exactly_once`] on updates read from any sink.
+pub fn check_updates_exactly_once(got: &Updates, count: u64, keys: u64) -> Result<(), String> {
     let want = expected_per_key(count, keys);
-    let got = committed_updates(out)?;
     if got.len() != want.len() {
         return Err(format!("{} keys in the output, {} expected", got.len(), want.len()));
     }
@@ -60,6 +69,24 @@ pub fn check_exactly_once(out: &Path, count: u64, keys: u64) -> Result<(), Strin
         }
         if updates[n].1 != *sum {
             return Err(format!("key {key}: final sum {}, expected {sum}", updates[n].1));
+        }
+    }
+    Ok(())
+}
+
+/// What an upsert sink keyed by `key` must end with: one row per key,
+/// holding its final count and sum.
+pub fn check_final_per_key(rows: Vec<serde_json::Value>, count: u64, keys: u64) -> Result<(), String> {
+    let want = expected_per_key(count, keys);
+    let got = updates_of(rows)?;
+    if got.len() != want.len() {
+        return Err(format!("{} keys in the table, {} expected", got.len(), want.len()));
+    }
+    for (key, (n, sum)) in &want {
+        let updates = got.get(key).ok_or_else(|| format!("key {key} missing from the table"))?;
+        let rows: Vec<(u64, i64)> = updates.iter().map(|(c, (_, s))| (*c, *s)).collect();
+        if rows != vec![(*n, *sum)] {
+            return Err(format!("key {key}: rows (count, sum) {rows:?}, expected [({n}, {sum})]"));
         }
     }
     Ok(())

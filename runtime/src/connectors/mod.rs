@@ -6,11 +6,13 @@
 //! - [`file_sink`]: exactly-once JSON-lines part files.
 //! - [`generator`]: a deterministic, replayable generator source.
 //! - [`file_source`]: JSON-lines files, replayed by byte offset.
+//! - [`postgres`]: PostgreSQL tables, by two-phase commit or upsert.
 //! - [`print`]: the stdout sink and a discarding sink for benchmarks.
 
 pub mod file_sink;
 pub mod file_source;
 pub mod generator;
+pub mod postgres;
 pub mod print;
 pub mod two_phase;
 

@@ -19,10 +19,13 @@ use serde_json::json;
 
 use crate::connectors::file_source::FileSource;
 use crate::connectors::generator::generated;
+use crate::connectors::postgres::{PgTarget, PostgresSink, PostgresUpsertSink};
 use crate::connectors::print::StdoutSink;
 use crate::connectors::{FileSink, GeneratorSource};
 use crate::dataflow::{BuildError, DataStream, JobGraph, StreamEnv};
-use crate::manifest::{AggregateSpec, PipelineSpec, SinkKind, SourceKind, StepKind, StepSpec, StreamJobSpec};
+use crate::manifest::{
+    AggregateSpec, PipelineSpec, PostgresSinkMode, SinkKind, SourceKind, StepKind, StepSpec, StreamJobSpec,
+};
 use crate::record::{key_of, FieldRule, Row, SourceRecord};
 use crate::task::source_task::Source;
 use crate::task::{Collector, TaskError};
@@ -105,6 +108,20 @@ fn build_pipeline(spec: &StreamJobSpec, pipeline: &PipelineSpec) -> Result<JobGr
         SinkKind::File(f) => {
             let dir = PathBuf::from(&f.path);
             stream.sink_two_phase("sink", move |ctx| Ok(FileSink::<Row>::for_task(dir.clone(), "part", ctx)));
+        }
+        SinkKind::Postgres(p) => {
+            // The password is read where the sink runs (a worker), not
+            // wherever the job graph is built.
+            let spec = p.clone();
+            match p.mode {
+                PostgresSinkMode::TwoPhaseCommit => stream.sink_two_phase("sink", move |ctx| {
+                    Ok(PostgresSink::<Row>::for_task(PgTarget::from_spec(&spec)?, ctx))
+                }),
+                PostgresSinkMode::Upsert => stream.sink(move |ctx| {
+                    let target = PgTarget::from_spec(&spec)?;
+                    Ok(Box::new(PostgresUpsertSink::<Row>::new(target, ctx.clone())) as Box<dyn Collector<Row>>)
+                }),
+            }
         }
         SinkKind::Stdout(_) => {
             stream.sink(|ctx| Ok(Box::new(StdoutSink::<Row>::new(ctx.clone())) as Box<dyn Collector<Row>>));

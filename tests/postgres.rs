@@ -1,0 +1,276 @@
+//! The PostgreSQL sink against a real PostgreSQL server (started by
+//! `scripts/test-postgres`, which exports libpq's `PG*` variables):
+//! `kill -9` of `weir run`, a server crash mid-job, and configuration
+//! errors. Every table is checked for each update exactly once.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+mod common;
+
+const KEYS: u64 = 50;
+
+fn psql(sql: &str) -> String {
+    let out = Command::new("psql").args(["-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-c", sql]).output().unwrap();
+    assert!(out.status.success(), "psql {sql}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+fn rows(table: &str) -> Vec<Value> {
+    let json = psql(&format!("SELECT coalesce(json_agg(t), '[]') FROM {table} t"));
+    serde_json::from_str(&json).unwrap()
+}
+
+fn prepared_weir_transactions() -> u64 {
+    psql("SELECT count(*) FROM pg_prepared_xacts WHERE gid LIKE 'weir:%'").parse().unwrap()
+}
+
+fn connection() -> String {
+    let host = std::env::var("PGHOST").expect("PGHOST: scripts/test-postgres starts a server and sets it");
+    let port = std::env::var("PGPORT").unwrap_or_else(|_| "5432".into());
+    format!("host={host} port={port} user=weir dbname=weir")
+}
+
+struct Job<'a> {
+    name: &'a str,
+    count: u64,
+    rate: u64,
+    sink: String,
+    restart: &'a str,
+}
+
+fn write_manifest(dir: &Path, job: &Job) -> PathBuf {
+    let path = dir.join(format!("{}.yaml", job.name));
+    let yaml = format!(
+        r#"apiVersion: weir.dev/v1alpha1
+kind: StreamJob
+metadata:
+  name: {name}
+spec:
+  parallelism: 2
+  restartStrategy: {restart}
+  checkpoints:
+    interval: 100ms
+    storage: file://{dir}/checkpoints
+  pipeline:
+    source:
+      generator: {{keys: {KEYS}, count: {count}, rate: {rate}}}
+    steps:
+      - keyBy: {{field: key}}
+      - aggregate: {{count: true, sum: [value]}}
+    sink:
+      postgres: {sink}
+"#,
+        name = job.name,
+        restart = job.restart,
+        count = job.count,
+        rate = job.rate,
+        sink = job.sink,
+        dir = dir.display()
+    );
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+fn weir(manifest: &Path, dir: &Path, log: &str) -> Child {
+    weir_stopping_at(manifest, dir, log, "")
+}
+
+/// `weir run`, which stops itself (SIGSTOP) at `stop_at` (`Point:n`, see
+/// `faults::StopPoint`) when it is not empty.
+fn weir_stopping_at(manifest: &Path, dir: &Path, log: &str, stop_at: &str) -> Child {
+    let stderr = std::fs::File::create(dir.join(log)).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["run", "--no-progress-line"])
+        .arg(manifest)
+        .current_dir(dir)
+        .env("WEIR_LOG", "warn")
+        .env("WEIR_STOP_AT", stop_at)
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .unwrap()
+}
+
+/// Waits for `child` at most `limit`; kills it and fails past that.
+fn finish(mut child: Child, limit: Duration, dir: &Path, log: &str) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!("weir run did not end within {limit:?}: {}", std::fs::read_to_string(dir.join(log)).unwrap());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn kill_nine_repeatedly(manifest: &Path, dir: &Path, delays_ms: &[u64]) -> usize {
+    let mut kills = 0;
+    for (i, delay_ms) in delays_ms.iter().enumerate() {
+        let mut child = weir(manifest, dir, &format!("killed-{i}.log"));
+        std::thread::sleep(Duration::from_millis(*delay_ms));
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        kills += 1;
+    }
+    kills
+}
+
+/// Runs the job until it stops itself at `stop_at`, then `kill -9`s it
+/// there; the log if it ended first.
+fn kill_nine_at(manifest: &Path, dir: &Path, stop_at: &str) -> Result<(), String> {
+    let log = format!("stopped-{}.log", stop_at.replace(':', "-"));
+    let mut child = weir_stopping_at(manifest, dir, &log, stop_at);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Err(format!("{status}: {}", std::fs::read_to_string(dir.join(&log)).unwrap()));
+        }
+        if common::process_state(child.id()) == Some('T') {
+            break;
+        }
+        assert!(Instant::now() < deadline, "weir run never reached {stop_at}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    Ok(())
+}
+
+fn pg_ctl(args: &[&str]) {
+    let bin = std::env::var("WEIR_TEST_PG_BIN").expect("WEIR_TEST_PG_BIN");
+    let data = std::env::var("WEIR_TEST_PG_DATA").expect("WEIR_TEST_PG_DATA");
+    let log = format!("{data}/../server.log");
+    let status = Command::new("runuser")
+        .args(["-u", "postgres", "--", &format!("{bin}/pg_ctl"), "-D", &data, "-l", &log])
+        .args(args)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "pg_ctl {args:?}: {status}");
+}
+
+#[test]
+#[ignore = "needs a PostgreSQL server: scripts/test-postgres starts one and runs these"]
+fn two_phase_commit_table_holds_every_update_exactly_once_after_kill_9_of_weir_run() {
+    const COUNT: u64 = 300_000;
+    psql("DROP TABLE IF EXISTS counts_2pc; CREATE TABLE counts_2pc (id bigserial PRIMARY KEY, key text NOT NULL, count bigint NOT NULL, sum_value bigint NOT NULL)");
+    let dir = tempfile::tempdir().unwrap();
+    let sink = format!("{{connection: '{}', table: counts_2pc}}", connection());
+    let job = Job { name: "pg-2pc", count: COUNT, rate: 60_000, sink, restart: "{none: {}}" };
+    let manifest = write_manifest(dir.path(), &job);
+
+    // Where a two-phase commit can go wrong: prepared but the checkpoint
+    // not complete, complete but not committed, one of several committed,
+    // committed in the ledger but no sink told.
+    for stop_at in ["PreCommitted:3", "BeforeCommit:4", "Committed:5", "LedgerCommitted:4", "PreCommitted:9"] {
+        if let Err(log) = kill_nine_at(&manifest, dir.path(), stop_at) {
+            panic!("the job ended before {stop_at}: {log}");
+        }
+    }
+    let kills = kill_nine_repeatedly(&manifest, dir.path(), &[900, 500, 1100]);
+    assert!(kills >= 2, "the job finished before it could be killed enough ({kills} kills)");
+    let status = finish(weir(&manifest, dir.path(), "final.log"), Duration::from_secs(120), dir.path(), "final.log");
+    assert!(status.success(), "final run: {}", std::fs::read_to_string(dir.path().join("final.log")).unwrap());
+
+    let updates = weir_runtime::verify::updates_of(rows("counts_2pc")).unwrap();
+    if let Err(e) = weir_runtime::verify::check_updates_exactly_once(&updates, COUNT, KEYS) {
+        panic!("table after {kills} kill -9 and a rerun: {e}");
+    }
+    assert_eq!(prepared_weir_transactions(), 0, "transactions of killed attempts were left prepared");
+    let kept: u64 = psql("SELECT count(*) FROM weir_sink_transactions").parse().unwrap();
+    assert!(kept > 0, "every commit is recorded in the transactions table");
+}
+
+#[test]
+#[ignore = "needs a PostgreSQL server: scripts/test-postgres starts one and runs these"]
+fn upsert_table_ends_with_each_keys_final_count_after_kill_9_of_weir_run() {
+    const COUNT: u64 = 150_000;
+    psql("DROP TABLE IF EXISTS counts_upsert; CREATE TABLE counts_upsert (key text PRIMARY KEY, count bigint NOT NULL, sum_value bigint NOT NULL)");
+    let dir = tempfile::tempdir().unwrap();
+    let sink = format!("{{connection: '{}', table: counts_upsert, mode: Upsert, key: [key]}}", connection());
+    let job = Job { name: "pg-upsert", count: COUNT, rate: 60_000, sink, restart: "{none: {}}" };
+    let manifest = write_manifest(dir.path(), &job);
+
+    let kills = kill_nine_repeatedly(&manifest, dir.path(), &[800, 600, 1000]);
+    assert!(kills >= 2, "the job finished before it could be killed enough ({kills} kills)");
+    let status = finish(weir(&manifest, dir.path(), "final.log"), Duration::from_secs(120), dir.path(), "final.log");
+    assert!(status.success(), "final run: {}", std::fs::read_to_string(dir.path().join("final.log")).unwrap());
+
+    if let Err(e) = weir_runtime::verify::check_final_per_key(rows("counts_upsert"), COUNT, KEYS) {
+        panic!("upserted table after {kills} kill -9 and a rerun: {e}");
+    }
+}
+
+#[test]
+#[ignore = "needs a PostgreSQL server: scripts/test-postgres starts one and runs these"]
+fn a_database_crash_mid_job_is_survived_with_every_update_exactly_once() {
+    const COUNT: u64 = 200_000;
+    psql("DROP TABLE IF EXISTS counts_crash; CREATE TABLE counts_crash (key text NOT NULL, count bigint NOT NULL, sum_value bigint NOT NULL)");
+    let dir = tempfile::tempdir().unwrap();
+    let sink = format!("{{connection: '{}', table: counts_crash}}", connection());
+    let restart = "{fixedDelay: {attempts: 30, delay: 300ms}}";
+    let job = Job { name: "pg-crash", count: COUNT, rate: 50_000, sink, restart };
+    let manifest = write_manifest(dir.path(), &job);
+
+    let mut child = weir(&manifest, dir.path(), "run.log");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(child.try_wait().unwrap().is_none(), "the job ended before the server crashed");
+    // A crash, not a shutdown: no checkpoint, every connection cut at once.
+    pg_ctl(&["-m", "immediate", "stop"]);
+    std::thread::sleep(Duration::from_millis(1500));
+    pg_ctl(&["-w", "start"]);
+    let status = finish(child, Duration::from_secs(120), dir.path(), "run.log");
+    let log = std::fs::read_to_string(dir.path().join("run.log")).unwrap();
+    assert!(status.success(), "the job did not survive the crash: {log}");
+    assert!(log.contains("job failed") && log.contains("postgres"), "the crash never reached the job: {log}");
+
+    let updates = weir_runtime::verify::updates_of(rows("counts_crash")).unwrap();
+    if let Err(e) = weir_runtime::verify::check_updates_exactly_once(&updates, COUNT, KEYS) {
+        panic!("table after a server crash: {e}");
+    }
+    assert_eq!(prepared_weir_transactions(), 0);
+}
+
+fn run_to_failure(job: &Job) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = write_manifest(dir.path(), job);
+    let status = finish(weir(&manifest, dir.path(), "run.log"), Duration::from_secs(60), dir.path(), "run.log");
+    let log = std::fs::read_to_string(dir.path().join("run.log")).unwrap();
+    assert!(!status.success(), "expected the job to fail: {log}");
+    log
+}
+
+#[test]
+#[ignore = "needs a PostgreSQL server: scripts/test-postgres starts one and runs these"]
+fn a_missing_table_stops_the_job_at_start_naming_the_field() {
+    let sink = format!("{{connection: '{}', table: no_such_table}}", connection());
+    let log = run_to_failure(&Job { name: "pg-missing", count: 1000, rate: 0, sink, restart: "{none: {}}" });
+    assert!(
+        log.contains("spec.pipeline.sink.postgres.table: table `no_such_table` does not exist"),
+        "the error does not name the table: {log}"
+    );
+}
+
+#[test]
+#[ignore = "needs a PostgreSQL server: scripts/test-postgres starts one and runs these"]
+fn a_wrong_password_is_refused_without_echoing_it() {
+    psql("CREATE TABLE IF NOT EXISTS counts_pw (key text, count bigint, sum_value bigint)");
+    std::env::set_var("WEIR_TEST_WRONG_PASSWORD", "not-the-password-4711");
+    let sink = format!("{{connection: '{}', table: counts_pw, passwordEnv: WEIR_TEST_WRONG_PASSWORD}}", connection());
+    let log = run_to_failure(&Job { name: "pg-password", count: 1000, rate: 0, sink, restart: "{none: {}}" });
+    assert!(log.contains("the server refused the connection"), "{log}");
+    assert!(log.contains("password authentication failed"), "{log}");
+    assert!(!log.contains("not-the-password-4711"), "the password reached the log: {log}");
+    assert_eq!(psql("SELECT count(*) FROM counts_pw"), "0");
+}
