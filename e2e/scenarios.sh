@@ -627,8 +627,14 @@ wait_condition streamjob/steady Ready 60 || fail "steady not Ready"
 steady_pods=$(kubectl get pods -l weir.dev/job=steady -o jsonpath='{.items[*].metadata.uid}')
 "$helm" upgrade weir "$root/charts/weir" --namespace weir-system --reuse-values --set image.tag=next > /dev/null
 kubectl -n weir-system rollout status deployment/weir --timeout=120s > /dev/null || fail "the upgrade to weir:next did not roll out"
-[ "$(kubectl -n weir-system get pods -l app.kubernetes.io/name=weir-operator -o jsonpath='{.items[*].spec.containers[0].image}')" = weir:next ] \
-  || fail "the operator does not run weir:next"
+# rollout status returns once the new pod is ready; the old one may still
+# be terminating (it hands over its lease) for a moment.
+operator_images() { kubectl -n weir-system get pods -l app.kubernetes.io/name=weir-operator -o jsonpath='{.items[*].spec.containers[0].image}'; }
+for _ in $(seq 1 60); do
+  [ "$(operator_images)" = weir:next ] && break
+  sleep 0.5
+done
+[ "$(operator_images)" = weir:next ] || fail "the operator does not run weir:next only: $(operator_images)"
 sleep 3
 [ "$(kubectl get pods -l weir.dev/job=steady -o jsonpath='{.items[*].metadata.uid}')" = "$steady_pods" ] \
   || fail "the operator's upgrade restarted a running job's pods"

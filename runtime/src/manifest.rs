@@ -972,6 +972,22 @@ spec:
 "#;
 
     #[test]
+    fn every_example_for_weir_run_is_a_valid_manifest() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        let mut checked = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "yaml") {
+                if let Err(e) = StreamJob::from_file(&path) {
+                    panic!("{}: {e}", path.display());
+                }
+                checked += 1;
+            }
+        }
+        assert!(checked >= 2, "{checked} examples");
+    }
+
+    #[test]
     fn parses_a_manifest_with_flink_defaults_filled_in() {
         let job = StreamJob::from_yaml(GOOD).unwrap();
         assert_eq!(job.spec.parallelism, 2);

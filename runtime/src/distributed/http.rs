@@ -292,6 +292,18 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
     let (records_in, records_out) = shared.records();
     counter(&mut registry, "records_in", "Records emitted by the job's sources", records_in);
     counter(&mut registry, "records_out", "Records written by the job's sinks", records_out);
+    gauge(
+        &mut registry,
+        "attempt_bad_records",
+        "Bad records skipped or dead-lettered in the current attempt",
+        shared.attempt_sum(|c| c.bad_records) as i64,
+    );
+    gauge(
+        &mut registry,
+        "attempt_sink_retries",
+        "Sink operations retried after a transient error (a lost connection) in the current attempt",
+        shared.attempt_sum(|c| c.sink_retries) as i64,
+    );
     counter(&mut registry, "checkpoints_completed", "Completed checkpoints", JobMetrics::get(&m.checkpoints_completed));
     counter(
         &mut registry,

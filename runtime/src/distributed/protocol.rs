@@ -145,6 +145,8 @@ pub struct WorkerCounters {
     pub records_in: u64,
     pub records_out: u64,
     pub bad_records: u64,
+    /// Sink operations retried after transient errors.
+    pub sink_retries: u64,
     /// When a source of the current attempt emitted its first batch (ms since epoch).
     pub first_record_at_ms: Option<u64>,
     /// Per stage, over this worker's subtasks of the attempt.

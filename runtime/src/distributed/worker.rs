@@ -211,6 +211,7 @@ async fn session(
                     records_out: JobMetrics::get(&a.metrics.records_out),
                     bad_records: JobMetrics::get(&a.metrics.bad_records_skipped)
                         + JobMetrics::get(&a.metrics.bad_records_dead_lettered),
+                    sink_retries: JobMetrics::get(&a.metrics.sink_retries),
                     first_record_at_ms: Some(JobMetrics::get(&a.metrics.first_record_at_ms)).filter(|t| *t > 0),
                     stages: a.metrics.stage_samples(),
                 });

@@ -146,6 +146,15 @@ impl Shared {
         (rin, rout)
     }
 
+    /// A counter of the current attempt, summed over its workers.
+    pub fn attempt_sum(&self, counter: impl Fn(&WorkerCounters) -> u64) -> u64 {
+        let epoch = self.attempt.lock().ok().and_then(|a| a.as_ref().map(|a| a.0)).unwrap_or(0);
+        self.workers
+            .lock()
+            .map(|w| w.values().filter(|c| c.counters.epoch == epoch).map(|c| counter(&c.counters)).sum())
+            .unwrap_or(0)
+    }
+
     /// Per stage, summed over workers, for the current attempt.
     pub fn stages(&self) -> Vec<crate::metrics::StageSample> {
         let mut sums: BTreeMap<String, crate::metrics::StageSample> = BTreeMap::new();
