@@ -3,15 +3,14 @@
 //! `kill -9` of `weir run`, a server crash mid-job, and configuration
 //! errors. Every table is checked for each update exactly once.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use serde_json::Value;
 
 mod common;
 
-const KEYS: u64 = 50;
+use common::run::{finish, kill_nine_at, kill_nine_repeatedly, weir, write_manifest, Job, KEYS};
 
 fn psql(sql: &str) -> String {
     let out = Command::new("psql").args(["-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-c", sql]).output().unwrap();
@@ -34,119 +33,6 @@ fn connection() -> String {
     format!("host={host} port={port} user=weir dbname=weir")
 }
 
-struct Job<'a> {
-    name: &'a str,
-    count: u64,
-    rate: u64,
-    sink: String,
-    restart: &'a str,
-}
-
-fn write_manifest(dir: &Path, job: &Job) -> PathBuf {
-    let path = dir.join(format!("{}.yaml", job.name));
-    let yaml = format!(
-        r#"apiVersion: weir.dev/v1alpha1
-kind: StreamJob
-metadata:
-  name: {name}
-spec:
-  parallelism: 2
-  restartStrategy: {restart}
-  checkpoints:
-    interval: 100ms
-    storage: file://{dir}/checkpoints
-  pipeline:
-    source:
-      generator: {{keys: {KEYS}, count: {count}, rate: {rate}}}
-    steps:
-      - keyBy: {{field: key}}
-      - aggregate: {{count: true, sum: [value]}}
-    sink:
-      postgres: {sink}
-"#,
-        name = job.name,
-        restart = job.restart,
-        count = job.count,
-        rate = job.rate,
-        sink = job.sink,
-        dir = dir.display()
-    );
-    std::fs::write(&path, yaml).unwrap();
-    path
-}
-
-fn weir(manifest: &Path, dir: &Path, log: &str) -> Child {
-    weir_stopping_at(manifest, dir, log, "")
-}
-
-/// `weir run`, which stops itself (SIGSTOP) at `stop_at` (`Point:n`, see
-/// `faults::StopPoint`) when it is not empty.
-fn weir_stopping_at(manifest: &Path, dir: &Path, log: &str, stop_at: &str) -> Child {
-    let stderr = std::fs::File::create(dir.join(log)).unwrap();
-    Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args(["run", "--no-progress-line"])
-        .arg(manifest)
-        .current_dir(dir)
-        .env("WEIR_LOG", "warn")
-        .env("WEIR_STOP_AT", stop_at)
-        .stdout(Stdio::null())
-        .stderr(stderr)
-        .spawn()
-        .unwrap()
-}
-
-/// Waits for `child` at most `limit`; kills it and fails past that.
-fn finish(mut child: Child, limit: Duration, dir: &Path, log: &str) -> std::process::ExitStatus {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if Instant::now() > deadline {
-            child.kill().unwrap();
-            child.wait().unwrap();
-            panic!("weir run did not end within {limit:?}: {}", std::fs::read_to_string(dir.join(log)).unwrap());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn kill_nine_repeatedly(manifest: &Path, dir: &Path, delays_ms: &[u64]) -> usize {
-    let mut kills = 0;
-    for (i, delay_ms) in delays_ms.iter().enumerate() {
-        let mut child = weir(manifest, dir, &format!("killed-{i}.log"));
-        std::thread::sleep(Duration::from_millis(*delay_ms));
-        if child.try_wait().unwrap().is_some() {
-            break;
-        }
-        child.kill().unwrap();
-        child.wait().unwrap();
-        kills += 1;
-    }
-    kills
-}
-
-/// Runs the job until it stops itself at `stop_at`, then `kill -9`s it
-/// there; the log if it ended first.
-fn kill_nine_at(manifest: &Path, dir: &Path, stop_at: &str) -> Result<(), String> {
-    let log = format!("stopped-{}.log", stop_at.replace(':', "-"));
-    let mut child = weir_stopping_at(manifest, dir, &log, stop_at);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return Err(format!("{status}: {}", std::fs::read_to_string(dir.join(&log)).unwrap()));
-        }
-        if common::process_state(child.id()) == Some('T') {
-            break;
-        }
-        assert!(Instant::now() < deadline, "weir run never reached {stop_at}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
-    Ok(())
-}
-
 fn pg_ctl(args: &[&str]) {
     let bin = std::env::var("WEIR_TEST_PG_BIN").expect("WEIR_TEST_PG_BIN");
     let data = std::env::var("WEIR_TEST_PG_DATA").expect("WEIR_TEST_PG_DATA");
@@ -166,7 +52,7 @@ fn two_phase_commit_table_holds_every_update_exactly_once_after_kill_9_of_weir_r
     const COUNT: u64 = 300_000;
     psql("DROP TABLE IF EXISTS counts_2pc; CREATE TABLE counts_2pc (id bigserial PRIMARY KEY, key text NOT NULL, count bigint NOT NULL, sum_value bigint NOT NULL)");
     let dir = tempfile::tempdir().unwrap();
-    let sink = format!("{{connection: '{}', table: counts_2pc}}", connection());
+    let sink = format!("postgres: {{connection: '{}', table: counts_2pc}}", connection());
     let job = Job { name: "pg-2pc", count: COUNT, rate: 60_000, sink, restart: "{none: {}}" };
     let manifest = write_manifest(dir.path(), &job);
 
@@ -198,7 +84,7 @@ fn upsert_table_ends_with_each_keys_final_count_after_kill_9_of_weir_run() {
     const COUNT: u64 = 150_000;
     psql("DROP TABLE IF EXISTS counts_upsert; CREATE TABLE counts_upsert (key text PRIMARY KEY, count bigint NOT NULL, sum_value bigint NOT NULL)");
     let dir = tempfile::tempdir().unwrap();
-    let sink = format!("{{connection: '{}', table: counts_upsert, mode: Upsert, key: [key]}}", connection());
+    let sink = format!("postgres: {{connection: '{}', table: counts_upsert, mode: Upsert, key: [key]}}", connection());
     let job = Job { name: "pg-upsert", count: COUNT, rate: 60_000, sink, restart: "{none: {}}" };
     let manifest = write_manifest(dir.path(), &job);
 
@@ -218,7 +104,7 @@ fn a_database_crash_mid_job_is_survived_with_every_update_exactly_once() {
     const COUNT: u64 = 200_000;
     psql("DROP TABLE IF EXISTS counts_crash; CREATE TABLE counts_crash (key text NOT NULL, count bigint NOT NULL, sum_value bigint NOT NULL)");
     let dir = tempfile::tempdir().unwrap();
-    let sink = format!("{{connection: '{}', table: counts_crash}}", connection());
+    let sink = format!("postgres: {{connection: '{}', table: counts_crash}}", connection());
     let restart = "{fixedDelay: {attempts: 30, delay: 300ms}}";
     let job = Job { name: "pg-crash", count: COUNT, rate: 50_000, sink, restart };
     let manifest = write_manifest(dir.path(), &job);
@@ -254,7 +140,7 @@ fn run_to_failure(job: &Job) -> String {
 #[test]
 #[ignore = "needs a PostgreSQL server: scripts/test-postgres starts one and runs these"]
 fn a_missing_table_stops_the_job_at_start_naming_the_field() {
-    let sink = format!("{{connection: '{}', table: no_such_table}}", connection());
+    let sink = format!("postgres: {{connection: '{}', table: no_such_table}}", connection());
     let log = run_to_failure(&Job { name: "pg-missing", count: 1000, rate: 0, sink, restart: "{none: {}}" });
     assert!(
         log.contains("spec.pipeline.sink.postgres.table: table `no_such_table` does not exist"),
@@ -267,7 +153,10 @@ fn a_missing_table_stops_the_job_at_start_naming_the_field() {
 fn a_wrong_password_is_refused_without_echoing_it() {
     psql("CREATE TABLE IF NOT EXISTS counts_pw (key text, count bigint, sum_value bigint)");
     std::env::set_var("WEIR_TEST_WRONG_PASSWORD", "not-the-password-4711");
-    let sink = format!("{{connection: '{}', table: counts_pw, passwordEnv: WEIR_TEST_WRONG_PASSWORD}}", connection());
+    let sink = format!(
+        "postgres: {{connection: '{}', table: counts_pw, passwordEnv: WEIR_TEST_WRONG_PASSWORD}}",
+        connection()
+    );
     let log = run_to_failure(&Job { name: "pg-password", count: 1000, rate: 0, sink, restart: "{none: {}}" });
     assert!(log.contains("the server refused the connection"), "{log}");
     assert!(log.contains("password authentication failed"), "{log}");

@@ -14,7 +14,9 @@ use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 pub mod postgres;
-pub use postgres::{PostgresSinkMode, PostgresSinkSpec};
+pub use self::postgres::{PostgresSinkMode, PostgresSinkSpec};
+pub mod redis;
+pub use self::redis::{RedisSinkSpec, RedisValueFormat};
 
 pub const API_VERSION: &str = "weir.dev/v1alpha1";
 pub const KIND: &str = "StreamJob";
@@ -619,8 +621,8 @@ pub struct AggregateSpec {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[schemars(extend("x-kubernetes-validations" = [{
-    "rule": "(has(self.file) ? 1 : 0) + (has(self.stdout) ? 1 : 0) + (has(self.postgres) ? 1 : 0) == 1",
-    "message": "exactly one of file, stdout, postgres must be set in spec.pipeline.sink"
+    "rule": "(has(self.file) ? 1 : 0) + (has(self.stdout) ? 1 : 0) + (has(self.postgres) ? 1 : 0) + (has(self.redis) ? 1 : 0) == 1",
+    "message": "exactly one of file, stdout, postgres, redis must be set in spec.pipeline.sink"
 }]))]
 pub struct SinkSpec {
     /// Exactly-once JSON-lines files: a part file per subtask and checkpoint,
@@ -635,6 +637,9 @@ pub struct SinkSpec {
     /// or as upserts by key (idempotent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub postgres: Option<PostgresSinkSpec>,
+    /// The latest record per key into Redis (idempotent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis: Option<RedisSinkSpec>,
 }
 
 /// The sink a [`SinkSpec`] sets.
@@ -643,15 +648,17 @@ pub enum SinkKind<'a> {
     File(&'a FileSinkSpec),
     Stdout(&'a StdoutSinkSpec),
     Postgres(&'a PostgresSinkSpec),
+    Redis(&'a RedisSinkSpec),
 }
 
 impl SinkSpec {
     pub fn kind(&self) -> Result<SinkKind<'_>, String> {
-        match (&self.file, &self.stdout, &self.postgres) {
-            (Some(f), None, None) => Ok(SinkKind::File(f)),
-            (None, Some(s), None) => Ok(SinkKind::Stdout(s)),
-            (None, None, Some(p)) => Ok(SinkKind::Postgres(p)),
-            _ => Err("expected exactly one of file, stdout, postgres".into()),
+        match (&self.file, &self.stdout, &self.postgres, &self.redis) {
+            (Some(f), None, None, None) => Ok(SinkKind::File(f)),
+            (None, Some(s), None, None) => Ok(SinkKind::Stdout(s)),
+            (None, None, Some(p), None) => Ok(SinkKind::Postgres(p)),
+            (None, None, None, Some(r)) => Ok(SinkKind::Redis(r)),
+            _ => Err("expected exactly one of file, stdout, postgres, redis".into()),
         }
     }
 }
@@ -942,6 +949,7 @@ impl PipelineSpec {
                 errors.push("spec.pipeline.sink.file.path: required, got an empty path".into())
             }
             Ok(SinkKind::Postgres(p)) => errors.extend(p.problems("spec.pipeline.sink.postgres")),
+            Ok(SinkKind::Redis(r)) => errors.extend(r.problems("spec.pipeline.sink.redis")),
             Ok(_) => {}
         }
         errors

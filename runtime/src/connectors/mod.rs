@@ -7,6 +7,8 @@
 //! - [`generator`]: a deterministic, replayable generator source.
 //! - [`file_source`]: JSON-lines files, replayed by byte offset.
 //! - [`postgres`]: PostgreSQL tables, by two-phase commit or upsert.
+//! - [`redis`]: the latest record per key into Redis (idempotent).
+//! - [`upsert`]: what idempotent sinks share.
 //! - [`print`]: the stdout sink and a discarding sink for benchmarks.
 
 pub mod file_sink;
@@ -14,7 +16,9 @@ pub mod file_source;
 pub mod generator;
 pub mod postgres;
 pub mod print;
+pub mod redis;
 pub mod two_phase;
+pub mod upsert;
 
 pub use file_sink::FileSink;
 pub use generator::GeneratorSource;

@@ -33,6 +33,7 @@ use tokio_postgres::{Client, Config, NoTls, Statement};
 use tracing::{debug, warn};
 
 use super::two_phase::TwoPhaseCommitSink;
+use super::upsert::last_per_key;
 use crate::job::fence::Fence;
 use crate::manifest::postgres::DEFAULT_PASSWORD_ENV;
 use crate::manifest::PostgresSinkSpec;
@@ -527,20 +528,6 @@ impl<T> PostgresUpsertSink<T> {
     }
 }
 
-/// The last record of each key, in the order of those last records: one
-/// statement cannot update a row twice.
-pub fn last_per_key(batch: Vec<serde_json::Value>, key: &[String]) -> Vec<serde_json::Value> {
-    let mut last: rustc_hash::FxHashMap<String, usize> = rustc_hash::FxHashMap::default();
-    for (i, row) in batch.iter().enumerate() {
-        let k: Vec<&serde_json::Value> = key.iter().map(|f| row.get(f).unwrap_or(&serde_json::Value::Null)).collect();
-        last.insert(serde_json::to_string(&k).unwrap_or_default(), i);
-    }
-    let mut keep: Vec<usize> = last.into_values().collect();
-    keep.sort_unstable();
-    let mut batch: Vec<Option<serde_json::Value>> = batch.into_iter().map(Some).collect();
-    keep.into_iter().filter_map(|i| batch[i].take()).collect()
-}
-
 #[async_trait]
 impl<T: Serialize + Send + 'static> Collector<T> for PostgresUpsertSink<T> {
     async fn open(&mut self) -> Result<(), TaskError> {
@@ -595,19 +582,6 @@ impl<T: Serialize + Send + 'static> Collector<T> for PostgresUpsertSink<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn an_upsert_batch_keeps_the_last_record_of_each_key_in_order() {
-        let batch = vec![
-            json!({"key": "a", "n": 1}),
-            json!({"key": "b", "n": 1}),
-            json!({"key": "a", "n": 2}),
-            json!({"key": "c", "n": 1}),
-        ];
-        let kept = last_per_key(batch, &["key".to_string()]);
-        assert_eq!(kept, vec![json!({"key": "b", "n": 1}), json!({"key": "a", "n": 2}), json!({"key": "c", "n": 1})]);
-    }
 
     #[test]
     fn names_are_quoted_part_by_part() {

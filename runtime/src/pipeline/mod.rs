@@ -21,6 +21,7 @@ use crate::connectors::file_source::FileSource;
 use crate::connectors::generator::generated;
 use crate::connectors::postgres::{PgTarget, PostgresSink, PostgresUpsertSink};
 use crate::connectors::print::StdoutSink;
+use crate::connectors::redis::{RedisSink, RedisTarget};
 use crate::connectors::{FileSink, GeneratorSource};
 use crate::dataflow::{BuildError, DataStream, JobGraph, StreamEnv};
 use crate::manifest::{
@@ -122,6 +123,13 @@ fn build_pipeline(spec: &StreamJobSpec, pipeline: &PipelineSpec) -> Result<JobGr
                     Ok(Box::new(PostgresUpsertSink::<Row>::new(target, ctx.clone())) as Box<dyn Collector<Row>>)
                 }),
             }
+        }
+        SinkKind::Redis(r) => {
+            let spec = r.clone();
+            stream.sink(move |ctx| {
+                let target = RedisTarget::from_spec(&spec)?;
+                Ok(Box::new(RedisSink::<Row>::new(target, ctx.clone())) as Box<dyn Collector<Row>>)
+            });
         }
         SinkKind::Stdout(_) => {
             stream.sink(|ctx| Ok(Box::new(StdoutSink::<Row>::new(ctx.clone())) as Box<dyn Collector<Row>>));

@@ -1,0 +1,123 @@
+//! `weir run` of a generated keyed count/sum job into any sink, killed
+//! and stopped at will: what the sink suites share.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Keys of the generated records.
+pub const KEYS: u64 = 50;
+
+pub struct Job<'a> {
+    pub name: &'a str,
+    pub count: u64,
+    pub rate: u64,
+    /// The sink's YAML after `sink:`.
+    pub sink: String,
+    pub restart: &'a str,
+}
+
+pub fn write_manifest(dir: &Path, job: &Job) -> PathBuf {
+    let path = dir.join(format!("{}.yaml", job.name));
+    let yaml = format!(
+        r#"apiVersion: weir.dev/v1alpha1
+kind: StreamJob
+metadata:
+  name: {name}
+spec:
+  parallelism: 2
+  restartStrategy: {restart}
+  checkpoints:
+    interval: 100ms
+    storage: file://{dir}/checkpoints
+  pipeline:
+    source:
+      generator: {{keys: {KEYS}, count: {count}, rate: {rate}}}
+    steps:
+      - keyBy: {{field: key}}
+      - aggregate: {{count: true, sum: [value]}}
+    sink:
+      {sink}
+"#,
+        name = job.name,
+        restart = job.restart,
+        count = job.count,
+        rate = job.rate,
+        sink = job.sink,
+        dir = dir.display()
+    );
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+pub fn weir(manifest: &Path, dir: &Path, log: &str) -> Child {
+    weir_stopping_at(manifest, dir, log, "")
+}
+
+/// `weir run`, which stops itself (SIGSTOP) at `stop_at` (`Point:n`, see
+/// `faults::StopPoint`) when it is not empty.
+pub fn weir_stopping_at(manifest: &Path, dir: &Path, log: &str, stop_at: &str) -> Child {
+    let stderr = std::fs::File::create(dir.join(log)).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["run", "--no-progress-line"])
+        .arg(manifest)
+        .current_dir(dir)
+        .env("WEIR_LOG", "warn")
+        .env("WEIR_STOP_AT", stop_at)
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .unwrap()
+}
+
+/// Waits for `child` at most `limit`; kills it and fails past that.
+pub fn finish(mut child: Child, limit: Duration, dir: &Path, log: &str) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!("weir run did not end within {limit:?}: {}", std::fs::read_to_string(dir.join(log)).unwrap());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub fn kill_nine_repeatedly(manifest: &Path, dir: &Path, delays_ms: &[u64]) -> usize {
+    let mut kills = 0;
+    for (i, delay_ms) in delays_ms.iter().enumerate() {
+        let mut child = weir(manifest, dir, &format!("killed-{i}.log"));
+        std::thread::sleep(Duration::from_millis(*delay_ms));
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        kills += 1;
+    }
+    kills
+}
+
+/// Runs the job until it stops itself at `stop_at`, then `kill -9`s it
+/// there; the log if it ended first.
+pub fn kill_nine_at(manifest: &Path, dir: &Path, stop_at: &str) -> Result<(), String> {
+    let log = format!("stopped-{}.log", stop_at.replace(':', "-"));
+    let mut child = weir_stopping_at(manifest, dir, &log, stop_at);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Err(format!("{status}: {}", std::fs::read_to_string(dir.join(&log)).unwrap()));
+        }
+        if super::process_state(child.id()) == Some('T') {
+            break;
+        }
+        assert!(Instant::now() < deadline, "weir run never reached {stop_at}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    Ok(())
+}
