@@ -8,6 +8,7 @@
 //! - [`file_source`]: JSON-lines files, replayed by byte offset.
 //! - [`postgres`]: PostgreSQL tables, by two-phase commit or upsert.
 //! - [`redis`]: the latest record per key into Redis (idempotent).
+//! - [`secret`]: sink passwords from the environment or a file.
 //! - [`upsert`]: what idempotent sinks share.
 //! - [`print`]: the stdout sink and a discarding sink for benchmarks.
 
@@ -17,6 +18,7 @@ pub mod generator;
 pub mod postgres;
 pub mod print;
 pub mod redis;
+pub mod secret;
 pub mod two_phase;
 pub mod upsert;
 

@@ -32,6 +32,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Config, NoTls, Statement};
 use tracing::{debug, warn};
 
+use super::secret::read_password;
 use super::two_phase::TwoPhaseCommitSink;
 use super::upsert::last_per_key;
 use crate::job::fence::Fence;
@@ -88,18 +89,13 @@ impl PgTarget {
         let at = "spec.pipeline.sink.postgres";
         let mut config = Config::from_str(&spec.connection)
             .map_err(|e| TaskError::sink("postgres", format!("{at}.connection: {e}")))?;
-        let password = match (&spec.password_env, &spec.password_file) {
-            (Some(var), _) => Some(std::env::var(var).map_err(|_| {
-                TaskError::sink("postgres", format!("{at}.passwordEnv: environment variable `{var}` is not set"))
-            })?),
-            (None, Some(file)) => Some(
-                std::fs::read_to_string(file)
-                    .map_err(|e| TaskError::sink("postgres", format!("{at}.passwordFile: cannot read {file}: {e}")))?
-                    .trim_end_matches(['\n', '\r'])
-                    .to_string(),
-            ),
-            (None, None) => std::env::var(DEFAULT_PASSWORD_ENV).ok(),
-        };
+        let password = read_password(
+            "postgres",
+            at,
+            spec.password_env.as_deref(),
+            spec.password_file.as_deref(),
+            Some(DEFAULT_PASSWORD_ENV),
+        )?;
         if let Some(p) = password {
             config.password(p);
         }

@@ -16,6 +16,7 @@ use serde::Serialize;
 use serde_json::Value;
 use tracing::warn;
 
+use super::secret::read_password;
 use super::upsert::{key_string, last_per_key};
 use crate::manifest::{RedisSinkSpec, RedisValueFormat};
 use crate::metrics::JobMetrics;
@@ -42,18 +43,7 @@ impl RedisTarget {
         let at = "spec.pipeline.sink.redis";
         let mut info =
             spec.url.as_str().into_connection_info().map_err(|e| TaskError::sink("redis", format!("{at}.url: {e}")))?;
-        let password = match (&spec.password_env, &spec.password_file) {
-            (Some(var), _) => Some(std::env::var(var).map_err(|_| {
-                TaskError::sink("redis", format!("{at}.passwordEnv: environment variable `{var}` is not set"))
-            })?),
-            (None, Some(file)) => Some(
-                std::fs::read_to_string(file)
-                    .map_err(|e| TaskError::sink("redis", format!("{at}.passwordFile: cannot read {file}: {e}")))?
-                    .trim_end_matches(['\n', '\r'])
-                    .to_string(),
-            ),
-            (None, None) => None,
-        };
+        let password = read_password("redis", at, spec.password_env.as_deref(), spec.password_file.as_deref(), None)?;
         if password.is_some() {
             info.redis.password = password;
         }
