@@ -431,6 +431,9 @@ fn savepoint_metrics_and_stop_through_the_http_api() {
     assert!(metrics.contains("weir_records_in_total"), "{metrics}");
     assert!(metrics.contains("weir_operator_records_in{operator=\"aggregate-"), "{metrics}");
     assert!(metrics.contains("weir_operator_backpressure_ms{operator=\"source\"}"), "{metrics}");
+    // Summed from the workers' heartbeats; a file sink never retries.
+    assert!(metrics.contains("weir_attempt_sink_retries 0"), "{metrics}");
+    assert!(metrics.contains("weir_attempt_bad_records 0"), "{metrics}");
     assert!(c.request("GET", "/healthz").unwrap().contains("ok"));
 
     let stopped = c.post("/v1/stop").expect("stop answer");
