@@ -10,7 +10,7 @@ use serde_json::Value;
 
 mod common;
 
-use common::run::{finish, kill_nine_at, kill_nine_repeatedly, weir, write_manifest, Job, KEYS};
+use common::run::{finish, kill_nine_at, kill_nine_repeatedly, run_to_failure, weir, write_manifest, Job, KEYS};
 
 fn psql(sql: &str) -> String {
     let out = Command::new("psql").args(["-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-c", sql]).output().unwrap();
@@ -126,15 +126,6 @@ fn a_database_crash_mid_job_is_survived_with_every_update_exactly_once() {
         panic!("table after a server crash: {e}");
     }
     assert_eq!(prepared_weir_transactions(), 0);
-}
-
-fn run_to_failure(job: &Job) -> String {
-    let dir = tempfile::tempdir().unwrap();
-    let manifest = write_manifest(dir.path(), job);
-    let status = finish(weir(&manifest, dir.path(), "run.log"), Duration::from_secs(60), dir.path(), "run.log");
-    let log = std::fs::read_to_string(dir.path().join("run.log")).unwrap();
-    assert!(!status.success(), "expected the job to fail: {log}");
-    log
 }
 
 #[test]

@@ -9,7 +9,7 @@ use serde_json::Value;
 
 mod common;
 
-use common::run::{finish, kill_nine_repeatedly, weir, write_manifest, Job, KEYS};
+use common::run::{finish, kill_nine_repeatedly, run_to_failure, weir, write_manifest, Job, KEYS};
 
 fn port() -> String {
     std::env::var("WEIR_TEST_REDIS_PORT").expect("WEIR_TEST_REDIS_PORT: scripts/test-redis starts a server")
@@ -118,16 +118,11 @@ fn the_hash_format_holds_the_fields_of_each_keys_latest_record() {
 #[ignore = "needs a Redis server: scripts/test-redis starts one and runs these"]
 fn a_wrong_redis_password_is_refused_without_echoing_it() {
     std::env::set_var("WEIR_TEST_WRONG_REDIS_PASSWORD", "not-the-password-4711");
-    let dir = tempfile::tempdir().unwrap();
     let sink = format!(
         "redis: {{url: 'redis://127.0.0.1:{}/0', passwordEnv: WEIR_TEST_WRONG_REDIS_PASSWORD, key: [key], keyPrefix: 'pw:'}}",
         port()
     );
-    let job = Job { name: "redis-password", count: 1000, rate: 0, sink, restart: "{none: {}}" };
-    let manifest = write_manifest(dir.path(), &job);
-    let status = finish(weir(&manifest, dir.path(), "run.log"), Duration::from_secs(60), dir.path(), "run.log");
-    let log = std::fs::read_to_string(dir.path().join("run.log")).unwrap();
-    assert!(!status.success(), "a wrong password was accepted: {log}");
+    let log = run_to_failure(&Job { name: "redis-password", count: 1000, rate: 0, sink, restart: "{none: {}}" });
     assert!(log.contains("the server refused the connection"), "{log}");
     assert!(!log.contains("not-the-password-4711"), "the password reached the log: {log}");
     assert!(json_values("pw:").is_empty());

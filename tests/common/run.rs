@@ -121,3 +121,13 @@ pub fn kill_nine_at(manifest: &Path, dir: &Path, stop_at: &str) -> Result<(), St
     child.wait().unwrap();
     Ok(())
 }
+
+/// Runs the job once, which must fail; its log.
+pub fn run_to_failure(job: &Job) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = write_manifest(dir.path(), job);
+    let status = finish(weir(&manifest, dir.path(), "run.log"), Duration::from_secs(60), dir.path(), "run.log");
+    let log = std::fs::read_to_string(dir.path().join("run.log")).unwrap();
+    assert!(!status.success(), "expected the job to fail: {log}");
+    log
+}

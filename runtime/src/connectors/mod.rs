@@ -3,6 +3,7 @@
 //! # Layout
 //! - [`two_phase`]: the two-phase-commit sink trait and the driver that
 //!   ties its transactions to checkpoints.
+//! - [`backoff`]: retrying sink operations with growing delays.
 //! - [`file_sink`]: exactly-once JSON-lines part files.
 //! - [`generator`]: a deterministic, replayable generator source.
 //! - [`file_source`]: JSON-lines files, replayed by byte offset.
@@ -12,6 +13,7 @@
 //! - [`upsert`]: what idempotent sinks share.
 //! - [`print`]: the stdout sink and a discarding sink for benchmarks.
 
+pub mod backoff;
 pub mod file_sink;
 pub mod file_source;
 pub mod generator;

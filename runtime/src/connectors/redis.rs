@@ -16,6 +16,7 @@ use serde::Serialize;
 use serde_json::Value;
 use tracing::warn;
 
+use super::backoff::{Backoff, SINK_ATTEMPTS};
 use super::secret::read_password;
 use super::upsert::{key_string, last_per_key};
 use crate::manifest::{RedisSinkSpec, RedisValueFormat};
@@ -24,8 +25,6 @@ use crate::task::{Barrier, Collector, TaskContext, TaskError, TaskSnapshot};
 
 /// How long a connection attempt or a batch may take.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
-/// Connection attempts before the subtask fails.
-const CONNECT_ATTEMPTS: u32 = 6;
 
 /// Where records go, resolved from the manifest (the password included).
 #[derive(Clone)]
@@ -113,8 +112,7 @@ impl<T> RedisSink<T> {
         if let Some(c) = &self.conn {
             return Ok(c.clone());
         }
-        let mut delay = Duration::from_millis(200);
-        let mut attempt = 1;
+        let mut backoff = Backoff::new(SINK_ATTEMPTS);
         loop {
             let outcome =
                 tokio::time::timeout(COMMAND_TIMEOUT, self.target.client.get_multiplexed_async_connection()).await;
@@ -129,14 +127,12 @@ impl<T> RedisSink<T> {
                 Ok(Err(e)) => e.to_string(),
                 Err(_) => format!("no answer within {}s", COMMAND_TIMEOUT.as_secs()),
             };
-            if attempt >= CONNECT_ATTEMPTS {
+            let attempt = backoff.attempt();
+            let Some(delay) = backoff.next_delay() else {
                 return Err(self.target.err(format!("cannot connect after {attempt} attempts: {error}")));
-            }
+            };
             warn!(target = %self.target.describe, attempt, "cannot connect: {error}; retrying in {delay:?}");
-            JobMetrics::add(&self.ctx.metrics.sink_retries, 1);
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(5));
-            attempt += 1;
+            backoff.wait(&self.ctx.metrics).await;
         }
     }
 }
@@ -163,7 +159,7 @@ impl<T: Serialize + Send + 'static> Collector<T> for RedisSink<T> {
             .map_err(|e| self.target.err(format!("cannot encode a record as JSON: {e}")))?;
         let pipe = self.target.batch(rows);
         // A batch can be written again, so a lost connection is retried.
-        let mut attempt = 1;
+        let mut backoff = Backoff::new(SINK_ATTEMPTS);
         loop {
             let mut conn = self.connect().await?;
             let outcome = tokio::time::timeout(COMMAND_TIMEOUT, pipe.query_async::<()>(&mut conn)).await;
@@ -176,13 +172,12 @@ impl<T: Serialize + Send + 'static> Collector<T> for RedisSink<T> {
                 Err(_) => format!("no answer within {}s", COMMAND_TIMEOUT.as_secs()),
             };
             self.conn = None;
-            if attempt >= CONNECT_ATTEMPTS {
+            let attempt = backoff.attempt();
+            let Some(delay) = backoff.next_delay() else {
                 return Err(self.target.err(format!("cannot write a batch after {attempt} attempts: {error}")));
-            }
-            warn!(target = %self.target.describe, attempt, "cannot write a batch: {error}; retrying");
-            JobMetrics::add(&self.ctx.metrics.sink_retries, 1);
-            tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
-            attempt += 1;
+            };
+            warn!(target = %self.target.describe, attempt, "cannot write a batch: {error}; retrying in {delay:?}");
+            backoff.wait(&self.ctx.metrics).await;
         }
     }
 

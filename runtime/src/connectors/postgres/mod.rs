@@ -1,0 +1,268 @@
+//! PostgreSQL sinks: two-phase commit (exactly once) and upsert by key
+//! (idempotent).
+//!
+//! Rows are sent a batch per statement, as one JSON array that the server
+//! turns into rows of the table's own types (`json_populate_recordset`),
+//! so a batch costs one round trip and types are checked by the table.
+//!
+//! **Two-phase commit.** A subtask writes the rows of a checkpoint interval
+//! into one transaction on its *data* connection and prepares it at the
+//! barrier (`PREPARE TRANSACTION`), which makes it durable and detaches it
+//! from the session. When the checkpoint completes, the *control*
+//! connection commits it (`COMMIT PREPARED` cannot run inside the next
+//! transaction, which is already open on the data connection by then).
+//! Transaction ids are `weir:<incarnation>:<epoch>:<subtask>:<txn>`
+//! (see `job::fence`), unique per job incarnation and attempt.
+//!
+//! Every transaction also inserts its id into the *transactions table*, so
+//! that whether it committed can be answered after the fact: a `COMMIT
+//! PREPARED` retried after a lost reply finds no prepared transaction, and
+//! the row tells committed (fine) from rolled back (its rows are lost: the
+//! job fails saying so instead of going on). After a restore the same rows
+//! show output committed after the restored checkpoint, which a table
+//! cannot take back: the job refuses to start, as the file sink does.
+//!
+//! # Layout
+//! - this module: the target (server, table, columns) and its connections.
+//! - [`transactional`]: the two-phase-commit sink.
+//! - [`upsert`]: the upsert sink.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{Client, Config, NoTls};
+use tracing::{debug, warn};
+
+use super::backoff::{Backoff, SINK_ATTEMPTS};
+use super::secret::read_password;
+use crate::manifest::postgres::DEFAULT_PASSWORD_ENV;
+use crate::manifest::PostgresSinkSpec;
+use crate::metrics::JobMetrics;
+use crate::task::TaskError;
+
+mod transactional;
+mod upsert;
+
+pub use transactional::{PgTxn, PostgresSink};
+pub use upsert::PostgresUpsertSink;
+
+/// How long one statement or connection attempt may take.
+const STATEMENT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Where rows go, resolved from the manifest (the password included).
+#[derive(Clone)]
+pub struct PgTarget {
+    config: Config,
+    /// The table as written in the manifest, and quoted for SQL.
+    table: String,
+    quoted_table: String,
+    columns: Vec<String>,
+    key: Vec<String>,
+    transactions_table: String,
+}
+
+impl std::fmt::Debug for PgTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PgTarget({})", self.describe())
+    }
+}
+
+fn quote(name: &str) -> String {
+    name.split('.').map(|p| format!("\"{}\"", p.replace('"', "\"\""))).collect::<Vec<_>>().join(".")
+}
+
+impl PgTarget {
+    /// Reads the password from where the spec says; a named variable or
+    /// file that is missing is an error naming the field.
+    pub fn from_spec(spec: &PostgresSinkSpec) -> Result<PgTarget, TaskError> {
+        let at = "spec.pipeline.sink.postgres";
+        let mut config = Config::from_str(&spec.connection)
+            .map_err(|e| TaskError::sink("postgres", format!("{at}.connection: {e}")))?;
+        let password = read_password(
+            "postgres",
+            at,
+            spec.password_env.as_deref(),
+            spec.password_file.as_deref(),
+            Some(DEFAULT_PASSWORD_ENV),
+        )?;
+        if let Some(p) = password {
+            config.password(p);
+        }
+        config.connect_timeout(Duration::from_secs(10));
+        config.application_name("weir");
+        Ok(PgTarget {
+            config,
+            table: spec.table.clone(),
+            quoted_table: quote(&spec.table),
+            columns: spec.columns.clone(),
+            key: spec.key.clone(),
+            transactions_table: quote(&spec.transactions_table),
+        })
+    }
+
+    /// The server and table, for messages: never the password.
+    pub fn describe(&self) -> String {
+        let host = match self.config.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+            Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
+            None => "?".into(),
+        };
+        let port = self.config.get_ports().first().copied().unwrap_or(5432);
+        let db = self.config.get_dbname().or(self.config.get_user()).unwrap_or("?");
+        format!("postgres {host}:{port}/{db} table {}", self.table)
+    }
+
+    fn err(&self, reason: impl std::fmt::Display) -> TaskError {
+        TaskError::sink(&self.describe(), reason)
+    }
+
+    /// Runs `fut` with the statement deadline.
+    async fn timed<T>(
+        &self,
+        what: &str,
+        fut: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
+    ) -> Result<T, TaskError> {
+        match tokio::time::timeout(STATEMENT_TIMEOUT, fut).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(self.err(format!("{what}: {}", describe_error(&e)))),
+            Err(_) => Err(self.err(format!("{what}: no answer within {}s", STATEMENT_TIMEOUT.as_secs()))),
+        }
+    }
+
+    /// Connects, retrying with backoff while the server cannot be reached;
+    /// a refusal (password, missing database) fails at once.
+    async fn connect(&self, metrics: &JobMetrics) -> Result<Client, TaskError> {
+        let mut backoff = Backoff::new(SINK_ATTEMPTS);
+        loop {
+            let outcome = tokio::time::timeout(STATEMENT_TIMEOUT, self.config.connect(NoTls)).await;
+            let error = match outcome {
+                Ok(Ok((client, connection))) => {
+                    tokio::spawn(async move {
+                        if let Err(e) = connection.await {
+                            debug!("postgres connection ended: {e}");
+                        }
+                    });
+                    return Ok(client);
+                }
+                Ok(Err(e)) if e.code().is_some() => {
+                    return Err(self.err(format!("the server refused the connection: {}", describe_error(&e))))
+                }
+                Ok(Err(e)) => describe_error(&e),
+                Err(_) => format!("no answer within {}s", STATEMENT_TIMEOUT.as_secs()),
+            };
+            let attempt = backoff.attempt();
+            let Some(delay) = backoff.next_delay() else {
+                return Err(self.err(format!("cannot connect after {attempt} attempts: {error}")));
+            };
+            warn!(target = %self.describe(), attempt, "cannot connect: {error}; retrying in {delay:?}");
+            backoff.wait(metrics).await;
+        }
+    }
+
+    /// The columns to write: those the spec names (each checked to exist),
+    /// else every column without a default that is not generated.
+    async fn resolve_columns(&self, client: &Client) -> Result<Vec<String>, TaskError> {
+        let sql = "SELECT a.attname::text, (a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> '') \
+                   FROM pg_attribute a WHERE a.attrelid = $1::text::regclass AND a.attnum > 0 \
+                   AND NOT a.attisdropped ORDER BY a.attnum";
+        let rows = match tokio::time::timeout(STATEMENT_TIMEOUT, client.query(sql, &[&self.quoted_table])).await {
+            Ok(Ok(rows)) => rows,
+            Ok(Err(e)) if e.code() == Some(&SqlState::UNDEFINED_TABLE) => {
+                return Err(self.err(format!(
+                    "spec.pipeline.sink.postgres.table: table `{}` does not exist; create it first",
+                    self.table
+                )))
+            }
+            Ok(Err(e)) => return Err(self.err(format!("cannot read the table's columns: {}", describe_error(&e)))),
+            Err(_) => return Err(self.err("cannot read the table's columns: no answer")),
+        };
+        let table: Vec<(String, bool)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        if self.columns.is_empty() {
+            let cols: Vec<String> = table.into_iter().filter(|(_, defaulted)| !defaulted).map(|(c, _)| c).collect();
+            if cols.is_empty() {
+                return Err(self.err("spec.pipeline.sink.postgres.columns: the table has no column to write"));
+            }
+            return Ok(cols);
+        }
+        for c in self.columns.iter().chain(&self.key) {
+            if !table.iter().any(|(name, _)| name == c) {
+                return Err(self.err(format!("spec.pipeline.sink.postgres.columns: the table has no column `{c}`")));
+            }
+        }
+        Ok(self.columns.clone())
+    }
+
+    fn insert_sql(&self, columns: &[String]) -> String {
+        let cols = columns.iter().map(|c| quote(c)).collect::<Vec<_>>().join(", ");
+        format!(
+            "INSERT INTO {t} ({cols}) SELECT {cols} FROM json_populate_recordset(NULL::{t}, $1::text::json)",
+            t = self.quoted_table
+        )
+    }
+
+    fn upsert_sql(&self, columns: &[String]) -> String {
+        let key = self.key.iter().map(|c| quote(c)).collect::<Vec<_>>().join(", ");
+        let updates: Vec<String> =
+            columns.iter().filter(|c| !self.key.contains(c)).map(|c| format!("{0} = EXCLUDED.{0}", quote(c))).collect();
+        let action =
+            if updates.is_empty() { "NOTHING".to_string() } else { format!("UPDATE SET {}", updates.join(", ")) };
+        format!("{} ON CONFLICT ({key}) DO {action}", self.insert_sql(columns))
+    }
+}
+
+/// The server's message and, for errors it reports, its SQLSTATE and detail.
+fn describe_error(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => {
+            let detail = db.detail().map(|d| format!(" ({d})")).unwrap_or_default();
+            format!("{}{detail} [SQLSTATE {}]", db.message(), db.code().code())
+        }
+        None => e.to_string(),
+    }
+}
+
+/// The rows of a batch as the JSON array `json_populate_recordset` reads.
+fn json_array<T: Serialize>(target: &PgTarget, batch: &[T]) -> Result<String, TaskError> {
+    serde_json::to_string(batch).map_err(|e| target.err(format!("cannot encode a record as JSON: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_quoted_part_by_part() {
+        assert_eq!(quote("public.counts"), "\"public\".\"counts\"");
+        assert_eq!(quote("counts"), "\"counts\"");
+    }
+
+    fn target(key: &[&str]) -> PgTarget {
+        PgTarget {
+            config: Config::from_str("host=127.0.0.1 user=weir password=hunter2 dbname=app").unwrap(),
+            table: "counts".into(),
+            quoted_table: quote("counts"),
+            columns: vec![],
+            key: key.iter().map(|s| s.to_string()).collect(),
+            transactions_table: quote("weir_sink_transactions"),
+        }
+    }
+
+    #[test]
+    fn an_upsert_updates_every_column_but_the_key() {
+        let sql = target(&["key"]).upsert_sql(&["key".into(), "count".into(), "sum_value".into()]);
+        assert!(
+            sql.ends_with("ON CONFLICT (\"key\") DO UPDATE SET \"count\" = EXCLUDED.\"count\", \"sum_value\" = EXCLUDED.\"sum_value\""),
+            "{sql}"
+        );
+    }
+
+    #[test]
+    fn messages_name_the_server_and_table_but_never_the_password() {
+        let t = target(&[]);
+        let text = t.err("boom").to_string();
+        assert!(text.contains("127.0.0.1:5432/app table counts"), "{text}");
+        assert!(!text.contains("hunter2") && !format!("{t:?}").contains("hunter2"));
+    }
+}
