@@ -32,6 +32,10 @@ FROM runtime-base AS prebuilt
 COPY target/image/weir /usr/local/bin/weir
 
 FROM ${RUST_IMAGE} AS builder
+# librdkafka (the Kafka connectors) is compiled by its own configure script
+# and make; the slim Rust image lacks make.
+RUN command -v make > /dev/null || { apt-get update && apt-get install -y --no-install-recommends make \
+ && rm -rf /var/lib/apt/lists/*; }
 WORKDIR /src
 COPY . .
 ARG REVISION=unknown

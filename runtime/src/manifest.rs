@@ -17,6 +17,8 @@ pub mod postgres;
 pub use self::postgres::{PostgresSinkMode, PostgresSinkSpec};
 pub mod redis;
 pub use self::redis::{RedisSinkSpec, RedisValueFormat};
+pub mod kafka;
+pub use self::kafka::{KafkaMetadata, KafkaSourceSpec, StartingOffsets, StoppingOffsets};
 
 pub const API_VERSION: &str = "weir.dev/v1alpha1";
 pub const KIND: &str = "StreamJob";
@@ -476,8 +478,8 @@ pub struct PipelineSpec {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[schemars(extend("x-kubernetes-validations" = [{
-    "rule": "(has(self.generator) ? 1 : 0) + (has(self.file) ? 1 : 0) == 1",
-    "message": "exactly one of generator, file must be set in spec.pipeline.source"
+    "rule": "(has(self.generator) ? 1 : 0) + (has(self.file) ? 1 : 0) + (has(self.kafka) ? 1 : 0) == 1",
+    "message": "exactly one of generator, file, kafka must be set in spec.pipeline.source"
 }]))]
 pub struct SourceSpec {
     /// Deterministic records `{"seq", "key", "value"}`: replaying from an
@@ -487,6 +489,9 @@ pub struct SourceSpec {
     /// JSON objects, one per line, read from files and replayed by offset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<FileSourceSpec>,
+    /// JSON objects from Kafka topics, replayed by offset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kafka: Option<KafkaSourceSpec>,
 }
 
 /// The source a [`SourceSpec`] sets.
@@ -494,14 +499,16 @@ pub struct SourceSpec {
 pub enum SourceKind<'a> {
     Generator(&'a GeneratorSpec),
     File(&'a FileSourceSpec),
+    Kafka(&'a KafkaSourceSpec),
 }
 
 impl SourceSpec {
     pub fn kind(&self) -> Result<SourceKind<'_>, String> {
-        match (&self.generator, &self.file) {
-            (Some(g), None) => Ok(SourceKind::Generator(g)),
-            (None, Some(f)) => Ok(SourceKind::File(f)),
-            _ => Err("expected exactly one of generator, file".into()),
+        match (&self.generator, &self.file, &self.kafka) {
+            (Some(g), None, None) => Ok(SourceKind::Generator(g)),
+            (None, Some(f), None) => Ok(SourceKind::File(f)),
+            (None, None, Some(k)) => Ok(SourceKind::Kafka(k)),
+            _ => Err("expected exactly one of generator, file, kafka".into()),
         }
     }
 }
@@ -910,6 +917,7 @@ impl PipelineSpec {
                     errors.push("spec.pipeline.source.file.path: required, got an empty path".into());
                 }
             }
+            Ok(SourceKind::Kafka(k)) => errors.extend(k.problems("spec.pipeline.source.kafka")),
         }
         let mut keyed = false;
         let mut ids: Vec<&str> = Vec::new();

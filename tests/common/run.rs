@@ -18,6 +18,13 @@ pub struct Job<'a> {
 }
 
 pub fn write_manifest(dir: &Path, job: &Job) -> PathBuf {
+    let source = format!("generator: {{keys: {KEYS}, count: {}, rate: {}}}", job.count, job.rate);
+    write_manifest_reading(dir, job, &source, 2)
+}
+
+/// The job's manifest with another source (YAML after `source:`) at
+/// `parallelism`; `count` and `rate` are the generator's and unused here.
+pub fn write_manifest_reading(dir: &Path, job: &Job, source: &str, parallelism: u32) -> PathBuf {
     let path = dir.join(format!("{}.yaml", job.name));
     let yaml = format!(
         r#"apiVersion: weir.dev/v1alpha1
@@ -25,14 +32,14 @@ kind: StreamJob
 metadata:
   name: {name}
 spec:
-  parallelism: 2
+  parallelism: {parallelism}
   restartStrategy: {restart}
   checkpoints:
     interval: 100ms
     storage: file://{dir}/checkpoints
   pipeline:
     source:
-      generator: {{keys: {KEYS}, count: {count}, rate: {rate}}}
+      {source}
     steps:
       - keyBy: {{field: key}}
       - aggregate: {{count: true, sum: [value]}}
@@ -41,8 +48,6 @@ spec:
 "#,
         name = job.name,
         restart = job.restart,
-        count = job.count,
-        rate = job.rate,
         sink = job.sink,
         dir = dir.display()
     );

@@ -221,7 +221,7 @@ impl Source<SourceRecord> for FileSource {
         Ok(SourcePoll::Exhausted)
     }
 
-    fn snapshot(&mut self) -> Result<Vec<Vec<u8>>, TaskError> {
+    fn snapshot(&mut self, _checkpoint: u64) -> Result<Vec<Vec<u8>>, TaskError> {
         Ok(self.splits.iter().map(encode).collect::<Result<_, _>>()?)
     }
 }
@@ -256,7 +256,7 @@ mod tests {
         let mut source = FileSource::new(&ctx(), "source", None, &file).unwrap();
         let SourcePoll::Batch(first) = source.poll_batch(2).unwrap() else { panic!("no batch") };
         assert_eq!(first.len(), 2);
-        let state = source.snapshot().unwrap();
+        let state = source.snapshot(1).unwrap();
 
         std::fs::write(&file, "{\"n\":7}\n{\"n\":8}\n{\"n\":9}\n").unwrap();
         let mut restored = FileSource::new(&ctx(), "source", Some(state.clone()), &file).unwrap();
@@ -297,7 +297,7 @@ mod tests {
         std::fs::write(dir.path().join("a.jsonl"), "{\"n\":1}\n{\"n\":2}\n").unwrap();
         let mut source = FileSource::new(&ctx(), "source", None, dir.path()).unwrap();
         assert_eq!(drain(&mut source).unwrap().0, vec![1, 2]);
-        let state = source.snapshot().unwrap();
+        let state = source.snapshot(1).unwrap();
         std::fs::write(dir.path().join("b.jsonl"), "{\"n\":3}\n").unwrap();
         let mut restored = FileSource::new(&ctx(), "source", Some(state), dir.path()).unwrap();
         assert_eq!(drain(&mut restored).unwrap().0, vec![3], "only the new file, nothing read twice");

@@ -106,7 +106,7 @@ impl<T: Send> Source<T> for GeneratorSource<T> {
         Ok(SourcePoll::Exhausted)
     }
 
-    fn snapshot(&mut self) -> Result<Vec<Vec<u8>>, TaskError> {
+    fn snapshot(&mut self, _checkpoint: u64) -> Result<Vec<Vec<u8>>, TaskError> {
         Ok(self.splits.iter().map(encode).collect::<Result<_, _>>()?)
     }
 }

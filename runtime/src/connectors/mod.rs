@@ -7,9 +7,10 @@
 //! - [`file_sink`]: exactly-once JSON-lines part files.
 //! - [`generator`]: a deterministic, replayable generator source.
 //! - [`file_source`]: JSON-lines files, replayed by byte offset.
+//! - [`kafka`]: Kafka topics as a replayable source.
 //! - [`postgres`]: PostgreSQL tables, by two-phase commit or upsert.
 //! - [`redis`]: the latest record per key into Redis (idempotent).
-//! - [`secret`]: sink passwords from the environment or a file.
+//! - [`secret`]: connector passwords from the environment or a file.
 //! - [`upsert`]: what idempotent sinks share.
 //! - [`print`]: the stdout sink and a discarding sink for benchmarks.
 
@@ -17,6 +18,7 @@ pub mod backoff;
 pub mod file_sink;
 pub mod file_source;
 pub mod generator;
+pub mod kafka;
 pub mod postgres;
 pub mod print;
 pub mod redis;

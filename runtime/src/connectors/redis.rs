@@ -42,7 +42,8 @@ impl RedisTarget {
         let at = "spec.pipeline.sink.redis";
         let mut info =
             spec.url.as_str().into_connection_info().map_err(|e| TaskError::sink("redis", format!("{at}.url: {e}")))?;
-        let password = read_password("redis", at, spec.password_env.as_deref(), spec.password_file.as_deref(), None)?;
+        let password = read_password(at, spec.password_env.as_deref(), spec.password_file.as_deref(), None)
+            .map_err(|e| TaskError::sink("redis", e))?;
         if password.is_some() {
             info.redis.password = password;
         }

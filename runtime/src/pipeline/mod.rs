@@ -19,15 +19,17 @@ use serde_json::json;
 
 use crate::connectors::file_source::FileSource;
 use crate::connectors::generator::generated;
+use crate::connectors::kafka::{KafkaConfig, KafkaDecoder, KafkaRecord, KafkaSource};
 use crate::connectors::postgres::{PgTarget, PostgresSink, PostgresUpsertSink};
 use crate::connectors::print::StdoutSink;
 use crate::connectors::redis::{RedisSink, RedisTarget};
 use crate::connectors::{FileSink, GeneratorSource};
 use crate::dataflow::{BuildError, DataStream, JobGraph, StreamEnv};
 use crate::manifest::{
-    AggregateSpec, PipelineSpec, PostgresSinkMode, SinkKind, SourceKind, StepKind, StepSpec, StreamJobSpec,
+    AggregateSpec, KafkaMetadata, PipelineSpec, PostgresSinkMode, SinkKind, SourceKind, StepKind, StepSpec,
+    StreamJobSpec,
 };
-use crate::record::{key_of, FieldRule, Row, SourceRecord};
+use crate::record::{key_of, parse_json_object, BadRecord, FieldRule, Row, SourceRecord};
 use crate::task::source_task::Source;
 use crate::task::{Collector, TaskError};
 use aggregate::Aggregate;
@@ -74,6 +76,16 @@ fn build_pipeline(spec: &StreamJobSpec, pipeline: &PipelineSpec) -> Result<JobGr
             let path = PathBuf::from(&f.path);
             env.source("source", move |ctx, restored| {
                 Ok(Box::new(FileSource::new(ctx, "source", restored, &path)?) as Box<dyn Source<SourceRecord>>)
+            })
+        }
+        SourceKind::Kafka(k) => {
+            let spec = k.clone();
+            env.source("source", move |ctx, _restored| {
+                // Every subtask sees every partition's position: partitions
+                // are owned by a rule, not dealt out with the state.
+                let config = KafkaConfig::from_source_spec(&spec, "spec.pipeline.source.kafka")?;
+                let decode = kafka_json_decoder(spec.metadata.clone());
+                Ok(Box::new(KafkaSource::new(ctx, "source", config, decode)?) as Box<dyn Source<SourceRecord>>)
             })
         }
     };
@@ -136,6 +148,45 @@ fn build_pipeline(spec: &StreamJobSpec, pipeline: &PipelineSpec) -> Result<JobGr
         }
     }
     Ok(env.build()?)
+}
+
+/// Kafka records whose values are JSON objects, with the metadata fields
+/// asked for; anything else is a bad record that names its partition and offset.
+fn kafka_json_decoder(metadata: Vec<KafkaMetadata>) -> KafkaDecoder<SourceRecord> {
+    Arc::new(move |r: &KafkaRecord<'_>| {
+        let origin = format!("{}/{}@{}", r.topic, r.partition, r.offset);
+        let text = |bytes: Option<&[u8]>| bytes.map(|b| String::from_utf8_lossy(b).into_owned());
+        let row = match r.value.map(std::str::from_utf8) {
+            None => {
+                Err(BadRecord { origin: origin.clone(), raw: String::new(), reason: "no value (a tombstone)".into() })
+            }
+            Some(Err(e)) => Err(BadRecord {
+                origin: origin.clone(),
+                raw: text(r.value).unwrap_or_default(),
+                reason: format!("not UTF-8 text: {e}"),
+            }),
+            Some(Ok(value)) => parse_json_object(value, origin.clone()),
+        };
+        let row = row.map(|mut row| {
+            if let Some(fields) = row.as_object_mut() {
+                for m in &metadata {
+                    let value = match m {
+                        KafkaMetadata::Topic => json!(r.topic),
+                        KafkaMetadata::Partition => json!(r.partition),
+                        KafkaMetadata::Offset => json!(r.offset),
+                        KafkaMetadata::Timestamp => json!(r.timestamp_ms),
+                        KafkaMetadata::Key => json!(text(r.key)),
+                        KafkaMetadata::Headers => {
+                            r.headers.iter().map(|(k, v)| (k.to_string(), json!(text(*v)))).collect()
+                        }
+                    };
+                    fields.insert(m.field().to_string(), value);
+                }
+            }
+            row
+        });
+        SourceRecord { origin: Some(origin), row }
+    })
 }
 
 /// The id of an aggregate without one of its own: a digest of what it

@@ -23,8 +23,15 @@ pub enum SourcePoll<T> {
 /// A replayable source: its position is its operator state.
 pub trait Source<T>: Send {
     fn poll_batch(&mut self, max: usize) -> Result<SourcePoll<T>, TaskError>;
-    /// The position, as operator list state entries (one per split).
-    fn snapshot(&mut self) -> Result<Vec<Vec<u8>>, TaskError>;
+    /// The position at checkpoint `checkpoint`'s barrier, as operator list
+    /// state entries (one per split).
+    fn snapshot(&mut self, checkpoint: u64) -> Result<Vec<Vec<u8>>, TaskError>;
+    /// Checkpoint `checkpoint` completed: a source may tell its system how
+    /// far the job got (never needed for correctness: the checkpoint holds
+    /// the position).
+    fn checkpoint_complete(&mut self, _checkpoint: u64) -> Result<(), TaskError> {
+        Ok(())
+    }
 }
 
 pub struct SourceTask<T: Send + 'static> {
@@ -50,12 +57,15 @@ impl<T: Send + 'static> RunnableTask for SourceTask<T> {
                 ctl = io.control.recv() => match ctl {
                     Some(Control::Trigger(barrier)) => {
                         let mut snapshot = TaskSnapshot::default();
-                        let list = self.source.snapshot()?;
+                        let list = self.source.snapshot(barrier.id)?;
                         snapshot.add(OperatorSnapshot { uid: self.uid.clone(), keyed: None, list, union: Vec::new() });
                         self.chain.barrier(barrier, &mut snapshot).await?;
                         spawn_snapshot_write(&mut writers, &self.ctx, &io, barrier, snapshot);
                     }
-                    Some(Control::Complete(id)) => self.chain.checkpoint_complete(id).await?,
+                    Some(Control::Complete(id)) => {
+                        self.chain.checkpoint_complete(id).await?;
+                        self.source.checkpoint_complete(id)?;
+                    }
                     Some(Control::Abort(_)) => {}
                     Some(Control::Stop) | None => {
                         self.chain.end_of_input().await?;

@@ -80,13 +80,9 @@ impl PgTarget {
         let at = "spec.pipeline.sink.postgres";
         let mut config = Config::from_str(&spec.connection)
             .map_err(|e| TaskError::sink("postgres", format!("{at}.connection: {e}")))?;
-        let password = read_password(
-            "postgres",
-            at,
-            spec.password_env.as_deref(),
-            spec.password_file.as_deref(),
-            Some(DEFAULT_PASSWORD_ENV),
-        )?;
+        let password =
+            read_password(at, spec.password_env.as_deref(), spec.password_file.as_deref(), Some(DEFAULT_PASSWORD_ENV))
+                .map_err(|e| TaskError::sink("postgres", e))?;
         if let Some(p) = password {
             config.password(p);
         }

@@ -1,0 +1,241 @@
+//! `spec.pipeline.source.kafka`: records from Kafka topics, replayed by
+//! offset.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::HumanDuration;
+
+/// Each record's value is a JSON object; its offsets live in the job's
+/// checkpoints (not in the consumer group), so a restore reads every record
+/// after the checkpoint exactly once.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KafkaSourceSpec {
+    /// `host:port[,host:port...]` of one or more brokers.
+    pub bootstrap_servers: String,
+    /// Topics to read. Exactly one of `topics` and `topicPattern` is set.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub topics: Vec<String>,
+    /// A regular expression over topic names (whole-name match); topics that
+    /// appear later are found by partition discovery.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic_pattern: Option<String>,
+    /// The consumer group that offsets are committed to when a checkpoint
+    /// completes: for monitoring lag, and for `startingOffsets: GroupOffsets`.
+    /// The job never reads its position back from the group once it has a
+    /// checkpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_id: Option<String>,
+    /// Where a job without a checkpoint starts in each partition.
+    #[serde(default)]
+    pub starting_offsets: StartingOffsets,
+    /// Milliseconds since the Unix epoch, for `startingOffsets: Timestamp`:
+    /// each partition starts at its first record at or after this time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub starting_timestamp_ms: Option<i64>,
+    /// Makes the source bounded: it ends once it has read every partition up
+    /// to the offsets these name, taken when the job first starts and kept in
+    /// its checkpoints. Absent: the source reads forever.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopping_offsets: Option<StoppingOffsets>,
+    /// How often new partitions (and, with `topicPattern`, new topics) are
+    /// looked for; `0s` turns discovery off. Partitions found after the start
+    /// are read from their beginning, so nothing written to them is missed.
+    #[serde(default = "default_discovery")]
+    pub partition_discovery_interval: HumanDuration,
+    /// Kafka metadata added to each record as fields `kafka_<name>`
+    /// (`kafka_key`, `kafka_partition`, ...), overwriting value fields of
+    /// the same name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub metadata: Vec<KafkaMetadata>,
+    /// Further librdkafka consumer settings (`security.protocol`,
+    /// `sasl.mechanism`, `sasl.username`, ...). Passwords do not go here:
+    /// see `passwordEnv` and `passwordFile`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub properties: BTreeMap<String, String>,
+    /// The environment variable that holds the SASL password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_env: Option<String>,
+    /// A file that holds the SASL password (a mounted Secret).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<String>,
+}
+
+fn default_discovery() -> HumanDuration {
+    HumanDuration(Duration::from_secs(30))
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
+pub enum StartingOffsets {
+    /// The oldest record each partition still holds.
+    #[default]
+    Earliest,
+    /// The end of each partition when the job starts: only newer records.
+    Latest,
+    /// The offsets last committed by `groupId`; partitions it never
+    /// committed start at their earliest record.
+    GroupOffsets,
+    /// The first record at or after `startingTimestampMs`.
+    Timestamp,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
+pub enum StoppingOffsets {
+    /// The end of each partition when the job first started.
+    Latest,
+}
+
+/// Kafka metadata a record can carry as a field.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, JsonSchema, PartialEq, Eq, PartialOrd, Ord)]
+pub enum KafkaMetadata {
+    /// `kafka_topic`: the topic's name.
+    Topic,
+    /// `kafka_partition`: the partition number.
+    Partition,
+    /// `kafka_offset`: the record's offset in its partition.
+    Offset,
+    /// `kafka_timestamp`: milliseconds since the epoch, or null.
+    Timestamp,
+    /// `kafka_key`: the key as UTF-8 text (invalid bytes replaced), or null.
+    Key,
+    /// `kafka_headers`: an object of header name to UTF-8 text (or null).
+    Headers,
+}
+
+impl KafkaMetadata {
+    pub fn field(self) -> &'static str {
+        match self {
+            KafkaMetadata::Topic => "kafka_topic",
+            KafkaMetadata::Partition => "kafka_partition",
+            KafkaMetadata::Offset => "kafka_offset",
+            KafkaMetadata::Timestamp => "kafka_timestamp",
+            KafkaMetadata::Key => "kafka_key",
+            KafkaMetadata::Headers => "kafka_headers",
+        }
+    }
+}
+
+/// Settings that carry secrets and must come from `passwordEnv` or `passwordFile`.
+const SECRET_PROPERTIES: [&str; 4] = ["sasl.password", "ssl.key.password", "ssl.keystore.password", "ssl.key.pem"];
+
+/// Settings the source sets itself: its correctness rests on them.
+const OWN_PROPERTIES: [&str; 6] = [
+    "bootstrap.servers",
+    "group.id",
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "isolation.level",
+    "enable.partition.eof",
+];
+
+impl KafkaSourceSpec {
+    /// What is wrong with this source, each naming its field under `at`.
+    pub fn problems(&self, at: &str) -> Vec<String> {
+        let mut errors = Vec::new();
+        if self.bootstrap_servers.trim().is_empty() {
+            errors.push(format!("{at}.bootstrapServers: required, expected host:port[,host:port...]"));
+        }
+        match (self.topics.is_empty(), &self.topic_pattern) {
+            (true, None) => errors.push(format!("{at}: expected one of topics, topicPattern")),
+            (false, Some(_)) => errors.push(format!("{at}: expected only one of topics, topicPattern")),
+            (_, Some(p)) => {
+                if let Err(e) = regex::Regex::new(p) {
+                    errors.push(format!("{at}.topicPattern: not a regular expression: {e}"));
+                }
+            }
+            (false, None) => {}
+        }
+        for (i, t) in self.topics.iter().enumerate() {
+            if t.is_empty() || t.len() > 249 || !t.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
+                errors.push(format!(
+                    "{at}.topics[{i}]: expected 1 to 249 ASCII letters, digits, `.`, `_` or `-`, got `{t}`"
+                ));
+            }
+        }
+        match (self.starting_offsets, self.starting_timestamp_ms) {
+            (StartingOffsets::Timestamp, None) => {
+                errors.push(format!("{at}.startingTimestampMs: required by startingOffsets: Timestamp"))
+            }
+            (StartingOffsets::Timestamp, Some(ms)) if ms < 0 => {
+                errors.push(format!("{at}.startingTimestampMs: expected milliseconds since the epoch, got {ms}"))
+            }
+            (StartingOffsets::Timestamp, Some(_)) => {}
+            (other, Some(_)) => errors.push(format!(
+                "{at}.startingTimestampMs: only used with startingOffsets: Timestamp, got startingOffsets: {other:?}"
+            )),
+            (_, None) => {}
+        }
+        if self.starting_offsets == StartingOffsets::GroupOffsets && self.group_id.is_none() {
+            errors.push(format!("{at}.groupId: required by startingOffsets: GroupOffsets"));
+        }
+        if self.password_env.is_some() && self.password_file.is_some() {
+            errors.push(format!("{at}: expected at most one of passwordEnv, passwordFile"));
+        }
+        for name in self.properties.keys() {
+            if SECRET_PROPERTIES.contains(&name.as_str()) {
+                errors.push(format!(
+                    "{at}.properties.{name}: a secret in clear; put it in a Secret and name it with passwordEnv \
+                     or passwordFile"
+                ));
+            } else if OWN_PROPERTIES.contains(&name.as_str()) {
+                errors.push(format!(
+                    "{at}.properties.{name}: set by Weir itself (exactly-once reading depends on it); use the \
+                     source's own fields"
+                ));
+            }
+        }
+        errors
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> KafkaSourceSpec {
+        serde_yaml::from_str("{bootstrapServers: '127.0.0.1:9092', topics: [orders]}").unwrap()
+    }
+
+    #[test]
+    fn a_source_of_named_topics_is_accepted_with_flink_like_defaults() {
+        let s = spec();
+        assert_eq!(s.problems("src"), Vec::<String>::new());
+        assert_eq!(s.starting_offsets, StartingOffsets::Earliest);
+        assert_eq!(s.partition_discovery_interval.get(), Duration::from_secs(30));
+        assert_eq!(s.stopping_offsets, None);
+    }
+
+    #[test]
+    fn topics_and_a_pattern_together_or_neither_are_refused() {
+        let both = KafkaSourceSpec { topic_pattern: Some("orders-.*".into()), ..spec() };
+        assert_eq!(both.problems("src"), vec!["src: expected only one of topics, topicPattern"]);
+        let neither = KafkaSourceSpec { topics: vec![], ..spec() };
+        assert_eq!(neither.problems("src"), vec!["src: expected one of topics, topicPattern"]);
+        let bad = KafkaSourceSpec { topics: vec![], topic_pattern: Some("orders-(".into()), ..spec() };
+        assert!(bad.problems("src")[0].starts_with("src.topicPattern: not a regular expression"));
+    }
+
+    #[test]
+    fn a_timestamp_start_needs_its_timestamp_and_group_offsets_a_group() {
+        let no_ts = KafkaSourceSpec { starting_offsets: StartingOffsets::Timestamp, ..spec() };
+        assert_eq!(no_ts.problems("src"), vec!["src.startingTimestampMs: required by startingOffsets: Timestamp"]);
+        let no_group = KafkaSourceSpec { starting_offsets: StartingOffsets::GroupOffsets, ..spec() };
+        assert_eq!(no_group.problems("src"), vec!["src.groupId: required by startingOffsets: GroupOffsets"]);
+    }
+
+    #[test]
+    fn a_password_in_properties_is_refused_without_echoing_it() {
+        let mut s = spec();
+        s.properties.insert("sasl.password".into(), "hunter2".into());
+        s.properties.insert("enable.auto.commit".into(), "true".into());
+        let problems = s.problems("src");
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].starts_with("src.properties.enable.auto.commit: set by Weir itself"), "{problems:?}");
+        assert!(problems[1].starts_with("src.properties.sasl.password: a secret in clear"), "{problems:?}");
+        assert!(!problems.iter().any(|p| p.contains("hunter2")));
+    }
+}

@@ -1,0 +1,286 @@
+//! The Kafka source against a real Kafka-protocol broker (tansu, started by
+//! `scripts/test-kafka`): `kill -9` of `weir run` at each step of a
+//! checkpoint, a restore at another parallelism, a frozen broker, topics
+//! that appear while the job runs; the output counts every record once.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use serde_json::json;
+use weir_runtime::connectors::generator::generated;
+use weir_runtime::verify::{check_exactly_once, committed_updates};
+
+mod common;
+
+use common::run::{finish, kill_nine_at, weir, write_manifest_reading, Job, KEYS};
+
+fn broker() -> String {
+    std::env::var("WEIR_TEST_KAFKA").expect("WEIR_TEST_KAFKA: scripts/test-kafka starts a broker")
+}
+
+fn client() -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", broker());
+    c
+}
+
+fn create_topic(name: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = client().create().unwrap();
+    let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+    let results = futures::executor::block_on(admin.create_topics([&topic], &AdminOptions::new())).unwrap();
+    for r in results {
+        r.unwrap_or_else(|(t, e)| panic!("creating topic {t}: {e}"));
+    }
+}
+
+/// Generated records `from..to` (`{"seq", "key", "value"}`, as the
+/// generator source makes them) spread over the topic's partitions; `bad`
+/// values are written after record `bad_after` when given.
+fn produce(topic: &str, partitions: i32, from: u64, to: u64, bad: Option<(u64, &str)>) {
+    let before = records_in(topic, partitions);
+    let producer: BaseProducer<Deliveries> =
+        client().set("linger.ms", "5").set("acks", "all").create_with_context(Deliveries::default()).unwrap();
+    let send = |partition: i32, key: &str, payload: &str| {
+        let mut record = BaseRecord::to(topic).partition(partition).key(key).payload(payload);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((_, r)) => {
+                    producer.poll(Duration::from_millis(10));
+                    record = r;
+                }
+            }
+        }
+    };
+    // tansu reports a partition's end as its last batch's first offset + 1:
+    // each partition's last record goes in a batch of its own, so that
+    // bounded sources (which stop at the end) read every record.
+    let last_batched = to.saturating_sub(partitions as u64).max(from);
+    for seq in from..to {
+        let (key, value) = generated(seq, KEYS);
+        let row = json!({"seq": seq, "key": format!("k{key}"), "value": value}).to_string();
+        send((seq % partitions as u64) as i32, &format!("k{key}"), &row);
+        if bad.is_some_and(|(after, _)| after == seq) {
+            send(1, "bad", bad.map(|b| b.1).unwrap_or_default());
+        }
+        if seq + 1 >= last_batched {
+            producer.flush(Duration::from_secs(60)).unwrap();
+        }
+    }
+    let failed = producer.context().failed.lock().unwrap().clone();
+    assert!(failed.is_empty(), "{} test records were not delivered, e.g. {:?}", failed.len(), failed.first());
+    let written = records_in(topic, partitions) - before;
+    assert_eq!(written, to - from + bad.map_or(0, |_| 1), "the broker did not take every test record");
+}
+
+/// Delivery reports of the test producer.
+#[derive(Default)]
+struct Deliveries {
+    failed: std::sync::Mutex<Vec<String>>,
+}
+
+impl rdkafka::ClientContext for Deliveries {}
+
+impl rdkafka::producer::ProducerContext for Deliveries {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &rdkafka::message::DeliveryResult<'_>, _: ()) {
+        if let Err((e, _)) = result {
+            self.failed.lock().unwrap().push(e.to_string());
+        }
+    }
+}
+
+/// Records in the topic: the sum of its partitions' high watermarks.
+fn records_in(topic: &str, partitions: i32) -> u64 {
+    let consumer: BaseConsumer = client().set("isolation.level", "read_uncommitted").create().unwrap();
+    (0..partitions).map(|p| consumer.fetch_watermarks(topic, p, Duration::from_secs(10)).unwrap().1 as u64).sum()
+}
+
+fn source(topics: &str, extra: &str) -> String {
+    format!("kafka: {{bootstrapServers: '{}', {topics}{extra}}}", broker())
+}
+
+fn file_sink(dir: &Path) -> String {
+    format!("file: {{path: '{}/out'}}", dir.display())
+}
+
+fn unique(name: &str) -> String {
+    format!("{name}-{}", std::process::id())
+}
+
+#[test]
+#[ignore = "needs a Kafka broker: scripts/test-kafka starts one and runs these"]
+fn every_record_is_counted_once_across_kill_9_at_each_checkpoint_step_and_a_restore_at_new_parallelism() {
+    const COUNT: u64 = 1_000_000;
+    let topic = unique("counts");
+    create_topic(&topic, 4);
+    produce(&topic, 4, 0, COUNT, None);
+    let dir = tempfile::tempdir().unwrap();
+    let job = Job { name: "kafka-kill", count: 0, rate: 0, sink: file_sink(dir.path()), restart: "{none: {}}" };
+    let src = source(&format!("topics: [{topic}]"), ", stoppingOffsets: Latest, groupId: weir-kill");
+    let manifest = write_manifest_reading(dir.path(), &job, &src, 2);
+
+    let mut kills = 0;
+    for stop_at in ["StateWritten:2", "BeforeCommit:2", "Committed:3", "PreCommitted:2"] {
+        if kill_nine_at(&manifest, dir.path(), stop_at).is_err() {
+            break;
+        }
+        kills += 1;
+    }
+    assert!(kills >= 3, "the job ended after {kills} kills");
+    let partial = committed_updates(&dir.path().join("out")).unwrap();
+    let seen: u64 = partial.values().map(|u| u.len() as u64).sum();
+    assert!(seen > 0 && seen < COUNT, "the kills came before any or after all output ({seen} updates)");
+
+    // The same job restored at parallelism 3: partitions move to new owners.
+    let manifest = write_manifest_reading(dir.path(), &job, &src, 3);
+    let status = finish(weir(&manifest, dir.path(), "final.log"), Duration::from_secs(120), dir.path(), "final.log");
+    assert!(status.success(), "final run: {}", std::fs::read_to_string(dir.path().join("final.log")).unwrap());
+    if let Err(e) = check_exactly_once(&dir.path().join("out"), COUNT, KEYS) {
+        panic!("output after {kills} kill -9 and a restore at parallelism 3: {e}");
+    }
+}
+
+fn signal(pid: &str, sig: &str) {
+    assert!(Command::new("kill").args([sig, pid]).status().unwrap().success(), "kill {sig} {pid}");
+}
+
+#[test]
+#[ignore = "needs a Kafka broker: scripts/test-kafka starts one and runs these"]
+fn a_broker_frozen_mid_job_delays_but_loses_and_repeats_nothing() {
+    const COUNT: u64 = 200_000;
+    let topic = unique("frozen");
+    create_topic(&topic, 3);
+    produce(&topic, 3, 0, COUNT, None);
+    let dir = tempfile::tempdir().unwrap();
+    let restart = "{fixedDelay: {attempts: 20, delay: 500ms}}";
+    let job = Job { name: "kafka-frozen", count: 0, rate: 0, sink: file_sink(dir.path()), restart };
+    let src = source(&format!("topics: [{topic}]"), ", stoppingOffsets: Latest");
+    let manifest = write_manifest_reading(dir.path(), &job, &src, 2);
+
+    let pid = std::env::var("WEIR_TEST_KAFKA_PID").expect("WEIR_TEST_KAFKA_PID");
+    let mut child = weir(&manifest, dir.path(), "run.log");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(child.try_wait().unwrap().is_none(), "the job ended before the broker froze");
+    signal(&pid, "-STOP");
+    std::thread::sleep(Duration::from_secs(4));
+    signal(&pid, "-CONT");
+    let status = finish(child, Duration::from_secs(120), dir.path(), "run.log");
+    assert!(
+        status.success(),
+        "the job did not survive: {}",
+        std::fs::read_to_string(dir.path().join("run.log")).unwrap()
+    );
+    if let Err(e) = check_exactly_once(&dir.path().join("out"), COUNT, KEYS) {
+        panic!("output after a 4 s broker freeze: {e}");
+    }
+}
+
+/// The committed offsets of `group` for the partitions of `topic`.
+fn group_offsets(group: &str, topic: &str, partitions: i32) -> Vec<Offset> {
+    let consumer: BaseConsumer = client().set("group.id", group).create().unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let committed = consumer.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
+    committed.elements().iter().map(|e| e.offset()).collect()
+}
+
+#[test]
+#[ignore = "needs a Kafka broker: scripts/test-kafka starts one and runs these"]
+fn topics_created_while_the_job_runs_are_read_from_their_start_and_offsets_reach_the_group() {
+    const COUNT: u64 = 60_000;
+    let prefix = unique("discover");
+    let first = format!("{prefix}-a");
+    create_topic(&first, 2);
+    produce(&first, 2, 0, COUNT / 2, None);
+    let dir = tempfile::tempdir().unwrap();
+    let job = Job { name: "kafka-discover", count: 0, rate: 0, sink: file_sink(dir.path()), restart: "{none: {}}" };
+    let group = format!("{prefix}-group");
+    let src = source(
+        &format!("topicPattern: '{prefix}-.*'"),
+        &format!(", groupId: {group}, partitionDiscoveryInterval: 300ms"),
+    );
+    let manifest = write_manifest_reading(dir.path(), &job, &src, 2);
+    let mut child = weir(&manifest, dir.path(), "run.log");
+
+    let second = format!("{prefix}-b");
+    std::thread::sleep(Duration::from_millis(1000));
+    create_topic(&second, 3);
+    produce(&second, 3, COUNT / 2, COUNT, None);
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let out = dir.path().join("out");
+    while check_exactly_once(&out, COUNT, KEYS).is_err() {
+        if Instant::now() > deadline || child.try_wait().unwrap().is_some() {
+            let _ = child.kill();
+            panic!(
+                "the records of both topics never all reached the output ({:?}): {}",
+                check_exactly_once(&out, COUNT, KEYS),
+                std::fs::read_to_string(dir.path().join("run.log")).unwrap()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The group follows completed checkpoints: for monitoring, never for restore.
+    let ends = |partitions: i32, records: u64| -> Vec<Offset> {
+        (0..partitions as u64)
+            .map(|p| Offset::Offset(((records + partitions as u64 - 1 - p) / partitions as u64) as i64))
+            .collect()
+    };
+    let want = [ends(2, COUNT / 2), ends(3, COUNT / 2)].concat();
+    while [group_offsets(&group, &first, 2), group_offsets(&group, &second, 3)].concat() != want {
+        assert!(Instant::now() < deadline, "the group's offsets never reached the ends {want:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[test]
+#[ignore = "needs a Kafka broker: scripts/test-kafka starts one and runs these"]
+fn a_value_that_is_not_json_fails_the_job_naming_its_partition_and_offset() {
+    let topic = unique("bad");
+    create_topic(&topic, 2);
+    produce(&topic, 2, 0, 100, Some((40, "{not json")));
+    let dir = tempfile::tempdir().unwrap();
+    let job = Job { name: "kafka-bad", count: 0, rate: 0, sink: file_sink(dir.path()), restart: "{none: {}}" };
+    let src = source(&format!("topics: [{topic}]"), ", stoppingOffsets: Latest");
+    let manifest = write_manifest_reading(dir.path(), &job, &src, 2);
+    let status = finish(weir(&manifest, dir.path(), "run.log"), Duration::from_secs(60), dir.path(), "run.log");
+    let log = std::fs::read_to_string(dir.path().join("run.log")).unwrap();
+    assert!(!status.success(), "a bad record passed: {log}");
+    // Partition 1 holds records 1, 3, ..., 39 (20 of them), then the bad one.
+    assert!(log.contains(&format!("{topic}/1@20")) && log.contains("invalid JSON"), "{log}");
+}
+
+#[test]
+#[ignore = "needs a Kafka broker: scripts/test-kafka starts one and runs these"]
+fn a_missing_topic_or_an_unreachable_broker_stops_the_job_at_start_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = Job { name: "kafka-missing", count: 0, rate: 0, sink: file_sink(dir.path()), restart: "{none: {}}" };
+    let src = source("topics: [surely-no-such-topic]", "");
+    let manifest = write_manifest_reading(dir.path(), &job, &src, 1);
+    let status = finish(weir(&manifest, dir.path(), "run.log"), Duration::from_secs(60), dir.path(), "run.log");
+    let log = std::fs::read_to_string(dir.path().join("run.log")).unwrap();
+    assert!(!status.success(), "{log}");
+    assert!(log.contains("spec.pipeline.source.kafka.topics[0]: topic `surely-no-such-topic` cannot be read"), "{log}");
+
+    let port = common::free_port();
+    let src = format!("kafka: {{bootstrapServers: '127.0.0.1:{port}', topics: [t]}}");
+    let manifest = write_manifest_reading(dir.path(), &job, &src, 1);
+    let status = finish(weir(&manifest, dir.path(), "down.log"), Duration::from_secs(60), dir.path(), "down.log");
+    let log = std::fs::read_to_string(dir.path().join("down.log")).unwrap();
+    assert!(!status.success(), "{log}");
+    assert!(
+        log.contains(&format!("spec.pipeline.source.kafka.bootstrapServers: no metadata from `127.0.0.1:{port}`")),
+        "{log}"
+    );
+}
