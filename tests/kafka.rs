@@ -284,3 +284,47 @@ fn a_missing_topic_or_an_unreachable_broker_stops_the_job_at_start_naming_the_fi
         "{log}"
     );
 }
+
+/// Every record value in `topic` (all partitions), aborted ones included:
+/// tansu's fetch does not filter them (see `committed_values` for what a
+/// read_committed reader sees).
+fn all_values(topic: &str, partitions: i32) -> Vec<serde_json::Value> {
+    use rdkafka::Message;
+    let consumer: BaseConsumer = client().set("group.id", "weir-test-reader").create().unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Offset(0)).unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let mut values = Vec::new();
+    let mut quiet_since = Instant::now();
+    while quiet_since.elapsed() < Duration::from_secs(3) {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                values.push(serde_json::from_slice(m.payload().unwrap()).unwrap());
+                quiet_since = Instant::now();
+            }
+            Some(Err(e)) => panic!("reading {topic}: {e}"),
+            None => {}
+        }
+    }
+    values
+}
+
+#[test]
+#[ignore = "needs a Kafka broker: scripts/test-kafka starts one and runs these"]
+fn the_kafka_sink_writes_every_update_once_without_failures() {
+    const COUNT: u64 = 50_000;
+    let topic = unique("sink-plain");
+    create_topic(&topic, 3);
+    let dir = tempfile::tempdir().unwrap();
+    let sink = format!("kafka: {{bootstrapServers: '{}', topic: {topic}, key: [key]}}", broker());
+    let job = Job { name: "kafka-sink-plain", count: COUNT, rate: 0, sink, restart: "{none: {}}" };
+    let manifest = common::run::write_manifest(dir.path(), &job);
+    let status = finish(weir(&manifest, dir.path(), "run.log"), Duration::from_secs(120), dir.path(), "run.log");
+    assert!(status.success(), "{}", std::fs::read_to_string(dir.path().join("run.log")).unwrap());
+    let updates = weir_runtime::verify::updates_of(all_values(&topic, 3)).unwrap();
+    if let Err(e) = weir_runtime::verify::check_updates_exactly_once(&updates, COUNT, KEYS) {
+        panic!("topic after a run without failures: {e}");
+    }
+}

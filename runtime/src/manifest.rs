@@ -18,7 +18,7 @@ pub use self::postgres::{PostgresSinkMode, PostgresSinkSpec};
 pub mod redis;
 pub use self::redis::{RedisSinkSpec, RedisValueFormat};
 pub mod kafka;
-pub use self::kafka::{KafkaMetadata, KafkaSourceSpec, StartingOffsets, StoppingOffsets};
+pub use self::kafka::{KafkaDelivery, KafkaMetadata, KafkaSinkSpec, KafkaSourceSpec, StartingOffsets, StoppingOffsets};
 
 pub const API_VERSION: &str = "weir.dev/v1alpha1";
 pub const KIND: &str = "StreamJob";
@@ -628,8 +628,8 @@ pub struct AggregateSpec {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[schemars(extend("x-kubernetes-validations" = [{
-    "rule": "(has(self.file) ? 1 : 0) + (has(self.stdout) ? 1 : 0) + (has(self.postgres) ? 1 : 0) + (has(self.redis) ? 1 : 0) == 1",
-    "message": "exactly one of file, stdout, postgres, redis must be set in spec.pipeline.sink"
+    "rule": "(has(self.file) ? 1 : 0) + (has(self.stdout) ? 1 : 0) + (has(self.postgres) ? 1 : 0) + (has(self.redis) ? 1 : 0) + (has(self.kafka) ? 1 : 0) == 1",
+    "message": "exactly one of file, stdout, postgres, redis, kafka must be set in spec.pipeline.sink"
 }]))]
 pub struct SinkSpec {
     /// Exactly-once JSON-lines files: a part file per subtask and checkpoint,
@@ -647,6 +647,10 @@ pub struct SinkSpec {
     /// The latest record per key into Redis (idempotent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redis: Option<RedisSinkSpec>,
+    /// Records as JSON into a Kafka topic, in a transaction per checkpoint
+    /// (exactly once) or as they arrive (at least once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kafka: Option<KafkaSinkSpec>,
 }
 
 /// The sink a [`SinkSpec`] sets.
@@ -656,16 +660,18 @@ pub enum SinkKind<'a> {
     Stdout(&'a StdoutSinkSpec),
     Postgres(&'a PostgresSinkSpec),
     Redis(&'a RedisSinkSpec),
+    Kafka(&'a KafkaSinkSpec),
 }
 
 impl SinkSpec {
     pub fn kind(&self) -> Result<SinkKind<'_>, String> {
-        match (&self.file, &self.stdout, &self.postgres, &self.redis) {
-            (Some(f), None, None, None) => Ok(SinkKind::File(f)),
-            (None, Some(s), None, None) => Ok(SinkKind::Stdout(s)),
-            (None, None, Some(p), None) => Ok(SinkKind::Postgres(p)),
-            (None, None, None, Some(r)) => Ok(SinkKind::Redis(r)),
-            _ => Err("expected exactly one of file, stdout, postgres, redis".into()),
+        match (&self.file, &self.stdout, &self.postgres, &self.redis, &self.kafka) {
+            (Some(f), None, None, None, None) => Ok(SinkKind::File(f)),
+            (None, Some(s), None, None, None) => Ok(SinkKind::Stdout(s)),
+            (None, None, Some(p), None, None) => Ok(SinkKind::Postgres(p)),
+            (None, None, None, Some(r), None) => Ok(SinkKind::Redis(r)),
+            (None, None, None, None, Some(k)) => Ok(SinkKind::Kafka(k)),
+            _ => Err("expected exactly one of file, stdout, postgres, redis, kafka".into()),
         }
     }
 }
@@ -958,6 +964,7 @@ impl PipelineSpec {
             }
             Ok(SinkKind::Postgres(p)) => errors.extend(p.problems("spec.pipeline.sink.postgres")),
             Ok(SinkKind::Redis(r)) => errors.extend(r.problems("spec.pipeline.sink.redis")),
+            Ok(SinkKind::Kafka(k)) => errors.extend(k.problems("spec.pipeline.sink.kafka")),
             Ok(_) => {}
         }
         errors

@@ -1,5 +1,6 @@
-//! `spec.pipeline.source.kafka`: records from Kafka topics, replayed by
-//! offset.
+//! `spec.pipeline.source.kafka` and `spec.pipeline.sink.kafka`: records
+//! from Kafka topics, replayed by offset, and records into a topic, in a
+//! transaction per checkpoint.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -132,13 +133,143 @@ const OWN_PROPERTIES: [&str; 6] = [
     "enable.partition.eof",
 ];
 
+/// Each record's JSON goes to `topic`. `ExactlyOnce` writes a checkpoint
+/// interval's records in one Kafka transaction when the checkpoint
+/// completes; readers with `isolation.level=read_committed` see each once.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KafkaSinkSpec {
+    /// `host:port[,host:port...]` of one or more brokers.
+    pub bootstrap_servers: String,
+    pub topic: String,
+    /// Record fields whose values, joined by `:`, make the message key (and
+    /// so the partition); absent: no key, partitions chosen by the producer.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub key: Vec<String>,
+    #[serde(default)]
+    pub delivery: KafkaDelivery,
+    /// Start of the transactional ids (`<prefix>-<incarnation>-<subtask>`).
+    #[serde(default = "default_prefix")]
+    pub transactional_id_prefix: String,
+    /// The producer's `transaction.timeout.ms`: how long a transaction may
+    /// stay open before the broker aborts it. At most the broker's
+    /// `transaction.max.timeout.ms` (15 minutes by default).
+    #[serde(default = "default_transaction_timeout")]
+    pub transaction_timeout: HumanDuration,
+    /// Further librdkafka producer settings; passwords do not go here.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub properties: BTreeMap<String, String>,
+    /// The environment variable that holds the SASL password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_env: Option<String>,
+    /// A file that holds the SASL password (a mounted Secret).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<String>,
+}
+
+fn default_prefix() -> String {
+    "weir".into()
+}
+
+fn default_transaction_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(15 * 60))
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
+pub enum KafkaDelivery {
+    /// A transaction per subtask and checkpoint, committed when the
+    /// checkpoint completes.
+    #[default]
+    ExactlyOnce,
+    /// Records are sent as they arrive by an idempotent producer and
+    /// flushed at each barrier: none is lost, and a replay after a failure
+    /// sends some again.
+    AtLeastOnce,
+}
+
+/// Settings a sink sets itself.
+const OWN_SINK_PROPERTIES: [&str; 4] =
+    ["bootstrap.servers", "transactional.id", "enable.idempotence", "transaction.timeout.ms"];
+
+/// What is wrong with the fields every Kafka client has, each naming its field under `at`.
+fn client_problems(
+    at: &str,
+    bootstrap_servers: &str,
+    properties: &BTreeMap<String, String>,
+    own: &[&str],
+    password_env: &Option<String>,
+    password_file: &Option<String>,
+) -> Vec<String> {
+    let mut errors = Vec::new();
+    if bootstrap_servers.trim().is_empty() {
+        errors.push(format!("{at}.bootstrapServers: required, expected host:port[,host:port...]"));
+    }
+    if password_env.is_some() && password_file.is_some() {
+        errors.push(format!("{at}: expected at most one of passwordEnv, passwordFile"));
+    }
+    for name in properties.keys() {
+        if SECRET_PROPERTIES.contains(&name.as_str()) {
+            errors.push(format!(
+                "{at}.properties.{name}: a secret in clear; put it in a Secret and name it with passwordEnv \
+                 or passwordFile"
+            ));
+        } else if own.contains(&name.as_str()) {
+            errors.push(format!(
+                "{at}.properties.{name}: set by Weir itself (exactly-once depends on it); use the connector's \
+                 own fields"
+            ));
+        }
+    }
+    errors
+}
+
+fn topic_problem(at: &str, t: &str) -> Option<String> {
+    (t.is_empty() || t.len() > 249 || !t.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)))
+        .then(|| format!("{at}: expected 1 to 249 ASCII letters, digits, `.`, `_` or `-`, got `{t}`"))
+}
+
+impl KafkaSinkSpec {
+    /// What is wrong with this sink, each naming its field under `at`.
+    pub fn problems(&self, at: &str) -> Vec<String> {
+        let mut errors = client_problems(
+            at,
+            &self.bootstrap_servers,
+            &self.properties,
+            &OWN_SINK_PROPERTIES,
+            &self.password_env,
+            &self.password_file,
+        );
+        errors.extend(topic_problem(&format!("{at}.topic"), &self.topic));
+        for (i, k) in self.key.iter().enumerate() {
+            if k.is_empty() {
+                errors.push(format!("{at}.key[{i}]: expected a field name, got an empty one"));
+            }
+        }
+        let prefix_ok = |c: char| c.is_ascii_alphanumeric() || "._-".contains(c);
+        if self.transactional_id_prefix.is_empty() || !self.transactional_id_prefix.chars().all(prefix_ok) {
+            errors.push(format!(
+                "{at}.transactionalIdPrefix: expected ASCII letters, digits, `.`, `_` or `-`, got `{}`",
+                self.transactional_id_prefix
+            ));
+        }
+        if self.transaction_timeout.get() < Duration::from_secs(1) {
+            errors.push(format!("{at}.transactionTimeout: expected at least 1s, got {}", self.transaction_timeout));
+        }
+        errors
+    }
+}
+
 impl KafkaSourceSpec {
     /// What is wrong with this source, each naming its field under `at`.
     pub fn problems(&self, at: &str) -> Vec<String> {
-        let mut errors = Vec::new();
-        if self.bootstrap_servers.trim().is_empty() {
-            errors.push(format!("{at}.bootstrapServers: required, expected host:port[,host:port...]"));
-        }
+        let mut errors = client_problems(
+            at,
+            &self.bootstrap_servers,
+            &self.properties,
+            &OWN_PROPERTIES,
+            &self.password_env,
+            &self.password_file,
+        );
         match (self.topics.is_empty(), &self.topic_pattern) {
             (true, None) => errors.push(format!("{at}: expected one of topics, topicPattern")),
             (false, Some(_)) => errors.push(format!("{at}: expected only one of topics, topicPattern")),
@@ -150,11 +281,7 @@ impl KafkaSourceSpec {
             (false, None) => {}
         }
         for (i, t) in self.topics.iter().enumerate() {
-            if t.is_empty() || t.len() > 249 || !t.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
-                errors.push(format!(
-                    "{at}.topics[{i}]: expected 1 to 249 ASCII letters, digits, `.`, `_` or `-`, got `{t}`"
-                ));
-            }
+            errors.extend(topic_problem(&format!("{at}.topics[{i}]"), t));
         }
         match (self.starting_offsets, self.starting_timestamp_ms) {
             (StartingOffsets::Timestamp, None) => {
@@ -171,22 +298,6 @@ impl KafkaSourceSpec {
         }
         if self.starting_offsets == StartingOffsets::GroupOffsets && self.group_id.is_none() {
             errors.push(format!("{at}.groupId: required by startingOffsets: GroupOffsets"));
-        }
-        if self.password_env.is_some() && self.password_file.is_some() {
-            errors.push(format!("{at}: expected at most one of passwordEnv, passwordFile"));
-        }
-        for name in self.properties.keys() {
-            if SECRET_PROPERTIES.contains(&name.as_str()) {
-                errors.push(format!(
-                    "{at}.properties.{name}: a secret in clear; put it in a Secret and name it with passwordEnv \
-                     or passwordFile"
-                ));
-            } else if OWN_PROPERTIES.contains(&name.as_str()) {
-                errors.push(format!(
-                    "{at}.properties.{name}: set by Weir itself (exactly-once reading depends on it); use the \
-                     source's own fields"
-                ));
-            }
         }
         errors
     }
@@ -225,6 +336,17 @@ mod tests {
         assert_eq!(no_ts.problems("src"), vec!["src.startingTimestampMs: required by startingOffsets: Timestamp"]);
         let no_group = KafkaSourceSpec { starting_offsets: StartingOffsets::GroupOffsets, ..spec() };
         assert_eq!(no_group.problems("src"), vec!["src.groupId: required by startingOffsets: GroupOffsets"]);
+    }
+
+    #[test]
+    fn a_sink_refuses_settings_it_owns_and_a_bad_topic() {
+        let mut s: KafkaSinkSpec = serde_yaml::from_str("{bootstrapServers: 'b:9092', topic: 'a b'}").unwrap();
+        s.properties.insert("transactional.id".into(), "mine".into());
+        let problems = s.problems("sink");
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].starts_with("sink.properties.transactional.id: set by Weir itself"), "{problems:?}");
+        assert!(problems[1].starts_with("sink.topic: expected 1 to 249"), "{problems:?}");
+        assert_eq!(s.delivery, KafkaDelivery::ExactlyOnce);
     }
 
     #[test]

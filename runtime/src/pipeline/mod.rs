@@ -19,7 +19,7 @@ use serde_json::json;
 
 use crate::connectors::file_source::FileSource;
 use crate::connectors::generator::generated;
-use crate::connectors::kafka::{KafkaConfig, KafkaDecoder, KafkaRecord, KafkaSource};
+use crate::connectors::kafka::{KafkaConfig, KafkaDecoder, KafkaRecord, KafkaSink, KafkaSinkConfig, KafkaSource};
 use crate::connectors::postgres::{PgTarget, PostgresSink, PostgresUpsertSink};
 use crate::connectors::print::StdoutSink;
 use crate::connectors::redis::{RedisSink, RedisTarget};
@@ -141,6 +141,13 @@ fn build_pipeline(spec: &StreamJobSpec, pipeline: &PipelineSpec) -> Result<JobGr
             stream.sink(move |ctx| {
                 let target = RedisTarget::from_spec(&spec)?;
                 Ok(Box::new(RedisSink::<Row>::new(target, ctx.clone())) as Box<dyn Collector<Row>>)
+            });
+        }
+        SinkKind::Kafka(k) => {
+            let spec = k.clone();
+            stream.sink_two_phase("sink", move |ctx| {
+                let config = KafkaSinkConfig::from_spec(&spec, "spec.pipeline.sink.kafka")?;
+                Ok(KafkaSink::<Row>::new(config, ctx))
             });
         }
         SinkKind::Stdout(_) => {

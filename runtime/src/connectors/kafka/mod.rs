@@ -1,9 +1,10 @@
 //! Kafka, through librdkafka (`rdkafka`).
 //!
 //! # Layout
-//! - this module: a source's settings resolved from the manifest (the
+//! - this module: connection settings resolved from the manifest (the
 //!   password included) and the librdkafka client configuration.
 //! - [`source`]: partitions as replayable splits, offsets in checkpoints.
+//! - [`sink`]: a transaction per subtask and checkpoint.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -11,19 +12,68 @@ use std::time::Duration;
 use rdkafka::ClientConfig;
 
 use super::secret::read_password;
-use crate::manifest::{KafkaSourceSpec, StartingOffsets, StoppingOffsets};
+use crate::manifest::{KafkaSinkSpec, KafkaSourceSpec, StartingOffsets, StoppingOffsets};
 use crate::task::TaskError;
 
+pub mod sink;
 pub mod source;
 
+pub use sink::{KafkaSink, KafkaSinkConfig};
 pub use source::{KafkaDecoder, KafkaRecord, KafkaSource};
+
+/// How to reach the brokers: what every client of a connector shares.
+#[derive(Clone)]
+pub struct KafkaClient {
+    /// Where in the manifest these came from, for error messages.
+    pub at: String,
+    pub bootstrap_servers: String,
+    properties: BTreeMap<String, String>,
+    password: Option<String>,
+}
+
+impl std::fmt::Debug for KafkaClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "KafkaClient({} at {})", self.at, self.bootstrap_servers)
+    }
+}
+
+impl KafkaClient {
+    /// Reads the password where the spec says (on the worker that runs the
+    /// connector); a missing variable or file is an error naming the field.
+    fn new(
+        at: &str,
+        bootstrap_servers: &str,
+        properties: &BTreeMap<String, String>,
+        password_env: Option<&str>,
+        password_file: Option<&str>,
+    ) -> Result<KafkaClient, String> {
+        Ok(KafkaClient {
+            at: at.to_string(),
+            bootstrap_servers: bootstrap_servers.to_string(),
+            properties: properties.clone(),
+            password: read_password(at, password_env, password_file, None)?,
+        })
+    }
+
+    /// The librdkafka settings of this connection, with a client id naming the subtask.
+    pub(crate) fn config(&self, subtask: u32) -> ClientConfig {
+        let mut client = ClientConfig::new();
+        client.set("bootstrap.servers", &self.bootstrap_servers);
+        client.set("client.id", format!("weir-{subtask}"));
+        for (k, v) in &self.properties {
+            client.set(k, v);
+        }
+        if let Some(password) = &self.password {
+            client.set("sasl.password", password);
+        }
+        client
+    }
+}
 
 /// A Kafka source's settings, ready for a subtask to connect with.
 #[derive(Clone)]
 pub struct KafkaConfig {
-    /// Where in the manifest these came from, for error messages.
-    pub at: String,
-    pub bootstrap_servers: String,
+    pub client: KafkaClient,
     pub topics: Vec<String>,
     pub pattern: Option<regex::Regex>,
     pub group_id: Option<String>,
@@ -31,14 +81,6 @@ pub struct KafkaConfig {
     pub starting_timestamp_ms: i64,
     pub stopping: Option<StoppingOffsets>,
     pub discovery_interval: Duration,
-    properties: BTreeMap<String, String>,
-    password: Option<String>,
-}
-
-impl std::fmt::Debug for KafkaConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "KafkaConfig({} from {})", self.at, self.bootstrap_servers)
-    }
 }
 
 impl KafkaConfig {
@@ -53,11 +95,16 @@ impl KafkaConfig {
             ),
             None => None,
         };
-        let password = read_password(at, spec.password_env.as_deref(), spec.password_file.as_deref(), None)
-            .map_err(|e| TaskError::source("kafka", e))?;
+        let client = KafkaClient::new(
+            at,
+            &spec.bootstrap_servers,
+            &spec.properties,
+            spec.password_env.as_deref(),
+            spec.password_file.as_deref(),
+        )
+        .map_err(|e| TaskError::source("kafka", e))?;
         Ok(KafkaConfig {
-            at: at.to_string(),
-            bootstrap_servers: spec.bootstrap_servers.clone(),
+            client,
             topics: spec.topics.clone(),
             pattern,
             group_id: spec.group_id.clone(),
@@ -65,27 +112,28 @@ impl KafkaConfig {
             starting_timestamp_ms: spec.starting_timestamp_ms.unwrap_or(0),
             stopping: spec.stopping_offsets,
             discovery_interval: spec.partition_discovery_interval.get(),
-            properties: spec.properties.clone(),
-            password,
         })
     }
 }
 
-/// The settings every client of this source shares: brokers, the user's
-/// properties, the password, a client id naming the subtask.
-pub(crate) fn client_config(config: &KafkaConfig, subtask: u32) -> ClientConfig {
-    let mut client = ClientConfig::new();
-    client.set("bootstrap.servers", &config.bootstrap_servers);
-    client.set("client.id", format!("weir-{subtask}"));
-    // librdkafka refuses to assign partitions without a group id, though
-    // an assigning consumer never joins the group: without `groupId`, a
-    // name nothing is committed under.
-    client.set("group.id", config.group_id.as_deref().unwrap_or("weir-no-commits"));
-    for (k, v) in &config.properties {
-        client.set(k, v);
+impl KafkaSinkConfig {
+    /// Reads the password where the spec says (on the worker that runs the sink).
+    pub fn from_spec(spec: &KafkaSinkSpec, at: &str) -> Result<KafkaSinkConfig, TaskError> {
+        let client = KafkaClient::new(
+            at,
+            &spec.bootstrap_servers,
+            &spec.properties,
+            spec.password_env.as_deref(),
+            spec.password_file.as_deref(),
+        )
+        .map_err(|e| TaskError::sink("kafka", e))?;
+        Ok(KafkaSinkConfig {
+            client,
+            topic: spec.topic.clone(),
+            key: spec.key.clone(),
+            delivery: spec.delivery,
+            transactional_id_prefix: spec.transactional_id_prefix.clone(),
+            transaction_timeout: spec.transaction_timeout.get(),
+        })
     }
-    if let Some(password) = &config.password {
-        client.set("sasl.password", password);
-    }
-    client
 }

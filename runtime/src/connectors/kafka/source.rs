@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use super::{client_config, KafkaConfig};
+use super::KafkaConfig;
 use crate::manifest::{StartingOffsets, StoppingOffsets};
 use crate::state::snapshot::{decode, encode};
 use crate::task::source_task::{Source, SourcePoll};
@@ -95,14 +95,20 @@ impl<T> KafkaSource<T> {
     /// `startingOffsets`. Unreachable brokers and missing topics are errors
     /// naming the field.
     pub fn new(ctx: &TaskContext, uid: &str, config: KafkaConfig, decoder: KafkaDecoder<T>) -> Result<Self, TaskError> {
-        let consumer: BaseConsumer = client_config(&config, ctx.subtask())
+        let consumer: BaseConsumer = config
+            .client
+            .config(ctx.subtask())
+            // librdkafka refuses to assign partitions without a group id,
+            // though an assigning consumer never joins the group: without
+            // `groupId`, a name nothing is committed under.
+            .set("group.id", config.group_id.as_deref().unwrap_or("weir-no-commits"))
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("enable.partition.eof", "false")
             .set("isolation.level", "read_committed")
             .set("auto.offset.reset", "earliest")
             .create()
-            .map_err(|e| source_error(format!("{}: cannot create a consumer: {e}", config.at)))?;
+            .map_err(|e| source_error(format!("{}: cannot create a consumer: {e}", config.client.at)))?;
         let mut source = KafkaSource {
             consumer,
             subtask: ctx.subtask(),
@@ -178,12 +184,12 @@ impl<T> KafkaSource<T> {
 
     /// Every partition of the configured topics that the brokers know now.
     fn partitions(&self, timeout: Duration) -> Result<Vec<(String, i32)>, TaskError> {
-        let at = &self.config.at;
+        let at = &self.config.client.at;
         let fetch = |topic: Option<&str>| {
             self.consumer.fetch_metadata(topic, timeout).map_err(|e| {
                 source_error(format!(
                     "{at}.bootstrapServers: no metadata from `{}` within {timeout:?}: {e}",
-                    self.config.bootstrap_servers
+                    self.config.client.bootstrap_servers
                 ))
             })
         };
@@ -218,7 +224,7 @@ impl<T> KafkaSource<T> {
     /// Resolves `startingOffsets` (and a bounded source's end) for the
     /// partitions of a job without a checkpoint to concrete offsets.
     fn start_positions(&mut self, tpl: &TopicPartitionList) -> Result<(), TaskError> {
-        let at = self.config.at.clone();
+        let at = self.config.client.at.clone();
         let timeout = STARTUP_TIMEOUT;
         let watermarks = |topic: &str, partition: i32| {
             self.consumer.fetch_watermarks(topic, partition, timeout).map_err(|e| {
@@ -289,7 +295,7 @@ impl<T> KafkaSource<T> {
         }
         self.consumer
             .assign(&tpl)
-            .map_err(|e| source_error(format!("{}: cannot assign partitions: {e}", self.config.at)))
+            .map_err(|e| source_error(format!("{}: cannot assign partitions: {e}", self.config.client.at)))
     }
 
     /// Adds partitions that appeared since the last look; a failed look is
@@ -316,7 +322,7 @@ impl<T> KafkaSource<T> {
             info!(subtask = self.subtask, "kafka source found {} new partition(s)", added.count());
             self.consumer
                 .incremental_assign(&added)
-                .map_err(|e| source_error(format!("{}: cannot assign new partitions: {e}", self.config.at)))?;
+                .map_err(|e| source_error(format!("{}: cannot assign new partitions: {e}", self.config.client.at)))?;
         }
         Ok(())
     }
@@ -338,7 +344,7 @@ impl<T> KafkaSource<T> {
             )
         );
         if fatal {
-            return Err(source_error(format!("{}: {error}", self.config.at)));
+            return Err(source_error(format!("{}: {error}", self.config.client.at)));
         }
         if self.last_warning.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
             warn!("kafka source: {error} (librdkafka retries)");

@@ -1,0 +1,355 @@
+//! Records into a Kafka topic: exactly once through a transaction per
+//! subtask and checkpoint, or at least once.
+//!
+//! **Why the records sit in the checkpoint.** Flink's Kafka sink keeps a
+//! transaction open across the checkpoint and, after a crash, resumes it in
+//! a new process by its producer id and epoch. librdkafka cannot resume
+//! another process's transaction: a new producer with the same
+//! `transactional.id` aborts it. So this sink keeps a checkpoint
+//! interval's records in the checkpoint itself (the pre-commit is the
+//! checkpoint's own durable write) and writes them to Kafka in one
+//! transaction only when the checkpoint completes. A crash mid-transaction
+//! loses nothing: the transaction is aborted and the restored checkpoint
+//! still holds its records.
+//!
+//! **Knowing what committed.** Each transaction also commits, through
+//! `send_offsets_to_transaction`, the offset `<checkpoint>` for the output
+//! topic's partition 0 in a *marker group* named like the producer
+//! (`<prefix>-<incarnation>-<subtask>`); group offsets written in a
+//! transaction become visible only if it commits. On restore, a
+//! transaction of the restored checkpoint is written again only if its
+//! subtask's marker is below it; a marker above the restored checkpoint
+//! means output of a newer checkpoint is already committed (the restore
+//! fell back past a damaged checkpoint), which Kafka cannot take back: the
+//! job refuses to start.
+//!
+//! **Fencing.** `transactional.id` is `<prefix>-<incarnation>-<subtask>`: a
+//! new attempt's producer for a subtask fences any older one (a zombie of a
+//! frozen worker), and its `init_transactions` settles the older one's
+//! transaction in flight (committed if its commit had been sent, aborted
+//! otherwise) before the marker is read.
+//!
+//! The cost: a checkpoint stores its interval's output, and output becomes
+//! visible when the checkpoint completes (as with every two-phase-commit
+//! sink). Producer calls block the subtask's thread for at most
+//! [`OP_TIMEOUT`].
+
+use std::marker::PhantomData;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::DeliveryResult;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tracing::{debug, info};
+
+use super::KafkaClient;
+use crate::connectors::two_phase::TwoPhaseCommitSink;
+use crate::connectors::upsert::key_string;
+use crate::manifest::KafkaDelivery;
+use crate::task::{TaskContext, TaskError};
+
+/// The longest a producer call (init, flush, commit) may block.
+pub const OP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A Kafka sink's settings, ready for a subtask to connect with.
+#[derive(Clone, Debug)]
+pub struct KafkaSinkConfig {
+    pub client: KafkaClient,
+    pub topic: String,
+    pub key: Vec<String>,
+    pub delivery: KafkaDelivery,
+    pub transactional_id_prefix: String,
+    pub transaction_timeout: Duration,
+}
+
+/// A checkpoint interval's output: what the checkpoint stores.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KafkaTxn {
+    /// The subtask that wrote it, whose transactional id and marker group commit it.
+    subtask: u32,
+    /// The checkpoint (transaction number) it belongs to.
+    txn: u64,
+    /// Keys and JSON values, in arrival order.
+    records: Vec<(Option<String>, String)>,
+}
+
+/// Delivery reports: the first failure, for the flush or commit that follows.
+#[derive(Default)]
+struct Deliveries {
+    failed: Mutex<Option<String>>,
+}
+
+impl ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, _)) = result {
+            if let Ok(mut failed) = self.failed.lock() {
+                failed.get_or_insert_with(|| e.to_string());
+            }
+        }
+    }
+}
+
+type Producer_ = BaseProducer<Deliveries>;
+
+pub struct KafkaSink<T> {
+    config: KafkaSinkConfig,
+    subtask: u32,
+    parallelism: u32,
+    incarnation: u64,
+    /// This subtask's producer, made at its first use: after every subtask
+    /// opened, so it never fences the producers a restore commits with.
+    producer: Option<Producer_>,
+    /// Until `recover` ran, commits are of restored transactions, which may
+    /// have committed before the failure.
+    restoring: bool,
+    _records: PhantomData<fn(T)>,
+}
+
+impl<T> KafkaSink<T> {
+    pub fn new(config: KafkaSinkConfig, ctx: &TaskContext) -> KafkaSink<T> {
+        KafkaSink {
+            config,
+            subtask: ctx.subtask(),
+            parallelism: ctx.parallelism(),
+            incarnation: ctx.fence.incarnation,
+            producer: None,
+            restoring: true,
+            _records: PhantomData,
+        }
+    }
+
+    fn err(&self, reason: impl std::fmt::Display) -> TaskError {
+        TaskError::sink("kafka", format!("{}: {reason}", self.config.client.at))
+    }
+
+    /// The transactional id of `subtask`, which also names its marker group.
+    fn transactional_id(&self, subtask: u32) -> String {
+        format!("{}-{:016x}-{subtask}", self.config.transactional_id_prefix, self.incarnation)
+    }
+
+    fn make_producer(&self, transactional_id: Option<String>) -> Result<Producer_, TaskError> {
+        let mut config = self.config.client.config(self.subtask);
+        config.set("enable.idempotence", "true");
+        config.set("acks", "all");
+        if let Some(id) = &transactional_id {
+            config.set("transactional.id", id);
+            config.set("transaction.timeout.ms", self.config.transaction_timeout.as_millis().to_string());
+        }
+        let producer: Producer_ = config
+            .create_with_context(Deliveries::default())
+            .map_err(|e| self.err(format!("cannot create a producer: {e}")))?;
+        if let Some(id) = transactional_id {
+            // Fences older producers of the same id and settles their
+            // transaction in flight.
+            producer.init_transactions(OP_TIMEOUT).map_err(|e| {
+                self.err(format!(
+                    "cannot initialize transactions as `{id}` at `{}` (is the broker reachable, and does it \
+                     allow transactions?): {e}",
+                    self.config.client.bootstrap_servers
+                ))
+            })?;
+        }
+        Ok(producer)
+    }
+
+    /// The newest checkpoint whose transaction `subtask` committed, from
+    /// its marker group; `None` if it never committed one.
+    fn committed_marker(&self, subtask: u32) -> Result<Option<u64>, TaskError> {
+        let consumer: BaseConsumer = self
+            .config
+            .client
+            .config(self.subtask)
+            .set("group.id", self.transactional_id(subtask))
+            .set("enable.auto.commit", "false")
+            .create()
+            .map_err(|e| self.err(format!("cannot create a consumer to read commit markers: {e}")))?;
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&self.config.topic, 0);
+        let committed = consumer
+            .committed_offsets(tpl, OP_TIMEOUT)
+            .map_err(|e| self.err(format!("cannot read the commit marker of subtask {subtask}: {e}")))?;
+        Ok(committed.elements().first().and_then(|e| match e.offset() {
+            Offset::Offset(n) if n >= 0 => Some(n as u64),
+            _ => None,
+        }))
+    }
+
+    /// Sends every record, waiting for room when librdkafka's queue is full.
+    fn send_all(&self, producer: &Producer_, records: &[(Option<String>, String)]) -> Result<(), TaskError> {
+        for (key, value) in records {
+            let mut record = BaseRecord::to(&self.config.topic).payload(value.as_str());
+            if let Some(k) = key {
+                record = record.key(k.as_str());
+            }
+            loop {
+                match producer.send(record) {
+                    Ok(()) => break,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                        producer.poll(Duration::from_millis(5));
+                        record = r;
+                    }
+                    Err((e, _)) => return Err(self.err(format!("cannot send to `{}`: {e}", self.config.topic))),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn delivery_failure(&self, producer: &Producer_) -> Result<(), TaskError> {
+        match producer.context().failed.lock().ok().and_then(|mut f| f.take()) {
+            Some(e) => Err(self.err(format!("a record was not delivered to `{}`: {e}", self.config.topic))),
+            None => Ok(()),
+        }
+    }
+
+    /// Writes `txn` in one transaction of `producer` with its marker.
+    fn write_transaction(&self, producer: &Producer_, txn: &KafkaTxn) -> Result<(), TaskError> {
+        let group = self.transactional_id(txn.subtask);
+        let marker_consumer: BaseConsumer = self
+            .config
+            .client
+            .config(self.subtask)
+            .set("group.id", &group)
+            .create()
+            .map_err(|e| self.err(format!("cannot create the marker group's client: {e}")))?;
+        let metadata = marker_consumer
+            .group_metadata()
+            .ok_or_else(|| self.err(format!("no group metadata for marker group `{group}`")))?;
+        let mut marker = TopicPartitionList::new();
+        marker
+            .add_partition_offset(&self.config.topic, 0, Offset::Offset(txn.txn as i64))
+            .map_err(|e| self.err(format!("bad marker offset {}: {e}", txn.txn)))?;
+        producer.begin_transaction().map_err(|e| self.err(format!("cannot begin a transaction: {e}")))?;
+        let written = self.send_all(producer, &txn.records).and_then(|()| {
+            producer
+                .send_offsets_to_transaction(&marker, &metadata, OP_TIMEOUT)
+                .map_err(|e| self.err(format!("cannot add the commit marker to the transaction: {e}")))?;
+            producer.commit_transaction(OP_TIMEOUT).map_err(|e| {
+                self.err(format!(
+                    "cannot commit the transaction of checkpoint {} (subtask {}): {e}",
+                    txn.txn, txn.subtask
+                ))
+            })
+        });
+        if written.is_err() {
+            let _ = producer.abort_transaction(OP_TIMEOUT);
+        }
+        written?;
+        self.delivery_failure(producer)
+    }
+}
+
+#[async_trait]
+impl<T: Serialize + Send + 'static> TwoPhaseCommitSink<T> for KafkaSink<T> {
+    type Txn = KafkaTxn;
+
+    async fn begin(&mut self, txn_id: u64) -> Result<KafkaTxn, TaskError> {
+        // Restored transactions are committed (by subtask 0) before any begins.
+        self.restoring = false;
+        if self.config.delivery == KafkaDelivery::AtLeastOnce && self.producer.is_none() {
+            self.producer = Some(self.make_producer(None)?);
+        }
+        Ok(KafkaTxn { subtask: self.subtask, txn: txn_id, records: Vec::new() })
+    }
+
+    async fn write(&mut self, txn: &mut KafkaTxn, batch: Vec<T>) -> Result<(), TaskError> {
+        let mut records = Vec::with_capacity(batch.len());
+        for record in batch {
+            let value = serde_json::to_value(&record).map_err(|e| self.err(format!("cannot encode a record: {e}")))?;
+            let key = (!self.config.key.is_empty()).then(|| key_string(&value, &self.config.key));
+            records.push((key, value_text(&value)));
+        }
+        match (&self.config.delivery, &self.producer) {
+            (KafkaDelivery::AtLeastOnce, Some(producer)) => self.send_all(producer, &records),
+            _ => {
+                txn.records.extend(records);
+                Ok(())
+            }
+        }
+    }
+
+    async fn pre_commit(&mut self, txn: KafkaTxn) -> Result<KafkaTxn, TaskError> {
+        if let (KafkaDelivery::AtLeastOnce, Some(producer)) = (&self.config.delivery, &self.producer) {
+            // Everything before the barrier is acknowledged before the
+            // checkpoint is.
+            producer.flush(OP_TIMEOUT).map_err(|e| self.err(format!("cannot flush: {e}")))?;
+            self.delivery_failure(producer)?;
+        }
+        Ok(txn)
+    }
+
+    async fn commit(&mut self, txn: &KafkaTxn) -> Result<(), TaskError> {
+        if self.config.delivery == KafkaDelivery::AtLeastOnce {
+            return Ok(());
+        }
+        if self.restoring {
+            // A transaction of the restored checkpoint, maybe another
+            // subtask's: its producer id settles whatever was in flight.
+            let producer = self.make_producer(Some(self.transactional_id(txn.subtask)))?;
+            if self.committed_marker(txn.subtask)?.is_some_and(|m| m >= txn.txn) {
+                debug!(subtask = txn.subtask, txn = txn.txn, "kafka transaction already committed");
+                return Ok(());
+            }
+            info!(
+                subtask = txn.subtask,
+                txn = txn.txn,
+                records = txn.records.len(),
+                "writing a restored kafka transaction"
+            );
+            return self.write_transaction(&producer, txn);
+        }
+        if txn.records.is_empty() {
+            return Ok(());
+        }
+        if self.producer.is_none() {
+            self.producer = Some(self.make_producer(Some(self.transactional_id(self.subtask)))?);
+        }
+        match &self.producer {
+            Some(producer) => self.write_transaction(producer, txn),
+            None => Ok(()),
+        }
+    }
+
+    async fn abort(&mut self, _txn: KafkaTxn) -> Result<(), TaskError> {
+        // Nothing reached Kafka: the records were only in memory.
+        Ok(())
+    }
+
+    async fn recover(&mut self, restored: Option<u64>, committed: &[KafkaTxn]) -> Result<(), TaskError> {
+        self.restoring = false;
+        let Some(restored) = restored else { return Ok(()) };
+        if self.config.delivery == KafkaDelivery::AtLeastOnce {
+            return Ok(());
+        }
+        let highest = committed.iter().map(|t| t.subtask + 1).max().unwrap_or(0).max(self.parallelism);
+        for subtask in 0..highest {
+            // Settles (aborts) a transaction a crash left open, which would
+            // hold back read_committed readers until it timed out.
+            drop(self.make_producer(Some(self.transactional_id(subtask)))?);
+            if let Some(marker) = self.committed_marker(subtask)?.filter(|m| *m > restored) {
+                return Err(TaskError::CommittedOutputAhead {
+                    sink: "kafka".into(),
+                    restored,
+                    newest: marker,
+                    example: format!("the transaction of subtask {subtask} in topic `{}`", self.config.topic),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A record as the message value: JSON text.
+fn value_text(value: &Value) -> String {
+    value.to_string()
+}
