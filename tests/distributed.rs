@@ -433,6 +433,7 @@ fn savepoint_metrics_and_stop_through_the_http_api() {
     assert!(metrics.contains("weir_operator_backpressure_ms{operator=\"source\"}"), "{metrics}");
     // Summed from the workers' heartbeats; a file sink never retries.
     assert!(metrics.contains("weir_attempt_sink_retries 0"), "{metrics}");
+    assert!(metrics.contains("weir_attempt_source_errors 0"), "{metrics}");
     assert!(metrics.contains("weir_attempt_bad_records 0"), "{metrics}");
     assert!(c.request("GET", "/healthz").unwrap().contains("ok"));
 

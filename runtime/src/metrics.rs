@@ -42,6 +42,9 @@ pub struct JobMetrics {
     pub bad_records_dead_lettered: AtomicU64,
     /// Sink operations retried after a transient error (a lost connection).
     pub sink_retries: AtomicU64,
+    /// Transient source errors (brokers unreachable, a fetch timed out)
+    /// that the source's client retries.
+    pub source_errors: AtomicU64,
     pub checkpoints_completed: AtomicU64,
     pub checkpoints_failed: AtomicU64,
     pub checkpoints_in_progress: AtomicU64,

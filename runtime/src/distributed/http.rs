@@ -304,6 +304,13 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
         "Sink operations retried after a transient error (a lost connection) in the current attempt",
         shared.attempt_sum(|c| c.sink_retries) as i64,
     );
+    gauge(
+        &mut registry,
+        "attempt_source_errors",
+        "Transient source errors (brokers unreachable, a fetch timed out) retried by the source's client in the \
+         current attempt",
+        shared.attempt_sum(|c| c.source_errors) as i64,
+    );
     counter(&mut registry, "checkpoints_completed", "Completed checkpoints", JobMetrics::get(&m.checkpoints_completed));
     counter(
         &mut registry,

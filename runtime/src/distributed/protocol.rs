@@ -147,6 +147,8 @@ pub struct WorkerCounters {
     pub bad_records: u64,
     /// Sink operations retried after transient errors.
     pub sink_retries: u64,
+    /// Transient source errors that the source's client retried.
+    pub source_errors: u64,
     /// When a source of the current attempt emitted its first batch (ms since epoch).
     pub first_record_at_ms: Option<u64>,
     /// Per stage, over this worker's subtasks of the attempt.

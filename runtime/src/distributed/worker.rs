@@ -212,6 +212,7 @@ async fn session(
                     bad_records: JobMetrics::get(&a.metrics.bad_records_skipped)
                         + JobMetrics::get(&a.metrics.bad_records_dead_lettered),
                     sink_retries: JobMetrics::get(&a.metrics.sink_retries),
+                    source_errors: JobMetrics::get(&a.metrics.source_errors),
                     first_record_at_ms: Some(JobMetrics::get(&a.metrics.first_record_at_ms)).filter(|t| *t > 0),
                     stages: a.metrics.stage_samples(),
                 });

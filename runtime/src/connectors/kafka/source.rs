@@ -28,6 +28,7 @@ use tracing::{debug, info, warn};
 
 use super::KafkaConfig;
 use crate::manifest::{StartingOffsets, StoppingOffsets};
+use crate::metrics::JobMetrics;
 use crate::state::snapshot::{decode, encode};
 use crate::task::source_task::{Source, SourcePoll};
 use crate::task::{TaskContext, TaskError};
@@ -83,6 +84,7 @@ pub struct KafkaSource<T> {
     next_discovery: Option<Instant>,
     /// When transient consumer errors were last logged (they come in bursts).
     last_warning: Option<Instant>,
+    metrics: Arc<JobMetrics>,
 }
 
 fn source_error(reason: impl std::fmt::Display) -> TaskError {
@@ -118,6 +120,7 @@ impl<T> KafkaSource<T> {
             pending_commits: VecDeque::new(),
             next_discovery: None,
             last_warning: None,
+            metrics: ctx.metrics.clone(),
             config,
         };
         let restored: Option<Vec<PartitionSplit>> = match &ctx.restored {
@@ -346,6 +349,7 @@ impl<T> KafkaSource<T> {
         if fatal {
             return Err(source_error(format!("{}: {error}", self.config.client.at)));
         }
+        JobMetrics::add(&self.metrics.source_errors, 1);
         if self.last_warning.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
             warn!("kafka source: {error} (librdkafka retries)");
             self.last_warning = Some(Instant::now());
