@@ -332,6 +332,46 @@ for _ in $(seq 1 60); do
   [ -n "$(kubectl get sj running-sums -o jsonpath='{.status.checkpoints.latest.id}')" ] && break
   sleep 0.5
 done
+sj_get() { kubectl get sj running-sums -o jsonpath="$1"; }
+kubectl patch sj running-sums --type=merge -p '{"spec":{"savepointNonce":1}}' > /dev/null
+for _ in $(seq 1 60); do
+  manual=$(sj_get '{.status.savepoints[0].path}')
+  [ -n "$manual" ] && break
+  sleep 0.5
+done
+[ -n "$manual" ] || fail "no savepoint in status.savepoints after savepointNonce: $(sj_get '{.status.savepointInfo}')"
+[ -f "$chk/running-sums/savepoints/$(basename "$manual")/_metadata" ] || fail "savepoint $manual is not in storage"
+[ "$(sj_get '{.status.savepoints[0].kind}')" = Manual ] || fail "the savepoint is not listed as Manual"
+scenario "savepointNonce: a savepoint taken in the background and listed in status.savepoints ($(basename "$manual"))" "$t"
+
+t=$(date +%s)
+attempt=$(sj_get '{.status.deployed.attempt}')
+kubectl patch sj running-sums --type=merge -p '{"spec":{"parallelism":3}}' > /dev/null
+for _ in $(seq 1 120); do
+  [ "$(sj_get '{.status.savepoints[0].kind}')" = Upgrade ] && [ "$(sj_get '{.status.phase}')" = Running ] \
+    && [ "$(sj_get '{.status.deployed.attempt}')" != "$attempt" ] && break
+  sleep 0.5
+done
+[ "$(sj_get '{.status.savepoints[0].kind}')" = Upgrade ] || fail "no stop-with-savepoint before the upgrade: $(sj_get '{.status}')"
+[ "$(sj_get '{.status.phase}')" = Running ] || fail "the upgraded job does not run"
+upgrade_sp=$(sj_get '{.status.savepoints[0].checkpoint}')
+[ "$(sj_get '{.status.restoredFrom}')" = "$upgrade_sp" ] || fail "the upgraded job did not resume from its savepoint's checkpoint $upgrade_sp"
+kubectl get events --field-selector involvedObject.name=running-sums,reason=Stopped -o name | grep -q . \
+  || fail "no Stopped event"
+scenario "upgradeMode Savepoint: parallelism 2 -> 3 stops the job with a savepoint (checkpoint $upgrade_sp) and resumes from it" "$t"
+
+t=$(date +%s)
+kubectl patch sj running-sums --type=merge -p '{"spec":{"savepoints":{"maxHistory":1}}}' > /dev/null
+for _ in $(seq 1 120); do
+  [ ! -e "$chk/running-sums/savepoints/$(basename "$manual")" ] && [ -z "$(sj_get '{.status.savepointInfo.dispose}')" ] && break
+  sleep 0.5
+done
+[ ! -e "$chk/running-sums/savepoints/$(basename "$manual")" ] || fail "the savepoint past maxHistory was not disposed of"
+[ "$(sj_get '{.status.savepoints[*].kind}')" = Upgrade ] || fail "status.savepoints keeps more than maxHistory"
+[ "$(sj_get '{.status.deployed.attempt}')" = "$(( attempt + 1 ))" ] || fail "a retention change restarted the job"
+scenario "savepoints.maxHistory 1: the older savepoint deleted from storage by a disposal pod, the job untouched" "$t"
+
+t=$(date +%s)
 kubectl delete -f "$examples/running-sums.yaml" --timeout=90s > /dev/null || fail "deletion stuck"
 wait_gone running-sums
 ls "$chk/running-sums/savepoints"/sp-*/_metadata > /dev/null 2>&1 || fail "no savepoint before deletion"

@@ -129,6 +129,22 @@ pub async fn savepoint(uri: &str) -> anyhow::Result<()> {
     anyhow::bail!("no committed, intact checkpoint under {uri} to make a savepoint of")
 }
 
+/// Deletes the named savepoints of the job at `uri`; one already gone is
+/// no error (a disposal pod may run twice).
+pub async fn dispose(uri: &str, names: &[String]) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    let store = CheckpointStore::open_dir(uri)?;
+    let mut deleted = 0;
+    for name in names {
+        if store.delete_savepoint(name).await.with_context(|| format!("cannot dispose of savepoint {name}"))? {
+            deleted += 1;
+        }
+    }
+    let line = format!("disposed of {deleted} savepoint(s) under {uri}/savepoints: {}", names.join(", "));
+    writeln!(out, "{line}")?;
+    Ok(())
+}
+
 pub async fn purge(uri: &str) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     let store = CheckpointStore::open_dir(uri)?;

@@ -149,6 +149,79 @@ pub struct SavepointStatus {
     pub path: String,
 }
 
+/// Why a savepoint was taken.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
+pub enum SavepointKind {
+    /// A new `spec.savepointNonce`.
+    #[default]
+    Manual,
+    /// A spec change under `upgradeMode: Savepoint` (the job stops with it).
+    Upgrade,
+    /// `suspend: true` under `upgradeMode: Savepoint` (the job stops with it).
+    Suspend,
+}
+
+impl SavepointKind {
+    /// Whether the job stops with this savepoint.
+    pub fn stops(self) -> bool {
+        self != SavepointKind::Manual
+    }
+}
+
+/// A savepoint in `status.savepoints`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SavepointRecord {
+    pub path: String,
+    /// The checkpoint it is a copy of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<u64>,
+    /// When it completed (RFC 3339).
+    pub taken_at: String,
+    pub kind: SavepointKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<i64>,
+}
+
+/// A savepoint asked of the coordinator and not yet seen to end.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SavepointTrigger {
+    /// The coordinator's id for it (`GET /v1/savepoint-triggers/<id>`).
+    pub id: String,
+    pub kind: SavepointKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<i64>,
+    /// When it was asked for (RFC 3339, milliseconds).
+    pub triggered_at: String,
+}
+
+/// Savepoints in flight, their failures and what is left to dispose of.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SavepointInfo {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<SavepointTrigger>,
+    /// Failures in a row of the savepoint wanted now; reset by a success.
+    #[serde(default)]
+    pub failures: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// No savepoint is asked for before this time (RFC 3339, milliseconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<String>,
+    /// The last `savepointNonce` acted on (taken, or given up after failures).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<i64>,
+    /// Savepoints past `spec.savepoints` retention, still to be deleted
+    /// from storage (their names, `sp-<ms>`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dispose: Vec<String>,
+    /// The names the running disposal pod was given.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disposing: Vec<String>,
+}
+
 #[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct StreamJobStatus {
@@ -174,10 +247,20 @@ pub struct StreamJobStatus {
     pub restart_nonce: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_savepoint: Option<SavepointStatus>,
+    /// Savepoints taken by the operator, newest first, as many as
+    /// `spec.savepoints` keeps.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub savepoints: Vec<SavepointRecord>,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub savepoint_info: SavepointInfo,
     /// Set by a stateless upgrade: checkpoints completed before this time
     /// (ms since the epoch) are not restored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state_reset_at_ms: Option<u64>,
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
 }
 
 /// The CRD: the schema from the types, plus the rules on the object as a

@@ -132,6 +132,13 @@ enum CheckpointsCommand {
     /// Copy a job's newest committed, intact checkpoint to `savepoints/` (what
     /// deletionPolicy Savepoint runs when the job cannot take a savepoint itself).
     Savepoint { uri: String },
+    /// Delete savepoints of a job by name (`sp-<ms>`), as the operator does
+    /// with savepoints that fall out of `spec.savepoints` retention.
+    Dispose {
+        uri: String,
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
 }
 
 /// Resolves on SIGTERM with the exit code a shell gives it (128 + 15).
@@ -224,6 +231,9 @@ fn main() -> ExitCode {
                 checkpoints::list(target).await
             }
             Command::Checkpoints { command: CheckpointsCommand::Purge { uri } } => checkpoints::purge(&uri).await,
+            Command::Checkpoints { command: CheckpointsCommand::Dispose { uri, names } } => {
+                checkpoints::dispose(&uri, &names).await
+            }
             Command::Checkpoints { command: CheckpointsCommand::Savepoint { uri } } => {
                 checkpoints::savepoint(&uri).await
             }

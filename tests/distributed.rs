@@ -446,6 +446,50 @@ fn savepoint_metrics_and_stop_through_the_http_api() {
     assert!(local.join("_metadata").exists());
 }
 
+/// Polls a savepoint trigger until it is no longer in progress.
+fn trigger_outcome(c: &Cluster, id: &str) -> Value {
+    let start = Instant::now();
+    loop {
+        let state = c.get(&format!("/v1/savepoint-triggers/{id}")).unwrap_or(Value::Null);
+        if state["status"] != "InProgress" {
+            return state;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "savepoint {id} still in progress after a minute");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn savepoints_triggered_in_the_background_are_polled_by_id_and_a_stop_leaves_its_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Cluster::new(dir.path(), 50_000_000, 50_000);
+    c.token = Some("trigger-test-token".into());
+    let coordinator = c.coordinator();
+    for n in ["w1", "w2", "w3"] {
+        c.worker(n);
+    }
+    let mut ids = Vec::new();
+    c.wait_for("a checkpoint", &mut ids, Duration::from_secs(30), |_, chk| chk["latest"]["id"].is_u64());
+
+    let (code, _) = c.raw_request("POST", "/v1/savepoint-triggers", "").unwrap();
+    assert_eq!(code, 401, "a trigger without the token is refused");
+    let trigger = c.post("/v1/savepoint-triggers").expect("trigger answer");
+    let id = trigger["id"].as_str().unwrap_or_else(|| panic!("no id in {trigger}")).to_string();
+    let done = trigger_outcome(&c, &id);
+    assert_eq!(done["status"], "Completed", "{done}");
+    let path = done["path"].as_str().unwrap().to_string();
+    assert!(PathBuf::from(path.trim_start_matches("file://")).join("_metadata").exists(), "{path}");
+    let (code, _) = c.raw_request("GET", "/v1/savepoint-triggers/1-999", "").unwrap();
+    assert_eq!(code, 404, "an id this coordinator never handed out is unknown");
+
+    let stop = c.post("/v1/savepoint-triggers?stop=true").expect("stop trigger answer");
+    assert_eq!(stop["stop"], true, "{stop}");
+    assert!(c.wait_exit(coordinator, Duration::from_secs(60)), "the job stopped cleanly after its savepoint");
+    let savepoints = std::fs::read_dir(dir.path().join("chk/default/spread/savepoints")).unwrap().count();
+    assert_eq!(savepoints, 2, "one savepoint per trigger");
+    assert_contiguous(dir.path());
+}
+
 #[test]
 fn only_processes_with_the_job_token_join_the_job_or_take_savepoints() {
     let dir = tempfile::tempdir().unwrap();

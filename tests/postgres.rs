@@ -10,7 +10,9 @@ use serde_json::Value;
 
 mod common;
 
-use common::run::{finish, kill_nine_at, kill_nine_repeatedly, run_to_failure, weir, write_manifest, Job, KEYS};
+use common::run::{
+    finish, kill_nine_at, kill_nine_repeatedly, run_to_failure, wait_for_progress, weir, write_manifest, Job, KEYS,
+};
 
 fn psql(sql: &str) -> String {
     let out = Command::new("psql").args(["-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-c", sql]).output().unwrap();
@@ -110,7 +112,7 @@ fn a_database_crash_mid_job_is_survived_with_every_update_exactly_once() {
     let manifest = write_manifest(dir.path(), &job);
 
     let mut child = weir(&manifest, dir.path(), "run.log");
-    std::thread::sleep(Duration::from_millis(1500));
+    wait_for_progress(&mut child, "the job committing rows", || psql("SELECT count(*) FROM counts_crash") != "0");
     assert!(child.try_wait().unwrap().is_none(), "the job ended before the server crashed");
     // A crash, not a shutdown: no checkpoint, every connection cut at once.
     pg_ctl(&["-m", "immediate", "stop"]);
@@ -119,7 +121,11 @@ fn a_database_crash_mid_job_is_survived_with_every_update_exactly_once() {
     let status = finish(child, Duration::from_secs(120), dir.path(), "run.log");
     let log = std::fs::read_to_string(dir.path().join("run.log")).unwrap();
     assert!(status.success(), "the job did not survive the crash: {log}");
-    assert!(log.contains("job failed") && log.contains("postgres"), "the crash never reached the job: {log}");
+    // The crash either fails the attempt (a write on the lost connection)
+    // or is ridden out by the sink's reconnects (it hit between a prepare
+    // and the next write): both must leave each update exactly once.
+    let noticed = log.contains("job failed") || log.contains("retrying");
+    assert!(noticed && log.contains("postgres"), "the crash never reached the job: {log}");
 
     let updates = weir_runtime::verify::updates_of(rows("counts_crash")).unwrap();
     if let Err(e) = weir_runtime::verify::check_updates_exactly_once(&updates, COUNT, KEYS) {

@@ -9,7 +9,7 @@ use serde_json::Value;
 
 mod common;
 
-use common::run::{finish, kill_nine_repeatedly, run_to_failure, weir, write_manifest, Job, KEYS};
+use common::run::{finish, kill_nine_repeatedly, run_to_failure, wait_for_progress, weir, write_manifest, Job, KEYS};
 
 fn port() -> String {
     std::env::var("WEIR_TEST_REDIS_PORT").expect("WEIR_TEST_REDIS_PORT: scripts/test-redis starts a server")
@@ -81,7 +81,7 @@ fn a_redis_crash_mid_job_is_survived_with_each_keys_final_count() {
     let job = Job { name: "redis-crash", count: COUNT, rate: 50_000, sink: sink("crash:", ""), restart };
     let manifest = write_manifest(dir.path(), &job);
     let mut child = weir(&manifest, dir.path(), "run.log");
-    std::thread::sleep(Duration::from_millis(1500));
+    wait_for_progress(&mut child, "the job writing keys", || !json_values("crash:").is_empty());
     assert!(child.try_wait().unwrap().is_none(), "the job ended before the server crashed");
     restart_server_after_kill_9();
     let status = finish(child, Duration::from_secs(120), dir.path(), "run.log");

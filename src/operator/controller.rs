@@ -17,13 +17,14 @@ use kube::{Client, Resource, ResourceExt};
 use serde_json::{json, Value};
 use tracing::{info, warn, Instrument};
 use weir_runtime::distributed::tls::JobIdentity;
+use weir_runtime::distributed::triggers::parse_stop_message;
 use weir_runtime::job::coordinate::wall_ms;
 use weir_runtime::manifest::DeletionPolicy;
 
 use super::coordinator_api::CoordinatorApi;
 use super::objects::{self, chore_pod_name, Chore, Role, Settings, DIGEST_LABEL, JOB_LABEL, ROLE_LABEL};
-use super::plan::{self, Action as PlanAction, Observed, PodPhase, PodView};
-use crate::crd::{SavepointStatus, StreamJob};
+use super::plan::{self, Action as PlanAction, ChoreView, Observed, PodPhase, PodView};
+use crate::crd::StreamJob;
 
 pub const FINALIZER: &str = "weir.dev/cleanup";
 pub const FIELD_MANAGER: &str = "weir-operator";
@@ -89,6 +90,28 @@ pub struct Context {
     /// Watched caches; without them (in tests) every reconcile asks the
     /// API server.
     pub caches: Caches,
+    /// Stop-with-savepoint triggers of deleted jobs, per `namespace/name`,
+    /// with when they were asked for. Kept in memory: an operator that
+    /// restarts mid-deletion asks again, which costs one more savepoint.
+    pub deletion_triggers: std::sync::Mutex<std::collections::HashMap<String, (String, std::time::Instant)>>,
+}
+
+impl Context {
+    fn deletion_trigger(&self, key: &str) -> Option<(String, std::time::Instant)> {
+        self.deletion_triggers.lock().ok()?.get(key).cloned()
+    }
+
+    fn remember_deletion_trigger(&self, key: &str, id: String) {
+        if let Ok(mut t) = self.deletion_triggers.lock() {
+            t.insert(key.to_string(), (id, std::time::Instant::now()));
+        }
+    }
+
+    fn forget_deletion_trigger(&self, key: &str) {
+        if let Ok(mut t) = self.deletion_triggers.lock() {
+            t.remove(key);
+        }
+    }
 }
 
 /// How often an unchanged child object is applied again anyway.
@@ -308,7 +331,20 @@ async fn observe(job: &StreamJob, ctx: &Context, ns: &str) -> Result<Observed, E
     let pods = items.iter().filter_map(|p| pod_view(p, &nodes, now_ms)).collect::<Vec<_>>();
     let coordinator_up = pods.iter().any(|p| p.role == Role::Coordinator && p.phase == PodPhase::Running);
     let coordinator = if coordinator_up { ctx.coordinator.view(ns, &name).await } else { None };
-    Ok(Observed { pods, coordinator, now_ms })
+    let trigger = match job.status.as_ref().and_then(|s| s.savepoint_info.trigger.as_ref()) {
+        Some(t) if coordinator_up => ctx.coordinator.savepoint_trigger(ns, &name, &t.id).await,
+        _ => None,
+    };
+    let disposal = items.iter().find(|p| p.name_any() == chore_pod_name(&name, Chore::Dispose)).map(|pod| {
+        let phase = match pod.status.as_ref().and_then(|s| s.phase.as_deref()) {
+            Some("Succeeded") => PodPhase::Succeeded,
+            Some("Failed") => PodPhase::Failed,
+            Some("Running") => PodPhase::Running,
+            _ => PodPhase::Pending,
+        };
+        ChoreView { phase, message: terminated(pod).and_then(|t| t.message.clone()) }
+    });
+    Ok(Observed { pods, coordinator, trigger, disposal, now_ms })
 }
 
 async fn apply(job: Arc<StreamJob>, ctx: &Context) -> Result<Action, Error> {
@@ -317,32 +353,20 @@ async fn apply(job: Arc<StreamJob>, ctx: &Context) -> Result<Action, Error> {
     let observed = observe(&job, ctx, &ns).await?;
     let mut p = plan::plan(&job, &observed, &ctx.settings);
 
-    for action in &p.actions {
+    for action in p.actions.clone() {
         match action {
-            PlanAction::Savepoint { nonce } => match ctx.coordinator.savepoint(&ns, &name, false).await {
-                Ok(path) => {
-                    p.status.last_savepoint = Some(SavepointStatus { nonce: *nonce, path: path.clone() });
-                    p.events.push(plan::Event {
-                        warning: false,
-                        reason: "Savepoint".into(),
-                        note: format!("savepoint at {path}"),
-                    });
+            PlanAction::TriggerSavepoint { kind, nonce } => {
+                match ctx.coordinator.trigger_savepoint(&ns, &name, kind.stops()).await {
+                    Ok(id) => {
+                        let event = plan::savepoint_triggered(&mut p.status, kind, nonce, id, observed.now_ms);
+                        p.events.push(event);
+                    }
+                    Err(e) => {
+                        let events = plan::savepoint_failed(&mut p.status, kind, nonce, &e, observed.now_ms);
+                        p.events.extend(events);
+                    }
                 }
-                Err(e) => p.events.push(plan::Event { warning: true, reason: "SavepointFailed".into(), note: e }),
-            },
-            PlanAction::StopWithSavepoint => match ctx.coordinator.savepoint(&ns, &name, true).await {
-                Ok(path) => {
-                    p.status.last_savepoint =
-                        Some(SavepointStatus { nonce: job.spec.0.savepoint_nonce, path: path.clone() });
-                    p.events.push(plan::Event {
-                        warning: false,
-                        reason: "Stopped".into(),
-                        note: format!("stopped with a savepoint at {path}"),
-                    });
-                    p.requeue_ms = 500;
-                }
-                Err(e) => p.events.push(plan::Event { warning: true, reason: "SavepointFailed".into(), note: e }),
-            },
+            }
         }
     }
 
@@ -570,34 +594,62 @@ async fn cleanup(job: Arc<StreamJob>, ctx: &Context) -> Result<Action, Error> {
 /// gives up (the checkpoints then remain, and an event says so).
 const PURGE_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// The savepoint before a deletion: the job takes it itself if its
-/// coordinator runs undisturbed; otherwise (its pods went first, as under
-/// foreground deletion, or it was not running, or the call failed) a pod
-/// copies its newest committed checkpoint to a savepoint, which is a
-/// consistent point of the job too: output after it was never committed.
+/// How long a deleted job may take to stop with its savepoint before a
+/// pod copies its newest checkpoint instead.
+const DELETION_SAVEPOINT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The savepoint before a deletion, one step per reconcile: the job takes
+/// it itself (a stop-with-savepoint triggered in the background and
+/// followed) if its coordinator runs undisturbed; otherwise (its pods went
+/// first, as under foreground deletion, or it was not running, or the
+/// savepoint failed or took too long) a pod copies its newest committed
+/// checkpoint to a savepoint, which is a consistent point of the job too:
+/// output after it was never committed.
 async fn savepoint_step(job: &StreamJob, ctx: &Context, ns: &str) -> Result<Result<String, String>, Error> {
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
     let name = job.name_any();
+    let key = format!("{ns}/{name}");
     if pods.get_opt(&chore_pod_name(&name, Chore::Savepoint)).await?.is_none() {
         let selector = format!("{JOB_LABEL}={name},{ROLE_LABEL}=coordinator");
         let coordinators = pods.list(&ListParams::default().labels(&selector)).await?;
+        let stopped =
+            coordinators.items.iter().find_map(|p| terminated(p)?.message.as_deref().and_then(parse_stop_message));
+        if let Some((path, _)) = stopped {
+            ctx.forget_deletion_trigger(&key);
+            return Ok(Ok(format!("savepoint before deletion at {path}")));
+        }
         let undisturbed = coordinators.items.iter().any(|p| {
             p.metadata.deletion_timestamp.is_none()
                 && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
         });
         if undisturbed {
-            let taken = tokio::time::timeout(Duration::from_secs(60), ctx.coordinator.savepoint(ns, &name, true)).await;
-            match taken {
-                Ok(Ok(path)) => return Ok(Ok(format!("savepoint before deletion at {path}"))),
-                Ok(Err(e)) => {
-                    warn!(job = %name, "the job took no savepoint before deletion ({e}); copying its newest checkpoint")
-                }
-                Err(_) => {
-                    warn!(job = %name, "the job took no savepoint before deletion within 60s; copying its newest checkpoint")
-                }
+            match ctx.deletion_trigger(&key) {
+                None => match ctx.coordinator.trigger_savepoint(ns, &name, true).await {
+                    Ok(id) => {
+                        ctx.remember_deletion_trigger(&key, id.clone());
+                        return Err(Error::CleanupPending(format!("the job stops with a savepoint ({id})")));
+                    }
+                    Err(e) => {
+                        warn!(job = %name, "the job took no savepoint before deletion ({e}); copying its newest checkpoint")
+                    }
+                },
+                Some((id, since)) => match ctx.coordinator.savepoint_trigger(ns, &name, &id).await {
+                    Some(plan::TriggerView::Completed { path, .. }) => {
+                        ctx.forget_deletion_trigger(&key);
+                        return Ok(Ok(format!("savepoint before deletion at {path}")));
+                    }
+                    Some(plan::TriggerView::InProgress) | None if since.elapsed() < DELETION_SAVEPOINT_TIMEOUT => {
+                        return Err(Error::CleanupPending(format!("the job stops with a savepoint ({id})")));
+                    }
+                    outcome => {
+                        ctx.forget_deletion_trigger(&key);
+                        warn!(job = %name, "the job took no savepoint before deletion ({outcome:?}); copying its newest checkpoint")
+                    }
+                },
             }
         }
     }
+    ctx.forget_deletion_trigger(&key);
     chore_step(job, ctx, ns, Chore::Savepoint).await
 }
 
@@ -643,6 +695,7 @@ async fn chore_step(job: &StreamJob, ctx: &Context, ns: &str, chore: Chore) -> R
             Chore::Savepoint => {
                 said.unwrap_or_else(|| format!("savepoint of the newest checkpoint under {location}/savepoints"))
             }
+            Chore::Dispose => said.unwrap_or_else(|| format!("disposed of savepoints under {location}/savepoints")),
         }),
         Some("Failed") => {
             let why = said

@@ -19,7 +19,10 @@ type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 #[derive(Default)]
 struct FakeCoordinator {
     view: Option<CoordinatorView>,
-    savepoints: Mutex<Vec<bool>>,
+    /// The `stop` of each background trigger asked for.
+    triggers: Mutex<Vec<bool>>,
+    /// What a trigger's status is said to be.
+    trigger: Option<plan::TriggerView>,
     fail: bool,
 }
 
@@ -28,15 +31,18 @@ impl CoordinatorApi for FakeCoordinator {
     async fn view(&self, _: &str, _: &str) -> Option<CoordinatorView> {
         self.view.clone()
     }
-    async fn savepoint(&self, _: &str, _: &str, stop: bool) -> Result<String, String> {
-        if let Ok(mut s) = self.savepoints.lock() {
+    async fn trigger_savepoint(&self, _: &str, _: &str, stop: bool) -> Result<String, String> {
+        if let Ok(mut s) = self.triggers.lock() {
             s.push(stop);
         }
         if self.fail {
             Err("coordinator unreachable".into())
         } else {
-            Ok("file:///sp/sp-1".into())
+            Ok("1800000000000-1".into())
         }
+    }
+    async fn savepoint_trigger(&self, _: &str, _: &str, _: &str) -> Option<plan::TriggerView> {
+        self.trigger.clone()
     }
 }
 
@@ -71,6 +77,7 @@ fn clone_context(ctx: &Context) -> Context {
         node_warning: Default::default(),
         leadership: None,
         caches: Default::default(),
+        deletion_triggers: Default::default(),
     }
 }
 
@@ -99,6 +106,7 @@ fn setup(coordinator: FakeCoordinator) -> Setup {
         node_warning: Default::default(),
         leadership: None,
         caches: Default::default(),
+        deletion_triggers: Default::default(),
     });
     Setup { ctx, handle, coordinator, events }
 }
@@ -298,6 +306,50 @@ async fn suspend_deletes_the_pods_and_keeps_state() {
     reconcile(parse(&job), s.ctx.clone()).await.expect("reconcile succeeds");
     let seen = server.await.unwrap();
     assert_eq!(seen[3].2["status"]["phase"], "Suspended");
+}
+
+/// A suspension in savepoint mode of a job whose pods run: one reconcile.
+async fn suspend_with_savepoint(coordinator: FakeCoordinator) -> (Arc<FakeCoordinator>, Arc<CollectedEvents>, Value) {
+    let s = setup(coordinator);
+    let mut job = job_json(json!({"suspend": true, "upgradeMode": "Savepoint"}), false, "file:///tmp/weir-test-none");
+    let hash = plan::spec_digest(&parse(&job).spec.0);
+    job["status"] = json!({"phase": "Running", "deployed": deployed(&hash)});
+    let pods = pod_list(vec![
+        pod_json("counts-coordinator-1", "coordinator", "Running", &hash),
+        pod_json("counts-worker-0-1", "worker", "Running", &hash),
+    ]);
+    let server = tokio::spawn(serve(
+        s.handle,
+        vec![("GET", "/pods?", 200, pods), ("PATCH", "/streamjobs/counts/status?", 200, job.clone())],
+    ));
+    let action = reconcile(parse(&job), s.ctx.clone()).await.expect("reconcile succeeds");
+    assert_eq!(action, Action::requeue(Duration::from_millis(1000)), "a savepoint is looked after within a second");
+    let seen = server.await.unwrap();
+    (s.coordinator, s.events, seen[1].2["status"].clone())
+}
+
+#[tokio::test]
+async fn a_savepoint_mode_suspension_triggers_a_stop_savepoint_and_deletes_nothing_yet() {
+    let running = CoordinatorView { state: "Running".into(), ..CoordinatorView::default() };
+    let (coordinator, events, status) =
+        suspend_with_savepoint(FakeCoordinator { view: Some(running), ..Default::default() }).await;
+    assert_eq!(*coordinator.triggers.lock().unwrap(), vec![true], "a stop-with-savepoint, in the background");
+    assert_eq!(status["savepointInfo"]["trigger"]["id"], "1800000000000-1");
+    assert_eq!(status["savepointInfo"]["trigger"]["kind"], "Suspend");
+    assert_eq!(status["phase"], "Running", "the job runs until it stopped with its savepoint");
+    assert!(events.0.lock().unwrap().iter().any(|e| e.reason == "SavepointTriggered"));
+}
+
+#[tokio::test]
+async fn a_savepoint_that_cannot_be_triggered_is_a_failure_with_backoff_in_status() {
+    let running = CoordinatorView { state: "Running".into(), ..CoordinatorView::default() };
+    let (_, events, status) =
+        suspend_with_savepoint(FakeCoordinator { view: Some(running), fail: true, ..Default::default() }).await;
+    assert_eq!(status["savepointInfo"]["failures"], 1);
+    assert_eq!(status["savepointInfo"]["lastError"], "coordinator unreachable");
+    assert!(status["savepointInfo"]["nextAttemptAt"].is_string());
+    assert!(status["savepointInfo"].get("trigger").is_none());
+    assert!(events.0.lock().unwrap().iter().any(|e| e.warning && e.reason == "SavepointFailed"));
 }
 
 #[tokio::test]
@@ -550,16 +602,32 @@ async fn deletion_with_savepoint_asks_a_coordinator_that_runs_undisturbed() {
         &job,
         vec![
             ("GET", "/pods/counts-savepoint", 404, not_found()),
-            ("GET", "/pods?", 200, pod_list(vec![coordinator])),
+            ("GET", "/pods?", 200, pod_list(vec![coordinator.clone()])),
+        ],
+    )
+    .await;
+    assert!(result.is_ok(), "requeued while the job stops: {result:?}");
+    assert!(seen[1].1.contains("role%3Dcoordinator"), "{}", seen[1].1);
+    assert_eq!(*s.coordinator.triggers.lock().unwrap(), vec![true], "a stop-with-savepoint, in the background");
+
+    // The next look finds the coordinator ended, its savepoint in its last words.
+    let mut ended = coordinator;
+    ended["status"]["phase"] = json!("Succeeded");
+    let said = weir_runtime::distributed::triggers::stop_message("s3://bucket/weir/jobs/counts/savepoints/sp-5", 9);
+    ended["status"]["containerStatuses"][0]["state"] = json!({"terminated": {"exitCode": 0, "message": said}});
+    let (_, result) = one_reconcile(
+        &s,
+        &job,
+        vec![
+            ("GET", "/pods/counts-savepoint", 404, not_found()),
+            ("GET", "/pods?", 200, pod_list(vec![ended])),
             ("PATCH", "/streamjobs/counts?", 200, job.clone()),
         ],
     )
     .await;
     result.expect("cleanup succeeds");
-    assert!(seen[1].1.contains("role%3Dcoordinator"), "{}", seen[1].1);
-    assert_eq!(*s.coordinator.savepoints.lock().unwrap(), vec![true], "a stop-with-savepoint");
     let events = s.events.0.lock().unwrap().clone();
-    assert!(events.iter().any(|e| e.reason == "Savepoint" && !e.warning), "{events:?}");
+    assert!(events.iter().any(|e| e.reason == "Savepoint" && !e.warning && e.note.contains("sp-5")), "{events:?}");
 }
 
 fn savepoint_pod_json(phase: &str, terminated: Value) -> Value {
@@ -588,7 +656,7 @@ async fn under_foreground_deletion_a_pod_copies_the_newest_checkpoint_to_a_savep
     )
     .await;
     assert_eq!(result.unwrap(), requeued.clone(), "waits for the pods to be gone");
-    assert!(s.coordinator.savepoints.lock().unwrap().is_empty(), "a terminating coordinator is not asked");
+    assert!(s.coordinator.triggers.lock().unwrap().is_empty(), "a terminating coordinator is not asked");
     let running = savepoint_pod_json("Running", json!({"running": {}}));
     let (seen, result) = one_reconcile(
         &s,
@@ -623,7 +691,7 @@ async fn under_foreground_deletion_a_pod_copies_the_newest_checkpoint_to_a_savep
     )
     .await;
     result.expect("the finalizer goes once the savepoint is there");
-    assert!(s.coordinator.savepoints.lock().unwrap().is_empty());
+    assert!(s.coordinator.triggers.lock().unwrap().is_empty());
     let events = s.events.0.lock().unwrap().clone();
     assert!(events.iter().any(|e| e.reason == "Savepoint" && e.note == said), "{events:?}");
 }

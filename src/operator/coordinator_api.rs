@@ -1,6 +1,6 @@
 //! Reading a job's coordinator API (`/v1/job`, `/v1/checkpoints`) and
-//! asking it for savepoints. Behind a trait so controller tests need no
-//! coordinator.
+//! asking it for savepoints in the background (`/v1/savepoint-triggers`).
+//! Behind a trait so controller tests need no coordinator.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -18,15 +18,17 @@ use k8s_openapi::api::core::v1::Secret;
 use weir_runtime::distributed::tls::{peer_speaks_plain, JobTrust};
 
 use super::objects::{coordinator_name, token_secret_name, HTTP_PORT, TLS_CA_KEY, TOKEN_KEY};
-use super::plan::{rfc3339, CoordinatorView};
+use super::plan::{rfc3339, CoordinatorView, TriggerView};
 use crate::crd::CheckpointRef;
 
 #[async_trait]
 pub trait CoordinatorApi: Send + Sync {
     /// `None` when the coordinator does not answer (yet).
     async fn view(&self, namespace: &str, job: &str) -> Option<CoordinatorView>;
-    /// Takes a savepoint (`stop`: then the job finishes); returns its path.
-    async fn savepoint(&self, namespace: &str, job: &str, stop: bool) -> Result<String, String>;
+    /// Asks for a savepoint in the background; returns its trigger id.
+    async fn trigger_savepoint(&self, namespace: &str, job: &str, stop: bool) -> Result<String, String>;
+    /// Where trigger `id` stands; `None` when the coordinator does not answer.
+    async fn savepoint_trigger(&self, namespace: &str, job: &str, id: &str) -> Option<TriggerView>;
 }
 
 /// Talks to `<job>-coordinator.<namespace>.svc:8081` (or the template
@@ -89,12 +91,29 @@ impl HttpCoordinatorApi {
     /// One request on a connection of its own; calls are seconds apart.
     async fn call(
         &self,
-        (namespace, job): (&str, &str),
+        at: (&str, &str),
         method: hyper::Method,
         path: &str,
         with_token: bool,
         timeout: Duration,
     ) -> Result<Value, String> {
+        let (status, value) = self.call_with_status(at, method, path, with_token, timeout).await?;
+        if !status.is_success() {
+            let url = self.url(at.0, at.1, path);
+            return Err(format!("{url}: {status}: {}", value["error"].as_str().unwrap_or("")));
+        }
+        Ok(value)
+    }
+
+    /// The answer's status and JSON body, whatever the status.
+    async fn call_with_status(
+        &self,
+        (namespace, job): (&str, &str),
+        method: hyper::Method,
+        path: &str,
+        with_token: bool,
+        timeout: Duration,
+    ) -> Result<(hyper::StatusCode, Value), String> {
         let url = self.url(namespace, job, path);
         let secrets = self.secrets(namespace, job).await?;
         let answer = tokio::time::timeout(timeout, self.exchange(&url, method, &secrets, with_token))
@@ -109,10 +128,7 @@ impl HttpCoordinatorApi {
             self.forget(namespace, job);
         }
         let value: Value = serde_json::from_slice(&body).map_err(|e| format!("{url}: not JSON: {e}"))?;
-        if !status.is_success() {
-            return Err(format!("{url}: {status}: {}", value["error"].as_str().unwrap_or("")));
-        }
-        Ok(value)
+        Ok((status, value))
     }
 
     async fn exchange(
@@ -191,9 +207,32 @@ impl CoordinatorApi for HttpCoordinatorApi {
         })
     }
 
-    async fn savepoint(&self, namespace: &str, job: &str, stop: bool) -> Result<String, String> {
-        let path = if stop { "/v1/stop" } else { "/v1/savepoints" };
-        let v = self.call((namespace, job), hyper::Method::POST, path, true, Duration::from_secs(120)).await?;
-        v["path"].as_str().map(str::to_string).ok_or_else(|| format!("no path in {v}"))
+    async fn trigger_savepoint(&self, namespace: &str, job: &str, stop: bool) -> Result<String, String> {
+        let path = if stop { "/v1/savepoint-triggers?stop=true" } else { "/v1/savepoint-triggers" };
+        let v = self.call((namespace, job), hyper::Method::POST, path, true, Duration::from_secs(10)).await?;
+        v["id"].as_str().map(str::to_string).ok_or_else(|| format!("no id in {v}"))
+    }
+
+    async fn savepoint_trigger(&self, namespace: &str, job: &str, id: &str) -> Option<TriggerView> {
+        let path = format!("/v1/savepoint-triggers/{id}");
+        let at = (namespace, job);
+        let (status, v) =
+            self.call_with_status(at, hyper::Method::GET, &path, false, Duration::from_secs(5)).await.ok()?;
+        if status == hyper::StatusCode::NOT_FOUND {
+            return Some(TriggerView::Unknown(format!(
+                "the coordinator does not know savepoint {id} (it restarted since)"
+            )));
+        }
+        if !status.is_success() {
+            return None;
+        }
+        Some(match v["status"].as_str() {
+            Some("Completed") => TriggerView::Completed {
+                path: v["path"].as_str().unwrap_or_default().to_string(),
+                checkpoint: v["checkpoint"].as_u64().unwrap_or(0),
+            },
+            Some("Failed") => TriggerView::Failed(v["reason"].as_str().unwrap_or("no reason given").to_string()),
+            _ => TriggerView::InProgress,
+        })
     }
 }

@@ -190,6 +190,9 @@ pub enum Chore {
     /// take one itself: its pods were gone first, as under foreground
     /// deletion, or it was not running).
     Savepoint,
+    /// `weir checkpoints dispose`: savepoints past `spec.savepoints`
+    /// retention deleted, for a job that exists.
+    Dispose,
 }
 
 impl Chore {
@@ -197,6 +200,7 @@ impl Chore {
         match self {
             Chore::Purge => "purge",
             Chore::Savepoint => "savepoint",
+            Chore::Dispose => "dispose",
         }
     }
 }
@@ -218,9 +222,11 @@ pub fn chore_pod(d: &Deployment<'_>, settings: &Settings, chore: Chore) -> Pod {
     l.insert(ROLE_LABEL.into(), chore.verb().into());
     p.metadata.name = Some(chore_pod_name(&name, chore));
     p.metadata.labels = Some(l);
-    // Not owned by the job: a foreground deletion would collect it
-    // mid-chore. The operator deletes it once it has ended.
-    p.metadata.owner_references = None;
+    // A deleted job's chores are not owned by it: a foreground deletion
+    // would collect them mid-chore. The operator deletes them once ended.
+    if chore != Chore::Dispose {
+        p.metadata.owner_references = None;
+    }
     if let Some(spec) = p.spec.as_mut() {
         // The job's Secret (token, TLS) is owned by the job: a foreground
         // deletion removes it first, and this pod talks to no other pod.
@@ -260,6 +266,12 @@ pub fn config_map(d: &Deployment<'_>) -> ConfigMap {
     let mut spec = job.spec.0.clone();
     spec.checkpoints.storage = d.storage.to_string();
     spec.pod_template = None;
+    let mut spec = serde_json::to_value(&spec).unwrap_or_default();
+    // The operator's own fields: an image older than them would refuse
+    // the job file (it denies unknown fields).
+    if let Some(fields) = spec.as_object_mut() {
+        fields.remove("savepoints");
+    }
     let manifest = serde_json::json!({
         "apiVersion": weir_runtime::manifest::API_VERSION,
         "kind": weir_runtime::manifest::KIND,

@@ -18,8 +18,13 @@ use weir_runtime::manifest::{CheckpointOptions, StreamJobSpec, UpgradeMode};
 
 use super::objects::{self, pod_name, Deployment, Role, Settings, MAX_JOB_NAME};
 use super::pod_template;
-use crate::crd::{CheckpointRef, Condition, DeployedStatus, Failure, Phase, RestartStatus, StreamJob, StreamJobStatus};
+use crate::crd::{
+    CheckpointRef, Condition, DeployedStatus, Failure, Phase, RestartStatus, SavepointKind, StreamJob, StreamJobStatus,
+};
+
+mod savepoints;
 use crate::restart_strategy::{record_failure, RestartDecision};
+pub use savepoints::{savepoint_failed, savepoint_triggered};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PodPhase {
@@ -65,16 +70,40 @@ pub struct CoordinatorView {
 pub struct Observed {
     pub pods: Vec<PodView>,
     pub coordinator: Option<CoordinatorView>,
+    /// What the coordinator says of `status.savepointInfo.trigger`, when
+    /// there is one and the coordinator answered.
+    pub trigger: Option<TriggerView>,
+    /// The pod disposing of old savepoints, if it exists.
+    pub disposal: Option<ChoreView>,
     pub now_ms: u64,
+}
+
+/// A savepoint trigger as `GET /v1/savepoint-triggers/<id>` tells it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TriggerView {
+    InProgress,
+    Completed {
+        path: String,
+        checkpoint: u64,
+    },
+    Failed(String),
+    /// The coordinator does not know the id (it restarted).
+    Unknown(String),
+}
+
+/// A short-lived pod of the job (the savepoint disposal) as observed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChoreView {
+    pub phase: PodPhase,
+    pub message: Option<String>,
 }
 
 /// Calls to the coordinator's API the reconcile should make.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
-    /// `POST /v1/savepoints`; record the path under this nonce.
-    Savepoint { nonce: Option<i64> },
-    /// `POST /v1/stop` (savepoint, then the job finishes).
-    StopWithSavepoint,
+    /// `POST /v1/savepoint-triggers` (`?stop=true` for the kinds that stop
+    /// the job); the id goes to `status.savepointInfo.trigger`.
+    TriggerSavepoint { kind: SavepointKind, nonce: Option<i64> },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -140,7 +169,8 @@ pub enum Step {
 
 /// The first 64 hex digits of SHA-256 over the canonical JSON (keys
 /// sorted) of what the pods run. Lifecycle fields (suspend, nonces,
-/// restart strategy, deletion and upgrade policy, the initial savepoint)
+/// restart strategy, deletion and upgrade policy, the initial savepoint,
+/// savepoint options)
 /// are left out, so changing them restarts nothing; so are operator
 /// settings, so an operator upgrade restarts nothing either. Stable across
 /// Rust releases and operator versions, unlike `DefaultHasher`.
@@ -154,8 +184,15 @@ pub fn spec_digest(spec: &StreamJobSpec) -> String {
     s.upgrade_mode = Default::default();
     // Read only while the job has no checkpoint of its own, like Flink's.
     s.initial_savepoint_path = None;
+    let mut value = serde_json::to_value(&s).unwrap_or_default();
+    // Lifecycle fields added since digests were first recorded are left
+    // out entirely: a default written out would change every digest, and
+    // an operator upgrade would restart every job.
+    if let Some(fields) = value.as_object_mut() {
+        fields.remove("savepoints");
+    }
     let mut text = String::new();
-    canonical_json(&serde_json::to_value(&s).unwrap_or_default(), &mut text);
+    canonical_json(&value, &mut text);
     Sha256::digest(text.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -424,11 +461,11 @@ pub fn plan(job: &StreamJob, observed: &Observed, settings: &Settings) -> Plan {
     let mut p = Plan { status: c.old.clone(), requeue_ms: 5_000, ..Plan::default() };
     p.status.observed_generation = job.metadata.generation;
 
-    // A one-off savepoint, whatever else happens.
-    let new_nonce =
-        spec.savepoint_nonce.is_some() && spec.savepoint_nonce != c.old.last_savepoint.as_ref().and_then(|s| s.nonce);
-    if new_nonce && c.coordinator_running() && !matches!(step, Step::Invalid(_)) {
-        p.actions.push(Action::Savepoint { nonce: spec.savepoint_nonce });
+    // A savepoint in flight is followed whatever else happens; a new nonce
+    // asks for one once the job runs.
+    savepoints::track(&c, &mut p);
+    if !matches!(step, Step::Invalid(_)) {
+        savepoints::manual(&c, &mut p);
     }
 
     match step {
@@ -454,6 +491,12 @@ pub fn plan(job: &StreamJob, observed: &Observed, settings: &Settings) -> Plan {
         }
         Step::Run => run(&c, &mut p, template.as_ref()),
     }
+    savepoints::retain(&c, &mut p);
+    savepoints::dispose(&c, &mut p);
+    if p.status.savepoint_info.trigger.is_some() || !p.actions.is_empty() {
+        // A savepoint is looked after every second or so, whatever the step.
+        p.requeue_ms = if p.requeue_ms == 0 { 1_000 } else { p.requeue_ms.min(1_000) };
+    }
     p
 }
 
@@ -468,14 +511,14 @@ fn invalid(c: &Ctx<'_>, p: &mut Plan, message: String) {
 fn suspend(c: &Ctx<'_>, p: &mut Plan) {
     let live: Vec<&PodView> = c.live().collect();
     if !live.is_empty() {
-        if c.spec.upgrade_mode == UpgradeMode::Savepoint && !c.coordinator_done() && c.coordinator_running() {
-            p.actions.push(Action::StopWithSavepoint);
-        } else {
-            delete_pods(c, p, live.into_iter());
-            if let Some(d) = p.status.deployed.as_mut() {
-                d.pods.clear();
-                d.created = false;
-            }
+        if c.spec.upgrade_mode == UpgradeMode::Savepoint && !savepoints::gate(c, p, SavepointKind::Suspend) {
+            // The job runs on until it stopped with its savepoint.
+            return;
+        }
+        delete_pods(c, p, live.into_iter());
+        if let Some(d) = p.status.deployed.as_mut() {
+            d.pods.clear();
+            d.created = false;
         }
     }
     // A restart pending at suspension is moot: resuming starts every pod anew.
@@ -508,16 +551,11 @@ fn redeploy(c: &Ctx<'_>, p: &mut Plan, why: Redeploy) {
     if spec_changed
         && !live.is_empty()
         && c.spec.upgrade_mode == UpgradeMode::Savepoint
-        && c.coordinator_running()
-        && !c.coordinator_done()
+        && !savepoints::gate(c, p, SavepointKind::Upgrade)
     {
         // The new attempt starts once the job stopped with its savepoint;
         // until then this generation is not acted on.
-        p.actions.push(Action::StopWithSavepoint);
         p.status.observed_generation = c.old.observed_generation;
-        p.status.phase = Phase::Starting;
-        p.status.conditions = conditions(c, Phase::Starting, None, None);
-        p.requeue_ms = 1_000;
         return;
     }
     delete_pods(c, p, c.observed.pods.iter());
@@ -737,6 +775,22 @@ pub fn chore_pod(job: &StreamJob, settings: &Settings, chore: objects::Chore) ->
     objects::chore_pod(&d, settings, chore)
 }
 
+/// The pod deleting savepoints `names` of a job past its retention.
+pub fn dispose_pod(
+    job: &StreamJob,
+    status: &StreamJobStatus,
+    settings: &Settings,
+    names: &[String],
+) -> k8s_openapi::api::core::v1::Pod {
+    let mut with_status = job.clone();
+    with_status.status = Some(status.clone());
+    let mut pod = chore_pod(&with_status, settings, objects::Chore::Dispose);
+    if let Some(args) = pod.spec.as_mut().and_then(|s| s.containers.first_mut()).and_then(|c| c.args.as_mut()) {
+        args.extend(names.iter().cloned());
+    }
+    pod
+}
+
 /// Where the purge of a deleted job deletes.
 pub fn checkpoint_location(job: &StreamJob, settings: &Settings) -> String {
     let status = job.status.clone().unwrap_or_default();
@@ -753,7 +807,7 @@ pub fn rfc3339_millis(ms: u64) -> String {
     humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms)).to_string()
 }
 
-fn parse_rfc3339(s: &str) -> Option<u64> {
+pub fn parse_rfc3339(s: &str) -> Option<u64> {
     humantime::parse_rfc3339(s).ok()?.duration_since(std::time::UNIX_EPOCH).ok().map(|d| d.as_millis() as u64)
 }
 

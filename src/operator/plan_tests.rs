@@ -3,7 +3,7 @@ use kube::api::ObjectMeta;
 use weir_runtime::distributed::tls::JobIdentity;
 
 use super::*;
-use crate::crd::{CheckpointRef, JobSpec};
+use crate::crd::{CheckpointRef, JobSpec, SavepointRecord};
 use crate::operator::objects::{token_secret, Chore, DIGEST_LABEL, ROLE_LABEL, TLS_DIR};
 
 const MANIFEST: &str = r#"
@@ -98,7 +98,7 @@ fn running(latest_at: u64) -> Option<CoordinatorView> {
 
 /// Every pod running and the coordinator reporting checkpoint 7 at `T0`.
 fn up(j: &StreamJob, now_ms: u64) -> Observed {
-    Observed { pods: pods(j, PodPhase::Running), coordinator: running(T0), now_ms }
+    Observed { pods: pods(j, PodPhase::Running), coordinator: running(T0), now_ms, ..Default::default() }
 }
 
 /// A job as `job` makes it, reconciled once while it has no pods and once
@@ -196,7 +196,12 @@ fn a_running_job_reports_its_latest_checkpoint_and_is_ready() {
 fn reapplying_an_unchanged_job_changes_no_pod_and_no_status() {
     let mut j = job(|_| {});
     step(&mut j, &Observed { now_ms: T0, ..Observed::default() });
-    let observed = Observed { pods: pods(&j, PodPhase::Running), coordinator: running(T0), now_ms: T0 + 1000 };
+    let observed = Observed {
+        pods: pods(&j, PodPhase::Running),
+        coordinator: running(T0),
+        now_ms: T0 + 1000,
+        ..Default::default()
+    };
     step(&mut j, &observed);
     let later = Observed { now_ms: T0 + 60_000, coordinator: running(T0 + 59_000), ..observed };
     let before = j.status.clone().unwrap();
@@ -215,7 +220,10 @@ fn a_failed_pod_is_recreated_after_the_fixed_delay_and_the_budget_then_runs_out(
     failed[1].phase = PodPhase::Failed;
     failed[1].exit_code = Some(137);
     failed[1].reason = Some("Error".into());
-    let p = step(&mut j, &Observed { pods: failed.clone(), coordinator: running(T0), now_ms: T0 + 1000 });
+    let p = step(
+        &mut j,
+        &Observed { pods: failed.clone(), coordinator: running(T0), now_ms: T0 + 1000, ..Default::default() },
+    );
     assert_eq!(p.status.phase, Phase::Restarting);
     assert_eq!(p.status.restarts.next_restart_at.as_deref(), Some(rfc3339_millis(T0 + 11_000).as_str()));
     let f = p.status.restarts.last_failure.as_ref().unwrap();
@@ -223,9 +231,15 @@ fn a_failed_pod_is_recreated_after_the_fixed_delay_and_the_budget_then_runs_out(
     assert!(p.delete.is_empty(), "not before the delay");
     assert!(p.events.iter().any(|e| e.warning && e.reason == "PodFailed"));
 
-    let early = step(&mut j, &Observed { pods: failed.clone(), coordinator: running(T0), now_ms: T0 + 5000 });
+    let early = step(
+        &mut j,
+        &Observed { pods: failed.clone(), coordinator: running(T0), now_ms: T0 + 5000, ..Default::default() },
+    );
     assert!(early.delete.is_empty());
-    let due = step(&mut j, &Observed { pods: failed.clone(), coordinator: running(T0), now_ms: T0 + 11_000 });
+    let due = step(
+        &mut j,
+        &Observed { pods: failed.clone(), coordinator: running(T0), now_ms: T0 + 11_000, ..Default::default() },
+    );
     assert_eq!(due.delete, ["counts-worker-0-1"]);
     assert_eq!(names(&due), ["counts-worker-0-2"], "only the failed pod is replaced, under a new name");
     assert_eq!(due.status.restarts.count, 1);
@@ -233,11 +247,14 @@ fn a_failed_pod_is_recreated_after_the_fixed_delay_and_the_budget_then_runs_out(
     // The second failure exceeds `attempts: 1`.
     let mut failed = pods(&j, PodPhase::Running);
     failed[1].phase = PodPhase::Failed;
-    let p = step(&mut j, &Observed { pods: failed.clone(), coordinator: running(T0), now_ms: T0 + 20_000 });
+    let p = step(
+        &mut j,
+        &Observed { pods: failed.clone(), coordinator: running(T0), now_ms: T0 + 20_000, ..Default::default() },
+    );
     assert_eq!(p.status.phase, Phase::Failed);
     assert!(p.events.iter().any(|e| e.warning && e.reason == "RestartBudgetExhausted"));
     assert!(p.delete.is_empty(), "failed pods are kept for their logs");
-    let after = step(&mut j, &Observed { pods: failed, coordinator: None, now_ms: T0 + 30_000 });
+    let after = step(&mut j, &Observed { pods: failed, coordinator: None, now_ms: T0 + 30_000, ..Default::default() });
     assert_eq!(after.status.phase, Phase::Failed);
     assert!(after.create.is_empty() && after.delete.is_empty(), "no further restarts");
 }
@@ -247,7 +264,7 @@ fn a_vanished_pod_counts_as_a_failure() {
     let mut j = deployed(|s| s.restart_strategy = Default::default());
     let mut gone = pods(&j, PodPhase::Running);
     gone.remove(2);
-    let p = step(&mut j, &Observed { pods: gone, coordinator: running(T0), now_ms: T0 + 100 });
+    let p = step(&mut j, &Observed { pods: gone, coordinator: running(T0), now_ms: T0 + 100, ..Default::default() });
     let f = p.status.restarts.last_failure.unwrap();
     assert_eq!((f.pod.as_str(), f.reason.as_str()), ("counts-worker-1-1", "PodDeleted"));
     assert_eq!(p.status.phase, Phase::Restarting, "the default exponential delay restarts");
@@ -280,7 +297,7 @@ fn suspend_in_savepoint_mode_stops_with_a_savepoint_first() {
         let o = up(&j, T0);
         step(&mut j, &o)
     };
-    assert_eq!(p.actions, [Action::StopWithSavepoint]);
+    assert_eq!(p.actions, [Action::TriggerSavepoint { kind: SavepointKind::Suspend, nonce: None }]);
     assert!(p.delete.is_empty());
 }
 
@@ -290,7 +307,7 @@ fn a_parallelism_change_in_last_state_mode_recreates_every_pod() {
     step(&mut j, &Observed { now_ms: T0, ..Observed::default() });
     let old_pods = pods(&j, PodPhase::Running);
     j.spec.0.parallelism = 3;
-    let p = step(&mut j, &Observed { pods: old_pods, coordinator: running(T0), now_ms: T0 });
+    let p = step(&mut j, &Observed { pods: old_pods, coordinator: running(T0), now_ms: T0, ..Default::default() });
     assert_eq!(p.delete.len(), 3);
     assert!(p.events.iter().any(|e| e.reason == "Upgrading"));
     let p = step(&mut j, &Observed { now_ms: T0 + 2000, ..Observed::default() });
@@ -333,7 +350,7 @@ fn nonces_trigger_one_savepoint_and_one_restart() {
         let o = up(&j, T0);
         step(&mut j, &o)
     };
-    assert_eq!(p.actions, [Action::Savepoint { nonce: Some(1) }]);
+    assert_eq!(p.actions, [Action::TriggerSavepoint { kind: SavepointKind::Manual, nonce: Some(1) }]);
     j.spec.0.restart_nonce = Some(9);
     let p = {
         let o = up(&j, T0);
@@ -365,12 +382,13 @@ fn a_pod_deleted_for_a_restart_is_recreated_without_counting_another_failure() {
     step(&mut j, &o);
     let mut failed = pods(&j, PodPhase::Running);
     failed[0].phase = PodPhase::Failed;
-    step(&mut j, &Observed { pods: failed.clone(), coordinator: None, now_ms: T0 + 1000 });
-    let due = step(&mut j, &Observed { pods: failed.clone(), coordinator: None, now_ms: T0 + 11_000 });
+    step(&mut j, &Observed { pods: failed.clone(), coordinator: None, now_ms: T0 + 1000, ..Default::default() });
+    let due =
+        step(&mut j, &Observed { pods: failed.clone(), coordinator: None, now_ms: T0 + 11_000, ..Default::default() });
     assert_eq!(due.delete, ["counts-coordinator-1"]);
     assert_eq!(names(&due), ["counts-coordinator-2"]);
     let replaced = pods(&j, PodPhase::Pending);
-    let p = step(&mut j, &Observed { pods: replaced, coordinator: None, now_ms: T0 + 12_000 });
+    let p = step(&mut j, &Observed { pods: replaced, coordinator: None, now_ms: T0 + 12_000, ..Default::default() });
     assert_eq!(p.status.restarts.failures, 1, "one failure, not two");
     assert_eq!(p.status.phase, Phase::Starting);
     assert!(p.delete.is_empty() && p.create.is_empty());
@@ -382,7 +400,7 @@ fn a_stateless_upgrade_starts_the_new_pods_without_old_checkpoints() {
     step(&mut j, &Observed { now_ms: T0, ..Observed::default() });
     let old_pods = pods(&j, PodPhase::Running);
     j.spec.0.parallelism = 3;
-    step(&mut j, &Observed { pods: old_pods, coordinator: running(T0), now_ms: T0 + 5 });
+    step(&mut j, &Observed { pods: old_pods, coordinator: running(T0), now_ms: T0 + 5, ..Default::default() });
     let p = step(&mut j, &Observed { now_ms: T0 + 2000, ..Observed::default() });
     let env = p.create[0].spec.as_ref().unwrap().containers[0].env.clone().unwrap();
     let reset = env.iter().find(|e| e.name == "WEIR_IGNORE_CHECKPOINTS_BEFORE_MS").expect("reset marker");
@@ -411,7 +429,8 @@ fn every_restart_strategy_decides_about_a_failed_pod() {
         step(&mut j, &o);
         let mut lost = pods(&j, PodPhase::Running);
         lost[2].phase = PodPhase::Unknown;
-        let p = step(&mut j, &Observed { pods: lost, coordinator: running(T0), now_ms: T0 + 100 });
+        let p =
+            step(&mut j, &Observed { pods: lost, coordinator: running(T0), now_ms: T0 + 100, ..Default::default() });
         assert_eq!(p.status.phase, phase, "{strategy:?}");
         assert_eq!(p.status.restarts.last_failure.unwrap().pod, "counts-worker-1-1", "a lost node is a failure");
     }
@@ -507,10 +526,14 @@ fn a_failure_seen_mid_second_still_waits_the_whole_delay() {
     let mut failed = pods(&j, PodPhase::Running);
     failed[1].phase = PodPhase::Failed;
     let seen = T0 + 1_700;
-    step(&mut j, &Observed { pods: failed.clone(), coordinator: running(T0), now_ms: seen });
-    let early = step(&mut j, &Observed { pods: failed.clone(), coordinator: running(T0), now_ms: seen + 999 });
+    step(&mut j, &Observed { pods: failed.clone(), coordinator: running(T0), now_ms: seen, ..Default::default() });
+    let early = step(
+        &mut j,
+        &Observed { pods: failed.clone(), coordinator: running(T0), now_ms: seen + 999, ..Default::default() },
+    );
     assert!(early.delete.is_empty(), "restarted {} ms after the failure", 999);
-    let due = step(&mut j, &Observed { pods: failed, coordinator: running(T0), now_ms: seen + 1_000 });
+    let due =
+        step(&mut j, &Observed { pods: failed, coordinator: running(T0), now_ms: seen + 1_000, ..Default::default() });
     assert_eq!(due.delete, ["counts-worker-0-1"]);
 }
 
@@ -523,7 +546,7 @@ fn a_failed_pods_last_words_reach_status_and_the_event() {
     failed[0].message = Some(
         "INFO completed checkpoint 3\nerror: task source failed: bad record at /in/a.jsonl:2: expected value\n".into(),
     );
-    let p = step(&mut j, &Observed { pods: failed, coordinator: None, now_ms: T0 + 1000 });
+    let p = step(&mut j, &Observed { pods: failed, coordinator: None, now_ms: T0 + 1000, ..Default::default() });
     let f = p.status.restarts.last_failure.unwrap();
     assert_eq!(f.message.as_deref(), Some("task source failed: bad record at /in/a.jsonl:2: expected value"));
     let event = p.events.iter().find(|e| e.reason == "PodFailed").unwrap();
@@ -547,15 +570,21 @@ fn a_pod_on_a_lost_node_is_one_failure_force_deleted_and_replaced_under_a_new_na
     let mut lost = pods(&j, PodPhase::Running);
     lost[2].node_not_ready_since_ms = Some(T0);
     // Within the grace period the node may come back: nothing happens.
-    let p = step(&mut j, &Observed { pods: lost.clone(), coordinator: running(T0), now_ms: T0 + 59_000 });
+    let p = step(
+        &mut j,
+        &Observed { pods: lost.clone(), coordinator: running(T0), now_ms: T0 + 59_000, ..Default::default() },
+    );
     assert!(p.status.restarts.last_failure.is_none() && p.delete.is_empty() && p.force_delete.is_empty());
     // Past it, one failure, however many reconciles see the pod.
     for t in [60_000, 60_200, 60_500] {
-        step(&mut j, &Observed { pods: lost.clone(), coordinator: running(T0), now_ms: T0 + t });
+        step(&mut j, &Observed { pods: lost.clone(), coordinator: running(T0), now_ms: T0 + t, ..Default::default() });
     }
     assert_eq!(j.status.as_ref().unwrap().restarts.failures, 1);
     assert_eq!(j.status.as_ref().unwrap().restarts.last_failure.as_ref().unwrap().reason, "NodeLost");
-    let due = step(&mut j, &Observed { pods: lost.clone(), coordinator: running(T0), now_ms: T0 + 61_000 });
+    let due = step(
+        &mut j,
+        &Observed { pods: lost.clone(), coordinator: running(T0), now_ms: T0 + 61_000, ..Default::default() },
+    );
     assert_eq!(due.force_delete, ["counts-worker-1-1"], "no kubelet is left to confirm a graceful end");
     assert_eq!(names(&due), ["counts-worker-1-2"], "the stuck pod's name does not block the replacement");
     // The old pod stays stuck Terminating: it is stale now, never a failure.
@@ -563,7 +592,8 @@ fn a_pod_on_a_lost_node_is_one_failure_force_deleted_and_replaced_under_a_new_na
     let mut stuck = lost[2].clone();
     stuck.deleting = true;
     seen.push(stuck);
-    let later = step(&mut j, &Observed { pods: seen, coordinator: running(T0), now_ms: T0 + 200_000 });
+    let later =
+        step(&mut j, &Observed { pods: seen, coordinator: running(T0), now_ms: T0 + 200_000, ..Default::default() });
     assert_eq!(later.status.restarts.failures, 1);
     assert_eq!(later.force_delete, ["counts-worker-1-1"], "asked again until it is gone");
     assert_eq!(later.status.phase, Phase::Running);
@@ -578,21 +608,30 @@ fn a_drain_longer_than_the_restart_delay_is_one_failure_and_the_replacement_wait
     let mut evicted = pods(&j, PodPhase::Running);
     evicted[1].deleting = true;
     evicted[1].reason = Some("Evicted".into());
-    step(&mut j, &Observed { pods: evicted.clone(), coordinator: running(T0), now_ms: T0 + 1_000 });
+    step(
+        &mut j,
+        &Observed { pods: evicted.clone(), coordinator: running(T0), now_ms: T0 + 1_000, ..Default::default() },
+    );
     assert_eq!(j.status.as_ref().unwrap().restarts.last_failure.as_ref().unwrap().reason, "Evicted");
     // The restart is due while the evicted pod still shuts down gracefully.
-    let due = step(&mut j, &Observed { pods: evicted.clone(), coordinator: running(T0), now_ms: T0 + 2_000 });
+    let due = step(
+        &mut j,
+        &Observed { pods: evicted.clone(), coordinator: running(T0), now_ms: T0 + 2_000, ..Default::default() },
+    );
     assert!(due.create.is_empty(), "a stale pod that still runs could write beside the new attempt");
     let waiting = condition(&due.status, "Reconciling");
     assert!(waiting.message.contains("counts-worker-0-1"), "{}", waiting.message);
     for t in [5_000, 20_000, 30_000] {
-        let p = step(&mut j, &Observed { pods: evicted.clone(), coordinator: running(T0), now_ms: T0 + t });
+        let p = step(
+            &mut j,
+            &Observed { pods: evicted.clone(), coordinator: running(T0), now_ms: T0 + t, ..Default::default() },
+        );
         assert!(p.create.is_empty());
     }
     // Gone: the replacement starts, and the budget of one restart holds.
     let mut rest = evicted;
     rest.remove(1);
-    let p = step(&mut j, &Observed { pods: rest, coordinator: running(T0), now_ms: T0 + 31_000 });
+    let p = step(&mut j, &Observed { pods: rest, coordinator: running(T0), now_ms: T0 + 31_000, ..Default::default() });
     assert_eq!(names(&p), ["counts-worker-0-2"]);
     assert_eq!(p.status.restarts.failures, 1);
     assert_ne!(p.status.phase, Phase::Failed);
@@ -604,16 +643,16 @@ fn a_restart_nonce_after_the_budget_ran_out_starts_again_with_a_fresh_budget() {
     for (i, t) in [1_000, 30_000].into_iter().enumerate() {
         let mut failed = pods(&j, PodPhase::Running);
         failed[0].phase = PodPhase::Failed;
-        step(&mut j, &Observed { pods: failed.clone(), coordinator: None, now_ms: T0 + t });
+        step(&mut j, &Observed { pods: failed.clone(), coordinator: None, now_ms: T0 + t, ..Default::default() });
         if i == 0 {
-            step(&mut j, &Observed { pods: failed, coordinator: None, now_ms: T0 + t + 10_000 });
+            step(&mut j, &Observed { pods: failed, coordinator: None, now_ms: T0 + t + 10_000, ..Default::default() });
         }
     }
     assert_eq!(j.status.as_ref().unwrap().phase, Phase::Failed, "attempts: 1 allows one restart");
     j.spec.0.restart_nonce = Some(1);
     let mut failed = pods(&j, PodPhase::Running);
     failed[0].phase = PodPhase::Failed;
-    let p = step(&mut j, &Observed { pods: failed, coordinator: None, now_ms: T0 + 40_000 });
+    let p = step(&mut j, &Observed { pods: failed, coordinator: None, now_ms: T0 + 40_000, ..Default::default() });
     assert_eq!(p.status.phase, Phase::Starting);
     assert_eq!(p.status.restarts.failures, 0, "the budget starts over");
     assert_eq!(p.status.restarts.count, 1, "the count of restarts is the job's history");
@@ -622,7 +661,7 @@ fn a_restart_nonce_after_the_budget_ran_out_starts_again_with_a_fresh_budget() {
     // The first failure of the new run is restarted, not fatal.
     let mut failed = pods(&j, PodPhase::Running);
     failed[0].phase = PodPhase::Failed;
-    let p = step(&mut j, &Observed { pods: failed, coordinator: None, now_ms: T0 + 50_000 });
+    let p = step(&mut j, &Observed { pods: failed, coordinator: None, now_ms: T0 + 50_000, ..Default::default() });
     assert_eq!(p.status.phase, Phase::Restarting);
 }
 
@@ -636,10 +675,11 @@ fn a_spec_change_after_the_budget_ran_out_resumes_the_job() {
     });
     let mut failed = pods(&j, PodPhase::Running);
     failed[1].phase = PodPhase::Failed;
-    let p = step(&mut j, &Observed { pods: failed.clone(), coordinator: None, now_ms: T0 + 1_000 });
+    let p =
+        step(&mut j, &Observed { pods: failed.clone(), coordinator: None, now_ms: T0 + 1_000, ..Default::default() });
     assert_eq!(p.status.phase, Phase::Failed, "{:?}", p.status.conditions);
     j.spec.0.parallelism = 3;
-    let p = step(&mut j, &Observed { pods: failed, coordinator: None, now_ms: T0 + 2_000 });
+    let p = step(&mut j, &Observed { pods: failed, coordinator: None, now_ms: T0 + 2_000, ..Default::default() });
     assert_eq!(p.status.phase, Phase::Starting);
     assert_eq!(p.delete.len(), 3, "the failed attempt's pods go");
 }
@@ -661,11 +701,22 @@ fn an_operator_upgrade_with_new_defaults_restarts_nothing_and_keeps_the_jobs_sto
     j.status = Some(p.status);
     let mut failed = pods(&j, PodPhase::Running);
     failed[2].phase = PodPhase::Failed;
-    let _ = plan(&j, &Observed { pods: failed.clone(), coordinator: None, now_ms: T0 + 6_000 }, &upgraded);
+    let _ = plan(
+        &j,
+        &Observed { pods: failed.clone(), coordinator: None, now_ms: T0 + 6_000, ..Default::default() },
+        &upgraded,
+    );
     let mut k = j.clone();
-    k.status =
-        Some(plan(&j, &Observed { pods: failed.clone(), coordinator: None, now_ms: T0 + 6_000 }, &upgraded).status);
-    let due = plan(&k, &Observed { pods: failed, coordinator: None, now_ms: T0 + 17_000 }, &upgraded);
+    k.status = Some(
+        plan(
+            &j,
+            &Observed { pods: failed.clone(), coordinator: None, now_ms: T0 + 6_000, ..Default::default() },
+            &upgraded,
+        )
+        .status,
+    );
+    let due =
+        plan(&k, &Observed { pods: failed, coordinator: None, now_ms: T0 + 17_000, ..Default::default() }, &upgraded);
     assert_eq!(due.create.len(), 1);
     assert_eq!(due.create[0].spec.as_ref().unwrap().containers[0].image.as_deref(), Some("weir:test"));
     // A spec change takes the new default image, but never moves the state.
@@ -709,7 +760,7 @@ fn stale_pods_of_an_older_attempt_are_deleted_and_never_count_as_failures() {
     stale.name = "counts-worker-0-0".into();
     stale.phase = PodPhase::Failed;
     seen.push(stale);
-    let p = step(&mut j, &Observed { pods: seen, coordinator: running(T0), now_ms: T0 + 1_000 });
+    let p = step(&mut j, &Observed { pods: seen, coordinator: running(T0), now_ms: T0 + 1_000, ..Default::default() });
     assert_eq!(p.delete, ["counts-worker-0-0"]);
     assert!(p.status.restarts.last_failure.is_none());
     assert_eq!(p.status.phase, Phase::Running);
@@ -744,7 +795,7 @@ fn argocd_health_fixtures_are_what_the_operator_writes() {
 
     let mut finished = j.clone();
     let done = pods(&finished, PodPhase::Succeeded);
-    step(&mut finished, &Observed { pods: done, coordinator: None, now_ms: T0 + 9_000 });
+    step(&mut finished, &Observed { pods: done, coordinator: None, now_ms: T0 + 9_000, ..Default::default() });
     cases.push(("finished", finished));
 
     let mut old = j.clone();
@@ -762,7 +813,7 @@ fn argocd_health_fixtures_are_what_the_operator_writes() {
     first.latest = None;
     first.history.clear();
     let started = pods(&awaiting, PodPhase::Running);
-    step(&mut awaiting, &Observed { pods: started, coordinator: Some(first), now_ms: T0 + 900 });
+    step(&mut awaiting, &Observed { pods: started, coordinator: Some(first), now_ms: T0 + 900, ..Default::default() });
     cases.push(("awaiting-checkpoint", awaiting));
 
     let mut restarting = running_job(fixed(5));
@@ -770,19 +821,25 @@ fn argocd_health_fixtures_are_what_the_operator_writes() {
     failed[2].phase = PodPhase::Failed;
     failed[2].reason = Some("OOMKilled".into());
     failed[2].exit_code = Some(137);
-    step(&mut restarting, &Observed { pods: failed.clone(), coordinator: running(T0), now_ms: T0 + 2_000 });
+    step(
+        &mut restarting,
+        &Observed { pods: failed.clone(), coordinator: running(T0), now_ms: T0 + 2_000, ..Default::default() },
+    );
     cases.push(("restarting", restarting));
 
     let mut exhausted = running_job(fixed(0));
-    step(&mut exhausted, &Observed { pods: failed, coordinator: None, now_ms: T0 + 2_000 });
+    step(&mut exhausted, &Observed { pods: failed, coordinator: None, now_ms: T0 + 2_000, ..Default::default() });
     cases.push(("budget-exhausted", exhausted));
 
     let mut pulling = job(|s| s.image = Some("weir:typo".into()));
     step(&mut pulling, &Observed { now_ms: T0, ..Observed::default() });
     let mut waiting = pods(&pulling, PodPhase::Pending);
     waiting[1].waiting = Some("ImagePullBackOff: Back-off pulling image \"weir:typo\"".into());
-    step(&mut pulling, &Observed { pods: waiting.clone(), coordinator: None, now_ms: T0 + 1_000 });
-    step(&mut pulling, &Observed { pods: waiting, coordinator: None, now_ms: T0 + 601_000 });
+    step(
+        &mut pulling,
+        &Observed { pods: waiting.clone(), coordinator: None, now_ms: T0 + 1_000, ..Default::default() },
+    );
+    step(&mut pulling, &Observed { pods: waiting, coordinator: None, now_ms: T0 + 601_000, ..Default::default() });
     cases.push(("image-pull-backoff", pulling));
 
     let mut suspended = j.clone();
@@ -841,12 +898,285 @@ fn a_restart_pending_at_suspension_is_not_counted_on_resume() {
     let mut j = running_job(|_| {});
     let mut failed = pods(&j, PodPhase::Running);
     failed[1].phase = PodPhase::Failed;
-    step(&mut j, &Observed { pods: failed.clone(), coordinator: None, now_ms: T0 + 1_000 });
+    step(&mut j, &Observed { pods: failed.clone(), coordinator: None, now_ms: T0 + 1_000, ..Default::default() });
     assert!(j.status.as_ref().unwrap().restarts.next_restart_at.is_some());
     j.spec.0.suspend = true;
-    step(&mut j, &Observed { pods: failed, coordinator: None, now_ms: T0 + 2_000 });
+    step(&mut j, &Observed { pods: failed, coordinator: None, now_ms: T0 + 2_000, ..Default::default() });
     j.spec.0.suspend = false;
     let p = step(&mut j, &Observed { now_ms: T0 + 60_000, ..Observed::default() });
     assert_eq!(p.status.restarts.count, 0, "a resume is not a restart");
     assert_eq!(names(&p), ["counts-coordinator-2", "counts-worker-0-2", "counts-worker-1-2"]);
+}
+
+// Savepoints: triggered in the background, followed, retried, kept and disposed of.
+
+const SAVEPOINTS: &str = "s3://bucket/weir/jobs/counts/savepoints";
+
+/// `up`, with the coordinator saying `trigger` of the savepoint in flight.
+fn up_with(j: &StreamJob, now_ms: u64, trigger: TriggerView) -> Observed {
+    Observed { trigger: Some(trigger), ..up(j, now_ms) }
+}
+
+/// Plans, and answers the plan's trigger as the controller does when the
+/// coordinator accepts it.
+fn step_accepting(j: &mut StreamJob, observed: &Observed) -> Plan {
+    let mut p = plan(j, observed, &settings());
+    for action in p.actions.clone() {
+        let Action::TriggerSavepoint { kind, nonce } = action;
+        let id = format!("{}-1", observed.now_ms);
+        p.events.push(savepoint_triggered(&mut p.status, kind, nonce, id, observed.now_ms));
+    }
+    j.status = Some(p.status.clone());
+    p
+}
+
+fn tick(j: &mut StreamJob, now: u64) -> Plan {
+    let o = up(j, now);
+    step(j, &o)
+}
+
+fn tick_with(j: &mut StreamJob, now: u64, trigger: TriggerView) -> Plan {
+    let o = up_with(j, now, trigger);
+    step(j, &o)
+}
+
+fn tick_accepting(j: &mut StreamJob, now: u64) -> Plan {
+    let o = up(j, now);
+    step_accepting(j, &o)
+}
+
+fn manual_savepoint(j: &mut StreamJob, nonce: i64, at: u64) -> Plan {
+    j.spec.0.savepoint_nonce = Some(nonce);
+    step_accepting(j, &up(j, at));
+    let path = format!("{SAVEPOINTS}/sp-{at}");
+    step(j, &up_with(j, at + 1000, TriggerView::Completed { path, checkpoint: 7 }))
+}
+
+#[test]
+fn a_new_savepoint_nonce_triggers_once_and_the_completed_savepoint_enters_the_history() {
+    let mut j = running_job(|_| {});
+    j.spec.0.savepoint_nonce = Some(1);
+    let p = tick_accepting(&mut j, T0);
+    assert_eq!(p.actions, [Action::TriggerSavepoint { kind: SavepointKind::Manual, nonce: Some(1) }]);
+    let trigger = p.status.savepoint_info.trigger.clone().expect("the trigger is recorded");
+    assert_eq!(trigger.id, format!("{T0}-1"));
+
+    let p = tick_with(&mut j, T0 + 1000, TriggerView::InProgress);
+    assert!(p.actions.is_empty(), "one trigger at a time");
+    assert!(p.requeue_ms <= 1_000, "a savepoint in flight is looked after soon");
+
+    let path = format!("{SAVEPOINTS}/sp-{T0}");
+    let p = tick_with(&mut j, T0 + 2000, TriggerView::Completed { path: path.clone(), checkpoint: 7 });
+    let record = &p.status.savepoints[0];
+    assert_eq!((record.path.as_str(), record.checkpoint, record.kind), (path.as_str(), Some(7), SavepointKind::Manual));
+    assert_eq!(record.nonce, Some(1));
+    assert_eq!(p.status.savepoint_info.trigger, None);
+    assert_eq!(p.status.last_savepoint.as_ref().map(|s| s.path.as_str()), Some(path.as_str()));
+    assert!(p.events.iter().any(|e| e.reason == "Savepoint" && e.note.contains("checkpoint 7")));
+
+    let p = tick(&mut j, T0 + 3000);
+    assert!(p.actions.is_empty(), "the nonce was acted on");
+}
+
+#[test]
+fn a_failed_manual_savepoint_is_retried_with_backoff_then_given_up() {
+    let mut j = running_job(|_| {});
+    j.spec.0.savepoint_nonce = Some(4);
+    tick_accepting(&mut j, T0);
+    let p = tick_with(&mut j, T0 + 1000, TriggerView::Failed("checkpoint 8 expired".into()));
+    let info = &p.status.savepoint_info;
+    assert_eq!((info.failures, info.last_error.as_deref()), (1, Some("checkpoint 8 expired")));
+    assert!(p.events.iter().any(|e| e.warning && e.reason == "SavepointFailed"));
+    assert!(tick(&mut j, T0 + 5000).actions.is_empty(), "not before the backoff");
+
+    let mut at = T0 + 11_000;
+    for _ in 0..2 {
+        let p = tick_accepting(&mut j, at);
+        assert_eq!(p.actions.len(), 1, "tried again after the backoff");
+        tick_with(&mut j, at + 500, TriggerView::Unknown("the coordinator restarted".into()));
+        at += 400_000;
+    }
+    let status = j.status.clone().unwrap();
+    assert_eq!(status.savepoint_info.nonce, Some(4), "given up after three failures");
+    assert!(tick(&mut j, at).actions.is_empty());
+    j.spec.0.savepoint_nonce = Some(5);
+    assert_eq!(tick(&mut j, at + 1).actions.len(), 1, "a new nonce tries again");
+}
+
+#[test]
+fn a_savepoint_past_its_timeout_or_without_its_coordinator_counts_as_failed() {
+    let mut j = running_job(|s| s.savepoints.timeout = "30s".parse().unwrap());
+    j.spec.0.savepoint_nonce = Some(1);
+    tick_accepting(&mut j, T0);
+    let p = tick_with(&mut j, T0 + 29_000, TriggerView::InProgress);
+    assert!(p.status.savepoint_info.trigger.is_some());
+    let p = tick_with(&mut j, T0 + 31_000, TriggerView::InProgress);
+    assert_eq!(p.status.savepoint_info.trigger, None);
+    assert!(p.status.savepoint_info.last_error.as_deref().unwrap().contains("spec.savepoints.timeout"));
+
+    let mut k = running_job(|_| {});
+    k.spec.0.savepoint_nonce = Some(1);
+    tick_accepting(&mut k, T0);
+    let mut gone = up(&k, T0 + 1000);
+    gone.pods[0].phase = PodPhase::Failed;
+    let p = step(&mut k, &gone);
+    assert!(p.status.savepoint_info.last_error.as_deref().unwrap().contains("coordinator ended"));
+}
+
+#[test]
+fn a_savepoint_mode_upgrade_keeps_the_job_running_while_its_savepoint_fails() {
+    let mut j = running_job(|s| s.upgrade_mode = UpgradeMode::Savepoint);
+    let generation = j.status.as_ref().unwrap().observed_generation;
+    j.spec.0.parallelism = 3;
+    j.metadata.generation = Some(4);
+    let p = tick_accepting(&mut j, T0);
+    assert_eq!(p.actions, [Action::TriggerSavepoint { kind: SavepointKind::Upgrade, nonce: None }]);
+    assert!(p.delete.is_empty() && p.create.is_empty(), "nothing goes before the savepoint");
+    assert_eq!(p.status.observed_generation, generation, "the new generation is not acted on yet");
+
+    let mut at = T0;
+    for n in 1..=3 {
+        let p = tick_with(&mut j, at + 1000, TriggerView::Failed("a worker is gone".into()));
+        assert!(p.delete.is_empty(), "failure {n}: the job keeps running");
+        assert_eq!(p.status.phase, Phase::Running);
+        at += 400_000;
+        tick_accepting(&mut j, at);
+    }
+    let p = tick_with(&mut j, at + 1000, TriggerView::Failed("a worker is gone".into()));
+    let p2 = tick(&mut j, at + 2000);
+    assert!(p.delete.is_empty() && p2.delete.is_empty());
+    let stalled = condition(&p2.status, "Stalled");
+    assert_eq!((stalled.status.as_str(), stalled.reason.as_str()), ("True", "SavepointFailing"));
+    assert!(
+        stalled.message.contains("a worker is gone") && stalled.message.contains("onFailure"),
+        "{}",
+        stalled.message
+    );
+}
+
+#[test]
+fn with_on_failure_last_state_a_failed_upgrade_savepoint_goes_on_from_the_newest_checkpoint() {
+    let mut j = running_job(|s| {
+        s.upgrade_mode = UpgradeMode::Savepoint;
+        s.savepoints.on_failure = weir_runtime::manifest::SavepointFallback::LastState;
+    });
+    j.spec.0.parallelism = 3;
+    tick_accepting(&mut j, T0);
+    let p = tick_with(&mut j, T0 + 1000, TriggerView::Failed("expired".into()));
+    assert_eq!(p.delete.len(), 3, "the pods go at once");
+    assert!(p.events.iter().any(|e| e.warning && e.reason == "NoSavepoint" && e.note.contains("expired")));
+    assert!(p.events.iter().any(|e| e.reason == "Upgrading"));
+}
+
+#[test]
+fn a_stop_savepoint_is_read_from_the_coordinators_last_words_and_the_upgrade_goes_on() {
+    let mut j = running_job(|s| s.upgrade_mode = UpgradeMode::Savepoint);
+    j.spec.0.parallelism = 3;
+    tick_accepting(&mut j, T0);
+    let path = format!("{SAVEPOINTS}/sp-{T0}");
+    let mut stopped = up(&j, T0 + 3000);
+    stopped.pods[0].phase = PodPhase::Succeeded;
+    stopped.pods[0].message = Some(weir_runtime::distributed::triggers::stop_message(&path, 12));
+    let p = step(&mut j, &stopped);
+    let record = &p.status.savepoints[0];
+    assert_eq!(
+        (record.path.as_str(), record.checkpoint, record.kind),
+        (path.as_str(), Some(12), SavepointKind::Upgrade)
+    );
+    assert!(p.events.iter().any(|e| e.reason == "Stopped"));
+    assert_eq!(p.delete.len(), 3, "then the upgrade goes on");
+    assert_eq!(p.status.deployed.as_ref().unwrap().digest, spec_digest(&j.spec.0));
+}
+
+#[test]
+fn a_job_that_is_not_running_is_upgraded_from_its_newest_checkpoint_unless_told_to_wait() {
+    let failed_job = |wait: bool| {
+        let mut j = running_job(|s| {
+            s.upgrade_mode = UpgradeMode::Savepoint;
+            s.restart_strategy.fixed_delay = None;
+            s.restart_strategy.none = Some(weir_runtime::manifest::NoRestart {});
+            if wait {
+                s.savepoints.when_not_running = weir_runtime::manifest::SavepointFallback::Wait;
+            }
+        });
+        let mut failed = pods(&j, PodPhase::Running);
+        failed[1].phase = PodPhase::Failed;
+        step(&mut j, &Observed { pods: failed.clone(), coordinator: None, now_ms: T0 + 1000, ..Default::default() });
+        assert_eq!(j.status.as_ref().unwrap().phase, Phase::Failed);
+        j.spec.0.parallelism = 3;
+        let p = step(&mut j, &Observed { pods: failed, coordinator: None, now_ms: T0 + 2000, ..Default::default() });
+        (j, p)
+    };
+    let (_, p) = failed_job(false);
+    assert!(p.actions.is_empty());
+    assert_eq!(p.delete.len(), 3);
+    assert!(p.events.iter().any(|e| e.warning && e.reason == "NoSavepoint" && e.note.contains("not running")));
+
+    let (_, p) = failed_job(true);
+    assert!(p.delete.is_empty() && p.actions.is_empty());
+    let stalled = condition(&p.status, "Stalled");
+    assert_eq!((stalled.status.as_str(), stalled.reason.as_str()), ("True", "SavepointImpossible"));
+    assert!(stalled.message.contains("whenNotRunning"), "{}", stalled.message);
+}
+
+#[test]
+fn savepoints_past_the_history_limit_are_disposed_of_by_a_pod_of_the_job() {
+    let mut j = running_job(|s| s.savepoints.max_history = 2);
+    for (nonce, at) in [(1, T0), (2, T0 + 10_000), (3, T0 + 20_000)] {
+        manual_savepoint(&mut j, nonce, at);
+    }
+    let status = j.status.clone().unwrap();
+    let kept: Vec<&str> = status.savepoints.iter().map(|s| s.path.as_str()).collect();
+    assert_eq!(kept, [format!("{SAVEPOINTS}/sp-{}", T0 + 20_000), format!("{SAVEPOINTS}/sp-{}", T0 + 10_000)]);
+    let info = &status.savepoint_info;
+    assert_eq!(info.disposing, [format!("sp-{T0}")], "the oldest is being disposed of");
+
+    // The pod was asked for in the reconcile that dropped it.
+    let mut k = running_job(|s| s.savepoints.max_history = 1);
+    manual_savepoint(&mut k, 1, T0);
+    k.spec.0.savepoint_nonce = Some(2);
+    tick_accepting(&mut k, T0 + 5000);
+    let p = tick_with(&mut k, T0 + 6000, TriggerView::Completed { path: format!("{SAVEPOINTS}/sp-2"), checkpoint: 9 });
+    let pod = p.create.iter().find(|p| p.metadata.name.as_deref() == Some("counts-dispose")).expect("a disposal pod");
+    let args = pod.spec.as_ref().unwrap().containers[0].args.clone().unwrap();
+    assert_eq!(args, ["checkpoints", "dispose", "s3://bucket/weir/jobs/counts", &format!("sp-{T0}")]);
+    assert!(pod.metadata.owner_references.is_some(), "owned by the job, so it goes with it");
+
+    let running =
+        Observed { disposal: Some(ChoreView { phase: PodPhase::Running, message: None }), ..up(&k, T0 + 7000) };
+    let p = step(&mut k, &running);
+    assert!(p.create.is_empty() && !p.delete.contains(&"counts-dispose".to_string()));
+    let done = ChoreView { phase: PodPhase::Succeeded, message: Some("disposed of 1 savepoint(s)".into()) };
+    let ended = Observed { disposal: Some(done), ..up(&k, T0 + 8000) };
+    let p = step(&mut k, &ended);
+    assert!(p.delete.contains(&"counts-dispose".to_string()));
+    assert!(p.status.savepoint_info.dispose.is_empty() && p.status.savepoint_info.disposing.is_empty());
+    assert!(p.events.iter().any(|e| e.reason == "SavepointsDisposed"));
+    let p = tick(&mut k, T0 + 9000);
+    assert!(p.create.is_empty(), "nothing left to dispose of");
+}
+
+#[test]
+fn savepoints_older_than_max_age_go_but_the_newest_stays_and_foreign_paths_are_only_dropped() {
+    let mut j = running_job(|s| s.savepoints.max_age = Some("1h".parse().unwrap()));
+    manual_savepoint(&mut j, 1, T0);
+    let status = j.status.as_mut().unwrap();
+    status.savepoints.push(SavepointRecord {
+        path: "s3://elsewhere/old/savepoints/sp-1".into(),
+        taken_at: rfc3339(T0 - 1000),
+        ..SavepointRecord::default()
+    });
+    let p = tick(&mut j, T0 + 7_200_000);
+    assert_eq!(p.status.savepoints.len(), 1, "the newest is kept whatever its age");
+    assert!(p.status.savepoint_info.dispose.is_empty(), "nothing outside the job's savepoints is deleted");
+    assert!(p.events.iter().any(|e| e.reason == "SavepointNotDisposed"));
+}
+
+#[test]
+fn the_job_file_leaves_out_the_operators_savepoint_options() {
+    let mut j = job(|s| s.savepoints.max_history = 3);
+    let p = step(&mut j, &Observed { now_ms: T0, ..Observed::default() });
+    let yaml = &p.config_map.unwrap().data.unwrap()["job.yaml"];
+    assert!(!yaml.contains("savepoints"), "{yaml}");
+    weir_runtime::manifest::StreamJob::from_yaml(yaml).expect("the pods can read it");
 }

@@ -127,6 +127,7 @@ pub async fn run(opts: OperatorOptions) -> anyhow::Result<()> {
         node_warning: Default::default(),
         leadership,
         caches,
+        deletion_triggers: Default::default(),
     });
     let owned = Config::default().labels(JOB_LABEL);
     info!(namespaces = ?scopes, "weir operator starting");

@@ -136,3 +136,15 @@ pub fn run_to_failure(job: &Job) -> String {
     assert!(!status.success(), "expected the job to fail: {log}");
     log
 }
+
+/// Waits until `progress` says the running job has reached its target
+/// (rows committed, keys written): a fault is injected on evidence, not
+/// after a fixed time that a slow start on a loaded machine outlasts.
+pub fn wait_for_progress(child: &mut Child, what: &str, mut progress: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !progress() {
+        assert!(Instant::now() < deadline, "{what}: not within a minute");
+        assert!(child.try_wait().unwrap().is_none(), "{what}: the job ended first");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

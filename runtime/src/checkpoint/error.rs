@@ -26,6 +26,8 @@ pub enum CheckpointError {
     BadLedgerEntry { path: String, reason: String },
     #[error("checkpoint {id} already has a _metadata at {path} (another attempt used the id); it is left as it is")]
     MetadataExists { id: u64, path: String },
+    #[error("{0}")]
+    NotASavepointName(String),
     #[error("no _metadata at {path}: not a completed checkpoint or savepoint directory")]
     NotASnapshot { path: String },
     #[error("state file {path} is missing")]

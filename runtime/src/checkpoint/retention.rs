@@ -138,6 +138,33 @@ impl CheckpointStore {
 
     /// Deletes everything under the job's directory: checkpoints, savepoints
     /// and sink bookkeeping. Returns how many checkpoints and savepoints were there.
+    /// Deletes savepoint `name` (`sp-<ms>`, as [`Self::copy_to_savepoint`]
+    /// names them) of this job. Nothing but a savepoint's own directory can
+    /// be named, so a wrong name deletes nothing else. `Ok(false)`: it was
+    /// already gone.
+    pub async fn delete_savepoint(&self, name: &str) -> Result<bool, CheckpointError> {
+        let valid = name.strip_prefix("sp-").is_some_and(|ms| !ms.is_empty() && ms.bytes().all(|b| b.is_ascii_digit()));
+        if !valid {
+            return Err(CheckpointError::NotASavepointName(format!(
+                "`{name}` is not a savepoint's name: expected sp-<digits>"
+            )));
+        }
+        let dir = format!("savepoints/{name}/");
+        let existed = match self.op.list(&dir).await {
+            Ok(entries) => !entries.is_empty(),
+            Err(e) if e.kind() == opendal::ErrorKind::NotFound => false,
+            Err(source) => {
+                return Err(CheckpointError::Io { action: "list", path: self.full(&dir), source: Box::new(source) })
+            }
+        };
+        self.op.delete_with(&dir).recursive(true).await.map_err(|source| CheckpointError::Io {
+            action: "delete",
+            path: self.full(&dir),
+            source: Box::new(source),
+        })?;
+        Ok(existed)
+    }
+
     pub async fn purge(&self) -> Result<(usize, usize), CheckpointError> {
         let checkpoints = self.checkpoint_ids().await?.len();
         let savepoints = match self.op.list("savepoints/").await {
@@ -180,6 +207,24 @@ mod tests {
         let left = std::fs::read_dir(&job_dir).map(|d| d.count()).unwrap_or(0);
         assert_eq!(left, 0, "nothing is left under {}", job_dir.display());
         assert_eq!(other.checkpoint_ids().await.unwrap(), [1]);
+    }
+
+    #[tokio::test]
+    async fn deleting_a_savepoint_removes_that_one_only_and_refuses_other_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir);
+        write_checkpoint(&store, 1, b"one").await;
+        let first = store.copy_to_savepoint(1, 1000).await.unwrap();
+        let second = store.copy_to_savepoint(1, 2000).await.unwrap();
+        assert!(store.delete_savepoint("sp-1000").await.unwrap());
+        assert!(!store.delete_savepoint("sp-1000").await.unwrap(), "already gone");
+        let local = |p: &str| std::path::PathBuf::from(p.trim_start_matches("file://")).join("_metadata");
+        assert!(!local(&first).exists());
+        assert!(local(&second).exists());
+        for bad in ["../chk-0000000001", "sp-", "sp-1/../..", "chk-0000000001"] {
+            assert!(store.delete_savepoint(bad).await.is_err(), "{bad} refused");
+        }
+        assert_eq!(store.checkpoint_ids().await.unwrap(), [1]);
     }
 
     #[tokio::test]

@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::extract::connect_info::{ConnectInfo, Connected};
-use axum::extract::{Request as HttpRequest, State};
+use axum::extract::{Path, Request as HttpRequest, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -36,6 +36,7 @@ use tracing::debug;
 
 use super::coordinator::{JobState, Shared};
 use super::tls::JobTls;
+use super::triggers::{stop_message, write_termination_message, TriggerState};
 use crate::job::coordinate::{wall_ms, Request};
 use crate::metrics::{CompletedCheckpoint, JobMetrics};
 
@@ -45,6 +46,8 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/checkpoints", get(checkpoints))
         .route("/v1/savepoints", post(savepoint))
         .route("/v1/stop", post(stop))
+        .route("/v1/savepoint-triggers", post(trigger_savepoint))
+        .route("/v1/savepoint-triggers/{id}", get(savepoint_trigger))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
@@ -224,26 +227,80 @@ async fn checkpoints(State(shared): State<Arc<Shared>>) -> Response {
 /// Both mutating calls: they need the job token.
 async fn take_savepoint(shared: &Shared, headers: &HeaderMap, stop: bool) -> Response {
     if !authorized(shared, headers) {
-        return error(StatusCode::UNAUTHORIZED, "this call needs the job token: Authorization: Bearer <token>");
+        return unauthorized();
     }
+    match savepoint_of(shared, stop).await {
+        TriggerState::Completed { path, checkpoint } => {
+            Json(json!({ "path": path, "checkpoint": checkpoint })).into_response()
+        }
+        TriggerState::Failed { reason } => error(StatusCode::CONFLICT, reason),
+        TriggerState::InProgress => error(StatusCode::INTERNAL_SERVER_ERROR, "the savepoint did not end"),
+    }
+}
+
+fn unauthorized() -> Response {
+    error(StatusCode::UNAUTHORIZED, "this call needs the job token: Authorization: Bearer <token>")
+}
+
+/// A savepoint (with `stop`, the last one: then the job finishes), start
+/// to end. A stop's savepoint is also left as the termination message.
+async fn savepoint_of(shared: &Shared, stop: bool) -> TriggerState {
     let (reply, result) = tokio::sync::oneshot::channel();
     let request = if stop { Request::Stop { reply } } else { Request::Checkpoint { reply } };
     if shared.requests.send(request).await.is_err() {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "the job is not running");
+        return TriggerState::Failed { reason: "the job is not running".into() };
     }
     let requested = match result.await {
         Ok(Ok(requested)) => requested,
-        Ok(Err(reason)) => return error(StatusCode::CONFLICT, reason),
-        Err(_) => return error(StatusCode::SERVICE_UNAVAILABLE, "the job stopped before the savepoint completed"),
+        Ok(Err(reason)) => return TriggerState::Failed { reason },
+        Err(_) => return TriggerState::Failed { reason: "the job stopped before the savepoint completed".into() },
     };
     // The pin keeps the checkpoint from retention, and the coordinator from
     // exiting after a stop, until the copy is done.
     let id = requested.pin.id();
     let copied = shared.store.copy_to_savepoint(id, wall_ms()).await;
+    let state = match copied {
+        Ok(path) => {
+            if stop {
+                write_termination_message(&stop_message(&path, id));
+            }
+            TriggerState::Completed { path, checkpoint: id }
+        }
+        Err(e) => TriggerState::Failed { reason: format!("cannot copy checkpoint {id} to a savepoint: {e}") },
+    };
     drop(requested);
-    match copied {
-        Ok(path) => Json(json!({ "path": path, "checkpoint": id })).into_response(),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    state
+}
+
+/// `POST /v1/savepoint-triggers` (`?stop=true`: the last savepoint, then
+/// the job finishes): the savepoint runs in the background; the answer
+/// (202) is its id.
+async fn trigger_savepoint(State(shared): State<Arc<Shared>>, headers: HeaderMap, uri: axum::http::Uri) -> Response {
+    if !authorized(&shared, &headers) {
+        return unauthorized();
+    }
+    let stop = match uri.query().unwrap_or("") {
+        "" | "stop=false" => false,
+        "stop=true" => true,
+        other => return error(StatusCode::BAD_REQUEST, format!("unknown query `{other}`: expected stop=true or none")),
+    };
+    let id = shared.triggers.start(wall_ms());
+    let task = shared.clone();
+    let trigger = id.clone();
+    tokio::spawn(async move {
+        let state = savepoint_of(&task, stop).await;
+        task.triggers.finish(&trigger, state);
+    });
+    (StatusCode::ACCEPTED, Json(json!({ "id": id, "stop": stop }))).into_response()
+}
+
+/// `GET /v1/savepoint-triggers/<id>`: `InProgress`, `Completed` with the
+/// path, or `Failed` with the reason; 404 for an id this coordinator never
+/// handed out (it restarted, or the id is an older coordinator's).
+async fn savepoint_trigger(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
+    match shared.triggers.get(&id) {
+        Some(state) => Json(state).into_response(),
+        None => error(StatusCode::NOT_FOUND, format!("no savepoint trigger {id} in this coordinator")),
     }
 }
 

@@ -8,6 +8,7 @@
 //! - [`http`]: the coordinator's HTTP API and Prometheus metrics.
 //! - [`health`]: a worker's liveness and readiness probes.
 //! - [`tls`]: mutual TLS between a job's processes.
+//! - [`triggers`]: savepoints taken in the background, polled by id.
 
 pub mod coordinator;
 pub mod health;
@@ -15,4 +16,5 @@ pub mod http;
 pub mod network;
 pub mod protocol;
 pub mod tls;
+pub mod triggers;
 pub mod worker;

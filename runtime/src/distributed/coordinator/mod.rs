@@ -111,6 +111,7 @@ pub async fn start(opts: CoordinatorOptions) -> Result<(Arc<Shared>, Coordinator
         requests: requests_tx,
         store,
         token: opts.token.clone(),
+        triggers: Default::default(),
         workers: Mutex::default(),
         attempt: Mutex::default(),
         opened: Mutex::default(),

@@ -100,6 +100,8 @@ pub struct Shared {
     pub requests: mpsc::Sender<Request>,
     pub store: CheckpointStore,
     pub token: JobToken,
+    /// Savepoints taken in the background for `POST /v1/savepoint-triggers`.
+    pub triggers: crate::distributed::triggers::Triggers,
     pub(super) workers: Mutex<BTreeMap<u64, WorkerConn>>,
     /// The running attempt's event channel and workers.
     pub(super) attempt: Mutex<Option<CurrentAttempt>>,
