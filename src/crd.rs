@@ -139,6 +139,10 @@ pub struct DeployedStatus {
     /// is expected, not a failure.
     #[serde(default)]
     pub created: bool,
+    /// The spec deployed, as JSON (Flink's `lastReconciledSpec`): an invalid
+    /// edit leaves the job reconciled under it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema, PartialEq)]

@@ -431,9 +431,14 @@ fn decide(c: &Ctx<'_>, problems: &[String]) -> Step {
     }
 }
 
-pub fn plan(job: &StreamJob, observed: &Observed, settings: &Settings) -> Plan {
+/// What is wrong with the job's spec (each naming its field), and its
+/// parsed pod template.
+fn problems(
+    job: &StreamJob,
+    settings: &Settings,
+) -> (Vec<String>, Option<k8s_openapi::api::core::v1::PodTemplateSpec>) {
     let spec = &job.spec.0;
-    let name = job.metadata.name.clone().unwrap_or_default();
+    let name = job.metadata.name.as_deref().unwrap_or_default();
     let mut problems = spec.problems();
     if name.len() > MAX_JOB_NAME {
         problems.push(format!(
@@ -447,6 +452,61 @@ pub fn plan(job: &StreamJob, observed: &Observed, settings: &Settings) -> Plan {
     });
     let old_deployed = job.status.as_ref().and_then(|s| s.deployed.as_ref());
     problems.extend(pod_local_storage(&effective_storage(spec, old_deployed, settings), template.as_ref()));
+    (problems, template)
+}
+
+/// The job as it was last deployed (`status.deployed.spec`), if that spec
+/// is on record and still valid.
+fn last_valid(job: &StreamJob, settings: &Settings) -> Option<StreamJob> {
+    let text = job.status.as_ref()?.deployed.as_ref()?.spec.as_deref()?;
+    let spec: StreamJobSpec = serde_json::from_str(text).ok()?;
+    let mut last = job.clone();
+    last.spec.0 = spec;
+    problems(&last, settings).0.is_empty().then_some(last)
+}
+
+/// The plan for the job as it is; for an invalid edit of a deployed job,
+/// the plan of its last valid spec (failures are still replaced and
+/// checkpoints still reported, as Flink's operator keeps reconciling its
+/// `lastReconciledSpec`), with the edit's problems in status.
+pub fn plan(job: &StreamJob, observed: &Observed, settings: &Settings) -> Plan {
+    let (problems, template) = problems(job, settings);
+    if problems.is_empty() {
+        return plan_spec(job, observed, settings, Vec::new(), template.as_ref());
+    }
+    let Some(last) = last_valid(job, settings) else {
+        return plan_spec(job, observed, settings, problems, template.as_ref());
+    };
+    let last_template = pod_template::parse(last.spec.0.pod_template.as_ref()).ok().flatten();
+    let mut p = plan_spec(&last, observed, settings, Vec::new(), last_template.as_ref());
+    let message = format!("{}; the job runs on under its last valid spec", problems.join("; "));
+    let now = rfc3339(observed.now_ms);
+    let old = job.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
+    let stamp = Stamp { old: &old, generation: job.metadata.generation, now: &now };
+    let mut marked = Vec::new();
+    set_condition(&mut marked, &stamp, "Ready", false, "InvalidSpec", &message);
+    set_condition(&mut marked, &stamp, "Stalled", true, "InvalidSpec", &message);
+    for new in marked {
+        match p.status.conditions.iter_mut().find(|x| x.type_ == new.type_) {
+            Some(x) => *x = new,
+            None => p.status.conditions.push(new),
+        }
+    }
+    if old.iter().all(|x| x.reason != "InvalidSpec" || x.message != message) {
+        p.events.push(Event { warning: true, reason: "InvalidSpec".into(), note: message });
+    }
+    p
+}
+
+fn plan_spec(
+    job: &StreamJob,
+    observed: &Observed,
+    settings: &Settings,
+    problems: Vec<String>,
+    template: Option<&k8s_openapi::api::core::v1::PodTemplateSpec>,
+) -> Plan {
+    let spec = &job.spec.0;
+    let name = job.metadata.name.clone().unwrap_or_default();
     let c = Ctx {
         job,
         name,
@@ -487,9 +547,9 @@ pub fn plan(job: &StreamJob, observed: &Observed, settings: &Settings) -> Plan {
         Step::AwaitRestart(at) => p.requeue_ms = at - c.now,
         Step::Restart => {
             restart(&c, &mut p);
-            run(&c, &mut p, template.as_ref());
+            run(&c, &mut p, template);
         }
-        Step::Run => run(&c, &mut p, template.as_ref()),
+        Step::Run => run(&c, &mut p, template),
     }
     savepoints::retain(&c, &mut p);
     savepoints::dispose(&c, &mut p);
@@ -592,6 +652,7 @@ fn new_deployment(c: &Ctx<'_>, previous: Option<&DeployedStatus>, attempt: u32) 
         attempt,
         pods: roles(c.spec).into_iter().map(|r| pod_name(&c.name, r, attempt)).collect(),
         created: false,
+        spec: serde_json::to_string(c.spec).ok(),
     }
 }
 
@@ -671,6 +732,10 @@ fn run(c: &Ctx<'_>, p: &mut Plan, template: Option<&k8s_openapi::api::core::v1::
         deployed.created = false;
     }
     deployed.checkpoint_storage = effective_storage(c.spec, Some(&deployed), c.settings);
+    if deployed.spec.is_none() && deployed.digest == c.digest {
+        // Recorded since this operator version; an older status gains it here.
+        deployed.spec = serde_json::to_string(c.spec).ok();
+    }
 
     // Stale pods: anything of the job that is not a current pod.
     let stale: Vec<&PodView> = c.observed.pods.iter().filter(|pod| !deployed.pods.contains(&pod.name)).collect();

@@ -848,6 +848,12 @@ fn argocd_health_fixtures_are_what_the_operator_writes() {
     step(&mut suspended, &o);
     cases.push(("suspended", suspended));
 
+    let mut invalid = j.clone();
+    invalid.spec.0.parallelism = 0;
+    let o = up(&invalid, T0 + 3_000);
+    step(&mut invalid, &o);
+    cases.push(("invalid-edit", invalid));
+
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/integrations/argocd/weir.dev/StreamJob/testdata");
     let bless = std::env::var_os("WEIR_BLESS").is_some();
     for (name, job) in cases {
@@ -1179,4 +1185,43 @@ fn the_job_file_leaves_out_the_operators_savepoint_options() {
     let yaml = &p.config_map.unwrap().data.unwrap()["job.yaml"];
     assert!(!yaml.contains("savepoints"), "{yaml}");
     weir_runtime::manifest::StreamJob::from_yaml(yaml).expect("the pods can read it");
+}
+
+#[test]
+fn an_invalid_edit_of_a_running_job_keeps_it_reconciled_under_its_last_valid_spec() {
+    let mut j = running_job(|_| {});
+    j.spec.0.parallelism = 0;
+    j.metadata.generation = Some(4);
+    let p = tick(&mut j, T0 + 1000);
+    assert!(p.delete.is_empty() && p.create.is_empty(), "the running pods are left as they are");
+    let stalled = condition(&p.status, "Stalled");
+    assert_eq!((stalled.status.as_str(), stalled.reason.as_str()), ("True", "InvalidSpec"));
+    assert!(
+        stalled.message.contains("spec.parallelism") && stalled.message.contains("last valid spec"),
+        "{}",
+        stalled.message
+    );
+    assert_eq!(condition(&p.status, "Ready").status, "False");
+    assert_eq!(p.events.iter().filter(|e| e.reason == "InvalidSpec").count(), 1);
+    assert!(
+        p.config_map.unwrap().data.unwrap()["job.yaml"].contains("parallelism: 2"),
+        "the job file is the last valid one"
+    );
+
+    // A pod that fails meanwhile is replaced as the last valid spec says.
+    let mut failed = up(&j, T0 + 2000);
+    failed.pods[1].phase = PodPhase::Failed;
+    let p = step(&mut j, &failed);
+    assert_eq!(p.status.phase, Phase::Restarting, "the failure is handled, not left until the spec is fixed");
+    assert!(tick(&mut j, T0 + 3000).events.iter().all(|e| e.reason != "InvalidSpec"), "announced once");
+    let mut replaced = Observed { pods: failed.pods.clone(), ..up(&j, T0 + 13_000) };
+    replaced.pods[1].phase = PodPhase::Failed;
+    let p = step(&mut j, &replaced);
+    assert_eq!(names(&p), ["counts-worker-0-2"], "the failed worker is replaced under the old spec");
+
+    // Fixing the edit deploys it.
+    j.spec.0.parallelism = 3;
+    let p = tick(&mut j, T0 + 20_000);
+    assert!(p.events.iter().any(|e| e.reason == "Upgrading"), "{:?}", p.events);
+    assert_eq!(condition(&p.status, "Stalled").status, "False");
 }
