@@ -551,6 +551,33 @@ exact "$dir/pv/output/orphaned" 600000 100 || fail "output after the operator's 
 scenario "the operator's container killed right after kubectl apply: its replacement deployed the job; output exact" "$t"
 
 t=$(date +%s)
+# A node drained for maintenance: kubectl drain cordons it and evicts the
+# job's pods there (the Eviction API, graceful). The evictions are one
+# failure, not one per pod or per reconcile; the pods come back on the
+# other node under new names and the job resumes from its last checkpoint.
+prefer_b='s/^      volumes:/      affinity: {nodeAffinity: {preferredDuringSchedulingIgnoredDuringExecution: [{weight: 100, preference: {matchExpressions: [{key: kubernetes.io\/hostname, operator: In, values: [weir-node-b]}]}}]}}\n      volumes:/'
+sed -e 's/count: 600000/count: 1200000/' -e "$prefer_b" <(variant drained) > "$dir/drained.yaml"
+kubectl apply -f "$dir/drained.yaml" > /dev/null
+wait_condition streamjob/drained Ready 60 || fail "drained not Ready"
+for _ in $(seq 1 60); do
+  [ -n "$(kubectl get sj drained -o jsonpath='{.status.checkpoints.latest.id}')" ] && break
+  sleep 0.5
+done
+placed=$(kubectl get pods -l weir.dev/job=drained -o jsonpath='{range .items[*]}{.spec.nodeName}{"\n"}{end}' | sort -u)
+[ "$placed" = weir-node-b ] || fail "the job's pods are not all on weir-node-b: $placed"
+kubectl drain weir-node-b --ignore-daemonsets --delete-emptydir-data --timeout=120s > "$dir/drain.log" 2>&1 \
+  || fail "kubectl drain failed: $(cat "$dir/drain.log")"
+grep -q evicted "$dir/drain.log" || fail "kubectl drain evicted nothing: $(cat "$dir/drain.log")"
+wait_phase Finished drained 180
+moved=$(kubectl get pods -l weir.dev/job=drained -o jsonpath='{range .items[*]}{.spec.nodeName}{"\n"}{end}' | sort -u)
+[ "$moved" = weir-node-a ] || fail "the replacements are not on weir-node-a: $moved"
+failures=$(kubectl get sj drained -o jsonpath='{.status.restarts.failures}')
+[ "$failures" = 1 ] || fail "a drain of three pods counted ${failures:-no} failures"
+exact "$dir/pv/output/drained" 1200000 100 || fail "output after the drain not exact"
+kubectl uncordon weir-node-b > /dev/null
+scenario "kubectl drain of the job's node: 3 pods evicted, one failure, recreated on the other node; output exact (1200000 once)" "$t"
+
+t=$(date +%s)
 # A node is lost, as in a power cut: its agent stops reporting and every
 # container on it freezes. The job's pods all run there (they prefer node
 # b; the operator is on node a). Once the node has been NotReady for
@@ -558,9 +585,7 @@ t=$(date +%s)
 # them with no grace period (no kubelet is left to confirm their end) and
 # recreates them on node a under new names; the job resumes from its last
 # checkpoint and its output is exact.
-sed -e 's/count: 600000/count: 1200000/' \
-    -e 's/^      volumes:/      affinity: {nodeAffinity: {preferredDuringSchedulingIgnoredDuringExecution: [{weight: 100, preference: {matchExpressions: [{key: kubernetes.io\/hostname, operator: In, values: [weir-node-b]}]}}]}}\n      volumes:/' \
-    <(variant stranded) > "$dir/stranded.yaml"
+sed -e 's/count: 600000/count: 1200000/' -e "$prefer_b" <(variant stranded) > "$dir/stranded.yaml"
 kubectl apply -f "$dir/stranded.yaml" > /dev/null
 wait_condition streamjob/stranded Ready 60 || fail "stranded not Ready"
 for _ in $(seq 1 60); do

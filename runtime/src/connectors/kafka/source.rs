@@ -77,7 +77,7 @@ pub struct KafkaSource<T> {
     config: KafkaConfig,
     subtask: u32,
     parallelism: u32,
-    parts: BTreeMap<(String, i32), PartitionSplit>,
+    parts: Partitions,
     decode: KafkaDecoder<T>,
     /// Positions taken at barriers, committed to the group on completion.
     pending_commits: VecDeque<(u64, TopicPartitionList)>,
@@ -115,7 +115,7 @@ impl<T> KafkaSource<T> {
             consumer,
             subtask: ctx.subtask(),
             parallelism: ctx.parallelism(),
-            parts: BTreeMap::new(),
+            parts: Partitions::default(),
             decode: decoder,
             pending_commits: VecDeque::new(),
             next_discovery: None,
@@ -135,18 +135,15 @@ impl<T> KafkaSource<T> {
             Some(splits) => {
                 for split in splits {
                     if source.owns(&split.topic, split.partition) {
-                        source.parts.insert((split.topic.clone(), split.partition), split);
+                        source.parts.insert(split);
                     }
                 }
                 // Partitions created after the checkpoint: read from their
                 // beginning, or records written to them would be lost.
                 if source.config.stopping.is_none() {
                     for (topic, partition) in live {
-                        if source.owns(&topic, partition) && !source.parts.contains_key(&(topic.clone(), partition)) {
-                            source.parts.insert(
-                                (topic.clone(), partition),
-                                PartitionSplit { topic, partition, next: 0, stop: None },
-                            );
+                        if source.owns(&topic, partition) && !source.parts.contains(&topic, partition) {
+                            source.parts.insert(PartitionSplit { topic, partition, next: 0, stop: None });
                         }
                     }
                 }
@@ -284,8 +281,7 @@ impl<T> KafkaSource<T> {
                 None => None,
             };
             let next = resolved.get(&key).copied().unwrap_or(0);
-            self.parts
-                .insert(key, PartitionSplit { topic: e.topic().to_string(), partition: e.partition(), next, stop });
+            self.parts.insert(PartitionSplit { topic: e.topic().to_string(), partition: e.partition(), next, stop });
         }
         Ok(())
     }
@@ -314,11 +310,11 @@ impl<T> KafkaSource<T> {
         };
         let mut added = TopicPartitionList::new();
         for (topic, partition) in live {
-            if self.owns(&topic, partition) && !self.parts.contains_key(&(topic.clone(), partition)) {
+            if self.owns(&topic, partition) && !self.parts.contains(&topic, partition) {
                 added
                     .add_partition_offset(&topic, partition, Offset::Offset(0))
                     .map_err(|e| source_error(format!("cannot assign {topic}/{partition}: {e}")))?;
-                self.parts.insert((topic.clone(), partition), PartitionSplit { topic, partition, next: 0, stop: None });
+                self.parts.insert(PartitionSplit { topic, partition, next: 0, stop: None });
             }
         }
         if added.count() > 0 {
@@ -365,9 +361,7 @@ impl<T> KafkaSource<T> {
         }
         let Ok(positions) = self.consumer.position() else { return };
         for e in positions.elements() {
-            if let (Offset::Offset(n), Some(p)) =
-                (e.offset(), self.parts.get_mut(&(e.topic().to_string(), e.partition())))
-            {
+            if let (Offset::Offset(n), Some(p)) = (e.offset(), self.parts.get_mut(e.topic(), e.partition())) {
                 if p.stop.is_some_and(|stop| n >= stop && p.next < stop) {
                     p.next = n;
                 }
@@ -377,18 +371,16 @@ impl<T> KafkaSource<T> {
 }
 
 /// The record `msg` as `T`, and the partition's position moved past it;
-/// `None` for a record before the position (fetched before a seek) or at
-/// or past a bounded partition's end.
-fn take<T>(
-    parts: &mut BTreeMap<(String, i32), PartitionSplit>,
-    decode: &KafkaDecoder<T>,
-    msg: &BorrowedMessage<'_>,
-) -> Option<T> {
-    let part = parts.get_mut(&(msg.topic().to_string(), msg.partition()))?;
+/// no record for one before the position (fetched before a seek) or at or
+/// past a bounded partition's end. The flag: this record finished its
+/// bounded partition.
+fn take<T>(parts: &mut Partitions, decode: &KafkaDecoder<T>, msg: &BorrowedMessage<'_>) -> (Option<T>, bool) {
+    let Some(part) = parts.get_mut(msg.topic(), msg.partition()) else { return (None, false) };
     if msg.offset() < part.next || part.stop.is_some_and(|s| msg.offset() >= s) {
-        return None;
+        return (None, false);
     }
     part.next = msg.offset() + 1;
+    let finished = part.done();
     let headers = msg.headers().map(|h| h.iter().map(|h| (h.key, h.value)).collect::<Vec<_>>()).unwrap_or_default();
     let record = KafkaRecord {
         topic: msg.topic(),
@@ -399,7 +391,35 @@ fn take<T>(
         value: msg.payload(),
         headers,
     };
-    Some(decode(&record))
+    (Some(decode(&record)), finished)
+}
+
+/// The partitions a subtask owns, by topic and then partition, so that a
+/// record's partition is found from its borrowed topic name without
+/// allocating a key per record.
+#[derive(Default)]
+struct Partitions(BTreeMap<String, BTreeMap<i32, PartitionSplit>>);
+
+impl Partitions {
+    fn insert(&mut self, split: PartitionSplit) {
+        self.0.entry(split.topic.clone()).or_default().insert(split.partition, split);
+    }
+
+    fn contains(&self, topic: &str, partition: i32) -> bool {
+        self.0.get(topic).is_some_and(|p| p.contains_key(&partition))
+    }
+
+    fn get_mut(&mut self, topic: &str, partition: i32) -> Option<&mut PartitionSplit> {
+        self.0.get_mut(topic)?.get_mut(&partition)
+    }
+
+    fn len(&self) -> usize {
+        self.0.values().map(BTreeMap::len).sum()
+    }
+
+    fn values(&self) -> impl Iterator<Item = &PartitionSplit> {
+        self.0.values().flat_map(BTreeMap::values)
+    }
 }
 
 impl PartitionSplit {
@@ -419,12 +439,9 @@ impl<T: Send> Source<T> for KafkaSource<T> {
                 None => break,
                 Some(Err(e)) => self.consumer_error(e)?,
                 Some(Ok(msg)) => {
-                    let finished_before = self.parts.get(&(msg.topic().to_string(), msg.partition())).map(|p| p.done());
-                    if let Some(record) = take(&mut self.parts, &self.decode, &msg) {
-                        batch.push(record);
-                    }
-                    let finished = self.parts.get(&(msg.topic().to_string(), msg.partition())).map(|p| p.done());
-                    if finished == Some(true) && finished_before == Some(false) {
+                    let (record, finished_now) = take(&mut self.parts, &self.decode, &msg);
+                    batch.extend(record);
+                    if finished_now {
                         let mut tpl = TopicPartitionList::new();
                         tpl.add_partition(msg.topic(), msg.partition());
                         let _ = self.consumer.pause(&tpl);
