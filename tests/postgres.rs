@@ -160,3 +160,39 @@ fn a_wrong_password_is_refused_without_echoing_it() {
     assert!(!log.contains("not-the-password-4711"), "the password reached the log: {log}");
     assert_eq!(psql("SELECT count(*) FROM counts_pw"), "0");
 }
+
+#[test]
+#[ignore = "needs a PostgreSQL server: scripts/test-postgres starts one and runs these"]
+fn tls_to_the_server_is_verified_against_the_ca_file_and_a_foreign_ca_is_refused() {
+    const COUNT: u64 = 20_000;
+    let ca = std::env::var("WEIR_TEST_PG_CA").expect("WEIR_TEST_PG_CA");
+    let other_ca = std::env::var("WEIR_TEST_PG_OTHER_CA").expect("WEIR_TEST_PG_OTHER_CA");
+    psql(
+        "DROP TABLE IF EXISTS counts_tls; \
+         CREATE TABLE counts_tls (key text NOT NULL, count bigint NOT NULL, sum_value bigint NOT NULL); \
+         GRANT ALL ON counts_tls TO weir_tls",
+    );
+    // weir_tls may connect over TLS only (pg_hba.conf: hostnossl ... reject).
+    let connection = connection().replace("user=weir ", "user=weir_tls ");
+    let sink = |tls: &str| {
+        format!("postgres: {{connection: '{connection}', table: counts_tls, transactionsTable: weir_tls_txns{tls}}}")
+    };
+    let verified = sink(&format!(", tls: {{caFile: '{ca}'}}"));
+    let job = Job { name: "pg-tls", count: COUNT, rate: 0, sink: verified, restart: "{none: {}}" };
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = write_manifest(dir.path(), &job);
+    let status = finish(weir(&manifest, dir.path(), "run.log"), Duration::from_secs(120), dir.path(), "run.log");
+    assert!(status.success(), "over TLS: {}", std::fs::read_to_string(dir.path().join("run.log")).unwrap());
+    let updates = weir_runtime::verify::updates_of(rows("counts_tls")).unwrap();
+    if let Err(e) = weir_runtime::verify::check_updates_exactly_once(&updates, COUNT, KEYS) {
+        panic!("table written over TLS: {e}");
+    }
+
+    let plain = run_to_failure(&Job { name: "pg-plain", sink: sink(""), ..job });
+    assert!(plain.contains("no encryption"), "the server takes weir_tls over TLS only: {plain}");
+    let foreign = sink(&format!(", tls: {{caFile: '{other_ca}'}}"));
+    let foreign = run_to_failure(&Job { name: "pg-foreign-ca", sink: foreign, ..job });
+    assert!(foreign.contains("TLS to the server failed"), "a certificate the CA did not sign is refused: {foreign}");
+    let count: u64 = psql("SELECT count(*) FROM counts_tls").parse().unwrap();
+    assert_eq!(count, COUNT, "the refused runs wrote nothing");
+}

@@ -127,3 +127,28 @@ fn a_wrong_redis_password_is_refused_without_echoing_it() {
     assert!(!log.contains("not-the-password-4711"), "the password reached the log: {log}");
     assert!(json_values("pw:").is_empty());
 }
+
+#[test]
+#[ignore = "needs a Redis server: scripts/test-redis starts one and runs these"]
+fn tls_to_the_server_is_verified_against_the_ca_file_and_a_foreign_ca_is_refused() {
+    const COUNT: u64 = 20_000;
+    let tls_port = std::env::var("WEIR_TEST_REDIS_TLS_PORT").expect("WEIR_TEST_REDIS_TLS_PORT");
+    let ca = std::env::var("WEIR_TEST_REDIS_CA").expect("WEIR_TEST_REDIS_CA");
+    let other_ca = std::env::var("WEIR_TEST_REDIS_OTHER_CA").expect("WEIR_TEST_REDIS_OTHER_CA");
+    let sink = |ca: &str| {
+        format!(
+            "redis: {{url: 'rediss://127.0.0.1:{tls_port}/0', passwordEnv: WEIR_TEST_REDIS_PASSWORD, key: [key], \
+             keyPrefix: 'tls:', tls: {{caFile: '{ca}'}}}}"
+        )
+    };
+    let job = Job { name: "redis-tls", count: COUNT, rate: 0, sink: sink(&ca), restart: "{none: {}}" };
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = write_manifest(dir.path(), &job);
+    let status = finish(weir(&manifest, dir.path(), "run.log"), Duration::from_secs(120), dir.path(), "run.log");
+    assert!(status.success(), "over TLS: {}", std::fs::read_to_string(dir.path().join("run.log")).unwrap());
+    if let Err(e) = weir_runtime::verify::check_final_per_key(json_values("tls:"), COUNT, KEYS) {
+        panic!("redis written over TLS: {e}");
+    }
+    let foreign = run_to_failure(&Job { name: "redis-foreign-ca", sink: sink(&other_ca), ..job });
+    assert!(foreign.contains("TLS to the server failed"), "a certificate the CA did not sign is refused: {foreign}");
+}

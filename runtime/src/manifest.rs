@@ -540,6 +540,16 @@ pub enum BadRecordAction {
     DeadLetter,
 }
 
+/// Verified TLS to a database or cache.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClientTlsSpec {
+    /// PEM CA certificates to trust instead of the system's, e.g. a
+    /// mounted Secret's `ca.crt` for a server with a private CA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
+}
+
 /// A duration written the way people write them: `500ms`, `1s`, `10m`, `1h 30m`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub struct HumanDuration(pub Duration);

@@ -7,10 +7,11 @@
 //! - [`file_sink`]: exactly-once JSON-lines part files.
 //! - [`generator`]: a deterministic, replayable generator source.
 //! - [`file_source`]: JSON-lines files, replayed by byte offset.
-//! - [`kafka`]: Kafka topics as a replayable source.
+//! - [`kafka`]: Kafka topics as a replayable source and a transactional sink.
 //! - [`postgres`]: PostgreSQL tables, by two-phase commit or upsert.
 //! - [`redis`]: the latest record per key into Redis (idempotent).
 //! - [`secret`]: connector passwords from the environment or a file.
+//! - [`tls`]: verified TLS to databases.
 //! - [`upsert`]: what idempotent sinks share.
 //! - [`print`]: the stdout sink and a discarding sink for benchmarks.
 
@@ -23,6 +24,7 @@ pub mod postgres;
 pub mod print;
 pub mod redis;
 pub mod secret;
+pub mod tls;
 pub mod two_phase;
 pub mod upsert;
 

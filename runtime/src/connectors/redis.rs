@@ -10,7 +10,7 @@ use std::marker::PhantomData;
 use std::time::Duration;
 
 use ::redis::aio::MultiplexedConnection;
-use ::redis::{Client, IntoConnectionInfo};
+use ::redis::{Client, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, TlsCertificates};
 use async_trait::async_trait;
 use serde::Serialize;
 use serde_json::Value;
@@ -18,8 +18,9 @@ use tracing::warn;
 
 use super::backoff::{Backoff, SINK_ATTEMPTS};
 use super::secret::read_password;
+use super::tls::read_ca_file;
 use super::upsert::{key_string, last_per_key};
-use crate::manifest::{RedisSinkSpec, RedisValueFormat};
+use crate::manifest::{ClientTlsSpec, RedisSinkSpec, RedisValueFormat};
 use crate::metrics::JobMetrics;
 use crate::task::{Barrier, Collector, TaskContext, TaskError, TaskSnapshot};
 
@@ -37,6 +38,22 @@ pub struct RedisTarget {
     format: RedisValueFormat,
 }
 
+/// A client of a TLS address, trusting `tls.caFile`'s CAs or the system's.
+fn tls_client(at: &str, info: ConnectionInfo, tls: Option<&ClientTlsSpec>) -> Result<Client, TaskError> {
+    let describe = format!("redis {}/{}", info.addr, info.redis.db);
+    let client = match tls.and_then(|t| t.ca_file.as_deref()) {
+        None => Client::open(info),
+        Some(file) => {
+            let pem = std::fs::read(file)
+                .map_err(|e| TaskError::sink(&describe, format!("{at}.tls.caFile: cannot read {file}: {e}")))?;
+            // Checked here for a message that names the field.
+            read_ca_file(&format!("{at}.tls"), file).map_err(|e| TaskError::sink(&describe, e))?;
+            Client::build_with_tls(info, TlsCertificates { client_tls: None, root_cert: Some(pem) })
+        }
+    };
+    client.map_err(|e| TaskError::sink(&describe, format!("{at}: {e}")))
+}
+
 impl RedisTarget {
     pub fn from_spec(spec: &RedisSinkSpec) -> Result<RedisTarget, TaskError> {
         let at = "spec.pipeline.sink.redis";
@@ -48,7 +65,21 @@ impl RedisTarget {
             info.redis.password = password;
         }
         let describe = format!("redis {}/{}", info.addr, info.redis.db);
-        let client = Client::open(info).map_err(|e| TaskError::sink(&describe, format!("{at}.url: {e}")))?;
+        let client = match (&info.addr, &spec.tls) {
+            (ConnectionAddr::TcpTls { insecure: true, .. }, _) => {
+                return Err(TaskError::sink(
+                    &describe,
+                    format!("{at}.url: #insecure is refused: TLS is always verified"),
+                ))
+            }
+            (ConnectionAddr::Tcp(host, port), Some(_)) => {
+                info.addr =
+                    ConnectionAddr::TcpTls { host: host.clone(), port: *port, insecure: false, tls_params: None };
+                tls_client(at, info, spec.tls.as_ref())?
+            }
+            (ConnectionAddr::TcpTls { .. }, tls) => tls_client(at, info, tls.as_ref())?,
+            _ => Client::open(info).map_err(|e| TaskError::sink(&describe, format!("{at}.url: {e}")))?,
+        };
         Ok(RedisTarget {
             client,
             describe,
@@ -124,6 +155,10 @@ impl<T> RedisSink<T> {
                 }
                 Ok(Err(e)) if e.kind() == ::redis::ErrorKind::AuthenticationFailed => {
                     return Err(self.target.err(format!("the server refused the connection: {e}")))
+                }
+                // A certificate that does not verify will not on the next try either.
+                Ok(Err(e)) if e.to_string().to_lowercase().contains("certificate") => {
+                    return Err(self.target.err(format!("TLS to the server failed: {e}")))
                 }
                 Ok(Err(e)) => e.to_string(),
                 Err(_) => format!("no answer within {}s", COMMAND_TIMEOUT.as_secs()),
@@ -204,6 +239,7 @@ mod tests {
     fn target(format: RedisValueFormat) -> RedisTarget {
         let spec = RedisSinkSpec {
             url: "redis://127.0.0.1:1/0".into(),
+            tls: None,
             password_env: None,
             password_file: None,
             key: vec!["key".into()],

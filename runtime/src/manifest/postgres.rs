@@ -39,6 +39,12 @@ pub struct PostgresSinkSpec {
     /// (`ON CONFLICT (key) DO UPDATE`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub key: Vec<String>,
+    /// TLS to the server, verified against `caFile` or the system's CAs
+    /// (`tls: {}` for a server with a public certificate). A connection
+    /// string with `sslmode=require` gets it too; Weir never uses TLS
+    /// without checking the server's certificate and name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<super::ClientTlsSpec>,
     /// Where `TwoPhaseCommit` records which of its transactions committed
     /// (created if absent; it holds a row per subtask and checkpoint, and
     /// old rows are deleted as the job goes on).
@@ -97,6 +103,9 @@ impl PostgresSinkSpec {
             }
             Ok(_) => {}
         }
+        if self.tls.as_ref().is_some_and(|t| t.ca_file.as_deref() == Some("")) {
+            errors.push(format!("{at}.tls.caFile: expected a file path, got an empty one"));
+        }
         if self.password_env.is_some() && self.password_file.is_some() {
             errors.push(format!("{at}: expected at most one of passwordEnv, passwordFile"));
         }
@@ -151,6 +160,7 @@ mod tests {
             columns: vec![],
             mode: PostgresSinkMode::TwoPhaseCommit,
             key: vec![],
+            tls: None,
             transactions_table: default_transactions_table(),
         }
     }

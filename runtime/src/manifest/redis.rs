@@ -10,8 +10,12 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RedisSinkSpec {
-    /// `redis://host:port/db`, without a password.
+    /// `redis://host:port/db` (or `rediss://` for TLS), without a password.
     pub url: String,
+    /// TLS to the server (implied by `rediss://`), verified against
+    /// `caFile` or the system's CAs; never unverified.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<super::ClientTlsSpec>,
     /// The environment variable that holds the password (a Kubernetes
     /// Secret through `podTemplate`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -70,6 +74,7 @@ mod tests {
     fn spec() -> RedisSinkSpec {
         RedisSinkSpec {
             url: "redis://127.0.0.1:6379/0".into(),
+            tls: None,
             password_env: None,
             password_file: None,
             key: vec!["key".into()],

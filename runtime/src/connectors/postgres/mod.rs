@@ -31,12 +31,14 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use serde::Serialize;
+use tokio_postgres::config::SslMode;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Config, NoTls};
 use tracing::{debug, warn};
 
 use super::backoff::{Backoff, SINK_ATTEMPTS};
 use super::secret::read_password;
+use super::tls::client_config;
 use crate::manifest::postgres::DEFAULT_PASSWORD_ENV;
 use crate::manifest::PostgresSinkSpec;
 use crate::metrics::JobMetrics;
@@ -55,6 +57,8 @@ const STATEMENT_TIMEOUT: Duration = Duration::from_secs(60);
 #[derive(Clone)]
 pub struct PgTarget {
     config: Config,
+    /// Verified TLS, when the spec asks for it.
+    tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
     /// The table as written in the manifest, and quoted for SQL.
     table: String,
     quoted_table: String,
@@ -88,8 +92,20 @@ impl PgTarget {
         }
         config.connect_timeout(Duration::from_secs(10));
         config.application_name("weir");
+        let wants_tls = spec.tls.is_some() || config.get_ssl_mode() == SslMode::Require;
+        let tls = match wants_tls {
+            true => {
+                let ca_file = spec.tls.as_ref().and_then(|t| t.ca_file.as_deref());
+                let client =
+                    client_config(&format!("{at}.tls"), ca_file).map_err(|e| TaskError::sink("postgres", e))?;
+                config.ssl_mode(SslMode::Require);
+                Some(tokio_postgres_rustls::MakeRustlsConnect::new((*client).clone()))
+            }
+            false => None,
+        };
         Ok(PgTarget {
             config,
+            tls,
             table: spec.table.clone(),
             quoted_table: quote(&spec.table),
             columns: spec.columns.clone(),
@@ -132,18 +148,33 @@ impl PgTarget {
     async fn connect(&self, metrics: &JobMetrics) -> Result<Client, TaskError> {
         let mut backoff = Backoff::new(SINK_ATTEMPTS);
         loop {
-            let outcome = tokio::time::timeout(STATEMENT_TIMEOUT, self.config.connect(NoTls)).await;
-            let error = match outcome {
-                Ok(Ok((client, connection))) => {
-                    tokio::spawn(async move {
-                        if let Err(e) = connection.await {
-                            debug!("postgres connection ended: {e}");
-                        }
-                    });
-                    return Ok(client);
+            let outcome = match &self.tls {
+                None => {
+                    tokio::time::timeout(STATEMENT_TIMEOUT, async {
+                        let (client, connection) = self.config.connect(NoTls).await?;
+                        tokio::spawn(drive(connection));
+                        Ok::<_, tokio_postgres::Error>(client)
+                    })
+                    .await
                 }
+                Some(tls) => {
+                    tokio::time::timeout(STATEMENT_TIMEOUT, async {
+                        let (client, connection) = self.config.connect(tls.clone()).await?;
+                        tokio::spawn(drive(connection));
+                        Ok::<_, tokio_postgres::Error>(client)
+                    })
+                    .await
+                }
+            };
+            let error = match outcome {
+                Ok(Ok(client)) => return Ok(client),
                 Ok(Err(e)) if e.code().is_some() => {
                     return Err(self.err(format!("the server refused the connection: {}", describe_error(&e))))
+                }
+                // A certificate that does not verify will not verify on
+                // the next try either.
+                Ok(Err(e)) if self.tls.is_some() && tls_refused(&e) => {
+                    return Err(self.err(format!("TLS to the server failed: {}", describe_error(&e))))
                 }
                 Ok(Err(e)) => describe_error(&e),
                 Err(_) => format!("no answer within {}s", STATEMENT_TIMEOUT.as_secs()),
@@ -224,6 +255,24 @@ fn json_array<T: Serialize>(target: &PgTarget, batch: &[T]) -> Result<String, Ta
     serde_json::to_string(batch).map_err(|e| target.err(format!("cannot encode a record as JSON: {e}")))
 }
 
+/// Runs a connection's I/O until it ends.
+async fn drive<S, T>(connection: tokio_postgres::Connection<S, T>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    if let Err(e) = connection.await {
+        debug!("postgres connection ended: {e}");
+    }
+}
+
+/// Whether a connection failed in the TLS handshake (an untrusted or
+/// wrongly named certificate, a server without TLS), not on the network.
+fn tls_refused(e: &tokio_postgres::Error) -> bool {
+    let text = describe_error(e).to_lowercase();
+    ["certificate", "tls", "ssl", "handshake"].iter().any(|w| text.contains(w))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -237,6 +286,7 @@ mod tests {
     fn target(key: &[&str]) -> PgTarget {
         PgTarget {
             config: Config::from_str("host=127.0.0.1 user=weir password=hunter2 dbname=app").unwrap(),
+            tls: None,
             table: "counts".into(),
             quoted_table: quote("counts"),
             columns: vec![],
