@@ -196,3 +196,60 @@ fn tls_to_the_server_is_verified_against_the_ca_file_and_a_foreign_ca_is_refused
     let count: u64 = psql("SELECT count(*) FROM counts_tls").parse().unwrap();
     assert_eq!(count, COUNT, "the refused runs wrote nothing");
 }
+
+#[test]
+#[ignore = "needs a PostgreSQL server: scripts/test-postgres starts one and runs these"]
+fn rows_the_table_refuses_are_dead_lettered_once_and_the_rest_committed_once_through_kill_9() {
+    const COUNT: u64 = 120_000;
+    for mode in ["TwoPhaseCommit", "Upsert"] {
+        let table = format!("counts_refused_{}", mode.to_lowercase());
+        // Every update of key k7 breaks the table's rule.
+        psql(&format!(
+            "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (key text NOT NULL CHECK (key <> 'k7'), \
+             count bigint NOT NULL, sum_value bigint NOT NULL{unique})",
+            unique = if mode == "Upsert" { ", PRIMARY KEY (key)" } else { "" }
+        ));
+        let dir = tempfile::tempdir().unwrap();
+        let key = if mode == "Upsert" { ", key: [key]" } else { "" };
+        let sink = format!("postgres: {{connection: '{}', table: {table}, mode: {mode}{key}}}", connection());
+        let name = format!("pg-refused-{}", mode.to_lowercase());
+        let job = Job { name: &name, count: COUNT, rate: 60_000, sink, restart: "{none: {}}" };
+        let manifest = write_manifest(dir.path(), &job);
+        let dead = dir.path().join("dead");
+        let text = std::fs::read_to_string(&manifest).unwrap().replace(
+            "spec:\n",
+            &format!("spec:\n  errorPolicy: {{onBadRecord: deadLetter, deadLetterPath: '{}'}}\n", dead.display()),
+        );
+        std::fs::write(&manifest, text).unwrap();
+
+        let kills = kill_nine_repeatedly(&manifest, dir.path(), &[700, 900]);
+        assert!(kills >= 1, "{mode}: the job finished before it could be killed");
+        let status = finish(weir(&manifest, dir.path(), "final.log"), Duration::from_secs(120), dir.path(), "final.log");
+        assert!(status.success(), "{mode}: {}", std::fs::read_to_string(dir.path().join("final.log")).unwrap());
+
+        let refused = weir_runtime::connectors::file_sink::read_committed(&dead).unwrap();
+        assert!(!refused.is_empty(), "{mode}: nothing was dead-lettered");
+        for r in &refused {
+            assert!(r["reason"].as_str().unwrap().contains("check constraint"), "{mode}: the table's error: {r}");
+        }
+        let refused_rows: Vec<Value> =
+            refused.iter().map(|r| serde_json::from_str(r["record"].as_str().unwrap()).unwrap()).collect();
+        assert!(refused_rows.iter().all(|r| r["key"] == "k7"), "{mode}: only k7's rows are refused");
+        let table_rows = rows(&table);
+        assert!(table_rows.iter().all(|r| r["key"] != "k7"), "{mode}: no k7 row in the table");
+        if mode == "TwoPhaseCommit" {
+            // The table's rows and the dead letters together: every update once.
+            let all = weir_runtime::verify::updates_of(table_rows.into_iter().chain(refused_rows).collect()).unwrap();
+            if let Err(e) = weir_runtime::verify::check_updates_exactly_once(&all, COUNT, KEYS) {
+                panic!("table and dead letters after {kills} kill -9: {e}");
+            }
+        } else {
+            let want = weir_runtime::verify::expected_per_key(COUNT, KEYS);
+            assert_eq!(table_rows.len() as u64, KEYS - 1, "upsert: one row per key but k7");
+            for r in &table_rows {
+                let (n, sum) = want[r["key"].as_str().unwrap()];
+                assert_eq!((r["count"].as_u64().unwrap(), r["sum_value"].as_i64().unwrap()), (n, sum), "{r}");
+            }
+        }
+    }
+}

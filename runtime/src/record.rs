@@ -17,6 +17,10 @@ pub struct BadRecord {
     pub reason: String,
 }
 
+/// Rows a sink refused (a type mismatch, a violated constraint), handed to
+/// the collector in front of it, which applies the error policy.
+pub type Rejects = std::sync::Arc<std::sync::Mutex<Vec<BadRecord>>>;
+
 /// A record as a source read it, and where from (`file:line`) when known.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SourceRecord {

@@ -1,4 +1,5 @@
-//! The error policy: where a declared pipeline's bad records go.
+//! The error policy: where a declared pipeline's bad records go, both
+//! those its source or steps reject and the rows its sink's table refuses.
 
 use async_trait::async_trait;
 use serde_json::json;
@@ -7,37 +8,99 @@ use tracing::warn;
 use crate::connectors::{FileSink, TxnDriver};
 use crate::manifest::BadRecordAction;
 use crate::metrics::JobMetrics;
-use crate::record::{BadRecord, FieldRule, Row, SourceRecord};
+use crate::record::{BadRecord, FieldRule, Rejects, Row, SourceRecord};
 use crate::task::{Barrier, Collector, TaskContext, TaskError, TaskSnapshot};
 
-/// Passes good rows on and applies the policy to bad ones. Dead letters are
-/// written transactionally, so each bad record lands there exactly once.
-pub struct BadRecordHandler {
+/// The policy applied to bad records. Dead letters are written
+/// transactionally, so each bad record lands there exactly once.
+pub struct BadRecordPolicy {
     ctx: TaskContext,
     action: BadRecordAction,
-    rules: Vec<FieldRule>,
     dead_letters: Option<TxnDriver<Row, FileSink<Row>>>,
-    next: Box<dyn Collector<Row>>,
     warned: u64,
 }
 
-impl BadRecordHandler {
-    pub fn new(
-        uid: &str,
-        ctx: TaskContext,
-        action: BadRecordAction,
-        dead_letter_dir: Option<&str>,
-        rules: Vec<FieldRule>,
-        next: Box<dyn Collector<Row>>,
-    ) -> Self {
-        let dead_letters = match (action, dead_letter_dir) {
+impl BadRecordPolicy {
+    /// `uid` is the state of the dead letters' transactions; `prefix`
+    /// names their part files, apart from every other writer's.
+    pub fn new(uid: &str, prefix: &str, ctx: TaskContext, action: BadRecordAction, dir: Option<&str>) -> Self {
+        let dead_letters = match (action, dir) {
             (BadRecordAction::DeadLetter, Some(dir)) => {
-                let sink = FileSink::for_task(dir, "dead-letter", &ctx);
+                let sink = FileSink::for_task(dir, prefix, &ctx);
                 Some(TxnDriver::new(uid.to_string(), ctx.clone(), sink))
             }
             _ => None,
         };
-        BadRecordHandler { ctx, action, rules, dead_letters, next, warned: 0 }
+        BadRecordPolicy { ctx, action, dead_letters, warned: 0 }
+    }
+
+    pub async fn open(&mut self) -> Result<(), TaskError> {
+        match &mut self.dead_letters {
+            Some(dl) => dl.open().await,
+            None => Ok(()),
+        }
+    }
+
+    /// Fails on the first record, counts and skips them, or dead-letters them.
+    pub async fn apply(&mut self, bad: Vec<BadRecord>) -> Result<(), TaskError> {
+        let Some(first) = bad.first() else { return Ok(()) };
+        match self.action {
+            BadRecordAction::Fail => {
+                let record = if first.origin.is_empty() { first.raw.clone() } else { format!("at {}", first.origin) };
+                Err(TaskError::BadRecord { record, reason: first.reason.clone() })
+            }
+            BadRecordAction::Skip => {
+                JobMetrics::add(&self.ctx.metrics.bad_records_skipped, bad.len());
+                if self.warned < 10 {
+                    self.warned += 1;
+                    warn!(origin = %first.origin, reason = %first.reason, "skipping bad record (errorPolicy onBadRecord: skip)");
+                }
+                Ok(())
+            }
+            BadRecordAction::DeadLetter => {
+                JobMetrics::add(&self.ctx.metrics.bad_records_dead_lettered, bad.len());
+                let rows =
+                    bad.into_iter().map(|b| json!({"origin": b.origin, "reason": b.reason, "record": b.raw})).collect();
+                match &mut self.dead_letters {
+                    Some(dl) => dl.write(rows).await,
+                    None => Ok(()),
+                }
+            }
+        }
+    }
+
+    pub async fn barrier(&mut self, barrier: Barrier, snapshot: &mut TaskSnapshot) -> Result<(), TaskError> {
+        if let Some(dl) = &mut self.dead_letters {
+            snapshot.add(dl.barrier(barrier).await?);
+        }
+        Ok(())
+    }
+
+    pub async fn checkpoint_complete(&mut self, id: u64) -> Result<(), TaskError> {
+        match &mut self.dead_letters {
+            Some(dl) => dl.checkpoint_complete(id).await,
+            None => Ok(()),
+        }
+    }
+
+    pub async fn end_of_input(&mut self) -> Result<(), TaskError> {
+        match &mut self.dead_letters {
+            Some(dl) => dl.end_of_input().await,
+            None => Ok(()),
+        }
+    }
+}
+
+/// Passes good rows on and applies the policy to bad ones.
+pub struct BadRecordHandler {
+    policy: BadRecordPolicy,
+    rules: Vec<FieldRule>,
+    next: Box<dyn Collector<Row>>,
+}
+
+impl BadRecordHandler {
+    pub fn new(policy: BadRecordPolicy, rules: Vec<FieldRule>, next: Box<dyn Collector<Row>>) -> Self {
+        BadRecordHandler { policy, rules, next }
     }
 
     fn validate(&self, item: SourceRecord) -> Result<Row, BadRecord> {
@@ -54,9 +117,7 @@ impl BadRecordHandler {
 #[async_trait]
 impl Collector<SourceRecord> for BadRecordHandler {
     async fn open(&mut self) -> Result<(), TaskError> {
-        if let Some(dl) = &mut self.dead_letters {
-            dl.open().await?;
-        }
+        self.policy.open().await?;
         self.next.open().await
     }
 
@@ -69,32 +130,7 @@ impl Collector<SourceRecord> for BadRecordHandler {
                 Err(b) => bad.push(b),
             }
         }
-        if !bad.is_empty() {
-            match self.action {
-                BadRecordAction::Fail => {
-                    let b = &bad[0];
-                    let record = if b.origin.is_empty() { b.raw.clone() } else { format!("at {}", b.origin) };
-                    return Err(TaskError::BadRecord { record, reason: b.reason.clone() });
-                }
-                BadRecordAction::Skip => {
-                    JobMetrics::add(&self.ctx.metrics.bad_records_skipped, bad.len());
-                    if self.warned < 10 {
-                        self.warned += 1;
-                        warn!(origin = %bad[0].origin, reason = %bad[0].reason, "skipping bad record (errorPolicy onBadRecord: skip)");
-                    }
-                }
-                BadRecordAction::DeadLetter => {
-                    JobMetrics::add(&self.ctx.metrics.bad_records_dead_lettered, bad.len());
-                    let rows = bad
-                        .into_iter()
-                        .map(|b| json!({"origin": b.origin, "reason": b.reason, "record": b.raw}))
-                        .collect();
-                    if let Some(dl) = &mut self.dead_letters {
-                        dl.write(rows).await?;
-                    }
-                }
-            }
-        }
+        self.policy.apply(bad).await?;
         if good.is_empty() {
             return Ok(());
         }
@@ -102,23 +138,67 @@ impl Collector<SourceRecord> for BadRecordHandler {
     }
 
     async fn barrier(&mut self, barrier: Barrier, snapshot: &mut TaskSnapshot) -> Result<(), TaskError> {
-        if let Some(dl) = &mut self.dead_letters {
-            snapshot.add(dl.barrier(barrier).await?);
-        }
+        self.policy.barrier(barrier, snapshot).await?;
         self.next.barrier(barrier, snapshot).await
     }
 
     async fn checkpoint_complete(&mut self, id: u64) -> Result<(), TaskError> {
-        if let Some(dl) = &mut self.dead_letters {
-            dl.checkpoint_complete(id).await?;
-        }
+        self.policy.checkpoint_complete(id).await?;
         self.next.checkpoint_complete(id).await
     }
 
     async fn end_of_input(&mut self) -> Result<(), TaskError> {
-        if let Some(dl) = &mut self.dead_letters {
-            dl.end_of_input().await?;
-        }
+        self.policy.end_of_input().await?;
         self.next.end_of_input().await
+    }
+}
+
+/// A sink that may refuse rows, with the policy applied to what it refused
+/// in each batch. Refused rows and the sink's own output of a checkpoint
+/// interval are committed with the same checkpoint, so a replay refuses
+/// them again and neither is written twice.
+pub struct RejectingSink {
+    policy: BadRecordPolicy,
+    rejects: Rejects,
+    sink: Box<dyn Collector<Row>>,
+}
+
+impl RejectingSink {
+    pub fn new(policy: BadRecordPolicy, rejects: Rejects, sink: Box<dyn Collector<Row>>) -> Self {
+        RejectingSink { policy, rejects, sink }
+    }
+
+    async fn drain(&mut self) -> Result<(), TaskError> {
+        let refused = self.rejects.lock().map(|mut r| std::mem::take(&mut *r)).unwrap_or_default();
+        self.policy.apply(refused).await
+    }
+}
+
+#[async_trait]
+impl Collector<Row> for RejectingSink {
+    async fn open(&mut self) -> Result<(), TaskError> {
+        self.policy.open().await?;
+        self.sink.open().await
+    }
+
+    async fn collect(&mut self, batch: Vec<Row>) -> Result<(), TaskError> {
+        self.sink.collect(batch).await?;
+        self.drain().await
+    }
+
+    async fn barrier(&mut self, barrier: Barrier, snapshot: &mut TaskSnapshot) -> Result<(), TaskError> {
+        self.policy.barrier(barrier, snapshot).await?;
+        self.sink.barrier(barrier, snapshot).await
+    }
+
+    async fn checkpoint_complete(&mut self, id: u64) -> Result<(), TaskError> {
+        self.policy.checkpoint_complete(id).await?;
+        self.sink.checkpoint_complete(id).await
+    }
+
+    async fn end_of_input(&mut self) -> Result<(), TaskError> {
+        self.sink.end_of_input().await?;
+        self.drain().await?;
+        self.policy.end_of_input().await
     }
 }

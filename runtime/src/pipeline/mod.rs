@@ -4,7 +4,7 @@
 //! - [`aggregate`]: running count/sum/min/max per key.
 //! - [`bad_records`]: the error policy for records that cannot be processed.
 //!
-//! Operator uids are `source`, `sink`, `bad-records` and, for each
+//! Operator uids are `source`, `sink`, `bad-records`, `sink-rejected` and, for each
 //! aggregate, the step's `id` or one derived from its content (its keyBy
 //! field and aggregates), never from its position: inserting a step before
 //! an aggregate leaves its state where it was.
@@ -23,17 +23,21 @@ use crate::connectors::kafka::{KafkaConfig, KafkaDecoder, KafkaRecord, KafkaSink
 use crate::connectors::postgres::{PgTarget, PostgresSink, PostgresUpsertSink};
 use crate::connectors::print::StdoutSink;
 use crate::connectors::redis::{RedisSink, RedisTarget};
+use crate::connectors::TwoPhaseCommitCollector;
 use crate::connectors::{FileSink, GeneratorSource};
 use crate::dataflow::{BuildError, DataStream, JobGraph, StreamEnv};
 use crate::manifest::{
-    AggregateSpec, KafkaMetadata, PipelineSpec, PostgresSinkMode, SinkKind, SourceKind, StepKind, StepSpec,
-    StreamJobSpec,
+    AggregateSpec, BadRecordAction, KafkaMetadata, PipelineSpec, PostgresSinkMode, SinkKind, SourceKind, StepKind,
+    StepSpec, StreamJobSpec,
 };
-use crate::record::{key_of, parse_json_object, BadRecord, FieldRule, Row, SourceRecord};
+use crate::record::{key_of, parse_json_object, BadRecord, FieldRule, Rejects, Row, SourceRecord};
 use crate::task::source_task::Source;
 use crate::task::{Collector, TaskError};
 use aggregate::Aggregate;
-use bad_records::BadRecordHandler;
+use bad_records::{BadRecordHandler, BadRecordPolicy, RejectingSink};
+
+/// The state, and the dead letters' file prefix, of rows a sink refused.
+const SINK_REJECTED: &str = "sink-rejected";
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -92,16 +96,12 @@ fn build_pipeline(spec: &StreamJobSpec, pipeline: &PipelineSpec) -> Result<JobGr
 
     let rules = field_rules(&pipeline.steps);
     env.declare_state("bad-records");
+    let spec_errors = spec.error_policy.clone();
     let policy = spec.error_policy.clone();
     let mut stream: DataStream<Row> = source.transform(move |ctx, next| {
-        Ok(Box::new(BadRecordHandler::new(
-            "bad-records",
-            ctx.clone(),
-            policy.on_bad_record,
-            policy.dead_letter_path.as_deref(),
-            rules.clone(),
-            next,
-        )) as Box<dyn Collector<SourceRecord>>)
+        let dir = policy.dead_letter_path.as_deref();
+        let policy = BadRecordPolicy::new("bad-records", "dead-letter", ctx.clone(), policy.on_bad_record, dir);
+        Ok(Box::new(BadRecordHandler::new(policy, rules.clone(), next)) as Box<dyn Collector<SourceRecord>>)
     });
 
     let mut key_field: Option<String> = None;
@@ -126,15 +126,38 @@ fn build_pipeline(spec: &StreamJobSpec, pipeline: &PipelineSpec) -> Result<JobGr
             // The password is read where the sink runs (a worker), not
             // wherever the job graph is built.
             let spec = p.clone();
-            match p.mode {
-                PostgresSinkMode::TwoPhaseCommit => stream.sink_two_phase("sink", move |ctx| {
-                    Ok(PostgresSink::<Row>::for_task(PgTarget::from_spec(&spec)?, ctx))
-                }),
-                PostgresSinkMode::Upsert => stream.sink(move |ctx| {
-                    let target = PgTarget::from_spec(&spec)?;
-                    Ok(Box::new(PostgresUpsertSink::<Row>::new(target, ctx.clone())) as Box<dyn Collector<Row>>)
-                }),
+            let errors = spec_errors.clone();
+            // Rows the table refuses go to the error policy, unless it
+            // fails the job anyway (then the database's error does).
+            let rejecting = errors.on_bad_record != BadRecordAction::Fail;
+            if rejecting {
+                env.declare_state(SINK_REJECTED);
             }
+            if p.mode == PostgresSinkMode::TwoPhaseCommit {
+                env.declare_state("sink");
+            }
+            stream.sink(move |ctx| {
+                let target = PgTarget::from_spec(&spec)?;
+                let rejects: Option<Rejects> = rejecting.then(Rejects::default);
+                let sink: Box<dyn Collector<Row>> = match spec.mode {
+                    PostgresSinkMode::TwoPhaseCommit => {
+                        let sink = PostgresSink::<Row>::for_task(target, ctx).rejecting(rejects.clone());
+                        Box::new(TwoPhaseCommitCollector::new("sink".into(), ctx.clone(), sink))
+                    }
+                    PostgresSinkMode::Upsert => {
+                        Box::new(PostgresUpsertSink::<Row>::new(target, ctx.clone()).rejecting(rejects.clone()))
+                    }
+                };
+                Ok(match rejects {
+                    Some(rejects) => {
+                        let dir = errors.dead_letter_path.as_deref();
+                        let policy =
+                            BadRecordPolicy::new(SINK_REJECTED, SINK_REJECTED, ctx.clone(), errors.on_bad_record, dir);
+                        Box::new(RejectingSink::new(policy, rejects, sink))
+                    }
+                    None => sink,
+                })
+            });
         }
         SinkKind::Redis(r) => {
             let spec = r.clone();

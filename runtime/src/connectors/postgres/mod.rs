@@ -22,6 +22,12 @@
 //! show output committed after the restored checkpoint, which a table
 //! cannot take back: the job refuses to start, as the file sink does.
 //!
+//! **Refused rows.** Under an error policy other than `fail`, each batch
+//! runs under a savepoint; a batch the table refuses (a value of the wrong
+//! type, a violated constraint) is rolled back to it and written row by
+//! row, and the refused rows go to the policy (skipped or dead-lettered
+//! with the table's error), the others on into the transaction.
+//!
 //! # Layout
 //! - this module: the target (server, table, columns) and its connections.
 //! - [`transactional`]: the two-phase-commit sink.
@@ -42,6 +48,7 @@ use super::tls::client_config;
 use crate::manifest::postgres::DEFAULT_PASSWORD_ENV;
 use crate::manifest::PostgresSinkSpec;
 use crate::metrics::JobMetrics;
+use crate::record::{BadRecord, Rejects};
 use crate::task::TaskError;
 
 mod transactional;
@@ -247,6 +254,57 @@ fn describe_error(e: &tokio_postgres::Error) -> String {
             format!("{}{detail} [SQLSTATE {}]", db.message(), db.code().code())
         }
         None => e.to_string(),
+    }
+}
+
+/// Whether the server refused the rows themselves (a data exception or a
+/// violated constraint: SQLSTATE classes 22 and 23), not the connection.
+fn refused_rows(e: &tokio_postgres::Error) -> bool {
+    e.code().is_some_and(|c| c.code().starts_with("22") || c.code().starts_with("23"))
+}
+
+impl PgTarget {
+    /// Writes `rows` with `statement` one at a time, each under its own
+    /// savepoint when inside a transaction, so that one refused row costs
+    /// only itself; refused rows go to `rejects`, named by the table's error.
+    async fn write_one_by_one(
+        &self,
+        client: &Client,
+        statement: &tokio_postgres::Statement,
+        rows: Vec<serde_json::Value>,
+        in_transaction: bool,
+        rejects: &Rejects,
+    ) -> Result<(), TaskError> {
+        for row in rows {
+            let one = json_array(self, std::slice::from_ref(&row))?;
+            if in_transaction {
+                self.timed("cannot set a savepoint", client.batch_execute("SAVEPOINT weir_row")).await?;
+            }
+            match tokio::time::timeout(STATEMENT_TIMEOUT, client.execute(statement, &[&one])).await {
+                Ok(Ok(_)) if in_transaction => {
+                    self.timed("cannot release a savepoint", client.batch_execute("RELEASE SAVEPOINT weir_row"))
+                        .await?;
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) if refused_rows(&e) => {
+                    if in_transaction {
+                        let undo = client.batch_execute("ROLLBACK TO SAVEPOINT weir_row");
+                        self.timed("cannot roll back to a savepoint", undo).await?;
+                    }
+                    let reason = format!("the table refused the row: {}", describe_error(&e));
+                    if let Ok(mut r) = rejects.lock() {
+                        r.push(BadRecord { origin: self.describe(), raw: row.to_string(), reason });
+                    }
+                }
+                Ok(Err(e)) => return Err(self.err(format!("cannot write a row: {}", describe_error(&e)))),
+                Err(_) => {
+                    return Err(
+                        self.err(format!("cannot write a row: no answer within {}s", STATEMENT_TIMEOUT.as_secs()))
+                    )
+                }
+            }
+        }
+        Ok(())
     }
 }
 

@@ -9,10 +9,11 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Statement};
 use tracing::{debug, warn};
 
-use super::{describe_error, json_array, PgTarget, STATEMENT_TIMEOUT};
+use super::{describe_error, json_array, refused_rows, PgTarget, STATEMENT_TIMEOUT};
 use crate::connectors::two_phase::TwoPhaseCommitSink;
 use crate::job::fence::Fence;
 use crate::metrics::JobMetrics;
+use crate::record::Rejects;
 use crate::task::{TaskContext, TaskError};
 
 /// Rows of the transactions table kept per subtask, counted in
@@ -43,6 +44,8 @@ pub struct PostgresSink<T> {
     subtask: u32,
     metrics: std::sync::Arc<JobMetrics>,
     retract_on_fallback: bool,
+    /// Where refused rows go; without it a refused batch fails the subtask.
+    rejects: Option<Rejects>,
     data: Option<Conn>,
     control: Option<Client>,
     _records: PhantomData<fn(T)>,
@@ -56,10 +59,17 @@ impl<T> PostgresSink<T> {
             subtask: ctx.subtask(),
             metrics: ctx.metrics.clone(),
             retract_on_fallback: ctx.retract_on_fallback,
+            rejects: None,
             data: None,
             control: None,
             _records: PhantomData,
         }
+    }
+
+    /// Refused rows go to `rejects` instead of failing the subtask.
+    pub fn rejecting(mut self, rejects: Option<Rejects>) -> Self {
+        self.rejects = rejects;
+        self
     }
 
     fn gid_prefix(&self) -> String {
@@ -187,8 +197,29 @@ impl<T: Serialize + Send + Sync + 'static> TwoPhaseCommitSink<T> for PostgresSin
         let target = self.target.clone();
         let rows = json_array(&target, &batch)?;
         let conn = self.data.as_ref().ok_or_else(|| target.err("write outside a transaction"))?;
-        target.timed("cannot insert rows", conn.client.execute(&conn.insert, &[&rows])).await?;
-        Ok(())
+        let Some(rejects) = &self.rejects else {
+            target.timed("cannot insert rows", conn.client.execute(&conn.insert, &[&rows])).await?;
+            return Ok(());
+        };
+        target.timed("cannot set a savepoint", conn.client.batch_execute("SAVEPOINT weir_batch")).await?;
+        match tokio::time::timeout(STATEMENT_TIMEOUT, conn.client.execute(&conn.insert, &[&rows])).await {
+            Ok(Ok(_)) => {
+                let release = conn.client.batch_execute("RELEASE SAVEPOINT weir_batch");
+                target.timed("cannot release a savepoint", release).await
+            }
+            Ok(Err(e)) if refused_rows(&e) => {
+                let undo = conn.client.batch_execute("ROLLBACK TO SAVEPOINT weir_batch");
+                target.timed("cannot roll back to a savepoint", undo).await?;
+                let values = batch
+                    .iter()
+                    .map(serde_json::to_value)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| target.err(format!("cannot encode a record as JSON: {e}")))?;
+                target.write_one_by_one(&conn.client, &conn.insert, values, true, rejects).await
+            }
+            Ok(Err(e)) => Err(target.err(format!("cannot insert rows: {}", describe_error(&e)))),
+            Err(_) => Err(target.err(format!("cannot insert rows: no answer within {}s", STATEMENT_TIMEOUT.as_secs()))),
+        }
     }
 
     async fn pre_commit(&mut self, txn: PgTxn) -> Result<PgTxn, TaskError> {

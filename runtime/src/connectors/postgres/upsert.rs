@@ -7,9 +7,10 @@ use serde::Serialize;
 use tokio_postgres::{Client, Statement};
 use tracing::warn;
 
-use super::{json_array, PgTarget};
+use super::{describe_error, json_array, refused_rows, PgTarget, STATEMENT_TIMEOUT};
 use crate::connectors::upsert::last_per_key;
 use crate::metrics::JobMetrics;
+use crate::record::Rejects;
 use crate::task::{Barrier, Collector, TaskContext, TaskError, TaskSnapshot};
 
 /// The upsert sink of one subtask: each batch is written at once, later
@@ -18,12 +19,20 @@ pub struct PostgresUpsertSink<T> {
     target: PgTarget,
     ctx: TaskContext,
     conn: Option<(Client, Statement)>,
+    /// Where refused rows go; without it a refused batch fails the subtask.
+    rejects: Option<Rejects>,
     _records: PhantomData<fn(T)>,
 }
 
 impl<T> PostgresUpsertSink<T> {
     pub fn new(target: PgTarget, ctx: TaskContext) -> PostgresUpsertSink<T> {
-        PostgresUpsertSink { target, ctx, conn: None, _records: PhantomData }
+        PostgresUpsertSink { target, ctx, conn: None, rejects: None, _records: PhantomData }
+    }
+
+    /// Refused rows go to `rejects` instead of failing the subtask.
+    pub fn rejecting(mut self, rejects: Option<Rejects>) -> Self {
+        self.rejects = rejects;
+        self
     }
 
     async fn ensure_conn(&mut self) -> Result<(), TaskError> {
@@ -58,19 +67,30 @@ impl<T: Serialize + Send + 'static> Collector<T> for PostgresUpsertSink<T> {
             .map(serde_json::to_value)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| target.err(format!("cannot encode a record as JSON: {e}")))?;
-        let rows = json_array(&target, &last_per_key(rows, &target.key))?;
+        let latest = last_per_key(rows, &target.key);
+        let rows = json_array(&target, &latest)?;
         // An upsert can be repeated, so a lost connection is retried once.
         for attempt in 1..=2 {
             self.ensure_conn().await?;
             let (client, upsert) = self.conn.as_ref().ok_or_else(|| target.err("no connection"))?;
-            match target.timed("cannot upsert rows", client.execute(upsert, &[&rows])).await {
-                Ok(_) => return Ok(()),
-                Err(e) if attempt == 1 && client.is_closed() => {
-                    warn!("{e}; retrying on a new connection");
+            match tokio::time::timeout(STATEMENT_TIMEOUT, client.execute(upsert, &[&rows])).await {
+                Ok(Ok(_)) => return Ok(()),
+                Ok(Err(e)) if refused_rows(&e) => match &self.rejects {
+                    // Each row on its own: the batch's statement wrote nothing.
+                    Some(rejects) => return target.write_one_by_one(client, upsert, latest, false, rejects).await,
+                    None => return Err(target.err(format!("cannot upsert rows: {}", describe_error(&e)))),
+                },
+                Ok(Err(e)) if attempt == 1 && client.is_closed() => {
+                    warn!("{}; retrying on a new connection", describe_error(&e));
                     JobMetrics::add(&self.ctx.metrics.sink_retries, 1);
                     self.conn = None;
                 }
-                Err(e) => return Err(e),
+                Ok(Err(e)) => return Err(target.err(format!("cannot upsert rows: {}", describe_error(&e)))),
+                Err(_) => {
+                    return Err(
+                        target.err(format!("cannot upsert rows: no answer within {}s", STATEMENT_TIMEOUT.as_secs()))
+                    )
+                }
             }
         }
         Err(target.err("cannot upsert rows"))
