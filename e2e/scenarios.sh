@@ -555,16 +555,21 @@ t=$(date +%s)
 # job's pods there (the Eviction API, graceful). The evictions are one
 # failure, not one per pod or per reconcile; the pods come back on the
 # other node under new names and the job resumes from its last checkpoint.
-prefer_b='s/^      volumes:/      affinity: {nodeAffinity: {preferredDuringSchedulingIgnoredDuringExecution: [{weight: 100, preference: {matchExpressions: [{key: kubernetes.io\/hostname, operator: In, values: [weir-node-b]}]}}]}}\n      volumes:/'
-sed -e 's/count: 600000/count: 1200000/' -e "$prefer_b" <(variant drained) > "$dir/drained.yaml"
-kubectl apply -f "$dir/drained.yaml" > /dev/null
-wait_condition streamjob/drained Ready 60 || fail "drained not Ready"
-for _ in $(seq 1 60); do
-  [ -n "$(kubectl get sj drained -o jsonpath='{.status.checkpoints.latest.id}')" ] && break
-  sleep 0.5
-done
-placed=$(kubectl get pods -l weir.dev/job=drained -o jsonpath='{range .items[*]}{.spec.nodeName}{"\n"}{end}' | sort -u)
-[ "$placed" = weir-node-b ] || fail "the job's pods are not all on weir-node-b: $placed"
+# A job of 1,200,000 records whose pods prefer node b (the operator is on
+# node a), Ready, checkpointing, and all on node b.
+start_on_node_b() {
+  local prefer_b='s/^      volumes:/      affinity: {nodeAffinity: {preferredDuringSchedulingIgnoredDuringExecution: [{weight: 100, preference: {matchExpressions: [{key: kubernetes.io\/hostname, operator: In, values: [weir-node-b]}]}}]}}\n      volumes:/'
+  sed -e 's/count: 600000/count: 1200000/' -e "$prefer_b" <(variant "$1") > "$dir/$1.yaml"
+  kubectl apply -f "$dir/$1.yaml" > /dev/null
+  wait_condition "streamjob/$1" Ready 60 || fail "$1 not Ready"
+  for _ in $(seq 1 60); do
+    [ -n "$(kubectl get sj "$1" -o jsonpath='{.status.checkpoints.latest.id}')" ] && break
+    sleep 0.5
+  done
+  placed=$(kubectl get pods -l "weir.dev/job=$1" -o jsonpath='{range .items[*]}{.spec.nodeName}{"\n"}{end}' | sort -u)
+  [ "$placed" = weir-node-b ] || fail "the pods of $1 are not all on weir-node-b: $placed"
+}
+start_on_node_b drained
 kubectl drain weir-node-b --ignore-daemonsets --delete-emptydir-data --timeout=120s > "$dir/drain.log" 2>&1 \
   || fail "kubectl drain failed: $(cat "$dir/drain.log")"
 grep -q evicted "$dir/drain.log" || fail "kubectl drain evicted nothing: $(cat "$dir/drain.log")"
@@ -585,15 +590,7 @@ t=$(date +%s)
 # them with no grace period (no kubelet is left to confirm their end) and
 # recreates them on node a under new names; the job resumes from its last
 # checkpoint and its output is exact.
-sed -e 's/count: 600000/count: 1200000/' -e "$prefer_b" <(variant stranded) > "$dir/stranded.yaml"
-kubectl apply -f "$dir/stranded.yaml" > /dev/null
-wait_condition streamjob/stranded Ready 60 || fail "stranded not Ready"
-for _ in $(seq 1 60); do
-  [ -n "$(kubectl get sj stranded -o jsonpath='{.status.checkpoints.latest.id}')" ] && break
-  sleep 0.5
-done
-placed=$(kubectl get pods -l weir.dev/job=stranded -o jsonpath='{range .items[*]}{.spec.nodeName}{"\n"}{end}' | sort -u)
-[ "$placed" = weir-node-b ] || fail "the job's pods are not all on weir-node-b: $placed"
+start_on_node_b stranded
 lost_pods=$(kubectl get sj stranded -o jsonpath='{.status.deployed.pods[*]}')
 kill -STOP "${agents[1]}"
 docker ps -q --filter label=weir-e2e.node=weir-node-b | xargs -r docker pause > /dev/null

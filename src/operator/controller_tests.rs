@@ -279,16 +279,23 @@ async fn a_failed_pod_records_the_failure_and_schedules_a_restart() {
     assert!(s.events.0.lock().unwrap().iter().any(|e| e.warning && e.reason == "PodFailed"));
 }
 
-#[tokio::test]
-async fn suspend_deletes_the_pods_and_keeps_state() {
-    let s = setup(FakeCoordinator::default());
-    let mut job = job_json(json!({"suspend": true}), false, "file:///tmp/weir-test-none");
+/// A job with `extra_spec` whose attempt-1 pods run: the job, its spec
+/// digest and the pod list the API server answers.
+fn running_job_json(extra_spec: Value) -> (Value, String, Value) {
+    let mut job = job_json(extra_spec, false, "file:///tmp/weir-test-none");
     let hash = plan::spec_digest(&parse(&job).spec.0);
     job["status"] = json!({"phase": "Running", "deployed": deployed(&hash)});
     let pods = pod_list(vec![
         pod_json("counts-coordinator-1", "coordinator", "Running", &hash),
         pod_json("counts-worker-0-1", "worker", "Running", &hash),
     ]);
+    (job, hash, pods)
+}
+
+#[tokio::test]
+async fn suspend_deletes_the_pods_and_keeps_state() {
+    let s = setup(FakeCoordinator::default());
+    let (job, hash, pods) = running_job_json(json!({"suspend": true}));
     let server = tokio::spawn(serve(
         s.handle,
         vec![
@@ -311,13 +318,7 @@ async fn suspend_deletes_the_pods_and_keeps_state() {
 /// A suspension in savepoint mode of a job whose pods run: one reconcile.
 async fn suspend_with_savepoint(coordinator: FakeCoordinator) -> (Arc<FakeCoordinator>, Arc<CollectedEvents>, Value) {
     let s = setup(coordinator);
-    let mut job = job_json(json!({"suspend": true, "upgradeMode": "Savepoint"}), false, "file:///tmp/weir-test-none");
-    let hash = plan::spec_digest(&parse(&job).spec.0);
-    job["status"] = json!({"phase": "Running", "deployed": deployed(&hash)});
-    let pods = pod_list(vec![
-        pod_json("counts-coordinator-1", "coordinator", "Running", &hash),
-        pod_json("counts-worker-0-1", "worker", "Running", &hash),
-    ]);
+    let (job, _, pods) = running_job_json(json!({"suspend": true, "upgradeMode": "Savepoint"}));
     let server = tokio::spawn(serve(
         s.handle,
         vec![("GET", "/pods?", 200, pods), ("PATCH", "/streamjobs/counts/status?", 200, job.clone())],
