@@ -170,8 +170,8 @@ pub struct AggregateSpec {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[schemars(extend("x-kubernetes-validations" = [{
-    "rule": "(has(self.file) ? 1 : 0) + (has(self.stdout) ? 1 : 0) + (has(self.postgres) ? 1 : 0) + (has(self.redis) ? 1 : 0) + (has(self.kafka) ? 1 : 0) == 1",
-    "message": "exactly one of file, stdout, postgres, redis, kafka must be set in spec.pipeline.sink"
+    "rule": "(has(self.file) ? 1 : 0) + (has(self.stdout) ? 1 : 0) + (has(self.discard) ? 1 : 0) + (has(self.postgres) ? 1 : 0) + (has(self.redis) ? 1 : 0) + (has(self.kafka) ? 1 : 0) == 1",
+    "message": "exactly one of file, stdout, discard, postgres, redis, kafka must be set in spec.pipeline.sink"
 }]))]
 pub struct SinkSpec {
     /// Exactly-once JSON-lines files: a part file per subtask and checkpoint,
@@ -182,6 +182,10 @@ pub struct SinkSpec {
     /// replayed after a failure are printed again).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stdout: Option<StdoutSinkSpec>,
+    /// Counts records and drops them, as Flink's blackhole connector: for
+    /// measuring a source and the steps alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discard: Option<StdoutSinkSpec>,
     /// Rows into a PostgreSQL table, with two-phase commit (exactly once)
     /// or as upserts by key (idempotent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -200,6 +204,7 @@ pub struct SinkSpec {
 pub enum SinkKind<'a> {
     File(&'a FileSinkSpec),
     Stdout(&'a StdoutSinkSpec),
+    Discard,
     Postgres(&'a PostgresSinkSpec),
     Redis(&'a RedisSinkSpec),
     Kafka(&'a KafkaSinkSpec),
@@ -207,13 +212,20 @@ pub enum SinkKind<'a> {
 
 impl SinkSpec {
     pub fn kind(&self) -> Result<SinkKind<'_>, String> {
-        match (&self.file, &self.stdout, &self.postgres, &self.redis, &self.kafka) {
-            (Some(f), None, None, None, None) => Ok(SinkKind::File(f)),
-            (None, Some(s), None, None, None) => Ok(SinkKind::Stdout(s)),
-            (None, None, Some(p), None, None) => Ok(SinkKind::Postgres(p)),
-            (None, None, None, Some(r), None) => Ok(SinkKind::Redis(r)),
-            (None, None, None, None, Some(k)) => Ok(SinkKind::Kafka(k)),
-            _ => Err("expected exactly one of file, stdout, postgres, redis, kafka".into()),
+        let set: Vec<SinkKind<'_>> = [
+            self.file.as_ref().map(SinkKind::File),
+            self.stdout.as_ref().map(SinkKind::Stdout),
+            self.discard.as_ref().map(|_| SinkKind::Discard),
+            self.postgres.as_ref().map(SinkKind::Postgres),
+            self.redis.as_ref().map(SinkKind::Redis),
+            self.kafka.as_ref().map(SinkKind::Kafka),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        match set.as_slice() {
+            [one] => Ok(*one),
+            _ => Err("expected exactly one of file, stdout, discard, postgres, redis, kafka".into()),
         }
     }
 }

@@ -21,7 +21,7 @@ use crate::connectors::file_source::FileSource;
 use crate::connectors::generator::generated;
 use crate::connectors::kafka::{KafkaConfig, KafkaDecoder, KafkaRecord, KafkaSink, KafkaSinkConfig, KafkaSource};
 use crate::connectors::postgres::{PgTarget, PostgresSink, PostgresUpsertSink};
-use crate::connectors::print::StdoutSink;
+use crate::connectors::print::{DiscardSink, StdoutSink};
 use crate::connectors::redis::{RedisSink, RedisTarget};
 use crate::connectors::TwoPhaseCommitCollector;
 use crate::connectors::{FileSink, GeneratorSource};
@@ -175,6 +175,9 @@ fn build_pipeline(spec: &StreamJobSpec, pipeline: &PipelineSpec) -> Result<JobGr
         }
         SinkKind::Stdout(_) => {
             stream.sink(|ctx| Ok(Box::new(StdoutSink::<Row>::new(ctx.clone())) as Box<dyn Collector<Row>>));
+        }
+        SinkKind::Discard => {
+            stream.sink(|ctx| Ok(Box::new(DiscardSink::<Row>::new(ctx.clone())) as Box<dyn Collector<Row>>));
         }
     }
     Ok(env.build()?)
