@@ -34,19 +34,19 @@
 //! sink). Producer calls block the subtask's thread for at most
 //! [`OP_TIMEOUT`].
 
-use std::collections::HashMap;
 use std::marker::PhantomData;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerGroupMetadata};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::DeliveryResult;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use tracing::{debug, info};
 
 use super::KafkaClient;
@@ -112,9 +112,6 @@ pub struct KafkaSink<T> {
     /// Until `recover` ran, commits are of restored transactions, which may
     /// have committed before the failure.
     restoring: bool,
-    /// Each marker group's metadata, made once: a client per commit would
-    /// start and stop librdkafka's threads every checkpoint.
-    markers: Mutex<HashMap<String, Arc<ConsumerGroupMetadata>>>,
     _records: PhantomData<fn(T)>,
 }
 
@@ -127,7 +124,6 @@ impl<T> KafkaSink<T> {
             incarnation: ctx.fence.incarnation,
             producer: None,
             restoring: true,
-            markers: Mutex::default(),
             _records: PhantomData,
         }
     }
@@ -216,32 +212,19 @@ impl<T> KafkaSink<T> {
         }
     }
 
-    /// The metadata of `subtask`'s marker group, for the transaction's offsets.
-    fn marker_group(&self, subtask: u32) -> Result<Arc<ConsumerGroupMetadata>, TaskError> {
-        let group = self.transactional_id(subtask);
-        if let Some(known) = self.markers.lock().ok().and_then(|m| m.get(&group).cloned()) {
-            return Ok(known);
-        }
-        let client: BaseConsumer = self
+    /// Writes `txn` in one transaction of `producer` with its marker.
+    fn write_transaction(&self, producer: &Producer_, txn: &KafkaTxn) -> Result<(), TaskError> {
+        let group = self.transactional_id(txn.subtask);
+        let marker_consumer: BaseConsumer = self
             .config
             .client
             .config(self.subtask)
             .set("group.id", &group)
             .create()
             .map_err(|e| self.err(format!("cannot create the marker group's client: {e}")))?;
-        // The metadata is librdkafka's own copy: it outlives the client.
-        let metadata = Arc::new(
-            client.group_metadata().ok_or_else(|| self.err(format!("no group metadata for marker group `{group}`")))?,
-        );
-        if let Ok(mut m) = self.markers.lock() {
-            m.insert(group, metadata.clone());
-        }
-        Ok(metadata)
-    }
-
-    /// Writes `txn` in one transaction of `producer` with its marker.
-    fn write_transaction(&self, producer: &Producer_, txn: &KafkaTxn) -> Result<(), TaskError> {
-        let metadata = self.marker_group(txn.subtask)?;
+        let metadata = marker_consumer
+            .group_metadata()
+            .ok_or_else(|| self.err(format!("no group metadata for marker group `{group}`")))?;
         let mut marker = TopicPartitionList::new();
         marker
             .add_partition_offset(&self.config.topic, 0, Offset::Offset(txn.txn as i64))
@@ -249,7 +232,7 @@ impl<T> KafkaSink<T> {
         producer.begin_transaction().map_err(|e| self.err(format!("cannot begin a transaction: {e}")))?;
         let written = self.send_all(producer, &txn.records).and_then(|()| {
             producer
-                .send_offsets_to_transaction(&marker, metadata.as_ref(), OP_TIMEOUT)
+                .send_offsets_to_transaction(&marker, &metadata, OP_TIMEOUT)
                 .map_err(|e| self.err(format!("cannot add the commit marker to the transaction: {e}")))?;
             producer.commit_transaction(OP_TIMEOUT).map_err(|e| {
                 self.err(format!(
@@ -284,8 +267,7 @@ impl<T: Serialize + Send + 'static> TwoPhaseCommitSink<T> for KafkaSink<T> {
         for record in batch {
             let value = serde_json::to_value(&record).map_err(|e| self.err(format!("cannot encode a record: {e}")))?;
             let key = (!self.config.key.is_empty()).then(|| key_string(&value, &self.config.key));
-            // The message value is the record's JSON text.
-            records.push((key, value.to_string()));
+            records.push((key, value_text(&value)));
         }
         match (&self.config.delivery, &self.producer) {
             (KafkaDelivery::AtLeastOnce, Some(producer)) => self.send_all(producer, &records),
@@ -365,4 +347,9 @@ impl<T: Serialize + Send + 'static> TwoPhaseCommitSink<T> for KafkaSink<T> {
         }
         Ok(())
     }
+}
+
+/// A record as the message value: JSON text.
+fn value_text(value: &Value) -> String {
+    value.to_string()
 }
