@@ -118,7 +118,15 @@ fn plain_consume(brokers: &str, topic: &str, partitions: i32, records: u64, to: 
 
 fn create_topic(tansu: &str, brokers: &str, name: &str, partitions: i32) {
     let status = Command::new(tansu)
-        .args(["topic", "create", "--broker", &format!("tcp://{brokers}"), "--partitions", &partitions.to_string(), name])
+        .args([
+            "topic",
+            "create",
+            "--broker",
+            &format!("tcp://{brokers}"),
+            "--partitions",
+            &partitions.to_string(),
+            name,
+        ])
         .output()
         .expect("tansu topic create");
     assert!(status.status.success(), "cannot create topic {name}: {}", String::from_utf8_lossy(&status.stderr));
@@ -135,7 +143,8 @@ fn weir_run(dir: &Path, name: &str, source: &str, sink: &str) -> Duration {
         dir.display()
     );
     std::fs::write(&manifest, yaml).expect("manifest");
-    let weir = std::env::var("WEIR_BIN").unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/target/release/weir").into());
+    let weir = std::env::var("WEIR_BIN")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/target/release/weir").into());
     let started = Instant::now();
     let out = Command::new(weir).arg("run").arg(&manifest).current_dir(dir).output().expect("weir run");
     let took = started.elapsed();
@@ -144,7 +153,8 @@ fn weir_run(dir: &Path, name: &str, source: &str, sink: &str) -> Duration {
 }
 
 fn psql(sql: &str) -> String {
-    let out = Command::new("psql").args(["-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-c", sql]).output().expect("psql");
+    let out =
+        Command::new("psql").args(["-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-c", sql]).output().expect("psql");
     assert!(out.status.success(), "psql {sql}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
@@ -205,13 +215,8 @@ fn main() {
     psql(&format!("\\copy bench_rows FROM '{}' WITH (FORMAT csv)", csv.display()));
     let copy = started.elapsed();
     psql("TRUNCATE bench_rows");
-    let connection = format!(
-        "host={} port={} user={} dbname={}",
-        env("PGHOST"),
-        env("PGPORT"),
-        env("PGUSER"),
-        env("PGDATABASE")
-    );
+    let connection =
+        format!("host={} port={} user={} dbname={}", env("PGHOST"), env("PGPORT"), env("PGUSER"), env("PGDATABASE"));
     let pg = weir_run(d, "pg", &generator, &format!("{{postgres: {{connection: '{connection}', table: bench_rows}}}}"));
     assert_eq!(psql("SELECT count(*) FROM bench_rows"), records.to_string(), "every row once");
     row("PostgreSQL sink, two-phase commit", records, pg, copy, "psql \\copy of the same rows");

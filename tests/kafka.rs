@@ -470,7 +470,12 @@ fn the_kafka_sink_commits_every_update_exactly_once_across_kill_9_at_each_commit
     let (values, aborted, open) = committed_values(&topic, 3);
     let updates = weir_runtime::verify::updates_of(values).unwrap();
     if let Err(e) = weir_runtime::verify::check_updates_exactly_once(&updates, COUNT, KEYS) {
-        panic!("committed records after {} kill -9 ({aborted} aborted, {open} open): {e}", 5 + kills);
+        let kept = dir.keep();
+        panic!(
+            "committed records after {} kill -9 ({aborted} aborted, {open} open): {e}; logs in {}",
+            5 + kills,
+            kept.display()
+        );
     }
     assert_eq!(open, 0, "transactions left open");
 }

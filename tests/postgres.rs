@@ -224,7 +224,8 @@ fn rows_the_table_refuses_are_dead_lettered_once_and_the_rest_committed_once_thr
 
         let kills = kill_nine_repeatedly(&manifest, dir.path(), &[700, 900]);
         assert!(kills >= 1, "{mode}: the job finished before it could be killed");
-        let status = finish(weir(&manifest, dir.path(), "final.log"), Duration::from_secs(120), dir.path(), "final.log");
+        let status =
+            finish(weir(&manifest, dir.path(), "final.log"), Duration::from_secs(120), dir.path(), "final.log");
         assert!(status.success(), "{mode}: {}", std::fs::read_to_string(dir.path().join("final.log")).unwrap());
 
         let refused = weir_runtime::connectors::file_sink::read_committed(&dead).unwrap();

@@ -67,7 +67,7 @@ pub fn weir_stopping_at(manifest: &Path, dir: &Path, log: &str, stop_at: &str) -
         .args(["run", "--no-progress-line"])
         .arg(manifest)
         .current_dir(dir)
-        .env("WEIR_LOG", "warn")
+        .env("WEIR_LOG", std::env::var("WEIR_TEST_LOG").unwrap_or_else(|_| "warn".into()))
         .env("WEIR_STOP_AT", stop_at)
         .stdout(Stdio::null())
         .stderr(stderr)
