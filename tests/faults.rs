@@ -158,7 +158,7 @@ fn kill9(child: &mut Child) {
 
 // ---------------------------------------------------------------- weir run
 
-const LOCAL_POINTS: [StopPoint; 7] = StopPoint::ALL;
+const LOCAL_POINTS: [StopPoint; 7] = StopPoint::COMMON;
 
 fn weir_run(dir: &Path, plan: Option<(StopPoint, u64)>) -> Child {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_weir"));

@@ -116,10 +116,25 @@ pub enum StopPoint {
     BeforeCommit,
     /// A sink committed one transaction; later ones may be pending.
     Committed,
+    /// An object-storage sink made one part of a transaction visible and
+    /// not yet the others.
+    PartCommitted,
 }
 
 impl StopPoint {
-    pub const ALL: [StopPoint; 7] = [
+    pub const ALL: [StopPoint; 8] = [
+        StopPoint::MetadataWritten,
+        StopPoint::MetadataRenamed,
+        StopPoint::LedgerCommitted,
+        StopPoint::StateWritten,
+        StopPoint::PreCommitted,
+        StopPoint::BeforeCommit,
+        StopPoint::Committed,
+        StopPoint::PartCommitted,
+    ];
+
+    /// The points every job with a two-phase-commit sink passes.
+    pub const COMMON: [StopPoint; 7] = [
         StopPoint::MetadataWritten,
         StopPoint::MetadataRenamed,
         StopPoint::LedgerCommitted,

@@ -26,6 +26,10 @@ pub mod kafka;
 pub use self::kafka::{KafkaDelivery, KafkaMetadata, KafkaSinkSpec, KafkaSourceSpec, StartingOffsets, StoppingOffsets};
 pub mod pipeline;
 pub use self::pipeline::*;
+pub mod file_sink;
+pub use self::file_sink::{
+    ByteSize, ColumnSpec, ColumnType, FileFormat, FileSinkSpec, ParquetCompression, ParquetSpec,
+};
 
 pub const API_VERSION: &str = "weir.dev/v1alpha1";
 pub const KIND: &str = "StreamJob";

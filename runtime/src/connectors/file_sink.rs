@@ -17,7 +17,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use tracing::{debug, warn};
 
-use super::two_phase::TwoPhaseCommitSink;
+use super::two_phase::{output_ahead_of_restore, TwoPhaseCommitSink};
 use crate::job::fence::Fence;
 use crate::task::{TaskContext, TaskError};
 
@@ -219,22 +219,13 @@ impl<T: Serialize + Send + 'static> TwoPhaseCommitSink<T> for FileSink<T> {
                 ahead.push((part.txn, path));
             }
         }
-        let Some(newest) = ahead.iter().map(|(txn, _)| *txn).max() else { return Ok(()) };
-        let restored = restored.unwrap_or_default();
-        if !self.retract_on_fallback {
-            ahead.sort();
-            return Err(TaskError::CommittedOutputAhead {
-                sink: self.dir.display().to_string(),
-                restored,
-                newest,
-                example: ahead[0].1.display().to_string(),
-            });
-        }
-        for (_, path) in ahead {
-            warn!(file = %path.display(), restored,
-                "retracting output committed after checkpoint {restored} (onFallbackPastCommittedOutput: Retract): \
+        let sink = self.dir.display().to_string();
+        let ahead = ahead.into_iter().map(|(txn, path)| (txn, path.display().to_string())).collect();
+        for path in output_ahead_of_restore(&sink, restored, ahead, self.retract_on_fallback)? {
+            warn!(file = %path, restored = restored.unwrap_or_default(),
+                "retracting output committed after the restored checkpoint (onFallbackPastCommittedOutput: Retract): \
                  restore fell back to an older checkpoint and will write these records again");
-            fs::remove_file(&path).map_err(|e| self.err("remove", &path, e))?;
+            fs::remove_file(&path).map_err(|e| self.err("remove", Path::new(&path), e))?;
         }
         Ok(())
     }

@@ -4,7 +4,9 @@
 //! - [`two_phase`]: the two-phase-commit sink trait and the driver that
 //!   ties its transactions to checkpoints.
 //! - [`backoff`]: retrying sink operations with growing delays.
-//! - [`file_sink`]: exactly-once JSON-lines part files.
+//! - [`file_sink`]: exactly-once JSON-lines part files in a local directory.
+//! - [`object_sink`]: exactly-once JSON-lines or Parquet parts in object
+//!   storage (any OpenDAL service), rolled by size and time.
 //! - [`generator`]: a deterministic, replayable generator source.
 //! - [`file_source`]: JSON-lines files, replayed by byte offset.
 //! - [`kafka`]: Kafka topics as a replayable source and a transactional sink.
@@ -20,6 +22,7 @@ pub mod file_sink;
 pub mod file_source;
 pub mod generator;
 pub mod kafka;
+pub mod object_sink;
 pub mod postgres;
 pub mod print;
 pub mod redis;

@@ -41,6 +41,29 @@ pub trait TwoPhaseCommitSink<T: Send>: Send {
     async fn recover(&mut self, restored: Option<u64>, committed: &[Self::Txn]) -> Result<(), TaskError>;
 }
 
+/// Output of this job incarnation committed after the restored checkpoint
+/// (`ahead`: transaction id and name), which only a restore that fell back
+/// past a damaged checkpoint can find. Refused unless the job opted into
+/// retraction; then the names to remove, which the caller logs and deletes.
+pub(crate) fn output_ahead_of_restore(
+    sink: &str,
+    restored: Option<u64>,
+    mut ahead: Vec<(u64, String)>,
+    retract: bool,
+) -> Result<Vec<String>, TaskError> {
+    let Some(newest) = ahead.iter().map(|(txn, _)| *txn).max() else { return Ok(Vec::new()) };
+    ahead.sort();
+    if !retract {
+        return Err(TaskError::CommittedOutputAhead {
+            sink: sink.to_string(),
+            restored: restored.unwrap_or_default(),
+            newest,
+            example: ahead.swap_remove(0).1,
+        });
+    }
+    Ok(ahead.into_iter().map(|(_, name)| name).collect())
+}
+
 #[derive(Serialize, Deserialize)]
 struct PendingEntry<X> {
     checkpoint: u64,

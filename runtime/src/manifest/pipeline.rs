@@ -174,8 +174,8 @@ pub struct AggregateSpec {
     "message": "exactly one of file, stdout, discard, postgres, redis, kafka must be set in spec.pipeline.sink"
 }]))]
 pub struct SinkSpec {
-    /// Exactly-once JSON-lines files: a part file per subtask and checkpoint,
-    /// visible only once its checkpoint completed.
+    /// Exactly-once part files (JSON lines or Parquet) in a directory or
+    /// object storage, visible only once their checkpoint completed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<FileSinkSpec>,
     /// Prints records as JSON lines as they arrive (at-least-once: records
@@ -228,12 +228,6 @@ impl SinkSpec {
             _ => Err("expected exactly one of file, stdout, discard, postgres, redis, kafka".into()),
         }
     }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct FileSinkSpec {
-    pub path: String,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema, PartialEq)]
@@ -294,9 +288,7 @@ impl PipelineSpec {
         }
         match self.sink.kind() {
             Err(e) => errors.push(format!("spec.pipeline.sink: {e}")),
-            Ok(SinkKind::File(f)) if f.path.is_empty() => {
-                errors.push("spec.pipeline.sink.file.path: required, got an empty path".into())
-            }
+            Ok(SinkKind::File(f)) => errors.extend(f.problems("spec.pipeline.sink.file")),
             Ok(SinkKind::Postgres(p)) => errors.extend(p.problems("spec.pipeline.sink.postgres")),
             Ok(SinkKind::Redis(r)) => errors.extend(r.problems("spec.pipeline.sink.redis")),
             Ok(SinkKind::Kafka(k)) => errors.extend(k.problems("spec.pipeline.sink.kafka")),

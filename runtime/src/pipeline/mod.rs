@@ -20,6 +20,7 @@ use serde_json::json;
 use crate::connectors::file_source::FileSource;
 use crate::connectors::generator::generated;
 use crate::connectors::kafka::{KafkaConfig, KafkaDecoder, KafkaRecord, KafkaSink, KafkaSinkConfig, KafkaSource};
+use crate::connectors::object_sink::{ObjectSink, ObjectSinkConfig};
 use crate::connectors::postgres::{PgTarget, PostgresSink, PostgresUpsertSink};
 use crate::connectors::print::{DiscardSink, StdoutSink};
 use crate::connectors::redis::{RedisSink, RedisTarget};
@@ -27,12 +28,12 @@ use crate::connectors::TwoPhaseCommitCollector;
 use crate::connectors::{FileSink, GeneratorSource};
 use crate::dataflow::{BuildError, DataStream, JobGraph, StreamEnv};
 use crate::manifest::{
-    AggregateSpec, BadRecordAction, KafkaMetadata, PipelineSpec, PostgresSinkMode, SinkKind, SourceKind, StepKind,
-    StepSpec, StreamJobSpec,
+    AggregateSpec, BadRecordAction, ErrorPolicy, KafkaMetadata, PipelineSpec, PostgresSinkMode, SinkKind, SourceKind,
+    StepKind, StepSpec, StreamJobSpec,
 };
 use crate::record::{key_of, parse_json_object, BadRecord, FieldRule, Rejects, Row, SourceRecord};
 use crate::task::source_task::Source;
-use crate::task::{Collector, TaskError};
+use crate::task::{Collector, TaskContext, TaskError};
 use aggregate::Aggregate;
 use bad_records::{BadRecordHandler, BadRecordPolicy, RejectingSink};
 
@@ -96,7 +97,6 @@ fn build_pipeline(spec: &StreamJobSpec, pipeline: &PipelineSpec) -> Result<JobGr
 
     let rules = field_rules(&pipeline.steps);
     env.declare_state("bad-records");
-    let spec_errors = spec.error_policy.clone();
     let policy = spec.error_policy.clone();
     let mut stream: DataStream<Row> = source.transform(move |ctx, next| {
         let dir = policy.dead_letter_path.as_deref();
@@ -118,6 +118,15 @@ fn build_pipeline(spec: &StreamJobSpec, pipeline: &PipelineSpec) -> Result<JobGr
         }
     }
     match pipeline.sink.kind().map_err(PipelineError::Invalid)? {
+        SinkKind::File(f) if f.is_object_store() => {
+            let sink_spec = f.clone();
+            env.declare_state("sink");
+            sink_with_rejects(&env, stream, &spec.error_policy, move |ctx, rejects| {
+                let config = ObjectSinkConfig::from_spec(&sink_spec, "spec.pipeline.sink.file")?;
+                let sink = ObjectSink::<Row>::for_task(config, ctx).rejecting(rejects);
+                Ok(Box::new(TwoPhaseCommitCollector::new("sink".into(), ctx.clone(), sink)))
+            });
+        }
         SinkKind::File(f) => {
             let dir = PathBuf::from(&f.path);
             stream.sink_two_phase("sink", move |ctx| Ok(FileSink::<Row>::for_task(dir.clone(), "part", ctx)));
@@ -125,37 +134,20 @@ fn build_pipeline(spec: &StreamJobSpec, pipeline: &PipelineSpec) -> Result<JobGr
         SinkKind::Postgres(p) => {
             // The password is read where the sink runs (a worker), not
             // wherever the job graph is built.
-            let spec = p.clone();
-            let errors = spec_errors.clone();
-            // Rows the table refuses go to the error policy, unless it
-            // fails the job anyway (then the database's error does).
-            let rejecting = errors.on_bad_record != BadRecordAction::Fail;
-            if rejecting {
-                env.declare_state(SINK_REJECTED);
-            }
+            let sink_spec = p.clone();
             if p.mode == PostgresSinkMode::TwoPhaseCommit {
                 env.declare_state("sink");
             }
-            stream.sink(move |ctx| {
-                let target = PgTarget::from_spec(&spec)?;
-                let rejects: Option<Rejects> = rejecting.then(Rejects::default);
-                let sink: Box<dyn Collector<Row>> = match spec.mode {
+            sink_with_rejects(&env, stream, &spec.error_policy, move |ctx, rejects| {
+                let target = PgTarget::from_spec(&sink_spec)?;
+                Ok(match sink_spec.mode {
                     PostgresSinkMode::TwoPhaseCommit => {
-                        let sink = PostgresSink::<Row>::for_task(target, ctx).rejecting(rejects.clone());
+                        let sink = PostgresSink::<Row>::for_task(target, ctx).rejecting(rejects);
                         Box::new(TwoPhaseCommitCollector::new("sink".into(), ctx.clone(), sink))
                     }
                     PostgresSinkMode::Upsert => {
-                        Box::new(PostgresUpsertSink::<Row>::new(target, ctx.clone()).rejecting(rejects.clone()))
+                        Box::new(PostgresUpsertSink::<Row>::new(target, ctx.clone()).rejecting(rejects))
                     }
-                };
-                Ok(match rejects {
-                    Some(rejects) => {
-                        let dir = errors.dead_letter_path.as_deref();
-                        let policy =
-                            BadRecordPolicy::new(SINK_REJECTED, SINK_REJECTED, ctx.clone(), errors.on_bad_record, dir);
-                        Box::new(RejectingSink::new(policy, rejects, sink))
-                    }
-                    None => sink,
                 })
             });
         }
@@ -181,6 +173,33 @@ fn build_pipeline(spec: &StreamJobSpec, pipeline: &PipelineSpec) -> Result<JobGr
         }
     }
     Ok(env.build()?)
+}
+
+/// Ends `stream` in the sink `make` builds, handing it a list for the rows
+/// it refuses (a type mismatch, a violated constraint), which then go to
+/// the error policy; unless the policy fails the job anyway, when the
+/// sink's own error does.
+fn sink_with_rejects<F>(env: &StreamEnv, stream: DataStream<Row>, errors: &ErrorPolicy, make: F)
+where
+    F: Fn(&TaskContext, Option<Rejects>) -> Result<Box<dyn Collector<Row>>, TaskError> + Send + Sync + 'static,
+{
+    let rejecting = errors.on_bad_record != BadRecordAction::Fail;
+    if rejecting {
+        env.declare_state(SINK_REJECTED);
+    }
+    let errors = errors.clone();
+    stream.sink(move |ctx| {
+        let rejects: Option<Rejects> = rejecting.then(Rejects::default);
+        let sink = make(ctx, rejects.clone())?;
+        Ok(match rejects {
+            Some(rejects) => {
+                let dir = errors.dead_letter_path.as_deref();
+                let policy = BadRecordPolicy::new(SINK_REJECTED, SINK_REJECTED, ctx.clone(), errors.on_bad_record, dir);
+                Box::new(RejectingSink::new(policy, rejects, sink))
+            }
+            None => sink,
+        })
+    });
 }
 
 /// Kafka records whose values are JSON objects, with the metadata fields

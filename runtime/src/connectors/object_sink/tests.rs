@@ -1,0 +1,215 @@
+use serde_json::{json, Value};
+
+use super::*;
+use crate::manifest::{ColumnSpec, ColumnType, FileFormat, ParquetCompression, ParquetSpec};
+
+const RUN_1: Fence = Fence { incarnation: 0x1111, epoch: 0xa };
+const RUN_1_LATER: Fence = Fence { incarnation: 0x1111, epoch: 0xb };
+const OTHER_JOB: Fence = Fence { incarnation: 0x2222, epoch: 0xa };
+
+fn spec(dir: &std::path::Path, format: FileFormat) -> FileSinkSpec {
+    let parquet = (format == FileFormat::Parquet).then(|| ParquetSpec {
+        columns: vec![
+            ColumnSpec { name: "key".into(), data_type: ColumnType::String, nullable: false },
+            ColumnSpec { name: "n".into(), data_type: ColumnType::Int64, nullable: false },
+        ],
+        compression: ParquetCompression::Snappy,
+    });
+    FileSinkSpec { path: format!("file://{}", dir.display()), format, roll_size: None, roll_interval: None, parquet }
+}
+
+fn open_sink(spec: &FileSinkSpec, fence: Fence) -> ObjectSink<Value> {
+    ObjectSink::new(ObjectSinkConfig::from_spec(spec, "sink").unwrap(), 0, fence)
+}
+
+fn rows(range: std::ops::Range<i64>) -> Vec<Value> {
+    range.map(|n| json!({"key": format!("k{n}"), "n": n})).collect()
+}
+
+async fn committed(spec: &FileSinkSpec) -> Vec<i64> {
+    let op = ObjectSinkConfig::from_spec(spec, "sink").unwrap().op;
+    let mut n: Vec<i64> = read_committed(&op).await.unwrap().iter().map(|r| r["n"].as_i64().unwrap()).collect();
+    n.sort();
+    n
+}
+
+async fn committed_txn(sink: &mut ObjectSink<Value>, id: u64, records: Vec<Value>) -> ObjectTxn {
+    let mut txn = sink.begin(id).await.unwrap();
+    sink.write(&mut txn, records).await.unwrap();
+    let txn = sink.pre_commit(txn).await.unwrap();
+    sink.commit(&txn).await.unwrap();
+    txn
+}
+
+fn visible_names(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn parquet_parts_are_visible_only_after_commit_and_commit_is_idempotent() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = spec(dir.path(), FileFormat::Parquet);
+    let mut sink = open_sink(&spec, RUN_1);
+    let mut txn = sink.begin(1).await.unwrap();
+    sink.write(&mut txn, rows(0..3)).await.unwrap();
+    sink.write(&mut txn, rows(3..5)).await.unwrap();
+    let txn = sink.pre_commit(txn).await.unwrap();
+    assert_eq!(txn.parts.len(), 1);
+    assert!(committed(&spec).await.is_empty(), "nothing is visible before commit");
+    sink.commit(&txn).await.unwrap();
+    sink.commit(&txn).await.unwrap();
+    assert_eq!(committed(&spec).await, vec![0, 1, 2, 3, 4]);
+    assert_eq!(visible_names(dir.path()), vec![format!("part-00000-0000000001-0000-{}.parquet", RUN_1.tag())]);
+    assert!(std::fs::read_dir(dir.path().join(".weir-staging")).unwrap().next().is_none(), "staging is cleared");
+}
+
+#[tokio::test]
+async fn parts_roll_by_size_and_every_one_is_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec =
+        FileSinkSpec { roll_size: Some(crate::manifest::ByteSize(1 << 20)), ..spec(dir.path(), FileFormat::JsonLines) };
+    let mut sink = open_sink(&spec, RUN_1);
+    let mut txn = sink.begin(7).await.unwrap();
+    // About 40 bytes a record: 100k records are near 4 MiB.
+    for chunk in 0..100 {
+        sink.write(&mut txn, rows(chunk * 1000..(chunk + 1) * 1000)).await.unwrap();
+    }
+    let txn = sink.pre_commit(txn).await.unwrap();
+    assert!((3..=5).contains(&txn.parts.len()), "{:?}", txn.parts);
+    sink.commit(&txn).await.unwrap();
+    assert_eq!(committed(&spec).await, (0..100_000).collect::<Vec<_>>());
+}
+
+#[tokio::test(start_paused = true)]
+async fn parts_roll_by_time_as_records_arrive() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = FileSinkSpec {
+        roll_interval: Some(crate::manifest::HumanDuration(Duration::from_secs(60))),
+        ..spec(dir.path(), FileFormat::Parquet)
+    };
+    let mut sink = open_sink(&spec, RUN_1);
+    let mut txn = sink.begin(1).await.unwrap();
+    sink.write(&mut txn, rows(0..2)).await.unwrap();
+    tokio::time::advance(Duration::from_secs(30)).await;
+    sink.write(&mut txn, rows(2..4)).await.unwrap();
+    tokio::time::advance(Duration::from_secs(31)).await;
+    sink.write(&mut txn, rows(4..6)).await.unwrap();
+    let txn = sink.pre_commit(txn).await.unwrap();
+    assert_eq!(txn.parts.len(), 2, "{:?}", txn.parts);
+    sink.commit(&txn).await.unwrap();
+    assert_eq!(committed(&spec).await, vec![0, 1, 2, 3, 4, 5]);
+}
+
+#[tokio::test]
+async fn a_commit_cut_short_after_one_part_is_finished_by_committing_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec =
+        FileSinkSpec { roll_size: Some(crate::manifest::ByteSize(1 << 20)), ..spec(dir.path(), FileFormat::JsonLines) };
+    let mut sink = open_sink(&spec, RUN_1);
+    let mut txn = sink.begin(1).await.unwrap();
+    sink.write(&mut txn, rows(0..60_000)).await.unwrap();
+    sink.write(&mut txn, rows(60_000..61_000)).await.unwrap();
+    let txn = sink.pre_commit(txn).await.unwrap();
+    assert_eq!(txn.parts.len(), 2);
+    sink.config.publish(&txn.parts[0]).await.unwrap();
+    assert_eq!(committed(&spec).await, (0..60_000).collect::<Vec<_>>());
+    // The next attempt commits the restored checkpoint's transaction again.
+    let mut restarted = open_sink(&spec, RUN_1_LATER);
+    restarted.commit(&txn).await.unwrap();
+    restarted.recover(Some(1), std::slice::from_ref(&txn)).await.unwrap();
+    assert_eq!(committed(&spec).await, (0..61_000).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn a_new_job_over_the_same_path_never_replaces_committed_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = spec(dir.path(), FileFormat::Parquet);
+    let mut old = open_sink(&spec, RUN_1);
+    old.recover(None, &[]).await.unwrap();
+    committed_txn(&mut old, 1, rows(0..2)).await;
+    let mut new = open_sink(&spec, OTHER_JOB);
+    new.recover(None, &[]).await.unwrap();
+    committed_txn(&mut new, 1, rows(2..4)).await;
+    assert_eq!(committed(&spec).await, vec![0, 1, 2, 3]);
+}
+
+#[tokio::test]
+async fn recovery_removes_only_this_incarnations_uncovered_staged_parts() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = spec(dir.path(), FileFormat::JsonLines);
+    let mut other = open_sink(&spec, OTHER_JOB);
+    let mut foreign = other.begin(3).await.unwrap();
+    other.write(&mut foreign, rows(9..10)).await.unwrap();
+    let foreign = other.pre_commit(foreign).await.unwrap();
+
+    let mut run = open_sink(&spec, RUN_1);
+    committed_txn(&mut run, 1, rows(1..2)).await;
+    let mut pending = run.begin(2).await.unwrap();
+    run.write(&mut pending, rows(2..3)).await.unwrap();
+    run.pre_commit(pending).await.unwrap();
+    let mut open = run.begin(3).await.unwrap();
+    run.write(&mut open, rows(3..4)).await.unwrap();
+
+    let mut restarted = open_sink(&spec, RUN_1_LATER);
+    restarted.recover(Some(1), &[]).await.unwrap();
+    assert_eq!(committed(&spec).await, vec![1]);
+    let staging: Vec<String> = std::fs::read_dir(dir.path().join(".weir-staging"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(staging, foreign.parts, "another incarnation's staged part is left alone");
+}
+
+#[tokio::test]
+async fn falling_back_past_committed_parts_is_refused_naming_both_checkpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = spec(dir.path(), FileFormat::Parquet);
+    let mut run = open_sink(&spec, RUN_1);
+    committed_txn(&mut run, 4, rows(4..5)).await;
+    committed_txn(&mut run, 5, rows(5..6)).await;
+    let mut restarted = open_sink(&spec, RUN_1_LATER);
+    let err = restarted.recover(Some(4), &[]).await.unwrap_err().to_string();
+    assert!(err.contains("checkpoint 4") && err.contains("checkpoint 5"), "{err}");
+    assert_eq!(committed(&spec).await, vec![4, 5], "nothing was retracted");
+
+    restarted.retract_on_fallback = true;
+    restarted.recover(Some(4), &[]).await.unwrap();
+    assert_eq!(committed(&spec).await, vec![4], "retracted when the user opted in");
+}
+
+#[tokio::test]
+async fn a_commit_whose_staged_part_vanished_fails_loudly() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = spec(dir.path(), FileFormat::Parquet);
+    let mut run = open_sink(&spec, RUN_1);
+    let ghost = ObjectTxn { id: 9, parts: vec![format!("part-00000-0000000009-0000-{}.parquet", RUN_1.tag())] };
+    let err = run.commit(&ghost).await.unwrap_err().to_string();
+    assert!(err.contains("missing"), "{err}");
+}
+
+#[tokio::test]
+async fn a_record_that_does_not_fit_fails_the_write_or_goes_to_the_rejects() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = spec(dir.path(), FileFormat::Parquet);
+    let mut run = open_sink(&spec, RUN_1);
+    let mut txn = run.begin(1).await.unwrap();
+    let bad = vec![json!({"key": "a", "n": 1}), json!({"key": "b", "n": "two"})];
+    let err = run.write(&mut txn, bad.clone()).await.unwrap_err();
+    assert!(matches!(err, TaskError::BadRecord { .. }), "{err}");
+    assert!(err.to_string().contains(r#"{"key":"b","n":"two"}"#), "{err}");
+
+    let rejects = Rejects::default();
+    let mut run = open_sink(&spec, RUN_1_LATER).rejecting(Some(rejects.clone()));
+    let mut txn = run.begin(1).await.unwrap();
+    run.write(&mut txn, bad).await.unwrap();
+    let txn = run.pre_commit(txn).await.unwrap();
+    run.commit(&txn).await.unwrap();
+    assert_eq!(committed(&spec).await, vec![1]);
+    assert_eq!(rejects.lock().unwrap().len(), 1);
+}

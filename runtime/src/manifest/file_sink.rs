@@ -1,0 +1,288 @@
+//! `spec.pipeline.sink.file`: exactly-once part files in a local directory
+//! or in object storage, as JSON lines or Parquet.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::HumanDuration;
+use crate::storage::StorageUri;
+
+/// Part files per subtask and checkpoint, visible only once their
+/// checkpoint completed.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FileSinkSpec {
+    /// A local directory, or a URI of any storage Weir's checkpoints can
+    /// use (`s3://BUCKET/PREFIX`, `file://PATH`, `hdfs://NAMENODE/PATH`);
+    /// credentials and endpoints come from the same environment variables.
+    pub path: String,
+    #[serde(default)]
+    pub format: FileFormat,
+    /// A part file is closed and a new one begun once it holds this many
+    /// bytes (as `64Mi`, `1Gi` or a number of bytes); every part is also
+    /// closed at each checkpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub roll_size: Option<ByteSize>,
+    /// A part file is closed once it has been open this long (checked as
+    /// records arrive).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub roll_interval: Option<HumanDuration>,
+    /// The Parquet schema and compression (for `format: Parquet`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parquet: Option<ParquetSpec>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
+pub enum FileFormat {
+    /// One JSON object per line (`.jsonl`).
+    #[default]
+    JsonLines,
+    /// Apache Parquet (`.parquet`), columns as `parquet.columns` declare.
+    Parquet,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ParquetSpec {
+    /// The file's columns, filled from the record fields of the same names;
+    /// other record fields are not written.
+    pub columns: Vec<ColumnSpec>,
+    #[serde(default)]
+    pub compression: ParquetCompression,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ColumnSpec {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub data_type: ColumnType,
+    /// Whether a record may lack the field (or hold null); a record that
+    /// lacks a required one goes to the error policy.
+    #[serde(default = "yes")]
+    pub nullable: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
+pub enum ColumnType {
+    String,
+    Boolean,
+    Int32,
+    Int64,
+    Float32,
+    Float64,
+    /// Milliseconds since the epoch (UTC), from a number or an RFC 3339 string.
+    Timestamp,
+    /// A calendar date, from `YYYY-MM-DD`.
+    Date,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
+pub enum ParquetCompression {
+    #[default]
+    Snappy,
+    Zstd,
+    Uncompressed,
+}
+
+/// The default roll size, and the largest: a part is made visible by one
+/// server-side copy, which object stores bound (5 GiB on S3 in one request).
+pub const DEFAULT_ROLL_SIZE: u64 = 128 << 20;
+pub const MAX_ROLL_SIZE: u64 = 5 << 30;
+
+impl FileSinkSpec {
+    /// Whether the sink goes through OpenDAL (a URI, or Parquet) rather
+    /// than the local directory sink (a plain path with JSON lines).
+    pub fn is_object_store(&self) -> bool {
+        self.path.contains("://") || self.format == FileFormat::Parquet || self.roll_size.is_some()
+    }
+
+    pub fn roll_size(&self) -> u64 {
+        self.roll_size.map_or(DEFAULT_ROLL_SIZE, |s| s.0)
+    }
+
+    pub fn roll_interval(&self) -> Option<Duration> {
+        self.roll_interval.map(HumanDuration::get)
+    }
+
+    /// What is wrong with this sink, each naming its field under `at`.
+    pub fn problems(&self, at: &str) -> Vec<String> {
+        let mut errors = Vec::new();
+        if self.path.is_empty() {
+            errors.push(format!("{at}.path: required, got an empty path"));
+        } else if let Err(e) = StorageUri::parse(&self.path) {
+            errors.push(format!("{at}.path: {e}"));
+        }
+        if let Some(size) = self.roll_size {
+            if size.0 < 64 << 10 || size.0 > MAX_ROLL_SIZE {
+                errors.push(format!("{at}.rollSize: expected between 64Ki and 5Gi, got {size}"));
+            }
+        }
+        if let Some(interval) = self.roll_interval {
+            if interval.get() < Duration::from_secs(1) {
+                errors.push(format!("{at}.rollInterval: expected at least 1s, got {interval}"));
+            }
+        }
+        match (self.format, &self.parquet) {
+            (FileFormat::Parquet, None) => {
+                errors.push(format!("{at}.parquet: required for format Parquet (its columns: name and type)"))
+            }
+            (FileFormat::JsonLines, Some(_)) => {
+                errors.push(format!("{at}.parquet: only for format Parquet; set format: Parquet or remove it"))
+            }
+            (FileFormat::Parquet, Some(p)) => {
+                if p.columns.is_empty() {
+                    errors.push(format!("{at}.parquet.columns: expected at least one column"));
+                }
+                for (i, c) in p.columns.iter().enumerate() {
+                    if c.name.is_empty() {
+                        errors.push(format!("{at}.parquet.columns[{i}].name: required, got an empty name"));
+                    } else if p.columns[..i].iter().any(|o| o.name == c.name) {
+                        errors.push(format!("{at}.parquet.columns[{i}].name: `{}` is already a column", c.name));
+                    }
+                }
+            }
+            (FileFormat::JsonLines, None) => {}
+        }
+        errors
+    }
+}
+
+/// A size in bytes, written as a Kubernetes quantity (`64Mi`, `1Gi`,
+/// `500M`) or a plain number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (unit, shift) in [("Gi", 30), ("Mi", 20), ("Ki", 10)] {
+            if self.0 != 0 && self.0 % (1 << shift) == 0 {
+                return write!(f, "{}{unit}", self.0 >> shift);
+            }
+        }
+        write!(f, "{}", self.0)
+    }
+}
+
+impl FromStr for ByteSize {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let t = s.trim();
+        let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (number, unit) = t.split_at(digits);
+        let factor: u64 = match unit {
+            "" => 1,
+            "Ki" => 1 << 10,
+            "Mi" => 1 << 20,
+            "Gi" => 1 << 30,
+            "k" | "K" => 1_000,
+            "M" => 1_000_000,
+            "G" => 1_000_000_000,
+            _ => 0,
+        };
+        number
+            .parse::<u64>()
+            .ok()
+            .filter(|_| factor != 0)
+            .and_then(|n| n.checked_mul(factor))
+            .map(ByteSize)
+            .ok_or_else(|| format!("expected a size such as `64Mi`, `1Gi` or a number of bytes, got `{s}`"))
+    }
+}
+
+impl Serialize for ByteSize {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Number(n) => Ok(ByteSize(n)),
+            Raw::Text(s) => s.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+impl JsonSchema for ByteSize {
+    fn schema_name() -> Cow<'static, str> {
+        "ByteSize".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "x-kubernetes-int-or-string": true,
+            "anyOf": [{"type": "integer"}, {"type": "string"}],
+            "pattern": "^[0-9]+(Ki|Mi|Gi|k|K|M|G)?$",
+            "description": "A size such as `64Mi`, `1Gi` or a number of bytes."
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parquet(columns: &[(&str, ColumnType)]) -> FileSinkSpec {
+        FileSinkSpec {
+            path: "s3://bucket/out".into(),
+            format: FileFormat::Parquet,
+            roll_size: None,
+            roll_interval: None,
+            parquet: Some(ParquetSpec {
+                columns: columns
+                    .iter()
+                    .map(|(n, t)| ColumnSpec { name: n.to_string(), data_type: *t, nullable: true })
+                    .collect(),
+                compression: ParquetCompression::Snappy,
+            }),
+        }
+    }
+
+    #[test]
+    fn sizes_read_as_kubernetes_quantities_and_print_back() {
+        assert_eq!("64Mi".parse::<ByteSize>().unwrap(), ByteSize(64 << 20));
+        assert_eq!("500M".parse::<ByteSize>().unwrap(), ByteSize(500_000_000));
+        assert_eq!(ByteSize(1 << 30).to_string(), "1Gi");
+        let err = "12 parsecs".parse::<ByteSize>().unwrap_err();
+        assert!(err.contains("`12 parsecs`"), "{err}");
+    }
+
+    #[test]
+    fn a_parquet_sink_with_typed_columns_is_accepted_and_goes_through_object_storage() {
+        let s = parquet(&[("key", ColumnType::String), ("count", ColumnType::Int64)]);
+        assert_eq!(s.problems("sink"), Vec::<String>::new());
+        assert!(s.is_object_store());
+        let local = FileSinkSpec { path: "./out".into(), format: FileFormat::JsonLines, parquet: None, ..s };
+        assert!(!local.is_object_store(), "a plain directory with JSON lines stays the local sink");
+    }
+
+    #[test]
+    fn parquet_without_columns_and_repeated_columns_are_refused_by_field() {
+        let s = FileSinkSpec { parquet: None, ..parquet(&[]) };
+        assert_eq!(s.problems("sink"), vec!["sink.parquet: required for format Parquet (its columns: name and type)"]);
+        let s = parquet(&[("key", ColumnType::String), ("key", ColumnType::Int64)]);
+        assert_eq!(s.problems("sink"), vec!["sink.parquet.columns[1].name: `key` is already a column"]);
+    }
+
+    #[test]
+    fn roll_sizes_beyond_what_one_copy_can_publish_are_refused() {
+        let s = FileSinkSpec { roll_size: Some(ByteSize(6 << 30)), ..parquet(&[("k", ColumnType::String)]) };
+        assert_eq!(s.problems("sink"), vec!["sink.rollSize: expected between 64Ki and 5Gi, got 6Gi"]);
+    }
+}
