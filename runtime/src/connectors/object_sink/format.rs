@@ -23,7 +23,7 @@ use crate::record::BadRecord;
 #[derive(Clone)]
 pub enum PartFormat {
     JsonLines,
-    Parquet { schema: SchemaRef, properties: WriterProperties },
+    Parquet { schema: SchemaRef, properties: Box<WriterProperties> },
 }
 
 impl PartFormat {
@@ -38,7 +38,7 @@ impl PartFormat {
                     ParquetCompression::Uncompressed => Compression::UNCOMPRESSED,
                 };
                 let properties = WriterProperties::builder().set_compression(compression).build();
-                PartFormat::Parquet { schema: Arc::new(Schema::new(fields)), properties }
+                PartFormat::Parquet { schema: Arc::new(Schema::new(fields)), properties: Box::new(properties) }
             }
             // `problems` refuses Parquet without columns before a job starts.
             _ => PartFormat::JsonLines,
@@ -109,8 +109,9 @@ impl PartWriter {
             PartFormat::JsonLines => PartWriter::Json { name, writer, buffer: Vec::new(), written: 0 },
             PartFormat::Parquet { schema, properties } => {
                 let staged = Staged { writer };
-                let writer = AsyncArrowWriter::try_new(staged, schema.clone(), Some(properties.clone()))
-                    .map_err(|source| PartError::Parquet { name: name.clone(), source })?;
+                let writer =
+                    AsyncArrowWriter::try_new(staged, schema.clone(), Some(WriterProperties::clone(properties)))
+                        .map_err(|source| PartError::Parquet { name: name.clone(), source })?;
                 PartWriter::Parquet { name, writer: Box::new(writer), schema: schema.clone() }
             }
         })
