@@ -122,17 +122,6 @@ pub enum StopPoint {
 }
 
 impl StopPoint {
-    pub const ALL: [StopPoint; 8] = [
-        StopPoint::MetadataWritten,
-        StopPoint::MetadataRenamed,
-        StopPoint::LedgerCommitted,
-        StopPoint::StateWritten,
-        StopPoint::PreCommitted,
-        StopPoint::BeforeCommit,
-        StopPoint::Committed,
-        StopPoint::PartCommitted,
-    ];
-
     /// The points every job with a two-phase-commit sink passes.
     pub const COMMON: [StopPoint; 7] = [
         StopPoint::MetadataWritten,
@@ -143,6 +132,17 @@ impl StopPoint {
         StopPoint::BeforeCommit,
         StopPoint::Committed,
     ];
+
+    /// [`StopPoint::COMMON`] and the object-storage sink's own point.
+    pub const ALL: [StopPoint; 8] = {
+        let mut all = [StopPoint::PartCommitted; 8];
+        let mut i = 0;
+        while i < Self::COMMON.len() {
+            all[i] = Self::COMMON[i];
+            i += 1;
+        }
+        all
+    };
 
     /// Parses `Point:n` (n >= 1).
     pub fn parse_plan(text: &str) -> Option<(StopPoint, u64)> {

@@ -205,14 +205,10 @@ impl<T> ObjectSink<T> {
         self
     }
 
-    fn err(&self, reason: impl std::fmt::Display) -> TaskError {
-        TaskError::sink(&self.config.uri, reason)
-    }
-
     fn part_err(&self, e: PartError) -> TaskError {
         match e {
             PartError::Misfit { record, reason } => TaskError::BadRecord { record, reason },
-            other => self.err(other),
+            other => self.config.err(other),
         }
     }
 
@@ -228,7 +224,7 @@ impl<T> ObjectSink<T> {
         let path = staged(&name);
         let writer = self.config.op.writer_with(&path).chunk(UPLOAD_CHUNK);
         let writer = self.config.timed("begin a part", writer).await?;
-        let writer = writer.map_err(|e| self.err(format!("cannot begin {name}: {e}")))?;
+        let writer = writer.map_err(|e| self.config.err(format!("cannot begin {name}: {e}")))?;
         let writer = PartWriter::new(&self.config.format, name, writer).map_err(|e| self.part_err(e))?;
         self.open = Some(OpenPart { writer, opened: Instant::now() });
         Ok(())
@@ -267,15 +263,11 @@ impl<T: Serialize + Send + Sync + 'static> TwoPhaseCommitSink<T> for ObjectSink<
         }
         let mut refused: Vec<BadRecord> = Vec::new();
         let gather = self.rejects.is_some().then_some(&mut refused);
-        let Some(open) = self.open.as_mut() else { return Err(self.err("no open part")) };
-        // (not `timed`: the open part is borrowed from `self`)
-        let written = tokio::time::timeout(IO_TIMEOUT, open.writer.write(&batch, gather)).await;
-        let Ok(written) = written else {
-            return Err(self.err(format!("cannot write: no answer within {}s", IO_TIMEOUT.as_secs())));
-        };
+        let Some(open) = self.open.as_mut() else { return Err(self.config.err("no open part")) };
+        let written = self.config.timed("write", open.writer.write(&batch, gather)).await?;
         written.map_err(|e| self.part_err(e))?;
         if let (Some(rejects), false) = (&self.rejects, refused.is_empty()) {
-            rejects.lock().map_err(|_| self.err("the rejected-records list is poisoned"))?.extend(refused);
+            rejects.lock().map_err(|_| self.config.err("the rejected-records list is poisoned"))?.extend(refused);
         }
         if self.due_to_roll() {
             self.close_part(txn).await?;
