@@ -21,7 +21,9 @@ pub struct FileSinkSpec {
     /// use (`s3://BUCKET/PREFIX`, `file://PATH`, `hdfs://NAMENODE/PATH`);
     /// credentials and endpoints come from the same environment variables.
     pub path: String,
-    #[serde(default)]
+    // Left out when JSON lines so that the spec digest of a job written
+    // before Parquet existed stays what it was (no restart on upgrade).
+    #[serde(default, skip_serializing_if = "FileFormat::is_json_lines")]
     pub format: FileFormat,
     /// A part file is closed and a new one begun once it holds this many
     /// bytes (as `64Mi`, `1Gi` or a number of bytes); every part is also
@@ -98,6 +100,12 @@ pub enum ParquetCompression {
 /// server-side copy, which object stores bound (5 GiB on S3 in one request).
 pub const DEFAULT_ROLL_SIZE: u64 = 128 << 20;
 pub const MAX_ROLL_SIZE: u64 = 5 << 30;
+
+impl FileFormat {
+    fn is_json_lines(&self) -> bool {
+        *self == FileFormat::JsonLines
+    }
+}
 
 impl FileSinkSpec {
     /// Whether the sink goes through OpenDAL (a URI, or Parquet) rather
