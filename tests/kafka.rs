@@ -17,6 +17,8 @@ use weir_runtime::connectors::generator::generated;
 use weir_runtime::verify::{check_exactly_once, committed_updates};
 
 mod common;
+#[path = "common/tls_front.rs"]
+mod tls_front;
 
 use common::run::{finish, kill_nine_at, weir, write_manifest_reading, Job, KEYS};
 
@@ -31,7 +33,11 @@ fn client() -> ClientConfig {
 }
 
 fn create_topic(name: &str, partitions: i32) {
-    let admin: AdminClient<DefaultClientContext> = client().create().unwrap();
+    create_topic_with(&client(), name, partitions)
+}
+
+fn create_topic_with(client: &ClientConfig, name: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = client.create().unwrap();
     let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
     let results = futures::executor::block_on(admin.create_topics([&topic], &AdminOptions::new())).unwrap();
     for r in results {
@@ -43,9 +49,13 @@ fn create_topic(name: &str, partitions: i32) {
 /// generator source makes them) spread over the topic's partitions; `bad`
 /// values are written after record `bad_after` when given.
 fn produce(topic: &str, partitions: i32, from: u64, to: u64, bad: Option<(u64, &str)>) {
-    let before = records_in(topic, partitions);
+    produce_with(&client(), topic, partitions, from, to, bad)
+}
+
+fn produce_with(client: &ClientConfig, topic: &str, partitions: i32, from: u64, to: u64, bad: Option<(u64, &str)>) {
+    let before = records_in(client, topic, partitions);
     let producer: BaseProducer<Deliveries> =
-        client().set("linger.ms", "5").set("acks", "all").create_with_context(Deliveries::default()).unwrap();
+        client.clone().set("linger.ms", "5").set("acks", "all").create_with_context(Deliveries::default()).unwrap();
     let send = |partition: i32, key: &str, payload: &str| {
         let mut record = BaseRecord::to(topic).partition(partition).key(key).payload(payload);
         loop {
@@ -75,7 +85,7 @@ fn produce(topic: &str, partitions: i32, from: u64, to: u64, bad: Option<(u64, &
     }
     let failed = producer.context().failed.lock().unwrap().clone();
     assert!(failed.is_empty(), "{} test records were not delivered, e.g. {:?}", failed.len(), failed.first());
-    let written = records_in(topic, partitions) - before;
+    let written = records_in(client, topic, partitions) - before;
     assert_eq!(written, to - from + bad.map_or(0, |_| 1), "the broker did not take every test record");
 }
 
@@ -97,8 +107,8 @@ impl rdkafka::producer::ProducerContext for Deliveries {
 }
 
 /// Records in the topic: the sum of its partitions' high watermarks.
-fn records_in(topic: &str, partitions: i32) -> u64 {
-    let consumer: BaseConsumer = client().set("isolation.level", "read_uncommitted").create().unwrap();
+fn records_in(client: &ClientConfig, topic: &str, partitions: i32) -> u64 {
+    let consumer: BaseConsumer = client.clone().set("isolation.level", "read_uncommitted").create().unwrap();
     (0..partitions).map(|p| consumer.fetch_watermarks(topic, p, Duration::from_secs(10)).unwrap().1 as u64).sum()
 }
 
@@ -288,9 +298,9 @@ fn a_missing_topic_or_an_unreachable_broker_stops_the_job_at_start_naming_the_fi
 /// Every record value in `topic` (all partitions), aborted ones included:
 /// tansu's fetch does not filter them (see `committed_values` for what a
 /// read_committed reader sees).
-fn all_values(topic: &str, partitions: i32) -> Vec<serde_json::Value> {
+fn all_values(client: &ClientConfig, topic: &str, partitions: i32) -> Vec<serde_json::Value> {
     use rdkafka::Message;
-    let consumer: BaseConsumer = client().set("group.id", "weir-test-reader").create().unwrap();
+    let consumer: BaseConsumer = client.clone().set("group.id", "weir-test-reader").create().unwrap();
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
         tpl.add_partition_offset(topic, p, Offset::Offset(0)).unwrap();
@@ -323,7 +333,7 @@ fn the_kafka_sink_writes_every_update_once_without_failures() {
     let manifest = common::run::write_manifest(dir.path(), &job);
     let status = finish(weir(&manifest, dir.path(), "run.log"), Duration::from_secs(120), dir.path(), "run.log");
     assert!(status.success(), "{}", std::fs::read_to_string(dir.path().join("run.log")).unwrap());
-    let updates = weir_runtime::verify::updates_of(all_values(&topic, 3)).unwrap();
+    let updates = weir_runtime::verify::updates_of(all_values(&client(), &topic, 3)).unwrap();
     if let Err(e) = weir_runtime::verify::check_updates_exactly_once(&updates, COUNT, KEYS) {
         panic!("topic after a run without failures: {e}");
     }
@@ -478,4 +488,63 @@ fn the_kafka_sink_commits_every_update_exactly_once_across_kill_9_at_each_commit
         );
     }
     assert_eq!(open, 0, "transactions left open");
+}
+
+/// The TLS broker `scripts/test-kafka` starts: the address it advertises
+/// (where the test serves TLS) and the plaintext one behind it,
+/// and the test certificates.
+fn tls_broker() -> (String, String, tls_front::Pki) {
+    let var = |name: &str| std::env::var(name).unwrap_or_else(|_| panic!("{name}: scripts/test-kafka sets it"));
+    let pki = tls_front::Pki::read(Path::new(&var("WEIR_TEST_KAFKA_CERTS")));
+    (var("WEIR_TEST_KAFKA_TLS"), var("WEIR_TEST_KAFKA_TLS_BACKEND"), pki)
+}
+
+#[test]
+#[ignore = "needs a Kafka broker: scripts/test-kafka starts one and runs these"]
+fn over_tls_with_client_certificates_the_source_and_sink_carry_every_update_once_and_a_wrong_ca_is_refused() {
+    const COUNT: u64 = 50_000;
+    let dir = tempfile::tempdir().unwrap();
+    let (front, backend, pki) = tls_broker();
+    pki.serve(front.clone(), backend);
+    let mut tls_client = ClientConfig::new();
+    tls_client
+        .set("bootstrap.servers", &front)
+        .set("security.protocol", "SSL")
+        .set("ssl.ca.location", pki.ca.to_str().unwrap())
+        .set("ssl.certificate.location", pki.client_cert.to_str().unwrap())
+        .set("ssl.key.location", pki.client_key.to_str().unwrap());
+    let (input, output) = (unique("tls-in"), unique("tls-out"));
+    create_topic_with(&tls_client, &input, 3);
+    create_topic_with(&tls_client, &output, 3);
+    produce_with(&tls_client, &input, 3, 0, COUNT, None);
+
+    let tls = |ca: &Path| {
+        format!(
+            "tls: {{caFile: '{}', certFile: '{}', keyFile: '{}'}}",
+            ca.display(),
+            pki.client_cert.display(),
+            pki.client_key.display()
+        )
+    };
+    let sink = format!("kafka: {{bootstrapServers: '{front}', topic: {output}, key: [key], {}}}", tls(&pki.ca));
+    let job = Job { name: "kafka-tls", count: 0, rate: 0, sink, restart: "{none: {}}" };
+    let src =
+        format!("kafka: {{bootstrapServers: '{front}', topics: [{input}], stoppingOffsets: Latest, {}}}", tls(&pki.ca));
+    let manifest = write_manifest_reading(dir.path(), &job, &src, 2);
+    let status = finish(weir(&manifest, dir.path(), "run.log"), Duration::from_secs(180), dir.path(), "run.log");
+    assert!(status.success(), "{}", std::fs::read_to_string(dir.path().join("run.log")).unwrap());
+    let updates = weir_runtime::verify::updates_of(all_values(&tls_client, &output, 3)).unwrap();
+    if let Err(e) = weir_runtime::verify::check_updates_exactly_once(&updates, COUNT, KEYS) {
+        panic!("topic written over TLS: {e}");
+    }
+
+    // Trusting a CA that did not sign the broker's certificate: the job
+    // stops at start instead of talking to a broker it cannot verify.
+    let job = Job { name: "kafka-tls-wrong-ca", count: 0, rate: 0, sink: file_sink(dir.path()), restart: "{none: {}}" };
+    let src = format!("kafka: {{bootstrapServers: '{front}', topics: [{input}], {}}}", tls(&pki.other_ca));
+    let manifest = write_manifest_reading(dir.path(), &job, &src, 1);
+    let status = finish(weir(&manifest, dir.path(), "wrong.log"), Duration::from_secs(90), dir.path(), "wrong.log");
+    let log = std::fs::read_to_string(dir.path().join("wrong.log")).unwrap();
+    assert!(!status.success(), "{log}");
+    assert!(log.contains("spec.pipeline.source.kafka.bootstrapServers: no metadata from"), "{log}");
 }

@@ -130,18 +130,26 @@ fn a_wrong_redis_password_is_refused_without_echoing_it() {
 
 #[test]
 #[ignore = "needs a Redis server: scripts/test-redis starts one and runs these"]
-fn tls_to_the_server_is_verified_against_the_ca_file_and_a_foreign_ca_is_refused() {
+fn tls_to_the_server_is_verified_against_the_ca_file_with_a_client_certificate_and_a_foreign_ca_is_refused() {
     const COUNT: u64 = 20_000;
-    let tls_port = std::env::var("WEIR_TEST_REDIS_TLS_PORT").expect("WEIR_TEST_REDIS_TLS_PORT");
-    let ca = std::env::var("WEIR_TEST_REDIS_CA").expect("WEIR_TEST_REDIS_CA");
-    let other_ca = std::env::var("WEIR_TEST_REDIS_OTHER_CA").expect("WEIR_TEST_REDIS_OTHER_CA");
-    let sink = |ca: &str| {
+    let var = |name: &str| std::env::var(name).unwrap_or_else(|_| panic!("{name}: scripts/test-redis sets it"));
+    let tls_port = var("WEIR_TEST_REDIS_TLS_PORT");
+    let (ca, other_ca) = (var("WEIR_TEST_REDIS_CA"), var("WEIR_TEST_REDIS_OTHER_CA"));
+    let identity =
+        format!("certFile: '{}', keyFile: '{}'", var("WEIR_TEST_REDIS_CLIENT_CERT"), var("WEIR_TEST_REDIS_CLIENT_KEY"));
+    let sink = |tls: &str| {
         format!(
             "redis: {{url: 'rediss://127.0.0.1:{tls_port}/0', passwordEnv: WEIR_TEST_REDIS_PASSWORD, key: [key], \
-             keyPrefix: 'tls:', tls: {{caFile: '{ca}'}}}}"
+             keyPrefix: 'tls:', tls: {{{tls}}}}}"
         )
     };
-    let job = Job { name: "redis-tls", count: COUNT, rate: 0, sink: sink(&ca), restart: "{none: {}}" };
+    let job = Job {
+        name: "redis-tls",
+        count: COUNT,
+        rate: 0,
+        sink: sink(&format!("caFile: '{ca}', {identity}")),
+        restart: "{none: {}}",
+    };
     let dir = tempfile::tempdir().unwrap();
     let manifest = write_manifest(dir.path(), &job);
     let status = finish(weir(&manifest, dir.path(), "run.log"), Duration::from_secs(120), dir.path(), "run.log");
@@ -149,6 +157,14 @@ fn tls_to_the_server_is_verified_against_the_ca_file_and_a_foreign_ca_is_refused
     if let Err(e) = weir_runtime::verify::check_final_per_key(json_values("tls:"), COUNT, KEYS) {
         panic!("redis written over TLS: {e}");
     }
-    let foreign = run_to_failure(&Job { name: "redis-foreign-ca", sink: sink(&other_ca), ..job });
+    let foreign = run_to_failure(&Job {
+        name: "redis-foreign-ca",
+        sink: sink(&format!("caFile: '{other_ca}', {identity}")),
+        ..job
+    });
     assert!(foreign.contains("TLS to the server failed"), "a certificate the CA did not sign is refused: {foreign}");
+    // The server requires a client certificate (`tls-auth-clients yes`).
+    let anonymous =
+        run_to_failure(&Job { name: "redis-no-client-cert", sink: sink(&format!("caFile: '{ca}'")), ..job });
+    assert!(!anonymous.contains("TLS to the server failed: invalid peer certificate"), "{anonymous}");
 }

@@ -10,7 +10,7 @@ use std::marker::PhantomData;
 use std::time::Duration;
 
 use ::redis::aio::MultiplexedConnection;
-use ::redis::{Client, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, TlsCertificates};
+use ::redis::{Client, ClientTlsConfig, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, TlsCertificates};
 use async_trait::async_trait;
 use serde::Serialize;
 use serde_json::Value;
@@ -18,7 +18,7 @@ use tracing::warn;
 
 use super::backoff::{Backoff, SINK_ATTEMPTS};
 use super::secret::read_password;
-use super::tls::read_ca_file;
+use super::tls::{parse_certificates, read_file, read_identity};
 use super::upsert::{key_string, last_per_key};
 use crate::manifest::{ClientTlsSpec, RedisSinkSpec, RedisValueFormat};
 use crate::metrics::JobMetrics;
@@ -38,18 +38,29 @@ pub struct RedisTarget {
     format: RedisValueFormat,
 }
 
-/// A client of a TLS address, trusting `tls.caFile`'s CAs or the system's.
+/// A client of a TLS address, trusting `tls.caFile`'s CAs or the system's
+/// and presenting `tls.certFile` if set.
 fn tls_client(at: &str, info: ConnectionInfo, tls: Option<&ClientTlsSpec>) -> Result<Client, TaskError> {
     let describe = format!("redis {}/{}", info.addr, info.redis.db);
-    let client = match tls.and_then(|t| t.ca_file.as_deref()) {
-        None => Client::open(info),
+    let at = format!("{at}.tls");
+    let tls = tls.cloned().unwrap_or_default();
+    let fail = |e: String| TaskError::sink(&describe, e);
+    let root_cert = match tls.ca_file.as_deref() {
+        None => None,
         Some(file) => {
-            let pem = std::fs::read(file)
-                .map_err(|e| TaskError::sink(&describe, format!("{at}.tls.caFile: cannot read {file}: {e}")))?;
+            let field = format!("{at}.caFile");
+            let pem = read_file(&field, file).map_err(fail)?;
             // Checked here for a message that names the field.
-            read_ca_file(&format!("{at}.tls"), file).map_err(|e| TaskError::sink(&describe, e))?;
-            Client::build_with_tls(info, TlsCertificates { client_tls: None, root_cert: Some(pem) })
+            parse_certificates(&field, file, &pem).map_err(fail)?;
+            Some(pem)
         }
+    };
+    let client_tls = read_identity(&at, &tls)
+        .map_err(fail)?
+        .map(|id| ClientTlsConfig { client_cert: id.cert_pem, client_key: id.key_pem });
+    let client = match (&root_cert, &client_tls) {
+        (None, None) => Client::open(info),
+        _ => Client::build_with_tls(info, TlsCertificates { client_tls, root_cert }),
     };
     client.map_err(|e| TaskError::sink(&describe, format!("{at}: {e}")))
 }

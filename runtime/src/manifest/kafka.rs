@@ -53,11 +53,16 @@ pub struct KafkaSourceSpec {
     /// the same name.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub metadata: Vec<KafkaMetadata>,
-    /// Further librdkafka consumer settings (`security.protocol`,
-    /// `sasl.mechanism`, `sasl.username`, ...). Passwords do not go here:
-    /// see `passwordEnv` and `passwordFile`.
+    /// Further librdkafka consumer settings (`sasl.mechanism`,
+    /// `sasl.username`, ...). Passwords do not go here: see `passwordEnv`
+    /// and `passwordFile`; TLS is set by `tls`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub properties: BTreeMap<String, String>,
+    /// Verified TLS to the brokers (`security.protocol` SSL, or SASL_SSL
+    /// with a SASL password), with a client certificate if the brokers ask
+    /// for one (`tls: {}` for brokers with a public certificate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<super::ClientTlsSpec>,
     /// The environment variable that holds the SASL password.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_env: Option<String>,
@@ -123,6 +128,14 @@ impl KafkaMetadata {
 /// Settings that carry secrets and must come from `passwordEnv` or `passwordFile`.
 const SECRET_PROPERTIES: [&str; 4] = ["sasl.password", "ssl.key.password", "ssl.keystore.password", "ssl.key.pem"];
 
+/// Settings that would let a client talk TLS to a broker it did not verify.
+const UNVERIFIED_TLS_PROPERTIES: [&str; 2] =
+    ["enable.ssl.certificate.verification", "ssl.endpoint.identification.algorithm"];
+
+/// Settings `tls` makes.
+const TLS_PROPERTIES: [&str; 4] =
+    ["security.protocol", "ssl.ca.location", "ssl.certificate.location", "ssl.key.location"];
+
 /// Settings the source sets itself: its correctness rests on them.
 const OWN_PROPERTIES: [&str; 6] = [
     "bootstrap.servers",
@@ -159,6 +172,11 @@ pub struct KafkaSinkSpec {
     /// Further librdkafka producer settings; passwords do not go here.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub properties: BTreeMap<String, String>,
+    /// Verified TLS to the brokers (`security.protocol` SSL, or SASL_SSL
+    /// with a SASL password), with a client certificate if the brokers ask
+    /// for one (`tls: {}` for brokers with a public certificate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<super::ClientTlsSpec>,
     /// The environment variable that holds the SASL password.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_env: Option<String>,
@@ -197,6 +215,7 @@ fn client_problems(
     bootstrap_servers: &str,
     properties: &BTreeMap<String, String>,
     own: &[&str],
+    tls: &Option<super::ClientTlsSpec>,
     password_env: &Option<String>,
     password_file: &Option<String>,
 ) -> Vec<String> {
@@ -213,12 +232,22 @@ fn client_problems(
                 "{at}.properties.{name}: a secret in clear; put it in a Secret and name it with passwordEnv \
                  or passwordFile"
             ));
+        } else if UNVERIFIED_TLS_PROPERTIES.contains(&name.as_str()) {
+            errors.push(format!(
+                "{at}.properties.{name}: refused: TLS to brokers is always verified (trust a private CA with \
+                 {at}.tls.caFile)"
+            ));
+        } else if tls.is_some() && TLS_PROPERTIES.contains(&name.as_str()) {
+            errors.push(format!("{at}.properties.{name}: set by {at}.tls; leave it out"));
         } else if own.contains(&name.as_str()) {
             errors.push(format!(
                 "{at}.properties.{name}: set by Weir itself (exactly-once depends on it); use the connector's \
                  own fields"
             ));
         }
+    }
+    if let Some(tls) = tls {
+        errors.extend(tls.problems(&format!("{at}.tls")));
     }
     errors
 }
@@ -236,6 +265,7 @@ impl KafkaSinkSpec {
             &self.bootstrap_servers,
             &self.properties,
             &OWN_SINK_PROPERTIES,
+            &self.tls,
             &self.password_env,
             &self.password_file,
         );
@@ -267,6 +297,7 @@ impl KafkaSourceSpec {
             &self.bootstrap_servers,
             &self.properties,
             &OWN_PROPERTIES,
+            &self.tls,
             &self.password_env,
             &self.password_file,
         );
@@ -347,6 +378,25 @@ mod tests {
         assert!(problems[0].starts_with("sink.properties.transactional.id: set by Weir itself"), "{problems:?}");
         assert!(problems[1].starts_with("sink.topic: expected 1 to 249"), "{problems:?}");
         assert_eq!(s.delivery, KafkaDelivery::ExactlyOnce);
+    }
+
+    #[test]
+    fn tls_cannot_be_turned_unverified_or_set_twice_and_a_certificate_needs_its_key() {
+        let mut s = spec();
+        s.properties.insert("enable.ssl.certificate.verification".into(), "false".into());
+        s.properties.insert("security.protocol".into(), "SSL".into());
+        assert_eq!(s.problems("src").len(), 1, "without tls, security.protocol is the user's: {:?}", s.problems("src"));
+        s.tls = Some(super::super::ClientTlsSpec { cert_file: Some("/tls/tls.crt".into()), ..Default::default() });
+        let problems = s.problems("src");
+        assert_eq!(
+            problems,
+            [
+                "src.properties.enable.ssl.certificate.verification: refused: TLS to brokers is always verified \
+                 (trust a private CA with src.tls.caFile)",
+                "src.properties.security.protocol: set by src.tls; leave it out",
+                "src.tls.keyFile: required with certFile",
+            ]
+        );
     }
 
     #[test]

@@ -103,8 +103,8 @@ impl PostgresSinkSpec {
             }
             Ok(_) => {}
         }
-        if self.tls.as_ref().is_some_and(|t| t.ca_file.as_deref() == Some("")) {
-            errors.push(format!("{at}.tls.caFile: expected a file path, got an empty one"));
+        if let Some(tls) = &self.tls {
+            errors.extend(tls.problems(&format!("{at}.tls")));
         }
         if self.password_env.is_some() && self.password_file.is_some() {
             errors.push(format!("{at}: expected at most one of passwordEnv, passwordFile"));

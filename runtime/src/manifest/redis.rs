@@ -55,6 +55,9 @@ impl RedisSinkSpec {
         if self.password_env.is_some() && self.password_file.is_some() {
             errors.push(format!("{at}: expected at most one of passwordEnv, passwordFile"));
         }
+        if let Some(tls) = &self.tls {
+            errors.extend(tls.problems(&format!("{at}.tls")));
+        }
         if self.key.is_empty() {
             errors.push(format!("{at}.key: expected at least one record field to key by"));
         }

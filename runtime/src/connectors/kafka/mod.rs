@@ -12,7 +12,8 @@ use std::time::Duration;
 use rdkafka::ClientConfig;
 
 use super::secret::read_password;
-use crate::manifest::{KafkaSinkSpec, KafkaSourceSpec, StartingOffsets, StoppingOffsets};
+use super::tls::{read_ca_file, read_identity};
+use crate::manifest::{ClientTlsSpec, KafkaSinkSpec, KafkaSourceSpec, StartingOffsets, StoppingOffsets};
 use crate::task::TaskError;
 
 pub mod sink;
@@ -29,6 +30,7 @@ pub struct KafkaClient {
     pub bootstrap_servers: String,
     properties: BTreeMap<String, String>,
     password: Option<String>,
+    tls: Option<ClientTlsSpec>,
 }
 
 impl std::fmt::Debug for KafkaClient {
@@ -44,14 +46,26 @@ impl KafkaClient {
         at: &str,
         bootstrap_servers: &str,
         properties: &BTreeMap<String, String>,
+        tls: Option<&ClientTlsSpec>,
         password_env: Option<&str>,
         password_file: Option<&str>,
     ) -> Result<KafkaClient, String> {
+        // librdkafka reads the files itself, on its own threads, and says
+        // only "ssl.ca.location failed"; read them here for messages that
+        // name the field.
+        if let Some(tls) = tls {
+            let at = format!("{at}.tls");
+            if let Some(file) = &tls.ca_file {
+                read_ca_file(&at, file)?;
+            }
+            read_identity(&at, tls)?;
+        }
         Ok(KafkaClient {
             at: at.to_string(),
             bootstrap_servers: bootstrap_servers.to_string(),
             properties: properties.clone(),
             password: read_password(at, password_env, password_file, None)?,
+            tls: tls.cloned(),
         })
     }
 
@@ -65,6 +79,19 @@ impl KafkaClient {
         }
         if let Some(password) = &self.password {
             client.set("sasl.password", password);
+        }
+        if let Some(tls) = &self.tls {
+            let sasl = self.password.is_some() || self.properties.keys().any(|k| k.starts_with("sasl."));
+            client.set("security.protocol", if sasl { "SASL_SSL" } else { "SSL" });
+            // Without a CA file: the system's CAs, wherever this machine or
+            // image keeps them.
+            client.set("ssl.ca.location", tls.ca_file.as_deref().unwrap_or("probe"));
+            client.set("ssl.endpoint.identification.algorithm", "https");
+            client.set("enable.ssl.certificate.verification", "true");
+            if let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) {
+                client.set("ssl.certificate.location", cert);
+                client.set("ssl.key.location", key);
+            }
         }
         client
     }
@@ -99,6 +126,7 @@ impl KafkaConfig {
             at,
             &spec.bootstrap_servers,
             &spec.properties,
+            spec.tls.as_ref(),
             spec.password_env.as_deref(),
             spec.password_file.as_deref(),
         )
@@ -123,6 +151,7 @@ impl KafkaSinkConfig {
             at,
             &spec.bootstrap_servers,
             &spec.properties,
+            spec.tls.as_ref(),
             spec.password_env.as_deref(),
             spec.password_file.as_deref(),
         )
@@ -135,5 +164,39 @@ impl KafkaSinkConfig {
             transactional_id_prefix: spec.transactional_id_prefix.clone(),
             transaction_timeout: spec.transaction_timeout.get(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(tls: Option<ClientTlsSpec>, properties: &[(&str, &str)], password_env: Option<&str>) -> ClientConfig {
+        let properties = properties.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        KafkaClient::new("src", "b:9093", &properties, tls.as_ref(), password_env, None).unwrap().config(0)
+    }
+
+    #[test]
+    fn tls_settings_become_a_verified_ssl_or_sasl_ssl_client() {
+        let plain = client(None, &[], None);
+        assert_eq!(plain.get("security.protocol"), None);
+        let public = client(Some(ClientTlsSpec::default()), &[], None);
+        assert_eq!(public.get("security.protocol"), Some("SSL"));
+        assert_eq!(public.get("ssl.ca.location"), Some("probe"));
+        assert_eq!(public.get("ssl.endpoint.identification.algorithm"), Some("https"));
+        assert_eq!(public.get("ssl.certificate.location"), None);
+        let sasl = client(Some(ClientTlsSpec::default()), &[("sasl.mechanism", "PLAIN")], None);
+        assert_eq!(sasl.get("security.protocol"), Some("SASL_SSL"));
+    }
+
+    #[test]
+    fn tls_files_are_read_at_start_and_a_missing_one_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let tls = ClientTlsSpec {
+            ca_file: Some(dir.path().join("ca.crt").display().to_string()),
+            ..ClientTlsSpec::default()
+        };
+        let err = KafkaClient::new("spec.k", "b:9093", &BTreeMap::new(), Some(&tls), None, None).unwrap_err();
+        assert!(err.starts_with("spec.k.tls.caFile: cannot read"), "{err}");
     }
 }

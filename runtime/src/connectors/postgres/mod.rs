@@ -102,9 +102,9 @@ impl PgTarget {
         let wants_tls = spec.tls.is_some() || config.get_ssl_mode() == SslMode::Require;
         let tls = match wants_tls {
             true => {
-                let ca_file = spec.tls.as_ref().and_then(|t| t.ca_file.as_deref());
+                let settings = spec.tls.clone().unwrap_or_default();
                 let client =
-                    client_config(&format!("{at}.tls"), ca_file).map_err(|e| TaskError::sink("postgres", e))?;
+                    client_config(&format!("{at}.tls"), &settings).map_err(|e| TaskError::sink("postgres", e))?;
                 config.ssl_mode(SslMode::Require);
                 Some(tokio_postgres_rustls::MakeRustlsConnect::new((*client).clone()))
             }
