@@ -278,6 +278,39 @@ fn killing_a_worker_mid_checkpoint_then_the_coordinator_keeps_output_exact() {
     c.assert_exact();
 }
 
+#[test]
+fn window_results_over_the_network_stay_exact_when_a_worker_is_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Cluster::new(dir.path(), 300_000, 100_000);
+    let yaml = std::fs::read_to_string(&c.manifest).unwrap();
+    let windowed = yaml
+        .replace("splits: 6}", "splits: 6, timestampStep: 1ms}")
+        .replace("    steps:", "    eventTime: {field: ts, maxOutOfOrderness: 10s}\n    steps:")
+        .replace(
+            "- aggregate: {count: true, sum: [value]}",
+            "- window: {size: 10s, aggregate: {count: true, sum: [value]}}",
+        );
+    std::fs::write(&c.manifest, windowed).unwrap();
+    let coordinator = c.coordinator();
+    let workers: Vec<usize> = ["w1", "w2", "w3"].iter().map(|n| c.worker(n)).collect();
+    let mut ids = Vec::new();
+    c.wait_for("two checkpoints", &mut ids, Duration::from_secs(30), |_, chk| {
+        chk["latest"]["id"].as_u64().unwrap_or(0) >= 2
+    });
+    c.kill(workers[0]);
+    c.wait_for("the loss to be noticed", &mut ids, Duration::from_secs(15), |job, _| {
+        job["restarts"].as_u64().unwrap_or(0) >= 1
+    });
+    c.worker("w4");
+    assert!(c.wait_exit(coordinator, Duration::from_secs(90)), "the job finished cleanly");
+    never_backwards(&ids);
+    let rows = read_committed(&dir.path().join("out")).unwrap();
+    let want = weir_runtime::verify::expected_windows(300_000, KEYS, 1, 10_000, 10_000);
+    if let Err(e) = weir_runtime::verify::check_windows_exactly_once(rows, &want, 10_000) {
+        panic!("{e}; see {}", dir.keep().display());
+    }
+}
+
 /// The epoch of the last attempt a worker deployed, from its log.
 fn last_deployed_epoch(log: &Path) -> String {
     let text = std::fs::read_to_string(log).unwrap();

@@ -13,13 +13,14 @@ use std::cell::RefCell;
 use std::hash::Hash;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::connectors::{TwoPhaseCommitCollector, TwoPhaseCommitSink};
 use crate::operators::stateless::BatchFn;
-use crate::operators::{KeyedProcess, KeyedProcessFunction};
+use crate::operators::{EventTimeFunction, KeyedEventTime, KeyedProcess, KeyedProcessFunction};
 use crate::task::input_task::InputTask;
 use crate::task::router::{Connect, Edge, KeyRouter};
 use crate::task::runnable::RunnableTask;
@@ -88,6 +89,16 @@ impl StreamEnv {
         T: Send + 'static,
         F: Fn(&TaskContext, Option<Vec<Vec<u8>>>) -> Result<Box<dyn Source<T>>, TaskError> + Send + Sync + 'static,
     {
+        self.source_idle_after(uid, None, make)
+    }
+
+    /// A source whose subtasks are marked idle for event time after
+    /// `idle_timeout` without a record (Flink's `withIdleness`).
+    pub fn source_idle_after<T, F>(&self, uid: &str, idle_timeout: Option<Duration>, make: F) -> DataStream<T>
+    where
+        T: Send + 'static,
+        F: Fn(&TaskContext, Option<Vec<Vec<u8>>>) -> Result<Box<dyn Source<T>>, TaskError> + Send + Sync + 'static,
+    {
         let uid = uid.to_string();
         self.declare_state(&uid);
         let name = uid.clone();
@@ -101,7 +112,7 @@ impl StreamEnv {
                     .map(|r| r.list_round_robin(&uid, ctx.subtask() as usize, ctx.parallelism() as usize));
                 let source = make(&ctx, restored)?;
                 let chain = chain(&ctx)?;
-                Ok(Box::new(SourceTask { ctx, uid: uid.clone(), source, chain }) as Box<dyn RunnableTask>)
+                Ok(Box::new(SourceTask { ctx, uid: uid.clone(), source, chain, idle_timeout }) as Box<dyn RunnableTask>)
             })
         });
         DataStream {
@@ -286,9 +297,11 @@ impl<T: Send + 'static> DataStream<T> {
 pub struct KeyedStream<K, T> {
     graph: Rc<RefCell<GraphBuilder>>,
     edge: Arc<Edge<T>>,
-    key: Arc<dyn Fn(&T) -> K + Send + Sync>,
+    key: KeyFn<K, T>,
     parallelism: u32,
 }
+
+type KeyFn<K, T> = Arc<dyn Fn(&T) -> K + Send + Sync>;
 
 impl<K, T> KeyedStream<K, T>
 where
@@ -301,6 +314,35 @@ where
         O: Send + 'static,
         F: KeyedProcessFunction<K, T, O> + Sync,
     {
+        self.keyed_stage(uid, move |uid, ctx, key, next| {
+            let op = KeyedProcess::new(uid, ctx, move |r: &T| key(r), function.clone(), next)?;
+            Ok(Box::new(op) as Box<dyn Collector<T>>)
+        })
+    }
+
+    /// Runs `function` on every record with the state and the event-time
+    /// timers of its key.
+    pub fn process_event_time<O, F>(self, uid: &str, function: F) -> DataStream<O>
+    where
+        K: Ord,
+        O: Send + 'static,
+        F: EventTimeFunction<K, T, O> + Sync,
+    {
+        self.keyed_stage(uid, move |uid, ctx, key, next| {
+            let op = KeyedEventTime::new(uid, ctx, move |r: &T| key(r), function.clone(), next)?;
+            Ok(Box::new(op) as Box<dyn Collector<T>>)
+        })
+    }
+
+    /// The stage after the shuffle, its chain starting with what `first` builds.
+    fn keyed_stage<O, B>(self, uid: &str, first: B) -> DataStream<O>
+    where
+        O: Send + 'static,
+        B: Fn(String, TaskContext, KeyFn<K, T>, Box<dyn Collector<O>>) -> Result<Box<dyn Collector<T>>, TaskError>
+            + Send
+            + Sync
+            + 'static,
+    {
         let name = uid.to_string();
         let uid = uid.to_string();
         self.graph.borrow_mut().state_uids.push(uid.clone());
@@ -310,9 +352,8 @@ where
             Arc::new(move |ctx: TaskContext| {
                 let inputs = edge.take_receivers(ctx.subtask())?;
                 let next = rest(&ctx)?;
-                let key = key.clone();
-                let op = KeyedProcess::new(uid.clone(), ctx.clone(), move |r: &T| key(r), function.clone(), next)?;
-                Ok(Box::new(InputTask { ctx, inputs, chain: Box::new(op) }) as Box<dyn RunnableTask>)
+                let chain = first(uid.clone(), ctx.clone(), key.clone(), next)?;
+                Ok(Box::new(InputTask { ctx, inputs, chain }) as Box<dyn RunnableTask>)
             })
         });
         DataStream {

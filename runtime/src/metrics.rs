@@ -40,6 +40,8 @@ pub struct JobMetrics {
     pub records_out: AtomicU64,
     pub bad_records_skipped: AtomicU64,
     pub bad_records_dead_lettered: AtomicU64,
+    /// Records that came after the watermark had closed their windows.
+    pub late_records_dropped: AtomicU64,
     /// Sink operations retried after a transient error (a lost connection).
     pub sink_retries: AtomicU64,
     /// Transient source errors (brokers unreachable, a fetch timed out)

@@ -25,6 +25,9 @@ pub type Rejects = std::sync::Arc<std::sync::Mutex<Vec<BadRecord>>>;
 #[derive(Debug, Clone, PartialEq)]
 pub struct SourceRecord {
     pub origin: Option<String>,
+    /// The split (partition, file, generator split) it was read from, as
+    /// the source's `active_splits` names it.
+    pub split: u64,
     pub row: Result<Row, BadRecord>,
 }
 
@@ -61,6 +64,26 @@ pub fn key_of(row: &Row, field: &str) -> Option<String> {
     }
 }
 
+/// The event time of a row in milliseconds since the epoch: a number of
+/// milliseconds, or an RFC 3339 string.
+pub fn event_time_of(row: &Row, field: &str) -> Result<i64, String> {
+    let expected = "milliseconds since the epoch or an RFC 3339 time such as `2026-12-04T10:00:00Z`";
+    match row.get(field) {
+        None | Some(Value::Null) => Err(format!("missing event-time field `{field}`")),
+        Some(Value::Number(n)) => match (n.as_i64(), n.as_f64()) {
+            (Some(ms), _) => Ok(ms),
+            (None, Some(f)) if f.is_finite() && f.abs() < 9.0e15 => Ok(f.floor() as i64),
+            _ => Err(format!("event-time field `{field}` must be {expected}, got {n}")),
+        },
+        Some(Value::String(s)) => humantime::parse_rfc3339_weak(s)
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .and_then(|d| i64::try_from(d.as_millis()).ok())
+            .ok_or_else(|| format!("event-time field `{field}` must be {expected}, got `{s}`")),
+        Some(v) => Err(format!("event-time field `{field}` must be {expected}, got {}", json_type(v))),
+    }
+}
+
 /// What a row must have to be processed; checked before keying so a bad
 /// record is handled by the error policy where it entered the job.
 #[derive(Debug, Clone)]
@@ -69,6 +92,8 @@ pub enum FieldRule {
     Key(String),
     /// A number to aggregate.
     Number(String),
+    /// An event time.
+    EventTime(String),
 }
 
 impl FieldRule {
@@ -86,6 +111,7 @@ impl FieldRule {
                 Some(Value::Number(_)) => Ok(()),
                 Some(v) => Err(format!("field `{f}` must be a number, got {}", json_type(v))),
             },
+            FieldRule::EventTime(f) => event_time_of(row, f).map(|_| ()),
         }
     }
 }
@@ -108,5 +134,16 @@ mod tests {
         assert!(FieldRule::Key("k".into()).check(&row).unwrap_err().contains("key field `k`"));
         assert!(FieldRule::Number("v".into()).check(&row).unwrap_err().contains("must be a number, got a string"));
         assert!(FieldRule::Number("w".into()).check(&row).unwrap_err().contains("missing numeric field `w`"));
+        assert!(FieldRule::EventTime("v".into()).check(&row).unwrap_err().contains("event-time field `v` must be"));
+    }
+
+    #[test]
+    fn event_times_are_epoch_milliseconds_or_rfc3339_strings() {
+        let row: Row = serde_json::json!({"a": 1500, "b": "1970-01-01T00:00:01.5Z", "c": 2.7, "d": true});
+        assert_eq!(event_time_of(&row, "a"), Ok(1500));
+        assert_eq!(event_time_of(&row, "b"), Ok(1500));
+        assert_eq!(event_time_of(&row, "c"), Ok(2));
+        assert!(event_time_of(&row, "d").unwrap_err().contains("got a boolean"));
+        assert!(event_time_of(&row, "e").unwrap_err().contains("missing event-time field `e`"));
     }
 }

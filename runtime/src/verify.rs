@@ -22,6 +22,71 @@ pub fn expected_per_key(count: u64, keys: u64) -> BTreeMap<String, (u64, i64)> {
     m
 }
 
+/// Generated records with event time `seq * step_ms` in windows of
+/// `size_ms` starting every `slide_ms`: per key and window start, the
+/// record count and the sum of the values.
+pub fn expected_windows(
+    count: u64,
+    keys: u64,
+    step_ms: i64,
+    size_ms: i64,
+    slide_ms: i64,
+) -> BTreeMap<(String, i64), (u64, i64)> {
+    let mut m: BTreeMap<(String, i64), (u64, i64)> = BTreeMap::new();
+    for seq in 0..count {
+        let (k, v) = generated(seq, keys);
+        let ts = seq as i64 * step_ms;
+        let mut start = ts - ts.rem_euclid(slide_ms);
+        while start > ts - size_ms {
+            let e = m.entry((format!("k{k}"), start)).or_default();
+            e.0 += 1;
+            e.1 += v;
+            start -= slide_ms;
+        }
+    }
+    m
+}
+
+/// Every window of [`expected_windows`] committed exactly once, with its
+/// exact count and sum, from rows `{"key", "window_start", "window_end",
+/// "count", "sum_value"}`.
+pub fn check_windows_exactly_once(
+    rows: Vec<serde_json::Value>,
+    want: &BTreeMap<(String, i64), (u64, i64)>,
+    size_ms: i64,
+) -> Result<(), String> {
+    let mut got: BTreeMap<(String, i64), Vec<(u64, i64)>> = BTreeMap::new();
+    for row in rows {
+        let (Some(key), Some(start), Some(end), Some(count), Some(sum)) = (
+            row["key"].as_str(),
+            row["window_start"].as_i64(),
+            row["window_end"].as_i64(),
+            row["count"].as_u64(),
+            row["sum_value"].as_i64(),
+        ) else {
+            return Err(format!("not a window count/sum: {row}"));
+        };
+        if end - start != size_ms {
+            return Err(format!("window [{start}, {end}) of key {key} is not {size_ms} ms long"));
+        }
+        got.entry((key.to_string(), start)).or_default().push((count, sum));
+    }
+    for ((key, start), expected) in want {
+        match got.get(&(key.clone(), *start)).map(Vec::as_slice) {
+            Some([one]) if one == expected => {}
+            Some([one]) => {
+                return Err(format!("key {key}, window at {start}: (count, sum) {one:?}, expected {expected:?}"))
+            }
+            Some(many) => return Err(format!("key {key}, window at {start}: committed {} times", many.len())),
+            None => return Err(format!("key {key}, window at {start}: missing")),
+        }
+    }
+    if let Some((key, start)) = got.keys().find(|k| !want.contains_key(*k)) {
+        return Err(format!("key {key}, window at {start}: not expected at all"));
+    }
+    Ok(())
+}
+
 /// Committed updates per key: running count -> (times seen, running sum).
 pub type Updates = BTreeMap<String, BTreeMap<u64, (u32, i64)>>;
 

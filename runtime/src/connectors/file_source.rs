@@ -207,7 +207,7 @@ impl Source<SourceRecord> for FileSource {
                         reason: format!("not UTF-8 text: {e}"),
                     }),
                 };
-                batch.push(SourceRecord { origin: Some(origin), row });
+                batch.push(SourceRecord { origin: Some(origin), split: self.current as u64, row });
             }
             if split.identity.is_none() || split.identity.is_some_and(|i| i.prefix_len < PREFIX_BYTES) {
                 split.identity = Some(split.identify(split.offset)?);
@@ -219,6 +219,16 @@ impl Source<SourceRecord> for FileSource {
             self.current += 1;
         }
         Ok(SourcePoll::Exhausted)
+    }
+
+    /// Files are read one after another: only the current one is active,
+    /// as in Flink's file source, which hands a reader one split at a time.
+    fn active_splits(&self) -> Vec<u64> {
+        if self.current < self.splits.len() {
+            vec![self.current as u64]
+        } else {
+            Vec::new()
+        }
     }
 
     fn snapshot(&mut self, _checkpoint: u64) -> Result<Vec<Vec<u8>>, TaskError> {

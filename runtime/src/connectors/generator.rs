@@ -106,6 +106,11 @@ impl<T: Send> Source<T> for GeneratorSource<T> {
         Ok(SourcePoll::Exhausted)
     }
 
+    /// Split ids are `seq % splits`.
+    fn active_splits(&self) -> Vec<u64> {
+        self.splits.iter().filter(|s| !self.split_done(s)).map(|s| s.id as u64).collect()
+    }
+
     fn snapshot(&mut self, _checkpoint: u64) -> Result<Vec<Vec<u8>>, TaskError> {
         Ok(self.splits.iter().map(encode).collect::<Result<_, _>>()?)
     }

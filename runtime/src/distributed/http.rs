@@ -368,6 +368,12 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
          current attempt",
         shared.attempt_sum(|c| c.source_errors) as i64,
     );
+    gauge(
+        &mut registry,
+        "attempt_late_records",
+        "Records dropped as late (event time past every window they belong to) in the current attempt",
+        shared.attempt_sum(|c| c.late_records) as i64,
+    );
     counter(&mut registry, "checkpoints_completed", "Completed checkpoints", JobMetrics::get(&m.checkpoints_completed));
     counter(
         &mut registry,

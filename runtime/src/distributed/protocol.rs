@@ -149,6 +149,8 @@ pub struct WorkerCounters {
     pub sink_retries: u64,
     /// Transient source errors that the source's client retried.
     pub source_errors: u64,
+    /// Records dropped because event time had passed every window they belong to.
+    pub late_records: u64,
     /// When a source of the current attempt emitted its first batch (ms since epoch).
     pub first_record_at_ms: Option<u64>,
     /// Per stage, over this worker's subtasks of the attempt.

@@ -213,6 +213,7 @@ async fn session(
                         + JobMetrics::get(&a.metrics.bad_records_dead_lettered),
                     sink_retries: JobMetrics::get(&a.metrics.sink_retries),
                     source_errors: JobMetrics::get(&a.metrics.source_errors),
+                    late_records: JobMetrics::get(&a.metrics.late_records_dropped),
                     first_record_at_ms: Some(JobMetrics::get(&a.metrics.first_record_at_ms)).filter(|t| *t > 0),
                     stages: a.metrics.stage_samples(),
                 });

@@ -11,6 +11,10 @@ use super::*;
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PipelineSpec {
     pub source: SourceSpec,
+    /// The records' event time and how its watermarks are made; needed by
+    /// `window` steps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_time: Option<EventTimeSpec>,
     #[serde(default)]
     pub steps: Vec<StepSpec>,
     pub sink: SinkSpec,
@@ -67,6 +71,11 @@ pub struct GeneratorSpec {
     /// Total records; absent means unbounded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub count: Option<u64>,
+    /// Adds a field `ts` to every record: record `seq`'s event time, `seq`
+    /// times this step, in milliseconds since the epoch (`1ms`: one record
+    /// per millisecond of event time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timestamp_step: Option<HumanDuration>,
     /// Independent replayable splits; fixed for the life of the job so that
     /// positions survive a change of parallelism.
     #[serde(default = "default_splits")]
@@ -90,8 +99,8 @@ pub struct FileSourceSpec {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[schemars(extend("x-kubernetes-validations" = [{
-    "rule": "(has(self.keyBy) ? 1 : 0) + (has(self.aggregate) ? 1 : 0) == 1",
-    "message": "exactly one of keyBy, aggregate must be set in each spec.pipeline.steps item"
+    "rule": "(has(self.keyBy) ? 1 : 0) + (has(self.aggregate) ? 1 : 0) + (has(self.window) ? 1 : 0) == 1",
+    "message": "exactly one of keyBy, aggregate, window must be set in each spec.pipeline.steps item"
 }]))]
 pub struct StepSpec {
     /// A stable id for the step's state (as Flink's `uid`): a checkpoint's
@@ -109,6 +118,11 @@ pub struct StepSpec {
     /// updated aggregate for every input record.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aggregate: Option<AggregateSpec>,
+    /// Aggregates per key and event-time window (needs a preceding `keyBy`
+    /// and `eventTime`); emits one row per key and window once the
+    /// watermark passes the window's end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<WindowSpec>,
 }
 
 /// Ids the pipeline gives its own stateful parts.
@@ -131,15 +145,65 @@ fn check_operator_id(id: &str) -> Result<(), String> {
 pub enum StepKind<'a> {
     KeyBy(&'a KeyBySpec),
     Aggregate(&'a AggregateSpec),
+    Window(&'a WindowSpec),
 }
 
 impl StepSpec {
     pub fn kind(&self) -> Result<StepKind<'_>, String> {
-        match (&self.key_by, &self.aggregate) {
-            (Some(k), None) => Ok(StepKind::KeyBy(k)),
-            (None, Some(a)) => Ok(StepKind::Aggregate(a)),
-            _ => Err("expected exactly one of keyBy, aggregate".into()),
+        match (&self.key_by, &self.aggregate, &self.window) {
+            (Some(k), None, None) => Ok(StepKind::KeyBy(k)),
+            (None, Some(a), None) => Ok(StepKind::Aggregate(a)),
+            (None, None, Some(w)) => Ok(StepKind::Window(w)),
+            _ => Err("expected exactly one of keyBy, aggregate, window".into()),
         }
+    }
+}
+
+/// Event time: where a record's timestamp is, and how far out of order
+/// records may arrive (Flink's bounded-out-of-orderness watermarks).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EventTimeSpec {
+    /// The field holding the event time: a number of milliseconds since the
+    /// epoch, or an RFC 3339 string (`2026-12-04T10:00:00Z`). A record
+    /// without it goes to the error policy.
+    pub field: String,
+    /// How late a record may come after a later one and still count: the
+    /// watermark trails the greatest timestamp seen by this much.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub max_out_of_orderness: HumanDuration,
+    /// A source subtask that reads nothing for this long stops holding back
+    /// the watermark (an empty partition would otherwise stall every window).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<HumanDuration>,
+}
+
+fn is_zero(d: &HumanDuration) -> bool {
+    d.get().is_zero()
+}
+
+/// Tumbling windows (`size` alone) or sliding ones (`size` and `slide`),
+/// aligned to the epoch as in Flink.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WindowSpec {
+    pub size: HumanDuration,
+    /// How far apart windows start; at most `size`. Absent: `size`
+    /// (tumbling windows).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slide: Option<HumanDuration>,
+    /// What to compute per key and window; rows carry the key field,
+    /// `window_start` and `window_end` (milliseconds since the epoch, the
+    /// end exclusive) and the aggregates.
+    pub aggregate: AggregateSpec,
+}
+
+impl WindowSpec {
+    /// Size and slide in milliseconds.
+    pub fn millis(&self) -> (i64, i64) {
+        let ms = |d: HumanDuration| i64::try_from(d.get().as_millis()).unwrap_or(i64::MAX);
+        let size = ms(self.size);
+        (size, self.slide.map_or(size, ms))
     }
 }
 
@@ -164,6 +228,20 @@ pub struct AggregateSpec {
     /// Fields to take the maximum of; emitted as `max_<field>`.
     #[serde(default)]
     pub max: Vec<String>,
+    /// Fields to average; emitted as `avg_<field>`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub avg: Vec<String>,
+}
+
+impl AggregateSpec {
+    fn is_empty(&self) -> bool {
+        !self.count && self.sum.is_empty() && self.min.is_empty() && self.max.is_empty() && self.avg.is_empty()
+    }
+
+    /// Every field read as a number.
+    pub fn numeric_fields(&self) -> impl Iterator<Item = &String> {
+        self.sum.iter().chain(&self.min).chain(&self.max).chain(&self.avg)
+    }
 }
 
 /// Exactly one field is set.
@@ -234,6 +312,36 @@ impl SinkSpec {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct StdoutSinkSpec {}
 
+impl WindowSpec {
+    fn problems(&self, at: &str, keyed: bool, aggregated: bool, event_time: bool) -> Vec<String> {
+        let mut errors = Vec::new();
+        if !keyed {
+            errors.push(format!("{at}: needs a keyBy step before it"));
+        }
+        if !event_time {
+            errors.push(format!("{at}: needs spec.pipeline.eventTime (which field holds the event time)"));
+        }
+        if aggregated {
+            errors.push(format!(
+                "{at}: must come before any aggregate or window step (event time is a field of the source's records)"
+            ));
+        }
+        let (size, slide) = self.millis();
+        if size <= 0 {
+            errors.push(format!("{at}.size: expected at least 1ms, got {}", self.size));
+        }
+        if let Some(s) = self.slide {
+            if slide <= 0 || slide > size {
+                errors.push(format!("{at}.slide: expected from 1ms up to size ({}), got {s}", self.size));
+            }
+        }
+        if self.aggregate.is_empty() {
+            errors.push(format!("{at}.aggregate: expected at least one of count, sum, min, max, avg"));
+        }
+        errors
+    }
+}
+
 impl PipelineSpec {
     pub(super) fn problems(&self) -> Vec<String> {
         let mut errors = Vec::new();
@@ -254,7 +362,16 @@ impl PipelineSpec {
             }
             Ok(SourceKind::Kafka(k)) => errors.extend(k.problems("spec.pipeline.source.kafka")),
         }
+        if let Some(t) = &self.event_time {
+            if t.field.is_empty() {
+                errors.push("spec.pipeline.eventTime.field: required, got an empty name".into());
+            }
+            if t.idle_timeout.is_some_and(|d| d.get().is_zero()) {
+                errors.push("spec.pipeline.eventTime.idleTimeout: expected a positive duration, got 0s".into());
+            }
+        }
         let mut keyed = false;
+        let mut aggregated = false;
         let mut ids: Vec<&str> = Vec::new();
         for (i, step) in self.steps.iter().enumerate() {
             if let Some(id) = step.id.as_deref() {
@@ -277,12 +394,19 @@ impl PipelineSpec {
                     if !keyed {
                         errors.push(format!("spec.pipeline.steps[{i}].aggregate: needs a keyBy step before it"));
                     }
-                    if !a.count && a.sum.is_empty() && a.min.is_empty() && a.max.is_empty() {
+                    if a.is_empty() {
                         errors.push(format!(
-                            "spec.pipeline.steps[{i}].aggregate: expected at least one of count, sum, min, max"
+                            "spec.pipeline.steps[{i}].aggregate: expected at least one of count, sum, min, max, avg"
                         ));
                     }
                     keyed = false;
+                    aggregated = true;
+                }
+                Ok(StepKind::Window(w)) => {
+                    let at = format!("spec.pipeline.steps[{i}].window");
+                    errors.extend(w.problems(&at, keyed, aggregated, self.event_time.is_some()));
+                    keyed = false;
+                    aggregated = true;
                 }
             }
         }
@@ -295,5 +419,77 @@ impl PipelineSpec {
             Ok(_) => {}
         }
         errors
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::StreamJob;
+
+    fn windowed(event_time: &str, steps: &str) -> Result<StreamJob, String> {
+        let yaml = format!(
+            r#"
+apiVersion: weir.dev/v1alpha1
+kind: StreamJob
+metadata: {{name: w}}
+spec:
+  pipeline:
+    source: {{generator: {{keys: 10, timestampStep: 1ms}}}}
+{event_time}
+    steps:
+{steps}
+    sink: {{file: {{path: ./out}}}}
+"#
+        );
+        StreamJob::from_yaml(&yaml).map_err(|e| e.to_string())
+    }
+
+    const EVENT_TIME: &str = "    eventTime: {field: ts, maxOutOfOrderness: 5s}";
+    const KEY_BY: &str = "      - keyBy: {field: key}\n";
+
+    #[test]
+    fn a_tumbling_and_a_sliding_window_after_key_by_with_event_time_are_accepted() {
+        let tumbling = format!("{KEY_BY}      - window: {{size: 1m, aggregate: {{count: true, avg: [value]}}}}");
+        windowed(EVENT_TIME, &tumbling).unwrap();
+        let sliding = format!("{KEY_BY}      - window: {{size: 1m, slide: 10s, aggregate: {{max: [value]}}}}");
+        let job = windowed(EVENT_TIME, &sliding).unwrap();
+        let step = &job.spec.pipeline.unwrap().steps[1];
+        assert_eq!(step.window.as_ref().map(|w| w.millis()), Some((60_000, 10_000)));
+    }
+
+    #[test]
+    fn a_window_without_event_time_or_key_by_is_refused_naming_what_it_needs() {
+        let window = "      - window: {size: 1m, aggregate: {count: true}}";
+        let err = windowed("", &format!("{KEY_BY}{window}")).unwrap_err();
+        assert!(err.contains("spec.pipeline.steps[1].window: needs spec.pipeline.eventTime"), "{err}");
+        let err = windowed(EVENT_TIME, window).unwrap_err();
+        assert!(err.contains("spec.pipeline.steps[0].window: needs a keyBy step before it"), "{err}");
+    }
+
+    #[test]
+    fn a_slide_longer_than_the_window_and_an_empty_aggregate_are_refused() {
+        let steps = format!("{KEY_BY}      - window: {{size: 10s, slide: 1m, aggregate: {{}}}}");
+        let err = windowed(EVENT_TIME, &steps).unwrap_err();
+        assert!(
+            err.contains("spec.pipeline.steps[1].window.slide: expected from 1ms up to size (10s), got 1m"),
+            "{err}"
+        );
+        assert!(err.contains("spec.pipeline.steps[1].window.aggregate: expected at least one of"), "{err}");
+    }
+
+    #[test]
+    fn a_window_after_an_aggregate_is_refused_because_its_rows_have_no_event_time() {
+        let steps = format!(
+            "{KEY_BY}      - aggregate: {{count: true}}\n{KEY_BY}      - window: {{size: 1m, aggregate: {{count: true}}}}"
+        );
+        let err = windowed(EVENT_TIME, &steps).unwrap_err();
+        assert!(err.contains("spec.pipeline.steps[3].window: must come before any aggregate or window step"), "{err}");
+    }
+
+    #[test]
+    fn an_empty_event_time_field_is_refused() {
+        let steps = format!("{KEY_BY}      - window: {{size: 1m, aggregate: {{count: true}}}}");
+        let err = windowed("    eventTime: {field: ''}", &steps).unwrap_err();
+        assert!(err.contains("spec.pipeline.eventTime.field: required"), "{err}");
     }
 }

@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::faults::FaultPoint;
 use crate::state::KeyedStateBackend;
 use crate::task::collector::OperatorSnapshot;
-use crate::task::{Barrier, Collector, TaskContext, TaskError, TaskSnapshot};
+use crate::task::{Barrier, Collector, TaskContext, TaskError, TaskSnapshot, Watermark};
 
 /// User logic of a keyed operator, in the spirit of Flink's
 /// `KeyedProcessFunction`. Per-key state is one value of `State`, usually a
@@ -108,5 +108,9 @@ where
 
     async fn end_of_input(&mut self) -> Result<(), TaskError> {
         self.next.end_of_input().await
+    }
+
+    async fn watermark(&mut self, watermark: Watermark) -> Result<(), TaskError> {
+        self.next.watermark(watermark).await
     }
 }

@@ -2,7 +2,7 @@
 
 use async_trait::async_trait;
 
-use crate::task::{Barrier, Collector, TaskError, TaskSnapshot};
+use crate::task::{Barrier, Collector, TaskError, TaskSnapshot, Watermark};
 
 /// Applies `f` to each batch and pushes the result on; map, filter and
 /// flat_map are all this with a different `f`.
@@ -43,5 +43,8 @@ where
     }
     async fn end_of_input(&mut self) -> Result<(), TaskError> {
         self.next.end_of_input().await
+    }
+    async fn watermark(&mut self, watermark: Watermark) -> Result<(), TaskError> {
+        self.next.watermark(watermark).await
     }
 }

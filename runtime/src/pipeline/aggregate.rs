@@ -46,6 +46,9 @@ impl Num {
     }
 }
 
+/// Aggregates of one key (or one key and window). `sum` holds the sums of
+/// the `sum` fields, then those of the `avg` fields, so that state written
+/// before `avg` existed reads back unchanged.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct AggState {
     count: u64,
@@ -58,7 +61,9 @@ pub struct AggState {
 pub struct Aggregate {
     key_field: String,
     count: bool,
+    /// The `sum` fields, then the `avg` fields.
     sum: Vec<String>,
+    avg: usize,
     min: Vec<String>,
     max: Vec<String>,
 }
@@ -68,10 +73,65 @@ impl Aggregate {
         Aggregate {
             key_field: key_field.into(),
             count: spec.count,
-            sum: spec.sum.clone(),
+            sum: spec.sum.iter().chain(&spec.avg).cloned().collect(),
+            avg: spec.avg.len(),
             min: spec.min.clone(),
             max: spec.max.clone(),
         }
+    }
+
+    /// Adds `row` to `s`.
+    pub fn fold(&self, key: &str, row: &Row, s: &mut AggState) -> Result<(), TaskError> {
+        if s.sum.len() != self.sum.len() {
+            s.sum = vec![Num::Int(0); self.sum.len()];
+            s.min = vec![None; self.min.len()];
+            s.max = vec![None; self.max.len()];
+        }
+        s.count += 1;
+        for (acc, f) in s.sum.iter_mut().zip(&self.sum) {
+            *acc = acc.add(field(row, f, key)?);
+        }
+        for (acc, f) in s.min.iter_mut().zip(&self.min) {
+            let v = field(row, f, key)?;
+            if acc.is_none_or(|m| v.as_f64() < m.as_f64()) {
+                *acc = Some(v);
+            }
+        }
+        for (acc, f) in s.max.iter_mut().zip(&self.max) {
+            let v = field(row, f, key)?;
+            if acc.is_none_or(|m| v.as_f64() > m.as_f64()) {
+                *acc = Some(v);
+            }
+        }
+        Ok(())
+    }
+
+    /// A row with the key and the aggregates in `s`, after `extra` fields.
+    pub fn row(&self, key: &str, extra: impl IntoIterator<Item = (&'static str, Value)>, s: &AggState) -> Row {
+        let mut o = Map::new();
+        o.insert(self.key_field.clone(), Value::from(key));
+        for (name, value) in extra {
+            o.insert(name.into(), value);
+        }
+        if self.count {
+            o.insert("count".into(), Value::from(s.count));
+        }
+        let sums = self.sum.len() - self.avg;
+        for (i, (f, acc)) in self.sum.iter().zip(&s.sum).enumerate() {
+            if i < sums {
+                o.insert(format!("sum_{f}"), acc.to_json());
+            } else {
+                let avg = if s.count == 0 { Value::Null } else { Value::from(acc.as_f64() / s.count as f64) };
+                o.insert(format!("avg_{f}"), avg);
+            }
+        }
+        for (f, acc) in self.min.iter().zip(&s.min) {
+            o.insert(format!("min_{f}"), acc.map_or(Value::Null, Num::to_json));
+        }
+        for (f, acc) in self.max.iter().zip(&s.max) {
+            o.insert(format!("max_{f}"), acc.map_or(Value::Null, Num::to_json));
+        }
+        Value::Object(o)
     }
 }
 
@@ -83,42 +143,8 @@ impl KeyedProcessFunction<String, Row, Row> for Aggregate {
     type State = AggState;
 
     fn process(&mut self, key: &String, row: Row, s: &mut AggState, out: &mut Vec<Row>) -> Result<(), TaskError> {
-        if s.sum.len() != self.sum.len() {
-            s.sum = vec![Num::Int(0); self.sum.len()];
-            s.min = vec![None; self.min.len()];
-            s.max = vec![None; self.max.len()];
-        }
-        s.count += 1;
-        for (acc, f) in s.sum.iter_mut().zip(&self.sum) {
-            *acc = acc.add(field(&row, f, key)?);
-        }
-        for (acc, f) in s.min.iter_mut().zip(&self.min) {
-            let v = field(&row, f, key)?;
-            if acc.is_none_or(|m| v.as_f64() < m.as_f64()) {
-                *acc = Some(v);
-            }
-        }
-        for (acc, f) in s.max.iter_mut().zip(&self.max) {
-            let v = field(&row, f, key)?;
-            if acc.is_none_or(|m| v.as_f64() > m.as_f64()) {
-                *acc = Some(v);
-            }
-        }
-        let mut o = Map::new();
-        o.insert(self.key_field.clone(), Value::from(key.clone()));
-        if self.count {
-            o.insert("count".into(), Value::from(s.count));
-        }
-        for (f, acc) in self.sum.iter().zip(&s.sum) {
-            o.insert(format!("sum_{f}"), acc.to_json());
-        }
-        for (f, acc) in self.min.iter().zip(&s.min) {
-            o.insert(format!("min_{f}"), acc.map_or(Value::Null, Num::to_json));
-        }
-        for (f, acc) in self.max.iter().zip(&s.max) {
-            o.insert(format!("max_{f}"), acc.map_or(Value::Null, Num::to_json));
-        }
-        out.push(Value::Object(o));
+        self.fold(key, &row, s)?;
+        out.push(self.row(key, [], s));
         Ok(())
     }
 }
@@ -130,14 +156,15 @@ mod tests {
 
     #[test]
     fn emits_running_count_sum_min_max_for_each_record() {
-        let spec = AggregateSpec { count: true, sum: vec!["v".into()], min: vec!["v".into()], max: vec!["v".into()] };
+        let v = || vec!["v".to_string()];
+        let spec = AggregateSpec { count: true, sum: v(), min: v(), max: v(), avg: v() };
         let mut agg = Aggregate::new("key", &spec);
         let mut state = AggState::default();
         let mut out = Vec::new();
         for v in [5, -2, 9] {
             agg.process(&"a".to_string(), json!({"key": "a", "v": v}), &mut state, &mut out).unwrap();
         }
-        assert_eq!(out[2], json!({"key": "a", "count": 3, "sum_v": 12, "min_v": -2, "max_v": 9}));
+        assert_eq!(out[2], json!({"key": "a", "count": 3, "sum_v": 12, "min_v": -2, "max_v": 9, "avg_v": 4.0}));
     }
 
     #[test]

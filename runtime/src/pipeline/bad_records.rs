@@ -9,7 +9,7 @@ use crate::connectors::{FileSink, TxnDriver};
 use crate::manifest::BadRecordAction;
 use crate::metrics::JobMetrics;
 use crate::record::{BadRecord, FieldRule, Rejects, Row, SourceRecord};
-use crate::task::{Barrier, Collector, TaskContext, TaskError, TaskSnapshot};
+use crate::task::{Barrier, Collector, TaskContext, TaskError, TaskSnapshot, Watermark};
 
 /// The policy applied to bad records. Dead letters are written
 /// transactionally, so each bad record lands there exactly once.
@@ -150,6 +150,10 @@ impl Collector<SourceRecord> for BadRecordHandler {
     async fn end_of_input(&mut self) -> Result<(), TaskError> {
         self.policy.end_of_input().await?;
         self.next.end_of_input().await
+    }
+
+    async fn watermark(&mut self, watermark: Watermark) -> Result<(), TaskError> {
+        self.next.watermark(watermark).await
     }
 }
 

@@ -1,8 +1,10 @@
 //! Declared pipelines (`spec.pipeline`) turned into jobs of the typed API.
 //!
 //! # Layout
-//! - [`aggregate`]: running count/sum/min/max per key.
+//! - [`aggregate`]: running count/sum/min/max/avg per key.
 //! - [`bad_records`]: the error policy for records that cannot be processed.
+//! - [`event_time`]: watermarks from the records' timestamps.
+//! - [`window`]: tumbling and sliding event-time windows per key.
 //!
 //! Operator uids are `source`, `sink`, `bad-records`, `sink-rejected` and, for each
 //! aggregate, the step's `id` or one derived from its content (its keyBy
@@ -11,6 +13,8 @@
 
 pub mod aggregate;
 pub mod bad_records;
+pub mod event_time;
+pub mod window;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -19,6 +23,7 @@ use serde_json::json;
 
 use crate::connectors::file_source::FileSource;
 use crate::connectors::generator::generated;
+use crate::connectors::kafka::source::split_id;
 use crate::connectors::kafka::{KafkaConfig, KafkaDecoder, KafkaRecord, KafkaSink, KafkaSinkConfig, KafkaSource};
 use crate::connectors::object_sink::{ObjectSink, ObjectSinkConfig};
 use crate::connectors::postgres::{PgTarget, PostgresSink, PostgresUpsertSink};
@@ -29,13 +34,15 @@ use crate::connectors::{FileSink, GeneratorSource};
 use crate::dataflow::{BuildError, DataStream, JobGraph, StreamEnv};
 use crate::manifest::{
     AggregateSpec, BadRecordAction, ErrorPolicy, KafkaMetadata, PipelineSpec, PostgresSinkMode, SinkKind, SourceKind,
-    StepKind, StepSpec, StreamJobSpec,
+    StepKind, StreamJobSpec, WindowSpec,
 };
 use crate::record::{key_of, parse_json_object, BadRecord, FieldRule, Rejects, Row, SourceRecord};
 use crate::task::source_task::Source;
 use crate::task::{Collector, TaskContext, TaskError};
 use aggregate::Aggregate;
 use bad_records::{BadRecordHandler, BadRecordPolicy, RejectingSink};
+use event_time::EventTimeSource;
+use window::WindowAggregate;
 
 /// The state, and the dead letters' file prefix, of rows a sink refused.
 const SINK_REJECTED: &str = "sink-rejected";
@@ -61,41 +68,55 @@ pub fn build(spec: &StreamJobSpec) -> Result<JobGraph, PipelineError> {
 
 fn build_pipeline(spec: &StreamJobSpec, pipeline: &PipelineSpec) -> Result<JobGraph, PipelineError> {
     let env = StreamEnv::new(spec.parallelism, spec.max_parallelism);
+    let idle = pipeline.event_time.as_ref().and_then(|t| t.idle_timeout).map(|d| d.get());
+    let event_time = pipeline.event_time.clone();
+    // With event time, each source watermarks its records per split.
+    let timed = move |source: Box<dyn Source<SourceRecord>>| match &event_time {
+        Some(t) => {
+            let bound = t.max_out_of_orderness.get().as_millis() as i64;
+            Box::new(EventTimeSource::new(source, &t.field, bound, idle)) as Box<dyn Source<SourceRecord>>
+        }
+        None => source,
+    };
     let source: DataStream<SourceRecord> = match pipeline.source.kind().map_err(PipelineError::Invalid)? {
         SourceKind::Generator(g) => {
             let g = g.clone();
-            env.source("source", move |ctx, restored| {
-                let keys = g.keys;
+            let timed = timed.clone();
+            env.source_idle_after("source", idle, move |ctx, restored| {
+                let (keys, splits) = (g.keys, g.splits.max(1));
+                let step = g.timestamp_step.map(|d| d.get().as_millis() as u64);
                 let make = Arc::new(move |seq: u64| {
                     let (key, value) = generated(seq, keys);
-                    SourceRecord {
-                        origin: None,
-                        row: Ok(json!({"seq": seq, "key": format!("k{key}"), "value": value})),
+                    let mut row = json!({"seq": seq, "key": format!("k{key}"), "value": value});
+                    if let (Some(step), Some(fields)) = (step, row.as_object_mut()) {
+                        fields.insert("ts".into(), json!(seq.saturating_mul(step)));
                     }
+                    SourceRecord { origin: None, split: seq % u64::from(splits), row: Ok(row) }
                 });
                 let src = GeneratorSource::new(ctx, restored, g.splits, g.count, g.rate, make)?;
-                Ok(Box::new(src) as Box<dyn Source<SourceRecord>>)
+                Ok(timed(Box::new(src)))
             })
         }
         SourceKind::File(f) => {
             let path = PathBuf::from(&f.path);
-            env.source("source", move |ctx, restored| {
-                Ok(Box::new(FileSource::new(ctx, "source", restored, &path)?) as Box<dyn Source<SourceRecord>>)
+            let timed = timed.clone();
+            env.source_idle_after("source", idle, move |ctx, restored| {
+                Ok(timed(Box::new(FileSource::new(ctx, "source", restored, &path)?)))
             })
         }
         SourceKind::Kafka(k) => {
             let spec = k.clone();
-            env.source("source", move |ctx, _restored| {
+            env.source_idle_after("source", idle, move |ctx, _restored| {
                 // Every subtask sees every partition's position: partitions
                 // are owned by a rule, not dealt out with the state.
                 let config = KafkaConfig::from_source_spec(&spec, "spec.pipeline.source.kafka")?;
                 let decode = kafka_json_decoder(spec.metadata.clone());
-                Ok(Box::new(KafkaSource::new(ctx, "source", config, decode)?) as Box<dyn Source<SourceRecord>>)
+                Ok(timed(Box::new(KafkaSource::new(ctx, "source", config, decode)?)))
             })
         }
     };
 
-    let rules = field_rules(&pipeline.steps);
+    let rules = field_rules(pipeline);
     env.declare_state("bad-records");
     let policy = spec.error_policy.clone();
     let mut stream: DataStream<Row> = source.transform(move |ctx, next| {
@@ -114,6 +135,13 @@ fn build_pipeline(spec: &StreamJobSpec, pipeline: &PipelineSpec) -> Result<JobGr
                 let keyed = stream.key_by(move |row: &Row| key_of(row, &key_name).unwrap_or_default());
                 let id = step.id.clone().unwrap_or_else(|| aggregate_id(&field, a));
                 stream = keyed.process(&id, Aggregate::new(&field, a));
+            }
+            StepKind::Window(w) => {
+                let (Some(field), Some(time)) = (key_field.take(), &pipeline.event_time) else { continue };
+                let key_name = field.clone();
+                let keyed = stream.key_by(move |row: &Row| key_of(row, &key_name).unwrap_or_default());
+                let id = step.id.clone().unwrap_or_else(|| window_id(&field, &time.field, w));
+                stream = keyed.process_event_time(&id, WindowAggregate::new(&field, &time.field, w));
             }
         }
     }
@@ -237,7 +265,7 @@ fn kafka_json_decoder(metadata: Vec<KafkaMetadata>) -> KafkaDecoder<SourceRecord
             }
             row
         });
-        SourceRecord { origin: Some(origin), row }
+        SourceRecord { origin: Some(origin), split: split_id(r.topic, r.partition), row }
     })
 }
 
@@ -249,21 +277,28 @@ fn aggregate_id(key_field: &str, spec: &AggregateSpec) -> String {
     format!("aggregate-{:08x}", crc32fast::hash(content.to_string().as_bytes()))
 }
 
+/// The id of a window step without one of its own, made as [`aggregate_id`]'s.
+fn window_id(key_field: &str, time_field: &str, spec: &WindowSpec) -> String {
+    let content = json!({"keyBy": key_field, "eventTime": time_field, "window": spec});
+    format!("window-{:08x}", crc32fast::hash(content.to_string().as_bytes()))
+}
+
 /// What records must carry for the steps up to the first aggregate; later
 /// steps read the aggregate's own output, which always has its fields.
-fn field_rules(steps: &[StepSpec]) -> Vec<FieldRule> {
-    let mut rules = Vec::new();
-    for step in steps {
-        match step.kind() {
-            Ok(StepKind::KeyBy(k)) => rules.push(FieldRule::Key(k.field.clone())),
-            Ok(StepKind::Aggregate(a)) => {
-                for f in a.sum.iter().chain(&a.min).chain(&a.max) {
-                    rules.push(FieldRule::Number(f.clone()));
-                }
-                break;
+fn field_rules(pipeline: &PipelineSpec) -> Vec<FieldRule> {
+    let mut rules: Vec<FieldRule> = pipeline.event_time.iter().map(|t| FieldRule::EventTime(t.field.clone())).collect();
+    for step in &pipeline.steps {
+        let aggregate = match step.kind() {
+            Ok(StepKind::KeyBy(k)) => {
+                rules.push(FieldRule::Key(k.field.clone()));
+                continue;
             }
+            Ok(StepKind::Aggregate(a)) => a,
+            Ok(StepKind::Window(w)) => &w.aggregate,
             Err(_) => break,
-        }
+        };
+        rules.extend(aggregate.numeric_fields().map(|f| FieldRule::Number(f.clone())));
+        break;
     }
     rules
 }

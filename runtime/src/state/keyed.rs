@@ -64,12 +64,30 @@ where
         Some(self.groups[(group - self.range.start) as usize].entry(key.clone()).or_default())
     }
 
+    /// The state of `key` if it has any, without creating it.
+    pub fn get_existing_mut(&mut self, key: &K) -> Option<&mut S> {
+        let group = key_group_of_hash(key_hash(key), self.max_parallelism);
+        if !self.range.contains(group) {
+            return None;
+        }
+        self.groups[(group - self.range.start) as usize].get_mut(key)
+    }
+
     pub fn get(&self, key: &K) -> Option<&S> {
         let group = key_group_of_hash(key_hash(key), self.max_parallelism);
         if !self.range.contains(group) {
             return None;
         }
         self.groups[(group - self.range.start) as usize].get(key)
+    }
+
+    /// Drops the state of `key`, so keys that are done cost nothing.
+    pub fn remove(&mut self, key: &K) -> Option<S> {
+        let group = key_group_of_hash(key_hash(key), self.max_parallelism);
+        if !self.range.contains(group) {
+            return None;
+        }
+        self.groups[(group - self.range.start) as usize].remove(key)
     }
 
     pub fn len(&self) -> usize {

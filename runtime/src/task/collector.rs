@@ -9,7 +9,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use super::error::TaskError;
-use super::message::{Barrier, TaskId};
+use super::message::{Barrier, TaskId, Watermark};
 use crate::checkpoint::RestoredCheckpoint;
 use crate::faults::Faults;
 use crate::job::fence::Fence;
@@ -109,6 +109,11 @@ pub trait Collector<T: Send + 'static>: Send {
     async fn barrier(&mut self, barrier: Barrier, snapshot: &mut TaskSnapshot) -> Result<(), TaskError>;
     async fn checkpoint_complete(&mut self, id: u64) -> Result<(), TaskError>;
     async fn end_of_input(&mut self) -> Result<(), TaskError>;
+    /// Event time advanced, after the batches before it. Operators pass it
+    /// on after acting on it (firing timers); sinks have no use for it.
+    async fn watermark(&mut self, _watermark: Watermark) -> Result<(), TaskError> {
+        Ok(())
+    }
 }
 
 /// Boxed collectors forward, so chains can be assembled from trait objects.
@@ -128,5 +133,8 @@ impl<T: Send + 'static> Collector<T> for Box<dyn Collector<T>> {
     }
     async fn end_of_input(&mut self) -> Result<(), TaskError> {
         (**self).end_of_input().await
+    }
+    async fn watermark(&mut self, watermark: Watermark) -> Result<(), TaskError> {
+        (**self).watermark(watermark).await
     }
 }

@@ -13,6 +13,7 @@ use super::collector::{Collector, TaskContext, TaskSnapshot};
 use super::error::TaskError;
 use super::message::{Control, Message};
 use super::runnable::{spawn_snapshot_write, RunnableTask, TaskIo};
+use super::watermarks::WatermarkTracker;
 use crate::metrics::JobMetrics;
 
 pub struct InputTask<T: Send + 'static> {
@@ -57,6 +58,7 @@ impl<T: Send + 'static> RunnableTask for InputTask<T> {
     async fn run(mut self: Box<Self>, mut io: TaskIo) -> Result<(), TaskError> {
         let mut writers = JoinSet::new();
         let mut aligner = Aligner::new(self.inputs.len(), self.ctx.mode);
+        let mut event_time = WatermarkTracker::new(self.inputs.len());
         let mut ended = vec![false; self.inputs.len()];
         let mut start = 0;
         let mut stop_requested = false;
@@ -87,8 +89,17 @@ impl<T: Send + 'static> RunnableTask for InputTask<T> {
                             Alignment::Pending
                         }
                         Message::Barrier(b) => aligner.on_barrier(i, b),
+                        Message::Watermark(w) => {
+                            if let Some(w) = event_time.on_watermark(i, w) {
+                                self.chain.watermark(w).await?;
+                            }
+                            Alignment::Pending
+                        }
                         Message::End => {
                             ended[i] = true;
+                            if let Some(w) = event_time.on_end(i) {
+                                self.chain.watermark(w).await?;
+                            }
                             aligner.on_end(i)
                         }
                     };

@@ -13,6 +13,21 @@ pub struct Barrier {
     pub timestamp_ms: u64,
 }
 
+/// Event-time progress of a stream (milliseconds since the epoch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Watermark {
+    /// No record with a timestamp at or before this one follows.
+    At(i64),
+    /// The stream has no records for now: downstream does not wait for it
+    /// until it sends `At` again.
+    Idle,
+}
+
+impl Watermark {
+    /// The watermark of a stream that has ended: every event time is done.
+    pub const END: Watermark = Watermark::At(i64::MAX);
+}
+
 /// What flows on a data channel between two subtasks.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Message<T> {
@@ -20,6 +35,7 @@ pub enum Message<T> {
     Barrier(Barrier),
     /// The upstream subtask has no more records.
     End,
+    Watermark(Watermark),
 }
 
 /// What the coordinator tells a subtask.

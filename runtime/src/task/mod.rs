@@ -4,6 +4,7 @@
 //! # Layout
 //! - [`message`]: what flows on data channels and control channels.
 //! - [`aligner`]: barrier alignment across several inputs.
+//! - [`watermarks`]: the event time of a task with several inputs.
 //! - [`collector`]: the chained-operator interface and task snapshots.
 //! - [`router`]: the key-by shuffle at the end of a task's chain.
 //! - [`source_task`]: the loop of a source subtask.
@@ -18,7 +19,8 @@ pub mod message;
 pub mod router;
 pub mod runnable;
 pub mod source_task;
+pub mod watermarks;
 
 pub use collector::{Collector, TaskContext, TaskSnapshot};
 pub use error::TaskError;
-pub use message::{Barrier, Control, Event, Message, TaskId};
+pub use message::{Barrier, Control, Event, Message, TaskId, Watermark};

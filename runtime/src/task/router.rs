@@ -14,7 +14,7 @@ use tokio::task::JoinSet;
 
 use super::collector::{Collector, TaskSnapshot};
 use super::error::TaskError;
-use super::message::{Barrier, Message};
+use super::message::{Barrier, Message, Watermark};
 use crate::distributed::network::{spawn_inbound, spawn_outbound, DataPlane, OnBroken};
 use crate::distributed::protocol::{ChannelKey, Placement, TaskKey};
 use crate::keygroup::{key_group_of_hash, key_hash, subtask_for_key_group};
@@ -244,6 +244,14 @@ where
     }
 
     async fn checkpoint_complete(&mut self, _: u64) -> Result<(), TaskError> {
+        Ok(())
+    }
+
+    async fn watermark(&mut self, watermark: Watermark) -> Result<(), TaskError> {
+        self.flush().await?;
+        for target in 0..self.outputs.len() {
+            send(&self.outputs[target], Message::Watermark(watermark), &self.stage).await?;
+        }
         Ok(())
     }
 

@@ -7,7 +7,7 @@ use tokio::time::Instant;
 
 use super::collector::{Collector, OperatorSnapshot, TaskContext, TaskSnapshot};
 use super::error::TaskError;
-use super::message::{Control, Event};
+use super::message::{Control, Event, Watermark};
 use super::runnable::{spawn_snapshot_write, RunnableTask, TaskIo};
 use crate::faults::FaultPoint;
 use crate::metrics::JobMetrics;
@@ -32,6 +32,16 @@ pub trait Source<T>: Send {
     fn checkpoint_complete(&mut self, _checkpoint: u64) -> Result<(), TaskError> {
         Ok(())
     }
+    /// The splits records may still come from, by the ids records carry
+    /// (a partition, a file, a generator split), for per-split watermarks.
+    fn active_splits(&self) -> Vec<u64> {
+        Vec::new()
+    }
+    /// With event time: the watermark the records read so far allow, if
+    /// any. The task passes it on when it moves forward.
+    fn watermark(&mut self) -> Option<i64> {
+        None
+    }
 }
 
 pub struct SourceTask<T: Send + 'static> {
@@ -39,6 +49,9 @@ pub struct SourceTask<T: Send + 'static> {
     pub uid: String,
     pub source: Box<dyn Source<T>>,
     pub chain: Box<dyn Collector<T>>,
+    /// With event time: how long the source may have nothing to read before
+    /// the subtask is idle and stops holding back the job's watermark.
+    pub idle_timeout: Option<std::time::Duration>,
 }
 
 #[async_trait]
@@ -51,6 +64,9 @@ impl<T: Send + 'static> RunnableTask for SourceTask<T> {
         let mut writers = JoinSet::new();
         let mut producing = true;
         let mut idle_until: Option<Instant> = None;
+        let mut last_batch = Instant::now();
+        let mut idle = false;
+        let mut emitted: Option<i64> = None;
         loop {
             tokio::select! {
                 biased;
@@ -78,15 +94,43 @@ impl<T: Send + 'static> RunnableTask for SourceTask<T> {
                 _ = std::future::ready(()), if producing && idle_until.is_none() => {
                     match self.source.poll_batch(self.ctx.batch_size)? {
                         SourcePoll::Batch(batch) => {
+                            last_batch = Instant::now();
                             JobMetrics::add(&self.ctx.metrics.records_in, batch.len());
                             JobMetrics::add(&self.ctx.stage.records_in, batch.len());
                             self.ctx.metrics.mark_first_record();
                             self.chain.collect(batch).await?;
+                            let was_idle = std::mem::take(&mut idle);
+                            if let Some(w) = self.source.watermark() {
+                                if was_idle || emitted.is_none_or(|e| w > e) {
+                                    let w = emitted.map_or(w, |e| e.max(w));
+                                    emitted = Some(w);
+                                    self.chain.watermark(Watermark::At(w)).await?;
+                                }
+                            }
                             self.ctx.faults.check(FaultPoint::SourceBatch)?;
                         }
-                        SourcePoll::Idle(until) => idle_until = Some(until),
+                        SourcePoll::Idle(until) => {
+                            idle_until = Some(until);
+                            // A split gone idle may let the watermark move.
+                            if let Some(w) = self.source.watermark().filter(|w| !idle && emitted.is_none_or(|e| *w > e)) {
+                                emitted = Some(w);
+                                self.chain.watermark(Watermark::At(w)).await?;
+                            }
+                            if let (Some(timeout), false) = (self.idle_timeout, idle) {
+                                let idle_at = last_batch + timeout;
+                                if Instant::now() >= idle_at {
+                                    idle = true;
+                                    self.chain.watermark(Watermark::Idle).await?;
+                                } else {
+                                    idle_until = Some(until.min(idle_at));
+                                }
+                            }
+                        }
                         SourcePoll::Exhausted => {
                             producing = false;
+                            // Everything is read: every window may close
+                            // before the final checkpoint's barrier.
+                            self.chain.watermark(Watermark::END).await?;
                             io.events
                                 .send(Event::SourceExhausted(self.ctx.id.clone()))
                                 .await

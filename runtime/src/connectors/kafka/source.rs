@@ -65,6 +65,11 @@ pub struct KafkaRecord<'a> {
 
 pub type KafkaDecoder<T> = Arc<dyn Fn(&KafkaRecord<'_>) -> T + Send + Sync>;
 
+/// The split id of a partition, for per-partition watermarks.
+pub fn split_id(topic: &str, partition: i32) -> u64 {
+    ((crc32fast::hash(topic.as_bytes()) as u64) << 32) | partition as u32 as u64
+}
+
 /// The subtask that reads a partition: stable as partitions are added, and
 /// consecutive partitions of a topic on consecutive subtasks.
 pub fn owner_of(topic: &str, partition: i32, parallelism: u32) -> u32 {
@@ -459,6 +464,10 @@ impl<T: Send> Source<T> for KafkaSource<T> {
             }
         }
         Ok(SourcePoll::Idle(Instant::now() + IDLE))
+    }
+
+    fn active_splits(&self) -> Vec<u64> {
+        self.parts.values().filter(|p| !p.done()).map(|p| split_id(&p.topic, p.partition)).collect()
     }
 
     fn snapshot(&mut self, checkpoint: u64) -> Result<Vec<Vec<u8>>, TaskError> {

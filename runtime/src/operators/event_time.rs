@@ -1,0 +1,352 @@
+//! A keyed process function with event-time timers, in the spirit of
+//! Flink's `KeyedProcessFunction` with `TimerService`: windows are one.
+//!
+//! Timers live in each key's state, so checkpoints and rescaling carry them
+//! with the key; the operator's time-ordered queue of all timers is rebuilt
+//! from the state on restore rather than stored twice.
+
+use std::collections::BTreeSet;
+use std::hash::Hash;
+
+use async_trait::async_trait;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::faults::FaultPoint;
+use crate::metrics::JobMetrics;
+use crate::state::KeyedStateBackend;
+use crate::task::collector::OperatorSnapshot;
+use crate::task::{Barrier, Collector, TaskContext, TaskError, TaskSnapshot, Watermark};
+
+/// User logic of a keyed operator that acts when event time passes a point.
+pub trait EventTimeFunction<K, I, O>: Clone + Send + 'static {
+    type State: Default + Clone + Serialize + DeserializeOwned + Send + 'static;
+
+    fn process(
+        &mut self,
+        key: &K,
+        record: I,
+        state: &mut Self::State,
+        timers: &mut Timers,
+        out: &mut Vec<O>,
+    ) -> Result<(), TaskError>;
+
+    /// The watermark reached `time`, a timer of `key`.
+    fn on_timer(
+        &mut self,
+        key: &K,
+        time: i64,
+        state: &mut Self::State,
+        timers: &mut Timers,
+        out: &mut Vec<O>,
+    ) -> Result<(), TaskError>;
+
+    /// Whether a key's state holds nothing, so that with no timers left the
+    /// key is dropped instead of kept forever.
+    fn is_empty(&self, _state: &Self::State) -> bool {
+        false
+    }
+}
+
+/// The timers of the current key, and the event time they fire against.
+pub struct Timers<'a> {
+    watermark: Option<i64>,
+    set: &'a mut BTreeSet<i64>,
+    added: &'a mut Vec<i64>,
+    late: &'a mut u64,
+}
+
+impl Timers<'_> {
+    /// The operator's event time: `None` before any watermark arrived.
+    pub fn watermark(&self) -> Option<i64> {
+        self.watermark
+    }
+
+    /// Calls `on_timer` once the watermark reaches `time` (at the next
+    /// watermark if it already has). Registering a time twice fires once.
+    pub fn register(&mut self, time: i64) {
+        if self.set.insert(time) {
+            self.added.push(time);
+        }
+    }
+
+    /// Counts a record dropped because event time had passed it
+    /// (`weir_late_records_dropped_total`).
+    pub fn drop_late(&mut self) {
+        *self.late += 1;
+    }
+
+    pub fn delete(&mut self, time: i64) {
+        // The queue entry stays and is skipped when it comes due.
+        self.set.remove(&time);
+    }
+}
+
+/// A key's state and its timers, as checkpointed.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Timed<S> {
+    pub state: S,
+    pub timers: BTreeSet<i64>,
+}
+
+pub struct KeyedEventTime<K, I, O, F: EventTimeFunction<K, I, O>, KF> {
+    uid: String,
+    ctx: TaskContext,
+    key_of: KF,
+    function: F,
+    state: KeyedStateBackend<K, Timed<F::State>>,
+    /// Every key's timers in time order.
+    queue: BTreeSet<(i64, K)>,
+    watermark: Option<i64>,
+    next: Box<dyn Collector<O>>,
+    added: Vec<i64>,
+    late: u64,
+    _types: std::marker::PhantomData<fn(I)>,
+}
+
+impl<K, I, O, F, KF> KeyedEventTime<K, I, O, F, KF>
+where
+    K: Hash + Eq + Ord + Clone + Serialize + DeserializeOwned + Send + 'static,
+    I: Send + 'static,
+    O: Send + 'static,
+    F: EventTimeFunction<K, I, O>,
+    KF: Fn(&I) -> K + Send,
+{
+    pub fn new(
+        uid: String,
+        ctx: TaskContext,
+        key_of: KF,
+        function: F,
+        next: Box<dyn Collector<O>>,
+    ) -> Result<Self, TaskError> {
+        let mut state: KeyedStateBackend<K, Timed<F::State>> =
+            KeyedStateBackend::new(ctx.key_groups, ctx.max_parallelism);
+        if let Some(restored) = &ctx.restored {
+            let blobs = restored.take_keyed(&uid, ctx.key_groups);
+            state.restore(blobs.iter().map(|(group, bytes)| (*group, bytes.as_slice())))?;
+        }
+        let queue = state.iter().flat_map(|(k, s)| s.timers.iter().map(move |t| (*t, k.clone()))).collect();
+        Ok(KeyedEventTime {
+            uid,
+            ctx,
+            key_of,
+            function,
+            state,
+            queue,
+            watermark: None,
+            next,
+            added: Vec::new(),
+            late: 0,
+            _types: std::marker::PhantomData,
+        })
+    }
+
+    fn process_all(&mut self, batch: impl Iterator<Item = I>, out: &mut Vec<O>) -> Result<(), TaskError> {
+        for record in batch {
+            let key = (self.key_of)(&record);
+            let timed = self.state.get_mut(&key).ok_or(TaskError::Misrouted { subtask: self.ctx.subtask() })?;
+            let mut timers = Timers {
+                watermark: self.watermark,
+                set: &mut timed.timers,
+                added: &mut self.added,
+                late: &mut self.late,
+            };
+            self.function.process(&key, record, &mut timed.state, &mut timers, out)?;
+            let empty = timed.timers.is_empty() && self.function.is_empty(&timed.state);
+            self.settle(key, empty);
+        }
+        Ok(())
+    }
+
+    /// Queues the timers the function just registered, or drops a key that
+    /// holds nothing any more.
+    fn settle(&mut self, key: K, empty: bool) {
+        if empty {
+            self.state.remove(&key);
+            self.added.clear();
+            return;
+        }
+        for t in self.added.drain(..) {
+            self.queue.insert((t, key.clone()));
+        }
+    }
+
+    /// Fires every timer at or before `now`, in time order.
+    fn fire(&mut self, now: i64, out: &mut Vec<O>) -> Result<(), TaskError> {
+        while let Some((time, key)) = self.queue.first().cloned().filter(|(t, _)| *t <= now) {
+            self.queue.pop_first();
+            // A key dropped since its timer was queued has nothing to fire.
+            let Some(timed) = self.state.get_existing_mut(&key) else { continue };
+            if !timed.timers.remove(&time) {
+                continue; // deleted
+            }
+            let mut timers = Timers {
+                watermark: self.watermark,
+                set: &mut timed.timers,
+                added: &mut self.added,
+                late: &mut self.late,
+            };
+            self.function.on_timer(&key, time, &mut timed.state, &mut timers, out)?;
+            let empty = timed.timers.is_empty() && self.function.is_empty(&timed.state);
+            self.settle(key, empty);
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl<K, I, O, F, KF> Collector<I> for KeyedEventTime<K, I, O, F, KF>
+where
+    K: Hash + Eq + Ord + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    I: Send + 'static,
+    O: Send + 'static,
+    F: EventTimeFunction<K, I, O>,
+    KF: Fn(&I) -> K + Send,
+{
+    async fn open(&mut self) -> Result<(), TaskError> {
+        self.next.open().await
+    }
+
+    async fn collect(&mut self, batch: Vec<I>) -> Result<(), TaskError> {
+        let mut out = Vec::new();
+        let half = batch.len() / 2;
+        let mut records = batch.into_iter();
+        self.process_all(records.by_ref().take(half), &mut out)?;
+        self.ctx.faults.check(FaultPoint::MidBatch)?;
+        self.process_all(records, &mut out)?;
+        if self.late > 0 {
+            JobMetrics::add(&self.ctx.metrics.late_records_dropped, std::mem::take(&mut self.late) as usize);
+        }
+        if out.is_empty() {
+            return Ok(());
+        }
+        self.next.collect(out).await
+    }
+
+    async fn watermark(&mut self, watermark: Watermark) -> Result<(), TaskError> {
+        if let Watermark::At(now) = watermark {
+            self.watermark = Some(now);
+            let mut out = Vec::new();
+            self.fire(now, &mut out)?;
+            if !out.is_empty() {
+                self.next.collect(out).await?;
+            }
+        }
+        self.next.watermark(watermark).await
+    }
+
+    async fn barrier(&mut self, barrier: Barrier, snapshot: &mut TaskSnapshot) -> Result<(), TaskError> {
+        let copy = self.state.snapshot();
+        snapshot.add(OperatorSnapshot {
+            uid: self.uid.clone(),
+            keyed: Some(Box::new(move || copy.encode())),
+            list: Vec::new(),
+            union: Vec::new(),
+        });
+        self.next.barrier(barrier, snapshot).await
+    }
+
+    async fn checkpoint_complete(&mut self, id: u64) -> Result<(), TaskError> {
+        self.next.checkpoint_complete(id).await
+    }
+
+    async fn end_of_input(&mut self) -> Result<(), TaskError> {
+        self.next.end_of_input().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    /// Keeps what reaches it.
+    struct Recorder(Arc<Mutex<Vec<String>>>);
+
+    #[async_trait]
+    impl Collector<String> for Recorder {
+        async fn open(&mut self) -> Result<(), TaskError> {
+            Ok(())
+        }
+        async fn collect(&mut self, batch: Vec<String>) -> Result<(), TaskError> {
+            self.0.lock().unwrap().extend(batch);
+            Ok(())
+        }
+        async fn barrier(&mut self, _: Barrier, _: &mut TaskSnapshot) -> Result<(), TaskError> {
+            Ok(())
+        }
+        async fn checkpoint_complete(&mut self, _: u64) -> Result<(), TaskError> {
+            Ok(())
+        }
+        async fn end_of_input(&mut self) -> Result<(), TaskError> {
+            Ok(())
+        }
+        async fn watermark(&mut self, w: Watermark) -> Result<(), TaskError> {
+            self.0.lock().unwrap().push(format!("{w:?}"));
+            Ok(())
+        }
+    }
+
+    /// Sums a key's values until its timer, set 10 after the first value;
+    /// a negative value cancels the timer.
+    #[derive(Clone)]
+    struct SumUntil;
+
+    impl EventTimeFunction<String, (String, i64), String> for SumUntil {
+        type State = Option<i64>;
+
+        fn process(
+            &mut self,
+            _key: &String,
+            (_, v): (String, i64),
+            sum: &mut Option<i64>,
+            timers: &mut Timers,
+            _out: &mut Vec<String>,
+        ) -> Result<(), TaskError> {
+            if v < 0 {
+                timers.delete(sum.unwrap_or(0) + 10);
+                *sum = None;
+                return Ok(());
+            }
+            if sum.is_none() {
+                timers.register(v + 10);
+            }
+            *sum = Some(sum.unwrap_or(v) + if sum.is_some() { v } else { 0 });
+            Ok(())
+        }
+
+        fn on_timer(
+            &mut self,
+            key: &String,
+            time: i64,
+            sum: &mut Option<i64>,
+            _timers: &mut Timers,
+            out: &mut Vec<String>,
+        ) -> Result<(), TaskError> {
+            out.push(format!("{key}@{time}={}", sum.take().unwrap_or(0)));
+            Ok(())
+        }
+
+        fn is_empty(&self, sum: &Option<i64>) -> bool {
+            sum.is_none()
+        }
+    }
+
+    #[tokio::test]
+    async fn timers_fire_in_time_order_when_the_watermark_reaches_them_and_done_keys_are_dropped() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let ctx = TaskContext::for_test("timers");
+        let next = Box::new(Recorder(seen.clone()));
+        let mut op = KeyedEventTime::new("t".into(), ctx, |r: &(String, i64)| r.0.clone(), SumUntil, next).unwrap();
+        let rec = |k: &str, v: i64| (k.to_string(), v);
+        op.collect(vec![rec("b", 5), rec("a", 1), rec("a", 2), rec("c", 3), rec("c", -1)]).await.unwrap();
+        op.watermark(Watermark::At(11)).await.unwrap();
+        assert_eq!(*seen.lock().unwrap(), vec!["a@11=3".to_string(), "At(11)".into()]);
+        assert_eq!(op.state.len(), 1, "a fired and c was cancelled: only b is kept");
+        op.watermark(Watermark::Idle).await.unwrap();
+        op.watermark(Watermark::At(20)).await.unwrap();
+        assert_eq!(seen.lock().unwrap()[2..], ["Idle".to_string(), "b@15=5".into(), "At(20)".into()]);
+        assert!(op.state.is_empty() && op.queue.is_empty());
+    }
+}
