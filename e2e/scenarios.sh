@@ -300,15 +300,15 @@ done
 scenario "CRD upgrade: a changed CRD applied server-side, then helm upgrade; new column served, job pods kept" "$t"
 
 t=$(date +%s)
-for _ in $(seq 1 120); do
+for _ in $(seq 1 240); do
   [ "$(kubectl get sj counts -o jsonpath='{.status.phase}')" = Finished ] && break
   sleep 0.5
 done
 [ "$(kubectl get sj counts -o jsonpath='{.status.phase}')" = Finished ] || fail "job did not finish"
 restored=$(kubectl get sj counts -o jsonpath='{.status.restoredFrom}')
 [ -n "$restored" ] || fail "no restoredFrom"
-exact "$dir/pv/output/counts" 600000 100 || fail "output not exact"
-scenario "job finished after both kills (restoredFrom $restored); output exact: 600000 records once" "$t"
+exact "$dir/pv/output/counts" 1200000 100 || fail "output not exact"
+scenario "job finished after both kills (restoredFrom $restored); output exact: 1200000 records once" "$t"
 
 chk="$dir/pv/checkpoints/default"
 t=$(date +%s)
@@ -481,10 +481,12 @@ why=$(kubectl get sj broken -o jsonpath='{.status.restarts.lastFailure.message}'
 echo "$why" | grep -q "bad.jsonl:2" || fail "the failure's cause is not in status: '$why'"
 scenario "restart budget exhausted (bad records, fail policy): Failed, Warning event, no further restarts; cause in status: ${why:0:90}" "$t"
 
-# A job like the example under another name and output, with SPEC_LINES
-# (indented two spaces) appended to its spec.
+# A job like the example under another name and output, with half its
+# input (600,000 records) and SPEC_LINES (indented two spaces) appended to
+# its spec.
 variant() {
-  sed -e "s/name: counts/name: $1/" -e "s|/data/output/counts|/data/output/$1|" "$examples/counts.yaml"
+  sed -e "s/name: counts/name: $1/" -e "s|/data/output/counts|/data/output/$1|" \
+      -e 's/count: 1200000/count: 600000/' "$examples/counts.yaml"
   printf '%s\n' "${@:2}" | sed 's/^/  /'
 }
 
