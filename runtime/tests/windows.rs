@@ -11,14 +11,13 @@ use weir_runtime::connectors::file_sink::read_committed;
 use weir_runtime::faults::{FaultPoint, Faults};
 use weir_runtime::manifest::StreamJob;
 use weir_runtime::metrics::JobMetrics;
-use weir_runtime::verify::{check_windows_exactly_once, expected_windows};
+use weir_runtime::verify::{check_windows_exactly_once, expected_sessions, expected_windows};
 
 const KEYS: u64 = 20;
 
 /// Generated records, one per millisecond of event time, counted and summed
-/// per key in windows of `size` (sliding by `slide` when given).
-fn window_job(dir: &Path, parallelism: u32, count: u64, size: &str, slide: Option<&str>) -> StreamJob {
-    let slide = slide.map(|s| format!(", slide: {s}")).unwrap_or_default();
+/// per key in the windows `window` sets (`size: 2s`, `gap: 40ms`).
+fn window_job(dir: &Path, parallelism: u32, count: u64, window: &str) -> StreamJob {
     let yaml = format!(
         r#"
 apiVersion: weir.dev/v1alpha1
@@ -30,11 +29,11 @@ spec:
   checkpoints: {{interval: 10ms, storage: "file://{dir}/checkpoints", retained: 2}}
   pipeline:
     source:
-      generator: {{keys: {KEYS}, count: {count}, rate: 100000, splits: 6, timestampStep: 1ms}}
+      generator: {{keys: {KEYS}, count: {count}, rate: 50000, splits: 6, timestampStep: 1ms}}
     eventTime: {{field: ts, maxOutOfOrderness: 10s}}
     steps:
       - keyBy: {{field: key}}
-      - window: {{size: {size}{slide}, aggregate: {{count: true, sum: [value]}}}}
+      - window: {{{window}, aggregate: {{count: true, sum: [value]}}}}
     sink:
       file: {{path: "{dir}/out"}}
 "#,
@@ -50,55 +49,76 @@ fn committed(dir: &Path) -> Vec<serde_json::Value> {
 #[test]
 fn tumbling_window_results_are_exact_and_nothing_is_late_within_the_bound() {
     let dir = tempfile::tempdir().unwrap();
-    let job = window_job(dir.path(), 2, 30_000, "2s", None);
+    let job = window_job(dir.path(), 2, 30_000, "size: 2s");
     let (result, metrics) = run_with_metrics(&job, Faults::none());
     result.expect("the job finishes");
     let want = expected_windows(30_000, KEYS, 1, 2_000, 2_000);
-    check_windows_exactly_once(committed(dir.path()), &want, 2_000).unwrap();
+    check_windows_exactly_once(committed(dir.path()), &want).unwrap();
     assert_eq!(JobMetrics::get(&metrics.late_records_dropped), 0);
 }
 
 #[test]
 fn sliding_windows_hold_each_record_in_size_over_slide_windows() {
     let dir = tempfile::tempdir().unwrap();
-    let job = window_job(dir.path(), 1, 12_000, "3s", Some("1s"));
+    let job = window_job(dir.path(), 1, 12_000, "size: 3s, slide: 1s");
     run_once(&job, Faults::none()).expect("the job finishes");
     let want = expected_windows(12_000, KEYS, 1, 3_000, 1_000);
-    check_windows_exactly_once(committed(dir.path()), &want, 3_000).unwrap();
+    check_windows_exactly_once(committed(dir.path()), &want).unwrap();
+}
+
+#[test]
+fn session_windows_close_after_the_gap_and_merge_records_within_it() {
+    let dir = tempfile::tempdir().unwrap();
+    // 20 keys over 1 ms steps: a key's records are ~20 ms apart on average,
+    // so a 40 ms gap makes sessions of varied lengths.
+    let job = window_job(dir.path(), 2, 20_000, "gap: 40ms");
+    run_once(&job, Faults::none()).expect("the job finishes");
+    let want = expected_sessions(20_000, KEYS, 1, 40);
+    assert!(want.len() > 2 * KEYS as usize, "sessions of every key were split: {}", want.len());
+    check_windows_exactly_once(committed(dir.path()), &want).unwrap();
+}
+
+/// Runs `job` to the end through ten seeded crashes at any fault point.
+fn run_through_crashes(job: &StreamJob, seed: u64) {
+    let mut rng = Rng(seed);
+    let mut crashes = 0;
+    loop {
+        let faults = if crashes < 10 {
+            let point = FaultPoint::ALL[rng.below(FaultPoint::ALL.len() as u64) as usize];
+            Faults::crash_at(point, 1 + rng.below(3))
+        } else {
+            Faults::none()
+        };
+        let (result, metrics) = run_with_metrics(job, faults);
+        assert_eq!(JobMetrics::get(&metrics.late_records_dropped), 0, "splits far apart after a restore are not late");
+        match result {
+            Ok(_) => break,
+            Err(e) if weir_runtime::job::failure::kind(&e) == weir_runtime::task::error::FailureKind::Injected => {
+                crashes += 1
+            }
+            Err(e) => panic!("job failed for a reason other than the injected crash: {e}"),
+        }
+        assert!(crashes <= 60, "the job did not finish");
+    }
+    assert!(crashes >= 4, "only {crashes} crashes happened");
+}
+
+#[test]
+fn session_windows_are_exact_through_seeded_crashes_and_restores() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = window_job(dir.path(), 2, 40_000, "gap: 40ms");
+    run_through_crashes(&job, 0x0123_4567_89ab_cdef);
+    check_windows_exactly_once(committed(dir.path()), &expected_sessions(40_000, KEYS, 1, 40)).unwrap();
 }
 
 #[test]
 fn window_results_are_exact_through_seeded_crashes_and_restores() {
     for seed in [0x2545_f491_4f6c_dd1du64, 0x9e37_79b9_7f4a_7c15] {
         let dir = tempfile::tempdir().unwrap();
-        let job = window_job(dir.path(), 2, 40_000, "2s", None);
-        let mut rng = Rng(seed);
-        let mut crashes = 0;
-        loop {
-            let faults = if crashes < 10 {
-                let point = FaultPoint::ALL[rng.below(FaultPoint::ALL.len() as u64) as usize];
-                Faults::crash_at(point, 1 + rng.below(6))
-            } else {
-                Faults::none()
-            };
-            let (result, metrics) = run_with_metrics(&job, faults);
-            assert_eq!(
-                JobMetrics::get(&metrics.late_records_dropped),
-                0,
-                "splits far apart after a restore are not late"
-            );
-            match result {
-                Ok(_) => break,
-                Err(e) if weir_runtime::job::failure::kind(&e) == weir_runtime::task::error::FailureKind::Injected => {
-                    crashes += 1
-                }
-                Err(e) => panic!("job failed for a reason other than the injected crash: {e}"),
-            }
-            assert!(crashes <= 60, "the job did not finish");
-        }
-        assert!(crashes >= 5, "only {crashes} crashes happened");
+        let job = window_job(dir.path(), 2, 40_000, "size: 2s");
+        run_through_crashes(&job, seed);
         let want = expected_windows(40_000, KEYS, 1, 2_000, 2_000);
-        check_windows_exactly_once(committed(dir.path()), &want, 2_000).unwrap();
+        check_windows_exactly_once(committed(dir.path()), &want).unwrap();
     }
 }
 

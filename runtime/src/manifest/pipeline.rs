@@ -182,28 +182,50 @@ fn is_zero(d: &HumanDuration) -> bool {
     d.get().is_zero()
 }
 
-/// Tumbling windows (`size` alone) or sliding ones (`size` and `slide`),
-/// aligned to the epoch as in Flink.
+/// Tumbling windows (`size` alone), sliding ones (`size` and `slide`),
+/// both aligned to the epoch as in Flink, or session windows (`gap`).
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct WindowSpec {
-    pub size: HumanDuration,
-    /// How far apart windows start; at most `size`. Absent: `size`
+    /// The length of tumbling and sliding windows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<HumanDuration>,
+    /// How far apart sliding windows start; at most `size`. Absent: `size`
     /// (tumbling windows).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slide: Option<HumanDuration>,
+    /// Session windows: a key's session closes once no record of it came
+    /// for this long; it spans its first record to its last plus the gap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gap: Option<HumanDuration>,
     /// What to compute per key and window; rows carry the key field,
     /// `window_start` and `window_end` (milliseconds since the epoch, the
     /// end exclusive) and the aggregates.
     pub aggregate: AggregateSpec,
 }
 
+/// The windows a [`WindowSpec`] asks for, in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowKind {
+    Sliding { size: i64, slide: i64 },
+    Session { gap: i64 },
+}
+
+fn millis(d: HumanDuration) -> i64 {
+    i64::try_from(d.get().as_millis()).unwrap_or(i64::MAX)
+}
+
 impl WindowSpec {
-    /// Size and slide in milliseconds.
-    pub fn millis(&self) -> (i64, i64) {
-        let ms = |d: HumanDuration| i64::try_from(d.get().as_millis()).unwrap_or(i64::MAX);
-        let size = ms(self.size);
-        (size, self.slide.map_or(size, ms))
+    pub fn kind(&self) -> Result<WindowKind, String> {
+        match (self.size, self.slide, self.gap) {
+            (Some(size), slide, None) => {
+                let size = millis(size);
+                Ok(WindowKind::Sliding { size, slide: slide.map_or(size, millis) })
+            }
+            (None, None, Some(gap)) => Ok(WindowKind::Session { gap: millis(gap) }),
+            (None, Some(_), None) => Err("slide needs size".into()),
+            _ => Err("expected either size (and slide) or gap".into()),
+        }
     }
 }
 
@@ -326,13 +348,22 @@ impl WindowSpec {
                 "{at}: must come before any aggregate or window step (event time is a field of the source's records)"
             ));
         }
-        let (size, slide) = self.millis();
-        if size <= 0 {
-            errors.push(format!("{at}.size: expected at least 1ms, got {}", self.size));
-        }
-        if let Some(s) = self.slide {
-            if slide <= 0 || slide > size {
-                errors.push(format!("{at}.slide: expected from 1ms up to size ({}), got {s}", self.size));
+        match self.kind() {
+            Err(e) => errors.push(format!("{at}: {e}")),
+            Ok(WindowKind::Sliding { size, slide }) => {
+                if size <= 0 {
+                    errors.push(format!("{at}.size: expected at least 1ms, got 0s"));
+                }
+                if let (Some(s), Some(size_text)) = (self.slide, self.size) {
+                    if slide <= 0 || slide > size {
+                        errors.push(format!("{at}.slide: expected from 1ms up to size ({size_text}), got {s}"));
+                    }
+                }
+            }
+            Ok(WindowKind::Session { gap }) => {
+                if gap <= 0 {
+                    errors.push(format!("{at}.gap: expected at least 1ms, got 0s"));
+                }
             }
         }
         if self.aggregate.is_empty() {
@@ -425,6 +456,7 @@ impl PipelineSpec {
 #[cfg(test)]
 mod tests {
     use super::super::StreamJob;
+    use super::WindowKind;
 
     fn windowed(event_time: &str, steps: &str) -> Result<StreamJob, String> {
         let yaml = format!(
@@ -454,7 +486,12 @@ spec:
         let sliding = format!("{KEY_BY}      - window: {{size: 1m, slide: 10s, aggregate: {{max: [value]}}}}");
         let job = windowed(EVENT_TIME, &sliding).unwrap();
         let step = &job.spec.pipeline.unwrap().steps[1];
-        assert_eq!(step.window.as_ref().map(|w| w.millis()), Some((60_000, 10_000)));
+        let kind = step.window.as_ref().map(|w| w.kind());
+        assert_eq!(kind, Some(Ok(WindowKind::Sliding { size: 60_000, slide: 10_000 })));
+        let session = format!("{KEY_BY}      - window: {{gap: 30s, aggregate: {{count: true}}}}");
+        let job = windowed(EVENT_TIME, &session).unwrap();
+        let kind = job.spec.pipeline.unwrap().steps[1].window.as_ref().map(|w| w.kind());
+        assert_eq!(kind, Some(Ok(WindowKind::Session { gap: 30_000 })));
     }
 
     #[test]
@@ -484,6 +521,15 @@ spec:
         );
         let err = windowed(EVENT_TIME, &steps).unwrap_err();
         assert!(err.contains("spec.pipeline.steps[3].window: must come before any aggregate or window step"), "{err}");
+    }
+
+    #[test]
+    fn a_window_with_both_size_and_gap_or_with_neither_is_refused() {
+        for window in ["{size: 1m, gap: 10s, ", "{slide: 10s, ", "{"] {
+            let steps = format!("{KEY_BY}      - window: {window}aggregate: {{count: true}}}}");
+            let err = windowed(EVENT_TIME, &steps).unwrap_err();
+            assert!(err.contains("spec.pipeline.steps[1].window: "), "{window}: {err}");
+        }
     }
 
     #[test]

@@ -15,7 +15,6 @@ use serde::{Deserialize, Serialize};
 use crate::faults::FaultPoint;
 use crate::metrics::JobMetrics;
 use crate::state::KeyedStateBackend;
-use crate::task::collector::OperatorSnapshot;
 use crate::task::{Barrier, Collector, TaskContext, TaskError, TaskSnapshot, Watermark};
 
 /// User logic of a keyed operator that acts when event time passes a point.
@@ -119,12 +118,7 @@ where
         function: F,
         next: Box<dyn Collector<O>>,
     ) -> Result<Self, TaskError> {
-        let mut state: KeyedStateBackend<K, Timed<F::State>> =
-            KeyedStateBackend::new(ctx.key_groups, ctx.max_parallelism);
-        if let Some(restored) = &ctx.restored {
-            let blobs = restored.take_keyed(&uid, ctx.key_groups);
-            state.restore(blobs.iter().map(|(group, bytes)| (*group, bytes.as_slice())))?;
-        }
+        let state: KeyedStateBackend<K, Timed<F::State>> = super::restore_keyed(&uid, &ctx)?;
         let queue = state.iter().flat_map(|(k, s)| s.timers.iter().map(move |t| (*t, k.clone()))).collect();
         Ok(KeyedEventTime {
             uid,
@@ -236,13 +230,7 @@ where
     }
 
     async fn barrier(&mut self, barrier: Barrier, snapshot: &mut TaskSnapshot) -> Result<(), TaskError> {
-        let copy = self.state.snapshot();
-        snapshot.add(OperatorSnapshot {
-            uid: self.uid.clone(),
-            keyed: Some(Box::new(move || copy.encode())),
-            list: Vec::new(),
-            union: Vec::new(),
-        });
+        snapshot.add(super::snapshot_keyed(&self.uid, &self.state));
         self.next.barrier(barrier, snapshot).await
     }
 

@@ -8,7 +8,6 @@ use serde::Serialize;
 
 use crate::faults::FaultPoint;
 use crate::state::KeyedStateBackend;
-use crate::task::collector::OperatorSnapshot;
 use crate::task::{Barrier, Collector, TaskContext, TaskError, TaskSnapshot, Watermark};
 
 /// User logic of a keyed operator, in the spirit of Flink's
@@ -47,11 +46,7 @@ where
         function: F,
         next: Box<dyn Collector<O>>,
     ) -> Result<Self, TaskError> {
-        let mut state = KeyedStateBackend::new(ctx.key_groups, ctx.max_parallelism);
-        if let Some(restored) = &ctx.restored {
-            let blobs = restored.take_keyed(&uid, ctx.key_groups);
-            state.restore(blobs.iter().map(|(group, bytes)| (*group, bytes.as_slice())))?;
-        }
+        let state = super::restore_keyed(&uid, &ctx)?;
         Ok(KeyedProcess { uid, ctx, key_of, function, state, next, _types: std::marker::PhantomData })
     }
 
@@ -92,13 +87,7 @@ where
     }
 
     async fn barrier(&mut self, barrier: Barrier, snapshot: &mut TaskSnapshot) -> Result<(), TaskError> {
-        let copy = self.state.snapshot();
-        snapshot.add(OperatorSnapshot {
-            uid: self.uid.clone(),
-            keyed: Some(Box::new(move || copy.encode())),
-            list: Vec::new(),
-            union: Vec::new(),
-        });
+        snapshot.add(super::snapshot_keyed(&self.uid, &self.state));
         self.next.barrier(barrier, snapshot).await
     }
 

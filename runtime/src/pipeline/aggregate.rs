@@ -106,6 +106,31 @@ impl Aggregate {
         Ok(())
     }
 
+    /// Adds what `from` holds to `into` (session windows merging).
+    pub fn merge(&self, into: &mut AggState, from: &AggState) {
+        if into.count == 0 {
+            *into = from.clone();
+            return;
+        }
+        into.count += from.count;
+        for (acc, v) in into.sum.iter_mut().zip(&from.sum) {
+            *acc = acc.add(*v);
+        }
+        let pick = |acc: &mut Option<Num>, v: &Option<Num>, better: fn(f64, f64) -> bool| {
+            if let Some(v) = v {
+                if acc.is_none_or(|a| better(v.as_f64(), a.as_f64())) {
+                    *acc = Some(*v);
+                }
+            }
+        };
+        for (acc, v) in into.min.iter_mut().zip(&from.min) {
+            pick(acc, v, |v, a| v < a);
+        }
+        for (acc, v) in into.max.iter_mut().zip(&from.max) {
+            pick(acc, v, |v, a| v > a);
+        }
+    }
+
     /// A row with the key and the aggregates in `s`, after `extra` fields.
     pub fn row(&self, key: &str, extra: impl IntoIterator<Item = (&'static str, Value)>, s: &AggState) -> Row {
         let mut o = Map::new();

@@ -4,7 +4,7 @@
 //! - [`aggregate`]: running count/sum/min/max/avg per key.
 //! - [`bad_records`]: the error policy for records that cannot be processed.
 //! - [`event_time`]: watermarks from the records' timestamps.
-//! - [`window`]: tumbling and sliding event-time windows per key.
+//! - [`window`]: tumbling, sliding and session event-time windows per key.
 //!
 //! Operator uids are `source`, `sink`, `bad-records`, `sink-rejected` and, for each
 //! aggregate, the step's `id` or one derived from its content (its keyBy

@@ -1,12 +1,14 @@
-//! Tumbling and sliding event-time windows per key, aggregated as records
-//! arrive and emitted once the watermark passes each window's end.
+//! Event-time windows per key: tumbling and sliding ones aligned to the
+//! epoch, and session windows that close after a gap without records.
+//! Records are aggregated as they arrive; a window is emitted once the
+//! watermark passes its end.
 
 use std::collections::BTreeMap;
 
 use serde_json::Value;
 
 use super::aggregate::{AggState, Aggregate};
-use crate::manifest::WindowSpec;
+use crate::manifest::{WindowKind, WindowSpec};
 use crate::operators::{EventTimeFunction, Timers};
 use crate::record::{event_time_of, Row};
 use crate::task::TaskError;
@@ -15,61 +17,109 @@ use crate::task::TaskError;
 pub struct WindowAggregate {
     aggregate: Aggregate,
     time_field: String,
-    size: i64,
-    slide: i64,
+    kind: WindowKind,
 }
 
+/// A key's open windows by start: the end (exclusive) and the aggregates.
+pub type Windows = BTreeMap<i64, (i64, AggState)>;
+
 impl WindowAggregate {
+    /// `spec` was validated: its kind is known and its lengths positive.
     pub fn new(key_field: &str, time_field: &str, spec: &WindowSpec) -> WindowAggregate {
-        let (size, slide) = spec.millis();
-        WindowAggregate {
-            aggregate: Aggregate::new(key_field, &spec.aggregate),
-            time_field: time_field.into(),
-            size: size.max(1),
-            slide: slide.clamp(1, size.max(1)),
-        }
+        let kind = match spec.kind() {
+            Ok(WindowKind::Sliding { size, slide }) => {
+                let size = size.max(1);
+                WindowKind::Sliding { size, slide: slide.clamp(1, size) }
+            }
+            Ok(WindowKind::Session { gap }) => WindowKind::Session { gap: gap.max(1) },
+            Err(_) => WindowKind::Sliding { size: 1, slide: 1 },
+        };
+        WindowAggregate { aggregate: Aggregate::new(key_field, &spec.aggregate), time_field: time_field.into(), kind }
     }
 
-    /// The starts of the windows holding `ts`, latest first.
-    fn starts(&self, ts: i64) -> impl Iterator<Item = i64> + '_ {
-        let last = ts - ts.rem_euclid(self.slide);
-        std::iter::successors(Some(last), move |s| s.checked_sub(self.slide)).take_while(move |s| {
+    /// The starts of the sliding windows holding `ts`, latest first.
+    fn starts(ts: i64, size: i64, slide: i64) -> impl Iterator<Item = i64> {
+        let last = ts - ts.rem_euclid(slide);
+        std::iter::successors(Some(last), move |s| s.checked_sub(slide)).take_while(move |s| {
             // A window [s, s + size) holds ts while s > ts - size.
-            s.saturating_add(self.size) > ts
+            s.saturating_add(size) > ts
         })
     }
 
-    /// The last event time a window starting at `start` holds, when its timer fires.
-    fn last_instant(&self, start: i64) -> i64 {
-        start.saturating_add(self.size - 1)
+    /// Adds `row` at `ts` to the sliding windows holding it that are still
+    /// open; false when all of them were emitted already.
+    fn add_sliding(
+        &self,
+        key: &str,
+        row: &Row,
+        ts: i64,
+        windows: &mut Windows,
+        timers: &mut Timers,
+    ) -> Result<bool, TaskError> {
+        let WindowKind::Sliding { size, slide } = self.kind else { return Ok(false) };
+        let mut placed = false;
+        for start in Self::starts(ts, size, slide) {
+            let end = start.saturating_add(size);
+            if timers.watermark().is_some_and(|w| w >= end - 1) {
+                continue;
+            }
+            let (_, acc) = windows.entry(start).or_insert_with(|| (end, AggState::default()));
+            self.aggregate.fold(key, row, acc)?;
+            timers.register(end - 1);
+            placed = true;
+        }
+        Ok(placed)
+    }
+
+    /// Adds `row` at `ts` as a session `[ts, ts + gap)` merged with the
+    /// key's open sessions it overlaps; false when that session had closed.
+    fn add_session(
+        &self,
+        key: &str,
+        row: &Row,
+        ts: i64,
+        windows: &mut Windows,
+        timers: &mut Timers,
+    ) -> Result<bool, TaskError> {
+        let WindowKind::Session { gap } = self.kind else { return Ok(false) };
+        let (mut start, mut end) = (ts, ts.saturating_add(gap));
+        let overlapping: Vec<i64> = windows.range(..end).filter(|(_, (e, _))| *e > start).map(|(s, _)| *s).collect();
+        if overlapping.is_empty() && timers.watermark().is_some_and(|w| w >= end - 1) {
+            return Ok(false);
+        }
+        let mut acc = AggState::default();
+        self.aggregate.fold(key, row, &mut acc)?;
+        for s in overlapping {
+            if let Some((e, other)) = windows.remove(&s) {
+                timers.delete(e - 1);
+                start = start.min(s);
+                end = end.max(e);
+                self.aggregate.merge(&mut acc, &other);
+            }
+        }
+        windows.insert(start, (end, acc));
+        timers.register(end - 1);
+        Ok(true)
     }
 }
 
 impl EventTimeFunction<String, Row, Row> for WindowAggregate {
-    /// Each open window of the key by its start.
-    type State = BTreeMap<i64, AggState>;
+    type State = Windows;
 
     fn process(
         &mut self,
         key: &String,
         row: Row,
-        windows: &mut Self::State,
+        windows: &mut Windows,
         timers: &mut Timers,
         _out: &mut Vec<Row>,
     ) -> Result<(), TaskError> {
         let ts = event_time_of(&row, &self.time_field)
             .map_err(|reason| TaskError::BadRecord { record: format!("with key `{key}`"), reason })?;
-        let watermark = timers.watermark();
-        let mut placed = false;
-        for start in self.starts(ts) {
-            let fires_at = self.last_instant(start);
-            if watermark.is_some_and(|w| w >= fires_at) {
-                continue; // this window was emitted already
-            }
-            self.aggregate.fold(key, &row, windows.entry(start).or_default())?;
-            timers.register(fires_at);
-            placed = true;
-        }
+        let placed = match self.kind {
+            WindowKind::Sliding { .. } => self.add_sliding(key, &row, ts, windows, timers)?,
+            WindowKind::Session { .. } => self.add_session(key, &row, ts, windows, timers)?,
+        };
         if !placed {
             timers.drop_late();
         }
@@ -80,20 +130,20 @@ impl EventTimeFunction<String, Row, Row> for WindowAggregate {
         &mut self,
         key: &String,
         time: i64,
-        windows: &mut Self::State,
+        windows: &mut Windows,
         _timers: &mut Timers,
         out: &mut Vec<Row>,
     ) -> Result<(), TaskError> {
-        let start = time.saturating_sub(self.size - 1);
-        if let Some(acc) = windows.remove(&start) {
-            let bounds =
-                [("window_start", Value::from(start)), ("window_end", Value::from(start.saturating_add(self.size)))];
+        // Windows of a key have distinct ends: the one whose last instant this is.
+        let due = windows.iter().find(|(_, (end, _))| end - 1 == time).map(|(start, _)| *start);
+        if let Some((start, (end, acc))) = due.and_then(|s| windows.remove_entry(&s)) {
+            let bounds = [("window_start", Value::from(start)), ("window_end", Value::from(end))];
             out.push(self.aggregate.row(key, bounds, &acc));
         }
         Ok(())
     }
 
-    fn is_empty(&self, windows: &Self::State) -> bool {
+    fn is_empty(&self, windows: &Windows) -> bool {
         windows.is_empty()
     }
 }
@@ -101,26 +151,14 @@ impl EventTimeFunction<String, Row, Row> for WindowAggregate {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::manifest::{AggregateSpec, HumanDuration};
-    use std::time::Duration;
-
-    fn spec(size_ms: u64, slide_ms: Option<u64>) -> WindowSpec {
-        let d = |ms| HumanDuration(Duration::from_millis(ms));
-        WindowSpec {
-            size: d(size_ms),
-            slide: slide_ms.map(d),
-            aggregate: AggregateSpec { count: true, ..Default::default() },
-        }
-    }
 
     #[test]
     fn a_record_falls_in_one_tumbling_window_and_in_size_over_slide_sliding_ones() {
-        let tumbling = WindowAggregate::new("k", "ts", &spec(60_000, None));
-        assert_eq!(tumbling.starts(61_500).collect::<Vec<_>>(), vec![60_000]);
-        assert_eq!(tumbling.starts(-1).collect::<Vec<_>>(), vec![-60_000], "before the epoch too");
-        let sliding = WindowAggregate::new("k", "ts", &spec(60_000, Some(20_000)));
-        assert_eq!(sliding.starts(61_500).collect::<Vec<_>>(), vec![60_000, 40_000, 20_000]);
-        assert_eq!(sliding.starts(60_000).collect::<Vec<_>>(), vec![60_000, 40_000, 20_000]);
-        assert_eq!(sliding.starts(59_999).collect::<Vec<_>>(), vec![40_000, 20_000, 0]);
+        let starts = |ts, size, slide| WindowAggregate::starts(ts, size, slide).collect::<Vec<_>>();
+        assert_eq!(starts(61_500, 60_000, 60_000), vec![60_000]);
+        assert_eq!(starts(-1, 60_000, 60_000), vec![-60_000], "before the epoch too");
+        assert_eq!(starts(61_500, 60_000, 20_000), vec![60_000, 40_000, 20_000]);
+        assert_eq!(starts(60_000, 60_000, 20_000), vec![60_000, 40_000, 20_000]);
+        assert_eq!(starts(59_999, 60_000, 20_000), vec![40_000, 20_000, 0]);
     }
 }
