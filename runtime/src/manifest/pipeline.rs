@@ -99,8 +99,8 @@ pub struct FileSourceSpec {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[schemars(extend("x-kubernetes-validations" = [{
-    "rule": "(has(self.keyBy) ? 1 : 0) + (has(self.aggregate) ? 1 : 0) + (has(self.window) ? 1 : 0) == 1",
-    "message": "exactly one of keyBy, aggregate, window must be set in each spec.pipeline.steps item"
+    "rule": "(has(self.keyBy) ? 1 : 0) + (has(self.aggregate) ? 1 : 0) + (has(self.window) ? 1 : 0) + (has(self.deduplicate) ? 1 : 0) == 1",
+    "message": "exactly one of keyBy, aggregate, window, deduplicate must be set in each spec.pipeline.steps item"
 }]))]
 pub struct StepSpec {
     /// A stable id for the step's state (as Flink's `uid`): a checkpoint's
@@ -123,6 +123,19 @@ pub struct StepSpec {
     /// watermark passes the window's end.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub window: Option<WindowSpec>,
+    /// Passes on the first record of each key and drops the key's records
+    /// within `within` of it in event time (needs a preceding `keyBy` and
+    /// `eventTime`). Records pass unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deduplicate: Option<DeduplicateSpec>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DeduplicateSpec {
+    /// A record is a duplicate when its event time is less than this from
+    /// the key's record that was passed on.
+    pub within: HumanDuration,
 }
 
 /// Ids the pipeline gives its own stateful parts.
@@ -146,15 +159,17 @@ pub enum StepKind<'a> {
     KeyBy(&'a KeyBySpec),
     Aggregate(&'a AggregateSpec),
     Window(&'a WindowSpec),
+    Deduplicate(&'a DeduplicateSpec),
 }
 
 impl StepSpec {
     pub fn kind(&self) -> Result<StepKind<'_>, String> {
-        match (&self.key_by, &self.aggregate, &self.window) {
-            (Some(k), None, None) => Ok(StepKind::KeyBy(k)),
-            (None, Some(a), None) => Ok(StepKind::Aggregate(a)),
-            (None, None, Some(w)) => Ok(StepKind::Window(w)),
-            _ => Err("expected exactly one of keyBy, aggregate, window".into()),
+        match (&self.key_by, &self.aggregate, &self.window, &self.deduplicate) {
+            (Some(k), None, None, None) => Ok(StepKind::KeyBy(k)),
+            (None, Some(a), None, None) => Ok(StepKind::Aggregate(a)),
+            (None, None, Some(w), None) => Ok(StepKind::Window(w)),
+            (None, None, None, Some(d)) => Ok(StepKind::Deduplicate(d)),
+            _ => Err("expected exactly one of keyBy, aggregate, window, deduplicate".into()),
         }
     }
 }
@@ -439,6 +454,24 @@ impl PipelineSpec {
                     keyed = false;
                     aggregated = true;
                 }
+                Ok(StepKind::Deduplicate(d)) => {
+                    let at = format!("spec.pipeline.steps[{i}].deduplicate");
+                    if !keyed {
+                        errors.push(format!("{at}: needs a keyBy step before it"));
+                    }
+                    if self.event_time.is_none() {
+                        errors.push(format!("{at}: needs spec.pipeline.eventTime (which field holds the event time)"));
+                    }
+                    if aggregated {
+                        errors.push(format!(
+                            "{at}: must come before any aggregate or window step (event time is a field of the source's records)"
+                        ));
+                    }
+                    if d.within.get().is_zero() {
+                        errors.push(format!("{at}.within: expected at least 1ms, got 0s"));
+                    }
+                    keyed = false;
+                }
             }
         }
         match self.sink.kind() {
@@ -529,6 +562,16 @@ spec:
             let steps = format!("{KEY_BY}      - window: {window}aggregate: {{count: true}}}}");
             let err = windowed(EVENT_TIME, &steps).unwrap_err();
             assert!(err.contains("spec.pipeline.steps[1].window: "), "{window}: {err}");
+        }
+    }
+
+    #[test]
+    fn deduplicate_needs_key_by_event_time_and_a_positive_bound() {
+        windowed(EVENT_TIME, &format!("{KEY_BY}      - deduplicate: {{within: 10m}}")).unwrap();
+        let err = windowed("", "      - deduplicate: {within: 0s}").unwrap_err();
+        for part in ["needs a keyBy step", "needs spec.pipeline.eventTime", "deduplicate.within: expected at least 1ms"]
+        {
+            assert!(err.contains(&format!("spec.pipeline.steps[0].{}", "deduplicate")) && err.contains(part), "{err}");
         }
     }
 

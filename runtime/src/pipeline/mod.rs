@@ -42,7 +42,7 @@ use crate::task::{Collector, TaskContext, TaskError};
 use aggregate::Aggregate;
 use bad_records::{BadRecordHandler, BadRecordPolicy, RejectingSink};
 use event_time::EventTimeSource;
-use window::WindowAggregate;
+use window::{Deduplicate, WindowAggregate};
 
 /// The state, and the dead letters' file prefix, of rows a sink refused.
 const SINK_REJECTED: &str = "sink-rejected";
@@ -142,6 +142,14 @@ fn build_pipeline(spec: &StreamJobSpec, pipeline: &PipelineSpec) -> Result<JobGr
                 let keyed = stream.key_by(move |row: &Row| key_of(row, &key_name).unwrap_or_default());
                 let id = step.id.clone().unwrap_or_else(|| window_id(&field, &time.field, w));
                 stream = keyed.process_event_time(&id, WindowAggregate::new(&field, &time.field, w));
+            }
+            StepKind::Deduplicate(d) => {
+                let (Some(field), Some(time)) = (key_field.take(), &pipeline.event_time) else { continue };
+                let key_name = field.clone();
+                let keyed = stream.key_by(move |row: &Row| key_of(row, &key_name).unwrap_or_default());
+                let content = json!({"keyBy": field, "eventTime": time.field, "deduplicate": d});
+                let id = step.id.clone().unwrap_or_else(|| content_id("deduplicate", &content));
+                stream = keyed.process_event_time(&id, Deduplicate::new(&time.field, d));
             }
         }
     }
@@ -273,14 +281,17 @@ fn kafka_json_decoder(metadata: Vec<KafkaMetadata>) -> KafkaDecoder<SourceRecord
 /// computes (its key field and aggregates), so it stays the same when other
 /// steps come and go, and changes when the state would mean something else.
 fn aggregate_id(key_field: &str, spec: &AggregateSpec) -> String {
-    let content = json!({"keyBy": key_field, "aggregate": spec});
-    format!("aggregate-{:08x}", crc32fast::hash(content.to_string().as_bytes()))
+    content_id("aggregate", &json!({"keyBy": key_field, "aggregate": spec}))
+}
+
+/// `<kind>-<digest of what the step computes>`.
+fn content_id(kind: &str, content: &serde_json::Value) -> String {
+    format!("{kind}-{:08x}", crc32fast::hash(content.to_string().as_bytes()))
 }
 
 /// The id of a window step without one of its own, made as [`aggregate_id`]'s.
 fn window_id(key_field: &str, time_field: &str, spec: &WindowSpec) -> String {
-    let content = json!({"keyBy": key_field, "eventTime": time_field, "window": spec});
-    format!("window-{:08x}", crc32fast::hash(content.to_string().as_bytes()))
+    content_id("window", &json!({"keyBy": key_field, "eventTime": time_field, "window": spec}))
 }
 
 /// What records must carry for the steps up to the first aggregate; later
@@ -295,6 +306,7 @@ fn field_rules(pipeline: &PipelineSpec) -> Vec<FieldRule> {
             }
             Ok(StepKind::Aggregate(a)) => a,
             Ok(StepKind::Window(w)) => &w.aggregate,
+            Ok(StepKind::Deduplicate(_)) => continue,
             Err(_) => break,
         };
         rules.extend(aggregate.numeric_fields().map(|f| FieldRule::Number(f.clone())));

@@ -1,14 +1,15 @@
 //! Event-time windows per key: tumbling and sliding ones aligned to the
 //! epoch, and session windows that close after a gap without records.
 //! Records are aggregated as they arrive; a window is emitted once the
-//! watermark passes its end.
+//! watermark passes its end. Deduplication within a time bound is here too:
+//! it is a window of one record per key.
 
 use std::collections::BTreeMap;
 
 use serde_json::Value;
 
 use super::aggregate::{AggState, Aggregate};
-use crate::manifest::{WindowKind, WindowSpec};
+use crate::manifest::{DeduplicateSpec, WindowKind, WindowSpec};
 use crate::operators::{EventTimeFunction, Timers};
 use crate::record::{event_time_of, Row};
 use crate::task::TaskError;
@@ -145,6 +146,69 @@ impl EventTimeFunction<String, Row, Row> for WindowAggregate {
 
     fn is_empty(&self, windows: &Windows) -> bool {
         windows.is_empty()
+    }
+}
+
+/// Passes on a key's first record and drops its records less than
+/// `within` from it in event time.
+#[derive(Debug, Clone)]
+pub struct Deduplicate {
+    time_field: String,
+    within: i64,
+}
+
+impl Deduplicate {
+    pub fn new(time_field: &str, spec: &DeduplicateSpec) -> Deduplicate {
+        let within = i64::try_from(spec.within.get().as_millis()).unwrap_or(i64::MAX).max(1);
+        Deduplicate { time_field: time_field.into(), within }
+    }
+}
+
+impl EventTimeFunction<String, Row, Row> for Deduplicate {
+    /// The event time of the record passed on, while records near it may come.
+    type State = Option<i64>;
+
+    fn process(
+        &mut self,
+        key: &String,
+        row: Row,
+        kept: &mut Option<i64>,
+        timers: &mut Timers,
+        out: &mut Vec<Row>,
+    ) -> Result<(), TaskError> {
+        let ts = event_time_of(&row, &self.time_field)
+            .map_err(|reason| TaskError::BadRecord { record: format!("with key `{key}`"), reason })?;
+        if kept.is_some_and(|k| ts.abs_diff(k) < self.within as u64) {
+            return Ok(());
+        }
+        // Past its horizon, a record may duplicate one whose memory is gone.
+        if timers.watermark().is_some_and(|w| w >= ts.saturating_add(self.within - 1)) {
+            timers.drop_late();
+            return Ok(());
+        }
+        if let Some(k) = kept.replace(ts) {
+            timers.delete(k.saturating_add(self.within - 1));
+        }
+        // Once the watermark is past `ts + within`, no record near it can come.
+        timers.register(ts.saturating_add(self.within - 1));
+        out.push(row);
+        Ok(())
+    }
+
+    fn on_timer(
+        &mut self,
+        _key: &String,
+        _time: i64,
+        kept: &mut Option<i64>,
+        _timers: &mut Timers,
+        _out: &mut Vec<Row>,
+    ) -> Result<(), TaskError> {
+        *kept = None;
+        Ok(())
+    }
+
+    fn is_empty(&self, kept: &Option<i64>) -> bool {
+        kept.is_none()
     }
 }
 
