@@ -199,6 +199,42 @@ fn tls_to_the_server_is_verified_against_the_ca_file_and_a_foreign_ca_is_refused
 
 #[test]
 #[ignore = "needs a PostgreSQL server: scripts/test-postgres starts one and runs these"]
+fn a_client_certificate_logs_in_where_the_server_asks_for_one_and_without_it_the_job_stops_naming_why() {
+    const COUNT: u64 = 20_000;
+    let var = |name: &str| std::env::var(name).unwrap_or_else(|_| panic!("{name}: scripts/test-postgres sets it"));
+    let (ca, cert, key) = (var("WEIR_TEST_PG_CA"), var("WEIR_TEST_PG_CLIENT_CERT"), var("WEIR_TEST_PG_CLIENT_KEY"));
+    psql(
+        "DROP TABLE IF EXISTS counts_cert; \
+         CREATE TABLE counts_cert (key text NOT NULL, count bigint NOT NULL, sum_value bigint NOT NULL); \
+         GRANT ALL ON counts_cert TO \"weir-client\"",
+    );
+    // pg_hba.conf: hostssl ... weir-client ... cert, so no password helps.
+    let connection = connection().replace("user=weir ", "user=weir-client ");
+    let sink = |tls: &str| {
+        format!("postgres: {{connection: '{connection}', table: counts_cert, transactionsTable: weir_cert_txns, tls: {{{tls}}}}}")
+    };
+    let with_cert = sink(&format!("caFile: '{ca}', certFile: '{cert}', keyFile: '{key}'"));
+    let job = Job { name: "pg-cert", count: COUNT, rate: 0, sink: with_cert, restart: "{none: {}}" };
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = write_manifest(dir.path(), &job);
+    let status = finish(weir(&manifest, dir.path(), "run.log"), Duration::from_secs(120), dir.path(), "run.log");
+    assert!(
+        status.success(),
+        "with a client certificate: {}",
+        std::fs::read_to_string(dir.path().join("run.log")).unwrap()
+    );
+    let updates = weir_runtime::verify::updates_of(rows("counts_cert")).unwrap();
+    if let Err(e) = weir_runtime::verify::check_updates_exactly_once(&updates, COUNT, KEYS) {
+        panic!("table written with a client certificate: {e}");
+    }
+    let without = run_to_failure(&Job { name: "pg-no-cert", sink: sink(&format!("caFile: '{ca}'")), ..job });
+    assert!(without.contains("requires a valid client certificate"), "the refusal says why: {without}");
+    let count: u64 = psql("SELECT count(*) FROM counts_cert").parse().unwrap();
+    assert_eq!(count, COUNT, "the refused run wrote nothing");
+}
+
+#[test]
+#[ignore = "needs a PostgreSQL server: scripts/test-postgres starts one and runs these"]
 fn rows_the_table_refuses_are_dead_lettered_once_and_the_rest_committed_once_through_kill_9() {
     const COUNT: u64 = 120_000;
     for mode in ["TwoPhaseCommit", "Upsert"] {
