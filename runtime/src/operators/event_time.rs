@@ -5,7 +5,7 @@
 //! with the key; the operator's time-ordered queue of all timers is rebuilt
 //! from the state on restore rather than stored twice.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::hash::Hash;
 
 use async_trait::async_trait;
@@ -95,7 +95,9 @@ pub struct KeyedEventTime<K, I, O, F: EventTimeFunction<K, I, O>, KF> {
     function: F,
     state: KeyedStateBackend<K, Timed<F::State>>,
     /// Every key's timers in time order.
-    queue: BTreeSet<(i64, K)>,
+    /// Keys by time rather than a set of (time, key): the many keys due at
+    /// one window end would otherwise be ordered by comparing keys.
+    queue: BTreeMap<i64, Vec<K>>,
     watermark: Option<i64>,
     next: Box<dyn Collector<O>>,
     added: Vec<i64>,
@@ -119,7 +121,12 @@ where
         next: Box<dyn Collector<O>>,
     ) -> Result<Self, TaskError> {
         let state: KeyedStateBackend<K, Timed<F::State>> = super::restore_keyed(&uid, &ctx)?;
-        let queue = state.iter().flat_map(|(k, s)| s.timers.iter().map(move |t| (*t, k.clone()))).collect();
+        let mut queue: BTreeMap<i64, Vec<K>> = BTreeMap::new();
+        for (key, timed) in state.iter() {
+            for t in &timed.timers {
+                queue.entry(*t).or_default().push(key.clone());
+            }
+        }
         Ok(KeyedEventTime {
             uid,
             ctx,
@@ -161,28 +168,37 @@ where
             return;
         }
         for t in self.added.drain(..) {
-            self.queue.insert((t, key.clone()));
+            self.queue.entry(t).or_default().push(key.clone());
         }
     }
 
     /// Fires every timer at or before `now`, in time order.
     fn fire(&mut self, now: i64, out: &mut Vec<O>) -> Result<(), TaskError> {
-        while let Some((time, key)) = self.queue.first().cloned().filter(|(t, _)| *t <= now) {
-            self.queue.pop_first();
-            // A key dropped since its timer was queued has nothing to fire.
-            let Some(timed) = self.state.get_existing_mut(&key) else { continue };
-            if !timed.timers.remove(&time) {
-                continue; // deleted
+        // Timers set while firing go into the queue and fire in this loop
+        // if they are due too.
+        while let Some((time, keys)) = self
+            .queue
+            .first_key_value()
+            .filter(|(t, _)| **t <= now)
+            .map(|(t, _)| *t)
+            .and_then(|t| self.queue.remove_entry(&t))
+        {
+            for key in keys {
+                // A key dropped since its timer was queued has nothing to fire.
+                let Some(timed) = self.state.get_existing_mut(&key) else { continue };
+                if !timed.timers.remove(&time) {
+                    continue; // deleted, or queued twice
+                }
+                let mut timers = Timers {
+                    watermark: self.watermark,
+                    set: &mut timed.timers,
+                    added: &mut self.added,
+                    late: &mut self.late,
+                };
+                self.function.on_timer(&key, time, &mut timed.state, &mut timers, out)?;
+                let empty = timed.timers.is_empty() && self.function.is_empty(&timed.state);
+                self.settle(key, empty);
             }
-            let mut timers = Timers {
-                watermark: self.watermark,
-                set: &mut timed.timers,
-                added: &mut self.added,
-                late: &mut self.late,
-            };
-            self.function.on_timer(&key, time, &mut timed.state, &mut timers, out)?;
-            let empty = timed.timers.is_empty() && self.function.is_empty(&timed.state);
-            self.settle(key, empty);
         }
         Ok(())
     }
