@@ -557,8 +557,11 @@ fn only_processes_with_the_job_token_join_the_job_or_take_savepoints() {
 
 #[test]
 fn a_job_started_from_a_stopped_jobs_savepoint_on_other_workers_continues_exactly_once() {
+    // Twelve seconds of input, so that the stop comes part way even on a
+    // machine busy with the other tests.
+    const COUNT: u64 = 1_200_000;
     let dir = tempfile::tempdir().unwrap();
-    let mut old = Cluster::new(dir.path(), 600_000, 100_000);
+    let mut old = Cluster::new(dir.path(), COUNT, 100_000);
     let coordinator = old.coordinator();
     for n in ["w1", "w2", "w3"] {
         old.worker(n);
@@ -569,12 +572,12 @@ fn a_job_started_from_a_stopped_jobs_savepoint_on_other_workers_continues_exactl
     let savepoint = stopped["path"].as_str().unwrap_or_else(|| panic!("no savepoint in {stopped}")).to_string();
     assert!(old.wait_exit(coordinator, Duration::from_secs(30)), "the old job stopped cleanly");
     let written_before = assert_contiguous(dir.path());
-    assert!(written_before < 600_000, "stopped part way ({written_before} records)");
+    assert!(written_before < COUNT, "stopped part way ({written_before} records)");
     drop(old);
 
     // The same pipeline as a new job (its own checkpoint directory), started
     // from the savepoint by fresh coordinator and worker processes.
-    let mut new = Cluster::new(dir.path(), 600_000, 100_000);
+    let mut new = Cluster::new(dir.path(), COUNT, 100_000);
     let yaml = std::fs::read_to_string(&new.manifest)
         .unwrap()
         .replace("name: spread", "name: spread-v2")
@@ -640,7 +643,7 @@ spec:
 #[test]
 fn a_checkpoint_a_worker_finds_damaged_is_passed_over_and_the_job_restores_an_older_one() {
     let dir = tempfile::tempdir().unwrap();
-    let mut c = Cluster::new(dir.path(), 500_000, 100_000);
+    let mut c = Cluster::new(dir.path(), 1_000_000, 100_000);
     // The coordinator stops itself once checkpoint 3 is committed in the
     // ledger, before anyone is told: its output is not committed yet.
     let first = c.coordinator_with(&[("WEIR_STOP_AT", "LedgerCommitted:3")]);
