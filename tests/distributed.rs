@@ -31,6 +31,36 @@ struct Cluster {
     site: String,
     /// The job CA the API is reached with over TLS, once the job has one.
     api_ca: Option<Vec<u8>>,
+    /// A share of the machine: at most a few clusters run at once.
+    _slot: Option<Slot>,
+}
+
+/// How many clusters (four processes each) run at once: each test's timing
+/// assumptions hold on two cores with three, not with every test at once.
+const CONCURRENT_CLUSTERS: usize = 3;
+
+static SLOTS: (std::sync::Mutex<usize>, std::sync::Condvar) = (std::sync::Mutex::new(0), std::sync::Condvar::new());
+
+struct Slot;
+
+impl Slot {
+    fn take() -> Slot {
+        let (lock, freed) = &SLOTS;
+        let mut taken = lock.lock().unwrap_or_else(|e| e.into_inner());
+        while *taken >= CONCURRENT_CLUSTERS {
+            taken = freed.wait(taken).unwrap_or_else(|e| e.into_inner());
+        }
+        *taken += 1;
+        Slot
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let (lock, freed) = &SLOTS;
+        *lock.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
+        freed.notify_one();
+    }
 }
 
 impl Drop for Cluster {
@@ -74,6 +104,7 @@ spec:
             env: Vec::new(),
             site: String::new(),
             api_ca: None,
+            _slot: Some(Slot::take()),
         }
     }
 
@@ -91,6 +122,8 @@ spec:
             env: self.env.clone(),
             site: format!("{site}-"),
             api_ca: self.api_ca.clone(),
+            // Part of a test that holds a slot already.
+            _slot: None,
         }
     }
 
