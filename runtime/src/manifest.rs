@@ -5,18 +5,18 @@
 //! a user writes and the runtime's view of a job can never drift apart.
 //!
 //! # Layout
-//! - this file: the job, its spec, checkpoints, restarts and lifecycle.
+//! - this file: the job, its spec, checkpoints and lifecycle.
 //! - [`pipeline`]: `spec.pipeline`, source -> steps -> sink.
 //! - [`kafka`], [`postgres`], [`redis`]: those connectors' settings.
+//! - [`tls`]: verified TLS to a server, shared by the connectors.
+//! - [`duration`]: durations as people write them (`500ms`, `1h 30m`).
+//! - [`restart`]: `spec.restartStrategy`, Flink's restart strategies.
 
-use std::borrow::Cow;
-use std::fmt;
 use std::path::PathBuf;
-use std::str::FromStr;
 use std::time::Duration;
 
 use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 
 pub mod postgres;
 pub use self::postgres::{PostgresSinkMode, PostgresSinkSpec};
@@ -26,10 +26,16 @@ pub mod kafka;
 pub use self::kafka::{KafkaDelivery, KafkaMetadata, KafkaSinkSpec, KafkaSourceSpec, StartingOffsets, StoppingOffsets};
 pub mod pipeline;
 pub use self::pipeline::*;
+pub mod duration;
+pub mod restart;
+pub use self::restart::{ExponentialDelay, FailureRate, FixedDelay, NoRestart, RestartStrategy, RestartStrategyKind};
 pub mod file_sink;
+pub use self::duration::HumanDuration;
+pub mod tls;
 pub use self::file_sink::{
     ByteSize, ColumnSpec, ColumnType, FileFormat, FileSinkSpec, ParquetCompression, ParquetSpec,
 };
+pub use self::tls::ClientTlsSpec;
 
 pub const API_VERSION: &str = "weir.dev/v1alpha1";
 pub const KIND: &str = "StreamJob";
@@ -195,128 +201,6 @@ pub struct PodResources {
     pub requests: std::collections::BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub limits: std::collections::BTreeMap<String, String>,
-}
-
-/// Flink's restart strategies; exactly one field is set (none set: the
-/// default, `exponentialDelay` with Flink's defaults).
-#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema, PartialEq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-#[schemars(extend("x-kubernetes-validations" = [{
-    "rule": "(has(self.none) ? 1 : 0) + (has(self.fixedDelay) ? 1 : 0) + (has(self.failureRate) ? 1 : 0) + (has(self.exponentialDelay) ? 1 : 0) <= 1",
-    "message": "at most one of none, fixedDelay, failureRate, exponentialDelay must be set in spec.restartStrategy"
-}]))]
-pub struct RestartStrategy {
-    /// Never restart: the first failure fails the job.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub none: Option<NoRestart>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub fixed_delay: Option<FixedDelay>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub failure_rate: Option<FailureRate>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub exponential_delay: Option<ExponentialDelay>,
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct NoRestart {}
-
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct FixedDelay {
-    /// Restarts allowed before the job fails.
-    #[schemars(range(min = 0))]
-    pub attempts: u32,
-    #[serde(default = "default_restart_delay")]
-    pub delay: HumanDuration,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct FailureRate {
-    /// The number of failures within `interval` that fails the job, as in
-    /// Flink: the job fails on the N-th failure inside any such interval.
-    #[schemars(range(min = 1))]
-    pub max_failures_per_interval: u32,
-    #[serde(default = "default_failure_interval")]
-    pub interval: HumanDuration,
-    #[serde(default = "default_restart_delay")]
-    pub delay: HumanDuration,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct ExponentialDelay {
-    #[serde(default = "default_initial_backoff")]
-    pub initial_backoff: HumanDuration,
-    #[serde(default = "default_max_backoff")]
-    pub max_backoff: HumanDuration,
-    #[serde(default = "default_multiplier")]
-    #[schemars(range(min = 1.0))]
-    pub multiplier: f64,
-    /// A job that ran this long without failing starts again from `initialBackoff`.
-    #[serde(default = "default_reset_threshold")]
-    pub reset_backoff_threshold: HumanDuration,
-    /// Each delay is varied by up to this fraction, so jobs do not restart in lockstep.
-    #[serde(default = "default_jitter")]
-    #[schemars(range(min = 0.0, max = 1.0))]
-    pub jitter: f64,
-}
-
-impl Default for ExponentialDelay {
-    fn default() -> Self {
-        ExponentialDelay {
-            initial_backoff: default_initial_backoff(),
-            max_backoff: default_max_backoff(),
-            multiplier: default_multiplier(),
-            reset_backoff_threshold: default_reset_threshold(),
-            jitter: default_jitter(),
-        }
-    }
-}
-
-fn default_restart_delay() -> HumanDuration {
-    HumanDuration(Duration::from_secs(1))
-}
-fn default_failure_interval() -> HumanDuration {
-    HumanDuration(Duration::from_secs(60))
-}
-fn default_initial_backoff() -> HumanDuration {
-    HumanDuration(Duration::from_secs(1))
-}
-fn default_max_backoff() -> HumanDuration {
-    HumanDuration(Duration::from_secs(60))
-}
-fn default_multiplier() -> f64 {
-    1.5
-}
-fn default_reset_threshold() -> HumanDuration {
-    HumanDuration(Duration::from_secs(3600))
-}
-fn default_jitter() -> f64 {
-    0.1
-}
-
-/// The strategy a [`RestartStrategy`] sets.
-#[derive(Debug, Clone, PartialEq)]
-pub enum RestartStrategyKind {
-    None,
-    FixedDelay(FixedDelay),
-    FailureRate(FailureRate),
-    ExponentialDelay(ExponentialDelay),
-}
-
-impl RestartStrategy {
-    pub fn kind(&self) -> Result<RestartStrategyKind, String> {
-        match (&self.none, &self.fixed_delay, &self.failure_rate, &self.exponential_delay) {
-            (None, None, None, None) => Ok(RestartStrategyKind::ExponentialDelay(ExponentialDelay::default())),
-            (Some(_), None, None, None) => Ok(RestartStrategyKind::None),
-            (None, Some(f), None, None) => Ok(RestartStrategyKind::FixedDelay(f.clone())),
-            (None, None, Some(f), None) => Ok(RestartStrategyKind::FailureRate(f.clone())),
-            (None, None, None, Some(e)) => Ok(RestartStrategyKind::ExponentialDelay(e.clone())),
-            _ => Err("expected at most one of none, fixedDelay, failureRate, exponentialDelay".into()),
-        }
-    }
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
@@ -542,97 +426,6 @@ pub enum BadRecordAction {
     Skip,
     /// The record is written to the dead-letter directory and counted.
     DeadLetter,
-}
-
-/// Verified TLS to a broker, database or cache, with a client certificate
-/// where the server asks for one.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema, PartialEq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct ClientTlsSpec {
-    /// PEM CA certificates to trust instead of the system's, e.g. a
-    /// mounted Secret's `ca.crt` for a server with a private CA.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ca_file: Option<String>,
-    /// The client's PEM certificate chain (a mounted Secret's `tls.crt`),
-    /// for servers that authenticate clients by certificate; with `keyFile`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cert_file: Option<String>,
-    /// The unencrypted PEM private key of `certFile` (a mounted Secret's
-    /// `tls.key`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub key_file: Option<String>,
-}
-
-impl ClientTlsSpec {
-    /// What is wrong with these settings, each naming its field under `at`.
-    pub fn problems(&self, at: &str) -> Vec<String> {
-        let mut errors = Vec::new();
-        for (field, value) in [("caFile", &self.ca_file), ("certFile", &self.cert_file), ("keyFile", &self.key_file)] {
-            if value.as_deref() == Some("") {
-                errors.push(format!("{at}.{field}: expected a file path, got an empty one"));
-            }
-        }
-        match (&self.cert_file, &self.key_file) {
-            (Some(_), None) => errors.push(format!("{at}.keyFile: required with certFile")),
-            (None, Some(_)) => errors.push(format!("{at}.certFile: required with keyFile")),
-            _ => {}
-        }
-        errors
-    }
-}
-
-/// A duration written the way people write them: `500ms`, `1s`, `10m`, `1h 30m`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
-pub struct HumanDuration(pub Duration);
-
-impl HumanDuration {
-    pub fn get(self) -> Duration {
-        self.0
-    }
-}
-
-impl fmt::Display for HumanDuration {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.0.is_zero() {
-            return f.write_str("0s");
-        }
-        write!(f, "{}", humantime::format_duration(self.0))
-    }
-}
-
-impl FromStr for HumanDuration {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        humantime::parse_duration(s.trim())
-            .map(HumanDuration)
-            .map_err(|e| format!("expected a duration such as `500ms`, `1s` or `10m`, got `{s}` ({e})"))
-    }
-}
-
-impl Serialize for HumanDuration {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for HumanDuration {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
-
-impl JsonSchema for HumanDuration {
-    fn schema_name() -> Cow<'static, str> {
-        "Duration".into()
-    }
-    fn json_schema(_: &mut SchemaGenerator) -> Schema {
-        json_schema!({
-            "type": "string",
-            "pattern": "^\\s*([0-9]+\\s*(ns|us|ms|s|sec|m|min|h|hr|d)\\s*)+$",
-            "description": "A duration such as `500ms`, `1s`, `10m` or `1h 30m`."
-        })
-    }
 }
 
 impl StreamJob {
