@@ -18,7 +18,7 @@ use tracing::warn;
 
 use super::backoff::{Backoff, SINK_ATTEMPTS};
 use super::secret::read_password;
-use super::tls::{parse_certificates, read_file, read_identity};
+use super::tls::{read_ca_pem, read_identity};
 use super::upsert::{key_string, last_per_key};
 use crate::manifest::{ClientTlsSpec, RedisSinkSpec, RedisValueFormat};
 use crate::metrics::JobMetrics;
@@ -45,16 +45,8 @@ fn tls_client(at: &str, info: ConnectionInfo, tls: Option<&ClientTlsSpec>) -> Re
     let at = format!("{at}.tls");
     let tls = tls.cloned().unwrap_or_default();
     let fail = |e: String| TaskError::sink(&describe, e);
-    let root_cert = match tls.ca_file.as_deref() {
-        None => None,
-        Some(file) => {
-            let field = format!("{at}.caFile");
-            let pem = read_file(&field, file).map_err(fail)?;
-            // Checked here for a message that names the field.
-            parse_certificates(&field, file, &pem).map_err(fail)?;
-            Some(pem)
-        }
-    };
+    // Checked here for a message that names the field.
+    let root_cert = tls.ca_file.as_deref().map(|file| read_ca_pem(&at, file)).transpose().map_err(fail)?;
     let client_tls = read_identity(&at, &tls)
         .map_err(fail)?
         .map(|id| ClientTlsConfig { client_cert: id.cert_pem, client_key: id.key_pem });

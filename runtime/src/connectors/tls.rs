@@ -38,6 +38,15 @@ pub fn read_ca_file(at: &str, ca_file: &str) -> Result<Vec<CertificateDer<'stati
     parse_certificates(&field, ca_file, &read_file(&field, ca_file)?)
 }
 
+/// The PEM bytes of the CA file at `at.caFile`, checked to hold
+/// certificates, for clients that take a file's bytes.
+pub fn read_ca_pem(at: &str, ca_file: &str) -> Result<Vec<u8>, String> {
+    let field = format!("{at}.caFile");
+    let pem = read_file(&field, ca_file)?;
+    parse_certificates(&field, ca_file, &pem)?;
+    Ok(pem)
+}
+
 /// A client certificate chain and its key, as the files held them (PEM,
 /// for clients that take files' bytes) and parsed.
 pub struct Identity {
