@@ -16,6 +16,11 @@ impl HumanDuration {
     pub fn get(self) -> Duration {
         self.0
     }
+
+    /// Whole milliseconds, saturating at `i64::MAX`.
+    pub fn millis(self) -> i64 {
+        i64::try_from(self.0.as_millis()).unwrap_or(i64::MAX)
+    }
 }
 
 impl fmt::Display for HumanDuration {

@@ -226,18 +226,14 @@ pub enum WindowKind {
     Session { gap: i64 },
 }
 
-fn millis(d: HumanDuration) -> i64 {
-    i64::try_from(d.get().as_millis()).unwrap_or(i64::MAX)
-}
-
 impl WindowSpec {
     pub fn kind(&self) -> Result<WindowKind, String> {
         match (self.size, self.slide, self.gap) {
             (Some(size), slide, None) => {
-                let size = millis(size);
-                Ok(WindowKind::Sliding { size, slide: slide.map_or(size, millis) })
+                let size = size.millis();
+                Ok(WindowKind::Sliding { size, slide: slide.map_or(size, HumanDuration::millis) })
             }
-            (None, None, Some(gap)) => Ok(WindowKind::Session { gap: millis(gap) }),
+            (None, None, Some(gap)) => Ok(WindowKind::Session { gap: gap.millis() }),
             (None, Some(_), None) => Err("slide needs size".into()),
             _ => Err("expected either size (and slide) or gap".into()),
         }

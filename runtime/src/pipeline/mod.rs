@@ -31,7 +31,7 @@ use crate::connectors::print::{DiscardSink, StdoutSink};
 use crate::connectors::redis::{RedisSink, RedisTarget};
 use crate::connectors::TwoPhaseCommitCollector;
 use crate::connectors::{FileSink, GeneratorSource};
-use crate::dataflow::{BuildError, DataStream, JobGraph, StreamEnv};
+use crate::dataflow::{BuildError, DataStream, JobGraph, KeyedStream, StreamEnv};
 use crate::manifest::{
     AggregateSpec, BadRecordAction, ErrorPolicy, KafkaMetadata, PipelineSpec, PostgresSinkMode, SinkKind, SourceKind,
     StepKind, StreamJobSpec, WindowSpec,
@@ -73,7 +73,7 @@ fn build_pipeline(spec: &StreamJobSpec, pipeline: &PipelineSpec) -> Result<JobGr
     // With event time, each source watermarks its records per split.
     let timed = move |source: Box<dyn Source<SourceRecord>>| match &event_time {
         Some(t) => {
-            let bound = t.max_out_of_orderness.get().as_millis() as i64;
+            let bound = t.max_out_of_orderness.millis();
             Box::new(EventTimeSource::new(source, &t.field, bound, idle)) as Box<dyn Source<SourceRecord>>
         }
         None => source,
@@ -131,22 +131,19 @@ fn build_pipeline(spec: &StreamJobSpec, pipeline: &PipelineSpec) -> Result<JobGr
             StepKind::KeyBy(k) => key_field = Some(k.field.clone()),
             StepKind::Aggregate(a) => {
                 let Some(field) = key_field.take() else { continue };
-                let key_name = field.clone();
-                let keyed = stream.key_by(move |row: &Row| key_of(row, &key_name).unwrap_or_default());
+                let keyed = keyed_by(stream, &field);
                 let id = step.id.clone().unwrap_or_else(|| aggregate_id(&field, a));
                 stream = keyed.process(&id, Aggregate::new(&field, a));
             }
             StepKind::Window(w) => {
                 let (Some(field), Some(time)) = (key_field.take(), &pipeline.event_time) else { continue };
-                let key_name = field.clone();
-                let keyed = stream.key_by(move |row: &Row| key_of(row, &key_name).unwrap_or_default());
+                let keyed = keyed_by(stream, &field);
                 let id = step.id.clone().unwrap_or_else(|| window_id(&field, &time.field, w));
                 stream = keyed.process_event_time(&id, WindowAggregate::new(&field, &time.field, w));
             }
             StepKind::Deduplicate(d) => {
                 let (Some(field), Some(time)) = (key_field.take(), &pipeline.event_time) else { continue };
-                let key_name = field.clone();
-                let keyed = stream.key_by(move |row: &Row| key_of(row, &key_name).unwrap_or_default());
+                let keyed = keyed_by(stream, &field);
                 let content = json!({"keyBy": field, "eventTime": time.field, "deduplicate": d});
                 let id = step.id.clone().unwrap_or_else(|| content_id("deduplicate", &content));
                 stream = keyed.process_event_time(&id, Deduplicate::new(&time.field, d));
@@ -282,6 +279,12 @@ fn kafka_json_decoder(metadata: Vec<KafkaMetadata>) -> KafkaDecoder<SourceRecord
 /// steps come and go, and changes when the state would mean something else.
 fn aggregate_id(key_field: &str, spec: &AggregateSpec) -> String {
     content_id("aggregate", &json!({"keyBy": key_field, "aggregate": spec}))
+}
+
+/// `stream` repartitioned by the value of `field`.
+fn keyed_by(stream: DataStream<Row>, field: &str) -> KeyedStream<String, Row> {
+    let field = field.to_string();
+    stream.key_by(move |row: &Row| key_of(row, &field).unwrap_or_default())
 }
 
 /// `<kind>-<digest of what the step computes>`.

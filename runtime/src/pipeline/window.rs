@@ -14,6 +14,11 @@ use crate::operators::{EventTimeFunction, Timers};
 use crate::record::{event_time_of, Row};
 use crate::task::TaskError;
 
+/// The event time of a keyed record; a record without one failing names its key.
+fn event_time(row: &Row, field: &str, key: &str) -> Result<i64, TaskError> {
+    event_time_of(row, field).map_err(|reason| TaskError::BadRecord { record: format!("with key `{key}`"), reason })
+}
+
 #[derive(Debug, Clone)]
 pub struct WindowAggregate {
     aggregate: Aggregate,
@@ -115,8 +120,7 @@ impl EventTimeFunction<String, Row, Row> for WindowAggregate {
         timers: &mut Timers,
         _out: &mut Vec<Row>,
     ) -> Result<(), TaskError> {
-        let ts = event_time_of(&row, &self.time_field)
-            .map_err(|reason| TaskError::BadRecord { record: format!("with key `{key}`"), reason })?;
+        let ts = event_time(&row, &self.time_field, key)?;
         let placed = match self.kind {
             WindowKind::Sliding { .. } => self.add_sliding(key, &row, ts, windows, timers)?,
             WindowKind::Session { .. } => self.add_session(key, &row, ts, windows, timers)?,
@@ -159,7 +163,7 @@ pub struct Deduplicate {
 
 impl Deduplicate {
     pub fn new(time_field: &str, spec: &DeduplicateSpec) -> Deduplicate {
-        let within = i64::try_from(spec.within.get().as_millis()).unwrap_or(i64::MAX).max(1);
+        let within = spec.within.millis().max(1);
         Deduplicate { time_field: time_field.into(), within }
     }
 }
@@ -176,8 +180,7 @@ impl EventTimeFunction<String, Row, Row> for Deduplicate {
         timers: &mut Timers,
         out: &mut Vec<Row>,
     ) -> Result<(), TaskError> {
-        let ts = event_time_of(&row, &self.time_field)
-            .map_err(|reason| TaskError::BadRecord { record: format!("with key `{key}`"), reason })?;
+        let ts = event_time(&row, &self.time_field, key)?;
         if kept.is_some_and(|k| ts.abs_diff(k) < self.within as u64) {
             return Ok(());
         }
