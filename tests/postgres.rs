@@ -80,6 +80,95 @@ fn two_phase_commit_table_holds_every_update_exactly_once_after_kill_9_of_weir_r
     assert!(kept > 0, "every commit is recorded in the transactions table");
 }
 
+/// `psql` as a session named like an attempt of weir (`PGAPPNAME`),
+/// reading `sql` from its standard input one statement at a time.
+fn psql_as_attempt(name: &str, sql: &str) -> std::process::Child {
+    use std::io::Write;
+    let mut child = Command::new("psql")
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", "-"])
+        .env("PGAPPNAME", name)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(sql.as_bytes()).unwrap();
+    child
+}
+
+#[test]
+#[ignore = "needs a PostgreSQL server: scripts/test-postgres starts one and runs these"]
+fn sessions_and_transactions_of_earlier_attempts_are_ended_and_rolled_back_not_left_prepared() {
+    const COUNT: u64 = 300_000;
+    psql(
+        "DROP TABLE IF EXISTS counts_fence; DROP TABLE IF EXISTS fence_transactions; \
+          CREATE TABLE counts_fence (key text NOT NULL, count bigint NOT NULL, sum_value bigint NOT NULL)",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let sink = format!(
+        "postgres: {{connection: '{}', table: counts_fence, transactionsTable: fence_transactions}}",
+        connection()
+    );
+    let job = Job { name: "pg-fence", count: COUNT, rate: 50_000, sink, restart: "{none: {}}" };
+    let manifest = write_manifest(dir.path(), &job);
+
+    let mut first = weir(&manifest, dir.path(), "first.log");
+    wait_for_progress(&mut first, "a first commit", || psql("SELECT count(*) FROM fence_transactions") != "0");
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let incarnation = psql("SELECT DISTINCT incarnation FROM fence_transactions");
+
+    // An earlier attempt's PREPARE TRANSACTION still under way on the
+    // server when the next attempt starts (here held back by a sleep).
+    let late_attempt = format!("weir:{incarnation}:00000000000000aa:");
+    let late = psql_as_attempt(
+        &format!("{late_attempt}0"),
+        &format!(
+            "BEGIN;\nINSERT INTO counts_fence VALUES ('late', 1, 1);\nSELECT pg_sleep(60);\n\
+             PREPARE TRANSACTION '{late_attempt}0:1';\n"
+        ),
+    );
+    let sleeping = || {
+        psql(&format!("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE '{late_attempt}%' AND query LIKE '%pg_sleep%'"))
+            == "1"
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !sleeping() {
+        assert!(std::time::Instant::now() < deadline, "the late session never started its sleep");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let mut rerun = weir(&manifest, dir.path(), "rerun.log");
+    let before: u64 = psql("SELECT count(*) FROM fence_transactions").parse().unwrap();
+    wait_for_progress(&mut rerun, "the rerun committing", || {
+        psql("SELECT count(*) FROM fence_transactions").parse::<u64>().unwrap() > before
+    });
+    // A stale worker of an earlier attempt that reconnects and prepares a
+    // transaction while the job runs.
+    let stale_attempt = format!("weir:{incarnation}:00000000000000bb:");
+    let stale = psql_as_attempt(
+        &format!("{stale_attempt}1"),
+        &format!(
+            "BEGIN;\nINSERT INTO counts_fence VALUES ('stale', 1, 1);\nPREPARE TRANSACTION '{stale_attempt}1:5';\n"
+        ),
+    );
+    let stale = stale.wait_with_output().unwrap();
+    assert!(stale.status.success(), "the stale prepare: {}", String::from_utf8_lossy(&stale.stderr));
+    assert!(rerun.try_wait().unwrap().is_none(), "the job ended before the stale transaction was prepared");
+    let status = finish(rerun, Duration::from_secs(120), dir.path(), "rerun.log");
+    assert!(status.success(), "rerun: {}", std::fs::read_to_string(dir.path().join("rerun.log")).unwrap());
+
+    let late = late.wait_with_output().unwrap();
+    assert!(!late.status.success(), "the earlier attempt's session was not ended; it prepared after the restore");
+    assert!(String::from_utf8_lossy(&late.stderr).contains("terminating connection"), "{late:?}");
+    assert_eq!(prepared_weir_transactions(), 0, "a transaction of an earlier attempt was left prepared");
+    assert_eq!(psql("SELECT count(*) FROM counts_fence WHERE key IN ('late', 'stale')"), "0");
+    let updates = weir_runtime::verify::updates_of(rows("counts_fence")).unwrap();
+    if let Err(e) = weir_runtime::verify::check_updates_exactly_once(&updates, COUNT, KEYS) {
+        panic!("table after an earlier attempt's late and stale transactions: {e}");
+    }
+}
+
 #[test]
 #[ignore = "needs a PostgreSQL server: scripts/test-postgres starts one and runs these"]
 fn upsert_table_ends_with_each_keys_final_count_after_kill_9_of_weir_run() {

@@ -12,7 +12,10 @@
 //! connection commits it (`COMMIT PREPARED` cannot run inside the next
 //! transaction, which is already open on the data connection by then).
 //! Transaction ids are `weir:<incarnation>:<epoch>:<subtask>:<txn>`
-//! (see `job::fence`), unique per job incarnation and attempt.
+//! (see `job::fence`), unique per job incarnation and attempt; sessions are
+//! named after the attempt the same way (`application_name`), so that a
+//! new attempt can end an earlier one's sessions before it rolls back
+//! their leftovers.
 //!
 //! Every transaction also inserts its id into the *transactions table*, so
 //! that whether it committed can be answered after the fact: a `COMMIT
@@ -45,6 +48,7 @@ use tracing::{debug, warn};
 use super::backoff::{Backoff, SINK_ATTEMPTS};
 use super::secret::read_password;
 use super::tls::client_config;
+use crate::job::fence::Fence;
 use crate::manifest::postgres::DEFAULT_PASSWORD_ENV;
 use crate::manifest::PostgresSinkSpec;
 use crate::metrics::JobMetrics;
@@ -119,6 +123,15 @@ impl PgTarget {
             key: spec.key.clone(),
             transactions_table: quote(&spec.transactions_table),
         })
+    }
+
+    /// Names the sessions after the attempt and subtask
+    /// (`weir:<incarnation>:<epoch>:<subtask>`, the prefix of its
+    /// transaction ids), so that a later attempt can find and end them.
+    pub fn for_attempt(mut self, fence: &Fence, subtask: u32) -> PgTarget {
+        let name = format!("weir:{}:{}:{subtask}", fence.incarnation_tag(), fence.epoch_tag());
+        self.config.application_name(&name);
+        self
     }
 
     /// The server and table, for messages: never the password.

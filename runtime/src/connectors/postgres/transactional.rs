@@ -16,6 +16,9 @@ use crate::metrics::JobMetrics;
 use crate::record::Rejects;
 use crate::task::{TaskContext, TaskError};
 
+/// How long earlier attempts' sessions may take to end once told to.
+const SESSION_END_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Rows of the transactions table kept per subtask, counted in
 /// checkpoints: enough for any restore that falls back past damaged
 /// checkpoints to tell committed from lost.
@@ -48,13 +51,18 @@ pub struct PostgresSink<T> {
     rejects: Option<Rejects>,
     data: Option<Conn>,
     control: Option<Client>,
+    /// Set once `recover` ran: from then on a prepared transaction of an
+    /// earlier attempt is a leftover (of a stale worker), swept by subtask 0
+    /// after each commit. Before it, the restored checkpoint's
+    /// transactions are still being committed.
+    recovered: bool,
     _records: PhantomData<fn(T)>,
 }
 
 impl<T> PostgresSink<T> {
     pub fn for_task(target: PgTarget, ctx: &TaskContext) -> PostgresSink<T> {
         PostgresSink {
-            target,
+            target: target.for_attempt(&ctx.fence, ctx.subtask()),
             fence: ctx.fence,
             subtask: ctx.subtask(),
             metrics: ctx.metrics.clone(),
@@ -62,6 +70,7 @@ impl<T> PostgresSink<T> {
             rejects: None,
             data: None,
             control: None,
+            recovered: false,
             _records: PhantomData,
         }
     }
@@ -76,8 +85,13 @@ impl<T> PostgresSink<T> {
         format!("weir:{}:", self.fence.incarnation_tag())
     }
 
+    /// What this attempt's transaction ids (and session names) start with.
+    fn attempt_prefix(&self) -> String {
+        format!("{}{}:", self.gid_prefix(), self.fence.epoch_tag())
+    }
+
     fn gid(&self, txn: u64) -> String {
-        format!("{}{}:{}:{txn}", self.gid_prefix(), self.fence.epoch_tag(), self.subtask)
+        format!("{}{}:{txn}", self.attempt_prefix(), self.subtask)
     }
 
     /// The control connection, made (with the transactions table) on first use.
@@ -176,6 +190,10 @@ impl<T> PostgresSink<T> {
             let args: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
                 [&incarnation, &(txn.subtask as i32), &oldest_kept];
             target.timed("cannot trim the transactions table", control.execute(&trim, &args)).await?;
+            if self.recovered && self.subtask == 0 {
+                let prefix = self.gid_prefix();
+                roll_back_leftovers(&target, control, &prefix, &self.attempt_prefix(), &[]).await?;
+            }
         }
         Ok(())
     }
@@ -262,35 +280,12 @@ impl<T: Serialize + Send + Sync + 'static> TwoPhaseCommitSink<T> for PostgresSin
     async fn recover(&mut self, restored: Option<u64>, committed: &[PgTxn]) -> Result<(), TaskError> {
         let target = self.target.clone();
         let prefix = self.gid_prefix();
-        let ours = format!("{prefix}{}:", self.fence.epoch_tag());
+        let ours = self.attempt_prefix();
         self.ensure_control().await?;
         let control = Self::control_client(&self.control, &target)?;
-        let listed = target
-            .timed(
-                "cannot list prepared transactions",
-                control.query(
-                    "SELECT gid FROM pg_prepared_xacts WHERE database = current_database() AND starts_with(gid, $1)",
-                    &[&prefix],
-                ),
-            )
-            .await?;
-        for row in listed {
-            let gid: String = row.get(0);
-            // This attempt's own transactions are live; the restored
-            // checkpoint's were committed just before this call.
-            if gid.starts_with(&ours) || committed.iter().any(|c| c.gid == gid) {
-                continue;
-            }
-            debug!(%gid, "rolling back a transaction no completed checkpoint covers");
-            match tokio::time::timeout(STATEMENT_TIMEOUT, control.batch_execute(&format!("ROLLBACK PREPARED '{gid}'")))
-                .await
-            {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) if e.code() == Some(&SqlState::UNDEFINED_OBJECT) => {}
-                Ok(Err(e)) => return Err(target.err(format!("cannot roll back {gid}: {}", describe_error(&e)))),
-                Err(_) => return Err(target.err(format!("cannot roll back {gid}: no answer"))),
-            }
-        }
+        end_earlier_sessions(&target, control, &prefix, &ours).await?;
+        roll_back_leftovers(&target, control, &prefix, &ours, committed).await?;
+        self.recovered = true;
         let Some(restored) = restored else { return Ok(()) };
         let ahead_sql = format!(
             "SELECT gid, checkpoint FROM {} WHERE incarnation = $1 AND checkpoint > $2 ORDER BY checkpoint",
@@ -315,4 +310,89 @@ impl<T: Serialize + Send + Sync + 'static> TwoPhaseCommitSink<T> for PostgresSin
         }
         Err(TaskError::CommittedOutputAhead { sink: target.describe(), restored, newest, example: example.clone() })
     }
+}
+
+/// Ends the sessions that earlier attempts of this incarnation still hold
+/// (their application name starts with `prefix`, not with `ours`) and
+/// waits until they are gone. A statement that a killed process sent just
+/// before it died still runs to its end on the server: a `PREPARE
+/// TRANSACTION` must land before the leftovers are listed, not after. A
+/// frozen worker's session is cut the same way. Sessions that cannot be
+/// ended (another role's) are left, with a warning: their leftovers are
+/// swept when they show up, at the next commit of subtask 0.
+async fn end_earlier_sessions(target: &PgTarget, control: &Client, prefix: &str, ours: &str) -> Result<(), TaskError> {
+    let sql = "SELECT pid FROM pg_stat_activity WHERE datname = current_database() \
+               AND starts_with(application_name, $1) AND NOT starts_with(application_name, $2) \
+               AND pid <> pg_backend_pid()";
+    let rows = target.timed("cannot list earlier attempts' sessions", control.query(sql, &[&prefix, &ours])).await?;
+    let pids: Vec<i32> = rows.iter().map(|r| r.get(0)).collect();
+    if pids.is_empty() {
+        return Ok(());
+    }
+    debug!(?pids, "ending sessions of earlier attempts");
+    for pid in &pids {
+        let args: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [pid];
+        let end = control.query_one("SELECT pg_terminate_backend($1)", &args);
+        match tokio::time::timeout(STATEMENT_TIMEOUT, end).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => warn!(pid, "cannot end a session of an earlier attempt: {}", describe_error(&e)),
+            Err(_) => return Err(target.err("cannot end a session of an earlier attempt: no answer")),
+        }
+    }
+    let deadline = tokio::time::Instant::now() + SESSION_END_TIMEOUT;
+    loop {
+        let left = target
+            .timed(
+                "cannot check for earlier attempts' sessions",
+                control.query_one("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1)", &[&pids]),
+            )
+            .await?
+            .get::<_, i64>(0);
+        if left == 0 {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            warn!(left, "sessions of earlier attempts still open after {:?}", SESSION_END_TIMEOUT);
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// Rolls back the prepared transactions of this incarnation (`prefix`)
+/// that are not this attempt's (`ours`) and were not just committed: no
+/// completed checkpoint covers them, and they hold their locks until
+/// someone does.
+async fn roll_back_leftovers(
+    target: &PgTarget,
+    control: &Client,
+    prefix: &str,
+    ours: &str,
+    committed: &[PgTxn],
+) -> Result<(), TaskError> {
+    let listed = target
+        .timed(
+            "cannot list prepared transactions",
+            control.query(
+                "SELECT gid FROM pg_prepared_xacts WHERE database = current_database() AND starts_with(gid, $1)",
+                &[&prefix],
+            ),
+        )
+        .await?;
+    for row in listed {
+        let gid: String = row.get(0);
+        if gid.starts_with(ours) || committed.iter().any(|c| c.gid == gid) {
+            continue;
+        }
+        debug!(%gid, "rolling back a transaction no completed checkpoint covers");
+        match tokio::time::timeout(STATEMENT_TIMEOUT, control.batch_execute(&format!("ROLLBACK PREPARED '{gid}'")))
+            .await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) if e.code() == Some(&SqlState::UNDEFINED_OBJECT) => {}
+            Ok(Err(e)) => return Err(target.err(format!("cannot roll back {gid}: {}", describe_error(&e)))),
+            Err(_) => return Err(target.err(format!("cannot roll back {gid}: no answer"))),
+        }
+    }
+    Ok(())
 }
