@@ -203,6 +203,7 @@ impl<P: ControlPlane + Sync> Loop<'_, P> {
                 }
                 Some(event) = events.recv() => match event {
                     Event::Ack { checkpoint, task, files } => {
+                        debug!(checkpoint, %task, "{task} acknowledged checkpoint {checkpoint}");
                         let Some(meta) = checkpoints.ack(checkpoint, task, files, Instant::now(), wall_ms()) else { continue };
                         writes.push(meta);
                     }

@@ -12,7 +12,7 @@ use super::aligner::{Aligner, Alignment};
 use super::collector::{Collector, TaskContext, TaskSnapshot};
 use super::error::TaskError;
 use super::message::{Control, Message};
-use super::runnable::{spawn_snapshot_write, RunnableTask, TaskIo};
+use super::runnable::{spawn_snapshot_write, RunnableTask, Slices, TaskIo};
 use super::watermarks::WatermarkTracker;
 use crate::metrics::JobMetrics;
 
@@ -63,6 +63,7 @@ impl<T: Send + 'static> RunnableTask for InputTask<T> {
         let mut start = 0;
         let mut stop_requested = false;
         let mut input_done = false;
+        let mut slices = Slices::default();
         loop {
             if stop_requested && input_done {
                 break;
@@ -86,6 +87,7 @@ impl<T: Send + 'static> RunnableTask for InputTask<T> {
                         Message::Batch(batch) => {
                             JobMetrics::add(&self.ctx.stage.records_in, batch.len());
                             self.chain.collect(batch).await?;
+                            slices.after_work().await;
                             Alignment::Pending
                         }
                         Message::Barrier(b) => aligner.on_barrier(i, b),

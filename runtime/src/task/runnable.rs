@@ -95,3 +95,60 @@ async fn write_snapshot(
     }
     Ok(files)
 }
+
+/// How long a task may work before it lets the runtime's other tasks run.
+const WORK_SLICE: std::time::Duration = std::time::Duration::from_millis(2);
+
+/// Gives the runtime's other tasks (snapshot writers, the coordinator, the
+/// network) a turn after every [`WORK_SLICE`] of busy work. Tokio's own
+/// budget yields only after 128 channel operations; a task spending a
+/// millisecond or more per batch (the declarative steps) reaches that only
+/// after a quarter of a second, and a checkpoint's writer, which needs a
+/// turn at each step of its write, then waited seconds under load.
+pub struct Slices {
+    since: std::time::Instant,
+}
+
+impl Default for Slices {
+    fn default() -> Self {
+        Slices { since: std::time::Instant::now() }
+    }
+}
+
+impl Slices {
+    /// Call after each unit of work (a batch).
+    pub async fn after_work(&mut self) {
+        if self.since.elapsed() >= WORK_SLICE {
+            tokio::task::yield_now().await;
+            self.since = std::time::Instant::now();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    use super::Slices;
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_busy_task_lets_a_waiting_writer_run_while_it_still_has_batches() {
+        let written = Arc::new(AtomicBool::new(false));
+        let flag = written.clone();
+        let writer = tokio::spawn(async move { flag.store(true, Ordering::SeqCst) });
+        let mut slices = Slices::default();
+        let mut ran_after = None;
+        for batch in 0..50 {
+            // A batch of work that never waits on anything (1 ms or more).
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            slices.after_work().await;
+            if ran_after.is_none() && written.load(Ordering::SeqCst) {
+                ran_after = Some(batch);
+            }
+        }
+        writer.await.unwrap();
+        let ran_after = ran_after.expect("the writer ran only once the busy task had no work left");
+        assert!(ran_after < 5, "the writer waited {ran_after} batches");
+    }
+}

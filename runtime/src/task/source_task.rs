@@ -8,7 +8,7 @@ use tokio::time::Instant;
 use super::collector::{Collector, OperatorSnapshot, TaskContext, TaskSnapshot};
 use super::error::TaskError;
 use super::message::{Control, Event, Watermark};
-use super::runnable::{spawn_snapshot_write, RunnableTask, TaskIo};
+use super::runnable::{spawn_snapshot_write, RunnableTask, Slices, TaskIo};
 use crate::faults::FaultPoint;
 use crate::metrics::JobMetrics;
 
@@ -67,6 +67,7 @@ impl<T: Send + 'static> RunnableTask for SourceTask<T> {
         let mut last_batch = Instant::now();
         let mut idle = false;
         let mut emitted: Option<i64> = None;
+        let mut slices = Slices::default();
         loop {
             tokio::select! {
                 biased;
@@ -108,6 +109,7 @@ impl<T: Send + 'static> RunnableTask for SourceTask<T> {
                                 }
                             }
                             self.ctx.faults.check(FaultPoint::SourceBatch)?;
+                            slices.after_work().await;
                         }
                         SourcePoll::Idle(until) => {
                             idle_until = Some(until);
