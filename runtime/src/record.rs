@@ -6,6 +6,8 @@
 
 use serde_json::Value;
 
+use crate::manifest::FieldType;
+
 pub type Row = Value;
 
 /// A record that could not be read or processed, with where it came from.
@@ -94,6 +96,9 @@ pub enum FieldRule {
     Number(String),
     /// An event time.
     EventTime(String),
+    /// A field of the declared schema: its type, and whether it may be
+    /// missing or null.
+    Typed(String, FieldType, bool),
 }
 
 impl FieldRule {
@@ -112,7 +117,45 @@ impl FieldRule {
                 Some(v) => Err(format!("field `{f}` must be a number, got {}", json_type(v))),
             },
             FieldRule::EventTime(f) => event_time_of(row, f).map(|_| ()),
+            FieldRule::Typed(f, ty, nullable) => {
+                let value = row.get(f).unwrap_or(&Value::Null);
+                let fits = match (ty, value) {
+                    (_, Value::Null) => *nullable,
+                    (FieldType::String, Value::String(_)) | (FieldType::Boolean, Value::Bool(_)) => true,
+                    (FieldType::Float64, Value::Number(_)) => true,
+                    (FieldType::Int64, Value::Number(n)) => n.is_i64(),
+                    (FieldType::Timestamp, _) => event_time_of(row, f).is_ok(),
+                    _ => false,
+                };
+                match (fits, value) {
+                    (true, _) => Ok(()),
+                    (false, Value::Null) if row.get(f).is_none() => Err(format!("missing field `{f}` ({})", ty.name())),
+                    (false, Value::Null) => Err(format!("field `{f}` is null, expected {} (not nullable)", ty.name())),
+                    (false, v) => Err(format!("field `{f}` must be {}, got {}", expected(*ty), value_text(v))),
+                }
+            }
         }
+    }
+}
+
+/// What a declared type accepts, in JSON's words.
+fn expected(ty: FieldType) -> &'static str {
+    match ty {
+        FieldType::String => "a string",
+        FieldType::Int64 => "an integer (int64)",
+        FieldType::Float64 => "a number (float64)",
+        FieldType::Boolean => "true or false (boolean)",
+        FieldType::Timestamp => "a timestamp: milliseconds since the epoch or an RFC 3339 string",
+    }
+}
+
+/// A value's type, and the value itself if it is short.
+fn value_text(v: &Value) -> String {
+    let text = v.to_string();
+    if text.len() <= 40 {
+        format!("{} {text}", json_type(v))
+    } else {
+        json_type(v).to_string()
     }
 }
 
@@ -135,6 +178,30 @@ mod tests {
         assert!(FieldRule::Number("v".into()).check(&row).unwrap_err().contains("must be a number, got a string"));
         assert!(FieldRule::Number("w".into()).check(&row).unwrap_err().contains("missing numeric field `w`"));
         assert!(FieldRule::EventTime("v".into()).check(&row).unwrap_err().contains("event-time field `v` must be"));
+    }
+
+    #[test]
+    fn declared_types_are_checked_naming_the_field_and_the_type_expected() {
+        let row: Row = serde_json::json!({"n": 2.5, "i": 3, "s": "x", "t": "2026-12-04T10:00:00Z", "z": null});
+        let rule = |f: &str, ty, nullable| FieldRule::Typed(f.into(), ty, nullable).check(&row);
+        assert_eq!(rule("n", FieldType::Float64, false), Ok(()));
+        assert_eq!(rule("i", FieldType::Float64, false), Ok(()));
+        assert_eq!(rule("t", FieldType::Timestamp, false), Ok(()));
+        assert_eq!(rule("z", FieldType::String, true), Ok(()));
+        assert_eq!(rule("gone", FieldType::String, true), Ok(()));
+        assert_eq!(
+            rule("n", FieldType::Int64, false),
+            Err("field `n` must be an integer (int64), got a number 2.5".into())
+        );
+        assert_eq!(
+            rule("s", FieldType::Boolean, false),
+            Err("field `s` must be true or false (boolean), got a string \"x\"".into())
+        );
+        assert_eq!(
+            rule("z", FieldType::String, false),
+            Err("field `z` is null, expected string (not nullable)".into())
+        );
+        assert_eq!(rule("gone", FieldType::Int64, false), Err("missing field `gone` (int64)".into()));
     }
 
     #[test]

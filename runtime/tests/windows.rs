@@ -8,7 +8,7 @@ use std::path::Path;
 
 use common::*;
 use weir_runtime::connectors::file_sink::read_committed;
-use weir_runtime::faults::{FaultPoint, Faults};
+use weir_runtime::faults::Faults;
 use weir_runtime::manifest::StreamJob;
 use weir_runtime::metrics::JobMetrics;
 use weir_runtime::verify::{check_windows_exactly_once, expected_sessions, expected_windows};
@@ -83,31 +83,6 @@ fn session_windows_close_after_the_gap_and_merge_records_within_it() {
     let want = expected_sessions(20_000, KEYS, 1, 40);
     assert!(want.len() > 2 * KEYS as usize, "sessions of every key were split: {}", want.len());
     check_windows_exactly_once(committed(dir.path()), &want).unwrap();
-}
-
-/// Runs `job` to the end through ten seeded crashes at any fault point.
-fn run_through_crashes(job: &StreamJob, seed: u64) {
-    let mut rng = Rng(seed);
-    let mut crashes = 0;
-    loop {
-        let faults = if crashes < 10 {
-            let point = FaultPoint::ALL[rng.below(FaultPoint::ALL.len() as u64) as usize];
-            Faults::crash_at(point, 1 + rng.below(3))
-        } else {
-            Faults::none()
-        };
-        let (result, metrics) = run_with_metrics(job, faults);
-        assert_eq!(JobMetrics::get(&metrics.late_records_dropped), 0, "splits far apart after a restore are not late");
-        match result {
-            Ok(_) => break,
-            Err(e) if weir_runtime::job::failure::kind(&e) == weir_runtime::task::error::FailureKind::Injected => {
-                crashes += 1
-            }
-            Err(e) => panic!("job failed for a reason other than the injected crash: {e}"),
-        }
-        assert!(crashes <= 60, "the job did not finish");
-    }
-    assert!(crashes >= 4, "only {crashes} crashes happened");
 }
 
 #[test]

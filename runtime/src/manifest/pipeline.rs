@@ -11,6 +11,15 @@ use super::*;
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PipelineSpec {
     pub source: SourceSpec,
+    /// The types of the source's fields, for `filter`, `select` and
+    /// `keyBy.expr` steps (whose SQL expressions are type-checked against
+    /// it when the manifest is loaded) and for checking records where they
+    /// enter: a record whose field has another type goes to `errorPolicy`,
+    /// naming the field. Fields not listed pass through unchecked and
+    /// unseen by expressions. The generator's records have a fixed schema
+    /// (`seq`, `key`, `value`, and `ts` with `timestampStep`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<Vec<FieldSpec>>,
     /// The records' event time and how its watermarks are made; needed by
     /// `window` steps.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -95,12 +104,52 @@ pub struct FileSourceSpec {
     pub path: String,
 }
 
+/// A typed field of the source's records.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FieldSpec {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub ty: FieldType,
+    /// Whether the field may be missing or null.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub nullable: bool,
+}
+
+/// The types a schema field may have, as JSON carries them.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum FieldType {
+    /// A JSON string (SQL `VARCHAR`).
+    String,
+    /// A JSON number without a fraction (SQL `BIGINT`).
+    Int64,
+    /// Any JSON number (SQL `DOUBLE`).
+    Float64,
+    /// `true` or `false`.
+    Boolean,
+    /// Milliseconds since the epoch, or an RFC 3339 string (SQL `TIMESTAMP`).
+    Timestamp,
+}
+
+impl FieldType {
+    pub fn name(self) -> &'static str {
+        match self {
+            FieldType::String => "string",
+            FieldType::Int64 => "int64",
+            FieldType::Float64 => "float64",
+            FieldType::Boolean => "boolean",
+            FieldType::Timestamp => "timestamp",
+        }
+    }
+}
+
 /// One step; exactly one field is set.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[schemars(extend("x-kubernetes-validations" = [{
-    "rule": "(has(self.keyBy) ? 1 : 0) + (has(self.aggregate) ? 1 : 0) + (has(self.window) ? 1 : 0) + (has(self.deduplicate) ? 1 : 0) == 1",
-    "message": "exactly one of keyBy, aggregate, window, deduplicate must be set in each spec.pipeline.steps item"
+    "rule": "(has(self.keyBy) ? 1 : 0) + (has(self.aggregate) ? 1 : 0) + (has(self.window) ? 1 : 0) + (has(self.deduplicate) ? 1 : 0) + (has(self.filter) ? 1 : 0) + (has(self.select) ? 1 : 0) == 1",
+    "message": "exactly one of keyBy, aggregate, window, deduplicate, filter, select must be set in each spec.pipeline.steps item"
 }]))]
 pub struct StepSpec {
     /// A stable id for the step's state (as Flink's `uid`): a checkpoint's
@@ -128,6 +177,15 @@ pub struct StepSpec {
     /// `eventTime`). Records pass unchanged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deduplicate: Option<DeduplicateSpec>,
+    /// Keeps the records for which this SQL condition is true
+    /// (`price * qty > 100 AND region <> 'eu'`); null counts as false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<String>,
+    /// Replaces each record by these SQL expressions, each named by its
+    /// `AS` alias or, for a plain field, by the field
+    /// (`[key, "price * qty AS total", "upper(name) AS name"]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub select: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
@@ -160,16 +218,26 @@ pub enum StepKind<'a> {
     Aggregate(&'a AggregateSpec),
     Window(&'a WindowSpec),
     Deduplicate(&'a DeduplicateSpec),
+    Filter(&'a str),
+    Select(&'a [String]),
 }
 
 impl StepSpec {
     pub fn kind(&self) -> Result<StepKind<'_>, String> {
-        match (&self.key_by, &self.aggregate, &self.window, &self.deduplicate) {
-            (Some(k), None, None, None) => Ok(StepKind::KeyBy(k)),
-            (None, Some(a), None, None) => Ok(StepKind::Aggregate(a)),
-            (None, None, Some(w), None) => Ok(StepKind::Window(w)),
-            (None, None, None, Some(d)) => Ok(StepKind::Deduplicate(d)),
-            _ => Err("expected exactly one of keyBy, aggregate, window, deduplicate".into()),
+        let set: Vec<StepKind<'_>> = [
+            self.key_by.as_ref().map(StepKind::KeyBy),
+            self.aggregate.as_ref().map(StepKind::Aggregate),
+            self.window.as_ref().map(StepKind::Window),
+            self.deduplicate.as_ref().map(StepKind::Deduplicate),
+            self.filter.as_deref().map(StepKind::Filter),
+            self.select.as_deref().map(StepKind::Select),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        match set.as_slice() {
+            [one] => Ok(*one),
+            _ => Err("expected exactly one of keyBy, aggregate, window, deduplicate, filter, select".into()),
         }
     }
 }
@@ -243,7 +311,13 @@ impl WindowSpec {
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct KeyBySpec {
+    /// The field to key by; with `expr`, the field the key is written to.
     pub field: String,
+    /// Key by this SQL expression (`lower(region)`) instead of a field; its
+    /// value is added to each record as `field`, which the aggregates of
+    /// the key then carry. Needs `spec.pipeline.schema`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expr: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema, PartialEq)]
@@ -468,8 +542,16 @@ impl PipelineSpec {
                     }
                     keyed = false;
                 }
+                // A filter keeps the records' fields, and so their key.
+                Ok(StepKind::Filter(sql)) => {
+                    if sql.trim().is_empty() {
+                        errors.push(format!("spec.pipeline.steps[{i}].filter: required, got an empty condition"));
+                    }
+                }
+                Ok(StepKind::Select(_)) => keyed = false,
             }
         }
+        errors.extend(crate::pipeline::schema::type_steps(self).errors);
         match self.sink.kind() {
             Err(e) => errors.push(format!("spec.pipeline.sink: {e}")),
             Ok(SinkKind::File(f)) => errors.extend(f.problems("spec.pipeline.sink.file")),

@@ -4,6 +4,11 @@
 //! - [`aggregate`]: running count/sum/min/max/avg per key.
 //! - [`bad_records`]: the error policy for records that cannot be processed.
 //! - [`event_time`]: watermarks from the records' timestamps.
+//! - [`expr`]: SQL expressions planned by DataFusion and evaluated over
+//!   Arrow record batches.
+//! - [`schema`]: the records' schema at each step, and the expressions
+//!   type-checked against it before the job starts.
+//! - [`steps`]: the `filter`, `select` and `keyBy.expr` steps as a collector.
 //! - [`window`]: tumbling, sliding and session event-time windows per key.
 //!
 //! Operator uids are `source`, `sink`, `bad-records`, `sink-rejected` and, for each
@@ -14,6 +19,9 @@
 pub mod aggregate;
 pub mod bad_records;
 pub mod event_time;
+pub mod expr;
+pub mod schema;
+pub mod steps;
 pub mod window;
 
 use std::path::PathBuf;
@@ -42,6 +50,8 @@ use crate::task::{Collector, TaskContext, TaskError};
 use aggregate::Aggregate;
 use bad_records::{BadRecordHandler, BadRecordPolicy, RejectingSink};
 use event_time::EventTimeSource;
+use schema::Planned;
+use steps::ExprStep;
 use window::{Deduplicate, WindowAggregate};
 
 /// The state, and the dead letters' file prefix, of rows a sink refused.
@@ -125,9 +135,36 @@ fn build_pipeline(spec: &StreamJobSpec, pipeline: &PipelineSpec) -> Result<JobGr
         Ok(Box::new(BadRecordHandler::new(policy, rules.clone(), next)) as Box<dyn Collector<SourceRecord>>)
     });
 
+    let typed = schema::type_steps(pipeline);
+    if !typed.errors.is_empty() {
+        return Err(PipelineError::Invalid(typed.errors.join("; ")));
+    }
     let mut key_field: Option<String> = None;
-    for step in &pipeline.steps {
+    for (i, (step, (input, planned))) in pipeline.steps.iter().zip(typed.steps).enumerate() {
+        if let (Some(planned), Some(input)) = (planned, input) {
+            let (kind, content) = match &planned {
+                Planned::Filter(c) => ("filter", json!({"filter": c.sql})),
+                Planned::Select(exprs, _) => {
+                    ("select", json!({"select": exprs.iter().map(|c| &c.sql).collect::<Vec<_>>()}))
+                }
+                Planned::KeyByExpr(c, field) => ("key-by", json!({"keyBy": field, "expr": c.sql})),
+            };
+            let uid = step.id.clone().unwrap_or_else(|| content_id(kind, &content));
+            let (planned, input) = planned.projected(&input).map_err(PipelineError::Invalid)?;
+            env.declare_state(&uid);
+            let errors = spec.error_policy.clone();
+            let at = format!("spec.pipeline.steps[{i}]");
+            stream = stream.transform(move |ctx, next| {
+                let dir = errors.dead_letter_path.as_deref();
+                let policy = BadRecordPolicy::new(&uid, &uid, ctx.clone(), errors.on_bad_record, dir);
+                let batcher = expr::Batcher::new(input.clone())
+                    .map_err(|reason| TaskError::User { function: at.clone(), reason })?;
+                Ok(Box::new(ExprStep::new(at.clone(), planned.clone(), batcher, policy, next))
+                    as Box<dyn Collector<Row>>)
+            });
+        }
         match step.kind().map_err(PipelineError::Invalid)? {
+            StepKind::Filter(_) | StepKind::Select(_) => {}
             StepKind::KeyBy(k) => key_field = Some(k.field.clone()),
             StepKind::Aggregate(a) => {
                 let Some(field) = key_field.take() else { continue };
@@ -300,13 +337,19 @@ fn window_id(key_field: &str, time_field: &str, spec: &WindowSpec) -> String {
 /// What records must carry for the steps up to the first aggregate; later
 /// steps read the aggregate's own output, which always has its fields.
 fn field_rules(pipeline: &PipelineSpec) -> Vec<FieldRule> {
-    let mut rules: Vec<FieldRule> = pipeline.event_time.iter().map(|t| FieldRule::EventTime(t.field.clone())).collect();
+    let mut rules: Vec<FieldRule> =
+        schema::declared(pipeline).into_iter().map(|(f, ty, nullable)| FieldRule::Typed(f, ty, nullable)).collect();
+    rules.extend(pipeline.event_time.iter().map(|t| FieldRule::EventTime(t.field.clone())));
     for step in &pipeline.steps {
         let aggregate = match step.kind() {
+            Ok(StepKind::KeyBy(k)) if k.expr.is_some() => continue,
             Ok(StepKind::KeyBy(k)) => {
                 rules.push(FieldRule::Key(k.field.clone()));
                 continue;
             }
+            // The records a filter passes on have the fields they came with.
+            Ok(StepKind::Filter(_)) => continue,
+            Ok(StepKind::Select(_)) => break,
             Ok(StepKind::Aggregate(a)) => a,
             Ok(StepKind::Window(w)) => &w.aggregate,
             Ok(StepKind::Deduplicate(_)) => continue,

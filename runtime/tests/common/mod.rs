@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use weir_runtime::faults::Faults;
+use weir_runtime::faults::{FaultPoint, Faults};
 use weir_runtime::job::{run_job, JobConfig, JobError, JobOutcome};
 use weir_runtime::manifest::StreamJob;
 use weir_runtime::metrics::JobMetrics;
@@ -112,4 +112,29 @@ impl Rng {
     pub fn below(&mut self, n: u64) -> u64 {
         self.next() % n
     }
+}
+
+/// Runs `job` to the end through ten seeded crashes at any fault point.
+pub fn run_through_crashes(job: &StreamJob, seed: u64) {
+    let mut rng = Rng(seed);
+    let mut crashes = 0;
+    loop {
+        let faults = if crashes < 10 {
+            let point = FaultPoint::ALL[rng.below(FaultPoint::ALL.len() as u64) as usize];
+            Faults::crash_at(point, 1 + rng.below(3))
+        } else {
+            Faults::none()
+        };
+        let (result, metrics) = run_with_metrics(job, faults);
+        assert_eq!(JobMetrics::get(&metrics.late_records_dropped), 0, "splits far apart after a restore are not late");
+        match result {
+            Ok(_) => break,
+            Err(e) if weir_runtime::job::failure::kind(&e) == weir_runtime::task::error::FailureKind::Injected => {
+                crashes += 1
+            }
+            Err(e) => panic!("job failed for a reason other than the injected crash: {e}"),
+        }
+        assert!(crashes <= 60, "the job did not finish");
+    }
+    assert!(crashes >= 4, "only {crashes} crashes happened");
 }

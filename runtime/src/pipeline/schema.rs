@@ -1,0 +1,374 @@
+//! The records' schema at each step of a declared pipeline, and the
+//! expressions planned against it: what `weir run` and the operator check
+//! before a job starts, and what the job graph is built from.
+//!
+//! A schema is known from the source (the generator's fixed fields, or
+//! `spec.pipeline.schema` plus any Kafka metadata fields) and after any
+//! aggregate or window step (the key, the aggregates and the window
+//! bounds). Without a declared schema, a file or Kafka source's records
+//! are untyped until the first aggregate, and expression steps there are
+//! refused.
+
+use arrow_schema::{DataType, Field, SchemaRef};
+
+use super::expr::{arrow_type, compile, projection, schema_of, Compiled};
+use crate::manifest::{AggregateSpec, FieldType, PipelineSpec, SourceKind, StepKind};
+
+/// What an expression step does, planned.
+#[derive(Debug, Clone)]
+pub enum Planned {
+    Filter(Compiled),
+    /// The expressions and the names of the fields they make.
+    Select(Vec<Compiled>, Vec<String>),
+    /// The key expression and the field its value is written to.
+    KeyByExpr(Compiled, String),
+}
+
+impl Planned {
+    fn exprs(&self) -> Vec<&Compiled> {
+        match self {
+            Planned::Filter(c) | Planned::KeyByExpr(c, _) => vec![c],
+            Planned::Select(exprs, _) => exprs.iter().collect(),
+        }
+    }
+
+    /// The step planned again over only the fields it reads, and those
+    /// fields: what its batches are decoded to.
+    pub fn projected(&self, input: &SchemaRef) -> Result<(Planned, SchemaRef), String> {
+        let fields = projection(self.exprs(), input);
+        let again = |c: &Compiled| compile(&c.sql, &fields);
+        let planned = match self {
+            Planned::Filter(c) => Planned::Filter(again(c)?),
+            Planned::KeyByExpr(c, field) => Planned::KeyByExpr(again(c)?, field.clone()),
+            Planned::Select(exprs, names) => {
+                Planned::Select(exprs.iter().map(again).collect::<Result<_, _>>()?, names.clone())
+            }
+        };
+        Ok((planned, fields))
+    }
+}
+
+/// Each step's planned expression (for expression steps) and the schema
+/// of the records it reads, or the errors that name each wrong step.
+#[derive(Debug, Default)]
+pub struct Typed {
+    pub steps: Vec<(Option<SchemaRef>, Option<Planned>)>,
+    pub errors: Vec<String>,
+}
+
+/// The fields the generator's records have.
+fn generator_fields(timestamps: bool) -> Vec<Field> {
+    let mut fields = vec![
+        Field::new("seq", DataType::Int64, false),
+        Field::new("key", DataType::Utf8, false),
+        Field::new("value", DataType::Int64, false),
+    ];
+    if timestamps {
+        fields.push(Field::new("ts", DataType::Int64, false));
+    }
+    fields
+}
+
+/// The schema of the source's records, if known.
+pub fn source_schema(pipeline: &PipelineSpec) -> Option<SchemaRef> {
+    let declared = |extra: Vec<Field>| {
+        pipeline.schema.as_ref().map(|fields| {
+            let mut all: Vec<Field> =
+                fields.iter().map(|f| Field::new(f.name.clone(), arrow_type(f.ty), f.nullable)).collect();
+            all.extend(extra);
+            schema_of(all)
+        })
+    };
+    match pipeline.source.kind().ok()? {
+        SourceKind::Generator(g) => Some(schema_of(generator_fields(g.timestamp_step.is_some()))),
+        SourceKind::File(_) => declared(Vec::new()),
+        SourceKind::Kafka(k) => declared(
+            k.metadata
+                .iter()
+                .filter_map(|m| {
+                    let ty = match m {
+                        crate::manifest::KafkaMetadata::Topic | crate::manifest::KafkaMetadata::Key => DataType::Utf8,
+                        crate::manifest::KafkaMetadata::Headers => return None,
+                        _ => DataType::Int64,
+                    };
+                    Some(Field::new(m.field(), ty, true))
+                })
+                .collect(),
+        ),
+    }
+}
+
+/// `field` in `schema`, or an error that lists the fields there are.
+fn find<'s>(schema: &'s SchemaRef, field: &str) -> Result<&'s Field, String> {
+    schema.field_with_name(field).map_err(|_| {
+        let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+        format!("no field `{field}` in the records here (their fields: {})", names.join(", "))
+    })
+}
+
+fn is_numeric(t: &DataType) -> bool {
+    t.is_numeric()
+}
+
+/// The schema of an aggregate's rows, and errors for fields it cannot read.
+fn aggregated(
+    at: &str,
+    input: Option<&SchemaRef>,
+    key: &str,
+    spec: &AggregateSpec,
+    window: bool,
+) -> (SchemaRef, Vec<String>) {
+    let mut errors = Vec::new();
+    let mut fields = vec![Field::new(key, DataType::Utf8, false)];
+    if window {
+        fields.push(Field::new("window_start", DataType::Int64, false));
+        fields.push(Field::new("window_end", DataType::Int64, false));
+    }
+    if spec.count {
+        fields.push(Field::new("count", DataType::Int64, false));
+    }
+    let typed = |kind: &str, name: &str, errors: &mut Vec<String>| -> DataType {
+        let Some(schema) = input else { return DataType::Float64 };
+        match find(schema, name) {
+            Ok(f) if is_numeric(f.data_type()) => f.data_type().clone(),
+            Ok(f) => {
+                errors.push(format!("{at}.{kind}: field `{name}` is {}, expected a number", f.data_type()));
+                DataType::Float64
+            }
+            Err(e) => {
+                errors.push(format!("{at}.{kind}: {e}"));
+                DataType::Float64
+            }
+        }
+    };
+    for f in &spec.sum {
+        let t = typed("sum", f, &mut errors);
+        fields.push(Field::new(format!("sum_{f}"), t, false));
+    }
+    for f in &spec.avg {
+        typed("avg", f, &mut errors);
+        fields.push(Field::new(format!("avg_{f}"), DataType::Float64, true));
+    }
+    for f in &spec.min {
+        let t = typed("min", f, &mut errors);
+        fields.push(Field::new(format!("min_{f}"), t, true));
+    }
+    for f in &spec.max {
+        let t = typed("max", f, &mut errors);
+        fields.push(Field::new(format!("max_{f}"), t, true));
+    }
+    (schema_of(fields), errors)
+}
+
+/// Follows the records' schema through the steps, planning each
+/// expression; every error names its step (`spec.pipeline.steps[2].filter`).
+pub fn type_steps(pipeline: &PipelineSpec) -> Typed {
+    let mut typed = Typed::default();
+    if let (Some(_), Ok(SourceKind::Generator(_))) = (&pipeline.schema, pipeline.source.kind()) {
+        typed.errors.push(
+            "spec.pipeline.schema: the generator's records have a fixed schema (seq, key, value, and ts with timestampStep); remove it"
+                .into(),
+        );
+    }
+    if let Some(fields) = &pipeline.schema {
+        for (i, f) in fields.iter().enumerate() {
+            if f.name.is_empty() {
+                typed.errors.push(format!("spec.pipeline.schema[{i}].name: required, got an empty name"));
+            } else if fields[..i].iter().any(|g| g.name == f.name) {
+                typed.errors.push(format!("spec.pipeline.schema[{i}].name: `{}` is listed twice", f.name));
+            }
+        }
+    }
+    let mut current = source_schema(pipeline);
+    if let (Some(schema), Some(time)) = (&current, &pipeline.event_time) {
+        if let Err(e) = find(schema, &time.field) {
+            typed.errors.push(format!("spec.pipeline.eventTime.field: {e}"));
+        }
+    }
+    let mut key: Option<String> = None;
+    for (i, step) in pipeline.steps.iter().enumerate() {
+        let input = current.clone();
+        let mut planned = None;
+        let needs_schema = |what: &str| {
+            format!(
+                "spec.pipeline.steps[{i}].{what}: needs spec.pipeline.schema (the types of the source's fields) to check its expression"
+            )
+        };
+        match step.kind() {
+            Err(_) => {}
+            Ok(StepKind::KeyBy(k)) => {
+                key = Some(k.field.clone());
+                match (&k.expr, &current) {
+                    (None, Some(schema)) => {
+                        if let Err(e) = find(schema, &k.field) {
+                            typed.errors.push(format!("spec.pipeline.steps[{i}].keyBy.field: {e}"));
+                        }
+                    }
+                    (None, None) => {}
+                    (Some(_), None) => typed.errors.push(needs_schema("keyBy.expr")),
+                    (Some(sql), Some(schema)) => match compile(sql, schema) {
+                        Ok(c) => {
+                            let mut fields: Vec<Field> = schema
+                                .fields()
+                                .iter()
+                                .filter(|f| f.name() != &k.field)
+                                .map(|f| f.as_ref().clone())
+                                .collect();
+                            fields.push(Field::new(k.field.clone(), c.field.data_type().clone(), true));
+                            current = Some(schema_of(fields));
+                            planned = Some(Planned::KeyByExpr(c, k.field.clone()));
+                        }
+                        Err(e) => typed.errors.push(format!("spec.pipeline.steps[{i}].keyBy.expr: {e}")),
+                    },
+                }
+            }
+            Ok(StepKind::Aggregate(a)) => {
+                let at = format!("spec.pipeline.steps[{i}].aggregate");
+                let (out, errors) = aggregated(&at, current.as_ref(), key.as_deref().unwrap_or("key"), a, false);
+                typed.errors.extend(errors);
+                current = Some(out);
+            }
+            Ok(StepKind::Window(w)) => {
+                let at = format!("spec.pipeline.steps[{i}].window.aggregate");
+                let (out, errors) =
+                    aggregated(&at, current.as_ref(), key.as_deref().unwrap_or("key"), &w.aggregate, true);
+                typed.errors.extend(errors);
+                current = Some(out);
+            }
+            Ok(StepKind::Deduplicate(_)) => {}
+            Ok(StepKind::Filter(sql)) => match &current {
+                None => typed.errors.push(needs_schema("filter")),
+                Some(schema) => match compile(sql, schema) {
+                    Ok(c) if c.field.data_type() == &DataType::Boolean || c.field.data_type() == &DataType::Null => {
+                        planned = Some(Planned::Filter(c));
+                    }
+                    Ok(c) => typed.errors.push(format!(
+                        "spec.pipeline.steps[{i}].filter: expected a boolean condition, got {} from `{sql}`",
+                        c.field.data_type()
+                    )),
+                    Err(e) => typed.errors.push(format!("spec.pipeline.steps[{i}].filter: {e}")),
+                },
+            },
+            Ok(StepKind::Select(exprs)) => match &current {
+                None => typed.errors.push(needs_schema("select")),
+                Some(schema) => {
+                    let (compiled, names) = select(i, exprs, schema, &mut typed.errors);
+                    if compiled.len() == exprs.len() {
+                        let fields = compiled.iter().zip(&names).map(|(c, n)| c.field.clone().with_name(n.clone()));
+                        current = Some(schema_of(fields));
+                        planned = Some(Planned::Select(compiled, names));
+                    }
+                }
+            },
+        }
+        if !matches!(step.kind(), Ok(StepKind::KeyBy(_) | StepKind::Filter(_))) {
+            key = None;
+        }
+        typed.steps.push((input, planned));
+    }
+    typed
+}
+
+fn select(i: usize, exprs: &[String], schema: &SchemaRef, errors: &mut Vec<String>) -> (Vec<Compiled>, Vec<String>) {
+    let mut compiled = Vec::new();
+    let mut names: Vec<String> = Vec::new();
+    if exprs.is_empty() {
+        errors.push(format!("spec.pipeline.steps[{i}].select: expected at least one expression"));
+    }
+    for (j, sql) in exprs.iter().enumerate() {
+        let at = format!("spec.pipeline.steps[{i}].select[{j}]");
+        match compile(sql, schema) {
+            Err(e) => errors.push(format!("{at}: {e}")),
+            Ok(c) => match c.name.clone() {
+                None => errors.push(format!("{at}: `{sql}` needs a name: add `AS <name>`")),
+                Some(n) if names.contains(&n) => errors.push(format!("{at}: the name `{n}` is used twice")),
+                Some(n) => {
+                    names.push(n);
+                    compiled.push(c);
+                }
+            },
+        }
+    }
+    (compiled, names)
+}
+
+/// The declared fields' types, for checking records where they enter.
+pub fn declared(pipeline: &PipelineSpec) -> Vec<(String, FieldType, bool)> {
+    pipeline.schema.iter().flatten().map(|f| (f.name.clone(), f.ty, f.nullable)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::manifest::StreamJob;
+
+    /// Loads a manifest whose pipeline has `source`, `schema` and `steps`.
+    fn load(source: &str, schema: &str, steps: &str) -> Result<StreamJob, String> {
+        let yaml = format!(
+            r#"
+apiVersion: weir.dev/v1alpha1
+kind: StreamJob
+metadata: {{name: e}}
+spec:
+  pipeline:
+    source: {source}
+{schema}
+    steps:
+{steps}
+    sink: {{file: {{path: ./out}}}}
+"#
+        );
+        StreamJob::from_yaml(&yaml).map_err(|e| e.to_string())
+    }
+
+    const GENERATOR: &str = "{generator: {keys: 10}}";
+    const FILE: &str = "{file: {path: ./in}}";
+    const ORDERS: &str = "    schema:\n      - {name: item, type: string}\n      - {name: price, type: float64}\n      - {name: qty, type: int64, nullable: true}";
+
+    #[test]
+    fn typed_expression_steps_over_a_declared_schema_are_accepted() {
+        let steps = r#"      - filter: "price * qty > 100 AND item LIKE 'a%'"
+      - select: [item, "price * qty AS total", "upper(item) AS shouted"]
+      - keyBy: {field: k, expr: "lower(shouted)"}
+      - aggregate: {count: true, sum: [total]}
+      - filter: "sum_total > 1000 AND count >= 2""#;
+        load(FILE, ORDERS, steps).unwrap();
+    }
+
+    #[test]
+    fn a_misspelt_field_is_refused_naming_the_step_and_the_fields_there_are() {
+        let err = load(FILE, ORDERS, "      - filter: \"prise > 1\"").unwrap_err();
+        assert!(err.contains("spec.pipeline.steps[0].filter:") && err.contains("prise"), "{err}");
+        let err = load(GENERATOR, "", "      - keyBy: {field: kee}\n      - aggregate: {count: true}").unwrap_err();
+        assert!(
+            err.contains("spec.pipeline.steps[0].keyBy.field: no field `kee` in the records here (their fields: seq, key, value)"),
+            "{err}"
+        );
+        let steps = "      - select: [item]\n      - keyBy: {field: item}\n      - aggregate: {sum: [price]}";
+        let err = load(FILE, ORDERS, steps).unwrap_err();
+        assert!(err.contains("spec.pipeline.steps[2].aggregate.sum: no field `price`"), "{err}");
+    }
+
+    #[test]
+    fn type_mismatches_are_refused_before_the_job_starts() {
+        let err = load(FILE, ORDERS, "      - filter: \"price * qty\"").unwrap_err();
+        assert!(err.contains("spec.pipeline.steps[0].filter: expected a boolean condition, got Float64"), "{err}");
+        let err = load(FILE, ORDERS, "      - keyBy: {field: qty}\n      - aggregate: {sum: [item]}").unwrap_err();
+        assert!(err.contains("spec.pipeline.steps[1].aggregate.sum: field `item` is Utf8, expected a number"), "{err}");
+        let err = load(FILE, ORDERS, "      - filter: \"price AND qty > 1\"").unwrap_err();
+        assert!(err.contains("spec.pipeline.steps[0].filter: "), "{err}");
+    }
+
+    #[test]
+    fn select_needs_names_and_expressions_need_a_schema() {
+        let err = load(FILE, ORDERS, "      - select: [\"price * qty\", item, \"qty AS item\"]").unwrap_err();
+        assert!(err.contains("spec.pipeline.steps[0].select[0]: `price * qty` needs a name: add `AS <name>`"), "{err}");
+        assert!(err.contains("spec.pipeline.steps[0].select[2]: the name `item` is used twice"), "{err}");
+        let err = load(FILE, "", "      - filter: \"a > 1\"").unwrap_err();
+        assert!(err.contains("spec.pipeline.steps[0].filter: needs spec.pipeline.schema"), "{err}");
+        let err = load(GENERATOR, ORDERS, "      - filter: \"value > 1\"").unwrap_err();
+        assert!(err.contains("spec.pipeline.schema: the generator's records have a fixed schema"), "{err}");
+        // After an aggregate the schema is known even without one declared.
+        load(FILE, "", "      - keyBy: {field: k}\n      - aggregate: {sum: [v]}\n      - filter: \"sum_v > 3\"")
+            .unwrap();
+    }
+}
