@@ -82,7 +82,7 @@ fn check_groups(rows: &[serde_json::Value], want: &BTreeMap<String, (u64, i64)>)
 fn filter_select_and_key_by_expression_results_are_exact_through_seeded_crashes() {
     let dir = tempfile::tempdir().unwrap();
     let job = expression_job(dir.path(), 20_000);
-    run_through_crashes(&job, 0x5eed_0f_e4a7_11ce);
+    run_through_crashes(&job, 0x5eed_0fe4_a711_cedd);
     let rows = read_committed(&dir.path().join("out")).unwrap();
     check_groups(&rows, &expected_groups(20_000));
 }

@@ -91,21 +91,19 @@ impl BadRecordPolicy {
     }
 }
 
-/// Passes good rows on and applies the policy to bad ones.
-pub struct BadRecordHandler {
-    policy: BadRecordPolicy,
-    rules: Vec<FieldRule>,
-    next: Box<dyn Collector<Row>>,
+/// What a checked step does to a batch: the rows that go on, and the
+/// records that go to the error policy.
+pub trait Check<T>: Send {
+    fn check(&mut self, batch: Vec<T>) -> (Vec<Row>, Vec<BadRecord>);
 }
 
-impl BadRecordHandler {
-    pub fn new(policy: BadRecordPolicy, rules: Vec<FieldRule>, next: Box<dyn Collector<Row>>) -> Self {
-        BadRecordHandler { policy, rules, next }
-    }
+/// Source records checked against the rules their steps need.
+pub struct FieldRules(pub Vec<FieldRule>);
 
+impl FieldRules {
     fn validate(&self, item: SourceRecord) -> Result<Row, BadRecord> {
         let row = item.row?;
-        for rule in &self.rules {
+        for rule in &self.0 {
             if let Err(reason) = rule.check(&row) {
                 return Err(BadRecord { origin: item.origin.unwrap_or_default(), raw: row.to_string(), reason });
             }
@@ -114,14 +112,8 @@ impl BadRecordHandler {
     }
 }
 
-#[async_trait]
-impl Collector<SourceRecord> for BadRecordHandler {
-    async fn open(&mut self) -> Result<(), TaskError> {
-        self.policy.open().await?;
-        self.next.open().await
-    }
-
-    async fn collect(&mut self, batch: Vec<SourceRecord>) -> Result<(), TaskError> {
+impl Check<SourceRecord> for FieldRules {
+    fn check(&mut self, batch: Vec<SourceRecord>) -> (Vec<Row>, Vec<BadRecord>) {
         let mut good = Vec::with_capacity(batch.len());
         let mut bad = Vec::new();
         for item in batch {
@@ -130,6 +122,32 @@ impl Collector<SourceRecord> for BadRecordHandler {
                 Err(b) => bad.push(b),
             }
         }
+        (good, bad)
+    }
+}
+
+/// A step whose good rows go on and whose bad records go to the policy.
+pub struct Checked<C> {
+    check: C,
+    policy: BadRecordPolicy,
+    next: Box<dyn Collector<Row>>,
+}
+
+impl<C> Checked<C> {
+    pub fn new(check: C, policy: BadRecordPolicy, next: Box<dyn Collector<Row>>) -> Self {
+        Checked { check, policy, next }
+    }
+}
+
+#[async_trait]
+impl<T: Send + 'static, C: Check<T> + 'static> Collector<T> for Checked<C> {
+    async fn open(&mut self) -> Result<(), TaskError> {
+        self.policy.open().await?;
+        self.next.open().await
+    }
+
+    async fn collect(&mut self, batch: Vec<T>) -> Result<(), TaskError> {
+        let (good, bad) = self.check.check(batch);
         self.policy.apply(bad).await?;
         if good.is_empty() {
             return Ok(());

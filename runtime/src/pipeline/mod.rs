@@ -48,7 +48,7 @@ use crate::record::{key_of, parse_json_object, BadRecord, FieldRule, Rejects, Ro
 use crate::task::source_task::Source;
 use crate::task::{Collector, TaskContext, TaskError};
 use aggregate::Aggregate;
-use bad_records::{BadRecordHandler, BadRecordPolicy, RejectingSink};
+use bad_records::{BadRecordPolicy, Checked, FieldRules, RejectingSink};
 use event_time::EventTimeSource;
 use schema::Planned;
 use steps::ExprStep;
@@ -132,7 +132,7 @@ fn build_pipeline(spec: &StreamJobSpec, pipeline: &PipelineSpec) -> Result<JobGr
     let mut stream: DataStream<Row> = source.transform(move |ctx, next| {
         let dir = policy.dead_letter_path.as_deref();
         let policy = BadRecordPolicy::new("bad-records", "dead-letter", ctx.clone(), policy.on_bad_record, dir);
-        Ok(Box::new(BadRecordHandler::new(policy, rules.clone(), next)) as Box<dyn Collector<SourceRecord>>)
+        Ok(Box::new(Checked::new(FieldRules(rules.clone()), policy, next)) as Box<dyn Collector<SourceRecord>>)
     });
 
     let typed = schema::type_steps(pipeline);
@@ -159,8 +159,8 @@ fn build_pipeline(spec: &StreamJobSpec, pipeline: &PipelineSpec) -> Result<JobGr
                 let policy = BadRecordPolicy::new(&uid, &uid, ctx.clone(), errors.on_bad_record, dir);
                 let batcher = expr::Batcher::new(input.clone())
                     .map_err(|reason| TaskError::User { function: at.clone(), reason })?;
-                Ok(Box::new(ExprStep::new(at.clone(), planned.clone(), batcher, policy, next))
-                    as Box<dyn Collector<Row>>)
+                let step = ExprStep::new(at.clone(), planned.clone(), batcher);
+                Ok(Box::new(Checked::new(step, policy, next)) as Box<dyn Collector<Row>>)
             });
         }
         match step.kind().map_err(PipelineError::Invalid)? {

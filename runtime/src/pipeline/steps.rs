@@ -1,37 +1,27 @@
-//! The stateless expression steps (`filter`, `select`, `keyBy.expr`) as a
-//! collector: each input batch becomes one Arrow record batch, the planned
+//! The stateless expression steps (`filter`, `select`, `keyBy.expr`), run
+//! as a [`Check`] in front of the error policy: each input batch becomes one Arrow record batch, the planned
 //! expressions run over it, and the rows that pass (or the computed rows)
 //! go on. A record an expression fails on (a division by zero, a cast that
 //! cannot be made) goes to the error policy naming the step; the rest of
 //! its batch goes on.
 
-use async_trait::async_trait;
 use serde_json::Value;
 
-use super::bad_records::BadRecordPolicy;
+use super::bad_records::Check;
 use super::expr::{json_values, rows_of, Batcher};
 use super::schema::Planned;
 use crate::record::{BadRecord, Row};
-use crate::task::{Barrier, Collector, TaskError, TaskSnapshot, Watermark};
 
 pub struct ExprStep {
     /// Where the step is in the manifest, for bad records' origin.
     at: String,
     planned: Planned,
     batcher: Batcher,
-    policy: BadRecordPolicy,
-    next: Box<dyn Collector<Row>>,
 }
 
 impl ExprStep {
-    pub fn new(
-        at: String,
-        planned: Planned,
-        batcher: Batcher,
-        policy: BadRecordPolicy,
-        next: Box<dyn Collector<Row>>,
-    ) -> Self {
-        ExprStep { at, planned, batcher, policy, next }
+    pub fn new(at: String, planned: Planned, batcher: Batcher) -> Self {
+        ExprStep { at, planned, batcher }
     }
 
     /// The rows that go on from `rows`, or why the batch failed.
@@ -87,44 +77,11 @@ impl ExprStep {
     }
 }
 
-#[async_trait]
-impl Collector<Row> for ExprStep {
-    async fn open(&mut self) -> Result<(), TaskError> {
-        self.policy.open().await?;
-        self.next.open().await
-    }
-
-    async fn collect(&mut self, batch: Vec<Row>) -> Result<(), TaskError> {
-        let good = match self.run(batch) {
-            Ok(good) => good,
-            Err((rows, _)) => {
-                let (good, bad) = self.one_by_one(rows);
-                self.policy.apply(bad).await?;
-                good
-            }
-        };
-        if good.is_empty() {
-            return Ok(());
+impl Check<Row> for ExprStep {
+    fn check(&mut self, batch: Vec<Row>) -> (Vec<Row>, Vec<BadRecord>) {
+        match self.run(batch) {
+            Ok(good) => (good, Vec::new()),
+            Err((rows, _)) => self.one_by_one(rows),
         }
-        self.next.collect(good).await
-    }
-
-    async fn barrier(&mut self, barrier: Barrier, snapshot: &mut TaskSnapshot) -> Result<(), TaskError> {
-        self.policy.barrier(barrier, snapshot).await?;
-        self.next.barrier(barrier, snapshot).await
-    }
-
-    async fn checkpoint_complete(&mut self, id: u64) -> Result<(), TaskError> {
-        self.policy.checkpoint_complete(id).await?;
-        self.next.checkpoint_complete(id).await
-    }
-
-    async fn end_of_input(&mut self) -> Result<(), TaskError> {
-        self.policy.end_of_input().await?;
-        self.next.end_of_input().await
-    }
-
-    async fn watermark(&mut self, watermark: Watermark) -> Result<(), TaskError> {
-        self.next.watermark(watermark).await
     }
 }
