@@ -7,6 +7,7 @@
 //! # Layout
 //! - this file: the job, its spec, checkpoints and lifecycle.
 //! - [`pipeline`]: `spec.pipeline`, source -> steps -> sink.
+//! - [`schema`]: `spec.pipeline.schema`, the source records' typed fields.
 //! - [`kafka`], [`postgres`], [`redis`]: those connectors' settings.
 //! - [`tls`]: verified TLS to a server, shared by the connectors.
 //! - [`duration`]: durations as people write them (`500ms`, `1h 30m`).
@@ -26,6 +27,8 @@ pub mod kafka;
 pub use self::kafka::{KafkaDelivery, KafkaMetadata, KafkaSinkSpec, KafkaSourceSpec, StartingOffsets, StoppingOffsets};
 pub mod pipeline;
 pub use self::pipeline::*;
+pub mod schema;
+pub use self::schema::{FieldSpec, FieldType};
 pub mod duration;
 pub mod restart;
 pub use self::restart::{ExponentialDelay, FailureRate, FixedDelay, NoRestart, RestartStrategy, RestartStrategyKind};

@@ -1,6 +1,8 @@
 //! `spec.pipeline`: a job declared as source -> steps -> sink, and the
 //! checks that name a wrong field before the job starts.
 
+use std::borrow::Cow;
+
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -24,8 +26,14 @@ pub struct PipelineSpec {
     /// `window` steps.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub event_time: Option<EventTimeSpec>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub steps: Vec<StepSpec>,
+    /// Instead of `steps`, one query over the source, `SELECT … FROM source
+    /// [WHERE …] [GROUP BY key[, TUMBLE(ts, INTERVAL '1' MINUTE)]] [HAVING
+    /// …]`, turned into the same steps (see the README for what it
+    /// supports; the rest is refused by name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sql: Option<String>,
     pub sink: SinkSpec,
 }
 
@@ -102,46 +110,6 @@ pub struct FileSourceSpec {
     /// A file, or a directory whose `*.jsonl` / `*.json` files are read in
     /// name order; each file is one split.
     pub path: String,
-}
-
-/// A typed field of the source's records.
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct FieldSpec {
-    pub name: String,
-    #[serde(rename = "type")]
-    pub ty: FieldType,
-    /// Whether the field may be missing or null.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub nullable: bool,
-}
-
-/// The types a schema field may have, as JSON carries them.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum FieldType {
-    /// A JSON string (SQL `VARCHAR`).
-    String,
-    /// A JSON number without a fraction (SQL `BIGINT`).
-    Int64,
-    /// Any JSON number (SQL `DOUBLE`).
-    Float64,
-    /// `true` or `false`.
-    Boolean,
-    /// Milliseconds since the epoch, or an RFC 3339 string (SQL `TIMESTAMP`).
-    Timestamp,
-}
-
-impl FieldType {
-    pub fn name(self) -> &'static str {
-        match self {
-            FieldType::String => "string",
-            FieldType::Int64 => "int64",
-            FieldType::Float64 => "float64",
-            FieldType::Boolean => "boolean",
-            FieldType::Timestamp => "timestamp",
-        }
-    }
 }
 
 /// One step; exactly one field is set.
@@ -459,8 +427,53 @@ impl WindowSpec {
 }
 
 impl PipelineSpec {
+    /// The steps the job runs: `steps`, or those `sql` is turned into.
+    pub fn planned_steps(&self) -> Result<Cow<'_, [StepSpec]>, String> {
+        match &self.sql {
+            None => Ok(Cow::Borrowed(&self.steps)),
+            Some(sql) => crate::pipeline::sql::translate(sql, self.event_time.as_ref())
+                .map(|steps| Cow::Owned(steps.into_iter().map(|s| s.step).collect()))
+                .map_err(|e| format!("spec.pipeline.sql: {e}")),
+        }
+    }
+
+    /// Where step `i` of [`Self::planned_steps`] was written: errors about
+    /// a step made from `sql` name its clause, not a step the user never
+    /// wrote.
+    pub fn step_path(&self, i: usize) -> String {
+        let clause = self.sql.as_ref().and_then(|sql| {
+            let steps = crate::pipeline::sql::translate(sql, self.event_time.as_ref()).ok()?;
+            steps.get(i).map(|s| s.clause)
+        });
+        match clause {
+            Some(clause) => format!("spec.pipeline.sql ({clause})"),
+            None => format!("spec.pipeline.steps[{i}]"),
+        }
+    }
+
+    /// `errors` with each `spec.pipeline.steps[i].…` path replaced by
+    /// [`Self::step_path`] when the steps came from `sql`.
+    pub fn relabeled(&self, errors: Vec<String>) -> Vec<String> {
+        if self.sql.is_none() {
+            return errors;
+        }
+        errors.into_iter().map(|e| relabel(&e, |i| self.step_path(i))).collect()
+    }
+
     pub(super) fn problems(&self) -> Vec<String> {
+        let errors = self.unlabeled_problems();
+        self.relabeled(errors)
+    }
+
+    fn unlabeled_problems(&self) -> Vec<String> {
         let mut errors = Vec::new();
+        if self.sql.is_some() && !self.steps.is_empty() {
+            errors.push("spec.pipeline: expected either steps or sql, not both".into());
+        }
+        let steps = self.planned_steps().unwrap_or_else(|e| {
+            errors.push(e);
+            Cow::Borrowed(&[])
+        });
         match self.source.kind() {
             Err(e) => errors.push(format!("spec.pipeline.source: {e}")),
             Ok(SourceKind::Generator(g)) => {
@@ -489,7 +502,7 @@ impl PipelineSpec {
         let mut keyed = false;
         let mut aggregated = false;
         let mut ids: Vec<&str> = Vec::new();
-        for (i, step) in self.steps.iter().enumerate() {
+        for (i, step) in steps.iter().enumerate() {
             if let Some(id) = step.id.as_deref() {
                 if let Err(e) = check_operator_id(id) {
                     errors.push(format!("spec.pipeline.steps[{i}].id: {e}"));
@@ -562,6 +575,34 @@ impl PipelineSpec {
         }
         errors
     }
+}
+
+/// `message` with every `spec.pipeline.steps[i]` and the path after it
+/// (`.window.size`) replaced by `path(i)`.
+fn relabel(message: &str, path: impl Fn(usize) -> String) -> String {
+    const AT: &str = "spec.pipeline.steps[";
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(start) = rest.find(AT) {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + AT.len()..];
+        let digits = after.find(|c: char| !c.is_ascii_digit()).unwrap_or(after.len());
+        match (after[..digits].parse::<usize>(), after[digits..].strip_prefix(']')) {
+            (Ok(i), Some(tail)) => {
+                let end = tail
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '[' | ']')))
+                    .unwrap_or(tail.len());
+                out.push_str(&path(i));
+                rest = &tail[end..];
+            }
+            _ => {
+                out.push_str(AT);
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 #[cfg(test)]
@@ -658,5 +699,22 @@ spec:
         let steps = format!("{KEY_BY}      - window: {{size: 1m, aggregate: {{count: true}}}}");
         let err = windowed("    eventTime: {field: ''}", &steps).unwrap_err();
         assert!(err.contains("spec.pipeline.eventTime.field: required"), "{err}");
+    }
+
+    #[test]
+    fn errors_about_steps_made_from_sql_name_the_clause_and_keep_the_rest_of_the_message() {
+        let path = |i: usize| ["spec.pipeline.sql (WHERE)", "spec.pipeline.sql (SELECT)"][i].to_string();
+        assert_eq!(
+            super::relabel("spec.pipeline.steps[1].select[0]: no field `x`; spec.pipeline.steps[0].filter: bad", path),
+            "spec.pipeline.sql (SELECT): no field `x`; spec.pipeline.sql (WHERE): bad"
+        );
+        assert_eq!(super::relabel("spec.pipeline.steps[x]: as is", path), "spec.pipeline.steps[x]: as is");
+    }
+
+    #[test]
+    fn steps_and_sql_together_are_refused() {
+        let steps = format!("{KEY_BY}    sql: SELECT key FROM source");
+        let err = windowed("", &steps).unwrap_err();
+        assert!(err.contains("spec.pipeline: expected either steps or sql, not both"), "{err}");
     }
 }

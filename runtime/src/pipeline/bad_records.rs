@@ -6,7 +6,7 @@ use serde_json::json;
 use tracing::warn;
 
 use crate::connectors::{FileSink, TxnDriver};
-use crate::manifest::BadRecordAction;
+use crate::manifest::{BadRecordAction, ErrorPolicy};
 use crate::metrics::JobMetrics;
 use crate::record::{BadRecord, FieldRule, Rejects, Row, SourceRecord};
 use crate::task::{Barrier, Collector, TaskContext, TaskError, TaskSnapshot, Watermark};
@@ -23,8 +23,9 @@ pub struct BadRecordPolicy {
 impl BadRecordPolicy {
     /// `uid` is the state of the dead letters' transactions; `prefix`
     /// names their part files, apart from every other writer's.
-    pub fn new(uid: &str, prefix: &str, ctx: TaskContext, action: BadRecordAction, dir: Option<&str>) -> Self {
-        let dead_letters = match (action, dir) {
+    pub fn new(uid: &str, prefix: &str, ctx: TaskContext, policy: &ErrorPolicy) -> Self {
+        let action = policy.on_bad_record;
+        let dead_letters = match (action, policy.dead_letter_path.as_deref()) {
             (BadRecordAction::DeadLetter, Some(dir)) => {
                 let sink = FileSink::for_task(dir, prefix, &ctx);
                 Some(TxnDriver::new(uid.to_string(), ctx.clone(), sink))

@@ -8,6 +8,7 @@
 //!   Arrow record batches.
 //! - [`schema`]: the records' schema at each step, and the expressions
 //!   type-checked against it before the job starts.
+//! - [`sql`]: `spec.pipeline.sql`, one query turned into steps.
 //! - [`steps`]: the `filter`, `select` and `keyBy.expr` steps as a collector.
 //! - [`window`]: tumbling, sliding and session event-time windows per key.
 //!
@@ -21,6 +22,7 @@ pub mod bad_records;
 pub mod event_time;
 pub mod expr;
 pub mod schema;
+pub mod sql;
 pub mod steps;
 pub mod window;
 
@@ -130,17 +132,17 @@ fn build_pipeline(spec: &StreamJobSpec, pipeline: &PipelineSpec) -> Result<JobGr
     env.declare_state("bad-records");
     let policy = spec.error_policy.clone();
     let mut stream: DataStream<Row> = source.transform(move |ctx, next| {
-        let dir = policy.dead_letter_path.as_deref();
-        let policy = BadRecordPolicy::new("bad-records", "dead-letter", ctx.clone(), policy.on_bad_record, dir);
+        let policy = BadRecordPolicy::new("bad-records", "dead-letter", ctx.clone(), &policy);
         Ok(Box::new(Checked::new(FieldRules(rules.clone()), policy, next)) as Box<dyn Collector<SourceRecord>>)
     });
 
     let typed = schema::type_steps(pipeline);
     if !typed.errors.is_empty() {
-        return Err(PipelineError::Invalid(typed.errors.join("; ")));
+        return Err(PipelineError::Invalid(pipeline.relabeled(typed.errors).join("; ")));
     }
+    let steps = pipeline.planned_steps().map_err(PipelineError::Invalid)?;
     let mut key_field: Option<String> = None;
-    for (i, (step, (input, planned))) in pipeline.steps.iter().zip(typed.steps).enumerate() {
+    for (i, (step, (input, planned))) in steps.iter().zip(typed.steps).enumerate() {
         if let (Some(planned), Some(input)) = (planned, input) {
             let (kind, content) = match &planned {
                 Planned::Filter(c) => ("filter", json!({"filter": c.sql})),
@@ -153,10 +155,9 @@ fn build_pipeline(spec: &StreamJobSpec, pipeline: &PipelineSpec) -> Result<JobGr
             let (planned, input) = planned.projected(&input).map_err(PipelineError::Invalid)?;
             env.declare_state(&uid);
             let errors = spec.error_policy.clone();
-            let at = format!("spec.pipeline.steps[{i}]");
+            let at = pipeline.step_path(i);
             stream = stream.transform(move |ctx, next| {
-                let dir = errors.dead_letter_path.as_deref();
-                let policy = BadRecordPolicy::new(&uid, &uid, ctx.clone(), errors.on_bad_record, dir);
+                let policy = BadRecordPolicy::new(&uid, &uid, ctx.clone(), &errors);
                 let batcher = expr::Batcher::new(input.clone())
                     .map_err(|reason| TaskError::User { function: at.clone(), reason })?;
                 let step = ExprStep::new(at.clone(), planned.clone(), batcher);
@@ -263,8 +264,7 @@ where
         let sink = make(ctx, rejects.clone())?;
         Ok(match rejects {
             Some(rejects) => {
-                let dir = errors.dead_letter_path.as_deref();
-                let policy = BadRecordPolicy::new(SINK_REJECTED, SINK_REJECTED, ctx.clone(), errors.on_bad_record, dir);
+                let policy = BadRecordPolicy::new(SINK_REJECTED, SINK_REJECTED, ctx.clone(), &errors);
                 Box::new(RejectingSink::new(policy, rejects, sink))
             }
             None => sink,
@@ -337,10 +337,9 @@ fn window_id(key_field: &str, time_field: &str, spec: &WindowSpec) -> String {
 /// What records must carry for the steps up to the first aggregate; later
 /// steps read the aggregate's own output, which always has its fields.
 fn field_rules(pipeline: &PipelineSpec) -> Vec<FieldRule> {
-    let mut rules: Vec<FieldRule> =
-        schema::declared(pipeline).into_iter().map(|(f, ty, nullable)| FieldRule::Typed(f, ty, nullable)).collect();
+    let mut rules = schema::declared(pipeline);
     rules.extend(pipeline.event_time.iter().map(|t| FieldRule::EventTime(t.field.clone())));
-    for step in &pipeline.steps {
+    for step in pipeline.planned_steps().unwrap_or_default().iter() {
         let aggregate = match step.kind() {
             Ok(StepKind::KeyBy(k)) if k.expr.is_some() => continue,
             Ok(StepKind::KeyBy(k)) => {

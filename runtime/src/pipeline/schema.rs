@@ -12,7 +12,8 @@
 use arrow_schema::{DataType, Field, SchemaRef};
 
 use super::expr::{arrow_type, compile, projection, schema_of, Compiled};
-use crate::manifest::{AggregateSpec, FieldType, PipelineSpec, SourceKind, StepKind};
+use crate::manifest::{AggregateSpec, PipelineSpec, SourceKind, StepKind};
+use crate::record::FieldRule;
 
 /// What an expression step does, planned.
 #[derive(Debug, Clone)]
@@ -106,10 +107,6 @@ fn find<'s>(schema: &'s SchemaRef, field: &str) -> Result<&'s Field, String> {
     })
 }
 
-fn is_numeric(t: &DataType) -> bool {
-    t.is_numeric()
-}
-
 /// The schema of an aggregate's rows, and errors for fields it cannot read.
 fn aggregated(
     at: &str,
@@ -130,7 +127,7 @@ fn aggregated(
     let typed = |kind: &str, name: &str, errors: &mut Vec<String>| -> DataType {
         let Some(schema) = input else { return DataType::Float64 };
         match find(schema, name) {
-            Ok(f) if is_numeric(f.data_type()) => f.data_type().clone(),
+            Ok(f) if f.data_type().is_numeric() => f.data_type().clone(),
             Ok(f) => {
                 errors.push(format!("{at}.{kind}: field `{name}` is {}, expected a number", f.data_type()));
                 DataType::Float64
@@ -186,7 +183,9 @@ pub fn type_steps(pipeline: &PipelineSpec) -> Typed {
         }
     }
     let mut key: Option<String> = None;
-    for (i, step) in pipeline.steps.iter().enumerate() {
+    // A query that cannot be turned into steps is reported by the manifest's checks.
+    let steps = pipeline.planned_steps().unwrap_or_default();
+    for (i, step) in steps.iter().enumerate() {
         let input = current.clone();
         let mut planned = None;
         let needs_schema = |what: &str| {
@@ -292,9 +291,10 @@ fn select(i: usize, exprs: &[String], schema: &SchemaRef, errors: &mut Vec<Strin
     (compiled, names)
 }
 
-/// The declared fields' types, for checking records where they enter.
-pub fn declared(pipeline: &PipelineSpec) -> Vec<(String, FieldType, bool)> {
-    pipeline.schema.iter().flatten().map(|f| (f.name.clone(), f.ty, f.nullable)).collect()
+/// The declared fields' types, as the rules records are checked by where
+/// they enter.
+pub fn declared(pipeline: &PipelineSpec) -> Vec<FieldRule> {
+    pipeline.schema.iter().flatten().map(|f| FieldRule::Typed(f.name.clone(), f.ty, f.nullable)).collect()
 }
 
 #[cfg(test)]
