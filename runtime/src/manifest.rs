@@ -7,6 +7,7 @@
 //! # Layout
 //! - this file: the job, its spec, checkpoints and lifecycle.
 //! - [`pipeline`]: `spec.pipeline`, source -> steps -> sink.
+//! - [`planned`]: the steps a pipeline runs, from `steps` or `sql`.
 //! - [`schema`]: `spec.pipeline.schema`, the source records' typed fields.
 //! - [`kafka`], [`postgres`], [`redis`]: those connectors' settings.
 //! - [`tls`]: verified TLS to a server, shared by the connectors.
@@ -27,6 +28,8 @@ pub mod kafka;
 pub use self::kafka::{KafkaDelivery, KafkaMetadata, KafkaSinkSpec, KafkaSourceSpec, StartingOffsets, StoppingOffsets};
 pub mod pipeline;
 pub use self::pipeline::*;
+pub mod planned;
+pub use self::planned::PlannedSteps;
 pub mod schema;
 pub use self::schema::{FieldSpec, FieldType};
 pub mod duration;

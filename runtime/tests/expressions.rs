@@ -16,29 +16,16 @@ use weir_runtime::manifest::StreamJob;
 const KEYS: u64 = 20;
 
 fn expression_job(dir: &Path, count: u64) -> StreamJob {
-    let yaml = format!(
-        r#"
-apiVersion: weir.dev/v1alpha1
-kind: StreamJob
-metadata: {{name: expressions}}
-spec:
-  parallelism: 2
-  maxParallelism: 16
-  checkpoints: {{interval: 10ms, storage: "file://{dir}/checkpoints", retained: 2}}
-  pipeline:
-    source:
+    let pipeline = format!(
+        r#"    source:
       generator: {{keys: {KEYS}, count: {count}, rate: 50000}}
     steps:
       - filter: "value % 3 <> 0 AND key <> 'k7'"
       - select: [key, "value * 2 AS doubled", "CASE WHEN value >= 50 THEN 'high' ELSE 'low' END AS band"]
       - keyBy: {{field: group, expr: "band || '-' || key"}}
-      - aggregate: {{count: true, sum: [doubled]}}
-    sink:
-      file: {{path: "{dir}/out"}}
-"#,
-        dir = dir.display(),
+      - aggregate: {{count: true, sum: [doubled]}}"#
     );
-    StreamJob::from_yaml(&yaml).expect("test manifest is valid")
+    pipeline_job(dir, "expressions", 2, &pipeline).expect("test manifest is valid")
 }
 
 /// Per group: how many records the filter passes and the sum of `doubled`.

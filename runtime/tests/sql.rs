@@ -16,26 +16,13 @@ use weir_runtime::verify::{check_windows_exactly_once, expected_windows};
 const KEYS: u64 = 20;
 
 fn sql_job(dir: &Path, count: u64, sql: &str) -> Result<StreamJob, String> {
-    let yaml = format!(
-        r#"
-apiVersion: weir.dev/v1alpha1
-kind: StreamJob
-metadata: {{name: sql}}
-spec:
-  parallelism: 2
-  maxParallelism: 16
-  checkpoints: {{interval: 10ms, storage: "file://{dir}/checkpoints", retained: 2}}
-  pipeline:
-    source:
+    let pipeline = format!(
+        r#"    source:
       generator: {{keys: {KEYS}, count: {count}, rate: 50000, splits: 6, timestampStep: 1ms}}
     eventTime: {{field: ts, maxOutOfOrderness: 10s}}
-    sql: "{sql}"
-    sink:
-      file: {{path: "{dir}/out"}}
-"#,
-        dir = dir.display(),
+    sql: "{sql}""#
     );
-    StreamJob::from_yaml(&yaml).map_err(|e| e.to_string())
+    pipeline_job(dir, "sql", 2, &pipeline)
 }
 
 #[test]

@@ -25,28 +25,15 @@ fn window_job(dir: &Path, parallelism: u32, count: u64, window: &str) -> StreamJ
 /// Generated records over `splits` splits, one per millisecond of event
 /// time, keyed by `key` and then put through `step`.
 fn timed_job(dir: &Path, parallelism: u32, count: u64, splits: u32, step: &str) -> StreamJob {
-    let yaml = format!(
-        r#"
-apiVersion: weir.dev/v1alpha1
-kind: StreamJob
-metadata: {{name: windows}}
-spec:
-  parallelism: {parallelism}
-  maxParallelism: 16
-  checkpoints: {{interval: 10ms, storage: "file://{dir}/checkpoints", retained: 2}}
-  pipeline:
-    source:
+    let pipeline = format!(
+        r#"    source:
       generator: {{keys: {KEYS}, count: {count}, rate: 50000, splits: {splits}, timestampStep: 1ms}}
     eventTime: {{field: ts, maxOutOfOrderness: 10s}}
     steps:
       - keyBy: {{field: key}}
-      {step}
-    sink:
-      file: {{path: "{dir}/out"}}
-"#,
-        dir = dir.display(),
+      {step}"#
     );
-    StreamJob::from_yaml(&yaml).expect("test manifest is valid")
+    pipeline_job(dir, "windows", parallelism, &pipeline).expect("test manifest is valid")
 }
 
 fn committed(dir: &Path) -> Vec<serde_json::Value> {

@@ -2,12 +2,16 @@
 //!
 //! Each channel (upstream subtask -> downstream subtask of one shuffle) is
 //! its own TCP connection with credit-based flow control: the receiving
-//! side grants one credit per free slot in the bounded queue in front of
-//! its subtask, and the sender sends a batch only against a credit. A slow
-//! consumer so stops its producers without any unbounded buffer; on
-//! loopback, one connection per channel costs less than multiplexing.
+//! side holds a permit for every free slot in the bounded queue in front of
+//! its subtask and grants the sender one credit per permit, all it can up
+//! front and the rest as the subtask drains the queue; the sender sends a
+//! batch only against a credit. A slow consumer so stops its producers
+//! without any unbounded buffer, and a fast one never waits a round trip
+//! per batch. The sender writes every batch it has credit for before it
+//! flushes, so a burst costs one write, not one per batch. On loopback, one
+//! connection per channel costs less than multiplexing.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -16,6 +20,7 @@ use futures::{SinkExt, StreamExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc::OwnedPermit;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
@@ -147,25 +152,40 @@ pub fn spawn_outbound<T: Serialize + Send + 'static>(
                 if credits == 0 {
                     match protocol::recv::<u32>(&mut conn).await? {
                         Some(n) => credits += n as u64,
-                        None => return Err(ProtocolError::Io(std::io::ErrorKind::ConnectionReset.into())),
+                        None => return Err(reset()),
                     }
                     continue;
                 }
                 tokio::select! {
                     msg = rx.recv() => {
-                        let Some(msg) = msg else { return Ok(()) };
-                        let end = matches!(msg, Message::End);
-                        conn.send(protocol::encode(&msg)?).await?;
-                        credits -= 1;
-                        if end {
-                            // Wait for the peer to close, so the End is not lost in flight.
-                            while conn.next().await.is_some() {}
-                            return Ok(());
+                        let Some(mut msg) = msg else { return Ok(()) };
+                        // Everything already queued that there is credit for
+                        // goes out in one write.
+                        loop {
+                            let end = matches!(msg, Message::End);
+                            conn.feed(protocol::encode(&msg)?).await?;
+                            credits -= 1;
+                            if end {
+                                flush(&mut conn).await?;
+                                // Wait for the peer to close, so the End is not lost in flight.
+                                while conn.next().await.is_some() {}
+                                return Ok(());
+                            }
+                            match rx.try_recv() {
+                                Ok(next) if credits > 0 => msg = next,
+                                Ok(next) => {
+                                    flush(&mut conn).await?;
+                                    credits += wait_for_credit(&mut conn).await?;
+                                    msg = next;
+                                }
+                                Err(_) => break,
+                            }
                         }
+                        flush(&mut conn).await?;
                     }
                     grant = conn.next() => match grant {
                         Some(frame) => credits += protocol::decode::<u32>(&frame?)? as u64,
-                        None => return Err(ProtocolError::Io(std::io::ErrorKind::ConnectionReset.into())),
+                        None => return Err(reset()),
                     },
                 }
             }
@@ -175,6 +195,23 @@ pub fn spawn_outbound<T: Serialize + Send + 'static>(
             on_broken(format!("shuffle channel {key:?} to {to} broke: {e}"));
         }
     });
+}
+
+async fn flush(conn: &mut Connection) -> Result<(), ProtocolError> {
+    SinkExt::<bytes::Bytes>::flush(conn).await?;
+    Ok(())
+}
+
+fn reset() -> ProtocolError {
+    ProtocolError::Io(std::io::ErrorKind::ConnectionReset.into())
+}
+
+/// The next grant of credits from the receiving side.
+async fn wait_for_credit(conn: &mut Connection) -> Result<u64, ProtocolError> {
+    match protocol::recv::<u32>(conn).await? {
+        Some(n) => Ok(n as u64),
+        None => Err(reset()),
+    }
 }
 
 /// Feeds a local downstream subtask from a remote upstream subtask.
@@ -189,18 +226,37 @@ pub fn spawn_inbound<T: DeserializeOwned + Send + 'static>(
     tasks.spawn(async move {
         let result: Result<(), ProtocolError> = async {
             let Ok(mut conn) = arrival.await else { return Ok(()) };
+            // One permit per credit granted: the sender can never overrun the queue.
+            let mut held: VecDeque<OwnedPermit<Message<T>>> = VecDeque::new();
             loop {
-                // One credit per free slot: the sender can never overrun us.
-                let Ok(permit) = tx.reserve().await else { return Ok(()) };
-                protocol::send(&mut conn, &1u32).await?;
-                let Some(frame) = conn.next().await else {
-                    return Err(ProtocolError::Io(std::io::ErrorKind::UnexpectedEof.into()));
-                };
-                let msg: Message<T> = protocol::decode(&frame?)?;
-                let end = matches!(msg, Message::End);
-                permit.send(msg);
-                if end {
-                    return Ok(());
+                tokio::select! {
+                    permit = tx.clone().reserve_owned() => {
+                        let Ok(permit) = permit else { return Ok(()) };
+                        held.push_back(permit);
+                        let mut granted = 1u32;
+                        while let Ok(permit) = tx.clone().try_reserve_owned() {
+                            held.push_back(permit);
+                            granted += 1;
+                        }
+                        protocol::send(&mut conn, &granted).await?;
+                    }
+                    frame = conn.next() => {
+                        let Some(frame) = frame else {
+                            return Err(ProtocolError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+                        };
+                        let msg: Message<T> = protocol::decode(&frame?)?;
+                        let Some(permit) = held.pop_front() else {
+                            return Err(ProtocolError::Io(std::io::Error::new(
+                                std::io::ErrorKind::InvalidData,
+                                "the sender sent a batch without credit",
+                            )));
+                        };
+                        let end = matches!(msg, Message::End);
+                        permit.send(msg);
+                        if end {
+                            return Ok(());
+                        }
+                    }
                 }
             }
         }
@@ -234,6 +290,49 @@ mod tests {
         let mut conn = protocol::framed(TcpStream::connect(plane.addr()).await.unwrap());
         protocol::send(&mut conn, &DataHello { token: token.map(String::from), channel }).await.unwrap();
         conn
+    }
+
+    #[tokio::test]
+    async fn a_receiver_grants_its_free_queue_up_front_and_is_never_overrun() {
+        let token = JobToken::new(None);
+        let plane = DataPlane::bind("127.0.0.1:0".parse().unwrap(), token.clone(), None).await.unwrap();
+        let key = ChannelKey { epoch: 1, edge: 0, upstream: 0, downstream: 0 };
+        let broken = Arc::new(Mutex::new(Vec::<String>::new()));
+        let on_broken: OnBroken = {
+            let broken = broken.clone();
+            Arc::new(move |e| broken.lock().unwrap().push(e))
+        };
+        let mut pumps = JoinSet::new();
+        let (to_subtask, mut subtask) = mpsc::channel::<Message<u64>>(3);
+        spawn_inbound(&mut pumps, &plane, key, to_subtask, on_broken.clone());
+        let (upstream, from_upstream) = mpsc::channel::<Message<u64>>(16);
+        spawn_outbound(&mut pumps, &token, None, key, plane.addr(), from_upstream, on_broken);
+        for i in 0..10 {
+            upstream.send(Message::Batch(vec![i])).await.unwrap();
+        }
+        upstream.send(Message::End).await.unwrap();
+
+        // The subtask reads nothing yet: its whole queue fills, and no more.
+        let full = tokio::time::timeout(Duration::from_secs(5), async {
+            while subtask.len() < 3 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+        assert!(full.is_ok(), "the sender filled the receiving queue without waiting for it to drain");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(subtask.len(), 3, "nothing beyond the queue's capacity was taken in");
+
+        let mut seen = Vec::new();
+        while let Some(msg) = tokio::time::timeout(Duration::from_secs(5), subtask.recv()).await.unwrap() {
+            match msg {
+                Message::Batch(b) => seen.extend(b),
+                Message::End => break,
+                _ => {}
+            }
+        }
+        assert_eq!(seen, (0..10).collect::<Vec<_>>(), "every batch arrives once, in order");
+        assert!(broken.lock().unwrap().is_empty(), "{:?}", broken.lock().unwrap());
     }
 
     #[tokio::test]

@@ -1,8 +1,6 @@
 //! `spec.pipeline`: a job declared as source -> steps -> sink, and the
 //! checks that name a wrong field before the job starts.
 
-use std::borrow::Cow;
-
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -427,53 +425,22 @@ impl WindowSpec {
 }
 
 impl PipelineSpec {
-    /// The steps the job runs: `steps`, or those `sql` is turned into.
-    pub fn planned_steps(&self) -> Result<Cow<'_, [StepSpec]>, String> {
-        match &self.sql {
-            None => Ok(Cow::Borrowed(&self.steps)),
-            Some(sql) => crate::pipeline::sql::translate(sql, self.event_time.as_ref())
-                .map(|steps| Cow::Owned(steps.into_iter().map(|s| s.step).collect()))
-                .map_err(|e| format!("spec.pipeline.sql: {e}")),
-        }
-    }
-
-    /// Where step `i` of [`Self::planned_steps`] was written: errors about
-    /// a step made from `sql` name its clause, not a step the user never
-    /// wrote.
-    pub fn step_path(&self, i: usize) -> String {
-        let clause = self.sql.as_ref().and_then(|sql| {
-            let steps = crate::pipeline::sql::translate(sql, self.event_time.as_ref()).ok()?;
-            steps.get(i).map(|s| s.clause)
-        });
-        match clause {
-            Some(clause) => format!("spec.pipeline.sql ({clause})"),
-            None => format!("spec.pipeline.steps[{i}]"),
-        }
-    }
-
-    /// `errors` with each `spec.pipeline.steps[i].…` path replaced by
-    /// [`Self::step_path`] when the steps came from `sql`.
-    pub fn relabeled(&self, errors: Vec<String>) -> Vec<String> {
-        if self.sql.is_none() {
-            return errors;
-        }
-        errors.into_iter().map(|e| relabel(&e, |i| self.step_path(i))).collect()
-    }
-
     pub(super) fn problems(&self) -> Vec<String> {
-        let errors = self.unlabeled_problems();
-        self.relabeled(errors)
-    }
-
-    fn unlabeled_problems(&self) -> Vec<String> {
         let mut errors = Vec::new();
         if self.sql.is_some() && !self.steps.is_empty() {
             errors.push("spec.pipeline: expected either steps or sql, not both".into());
         }
         let steps = self.planned_steps().unwrap_or_else(|e| {
             errors.push(e);
-            Cow::Borrowed(&[])
+            PlannedSteps::default()
         });
+        let found = self.unlabeled_problems(&steps);
+        errors.extend(steps.relabeled(found));
+        errors
+    }
+
+    fn unlabeled_problems(&self, steps: &[StepSpec]) -> Vec<String> {
+        let mut errors = Vec::new();
         match self.source.kind() {
             Err(e) => errors.push(format!("spec.pipeline.source: {e}")),
             Ok(SourceKind::Generator(g)) => {
@@ -564,7 +531,7 @@ impl PipelineSpec {
                 Ok(StepKind::Select(_)) => keyed = false,
             }
         }
-        errors.extend(crate::pipeline::schema::type_steps(self).errors);
+        errors.extend(crate::pipeline::schema::type_steps(self, steps).errors);
         match self.sink.kind() {
             Err(e) => errors.push(format!("spec.pipeline.sink: {e}")),
             Ok(SinkKind::File(f)) => errors.extend(f.problems("spec.pipeline.sink.file")),
@@ -575,34 +542,6 @@ impl PipelineSpec {
         }
         errors
     }
-}
-
-/// `message` with every `spec.pipeline.steps[i]` and the path after it
-/// (`.window.size`) replaced by `path(i)`.
-fn relabel(message: &str, path: impl Fn(usize) -> String) -> String {
-    const AT: &str = "spec.pipeline.steps[";
-    let mut out = String::with_capacity(message.len());
-    let mut rest = message;
-    while let Some(start) = rest.find(AT) {
-        out.push_str(&rest[..start]);
-        let after = &rest[start + AT.len()..];
-        let digits = after.find(|c: char| !c.is_ascii_digit()).unwrap_or(after.len());
-        match (after[..digits].parse::<usize>(), after[digits..].strip_prefix(']')) {
-            (Ok(i), Some(tail)) => {
-                let end = tail
-                    .find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '[' | ']')))
-                    .unwrap_or(tail.len());
-                out.push_str(&path(i));
-                rest = &tail[end..];
-            }
-            _ => {
-                out.push_str(AT);
-                rest = after;
-            }
-        }
-    }
-    out.push_str(rest);
-    out
 }
 
 #[cfg(test)]
@@ -699,16 +638,6 @@ spec:
         let steps = format!("{KEY_BY}      - window: {{size: 1m, aggregate: {{count: true}}}}");
         let err = windowed("    eventTime: {field: ''}", &steps).unwrap_err();
         assert!(err.contains("spec.pipeline.eventTime.field: required"), "{err}");
-    }
-
-    #[test]
-    fn errors_about_steps_made_from_sql_name_the_clause_and_keep_the_rest_of_the_message() {
-        let path = |i: usize| ["spec.pipeline.sql (WHERE)", "spec.pipeline.sql (SELECT)"][i].to_string();
-        assert_eq!(
-            super::relabel("spec.pipeline.steps[1].select[0]: no field `x`; spec.pipeline.steps[0].filter: bad", path),
-            "spec.pipeline.sql (SELECT): no field `x`; spec.pipeline.sql (WHERE): bad"
-        );
-        assert_eq!(super::relabel("spec.pipeline.steps[x]: as is", path), "spec.pipeline.steps[x]: as is");
     }
 
     #[test]

@@ -66,10 +66,26 @@ pub struct Aggregate {
     avg: usize,
     min: Vec<String>,
     max: Vec<String>,
+    /// The output fields of `sum` (`sum_x`, then `avg_x`), `min` and `max`,
+    /// named once rather than per record.
+    out: OutputNames,
+}
+
+#[derive(Debug, Clone)]
+struct OutputNames {
+    sum: Vec<String>,
+    min: Vec<String>,
+    max: Vec<String>,
 }
 
 impl Aggregate {
     pub fn new(key_field: &str, spec: &AggregateSpec) -> Aggregate {
+        let named = |prefix: &str, fields: &[String]| -> Vec<String> {
+            fields.iter().map(|f| format!("{prefix}_{f}")).collect()
+        };
+        let mut sum = named("sum", &spec.sum);
+        sum.extend(named("avg", &spec.avg));
+        let out = OutputNames { sum, min: named("min", &spec.min), max: named("max", &spec.max) };
         Aggregate {
             key_field: key_field.into(),
             count: spec.count,
@@ -77,6 +93,7 @@ impl Aggregate {
             avg: spec.avg.len(),
             min: spec.min.clone(),
             max: spec.max.clone(),
+            out,
         }
     }
 
@@ -142,19 +159,19 @@ impl Aggregate {
             o.insert("count".into(), Value::from(s.count));
         }
         let sums = self.sum.len() - self.avg;
-        for (i, (f, acc)) in self.sum.iter().zip(&s.sum).enumerate() {
+        for (i, (name, acc)) in self.out.sum.iter().zip(&s.sum).enumerate() {
             if i < sums {
-                o.insert(format!("sum_{f}"), acc.to_json());
+                o.insert(name.clone(), acc.to_json());
             } else {
                 let avg = if s.count == 0 { Value::Null } else { Value::from(acc.as_f64() / s.count as f64) };
-                o.insert(format!("avg_{f}"), avg);
+                o.insert(name.clone(), avg);
             }
         }
-        for (f, acc) in self.min.iter().zip(&s.min) {
-            o.insert(format!("min_{f}"), acc.map_or(Value::Null, Num::to_json));
+        for (name, acc) in self.out.min.iter().zip(&s.min) {
+            o.insert(name.clone(), acc.map_or(Value::Null, Num::to_json));
         }
-        for (f, acc) in self.max.iter().zip(&s.max) {
-            o.insert(format!("max_{f}"), acc.map_or(Value::Null, Num::to_json));
+        for (name, acc) in self.out.max.iter().zip(&s.max) {
+            o.insert(name.clone(), acc.map_or(Value::Null, Num::to_json));
         }
         Value::Object(o)
     }

@@ -44,7 +44,7 @@ use crate::connectors::{FileSink, GeneratorSource};
 use crate::dataflow::{BuildError, DataStream, JobGraph, KeyedStream, StreamEnv};
 use crate::manifest::{
     AggregateSpec, BadRecordAction, ErrorPolicy, KafkaMetadata, PipelineSpec, PostgresSinkMode, SinkKind, SourceKind,
-    StepKind, StreamJobSpec, WindowSpec,
+    StepKind, StepSpec, StreamJobSpec, WindowSpec,
 };
 use crate::record::{key_of, parse_json_object, BadRecord, FieldRule, Rejects, Row, SourceRecord};
 use crate::task::source_task::Source;
@@ -128,7 +128,8 @@ fn build_pipeline(spec: &StreamJobSpec, pipeline: &PipelineSpec) -> Result<JobGr
         }
     };
 
-    let rules = field_rules(pipeline);
+    let steps = pipeline.planned_steps().map_err(PipelineError::Invalid)?;
+    let rules = field_rules(pipeline, &steps);
     env.declare_state("bad-records");
     let policy = spec.error_policy.clone();
     let mut stream: DataStream<Row> = source.transform(move |ctx, next| {
@@ -136,11 +137,10 @@ fn build_pipeline(spec: &StreamJobSpec, pipeline: &PipelineSpec) -> Result<JobGr
         Ok(Box::new(Checked::new(FieldRules(rules.clone()), policy, next)) as Box<dyn Collector<SourceRecord>>)
     });
 
-    let typed = schema::type_steps(pipeline);
+    let typed = schema::type_steps(pipeline, &steps);
     if !typed.errors.is_empty() {
-        return Err(PipelineError::Invalid(pipeline.relabeled(typed.errors).join("; ")));
+        return Err(PipelineError::Invalid(steps.relabeled(typed.errors).join("; ")));
     }
-    let steps = pipeline.planned_steps().map_err(PipelineError::Invalid)?;
     let mut key_field: Option<String> = None;
     for (i, (step, (input, planned))) in steps.iter().zip(typed.steps).enumerate() {
         if let (Some(planned), Some(input)) = (planned, input) {
@@ -155,7 +155,7 @@ fn build_pipeline(spec: &StreamJobSpec, pipeline: &PipelineSpec) -> Result<JobGr
             let (planned, input) = planned.projected(&input).map_err(PipelineError::Invalid)?;
             env.declare_state(&uid);
             let errors = spec.error_policy.clone();
-            let at = pipeline.step_path(i);
+            let at = steps.path(i);
             stream = stream.transform(move |ctx, next| {
                 let policy = BadRecordPolicy::new(&uid, &uid, ctx.clone(), &errors);
                 let batcher = expr::Batcher::new(input.clone())
@@ -336,10 +336,10 @@ fn window_id(key_field: &str, time_field: &str, spec: &WindowSpec) -> String {
 
 /// What records must carry for the steps up to the first aggregate; later
 /// steps read the aggregate's own output, which always has its fields.
-fn field_rules(pipeline: &PipelineSpec) -> Vec<FieldRule> {
+fn field_rules(pipeline: &PipelineSpec, steps: &[StepSpec]) -> Vec<FieldRule> {
     let mut rules = schema::declared(pipeline);
     rules.extend(pipeline.event_time.iter().map(|t| FieldRule::EventTime(t.field.clone())));
-    for step in pipeline.planned_steps().unwrap_or_default().iter() {
+    for step in steps {
         let aggregate = match step.kind() {
             Ok(StepKind::KeyBy(k)) if k.expr.is_some() => continue,
             Ok(StepKind::KeyBy(k)) => {

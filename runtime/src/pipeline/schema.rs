@@ -12,7 +12,7 @@
 use arrow_schema::{DataType, Field, SchemaRef};
 
 use super::expr::{arrow_type, compile, projection, schema_of, Compiled};
-use crate::manifest::{AggregateSpec, PipelineSpec, SourceKind, StepKind};
+use crate::manifest::{AggregateSpec, PipelineSpec, SourceKind, StepKind, StepSpec};
 use crate::record::FieldRule;
 
 /// What an expression step does, planned.
@@ -157,9 +157,10 @@ fn aggregated(
     (schema_of(fields), errors)
 }
 
-/// Follows the records' schema through the steps, planning each
-/// expression; every error names its step (`spec.pipeline.steps[2].filter`).
-pub fn type_steps(pipeline: &PipelineSpec) -> Typed {
+/// Follows the records' schema through `steps` (the pipeline's planned
+/// steps), planning each expression; every error names its step
+/// (`spec.pipeline.steps[2].filter`).
+pub fn type_steps(pipeline: &PipelineSpec, steps: &[StepSpec]) -> Typed {
     let mut typed = Typed::default();
     if let (Some(_), Ok(SourceKind::Generator(_))) = (&pipeline.schema, pipeline.source.kind()) {
         typed.errors.push(
@@ -183,8 +184,6 @@ pub fn type_steps(pipeline: &PipelineSpec) -> Typed {
         }
     }
     let mut key: Option<String> = None;
-    // A query that cannot be turned into steps is reported by the manifest's checks.
-    let steps = pipeline.planned_steps().unwrap_or_default();
     for (i, step) in steps.iter().enumerate() {
         let input = current.clone();
         let mut planned = None;

@@ -23,7 +23,6 @@
 //! `COUNT(DISTINCT …)`, several key expressions) is refused, naming it.
 
 use std::ops::ControlFlow;
-use std::time::Duration;
 
 use datafusion_sql::sqlparser::ast::{
     visit_expressions, visit_expressions_mut, Expr, FunctionArg, FunctionArgExpr, FunctionArguments, GroupByExpr,
@@ -32,7 +31,8 @@ use datafusion_sql::sqlparser::ast::{
 use datafusion_sql::sqlparser::dialect::GenericDialect;
 use datafusion_sql::sqlparser::parser::Parser;
 
-use crate::manifest::{AggregateSpec, EventTimeSpec, HumanDuration, KeyBySpec, StepSpec, WindowSpec};
+use crate::manifest::{AggregateSpec, EventTimeSpec, KeyBySpec, StepSpec, WindowSpec};
+use window::{group_window, window_bound, window_function, Window};
 
 /// A step made from the query, and the clause it came from (for errors).
 #[derive(Debug, Clone, PartialEq)]
@@ -121,12 +121,6 @@ fn plain_select(query: Query) -> Result<Select, String> {
 enum Call {
     Count,
     Of(&'static str, Box<Expr>),
-}
-
-/// A `TUMBLE`, `HOP` or `SESSION` group window.
-struct Window {
-    spec: WindowSpec,
-    prefix: &'static str,
 }
 
 struct Grouping {
@@ -475,205 +469,7 @@ fn aggregate_in(e: &Expr) -> Option<String> {
     found
 }
 
-/// `TUMBLE`, `HOP` or `SESSION` if `e` calls one.
-fn window_function(e: &Expr) -> Option<&'static str> {
-    match function_name(e)?.as_str() {
-        "tumble" => Some("TUMBLE"),
-        "hop" => Some("HOP"),
-        "session" => Some("SESSION"),
-        _ => None,
-    }
-}
-
-/// `window_start` or `window_end` for `TUMBLE_START(…)` and its kin.
-fn window_bound(e: &Expr, prefix: Option<&str>) -> Option<String> {
-    let name = function_name(e)?;
-    let (kind, bound) = name.rsplit_once('_')?;
-    let bound = match bound {
-        "start" => "window_start",
-        "end" => "window_end",
-        _ => return None,
-    };
-    prefix.filter(|p| p.eq_ignore_ascii_case(kind)).map(|_| bound.to_string())
-}
-
-/// The window a `TUMBLE(ts, size)`, `HOP(ts, slide, size)` or
-/// `SESSION(ts, gap)` call asks for, and its time field.
-fn group_window(prefix: &'static str, e: &Expr) -> Result<(Window, String), String> {
-    let args = arguments(e);
-    let (field, durations) = match args.split_first() {
-        Some((FunctionArgExpr::Expr(Expr::Identifier(id)), rest)) => (id.value.clone(), rest),
-        _ => return Err(format!("`{e}`: expected the event-time field first, as {prefix}(ts, INTERVAL '1' MINUTE)")),
-    };
-    let durations: Vec<HumanDuration> = durations
-        .iter()
-        .map(|a| match a {
-            FunctionArgExpr::Expr(x) => interval(x).map_err(|why| format!("`{e}`: {why}")),
-            other => Err(format!("`{e}`: expected an interval, got `{other}`")),
-        })
-        .collect::<Result<_, _>>()?;
-    let empty = WindowSpec { size: None, slide: None, gap: None, aggregate: AggregateSpec::default() };
-    let spec = match (prefix, durations.as_slice()) {
-        ("TUMBLE", [size]) => WindowSpec { size: Some(*size), ..empty },
-        ("HOP", [slide, size]) => WindowSpec { size: Some(*size), slide: Some(*slide), ..empty },
-        ("SESSION", [gap]) => WindowSpec { gap: Some(*gap), ..empty },
-        ("TUMBLE", _) => return Err(format!("`{e}`: expected TUMBLE(ts, size)")),
-        ("HOP", _) => return Err(format!("`{e}`: expected HOP(ts, slide, size)")),
-        _ => return Err(format!("`{e}`: expected SESSION(ts, gap)")),
-    };
-    Ok((Window { spec, prefix }, field))
-}
-
-/// An `INTERVAL '5' MINUTE` or `INTERVAL '5 minutes'` as a duration.
-fn interval(e: &Expr) -> Result<HumanDuration, String> {
-    let Expr::Interval(i) = e else {
-        return Err(format!("expected an interval such as INTERVAL '1' MINUTE, got `{e}`"));
-    };
-    let text = match i.value.as_ref() {
-        Expr::Value(v) => match &v.value {
-            Value::SingleQuotedString(s) | Value::Number(s, _) => s.clone(),
-            other => other.to_string(),
-        },
-        other => other.to_string(),
-    };
-    let (number, unit) = match &i.leading_field {
-        Some(field) => (text.trim().to_string(), field.to_string()),
-        None => {
-            let mut words = text.split_whitespace();
-            (words.next().unwrap_or_default().to_string(), words.next().unwrap_or("second").to_string())
-        }
-    };
-    let unit = unit.to_ascii_lowercase();
-    let millis: u64 = match unit.trim_end_matches('s') {
-        "millisecond" => 1,
-        "second" => 1_000,
-        "minute" => 60_000,
-        "hour" => 3_600_000,
-        "day" => 86_400_000,
-        _ => return Err(format!("expected an interval in milliseconds, seconds, minutes, hours or days, got {unit}")),
-    };
-    let n: u64 = number.parse().map_err(|_| format!("expected a whole number of {unit}, got `{number}`"))?;
-    Ok(HumanDuration(Duration::from_millis(n.saturating_mul(millis))))
-}
+mod window;
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn steps(sql: &str, time: Option<&str>) -> Result<Vec<(String, &'static str)>, String> {
-        let time = time.map(|f| EventTimeSpec {
-            field: f.into(),
-            max_out_of_orderness: Default::default(),
-            idle_timeout: None,
-        });
-        let steps = translate(sql, time.as_ref())?;
-        Ok(steps.into_iter().map(|s| (serde_json::to_string(&s.step).unwrap_or_default(), s.clause)).collect())
-    }
-
-    fn json(steps: &[(String, &str)]) -> Vec<String> {
-        steps.iter().map(|(s, _)| s.clone()).collect()
-    }
-
-    #[test]
-    fn where_and_a_select_list_become_a_filter_and_a_select() {
-        let s = steps("SELECT item, price * qty AS total FROM source WHERE price > 10", None).unwrap();
-        assert_eq!(json(&s), [r#"{"filter":"price > 10"}"#, r#"{"select":["item","price * qty AS total"]}"#]);
-        assert_eq!(s[0].1, "WHERE");
-        let s = steps("select * from SOURCE where region <> 'eu'", None).unwrap();
-        assert_eq!(json(&s), [r#"{"filter":"region <> 'eu'"}"#]);
-    }
-
-    #[test]
-    fn group_by_a_column_becomes_keyby_aggregate_having_and_select() {
-        let sql = "SELECT item, COUNT(*) AS n, SUM(qty) AS units FROM source GROUP BY item HAVING SUM(qty) > 5";
-        assert_eq!(
-            json(&steps(sql, None).unwrap()),
-            [
-                r#"{"keyBy":{"field":"item"}}"#,
-                r#"{"aggregate":{"count":true,"sum":["qty"],"min":[],"max":[]}}"#,
-                r#"{"filter":"sum_qty > 5"}"#,
-                r#"{"select":["item","count AS n","sum_qty AS units"]}"#,
-            ]
-        );
-    }
-
-    #[test]
-    fn aggregates_of_expressions_are_computed_by_a_select_before_the_key() {
-        let sql = "SELECT lower(region) AS r, SUM(price * qty) AS revenue, MAX(price) AS top FROM source GROUP BY lower(region)";
-        assert_eq!(
-            json(&steps(sql, None).unwrap()),
-            [
-                r#"{"select":["lower(region) AS r","price * qty AS arg0","price"]}"#,
-                r#"{"keyBy":{"field":"r"}}"#,
-                r#"{"aggregate":{"count":false,"sum":["arg0"],"min":[],"max":["price"]}}"#,
-                r#"{"select":["r","sum_arg0 AS revenue","max_price AS top"]}"#,
-            ]
-        );
-        // A key expression without an alias is written to `key`.
-        let sql = "SELECT upper(item), COUNT(*) AS n FROM source GROUP BY upper(item)";
-        assert_eq!(
-            json(&steps(sql, None).unwrap()),
-            [
-                r#"{"keyBy":{"field":"key","expr":"upper(item)"}}"#,
-                r#"{"aggregate":{"count":true,"sum":[],"min":[],"max":[]}}"#,
-                r#"{"select":["key","count AS n"]}"#,
-            ]
-        );
-    }
-
-    #[test]
-    fn group_windows_become_window_steps_over_the_event_time() {
-        let sql = "SELECT item, TUMBLE_START(ts, INTERVAL '1' MINUTE) AS t, COUNT(*) AS n FROM source \
-                   GROUP BY item, TUMBLE(ts, INTERVAL '1' MINUTE)";
-        let s = json(&steps(sql, Some("ts")).unwrap());
-        assert_eq!(s[1], r#"{"window":{"size":"1m","aggregate":{"count":true,"sum":[],"min":[],"max":[]}}}"#);
-        assert_eq!(s[2], r#"{"select":["item","window_start AS t","count AS n"]}"#);
-        let sql = "SELECT item, window_end, AVG(v) AS a FROM source GROUP BY HOP(ts, INTERVAL '10 seconds', INTERVAL '1' MINUTE), item";
-        let s = json(&steps(sql, Some("ts")).unwrap());
-        assert_eq!(
-            s[1],
-            r#"{"window":{"size":"1m","slide":"10s","aggregate":{"count":false,"sum":[],"min":[],"max":[],"avg":["v"]}}}"#
-        );
-        let sql = "SELECT COUNT(*) AS n, SESSION_END(ts, INTERVAL '30' SECOND) AS e FROM source GROUP BY SESSION(ts, INTERVAL '30' SECOND)";
-        let s = json(&steps(sql, Some("ts")).unwrap());
-        assert_eq!(s[0], r#"{"keyBy":{"field":"key","expr":"'all'"}}"#);
-        assert_eq!(s[1], r#"{"window":{"gap":"30s","aggregate":{"count":true,"sum":[],"min":[],"max":[]}}}"#);
-        assert_eq!(s[2], r#"{"select":["count AS n","window_end AS e"]}"#);
-    }
-
-    #[test]
-    fn what_is_not_built_is_refused_by_name() {
-        let refused = [
-            ("SELECT a FROM source JOIN other ON a = b", "joins are not supported yet"),
-            ("SELECT a FROM other", "expected FROM source"),
-            ("SELECT a FROM source s", "takes no alias"),
-            ("SELECT a FROM source ORDER BY a", "ORDER BY"),
-            ("SELECT a FROM source LIMIT 3", "LIMIT is not supported"),
-            ("SELECT DISTINCT a FROM source", "SELECT DISTINCT"),
-            ("SELECT a FROM source UNION SELECT a FROM source", "UNION of queries is not supported yet"),
-            ("SELECT a, b, COUNT(*) AS n FROM source GROUP BY a, b", "one key expression"),
-            ("SELECT a, COUNT(DISTINCT b) AS n FROM source GROUP BY a", "DISTINCT in an aggregate"),
-            ("SELECT a, COUNT(b) AS n FROM source GROUP BY a", "COUNT of a field not yet"),
-            ("SELECT a FROM source WHERE SUM(b) > 1", "WHERE cannot use an aggregate"),
-            ("SELECT a, SUM(b * 2) FROM source GROUP BY a", "`SUM(b * 2)` needs a name"),
-            ("SELECT a FROM source GROUP BY a", "needs an aggregate"),
-            ("SELECT * FROM source GROUP BY a", "needs an aggregate"),
-            ("DELETE FROM source", "expected a SELECT statement"),
-            ("SELECT a FROM source; SELECT b FROM source", "got several"),
-            (
-                "SELECT a, COUNT(*) AS n FROM source GROUP BY a, TUMBLE(ts, INTERVAL '1' MINUTE)",
-                "needs spec.pipeline.eventTime",
-            ),
-        ];
-        for (sql, expected) in refused {
-            let err = steps(sql, None).unwrap_err();
-            assert!(err.contains(expected), "{sql}: {err}");
-        }
-        let err = steps("SELECT a, COUNT(*) AS n FROM source GROUP BY a, TUMBLE(t, INTERVAL '1' MINUTE)", Some("ts"))
-            .unwrap_err();
-        assert!(err.contains("spec.pipeline.eventTime.field `ts`"), "{err}");
-        let err = steps("SELECT a, COUNT(*) AS n FROM source GROUP BY a, TUMBLE(ts, INTERVAL '1' WEEK)", Some("ts"))
-            .unwrap_err();
-        assert!(err.contains("got week"), "{err}");
-    }
-}
+mod tests;

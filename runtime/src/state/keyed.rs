@@ -1,32 +1,47 @@
-//! Keyed state of one operator subtask: a hash map per owned key group.
+//! Keyed state of one operator subtask: a hash table per owned key group.
 //!
-//! A snapshot copies the maps (a memcpy-like clone for plain state) while
+//! A snapshot copies the tables (a memcpy-like clone for plain state) while
 //! the task waits, then encodes them on a blocking thread while the task
 //! goes on processing; this is Flink's heap backend's synchronous/async
 //! split without its copy-on-write tables, which would cost every update.
+//!
+//! The tables are hashbrown's raw `HashTable`, not a `HashMap`: the key's
+//! hash is computed once for both its key group and its slot, and a key
+//! is cloned only when it is new, where `HashMap::entry` clones it on every
+//! access (an allocation per record for string keys).
 
-use std::collections::HashMap;
 use std::hash::Hash;
 
-use rustc_hash::FxBuildHasher;
+use hashbrown::HashTable;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::snapshot::{decode, encode, CodecError};
 use crate::keygroup::{key_group_of_hash, key_hash, KeyGroupRange};
 
-pub type StateMap<K, S> = HashMap<K, S, FxBuildHasher>;
+type StateTable<K, S> = HashTable<(K, S)>;
 
 pub struct KeyedStateBackend<K, S> {
     range: KeyGroupRange,
     max_parallelism: u32,
-    groups: Vec<StateMap<K, S>>,
+    groups: Vec<StateTable<K, S>>,
 }
 
 /// A copy of keyed state taken at a barrier, to be encoded off the task.
 pub struct KeyedSnapshot<K, S> {
     range: KeyGroupRange,
-    groups: Vec<StateMap<K, S>>,
+    groups: Vec<StateTable<K, S>>,
+}
+
+/// The hash a key's slot is found by. Every key of a key group shares the
+/// bits [`key_group_of_hash`] reads (16 and up); rotated, those bits sit
+/// where no table of a realistic size looks.
+fn slot_hash(hash: u64) -> u64 {
+    hash.rotate_left(32)
+}
+
+fn slot_of<K: Hash, S>(entry: &(K, S)) -> u64 {
+    slot_hash(key_hash(&entry.0))
 }
 
 impl<K, S> KeyedStateBackend<K, S>
@@ -35,7 +50,7 @@ where
     S: Default + Clone + Serialize + DeserializeOwned,
 {
     pub fn new(range: KeyGroupRange, max_parallelism: u32) -> Self {
-        KeyedStateBackend { range, max_parallelism, groups: (0..range.len()).map(|_| StateMap::default()).collect() }
+        KeyedStateBackend { range, max_parallelism, groups: (0..range.len()).map(|_| HashTable::new()).collect() }
     }
 
     /// Restores from encoded key groups; groups outside the range are ignored.
@@ -45,49 +60,69 @@ where
                 continue;
             }
             let entries: Vec<(K, S)> = decode(bytes)?;
-            let map = &mut self.groups[(group - self.range.start) as usize];
-            map.reserve(entries.len());
-            map.extend(entries);
+            let table = &mut self.groups[(group - self.range.start) as usize];
+            table.reserve(entries.len(), slot_of);
+            for (key, state) in entries {
+                let hash = slot_hash(key_hash(&key));
+                match table.find_mut(hash, |(k, _)| *k == key) {
+                    Some(slot) => slot.1 = state,
+                    None => {
+                        table.insert_unique(hash, (key, state), slot_of);
+                    }
+                }
+            }
         }
         Ok(())
+    }
+
+    /// The table of the key group of `hash`, if this subtask owns it.
+    fn table_mut(&mut self, hash: u64) -> Option<&mut StateTable<K, S>> {
+        let group = key_group_of_hash(hash, self.max_parallelism);
+        if !self.range.contains(group) {
+            return None;
+        }
+        Some(&mut self.groups[(group - self.range.start) as usize])
     }
 
     /// The state of `key`, created empty on first use. `None` when the key
     /// does not belong to this subtask, which means records were routed wrongly.
     #[inline]
     pub fn get_mut(&mut self, key: &K) -> Option<&mut S> {
-        let group = key_group_of_hash(key_hash(key), self.max_parallelism);
-        if !self.range.contains(group) {
-            return None;
-        }
-        // One lookup; the clone is free for the integer keys of hot jobs.
-        Some(self.groups[(group - self.range.start) as usize].entry(key.clone()).or_default())
+        let hash = key_hash(key);
+        let table = self.table_mut(hash)?;
+        let slot = slot_hash(hash);
+        let entry = match table.find_entry(slot, |(k, _)| k == key) {
+            Ok(found) => found,
+            Err(absent) => {
+                let table = absent.into_table();
+                table.insert_unique(slot, (key.clone(), S::default()), slot_of)
+            }
+        };
+        Some(&mut entry.into_mut().1)
     }
 
     /// The state of `key` if it has any, without creating it.
     pub fn get_existing_mut(&mut self, key: &K) -> Option<&mut S> {
-        let group = key_group_of_hash(key_hash(key), self.max_parallelism);
-        if !self.range.contains(group) {
-            return None;
-        }
-        self.groups[(group - self.range.start) as usize].get_mut(key)
+        let hash = key_hash(key);
+        let table = self.table_mut(hash)?;
+        table.find_mut(slot_hash(hash), |(k, _)| k == key).map(|(_, s)| s)
     }
 
     pub fn get(&self, key: &K) -> Option<&S> {
-        let group = key_group_of_hash(key_hash(key), self.max_parallelism);
+        let hash = key_hash(key);
+        let group = key_group_of_hash(hash, self.max_parallelism);
         if !self.range.contains(group) {
             return None;
         }
-        self.groups[(group - self.range.start) as usize].get(key)
+        self.groups[(group - self.range.start) as usize].find(slot_hash(hash), |(k, _)| k == key).map(|(_, s)| s)
     }
 
     /// Drops the state of `key`, so keys that are done cost nothing.
     pub fn remove(&mut self, key: &K) -> Option<S> {
-        let group = key_group_of_hash(key_hash(key), self.max_parallelism);
-        if !self.range.contains(group) {
-            return None;
-        }
-        self.groups[(group - self.range.start) as usize].remove(key)
+        let hash = key_hash(key);
+        let table = self.table_mut(hash)?;
+        let found = table.find_entry(slot_hash(hash), |(k, _)| k == key).ok()?;
+        Some(found.remove().0 .1)
     }
 
     pub fn len(&self) -> usize {
@@ -99,7 +134,7 @@ where
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&K, &S)> {
-        self.groups.iter().flat_map(|g| g.iter())
+        self.groups.iter().flat_map(|g| g.iter().map(|(k, s)| (k, s)))
     }
 
     /// The synchronous part of a snapshot.

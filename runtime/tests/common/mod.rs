@@ -67,6 +67,29 @@ spec:
     StreamJob::from_yaml(&yaml).expect("test manifest is valid")
 }
 
+/// A job at `parallelism` (max 16) with 10 ms checkpoints under `dir`
+/// whose pipeline is `pipeline` (YAML lines indented by four spaces:
+/// source, steps or sql, eventTime), writing to the file sink `dir/out`.
+pub fn pipeline_job(dir: &Path, name: &str, parallelism: u32, pipeline: &str) -> Result<StreamJob, String> {
+    let yaml = format!(
+        r#"
+apiVersion: weir.dev/v1alpha1
+kind: StreamJob
+metadata: {{name: {name}}}
+spec:
+  parallelism: {parallelism}
+  maxParallelism: 16
+  checkpoints: {{interval: 10ms, storage: "file://{dir}/checkpoints", retained: 2}}
+  pipeline:
+{pipeline}
+    sink:
+      file: {{path: "{dir}/out"}}
+"#,
+        dir = dir.display(),
+    );
+    StreamJob::from_yaml(&yaml).map_err(|e| e.to_string())
+}
+
 /// Runs the job once in a fresh runtime, as a fresh process would.
 pub fn run_once(job: &StreamJob, faults: Faults) -> Result<JobOutcome, JobError> {
     run_with_metrics(job, faults).0
