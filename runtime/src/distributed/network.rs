@@ -150,10 +150,7 @@ pub fn spawn_outbound<T: Serialize + Send + 'static>(
             let mut credits: u64 = 0;
             loop {
                 if credits == 0 {
-                    match protocol::recv::<u32>(&mut conn).await? {
-                        Some(n) => credits += n as u64,
-                        None => return Err(reset()),
-                    }
+                    credits += wait_for_credit(&mut conn).await?;
                     continue;
                 }
                 tokio::select! {
