@@ -5,9 +5,12 @@
 //! a user writes and the runtime's view of a job can never drift apart.
 //!
 //! # Layout
-//! - this file: the job, its spec, checkpoints and lifecycle.
+//! - this file: the job, its spec and its validation.
 //! - [`pipeline`]: `spec.pipeline`, source -> steps -> sink.
+//! - [`steps`]: `spec.pipeline.steps`, each step and its checks.
 //! - [`planned`]: the steps a pipeline runs, from `steps` or `sql`.
+//! - [`checkpoints`]: `spec.checkpoints`, when and where checkpoints go.
+//! - [`lifecycle`]: upgrades, savepoints and deletion of a running job.
 //! - [`schema`]: `spec.pipeline.schema`, the source records' typed fields.
 //! - [`kafka`], [`postgres`], [`redis`]: those connectors' settings.
 //! - [`tls`]: verified TLS to a server, shared by the connectors.
@@ -28,8 +31,15 @@ pub mod kafka;
 pub use self::kafka::{KafkaDelivery, KafkaMetadata, KafkaSinkSpec, KafkaSourceSpec, StartingOffsets, StoppingOffsets};
 pub mod pipeline;
 pub use self::pipeline::*;
+pub mod steps;
+pub use self::steps::*;
 pub mod planned;
 pub use self::planned::PlannedSteps;
+pub mod checkpoints;
+use self::checkpoints::default_one;
+pub use self::checkpoints::{CheckpointMode, CheckpointOptions, FallbackPolicy};
+pub mod lifecycle;
+pub use self::lifecycle::{DeletionPolicy, SavepointFallback, SavepointOptions, UpgradeMode};
 pub mod schema;
 pub use self::schema::{FieldSpec, FieldType};
 pub mod duration;
@@ -209,94 +219,6 @@ pub struct PodResources {
     pub limits: std::collections::BTreeMap<String, String>,
 }
 
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
-pub enum UpgradeMode {
-    /// Stop the pods and resume from the newest completed checkpoint.
-    #[default]
-    LastState,
-    /// Take a savepoint, stop, and resume from it.
-    Savepoint,
-    /// Stop and start again with empty state.
-    Stateless,
-}
-
-/// Savepoints under the operator, as the Flink Kubernetes Operator keeps
-/// them: triggered in the background, retried with backoff, listed in
-/// `status.savepoints` and disposed of past the retention.
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct SavepointOptions {
-    /// Savepoints kept in `status.savepoints`; older ones are deleted from
-    /// storage. `0` keeps every savepoint.
-    #[serde(default = "default_savepoint_history")]
-    pub max_history: u32,
-    /// Savepoints older than this are deleted from storage (the newest one
-    /// is always kept). Unset: no age limit.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_age: Option<HumanDuration>,
-    /// A savepoint not completed within this time counts as failed.
-    #[serde(default = "default_savepoint_timeout")]
-    pub timeout: HumanDuration,
-    /// What a savepoint-mode upgrade or suspension does when the running
-    /// job's savepoint fails: `Wait` (the job keeps running under its
-    /// current spec, the savepoint is retried with backoff, status says
-    /// why) or `LastState` (go on from the newest completed checkpoint).
-    #[serde(default)]
-    pub on_failure: SavepointFallback,
-    /// What a savepoint-mode upgrade or suspension does when the job is not
-    /// running (failed, or its pods failing), so that no savepoint can be
-    /// taken: `LastState` (go on from the newest completed checkpoint, with
-    /// a Warning event; Flink's last-state fallback) or `Wait` (until the
-    /// job runs again).
-    #[serde(default = "last_state")]
-    pub when_not_running: SavepointFallback,
-}
-
-impl Default for SavepointOptions {
-    fn default() -> Self {
-        SavepointOptions {
-            max_history: default_savepoint_history(),
-            max_age: None,
-            timeout: default_savepoint_timeout(),
-            on_failure: SavepointFallback::default(),
-            when_not_running: last_state(),
-        }
-    }
-}
-
-fn default_savepoint_history() -> u32 {
-    10
-}
-
-fn default_savepoint_timeout() -> HumanDuration {
-    HumanDuration(Duration::from_secs(600))
-}
-
-fn last_state() -> SavepointFallback {
-    SavepointFallback::LastState
-}
-
-/// What happens instead of a savepoint that cannot be had.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
-pub enum SavepointFallback {
-    /// Keep the job as it is and try again (with backoff).
-    #[default]
-    Wait,
-    /// Upgrade or suspend from the newest completed checkpoint instead.
-    LastState,
-}
-
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
-pub enum DeletionPolicy {
-    /// Keep checkpoints and savepoints.
-    #[default]
-    Retain,
-    /// Take a savepoint first (best effort), then keep everything.
-    Savepoint,
-    /// Delete the job's checkpoints and savepoints.
-    Purge,
-}
-
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ProgramSpec {
@@ -312,103 +234,6 @@ fn default_parallelism() -> u32 {
 }
 fn default_max_parallelism() -> u32 {
     DEFAULT_MAX_PARALLELISM
-}
-
-/// Checkpointing, with Apache Flink's option names and defaults.
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct CheckpointOptions {
-    /// Time between checkpoint triggers, at least `10ms` (Flink's minimum).
-    /// Sinks commit only when a checkpoint completes, so this is also how
-    /// late output becomes visible.
-    #[serde(default = "default_interval")]
-    pub interval: HumanDuration,
-    #[serde(default)]
-    pub mode: CheckpointMode,
-    /// A checkpoint not completed within this time is aborted.
-    #[serde(default = "default_timeout")]
-    pub timeout: HumanDuration,
-    /// Least time between the end of one checkpoint and the next trigger.
-    #[serde(default = "default_min_pause")]
-    pub min_pause: HumanDuration,
-    /// Checkpoints that may be in progress at once.
-    #[serde(default = "default_one")]
-    #[schemars(range(min = 1))]
-    pub max_concurrent: u32,
-    /// Consecutive failed checkpoints tolerated before the job fails.
-    #[serde(default)]
-    pub tolerable_failures: u32,
-    /// Completed checkpoints kept in storage. Two (Flink keeps one) so that a
-    /// damaged newest checkpoint can fall back to the one before.
-    #[serde(default = "default_retained")]
-    #[schemars(range(min = 1))]
-    pub retained: u32,
-    /// Where checkpoints go: `file://PATH`, `s3://BUCKET/PREFIX` or
-    /// `hdfs://NAMENODE/PATH`. Checkpoints of a job live under
-    /// `<storage>/<namespace>/<name>/`.
-    #[serde(default = "default_storage")]
-    pub storage: String,
-    /// What a restore does when the newest checkpoint is damaged and it falls
-    /// back to an older one while a sink already committed output of the
-    /// newer one: `Refuse` (default: the job fails, naming both checkpoints;
-    /// readers may have seen that output, so it is never retracted behind
-    /// their back) or `Retract` (that output is deleted and written again).
-    #[serde(default)]
-    pub on_fallback_past_committed_output: FallbackPolicy,
-}
-
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
-pub enum FallbackPolicy {
-    /// Fail the job rather than retract committed output.
-    #[default]
-    Refuse,
-    /// Delete output committed after the restored checkpoint; it is written again.
-    Retract,
-}
-
-fn default_interval() -> HumanDuration {
-    HumanDuration(Duration::from_secs(10))
-}
-fn default_timeout() -> HumanDuration {
-    HumanDuration(Duration::from_secs(600))
-}
-fn default_min_pause() -> HumanDuration {
-    HumanDuration(Duration::ZERO)
-}
-fn default_one() -> u32 {
-    1
-}
-fn default_retained() -> u32 {
-    2
-}
-fn default_storage() -> String {
-    "file://./weir-data".to_string()
-}
-
-impl Default for CheckpointOptions {
-    fn default() -> Self {
-        CheckpointOptions {
-            interval: default_interval(),
-            mode: CheckpointMode::default(),
-            timeout: default_timeout(),
-            min_pause: default_min_pause(),
-            max_concurrent: 1,
-            tolerable_failures: 0,
-            retained: default_retained(),
-            storage: default_storage(),
-            on_fallback_past_committed_output: FallbackPolicy::default(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
-pub enum CheckpointMode {
-    /// Barriers are aligned: every record affects state and output once.
-    #[default]
-    ExactlyOnce,
-    /// Barriers are not aligned: nothing is lost, records after a failure
-    /// may be counted twice.
-    AtLeastOnce,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema, PartialEq)]

@@ -75,13 +75,15 @@ where
         Ok(())
     }
 
-    /// The table of the key group of `hash`, if this subtask owns it.
-    fn table_mut(&mut self, hash: u64) -> Option<&mut StateTable<K, S>> {
+    /// Where the table of the key group of `hash` is, if this subtask owns it.
+    fn index(&self, hash: u64) -> Option<usize> {
         let group = key_group_of_hash(hash, self.max_parallelism);
-        if !self.range.contains(group) {
-            return None;
-        }
-        Some(&mut self.groups[(group - self.range.start) as usize])
+        self.range.contains(group).then(|| (group - self.range.start) as usize)
+    }
+
+    fn table_mut(&mut self, hash: u64) -> Option<&mut StateTable<K, S>> {
+        let i = self.index(hash)?;
+        Some(&mut self.groups[i])
     }
 
     /// The state of `key`, created empty on first use. `None` when the key
@@ -110,11 +112,7 @@ where
 
     pub fn get(&self, key: &K) -> Option<&S> {
         let hash = key_hash(key);
-        let group = key_group_of_hash(hash, self.max_parallelism);
-        if !self.range.contains(group) {
-            return None;
-        }
-        self.groups[(group - self.range.start) as usize].find(slot_hash(hash), |(k, _)| k == key).map(|(_, s)| s)
+        self.groups[self.index(hash)?].find(slot_hash(hash), |(k, _)| k == key).map(|(_, s)| s)
     }
 
     /// Drops the state of `key`, so keys that are done cost nothing.

@@ -1,0 +1,230 @@
+//! `spec.pipeline.steps`: the steps a pipeline can list (keyBy, aggregate,
+//! window, deduplicate, filter, select) and their checks.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::*;
+
+/// One step; exactly one field is set.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "(has(self.keyBy) ? 1 : 0) + (has(self.aggregate) ? 1 : 0) + (has(self.window) ? 1 : 0) + (has(self.deduplicate) ? 1 : 0) + (has(self.filter) ? 1 : 0) + (has(self.select) ? 1 : 0) == 1",
+    "message": "exactly one of keyBy, aggregate, window, deduplicate, filter, select must be set in each spec.pipeline.steps item"
+}]))]
+pub struct StepSpec {
+    /// A stable id for the step's state (as Flink's `uid`): a checkpoint's
+    /// state goes back to the operator of the same id, wherever the step
+    /// moves in the list. Without one, the id is derived from the step's
+    /// content, so changing the step (or its keyBy) starts it without state
+    /// (refused unless `allowNonRestoredState`). Lowercase letters, digits,
+    /// `-`, `_` and `.`; unique within the pipeline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Repartition by the value of a field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_by: Option<KeyBySpec>,
+    /// Running aggregates per key (needs a preceding `keyBy`); emits the
+    /// updated aggregate for every input record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aggregate: Option<AggregateSpec>,
+    /// Aggregates per key and event-time window (needs a preceding `keyBy`
+    /// and `eventTime`); emits one row per key and window once the
+    /// watermark passes the window's end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<WindowSpec>,
+    /// Passes on the first record of each key and drops the key's records
+    /// within `within` of it in event time (needs a preceding `keyBy` and
+    /// `eventTime`). Records pass unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deduplicate: Option<DeduplicateSpec>,
+    /// Keeps the records for which this SQL condition is true
+    /// (`price * qty > 100 AND region <> 'eu'`); null counts as false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<String>,
+    /// Replaces each record by these SQL expressions, each named by its
+    /// `AS` alias or, for a plain field, by the field
+    /// (`[key, "price * qty AS total", "upper(name) AS name"]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub select: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DeduplicateSpec {
+    /// A record is a duplicate when its event time is less than this from
+    /// the key's record that was passed on.
+    pub within: HumanDuration,
+}
+
+/// Ids the pipeline gives its own stateful parts.
+const RESERVED_IDS: [&str; 3] = ["source", "sink", "bad-records"];
+
+/// Checks a step id: it names state files, so it is kept to a safe alphabet.
+pub(super) fn check_operator_id(id: &str) -> Result<(), String> {
+    let safe = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.');
+    if id.is_empty() || id.len() > 63 || !id.chars().all(safe) || id.starts_with(['-', '.']) {
+        return Err(format!("expected 1 to 63 lowercase letters, digits, `-`, `_` or `.` (not first), got `{id}`"));
+    }
+    if RESERVED_IDS.contains(&id) {
+        return Err(format!("`{id}` is the id of the pipeline's own {id}; choose another"));
+    }
+    Ok(())
+}
+
+/// The step a [`StepSpec`] sets.
+#[derive(Debug, Clone, Copy)]
+pub enum StepKind<'a> {
+    KeyBy(&'a KeyBySpec),
+    Aggregate(&'a AggregateSpec),
+    Window(&'a WindowSpec),
+    Deduplicate(&'a DeduplicateSpec),
+    Filter(&'a str),
+    Select(&'a [String]),
+}
+
+impl StepSpec {
+    pub fn kind(&self) -> Result<StepKind<'_>, String> {
+        let set: Vec<StepKind<'_>> = [
+            self.key_by.as_ref().map(StepKind::KeyBy),
+            self.aggregate.as_ref().map(StepKind::Aggregate),
+            self.window.as_ref().map(StepKind::Window),
+            self.deduplicate.as_ref().map(StepKind::Deduplicate),
+            self.filter.as_deref().map(StepKind::Filter),
+            self.select.as_deref().map(StepKind::Select),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        match set.as_slice() {
+            [one] => Ok(*one),
+            _ => Err("expected exactly one of keyBy, aggregate, window, deduplicate, filter, select".into()),
+        }
+    }
+}
+
+/// Tumbling windows (`size` alone), sliding ones (`size` and `slide`),
+/// both aligned to the epoch as in Flink, or session windows (`gap`).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WindowSpec {
+    /// The length of tumbling and sliding windows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<HumanDuration>,
+    /// How far apart sliding windows start; at most `size`. Absent: `size`
+    /// (tumbling windows).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slide: Option<HumanDuration>,
+    /// Session windows: a key's session closes once no record of it came
+    /// for this long; it spans its first record to its last plus the gap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gap: Option<HumanDuration>,
+    /// What to compute per key and window; rows carry the key field,
+    /// `window_start` and `window_end` (milliseconds since the epoch, the
+    /// end exclusive) and the aggregates.
+    pub aggregate: AggregateSpec,
+}
+
+/// The windows a [`WindowSpec`] asks for, in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowKind {
+    Sliding { size: i64, slide: i64 },
+    Session { gap: i64 },
+}
+
+impl WindowSpec {
+    pub fn kind(&self) -> Result<WindowKind, String> {
+        match (self.size, self.slide, self.gap) {
+            (Some(size), slide, None) => {
+                let size = size.millis();
+                Ok(WindowKind::Sliding { size, slide: slide.map_or(size, HumanDuration::millis) })
+            }
+            (None, None, Some(gap)) => Ok(WindowKind::Session { gap: gap.millis() }),
+            (None, Some(_), None) => Err("slide needs size".into()),
+            _ => Err("expected either size (and slide) or gap".into()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KeyBySpec {
+    /// The field to key by; with `expr`, the field the key is written to.
+    pub field: String,
+    /// Key by this SQL expression (`lower(region)`) instead of a field; its
+    /// value is added to each record as `field`, which the aggregates of
+    /// the key then carry. Needs `spec.pipeline.schema`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expr: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AggregateSpec {
+    /// Emit `count`, the number of records of the key so far.
+    #[serde(default)]
+    pub count: bool,
+    /// Fields to sum; emitted as `sum_<field>`.
+    #[serde(default)]
+    pub sum: Vec<String>,
+    /// Fields to take the minimum of; emitted as `min_<field>`.
+    #[serde(default)]
+    pub min: Vec<String>,
+    /// Fields to take the maximum of; emitted as `max_<field>`.
+    #[serde(default)]
+    pub max: Vec<String>,
+    /// Fields to average; emitted as `avg_<field>`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub avg: Vec<String>,
+}
+
+impl AggregateSpec {
+    pub(super) fn is_empty(&self) -> bool {
+        !self.count && self.sum.is_empty() && self.min.is_empty() && self.max.is_empty() && self.avg.is_empty()
+    }
+
+    /// Every field read as a number.
+    pub fn numeric_fields(&self) -> impl Iterator<Item = &String> {
+        self.sum.iter().chain(&self.min).chain(&self.max).chain(&self.avg)
+    }
+}
+
+impl WindowSpec {
+    pub(super) fn problems(&self, at: &str, keyed: bool, aggregated: bool, event_time: bool) -> Vec<String> {
+        let mut errors = Vec::new();
+        if !keyed {
+            errors.push(format!("{at}: needs a keyBy step before it"));
+        }
+        if !event_time {
+            errors.push(format!("{at}: needs spec.pipeline.eventTime (which field holds the event time)"));
+        }
+        if aggregated {
+            errors.push(format!(
+                "{at}: must come before any aggregate or window step (event time is a field of the source's records)"
+            ));
+        }
+        match self.kind() {
+            Err(e) => errors.push(format!("{at}: {e}")),
+            Ok(WindowKind::Sliding { size, slide }) => {
+                if size <= 0 {
+                    errors.push(format!("{at}.size: expected at least 1ms, got 0s"));
+                }
+                if let (Some(s), Some(size_text)) = (self.slide, self.size) {
+                    if slide <= 0 || slide > size {
+                        errors.push(format!("{at}.slide: expected from 1ms up to size ({size_text}), got {s}"));
+                    }
+                }
+            }
+            Ok(WindowKind::Session { gap }) => {
+                if gap <= 0 {
+                    errors.push(format!("{at}.gap: expected at least 1ms, got 0s"));
+                }
+            }
+        }
+        if self.aggregate.is_empty() {
+            errors.push(format!("{at}.aggregate: expected at least one of count, sum, min, max, avg"));
+        }
+        errors
+    }
+}
