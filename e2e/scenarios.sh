@@ -347,9 +347,11 @@ scenario "savepointNonce: a savepoint taken in the background and listed in stat
 t=$(date +%s)
 attempt=$(sj_get '{.status.deployed.attempt}')
 kubectl patch sj running-sums --type=merge -p '{"spec":{"parallelism":3}}' > /dev/null
+# One read of all three: read one by one, the old attempt's Running could
+# pass with the new attempt's number, and the phase read after be Starting.
 for _ in $(seq 1 120); do
-  [ "$(sj_get '{.status.savepoints[0].kind}')" = Upgrade ] && [ "$(sj_get '{.status.phase}')" = Running ] \
-    && [ "$(sj_get '{.status.deployed.attempt}')" != "$attempt" ] && break
+  read -r kind phase now_attempt <<< "$(sj_get '{.status.savepoints[0].kind} {.status.phase} {.status.deployed.attempt}')"
+  [ "$kind" = Upgrade ] && [ "$phase" = Running ] && [ "$now_attempt" != "$attempt" ] && break
   sleep 0.5
 done
 [ "$(sj_get '{.status.savepoints[0].kind}')" = Upgrade ] || fail "no stop-with-savepoint before the upgrade: $(sj_get '{.status}')"

@@ -118,4 +118,84 @@ echo "ok: SIGTERM released the lease; the next operator led ${handover}ms later 
 
 kubectl delete sj counts --timeout=30s > /dev/null
 echo "ok: deleted without a stuck finalizer"
+
+# Job certificates from cert-manager (--cert-manager-issuer). First without
+# cert-manager's API: the job stalls and says so; then with it (see
+# certificate-crd.yaml): the operator applies a Certificate, pods wait for
+# its Secret, which a CA signs here with openssl, as cert-manager's CA
+# issuer would; the pods then mount that Secret. The certificate works for
+# a job's mutual TLS: a coordinator and a worker on the host register and
+# checkpoint over it, and the coordinator's API serves it.
+kill -TERM "$c"; wait "$c" 2> /dev/null || true; c=""
+kubectl create namespace tls > /dev/null
+"$weir" operator --health 127.0.0.1:0 --job-image weir:e2e --namespaces tls \
+  --cert-manager-issuer ClusterIssuer/weir-ca > "$dir/op-tls.log" 2>&1 &
+op=$!
+condition() {  # JOB TYPE: the condition's reason and message
+  kubectl -n tls get sj "$1" -o jsonpath="{.status.conditions[?(@.type==\"$2\")].reason} {.status.conditions[?(@.type==\"$2\")].message}" 2>/dev/null || true
+}
+sed 's/name: counts$/name: early/' "$root/examples/kubernetes/counts.yaml" | kubectl -n tls apply -f - > /dev/null
+for _ in $(seq 1 100); do why=$(condition early Stalled); [ -n "${why// }" ] && break; sleep 0.2; done
+echo "$why" | grep -q "^CertificateNotIssued .*install cert-manager" || { echo "FAIL: without cert-manager: '$why'"; cat "$dir/op-tls.log"; exit 1; }
+kubectl -n tls get pods -l weir.dev/job=early -o name | grep -q . && { echo "FAIL: pods started without their certificate"; exit 1; }
+echo "ok: without cert-manager's API the job stalls: ${why:0:110}"
+kubectl -n tls delete sj early --timeout=30s > /dev/null
+
+kubectl apply -f "$here/certificate-crd.yaml" > /dev/null
+wait_condition crd/certificates.cert-manager.io Established 30
+kubectl -n tls apply -f "$root/examples/kubernetes/counts.yaml" > /dev/null
+for _ in $(seq 1 100); do why=$(condition counts Ready); echo "$why" | grep -q "^CertificatePending" && break; sleep 0.2; done
+echo "$why" | grep -q "^CertificatePending .*Secret counts-tls" || { echo "FAIL: status does not say pods wait for the certificate: '$why'"; exit 1; }
+kubectl -n tls get pods -l weir.dev/job=counts -o name | grep -q . && { echo "FAIL: pods started before their certificate"; exit 1; }
+issuer=$(kubectl -n tls get certificate counts-tls -o jsonpath='{.spec.issuerRef.kind}/{.spec.issuerRef.name} {.metadata.ownerReferences[0].kind}')
+[ "$issuer" = "ClusterIssuer/weir-ca StreamJob" ] || { echo "FAIL: certificate: $issuer"; exit 1; }
+echo "ok: Certificate counts-tls applied (issuer $issuer-owned); pods wait: ${why:0:90}"
+
+# The issuer: a CA, and the Certificate's request signed as it asks.
+certs="$dir/certs"; mkdir -p "$certs"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj "/CN=weir-ca" \
+  -keyout "$certs/ca.key" -out "$certs/ca.crt" 2> /dev/null
+cn=$(kubectl -n tls get certificate counts-tls -o jsonpath='{.spec.commonName}')
+sans=$(kubectl -n tls get certificate counts-tls -o jsonpath='{range .spec.dnsNames[*]}DNS:{@},{end}')
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=$cn" \
+  -keyout "$certs/tls.key" -out "$certs/tls.csr" 2> /dev/null
+printf 'subjectAltName=%s\nextendedKeyUsage=serverAuth,clientAuth\nkeyUsage=digitalSignature,keyEncipherment\n' "${sans%,}" > "$certs/ext"
+openssl x509 -req -in "$certs/tls.csr" -CA "$certs/ca.crt" -CAkey "$certs/ca.key" -CAcreateserial -days 1 \
+  -extfile "$certs/ext" -out "$certs/tls.crt" 2> /dev/null
+kubectl -n tls create secret generic counts-tls --from-file="$certs/tls.crt" --from-file="$certs/tls.key" \
+  --from-file="$certs/ca.crt" > /dev/null
+for _ in $(seq 1 100); do kubectl -n tls get pod counts-worker-0-1 > /dev/null 2>&1 && break; sleep 0.2; done
+mounted=$(kubectl -n tls get pod counts-worker-0-1 -o jsonpath='{.spec.volumes[?(@.name=="tls")].secret.secretName}')
+[ "$mounted" = "counts-tls" ] || { echo "FAIL: the worker mounts '$mounted'"; cat "$dir/op-tls.log"; exit 1; }
+echo "ok: issued; pods created, mounting Secret counts-tls"
+
+job_dir="$dir/tls-job"; mkdir -p "$job_dir"
+cat > "$job_dir/job.yaml" <<EOF
+apiVersion: weir.dev/v1alpha1
+kind: StreamJob
+metadata: {name: tls}
+spec:
+  parallelism: 1
+  checkpoints: {interval: 300ms, storage: "file://$job_dir/chk"}
+  program: {entry: keyed-sum, args: {keys: "100", rate: "1000"}}
+EOF
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+api=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+export WEIR_TLS_CERT="$certs/tls.crt" WEIR_TLS_KEY="$certs/tls.key" WEIR_TLS_CA="$certs/ca.crt"
+WEIR_JOB="$job_dir/job.yaml" WEIR_LISTEN="127.0.0.1:$port" WEIR_HTTP="127.0.0.1:$api" WEIR_WORKERS=1 \
+  "$weir" coordinator > "$job_dir/coordinator.log" 2>&1 &
+a=$!
+WEIR_COORDINATOR="127.0.0.1:$port" WEIR_DATA_BIND=127.0.0.1:0 WEIR_WORKER_NAME=w0 "$weir" worker > "$job_dir/worker.log" 2>&1 &
+b=$!
+unset WEIR_TLS_CERT WEIR_TLS_KEY WEIR_TLS_CA
+latest=""
+for _ in $(seq 1 150); do
+  latest=$(curl -sf --cacert "$certs/ca.crt" --resolve "weir-job:$api:127.0.0.1" "https://weir-job:$api/v1/checkpoints" \
+    | python3 -c 'import json,sys; print(json.load(sys.stdin)["latest"]["id"])' 2> /dev/null || true)
+  [ -n "$latest" ] && [ "$latest" != "None" ] && break
+  sleep 0.2
+done
+[ -n "$latest" ] && [ "$latest" != "None" ] || { echo "FAIL: no checkpoint over the issued certificate"; tail -5 "$job_dir"/*.log; exit 1; }
+kill "$a" "$b"; a=""; b=""
+echo "ok: a coordinator and a worker with the issued certificate: registered over mutual TLS, checkpoint $latest, API served over TLS"
 echo "smoke passed in $(( $(date +%s) - start ))s"

@@ -143,6 +143,12 @@ pub struct DeployedStatus {
     /// edit leaves the job reconciled under it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spec: Option<String>,
+    /// The Secret the pods take their TLS files from when it is not the
+    /// job's own: cert-manager's `<job>-tls`. Fixed per deployment, so a
+    /// pod replaced after the operator switched issuers still holds a
+    /// certificate its peers trust.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_secret: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema, PartialEq)]
@@ -376,6 +382,7 @@ mod example_tests {
             node_lost_after_ms: 60_000,
             progress_deadline_ms: 600_000,
             status_interval_ms: 2_000,
+            cert_manager: None,
         };
         for (path, job) in jobs {
             let p = plan::plan(&job, &Observed::default(), &settings);

@@ -100,12 +100,28 @@ enum Command {
         /// How often a running job's coordinator is asked for its checkpoints (status.checkpoints).
         #[arg(long, env = "WEIR_STATUS_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
         status_interval: std::time::Duration,
+        /// Take job certificates from cert-manager, issued by this issuer
+        /// (`KIND/NAME`, for example `ClusterIssuer/weir-ca`), instead of
+        /// a CA of the operator's own per job.
+        #[arg(long, env = "WEIR_CERT_MANAGER_ISSUER")]
+        cert_manager_issuer: Option<String>,
+        /// The API group of that issuer (another for an external issuer).
+        #[arg(long, env = "WEIR_CERT_MANAGER_ISSUER_GROUP", default_value = "cert-manager.io")]
+        cert_manager_issuer_group: String,
         /// Elect a leader among replicas through this Lease (`NAMESPACE/NAME`).
         #[arg(long, env = "WEIR_LEADER_LEASE")]
         leader_lease: Option<String>,
         /// How long the leader's lease holds without renewal; the leader stops acting after 2/3 of it.
         #[arg(long, env = "WEIR_LEADER_LEASE_DURATION", default_value = "15s", value_parser = humantime::parse_duration)]
         leader_lease_duration: std::time::Duration,
+    },
+    /// Write Nexmark events 0..COUNT as JSON lines to stdout: the very records
+    /// a `nexmark` source reads, for other engines to read the same input.
+    Nexmark {
+        count: u64,
+        /// Events per second of event time (`dateTime`).
+        #[arg(long, default_value_t = 10_000)]
+        events_per_second: u64,
     },
     /// Inspect a job's checkpoints.
     Checkpoints {
@@ -139,6 +155,19 @@ enum CheckpointsCommand {
         #[arg(required = true)]
         names: Vec<String>,
     },
+}
+
+fn write_nexmark(count: u64, events_per_second: u64) -> anyhow::Result<()> {
+    use std::io::Write;
+    anyhow::ensure!(events_per_second > 0, "--events-per-second: expected at least 1, got 0");
+    let config = weir_runtime::connectors::nexmark::NexmarkConfig { events_per_second };
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
+    for n in 0..count {
+        serde_json::to_writer(&mut out, &config.event(n))?;
+        out.write_all(b"\n")?;
+    }
+    out.flush()?;
+    Ok(())
 }
 
 /// Resolves on SIGTERM with the exit code a shell gives it (128 + 15).
@@ -197,7 +226,14 @@ fn main() -> ExitCode {
                 node_lost_after,
                 progress_deadline,
                 status_interval,
+                cert_manager_issuer,
+                cert_manager_issuer_group,
             } => {
+                let cert_manager = cert_manager_issuer
+                    .filter(|i| !i.is_empty())
+                    .map(|i| operator::certificates::IssuerRef::parse(&i, &cert_manager_issuer_group))
+                    .transpose()
+                    .map_err(|e| anyhow::anyhow!("--cert-manager-issuer: {e}"))?;
                 let leader_election = match leader_lease.as_deref().map(|l| l.split_once('/')) {
                     None => None,
                     Some(Some((ns, name))) if !ns.is_empty() && !name.is_empty() => {
@@ -217,6 +253,7 @@ fn main() -> ExitCode {
                         node_lost_after_ms: node_lost_after.as_millis() as u64,
                         progress_deadline_ms: progress_deadline.as_millis() as u64,
                         status_interval_ms: status_interval.as_millis().max(100) as u64,
+                        cert_manager,
                     },
                     health,
                     coordinator_url,
@@ -225,6 +262,7 @@ fn main() -> ExitCode {
                 })
                 .await
             }
+            Command::Nexmark { count, events_per_second } => write_nexmark(count, events_per_second),
             Command::Crd => crd::crd_yaml().map(|y| print!("{y}")).map_err(anyhow::Error::from),
             Command::Coordinator(args) => cluster::coordinator(args).await,
             Command::Worker(args) => cluster::worker(args).await,

@@ -21,6 +21,7 @@ use weir_runtime::distributed::triggers::parse_stop_message;
 use weir_runtime::job::coordinate::wall_ms;
 use weir_runtime::manifest::DeletionPolicy;
 
+use super::certificates::{self, Issuance};
 use super::coordinator_api::CoordinatorApi;
 use super::objects::{self, chore_pod_name, Chore, Role, Settings, DIGEST_LABEL, JOB_LABEL, ROLE_LABEL};
 use super::plan::{self, Action as PlanAction, ChoreView, Observed, PodPhase, PodView};
@@ -407,6 +408,23 @@ async fn apply(job: Arc<StreamJob>, ctx: &Context) -> Result<Action, Error> {
             Err(e) => return Err(e),
         }
     }
+    // Pods of a deployment made before the operator took cert-manager keep
+    // the job's own CA (status.deployed.tlsSecret), and wait for nothing.
+    let issued = p.status.deployed.as_ref().is_some_and(|d| d.tls_secret.is_some());
+    if let (false, true, Some(issuer)) = (p.create.is_empty(), issued, &ctx.settings.cert_manager) {
+        match certificates::issued(&job, ctx, &ns, issuer).await {
+            Ok(Issuance::Issued) => {}
+            Ok(Issuance::Pending(why)) => {
+                // Not a failure yet: looked at again soon.
+                hold_pods(&mut p);
+                conditions(&mut p, &job, "CertificatePending", &why, false);
+                p.requeue_ms = 3_000;
+            }
+            Ok(Issuance::Failed(why)) => hold_back(&mut p, &job, "CertificateNotIssued", why),
+            Err(e @ Error::NotOwned { .. }) => hold_back(&mut p, &job, "NameTaken", e.to_string()),
+            Err(e) => return Err(e),
+        }
+    }
     for pod in &p.create {
         let pod_name = pod.name_any();
         match pods.create(&PostParams::default(), pod).await {
@@ -465,10 +483,8 @@ where
     // name that someone else made: refuse instead.
     let owner = object.meta().owner_references.as_ref().and_then(|o| o.first()).map(|o| o.uid.clone());
     let applied = async {
-        if let (Some(uid), Some(existing)) = (owner, api.get_opt(&object.name_any()).await?) {
-            if !existing.meta().owner_references.iter().flatten().any(|o| o.uid == uid) {
-                return Err(Error::NotOwned { kind: K::kind(&()).to_string(), name: object.name_any() });
-            }
+        if let Some(uid) = owner {
+            owned_or_absent(api, &K::kind(&()), &object.name_any(), &uid).await?;
         }
         api.patch(&object.name_any(), pp, &Patch::Apply(object)).await?;
         Ok(())
@@ -485,30 +501,56 @@ where
 /// one, or an object of the job's name belongs to another. The current pods
 /// count as not created, so a later reconcile tries again.
 fn hold_back(p: &mut plan::Plan, job: &StreamJob, reason: &str, message: String) {
+    hold_pods(p);
+    stalled(p, job, reason, message);
+}
+
+fn hold_pods(p: &mut plan::Plan) {
     p.create.clear();
     if let Some(d) = p.status.deployed.as_mut() {
         d.created = false;
     }
-    stalled(p, job, reason, message);
 }
 
 /// Something only the user can fix: Stalled (and not Reconciling, which
 /// kstatus reads first), a Warning event once, a slow retry.
 fn stalled(p: &mut plan::Plan, job: &StreamJob, reason: &str, message: String) {
+    conditions(p, job, reason, &message, true);
     let old = job.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
-    let now = plan::rfc3339(wall_ms());
-    let stamp = plan::Stamp { old, generation: job.metadata.generation, now: &now };
-    // The user's to fix: Stalled, in kstatus' terms, and not Reconciling.
-    let mut fixed = Vec::new();
-    plan::set_condition(&mut fixed, &stamp, "Ready", false, reason, &message);
-    plan::set_condition(&mut fixed, &stamp, "Reconciling", false, reason, &message);
-    plan::set_condition(&mut fixed, &stamp, "Stalled", true, reason, &message);
-    p.status.conditions.retain(|c| !fixed.iter().any(|f| f.type_ == c.type_));
-    p.status.conditions.splice(0..0, fixed);
     if old.iter().all(|c| c.message != message) {
         p.events.push(plan::Event { warning: true, reason: reason.into(), note: message });
     }
     p.requeue_ms = 30_000;
+}
+
+/// Not Ready, for `reason`: Stalled (the user's to fix, in kstatus'
+/// terms) or Reconciling (the operator's to finish), never both.
+fn conditions(p: &mut plan::Plan, job: &StreamJob, reason: &str, message: &str, stalled: bool) {
+    let old = job.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
+    let now = plan::rfc3339(wall_ms());
+    let stamp = plan::Stamp { old, generation: job.metadata.generation, now: &now };
+    let mut set = Vec::new();
+    plan::set_condition(&mut set, &stamp, "Ready", false, reason, message);
+    plan::set_condition(&mut set, &stamp, "Reconciling", !stalled, reason, message);
+    if stalled {
+        plan::set_condition(&mut set, &stamp, "Stalled", true, reason, message);
+    }
+    p.status.conditions.retain(|c| !set.iter().any(|f| f.type_ == c.type_) && (stalled || c.type_ != "Stalled"));
+    p.status.conditions.splice(0..0, set);
+}
+
+/// The object named `name`, if any, when it belongs to the job of `uid`:
+/// server-side apply with force would take over someone else's.
+pub(super) async fn owned_or_absent<K>(api: &Api<K>, kind: &str, name: &str, uid: &str) -> Result<Option<K>, Error>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match api.get_opt(name).await? {
+        Some(existing) if !existing.meta().owner_references.iter().flatten().any(|o| o.uid == uid) => {
+            Err(Error::NotOwned { kind: kind.into(), name: name.into() })
+        }
+        existing => Ok(existing),
+    }
 }
 
 /// A JSON merge patch from `old` to `new`: fields `new` lacks become
@@ -537,13 +579,12 @@ async fn ensure_token(job: &StreamJob, ctx: &Context, ns: &str) -> Result<(), Er
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     let name = objects::token_secret_name(&job.name_any());
     let identity = || JobIdentity::generate(&job.name_any()).map_err(|e| Error::Token(e.to_string()));
-    if let Some(existing) = secrets.get_opt(&name).await? {
-        // Another's Secret would hand this job someone else's token and keys.
-        let uid = job.metadata.uid.as_deref().unwrap_or_default();
-        if !existing.metadata.owner_references.iter().flatten().any(|o| o.uid == uid) {
-            return Err(Error::NotOwned { kind: "Secret".into(), name });
-        }
-        if existing.data.as_ref().is_some_and(|d| d.contains_key(objects::TLS_CA_KEY)) {
+    // Another's Secret would hand this job someone else's token and keys.
+    let uid = job.metadata.uid.as_deref().unwrap_or_default();
+    if let Some(existing) = owned_or_absent(&secrets, "Secret", &name, uid).await? {
+        if ctx.settings.cert_manager.is_some()
+            || existing.data.as_ref().is_some_and(|d| d.contains_key(objects::TLS_CA_KEY))
+        {
             return Ok(());
         }
         let patch = serde_json::json!({"stringData": objects::tls_secret_data(&identity()?)});
@@ -553,7 +594,9 @@ async fn ensure_token(job: &StreamJob, ctx: &Context, ns: &str) -> Result<(), Er
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes).map_err(|e| Error::Token(e.to_string()))?;
     let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    match secrets.create(&PostParams::default(), &objects::token_secret(job, &token, &identity()?)).await {
+    // With cert-manager the TLS files are in the Certificate's Secret.
+    let identity = if ctx.settings.cert_manager.is_some() { None } else { Some(identity()?) };
+    match secrets.create(&PostParams::default(), &objects::token_secret(job, &token, identity.as_ref())).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(e)) if e.code == 409 => Ok(()), // made by a concurrent reconcile
         Err(e) => Err(e.into()),

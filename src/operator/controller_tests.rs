@@ -9,6 +9,7 @@ use kube::Client;
 use serde_json::{json, Value};
 
 use super::*;
+use crate::operator::certificates::IssuerRef;
 use crate::operator::coordinator_api::CoordinatorApi;
 use crate::operator::metrics::OperatorMetrics;
 use crate::operator::objects::ATTEMPT_LABEL;
@@ -100,6 +101,7 @@ fn setup(coordinator: FakeCoordinator) -> Setup {
             node_lost_after_ms: 60_000,
             progress_deadline_ms: 600_000,
             status_interval_ms: 2_000,
+            cert_manager: None,
         },
         metrics: Arc::new(OperatorMetrics::default()),
         failures: Default::default(),
@@ -199,9 +201,13 @@ async fn serve(mut handle: Handle, script: Vec<(&str, &str, u16, Value)>) -> Vec
         let body = request.into_body().collect_bytes().await.unwrap_or_default();
         let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
         let reply = if response.is_null() { body.clone() } else { response };
-        send.send_response(
-            Response::builder().status(status).body(Body::from(serde_json::to_vec(&reply).unwrap())).unwrap(),
-        );
+        // A string is sent as plain text, as the API server answers a path
+        // it does not serve (an API group that is not installed).
+        let bytes = match &reply {
+            Value::String(text) => text.clone().into_bytes(),
+            _ => serde_json::to_vec(&reply).unwrap(),
+        };
+        send.send_response(Response::builder().status(status).body(Body::from(bytes)).unwrap());
         seen.push((method.to_string(), uri, body));
     }
     seen
@@ -745,4 +751,72 @@ fn the_status_patch_clears_fields_the_new_status_drops() {
     let old = json!({"phase": "Restarting", "restarts": {"count": 0, "nextRestartAt": "2026-11-26T10:00:00Z"}});
     let new = json!({"phase": "Starting", "restarts": {"count": 1}});
     assert_eq!(merge_patch(&old, &new), json!({"phase": "Starting", "restarts": {"count": 1, "nextRestartAt": null}}));
+}
+
+/// A first reconcile of the example job with cert-manager set up: the
+/// requests after the job's own objects and token Secret are `then`.
+async fn first_reconcile_with_cert_manager(
+    then: Vec<(&'static str, &'static str, u16, Value)>,
+) -> (Vec<(String, String, Value)>, Action) {
+    let s = setup(FakeCoordinator::default());
+    let mut ctx = clone_context(&s.ctx);
+    ctx.settings.cert_manager = Some(IssuerRef::parse("ClusterIssuer/weir-ca", "cert-manager.io").unwrap());
+    let job = job_json(json!({}), false, "file:///tmp/weir-test-none");
+    let status = ("PATCH", "/streamjobs/counts/status?", 200, job.clone());
+    let server = tokio::spawn(serve(s.handle, [first_deployment(), then, vec![status]].concat()));
+    let action = reconcile(parse(&job), Arc::new(ctx)).await.expect("neither waiting nor a stall is an error");
+    (server.await.unwrap(), action)
+}
+
+#[tokio::test]
+async fn with_cert_manager_pods_wait_for_the_certificates_secret_and_status_says_so() {
+    let (seen, action) = first_reconcile_with_cert_manager(vec![
+        ("GET", "/apis/cert-manager.io/v1/namespaces/jobs/certificates/counts-tls", 404, not_found()),
+        ("PATCH", "/apis/cert-manager.io/v1/namespaces/jobs/certificates/counts-tls?", 200, Value::Null),
+        ("GET", "/api/v1/namespaces/jobs/secrets/counts-tls", 404, not_found()),
+    ])
+    .await;
+    let token = &seen[8].2["stringData"];
+    assert!(token["token"].is_string() && token.get("ca.crt").is_none(), "no CA of the operator's own: {token}");
+    assert_eq!(seen[10].2["spec"]["issuerRef"]["name"], "weir-ca");
+    assert!(seen.iter().all(|(m, uri, _)| !(m == "POST" && uri.contains("/pods"))), "no pod before its certificate");
+    let status = &seen[12].2["status"];
+    let condition = |t: &str| status["conditions"].as_array().unwrap().iter().find(|c| c["type"] == t).cloned();
+    let ready = condition("Ready").unwrap();
+    assert_eq!(ready["reason"], "CertificatePending");
+    assert!(ready["message"].as_str().unwrap().contains("Secret counts-tls"), "{ready}");
+    assert_eq!(condition("Reconciling").unwrap()["status"], "True", "a wait, not a stall");
+    assert_eq!(status["deployed"]["created"], false, "the next reconcile creates them");
+    assert_eq!(action, Action::requeue(Duration::from_secs(3)));
+}
+
+#[tokio::test]
+async fn with_cert_manager_issued_pods_start_and_mount_the_certificates_secret() {
+    // Base64 of "c", "k" and "ca": what is in them is the pods' to check.
+    let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "counts-tls", "namespace": "jobs"},
+        "data": {"tls.crt": "Yw==", "tls.key": "aw==", "ca.crt": "Y2E="}});
+    let (seen, _) = first_reconcile_with_cert_manager(vec![
+        ("GET", "/certificates/counts-tls", 404, not_found()),
+        ("PATCH", "/certificates/counts-tls?", 200, Value::Null),
+        ("GET", "/api/v1/namespaces/jobs/secrets/counts-tls", 200, secret),
+        ("POST", "/api/v1/namespaces/jobs/pods?", 201, Value::Null),
+        ("POST", "/api/v1/namespaces/jobs/pods?", 201, Value::Null),
+    ])
+    .await;
+    let volumes = seen[12].2["spec"]["volumes"].to_string();
+    assert!(volumes.contains("\"secretName\":\"counts-tls\""), "{volumes}");
+    assert_eq!(seen[14].2["status"]["deployed"]["created"], true);
+}
+
+#[tokio::test]
+async fn with_cert_manager_not_installed_the_job_stalls_with_the_cause() {
+    // What kube-apiserver answers for a group it does not serve: text, not a Status.
+    let (seen, action) =
+        first_reconcile_with_cert_manager(vec![("GET", "/certificates/counts-tls", 404, json!("404 page not found"))])
+            .await;
+    let conditions = seen[10].2["status"]["conditions"].as_array().unwrap().clone();
+    let stalled = conditions.iter().find(|c| c["type"] == "Stalled").expect("Stalled");
+    assert_eq!(stalled["reason"], "CertificateNotIssued");
+    assert!(stalled["message"].as_str().unwrap().contains("install cert-manager"), "{stalled}");
+    assert_eq!(action, Action::requeue(Duration::from_secs(30)));
 }

@@ -17,6 +17,7 @@ use tracing::warn;
 use k8s_openapi::api::core::v1::Secret;
 use weir_runtime::distributed::tls::{peer_speaks_plain, JobTrust};
 
+use super::certificates::certificate_name;
 use super::objects::{coordinator_name, token_secret_name, HTTP_PORT, TLS_CA_KEY, TOKEN_KEY};
 use super::plan::{rfc3339, CoordinatorView, TriggerView};
 use crate::crd::CheckpointRef;
@@ -41,6 +42,8 @@ pub struct HttpCoordinatorApi {
     /// Each job's Secret as last read. A job's identity is made once, so
     /// it is read again only after a handshake or the token was refused.
     secrets: Mutex<HashMap<(String, String), JobSecrets>>,
+    /// The job CA is in the Secret cert-manager issues, not the job's own.
+    cert_manager: bool,
 }
 
 #[derive(Clone, Default)]
@@ -50,9 +53,9 @@ struct JobSecrets {
 }
 
 impl HttpCoordinatorApi {
-    pub fn new(template: Option<String>, kube: kube::Client) -> Self {
+    pub fn new(template: Option<String>, kube: kube::Client, cert_manager: bool) -> Self {
         let template = template.unwrap_or_else(|| format!("http://{{name}}.{{namespace}}.svc:{HTTP_PORT}"));
-        HttpCoordinatorApi { template, kube, secrets: Mutex::default() }
+        HttpCoordinatorApi { template, kube, secrets: Mutex::default(), cert_manager }
     }
 
     /// The job's token and CA, from the Secret the operator created with its pods.
@@ -62,13 +65,27 @@ impl HttpCoordinatorApi {
             return Ok(known);
         }
         let secrets: kube::Api<Secret> = kube::Api::namespaced(self.kube.clone(), namespace);
-        let name = token_secret_name(job);
-        let secret = secrets.get_opt(&name).await.map_err(|e| format!("cannot read secret {name}: {e}"))?;
-        let data = secret.and_then(|s| s.data).unwrap_or_default();
+        let read = |name: String| async {
+            let secret = secrets.get_opt(&name).await.map_err(|e| format!("cannot read secret {name}: {e}"))?;
+            Ok::<_, String>((secret.and_then(|s| s.data).unwrap_or_default(), name))
+        };
+        let (data, _) = read(token_secret_name(job)).await?;
         let token = data.get(TOKEN_KEY).and_then(|b| String::from_utf8(b.0.clone()).ok());
-        let trust = match data.get(TLS_CA_KEY) {
-            Some(ca) => Some(JobTrust::from_ca_pem(&ca.0).map_err(|e| format!("secret {name}: {TLS_CA_KEY}: {e}"))?),
-            None => None,
+        // Both CAs with cert-manager: pods deployed before the operator was
+        // switched to it still hold a certificate of the job's own CA.
+        let mut cas: Vec<(Vec<u8>, String)> =
+            data.get(TLS_CA_KEY).map(|ca| (ca.0.clone(), token_secret_name(job))).into_iter().collect();
+        if self.cert_manager {
+            let (data, name) = read(certificate_name(job)).await?;
+            cas.extend(data.get(TLS_CA_KEY).map(|ca| (ca.0.clone(), name)));
+        }
+        let trust = match cas.as_slice() {
+            [] => None,
+            _ => {
+                let names = cas.iter().map(|(_, n)| n.as_str()).collect::<Vec<_>>().join(" and ");
+                let pem: Vec<u8> = cas.iter().flat_map(|(ca, _)| [ca.as_slice(), b"\n"]).flatten().copied().collect();
+                Some(JobTrust::from_ca_pem(&pem).map_err(|e| format!("secret {names}: {TLS_CA_KEY}: {e}"))?)
+            }
         };
         let found = JobSecrets { token, trust };
         if let Ok(mut s) = self.secrets.lock() {

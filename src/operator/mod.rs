@@ -8,12 +8,14 @@
 //!   run) and the plan that carries it out, with the status to write (pure).
 //! - [`objects`]: the job's pods, Service, ConfigMap, Secret and NetworkPolicy (pure).
 //! - [`pod_template`]: merging `spec.podTemplate` into the job pods (pure).
+//! - [`certificates`]: job certificates from cert-manager and whether pods may use them.
 //! - [`controller`]: one reconcile (observe, plan, apply, status) and the finalizer.
 //! - [`coordinator_api`]: reading a job's coordinator and asking it for savepoints.
 //! - [`leader`]: leader election over a Lease, for several replicas.
 //! - [`metrics`]: Prometheus metrics and health endpoints.
 //! - [`run`]: watches and namespace scoping.
 
+pub mod certificates;
 pub mod controller;
 pub mod coordinator_api;
 pub mod leader;

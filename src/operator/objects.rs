@@ -61,6 +61,9 @@ pub struct Settings {
     pub progress_deadline_ms: u64,
     /// How often a running job's coordinator is asked for its checkpoints.
     pub status_interval_ms: u64,
+    /// Job certificates from cert-manager, signed by this issuer, instead
+    /// of a CA of the operator's own per job.
+    pub cert_manager: Option<super::certificates::IssuerRef>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -79,6 +82,8 @@ pub struct Deployment<'a> {
     pub image: &'a str,
     pub storage: &'a str,
     pub template: Option<&'a PodTemplateSpec>,
+    /// The Secret with the pods' TLS files; `None`: the job's own.
+    pub tls_secret: Option<&'a str>,
 }
 
 /// The coordinator's Service (stable: workers reach it by this name).
@@ -121,12 +126,12 @@ pub fn tls_secret_data(identity: &JobIdentity) -> BTreeMap<String, String> {
 /// The job's Secret: its token and its TLS identity. Both are made once,
 /// when the Secret is created (never re-applied: new values would lock
 /// out running pods).
-pub fn token_secret(job: &StreamJob, token: &str, identity: &JobIdentity) -> Secret {
+pub fn token_secret(job: &StreamJob, token: &str, identity: Option<&JobIdentity>) -> Secret {
     let name = job.metadata.name.clone().unwrap_or_default();
     Secret {
         metadata: meta(token_secret_name(&name), job.metadata.namespace.as_deref(), labels(&name, None), &owner(job)),
         string_data: Some({
-            let mut data = tls_secret_data(identity);
+            let mut data = identity.map(tls_secret_data).unwrap_or_default();
             data.insert(TOKEN_KEY.to_string(), token.to_string());
             data
         }),
@@ -139,7 +144,7 @@ pub fn config_map_name(job: &str) -> String {
     format!("{job}-job")
 }
 
-fn labels(job: &str, role: Option<Role>) -> BTreeMap<String, String> {
+pub(super) fn labels(job: &str, role: Option<Role>) -> BTreeMap<String, String> {
     let mut l = BTreeMap::from([
         ("app.kubernetes.io/name".to_string(), "weir".to_string()),
         ("app.kubernetes.io/managed-by".to_string(), "weir-operator".to_string()),
@@ -165,7 +170,7 @@ pub fn owner(job: &StreamJob) -> Vec<OwnerReference> {
     job.controller_owner_ref(&()).map(|o| vec![o]).unwrap_or_default()
 }
 
-fn meta(
+pub(super) fn meta(
     name: String,
     namespace: Option<&str>,
     labels: BTreeMap<String, String>,
@@ -448,7 +453,7 @@ pub fn pod(d: &Deployment<'_>, role: Role, attempt: u32, settings: &Settings) ->
     volumes.push(Volume {
         name: TLS_VOLUME.into(),
         secret: Some(SecretVolumeSource {
-            secret_name: Some(token_secret_name(&name)),
+            secret_name: Some(d.tls_secret.map_or_else(|| token_secret_name(&name), String::from)),
             items: Some(
                 [TLS_CERT_KEY, TLS_KEY_KEY, TLS_CA_KEY]
                     .map(|k| KeyToPath { key: k.into(), path: k.into(), mode: None })

@@ -15,6 +15,7 @@ fn settings() -> Settings {
         node_lost_after_ms: 60_000,
         progress_deadline_ms: 600_000,
         status_interval_ms: 2_000,
+        cert_manager: None,
     }
 }
 
@@ -30,8 +31,14 @@ fn job(pod_template: Option<serde_json::Value>) -> StreamJob {
 
 fn job_pods(j: &StreamJob) -> Vec<Pod> {
     let template = pod_template::parse(j.spec.0.pod_template.as_ref()).unwrap();
-    let d =
-        Deployment { job: j, digest: "d1", image: "weir:test", storage: "file:///data", template: template.as_ref() };
+    let d = Deployment {
+        job: j,
+        digest: "d1",
+        image: "weir:test",
+        storage: "file:///data",
+        template: template.as_ref(),
+        tls_secret: None,
+    };
     vec![pod(&d, Role::Coordinator, 1, &settings()), pod(&d, Role::Worker(0), 1, &settings())]
 }
 
@@ -137,4 +144,24 @@ fn pod_names_carry_role_index_and_attempt_and_fit_a_label_value() {
     assert_eq!(pod_name("counts", Role::Worker(3), 7), "counts-worker-3-7");
     assert_eq!(pod_name("counts", Role::Coordinator, 1), "counts-coordinator-1");
     assert!(pod_name(&long, Role::Worker(1023), u32::MAX).len() <= 63);
+}
+
+#[test]
+fn with_cert_manager_pods_mount_the_certificates_secret() {
+    let j = job(None);
+    let d = |tls_secret| Deployment {
+        job: &j,
+        digest: "d1",
+        image: "weir:test",
+        storage: "file:///data",
+        template: None,
+        tls_secret,
+    };
+    let tls_secret = |p: &Pod| {
+        let volumes = p.spec.as_ref().unwrap().volumes.clone().unwrap_or_default();
+        volumes.iter().find(|v| v.name == "tls").and_then(|v| v.secret.clone()).and_then(|s| s.secret_name)
+    };
+    let issued = pod(&d(Some("counts-tls")), Role::Worker(0), 1, &settings());
+    assert_eq!(tls_secret(&issued).as_deref(), Some("counts-tls"));
+    assert_eq!(tls_secret(&pod(&d(None), Role::Worker(0), 1, &settings())).as_deref(), Some("counts-token"));
 }

@@ -653,6 +653,7 @@ fn new_deployment(c: &Ctx<'_>, previous: Option<&DeployedStatus>, attempt: u32) 
         pods: roles(c.spec).into_iter().map(|r| pod_name(&c.name, r, attempt)).collect(),
         created: false,
         spec: serde_json::to_string(c.spec).ok(),
+        tls_secret: c.settings.cert_manager.as_ref().map(|_| super::certificates::certificate_name(&c.name)),
     }
 }
 
@@ -756,6 +757,7 @@ fn run(c: &Ctx<'_>, p: &mut Plan, template: Option<&k8s_openapi::api::core::v1::
         image: &deployed.image,
         storage: &deployed.checkpoint_storage,
         template,
+        tls_secret: deployed.tls_secret.as_deref(),
     };
     p.config_map = Some(objects::config_map(&d));
     p.service = Some(objects::service(c.job, deployed.pods.first().map_or(0, |n| attempt_of(n))));
@@ -836,7 +838,15 @@ pub fn chore_pod(job: &StreamJob, settings: &Settings, chore: objects::Chore) ->
         .unwrap_or_else(|| settings.job_image.clone());
     let template = pod_template::parse(spec.pod_template.as_ref()).ok().flatten();
     let digest = spec_digest(spec);
-    let d = Deployment { job, digest: &digest, image: &image, storage: &storage, template: template.as_ref() };
+    // Chore pods hold no TLS files: they talk to no other pod of the job.
+    let d = Deployment {
+        job,
+        digest: &digest,
+        image: &image,
+        storage: &storage,
+        template: template.as_ref(),
+        tls_secret: None,
+    };
     objects::chore_pod(&d, settings, chore)
 }
 

@@ -35,6 +35,7 @@ fn settings() -> Settings {
         node_lost_after_ms: 60_000,
         progress_deadline_ms: 600_000,
         status_interval_ms: 2_000,
+        cert_manager: None,
     }
 }
 
@@ -171,7 +172,7 @@ fn every_job_pod_talks_mutual_tls_with_the_identity_in_the_jobs_secret() {
         }
     }
     let identity = JobIdentity::generate("counts").unwrap();
-    let secret = token_secret(&j, "t0k3n", &identity);
+    let secret = token_secret(&j, "t0k3n", Some(&identity));
     let data = secret.string_data.unwrap();
     assert_eq!(data.keys().collect::<Vec<_>>(), ["ca.crt", "tls.crt", "tls.key", "token"]);
     assert!(identity.tls().is_ok(), "the identity makes a working TLS set-up");
@@ -1224,4 +1225,40 @@ fn an_invalid_edit_of_a_running_job_keeps_it_reconciled_under_its_last_valid_spe
     let p = tick(&mut j, T0 + 20_000);
     assert!(p.events.iter().any(|e| e.reason == "Upgrading"), "{:?}", p.events);
     assert_eq!(condition(&p.status, "Stalled").status, "False");
+}
+
+#[test]
+fn a_pod_replaced_after_the_operator_took_cert_manager_keeps_its_deployments_ca_until_the_next_deployment() {
+    let mut j = deployed(|_| {});
+    let issued = Settings {
+        cert_manager: Some(
+            crate::operator::certificates::IssuerRef::parse("ClusterIssuer/weir-ca", "cert-manager.io").unwrap(),
+        ),
+        ..settings()
+    };
+    let tls_secret = |p: &Plan| {
+        let pod = p.create.first().expect("a pod is created");
+        let volumes = pod.spec.as_ref().unwrap().volumes.clone().unwrap_or_default();
+        volumes.iter().find(|v| v.name == "tls").and_then(|v| v.secret.clone()).and_then(|s| s.secret_name)
+    };
+    let mut failed = pods(&j, PodPhase::Running);
+    failed[1].phase = PodPhase::Failed;
+    let at = |j: &mut StreamJob, now_ms| {
+        let o = Observed { pods: failed.clone(), coordinator: running(T0), now_ms, ..Default::default() };
+        let p = plan(j, &o, &issued);
+        j.status = Some(p.status.clone());
+        p
+    };
+    at(&mut j, T0 + 1000);
+    let replaced = at(&mut j, T0 + 11_000);
+    assert_eq!(names(&replaced), ["counts-worker-0-2"]);
+    assert_eq!(tls_secret(&replaced).as_deref(), Some("counts-token"), "its peers hold the job's own CA");
+
+    j.spec.0.parallelism = 3;
+    let o = Observed { now_ms: T0 + 20_000, ..Default::default() };
+    let redeployed = plan(&j, &o, &issued);
+    assert_eq!(redeployed.status.deployed.as_ref().and_then(|d| d.tls_secret.as_deref()), Some("counts-tls"));
+    j.status = Some(redeployed.status.clone());
+    let created = plan(&j, &o, &issued);
+    assert_eq!(tls_secret(&created).as_deref(), Some("counts-tls"), "a new deployment takes the issued certificate");
 }

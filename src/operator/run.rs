@@ -119,7 +119,11 @@ pub async fn run(opts: OperatorOptions) -> anyhow::Result<()> {
     let caches = caches(&client, &scopes).await;
     let ctx = Arc::new(Context {
         client: client.clone(),
-        coordinator: Arc::new(HttpCoordinatorApi::new(opts.coordinator_url, client.clone())),
+        coordinator: Arc::new(HttpCoordinatorApi::new(
+            opts.coordinator_url,
+            client.clone(),
+            opts.settings.cert_manager.is_some(),
+        )),
         events: Arc::new(KubeEvents { client: client.clone() }),
         settings: opts.settings,
         metrics: metrics.clone(),

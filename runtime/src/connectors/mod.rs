@@ -8,6 +8,8 @@
 //! - [`object_sink`]: exactly-once JSON-lines or Parquet parts in object
 //!   storage (any OpenDAL service), rolled by size and time.
 //! - [`generator`]: a deterministic, replayable generator source.
+//! - [`nexmark`]: the Nexmark benchmark's people, auctions and bids,
+//!   generated as the generator's records are.
 //! - [`file_source`]: JSON-lines files, replayed by byte offset.
 //! - [`kafka`]: Kafka topics as a replayable source and a transactional sink.
 //! - [`postgres`]: PostgreSQL tables, by two-phase commit or upsert.
@@ -22,6 +24,7 @@ pub mod file_sink;
 pub mod file_source;
 pub mod generator;
 pub mod kafka;
+pub mod nexmark;
 pub mod object_sink;
 pub mod postgres;
 pub mod print;

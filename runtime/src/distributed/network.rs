@@ -7,7 +7,10 @@
 //! front and the rest as the subtask drains the queue; the sender sends a
 //! batch only against a credit. A slow consumer so stops its producers
 //! without any unbounded buffer, and a fast one never waits a round trip
-//! per batch. The sender writes every batch it has credit for before it
+//! per batch. Grants also carry the receiver's record allowance and how
+//! many records its subtask took, which the sending side mirrors so that
+//! in-flight data stays bounded by time across workers too
+//! (`task::inflight`). The sender writes every batch it has credit for before it
 //! flushes, so a burst costs one write, not one per batch. On loopback, one
 //! connection per channel costs less than multiplexing.
 
@@ -25,8 +28,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
-use super::protocol::{self, ChannelKey, Connection, DataHello, JobToken, ProtocolError};
+use super::protocol::{self, ChannelKey, Connection, DataHello, Grant, JobToken, ProtocolError};
 use super::tls::{self, JobTls};
+use crate::task::inflight::{DataReceiver, DataSender, InFlight};
 use crate::task::Message;
 
 enum Slot {
@@ -139,9 +143,12 @@ pub fn spawn_outbound<T: Serialize + Send + 'static>(
     tls: Option<Arc<JobTls>>,
     key: ChannelKey,
     to: SocketAddr,
-    mut rx: mpsc::Receiver<Message<T>>,
+    from: DataReceiver<T>,
     on_broken: OnBroken,
 ) {
+    // The local queue is drained as fast as credit allows; the allowance
+    // that bounds it is the remote subtask's, mirrored from its grants.
+    let DataReceiver { mut rx, inflight } = from;
     let hello = DataHello { token: token.presented(), channel: key };
     tasks.spawn(async move {
         let result: Result<(), ProtocolError> = async {
@@ -150,8 +157,7 @@ pub fn spawn_outbound<T: Serialize + Send + 'static>(
             let mut credits: u64 = 0;
             loop {
                 if credits == 0 {
-                    credits += wait_for_credit(&mut conn).await?;
-                    continue;
+                    credits = wait_for_credit(&mut conn, &inflight).await?;
                 }
                 tokio::select! {
                     msg = rx.recv() => {
@@ -172,7 +178,7 @@ pub fn spawn_outbound<T: Serialize + Send + 'static>(
                                 Ok(next) if credits > 0 => msg = next,
                                 Ok(next) => {
                                     flush(&mut conn).await?;
-                                    credits += wait_for_credit(&mut conn).await?;
+                                    credits = wait_for_credit(&mut conn, &inflight).await?;
                                     msg = next;
                                 }
                                 Err(_) => break,
@@ -181,7 +187,7 @@ pub fn spawn_outbound<T: Serialize + Send + 'static>(
                         flush(&mut conn).await?;
                     }
                     grant = conn.next() => match grant {
-                        Some(frame) => credits += protocol::decode::<u32>(&frame?)? as u64,
+                        Some(frame) => credits += adopt(protocol::decode::<Grant>(&frame?)?, &inflight),
                         None => return Err(reset()),
                     },
                 }
@@ -203,12 +209,25 @@ fn reset() -> ProtocolError {
     ProtocolError::Io(std::io::ErrorKind::ConnectionReset.into())
 }
 
-/// The next grant of credits from the receiving side.
-async fn wait_for_credit(conn: &mut Connection) -> Result<u64, ProtocolError> {
-    match protocol::recv::<u32>(conn).await? {
-        Some(n) => Ok(n as u64),
-        None => Err(reset()),
+/// Waits for grants until one carries credit; returns it. A grant may
+/// carry only the subtask's report (no credit): sending on that would
+/// overrun the receiver's queue.
+async fn wait_for_credit(conn: &mut Connection, inflight: &InFlight) -> Result<u64, ProtocolError> {
+    loop {
+        match protocol::recv::<Grant>(conn).await? {
+            Some(grant) => match adopt(grant, inflight) {
+                0 => continue,
+                credits => return Ok(credits),
+            },
+            None => return Err(reset()),
+        }
     }
+}
+
+/// Mirrors the remote allowance; returns the grant's credits.
+fn adopt(grant: Grant, inflight: &InFlight) -> u64 {
+    inflight.mirror(grant.taken, grant.limit);
+    grant.credits as u64
 }
 
 /// Feeds a local downstream subtask from a remote upstream subtask.
@@ -216,26 +235,26 @@ pub fn spawn_inbound<T: DeserializeOwned + Send + 'static>(
     tasks: &mut JoinSet<()>,
     plane: &DataPlane,
     key: ChannelKey,
-    tx: mpsc::Sender<Message<T>>,
+    to: DataSender<T>,
     on_broken: OnBroken,
 ) {
+    let DataSender { tx, inflight } = to;
     let arrival = plane.expect(key);
     tasks.spawn(async move {
         let result: Result<(), ProtocolError> = async {
             let Ok(mut conn) = arrival.await else { return Ok(()) };
             // One permit per credit granted: the sender can never overrun the queue.
             let mut held: VecDeque<OwnedPermit<Message<T>>> = VecDeque::new();
+            let mut reported = (0, 0);
             loop {
                 tokio::select! {
                     permit = tx.clone().reserve_owned() => {
                         let Ok(permit) = permit else { return Ok(()) };
                         held.push_back(permit);
-                        let mut granted = 1u32;
-                        while let Ok(permit) = tx.clone().try_reserve_owned() {
-                            held.push_back(permit);
-                            granted += 1;
-                        }
-                        protocol::send(&mut conn, &granted).await?;
+                        reported = grant(&mut conn, &tx, &mut held, 1, &inflight).await?;
+                    }
+                    _ = inflight.report_changed(reported) => {
+                        reported = grant(&mut conn, &tx, &mut held, 0, &inflight).await?;
                     }
                     frame = conn.next() => {
                         let Some(frame) = frame else {
@@ -264,6 +283,26 @@ pub fn spawn_inbound<T: DeserializeOwned + Send + 'static>(
     });
 }
 
+/// Grants the sender `reserved` credits plus one per queue slot free now,
+/// with the subtask's current report, in one frame (a take frees a slot
+/// and changes the report at once); returns the report sent.
+async fn grant<T>(
+    conn: &mut Connection,
+    tx: &mpsc::Sender<Message<T>>,
+    held: &mut VecDeque<OwnedPermit<Message<T>>>,
+    reserved: u32,
+    inflight: &InFlight,
+) -> Result<(u64, u64), ProtocolError> {
+    let mut credits = reserved;
+    while let Ok(permit) = tx.clone().try_reserve_owned() {
+        held.push_back(permit);
+        credits += 1;
+    }
+    let (taken, limit) = inflight.report();
+    protocol::send(conn, &Grant { credits, taken, limit }).await?;
+    Ok((taken, limit))
+}
+
 async fn connect(to: SocketAddr, tls: Option<&JobTls>) -> Result<Connection, ProtocolError> {
     let mut delay = Duration::from_millis(10);
     let mut last = None;
@@ -282,6 +321,20 @@ async fn connect(to: SocketAddr, tls: Option<&JobTls>) -> Result<Connection, Pro
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::task::inflight::data_channel;
+
+    /// Every record the subtask receives until `End`.
+    async fn drain(subtask: &mut DataReceiver<u64>) -> Vec<u64> {
+        let mut seen = Vec::new();
+        while let Some(msg) = tokio::time::timeout(Duration::from_secs(5), subtask.recv()).await.unwrap() {
+            match msg {
+                Message::Batch(b) => seen.extend(b),
+                Message::End => break,
+                _ => {}
+            }
+        }
+        seen
+    }
 
     async fn hello(plane: &DataPlane, token: Option<&str>, channel: ChannelKey) -> Connection {
         let mut conn = protocol::framed(TcpStream::connect(plane.addr()).await.unwrap());
@@ -300,36 +353,99 @@ mod tests {
             Arc::new(move |e| broken.lock().unwrap().push(e))
         };
         let mut pumps = JoinSet::new();
-        let (to_subtask, mut subtask) = mpsc::channel::<Message<u64>>(3);
+        let (to_subtask, mut subtask) = data_channel::<u64>(3, 1000);
         spawn_inbound(&mut pumps, &plane, key, to_subtask, on_broken.clone());
-        let (upstream, from_upstream) = mpsc::channel::<Message<u64>>(16);
+        let (upstream, from_upstream) = data_channel::<u64>(16, 1000);
         spawn_outbound(&mut pumps, &token, None, key, plane.addr(), from_upstream, on_broken);
         for i in 0..10 {
-            upstream.send(Message::Batch(vec![i])).await.unwrap();
+            upstream.tx.send(Message::Batch(vec![i])).await.unwrap();
         }
-        upstream.send(Message::End).await.unwrap();
+        upstream.tx.send(Message::End).await.unwrap();
 
         // The subtask reads nothing yet: its whole queue fills, and no more.
         let full = tokio::time::timeout(Duration::from_secs(5), async {
-            while subtask.len() < 3 {
+            while subtask.rx.len() < 3 {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         })
         .await;
         assert!(full.is_ok(), "the sender filled the receiving queue without waiting for it to drain");
         tokio::time::sleep(Duration::from_millis(100)).await;
-        assert_eq!(subtask.len(), 3, "nothing beyond the queue's capacity was taken in");
+        assert_eq!(subtask.rx.len(), 3, "nothing beyond the queue's capacity was taken in");
 
-        let mut seen = Vec::new();
-        while let Some(msg) = tokio::time::timeout(Duration::from_secs(5), subtask.recv()).await.unwrap() {
-            match msg {
-                Message::Batch(b) => seen.extend(b),
-                Message::End => break,
-                _ => {}
-            }
-        }
+        let seen = drain(&mut subtask).await;
         assert_eq!(seen, (0..10).collect::<Vec<_>>(), "every batch arrives once, in order");
         assert!(broken.lock().unwrap().is_empty(), "{:?}", broken.lock().unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_grant_that_only_reports_the_subtasks_progress_lets_no_batch_through() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let key = ChannelKey { epoch: 1, edge: 0, upstream: 0, downstream: 0 };
+        let on_broken: OnBroken = Arc::new(|e| panic!("{e}"));
+        let mut pumps = JoinSet::new();
+        let (upstream, from_upstream) = data_channel::<u64>(16, 1000);
+        for i in 0..3 {
+            upstream.tx.send(Message::Batch(vec![i])).await.unwrap();
+        }
+        let token = JobToken::new(None);
+        spawn_outbound(&mut pumps, &token, None, key, listener.local_addr().unwrap(), from_upstream, on_broken);
+        let mut receiver = protocol::framed(listener.accept().await.unwrap().0);
+        let _hello: Option<DataHello> = protocol::recv(&mut receiver).await.unwrap();
+        let grant = |credits| Grant { credits, taken: 0, limit: 1000 };
+        protocol::send(&mut receiver, &grant(1)).await.unwrap();
+        protocol::send(&mut receiver, &grant(0)).await.unwrap();
+        let first: Option<Message<u64>> = protocol::recv(&mut receiver).await.unwrap();
+        assert!(matches!(first, Some(Message::Batch(b)) if b == [0]));
+        let early = tokio::time::timeout(Duration::from_millis(200), receiver.next()).await;
+        assert!(early.is_err(), "a batch was sent on a grant of no credit: {early:?}");
+        protocol::send(&mut receiver, &grant(1)).await.unwrap();
+        let second: Option<Message<u64>> = protocol::recv(&mut receiver).await.unwrap();
+        assert!(matches!(second, Some(Message::Batch(b)) if b == [1]), "the next credit lets the next batch go");
+    }
+
+    #[tokio::test]
+    async fn a_sender_across_workers_keeps_to_the_remote_subtasks_record_allowance() {
+        let token = JobToken::new(None);
+        let plane = DataPlane::bind("127.0.0.1:0".parse().unwrap(), token.clone(), None).await.unwrap();
+        let key = ChannelKey { epoch: 1, edge: 0, upstream: 0, downstream: 0 };
+        let on_broken: OnBroken = Arc::new(|e| panic!("{e}"));
+        let mut pumps = JoinSet::new();
+        // Room for 16 batches, but the subtask allows 5 records in flight.
+        let (to_subtask, mut subtask) = data_channel::<u64>(16, 1000);
+        to_subtask.inflight.set_limit(5);
+        spawn_inbound(&mut pumps, &plane, key, to_subtask, on_broken.clone());
+        let (upstream, from_upstream) = data_channel::<u64>(16, 1000);
+        spawn_outbound(&mut pumps, &token, None, key, plane.addr(), from_upstream, on_broken);
+        let sender = upstream.inflight.clone();
+        let mirrored = tokio::time::timeout(Duration::from_secs(5), async {
+            while sender.limit() != 5 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+        assert!(mirrored.is_ok(), "the first grant carries the subtask's allowance");
+        let sending = tokio::spawn(async move {
+            for i in 0..8 {
+                upstream.inflight.admit(1).await;
+                upstream.tx.send(Message::Batch(vec![i])).await.unwrap();
+            }
+            upstream.tx.send(Message::End).await.unwrap();
+        });
+        let held = tokio::time::timeout(Duration::from_secs(5), async {
+            while sender.queued() < 5 || subtask.rx.len() < 5 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+        assert!(held.is_ok(), "five records went across");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(sender.queued(), 5, "the sender waits for the remote subtask's allowance");
+        assert_eq!(subtask.rx.len(), 5, "and nothing more is in its queue");
+
+        let seen = drain(&mut subtask).await;
+        assert_eq!(seen, (0..8).collect::<Vec<_>>(), "the rest follows as the subtask takes records");
+        sending.await.unwrap();
     }
 
     #[tokio::test]

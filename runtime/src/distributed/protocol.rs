@@ -245,6 +245,16 @@ pub struct DataHello {
     pub channel: ChannelKey,
 }
 
+/// What the receiving side of a shuffle channel tells its sender: more
+/// credits (one per free queue slot), and how many records its subtask has
+/// taken off the queue so far and allows in flight (see `task::inflight`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grant {
+    pub credits: u32,
+    pub taken: u64,
+    pub limit: u64,
+}
+
 /// Which shuffle channel a data connection carries; the epoch keeps a
 /// stale attempt's channel from ever being taken for the live one's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

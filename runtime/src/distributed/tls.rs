@@ -10,7 +10,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rustls::crypto::aws_lc_rs;
 use rustls::server::WebPkiClientVerifier;
@@ -46,7 +46,20 @@ pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 /// A job's TLS identity: this process's certificate and key, and the job CA.
+///
+/// Read from files, it follows them: certificates from cert-manager are
+/// renewed in place (the Secret volume changes under a running pod), and
+/// a pod that kept its first certificate past its expiry could no longer
+/// connect to a peer that restarted. Each handshake looks at the files
+/// at most every [`RELOAD_CHECK`] and takes a changed set that parses;
+/// connections made before keep the certificate they started with.
 pub struct JobTls {
+    configs: std::sync::RwLock<Configs>,
+    files: Option<Files>,
+}
+
+#[derive(Clone)]
+struct Configs {
     connector: TlsConnector,
     acceptor: TlsAcceptor,
     /// The coordinator's HTTP API: the same certificate, but no client
@@ -54,6 +67,16 @@ pub struct JobTls {
     /// are no members of the job; mutating calls carry the job token.
     api_acceptor: TlsAcceptor,
 }
+
+/// The PEM files an identity was read from, what they held and when they
+/// were last looked at.
+struct Files {
+    paths: [PathBuf; 3],
+    seen: std::sync::Mutex<(Vec<Vec<u8>>, Instant)>,
+}
+
+/// How often a handshake may read the PEM files for a renewal.
+pub const RELOAD_CHECK: Duration = Duration::from_secs(10);
 
 impl std::fmt::Debug for JobTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -84,13 +107,61 @@ impl JobTls {
     }
 
     pub fn from_files(cert: &Path, key: &Path, ca: &Path) -> Result<JobTls, TlsError> {
-        let read = |what: &'static str, path: &Path| {
-            std::fs::read(path).map_err(|source| TlsError::Read { what, path: path.to_path_buf(), source })
-        };
-        JobTls::from_pem(&read("the certificate", cert)?, &read("the key", key)?, &read("the job CA", ca)?)
+        let paths = [cert, key, ca].map(Path::to_path_buf);
+        let pems = read_pems(&paths)?;
+        let configs = Configs::from_pem(&pems[0], &pems[1], &pems[2])?;
+        let files = Files { paths, seen: std::sync::Mutex::new((pems, Instant::now())) };
+        Ok(JobTls { configs: std::sync::RwLock::new(configs), files: Some(files) })
     }
 
     pub fn from_pem(cert: &[u8], key: &[u8], ca: &[u8]) -> Result<JobTls, TlsError> {
+        Ok(JobTls { configs: std::sync::RwLock::new(Configs::from_pem(cert, key, ca)?), files: None })
+    }
+
+    /// Reads the files again and takes them if they changed and parse.
+    /// Returns whether the identity changed.
+    pub fn reload(&self) -> Result<bool, TlsError> {
+        let Some(files) = &self.files else { return Ok(false) };
+        let pems = read_pems(&files.paths)?;
+        let mut seen = files.seen.lock().map_err(|_| TlsError::Config("a reload panicked".into()))?;
+        seen.1 = Instant::now();
+        if seen.0 == pems {
+            return Ok(false);
+        }
+        let configs = Configs::from_pem(&pems[0], &pems[1], &pems[2])?;
+        if let Ok(mut current) = self.configs.write() {
+            *current = configs;
+        }
+        seen.0 = pems;
+        Ok(true)
+    }
+
+    /// The configs to handshake with, after a reload if one is due.
+    fn current(&self) -> std::io::Result<Configs> {
+        let due = self.files.as_ref().is_some_and(|f| f.seen.lock().is_ok_and(|s| s.1.elapsed() >= RELOAD_CHECK));
+        if due {
+            match self.reload() {
+                Ok(true) => tracing::info!("the job's TLS files changed: new connections use the new certificate"),
+                Ok(false) => {}
+                // Mid-renewal files may not match yet: keep the last good set.
+                Err(e) => tracing::warn!("the job's TLS files changed but cannot be used ({e}); keeping the last ones"),
+            }
+        }
+        self.configs.read().map(|c| c.clone()).map_err(|_| std::io::Error::other("tls configs poisoned"))
+    }
+}
+
+fn read_pems(paths: &[PathBuf; 3]) -> Result<Vec<Vec<u8>>, TlsError> {
+    let whats = ["the certificate", "the key", "the job CA"];
+    paths
+        .iter()
+        .zip(whats)
+        .map(|(path, what)| std::fs::read(path).map_err(|source| TlsError::Read { what, path: path.clone(), source }))
+        .collect()
+}
+
+impl Configs {
+    fn from_pem(cert: &[u8], key: &[u8], ca: &[u8]) -> Result<Configs, TlsError> {
         let chain = certs("the certificate", cert)?;
         let key =
             PrivateKeyDer::from_pem_slice(key).map_err(|e| TlsError::Pem { what: "the key", reason: e.to_string() })?;
@@ -123,29 +194,31 @@ impl JobTls {
             .with_root_certificates(roots)
             .with_client_auth_cert(chain, key)
             .map_err(config)?;
-        Ok(JobTls {
+        Ok(Configs {
             connector: TlsConnector::from(Arc::new(client)),
             acceptor: TlsAcceptor::from(Arc::new(server)),
             api_acceptor: TlsAcceptor::from(Arc::new(api)),
         })
     }
+}
 
+impl JobTls {
     /// The client side of a handshake on `tcp`.
     pub async fn connect(&self, tcp: TcpStream) -> std::io::Result<Box<dyn Io>> {
         let name = ServerName::try_from(JOB_NAME).map_err(std::io::Error::other)?;
-        let stream = within(self.connector.connect(name, tcp)).await?;
+        let stream = within(self.current()?.connector.connect(name, tcp)).await?;
         Ok(Box::new(stream))
     }
 
     /// The server side of a handshake on `tcp`.
     pub async fn accept(&self, tcp: TcpStream) -> std::io::Result<Box<dyn Io>> {
-        let stream = within(self.acceptor.accept(tcp)).await?;
+        let stream = within(self.current()?.acceptor.accept(tcp)).await?;
         Ok(Box::new(stream))
     }
 
     /// The server side of an HTTP API handshake: no client certificate asked.
     pub async fn accept_api(&self, tcp: TcpStream) -> std::io::Result<tokio_rustls::server::TlsStream<TcpStream>> {
-        within(self.api_acceptor.accept(tcp)).await
+        within(self.current()?.api_acceptor.accept(tcp)).await
     }
 }
 
@@ -307,6 +380,55 @@ mod tests {
         let stranger = identity();
         assert!(exchange(&stranger, &b).await.is_err(), "a client with another job's certificate is refused");
         assert!(exchange(&a, &stranger).await.is_err(), "a server with another job's certificate is refused");
+    }
+
+    #[tokio::test]
+    async fn renewed_files_are_taken_for_new_connections_and_a_broken_renewal_keeps_the_last_good_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = ["tls.crt", "tls.key", "ca.crt"].map(|f| dir.path().join(f));
+        let write = |id: &JobIdentity| {
+            for (path, pem) in paths.iter().zip([&id.cert, &id.key, &id.ca]) {
+                std::fs::write(path, pem).unwrap();
+            }
+        };
+        let (first, renewed) = (JobIdentity::generate("counts").unwrap(), JobIdentity::generate("counts").unwrap());
+        write(&first);
+        let process = JobTls::from_files(&paths[0], &paths[1], &paths[2]).unwrap();
+        assert_eq!(exchange(&first.tls().unwrap(), &process).await.unwrap(), b"hello");
+        assert!(!process.reload().unwrap(), "unchanged files are no renewal");
+
+        write(&renewed);
+        assert!(process.reload().unwrap());
+        assert_eq!(exchange(&renewed.tls().unwrap(), &process).await.unwrap(), b"hello");
+        assert!(exchange(&process, &renewed.tls().unwrap()).await.is_ok(), "as a client too");
+        assert!(exchange(&first.tls().unwrap(), &process).await.is_err(), "the old CA is no longer trusted");
+
+        // A renewal caught half written: the new key with the old certificate.
+        std::fs::write(&paths[1], &first.key).unwrap();
+        assert!(process.reload().is_err());
+        assert_eq!(exchange(&renewed.tls().unwrap(), &process).await.unwrap(), b"hello", "the last good set stays");
+    }
+
+    #[tokio::test]
+    async fn a_trust_in_two_cas_reaches_a_coordinator_of_either_and_no_other() {
+        let (old, issued, other) = (
+            JobIdentity::generate("counts").unwrap(),
+            JobIdentity::generate("counts").unwrap(),
+            JobIdentity::generate("other").unwrap(),
+        );
+        let trust = JobTrust::from_ca_pem(format!("{}\n{}", old.ca, issued.ca).as_bytes()).unwrap();
+        for (server, reached) in [(&old, true), (&issued, true), (&other, false)] {
+            let server = server.tls().unwrap();
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let accept = async {
+                let (tcp, _) = listener.accept().await.unwrap();
+                server.accept_api(tcp).await.is_ok()
+            };
+            let connect = async { trust.connect(TcpStream::connect(addr).await.unwrap()).await.is_ok() };
+            let (_, connected) = tokio::join!(accept, connect);
+            assert_eq!(connected, reached);
+        }
     }
 
     #[test]

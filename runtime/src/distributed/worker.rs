@@ -478,7 +478,7 @@ async fn deploy(
     let mut wiring =
         NetworkWiring { epoch, placement: &placement, me, plane: plane.as_ref(), pumps: &mut pumps, on_broken };
     for (i, edge) in graph.edges.iter().enumerate() {
-        edge.connect_distributed(i, config.channel_capacity, &mut wiring);
+        edge.connect_distributed(i, config.channel_bounds(), &mut wiring);
     }
     let (events_tx, events) = mpsc::channel(1024);
     let metrics = Arc::new(JobMetrics::default());

@@ -72,6 +72,7 @@ impl Deployment {
                 faults: config.faults.clone(),
                 batch_size: config.batch_size,
                 channel_capacity: config.channel_capacity,
+                in_flight_target: Some(config.checkpoints.in_flight_target.0).filter(|t| !t.is_zero()),
                 fence,
                 retract_on_fallback: config.checkpoints.on_fallback_past_committed_output == FallbackPolicy::Retract,
             };

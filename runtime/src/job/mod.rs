@@ -25,6 +25,7 @@ use crate::faults::Faults;
 use crate::manifest::CheckpointOptions;
 use crate::metrics::{CompletedCheckpoint, JobMetrics};
 use crate::task::error::TaskFailure;
+use crate::task::router::ChannelBounds;
 use crate::task::{Control, Event, TaskError, TaskId};
 use coordinate::{ControlPlane, Loop};
 use deploy::{all_tasks, Deployment};
@@ -83,6 +84,11 @@ pub struct JobConfig {
 }
 
 impl JobConfig {
+    /// How much each shuffle channel holds at first.
+    pub fn channel_bounds(&self) -> ChannelBounds {
+        ChannelBounds { batches: self.channel_capacity, records: self.channel_capacity * self.batch_size }
+    }
+
     /// The configuration a manifest asks for.
     pub fn for_job(job: &crate::manifest::StreamJob) -> JobConfig {
         let mut config =
@@ -143,7 +149,7 @@ pub async fn run_job(graph: JobGraph, config: &JobConfig, metrics: Arc<JobMetric
         last_checkpoint: None,
     };
     for edge in &graph.edges {
-        edge.connect(config.channel_capacity);
+        edge.connect(config.channel_bounds());
     }
     let (events_tx, mut events) = mpsc::channel::<Event>(1024);
     let mut deployment =

@@ -47,6 +47,17 @@ pub struct CheckpointOptions {
     /// their back) or `Retract` (that output is deleted and written again).
     #[serde(default)]
     pub on_fallback_past_committed_output: FallbackPolicy,
+    /// Records queued in front of each subtask are bounded to about this
+    /// much of its own processing time, measured as it runs (buffer
+    /// debloating, as Flink's `buffer-debloat.target`), so that under
+    /// backpressure a barrier waits about this long per shuffle instead of
+    /// behind whole queues. `0s` bounds queues by count only (16 batches
+    /// per channel).
+    // Left out when it is the default, so that the operator's digest of a
+    // spec written before this field existed does not change (a changed
+    // digest restarts the job).
+    #[serde(default = "default_in_flight_target", skip_serializing_if = "is_default_in_flight_target")]
+    pub in_flight_target: HumanDuration,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
@@ -70,6 +81,12 @@ fn default_min_pause() -> HumanDuration {
 pub(super) fn default_one() -> u32 {
     1
 }
+fn default_in_flight_target() -> HumanDuration {
+    HumanDuration(Duration::from_millis(200))
+}
+fn is_default_in_flight_target(t: &HumanDuration) -> bool {
+    *t == default_in_flight_target()
+}
 fn default_retained() -> u32 {
     2
 }
@@ -89,6 +106,7 @@ impl Default for CheckpointOptions {
             retained: default_retained(),
             storage: default_storage(),
             on_fallback_past_committed_output: FallbackPolicy::default(),
+            in_flight_target: default_in_flight_target(),
         }
     }
 }

@@ -39,8 +39,8 @@ pub struct PipelineSpec {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[schemars(extend("x-kubernetes-validations" = [{
-    "rule": "(has(self.generator) ? 1 : 0) + (has(self.file) ? 1 : 0) + (has(self.kafka) ? 1 : 0) == 1",
-    "message": "exactly one of generator, file, kafka must be set in spec.pipeline.source"
+    "rule": "(has(self.generator) ? 1 : 0) + (has(self.file) ? 1 : 0) + (has(self.kafka) ? 1 : 0) + (has(self.nexmark) ? 1 : 0) == 1",
+    "message": "exactly one of generator, file, kafka, nexmark must be set in spec.pipeline.source"
 }]))]
 pub struct SourceSpec {
     /// Deterministic records `{"seq", "key", "value"}`: replaying from an
@@ -53,6 +53,10 @@ pub struct SourceSpec {
     /// JSON objects from Kafka topics, replayed by offset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kafka: Option<KafkaSourceSpec>,
+    /// The Nexmark benchmark's people, auctions and bids (deterministic,
+    /// replayed by position), as flat records with `event_type` 0, 1 or 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nexmark: Option<NexmarkSpec>,
 }
 
 /// The source a [`SourceSpec`] sets.
@@ -61,15 +65,17 @@ pub enum SourceKind<'a> {
     Generator(&'a GeneratorSpec),
     File(&'a FileSourceSpec),
     Kafka(&'a KafkaSourceSpec),
+    Nexmark(&'a NexmarkSpec),
 }
 
 impl SourceSpec {
     pub fn kind(&self) -> Result<SourceKind<'_>, String> {
-        match (&self.generator, &self.file, &self.kafka) {
-            (Some(g), None, None) => Ok(SourceKind::Generator(g)),
-            (None, Some(f), None) => Ok(SourceKind::File(f)),
-            (None, None, Some(k)) => Ok(SourceKind::Kafka(k)),
-            _ => Err("expected exactly one of generator, file, kafka".into()),
+        match (&self.generator, &self.file, &self.kafka, &self.nexmark) {
+            (Some(g), None, None, None) => Ok(SourceKind::Generator(g)),
+            (None, Some(f), None, None) => Ok(SourceKind::File(f)),
+            (None, None, Some(k), None) => Ok(SourceKind::Kafka(k)),
+            (None, None, None, Some(n)) => Ok(SourceKind::Nexmark(n)),
+            _ => Err("expected exactly one of generator, file, kafka, nexmark".into()),
         }
     }
 }
@@ -100,6 +106,33 @@ pub struct GeneratorSpec {
 
 fn default_splits() -> u32 {
     8
+}
+
+/// The Nexmark generator (see `weir nexmark` for the same events as JSON
+/// lines).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NexmarkSpec {
+    /// Events per second over all subtasks; 0 means as fast as possible.
+    #[serde(default)]
+    pub rate: u64,
+    /// Total events; absent means unbounded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
+    /// Events per second of event time: event `n`'s `dateTime` is
+    /// 2026-01-01T00:00:00Z plus `n` / this many seconds (the standard
+    /// generator's first event rate).
+    #[serde(default = "default_nexmark_event_rate")]
+    #[schemars(range(min = 1))]
+    pub events_per_second: u64,
+    /// Independent replayable splits, as the generator's.
+    #[serde(default = "default_splits")]
+    #[schemars(range(min = 1))]
+    pub splits: u32,
+}
+
+fn default_nexmark_event_rate() -> u64 {
+    10_000
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
@@ -234,6 +267,14 @@ impl PipelineSpec {
                 }
             }
             Ok(SourceKind::Kafka(k)) => errors.extend(k.problems("spec.pipeline.source.kafka")),
+            Ok(SourceKind::Nexmark(n)) => {
+                if n.events_per_second == 0 {
+                    errors.push("spec.pipeline.source.nexmark.eventsPerSecond: expected at least 1, got 0".into());
+                }
+                if n.splits == 0 {
+                    errors.push("spec.pipeline.source.nexmark.splits: expected at least 1, got 0".into());
+                }
+            }
         }
         if let Some(t) = &self.event_time {
             if t.field.is_empty() {
@@ -342,6 +383,24 @@ spec:
 "#
         );
         StreamJob::from_yaml(&yaml).map_err(|e| e.to_string())
+    }
+
+    fn nexmark(source: &str, sql: &str) -> Result<StreamJob, String> {
+        let yaml = format!(
+            "apiVersion: weir.dev/v1alpha1\nkind: StreamJob\nmetadata: {{name: n}}\nspec:\n  pipeline:\n    \
+             source: {{nexmark: {source}}}\n    sql: \"{sql}\"\n    sink: {{discard: {{}}}}\n"
+        );
+        StreamJob::from_yaml(&yaml).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn nexmark_records_are_typed_for_queries_and_a_wrong_field_or_setting_is_named() {
+        nexmark("{count: 10}", "SELECT auction, 0.908 * price AS euros FROM source WHERE event_type = 2").unwrap();
+        let err = nexmark("{}", "SELECT aution FROM source").unwrap_err();
+        assert!(err.contains("aution"), "{err}");
+        let err = nexmark("{eventsPerSecond: 0, splits: 0}", "SELECT auction FROM source").unwrap_err();
+        assert!(err.contains("spec.pipeline.source.nexmark.eventsPerSecond: expected at least 1, got 0"), "{err}");
+        assert!(err.contains("spec.pipeline.source.nexmark.splits: expected at least 1, got 0"), "{err}");
     }
 
     const EVENT_TIME: &str = "    eventTime: {field: ts, maxOutOfOrderness: 5s}";

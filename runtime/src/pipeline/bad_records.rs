@@ -104,12 +104,15 @@ pub struct FieldRules(pub Vec<FieldRule>);
 impl FieldRules {
     fn validate(&self, item: SourceRecord) -> Result<Row, BadRecord> {
         let row = item.row?;
-        for rule in &self.0 {
-            if let Err(reason) = rule.check(&row) {
-                return Err(BadRecord { origin: item.origin.unwrap_or_default(), raw: row.to_string(), reason });
-            }
+        match self.violation(&row) {
+            Some(reason) => Err(BadRecord { origin: item.origin.unwrap_or_default(), raw: row.to_string(), reason }),
+            None => Ok(row),
         }
-        Ok(row)
+    }
+
+    /// Why `row` breaks the first rule it breaks.
+    fn violation(&self, row: &Row) -> Option<String> {
+        self.0.iter().find_map(|rule| rule.check(row).err())
     }
 }
 
@@ -121,6 +124,21 @@ impl Check<SourceRecord> for FieldRules {
             match self.validate(item) {
                 Ok(row) => good.push(row),
                 Err(b) => bad.push(b),
+            }
+        }
+        (good, bad)
+    }
+}
+
+/// The same rules on rows past a filter, which no longer know their origin.
+impl Check<Row> for FieldRules {
+    fn check(&mut self, batch: Vec<Row>) -> (Vec<Row>, Vec<BadRecord>) {
+        let mut good = Vec::with_capacity(batch.len());
+        let mut bad = Vec::new();
+        for row in batch {
+            match self.violation(&row) {
+                None => good.push(row),
+                Some(reason) => bad.push(BadRecord { origin: String::new(), raw: row.to_string(), reason }),
             }
         }
         (good, bad)

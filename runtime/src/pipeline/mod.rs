@@ -35,6 +35,7 @@ use crate::connectors::file_source::FileSource;
 use crate::connectors::generator::generated;
 use crate::connectors::kafka::source::split_id;
 use crate::connectors::kafka::{KafkaConfig, KafkaDecoder, KafkaRecord, KafkaSink, KafkaSinkConfig, KafkaSource};
+use crate::connectors::nexmark::NexmarkConfig;
 use crate::connectors::object_sink::{ObjectSink, ObjectSinkConfig};
 use crate::connectors::postgres::{PgTarget, PostgresSink, PostgresUpsertSink};
 use crate::connectors::print::{DiscardSink, StdoutSink};
@@ -109,6 +110,21 @@ fn build_pipeline(spec: &StreamJobSpec, pipeline: &PipelineSpec) -> Result<JobGr
                 Ok(timed(Box::new(src)))
             })
         }
+        SourceKind::Nexmark(n) => {
+            let n = n.clone();
+            let timed = timed.clone();
+            env.source_idle_after("source", idle, move |ctx, restored| {
+                let config = NexmarkConfig { events_per_second: n.events_per_second };
+                let splits = u64::from(n.splits.max(1));
+                let make = Arc::new(move |seq: u64| SourceRecord {
+                    origin: None,
+                    split: seq % splits,
+                    row: Ok(config.event(seq)),
+                });
+                let src = GeneratorSource::new(ctx, restored, n.splits, n.count, n.rate, make)?;
+                Ok(timed(Box::new(src)))
+            })
+        }
         SourceKind::File(f) => {
             let path = PathBuf::from(&f.path);
             let timed = timed.clone();
@@ -129,7 +145,8 @@ fn build_pipeline(spec: &StreamJobSpec, pipeline: &PipelineSpec) -> Result<JobGr
     };
 
     let steps = pipeline.planned_steps().map_err(PipelineError::Invalid)?;
-    let rules = field_rules(pipeline, &steps);
+    let (rules, after_filter) = field_rules(pipeline, &steps);
+    let mut after_filter = Some(after_filter).filter(|r| !r.is_empty());
     env.declare_state("bad-records");
     let policy = spec.error_policy.clone();
     let mut stream: DataStream<Row> = source.transform(move |ctx, next| {
@@ -169,19 +186,19 @@ fn build_pipeline(spec: &StreamJobSpec, pipeline: &PipelineSpec) -> Result<JobGr
             StepKind::KeyBy(k) => key_field = Some(k.field.clone()),
             StepKind::Aggregate(a) => {
                 let Some(field) = key_field.take() else { continue };
-                let keyed = keyed_by(stream, &field);
+                let keyed = keyed_after_filter(&env, stream, after_filter.take(), &field, &spec.error_policy);
                 let id = step.id.clone().unwrap_or_else(|| aggregate_id(&field, a));
                 stream = keyed.process(&id, Aggregate::new(&field, a));
             }
             StepKind::Window(w) => {
                 let (Some(field), Some(time)) = (key_field.take(), &pipeline.event_time) else { continue };
-                let keyed = keyed_by(stream, &field);
+                let keyed = keyed_after_filter(&env, stream, after_filter.take(), &field, &spec.error_policy);
                 let id = step.id.clone().unwrap_or_else(|| window_id(&field, &time.field, w));
                 stream = keyed.process_event_time(&id, WindowAggregate::new(&field, &time.field, w));
             }
             StepKind::Deduplicate(d) => {
                 let (Some(field), Some(time)) = (key_field.take(), &pipeline.event_time) else { continue };
-                let keyed = keyed_by(stream, &field);
+                let keyed = keyed_after_filter(&env, stream, after_filter.take(), &field, &spec.error_policy);
                 let content = json!({"keyBy": field, "eventTime": time.field, "deduplicate": d});
                 let id = step.id.clone().unwrap_or_else(|| content_id("deduplicate", &content));
                 stream = keyed.process_event_time(&id, Deduplicate::new(&time.field, d));
@@ -336,18 +353,27 @@ fn window_id(key_field: &str, time_field: &str, spec: &WindowSpec) -> String {
 
 /// What records must carry for the steps up to the first aggregate; later
 /// steps read the aggregate's own output, which always has its fields.
-fn field_rules(pipeline: &PipelineSpec, steps: &[StepSpec]) -> Vec<FieldRule> {
-    let mut rules = schema::declared(pipeline);
-    rules.extend(pipeline.event_time.iter().map(|t| FieldRule::EventTime(t.field.clone())));
+/// Checked where records enter, except what a keyBy or aggregate after a
+/// filter needs: those are checked on the rows the filter passes (the
+/// second list), so that a record the filter drops (a person among bids)
+/// is not called bad for lacking a field the bids have.
+fn field_rules(pipeline: &PipelineSpec, steps: &[StepSpec]) -> (Vec<FieldRule>, Vec<FieldRule>) {
+    let mut entry = schema::declared(pipeline);
+    entry.extend(pipeline.event_time.iter().map(|t| FieldRule::EventTime(t.field.clone())));
+    let mut after_filter = Vec::new();
+    let mut filtered = false;
     for step in steps {
+        let rules = if filtered { &mut after_filter } else { &mut entry };
         let aggregate = match step.kind() {
             Ok(StepKind::KeyBy(k)) if k.expr.is_some() => continue,
             Ok(StepKind::KeyBy(k)) => {
                 rules.push(FieldRule::Key(k.field.clone()));
                 continue;
             }
-            // The records a filter passes on have the fields they came with.
-            Ok(StepKind::Filter(_)) => continue,
+            Ok(StepKind::Filter(_)) => {
+                filtered = true;
+                continue;
+            }
             Ok(StepKind::Select(_)) => break,
             Ok(StepKind::Aggregate(a)) => a,
             Ok(StepKind::Window(w)) => &w.aggregate,
@@ -357,7 +383,27 @@ fn field_rules(pipeline: &PipelineSpec, steps: &[StepSpec]) -> Vec<FieldRule> {
         rules.extend(aggregate.numeric_fields().map(|f| FieldRule::Number(f.clone())));
         break;
     }
-    rules
+    (entry, after_filter)
+}
+
+/// `stream` keyed by `key_field`, first checking `rules` on its rows when
+/// a filter came before the first keyed step (see [`field_rules`]).
+fn keyed_after_filter(
+    env: &StreamEnv,
+    stream: DataStream<Row>,
+    rules: Option<Vec<FieldRule>>,
+    key_field: &str,
+    errors: &ErrorPolicy,
+) -> KeyedStream<String, Row> {
+    let Some(rules) = rules else { return keyed_by(stream, key_field) };
+    let uid = content_id("checked", &json!({"keyBy": key_field}));
+    env.declare_state(&uid);
+    let errors = errors.clone();
+    let checked = stream.transform(move |ctx, next| {
+        let policy = BadRecordPolicy::new(&uid, &uid, ctx.clone(), &errors);
+        Ok(Box::new(Checked::new(FieldRules(rules.clone()), policy, next)) as Box<dyn Collector<Row>>)
+    });
+    keyed_by(checked, key_field)
 }
 
 /// The error a failing aggregate reports for a non-numeric field.

@@ -70,6 +70,21 @@ fn generator_fields(timestamps: bool) -> Vec<Field> {
     fields
 }
 
+/// The fields of Nexmark records: `event_type` and the union of a person's,
+/// an auction's and a bid's fields, each present only in its kind.
+fn nexmark_fields() -> Vec<Field> {
+    let mut fields = vec![
+        Field::new("event_type", DataType::Int64, false),
+        Field::new("dateTime", DataType::Int64, false),
+        Field::new("extra", DataType::Utf8, false),
+    ];
+    let int = ["id", "initialBid", "reserve", "expires", "seller", "category", "auction", "bidder", "price"];
+    let text = ["name", "emailAddress", "creditCard", "city", "state", "itemName", "description", "channel", "url"];
+    fields.extend(int.iter().map(|f| Field::new(*f, DataType::Int64, true)));
+    fields.extend(text.iter().map(|f| Field::new(*f, DataType::Utf8, true)));
+    fields
+}
+
 /// The schema of the source's records, if known.
 pub fn source_schema(pipeline: &PipelineSpec) -> Option<SchemaRef> {
     let declared = |extra: Vec<Field>| {
@@ -82,6 +97,7 @@ pub fn source_schema(pipeline: &PipelineSpec) -> Option<SchemaRef> {
     };
     match pipeline.source.kind().ok()? {
         SourceKind::Generator(g) => Some(schema_of(generator_fields(g.timestamp_step.is_some()))),
+        SourceKind::Nexmark(_) => Some(schema_of(nexmark_fields())),
         SourceKind::File(_) => declared(Vec::new()),
         SourceKind::Kafka(k) => declared(
             k.metadata
@@ -162,11 +178,16 @@ fn aggregated(
 /// (`spec.pipeline.steps[2].filter`).
 pub fn type_steps(pipeline: &PipelineSpec, steps: &[StepSpec]) -> Typed {
     let mut typed = Typed::default();
-    if let (Some(_), Ok(SourceKind::Generator(_))) = (&pipeline.schema, pipeline.source.kind()) {
-        typed.errors.push(
+    match (&pipeline.schema, pipeline.source.kind()) {
+        (Some(_), Ok(SourceKind::Generator(_))) => typed.errors.push(
             "spec.pipeline.schema: the generator's records have a fixed schema (seq, key, value, and ts with timestampStep); remove it"
                 .into(),
-        );
+        ),
+        (Some(_), Ok(SourceKind::Nexmark(_))) => typed.errors.push(
+            "spec.pipeline.schema: Nexmark records have a fixed schema (event_type and the person, auction and bid fields); remove it"
+                .into(),
+        ),
+        _ => {}
     }
     if let Some(fields) = &pipeline.schema {
         for (i, f) in fields.iter().enumerate() {

@@ -35,6 +35,9 @@ pub struct TaskContext {
     pub batch_size: usize,
     /// Batches buffered per channel before the sender waits.
     pub channel_capacity: usize,
+    /// Records queued in front of this subtask are bounded to about this
+    /// much of its processing time (`None`: only by `channel_capacity`).
+    pub in_flight_target: Option<std::time::Duration>,
     /// The job incarnation and this attempt's epoch, carried in the names
     /// of everything the subtask writes.
     pub fence: Fence,
@@ -69,6 +72,7 @@ impl TaskContext {
             faults: Faults::none(),
             batch_size: 64,
             channel_capacity: 4,
+            in_flight_target: None,
             fence: Fence { incarnation: 1, epoch: 1 },
             retract_on_fallback: false,
         }

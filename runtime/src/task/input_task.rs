@@ -3,14 +3,15 @@
 
 use std::future::poll_fn;
 use std::task::Poll;
+use std::time::Instant;
 
 use async_trait::async_trait;
-use tokio::sync::mpsc::Receiver;
 use tokio::task::JoinSet;
 
 use super::aligner::{Aligner, Alignment};
 use super::collector::{Collector, TaskContext, TaskSnapshot};
 use super::error::TaskError;
+use super::inflight::{DataReceiver, Debloater};
 use super::message::{Control, Message};
 use super::runnable::{spawn_snapshot_write, RunnableTask, Slices, TaskIo};
 use super::watermarks::WatermarkTracker;
@@ -18,14 +19,14 @@ use crate::metrics::JobMetrics;
 
 pub struct InputTask<T: Send + 'static> {
     pub ctx: TaskContext,
-    pub inputs: Vec<Receiver<Message<T>>>,
+    pub inputs: Vec<DataReceiver<T>>,
     pub chain: Box<dyn Collector<T>>,
 }
 
 /// Polls the inputs the aligner does not block, starting after the last
 /// one served so no input starves. `None`: the input broke without `End`.
 fn poll_inputs<T>(
-    inputs: &mut [Receiver<Message<T>>],
+    inputs: &mut [DataReceiver<T>],
     aligner: &Aligner,
     ended: &[bool],
     start: &mut usize,
@@ -64,6 +65,11 @@ impl<T: Send + 'static> RunnableTask for InputTask<T> {
         let mut stop_requested = false;
         let mut input_done = false;
         let mut slices = Slices::default();
+        let mut debloater = self.ctx.in_flight_target.map(|target| {
+            // The allowance the channels were made with is the most it grows back to.
+            let max = self.inputs.iter().map(|i| i.inflight.limit()).max().unwrap_or(0);
+            Debloater::new(target, self.inputs.len(), max, Instant::now())
+        });
         loop {
             if stop_requested && input_done {
                 break;
@@ -85,8 +91,16 @@ impl<T: Send + 'static> RunnableTask for InputTask<T> {
                     let Some(msg) = msg else { return Err(TaskError::Disconnected("an upstream subtask")) };
                     let aligned = match msg {
                         Message::Batch(batch) => {
-                            JobMetrics::add(&self.ctx.stage.records_in, batch.len());
+                            let records = batch.len();
+                            JobMetrics::add(&self.ctx.stage.records_in, records);
+                            let started = debloater.is_some().then(Instant::now);
                             self.chain.collect(batch).await?;
+                            if let (Some(d), Some(started)) = (debloater.as_mut(), started) {
+                                let now = Instant::now();
+                                if let Some(limit) = d.on_batch(records, now - started, now) {
+                                    self.inputs.iter().for_each(|input| input.inflight.set_limit(limit));
+                                }
+                            }
                             slices.after_work().await;
                             Alignment::Pending
                         }
@@ -131,6 +145,7 @@ mod tests {
 
     use super::*;
     use crate::checkpoint::CheckpointStore;
+    use crate::task::inflight::data_channel;
     use crate::task::Barrier;
 
     /// Counts what reaches the end of the chain.
@@ -161,11 +176,11 @@ mod tests {
     #[tokio::test]
     async fn an_input_that_breaks_without_end_fails_the_task_instead_of_ending_its_input() {
         let dir = tempfile::tempdir().unwrap();
-        let (finished, finished_rx) = mpsc::channel(4);
-        let (broken, broken_rx) = mpsc::channel(4);
-        finished.send(Message::Batch(vec![1])).await.unwrap();
-        finished.send(Message::End).await.unwrap();
-        broken.send(Message::Batch(vec![2])).await.unwrap();
+        let (finished, finished_rx) = data_channel(4, 100);
+        let (broken, broken_rx) = data_channel(4, 100);
+        finished.tx.send(Message::Batch(vec![1])).await.unwrap();
+        finished.tx.send(Message::End).await.unwrap();
+        broken.tx.send(Message::Batch(vec![2])).await.unwrap();
         drop(broken); // the upstream vanished: no End
         let ended = Arc::new(AtomicBool::new(false));
         let task = Box::new(InputTask {

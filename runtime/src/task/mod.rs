@@ -4,6 +4,8 @@
 //! # Layout
 //! - [`message`]: what flows on data channels and control channels.
 //! - [`aligner`]: barrier alignment across several inputs.
+//! - [`inflight`]: data channels bounded by records in flight, sized by
+//!   the receiver's throughput (buffer debloating).
 //! - [`watermarks`]: the event time of a task with several inputs.
 //! - [`collector`]: the chained-operator interface and task snapshots.
 //! - [`router`]: the key-by shuffle at the end of a task's chain.
@@ -14,6 +16,7 @@
 pub mod aligner;
 pub mod collector;
 pub mod error;
+pub mod inflight;
 pub mod input_task;
 pub mod message;
 pub mod router;

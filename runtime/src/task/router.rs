@@ -6,7 +6,6 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use tokio::sync::mpsc::error::TrySendError;
-use tokio::sync::mpsc::{channel, Receiver, Sender};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -14,14 +13,15 @@ use tokio::task::JoinSet;
 
 use super::collector::{Collector, TaskSnapshot};
 use super::error::TaskError;
+use super::inflight::{data_channel, DataReceiver, DataSender, MIN_RECORDS};
 use super::message::{Barrier, Message, Watermark};
 use crate::distributed::network::{spawn_inbound, spawn_outbound, DataPlane, OnBroken};
 use crate::distributed::protocol::{ChannelKey, Placement, TaskKey};
 use crate::keygroup::{key_group_of_hash, key_hash, subtask_for_key_group};
 use crate::metrics::{JobMetrics, StageCounters};
 
-type Senders<T> = Vec<Sender<Message<T>>>;
-type Receivers<T> = Vec<Receiver<Message<T>>>;
+type Senders<T> = Vec<DataSender<T>>;
+type Receivers<T> = Vec<DataReceiver<T>>;
 
 /// The bounded channels between every upstream and every downstream
 /// subtask of one shuffle, made afresh for each run of the job.
@@ -50,15 +50,24 @@ pub struct NetworkWiring<'a> {
     pub on_broken: OnBroken,
 }
 
+/// How much a shuffle channel holds: at most `batches` messages, and at
+/// first `records` records, an allowance its receiver then sizes to its
+/// throughput when in-flight data is bounded by time.
+#[derive(Debug, Clone, Copy)]
+pub struct ChannelBounds {
+    pub batches: usize,
+    pub records: usize,
+}
+
 /// Wiring of an edge, independent of its record type.
 pub trait Connect: Send + Sync {
     /// Records the receiving stage's parallelism (known once it is built).
     fn set_downstream(&self, parallelism: u32);
     /// Makes fresh channels for a run of the job in one process.
-    fn connect(&self, capacity: usize);
+    fn connect(&self, bounds: ChannelBounds);
     /// Makes fresh channels for the subtasks of this worker: local pairs
     /// directly, the rest through the data plane.
-    fn connect_distributed(&self, edge: usize, capacity: usize, wiring: &mut NetworkWiring<'_>);
+    fn connect_distributed(&self, edge: usize, bounds: ChannelBounds, wiring: &mut NetworkWiring<'_>);
 }
 
 impl<T: Send + 'static> Edge<T> {
@@ -99,14 +108,14 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> Connect for Edge<T> {
         }
     }
 
-    fn connect(&self, capacity: usize) {
+    fn connect(&self, bounds: ChannelBounds) {
         let Ok(mut g) = self.inner.lock() else { return };
         let (up, down) = (g.upstream as usize, g.downstream as usize);
         let mut senders: Vec<Senders<T>> = (0..up).map(|_| Vec::with_capacity(down)).collect();
         let mut receivers: Vec<Receivers<T>> = (0..down).map(|_| Vec::with_capacity(up)).collect();
         for s in senders.iter_mut() {
             for r in receivers.iter_mut() {
-                let (tx, rx) = channel(capacity);
+                let (tx, rx) = data_channel(bounds.batches, bounds.records);
                 s.push(tx);
                 r.push(rx);
             }
@@ -115,7 +124,7 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> Connect for Edge<T> {
         g.receivers = receivers.into_iter().map(Some).collect();
     }
 
-    fn connect_distributed(&self, edge: usize, capacity: usize, w: &mut NetworkWiring<'_>) {
+    fn connect_distributed(&self, edge: usize, bounds: ChannelBounds, w: &mut NetworkWiring<'_>) {
         let Ok(mut g) = self.inner.lock() else { return };
         let (stage, up, down) = (g.stage, g.upstream, g.downstream);
         let here = |stage: usize, subtask: u32| w.placement.worker_of(TaskKey { stage, subtask });
@@ -126,7 +135,7 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> Connect for Edge<T> {
             for d in 0..down {
                 let down_worker = here(stage + 1, d);
                 let key = ChannelKey { epoch: w.epoch, edge, upstream: u, downstream: d };
-                let (tx, rx) = channel(capacity);
+                let (tx, rx) = data_channel(bounds.batches, bounds.records);
                 match (up_worker == Some(w.me), down_worker == Some(w.me)) {
                     (true, true) => {
                         senders[u as usize].get_or_insert_with(Vec::new).push(tx);
@@ -152,19 +161,47 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> Connect for Edge<T> {
     }
 }
 
-/// Sends, counting the time spent waiting for a full channel as backpressure.
-async fn send<T>(to: &Sender<Message<T>>, msg: Message<T>, stage: &StageCounters) -> Result<(), TaskError> {
+/// Sends a control message (barrier, watermark, end), counting the time
+/// spent waiting for a full channel as backpressure.
+async fn send<T>(to: &DataSender<T>, msg: Message<T>, stage: &StageCounters) -> Result<(), TaskError> {
     let closed = |_| TaskError::Disconnected("downstream subtask");
-    match to.try_send(msg) {
+    match to.tx.try_send(msg) {
         Ok(()) => Ok(()),
         Err(TrySendError::Closed(_)) => Err(TaskError::Disconnected("downstream subtask")),
         Err(TrySendError::Full(msg)) => {
             let started = std::time::Instant::now();
-            let sent = to.send(msg).await.map_err(closed);
+            let sent = to.tx.send(msg).await.map_err(closed);
             JobMetrics::add(&stage.backpressure_ns, started.elapsed().as_nanos() as usize);
             sent
         }
     }
+}
+
+/// Sends records within the channel's allowance: a batch larger than the
+/// allowance goes in pieces, each once the receiver has room for it.
+async fn send_batch<T>(to: &DataSender<T>, batch: Vec<T>, stage: &StageCounters) -> Result<(), TaskError> {
+    let piece = to.inflight.limit().max(MIN_RECORDS);
+    if batch.len() <= piece {
+        return admit_and_send(to, batch, stage).await;
+    }
+    let mut rest = batch.into_iter();
+    loop {
+        let part: Vec<T> = rest.by_ref().take(piece).collect();
+        if part.is_empty() {
+            return Ok(());
+        }
+        admit_and_send(to, part, stage).await?;
+    }
+}
+
+async fn admit_and_send<T>(to: &DataSender<T>, batch: Vec<T>, stage: &StageCounters) -> Result<(), TaskError> {
+    let started = std::time::Instant::now();
+    to.inflight.admit(batch.len()).await;
+    let waited = started.elapsed();
+    if !waited.is_zero() {
+        JobMetrics::add(&stage.backpressure_ns, waited.as_nanos() as usize);
+    }
+    send(to, Message::Batch(batch), stage).await
 }
 
 /// The end of a chain that sends each record to the subtask owning its key.
@@ -200,7 +237,7 @@ where
             if !self.buffers[target].is_empty() {
                 let batch = std::mem::replace(&mut self.buffers[target], Vec::with_capacity(self.batch_size));
                 JobMetrics::add(&self.stage.records_out, batch.len());
-                send(&self.outputs[target], Message::Batch(batch), &self.stage).await?;
+                send_batch(&self.outputs[target], batch, &self.stage).await?;
             }
         }
         Ok(())
@@ -223,7 +260,7 @@ where
         if n == 1 {
             // One downstream subtask owns every key group: forward the batch as is.
             JobMetrics::add(&self.stage.records_out, batch.len());
-            return send(&self.outputs[0], Message::Batch(batch), &self.stage).await;
+            return send_batch(&self.outputs[0], batch, &self.stage).await;
         }
         for record in batch {
             let group = key_group_of_hash(key_hash(&(self.key)(&record)), self.max_parallelism);
@@ -261,5 +298,30 @@ where
             send(&self.outputs[target], Message::End, &self.stage).await?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_batch_larger_than_the_allowance_arrives_in_pieces_in_order() {
+        let (tx, mut rx) = data_channel::<u32>(64, 1000);
+        tx.inflight.set_limit(100);
+        let stage = JobMetrics::default().stage("keyBy");
+        let sending = tokio::spawn(async move { send_batch(&tx, (0..1000).collect(), &stage).await });
+        let mut seen = Vec::new();
+        while seen.len() < 1000 {
+            match tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv()).await {
+                Ok(Some(Message::Batch(b))) => {
+                    assert!(b.len() <= 100, "a piece of {} records against an allowance of 100", b.len());
+                    seen.extend(b);
+                }
+                other => panic!("expected a batch, got {:?}", other.map(|m| m.map(|_| ()))),
+            }
+        }
+        sending.await.unwrap().unwrap();
+        assert_eq!(seen, (0..1000).collect::<Vec<_>>());
     }
 }

@@ -139,11 +139,20 @@ impl Rng {
 
 /// Runs `job` to the end through ten seeded crashes at any fault point.
 pub fn run_through_crashes(job: &StreamJob, seed: u64) {
+    run_through_crashes_at(job, seed, &FaultPoint::ALL)
+}
+
+/// Crash points a job without keyed steps meets (it has no `MidBatch`).
+pub const STATELESS_POINTS: [FaultPoint; 4] =
+    [FaultPoint::SourceBatch, FaultPoint::BeforeAck, FaultPoint::AfterMetadata, FaultPoint::DuringCommit];
+
+/// [`run_through_crashes`] drawing crash points from `points` only.
+pub fn run_through_crashes_at(job: &StreamJob, seed: u64, points: &[FaultPoint]) {
     let mut rng = Rng(seed);
     let mut crashes = 0;
     loop {
         let faults = if crashes < 10 {
-            let point = FaultPoint::ALL[rng.below(FaultPoint::ALL.len() as u64) as usize];
+            let point = points[rng.below(points.len() as u64) as usize];
             Faults::crash_at(point, 1 + rng.below(3))
         } else {
             Faults::none()
