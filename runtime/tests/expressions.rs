@@ -126,3 +126,77 @@ spec:
     assert!(reasons[1].0.ends_with("in.jsonl:3"), "{reasons:?}");
     assert_eq!(reasons[1].1, "field `price` must be a number (float64), got a string \"cheap\"");
 }
+
+/// Orders with 0 to 4 items each; every 97th order's `items` is not an
+/// array. Returns the lines, and per item the number of its occurrences
+/// that the filter (`items <> 's3'`) passes.
+fn orders(n: u64) -> (Vec<String>, BTreeMap<String, u64>, u64) {
+    let mut lines = Vec::new();
+    let mut want: BTreeMap<String, u64> = BTreeMap::new();
+    let mut broken = 0;
+    for i in 0..n {
+        if i % 97 == 50 {
+            lines.push(format!(r#"{{"order": {i}, "customer": "c{}", "items": "s{}"}}"#, i % 7, i % 11));
+            broken += 1;
+            continue;
+        }
+        let items: Vec<String> = (0..i % 5).map(|j| format!("s{}", (i * (j + 1)) % 11)).collect();
+        for item in items.iter().filter(|s| s.as_str() != "s3") {
+            *want.entry(item.clone()).or_default() += 1;
+        }
+        lines.push(format!(r#"{{"order": {i}, "customer": "c{}", "items": {}}}"#, i % 7, serde_json::json!(items)));
+    }
+    (lines, want, broken)
+}
+
+#[test]
+fn flattened_array_elements_are_counted_exactly_once_through_seeded_crashes_and_non_arrays_dead_lettered_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (lines, want, broken) = orders(4_000);
+    std::fs::write(dir.path().join("orders.jsonl"), lines.join("\n") + "\n").unwrap();
+    let yaml = format!(
+        r#"
+apiVersion: weir.dev/v1alpha1
+kind: StreamJob
+metadata: {{name: items}}
+spec:
+  parallelism: 2
+  maxParallelism: 16
+  checkpoints: {{interval: 10ms, storage: "file://{d}/checkpoints", retained: 2}}
+  errorPolicy: {{onBadRecord: deadLetter, deadLetterPath: "{d}/dead"}}
+  pipeline:
+    source: {{file: {{path: "{d}/orders.jsonl"}}}}
+    schema:
+      - {{name: order, type: int64}}
+      - {{name: customer, type: string}}
+    steps:
+      - flatten: {{field: items, type: string}}
+      - filter: "items <> 's3'"
+      - keyBy: {{field: items}}
+      - aggregate: {{count: true}}
+    sink: {{file: {{path: "{d}/out"}}}}
+"#,
+        d = dir.path().display()
+    );
+    let job = StreamJob::from_yaml(&yaml).unwrap();
+    run_through_crashes(&job, 0xf1a7_7e00_0bad_5eed);
+
+    let mut seen: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for row in read_committed(&dir.path().join("out")).unwrap() {
+        let item = row["items"].as_str().expect("rows carry the item").to_string();
+        seen.entry(item).or_default().push(row["count"].as_u64().expect("rows carry count"));
+    }
+    assert_eq!(seen.keys().collect::<Vec<_>>(), want.keys().collect::<Vec<_>>(), "the items there are");
+    for (item, &n) in &want {
+        let mut counts = seen[item].clone();
+        counts.sort_unstable();
+        assert_eq!(counts, (1..=n).collect::<Vec<_>>(), "item {item}: each occurrence counted exactly once");
+    }
+    let dead = read_committed(&dir.path().join("dead")).unwrap();
+    assert_eq!(dead.len() as u64, broken, "each order whose items are not an array dead-lettered once");
+    assert!(
+        dead.iter().all(|d| d["origin"] == "spec.pipeline.steps[0]"
+            && d["reason"] == "field `items` must be an array to flatten, got a string"),
+        "{dead:?}"
+    );
+}

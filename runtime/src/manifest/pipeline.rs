@@ -347,6 +347,18 @@ impl PipelineSpec {
                     }
                 }
                 Ok(StepKind::Select(_)) => keyed = false,
+                // A key is chosen after the records are made.
+                Ok(StepKind::Flatten(f)) => {
+                    if f.field.is_empty() {
+                        errors.push(format!("spec.pipeline.steps[{i}].flatten.field: required, got an empty name"));
+                    }
+                    if keyed {
+                        errors.push(format!(
+                            "spec.pipeline.steps[{i}].flatten: must come before the keyBy of the aggregate it feeds"
+                        ));
+                    }
+                    keyed = false;
+                }
             }
         }
         errors.extend(crate::pipeline::schema::type_steps(self, steps).errors);

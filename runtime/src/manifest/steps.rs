@@ -1,5 +1,5 @@
 //! `spec.pipeline.steps`: the steps a pipeline can list (keyBy, aggregate,
-//! window, deduplicate, filter, select) and their checks.
+//! window, deduplicate, filter, select, flatten) and their checks.
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -10,8 +10,8 @@ use super::*;
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[schemars(extend("x-kubernetes-validations" = [{
-    "rule": "(has(self.keyBy) ? 1 : 0) + (has(self.aggregate) ? 1 : 0) + (has(self.window) ? 1 : 0) + (has(self.deduplicate) ? 1 : 0) + (has(self.filter) ? 1 : 0) + (has(self.select) ? 1 : 0) == 1",
-    "message": "exactly one of keyBy, aggregate, window, deduplicate, filter, select must be set in each spec.pipeline.steps item"
+    "rule": "(has(self.keyBy) ? 1 : 0) + (has(self.aggregate) ? 1 : 0) + (has(self.window) ? 1 : 0) + (has(self.deduplicate) ? 1 : 0) + (has(self.filter) ? 1 : 0) + (has(self.select) ? 1 : 0) + (has(self.flatten) ? 1 : 0) == 1",
+    "message": "exactly one of keyBy, aggregate, window, deduplicate, filter, select, flatten must be set in each spec.pipeline.steps item"
 }]))]
 pub struct StepSpec {
     /// A stable id for the step's state (as Flink's `uid`): a checkpoint's
@@ -48,6 +48,25 @@ pub struct StepSpec {
     /// (`[key, "price * qty AS total", "upper(name) AS name"]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub select: Option<Vec<String>>,
+    /// Turns a record whose field holds an array into one record per
+    /// element, the field holding the element (Flink SQL's `CROSS JOIN
+    /// UNNEST`); an empty array, a missing field or null makes none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flatten: Option<FlattenSpec>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FlattenSpec {
+    /// The array field; not listed in `spec.pipeline.schema` (arrays are
+    /// not declared there: they pass through unchecked).
+    pub field: String,
+    /// The elements' type: each is checked (a record with an element of
+    /// another type goes to `errorPolicy` whole), and later steps'
+    /// expressions can read the field. Absent: the elements pass unchecked
+    /// and unseen by expressions.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub ty: Option<FieldType>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
@@ -82,6 +101,7 @@ pub enum StepKind<'a> {
     Deduplicate(&'a DeduplicateSpec),
     Filter(&'a str),
     Select(&'a [String]),
+    Flatten(&'a FlattenSpec),
 }
 
 impl StepSpec {
@@ -93,13 +113,14 @@ impl StepSpec {
             self.deduplicate.as_ref().map(StepKind::Deduplicate),
             self.filter.as_deref().map(StepKind::Filter),
             self.select.as_deref().map(StepKind::Select),
+            self.flatten.as_ref().map(StepKind::Flatten),
         ]
         .into_iter()
         .flatten()
         .collect();
         match set.as_slice() {
             [one] => Ok(*one),
-            _ => Err("expected exactly one of keyBy, aggregate, window, deduplicate, filter, select".into()),
+            _ => Err("expected exactly one of keyBy, aggregate, window, deduplicate, filter, select, flatten".into()),
         }
     }
 }

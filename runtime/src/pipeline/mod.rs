@@ -4,6 +4,7 @@
 //! - [`aggregate`]: running count/sum/min/max/avg per key.
 //! - [`bad_records`]: the error policy for records that cannot be processed.
 //! - [`event_time`]: watermarks from the records' timestamps.
+//! - [`flatten`]: one record per element of an array field.
 //! - [`expr`]: SQL expressions planned by DataFusion and evaluated over
 //!   Arrow record batches.
 //! - [`schema`]: the records' schema at each step, and the expressions
@@ -21,6 +22,7 @@ pub mod aggregate;
 pub mod bad_records;
 pub mod event_time;
 pub mod expr;
+pub mod flatten;
 pub mod schema;
 pub mod sql;
 pub mod steps;
@@ -53,6 +55,7 @@ use crate::task::{Collector, TaskContext, TaskError};
 use aggregate::Aggregate;
 use bad_records::{BadRecordPolicy, Checked, FieldRules, RejectingSink};
 use event_time::EventTimeSource;
+use flatten::Flatten;
 use schema::Planned;
 use steps::ExprStep;
 use window::{Deduplicate, WindowAggregate};
@@ -183,6 +186,16 @@ fn build_pipeline(spec: &StreamJobSpec, pipeline: &PipelineSpec) -> Result<JobGr
         }
         match step.kind().map_err(PipelineError::Invalid)? {
             StepKind::Filter(_) | StepKind::Select(_) => {}
+            StepKind::Flatten(f) => {
+                let uid = step.id.clone().unwrap_or_else(|| content_id("flatten", &json!({"flatten": f})));
+                env.declare_state(&uid);
+                let (errors, at, f) = (spec.error_policy.clone(), steps.path(i), f.clone());
+                stream = stream.transform(move |ctx, next| {
+                    let policy = BadRecordPolicy::new(&uid, &uid, ctx.clone(), &errors);
+                    let step = Flatten::new(at.clone(), &f.field, f.ty);
+                    Ok(Box::new(Checked::new(step, policy, next)) as Box<dyn Collector<Row>>)
+                });
+            }
             StepKind::KeyBy(k) => key_field = Some(k.field.clone()),
             StepKind::Aggregate(a) => {
                 let Some(field) = key_field.take() else { continue };
@@ -354,7 +367,7 @@ fn window_id(key_field: &str, time_field: &str, spec: &WindowSpec) -> String {
 /// What records must carry for the steps up to the first aggregate; later
 /// steps read the aggregate's own output, which always has its fields.
 /// Checked where records enter, except what a keyBy or aggregate after a
-/// filter needs: those are checked on the rows the filter passes (the
+/// filter or flatten needs: those are checked on the rows the filter passes (the
 /// second list), so that a record the filter drops (a person among bids)
 /// is not called bad for lacking a field the bids have.
 fn field_rules(pipeline: &PipelineSpec, steps: &[StepSpec]) -> (Vec<FieldRule>, Vec<FieldRule>) {
@@ -370,7 +383,9 @@ fn field_rules(pipeline: &PipelineSpec, steps: &[StepSpec]) -> (Vec<FieldRule>, 
                 rules.push(FieldRule::Key(k.field.clone()));
                 continue;
             }
-            Ok(StepKind::Filter(_)) => {
+            // Rows after these are not the source's: what later steps
+            // need is checked on them, before the keyed step.
+            Ok(StepKind::Filter(_) | StepKind::Flatten(_)) => {
                 filtered = true;
                 continue;
             }

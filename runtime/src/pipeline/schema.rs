@@ -255,6 +255,22 @@ pub fn type_steps(pipeline: &PipelineSpec, steps: &[StepSpec]) -> Typed {
                 current = Some(out);
             }
             Ok(StepKind::Deduplicate(_)) => {}
+            Ok(StepKind::Flatten(f)) => {
+                if let Some(schema) = &current {
+                    if let Ok(declared) = schema.field_with_name(&f.field) {
+                        typed.errors.push(format!(
+                            "spec.pipeline.steps[{i}].flatten.field: `{}` is {} here, not an array; leave an array field \
+                             out of spec.pipeline.schema and give its elements' type as flatten.type",
+                            f.field,
+                            declared.data_type()
+                        ));
+                    } else if let Some(ty) = f.ty {
+                        let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+                        fields.push(Field::new(f.field.clone(), arrow_type(ty), false));
+                        current = Some(schema_of(fields));
+                    }
+                }
+            }
             Ok(StepKind::Filter(sql)) => match &current {
                 None => typed.errors.push(needs_schema("filter")),
                 Some(schema) => match compile(sql, schema) {
