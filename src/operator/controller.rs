@@ -410,8 +410,8 @@ async fn apply(job: Arc<StreamJob>, ctx: &Context) -> Result<Action, Error> {
     }
     // Pods of a deployment made before the operator took cert-manager keep
     // the job's own CA (status.deployed.tlsSecret), and wait for nothing.
-    let issued = p.status.deployed.as_ref().is_some_and(|d| d.tls_secret.is_some());
-    if let (false, true, Some(issuer)) = (p.create.is_empty(), issued, &ctx.settings.cert_manager) {
+    let from_cert_manager = p.status.deployed.as_ref().is_some_and(|d| d.tls_secret.is_some());
+    if let (false, true, Some(issuer)) = (p.create.is_empty(), from_cert_manager, &ctx.settings.cert_manager) {
         match certificates::issued(&job, ctx, &ns, issuer).await {
             Ok(Issuance::Issued) => {}
             Ok(Issuance::Pending(why)) => {
