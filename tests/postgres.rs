@@ -25,8 +25,11 @@ fn rows(table: &str) -> Vec<Value> {
     serde_json::from_str(&json).unwrap()
 }
 
-fn prepared_weir_transactions() -> u64 {
-    psql("SELECT count(*) FROM pg_prepared_xacts WHERE gid LIKE 'weir:%'").parse().unwrap()
+/// The ids of weir's prepared transactions on the server, with when each
+/// was prepared, so a failure says whose transaction was left.
+fn prepared_weir_transactions() -> Vec<String> {
+    let listed = psql("SELECT gid || ' (prepared ' || prepared || ')' FROM pg_prepared_xacts WHERE gid LIKE 'weir:%'");
+    listed.lines().map(str::to_string).collect()
 }
 
 fn connection() -> String {
@@ -58,10 +61,14 @@ fn two_phase_commit_table_holds_every_update_exactly_once_after_kill_9_of_weir_r
     let job = Job { name: "pg-2pc", count: COUNT, rate: 60_000, sink, restart: "{none: {}}" };
     let manifest = write_manifest(dir.path(), &job);
 
-    // Where a two-phase commit can go wrong: prepared but the checkpoint
+    // Where a two-phase commit can go wrong: prepared before the job's
+    // first checkpoint completed (the next run has no checkpoint to learn
+    // the attempt's transaction names from), prepared but the checkpoint
     // not complete, complete but not committed, one of several committed,
     // committed in the ledger but no sink told.
-    for stop_at in ["PreCommitted:3", "BeforeCommit:4", "Committed:5", "LedgerCommitted:4", "PreCommitted:9"] {
+    for stop_at in
+        ["PreCommitted:1", "PreCommitted:3", "BeforeCommit:4", "Committed:5", "LedgerCommitted:4", "PreCommitted:9"]
+    {
         if let Err(log) = kill_nine_at(&manifest, dir.path(), stop_at) {
             panic!("the job ended before {stop_at}: {log}");
         }
@@ -75,7 +82,11 @@ fn two_phase_commit_table_holds_every_update_exactly_once_after_kill_9_of_weir_r
     if let Err(e) = weir_runtime::verify::check_updates_exactly_once(&updates, COUNT, KEYS) {
         panic!("table after {kills} kill -9 and a rerun: {e}");
     }
-    assert_eq!(prepared_weir_transactions(), 0, "transactions of killed attempts were left prepared");
+    assert_eq!(
+        prepared_weir_transactions(),
+        Vec::<String>::new(),
+        "transactions of killed attempts were left prepared"
+    );
     let kept: u64 = psql("SELECT count(*) FROM weir_sink_transactions").parse().unwrap();
     assert!(kept > 0, "every commit is recorded in the transactions table");
 }
@@ -161,7 +172,11 @@ fn sessions_and_transactions_of_earlier_attempts_are_ended_and_rolled_back_not_l
     let late = late.wait_with_output().unwrap();
     assert!(!late.status.success(), "the earlier attempt's session was not ended; it prepared after the restore");
     assert!(String::from_utf8_lossy(&late.stderr).contains("terminating connection"), "{late:?}");
-    assert_eq!(prepared_weir_transactions(), 0, "a transaction of an earlier attempt was left prepared");
+    assert_eq!(
+        prepared_weir_transactions(),
+        Vec::<String>::new(),
+        "a transaction of an earlier attempt was left prepared"
+    );
     assert_eq!(psql("SELECT count(*) FROM counts_fence WHERE key IN ('late', 'stale')"), "0");
     let updates = weir_runtime::verify::updates_of(rows("counts_fence")).unwrap();
     if let Err(e) = weir_runtime::verify::check_updates_exactly_once(&updates, COUNT, KEYS) {
@@ -220,7 +235,7 @@ fn a_database_crash_mid_job_is_survived_with_every_update_exactly_once() {
     if let Err(e) = weir_runtime::verify::check_updates_exactly_once(&updates, COUNT, KEYS) {
         panic!("table after a server crash: {e}");
     }
-    assert_eq!(prepared_weir_transactions(), 0);
+    assert_eq!(prepared_weir_transactions(), Vec::<String>::new());
 }
 
 #[test]
@@ -363,6 +378,7 @@ fn rows_the_table_refuses_are_dead_lettered_once_and_the_rest_committed_once_thr
         assert!(refused_rows.iter().all(|r| r["key"] == "k7"), "{mode}: only k7's rows are refused");
         let table_rows = rows(&table);
         assert!(table_rows.iter().all(|r| r["key"] != "k7"), "{mode}: no k7 row in the table");
+        assert_eq!(prepared_weir_transactions(), Vec::<String>::new(), "{mode}: transactions left prepared");
         if mode == "TwoPhaseCommit" {
             // The table's rows and the dead letters together: every update once.
             let all = weir_runtime::verify::updates_of(table_rows.into_iter().chain(refused_rows).collect()).unwrap();

@@ -61,15 +61,15 @@ fn on_s3_an_attempt_that_another_joined_after_commits_nothing() {
         CheckpointStore::open(&format!("s3://{bucket}/ledger-{}", std::process::id()), "default", "job").unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let old = Ledger::join(&store, 1, &LedgerSlot::default()).await.unwrap();
+        let old = Ledger::join(&store, 1, 0x100 + 1, &LedgerSlot::default()).await.unwrap();
         old.commit(1).await.unwrap();
-        let new = Ledger::join(&store, 2, &LedgerSlot::default()).await.unwrap();
+        let new = Ledger::join(&store, 2, 0x100 + 2, &LedgerSlot::default()).await.unwrap();
         // A conditional put (If-None-Match: *) refuses the old attempt's
         // entry: the server must not let it replace the new one's.
         let err = old.commit(2).await.unwrap_err();
         assert!(matches!(err, CheckpointError::Superseded { .. }), "{err}");
         new.commit(2).await.unwrap();
-        let committed = Ledger::join(&store, 3, &LedgerSlot::default()).await.unwrap().committed().await;
+        let committed = Ledger::join(&store, 3, 0x100 + 3, &LedgerSlot::default()).await.unwrap().committed().await;
         assert!(committed.admits(1) && committed.admits(2) && !committed.admits(3));
     });
 }

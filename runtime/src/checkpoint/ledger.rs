@@ -19,6 +19,13 @@
 //!
 //! Entries of checkpoints that retention deleted are trimmed, so the
 //! ledger stays a few files long.
+//!
+//! An attempt's entry also names the incarnation it writes under when it
+//! starts without a checkpoint of its own. An attempt killed before its
+//! first checkpoint completed leaves staged output (prepared transactions,
+//! open Kafka transactions, staged files) that no checkpoint names; the
+//! next attempt that starts fresh carries on under that incarnation, so its
+//! sinks find those leftovers by their names and roll them back.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex as SyncMutex};
@@ -53,6 +60,10 @@ struct Entry {
     /// count as committed when their `_metadata` is there.
     legacy_below: u64,
     at_ms: u64,
+    /// On an attempt's entry: the incarnation it writes under if it starts
+    /// without a checkpoint of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    incarnation: Option<String>,
 }
 
 fn entry_path(seq: u64) -> String {
@@ -61,6 +72,20 @@ fn entry_path(seq: u64) -> String {
 
 fn epoch_tag(epoch: u64) -> String {
     format!("{epoch:016x}")
+}
+
+/// The incarnation the newest attempt in `entries` would start fresh
+/// under, if it committed no checkpoint: then everything it wrote is
+/// uncommitted, and whoever carries on under its incarnation can find it.
+/// An attempt that committed may have output that a checkpoint covers
+/// but no sink committed yet; that is the restore's to finish, not a
+/// fresh start's to roll back.
+fn uncommitted_incarnation(entries: &[Entry]) -> Option<u64> {
+    let newest = entries.iter().rev().find(|e| e.checkpoint.is_none())?;
+    if entries.iter().any(|e| e.checkpoint.is_some() && e.epoch == newest.epoch) {
+        return None;
+    }
+    u64::from_str_radix(newest.incarnation.as_deref()?, 16).ok().filter(|i| *i != 0)
 }
 
 /// Which checkpoints may be restored.
@@ -117,6 +142,7 @@ impl State {
 pub struct Ledger {
     store: CheckpointStore,
     epoch: u64,
+    fresh_incarnation: u64,
     slot: LedgerSlot,
     state: Arc<tokio::sync::Mutex<State>>,
 }
@@ -125,10 +151,19 @@ impl Ledger {
     /// Joins the ledger of `store`'s job as the attempt of `epoch`. `slot`
     /// holds this process's newest entry, if it appended before: then it
     /// joins only if nobody else appended since (`Superseded` otherwise).
-    pub async fn join(store: &CheckpointStore, epoch: u64, slot: &LedgerSlot) -> Result<Ledger, CheckpointError> {
+    /// `drawn` is the incarnation to start fresh under unless the attempt
+    /// before committed nothing ([`Ledger::fresh_incarnation`]).
+    pub async fn join(
+        store: &CheckpointStore,
+        epoch: u64,
+        drawn: u64,
+        slot: &LedgerSlot,
+    ) -> Result<Ledger, CheckpointError> {
         let previous = *slot.lock().unwrap_or_else(|p| p.into_inner());
         for _ in 0..JOIN_TRIES {
             let entries = read_entries(store).await?;
+            let inherited = uncommitted_incarnation(&entries);
+            let fresh = inherited.unwrap_or(drawn);
             if let Some((own_seq, own_epoch)) = previous {
                 let foreign = entries.iter().find(|e| e.seq > own_seq && e.epoch != epoch_tag(own_epoch));
                 if let Some(e) = foreign {
@@ -143,14 +178,19 @@ impl Ledger {
                 checkpoint: None,
                 legacy_below,
                 at_ms: crate::job::coordinate::wall_ms(),
+                incarnation: Some(epoch_tag(fresh)),
             };
             match append(store, &entry).await? {
                 Created::Created => {
                     info!(seq, epoch = %epoch_tag(epoch), "joined the checkpoint ledger at entry {seq}");
+                    if let Some(i) = inherited {
+                        info!(incarnation = %epoch_tag(i), "the attempt before committed no checkpoint: \
+                            a fresh start carries on under its incarnation and cleans up what it staged");
+                    }
                     *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some((seq, epoch));
                     let (committed, seqs) = committed_by(&entries, legacy_below);
                     let state = State { seq: Some(seq), committed, seqs };
-                    return Ok(Ledger::with(store, epoch, slot, state));
+                    return Ok(Ledger::with(store, epoch, fresh, slot, state));
                 }
                 Created::Exists if previous.is_some() => {
                     let taken = read_entry(store, seq).await?;
@@ -164,7 +204,7 @@ impl Ledger {
                          a stale attempt of this job (a process cut off, then back) is not fenced"
                     );
                     let state = State::unfenced();
-                    return Ok(Ledger::with(store, epoch, slot, state));
+                    return Ok(Ledger::with(store, epoch, drawn, slot, state));
                 }
             }
         }
@@ -185,11 +225,19 @@ impl Ledger {
     #[cfg(test)]
     pub(crate) fn unfenced(store: &CheckpointStore) -> Ledger {
         let state = State::unfenced();
-        Ledger::with(store, 0, &LedgerSlot::default(), state)
+        Ledger::with(store, 0, 0, &LedgerSlot::default(), state)
     }
 
-    fn with(store: &CheckpointStore, epoch: u64, slot: &LedgerSlot, state: State) -> Ledger {
-        Ledger { store: store.clone(), epoch, slot: slot.clone(), state: Arc::new(tokio::sync::Mutex::new(state)) }
+    fn with(store: &CheckpointStore, epoch: u64, fresh_incarnation: u64, slot: &LedgerSlot, state: State) -> Ledger {
+        let state = Arc::new(tokio::sync::Mutex::new(state));
+        Ledger { store: store.clone(), epoch, fresh_incarnation, slot: slot.clone(), state }
+    }
+
+    /// The incarnation this attempt writes under if it has no checkpoint
+    /// of its own to restore: that of the attempt before, if it committed
+    /// nothing, else the one drawn at the join.
+    pub fn fresh_incarnation(&self) -> u64 {
+        self.fresh_incarnation
     }
 
     /// The checkpoints a restore may use, as of the join and this attempt's commits.
@@ -213,6 +261,7 @@ impl Ledger {
                 checkpoint: Some(id),
                 legacy_below,
                 at_ms: crate::job::coordinate::wall_ms(),
+                incarnation: None,
             };
             let found = match append(&self.store, &entry).await? {
                 Created::Created => {
@@ -408,15 +457,15 @@ mod tests {
     async fn an_attempt_that_another_joined_after_cannot_commit() {
         let dir = tempfile::tempdir().unwrap();
         let store = store(&dir);
-        let old = Ledger::join(&store, 1, &slot()).await.unwrap();
+        let old = Ledger::join(&store, 1, 0x100 + 1, &slot()).await.unwrap();
         old.commit(1).await.unwrap();
-        let new = Ledger::join(&store, 2, &slot()).await.unwrap();
+        let new = Ledger::join(&store, 2, 0x100 + 2, &slot()).await.unwrap();
         assert!(new.committed().await.admits(1), "what the old attempt committed before is restorable");
         let err = old.commit(2).await.unwrap_err();
         assert!(matches!(&err, CheckpointError::Superseded { by, .. } if by.contains(&epoch_tag(2))), "{err}");
         assert!(err.to_string().contains("superseded"), "{err}");
         new.commit(2).await.unwrap();
-        let after = Ledger::join(&store, 3, &slot()).await.unwrap().committed().await;
+        let after = Ledger::join(&store, 3, 0x100 + 3, &slot()).await.unwrap().committed().await;
         assert!(after.admits(1) && after.admits(2));
         assert!(!after.admits(3), "nothing committed checkpoint 3");
     }
@@ -426,11 +475,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = store(&dir);
         let mine = slot();
-        Ledger::join(&store, 1, &mine).await.unwrap().commit(1).await.unwrap();
-        let again = Ledger::join(&store, 2, &mine).await.unwrap();
+        Ledger::join(&store, 1, 0x100 + 1, &mine).await.unwrap().commit(1).await.unwrap();
+        let again = Ledger::join(&store, 2, 0x100 + 2, &mine).await.unwrap();
         again.commit(2).await.unwrap();
-        Ledger::join(&store, 9, &slot()).await.unwrap();
-        let err = Ledger::join(&store, 3, &mine).await.unwrap_err();
+        Ledger::join(&store, 9, 0x100 + 9, &slot()).await.unwrap();
+        let err = Ledger::join(&store, 3, 0x100 + 3, &mine).await.unwrap_err();
         assert!(matches!(&err, CheckpointError::Superseded { by, .. } if by.contains(&epoch_tag(9))), "{err}");
     }
 
@@ -438,9 +487,10 @@ mod tests {
     async fn a_commit_whose_entry_landed_after_its_wait_gave_up_is_taken_as_its_own() {
         let dir = tempfile::tempdir().unwrap();
         let store = store(&dir);
-        let ledger = Ledger::join(&store, 1, &slot()).await.unwrap();
+        let ledger = Ledger::join(&store, 1, 0x100 + 1, &slot()).await.unwrap();
         // The entry of checkpoint 1 is there, the ledger never heard back.
-        let landed = Entry { seq: 2, epoch: epoch_tag(1), checkpoint: Some(1), legacy_below: 1, at_ms: 0 };
+        let landed =
+            Entry { seq: 2, epoch: epoch_tag(1), checkpoint: Some(1), legacy_below: 1, at_ms: 0, incarnation: None };
         assert_eq!(append(&store, &landed).await.unwrap(), Created::Created);
         ledger.commit(2).await.unwrap();
         let committed = ledger.committed().await;
@@ -453,7 +503,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = store(&dir);
         write_checkpoint(&store, 4, b"x").await;
-        let ledger = Ledger::join(&store, 1, &slot()).await.unwrap();
+        let ledger = Ledger::join(&store, 1, 0x100 + 1, &slot()).await.unwrap();
         write_checkpoint(&store, 5, b"y").await;
         let committed = ledger.committed().await;
         assert!(committed.admits(4), "written before the ledger began");
@@ -470,13 +520,13 @@ mod tests {
     async fn trimming_keeps_the_entries_of_kept_checkpoints_and_the_newest() {
         let dir = tempfile::tempdir().unwrap();
         let store = store(&dir);
-        let ledger = Ledger::join(&store, 1, &slot()).await.unwrap();
+        let ledger = Ledger::join(&store, 1, 0x100 + 1, &slot()).await.unwrap();
         for id in 1..=5 {
             ledger.commit(id).await.unwrap();
         }
         ledger.trim(4).await.unwrap();
         assert_eq!(entry_seqs(&store).await.unwrap(), vec![5, 6]);
-        let rejoined = Ledger::join(&store, 2, &slot()).await.unwrap().committed().await;
+        let rejoined = Ledger::join(&store, 2, 0x100 + 2, &slot()).await.unwrap().committed().await;
         assert!(rejoined.admits(4) && rejoined.admits(5) && !rejoined.admits(3));
         ledger.trim(99).await.unwrap();
         assert_eq!(entry_seqs(&store).await.unwrap(), vec![6, 7], "this attempt's newest entry stays");
@@ -486,9 +536,9 @@ mod tests {
     async fn an_attempt_whose_next_entry_a_newer_one_trimmed_away_still_cannot_commit() {
         let dir = tempfile::tempdir().unwrap();
         let store = store(&dir);
-        let old = Ledger::join(&store, 1, &slot()).await.unwrap();
+        let old = Ledger::join(&store, 1, 0x100 + 1, &slot()).await.unwrap();
         old.commit(1).await.unwrap();
-        let new = Ledger::join(&store, 2, &slot()).await.unwrap();
+        let new = Ledger::join(&store, 2, 0x100 + 2, &slot()).await.unwrap();
         for id in 2..=4 {
             new.commit(id).await.unwrap();
         }
@@ -504,12 +554,38 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_fresh_start_carries_on_the_incarnation_of_an_attempt_that_committed_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir);
+        assert_eq!(Ledger::join(&store, 1, 0xa, &slot()).await.unwrap().fresh_incarnation(), 0xa);
+        // Killed before its first checkpoint: the next two carry on under it.
+        assert_eq!(Ledger::join(&store, 2, 0xb, &slot()).await.unwrap().fresh_incarnation(), 0xa);
+        let third = Ledger::join(&store, 3, 0xc, &slot()).await.unwrap();
+        assert_eq!(third.fresh_incarnation(), 0xa);
+        third.commit(1).await.unwrap();
+        assert_eq!(
+            Ledger::join(&store, 4, 0xd, &slot()).await.unwrap().fresh_incarnation(),
+            0xd,
+            "an attempt that committed a checkpoint hands on nothing"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_ledger_entry_written_before_incarnations_were_recorded_hands_on_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir);
+        let old = br#"{"seq":1,"epoch":"0000000000000001","legacyBelow":1,"atMs":0}"#.to_vec();
+        assert_eq!(create(&store, &entry_path(1), old).await.unwrap(), Created::Created);
+        assert_eq!(Ledger::join(&store, 2, 0xb, &slot()).await.unwrap().fresh_incarnation(), 0xb);
+    }
+
+    #[tokio::test]
     async fn concurrent_joins_each_get_their_own_entry() {
         let dir = tempfile::tempdir().unwrap();
         let store = store(&dir);
         let joins = (1..=8).map(|epoch| {
             let store = store.clone();
-            tokio::spawn(async move { Ledger::join(&store, epoch, &slot()).await.map(|_| ()) })
+            tokio::spawn(async move { Ledger::join(&store, epoch, 0x100 + epoch, &slot()).await.map(|_| ()) })
         });
         for join in futures::future::join_all(joins).await {
             join.unwrap().unwrap();

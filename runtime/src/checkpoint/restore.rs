@@ -310,7 +310,7 @@ mod tests {
     async fn a_complete_checkpoint_the_ledger_never_committed_is_passed_over() {
         let dir = tempfile::tempdir().unwrap();
         let store = store(&dir);
-        let ledger = crate::checkpoint::Ledger::join(&store, 1, &Default::default()).await.unwrap();
+        let ledger = crate::checkpoint::Ledger::join(&store, 1, 2, &Default::default()).await.unwrap();
         write_checkpoint(&store, 1, b"committed").await;
         ledger.commit(1).await.unwrap();
         // A superseded attempt wrote _metadata of 2 and could not commit it.

@@ -205,6 +205,17 @@ pub struct RestorePoint {
     pub ledger: Ledger,
 }
 
+/// The incarnation an attempt writes under: its own checkpoint's, else
+/// `fresh` (see [`Ledger::fresh_incarnation`]). Another job's savepoint
+/// starts an incarnation apart from that job's: its output is not ours.
+fn incarnation_of(restored: Option<&RestoredCheckpoint>, fresh: u64) -> u64 {
+    match restored {
+        Some(r) if !r.external => r.metadata.incarnation,
+        Some(r) if r.metadata.incarnation == fresh => 0,
+        _ => fresh,
+    }
+}
+
 /// The checkpoint to restore, the first id for new checkpoints and the
 /// attempt's fence. The id is above every id in storage, complete or not,
 /// above the restored one and above `last_issued` (ids issued by this
@@ -224,7 +235,7 @@ pub async fn restore_point(
     // Joining first fences every older attempt: what it committed before is
     // in the ledger read here, and it can commit nothing after.
     let epoch = fence::random_token()?;
-    let ledger = Ledger::join(store, epoch, &config.ledger).await?;
+    let ledger = Ledger::join(store, epoch, fence::random_token()?, &config.ledger).await?;
     let committed = ledger.committed().await;
     let existing = store.checkpoint_ids().await?;
     let mut restored = store.latest_restorable(max_parallelism, &load, known_damaged, &committed).await?;
@@ -255,8 +266,7 @@ pub async fn restore_point(
                 "dropping state of operators the job no longer has (allowNonRestoredState)");
         }
     }
-    // Another job's savepoint starts a new incarnation: its output is not ours.
-    let fence = Fence::for_attempt(restored.as_ref().filter(|r| !r.external).map(|r| r.metadata.incarnation), epoch)?;
+    let fence = Fence::for_attempt(Some(incarnation_of(restored.as_ref(), ledger.fresh_incarnation())), epoch)?;
     match &restored {
         Some(r) => {
             info!(checkpoint = r.id, path = %r.path, incarnation = %fence.incarnation_tag(), epoch = %fence.epoch_tag(),
