@@ -376,6 +376,14 @@ impl StreamJobSpec {
         {
             errors.push("spec.errorPolicy.deadLetterPath: required when onBadRecord is deadLetter".into());
         }
+        let late = self.pipeline.as_ref().and_then(|p| p.event_time.as_ref()).map(|t| t.late_records);
+        if late == Some(LateRecords::ErrorPolicy) && self.error_policy.on_bad_record == BadRecordAction::Fail {
+            errors.push(
+                "spec.pipeline.eventTime.lateRecords: ErrorPolicy hands late records to spec.errorPolicy, whose \
+                 onBadRecord is fail: the first late record would stop the job; set onBadRecord to skip or deadLetter"
+                    .into(),
+            );
+        }
         if self.pod_template.as_ref().is_some_and(|t| !t.is_object()) {
             errors.push("spec.podTemplate: expected an object with metadata and spec, as in a Deployment".into());
         }
@@ -569,6 +577,19 @@ spec:
         let text = GOOD.replace("  pipeline:", "  errorPolicy: {onBadRecord: deadLetter}\n  pipeline:");
         let err = StreamJob::from_yaml(&text).unwrap_err().to_string();
         assert!(err.contains("spec.errorPolicy.deadLetterPath"), "{err}");
+    }
+
+    #[test]
+    fn late_records_for_the_error_policy_are_refused_when_it_fails_the_job_and_taken_when_it_dead_letters() {
+        let timed = GOOD.replace("    steps:", "    eventTime: {field: seq, lateRecords: ErrorPolicy}\n    steps:");
+        let err = StreamJob::from_yaml(&timed).unwrap_err().to_string();
+        assert!(
+            err.contains("spec.pipeline.eventTime.lateRecords: ErrorPolicy") && err.contains("skip or deadLetter"),
+            "{err}"
+        );
+        let dead = timed
+            .replace("  pipeline:", "  errorPolicy: {onBadRecord: deadLetter, deadLetterPath: ./dead}\n  pipeline:");
+        StreamJob::from_yaml(&dead).unwrap();
     }
 
     #[test]

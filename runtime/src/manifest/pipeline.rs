@@ -160,6 +160,28 @@ pub struct EventTimeSpec {
     /// the watermark (an empty partition would otherwise stall every window).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_timeout: Option<HumanDuration>,
+    /// What becomes of a record that comes after every window it belongs
+    /// to has fired (or, for `deduplicate`, after its bound has passed).
+    #[serde(default, skip_serializing_if = "LateRecords::is_drop")]
+    pub late_records: LateRecords,
+}
+
+/// What becomes of late records (Flink: dropped, or a side output).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
+pub enum LateRecords {
+    /// Dropped and counted (`weir_attempt_late_records`).
+    #[default]
+    Drop,
+    /// Handed to `spec.errorPolicy` as bad records, so that with
+    /// `onBadRecord: deadLetter` each is written to the dead letters once,
+    /// naming the step and the watermark it came behind.
+    ErrorPolicy,
+}
+
+impl LateRecords {
+    fn is_drop(&self) -> bool {
+        *self == LateRecords::Drop
+    }
 }
 
 fn is_zero(d: &HumanDuration) -> bool {

@@ -46,8 +46,8 @@ use crate::connectors::TwoPhaseCommitCollector;
 use crate::connectors::{FileSink, GeneratorSource};
 use crate::dataflow::{BuildError, DataStream, JobGraph, KeyedStream, StreamEnv};
 use crate::manifest::{
-    AggregateSpec, BadRecordAction, ErrorPolicy, KafkaMetadata, PipelineSpec, PostgresSinkMode, SinkKind, SourceKind,
-    StepKind, StepSpec, StreamJobSpec, WindowSpec,
+    AggregateSpec, BadRecordAction, ErrorPolicy, EventTimeSpec, KafkaMetadata, LateRecords, PipelineSpec,
+    PostgresSinkMode, SinkKind, SourceKind, StepKind, StepSpec, StreamJobSpec, WindowSpec,
 };
 use crate::record::{key_of, parse_json_object, BadRecord, FieldRule, Rejects, Row, SourceRecord};
 use crate::task::source_task::Source;
@@ -58,7 +58,7 @@ use event_time::EventTimeSource;
 use flatten::Flatten;
 use schema::Planned;
 use steps::ExprStep;
-use window::{Deduplicate, WindowAggregate};
+use window::{Deduplicate, LateTo, Routed, SplitLate, WindowAggregate};
 
 /// The state, and the dead letters' file prefix, of rows a sink refused.
 const SINK_REJECTED: &str = "sink-rejected";
@@ -207,14 +207,18 @@ fn build_pipeline(spec: &StreamJobSpec, pipeline: &PipelineSpec) -> Result<JobGr
                 let (Some(field), Some(time)) = (key_field.take(), &pipeline.event_time) else { continue };
                 let keyed = keyed_after_filter(&env, stream, after_filter.take(), &field, &spec.error_policy);
                 let id = step.id.clone().unwrap_or_else(|| window_id(&field, &time.field, w));
-                stream = keyed.process_event_time(&id, WindowAggregate::new(&field, &time.field, w));
+                let late = late_to(time, &steps.path(i));
+                let routed = keyed.process_event_time(&id, WindowAggregate::new(&field, &time.field, w, late));
+                stream = apply_late_policy(&env, routed, &id, time, &spec.error_policy);
             }
             StepKind::Deduplicate(d) => {
                 let (Some(field), Some(time)) = (key_field.take(), &pipeline.event_time) else { continue };
                 let keyed = keyed_after_filter(&env, stream, after_filter.take(), &field, &spec.error_policy);
                 let content = json!({"keyBy": field, "eventTime": time.field, "deduplicate": d});
                 let id = step.id.clone().unwrap_or_else(|| content_id("deduplicate", &content));
-                stream = keyed.process_event_time(&id, Deduplicate::new(&time.field, d));
+                let late = late_to(time, &steps.path(i));
+                let routed = keyed.process_event_time(&id, Deduplicate::new(&time.field, d, late));
+                stream = apply_late_policy(&env, routed, &id, time, &spec.error_policy);
             }
         }
     }
@@ -280,6 +284,33 @@ fn build_pipeline(spec: &StreamJobSpec, pipeline: &PipelineSpec) -> Result<JobGr
 /// it refuses (a type mismatch, a violated constraint), which then go to
 /// the error policy; unless the policy fails the job anyway, when the
 /// sink's own error does.
+/// Where a step's late records go under `eventTime.lateRecords`.
+fn late_to(time: &EventTimeSpec, step: &str) -> LateTo {
+    LateTo((time.late_records == LateRecords::ErrorPolicy).then(|| step.to_string()))
+}
+
+/// Unwraps an event-time step's output; with `lateRecords: ErrorPolicy`
+/// its late records go to the error policy, whose dead letters are the
+/// state of `<id>-late`.
+fn apply_late_policy(
+    env: &StreamEnv,
+    routed: DataStream<Routed>,
+    id: &str,
+    time: &EventTimeSpec,
+    errors: &ErrorPolicy,
+) -> DataStream<Row> {
+    if time.late_records == LateRecords::Drop {
+        return routed.flat_map(|r: Routed| r.ok());
+    }
+    let uid = format!("{id}-late");
+    env.declare_state(&uid);
+    let errors = errors.clone();
+    routed.transform(move |ctx, next| {
+        let policy = BadRecordPolicy::new(&uid, &uid, ctx.clone(), &errors);
+        Ok(Box::new(Checked::new(SplitLate, policy, next)) as Box<dyn Collector<Routed>>)
+    })
+}
+
 fn sink_with_rejects<F>(env: &StreamEnv, stream: DataStream<Row>, errors: &ErrorPolicy, make: F)
 where
     F: Fn(&TaskContext, Option<Rejects>) -> Result<Box<dyn Collector<Row>>, TaskError> + Send + Sync + 'static,

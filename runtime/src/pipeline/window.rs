@@ -3,16 +3,58 @@
 //! Records are aggregated as they arrive; a window is emitted once the
 //! watermark passes its end. Deduplication within a time bound is here too:
 //! it is a window of one record per key.
+//!
+//! Both emit `Result<Row, BadRecord>`: a late record is either dropped and
+//! counted, or handed on as a bad record for the error policy
+//! (`eventTime.lateRecords`), which the step after them applies.
 
 use std::collections::BTreeMap;
 
 use serde_json::Value;
 
 use super::aggregate::{AggState, Aggregate};
+use super::bad_records::Check;
 use crate::manifest::{DeduplicateSpec, WindowKind, WindowSpec};
 use crate::operators::{EventTimeFunction, Timers};
-use crate::record::{event_time_of, Row};
+use crate::record::{event_time_of, BadRecord, Row};
 use crate::task::TaskError;
+
+/// A window's result, or a late record for the error policy.
+pub type Routed = Result<Row, BadRecord>;
+
+/// Passes window results on and hands late records to the error policy.
+pub struct SplitLate;
+
+impl Check<Routed> for SplitLate {
+    fn check(&mut self, batch: Vec<Routed>) -> (Vec<Row>, Vec<BadRecord>) {
+        let mut rows = Vec::with_capacity(batch.len());
+        let mut late = Vec::new();
+        for routed in batch {
+            match routed {
+                Ok(row) => rows.push(row),
+                Err(bad) => late.push(bad),
+            }
+        }
+        (rows, late)
+    }
+}
+
+/// Where late records go: `None`, dropped and counted; else to the error
+/// policy, with the step's path as their origin.
+#[derive(Debug, Clone, Default)]
+pub struct LateTo(pub Option<String>);
+
+impl LateTo {
+    fn late(&self, row: Row, ts: i64, why: &str, timers: &mut Timers, out: &mut Vec<Routed>) {
+        let Some(origin) = &self.0 else {
+            timers.drop_late();
+            return;
+        };
+        let watermark = timers.watermark().unwrap_or(i64::MIN);
+        let reason = format!("late record: event time {ts} came after the watermark reached {watermark}, {why}");
+        out.push(Err(BadRecord { origin: origin.clone(), raw: row.to_string(), reason }));
+    }
+}
 
 /// The event time of a keyed record; a record without one failing names its key.
 fn event_time(row: &Row, field: &str, key: &str) -> Result<i64, TaskError> {
@@ -24,6 +66,7 @@ pub struct WindowAggregate {
     aggregate: Aggregate,
     time_field: String,
     kind: WindowKind,
+    late: LateTo,
 }
 
 /// A key's open windows by start: the end (exclusive) and the aggregates.
@@ -31,7 +74,7 @@ pub type Windows = BTreeMap<i64, (i64, AggState)>;
 
 impl WindowAggregate {
     /// `spec` was validated: its kind is known and its lengths positive.
-    pub fn new(key_field: &str, time_field: &str, spec: &WindowSpec) -> WindowAggregate {
+    pub fn new(key_field: &str, time_field: &str, spec: &WindowSpec, late: LateTo) -> WindowAggregate {
         let kind = match spec.kind() {
             Ok(WindowKind::Sliding { size, slide }) => {
                 let size = size.max(1);
@@ -40,7 +83,8 @@ impl WindowAggregate {
             Ok(WindowKind::Session { gap }) => WindowKind::Session { gap: gap.max(1) },
             Err(_) => WindowKind::Sliding { size: 1, slide: 1 },
         };
-        WindowAggregate { aggregate: Aggregate::new(key_field, &spec.aggregate), time_field: time_field.into(), kind }
+        let aggregate = Aggregate::new(key_field, &spec.aggregate);
+        WindowAggregate { aggregate, time_field: time_field.into(), kind, late }
     }
 
     /// The starts of the sliding windows holding `ts`, latest first.
@@ -109,7 +153,7 @@ impl WindowAggregate {
     }
 }
 
-impl EventTimeFunction<String, Row, Row> for WindowAggregate {
+impl EventTimeFunction<String, Row, Routed> for WindowAggregate {
     type State = Windows;
 
     fn process(
@@ -118,7 +162,7 @@ impl EventTimeFunction<String, Row, Row> for WindowAggregate {
         row: Row,
         windows: &mut Windows,
         timers: &mut Timers,
-        _out: &mut Vec<Row>,
+        out: &mut Vec<Routed>,
     ) -> Result<(), TaskError> {
         let ts = event_time(&row, &self.time_field, key)?;
         let placed = match self.kind {
@@ -126,7 +170,7 @@ impl EventTimeFunction<String, Row, Row> for WindowAggregate {
             WindowKind::Session { .. } => self.add_session(key, &row, ts, windows, timers)?,
         };
         if !placed {
-            timers.drop_late();
+            self.late.late(row, ts, "so every window it belongs to had fired", timers, out);
         }
         Ok(())
     }
@@ -137,13 +181,13 @@ impl EventTimeFunction<String, Row, Row> for WindowAggregate {
         time: i64,
         windows: &mut Windows,
         _timers: &mut Timers,
-        out: &mut Vec<Row>,
+        out: &mut Vec<Routed>,
     ) -> Result<(), TaskError> {
         // Windows of a key have distinct ends: the one whose last instant this is.
         let due = windows.iter().find(|(_, (end, _))| end - 1 == time).map(|(start, _)| *start);
         if let Some((start, (end, acc))) = due.and_then(|s| windows.remove_entry(&s)) {
             let bounds = [("window_start", Value::from(start)), ("window_end", Value::from(end))];
-            out.push(self.aggregate.row(key, bounds, &acc));
+            out.push(Ok(self.aggregate.row(key, bounds, &acc)));
         }
         Ok(())
     }
@@ -159,16 +203,17 @@ impl EventTimeFunction<String, Row, Row> for WindowAggregate {
 pub struct Deduplicate {
     time_field: String,
     within: i64,
+    late: LateTo,
 }
 
 impl Deduplicate {
-    pub fn new(time_field: &str, spec: &DeduplicateSpec) -> Deduplicate {
+    pub fn new(time_field: &str, spec: &DeduplicateSpec, late: LateTo) -> Deduplicate {
         let within = spec.within.millis().max(1);
-        Deduplicate { time_field: time_field.into(), within }
+        Deduplicate { time_field: time_field.into(), within, late }
     }
 }
 
-impl EventTimeFunction<String, Row, Row> for Deduplicate {
+impl EventTimeFunction<String, Row, Routed> for Deduplicate {
     /// The event time of the record passed on, while records near it may come.
     type State = Option<i64>;
 
@@ -178,7 +223,7 @@ impl EventTimeFunction<String, Row, Row> for Deduplicate {
         row: Row,
         kept: &mut Option<i64>,
         timers: &mut Timers,
-        out: &mut Vec<Row>,
+        out: &mut Vec<Routed>,
     ) -> Result<(), TaskError> {
         let ts = event_time(&row, &self.time_field, key)?;
         if kept.is_some_and(|k| ts.abs_diff(k) < self.within as u64) {
@@ -186,7 +231,8 @@ impl EventTimeFunction<String, Row, Row> for Deduplicate {
         }
         // Past its horizon, a record may duplicate one whose memory is gone.
         if timers.watermark().is_some_and(|w| w >= ts.saturating_add(self.within - 1)) {
-            timers.drop_late();
+            let why = "so whether it repeats an earlier record is no longer known (deduplicate.within)";
+            self.late.late(row, ts, why, timers, out);
             return Ok(());
         }
         if let Some(k) = kept.replace(ts) {
@@ -194,7 +240,7 @@ impl EventTimeFunction<String, Row, Row> for Deduplicate {
         }
         // Once the watermark is past `ts + within`, no record near it can come.
         timers.register(ts.saturating_add(self.within - 1));
-        out.push(row);
+        out.push(Ok(row));
         Ok(())
     }
 
@@ -204,7 +250,7 @@ impl EventTimeFunction<String, Row, Row> for Deduplicate {
         _time: i64,
         kept: &mut Option<i64>,
         _timers: &mut Timers,
-        _out: &mut Vec<Row>,
+        _out: &mut Vec<Routed>,
     ) -> Result<(), TaskError> {
         *kept = None;
         Ok(())

@@ -1,8 +1,12 @@
 use super::*;
 
 fn steps(sql: &str, time: Option<&str>) -> Result<Vec<(String, &'static str)>, String> {
-    let time =
-        time.map(|f| EventTimeSpec { field: f.into(), max_out_of_orderness: Default::default(), idle_timeout: None });
+    let time = time.map(|f| EventTimeSpec {
+        field: f.into(),
+        max_out_of_orderness: Default::default(),
+        idle_timeout: None,
+        late_records: Default::default(),
+    });
     let steps = translate(sql, time.as_ref())?;
     Ok(steps.into_iter().map(|s| (serde_json::to_string(&s.step).unwrap_or_default(), s.clause)).collect())
 }
