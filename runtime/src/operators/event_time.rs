@@ -19,7 +19,7 @@ use crate::task::{Barrier, Collector, TaskContext, TaskError, TaskSnapshot, Wate
 
 /// User logic of a keyed operator that acts when event time passes a point.
 pub trait EventTimeFunction<K, I, O>: Clone + Send + 'static {
-    type State: Default + Clone + Serialize + DeserializeOwned + Send + 'static;
+    type State: Default + Clone + Serialize + DeserializeOwned + Send + Sync + 'static;
 
     fn process(
         &mut self,
@@ -246,7 +246,7 @@ where
     }
 
     async fn barrier(&mut self, barrier: Barrier, snapshot: &mut TaskSnapshot) -> Result<(), TaskError> {
-        snapshot.add(super::snapshot_keyed(&self.uid, &self.state));
+        snapshot.add(super::snapshot_keyed(&self.uid, &mut self.state));
         self.next.barrier(barrier, snapshot).await
     }
 

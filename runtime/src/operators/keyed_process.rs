@@ -16,7 +16,7 @@ use crate::task::{Barrier, Collector, TaskContext, TaskError, TaskSnapshot, Wate
 /// [`ListState`](crate::state::ListState) and
 /// [`MapState`](crate::state::MapState) fields.
 pub trait KeyedProcessFunction<K, I, O>: Clone + Send + 'static {
-    type State: Default + Clone + Serialize + DeserializeOwned + Send + 'static;
+    type State: Default + Clone + Serialize + DeserializeOwned + Send + Sync + 'static;
 
     fn process(&mut self, key: &K, record: I, state: &mut Self::State, out: &mut Vec<O>) -> Result<(), TaskError>;
 }
@@ -87,7 +87,7 @@ where
     }
 
     async fn barrier(&mut self, barrier: Barrier, snapshot: &mut TaskSnapshot) -> Result<(), TaskError> {
-        snapshot.add(super::snapshot_keyed(&self.uid, &self.state));
+        snapshot.add(super::snapshot_keyed(&self.uid, &mut self.state));
         self.next.barrier(barrier, snapshot).await
     }
 

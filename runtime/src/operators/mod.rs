@@ -34,11 +34,12 @@ where
     Ok(state)
 }
 
-/// A copy of keyed state taken at a barrier, encoded after the task moved on.
-pub(crate) fn snapshot_keyed<K, S>(uid: &str, state: &KeyedStateBackend<K, S>) -> OperatorSnapshot
+/// Keyed state as of a barrier (frozen, not copied), encoded after the
+/// task moved on. The task may read what the encoder reads: both `Sync`.
+pub(crate) fn snapshot_keyed<K, S>(uid: &str, state: &mut KeyedStateBackend<K, S>) -> OperatorSnapshot
 where
-    K: std::hash::Hash + Eq + Clone + Serialize + DeserializeOwned + Send + 'static,
-    S: Default + Clone + Serialize + DeserializeOwned + Send + 'static,
+    K: std::hash::Hash + Eq + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    S: Default + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
 {
     let copy = state.snapshot();
     OperatorSnapshot {
