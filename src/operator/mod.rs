@@ -5,7 +5,10 @@
 //! # Layout
 //! - [`plan`]: the step a reconcile takes (an explicit decision in priority
 //!   order: invalid, suspend, finished, failed, redeploy, failover, restart,
-//!   run) and the plan that carries it out, with the status to write (pure).
+//!   run) and the plan that carries it out, with the status to write (pure);
+//!   in it, `observed` (what a reconcile saw), `spec` (the spec digest and
+//!   checkpoint storage), `conditions` (the status conditions) and
+//!   `savepoints`.
 //! - [`objects`]: the job's pods, Service, ConfigMap, Secret and NetworkPolicy (pure).
 //! - [`pod_template`]: merging `spec.podTemplate` into the job pods (pure).
 //! - [`certificates`]: job certificates from cert-manager and whether pods may use them.

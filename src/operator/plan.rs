@@ -11,92 +11,25 @@
 //! attempts are stale, never a failure, and are deleted (forcibly when
 //! their node is lost) before the new attempt's pods start.
 
-use std::collections::BTreeMap;
-
-use sha2::{Digest, Sha256};
-use weir_runtime::manifest::{CheckpointOptions, StreamJobSpec, UpgradeMode};
+use weir_runtime::manifest::{StreamJobSpec, UpgradeMode};
 
 use super::objects::{self, pod_name, Deployment, Role, Settings, MAX_JOB_NAME};
 use super::pod_template;
-use crate::crd::{
-    CheckpointRef, Condition, DeployedStatus, Failure, Phase, RestartStatus, SavepointKind, StreamJob, StreamJobStatus,
-};
+use crate::crd::{DeployedStatus, Failure, Phase, RestartStatus, SavepointKind, StreamJob, StreamJobStatus};
 
+mod conditions;
+mod observed;
 mod savepoints;
+mod spec;
 use crate::restart_strategy::{record_failure, RestartDecision};
+use conditions::{checkpoints_healthy, conditions, failure_message, fill_checkpoints};
+pub use conditions::{parse_rfc3339, rfc3339, rfc3339_millis, set_condition, Stamp};
+pub use observed::{ChoreView, CoordinatorView, Observed, PodPhase, PodView, TriggerView};
 pub use savepoints::{savepoint_failed, savepoint_triggered};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PodPhase {
-    Pending,
-    Running,
-    Succeeded,
-    Failed,
-    Unknown,
-}
-
-/// A job pod as observed.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PodView {
-    pub name: String,
-    pub role: Role,
-    pub phase: PodPhase,
-    /// Its `weir.dev/spec-digest` label.
-    pub digest: String,
-    pub exit_code: Option<i32>,
-    pub reason: Option<String>,
-    /// The terminated container's message (see [`Failure::message`]).
-    pub message: Option<String>,
-    pub deleting: bool,
-    /// Since when its node has not been Ready (ms since the epoch).
-    pub node_not_ready_since_ms: Option<u64>,
-    /// Why it is not running yet: its container's waiting reason and
-    /// message (ImagePullBackOff, CreateContainerConfigError), or why it
-    /// is not scheduled (Unschedulable).
-    pub waiting: Option<String>,
-}
-
-/// What the coordinator's API said, if it answered.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct CoordinatorView {
-    pub state: String,
-    pub restored_from: Option<u64>,
-    pub latest: Option<CheckpointRef>,
-    pub history: Vec<CheckpointRef>,
-    pub failed: u64,
-}
-
-#[derive(Debug, Clone, Default)]
-pub struct Observed {
-    pub pods: Vec<PodView>,
-    pub coordinator: Option<CoordinatorView>,
-    /// What the coordinator says of `status.savepointInfo.trigger`, when
-    /// there is one and the coordinator answered.
-    pub trigger: Option<TriggerView>,
-    /// The pod disposing of old savepoints, if it exists.
-    pub disposal: Option<ChoreView>,
-    pub now_ms: u64,
-}
-
-/// A savepoint trigger as `GET /v1/savepoint-triggers/<id>` tells it.
-#[derive(Debug, Clone, PartialEq)]
-pub enum TriggerView {
-    InProgress,
-    Completed {
-        path: String,
-        checkpoint: u64,
-    },
-    Failed(String),
-    /// The coordinator does not know the id (it restarted).
-    Unknown(String),
-}
-
-/// A short-lived pod of the job (the savepoint disposal) as observed.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ChoreView {
-    pub phase: PodPhase,
-    pub message: Option<String>,
-}
+#[cfg(test)]
+use spec::canonical_json;
+use spec::pod_local_storage;
+pub use spec::{effective_storage, spec_digest};
 
 /// Calls to the coordinator's API the reconcile should make.
 #[derive(Debug, Clone, PartialEq)]
@@ -165,115 +98,6 @@ pub enum Step {
     Restart,
     /// Keep the current pods: create what is missing, report.
     Run,
-}
-
-/// The first 64 hex digits of SHA-256 over the canonical JSON (keys
-/// sorted) of what the pods run. Lifecycle fields (suspend, nonces,
-/// restart strategy, deletion and upgrade policy, the initial savepoint,
-/// savepoint options)
-/// are left out, so changing them restarts nothing; so are operator
-/// settings, so an operator upgrade restarts nothing either. Stable across
-/// Rust releases and operator versions, unlike `DefaultHasher`.
-pub fn spec_digest(spec: &StreamJobSpec) -> String {
-    let mut s = spec.clone();
-    s.suspend = false;
-    s.savepoint_nonce = None;
-    s.restart_nonce = None;
-    s.restart_strategy = Default::default();
-    s.deletion_policy = Default::default();
-    s.upgrade_mode = Default::default();
-    // Read only while the job has no checkpoint of its own, like Flink's.
-    s.initial_savepoint_path = None;
-    let mut value = serde_json::to_value(&s).unwrap_or_default();
-    // Lifecycle fields added since digests were first recorded are left
-    // out entirely: a default written out would change every digest, and
-    // an operator upgrade would restart every job.
-    if let Some(fields) = value.as_object_mut() {
-        fields.remove("savepoints");
-    }
-    let mut text = String::new();
-    canonical_json(&value, &mut text);
-    Sha256::digest(text.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// JSON with object keys sorted and no whitespace, whatever order the
-/// serializer keeps maps in.
-fn canonical_json(v: &serde_json::Value, out: &mut String) {
-    match v {
-        serde_json::Value::Object(map) => {
-            let sorted: BTreeMap<&String, &serde_json::Value> = map.iter().collect();
-            out.push('{');
-            for (i, (k, v)) in sorted.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                out.push_str(&serde_json::Value::String(k.clone()).to_string());
-                out.push(':');
-                canonical_json(v, out);
-            }
-            out.push('}');
-        }
-        serde_json::Value::Array(items) => {
-            out.push('[');
-            for (i, v) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                canonical_json(v, out);
-            }
-            out.push(']');
-        }
-        other => out.push_str(&other.to_string()),
-    }
-}
-
-/// Where a job's checkpoints go: its own storage if the spec names one;
-/// else where the job already keeps them (an operator whose default
-/// changed never moves a job's state behind its back); else the
-/// operator's default.
-pub fn effective_storage(spec: &StreamJobSpec, deployed: Option<&DeployedStatus>, settings: &Settings) -> String {
-    if spec.checkpoints.storage != CheckpointOptions::default().storage {
-        return spec.checkpoints.storage.clone();
-    }
-    if let Some(d) = deployed.filter(|d| !d.checkpoint_storage.is_empty()) {
-        return d.checkpoint_storage.clone();
-    }
-    settings.default_storage.clone().unwrap_or_else(|| spec.checkpoints.storage.clone())
-}
-
-/// A `file://` checkpoint storage that lies inside each pod's own
-/// filesystem: a replaced pod would find none of its checkpoints (and a
-/// coordinator and its workers would not see each other's files). In
-/// operator mode it must be on a volume that every job pod mounts and that
-/// outlives pods: a claim, a host path, NFS, CSI and the like.
-fn pod_local_storage(storage: &str, template: Option<&k8s_openapi::api::core::v1::PodTemplateSpec>) -> Option<String> {
-    let path = storage.strip_prefix("file://")?;
-    let spec = template.and_then(|t| t.spec.as_ref());
-    let container = spec.and_then(|s| s.containers.iter().find(|c| c.name == pod_template::MAIN_CONTAINER));
-    let lasting = |volume: &str| {
-        spec.and_then(|s| s.volumes.as_ref()).and_then(|v| v.iter().find(|v| v.name == volume)).is_some_and(|v| {
-            v.empty_dir.is_none()
-                && v.config_map.is_none()
-                && v.secret.is_none()
-                && v.downward_api.is_none()
-                && v.projected.is_none()
-        })
-    };
-    let under = |mount: &str| {
-        let mount = mount.trim_end_matches('/');
-        path == mount || path.starts_with(&format!("{mount}/"))
-    };
-    let shared = path.starts_with('/')
-        && container
-            .and_then(|c| c.volume_mounts.as_ref())
-            .is_some_and(|m| m.iter().any(|m| under(&m.mount_path) && lasting(&m.name)));
-    (!shared).then(|| {
-        format!(
-            "spec.checkpoints.storage: {storage} is inside each pod; give the job a volume every pod mounts \
-             (spec.podTemplate: a persistentVolumeClaim mounted in the `weir` container at a parent of {path}) \
-             or use object storage (s3://)"
-        )
-    })
 }
 
 /// The roles of a job's pods, in the order of `status.deployed.pods`.
@@ -870,172 +694,6 @@ pub fn dispose_pod(
 pub fn checkpoint_location(job: &StreamJob, settings: &Settings) -> String {
     let status = job.status.clone().unwrap_or_default();
     objects::checkpoint_location(job, &effective_storage(&job.spec.0, status.deployed.as_ref(), settings))
-}
-
-pub fn rfc3339(ms: u64) -> String {
-    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms)).to_string()
-}
-
-/// With milliseconds, for instants a decision waits for: truncated to the
-/// second, a 1 s restart delay could shrink to almost nothing.
-pub fn rfc3339_millis(ms: u64) -> String {
-    humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms)).to_string()
-}
-
-pub fn parse_rfc3339(s: &str) -> Option<u64> {
-    humantime::parse_rfc3339(s).ok()?.duration_since(std::time::UNIX_EPOCH).ok().map(|d| d.as_millis() as u64)
-}
-
-/// What every condition of one reconcile shares.
-pub struct Stamp<'a> {
-    pub old: &'a [Condition],
-    pub generation: Option<i64>,
-    pub now: &'a str,
-}
-
-/// Sets a condition, keeping its transition time while its status holds.
-pub fn set_condition(
-    out: &mut Vec<Condition>,
-    stamp: &Stamp<'_>,
-    type_: &str,
-    status: bool,
-    reason: &str,
-    message: &str,
-) {
-    let status = if status { "True" } else { "False" }.to_string();
-    let since = stamp
-        .old
-        .iter()
-        .find(|c| c.type_ == type_ && c.status == status)
-        .map_or_else(|| stamp.now.to_string(), |c| c.last_transition_time.clone());
-    out.push(Condition {
-        type_: type_.into(),
-        status,
-        reason: reason.into(),
-        // Never empty: some API servers turn "" into null and refuse it.
-        message: if message.is_empty() { format!("the job is {reason}") } else { message.into() },
-        last_transition_time: since,
-        observed_generation: stamp.generation,
-    });
-}
-
-/// What a status can hold of a container's last words: the `error:` line
-/// the weir binary prints when it fails, else the last line, shortened.
-fn failure_message(text: &str) -> Option<String> {
-    let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
-    let line = lines.iter().rev().find(|l| l.starts_with("error:")).or(lines.last())?;
-    let line = line.strip_prefix("error:").unwrap_or(line).trim();
-    let mut short: String = line.chars().take(480).collect();
-    if short.len() < line.len() {
-        short.push_str(" ...");
-    }
-    Some(short)
-}
-
-fn fill_checkpoints(status: &mut StreamJobStatus, observed: &Observed) {
-    let Some(c) = &observed.coordinator else { return };
-    let mut cs = status.checkpoints.clone().unwrap_or_default();
-    if c.latest.is_some() {
-        cs.latest = c.latest.clone();
-        cs.history = c.history.iter().take(10).cloned().collect();
-    }
-    cs.failed = c.failed;
-    status.checkpoints = Some(cs);
-}
-
-/// `Some(true)` while checkpoints complete on time, `Some(false)` when they
-/// stopped advancing, `None` while there is nothing to judge.
-fn checkpoints_healthy(ctx: &Ctx<'_>) -> Option<(bool, String)> {
-    let (spec, now) = (ctx.spec, ctx.now);
-    let c = ctx.observed.coordinator.as_ref()?;
-    let interval = spec.checkpoints.interval.get().as_millis() as u64;
-    if interval == 0 {
-        return None;
-    }
-    let latest = c.latest.as_ref()?;
-    let at = parse_rfc3339(&latest.completed_at)?;
-    let limit = 3 * interval + 30_000;
-    Some(if now.saturating_sub(at) <= limit {
-        (true, format!("checkpoint {} completed at {}", latest.id, latest.completed_at))
-    } else {
-        (false, format!("no checkpoint completed since {} (checkpoint {})", latest.completed_at, latest.id))
-    })
-}
-
-/// The conditions, with the meanings kstatus, Flux and Argo CD give them:
-/// `Ready` when the job runs and checkpoints (or finished), `Reconciling`
-/// while the operator works towards the spec, `Stalled` when it cannot get
-/// there without the user: an invalid spec, a spent restart budget, a pod
-/// the API server refuses, or no progress within the progress deadline.
-fn conditions(
-    ctx: &Ctx<'_>,
-    phase: Phase,
-    failure: Option<(&str, &str)>,
-    checkpoints: Option<(bool, String)>,
-) -> Vec<Condition> {
-    let mut out = Vec::new();
-    let old = &ctx.old;
-    let now = rfc3339(ctx.now);
-    let stamp = Stamp { old: &old.conditions, generation: ctx.job.metadata.generation, now: &now };
-    let phase_name = format!("{phase:?}");
-    let mut reconciling = matches!(phase, Phase::Starting | Phase::Restarting | Phase::Pending);
-    let waiting = ctx.waiting();
-    let mut reconciling_message = match &waiting {
-        Some(w) => format!("the job is {phase_name}: {w}"),
-        None => String::new(),
-    };
-    let mut stalled = failure.map(|(r, m)| (r.to_string(), m.to_string()));
-    // Reconciling for longer than the deadline: the job is stuck, and
-    // what the pods wait for says why.
-    let since = old
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Reconciling" && c.status == "True")
-        .and_then(|c| parse_rfc3339(&c.last_transition_time));
-    if let Some(since) = since.filter(|s| reconciling && ctx.now.saturating_sub(*s) > ctx.settings.progress_deadline_ms)
-    {
-        let message = format!(
-            "not running {} after it started reconciling at {}{}",
-            humantime::format_duration(std::time::Duration::from_secs(ctx.settings.progress_deadline_ms / 1000)),
-            rfc3339(since),
-            waiting.map_or(String::new(), |w| format!(": {w}"))
-        );
-        stalled.get_or_insert(("ProgressDeadlineExceeded".into(), message));
-        // kstatus reads Reconciling before Stalled.
-        reconciling = false;
-        reconciling_message.clear();
-    }
-    let checkpointing = !ctx.spec.checkpoints.interval.get().is_zero();
-    let (ready, ready_reason, ready_message) = match (&stalled, phase) {
-        (Some((r, m)), _) => (false, r.clone(), m.clone()),
-        (None, Phase::Finished) => (true, "Finished".to_string(), "the job finished".to_string()),
-        (None, Phase::Running) => match &checkpoints {
-            Some((true, m)) => (true, "Running".into(), m.clone()),
-            Some((false, m)) => (false, "CheckpointsStalled".into(), m.clone()),
-            None if !checkpointing => (true, "Running".into(), "the job runs without checkpoints".into()),
-            None => (false, "AwaitingCheckpoint".into(), "the job runs; no checkpoint completed yet".into()),
-        },
-        (None, _) => (false, phase_name.clone(), reconciling_message.clone()),
-    };
-    set_condition(&mut out, &stamp, "Ready", ready, &ready_reason, &ready_message);
-    set_condition(&mut out, &stamp, "Reconciling", reconciling, &phase_name, &reconciling_message);
-    match &stalled {
-        Some((reason, message)) => set_condition(&mut out, &stamp, "Stalled", true, reason, message),
-        None => set_condition(&mut out, &stamp, "Stalled", false, "Progressing", "nothing blocks the job"),
-    }
-    match checkpoints {
-        Some((ok, message)) => {
-            let reason = if ok { "Completing" } else { "Stalled" };
-            set_condition(&mut out, &stamp, "CheckpointsHealthy", ok, reason, &message)
-        }
-        None => {
-            if let Some(c) = old.conditions.iter().find(|c| c.type_ == "CheckpointsHealthy") {
-                out.push(c.clone());
-            }
-        }
-    }
-    set_condition(&mut out, &stamp, "Suspended", phase == Phase::Suspended, &phase_name, "");
-    out
 }
 
 #[cfg(test)]

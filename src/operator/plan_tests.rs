@@ -3,7 +3,7 @@ use kube::api::ObjectMeta;
 use weir_runtime::distributed::tls::JobIdentity;
 
 use super::*;
-use crate::crd::{CheckpointRef, JobSpec, SavepointRecord};
+use crate::crd::{CheckpointRef, Condition, JobSpec, SavepointRecord};
 use crate::operator::objects::{token_secret, Chore, DIGEST_LABEL, ROLE_LABEL, TLS_DIR};
 
 const MANIFEST: &str = r#"
