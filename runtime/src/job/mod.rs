@@ -206,13 +206,14 @@ pub struct RestorePoint {
 }
 
 /// The incarnation an attempt writes under: its own checkpoint's, else
-/// `fresh` (see [`Ledger::fresh_incarnation`]). Another job's savepoint
-/// starts an incarnation apart from that job's: its output is not ours.
-fn incarnation_of(restored: Option<&RestoredCheckpoint>, fresh: u64) -> u64 {
+/// `fresh` (see [`Ledger::fresh_incarnation`]); `None`: a new one is drawn.
+/// Another job's savepoint starts an incarnation apart from that job's:
+/// its output is not ours.
+fn incarnation_of(restored: Option<&RestoredCheckpoint>, fresh: u64) -> Option<u64> {
     match restored {
-        Some(r) if !r.external => r.metadata.incarnation,
-        Some(r) if r.metadata.incarnation == fresh => 0,
-        _ => fresh,
+        Some(r) if !r.external => Some(r.metadata.incarnation),
+        Some(r) if r.metadata.incarnation == fresh => None,
+        _ => Some(fresh),
     }
 }
 
@@ -266,7 +267,7 @@ pub async fn restore_point(
                 "dropping state of operators the job no longer has (allowNonRestoredState)");
         }
     }
-    let fence = Fence::for_attempt(Some(incarnation_of(restored.as_ref(), ledger.fresh_incarnation())), epoch)?;
+    let fence = Fence::for_attempt(incarnation_of(restored.as_ref(), ledger.fresh_incarnation()), epoch)?;
     match &restored {
         Some(r) => {
             info!(checkpoint = r.id, path = %r.path, incarnation = %fence.incarnation_tag(), epoch = %fence.epoch_tag(),

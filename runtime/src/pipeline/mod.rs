@@ -49,6 +49,7 @@ use crate::manifest::{
     AggregateSpec, BadRecordAction, ErrorPolicy, EventTimeSpec, KafkaMetadata, LateRecords, PipelineSpec,
     PostgresSinkMode, SinkKind, SourceKind, StepKind, StepSpec, StreamJobSpec, WindowSpec,
 };
+use crate::operators::EventTimeFunction;
 use crate::record::{key_of, parse_json_object, BadRecord, FieldRule, Rejects, Row, SourceRecord};
 use crate::task::source_task::Source;
 use crate::task::{Collector, TaskContext, TaskError};
@@ -207,18 +208,18 @@ fn build_pipeline(spec: &StreamJobSpec, pipeline: &PipelineSpec) -> Result<JobGr
                 let (Some(field), Some(time)) = (key_field.take(), &pipeline.event_time) else { continue };
                 let keyed = keyed_after_filter(&env, stream, after_filter.take(), &field, &spec.error_policy);
                 let id = step.id.clone().unwrap_or_else(|| window_id(&field, &time.field, w));
-                let late = late_to(time, &steps.path(i));
-                let routed = keyed.process_event_time(&id, WindowAggregate::new(&field, &time.field, w, late));
-                stream = apply_late_policy(&env, routed, &id, time, &spec.error_policy);
+                stream = event_time_step(&env, keyed, &id, steps.path(i), time, &spec.error_policy, |late| {
+                    WindowAggregate::new(&field, &time.field, w, late)
+                });
             }
             StepKind::Deduplicate(d) => {
                 let (Some(field), Some(time)) = (key_field.take(), &pipeline.event_time) else { continue };
                 let keyed = keyed_after_filter(&env, stream, after_filter.take(), &field, &spec.error_policy);
                 let content = json!({"keyBy": field, "eventTime": time.field, "deduplicate": d});
                 let id = step.id.clone().unwrap_or_else(|| content_id("deduplicate", &content));
-                let late = late_to(time, &steps.path(i));
-                let routed = keyed.process_event_time(&id, Deduplicate::new(&time.field, d, late));
-                stream = apply_late_policy(&env, routed, &id, time, &spec.error_policy);
+                stream = event_time_step(&env, keyed, &id, steps.path(i), time, &spec.error_policy, |late| {
+                    Deduplicate::new(&time.field, d, late)
+                });
             }
         }
     }
@@ -280,28 +281,26 @@ fn build_pipeline(spec: &StreamJobSpec, pipeline: &PipelineSpec) -> Result<JobGr
     Ok(env.build()?)
 }
 
-/// Ends `stream` in the sink `make` builds, handing it a list for the rows
-/// it refuses (a type mismatch, a violated constraint), which then go to
-/// the error policy; unless the policy fails the job anyway, when the
-/// sink's own error does.
-/// Where a step's late records go under `eventTime.lateRecords`.
-fn late_to(time: &EventTimeSpec, step: &str) -> LateTo {
-    LateTo((time.late_records == LateRecords::ErrorPolicy).then(|| step.to_string()))
-}
-
-/// Unwraps an event-time step's output; with `lateRecords: ErrorPolicy`
-/// its late records go to the error policy, whose dead letters are the
-/// state of `<id>-late`.
-fn apply_late_policy(
+/// An event-time step (`window`, `deduplicate`) after `keyed`, built by
+/// `make` with where its late records go: with `lateRecords: ErrorPolicy`
+/// to the error policy (with the step at `at` as their origin; the dead
+/// letters are the state of `<id>-late`), else dropped and counted.
+fn event_time_step<F>(
     env: &StreamEnv,
-    routed: DataStream<Routed>,
+    keyed: KeyedStream<String, Row>,
     id: &str,
+    at: String,
     time: &EventTimeSpec,
     errors: &ErrorPolicy,
-) -> DataStream<Row> {
+    make: impl FnOnce(LateTo) -> F,
+) -> DataStream<Row>
+where
+    F: EventTimeFunction<String, Row, Routed> + Sync,
+{
     if time.late_records == LateRecords::Drop {
-        return routed.flat_map(|r: Routed| r.ok());
+        return keyed.process_event_time(id, make(LateTo(None))).flat_map(|r: Routed| r.ok());
     }
+    let routed = keyed.process_event_time(id, make(LateTo(Some(at))));
     let uid = format!("{id}-late");
     env.declare_state(&uid);
     let errors = errors.clone();
@@ -311,6 +310,10 @@ fn apply_late_policy(
     })
 }
 
+/// Ends `stream` in the sink `make` builds, handing it a list for the rows
+/// it refuses (a type mismatch, a violated constraint), which then go to
+/// the error policy; unless the policy fails the job anyway, when the
+/// sink's own error does.
 fn sink_with_rejects<F>(env: &StreamEnv, stream: DataStream<Row>, errors: &ErrorPolicy, make: F)
 where
     F: Fn(&TaskContext, Option<Rejects>) -> Result<Box<dyn Collector<Row>>, TaskError> + Send + Sync + 'static,
