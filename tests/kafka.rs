@@ -430,7 +430,9 @@ mod stored {
     /// and how many transactional records were aborted or left open.
     #[derive(Debug, Default)]
     pub struct Partition {
-        pub committed: Vec<Bytes>,
+        /// Each committed value with where it was stored: producer id and
+        /// epoch, offset, and the epoch of the marker that committed it.
+        pub committed: Vec<(Bytes, String)>,
         pub aborted: usize,
         pub open: usize,
     }
@@ -477,7 +479,7 @@ mod stored {
         let mut stream = TcpStream::connect(broker).unwrap();
         stream.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
         let (mut offset, mut id) = (0i64, 0);
-        let mut pending: BTreeMap<i64, Vec<Bytes>> = BTreeMap::new();
+        let mut pending: BTreeMap<i64, Vec<(Bytes, String)>> = BTreeMap::new();
         let mut out = Partition::default();
         loop {
             id += 1;
@@ -490,16 +492,28 @@ mod stored {
                     }
                     offset = r.offset + 1;
                     progressed = true;
+                    let origin = format!(
+                        "partition {partition} offset {} producer {} epoch {}",
+                        r.offset, r.producer_id, r.producer_epoch
+                    );
                     match (r.transactional, r.control) {
-                        (false, _) => out.committed.extend(r.value),
-                        (true, false) => pending.entry(r.producer_id).or_default().extend(r.value),
+                        (false, _) => out.committed.extend(r.value.map(|v| (v, origin))),
+                        (true, false) => pending.entry(r.producer_id).or_default().extend(r.value.map(|v| (v, origin))),
                         (true, true) => {
                             // The control record's key: version (i16), then type: 0 abort, 1 commit.
                             let kind =
                                 r.key.as_ref().filter(|k| k.len() >= 4).map(|k| i16::from_be_bytes([k[2], k[3]]));
                             let values = pending.remove(&r.producer_id).unwrap_or_default();
                             match kind {
-                                Some(1) => out.committed.extend(values),
+                                Some(1) => out.committed.extend(values.into_iter().map(|(v, origin)| {
+                                    (
+                                        v,
+                                        format!(
+                                            "{origin}, committed at offset {} epoch {}",
+                                            r.offset, r.producer_epoch
+                                        ),
+                                    )
+                                })),
                                 _ => out.aborted += values.len(),
                             }
                         }
@@ -516,16 +530,33 @@ mod stored {
 }
 
 /// Every value a read_committed reader of `topic` gets, worked out from the
-/// stored batches and markers; and how many were aborted and left open.
-fn committed_values(topic: &str, partitions: i32) -> (Vec<serde_json::Value>, usize, usize) {
+/// stored batches and markers, with where each was stored; and how many
+/// were aborted and left open.
+fn committed_values(topic: &str, partitions: i32) -> (Vec<(serde_json::Value, String)>, usize, usize) {
     let (mut values, mut aborted, mut open) = (Vec::new(), 0, 0);
     for p in 0..partitions {
         let stored = stored::read(&broker(), topic, p);
-        values.extend(stored.committed.iter().map(|v| serde_json::from_slice::<serde_json::Value>(v).unwrap()));
+        values.extend(stored.committed.into_iter().map(|(v, origin)| (serde_json::from_slice(&v).unwrap(), origin)));
         aborted += stored.aborted;
         open += stored.open;
     }
     (values, aborted, open)
+}
+
+/// Where each copy of an update committed more than once was stored (at
+/// most a few updates), for the failure message.
+fn duplicates_stored(values: &[(serde_json::Value, String)]) -> String {
+    let mut seen: std::collections::BTreeMap<(String, u64), Vec<&str>> = Default::default();
+    for (v, origin) in values {
+        if let (Some(key), Some(count)) = (v["key"].as_str(), v["count"].as_u64()) {
+            seen.entry((key.to_string(), count)).or_default().push(origin);
+        }
+    }
+    seen.iter()
+        .filter(|(_, origins)| origins.len() > 1)
+        .take(4)
+        .map(|((key, count), origins)| format!("\n  {key} update {count}: {}", origins.join("; ")))
+        .collect()
 }
 
 #[test]
@@ -552,11 +583,12 @@ fn the_kafka_sink_commits_every_update_exactly_once_across_kill_9_at_each_commit
     assert!(status.success(), "final run: {}", std::fs::read_to_string(dir.path().join("final.log")).unwrap());
 
     let (values, aborted, open) = committed_values(&topic, 3);
-    let updates = weir_runtime::verify::updates_of(values).unwrap();
+    let stored = duplicates_stored(&values);
+    let updates = weir_runtime::verify::updates_of(values.into_iter().map(|(v, _)| v).collect()).unwrap();
     if let Err(e) = weir_runtime::verify::check_updates_exactly_once(&updates, COUNT, KEYS) {
         let kept = dir.keep();
         panic!(
-            "committed records after {} kill -9 ({aborted} aborted, {open} open): {e}; logs in {}",
+            "committed records after {} kill -9 ({aborted} aborted, {open} open): {e}; logs in {}; stored as:{stored}",
             6 + kills,
             kept.display()
         );

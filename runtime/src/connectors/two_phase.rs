@@ -34,6 +34,15 @@ pub trait TwoPhaseCommitSink<T: Send>: Send {
     /// Makes it visible. Must succeed when called again for the same handle.
     async fn commit(&mut self, txn: &Self::Txn) -> Result<(), TaskError>;
     async fn abort(&mut self, txn: Self::Txn) -> Result<(), TaskError>;
+    /// Commits the pending transactions of a restored checkpoint, any
+    /// subtask's, each subtask's oldest first. A sink whose commits must first settle
+    /// what the failed attempt left in flight overrides it.
+    async fn commit_restored(&mut self, txns: &[Self::Txn]) -> Result<(), TaskError> {
+        for txn in txns {
+            self.commit(txn).await?;
+        }
+        Ok(())
+    }
     /// After a restore from `restored` (or a fresh start), with `committed`
     /// the transactions just committed: remove leftovers of transactions no
     /// completed checkpoint covers, and output committed after `restored`
@@ -97,9 +106,9 @@ impl<T: Send + 'static, S: TwoPhaseCommitSink<T>> TxnDriver<T, S> {
             for entry in r.union(&self.uid) {
                 let entry: PendingEntry<S::Txn> = decode(&entry)?;
                 debug!(uid = %self.uid, txn = ?entry.txn, "committing transaction of restored checkpoint {}", r.id);
-                self.sink.commit(&entry.txn).await?;
                 committed.push(entry.txn);
             }
+            self.sink.commit_restored(&committed).await?;
         }
         self.sink.recover(restored.as_ref().map(|r| r.id), &committed).await
     }

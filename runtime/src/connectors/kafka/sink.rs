@@ -27,13 +27,18 @@
 //! new attempt's producer for a subtask fences any older one (a zombie of a
 //! frozen worker), and its `init_transactions` settles the older one's
 //! transaction in flight (committed if its commit had been sent, aborted
-//! otherwise) before the marker is read.
+//! otherwise). A restore settles every subtask's id before it reads any
+//! marker: a broker may hold back the offsets of a committed transaction
+//! while another producer's transaction over the same partitions is still
+//! open (tansu does, until that one ends too), and that open one may be
+//! another subtask's, left by the failed attempt.
 //!
 //! The cost: a checkpoint stores its interval's output, and output becomes
 //! visible when the checkpoint completes (as with every two-phase-commit
 //! sink). Producer calls block the subtask's thread for at most
 //! [`OP_TIMEOUT`].
 
+use std::collections::BTreeMap;
 use std::marker::PhantomData;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -109,9 +114,9 @@ pub struct KafkaSink<T> {
     /// This subtask's producer, made at its first use: after every subtask
     /// opened, so it never fences the producers a restore commits with.
     producer: Option<Producer_>,
-    /// Until `recover` ran, commits are of restored transactions, which may
-    /// have committed before the failure.
-    restoring: bool,
+    /// After a restore, until `recover` ran: a producer per subtask's
+    /// transactional id, each of which settled what that id left in flight.
+    settled: Option<BTreeMap<u32, Producer_>>,
     _records: PhantomData<fn(T)>,
 }
 
@@ -123,7 +128,7 @@ impl<T> KafkaSink<T> {
             parallelism: ctx.parallelism(),
             incarnation: ctx.fence.incarnation,
             producer: None,
-            restoring: true,
+            settled: None,
             _records: PhantomData,
         }
     }
@@ -254,8 +259,6 @@ impl<T: Serialize + Send + 'static> TwoPhaseCommitSink<T> for KafkaSink<T> {
     type Txn = KafkaTxn;
 
     async fn begin(&mut self, txn_id: u64) -> Result<KafkaTxn, TaskError> {
-        // Restored transactions are committed (by subtask 0) before any begins.
-        self.restoring = false;
         if self.config.delivery == KafkaDelivery::AtLeastOnce && self.producer.is_none() {
             self.producer = Some(self.make_producer(None)?);
         }
@@ -292,22 +295,6 @@ impl<T: Serialize + Send + 'static> TwoPhaseCommitSink<T> for KafkaSink<T> {
         if self.config.delivery == KafkaDelivery::AtLeastOnce {
             return Ok(());
         }
-        if self.restoring {
-            // A transaction of the restored checkpoint, maybe another
-            // subtask's: its producer id settles whatever was in flight.
-            let producer = self.make_producer(Some(self.transactional_id(txn.subtask)))?;
-            if self.committed_marker(txn.subtask)?.is_some_and(|m| m >= txn.txn) {
-                debug!(subtask = txn.subtask, txn = txn.txn, "kafka transaction already committed");
-                return Ok(());
-            }
-            info!(
-                subtask = txn.subtask,
-                txn = txn.txn,
-                records = txn.records.len(),
-                "writing a restored kafka transaction"
-            );
-            return self.write_transaction(&producer, txn);
-        }
         if txn.records.is_empty() {
             return Ok(());
         }
@@ -325,17 +312,44 @@ impl<T: Serialize + Send + 'static> TwoPhaseCommitSink<T> for KafkaSink<T> {
         Ok(())
     }
 
+    async fn commit_restored(&mut self, txns: &[KafkaTxn]) -> Result<(), TaskError> {
+        if self.config.delivery == KafkaDelivery::AtLeastOnce {
+            return Ok(());
+        }
+        let settled = self.settle_all(txns)?;
+        for txn in txns {
+            if self.committed_marker(txn.subtask)?.is_some_and(|m| m >= txn.txn) {
+                debug!(subtask = txn.subtask, txn = txn.txn, "kafka transaction already committed");
+                continue;
+            }
+            info!(
+                subtask = txn.subtask,
+                txn = txn.txn,
+                records = txn.records.len(),
+                "writing a restored kafka transaction"
+            );
+            let producer = settled
+                .get(&txn.subtask)
+                .ok_or_else(|| self.err(format!("no producer settled subtask {}", txn.subtask)))?;
+            self.write_transaction(producer, txn)?;
+        }
+        self.settled = Some(settled);
+        Ok(())
+    }
+
     async fn recover(&mut self, restored: Option<u64>, committed: &[KafkaTxn]) -> Result<(), TaskError> {
-        self.restoring = false;
+        let settled = self.settled.take();
         let Some(restored) = restored else { return Ok(()) };
         if self.config.delivery == KafkaDelivery::AtLeastOnce {
             return Ok(());
         }
-        let highest = committed.iter().map(|t| t.subtask + 1).max().unwrap_or(0).max(self.parallelism);
-        for subtask in 0..highest {
-            // Settles (aborts) a transaction a crash left open, which would
-            // hold back read_committed readers until it timed out.
-            drop(self.make_producer(Some(self.transactional_id(subtask)))?);
+        // Settles (aborts) transactions a crash left open, which would hold
+        // back read_committed readers until they timed out.
+        let settled = match settled {
+            Some(settled) => settled,
+            None => self.settle_all(committed)?,
+        };
+        for &subtask in settled.keys() {
             if let Some(marker) = self.committed_marker(subtask)?.filter(|m| *m > restored) {
                 return Err(TaskError::CommittedOutputAhead {
                     sink: "kafka".into(),
@@ -346,6 +360,16 @@ impl<T: Serialize + Send + 'static> TwoPhaseCommitSink<T> for KafkaSink<T> {
             }
         }
         Ok(())
+    }
+}
+
+impl<T> KafkaSink<T> {
+    /// A producer per transactional id a failed attempt may have used: every
+    /// subtask of this parallelism and of the restored transactions'. Made
+    /// before any marker is read (see the module docs).
+    fn settle_all(&self, restored: &[KafkaTxn]) -> Result<BTreeMap<u32, Producer_>, TaskError> {
+        let highest = restored.iter().map(|t| t.subtask + 1).max().unwrap_or(0).max(self.parallelism);
+        (0..highest).map(|subtask| Ok((subtask, self.make_producer(Some(self.transactional_id(subtask)))?))).collect()
     }
 }
 
