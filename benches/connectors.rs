@@ -135,11 +135,15 @@ fn create_topic(tansu: &str, brokers: &str, name: &str, partitions: i32) {
 /// Runs `weir run` on a manifest with `source` and `sink` (YAML after
 /// `source:` and `sink:`) and no steps; its wall time.
 fn weir_run(dir: &Path, name: &str, source: &str, sink: &str) -> Duration {
+    weir_run_steps(dir, name, source, "[]", sink)
+}
+
+fn weir_run_steps(dir: &Path, name: &str, source: &str, steps: &str, sink: &str) -> Duration {
     let manifest = dir.join(format!("{name}.yaml"));
     let yaml = format!(
         "apiVersion: weir.dev/v1alpha1\nkind: StreamJob\nmetadata: {{name: {name}}}\nspec:\n  parallelism: 1\n  \
-         checkpoints: {{interval: 1s, storage: 'file://{}/chk'}}\n  pipeline:\n    source: {source}\n    steps: []\n    \
-         sink: {sink}\n",
+         checkpoints: {{interval: 1s, storage: 'file://{}/chk'}}\n  pipeline:\n    source: {source}\n    \
+         steps: {steps}\n    sink: {sink}\n",
         dir.display()
     );
     std::fs::write(&manifest, yaml).expect("manifest");
@@ -203,8 +207,31 @@ fn main() {
     row("Kafka -> Kafka, exactly once", records, k2k, copied, "consume + produce loop, at least once");
 
     psql("DROP TABLE IF EXISTS bench_rows; CREATE TABLE bench_rows (seq bigint, key text, value bigint)");
+    let connection =
+        format!("host={} port={} user={} dbname={}", env("PGHOST"), env("PGPORT"), env("PGUSER"), env("PGDATABASE"));
+    let pg_sink = format!("{{postgres: {{connection: '{connection}', table: bench_rows}}}}");
+    let copy = copy_rows(d, records, 1);
+    let pg = weir_run(d, "pg", &generator, &pg_sink);
+    assert_eq!(psql("SELECT count(*) FROM bench_rows"), records.to_string(), "every row once");
+    row("PostgreSQL sink, two-phase commit", records, pg, copy, "psql \\copy of the same rows");
+
+    // A selective filter leaves input batches of about 64 rows: the sink
+    // gathers them rather than sending a statement per batch.
+    psql("TRUNCATE bench_rows");
+    let kept = records.div_ceil(16);
+    let copy = copy_rows(d, records, 16);
+    let filter = "[{filter: 'seq % 16 = 0'}]";
+    let pg = weir_run_steps(d, "pg-filtered", &generator, filter, &pg_sink);
+    assert_eq!(psql("SELECT count(*) FROM bench_rows"), kept.to_string(), "every kept row once");
+    row("PostgreSQL sink after a filter keeping 1 in 16", kept, pg, copy, "psql \\copy of the kept rows");
+}
+
+/// How long `psql \\copy` of every `every`th generated row takes; leaves
+/// `bench_rows` empty.
+fn copy_rows(d: &Path, records: u64, every: u64) -> Duration {
     let csv = d.join("rows.csv");
     let text: String = (0..records)
+        .step_by(every as usize)
         .map(|seq| {
             let (key, value) = weir_runtime::connectors::generator::generated(seq, 1000);
             format!("{seq},k{key},{value}\n")
@@ -215,9 +242,5 @@ fn main() {
     psql(&format!("\\copy bench_rows FROM '{}' WITH (FORMAT csv)", csv.display()));
     let copy = started.elapsed();
     psql("TRUNCATE bench_rows");
-    let connection =
-        format!("host={} port={} user={} dbname={}", env("PGHOST"), env("PGPORT"), env("PGUSER"), env("PGDATABASE"));
-    let pg = weir_run(d, "pg", &generator, &format!("{{postgres: {{connection: '{connection}', table: bench_rows}}}}"));
-    assert_eq!(psql("SELECT count(*) FROM bench_rows"), records.to_string(), "every row once");
-    row("PostgreSQL sink, two-phase commit", records, pg, copy, "psql \\copy of the same rows");
+    copy
 }

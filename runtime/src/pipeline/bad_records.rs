@@ -228,8 +228,11 @@ impl Collector<Row> for RejectingSink {
     }
 
     async fn barrier(&mut self, barrier: Barrier, snapshot: &mut TaskSnapshot) -> Result<(), TaskError> {
-        self.policy.barrier(barrier, snapshot).await?;
-        self.sink.barrier(barrier, snapshot).await
+        // The sink first: it may send rows it gathered only now, and what
+        // the table refuses of them belongs to this checkpoint too.
+        self.sink.barrier(barrier, snapshot).await?;
+        self.drain().await?;
+        self.policy.barrier(barrier, snapshot).await
     }
 
     async fn checkpoint_complete(&mut self, id: u64) -> Result<(), TaskError> {

@@ -9,7 +9,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Statement};
 use tracing::{debug, warn};
 
-use super::{describe_error, json_array, refused_rows, PgTarget, STATEMENT_TIMEOUT};
+use super::{describe_error, refused_rows, PgTarget, STATEMENT_TIMEOUT};
 use crate::connectors::two_phase::TwoPhaseCommitSink;
 use crate::job::fence::Fence;
 use crate::metrics::JobMetrics;
@@ -23,6 +23,13 @@ const SESSION_END_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(
 /// checkpoints: enough for any restore that falls back past damaged
 /// checkpoints to tell committed from lost.
 const KEEP_TRANSACTION_ROWS: u64 = 1000;
+
+/// Rows gathered across input batches before one statement writes them:
+/// a statement per input batch made small batches (a slow source, a
+/// selective filter) cost a round trip each.
+const FLUSH_ROWS: usize = 8192;
+/// ... or this many bytes of their JSON, whichever comes first.
+const FLUSH_BYTES: usize = 8 << 20;
 
 /// A transaction handle, as stored in checkpoints.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -50,6 +57,9 @@ pub struct PostgresSink<T> {
     /// Where refused rows go; without it a refused batch fails the subtask.
     rejects: Option<Rejects>,
     data: Option<Conn>,
+    /// Rows of the open transaction not yet sent: a JSON array's elements.
+    unsent: String,
+    unsent_rows: usize,
     control: Option<Client>,
     /// Set once `recover` ran: from then on a prepared transaction of an
     /// earlier attempt is a leftover (of a stale worker), swept by subtask 0
@@ -69,6 +79,8 @@ impl<T> PostgresSink<T> {
             retract_on_fallback: ctx.retract_on_fallback,
             rejects: None,
             data: None,
+            unsent: String::new(),
+            unsent_rows: 0,
             control: None,
             recovered: false,
             _records: PhantomData,
@@ -92,6 +104,40 @@ impl<T> PostgresSink<T> {
 
     fn gid(&self, txn: u64) -> String {
         format!("{}{}:{txn}", self.attempt_prefix(), self.subtask)
+    }
+
+    /// Writes the unsent rows into the open transaction in one statement.
+    /// A row the table refuses goes to `rejects` (each row then on its own,
+    /// under a savepoint) or fails the subtask.
+    async fn send_rows(&mut self) -> Result<(), TaskError> {
+        if self.unsent_rows == 0 {
+            return Ok(());
+        }
+        self.unsent.push(']');
+        let rows = std::mem::take(&mut self.unsent);
+        self.unsent_rows = 0;
+        let target = &self.target;
+        let conn = self.data.as_ref().ok_or_else(|| target.err("write outside a transaction"))?;
+        let Some(rejects) = &self.rejects else {
+            target.timed("cannot insert rows", conn.client.execute(&conn.insert, &[&rows])).await?;
+            return Ok(());
+        };
+        target.timed("cannot set a savepoint", conn.client.batch_execute("SAVEPOINT weir_batch")).await?;
+        match tokio::time::timeout(STATEMENT_TIMEOUT, conn.client.execute(&conn.insert, &[&rows])).await {
+            Ok(Ok(_)) => {
+                let release = conn.client.batch_execute("RELEASE SAVEPOINT weir_batch");
+                target.timed("cannot release a savepoint", release).await
+            }
+            Ok(Err(e)) if refused_rows(&e) => {
+                let undo = conn.client.batch_execute("ROLLBACK TO SAVEPOINT weir_batch");
+                target.timed("cannot roll back to a savepoint", undo).await?;
+                let values: Vec<serde_json::Value> = serde_json::from_str(&rows)
+                    .map_err(|e| target.err(format!("cannot read back the rows' JSON: {e}")))?;
+                target.write_one_by_one(&conn.client, &conn.insert, values, true, rejects).await
+            }
+            Ok(Err(e)) => Err(target.err(format!("cannot insert rows: {}", describe_error(&e)))),
+            Err(_) => Err(target.err(format!("cannot insert rows: no answer within {}s", STATEMENT_TIMEOUT.as_secs()))),
+        }
     }
 
     /// The control connection, made (with the transactions table) on first use.
@@ -212,37 +258,23 @@ impl<T: Serialize + Send + Sync + 'static> TwoPhaseCommitSink<T> for PostgresSin
     }
 
     async fn write(&mut self, _txn: &mut PgTxn, batch: Vec<T>) -> Result<(), TaskError> {
-        let target = self.target.clone();
-        let rows = json_array(&target, &batch)?;
-        let conn = self.data.as_ref().ok_or_else(|| target.err("write outside a transaction"))?;
-        let Some(rejects) = &self.rejects else {
-            target.timed("cannot insert rows", conn.client.execute(&conn.insert, &[&rows])).await?;
-            return Ok(());
-        };
-        target.timed("cannot set a savepoint", conn.client.batch_execute("SAVEPOINT weir_batch")).await?;
-        match tokio::time::timeout(STATEMENT_TIMEOUT, conn.client.execute(&conn.insert, &[&rows])).await {
-            Ok(Ok(_)) => {
-                let release = conn.client.batch_execute("RELEASE SAVEPOINT weir_batch");
-                target.timed("cannot release a savepoint", release).await
-            }
-            Ok(Err(e)) if refused_rows(&e) => {
-                let undo = conn.client.batch_execute("ROLLBACK TO SAVEPOINT weir_batch");
-                target.timed("cannot roll back to a savepoint", undo).await?;
-                let values = batch
-                    .iter()
-                    .map(serde_json::to_value)
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| target.err(format!("cannot encode a record as JSON: {e}")))?;
-                target.write_one_by_one(&conn.client, &conn.insert, values, true, rejects).await
-            }
-            Ok(Err(e)) => Err(target.err(format!("cannot insert rows: {}", describe_error(&e)))),
-            Err(_) => Err(target.err(format!("cannot insert rows: no answer within {}s", STATEMENT_TIMEOUT.as_secs()))),
+        for record in &batch {
+            self.unsent.push(if self.unsent_rows == 0 { '[' } else { ',' });
+            let json = serde_json::to_string(record)
+                .map_err(|e| self.target.err(format!("cannot encode a record as JSON: {e}")))?;
+            self.unsent.push_str(&json);
+            self.unsent_rows += 1;
         }
+        if self.unsent_rows >= FLUSH_ROWS || self.unsent.len() >= FLUSH_BYTES {
+            self.send_rows().await?;
+        }
+        Ok(())
     }
 
     async fn pre_commit(&mut self, txn: PgTxn) -> Result<PgTxn, TaskError> {
         let target = self.target.clone();
         let incarnation = self.fence.incarnation_tag();
+        self.send_rows().await?;
         let conn = self.data.as_ref().ok_or_else(|| target.err("pre-commit outside a transaction"))?;
         let args: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
             [&txn.gid, &incarnation, &(txn.subtask as i32), &(txn.checkpoint as i64)];
@@ -267,6 +299,8 @@ impl<T: Serialize + Send + Sync + 'static> TwoPhaseCommitSink<T> for PostgresSin
     }
 
     async fn abort(&mut self, _txn: PgTxn) -> Result<(), TaskError> {
+        self.unsent.clear();
+        self.unsent_rows = 0;
         if let Some(conn) = &self.data {
             if let Err(e) = self.target.timed("cannot roll back", conn.client.batch_execute("ROLLBACK")).await {
                 // A connection that is gone has rolled back already.
