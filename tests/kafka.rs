@@ -571,9 +571,19 @@ fn the_kafka_sink_commits_every_update_exactly_once_across_kill_9_at_each_commit
     let manifest = common::run::write_manifest(dir.path(), &job);
     // PreCommitted:1: a transaction open before the job's first checkpoint
     // completed, which the next run (with no checkpoint) must still abort.
-    for stop_at in
-        ["PreCommitted:1", "PreCommitted:3", "BeforeCommit:2", "Committed:3", "BeforeCommit:4", "StateWritten:2"]
-    {
+    // KafkaTxnOpen:2: subtask 1's transaction open while subtask 0's commit
+    // of the same checkpoint lands, whose marker the broker (tansu) then
+    // holds back until subtask 1's transaction ends; the restore must not
+    // read it before.
+    for stop_at in [
+        "PreCommitted:1",
+        "PreCommitted:3",
+        "BeforeCommit:2",
+        "KafkaTxnOpen:2",
+        "Committed:3",
+        "BeforeCommit:4",
+        "StateWritten:2",
+    ] {
         if let Err(log) = kill_nine_at(&manifest, dir.path(), stop_at) {
             panic!("the job ended before {stop_at}: {log}");
         }
@@ -589,7 +599,7 @@ fn the_kafka_sink_commits_every_update_exactly_once_across_kill_9_at_each_commit
         let kept = dir.keep();
         panic!(
             "committed records after {} kill -9 ({aborted} aborted, {open} open): {e}; logs in {}; stored as:{stored}",
-            6 + kills,
+            7 + kills,
             kept.display()
         );
     }

@@ -119,6 +119,10 @@ pub enum StopPoint {
     /// An object-storage sink made one part of a transaction visible and
     /// not yet the others.
     PartCommitted,
+    /// A Kafka sink subtask other than 0 sent its transaction's records and
+    /// has not committed them. The process stops a second later, so that
+    /// the other subtasks' commits of the same checkpoint land first.
+    KafkaTxnOpen,
 }
 
 impl StopPoint {
@@ -133,9 +137,10 @@ impl StopPoint {
         StopPoint::Committed,
     ];
 
-    /// [`StopPoint::COMMON`] and the object-storage sink's own point.
-    pub const ALL: [StopPoint; 8] = {
-        let mut all = [StopPoint::PartCommitted; 8];
+    /// [`StopPoint::COMMON`] and the sinks' own points.
+    pub const ALL: [StopPoint; 9] = {
+        let mut all = [StopPoint::PartCommitted; 9];
+        all[8] = StopPoint::KafkaTxnOpen;
         let mut i = 0;
         while i < Self::COMMON.len() {
             all[i] = Self::COMMON[i];
@@ -164,6 +169,13 @@ static STOP_PLAN: OnceLock<Option<StopPlan>> = OnceLock::new();
 /// without the variable this is one load and one branch.
 #[inline]
 pub fn stop_point(point: StopPoint) {
+    stop_point_after(point, std::time::Duration::ZERO);
+}
+
+/// [`stop_point`], the process stopping `delay` after the point is passed;
+/// until then only the calling thread waits.
+#[inline]
+pub fn stop_point_after(point: StopPoint, delay: std::time::Duration) {
     let plan = STOP_PLAN.get_or_init(|| {
         let text = std::env::var("WEIR_STOP_AT").ok()?;
         let parsed = StopPoint::parse_plan(&text);
@@ -179,6 +191,7 @@ pub fn stop_point(point: StopPoint) {
     if let Some(plan) = plan {
         if plan.point == point && plan.remaining.fetch_sub(1, Ordering::SeqCst) == 1 {
             tracing::warn!("stopping the process at {point:?} (WEIR_STOP_AT)");
+            std::thread::sleep(delay);
             // SIGSTOP stops every thread of the process, whichever raises it.
             unsafe { libc::raise(libc::SIGSTOP) };
         }

@@ -57,6 +57,7 @@ use tracing::{debug, info};
 use super::KafkaClient;
 use crate::connectors::two_phase::TwoPhaseCommitSink;
 use crate::connectors::upsert::key_string;
+use crate::faults::{stop_point_after, StopPoint};
 use crate::manifest::KafkaDelivery;
 use crate::task::{TaskContext, TaskError};
 
@@ -236,6 +237,9 @@ impl<T> KafkaSink<T> {
             .map_err(|e| self.err(format!("bad marker offset {}: {e}", txn.txn)))?;
         producer.begin_transaction().map_err(|e| self.err(format!("cannot begin a transaction: {e}")))?;
         let written = self.send_all(producer, &txn.records).and_then(|()| {
+            if self.subtask > 0 && txn.subtask == self.subtask {
+                stop_point_after(StopPoint::KafkaTxnOpen, Duration::from_secs(1));
+            }
             producer
                 .send_offsets_to_transaction(&marker, &metadata, OP_TIMEOUT)
                 .map_err(|e| self.err(format!("cannot add the commit marker to the transaction: {e}")))?;
