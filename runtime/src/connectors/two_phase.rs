@@ -35,8 +35,8 @@ pub trait TwoPhaseCommitSink<T: Send>: Send {
     async fn commit(&mut self, txn: &Self::Txn) -> Result<(), TaskError>;
     async fn abort(&mut self, txn: Self::Txn) -> Result<(), TaskError>;
     /// Commits the pending transactions of a restored checkpoint, any
-    /// subtask's, each subtask's oldest first. A sink whose commits must first settle
-    /// what the failed attempt left in flight overrides it.
+    /// subtask's, each subtask's oldest first. A sink whose commits must
+    /// first settle what the failed attempt left in flight overrides it.
     async fn commit_restored(&mut self, txns: &[Self::Txn]) -> Result<(), TaskError> {
         for txn in txns {
             self.commit(txn).await?;

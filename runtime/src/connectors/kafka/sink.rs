@@ -168,6 +168,14 @@ impl<T> KafkaSink<T> {
         Ok(producer)
     }
 
+    /// A producer per transactional id a failed attempt may have used: every
+    /// subtask of this parallelism and of the restored transactions'. Made
+    /// before any marker is read (see the module docs).
+    fn settle_all(&self, restored: &[KafkaTxn]) -> Result<BTreeMap<u32, Producer_>, TaskError> {
+        let highest = restored.iter().map(|t| t.subtask + 1).max().unwrap_or(0).max(self.parallelism);
+        (0..highest).map(|subtask| Ok((subtask, self.make_producer(Some(self.transactional_id(subtask)))?))).collect()
+    }
+
     /// The newest checkpoint whose transaction `subtask` committed, from
     /// its marker group; `None` if it never committed one.
     fn committed_marker(&self, subtask: u32) -> Result<Option<u64>, TaskError> {
@@ -364,16 +372,6 @@ impl<T: Serialize + Send + 'static> TwoPhaseCommitSink<T> for KafkaSink<T> {
             }
         }
         Ok(())
-    }
-}
-
-impl<T> KafkaSink<T> {
-    /// A producer per transactional id a failed attempt may have used: every
-    /// subtask of this parallelism and of the restored transactions'. Made
-    /// before any marker is read (see the module docs).
-    fn settle_all(&self, restored: &[KafkaTxn]) -> Result<BTreeMap<u32, Producer_>, TaskError> {
-        let highest = restored.iter().map(|t| t.subtask + 1).max().unwrap_or(0).max(self.parallelism);
-        (0..highest).map(|subtask| Ok((subtask, self.make_producer(Some(self.transactional_id(subtask)))?))).collect()
     }
 }
 
