@@ -152,7 +152,7 @@ fn orders(n: u64) -> (Vec<String>, BTreeMap<String, u64>, u64) {
 #[test]
 fn flattened_array_elements_are_counted_exactly_once_through_seeded_crashes_and_non_arrays_dead_lettered_once() {
     let dir = tempfile::tempdir().unwrap();
-    let (lines, want, broken) = orders(4_000);
+    let (lines, want, broken) = orders(20_000);
     std::fs::write(dir.path().join("orders.jsonl"), lines.join("\n") + "\n").unwrap();
     let yaml = format!(
         r#"
