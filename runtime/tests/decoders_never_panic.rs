@@ -139,3 +139,32 @@ fn manifests_never_panic_the_parser_or_the_validation() {
         }
     });
 }
+
+#[test]
+fn csv_files_never_panic_the_reader() {
+    use weir_runtime::connectors::csv_records::CsvFormat;
+    use weir_runtime::manifest::{CsvSpec, FieldSpec, FieldType};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("in.csv");
+    let path_text = path.display().to_string();
+    let field = |name: &str, ty, nullable| FieldSpec { name: name.into(), ty, nullable };
+    let fields = [
+        field("a", FieldType::String, false),
+        field("b", FieldType::Int64, true),
+        field("c", FieldType::Float64, false),
+        field("d", FieldType::Timestamp, true),
+        field("e", FieldType::Boolean, true),
+    ];
+    let seed = b"e,d,c,b,a\ntrue,2026-12-06T00:00:00Z,2.5,7,\"x, \"\"y\"\"\nz\"\nfalse,17,1e3,,plain\n".to_vec();
+    let formats = [true, false].map(|header| CsvFormat::new(&fields, Some(&CsvSpec { header, delimiter: None })));
+    never_panics("csv", &[seed], |b| {
+        std::fs::write(&path, b).unwrap();
+        // With a header and without, from the start and from mid-record.
+        let format = &formats[b.len() % 2];
+        for offset in [0, b.len() as u64 / 2] {
+            if let Ok((mut reader, _, _)) = format.open(&path_text, offset, 1) {
+                while let Ok(Some(_)) = reader.next(format) {}
+            }
+        }
+    });
+}

@@ -1,5 +1,5 @@
-//! JSON-lines files as a bounded, replayable source: each file is a split
-//! whose position is a byte offset.
+//! JSON-lines or CSV files as a bounded, replayable source: each file is a
+//! split whose position is a byte offset.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::csv_records::{CsvFormat, CsvReader};
 use crate::record::{BadRecord, SourceRecord};
 use crate::state::snapshot::{decode, encode};
 use crate::task::source_task::{Source, SourcePoll};
@@ -38,19 +39,28 @@ const PREFIX_BYTES: u64 = 4096;
 pub struct FileSource {
     splits: Vec<FileSplit>,
     current: usize,
-    reader: Option<BufReader<File>>,
+    /// `None`: JSON lines.
+    csv: Option<CsvFormat>,
+    reader: Option<Open>,
     buf: Vec<u8>,
 }
 
+/// The file being read.
+enum Open {
+    Lines(BufReader<File>),
+    Csv(CsvReader),
+}
+
 /// The files a `path` names: the file itself, or a directory's `*.jsonl`
-/// and `*.json` files in name order.
-pub fn list_input_files(path: &Path) -> Result<Vec<PathBuf>, TaskError> {
+/// and `*.json` files (`*.csv` files if `csv`) in name order.
+pub fn list_input_files(path: &Path, csv: bool) -> Result<Vec<PathBuf>, TaskError> {
+    let extensions: &[&str] = if csv { &["csv"] } else { &["jsonl", "json"] };
     let err = |e: std::io::Error| TaskError::source(&path.display().to_string(), format!("cannot read input: {e}"));
     if path.is_dir() {
         let mut files: Vec<PathBuf> = std::fs::read_dir(path)
             .map_err(err)?
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "jsonl" || x == "json"))
+            .filter(|p| p.extension().is_some_and(|x| extensions.iter().any(|e| x == *e)))
             .collect();
         files.sort();
         Ok(files)
@@ -116,13 +126,16 @@ fn owner_of(path: &Path, parallelism: u32) -> u32 {
 impl FileSource {
     /// `restored` is this subtask's share of the splits; `ctx.restored`
     /// holds every subtask's (under `uid`), which tells files already known
-    /// from files added to a watched directory since.
+    /// from files added to a watched directory since. `csv`: the files are
+    /// CSV, not JSON lines.
     pub fn new(
         ctx: &TaskContext,
         uid: &str,
         restored: Option<Vec<Vec<u8>>>,
         path: &Path,
+        csv: Option<CsvFormat>,
     ) -> Result<FileSource, TaskError> {
+        let is_csv = csv.is_some();
         let splits = match restored {
             Some(entries) => {
                 let mut splits: Vec<FileSplit> = entries.iter().map(|e| decode(e)).collect::<Result<_, _>>()?;
@@ -134,7 +147,7 @@ impl FileSource {
                         .collect::<Result<_, _>>()?,
                     None => splits.iter().map(|s| s.path.clone()).collect(),
                 };
-                for file in list_input_files(path)? {
+                for file in list_input_files(path, is_csv)? {
                     let name = file.display().to_string();
                     if !known.contains(&name) && owner_of(&file, ctx.parallelism()) == ctx.subtask() {
                         splits.push(FileSplit::new(&file));
@@ -142,24 +155,83 @@ impl FileSource {
                 }
                 splits
             }
-            None => list_input_files(path)?
+            None => list_input_files(path, is_csv)?
                 .into_iter()
                 .enumerate()
                 .filter(|(j, _)| *j as u32 % ctx.parallelism() == ctx.subtask())
                 .map(|(_, p)| FileSplit::new(&p))
                 .collect(),
         };
-        Ok(FileSource { splits, current: 0, reader: None, buf: Vec::new() })
+        Ok(FileSource { splits, current: 0, csv, reader: None, buf: Vec::new() })
     }
 
     fn open_current(&mut self) -> Result<(), TaskError> {
-        let split = &self.splits[self.current];
+        let split = &mut self.splits[self.current];
         split.check_identity()?;
+        if let Some(csv) = &self.csv {
+            let (reader, offset, line) = csv.open(&split.path, split.offset, split.line)?;
+            (split.offset, split.line) = (offset, line);
+            self.reader = Some(Open::Csv(reader));
+            return Ok(());
+        }
         let mut file =
             File::open(&split.path).map_err(|e| TaskError::source(&split.path, format!("cannot open: {e}")))?;
         file.seek(SeekFrom::Start(split.offset))
             .map_err(|e| TaskError::source(&split.path, format!("cannot seek to {}: {e}", split.offset)))?;
-        self.reader = Some(BufReader::with_capacity(1 << 16, file));
+        self.reader = Some(Open::Lines(BufReader::with_capacity(1 << 16, file)));
+        Ok(())
+    }
+
+    /// Up to `max` records of the current CSV file into `batch`.
+    fn csv_batch(&mut self, max: usize, batch: &mut Vec<SourceRecord>) -> Result<(), TaskError> {
+        let (Some(Open::Csv(reader)), Some(format)) = (self.reader.as_mut(), self.csv.as_ref()) else { return Ok(()) };
+        let split = &mut self.splits[self.current];
+        while batch.len() < max {
+            let Some(read) = reader.next(format)? else { break };
+            (split.offset, split.line) = (read.next_offset, read.next_line);
+            batch.push(SourceRecord { origin: Some(read.origin), split: self.current as u64, row: read.row });
+        }
+        Ok(())
+    }
+
+    /// Up to `max` records of the current JSON-lines file into `batch`.
+    fn lines_batch(&mut self, max: usize, batch: &mut Vec<SourceRecord>) -> Result<(), TaskError> {
+        let split = &mut self.splits[self.current];
+        let Some(Open::Lines(reader)) = self.reader.as_mut() else { return Ok(()) };
+        while batch.len() < max {
+            self.buf.clear();
+            let n = reader
+                .read_until(b'\n', &mut self.buf)
+                .map_err(|e| TaskError::source(&split.path, format!("cannot read at byte {}: {e}", split.offset)))?;
+            if n == 0 {
+                break;
+            }
+            split.offset += n as u64;
+            let origin = format!("{}:{}", split.path, split.line);
+            split.line += 1;
+            let row = match (self.buf.last() == Some(&b'\n'), std::str::from_utf8(&self.buf)) {
+                // A line still being written, or a file that lacks its
+                // last newline: not a whole record, and never dropped silently.
+                (false, text) => Err(BadRecord {
+                    origin: origin.clone(),
+                    raw: text.map(str::to_string).unwrap_or_else(|_| String::from_utf8_lossy(&self.buf).into_owned()),
+                    reason: "the last line does not end in a newline (the file may still be being written)".into(),
+                }),
+                (true, Ok(text)) => {
+                    let text = text.trim_end_matches(['\n', '\r']);
+                    if text.trim().is_empty() {
+                        continue;
+                    }
+                    crate::record::parse_json_object(text, origin.clone())
+                }
+                (true, Err(e)) => Err(BadRecord {
+                    origin: origin.clone(),
+                    raw: String::from_utf8_lossy(&self.buf).trim_end().to_string(),
+                    reason: format!("not UTF-8 text: {e}"),
+                }),
+            };
+            batch.push(SourceRecord { origin: Some(origin), split: self.current as u64, row });
+        }
         Ok(())
     }
 }
@@ -171,44 +243,12 @@ impl Source<SourceRecord> for FileSource {
                 self.open_current()?;
             }
             let mut batch = Vec::with_capacity(max.min(4096));
-            let split = &mut self.splits[self.current];
-            let Some(reader) = self.reader.as_mut() else { break };
-            while batch.len() < max {
-                self.buf.clear();
-                let n = reader.read_until(b'\n', &mut self.buf).map_err(|e| {
-                    TaskError::source(&split.path, format!("cannot read at byte {}: {e}", split.offset))
-                })?;
-                if n == 0 {
-                    break;
-                }
-                split.offset += n as u64;
-                let origin = format!("{}:{}", split.path, split.line);
-                split.line += 1;
-                let row = match (self.buf.last() == Some(&b'\n'), std::str::from_utf8(&self.buf)) {
-                    // A line still being written, or a file that lacks its
-                    // last newline: not a whole record, and never dropped silently.
-                    (false, text) => Err(BadRecord {
-                        origin: origin.clone(),
-                        raw: text
-                            .map(str::to_string)
-                            .unwrap_or_else(|_| String::from_utf8_lossy(&self.buf).into_owned()),
-                        reason: "the last line does not end in a newline (the file may still be being written)".into(),
-                    }),
-                    (true, Ok(text)) => {
-                        let text = text.trim_end_matches(['\n', '\r']);
-                        if text.trim().is_empty() {
-                            continue;
-                        }
-                        crate::record::parse_json_object(text, origin.clone())
-                    }
-                    (true, Err(e)) => Err(BadRecord {
-                        origin: origin.clone(),
-                        raw: String::from_utf8_lossy(&self.buf).trim_end().to_string(),
-                        reason: format!("not UTF-8 text: {e}"),
-                    }),
-                };
-                batch.push(SourceRecord { origin: Some(origin), split: self.current as u64, row });
+            if self.csv.is_some() {
+                self.csv_batch(max, &mut batch)?;
+            } else {
+                self.lines_batch(max, &mut batch)?;
             }
+            let split = &mut self.splits[self.current];
             if split.identity.is_none() || split.identity.is_some_and(|i| i.prefix_len < PREFIX_BYTES) {
                 split.identity = Some(split.identify(split.offset)?);
             }
@@ -263,23 +303,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("in.jsonl");
         std::fs::write(&file, "{\"n\":1}\n{\"n\":2}\n{\"n\":3}\n").unwrap();
-        let mut source = FileSource::new(&ctx(), "source", None, &file).unwrap();
+        let mut source = FileSource::new(&ctx(), "source", None, &file, None).unwrap();
         let SourcePoll::Batch(first) = source.poll_batch(2).unwrap() else { panic!("no batch") };
         assert_eq!(first.len(), 2);
         let state = source.snapshot(1).unwrap();
 
         std::fs::write(&file, "{\"n\":7}\n{\"n\":8}\n{\"n\":9}\n").unwrap();
-        let mut restored = FileSource::new(&ctx(), "source", Some(state.clone()), &file).unwrap();
+        let mut restored = FileSource::new(&ctx(), "source", Some(state.clone()), &file, None).unwrap();
         let err = drain(&mut restored).unwrap_err().to_string();
         assert!(err.contains("was replaced"), "{err}");
 
         std::fs::write(&file, "{\"n\":1}\n").unwrap();
-        let mut truncated = FileSource::new(&ctx(), "source", Some(state.clone()), &file).unwrap();
+        let mut truncated = FileSource::new(&ctx(), "source", Some(state.clone()), &file, None).unwrap();
         let err = drain(&mut truncated).unwrap_err().to_string();
         assert!(err.contains("shorter than the restored position"), "{err}");
 
         std::fs::write(&file, "{\"n\":1}\n{\"n\":2}\n{\"n\":3}\n{\"n\":4}\n").unwrap();
-        let mut appended = FileSource::new(&ctx(), "source", Some(state), &file).unwrap();
+        let mut appended = FileSource::new(&ctx(), "source", Some(state), &file, None).unwrap();
         assert_eq!(drain(&mut appended).unwrap().0, vec![3, 4], "the same file, grown: resumes where it was");
     }
 
@@ -290,7 +330,7 @@ mod tests {
         let mut bytes = b"{\"n\":1}\n".to_vec();
         bytes.extend_from_slice(b"{\"n\":\xff}\n{\"n\":3}\n{\"n\":4");
         std::fs::write(&file, bytes).unwrap();
-        let mut source = FileSource::new(&ctx(), "source", None, &file).unwrap();
+        let mut source = FileSource::new(&ctx(), "source", None, &file, None).unwrap();
         let (good, bad) = drain(&mut source).unwrap();
         assert_eq!(good, vec![1, 3]);
         assert_eq!(bad.len(), 2, "{bad:?}");
@@ -305,11 +345,11 @@ mod tests {
     fn files_added_to_a_watched_directory_after_a_restore_are_read() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("a.jsonl"), "{\"n\":1}\n{\"n\":2}\n").unwrap();
-        let mut source = FileSource::new(&ctx(), "source", None, dir.path()).unwrap();
+        let mut source = FileSource::new(&ctx(), "source", None, dir.path(), None).unwrap();
         assert_eq!(drain(&mut source).unwrap().0, vec![1, 2]);
         let state = source.snapshot(1).unwrap();
         std::fs::write(dir.path().join("b.jsonl"), "{\"n\":3}\n").unwrap();
-        let mut restored = FileSource::new(&ctx(), "source", Some(state), dir.path()).unwrap();
+        let mut restored = FileSource::new(&ctx(), "source", Some(state), dir.path(), None).unwrap();
         assert_eq!(drain(&mut restored).unwrap().0, vec![3], "only the new file, nothing read twice");
     }
 }

@@ -10,7 +10,8 @@
 //! - [`generator`]: a deterministic, replayable generator source.
 //! - [`nexmark`]: the Nexmark benchmark's people, auctions and bids,
 //!   generated as the generator's records are.
-//! - [`file_source`]: JSON-lines files, replayed by byte offset.
+//! - [`file_source`]: JSON-lines and CSV files, replayed by byte offset.
+//! - [`csv_records`]: CSV records typed by the pipeline's schema.
 //! - [`kafka`]: Kafka topics as a replayable source and a transactional sink.
 //! - [`postgres`]: PostgreSQL tables, by two-phase commit or upsert.
 //! - [`redis`]: the latest record per key into Redis (idempotent).
@@ -20,6 +21,7 @@
 //! - [`print`]: the stdout sink and a discarding sink for benchmarks.
 
 pub mod backoff;
+pub mod csv_records;
 pub mod file_sink;
 pub mod file_source;
 pub mod generator;

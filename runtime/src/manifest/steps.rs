@@ -198,11 +198,39 @@ pub struct AggregateSpec {
     /// Fields to average; emitted as `avg_<field>`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub avg: Vec<String>,
+    /// Fields whose distinct values to count (of any type, nulls not
+    /// counted); emitted as `count_distinct_<field>`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub count_distinct: Vec<String>,
+    /// Fields whose first value to keep (nulls skipped); emitted as
+    /// `first_<field>`. First in event time in a window, in arrival order
+    /// in a running aggregate.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub first: Vec<String>,
+    /// Fields whose last value to keep (nulls skipped); emitted as
+    /// `last_<field>`. Last in event time in a window, in arrival order in
+    /// a running aggregate.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub last: Vec<String>,
 }
 
 impl AggregateSpec {
+    pub(super) const EMPTY: &str = "expected at least one of count, sum, min, max, avg, countDistinct, first, last";
+
     pub(super) fn is_empty(&self) -> bool {
-        !self.count && self.sum.is_empty() && self.min.is_empty() && self.max.is_empty() && self.avg.is_empty()
+        !self.count && self.numeric_fields().next().is_none() && !self.by_value()
+    }
+
+    /// Whether it keeps values, not only numbers: `countDistinct`, `first`
+    /// or `last`. Such aggregates have state of their own type, so that
+    /// checkpoints of the others read back as they were written.
+    pub fn by_value(&self) -> bool {
+        !(self.count_distinct.is_empty() && self.first.is_empty() && self.last.is_empty())
+    }
+
+    /// Every field read as a value of any type.
+    pub fn value_fields(&self) -> impl Iterator<Item = &String> {
+        self.count_distinct.iter().chain(&self.first).chain(&self.last)
     }
 
     /// Every field read as a number.
@@ -244,7 +272,7 @@ impl WindowSpec {
             }
         }
         if self.aggregate.is_empty() {
-            errors.push(format!("{at}.aggregate: expected at least one of count, sum, min, max, avg"));
+            errors.push(format!("{at}.aggregate: {}", AggregateSpec::EMPTY));
         }
         errors
     }

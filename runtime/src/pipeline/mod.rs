@@ -33,6 +33,7 @@ use std::sync::Arc;
 
 use serde_json::json;
 
+use crate::connectors::csv_records::CsvFormat;
 use crate::connectors::file_source::FileSource;
 use crate::connectors::generator::generated;
 use crate::connectors::kafka::source::split_id;
@@ -47,13 +48,13 @@ use crate::connectors::{FileSink, GeneratorSource};
 use crate::dataflow::{BuildError, DataStream, JobGraph, KeyedStream, StreamEnv};
 use crate::manifest::{
     AggregateSpec, BadRecordAction, ErrorPolicy, EventTimeSpec, KafkaMetadata, LateRecords, PipelineSpec,
-    PostgresSinkMode, SinkKind, SourceKind, StepKind, StepSpec, StreamJobSpec, WindowSpec,
+    PostgresSinkMode, SinkKind, SourceFormat, SourceKind, StepKind, StepSpec, StreamJobSpec, WindowSpec,
 };
 use crate::operators::EventTimeFunction;
 use crate::record::{key_of, parse_json_object, BadRecord, FieldRule, Rejects, Row, SourceRecord};
 use crate::task::source_task::Source;
 use crate::task::{Collector, TaskContext, TaskError};
-use aggregate::Aggregate;
+use aggregate::{AggState, Aggregate, WithValues};
 use bad_records::{BadRecordPolicy, Checked, FieldRules, RejectingSink};
 use event_time::EventTimeSource;
 use flatten::Flatten;
@@ -132,8 +133,12 @@ fn build_pipeline(spec: &StreamJobSpec, pipeline: &PipelineSpec) -> Result<JobGr
         SourceKind::File(f) => {
             let path = PathBuf::from(&f.path);
             let timed = timed.clone();
+            let csv = match (f.format, &pipeline.schema) {
+                (SourceFormat::Csv, Some(fields)) => Some(CsvFormat::new(fields, f.csv.as_ref())),
+                _ => None,
+            };
             env.source_idle_after("source", idle, move |ctx, restored| {
-                Ok(timed(Box::new(FileSource::new(ctx, "source", restored, &path)?)))
+                Ok(timed(Box::new(FileSource::new(ctx, "source", restored, &path, csv.clone())?)))
             })
         }
         SourceKind::Kafka(k) => {
@@ -202,15 +207,26 @@ fn build_pipeline(spec: &StreamJobSpec, pipeline: &PipelineSpec) -> Result<JobGr
                 let Some(field) = key_field.take() else { continue };
                 let keyed = keyed_after_filter(&env, stream, after_filter.take(), &field, &spec.error_policy);
                 let id = step.id.clone().unwrap_or_else(|| aggregate_id(&field, a));
-                stream = keyed.process(&id, Aggregate::new(&field, a));
+                stream = if a.by_value() {
+                    keyed.process(&id, Aggregate::<WithValues>::new(&field, a))
+                } else {
+                    keyed.process(&id, Aggregate::<AggState>::new(&field, a))
+                };
             }
             StepKind::Window(w) => {
                 let (Some(field), Some(time)) = (key_field.take(), &pipeline.event_time) else { continue };
                 let keyed = keyed_after_filter(&env, stream, after_filter.take(), &field, &spec.error_policy);
                 let id = step.id.clone().unwrap_or_else(|| window_id(&field, &time.field, w));
-                stream = event_time_step(&env, keyed, &id, steps.path(i), time, &spec.error_policy, |late| {
-                    WindowAggregate::new(&field, &time.field, w, late)
-                });
+                let (at, errors) = (steps.path(i), &spec.error_policy);
+                stream = if w.aggregate.by_value() {
+                    event_time_step(&env, keyed, &id, at, time, errors, |late| {
+                        WindowAggregate::<WithValues>::new(&field, &time.field, w, late)
+                    })
+                } else {
+                    event_time_step(&env, keyed, &id, at, time, errors, |late| {
+                        WindowAggregate::<AggState>::new(&field, &time.field, w, late)
+                    })
+                };
             }
             StepKind::Deduplicate(d) => {
                 let (Some(field), Some(time)) = (key_field.take(), &pipeline.event_time) else { continue };

@@ -170,6 +170,29 @@ fn aggregated(
         let t = typed("max", f, &mut errors);
         fields.push(Field::new(format!("max_{f}"), t, true));
     }
+    // Values of any type; without a schema, later steps read them as text.
+    let mut any = |kind: &str, name: &str| -> DataType {
+        match input.map(|schema| find(schema, name)) {
+            None => DataType::Utf8,
+            Some(Ok(f)) => f.data_type().clone(),
+            Some(Err(e)) => {
+                errors.push(format!("{at}.{kind}: {e}"));
+                DataType::Utf8
+            }
+        }
+    };
+    for f in &spec.count_distinct {
+        any("countDistinct", f);
+        fields.push(Field::new(format!("count_distinct_{f}"), DataType::Int64, false));
+    }
+    for f in &spec.first {
+        let t = any("first", f);
+        fields.push(Field::new(format!("first_{f}"), t, true));
+    }
+    for f in &spec.last {
+        let t = any("last", f);
+        fields.push(Field::new(format!("last_{f}"), t, true));
+    }
     (schema_of(fields), errors)
 }
 

@@ -25,8 +25,8 @@
 use std::ops::ControlFlow;
 
 use datafusion_sql::sqlparser::ast::{
-    visit_expressions, visit_expressions_mut, Expr, FunctionArg, FunctionArgExpr, FunctionArguments, GroupByExpr,
-    Ident, Query, Select, SelectItem, SetExpr, Statement, TableFactor, Value,
+    visit_expressions, visit_expressions_mut, DuplicateTreatment, Expr, FunctionArg, FunctionArgExpr,
+    FunctionArguments, GroupByExpr, Ident, Query, Select, SelectItem, SetExpr, Statement, TableFactor, Value,
 };
 use datafusion_sql::sqlparser::dialect::GenericDialect;
 use datafusion_sql::sqlparser::parser::Parser;
@@ -115,6 +115,9 @@ fn plain_select(query: Query) -> Result<Select, String> {
         _ => Err("expected one table, FROM source; joins are not supported yet".into()),
     }
 }
+
+/// The aggregate functions `spec.pipeline.sql` plans.
+const SUPPORTED: &str = "COUNT(*), COUNT(DISTINCT field), SUM, MIN, MAX, AVG, FIRST_VALUE, LAST_VALUE";
 
 /// An aggregate call of the select list or `HAVING`.
 #[derive(Debug, Clone, PartialEq)]
@@ -242,7 +245,7 @@ impl Grouping {
             return Ok(steps);
         }
         if calls.is_empty() {
-            return Err("GROUP BY needs an aggregate in the select list (COUNT(*), SUM, MIN, MAX, AVG)".into());
+            return Err(format!("GROUP BY needs an aggregate in the select list ({SUPPORTED})"));
         }
         for item in &self.select.projection {
             if let SelectItem::Wildcard(_) | SelectItem::QualifiedWildcard(..) = item {
@@ -275,6 +278,9 @@ impl Grouping {
                         "sum" => &mut aggregate.sum,
                         "min" => &mut aggregate.min,
                         "max" => &mut aggregate.max,
+                        "count_distinct" => &mut aggregate.count_distinct,
+                        "first" => &mut aggregate.first,
+                        "last" => &mut aggregate.last,
                         _ => &mut aggregate.avg,
                     };
                     if !list.contains(&field) {
@@ -429,9 +435,10 @@ fn aggregate_call(e: &Expr) -> Option<Result<Call, String>> {
         "min" => "min",
         "max" => "max",
         "avg" => "avg",
-        "count_distinct" | "first_value" | "last_value" | "stddev" | "variance" | "median" | "array_agg"
-        | "string_agg" | "approx_distinct" => {
-            return Some(Err(format!("the aggregate {name} is not supported yet (COUNT(*), SUM, MIN, MAX, AVG are)")))
+        "first_value" => "first",
+        "last_value" => "last",
+        "count_distinct" | "stddev" | "variance" | "median" | "array_agg" | "string_agg" | "approx_distinct" => {
+            return Some(Err(format!("the aggregate {name} is not supported yet ({SUPPORTED} are)")))
         }
         _ => return None,
     };
@@ -442,13 +449,24 @@ fn aggregate_call(e: &Expr) -> Option<Result<Call, String>> {
     if f.filter.is_some() {
         return Some(Err(format!("`{e}`: FILTER on an aggregate is not supported yet")));
     }
+    let mut kind = kind;
     if let FunctionArguments::List(list) = &f.args {
-        if list.duplicate_treatment.is_some() {
-            return Some(Err(format!("`{e}`: DISTINCT in an aggregate is not supported yet")));
+        match list.duplicate_treatment {
+            Some(DuplicateTreatment::Distinct) if kind == "count" => kind = "count_distinct",
+            Some(DuplicateTreatment::Distinct) => {
+                return Some(Err(format!("`{e}`: DISTINCT is supported in COUNT(DISTINCT field) only")))
+            }
+            Some(DuplicateTreatment::All) | None => {}
         }
+    }
+    if matches!(&f.args, FunctionArguments::List(l) if !l.clauses.is_empty()) || !f.within_group.is_empty() {
+        return Some(Err(format!("`{e}`: ORDER BY or other clauses in an aggregate are not supported")));
     }
     let args = arguments(e);
     Some(match (kind, args.as_slice()) {
+        ("count_distinct", [FunctionArgExpr::Wildcard]) => {
+            Err(format!("`{e}`: COUNT(DISTINCT *) is not supported; name a field"))
+        }
         ("count", [FunctionArgExpr::Wildcard]) => Ok(Call::Count),
         ("count", [FunctionArgExpr::Expr(Expr::Value(v))]) if v.to_string() == "1" => Ok(Call::Count),
         ("count", _) => Err(format!("`{e}`: COUNT(*) is supported, COUNT of a field not yet")),

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use super::aggregate::{AggState, Aggregate};
+use super::aggregate::{Accumulator, AggState, Aggregate};
 use super::bad_records::Check;
 use crate::manifest::{DeduplicateSpec, WindowKind, WindowSpec};
 use crate::operators::{EventTimeFunction, Timers};
@@ -62,19 +62,19 @@ fn event_time(row: &Row, field: &str, key: &str) -> Result<i64, TaskError> {
 }
 
 #[derive(Debug, Clone)]
-pub struct WindowAggregate {
-    aggregate: Aggregate,
+pub struct WindowAggregate<A = AggState> {
+    aggregate: Aggregate<A>,
     time_field: String,
     kind: WindowKind,
     late: LateTo,
 }
 
 /// A key's open windows by start: the end (exclusive) and the aggregates.
-pub type Windows = BTreeMap<i64, (i64, AggState)>;
+pub type Windows<A = AggState> = BTreeMap<i64, (i64, A)>;
 
-impl WindowAggregate {
+impl<A: Accumulator> WindowAggregate<A> {
     /// `spec` was validated: its kind is known and its lengths positive.
-    pub fn new(key_field: &str, time_field: &str, spec: &WindowSpec, late: LateTo) -> WindowAggregate {
+    pub fn new(key_field: &str, time_field: &str, spec: &WindowSpec, late: LateTo) -> WindowAggregate<A> {
         let kind = match spec.kind() {
             Ok(WindowKind::Sliding { size, slide }) => {
                 let size = size.max(1);
@@ -103,7 +103,7 @@ impl WindowAggregate {
         key: &str,
         row: &Row,
         ts: i64,
-        windows: &mut Windows,
+        windows: &mut Windows<A>,
         timers: &mut Timers,
     ) -> Result<bool, TaskError> {
         let WindowKind::Sliding { size, slide } = self.kind else { return Ok(false) };
@@ -113,8 +113,8 @@ impl WindowAggregate {
             if timers.watermark().is_some_and(|w| w >= end - 1) {
                 continue;
             }
-            let (_, acc) = windows.entry(start).or_insert_with(|| (end, AggState::default()));
-            self.aggregate.fold(key, row, acc)?;
+            let (_, acc) = windows.entry(start).or_insert_with(|| (end, A::default()));
+            self.aggregate.fold(key, row, ts, acc)?;
             timers.register(end - 1);
             placed = true;
         }
@@ -128,7 +128,7 @@ impl WindowAggregate {
         key: &str,
         row: &Row,
         ts: i64,
-        windows: &mut Windows,
+        windows: &mut Windows<A>,
         timers: &mut Timers,
     ) -> Result<bool, TaskError> {
         let WindowKind::Session { gap } = self.kind else { return Ok(false) };
@@ -137,8 +137,8 @@ impl WindowAggregate {
         if overlapping.is_empty() && timers.watermark().is_some_and(|w| w >= end - 1) {
             return Ok(false);
         }
-        let mut acc = AggState::default();
-        self.aggregate.fold(key, row, &mut acc)?;
+        let mut acc = A::default();
+        self.aggregate.fold(key, row, ts, &mut acc)?;
         for s in overlapping {
             if let Some((e, other)) = windows.remove(&s) {
                 timers.delete(e - 1);
@@ -153,14 +153,14 @@ impl WindowAggregate {
     }
 }
 
-impl EventTimeFunction<String, Row, Routed> for WindowAggregate {
-    type State = Windows;
+impl<A: Accumulator> EventTimeFunction<String, Row, Routed> for WindowAggregate<A> {
+    type State = Windows<A>;
 
     fn process(
         &mut self,
         key: &String,
         row: Row,
-        windows: &mut Windows,
+        windows: &mut Windows<A>,
         timers: &mut Timers,
         out: &mut Vec<Routed>,
     ) -> Result<(), TaskError> {
@@ -179,7 +179,7 @@ impl EventTimeFunction<String, Row, Routed> for WindowAggregate {
         &mut self,
         key: &String,
         time: i64,
-        windows: &mut Windows,
+        windows: &mut Windows<A>,
         _timers: &mut Timers,
         out: &mut Vec<Routed>,
     ) -> Result<(), TaskError> {
@@ -192,7 +192,7 @@ impl EventTimeFunction<String, Row, Routed> for WindowAggregate {
         Ok(())
     }
 
-    fn is_empty(&self, windows: &Windows) -> bool {
+    fn is_empty(&self, windows: &Windows<A>) -> bool {
         windows.is_empty()
     }
 }
@@ -267,7 +267,7 @@ mod tests {
 
     #[test]
     fn a_record_falls_in_one_tumbling_window_and_in_size_over_slide_sliding_ones() {
-        let starts = |ts, size, slide| WindowAggregate::starts(ts, size, slide).collect::<Vec<_>>();
+        let starts = |ts, size, slide| WindowAggregate::<AggState>::starts(ts, size, slide).collect::<Vec<_>>();
         assert_eq!(starts(61_500, 60_000, 60_000), vec![60_000]);
         assert_eq!(starts(-1, 60_000, 60_000), vec![-60_000], "before the epoch too");
         assert_eq!(starts(61_500, 60_000, 20_000), vec![60_000, 40_000, 20_000]);

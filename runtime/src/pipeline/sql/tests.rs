@@ -84,6 +84,21 @@ fn group_windows_become_window_steps_over_the_event_time() {
 }
 
 #[test]
+fn count_distinct_first_value_and_last_value_become_value_aggregates() {
+    let sql = "SELECT item, COUNT(DISTINCT buyer) AS buyers, FIRST_VALUE(price) AS opening, \
+               LAST_VALUE(price) AS closing FROM source GROUP BY item, TUMBLE(ts, INTERVAL '1' MINUTE)";
+    let s = json(&steps(sql, Some("ts")).unwrap());
+    assert_eq!(
+        s[1],
+        r#"{"window":{"size":"1m","aggregate":{"count":false,"sum":[],"min":[],"max":[],"countDistinct":["buyer"],"first":["price"],"last":["price"]}}}"#
+    );
+    assert_eq!(
+        s[2],
+        r#"{"select":["item","count_distinct_buyer AS buyers","first_price AS opening","last_price AS closing"]}"#
+    );
+}
+
+#[test]
 fn what_is_not_built_is_refused_by_name() {
     let refused = [
         ("SELECT a FROM source JOIN other ON a = b", "joins are not supported yet"),
@@ -94,7 +109,13 @@ fn what_is_not_built_is_refused_by_name() {
         ("SELECT DISTINCT a FROM source", "SELECT DISTINCT"),
         ("SELECT a FROM source UNION SELECT a FROM source", "UNION of queries is not supported yet"),
         ("SELECT a, b, COUNT(*) AS n FROM source GROUP BY a, b", "one key expression"),
-        ("SELECT a, COUNT(DISTINCT b) AS n FROM source GROUP BY a", "DISTINCT in an aggregate"),
+        (
+            "SELECT a, SUM(DISTINCT b) AS n FROM source GROUP BY a",
+            "DISTINCT is supported in COUNT(DISTINCT field) only",
+        ),
+        ("SELECT a, COUNT(DISTINCT *) AS n FROM source GROUP BY a", "name a field"),
+        ("SELECT a, FIRST_VALUE(b ORDER BY c) AS n FROM source GROUP BY a", "ORDER BY or other clauses"),
+        ("SELECT a, MEDIAN(b) AS n FROM source GROUP BY a", "the aggregate median is not supported yet"),
         ("SELECT a, COUNT(b) AS n FROM source GROUP BY a", "COUNT of a field not yet"),
         ("SELECT a FROM source WHERE SUM(b) > 1", "WHERE cannot use an aggregate"),
         ("SELECT a, SUM(b * 2) FROM source GROUP BY a", "`SUM(b * 2)` needs a name"),
