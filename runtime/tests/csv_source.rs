@@ -8,7 +8,6 @@ use std::collections::BTreeMap;
 
 use common::*;
 use weir_runtime::connectors::file_sink::read_committed;
-use weir_runtime::manifest::StreamJob;
 
 /// Rows of orders under a header whose columns are not in schema order;
 /// every 97th has a quantity that is not a number, every 10th a note with
@@ -43,18 +42,8 @@ fn csv_rows_are_counted_exactly_once_and_bad_rows_dead_lettered_once_through_see
     std::fs::write(dir.path().join("orders.csv"), text).unwrap();
     // A file of another format in the directory is not read.
     std::fs::write(dir.path().join("notes.jsonl"), "{\"item\": \"item1\", \"qty\": 1}\n").unwrap();
-    let yaml = format!(
-        r#"
-apiVersion: weir.dev/v1alpha1
-kind: StreamJob
-metadata: {{name: csv-orders}}
-spec:
-  parallelism: 2
-  maxParallelism: 16
-  checkpoints: {{interval: 10ms, storage: "file://{d}/checkpoints", retained: 2}}
-  errorPolicy: {{onBadRecord: deadLetter, deadLetterPath: "{d}/dead"}}
-  pipeline:
-    source: {{file: {{path: "{d}", format: Csv, csv: {{header: true}}}}}}
+    let pipeline = format!(
+        r#"    source: {{file: {{path: "{d}", format: Csv, csv: {{header: true}}}}}}
     schema:
       - {{name: item, type: string}}
       - {{name: qty, type: int64}}
@@ -62,12 +51,10 @@ spec:
       - {{name: note, type: string}}
     steps:
       - keyBy: {{field: item}}
-      - aggregate: {{count: true, sum: [qty], max: [price]}}
-    sink: {{file: {{path: "{d}/out"}}}}
-"#,
+      - aggregate: {{count: true, sum: [qty], max: [price]}}"#,
         d = dir.path().display()
     );
-    let job = StreamJob::from_yaml(&yaml).unwrap();
+    let job = dead_lettering_job(dir.path(), "csv-orders", 2, &pipeline).unwrap();
     run_through_crashes(&job, 0xc5f0_0000_0000_0001);
 
     let mut seen: BTreeMap<String, BTreeMap<u64, i64>> = BTreeMap::new();

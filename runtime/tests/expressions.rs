@@ -154,18 +154,8 @@ fn flattened_array_elements_are_counted_exactly_once_through_seeded_crashes_and_
     let dir = tempfile::tempdir().unwrap();
     let (lines, want, broken) = orders(20_000);
     std::fs::write(dir.path().join("orders.jsonl"), lines.join("\n") + "\n").unwrap();
-    let yaml = format!(
-        r#"
-apiVersion: weir.dev/v1alpha1
-kind: StreamJob
-metadata: {{name: items}}
-spec:
-  parallelism: 2
-  maxParallelism: 16
-  checkpoints: {{interval: 10ms, storage: "file://{d}/checkpoints", retained: 2}}
-  errorPolicy: {{onBadRecord: deadLetter, deadLetterPath: "{d}/dead"}}
-  pipeline:
-    source: {{file: {{path: "{d}/orders.jsonl"}}}}
+    let pipeline = format!(
+        r#"    source: {{file: {{path: "{d}/orders.jsonl"}}}}
     schema:
       - {{name: order, type: int64}}
       - {{name: customer, type: string}}
@@ -173,12 +163,10 @@ spec:
       - flatten: {{field: items, type: string}}
       - filter: "items <> 's3'"
       - keyBy: {{field: items}}
-      - aggregate: {{count: true}}
-    sink: {{file: {{path: "{d}/out"}}}}
-"#,
+      - aggregate: {{count: true}}"#,
         d = dir.path().display()
     );
-    let job = StreamJob::from_yaml(&yaml).unwrap();
+    let job = dead_lettering_job(dir.path(), "items", 2, &pipeline).unwrap();
     run_through_crashes(&job, 0xf1a7_7e00_0bad_5eed);
 
     let mut seen: BTreeMap<String, Vec<u64>> = BTreeMap::new();

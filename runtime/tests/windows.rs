@@ -180,28 +180,15 @@ fn late_records_go_to_the_dead_letters_once_and_every_record_is_in_a_window_or_t
     let lines: Vec<String> =
         (0..N).map(|i| serde_json::json!({"key": key_of(i), "ts": ts_of(i), "v": i}).to_string()).collect();
     std::fs::write(&input, lines.join("\n") + "\n").unwrap();
-    let yaml = format!(
-        r#"
-apiVersion: weir.dev/v1alpha1
-kind: StreamJob
-metadata: {{name: late-dead-letters}}
-spec:
-  parallelism: 2
-  maxParallelism: 16
-  checkpoints: {{interval: 10ms, storage: "file://{dir}/checkpoints", retained: 2}}
-  errorPolicy: {{onBadRecord: deadLetter, deadLetterPath: "{dir}/dead"}}
-  pipeline:
-    source: {{file: {{path: "{input}"}}}}
+    let pipeline = format!(
+        r#"    source: {{file: {{path: "{input}"}}}}
     eventTime: {{field: ts, maxOutOfOrderness: 100ms, lateRecords: ErrorPolicy}}
     steps:
       - keyBy: {{field: key}}
-      - window: {{size: 100ms, aggregate: {{count: true, sum: [v]}}}}
-    sink: {{file: {{path: "{dir}/out"}}}}
-"#,
-        dir = dir.path().display(),
+      - window: {{size: 100ms, aggregate: {{count: true, sum: [v]}}}}"#,
         input = input.display(),
     );
-    let job = StreamJob::from_yaml(&yaml).unwrap();
+    let job = dead_lettering_job(dir.path(), "late-dead-letters", 2, &pipeline).unwrap();
     run_through_crashes(&job, 0x9e37_79b9_7f4a_7c15);
 
     let dead = read_committed(&dir.path().join("dead")).unwrap();

@@ -431,6 +431,11 @@ impl PipelineSpec {
                         errors.push(format!("spec.pipeline.steps[{i}].filter: required, got an empty condition"));
                     }
                 }
+                Ok(StepKind::TopN(t)) => {
+                    errors.extend(t.problems(&format!("spec.pipeline.steps[{i}].topN"), keyed));
+                    keyed = false;
+                    aggregated = true;
+                }
                 Ok(StepKind::Select(_)) => keyed = false,
                 // A key is chosen after the records are made.
                 Ok(StepKind::Flatten(f)) => {

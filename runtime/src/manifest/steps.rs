@@ -1,5 +1,5 @@
 //! `spec.pipeline.steps`: the steps a pipeline can list (keyBy, aggregate,
-//! window, deduplicate, filter, select, flatten) and their checks.
+//! window, deduplicate, topN, filter, select, flatten) and their checks.
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -10,8 +10,8 @@ use super::*;
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[schemars(extend("x-kubernetes-validations" = [{
-    "rule": "(has(self.keyBy) ? 1 : 0) + (has(self.aggregate) ? 1 : 0) + (has(self.window) ? 1 : 0) + (has(self.deduplicate) ? 1 : 0) + (has(self.filter) ? 1 : 0) + (has(self.select) ? 1 : 0) + (has(self.flatten) ? 1 : 0) == 1",
-    "message": "exactly one of keyBy, aggregate, window, deduplicate, filter, select, flatten must be set in each spec.pipeline.steps item"
+    "rule": "(has(self.keyBy) ? 1 : 0) + (has(self.aggregate) ? 1 : 0) + (has(self.window) ? 1 : 0) + (has(self.deduplicate) ? 1 : 0) + (has(self.topN) ? 1 : 0) + (has(self.filter) ? 1 : 0) + (has(self.select) ? 1 : 0) + (has(self.flatten) ? 1 : 0) == 1",
+    "message": "exactly one of keyBy, aggregate, window, deduplicate, topN, filter, select, flatten must be set in each spec.pipeline.steps item"
 }]))]
 pub struct StepSpec {
     /// A stable id for the step's state (as Flink's `uid`): a checkpoint's
@@ -39,6 +39,13 @@ pub struct StepSpec {
     /// `eventTime`). Records pass unchanged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deduplicate: Option<DeduplicateSpec>,
+    /// The `n` records of each key ranked first by a numeric field so far
+    /// (needs a preceding `keyBy`). Each record that enters the ranking is
+    /// emitted with its `rank` (1 is first), and so is every record it
+    /// moved down a rank: an update stream by key and rank, as Flink's
+    /// Top-N emits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_n: Option<TopNSpec>,
     /// Keeps the records for which this SQL condition is true
     /// (`price * qty > 100 AND region <> 'eu'`); null counts as false.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -77,6 +84,41 @@ pub struct DeduplicateSpec {
     pub within: HumanDuration,
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TopNSpec {
+    /// How many records of each key to rank: 1 to 1000.
+    pub n: u32,
+    /// The numeric field to rank by.
+    pub order_by: String,
+    /// `Descending` (the greatest first, the default) or `Ascending`.
+    #[serde(default)]
+    pub order: SortOrder,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
+pub enum SortOrder {
+    #[default]
+    Descending,
+    Ascending,
+}
+
+impl TopNSpec {
+    pub(super) fn problems(&self, at: &str, keyed: bool) -> Vec<String> {
+        let mut errors = Vec::new();
+        if !keyed {
+            errors.push(format!("{at}: needs a keyBy step before it"));
+        }
+        if !(1..=1000).contains(&self.n) {
+            errors.push(format!("{at}.n: expected 1 to 1000, got {}", self.n));
+        }
+        if self.order_by.is_empty() {
+            errors.push(format!("{at}.orderBy: required, got an empty name"));
+        }
+        errors
+    }
+}
+
 /// Ids the pipeline gives its own stateful parts.
 const RESERVED_IDS: [&str; 3] = ["source", "sink", "bad-records"];
 
@@ -99,6 +141,7 @@ pub enum StepKind<'a> {
     Aggregate(&'a AggregateSpec),
     Window(&'a WindowSpec),
     Deduplicate(&'a DeduplicateSpec),
+    TopN(&'a TopNSpec),
     Filter(&'a str),
     Select(&'a [String]),
     Flatten(&'a FlattenSpec),
@@ -111,6 +154,7 @@ impl StepSpec {
             self.aggregate.as_ref().map(StepKind::Aggregate),
             self.window.as_ref().map(StepKind::Window),
             self.deduplicate.as_ref().map(StepKind::Deduplicate),
+            self.top_n.as_ref().map(StepKind::TopN),
             self.filter.as_deref().map(StepKind::Filter),
             self.select.as_deref().map(StepKind::Select),
             self.flatten.as_ref().map(StepKind::Flatten),
@@ -120,7 +164,10 @@ impl StepSpec {
         .collect();
         match set.as_slice() {
             [one] => Ok(*one),
-            _ => Err("expected exactly one of keyBy, aggregate, window, deduplicate, filter, select, flatten".into()),
+            _ => {
+                Err("expected exactly one of keyBy, aggregate, window, deduplicate, topN, filter, select, flatten"
+                    .into())
+            }
         }
     }
 }

@@ -1,7 +1,8 @@
 //! Declared pipelines (`spec.pipeline`) turned into jobs of the typed API.
 //!
 //! # Layout
-//! - [`aggregate`]: running count/sum/min/max/avg per key.
+//! - [`aggregate`]: running count/sum/min/max/avg, count distinct and
+//!   first/last per key.
 //! - [`bad_records`]: the error policy for records that cannot be processed.
 //! - [`event_time`]: watermarks from the records' timestamps.
 //! - [`flatten`]: one record per element of an array field.
@@ -11,6 +12,7 @@
 //!   type-checked against it before the job starts.
 //! - [`sql`]: `spec.pipeline.sql`, one query turned into steps.
 //! - [`steps`]: the `filter`, `select` and `keyBy.expr` steps as a collector.
+//! - [`top_n`]: the first `n` records per key by a numeric field.
 //! - [`window`]: tumbling, sliding and session event-time windows per key.
 //!
 //! Operator uids are `source`, `sink`, `bad-records`, `sink-rejected` and, for each
@@ -26,6 +28,7 @@ pub mod flatten;
 pub mod schema;
 pub mod sql;
 pub mod steps;
+pub mod top_n;
 pub mod window;
 
 use std::path::PathBuf;
@@ -60,6 +63,7 @@ use event_time::EventTimeSource;
 use flatten::Flatten;
 use schema::Planned;
 use steps::ExprStep;
+use top_n::TopN;
 use window::{Deduplicate, LateTo, Routed, SplitLate, WindowAggregate};
 
 /// The state, and the dead letters' file prefix, of rows a sink refused.
@@ -227,6 +231,12 @@ fn build_pipeline(spec: &StreamJobSpec, pipeline: &PipelineSpec) -> Result<JobGr
                         WindowAggregate::<AggState>::new(&field, &time.field, w, late)
                     })
                 };
+            }
+            StepKind::TopN(t) => {
+                let Some(field) = key_field.take() else { continue };
+                let keyed = keyed_after_filter(&env, stream, after_filter.take(), &field, &spec.error_policy);
+                let id = step.id.clone().unwrap_or_else(|| content_id("top-n", &json!({"keyBy": field, "topN": t})));
+                stream = keyed.process(&id, TopN::new(t));
             }
             StepKind::Deduplicate(d) => {
                 let (Some(field), Some(time)) = (key_field.take(), &pipeline.event_time) else { continue };
@@ -443,6 +453,10 @@ fn field_rules(pipeline: &PipelineSpec, steps: &[StepSpec]) -> (Vec<FieldRule>, 
             Ok(StepKind::Aggregate(a)) => a,
             Ok(StepKind::Window(w)) => &w.aggregate,
             Ok(StepKind::Deduplicate(_)) => continue,
+            Ok(StepKind::TopN(t)) => {
+                rules.push(FieldRule::Number(t.order_by.clone()));
+                break;
+            }
             Err(_) => break,
         };
         rules.extend(aggregate.numeric_fields().map(|f| FieldRule::Number(f.clone())));

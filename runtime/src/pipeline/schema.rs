@@ -278,6 +278,23 @@ pub fn type_steps(pipeline: &PipelineSpec, steps: &[StepSpec]) -> Typed {
                 current = Some(out);
             }
             Ok(StepKind::Deduplicate(_)) => {}
+            Ok(StepKind::TopN(t)) => {
+                if let Some(schema) = &current {
+                    match find(schema, &t.order_by) {
+                        Ok(f) if f.data_type().is_numeric() => {}
+                        Ok(f) => typed.errors.push(format!(
+                            "spec.pipeline.steps[{i}].topN.orderBy: field `{}` is {}, expected a number",
+                            t.order_by,
+                            f.data_type()
+                        )),
+                        Err(e) => typed.errors.push(format!("spec.pipeline.steps[{i}].topN.orderBy: {e}")),
+                    }
+                    let mut fields: Vec<Field> =
+                        schema.fields().iter().filter(|f| f.name() != "rank").map(|f| f.as_ref().clone()).collect();
+                    fields.push(Field::new("rank", DataType::Int64, false));
+                    current = Some(schema_of(fields));
+                }
+            }
             Ok(StepKind::Flatten(f)) => {
                 if let Some(schema) = &current {
                     if let Ok(declared) = schema.field_with_name(&f.field) {

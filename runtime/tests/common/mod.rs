@@ -71,6 +71,22 @@ spec:
 /// whose pipeline is `pipeline` (YAML lines indented by four spaces:
 /// source, steps or sql, eventTime), writing to the file sink `dir/out`.
 pub fn pipeline_job(dir: &Path, name: &str, parallelism: u32, pipeline: &str) -> Result<StreamJob, String> {
+    job_with_policy(dir, name, parallelism, "", pipeline)
+}
+
+/// [`pipeline_job`] whose bad records are dead-lettered to `DIR/dead`.
+pub fn dead_lettering_job(dir: &Path, name: &str, parallelism: u32, pipeline: &str) -> Result<StreamJob, String> {
+    let policy = format!("  errorPolicy: {{onBadRecord: deadLetter, deadLetterPath: \"{}/dead\"}}\n", dir.display());
+    job_with_policy(dir, name, parallelism, &policy, pipeline)
+}
+
+fn job_with_policy(
+    dir: &Path,
+    name: &str,
+    parallelism: u32,
+    policy: &str,
+    pipeline: &str,
+) -> Result<StreamJob, String> {
     let yaml = format!(
         r#"
 apiVersion: weir.dev/v1alpha1
@@ -80,7 +96,7 @@ spec:
   parallelism: {parallelism}
   maxParallelism: 16
   checkpoints: {{interval: 10ms, storage: "file://{dir}/checkpoints", retained: 2}}
-  pipeline:
+{policy}  pipeline:
 {pipeline}
     sink:
       file: {{path: "{dir}/out"}}
