@@ -48,6 +48,15 @@ pub struct FileSink<T> {
 struct PartName<'a> {
     txn: u64,
     incarnation: &'a str,
+    epoch: &'a str,
+}
+
+impl PartName<'_> {
+    /// Written by an earlier attempt of this job incarnation: not by a
+    /// subtask of this attempt, which may be writing or committing it now.
+    fn earlier_attempt_of(&self, fence: &Fence) -> bool {
+        self.incarnation == fence.incarnation_tag() && self.epoch != fence.epoch_tag()
+    }
 }
 
 impl<T> FileSink<T> {
@@ -86,11 +95,11 @@ impl<T> FileSink<T> {
     fn parse<'a>(&self, file: &'a str) -> Option<PartName<'a>> {
         let rest = file.strip_prefix(self.prefix.as_str())?.strip_prefix('-')?.strip_suffix(".jsonl")?;
         let mut parts = rest.split('-');
-        let (_subtask, txn, incarnation, _epoch) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        let (_subtask, txn, incarnation, epoch) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
         if parts.next().is_some() {
             return None;
         }
-        Some(PartName { txn: txn.parse().ok()?, incarnation })
+        Some(PartName { txn: txn.parse().ok()?, incarnation, epoch })
     }
 
     /// Syncs the directory, so that a rename in it survives a crash.
@@ -195,7 +204,9 @@ impl<T: Serialize + Send + 'static> TwoPhaseCommitSink<T> for FileSink<T> {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(self.err("list", &self.dir, e)),
         };
-        let ours = self.fence.incarnation_tag();
+        // Only earlier attempts' files: a subtask of this attempt that
+        // recovers late must not take a peer's transaction, open or
+        // committed in this attempt, for a leftover.
         let mut ahead = Vec::new();
         for entry in entries {
             let entry = entry.map_err(|e| self.err("list", &self.dir, e))?;
@@ -207,15 +218,17 @@ impl<T: Serialize + Send + 'static> TwoPhaseCommitSink<T> for FileSink<T> {
                 };
                 match self.parse(name) {
                     // Ours, and not covered by the restored checkpoint: its records will be replayed.
-                    Some(part) if part.incarnation == ours => {
+                    Some(part) if part.earlier_attempt_of(&self.fence) => {
                         fs::remove_file(&path).map_err(|e| self.err("remove aborted transaction", &path, e))?;
                     }
-                    _ => debug!(file = %path.display(), "leaving a transaction of another job incarnation alone"),
+                    _ => {
+                        debug!(file = %path.display(), "leaving a transaction of another job incarnation or of this attempt alone")
+                    }
                 }
                 continue;
             }
             let (Some(part), Some(r)) = (self.parse(&file), restored) else { continue };
-            if part.incarnation == ours && part.txn > r && !committed.iter().any(|c| c.name == file) {
+            if part.earlier_attempt_of(&self.fence) && part.txn > r && !committed.iter().any(|c| c.name == file) {
                 ahead.push((part.txn, path));
             }
         }
@@ -314,6 +327,25 @@ mod tests {
         let err = sink.commit(&txn).await.unwrap_err().to_string();
         assert!(err.contains("refusing to replace committed output"), "{err}");
         assert_eq!(read_committed(dir.path()).unwrap(), vec![7], "the committed file is untouched");
+    }
+
+    /// A subtask of an attempt can start after its peers have begun,
+    /// pre-committed and committed transactions of that attempt (in the
+    /// fault harness, a worker that registered last).
+    #[tokio::test]
+    async fn a_subtask_recovering_late_leaves_its_peers_transactions_of_the_same_attempt_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut peer: FileSink<u32> = FileSink::new(dir.path(), "part", 2, RUN_1_LATER);
+        peer.recover(Some(14), &[]).await.unwrap();
+        committed_txn(&mut peer, 15, vec![15]).await;
+        let mut pending = peer.begin(16).await.unwrap();
+        peer.write(&mut pending, vec![16]).await.unwrap();
+        let pending = peer.pre_commit(pending).await.unwrap();
+
+        let mut late: FileSink<u32> = FileSink::new(dir.path(), "part", 0, RUN_1_LATER);
+        late.recover(Some(14), &[]).await.expect("a peer's committed part is not output ahead of the restore");
+        peer.commit(&pending).await.expect("the peer's pre-committed transaction is still there");
+        assert_eq!(read_committed(dir.path()).unwrap(), vec![15, 16]);
     }
 
     #[tokio::test]

@@ -166,14 +166,23 @@ pub struct ObjectSink<T> {
 struct PartName<'a> {
     txn: u64,
     incarnation: &'a str,
+    epoch: &'a str,
+}
+
+impl PartName<'_> {
+    /// Written by an earlier attempt of this job incarnation: not by a
+    /// subtask of this attempt, which may be staging or committing it now.
+    fn earlier_attempt_of(&self, fence: &Fence) -> bool {
+        self.incarnation == fence.incarnation_tag() && self.epoch != fence.epoch_tag()
+    }
 }
 
 fn parse(file: &str) -> Option<PartName<'_>> {
     let rest = file.strip_prefix(PREFIX)?.strip_prefix('-')?;
     let rest = rest.strip_suffix(".jsonl").or_else(|| rest.strip_suffix(".parquet"))?;
     let parts: Vec<&str> = rest.split('-').collect();
-    let [_subtask, txn, _seq, incarnation, _epoch] = parts.as_slice() else { return None };
-    Some(PartName { txn: txn.parse().ok()?, incarnation })
+    let [_subtask, txn, _seq, incarnation, epoch] = parts.as_slice() else { return None };
+    Some(PartName { txn: txn.parse().ok()?, incarnation, epoch })
 }
 
 fn staged(name: &str) -> String {
@@ -304,12 +313,14 @@ impl<T: Serialize + Send + Sync + 'static> TwoPhaseCommitSink<T> for ObjectSink<
     }
 
     async fn recover(&mut self, restored: Option<u64>, committed: &[ObjectTxn]) -> Result<(), TaskError> {
-        let ours = self.fence.incarnation_tag();
+        // Only earlier attempts' parts: a subtask of this attempt that
+        // recovers late must not take a peer's parts, staged or committed
+        // in this attempt, for leftovers.
         let is_committed = |name: &str| committed.iter().any(|t| t.parts.iter().any(|p| p == name));
         for name in self.config.list(STAGING).await? {
             match parse(&name) {
                 // Ours, and not covered by the restored checkpoint: its records will be replayed.
-                Some(part) if part.incarnation == ours && !is_committed(&name) => {
+                Some(part) if part.earlier_attempt_of(&self.fence) && !is_committed(&name) => {
                     self.config.delete(&staged(&name)).await?;
                 }
                 _ => debug!(part = %name, "leaving a staged part of another job incarnation alone"),
@@ -323,7 +334,8 @@ impl<T: Serialize + Send + Sync + 'static> TwoPhaseCommitSink<T> for ObjectSink<
             .into_iter()
             .filter_map(|name| {
                 let part = parse(&name)?;
-                (part.incarnation == ours && part.txn > r && !is_committed(&name)).then_some((part.txn, name))
+                (part.earlier_attempt_of(&self.fence) && part.txn > r && !is_committed(&name))
+                    .then_some((part.txn, name))
             })
             .collect();
         for name in output_ahead_of_restore(&self.config.uri, restored, ahead, self.retract_on_fallback)? {

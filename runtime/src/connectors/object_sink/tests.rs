@@ -168,6 +168,24 @@ async fn recovery_removes_only_this_incarnations_uncovered_staged_parts() {
 }
 
 #[tokio::test]
+async fn a_subtask_recovering_late_leaves_its_peers_parts_of_the_same_attempt_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = spec(dir.path(), FileFormat::JsonLines);
+    let config = || ObjectSinkConfig::from_spec(&spec, "sink").unwrap();
+    let mut peer: ObjectSink<Value> = ObjectSink::new(config(), 2, RUN_1_LATER);
+    peer.recover(Some(14), &[]).await.unwrap();
+    committed_txn(&mut peer, 15, rows(15..16)).await;
+    let mut staged = peer.begin(16).await.unwrap();
+    peer.write(&mut staged, rows(16..17)).await.unwrap();
+    let staged = peer.pre_commit(staged).await.unwrap();
+
+    let mut late: ObjectSink<Value> = ObjectSink::new(config(), 0, RUN_1_LATER);
+    late.recover(Some(14), &[]).await.expect("a peer's committed part is not output ahead of the restore");
+    peer.commit(&staged).await.expect("the peer's staged part is still there");
+    assert_eq!(committed(&spec).await, vec![15, 16]);
+}
+
+#[tokio::test]
 async fn falling_back_past_committed_parts_is_refused_naming_both_checkpoints() {
     let dir = tempfile::tempdir().unwrap();
     let spec = spec(dir.path(), FileFormat::Parquet);
