@@ -12,6 +12,7 @@ use std::io::{Read, Seek, SeekFrom};
 use csv::{ByteRecord, Position, ReaderBuilder};
 use serde_json::{Map, Number, Value};
 
+use super::file_source::UNTERMINATED;
 use crate::manifest::{CsvSpec, FieldSpec, FieldType};
 use crate::record::{BadRecord, Row};
 use crate::task::TaskError;
@@ -143,7 +144,7 @@ impl CsvReader {
         let origin = format!("{}:{}", self.path, self.base_line + start.line().saturating_sub(1));
         let next_offset = self.base_offset + end.byte();
         let row = if next_offset >= self.len && !self.ends_with_newline {
-            Err("the last line does not end in a newline (the file may still be being written)".to_string())
+            Err(UNTERMINATED.to_string())
         } else {
             self.row(format)
         };

@@ -36,6 +36,9 @@ struct FileIdentity {
 
 const PREFIX_BYTES: u64 = 4096;
 
+/// Why a file's last record, lacking its line break, is not read as whole.
+pub(super) const UNTERMINATED: &str = "the last line does not end in a newline (the file may still be being written)";
+
 pub struct FileSource {
     splits: Vec<FileSplit>,
     current: usize,
@@ -215,7 +218,7 @@ impl FileSource {
                 (false, text) => Err(BadRecord {
                     origin: origin.clone(),
                     raw: text.map(str::to_string).unwrap_or_else(|_| String::from_utf8_lossy(&self.buf).into_owned()),
-                    reason: "the last line does not end in a newline (the file may still be being written)".into(),
+                    reason: UNTERMINATED.into(),
                 }),
                 (true, Ok(text)) => {
                     let text = text.trim_end_matches(['\n', '\r']);
