@@ -335,6 +335,42 @@ mod tests {
         assert_eq!(columns, ["Phase", "Parallelism", "Checkpoint", "Age"]);
     }
 
+    /// kubectl and most GitOps tools read YAML 1.1, where a bare `n`, `y`,
+    /// `on` or `no` is a boolean: a field so named would arrive as `false`
+    /// (an API server refused the CRD itself over a `required: [n, ...]`).
+    #[test]
+    fn no_field_or_enum_value_of_the_crd_reads_as_a_boolean_or_null_in_yaml_1_1() {
+        const AMBIGUOUS: [&str; 11] = ["y", "yes", "n", "no", "true", "false", "on", "off", "null", "~", ""];
+        fn walk(node: &serde_json::Value, path: &str, found: &mut Vec<String>) {
+            match node {
+                serde_json::Value::Object(map) => {
+                    for (key, value) in map {
+                        let names: Vec<&str> = match (key.as_str(), value) {
+                            ("properties", serde_json::Value::Object(props)) => {
+                                props.keys().map(String::as_str).collect()
+                            }
+                            ("enum" | "required", serde_json::Value::Array(items)) => {
+                                items.iter().filter_map(|i| i.as_str()).collect()
+                            }
+                            _ => Vec::new(),
+                        };
+                        for name in names {
+                            if AMBIGUOUS.contains(&name.to_ascii_lowercase().as_str()) {
+                                found.push(format!("{path}/{key}: `{name}`"));
+                            }
+                        }
+                        walk(value, &format!("{path}/{key}"), found);
+                    }
+                }
+                serde_json::Value::Array(items) => items.iter().for_each(|i| walk(i, path, found)),
+                _ => {}
+            }
+        }
+        let mut found = Vec::new();
+        walk(&serde_json::to_value(crd()).unwrap(), "", &mut found);
+        assert!(found.is_empty(), "{found:?}");
+    }
+
     #[test]
     fn a_manifest_for_weir_run_is_also_a_valid_custom_resource() {
         let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/counts.yaml")).unwrap();

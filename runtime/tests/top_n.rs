@@ -48,7 +48,7 @@ fn each_shops_top_orders_are_emitted_as_ranked_updates_exactly_once_through_seed
         r#"    source: {{file: {{path: "{d}/orders.jsonl"}}}}
     steps:
       - keyBy: {{field: shop}}
-      - topN: {{n: 5, orderBy: total}}"#,
+      - topN: {{limit: 5, orderBy: total}}"#,
         d = dir.path().display()
     );
     let job = pipeline_job(dir.path(), "top-n", 2, &pipeline).unwrap();
@@ -74,10 +74,10 @@ fn a_top_n_without_a_key_or_with_a_text_order_is_refused_naming_the_field() {
         );
         pipeline_job(dir.path(), "top-n", 1, &pipeline).unwrap_err()
     };
-    let err = job("      - topN: {n: 3, orderBy: total}");
+    let err = job("      - topN: {limit: 3, orderBy: total}");
     assert!(err.contains("spec.pipeline.steps[0].topN: needs a keyBy step before it"), "{err}");
-    let err = job("      - keyBy: {field: shop}\n      - topN: {n: 3, orderBy: shop}");
+    let err = job("      - keyBy: {field: shop}\n      - topN: {limit: 3, orderBy: shop}");
     assert!(err.contains("spec.pipeline.steps[1].topN.orderBy: field `shop` is Utf8, expected a number"), "{err}");
-    let err = job("      - keyBy: {field: shop}\n      - topN: {n: 0, orderBy: total}");
-    assert!(err.contains("spec.pipeline.steps[1].topN.n: expected 1 to 1000, got 0"), "{err}");
+    let err = job("      - keyBy: {field: shop}\n      - topN: {limit: 0, orderBy: total}");
+    assert!(err.contains("spec.pipeline.steps[1].topN.limit: expected 1 to 1000, got 0"), "{err}");
 }

@@ -87,8 +87,9 @@ pub struct DeduplicateSpec {
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TopNSpec {
-    /// How many records of each key to rank: 1 to 1000.
-    pub n: u32,
+    /// How many records of each key to rank: 1 to 1000. (Not `n`: YAML 1.1,
+    /// which kubectl reads, takes a bare `n` for `false`.)
+    pub limit: u32,
     /// The numeric field to rank by.
     pub order_by: String,
     /// `Descending` (the greatest first, the default) or `Ascending`.
@@ -109,8 +110,8 @@ impl TopNSpec {
         if !keyed {
             errors.push(format!("{at}: needs a keyBy step before it"));
         }
-        if !(1..=1000).contains(&self.n) {
-            errors.push(format!("{at}.n: expected 1 to 1000, got {}", self.n));
+        if !(1..=1000).contains(&self.limit) {
+            errors.push(format!("{at}.limit: expected 1 to 1000, got {}", self.limit));
         }
         if self.order_by.is_empty() {
             errors.push(format!("{at}.orderBy: required, got an empty name"));

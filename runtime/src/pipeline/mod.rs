@@ -12,7 +12,7 @@
 //!   type-checked against it before the job starts.
 //! - [`sql`]: `spec.pipeline.sql`, one query turned into steps.
 //! - [`steps`]: the `filter`, `select` and `keyBy.expr` steps as a collector.
-//! - [`top_n`]: the first `n` records per key by a numeric field.
+//! - [`top_n`]: the first `limit` records per key by a numeric field.
 //! - [`window`]: tumbling, sliding and session event-time windows per key.
 //!
 //! Operator uids are `source`, `sink`, `bad-records`, `sink-rejected` and, for each

@@ -1,4 +1,4 @@
-//! The first `n` records of each key by a numeric field, as an update
+//! The first `limit` records of each key by a numeric field, as an update
 //! stream: a record entering the ranking is emitted with its rank, and so
 //! is every record it moved down one.
 
@@ -12,7 +12,7 @@ use crate::task::TaskError;
 
 #[derive(Debug, Clone)]
 pub struct TopN {
-    n: usize,
+    limit: usize,
     order_by: String,
     descending: bool,
 }
@@ -20,7 +20,7 @@ pub struct TopN {
 impl TopN {
     pub fn new(spec: &TopNSpec) -> TopN {
         TopN {
-            n: spec.n.max(1) as usize,
+            limit: spec.limit.max(1) as usize,
             order_by: spec.order_by.clone(),
             descending: spec.order == SortOrder::Descending,
         }
@@ -63,11 +63,11 @@ impl KeyedProcessFunction<String, Row, Row> for TopN {
     ) -> Result<(), TaskError> {
         let value = row.get(&self.order_by).and_then(Value::as_f64).ok_or_else(|| not_a_number(&self.order_by, key))?;
         let at = top.iter().position(|(v, _)| self.before(value, *v)).unwrap_or(top.len());
-        if at >= self.n {
+        if at >= self.limit {
             return Ok(());
         }
         top.insert(at, (value, row.to_string()));
-        top.truncate(self.n);
+        top.truncate(self.limit);
         out.push(ranked(row, at + 1));
         for (i, (_, text)) in top.iter().enumerate().skip(at + 1) {
             let moved: Row = serde_json::from_str(text).map_err(|e| TaskError::User {
@@ -98,7 +98,7 @@ mod tests {
 
     #[test]
     fn a_record_entering_the_ranking_is_emitted_with_every_record_it_moved_down() {
-        let spec = TopNSpec { n: 3, order_by: "v".into(), order: SortOrder::Descending };
+        let spec = TopNSpec { limit: 3, order_by: "v".into(), order: SortOrder::Descending };
         let (emitted, state) = run(spec, &[5, 9, 1, 7, 2, 7]);
         assert_eq!(
             emitted,
@@ -119,7 +119,7 @@ mod tests {
 
     #[test]
     fn ascending_ranks_the_least_first_and_a_non_number_names_the_field_and_key() {
-        let spec = TopNSpec { n: 2, order_by: "v".into(), order: SortOrder::Ascending };
+        let spec = TopNSpec { limit: 2, order_by: "v".into(), order: SortOrder::Ascending };
         let (emitted, _) = run(spec.clone(), &[5, 9, 1]);
         assert_eq!(emitted, [(0, 1), (1, 2), (2, 1), (0, 2)]);
         let err = TopN::new(&spec)
