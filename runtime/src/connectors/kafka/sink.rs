@@ -23,6 +23,19 @@
 //! fell back past a damaged checkpoint), which Kafka cannot take back: the
 //! job refuses to start.
 //!
+//! **Confirming what committed.** Once a transaction's commit returns,
+//! the sink also commits `<checkpoint>` outside any transaction to a
+//! second group, `<prefix>-<incarnation>-<subtask>.committed`, and a
+//! restore takes the greater of the two offsets. Kafka makes the marker
+//! visible with the commit, so the confirmation only repeats it; it is for
+//! brokers that apply transactional offsets late or never. tansu 0.6 is one:
+//! two subtasks ending transactions over the same partitions at once can
+//! leave one of them `Committed` with its partitions still listed, and from
+//! then on it applies no transactional offset on those partitions again, so
+//! every restore took its committed transactions for uncommitted ones and
+//! wrote them again. A crash between the commit and the confirmation
+//! leaves only the marker, as before.
+//!
 //! **Fencing.** `transactional.id` is `<prefix>-<incarnation>-<subtask>`: a
 //! new attempt's producer for a subtask fences any older one (a zombie of a
 //! frozen worker), and its `init_transactions` settles the older one's
@@ -44,7 +57,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::DeliveryResult;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
@@ -176,26 +189,61 @@ impl<T> KafkaSink<T> {
         (0..highest).map(|subtask| Ok((subtask, self.make_producer(Some(self.transactional_id(subtask)))?))).collect()
     }
 
-    /// The newest checkpoint whose transaction `subtask` committed, from
-    /// its marker group; `None` if it never committed one.
-    fn committed_marker(&self, subtask: u32) -> Result<Option<u64>, TaskError> {
-        let consumer: BaseConsumer = self
-            .config
+    /// The group `subtask`'s confirmations go to (see the module docs).
+    fn confirmation_group(&self, subtask: u32) -> String {
+        format!("{}.committed", self.transactional_id(subtask))
+    }
+
+    /// A client of `group` that commits nothing by itself.
+    fn group_client(&self, group: &str) -> Result<BaseConsumer, TaskError> {
+        self.config
             .client
             .config(self.subtask)
-            .set("group.id", self.transactional_id(subtask))
+            .set("group.id", group)
             .set("enable.auto.commit", "false")
             .create()
-            .map_err(|e| self.err(format!("cannot create a consumer to read commit markers: {e}")))?;
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition(&self.config.topic, 0);
-        let committed = consumer
-            .committed_offsets(tpl, OP_TIMEOUT)
-            .map_err(|e| self.err(format!("cannot read the commit marker of subtask {subtask}: {e}")))?;
-        Ok(committed.elements().first().and_then(|e| match e.offset() {
-            Offset::Offset(n) if n >= 0 => Some(n as u64),
-            _ => None,
-        }))
+            .map_err(|e| self.err(format!("cannot create a client of group `{group}`: {e}")))
+    }
+
+    /// The marker offset as `<checkpoint>`, for the output topic's partition 0.
+    fn marker_offsets(&self, txn: u64) -> Result<TopicPartitionList, TaskError> {
+        let mut marker = TopicPartitionList::new();
+        marker
+            .add_partition_offset(&self.config.topic, 0, Offset::Offset(txn as i64))
+            .map_err(|e| self.err(format!("bad marker offset {txn}: {e}")))?;
+        Ok(marker)
+    }
+
+    /// The newest checkpoint whose transaction `subtask` committed: the
+    /// greater of its marker and its confirmation; `None` if it never
+    /// committed one.
+    fn committed_marker(&self, subtask: u32) -> Result<Option<u64>, TaskError> {
+        let mut newest = None;
+        for group in [self.transactional_id(subtask), self.confirmation_group(subtask)] {
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition(&self.config.topic, 0);
+            let committed = self.group_client(&group)?.committed_offsets(tpl, OP_TIMEOUT).map_err(|e| {
+                self.err(format!("cannot read the commit marker of subtask {subtask} from group `{group}`: {e}"))
+            })?;
+            let offset = committed.elements().first().and_then(|e| match e.offset() {
+                Offset::Offset(n) if n >= 0 => Some(n as u64),
+                _ => None,
+            });
+            newest = newest.max(offset);
+        }
+        Ok(newest)
+    }
+
+    /// Records outside any transaction that `txn` committed.
+    fn confirm(&self, txn: &KafkaTxn) -> Result<(), TaskError> {
+        let group = self.confirmation_group(txn.subtask);
+        self.group_client(&group)?.commit(&self.marker_offsets(txn.txn)?, CommitMode::Sync).map_err(|e| {
+            self.err(format!(
+                "the transaction of checkpoint {} (subtask {}) committed, but confirming it in group `{group}` \
+                 failed: {e}",
+                txn.txn, txn.subtask
+            ))
+        })
     }
 
     /// Sends every record, waiting for room when librdkafka's queue is full.
@@ -229,20 +277,11 @@ impl<T> KafkaSink<T> {
     /// Writes `txn` in one transaction of `producer` with its marker.
     fn write_transaction(&self, producer: &Producer_, txn: &KafkaTxn) -> Result<(), TaskError> {
         let group = self.transactional_id(txn.subtask);
-        let marker_consumer: BaseConsumer = self
-            .config
-            .client
-            .config(self.subtask)
-            .set("group.id", &group)
-            .create()
-            .map_err(|e| self.err(format!("cannot create the marker group's client: {e}")))?;
-        let metadata = marker_consumer
+        let metadata = self
+            .group_client(&group)?
             .group_metadata()
             .ok_or_else(|| self.err(format!("no group metadata for marker group `{group}`")))?;
-        let mut marker = TopicPartitionList::new();
-        marker
-            .add_partition_offset(&self.config.topic, 0, Offset::Offset(txn.txn as i64))
-            .map_err(|e| self.err(format!("bad marker offset {}: {e}", txn.txn)))?;
+        let marker = self.marker_offsets(txn.txn)?;
         producer.begin_transaction().map_err(|e| self.err(format!("cannot begin a transaction: {e}")))?;
         let written = self.send_all(producer, &txn.records).and_then(|()| {
             if self.subtask > 0 && txn.subtask == self.subtask {
@@ -262,7 +301,8 @@ impl<T> KafkaSink<T> {
             let _ = producer.abort_transaction(OP_TIMEOUT);
         }
         written?;
-        self.delivery_failure(producer)
+        self.delivery_failure(producer)?;
+        self.confirm(txn)
     }
 }
 
