@@ -162,7 +162,7 @@ pub enum SourceFormat {
 }
 
 impl SourceFormat {
-    fn is_json_lines(&self) -> bool {
+    pub(crate) fn is_json_lines(&self) -> bool {
         *self == SourceFormat::JsonLines
     }
 }
@@ -335,23 +335,13 @@ impl PipelineSpec {
                 if f.path.is_empty() {
                     errors.push("spec.pipeline.source.file.path: required, got an empty path".into());
                 }
-                match (f.format, &f.csv) {
-                    (SourceFormat::Csv, _) if self.schema.is_none() => errors.push(
+                if f.format == SourceFormat::Csv && self.schema.is_none() {
+                    errors.push(
                         "spec.pipeline.source.file.format: Csv needs spec.pipeline.schema (the columns' names and types)"
                             .into(),
-                    ),
-                    (SourceFormat::JsonLines, Some(_)) => errors.push(
-                        "spec.pipeline.source.file.csv: only for format Csv; set format: Csv or remove it".into(),
-                    ),
-                    _ => {}
+                    );
                 }
-                if let Some(d) = f.csv.as_ref().and_then(|c| c.delimiter.as_deref()) {
-                    if !matches!(d.as_bytes(), [b] if b.is_ascii() && !matches!(b, b'"' | b'\n' | b'\r')) {
-                        errors.push(format!(
-                            "spec.pipeline.source.file.csv.delimiter: expected one ASCII character other than a quote or line break, got `{d}`"
-                        ));
-                    }
-                }
+                errors.extend(super::steps::format_problems("spec.pipeline.source.file", f.format, f.csv.as_ref()));
             }
             Ok(SourceKind::Kafka(k)) => errors.extend(k.problems("spec.pipeline.source.kafka")),
             Ok(SourceKind::Nexmark(n)) => {
@@ -437,6 +427,14 @@ impl PipelineSpec {
                     aggregated = true;
                 }
                 Ok(StepKind::Select(_)) => keyed = false,
+                Ok(StepKind::Lookup(l)) => {
+                    let at = format!("spec.pipeline.steps[{i}].lookup");
+                    errors.extend(l.problems(&at));
+                    if keyed {
+                        errors.push(format!("{at}: must come before the keyBy of the step it feeds"));
+                    }
+                    keyed = false;
+                }
                 // A key is chosen after the records are made.
                 Ok(StepKind::Flatten(f)) => {
                     if f.field.is_empty() {

@@ -1,5 +1,6 @@
 //! `spec.pipeline.steps`: the steps a pipeline can list (keyBy, aggregate,
-//! window, deduplicate, topN, filter, select, flatten) and their checks.
+//! window, deduplicate, topN, filter, select, flatten, lookup) and their
+//! checks.
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -10,8 +11,8 @@ use super::*;
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[schemars(extend("x-kubernetes-validations" = [{
-    "rule": "(has(self.keyBy) ? 1 : 0) + (has(self.aggregate) ? 1 : 0) + (has(self.window) ? 1 : 0) + (has(self.deduplicate) ? 1 : 0) + (has(self.topN) ? 1 : 0) + (has(self.filter) ? 1 : 0) + (has(self.select) ? 1 : 0) + (has(self.flatten) ? 1 : 0) == 1",
-    "message": "exactly one of keyBy, aggregate, window, deduplicate, topN, filter, select, flatten must be set in each spec.pipeline.steps item"
+    "rule": "(has(self.keyBy) ? 1 : 0) + (has(self.aggregate) ? 1 : 0) + (has(self.window) ? 1 : 0) + (has(self.deduplicate) ? 1 : 0) + (has(self.topN) ? 1 : 0) + (has(self.filter) ? 1 : 0) + (has(self.select) ? 1 : 0) + (has(self.flatten) ? 1 : 0) + (has(self.lookup) ? 1 : 0) == 1",
+    "message": "exactly one of keyBy, aggregate, window, deduplicate, topN, filter, select, flatten, lookup must be set in each spec.pipeline.steps item"
 }]))]
 pub struct StepSpec {
     /// A stable id for the step's state (as Flink's `uid`): a checkpoint's
@@ -39,7 +40,7 @@ pub struct StepSpec {
     /// `eventTime`). Records pass unchanged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deduplicate: Option<DeduplicateSpec>,
-    /// The `n` records of each key ranked first by a numeric field so far
+    /// The `limit` records of each key ranked first by a numeric field so far
     /// (needs a preceding `keyBy`). Each record that enters the ranking is
     /// emitted with its `rank` (1 is first), and so is every record it
     /// moved down a rank: an update stream by key and rank, as Flink's
@@ -60,6 +61,107 @@ pub struct StepSpec {
     /// UNNEST`); an empty array, a missing field or null makes none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flatten: Option<FlattenSpec>,
+    /// Adds to each record the fields of the rows of a table file whose
+    /// `key` equals the record's `field` (Flink SQL's lookup join on a
+    /// filesystem table): one record out per matching row.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lookup: Option<LookupSpec>,
+}
+
+/// A table in a file (JSON lines or CSV) that records are enriched from.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LookupSpec {
+    /// The table's file, read by every subtask (in Kubernetes, mount it,
+    /// say from a ConfigMap).
+    pub path: String,
+    /// How its rows are written.
+    #[serde(default, skip_serializing_if = "SourceFormat::is_json_lines")]
+    pub format: SourceFormat,
+    /// CSV options (for `format: Csv`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub csv: Option<CsvSpec>,
+    /// The table's fields and types; each row is checked against them when
+    /// the table is read, and the fields other than `key` are added to the
+    /// records (null where `onMissing: Keep` finds no row).
+    pub schema: Vec<FieldSpec>,
+    /// The table's field that rows are looked up by.
+    pub key: String,
+    /// The record's field matched against `key`; absent: the field named
+    /// like `key`. (Not `on`: YAML 1.1, which kubectl reads, takes a bare
+    /// `on` for `true`.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// A record no row matches: `Keep` it with the table's fields null (a
+    /// left join, the default), `Drop` it (an inner join), or send it to
+    /// `errorPolicy`.
+    #[serde(default)]
+    pub on_missing: OnMissing,
+    /// How often to look whether the file changed and read it again (rows
+    /// then apply to the records that come after). Absent: read once when
+    /// the job starts or restores.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_interval: Option<HumanDuration>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
+pub enum OnMissing {
+    #[default]
+    Keep,
+    Drop,
+    ErrorPolicy,
+}
+
+impl LookupSpec {
+    /// The record's field matched against the table's key.
+    pub fn field(&self) -> &str {
+        self.field.as_deref().unwrap_or(&self.key)
+    }
+
+    pub(super) fn problems(&self, at: &str) -> Vec<String> {
+        let mut errors = Vec::new();
+        if self.path.is_empty() {
+            errors.push(format!("{at}.path: required, got an empty path"));
+        }
+        errors.extend(format_problems(at, self.format, self.csv.as_ref()));
+        if self.schema.is_empty() {
+            errors.push(format!("{at}.schema: expected the table's fields, got none"));
+        }
+        for (i, f) in self.schema.iter().enumerate() {
+            if f.name.is_empty() {
+                errors.push(format!("{at}.schema[{i}].name: required, got an empty name"));
+            } else if self.schema[..i].iter().any(|g| g.name == f.name) {
+                errors.push(format!("{at}.schema[{i}].name: `{}` is listed twice", f.name));
+            }
+        }
+        if !self.schema.iter().any(|f| f.name == self.key) {
+            let names: Vec<&str> = self.schema.iter().map(|f| f.name.as_str()).collect();
+            errors.push(format!("{at}.key: `{}` is not one of the table's fields {names:?}", self.key));
+        }
+        if self.field().is_empty() {
+            errors.push(format!("{at}.field: required, got an empty name"));
+        }
+        if self.refresh_interval.is_some_and(|d| d.get().is_zero()) {
+            errors.push(format!("{at}.refreshInterval: expected at least 1ms, got 0s"));
+        }
+        errors
+    }
+}
+
+/// The checks of a `format` and its `csv` options at `at`.
+pub(super) fn format_problems(at: &str, format: SourceFormat, csv: Option<&CsvSpec>) -> Vec<String> {
+    let mut errors = Vec::new();
+    if format == SourceFormat::JsonLines && csv.is_some() {
+        errors.push(format!("{at}.csv: only for format Csv; set format: Csv or remove it"));
+    }
+    if let Some(d) = csv.and_then(|c| c.delimiter.as_deref()) {
+        if !matches!(d.as_bytes(), [b] if b.is_ascii() && !matches!(b, b'"' | b'\n' | b'\r')) {
+            errors.push(format!(
+                "{at}.csv.delimiter: expected one ASCII character other than a quote or line break, got `{d}`"
+            ));
+        }
+    }
+    errors
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
@@ -146,6 +248,7 @@ pub enum StepKind<'a> {
     Filter(&'a str),
     Select(&'a [String]),
     Flatten(&'a FlattenSpec),
+    Lookup(&'a LookupSpec),
 }
 
 impl StepSpec {
@@ -159,16 +262,16 @@ impl StepSpec {
             self.filter.as_deref().map(StepKind::Filter),
             self.select.as_deref().map(StepKind::Select),
             self.flatten.as_ref().map(StepKind::Flatten),
+            self.lookup.as_ref().map(StepKind::Lookup),
         ]
         .into_iter()
         .flatten()
         .collect();
         match set.as_slice() {
             [one] => Ok(*one),
-            _ => {
-                Err("expected exactly one of keyBy, aggregate, window, deduplicate, topN, filter, select, flatten"
-                    .into())
-            }
+            _ => Err("expected exactly one of keyBy, aggregate, window, deduplicate, topN, filter, select, flatten, \
+                     lookup"
+                .into()),
         }
     }
 }

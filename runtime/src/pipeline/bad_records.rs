@@ -95,7 +95,31 @@ impl BadRecordPolicy {
 /// What a checked step does to a batch: the rows that go on, and the
 /// records that go to the error policy.
 pub trait Check<T>: Send {
+    /// Before each batch: brings what the check reads up to date (a lookup
+    /// table), failing the task if it cannot.
+    fn prepare(&mut self) -> Result<(), TaskError> {
+        Ok(())
+    }
+
     fn check(&mut self, batch: Vec<T>) -> (Vec<Row>, Vec<BadRecord>);
+}
+
+/// A check of one record at a time: `step` pushes what `row` becomes onto
+/// the good records or gives it back with why it is bad (`at` is the
+/// step's place in the manifest, the bad records' origin).
+pub fn row_by_row(
+    batch: Vec<Row>,
+    at: &str,
+    mut step: impl FnMut(Row, &mut Vec<Row>) -> Result<(), (Row, String)>,
+) -> (Vec<Row>, Vec<BadRecord>) {
+    let mut good = Vec::with_capacity(batch.len());
+    let mut bad = Vec::new();
+    for row in batch {
+        if let Err((row, reason)) = step(row, &mut good) {
+            bad.push(BadRecord { origin: at.to_string(), raw: row.to_string(), reason });
+        }
+    }
+    (good, bad)
 }
 
 /// Source records checked against the rules their steps need.
@@ -166,6 +190,7 @@ impl<T: Send + 'static, C: Check<T> + 'static> Collector<T> for Checked<C> {
     }
 
     async fn collect(&mut self, batch: Vec<T>) -> Result<(), TaskError> {
+        self.check.prepare()?;
         let (good, bad) = self.check.check(batch);
         self.policy.apply(bad).await?;
         if good.is_empty() {

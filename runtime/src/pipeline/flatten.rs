@@ -7,7 +7,7 @@
 
 use serde_json::Value;
 
-use super::bad_records::Check;
+use super::bad_records::{row_by_row, Check};
 use crate::manifest::FieldType;
 use crate::record::{json_type, BadRecord, FieldRule, Row};
 
@@ -59,14 +59,8 @@ impl Flatten {
 
 impl Check<Row> for Flatten {
     fn check(&mut self, batch: Vec<Row>) -> (Vec<Row>, Vec<BadRecord>) {
-        let mut good = Vec::with_capacity(batch.len());
-        let mut bad = Vec::new();
-        for row in batch {
-            if let Err((row, reason)) = self.flatten(row, &mut good) {
-                bad.push(BadRecord { origin: self.at.clone(), raw: row.to_string(), reason });
-            }
-        }
-        (good, bad)
+        let at = self.at.clone();
+        row_by_row(batch, &at, |row, good| self.flatten(row, good))
     }
 }
 

@@ -6,6 +6,7 @@
 //! - [`bad_records`]: the error policy for records that cannot be processed.
 //! - [`event_time`]: watermarks from the records' timestamps.
 //! - [`flatten`]: one record per element of an array field.
+//! - [`lookup`]: records enriched from a table in a file, by key.
 //! - [`expr`]: SQL expressions planned by DataFusion and evaluated over
 //!   Arrow record batches.
 //! - [`schema`]: the records' schema at each step, and the expressions
@@ -25,6 +26,7 @@ pub mod bad_records;
 pub mod event_time;
 pub mod expr;
 pub mod flatten;
+pub mod lookup;
 pub mod schema;
 pub mod sql;
 pub mod steps;
@@ -61,6 +63,7 @@ use aggregate::{AggState, Aggregate, WithValues};
 use bad_records::{BadRecordPolicy, Checked, FieldRules, RejectingSink};
 use event_time::EventTimeSource;
 use flatten::Flatten;
+use lookup::Lookup;
 use schema::Planned;
 use steps::ExprStep;
 use top_n::TopN;
@@ -203,6 +206,16 @@ fn build_pipeline(spec: &StreamJobSpec, pipeline: &PipelineSpec) -> Result<JobGr
                 stream = stream.transform(move |ctx, next| {
                     let policy = BadRecordPolicy::new(&uid, &uid, ctx.clone(), &errors);
                     let step = Flatten::new(at.clone(), &f.field, f.ty);
+                    Ok(Box::new(Checked::new(step, policy, next)) as Box<dyn Collector<Row>>)
+                });
+            }
+            StepKind::Lookup(l) => {
+                let uid = step.id.clone().unwrap_or_else(|| content_id("lookup", &json!({"lookup": l})));
+                env.declare_state(&uid);
+                let (errors, at, l) = (spec.error_policy.clone(), steps.path(i), l.clone());
+                stream = stream.transform(move |ctx, next| {
+                    let policy = BadRecordPolicy::new(&uid, &uid, ctx.clone(), &errors);
+                    let step = Lookup::new(&l, at.clone())?;
                     Ok(Box::new(Checked::new(step, policy, next)) as Box<dyn Collector<Row>>)
                 });
             }
@@ -427,7 +440,7 @@ fn window_id(key_field: &str, time_field: &str, spec: &WindowSpec) -> String {
 /// What records must carry for the steps up to the first aggregate; later
 /// steps read the aggregate's own output, which always has its fields.
 /// Checked where records enter, except what a keyBy or aggregate after a
-/// filter or flatten needs: those are checked on the rows the filter passes (the
+/// filter, flatten or lookup needs: those are checked on the rows the filter passes (the
 /// second list), so that a record the filter drops (a person among bids)
 /// is not called bad for lacking a field the bids have.
 fn field_rules(pipeline: &PipelineSpec, steps: &[StepSpec]) -> (Vec<FieldRule>, Vec<FieldRule>) {
@@ -445,7 +458,7 @@ fn field_rules(pipeline: &PipelineSpec, steps: &[StepSpec]) -> (Vec<FieldRule>, 
             }
             // Rows after these are not the source's: what later steps
             // need is checked on them, before the keyed step.
-            Ok(StepKind::Filter(_) | StepKind::Flatten(_)) => {
+            Ok(StepKind::Filter(_) | StepKind::Flatten(_) | StepKind::Lookup(_)) => {
                 filtered = true;
                 continue;
             }

@@ -12,7 +12,7 @@
 use arrow_schema::{DataType, Field, SchemaRef};
 
 use super::expr::{arrow_type, compile, projection, schema_of, Compiled};
-use crate::manifest::{AggregateSpec, PipelineSpec, SourceKind, StepKind, StepSpec};
+use crate::manifest::{AggregateSpec, LookupSpec, OnMissing, PipelineSpec, SourceKind, StepKind, StepSpec};
 use crate::record::FieldRule;
 
 /// What an expression step does, planned.
@@ -311,6 +311,14 @@ pub fn type_steps(pipeline: &PipelineSpec, steps: &[StepSpec]) -> Typed {
                     }
                 }
             }
+            Ok(StepKind::Lookup(l)) => {
+                if let Some(schema) = &current {
+                    let at = format!("spec.pipeline.steps[{i}].lookup");
+                    let (out, errors) = looked_up(&at, schema, l);
+                    typed.errors.extend(errors);
+                    current = Some(out);
+                }
+            }
             Ok(StepKind::Filter(sql)) => match &current {
                 None => typed.errors.push(needs_schema("filter")),
                 Some(schema) => match compile(sql, schema) {
@@ -342,6 +350,38 @@ pub fn type_steps(pipeline: &PipelineSpec, steps: &[StepSpec]) -> Typed {
         typed.steps.push((input, planned));
     }
     typed
+}
+
+/// The schema after a lookup into the table `l` from records of `schema`:
+/// the table's fields other than its key added (nullable when a miss keeps
+/// the record), and what does not fit.
+fn looked_up(at: &str, schema: &SchemaRef, l: &LookupSpec) -> (SchemaRef, Vec<String>) {
+    let mut errors = Vec::new();
+    let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+    match (find(schema, l.field()), l.schema.iter().find(|f| f.name == l.key)) {
+        (Err(e), _) => errors.push(format!("{at}.field: {e}")),
+        (Ok(on), Some(key)) if on.data_type() != &arrow_type(key.ty) => errors.push(format!(
+            "{at}.field: field `{}` is {}, but the table's key `{}` is {}; they must be of one type to match",
+            l.field(),
+            on.data_type(),
+            l.key,
+            arrow_type(key.ty)
+        )),
+        _ => {}
+    }
+    for f in l.schema.iter().filter(|f| f.name != l.key) {
+        if schema.field_with_name(&f.name).is_ok() {
+            errors.push(format!(
+                "{at}.schema: the table's field `{}` is also a field of the records; rename one (a select step \
+                 before the lookup can)",
+                f.name
+            ));
+        } else {
+            let nullable = f.nullable || l.on_missing == OnMissing::Keep;
+            fields.push(Field::new(f.name.clone(), arrow_type(f.ty), nullable));
+        }
+    }
+    (schema_of(fields), errors)
 }
 
 fn select(i: usize, exprs: &[String], schema: &SchemaRef, errors: &mut Vec<String>) -> (Vec<Compiled>, Vec<String>) {
