@@ -41,7 +41,7 @@ pub use self::checkpoints::{CheckpointMode, CheckpointOptions, FallbackPolicy};
 pub mod lifecycle;
 pub use self::lifecycle::{DeletionPolicy, SavepointFallback, SavepointOptions, UpgradeMode};
 pub mod schema;
-pub use self::schema::{FieldSpec, FieldType};
+pub use self::schema::{names_problems, FieldSpec, FieldType};
 pub mod duration;
 pub mod restart;
 pub use self::restart::{ExponentialDelay, FailureRate, FixedDelay, NoRestart, RestartStrategy, RestartStrategyKind};

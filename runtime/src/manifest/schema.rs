@@ -42,3 +42,16 @@ impl FieldType {
         }
     }
 }
+
+/// The checks of a list of declared fields at `at`: each named, once.
+pub fn names_problems(at: &str, fields: &[FieldSpec]) -> Vec<String> {
+    let mut errors = Vec::new();
+    for (i, f) in fields.iter().enumerate() {
+        if f.name.is_empty() {
+            errors.push(format!("{at}[{i}].name: required, got an empty name"));
+        } else if fields[..i].iter().any(|g| g.name == f.name) {
+            errors.push(format!("{at}[{i}].name: `{}` is listed twice", f.name));
+        }
+    }
+    errors
+}

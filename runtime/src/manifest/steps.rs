@@ -127,13 +127,7 @@ impl LookupSpec {
         if self.schema.is_empty() {
             errors.push(format!("{at}.schema: expected the table's fields, got none"));
         }
-        for (i, f) in self.schema.iter().enumerate() {
-            if f.name.is_empty() {
-                errors.push(format!("{at}.schema[{i}].name: required, got an empty name"));
-            } else if self.schema[..i].iter().any(|g| g.name == f.name) {
-                errors.push(format!("{at}.schema[{i}].name: `{}` is listed twice", f.name));
-            }
-        }
+        errors.extend(names_problems(&format!("{at}.schema"), &self.schema));
         if !self.schema.iter().any(|f| f.name == self.key) {
             let names: Vec<&str> = self.schema.iter().map(|f| f.name.as_str()).collect();
             errors.push(format!("{at}.key: `{}` is not one of the table's fields {names:?}", self.key));

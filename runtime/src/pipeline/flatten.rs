@@ -59,8 +59,8 @@ impl Flatten {
 
 impl Check<Row> for Flatten {
     fn check(&mut self, batch: Vec<Row>) -> (Vec<Row>, Vec<BadRecord>) {
-        let at = self.at.clone();
-        row_by_row(batch, &at, |row, good| self.flatten(row, good))
+        let this = &*self;
+        row_by_row(batch, &this.at, |row, good| this.flatten(row, good))
     }
 }
 

@@ -21,22 +21,20 @@ use serde_json::{Map, Value};
 use super::bad_records::{row_by_row, Check};
 use crate::connectors::csv_records::CsvFormat;
 use crate::manifest::{LookupSpec, OnMissing, SourceFormat};
-use crate::record::{key_of, parse_json_object, BadRecord, FieldRule, Row};
+use crate::record::{key_of, parse_json_object, BadRecord, Row};
 use crate::task::TaskError;
 
 /// A table's rows by key: the fields each adds to a record.
 #[derive(Debug, Default)]
 pub struct Table {
     rows: HashMap<String, Vec<Map<String, Value>>>,
-    len: usize,
 }
 
 impl Table {
     /// Reads the table `spec` names; fails naming the file, line and field.
     pub fn read(spec: &LookupSpec, at: &str) -> Result<Table, TaskError> {
         let fail = |reason: String| TaskError::User { function: at.to_string(), reason };
-        let rules: Vec<FieldRule> =
-            spec.schema.iter().map(|f| FieldRule::Typed(f.name.clone(), f.ty, f.nullable)).collect();
+        let rules = super::schema::rules_of(&spec.schema);
         let mut table = Table::default();
         let mut add = |row: Row, origin: &str| -> Result<(), TaskError> {
             for rule in &rules {
@@ -47,7 +45,6 @@ impl Table {
             let Value::Object(mut fields) = row else { return Ok(()) };
             fields.retain(|name, _| name != &spec.key && spec.schema.iter().any(|f| &f.name == name));
             table.rows.entry(key).or_default().push(fields);
-            table.len += 1;
             Ok(())
         };
         match spec.format {
@@ -78,11 +75,11 @@ impl Table {
 
     /// How many rows the table holds.
     pub fn len(&self) -> usize {
-        self.len
+        self.rows.values().map(Vec::len).sum()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.rows.is_empty()
     }
 }
 
@@ -179,8 +176,8 @@ impl Check<Row> for Lookup {
     }
 
     fn check(&mut self, batch: Vec<Row>) -> (Vec<Row>, Vec<BadRecord>) {
-        let at = self.at.clone();
-        row_by_row(batch, &at, |row, good| self.enrich(row, good))
+        let this = &*self;
+        row_by_row(batch, &this.at, |row, good| this.enrich(row, good))
     }
 }
 

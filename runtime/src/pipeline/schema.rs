@@ -12,7 +12,9 @@
 use arrow_schema::{DataType, Field, SchemaRef};
 
 use super::expr::{arrow_type, compile, projection, schema_of, Compiled};
-use crate::manifest::{AggregateSpec, LookupSpec, OnMissing, PipelineSpec, SourceKind, StepKind, StepSpec};
+use crate::manifest::{
+    names_problems, AggregateSpec, FieldSpec, LookupSpec, OnMissing, PipelineSpec, SourceKind, StepKind, StepSpec,
+};
 use crate::record::FieldRule;
 
 /// What an expression step does, planned.
@@ -213,13 +215,7 @@ pub fn type_steps(pipeline: &PipelineSpec, steps: &[StepSpec]) -> Typed {
         _ => {}
     }
     if let Some(fields) = &pipeline.schema {
-        for (i, f) in fields.iter().enumerate() {
-            if f.name.is_empty() {
-                typed.errors.push(format!("spec.pipeline.schema[{i}].name: required, got an empty name"));
-            } else if fields[..i].iter().any(|g| g.name == f.name) {
-                typed.errors.push(format!("spec.pipeline.schema[{i}].name: `{}` is listed twice", f.name));
-            }
-        }
+        typed.errors.extend(names_problems("spec.pipeline.schema", fields));
     }
     let mut current = source_schema(pipeline);
     if let (Some(schema), Some(time)) = (&current, &pipeline.event_time) {
@@ -410,7 +406,12 @@ fn select(i: usize, exprs: &[String], schema: &SchemaRef, errors: &mut Vec<Strin
 /// The declared fields' types, as the rules records are checked by where
 /// they enter.
 pub fn declared(pipeline: &PipelineSpec) -> Vec<FieldRule> {
-    pipeline.schema.iter().flatten().map(|f| FieldRule::Typed(f.name.clone(), f.ty, f.nullable)).collect()
+    rules_of(pipeline.schema.as_deref().unwrap_or_default())
+}
+
+/// The rules records are checked by against the declared `fields`.
+pub fn rules_of(fields: &[FieldSpec]) -> Vec<FieldRule> {
+    fields.iter().map(|f| FieldRule::Typed(f.name.clone(), f.ty, f.nullable)).collect()
 }
 
 #[cfg(test)]
