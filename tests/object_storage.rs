@@ -5,6 +5,7 @@
 //! local file system always; through a real S3-compatible server (moto,
 //! started by `scripts/test-s3`) in the ignored tests.
 
+use std::future::IntoFuture;
 use std::time::Duration;
 
 mod common;
@@ -72,6 +73,61 @@ fn a_kill_between_the_parts_of_one_commit_leaves_no_part_twice_or_missing() {
     kill_at_each_step_then_finish(&uri, "rollSize: 256Ki", 1_000_000, 0, &["PartCommitted:1"]);
 }
 
+const PARTITIONED_PARQUET: &str = "format: Parquet, partitionBy: [key], parquet: {columns: [\
+                                   {name: count, type: Int64, nullable: false}, {name: sum_value, type: Int64}]}";
+
+/// Parts under `key=VALUE/` directories, the key only in the directory name.
+fn check_partitioned_by_key(root: &std::path::Path) {
+    let mut dirs: Vec<String> = std::fs::read_dir(root)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    dirs.sort();
+    assert_eq!(dirs.len() as u64, KEYS, "{dirs:?}");
+    assert!(dirs.iter().all(|d| d.starts_with("key=")), "{dirs:?}");
+    let uri = format!("file://{}", root.display());
+    let op = StorageUri::parse(&uri).unwrap().operator(&uri, "").unwrap();
+    let part = std::fs::read_dir(root.join(&dirs[0])).unwrap().next().unwrap().unwrap().file_name();
+    let bytes = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(op.read(&format!("{}/{}", dirs[0], part.to_string_lossy())))
+        .unwrap()
+        .to_bytes();
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes).unwrap();
+    let columns: Vec<String> = reader.schema().fields().iter().map(|f| f.name().clone()).collect();
+    assert_eq!(columns, vec!["count", "sum_value"], "the partition field is not in the file");
+}
+
+#[test]
+fn partitioned_parquet_parts_hold_every_update_once_across_kill_9_at_each_commit_step() {
+    let out = tempfile::tempdir().unwrap();
+    let uri = format!("file://{}", out.path().display());
+    kill_at_each_step_then_finish(
+        &uri,
+        PARTITIONED_PARQUET,
+        60_000,
+        30_000,
+        &["PreCommitted:3", "BeforeCommit:3", "PartCommitted:2", "Committed:4"],
+    );
+    check_partitioned_by_key(out.path());
+}
+
+#[test]
+fn csv_parts_hold_every_update_once_across_kill_9_at_each_commit_step() {
+    let out = tempfile::tempdir().unwrap();
+    let uri = format!("file://{}", out.path().display());
+    let csv = "format: Csv, rollSize: 64Ki, csv: {columns: [key, count, sum_value]}";
+    kill_at_each_step_then_finish(&uri, csv, 120_000, 60_000, &["PreCommitted:3", "BeforeCommit:3", "Committed:4"]);
+    let first = std::fs::read_dir(out.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "csv"))
+        .expect("a committed CSV part");
+    let text = std::fs::read_to_string(first).unwrap();
+    assert!(text.starts_with("key,count,sum_value\n"), "{}", &text[..text.len().min(200)]);
+}
+
 fn s3_uri(name: &str) -> String {
     let endpoint = std::env::var("WEIR_TEST_S3_ENDPOINT")
         .expect("WEIR_TEST_S3_ENDPOINT must point at an S3 server; scripts/test-s3 starts one");
@@ -96,4 +152,21 @@ fn parquet_parts_in_s3_hold_every_update_once_across_kill_9_at_each_commit_step(
 fn in_s3_a_kill_between_the_parts_of_one_commit_leaves_no_part_twice_or_missing() {
     let uri = s3_uri("rolled-out");
     kill_at_each_step_then_finish(&uri, "rollSize: 256Ki", 1_000_000, 0, &["PartCommitted:1"]);
+}
+
+#[test]
+#[ignore = "needs an S3 server: scripts/test-s3 starts one and runs these"]
+fn in_s3_partitioned_parts_hold_every_update_once_across_kill_9_at_each_commit_step() {
+    let uri = s3_uri("partitioned-out");
+    kill_at_each_step_then_finish(&uri, "partitionBy: [key]", 30_000, 15_000, &["BeforeCommit:3", "PartCommitted:2"]);
+    let op = StorageUri::parse(&uri).unwrap().operator(&uri, "").unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let listed = rt.block_on(op.list_with("/").recursive(true).into_future()).unwrap();
+    let parts: Vec<&str> = listed.iter().map(|e| e.path()).filter(|p| p.ends_with(".jsonl")).collect();
+    assert!(!parts.is_empty());
+    assert!(
+        parts.iter().all(|p| p.starts_with(".weir-staging/") || p.starts_with("key=")),
+        "a part outside its partition directory: {parts:?}"
+    );
+    assert!(!parts.iter().any(|p| p.starts_with(".weir-staging/")), "parts left staged: {parts:?}");
 }

@@ -49,7 +49,7 @@ pub mod file_sink;
 pub use self::duration::HumanDuration;
 pub mod tls;
 pub use self::file_sink::{
-    ByteSize, ColumnSpec, ColumnType, FileFormat, FileSinkSpec, ParquetCompression, ParquetSpec,
+    ByteSize, ColumnSpec, ColumnType, CsvSinkSpec, FileFormat, FileSinkSpec, ParquetCompression, ParquetSpec,
 };
 pub use self::tls::ClientTlsSpec;
 

@@ -1,5 +1,5 @@
 //! `spec.pipeline.sink.file`: exactly-once part files in a local directory
-//! or in object storage, as JSON lines or Parquet.
+//! or in object storage, as JSON lines, CSV or Parquet.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -37,6 +37,17 @@ pub struct FileSinkSpec {
     /// The Parquet schema and compression (for `format: Parquet`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parquet: Option<ParquetSpec>,
+    /// The CSV columns, header and delimiter (for `format: Csv`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub csv: Option<CsvSinkSpec>,
+    /// Record fields whose values name directories, Hive style:
+    /// `partitionBy: [region, day]` writes a record with region EU and day
+    /// 2026-12-03 under `region=EU/day=2026-12-03/`. These fields are left
+    /// out of the files (the directory holds them), as Hive, Spark, Trino
+    /// and Flink's filesystem connector read them back; a missing or null
+    /// value goes to `__HIVE_DEFAULT_PARTITION__`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub partition_by: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
@@ -46,6 +57,33 @@ pub enum FileFormat {
     JsonLines,
     /// Apache Parquet (`.parquet`), columns as `parquet.columns` declare.
     Parquet,
+    /// Comma-separated values (`.csv`, RFC 4180 quoting), columns as
+    /// `csv.columns` name them.
+    Csv,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CsvSinkSpec {
+    /// The record fields written, in this order. A missing or null field
+    /// is an empty cell; an array or object is its JSON text.
+    pub columns: Vec<String>,
+    /// Whether each part file begins with a line of the column names.
+    #[serde(default = "yes")]
+    pub header: bool,
+    /// The field delimiter: one ASCII character (default `,`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delimiter: Option<String>,
+}
+
+impl CsvSinkSpec {
+    /// The delimiter byte; `problems` refused any other.
+    pub fn delimiter_byte(&self) -> u8 {
+        match self.delimiter.as_deref().map(str::as_bytes) {
+            Some([b]) if b.is_ascii() => *b,
+            _ => b',',
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
@@ -111,7 +149,47 @@ impl FileSinkSpec {
     /// Whether the sink goes through OpenDAL (a URI, or Parquet) rather
     /// than the local directory sink (a plain path with JSON lines).
     pub fn is_object_store(&self) -> bool {
-        self.path.contains("://") || self.format == FileFormat::Parquet || self.roll_size.is_some()
+        self.path.contains("://")
+            || self.format != FileFormat::JsonLines
+            || self.roll_size.is_some()
+            || !self.partition_by.is_empty()
+    }
+
+    fn csv_problems(&self, at: &str) -> Vec<String> {
+        let mut errors = Vec::new();
+        let Some(csv) = &self.csv else {
+            if self.format == FileFormat::Csv {
+                errors.push(format!("{at}.csv: required for format Csv (its columns: the fields written, in order)"));
+            }
+            return errors;
+        };
+        if self.format != FileFormat::Csv {
+            errors.push(format!("{at}.csv: only for format Csv; set format: Csv or remove it"));
+        }
+        if csv.columns.is_empty() {
+            errors.push(format!("{at}.csv.columns: expected at least one field name"));
+        }
+        for (i, c) in csv.columns.iter().enumerate() {
+            if c.is_empty() {
+                errors.push(format!("{at}.csv.columns[{i}]: expected a field name, got an empty name"));
+            } else if csv.columns[..i].contains(c) {
+                errors.push(format!("{at}.csv.columns[{i}]: `{c}` is already a column"));
+            } else if self.partition_by.contains(c) {
+                errors.push(format!(
+                    "{at}.csv.columns[{i}]: `{c}` is a partition field, written as the directory {c}=VALUE/, not \
+                     in the file: remove the column"
+                ));
+            }
+        }
+        match csv.delimiter.as_deref().map(str::as_bytes) {
+            None => {}
+            Some([b]) if b.is_ascii() && !b"\"\r\n".contains(b) => {}
+            Some(_) => errors.push(format!(
+                "{at}.csv.delimiter: expected one ASCII character other than a quote or line break, got `{}`",
+                csv.delimiter.as_deref().unwrap_or_default()
+            )),
+        }
+        errors
     }
 
     pub fn roll_size(&self) -> u64 {
@@ -144,9 +222,6 @@ impl FileSinkSpec {
             (FileFormat::Parquet, None) => {
                 errors.push(format!("{at}.parquet: required for format Parquet (its columns: name and type)"))
             }
-            (FileFormat::JsonLines, Some(_)) => {
-                errors.push(format!("{at}.parquet: only for format Parquet; set format: Parquet or remove it"))
-            }
             (FileFormat::Parquet, Some(p)) => {
                 if p.columns.is_empty() {
                     errors.push(format!("{at}.parquet.columns: expected at least one column"));
@@ -159,7 +234,28 @@ impl FileSinkSpec {
                     }
                 }
             }
-            (FileFormat::JsonLines, None) => {}
+            (_, Some(_)) => {
+                errors.push(format!("{at}.parquet: only for format Parquet; set format: Parquet or remove it"))
+            }
+            (_, None) => {}
+        }
+        errors.extend(self.csv_problems(at));
+        for (i, field) in self.partition_by.iter().enumerate() {
+            let at = format!("{at}.partitionBy[{i}]");
+            if field.is_empty() {
+                errors.push(format!("{at}: expected a field name, got an empty name"));
+            } else if field.starts_with('.') {
+                errors.push(format!(
+                    "{at}: `{field}` starts with a dot; readers skip such directories, so its records would be hidden"
+                ));
+            } else if self.partition_by[..i].contains(field) {
+                errors.push(format!("{at}: `{field}` is already a partition field"));
+            } else if let Some(c) = self.parquet.iter().flat_map(|p| &p.columns).position(|c| &c.name == field) {
+                errors.push(format!(
+                    "{at}: `{field}` is also parquet.columns[{c}]; a partition field is written as the directory \
+                     {field}=VALUE/, not in the file: remove the column"
+                ));
+            }
         }
         errors
     }
@@ -259,6 +355,8 @@ mod tests {
                     .collect(),
                 compression: ParquetCompression::Snappy,
             }),
+            csv: None,
+            partition_by: Vec::new(),
         }
     }
 
@@ -292,5 +390,55 @@ mod tests {
     fn roll_sizes_beyond_what_one_copy_can_publish_are_refused() {
         let s = FileSinkSpec { roll_size: Some(ByteSize(6 << 30)), ..parquet(&[("k", ColumnType::String)]) };
         assert_eq!(s.problems("sink"), vec!["sink.rollSize: expected between 64Ki and 5Gi, got 6Gi"]);
+    }
+
+    #[test]
+    fn partition_fields_that_are_empty_repeated_or_also_parquet_columns_are_refused_by_field() {
+        let mut s = parquet(&[("key", ColumnType::String), ("count", ColumnType::Int64)]);
+        s.partition_by = vec!["region".into(), "".into(), "region".into(), "key".into()];
+        assert_eq!(
+            s.problems("sink"),
+            vec![
+                "sink.partitionBy[1]: expected a field name, got an empty name",
+                "sink.partitionBy[2]: `region` is already a partition field",
+                "sink.partitionBy[3]: `key` is also parquet.columns[0]; a partition field is written as the \
+                 directory key=VALUE/, not in the file: remove the column",
+            ]
+        );
+        let local = FileSinkSpec {
+            path: "./out".into(),
+            format: FileFormat::JsonLines,
+            parquet: None,
+            csv: None,
+            partition_by: vec!["region".into()],
+            ..s
+        };
+        assert_eq!(local.problems("sink"), Vec::<String>::new());
+        assert!(local.is_object_store(), "partitioned output goes through OpenDAL even to a plain directory");
+    }
+
+    #[test]
+    fn a_csv_sink_needs_its_columns_once_each_and_a_one_character_delimiter() {
+        let s = FileSinkSpec { format: FileFormat::Csv, parquet: None, ..parquet(&[]) };
+        assert_eq!(
+            s.problems("sink"),
+            vec!["sink.csv: required for format Csv (its columns: the fields written, in order)"]
+        );
+        let csv = CsvSinkSpec { columns: vec!["key".into(), "key".into()], header: true, delimiter: Some("||".into()) };
+        let s = FileSinkSpec { csv: Some(csv), ..s };
+        assert_eq!(
+            s.problems("sink"),
+            vec![
+                "sink.csv.columns[1]: `key` is already a column",
+                "sink.csv.delimiter: expected one ASCII character other than a quote or line break, got `||`",
+            ]
+        );
+        let fine =
+            CsvSinkSpec { columns: vec!["key".into(), "count".into()], header: true, delimiter: Some(";".into()) };
+        let s = FileSinkSpec { csv: Some(fine), path: "./out".into(), ..s };
+        assert_eq!(s.problems("sink"), Vec::<String>::new());
+        assert!(s.is_object_store(), "CSV parts go through OpenDAL even to a plain directory");
+        let json = FileSinkSpec { format: FileFormat::JsonLines, ..s };
+        assert_eq!(json.problems("sink"), vec!["sink.csv: only for format Csv; set format: Csv or remove it"]);
     }
 }

@@ -249,6 +249,52 @@ fn client_problems(
     if let Some(tls) = tls {
         errors.extend(tls.problems(&format!("{at}.tls")));
     }
+    errors.extend(sasl_problems(at, properties, tls.is_some(), password_env, password_file));
+    errors
+}
+
+/// A password that librdkafka would never send (no SASL protocol) or would
+/// offer to the wrong mechanism (GSSAPI, its default) fails only at the
+/// broker, as a timeout; say so before the job starts.
+fn sasl_problems(
+    at: &str,
+    properties: &BTreeMap<String, String>,
+    tls: bool,
+    password_env: &Option<String>,
+    password_file: &Option<String>,
+) -> Vec<String> {
+    let field = match (password_env, password_file) {
+        (Some(_), _) => "passwordEnv",
+        (None, Some(_)) => "passwordFile",
+        (None, None) => return Vec::new(),
+    };
+    let mut errors = Vec::new();
+    let protocol = properties.get("security.protocol").map(|p| p.to_ascii_uppercase());
+    match protocol.as_deref() {
+        _ if tls => {}
+        Some("SASL_PLAINTEXT" | "SASL_SSL") => {}
+        Some(other) => errors.push(format!(
+            "{at}.{field}: a password is sent only over SASL, but properties.security.protocol is {other}; \
+             use SASL_PLAINTEXT, or tls for SASL_SSL"
+        )),
+        None => errors.push(format!(
+            "{at}.{field}: a password is sent only over SASL: set tls (SASL_SSL) or properties.security.protocol: \
+             SASL_PLAINTEXT"
+        )),
+    }
+    match properties.get("sasl.mechanism").map(String::as_str) {
+        Some("PLAIN" | "SCRAM-SHA-256" | "SCRAM-SHA-512") => {}
+        Some(other) => errors.push(format!(
+            "{at}.properties.sasl.mechanism: expected PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 with a password, \
+             got {other}"
+        )),
+        None => errors.push(format!(
+            "{at}.properties.sasl.mechanism: required with {field} (PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512)"
+        )),
+    }
+    if !properties.contains_key("sasl.username") {
+        errors.push(format!("{at}.properties.sasl.username: required with {field}"));
+    }
     errors
 }
 
@@ -409,5 +455,36 @@ mod tests {
         assert!(problems[0].starts_with("src.properties.enable.auto.commit: set by Weir itself"), "{problems:?}");
         assert!(problems[1].starts_with("src.properties.sasl.password: a secret in clear"), "{problems:?}");
         assert!(!problems.iter().any(|p| p.contains("hunter2")));
+    }
+
+    #[test]
+    fn a_password_that_would_never_be_sent_or_offered_to_the_wrong_mechanism_is_refused() {
+        let bare = KafkaSourceSpec { password_env: Some("KAFKA_PASSWORD".into()), ..spec() };
+        assert_eq!(
+            bare.problems("src"),
+            [
+                "src.passwordEnv: a password is sent only over SASL: set tls (SASL_SSL) or \
+                 properties.security.protocol: SASL_PLAINTEXT",
+                "src.properties.sasl.mechanism: required with passwordEnv (PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512)",
+                "src.properties.sasl.username: required with passwordEnv",
+            ]
+        );
+        let mut scram = bare.clone();
+        for (k, v) in
+            [("security.protocol", "SASL_PLAINTEXT"), ("sasl.mechanism", "SCRAM-SHA-512"), ("sasl.username", "weir")]
+        {
+            scram.properties.insert(k.into(), v.into());
+        }
+        assert_eq!(scram.problems("src"), Vec::<String>::new());
+        let mut gssapi = scram.clone();
+        gssapi.properties.insert("sasl.mechanism".into(), "GSSAPI".into());
+        gssapi.properties.insert("security.protocol".into(), "SSL".into());
+        let problems = gssapi.problems("src");
+        assert!(problems[0].contains("properties.security.protocol is SSL"), "{problems:?}");
+        assert!(problems[1].ends_with("got GSSAPI"), "{problems:?}");
+        let mut over_tls = scram.clone();
+        over_tls.properties.remove("security.protocol");
+        over_tls.tls = Some(super::super::ClientTlsSpec::default());
+        assert_eq!(over_tls.problems("src"), Vec::<String>::new());
     }
 }

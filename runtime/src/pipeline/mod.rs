@@ -268,7 +268,7 @@ fn build_pipeline(spec: &StreamJobSpec, pipeline: &PipelineSpec) -> Result<JobGr
             env.declare_state("sink");
             sink_with_rejects(&env, stream, &spec.error_policy, move |ctx, rejects| {
                 let config = ObjectSinkConfig::from_spec(&sink_spec, "spec.pipeline.sink.file")?;
-                let sink = ObjectSink::<Row>::for_task(config, ctx).rejecting(rejects);
+                let sink = ObjectSink::for_manifest(config, ctx).rejecting(rejects);
                 Ok(Box::new(TwoPhaseCommitCollector::new("sink".into(), ctx.clone(), sink)))
             });
         }

@@ -7,8 +7,13 @@
 //! - [`sink`]: a transaction per subtask and checkpoint.
 
 use std::collections::BTreeMap;
+use std::sync::Mutex;
 use std::time::Duration;
 
+use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::ConsumerContext;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::ClientConfig;
 
 use super::secret::read_password;
@@ -21,6 +26,78 @@ pub mod source;
 
 pub use sink::{KafkaSink, KafkaSinkConfig};
 pub use source::{KafkaDecoder, KafkaRecord, KafkaSource};
+
+/// The last error librdkafka reported from its own threads (a refused
+/// authentication, a failed TLS handshake): a call that then times out
+/// names it, instead of only "timed out".
+#[derive(Default)]
+pub struct LastError(Mutex<Option<String>>);
+
+impl LastError {
+    pub(crate) fn record(&self, error: &KafkaError, reason: &str) {
+        tracing::error!("librdkafka: {error}: {reason}");
+        // "All brokers are down" follows the cause and would hide it.
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+            return;
+        }
+        if let Ok(mut last) = self.0.lock() {
+            *last = Some(reason.to_string());
+        }
+    }
+
+    /// librdkafka's log line, logged as its default context does; a
+    /// connection's failure (`FAIL`: refused credentials, a TLS error) is
+    /// kept, with librdkafka's own words for the cause.
+    pub(crate) fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
+                tracing::error!(target: "librdkafka", "librdkafka: {fac} {message}")
+            }
+            RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", "librdkafka: {fac} {message}"),
+            RDKafkaLogLevel::Notice => tracing::info!(target: "librdkafka", "librdkafka: {fac} {message}"),
+            RDKafkaLogLevel::Info | RDKafkaLogLevel::Debug => {
+                tracing::debug!(target: "librdkafka", "librdkafka: {fac} {message}")
+            }
+        }
+        let severe = matches!(
+            level,
+            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error
+        );
+        if fac == "FAIL" && severe {
+            if let Ok(mut last) = self.0.lock() {
+                // The text after the thread and broker prefix.
+                let reason = message.split_once("]: ").map_or(message, |(_, rest)| rest);
+                *last = Some(reason.to_string());
+            }
+        }
+    }
+
+    /// `; the brokers' last error: …`, or nothing.
+    pub(crate) fn suffix(&self) -> String {
+        match self.0.lock().ok().and_then(|last| last.clone()) {
+            Some(reason) => format!("; the last error from the brokers: {reason}"),
+            None => String::new(),
+        }
+    }
+}
+
+/// A consumer's context that keeps librdkafka's last error.
+#[derive(Default)]
+pub struct Watched {
+    pub last_error: LastError,
+}
+
+impl ClientContext for Watched {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        self.last_error.log(level, fac, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.last_error.record(&error, reason);
+    }
+}
+
+impl ConsumerContext for Watched {}
 
 /// How to reach the brokers: what every client of a connector shares.
 #[derive(Clone)]

@@ -67,7 +67,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tracing::{debug, info};
 
-use super::KafkaClient;
+use super::{KafkaClient, LastError};
 use crate::connectors::two_phase::TwoPhaseCommitSink;
 use crate::connectors::upsert::key_string;
 use crate::faults::{stop_point_after, StopPoint};
@@ -103,9 +103,18 @@ pub struct KafkaTxn {
 #[derive(Default)]
 struct Deliveries {
     failed: Mutex<Option<String>>,
+    last_error: LastError,
 }
 
-impl ClientContext for Deliveries {}
+impl ClientContext for Deliveries {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        self.last_error.log(level, fac, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.last_error.record(&error, reason);
+    }
+}
 
 impl ProducerContext for Deliveries {
     type DeliveryOpaque = ();
@@ -171,10 +180,13 @@ impl<T> KafkaSink<T> {
             // Fences older producers of the same id and settles their
             // transaction in flight.
             producer.init_transactions(OP_TIMEOUT).map_err(|e| {
+                // Serves the queue where librdkafka put its log lines: the cause.
+                producer.poll(Duration::ZERO);
                 self.err(format!(
                     "cannot initialize transactions as `{id}` at `{}` (is the broker reachable, and does it \
-                     allow transactions?): {e}",
-                    self.config.client.bootstrap_servers
+                     allow transactions?): {e}{}",
+                    self.config.client.bootstrap_servers,
+                    producer.context().last_error.suffix()
                 ))
             })?;
         }

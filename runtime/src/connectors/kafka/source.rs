@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use super::KafkaConfig;
+use super::{KafkaConfig, Watched};
 use crate::manifest::{StartingOffsets, StoppingOffsets};
 use crate::metrics::JobMetrics;
 use crate::state::snapshot::{decode, encode};
@@ -78,7 +78,7 @@ pub fn owner_of(topic: &str, partition: i32, parallelism: u32) -> u32 {
 }
 
 pub struct KafkaSource<T> {
-    consumer: BaseConsumer,
+    consumer: BaseConsumer<Watched>,
     config: KafkaConfig,
     subtask: u32,
     parallelism: u32,
@@ -102,7 +102,7 @@ impl<T> KafkaSource<T> {
     /// `startingOffsets`. Unreachable brokers and missing topics are errors
     /// naming the field.
     pub fn new(ctx: &TaskContext, uid: &str, config: KafkaConfig, decoder: KafkaDecoder<T>) -> Result<Self, TaskError> {
-        let consumer: BaseConsumer = config
+        let consumer: BaseConsumer<Watched> = config
             .client
             .config(ctx.subtask())
             // librdkafka refuses to assign partitions without a group id,
@@ -114,7 +114,7 @@ impl<T> KafkaSource<T> {
             .set("enable.partition.eof", "false")
             .set("isolation.level", "read_committed")
             .set("auto.offset.reset", "earliest")
-            .create()
+            .create_with_context(Watched::default())
             .map_err(|e| source_error(format!("{}: cannot create a consumer: {e}", config.client.at)))?;
         let mut source = KafkaSource {
             consumer,
@@ -134,6 +134,7 @@ impl<T> KafkaSource<T> {
             }
             _ => None,
         };
+        source.reachable(STARTUP_TIMEOUT)?;
         let live = source.partitions(STARTUP_TIMEOUT)?;
         let mut fresh = TopicPartitionList::new();
         match restored {
@@ -185,6 +186,32 @@ impl<T> KafkaSource<T> {
     fn schedule_discovery(&mut self) {
         let every = self.config.discovery_interval;
         self.next_discovery = (!every.is_zero() && self.config.stopping.is_none()).then(|| Instant::now() + every);
+    }
+
+    /// Waits for the brokers' metadata. Between attempts it serves the
+    /// client's queue, where librdkafka puts its log lines, so that a
+    /// failure names librdkafka's cause (refused credentials, a TLS error);
+    /// only before any partition is assigned, when the queue holds no
+    /// records that serving it would drop.
+    fn reachable(&self, timeout: Duration) -> Result<(), TaskError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let step = deadline.saturating_duration_since(Instant::now()).min(Duration::from_secs(1));
+            match self.consumer.fetch_metadata(None, step) {
+                Ok(_) => return Ok(()),
+                Err(e) => {
+                    while self.consumer.poll(Duration::ZERO).is_some() {}
+                    if Instant::now() >= deadline {
+                        return Err(source_error(format!(
+                            "{}.bootstrapServers: no metadata from `{}` within {timeout:?}: {e}{}",
+                            self.config.client.at,
+                            self.config.client.bootstrap_servers,
+                            self.consumer.context().last_error.suffix()
+                        )));
+                    }
+                }
+            }
+        }
     }
 
     /// Every partition of the configured topics that the brokers know now.

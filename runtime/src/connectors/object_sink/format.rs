@@ -1,7 +1,8 @@
-//! The bytes of one part file: JSON lines, or Parquet written through
+//! The bytes of one part file: JSON lines, CSV, or Parquet written through
 //! arrow-rs, streamed into an OpenDAL writer so a part never sits whole in
 //! memory (Parquet keeps one row group at a time).
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use arrow_array::RecordBatch;
@@ -23,6 +24,7 @@ use crate::record::BadRecord;
 #[derive(Clone)]
 pub enum PartFormat {
     JsonLines,
+    Csv { columns: Arc<[String]>, header: bool, delimiter: u8 },
     Parquet { schema: SchemaRef, properties: Box<WriterProperties> },
 }
 
@@ -40,6 +42,15 @@ impl PartFormat {
                 let properties = WriterProperties::builder().set_compression(compression).build();
                 PartFormat::Parquet { schema: Arc::new(Schema::new(fields)), properties: Box::new(properties) }
             }
+            (FileFormat::Csv, _) => match &spec.csv {
+                Some(csv) => PartFormat::Csv {
+                    columns: csv.columns.clone().into(),
+                    header: csv.header,
+                    delimiter: csv.delimiter_byte(),
+                },
+                // `problems` refuses CSV without columns before a job starts.
+                None => PartFormat::JsonLines,
+            },
             // `problems` refuses Parquet without columns before a job starts.
             _ => PartFormat::JsonLines,
         }
@@ -48,6 +59,7 @@ impl PartFormat {
     pub fn extension(&self) -> &'static str {
         match self {
             PartFormat::JsonLines => "jsonl",
+            PartFormat::Csv { .. } => "csv",
             PartFormat::Parquet { .. } => "parquet",
         }
     }
@@ -75,6 +87,8 @@ pub enum PartError {
     Parquet { name: String, source: ParquetError },
     #[error("cannot encode a record as JSON: {0}")]
     Json(#[from] serde_json::Error),
+    #[error("cannot encode a record as CSV: {0}")]
+    Csv(#[from] csv::Error),
     #[error("record {record} does not fit the Parquet columns: {reason}")]
     Misfit { record: String, reason: String },
 }
@@ -100,6 +114,7 @@ const JSON_FLUSH: usize = 1 << 20;
 /// One open part file.
 pub enum PartWriter {
     Json { name: String, writer: opendal::Writer, buffer: Vec<u8>, written: u64 },
+    Csv { name: String, writer: opendal::Writer, buffer: Vec<u8>, columns: Arc<[String]>, delimiter: u8, written: u64 },
     Parquet { name: String, writer: Box<AsyncArrowWriter<Staged>>, schema: SchemaRef },
 }
 
@@ -107,6 +122,16 @@ impl PartWriter {
     pub fn new(format: &PartFormat, name: String, writer: opendal::Writer) -> Result<PartWriter, PartError> {
         Ok(match format {
             PartFormat::JsonLines => PartWriter::Json { name, writer, buffer: Vec::new(), written: 0 },
+            PartFormat::Csv { columns, header, delimiter } => {
+                let mut buffer = Vec::new();
+                if *header {
+                    let mut rows = csv::WriterBuilder::new().delimiter(*delimiter).from_writer(&mut buffer);
+                    rows.write_record(columns.iter())?;
+                    rows.flush().map_err(csv::Error::from)?;
+                }
+                let columns = columns.clone();
+                PartWriter::Csv { name, writer, buffer, columns, delimiter: *delimiter, written: 0 }
+            }
             PartFormat::Parquet { schema, properties } => {
                 let staged = Staged { writer };
                 let writer =
@@ -122,6 +147,7 @@ impl PartWriter {
     pub fn size(&self) -> u64 {
         match self {
             PartWriter::Json { buffer, written, .. } => written + buffer.len() as u64,
+            PartWriter::Csv { buffer, written, .. } => written + buffer.len() as u64,
             PartWriter::Parquet { writer, .. } => (writer.bytes_written() + writer.in_progress_size()) as u64,
         }
     }
@@ -146,6 +172,24 @@ impl PartWriter {
                 }
                 Ok(())
             }
+            PartWriter::Csv { name, writer, buffer, columns, delimiter, written } => {
+                // The csv writer's own buffer is small; its flush moves the
+                // rows into `buffer`, not to storage.
+                let mut rows = csv::WriterBuilder::new().delimiter(*delimiter).from_writer(&mut *buffer);
+                for record in records {
+                    let record = serde_json::to_value(record)?;
+                    let cells: Vec<Cow<'_, str>> = columns.iter().map(|c| cell(record.get(c))).collect();
+                    rows.write_record(cells.iter().map(|c| c.as_bytes()))?;
+                }
+                rows.flush().map_err(csv::Error::from)?;
+                drop(rows);
+                if buffer.len() >= JSON_FLUSH {
+                    let bytes = std::mem::take(buffer);
+                    *written += bytes.len() as u64;
+                    writer.write(bytes).await.map_err(|source| PartError::Storage { name: name.clone(), source })?;
+                }
+                Ok(())
+            }
             PartWriter::Parquet { name, writer, schema } => {
                 let Some(batch) = record_batch(schema, records, refused)? else { return Ok(()) };
                 writer.write(&batch).await.map_err(|source| PartError::Parquet { name: name.clone(), source })
@@ -156,7 +200,7 @@ impl PartWriter {
     /// Finishes the part: every byte is in the staged object when this returns.
     pub async fn close(self) -> Result<String, PartError> {
         match self {
-            PartWriter::Json { name, mut writer, buffer, .. } => {
+            PartWriter::Json { name, mut writer, buffer, .. } | PartWriter::Csv { name, mut writer, buffer, .. } => {
                 let storage = |source| PartError::Storage { name: name.clone(), source };
                 if !buffer.is_empty() {
                     writer.write(buffer).await.map_err(storage)?;
@@ -174,11 +218,21 @@ impl PartWriter {
     /// Gives the part up (an unfinished multipart upload is aborted).
     pub async fn abort(self) -> Result<String, PartError> {
         let (name, mut writer) = match self {
-            PartWriter::Json { name, writer, .. } => (name, writer),
+            PartWriter::Json { name, writer, .. } | PartWriter::Csv { name, writer, .. } => (name, writer),
             PartWriter::Parquet { name, writer, .. } => (name, writer.into_inner().writer),
         };
         writer.abort().await.map_err(|source| PartError::Storage { name: name.clone(), source })?;
         Ok(name)
+    }
+}
+
+/// A CSV cell: text as it is, numbers and booleans as JSON writes them,
+/// nothing for a missing or null field, JSON text for arrays and objects.
+fn cell(value: Option<&serde_json::Value>) -> Cow<'_, str> {
+    match value {
+        None | Some(serde_json::Value::Null) => Cow::Borrowed(""),
+        Some(serde_json::Value::String(s)) => Cow::Borrowed(s),
+        Some(other) => Cow::Owned(other.to_string()),
     }
 }
 
@@ -249,10 +303,12 @@ mod tests {
                 ],
                 compression: ParquetCompression::Zstd,
             }),
+            csv: None,
+            partition_by: Vec::new(),
         };
         match PartFormat::from_spec(&spec) {
             PartFormat::Parquet { schema, .. } => schema,
-            PartFormat::JsonLines => panic!("expected Parquet"),
+            PartFormat::JsonLines | PartFormat::Csv { .. } => panic!("expected Parquet"),
         }
     }
 

@@ -1,9 +1,10 @@
 //! Exactly-once part files in object storage (or any OpenDAL service):
-//! JSON lines or Parquet, rolled by size and time, visible only on commit.
+//! JSON lines, CSV or Parquet, rolled by size and time, visible only on commit.
 //!
 //! # Layout
 //! - this module: the two-phase-commit protocol over staged objects.
-//! - [`format`]: the bytes of a part (JSON lines, Parquet through arrow-rs).
+//! - [`format`]: the bytes of a part (JSON lines, CSV, Parquet through arrow-rs).
+//! - [`partition`]: Hive-style directories named by record fields.
 //!
 //! A part streams into a staged object `.weir-staging/NAME` under the
 //! sink's path (a multipart upload on S3, so it never sits whole in
@@ -15,14 +16,19 @@
 //! so the copy is what a restore can redo: a commit that a crash cut short
 //! is finished by the next attempt from the checkpoint's list of names.
 //!
-//! `NAME` is `part-<subtask>-<txn>-<seq>-<incarnation>-<epoch>.<ext>`:
+//! `NAME` is `[DIR]part-<subtask>-<txn>-<seq>-<incarnation>-<epoch>.<ext>`:
 //! unique to the job incarnation and the attempt (see `job::fence`), so a
-//! new job over the same path or a stale worker never meets committed output.
+//! new job over the same path or a stale worker never meets committed
+//! output. `DIR` is the record's partition directory (`region=EU/`) when
+//! the sink is partitioned; each directory has its own open part.
 
 pub mod format;
+pub mod partition;
 
+use std::collections::BTreeMap;
 use std::future::IntoFuture;
 use std::marker::PhantomData;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -32,6 +38,7 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use self::format::{PartError, PartFormat, PartWriter};
+use self::partition::{fields_of_path, ByFields, Partitioner};
 use super::two_phase::{output_ahead_of_restore, TwoPhaseCommitSink};
 use crate::faults::{stop_point, StopPoint};
 use crate::job::fence::Fence;
@@ -57,6 +64,8 @@ pub struct ObjectSinkConfig {
     pub format: PartFormat,
     pub roll_size: u64,
     pub roll_interval: Option<Duration>,
+    /// The fields naming partition directories (none: every part at the top).
+    pub partition_by: Vec<String>,
 }
 
 impl ObjectSinkConfig {
@@ -69,6 +78,7 @@ impl ObjectSinkConfig {
             format: PartFormat::from_spec(spec),
             roll_size: spec.roll_size(),
             roll_interval: spec.roll_interval(),
+            partition_by: spec.partition_by.clone(),
         })
     }
 }
@@ -125,13 +135,15 @@ impl ObjectSinkConfig {
         }
     }
 
-    /// Names of the objects directly under `dir` (none if it is absent).
+    /// Paths of the objects under `dir`, partition directories included,
+    /// relative to it (none if it is absent).
     async fn list(&self, dir: &str) -> Result<Vec<String>, TaskError> {
-        match self.timed("list", self.op.list(dir)).await? {
+        let root = dir.trim_start_matches('/');
+        match self.timed("list", self.op.list_with(dir).recursive(true)).await? {
             Ok(entries) => Ok(entries
                 .into_iter()
                 .filter(|e| !e.metadata().is_dir())
-                .map(|e| e.name().trim_end_matches('/').to_string())
+                .filter_map(|e| e.path().trim_start_matches('/').strip_prefix(root).map(str::to_string))
                 .collect()),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(Vec::new()),
             Err(e) => Err(self.err(format!("cannot list {dir}: {e}"))),
@@ -158,7 +170,9 @@ pub struct ObjectSink<T> {
     fence: Fence,
     retract_on_fallback: bool,
     rejects: Option<Rejects>,
-    open: Option<OpenPart>,
+    partitioner: Option<Arc<dyn Partitioner<T>>>,
+    /// The open part of each partition directory ("" when unpartitioned).
+    open: BTreeMap<String, OpenPart>,
     _records: PhantomData<fn(T)>,
 }
 
@@ -177,9 +191,11 @@ impl PartName<'_> {
     }
 }
 
-fn parse(file: &str) -> Option<PartName<'_>> {
+/// What a part's path says (its partition directory aside).
+fn parse(path: &str) -> Option<PartName<'_>> {
+    let file = path.rsplit('/').next()?;
     let rest = file.strip_prefix(PREFIX)?.strip_prefix('-')?;
-    let rest = rest.strip_suffix(".jsonl").or_else(|| rest.strip_suffix(".parquet"))?;
+    let rest = [".jsonl", ".csv", ".parquet"].iter().find_map(|ext| rest.strip_suffix(ext))?;
     let parts: Vec<&str> = rest.split('-').collect();
     let [_subtask, txn, _seq, incarnation, epoch] = parts.as_slice() else { return None };
     Some(PartName { txn: txn.parse().ok()?, incarnation, epoch })
@@ -197,9 +213,16 @@ impl<T> ObjectSink<T> {
             fence,
             retract_on_fallback: false,
             rejects: None,
-            open: None,
+            partitioner: None,
+            open: BTreeMap::new(),
             _records: PhantomData,
         }
+    }
+
+    /// Records go to the part of their partition directory.
+    pub fn partitioned(mut self, partitioner: Arc<dyn Partitioner<T>>) -> Self {
+        self.partitioner = Some(partitioner);
+        self
     }
 
     /// The sink of a subtask, under the job's fence and fallback policy.
@@ -221,12 +244,14 @@ impl<T> ObjectSink<T> {
         }
     }
 
-    async fn open_part(&mut self, txn: &ObjectTxn) -> Result<(), TaskError> {
+    async fn open_part(&mut self, txn: &ObjectTxn, dir: &str) -> Result<(), TaskError> {
+        // Parts move from open to `txn.parts` as they close, so the sum of
+        // both only grows: a sequence number no other part of `txn` has.
+        let seq = txn.parts.len() + self.open.len();
         let name = format!(
-            "{PREFIX}-{:05}-{:010}-{:04}-{}.{}",
+            "{dir}{PREFIX}-{:05}-{:010}-{seq:04}-{}.{}",
             self.subtask,
             txn.id,
-            txn.parts.len(),
             self.fence.tag(),
             self.config.format.extension()
         );
@@ -235,23 +260,89 @@ impl<T> ObjectSink<T> {
         let writer = self.config.timed("begin a part", writer).await?;
         let writer = writer.map_err(|e| self.config.err(format!("cannot begin {name}: {e}")))?;
         let writer = PartWriter::new(&self.config.format, name, writer).map_err(|e| self.part_err(e))?;
-        self.open = Some(OpenPart { writer, opened: Instant::now() });
+        self.open.insert(dir.to_string(), OpenPart { writer, opened: Instant::now() });
         Ok(())
     }
 
-    /// Finishes the open part into its staged object and adds it to `txn`.
-    async fn close_part(&mut self, txn: &mut ObjectTxn) -> Result<(), TaskError> {
-        let Some(open) = self.open.take() else { return Ok(()) };
+    /// Finishes the open part of `dir` into its staged object and adds it to `txn`.
+    async fn close_part(&mut self, txn: &mut ObjectTxn, dir: &str) -> Result<(), TaskError> {
+        let Some(open) = self.open.remove(dir) else { return Ok(()) };
         let name = self.config.timed("finish a part", open.writer.close()).await?.map_err(|e| self.part_err(e))?;
         txn.parts.push(name);
         Ok(())
     }
 
-    fn due_to_roll(&self) -> bool {
-        self.open.as_ref().is_some_and(|open| {
+    fn due_to_roll(&self, dir: &str) -> bool {
+        self.open.get(dir).is_some_and(|open| {
             open.writer.size() >= self.config.roll_size
                 || self.config.roll_interval.is_some_and(|every| open.opened.elapsed() >= every)
         })
+    }
+
+    /// Gives each record to its partition directory, in order within each;
+    /// a record that names none is refused (to `rejects` when given).
+    fn by_directory(&self, batch: Vec<T>, refused: &mut Vec<BadRecord>) -> Result<Vec<(String, Vec<T>)>, TaskError>
+    where
+        T: Serialize,
+    {
+        let Some(partitioner) = &self.partitioner else { return Ok(vec![(String::new(), batch)]) };
+        let mut groups: Vec<(String, Vec<T>)> = Vec::new();
+        for mut record in batch {
+            match partitioner.split(&mut record) {
+                Ok(dir) => match groups.iter_mut().find(|(d, _)| *d == dir) {
+                    Some((_, records)) => records.push(record),
+                    None => groups.push((dir, vec![record])),
+                },
+                Err(reason) => {
+                    let raw = serde_json::to_string(&record).map_err(|e| self.config.err(e))?;
+                    if self.rejects.is_none() {
+                        return Err(TaskError::BadRecord { record: raw, reason });
+                    }
+                    refused.push(BadRecord { origin: "sink".into(), raw, reason });
+                }
+            }
+        }
+        Ok(groups)
+    }
+
+    /// Appends records to the open part of `dir`, rolling it before and after.
+    async fn write_to(
+        &mut self,
+        txn: &mut ObjectTxn,
+        dir: &str,
+        records: Vec<T>,
+        refused: &mut Vec<BadRecord>,
+    ) -> Result<(), TaskError>
+    where
+        T: Serialize,
+    {
+        if self.due_to_roll(dir) {
+            self.close_part(txn, dir).await?;
+        }
+        if !self.open.contains_key(dir) {
+            self.open_part(txn, dir).await?;
+        }
+        let gather = self.rejects.is_some().then_some(refused);
+        let Some(open) = self.open.get_mut(dir) else { return Err(self.config.err("no open part")) };
+        let written = self.config.timed("write", open.writer.write(&records, gather)).await?;
+        written.map_err(|e| self.part_err(e))?;
+        if self.due_to_roll(dir) {
+            self.close_part(txn, dir).await?;
+        }
+        Ok(())
+    }
+}
+
+impl ObjectSink<serde_json::Value> {
+    /// The sink of a manifest, partitioned as `partitionBy` says.
+    pub fn for_manifest(config: ObjectSinkConfig, ctx: &TaskContext) -> ObjectSink<serde_json::Value> {
+        let fields = config.partition_by.clone();
+        let sink = ObjectSink::for_task(config, ctx);
+        if fields.is_empty() {
+            sink
+        } else {
+            sink.partitioned(Arc::new(ByFields::new(fields)))
+        }
     }
 }
 
@@ -264,28 +355,21 @@ impl<T: Serialize + Send + Sync + 'static> TwoPhaseCommitSink<T> for ObjectSink<
     }
 
     async fn write(&mut self, txn: &mut ObjectTxn, batch: Vec<T>) -> Result<(), TaskError> {
-        if self.due_to_roll() {
-            self.close_part(txn).await?;
-        }
-        if self.open.is_none() {
-            self.open_part(txn).await?;
-        }
         let mut refused: Vec<BadRecord> = Vec::new();
-        let gather = self.rejects.is_some().then_some(&mut refused);
-        let Some(open) = self.open.as_mut() else { return Err(self.config.err("no open part")) };
-        let written = self.config.timed("write", open.writer.write(&batch, gather)).await?;
-        written.map_err(|e| self.part_err(e))?;
+        for (dir, records) in self.by_directory(batch, &mut refused)? {
+            self.write_to(txn, &dir, records, &mut refused).await?;
+        }
         if let (Some(rejects), false) = (&self.rejects, refused.is_empty()) {
             rejects.lock().map_err(|_| self.config.err("the rejected-records list is poisoned"))?.extend(refused);
-        }
-        if self.due_to_roll() {
-            self.close_part(txn).await?;
         }
         Ok(())
     }
 
     async fn pre_commit(&mut self, mut txn: ObjectTxn) -> Result<ObjectTxn, TaskError> {
-        self.close_part(&mut txn).await?;
+        let dirs: Vec<String> = self.open.keys().cloned().collect();
+        for dir in dirs {
+            self.close_part(&mut txn, &dir).await?;
+        }
         Ok(txn)
     }
 
@@ -300,7 +384,7 @@ impl<T: Serialize + Send + Sync + 'static> TwoPhaseCommitSink<T> for ObjectSink<
     }
 
     async fn abort(&mut self, txn: ObjectTxn) -> Result<(), TaskError> {
-        if let Some(open) = self.open.take() {
+        for open in std::mem::take(&mut self.open).into_values() {
             if let Err(e) = self.config.timed("abort a part", open.writer.abort()).await? {
                 // What is left staged is cleared by the next recovery.
                 warn!(sink = %self.config.uri, "cannot abort an open part: {e}");
@@ -332,6 +416,7 @@ impl<T: Serialize + Send + Sync + 'static> TwoPhaseCommitSink<T> for ObjectSink<
             .list("/")
             .await?
             .into_iter()
+            .filter(|name| !name.starts_with(STAGING))
             .filter_map(|name| {
                 let part = parse(&name)?;
                 (part.earlier_attempt_of(&self.fence) && part.txn > r && !is_committed(&name))
@@ -348,16 +433,19 @@ impl<T: Serialize + Send + Sync + 'static> TwoPhaseCommitSink<T> for ObjectSink<
     }
 }
 
-/// Every committed record under the sink's storage, parts in name order
-/// (for tests and audits): JSON lines as they are, Parquet rows as JSON.
+/// Every committed record under the sink's storage, parts in path order
+/// (for tests and audits): JSON lines as they are, Parquet rows as JSON,
+/// CSV rows (with their header) as objects whose numeric cells are numbers,
+/// each with the fields its partition directory names (as strings).
 pub async fn read_committed(op: &Operator) -> Result<Vec<serde_json::Value>, String> {
     let mut names: Vec<String> = op
-        .list("/")
+        .list_with("/")
+        .recursive(true)
         .await
         .map_err(|e| format!("cannot list: {e}"))?
         .into_iter()
-        .map(|e| e.name().to_string())
-        .filter(|n| !n.starts_with('.') && (n.ends_with(".jsonl") || n.ends_with(".parquet")))
+        .map(|e| e.path().trim_start_matches('/').to_string())
+        .filter(|n| !n.starts_with('.') && parse(n).is_some())
         .collect();
     names.sort();
     let mut rows = Vec::new();
@@ -365,14 +453,47 @@ pub async fn read_committed(op: &Operator) -> Result<Vec<serde_json::Value>, Str
         let bytes = op.read(&name).await.map_err(|e| format!("cannot read {name}: {e}"))?.to_bytes();
         let text = if name.ends_with(".parquet") {
             parquet_as_json_lines(bytes).map_err(|e| format!("{name}: {e}"))?
+        } else if name.ends_with(".csv") {
+            csv_as_json_lines(&bytes).map_err(|e| format!("{name}: {e}"))?
         } else {
             String::from_utf8(bytes.to_vec()).map_err(|e| format!("{name}: {e}"))?
         };
+        let partition = fields_of_path(&name);
         for line in text.lines().filter(|l| !l.is_empty()) {
-            rows.push(serde_json::from_str(line).map_err(|e| format!("{name}: {e}"))?);
+            let mut row: serde_json::Value = serde_json::from_str(line).map_err(|e| format!("{name}: {e}"))?;
+            if let Some(fields) = row.as_object_mut() {
+                fields.extend(partition.iter().cloned());
+            }
+            rows.push(row);
         }
     }
     Ok(rows)
+}
+
+fn csv_as_json_lines(bytes: &[u8]) -> Result<String, Box<dyn std::error::Error>> {
+    let mut reader = csv::Reader::from_reader(bytes);
+    let header = reader.headers()?.clone();
+    let mut out = String::new();
+    for row in reader.records() {
+        let row = row?;
+        let fields: serde_json::Map<String, serde_json::Value> = header
+            .iter()
+            .zip(row.iter())
+            .map(|(name, cell)| {
+                let value = match cell {
+                    "" => serde_json::Value::Null,
+                    _ => match serde_json::from_str::<serde_json::Number>(cell) {
+                        Ok(n) => serde_json::Value::Number(n),
+                        Err(_) => serde_json::Value::String(cell.to_string()),
+                    },
+                };
+                (name.to_string(), value)
+            })
+            .collect();
+        out.push_str(&serde_json::to_string(&fields)?);
+        out.push('\n');
+    }
+    Ok(out)
 }
 
 fn parquet_as_json_lines(bytes: bytes::Bytes) -> Result<String, Box<dyn std::error::Error>> {

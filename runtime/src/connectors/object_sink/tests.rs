@@ -15,7 +15,15 @@ fn spec(dir: &std::path::Path, format: FileFormat) -> FileSinkSpec {
         ],
         compression: ParquetCompression::Snappy,
     });
-    FileSinkSpec { path: format!("file://{}", dir.display()), format, roll_size: None, roll_interval: None, parquet }
+    FileSinkSpec {
+        path: format!("file://{}", dir.display()),
+        format,
+        roll_size: None,
+        roll_interval: None,
+        parquet,
+        csv: None,
+        partition_by: Vec::new(),
+    }
 }
 
 fn open_sink(spec: &FileSinkSpec, fence: Fence) -> ObjectSink<Value> {
@@ -231,4 +239,105 @@ async fn a_record_that_does_not_fit_fails_the_write_or_goes_to_the_rejects() {
     run.commit(&txn).await.unwrap();
     assert_eq!(committed(&spec).await, vec![1]);
     assert_eq!(rejects.lock().unwrap().len(), 1);
+}
+
+fn partitioned_sink(spec: &FileSinkSpec, fence: Fence) -> ObjectSink<Value> {
+    open_sink(spec, fence).partitioned(Arc::new(ByFields::new(spec.partition_by.clone())))
+}
+
+fn shop_rows(range: std::ops::Range<i64>) -> Vec<Value> {
+    range.map(|n| json!({"key": format!("k{n}"), "n": n, "shop": format!("s{}", n % 3)})).collect()
+}
+
+#[tokio::test]
+async fn a_partitioned_sink_writes_each_record_once_under_its_directory_without_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = FileSinkSpec { partition_by: vec!["shop".into()], ..spec(dir.path(), FileFormat::Parquet) };
+    let mut sink = partitioned_sink(&spec, RUN_1);
+    let mut txn = sink.begin(1).await.unwrap();
+    sink.write(&mut txn, shop_rows(0..6)).await.unwrap();
+    sink.write(&mut txn, shop_rows(6..9)).await.unwrap();
+    let txn = sink.pre_commit(txn).await.unwrap();
+    assert_eq!(txn.parts.len(), 3, "one part per directory: {:?}", txn.parts);
+    assert!(committed(&spec).await.is_empty(), "nothing is visible before commit");
+    sink.commit(&txn).await.unwrap();
+    assert_eq!(visible_names(dir.path()), vec!["shop=s0", "shop=s1", "shop=s2"]);
+    let op = ObjectSinkConfig::from_spec(&spec, "sink").unwrap().op;
+    for row in read_committed(&op).await.unwrap() {
+        let n = row["n"].as_i64().unwrap();
+        assert_eq!(row["shop"], json!(format!("s{}", n % 3)), "{row}");
+    }
+    assert_eq!(committed(&spec).await, (0..9).collect::<Vec<_>>());
+    let in_s1 = std::fs::read_dir(dir.path().join("shop=s1")).unwrap().count();
+    assert_eq!(in_s1, 1);
+}
+
+#[tokio::test]
+async fn recovery_finds_staged_and_committed_parts_inside_partition_directories() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = FileSinkSpec { partition_by: vec!["shop".into()], ..spec(dir.path(), FileFormat::JsonLines) };
+    let mut run = partitioned_sink(&spec, RUN_1);
+    committed_txn(&mut run, 1, shop_rows(0..3)).await;
+    committed_txn(&mut run, 2, shop_rows(3..6)).await;
+    let mut pending = run.begin(3).await.unwrap();
+    run.write(&mut pending, shop_rows(6..9)).await.unwrap();
+    run.pre_commit(pending).await.unwrap();
+
+    let mut restarted = partitioned_sink(&spec, RUN_1_LATER);
+    let err = restarted.recover(Some(1), &[]).await.unwrap_err().to_string();
+    assert!(err.contains("checkpoint 1") && err.contains("checkpoint 2"), "{err}");
+    restarted.recover(Some(2), &[]).await.unwrap();
+    let staged: usize = ["shop=s0", "shop=s1", "shop=s2"]
+        .iter()
+        .map(|d| std::fs::read_dir(dir.path().join(".weir-staging").join(d)).map_or(0, |e| e.count()))
+        .sum();
+    assert_eq!(staged, 0, "the uncovered staged parts are removed");
+    assert_eq!(committed(&spec).await, (0..6).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn a_record_that_cannot_name_a_directory_fails_the_write_or_goes_to_the_rejects() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = FileSinkSpec { partition_by: vec!["shop".into()], ..spec(dir.path(), FileFormat::JsonLines) };
+    let bad = vec![json!({"n": 1, "shop": "a"}), json!({"n": 2, "shop": {"id": 7}})];
+    let mut run = partitioned_sink(&spec, RUN_1);
+    let mut txn = run.begin(1).await.unwrap();
+    let err = run.write(&mut txn, bad.clone()).await.unwrap_err();
+    assert!(matches!(err, TaskError::BadRecord { .. }), "{err}");
+    assert!(err.to_string().contains("`shop` holds an object"), "{err}");
+
+    let rejects = Rejects::default();
+    let mut run = partitioned_sink(&spec, RUN_1_LATER).rejecting(Some(rejects.clone()));
+    let mut txn = run.begin(1).await.unwrap();
+    run.write(&mut txn, bad).await.unwrap();
+    let txn = run.pre_commit(txn).await.unwrap();
+    run.commit(&txn).await.unwrap();
+    assert_eq!(committed(&spec).await, vec![1]);
+    let rejects = rejects.lock().unwrap();
+    assert_eq!(rejects.len(), 1);
+    assert_eq!(rejects[0].raw, r#"{"n":2,"shop":{"id":7}}"#);
+}
+
+#[tokio::test]
+async fn csv_parts_hold_the_named_columns_in_order_with_a_header_and_quoting() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = crate::manifest::CsvSinkSpec {
+        columns: vec!["key".into(), "n".into(), "note".into()],
+        header: true,
+        delimiter: None,
+    };
+    let spec = FileSinkSpec { csv: Some(csv), ..spec(dir.path(), FileFormat::Csv) };
+    let mut sink = open_sink(&spec, RUN_1);
+    let records = vec![
+        json!({"key": "a", "n": 1, "note": "plain", "extra": 9}),
+        json!({"key": "b,c", "n": 2, "note": "say \"hi\"\nbye"}),
+        json!({"key": "d", "n": 3, "note": null}),
+        json!({"key": "e", "n": 4, "note": {"x": [1]}}),
+    ];
+    let txn = committed_txn(&mut sink, 1, records).await;
+    assert_eq!(txn.parts.len(), 1);
+    assert!(txn.parts[0].ends_with(".csv"), "{:?}", txn.parts);
+    let text = std::fs::read_to_string(dir.path().join(&txn.parts[0])).unwrap();
+    assert_eq!(text, "key,n,note\na,1,plain\n\"b,c\",2,\"say \"\"hi\"\"\nbye\"\nd,3,\ne,4,\"{\"\"x\"\":[1]}\"\n");
+    assert_eq!(committed(&spec).await, vec![1, 2, 3, 4], "read back with numbers as numbers");
 }
