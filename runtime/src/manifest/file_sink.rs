@@ -79,10 +79,7 @@ pub struct CsvSinkSpec {
 impl CsvSinkSpec {
     /// The delimiter byte; `problems` refused any other.
     pub fn delimiter_byte(&self) -> u8 {
-        match self.delimiter.as_deref().map(str::as_bytes) {
-            Some([b]) if b.is_ascii() => *b,
-            _ => b',',
-        }
+        super::pipeline::delimiter_byte(self.delimiter.as_deref())
     }
 }
 
@@ -181,14 +178,7 @@ impl FileSinkSpec {
                 ));
             }
         }
-        match csv.delimiter.as_deref().map(str::as_bytes) {
-            None => {}
-            Some([b]) if b.is_ascii() && !b"\"\r\n".contains(b) => {}
-            Some(_) => errors.push(format!(
-                "{at}.csv.delimiter: expected one ASCII character other than a quote or line break, got `{}`",
-                csv.delimiter.as_deref().unwrap_or_default()
-            )),
-        }
+        errors.extend(super::pipeline::delimiter_problem(at, csv.delimiter.as_deref()));
         errors
     }
 

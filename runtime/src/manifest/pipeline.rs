@@ -184,11 +184,25 @@ pub struct CsvSpec {
 impl CsvSpec {
     /// The delimiter byte; `spec` was validated.
     pub fn delimiter_byte(&self) -> u8 {
-        match self.delimiter.as_deref().map(str::as_bytes) {
-            Some([b]) if b.is_ascii() => *b,
-            _ => b',',
-        }
+        delimiter_byte(self.delimiter.as_deref())
     }
+}
+
+/// A CSV delimiter's byte, `,` when none is given (or one that
+/// [`delimiter_problem`] refuses).
+pub(crate) fn delimiter_byte(delimiter: Option<&str>) -> u8 {
+    match delimiter.map(str::as_bytes) {
+        Some([b]) if b.is_ascii() => *b,
+        _ => b',',
+    }
+}
+
+/// What is wrong with a CSV delimiter given at `{at}.csv.delimiter`.
+pub(crate) fn delimiter_problem(at: &str, delimiter: Option<&str>) -> Option<String> {
+    let d = delimiter?;
+    (!matches!(d.as_bytes(), [b] if b.is_ascii() && !matches!(b, b'"' | b'\n' | b'\r'))).then(|| {
+        format!("{at}.csv.delimiter: expected one ASCII character other than a quote or line break, got `{d}`")
+    })
 }
 
 /// Event time: where a record's timestamp is, and how far out of order

@@ -148,13 +148,7 @@ pub(super) fn format_problems(at: &str, format: SourceFormat, csv: Option<&CsvSp
     if format == SourceFormat::JsonLines && csv.is_some() {
         errors.push(format!("{at}.csv: only for format Csv; set format: Csv or remove it"));
     }
-    if let Some(d) = csv.and_then(|c| c.delimiter.as_deref()) {
-        if !matches!(d.as_bytes(), [b] if b.is_ascii() && !matches!(b, b'"' | b'\n' | b'\r')) {
-            errors.push(format!(
-                "{at}.csv.delimiter: expected one ASCII character other than a quote or line break, got `{d}`"
-            ));
-        }
-    }
+    errors.extend(super::pipeline::delimiter_problem(at, csv.and_then(|c| c.delimiter.as_deref())));
     errors
 }
 
