@@ -60,7 +60,7 @@ use crate::record::{key_of, parse_json_object, BadRecord, FieldRule, Rejects, Ro
 use crate::task::source_task::Source;
 use crate::task::{Collector, TaskContext, TaskError};
 use aggregate::{AggState, Aggregate, WithValues};
-use bad_records::{BadRecordPolicy, Checked, FieldRules, RejectingSink};
+use bad_records::{BadRecordPolicy, Check, Checked, FieldRules, RejectingSink};
 use event_time::EventTimeSource;
 use flatten::Flatten;
 use lookup::Lookup;
@@ -186,38 +186,26 @@ fn build_pipeline(spec: &StreamJobSpec, pipeline: &PipelineSpec) -> Result<JobGr
             };
             let uid = step.id.clone().unwrap_or_else(|| content_id(kind, &content));
             let (planned, input) = planned.projected(&input).map_err(PipelineError::Invalid)?;
-            env.declare_state(&uid);
-            let errors = spec.error_policy.clone();
             let at = steps.path(i);
-            stream = stream.transform(move |ctx, next| {
-                let policy = BadRecordPolicy::new(&uid, &uid, ctx.clone(), &errors);
+            stream = checked_step(&env, stream, uid, &spec.error_policy, move || {
                 let batcher = expr::Batcher::new(input.clone())
                     .map_err(|reason| TaskError::User { function: at.clone(), reason })?;
-                let step = ExprStep::new(at.clone(), planned.clone(), batcher);
-                Ok(Box::new(Checked::new(step, policy, next)) as Box<dyn Collector<Row>>)
+                Ok(ExprStep::new(at.clone(), planned.clone(), batcher))
             });
         }
         match step.kind().map_err(PipelineError::Invalid)? {
             StepKind::Filter(_) | StepKind::Select(_) => {}
             StepKind::Flatten(f) => {
                 let uid = step.id.clone().unwrap_or_else(|| content_id("flatten", &json!({"flatten": f})));
-                env.declare_state(&uid);
-                let (errors, at, f) = (spec.error_policy.clone(), steps.path(i), f.clone());
-                stream = stream.transform(move |ctx, next| {
-                    let policy = BadRecordPolicy::new(&uid, &uid, ctx.clone(), &errors);
-                    let step = Flatten::new(at.clone(), &f.field, f.ty);
-                    Ok(Box::new(Checked::new(step, policy, next)) as Box<dyn Collector<Row>>)
+                let (at, f) = (steps.path(i), f.clone());
+                stream = checked_step(&env, stream, uid, &spec.error_policy, move || {
+                    Ok(Flatten::new(at.clone(), &f.field, f.ty))
                 });
             }
             StepKind::Lookup(l) => {
                 let uid = step.id.clone().unwrap_or_else(|| content_id("lookup", &json!({"lookup": l})));
-                env.declare_state(&uid);
-                let (errors, at, l) = (spec.error_policy.clone(), steps.path(i), l.clone());
-                stream = stream.transform(move |ctx, next| {
-                    let policy = BadRecordPolicy::new(&uid, &uid, ctx.clone(), &errors);
-                    let step = Lookup::new(&l, at.clone())?;
-                    Ok(Box::new(Checked::new(step, policy, next)) as Box<dyn Collector<Row>>)
-                });
+                let (at, l) = (steps.path(i), l.clone());
+                stream = checked_step(&env, stream, uid, &spec.error_policy, move || Lookup::new(&l, at.clone()));
             }
             StepKind::KeyBy(k) => key_field = Some(k.field.clone()),
             StepKind::Aggregate(a) => {
@@ -353,6 +341,28 @@ where
 /// it refuses (a type mismatch, a violated constraint), which then go to
 /// the error policy; unless the policy fails the job anyway, when the
 /// sink's own error does.
+/// A step that passes, changes or refuses records batch by batch (an
+/// expression, flatten, lookup), under its own `uid` for the records it
+/// refuses; `make` builds it in each subtask.
+fn checked_step<C, F>(
+    env: &StreamEnv,
+    stream: DataStream<Row>,
+    uid: String,
+    errors: &ErrorPolicy,
+    make: F,
+) -> DataStream<Row>
+where
+    C: Check<Row> + 'static,
+    F: Fn() -> Result<C, TaskError> + Send + Sync + 'static,
+{
+    env.declare_state(&uid);
+    let errors = errors.clone();
+    stream.transform(move |ctx, next| {
+        let policy = BadRecordPolicy::new(&uid, &uid, ctx.clone(), &errors);
+        Ok(Box::new(Checked::new(make()?, policy, next)) as Box<dyn Collector<Row>>)
+    })
+}
+
 fn sink_with_rejects<F>(env: &StreamEnv, stream: DataStream<Row>, errors: &ErrorPolicy, make: F)
 where
     F: Fn(&TaskContext, Option<Rejects>) -> Result<Box<dyn Collector<Row>>, TaskError> + Send + Sync + 'static,
