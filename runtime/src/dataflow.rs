@@ -22,7 +22,7 @@ use crate::connectors::{TwoPhaseCommitCollector, TwoPhaseCommitSink};
 use crate::operators::stateless::BatchFn;
 use crate::operators::{EventTimeFunction, KeyedEventTime, KeyedProcess, KeyedProcessFunction};
 use crate::task::input_task::InputTask;
-use crate::task::router::{Connect, Edge, KeyRouter};
+use crate::task::router::{ByKey, Connect, Edge, Partition, RoundRobin, Router};
 use crate::task::runnable::RunnableTask;
 use crate::task::source_task::{Source, SourceTask};
 use crate::task::{Collector, TaskContext, TaskError};
@@ -229,7 +229,8 @@ impl<T: Send + 'static> DataStream<T> {
 
     fn close_stage(self, rest: ChainFactory<T>) {
         if let Some(edge) = &self.input {
-            edge.set_downstream(self.parallelism);
+            let index = self.graph.borrow().stages.len();
+            edge.set_downstream(index, self.parallelism);
         }
         let factory = (self.close)(rest);
         self.graph.borrow_mut().stages.push(StageDef {
@@ -248,24 +249,26 @@ impl<T: Send + 'static> DataStream<T> {
         K: Hash + Eq + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
         F: Fn(&T) -> K + Clone + Send + Sync + 'static,
     {
-        let graph = self.graph.clone();
-        let stage = graph.borrow().stages.len();
-        let edge = Edge::<T>::new(stage, self.parallelism);
-        let parallelism = graph.borrow().parallelism;
-        let route_edge = edge.clone();
-        let route_key = key.clone();
-        self.close_stage(Arc::new(move |ctx: &TaskContext| {
-            let senders = route_edge.take_senders(ctx.subtask())?;
-            Ok(Box::new(KeyRouter::new(
-                route_key.clone(),
-                senders,
-                ctx.max_parallelism,
-                ctx.batch_size,
-                ctx.stage.clone(),
-            )) as Box<dyn Collector<T>>)
-        }));
-        graph.borrow_mut().edges.push(edge.clone());
-        KeyedStream { graph, edge, key: Arc::new(key), parallelism }
+        self.union(Vec::new()).key_by(key)
+    }
+
+    /// Spreads the records evenly over the next stage's subtasks, batch by
+    /// batch (Flink's `rebalance`).
+    pub fn rebalance(self) -> DataStream<T>
+    where
+        T: Serialize + DeserializeOwned,
+    {
+        self.union(Vec::new()).rebalance()
+    }
+
+    /// This stream and `others` as one: their records meet in the next
+    /// shuffle (`key_by` or `rebalance`), whose subtasks read from every
+    /// subtask of every one of them and align barriers and watermarks over
+    /// all of them (Flink's `union`).
+    pub fn union(self, others: Vec<DataStream<T>>) -> UnionStream<T> {
+        let mut streams = vec![self];
+        streams.extend(others);
+        UnionStream { streams }
     }
 
     /// Ends the stream in a sink built per subtask.
@@ -290,6 +293,68 @@ impl<T: Send + 'static> DataStream<T> {
             let sink = make(ctx)?;
             Ok(Box::new(TwoPhaseCommitCollector::new(uid.clone(), ctx.clone(), sink)) as Box<dyn Collector<T>>)
         });
+    }
+}
+
+/// Streams of one record type that the next shuffle merges.
+pub struct UnionStream<T> {
+    /// Never empty: made from a stream and others.
+    streams: Vec<DataStream<T>>,
+}
+
+impl<T: Serialize + DeserializeOwned + Send + 'static> UnionStream<T> {
+    /// Ends every stream's stage in one shuffle, partitioned by what
+    /// `partition` makes for each sending subtask.
+    fn into_edge<P, M>(self, partition: M) -> (Rc<RefCell<GraphBuilder>>, Arc<Edge<T>>, u32)
+    where
+        P: Partition<T> + 'static,
+        M: Fn(&TaskContext) -> P + Clone + Send + Sync + 'static,
+    {
+        let edge = Edge::<T>::new();
+        let graph = match self.streams.first() {
+            Some(s) => s.graph.clone(),
+            None => Rc::new(RefCell::new(GraphBuilder::default())),
+        };
+        for stream in self.streams {
+            let stage = graph.borrow().stages.len();
+            edge.add_upstream(stage, stream.parallelism);
+            let (edge, partition) = (edge.clone(), partition.clone());
+            stream.close_stage(Arc::new(move |ctx: &TaskContext| {
+                let senders = edge.take_senders(stage, ctx.subtask())?;
+                let router = Router::new(partition(ctx), senders, ctx.batch_size, ctx.stage.clone());
+                Ok(Box::new(router) as Box<dyn Collector<T>>)
+            }));
+        }
+        graph.borrow_mut().edges.push(edge.clone());
+        let parallelism = graph.borrow().parallelism;
+        (graph, edge, parallelism)
+    }
+
+    /// Repartitions every stream's records by key into one keyed stream.
+    pub fn key_by<K, F>(self, key: F) -> KeyedStream<K, T>
+    where
+        K: Hash + Eq + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+        F: Fn(&T) -> K + Clone + Send + Sync + 'static,
+    {
+        let route = key.clone();
+        let (graph, edge, parallelism) =
+            self.into_edge(move |ctx: &TaskContext| ByKey::new(route.clone(), ctx.max_parallelism));
+        KeyedStream { graph, edge, key: Arc::new(key), parallelism }
+    }
+
+    /// Every stream's records, spread evenly over a new stage.
+    pub fn rebalance(self) -> DataStream<T> {
+        let (graph, edge, parallelism) = self.into_edge(|ctx: &TaskContext| RoundRobin::new(ctx.subtask()));
+        let inputs = edge.clone();
+        let close: CloseStage<T> = Box::new(move |rest: ChainFactory<T>| -> TaskFactory {
+            Arc::new(move |ctx: TaskContext| {
+                let inputs = inputs.take_receivers(ctx.subtask())?;
+                let chain = rest(&ctx)?;
+                Ok(Box::new(InputTask { ctx, inputs, chain }) as Box<dyn RunnableTask>)
+            })
+        });
+        let input: Arc<dyn Connect> = edge;
+        DataStream { graph, name: "rebalance".into(), parallelism, input: Some(input), is_source: false, close }
     }
 }
 

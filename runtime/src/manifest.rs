@@ -33,6 +33,8 @@ pub mod pipeline;
 pub use self::pipeline::*;
 pub mod steps;
 pub use self::steps::*;
+pub mod sources;
+pub use self::sources::IntervalJoinSpec;
 pub mod planned;
 pub use self::planned::PlannedSteps;
 pub mod checkpoints;

@@ -132,11 +132,16 @@ pub fn check_exactly_once(out: &Path, count: u64, keys: u64) -> Result<(), Strin
 
 /// [`check_exactly_once`] on updates read from any sink.
 pub fn check_updates_exactly_once(got: &Updates, count: u64, keys: u64) -> Result<(), String> {
-    let want = expected_per_key(count, keys);
+    check_updates_against(got, &expected_per_key(count, keys))
+}
+
+/// Each key's updates are exactly `1..=n` once each, the last with the
+/// sum, for `want`'s count `n` and sum per key.
+pub fn check_updates_against(got: &Updates, want: &BTreeMap<String, (u64, i64)>) -> Result<(), String> {
     if got.len() != want.len() {
         return Err(format!("{} keys in the output, {} expected", got.len(), want.len()));
     }
-    for (key, (n, sum)) in &want {
+    for (key, (n, sum)) in want {
         let updates = got.get(key).ok_or_else(|| format!("key {key} missing from the output"))?;
         if let Some((c, (seen, _))) = updates.iter().find(|(_, (seen, _))| *seen != 1) {
             return Err(format!("key {key}: update {c} committed {seen} times"));

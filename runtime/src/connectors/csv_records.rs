@@ -74,8 +74,11 @@ impl CsvFormat {
             file.seek(SeekFrom::Start(len - 1)).map_err(|e| io("seek", &e))?;
             file.read_exact(&mut last).map_err(|e| io("read", &e))?;
         }
+        let bom = bom_len(path)?;
         let (columns, width, header_end) = if self.header {
-            let mut rdr = self.reader(File::open(path).map_err(|e| io("open", &e))?);
+            let mut from_start = File::open(path).map_err(|e| io("open", &e))?;
+            from_start.seek(SeekFrom::Start(bom)).map_err(|e| io("seek", &e))?;
+            let mut rdr = self.reader(from_start);
             let mut names = ByteRecord::new();
             if !rdr.read_byte_record(&mut names).map_err(|e| io("read the header", &e))? {
                 // An empty file: nothing to read, no columns to know.
@@ -88,9 +91,9 @@ impl CsvFormat {
             ((0..self.fields.len()).collect(), self.fields.len(), Position::new())
         };
         let (offset, line) = if self.header && offset == 0 {
-            (header_end.byte(), line + header_end.line().saturating_sub(1))
+            (bom + header_end.byte(), line + header_end.line().saturating_sub(1))
         } else {
-            (offset, line)
+            (offset.max(bom), line)
         };
         file.seek(SeekFrom::Start(offset)).map_err(|e| io(&format!("seek to {offset}"), &e))?;
         let reader = CsvReader {
@@ -200,6 +203,25 @@ fn typed(f: &FieldSpec, text: &str) -> Result<Value, String> {
     }
 }
 
+
+/// The length of a UTF-8 byte-order mark at the start of the file at
+/// `path` (as spreadsheet programs write): 3, or 0 without one. Records are
+/// read after it, so the first field's name or value does not carry it.
+pub fn bom_len(path: &str) -> Result<u64, TaskError> {
+    let mut start = [0u8; 3];
+    let mut file = File::open(path).map_err(|e| TaskError::source(path, format!("cannot open: {e}")))?;
+    let mut read = 0;
+    while read < 3 {
+        match file.read(&mut start[read..]) {
+            Ok(0) => break,
+            Ok(n) => read += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(TaskError::source(path, format!("cannot read: {e}"))),
+        }
+    }
+    Ok(if read == 3 && start == [0xEF, 0xBB, 0xBF] { 3 } else { 0 })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -254,6 +276,18 @@ mod tests {
         assert_eq!(all.len(), 2, "the header is not a record");
         assert_eq!(all[1].0, Ok(json!({"item": "pear", "qty": 4, "price": 2.0})));
         assert_eq!(read_all(&format, text, all[0].2)[0].0, all[1].0);
+    }
+
+    #[test]
+    fn a_byte_order_mark_before_the_header_or_the_first_record_is_skipped() {
+        let with_header = CsvFormat::new(&fields(), Some(&CsvSpec { header: true, delimiter: None }));
+        let all = read_all(&with_header, "\u{feff}item,qty,price\napple,3,1.5\n", 0);
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].0, Ok(json!({"item": "apple", "qty": 3, "price": 1.5})), "`item` found despite the mark");
+        let plain = CsvFormat::new(&fields(), None);
+        let all = read_all(&plain, "\u{feff}apple,3,1.5\npear,2,\n", 0);
+        assert_eq!(all[0].0, Ok(json!({"item": "apple", "qty": 3, "price": 1.5})), "no mark in the first value");
+        assert_eq!(all[0].1, "1", "the mark is not a line");
     }
 
     #[test]

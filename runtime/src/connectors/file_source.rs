@@ -177,6 +177,8 @@ impl FileSource {
             self.reader = Some(Open::Csv(reader));
             return Ok(());
         }
+        // A file that starts with a byte-order mark is read after it.
+        split.offset = split.offset.max(super::csv_records::bom_len(&split.path)?);
         let mut file =
             File::open(&split.path).map_err(|e| TaskError::source(&split.path, format!("cannot open: {e}")))?;
         file.seek(SeekFrom::Start(split.offset))

@@ -11,6 +11,13 @@ use super::*;
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PipelineSpec {
     pub source: SourceSpec,
+    /// More sources whose records go through the steps with the main
+    /// source's (Flink's `union`): the same schema and event-time field
+    /// apply to all. Each needs an `id`, which names its state
+    /// (`source-<id>`), so that sources can be added and removed between
+    /// runs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub union: Vec<SourceSpec>,
     /// The types of the source's fields, for `filter`, `select` and
     /// `keyBy.expr` steps (whose SQL expressions are type-checked against
     /// it when the manifest is loaded) and for checking records where they
@@ -43,6 +50,12 @@ pub struct PipelineSpec {
     "message": "exactly one of generator, file, kafka, nexmark must be set in spec.pipeline.source"
 }]))]
 pub struct SourceSpec {
+    /// Names a union or intervalJoin source and its state
+    /// (`source-<id>`): lowercase letters, digits, `-`, `_` and `.`,
+    /// unique among the pipeline's sources. The main source has none: its
+    /// state is `source`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
     /// Deterministic records `{"seq", "key", "value"}`: replaying from an
     /// offset yields the same records.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -335,38 +348,8 @@ impl PipelineSpec {
 
     fn unlabeled_problems(&self, steps: &[StepSpec]) -> Vec<String> {
         let mut errors = Vec::new();
-        match self.source.kind() {
-            Err(e) => errors.push(format!("spec.pipeline.source: {e}")),
-            Ok(SourceKind::Generator(g)) => {
-                if g.keys == 0 {
-                    errors.push("spec.pipeline.source.generator.keys: expected at least 1, got 0".into());
-                }
-                if g.splits == 0 {
-                    errors.push("spec.pipeline.source.generator.splits: expected at least 1, got 0".into());
-                }
-            }
-            Ok(SourceKind::File(f)) => {
-                if f.path.is_empty() {
-                    errors.push("spec.pipeline.source.file.path: required, got an empty path".into());
-                }
-                if f.format == SourceFormat::Csv && self.schema.is_none() {
-                    errors.push(
-                        "spec.pipeline.source.file.format: Csv needs spec.pipeline.schema (the columns' names and types)"
-                            .into(),
-                    );
-                }
-                errors.extend(super::steps::format_problems("spec.pipeline.source.file", f.format, f.csv.as_ref()));
-            }
-            Ok(SourceKind::Kafka(k)) => errors.extend(k.problems("spec.pipeline.source.kafka")),
-            Ok(SourceKind::Nexmark(n)) => {
-                if n.events_per_second == 0 {
-                    errors.push("spec.pipeline.source.nexmark.eventsPerSecond: expected at least 1, got 0".into());
-                }
-                if n.splits == 0 {
-                    errors.push("spec.pipeline.source.nexmark.splits: expected at least 1, got 0".into());
-                }
-            }
-        }
+        let mut source_ids = Vec::new();
+        errors.extend(self.sources_problems(&mut source_ids));
         if let Some(t) = &self.event_time {
             if t.field.is_empty() {
                 errors.push("spec.pipeline.eventTime.field: required, got an empty name".into());
@@ -441,6 +424,16 @@ impl PipelineSpec {
                     aggregated = true;
                 }
                 Ok(StepKind::Select(_)) => keyed = false,
+                Ok(StepKind::IntervalJoin(j)) => {
+                    let at = format!("spec.pipeline.steps[{i}].intervalJoin");
+                    errors.extend(j.problems(&at, self.event_time.is_some(), keyed, &mut source_ids));
+                    if aggregated {
+                        errors.push(format!(
+                            "{at}: must come before any aggregate or window step (event time is a field of the source's records)"
+                        ));
+                    }
+                    keyed = false;
+                }
                 Ok(StepKind::Lookup(l)) => {
                     let at = format!("spec.pipeline.steps[{i}].lookup");
                     errors.extend(l.problems(&at));

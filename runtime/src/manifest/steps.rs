@@ -1,5 +1,5 @@
 //! `spec.pipeline.steps`: the steps a pipeline can list (keyBy, aggregate,
-//! window, deduplicate, topN, filter, select, flatten, lookup) and their
+//! window, deduplicate, topN, filter, select, flatten, lookup, intervalJoin) and their
 //! checks.
 
 use schemars::JsonSchema;
@@ -11,8 +11,8 @@ use super::*;
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[schemars(extend("x-kubernetes-validations" = [{
-    "rule": "(has(self.keyBy) ? 1 : 0) + (has(self.aggregate) ? 1 : 0) + (has(self.window) ? 1 : 0) + (has(self.deduplicate) ? 1 : 0) + (has(self.topN) ? 1 : 0) + (has(self.filter) ? 1 : 0) + (has(self.select) ? 1 : 0) + (has(self.flatten) ? 1 : 0) + (has(self.lookup) ? 1 : 0) == 1",
-    "message": "exactly one of keyBy, aggregate, window, deduplicate, topN, filter, select, flatten, lookup must be set in each spec.pipeline.steps item"
+    "rule": "(has(self.keyBy) ? 1 : 0) + (has(self.aggregate) ? 1 : 0) + (has(self.window) ? 1 : 0) + (has(self.deduplicate) ? 1 : 0) + (has(self.topN) ? 1 : 0) + (has(self.filter) ? 1 : 0) + (has(self.select) ? 1 : 0) + (has(self.flatten) ? 1 : 0) + (has(self.lookup) ? 1 : 0) + (has(self.intervalJoin) ? 1 : 0) == 1",
+    "message": "exactly one of keyBy, aggregate, window, deduplicate, topN, filter, select, flatten, lookup, intervalJoin must be set in each spec.pipeline.steps item"
 }]))]
 pub struct StepSpec {
     /// A stable id for the step's state (as Flink's `uid`): a checkpoint's
@@ -66,6 +66,11 @@ pub struct StepSpec {
     /// filesystem table): one record out per matching row.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lookup: Option<LookupSpec>,
+    /// Joins each record with those of another source that share its key
+    /// and lie within an interval of its event time (Flink's interval
+    /// join); repartitions both by the key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval_join: Option<IntervalJoinSpec>,
 }
 
 /// A table in a file (JSON lines or CSV) that records are enriched from.
@@ -237,6 +242,7 @@ pub enum StepKind<'a> {
     Select(&'a [String]),
     Flatten(&'a FlattenSpec),
     Lookup(&'a LookupSpec),
+    IntervalJoin(&'a IntervalJoinSpec),
 }
 
 impl StepSpec {
@@ -251,6 +257,7 @@ impl StepSpec {
             self.select.as_deref().map(StepKind::Select),
             self.flatten.as_ref().map(StepKind::Flatten),
             self.lookup.as_ref().map(StepKind::Lookup),
+            self.interval_join.as_ref().map(StepKind::IntervalJoin),
         ]
         .into_iter()
         .flatten()
@@ -258,7 +265,7 @@ impl StepSpec {
         match set.as_slice() {
             [one] => Ok(*one),
             _ => Err("expected exactly one of keyBy, aggregate, window, deduplicate, topN, filter, select, flatten, \
-                     lookup"
+                     lookup, intervalJoin"
                 .into()),
         }
     }

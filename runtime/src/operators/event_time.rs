@@ -55,7 +55,18 @@ pub struct Timers<'a> {
     late: &'a mut u64,
 }
 
-impl Timers<'_> {
+impl<'a> Timers<'a> {
+    /// Timers outside an operator, for testing a function's steps.
+    #[cfg(test)]
+    pub(crate) fn for_test(
+        watermark: Option<i64>,
+        set: &'a mut BTreeSet<i64>,
+        added: &'a mut Vec<i64>,
+        late: &'a mut u64,
+    ) -> Timers<'a> {
+        Timers { watermark, set, added, late }
+    }
+
     /// The operator's event time: `None` before any watermark arrived.
     pub fn watermark(&self) -> Option<i64> {
         self.watermark

@@ -6,6 +6,7 @@
 //! - [`bad_records`]: the error policy for records that cannot be processed.
 //! - [`event_time`]: watermarks from the records' timestamps.
 //! - [`flatten`]: one record per element of an array field.
+//! - [`join`]: the interval join of two streams by key and event time.
 //! - [`lookup`]: records enriched from a table in a file, by key.
 //! - [`expr`]: SQL expressions planned by DataFusion and evaluated over
 //!   Arrow record batches.
@@ -19,13 +20,16 @@
 //! Operator uids are `source`, `sink`, `bad-records`, `sink-rejected` and, for each
 //! aggregate, the step's `id` or one derived from its content (its keyBy
 //! field and aggregates), never from its position: inserting a step before
-//! an aggregate leaves its state where it was.
+//! an aggregate leaves its state where it was. A union or intervalJoin
+//! source with id `x` keeps its position as `source-x` and its bad records
+//! as `bad-records-x`.
 
 pub mod aggregate;
 pub mod bad_records;
 pub mod event_time;
 pub mod expr;
 pub mod flatten;
+pub mod join;
 pub mod lookup;
 pub mod schema;
 pub mod sql;
@@ -36,6 +40,8 @@ pub mod window;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use serde_json::json;
 
 use crate::connectors::csv_records::CsvFormat;
@@ -52,8 +58,8 @@ use crate::connectors::TwoPhaseCommitCollector;
 use crate::connectors::{FileSink, GeneratorSource};
 use crate::dataflow::{BuildError, DataStream, JobGraph, KeyedStream, StreamEnv};
 use crate::manifest::{
-    AggregateSpec, BadRecordAction, ErrorPolicy, EventTimeSpec, KafkaMetadata, LateRecords, PipelineSpec,
-    PostgresSinkMode, SinkKind, SourceFormat, SourceKind, StepKind, StepSpec, StreamJobSpec, WindowSpec,
+    AggregateSpec, BadRecordAction, ErrorPolicy, EventTimeSpec, FieldSpec, KafkaMetadata, LateRecords, PipelineSpec,
+    PostgresSinkMode, SinkKind, SourceFormat, SourceKind, SourceSpec, StepKind, StepSpec, StreamJobSpec, WindowSpec,
 };
 use crate::operators::EventTimeFunction;
 use crate::record::{key_of, parse_json_object, BadRecord, FieldRule, Rejects, Row, SourceRecord};
@@ -63,6 +69,7 @@ use aggregate::{AggState, Aggregate, WithValues};
 use bad_records::{BadRecordPolicy, Check, Checked, FieldRules, RejectingSink};
 use event_time::EventTimeSource;
 use flatten::Flatten;
+use join::{IntervalJoin, JoinKeys, Sided};
 use lookup::Lookup;
 use schema::Planned;
 use steps::ExprStep;
@@ -93,82 +100,24 @@ pub fn build(spec: &StreamJobSpec) -> Result<JobGraph, PipelineError> {
 
 fn build_pipeline(spec: &StreamJobSpec, pipeline: &PipelineSpec) -> Result<JobGraph, PipelineError> {
     let env = StreamEnv::new(spec.parallelism, spec.max_parallelism);
-    let idle = pipeline.event_time.as_ref().and_then(|t| t.idle_timeout).map(|d| d.get());
-    let event_time = pipeline.event_time.clone();
-    // With event time, each source watermarks its records per split.
-    let timed = move |source: Box<dyn Source<SourceRecord>>| match &event_time {
-        Some(t) => {
-            let bound = t.max_out_of_orderness.millis();
-            Box::new(EventTimeSource::new(source, &t.field, bound, idle)) as Box<dyn Source<SourceRecord>>
-        }
-        None => source,
-    };
-    let source: DataStream<SourceRecord> = match pipeline.source.kind().map_err(PipelineError::Invalid)? {
-        SourceKind::Generator(g) => {
-            let g = g.clone();
-            let timed = timed.clone();
-            env.source_idle_after("source", idle, move |ctx, restored| {
-                let (keys, splits) = (g.keys, g.splits.max(1));
-                let step = g.timestamp_step.map(|d| d.get().as_millis() as u64);
-                let make = Arc::new(move |seq: u64| {
-                    let (key, value) = generated(seq, keys);
-                    let mut row = json!({"seq": seq, "key": format!("k{key}"), "value": value});
-                    if let (Some(step), Some(fields)) = (step, row.as_object_mut()) {
-                        fields.insert("ts".into(), json!(seq.saturating_mul(step)));
-                    }
-                    SourceRecord { origin: None, split: seq % u64::from(splits), row: Ok(row) }
-                });
-                let src = GeneratorSource::new(ctx, restored, g.splits, g.count, g.rate, make)?;
-                Ok(timed(Box::new(src)))
-            })
-        }
-        SourceKind::Nexmark(n) => {
-            let n = n.clone();
-            let timed = timed.clone();
-            env.source_idle_after("source", idle, move |ctx, restored| {
-                let config = NexmarkConfig { events_per_second: n.events_per_second };
-                let splits = u64::from(n.splits.max(1));
-                let make = Arc::new(move |seq: u64| SourceRecord {
-                    origin: None,
-                    split: seq % splits,
-                    row: Ok(config.event(seq)),
-                });
-                let src = GeneratorSource::new(ctx, restored, n.splits, n.count, n.rate, make)?;
-                Ok(timed(Box::new(src)))
-            })
-        }
-        SourceKind::File(f) => {
-            let path = PathBuf::from(&f.path);
-            let timed = timed.clone();
-            let csv = match (f.format, &pipeline.schema) {
-                (SourceFormat::Csv, Some(fields)) => Some(CsvFormat::new(fields, f.csv.as_ref())),
-                _ => None,
-            };
-            env.source_idle_after("source", idle, move |ctx, restored| {
-                Ok(timed(Box::new(FileSource::new(ctx, "source", restored, &path, csv.clone())?)))
-            })
-        }
-        SourceKind::Kafka(k) => {
-            let spec = k.clone();
-            env.source_idle_after("source", idle, move |ctx, _restored| {
-                // Every subtask sees every partition's position: partitions
-                // are owned by a rule, not dealt out with the state.
-                let config = KafkaConfig::from_source_spec(&spec, "spec.pipeline.source.kafka")?;
-                let decode = kafka_json_decoder(spec.metadata.clone());
-                Ok(timed(Box::new(KafkaSource::new(ctx, "source", config, decode)?)))
-            })
-        }
-    };
+    let time = pipeline.event_time.as_ref().map(|t| (t, t.field.as_str()));
+    let (schema, at) = (pipeline.schema.as_ref(), "spec.pipeline.source");
+    let source = source_stream(&env, SourceAt { uid: "source", source: &pipeline.source, at, schema, event_time: time })?;
 
     let steps = pipeline.planned_steps().map_err(PipelineError::Invalid)?;
     let (rules, after_filter) = field_rules(pipeline, &steps);
     let mut after_filter = Some(after_filter).filter(|r| !r.is_empty());
-    env.declare_state("bad-records");
-    let policy = spec.error_policy.clone();
-    let mut stream: DataStream<Row> = source.transform(move |ctx, next| {
-        let policy = BadRecordPolicy::new("bad-records", "dead-letter", ctx.clone(), &policy);
-        Ok(Box::new(Checked::new(FieldRules(rules.clone()), policy, next)) as Box<dyn Collector<SourceRecord>>)
-    });
+    let mut stream = checked_source(&env, source, "bad-records", "dead-letter", rules.clone(), &spec.error_policy);
+    if !pipeline.union.is_empty() {
+        let mut others = Vec::new();
+        for (i, other) in pipeline.union.iter().enumerate() {
+            let (uid, at) = (other.uid(), format!("spec.pipeline.union[{i}]"));
+            let source = source_stream(&env, SourceAt { uid: &uid, source: other, at: &at, schema, event_time: time })?;
+            let bad = format!("bad-records-{}", other.id.as_deref().unwrap_or_default());
+            others.push(checked_source(&env, source, &bad, &bad, rules.clone(), &spec.error_policy));
+        }
+        stream = stream.union(others).rebalance();
+    }
 
     let typed = schema::type_steps(pipeline, &steps);
     if !typed.errors.is_empty() {
@@ -232,6 +181,35 @@ fn build_pipeline(spec: &StreamJobSpec, pipeline: &PipelineSpec) -> Result<JobGr
                         WindowAggregate::<AggState>::new(&field, &time.field, w, late)
                     })
                 };
+            }
+            StepKind::IntervalJoin(j) => {
+                let Some(time) = &pipeline.event_time else { continue };
+                let at = steps.path(i);
+                let other_time = j.event_time_field(&time.field);
+                let (uid, source_at) = (j.source.uid(), format!("{at}.source"));
+                let other = SourceAt {
+                    uid: &uid,
+                    source: &j.source,
+                    at: &source_at,
+                    schema: j.schema.as_ref(),
+                    event_time: Some((time, other_time)),
+                };
+                let other = source_stream(&env, other)?;
+                let mut rules = schema::rules_of(j.schema.as_deref().unwrap_or_default());
+                rules.push(FieldRule::EventTime(other_time.into()));
+                rules.push(FieldRule::Key(j.other_key().into()));
+                let bad = format!("bad-records-{}", j.source.id.as_deref().unwrap_or_default());
+                let other = checked_source(&env, other, &bad, &bad, rules, &spec.error_policy).map(Sided::Other);
+                let this =
+                    checked_after_filter(&env, stream, after_filter.take(), &j.key, &spec.error_policy).map(Sided::This);
+                let keys = JoinKeys { this: j.key.clone(), other: j.other_key().into() };
+                let keyed = this.union(vec![other]).key_by(move |r: &Sided| keys.of(r));
+                let content = json!({"intervalJoin": {"source": j.source.id, "key": j.key, "otherKey": j.other_key(),
+                    "before": j.before, "after": j.after}});
+                let id = step.id.clone().unwrap_or_else(|| content_id("interval-join", &content));
+                stream = event_time_step(&env, keyed, &id, at, time, &spec.error_policy, |late| {
+                    IntervalJoin::new(j, &time.field, late)
+                });
             }
             StepKind::TopN(t) => {
                 let Some(field) = key_field.take() else { continue };
@@ -308,13 +286,111 @@ fn build_pipeline(spec: &StreamJobSpec, pipeline: &PipelineSpec) -> Result<JobGr
     Ok(env.build()?)
 }
 
+/// Where a source's records come from and what they are: the manifest's
+/// source at `at`, its state `uid`, its declared `schema` and, with the
+/// pipeline's `event_time`, the field holding its records' event time.
+struct SourceAt<'a> {
+    uid: &'a str,
+    source: &'a SourceSpec,
+    at: &'a str,
+    schema: Option<&'a Vec<FieldSpec>>,
+    event_time: Option<(&'a EventTimeSpec, &'a str)>,
+}
+
+/// The records of a source, watermarked per split when the pipeline has
+/// event time.
+fn source_stream(env: &StreamEnv, s: SourceAt<'_>) -> Result<DataStream<SourceRecord>, PipelineError> {
+    let SourceAt { uid, source, at, schema, event_time } = s;
+    let idle = event_time.and_then(|(t, _)| t.idle_timeout).map(|d| d.get());
+    let event_time = event_time.map(|(t, f)| (f.to_string(), t.max_out_of_orderness));
+    // With event time, each source watermarks its records per split.
+    let timed = move |source: Box<dyn Source<SourceRecord>>| match &event_time {
+        Some((field, bound)) => {
+            Box::new(EventTimeSource::new(source, field, bound.millis(), idle)) as Box<dyn Source<SourceRecord>>
+        }
+        None => source,
+    };
+    let uid_owned = uid.to_string();
+    Ok(match source.kind().map_err(|e| PipelineError::Invalid(format!("{at}: {e}")))? {
+        SourceKind::Generator(g) => {
+            let g = g.clone();
+            env.source_idle_after(uid, idle, move |ctx, restored| {
+                let (keys, splits) = (g.keys, g.splits.max(1));
+                let step = g.timestamp_step.map(|d| d.get().as_millis() as u64);
+                let make = Arc::new(move |seq: u64| {
+                    let (key, value) = generated(seq, keys);
+                    let mut row = json!({"seq": seq, "key": format!("k{key}"), "value": value});
+                    if let (Some(step), Some(fields)) = (step, row.as_object_mut()) {
+                        fields.insert("ts".into(), json!(seq.saturating_mul(step)));
+                    }
+                    SourceRecord { origin: None, split: seq % u64::from(splits), row: Ok(row) }
+                });
+                let src = GeneratorSource::new(ctx, restored, g.splits, g.count, g.rate, make)?;
+                Ok(timed(Box::new(src)))
+            })
+        }
+        SourceKind::Nexmark(n) => {
+            let n = n.clone();
+            env.source_idle_after(uid, idle, move |ctx, restored| {
+                let config = NexmarkConfig { events_per_second: n.events_per_second };
+                let splits = u64::from(n.splits.max(1));
+                let make = Arc::new(move |seq: u64| SourceRecord {
+                    origin: None,
+                    split: seq % splits,
+                    row: Ok(config.event(seq)),
+                });
+                let src = GeneratorSource::new(ctx, restored, n.splits, n.count, n.rate, make)?;
+                Ok(timed(Box::new(src)))
+            })
+        }
+        SourceKind::File(f) => {
+            let path = PathBuf::from(&f.path);
+            let csv = match (f.format, schema) {
+                (SourceFormat::Csv, Some(fields)) => Some(CsvFormat::new(fields, f.csv.as_ref())),
+                _ => None,
+            };
+            env.source_idle_after(uid, idle, move |ctx, restored| {
+                Ok(timed(Box::new(FileSource::new(ctx, &uid_owned, restored, &path, csv.clone())?)))
+            })
+        }
+        SourceKind::Kafka(k) => {
+            let (spec, at) = (k.clone(), format!("{at}.kafka"));
+            env.source_idle_after(uid, idle, move |ctx, _restored| {
+                // Every subtask sees every partition's position: partitions
+                // are owned by a rule, not dealt out with the state.
+                let config = KafkaConfig::from_source_spec(&spec, &at)?;
+                let decode = kafka_json_decoder(spec.metadata.clone());
+                Ok(timed(Box::new(KafkaSource::new(ctx, &uid_owned, config, decode)?)))
+            })
+        }
+    })
+}
+
+/// Source records checked by `rules` into rows, those that fail going to
+/// the error policy under state `uid` (dead letters named `prefix`).
+fn checked_source(
+    env: &StreamEnv,
+    source: DataStream<SourceRecord>,
+    uid: &str,
+    prefix: &str,
+    rules: Vec<FieldRule>,
+    errors: &ErrorPolicy,
+) -> DataStream<Row> {
+    env.declare_state(uid);
+    let (uid, prefix, policy) = (uid.to_string(), prefix.to_string(), errors.clone());
+    source.transform(move |ctx, next| {
+        let policy = BadRecordPolicy::new(&uid, &prefix, ctx.clone(), &policy);
+        Ok(Box::new(Checked::new(FieldRules(rules.clone()), policy, next)) as Box<dyn Collector<SourceRecord>>)
+    })
+}
+
 /// An event-time step (`window`, `deduplicate`) after `keyed`, built by
 /// `make` with where its late records go: with `lateRecords: ErrorPolicy`
 /// to the error policy (with the step at `at` as their origin; the dead
 /// letters are the state of `<id>-late`), else dropped and counted.
-fn event_time_step<F>(
+fn event_time_step<I, F>(
     env: &StreamEnv,
-    keyed: KeyedStream<String, Row>,
+    keyed: KeyedStream<String, I>,
     id: &str,
     at: String,
     time: &EventTimeSpec,
@@ -322,7 +398,8 @@ fn event_time_step<F>(
     make: impl FnOnce(LateTo) -> F,
 ) -> DataStream<Row>
 where
-    F: EventTimeFunction<String, Row, Routed> + Sync,
+    I: Serialize + DeserializeOwned + Send + 'static,
+    F: EventTimeFunction<String, I, Routed> + Sync,
 {
     if time.late_records == LateRecords::Drop {
         return keyed.process_event_time(id, make(LateTo(None))).flat_map(|r: Routed| r.ok());
@@ -476,6 +553,10 @@ fn field_rules(pipeline: &PipelineSpec, steps: &[StepSpec]) -> (Vec<FieldRule>, 
             Ok(StepKind::Aggregate(a)) => a,
             Ok(StepKind::Window(w)) => &w.aggregate,
             Ok(StepKind::Deduplicate(_)) => continue,
+            Ok(StepKind::IntervalJoin(j)) => {
+                rules.push(FieldRule::Key(j.key.clone()));
+                break;
+            }
             Ok(StepKind::TopN(t)) => {
                 rules.push(FieldRule::Number(t.order_by.clone()));
                 break;
@@ -497,15 +578,26 @@ fn keyed_after_filter(
     key_field: &str,
     errors: &ErrorPolicy,
 ) -> KeyedStream<String, Row> {
-    let Some(rules) = rules else { return keyed_by(stream, key_field) };
+    keyed_by(checked_after_filter(env, stream, rules, key_field, errors), key_field)
+}
+
+/// `stream`, its rows first checked by `rules` when a filter came before
+/// the first keyed step (see [`field_rules`]), which keys by `key_field`.
+fn checked_after_filter(
+    env: &StreamEnv,
+    stream: DataStream<Row>,
+    rules: Option<Vec<FieldRule>>,
+    key_field: &str,
+    errors: &ErrorPolicy,
+) -> DataStream<Row> {
+    let Some(rules) = rules else { return stream };
     let uid = content_id("checked", &json!({"keyBy": key_field}));
     env.declare_state(&uid);
     let errors = errors.clone();
-    let checked = stream.transform(move |ctx, next| {
+    stream.transform(move |ctx, next| {
         let policy = BadRecordPolicy::new(&uid, &uid, ctx.clone(), &errors);
         Ok(Box::new(Checked::new(FieldRules(rules.clone()), policy, next)) as Box<dyn Collector<Row>>)
-    });
-    keyed_by(checked, key_field)
+    })
 }
 
 /// The error a failing aggregate reports for a non-numeric field.

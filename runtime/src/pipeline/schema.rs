@@ -13,6 +13,7 @@ use arrow_schema::{DataType, Field, SchemaRef};
 
 use super::expr::{arrow_type, compile, projection, schema_of, Compiled};
 use crate::manifest::{
+    IntervalJoinSpec, SourceSpec,
     names_problems, AggregateSpec, FieldSpec, LookupSpec, OnMissing, PipelineSpec, SourceKind, StepKind, StepSpec,
 };
 use crate::record::FieldRule;
@@ -89,15 +90,20 @@ fn nexmark_fields() -> Vec<Field> {
 
 /// The schema of the source's records, if known.
 pub fn source_schema(pipeline: &PipelineSpec) -> Option<SchemaRef> {
+    schema_of_source(&pipeline.source, pipeline.schema.as_deref())
+}
+
+/// The schema of `source`'s records, declared as `schema`, if known.
+fn schema_of_source(source: &SourceSpec, schema: Option<&[FieldSpec]>) -> Option<SchemaRef> {
     let declared = |extra: Vec<Field>| {
-        pipeline.schema.as_ref().map(|fields| {
+        schema.map(|fields| {
             let mut all: Vec<Field> =
                 fields.iter().map(|f| Field::new(f.name.clone(), arrow_type(f.ty), f.nullable)).collect();
             all.extend(extra);
             schema_of(all)
         })
     };
-    match pipeline.source.kind().ok()? {
+    match source.kind().ok()? {
         SourceKind::Generator(g) => Some(schema_of(generator_fields(g.timestamp_step.is_some()))),
         SourceKind::Nexmark(_) => Some(schema_of(nexmark_fields())),
         SourceKind::File(_) => declared(Vec::new()),
@@ -307,6 +313,15 @@ pub fn type_steps(pipeline: &PipelineSpec, steps: &[StepSpec]) -> Typed {
                     }
                 }
             }
+            Ok(StepKind::IntervalJoin(j)) => {
+                if let Some(schema) = &current {
+                    let at = format!("spec.pipeline.steps[{i}].intervalJoin");
+                    let time = pipeline.event_time.as_ref().map_or("", |t| t.field.as_str());
+                    let (out, errors) = joined(&at, schema, j, time);
+                    typed.errors.extend(errors);
+                    current = Some(out);
+                }
+            }
             Ok(StepKind::Lookup(l)) => {
                 if let Some(schema) = &current {
                     let at = format!("spec.pipeline.steps[{i}].lookup");
@@ -375,6 +390,45 @@ fn looked_up(at: &str, schema: &SchemaRef, l: &LookupSpec) -> (SchemaRef, Vec<St
         } else {
             let nullable = f.nullable || l.on_missing == OnMissing::Keep;
             fields.push(Field::new(f.name.clone(), arrow_type(f.ty), nullable));
+        }
+    }
+    (schema_of(fields), errors)
+}
+
+/// The schema after an interval join of records of `schema` (event time
+/// in `time`) with the other source's: the other's fields added under the
+/// join's prefix, when its schema is known; and what does not fit.
+fn joined(at: &str, schema: &SchemaRef, j: &IntervalJoinSpec, time: &str) -> (SchemaRef, Vec<String>) {
+    let mut errors = Vec::new();
+    let key = find(schema, &j.key).map_err(|e| errors.push(format!("{at}.key: {e}"))).ok();
+    let Some(other) = schema_of_source(&j.source, j.schema.as_deref()) else {
+        return (schema.clone(), errors);
+    };
+    match (key, find(&other, j.other_key())) {
+        (_, Err(e)) => errors.push(format!("{at}.otherKey: {e}")),
+        (Some(k), Ok(o)) if k.data_type() != o.data_type() => errors.push(format!(
+            "{at}.otherKey: field `{}` is {}, but this stream's key `{}` is {}; they must be of one type to match",
+            j.other_key(),
+            o.data_type(),
+            j.key,
+            k.data_type()
+        )),
+        _ => {}
+    }
+    if let Err(e) = find(&other, j.event_time_field(time)) {
+        errors.push(format!("{at}.eventTimeField: {e}"));
+    }
+    let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+    let prefix = j.prefix();
+    for f in other.fields() {
+        let name = format!("{prefix}{}", f.name());
+        if schema.field_with_name(&name).is_ok() {
+            errors.push(format!(
+                "{at}.prefix: the other stream's field `{}` becomes `{name}`, which is already a field of the records;                  choose another prefix",
+                f.name()
+            ));
+        } else {
+            fields.push(f.as_ref().clone().with_name(name));
         }
     }
     (schema_of(fields), errors)

@@ -45,7 +45,7 @@ impl Check<Routed> for SplitLate {
 pub struct LateTo(pub Option<String>);
 
 impl LateTo {
-    fn late(&self, row: Row, ts: i64, why: &str, timers: &mut Timers, out: &mut Vec<Routed>) {
+    pub(super) fn late(&self, row: Row, ts: i64, why: &str, timers: &mut Timers, out: &mut Vec<Routed>) {
         let Some(origin) = &self.0 else {
             timers.drop_late();
             return;

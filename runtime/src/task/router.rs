@@ -1,5 +1,6 @@
-//! The key-by shuffle: channels between two stages and the collector that
-//! partitions a task's output over them by key group.
+//! The shuffles: channels from one or more stages (a union) to the next,
+//! and the collector that partitions a task's output over them, by key
+//! group or round robin.
 
 use std::hash::Hash;
 use std::sync::{Arc, Mutex};
@@ -25,17 +26,45 @@ type Receivers<T> = Vec<DataReceiver<T>>;
 
 /// The bounded channels between every upstream and every downstream
 /// subtask of one shuffle, made afresh for each run of the job.
+///
+/// Several stages may send into one shuffle (a union, or the two sides of
+/// a join): their subtasks are numbered one stage after the other, so a
+/// receiving subtask has one input per upstream subtask of every stage.
 pub struct Edge<T> {
     inner: Mutex<EdgeInner<T>>,
 }
 
 struct EdgeInner<T> {
-    /// Index of the sending stage; the receiving stage is the next one.
-    stage: usize,
-    upstream: u32,
+    /// The sending stages, by index, and their parallelism.
+    upstreams: Vec<(usize, u32)>,
+    /// The index of the receiving stage.
+    down_stage: usize,
     downstream: u32,
     senders: Vec<Option<Senders<T>>>,
     receivers: Vec<Option<Receivers<T>>>,
+}
+
+impl<T> EdgeInner<T> {
+    fn upstream(&self) -> u32 {
+        self.upstreams.iter().map(|(_, p)| p).sum()
+    }
+
+    /// The stage and subtask of upstream input `u`.
+    fn upstream_task(&self, mut u: u32) -> Option<(usize, u32)> {
+        for (stage, p) in &self.upstreams {
+            if u < *p {
+                return Some((*stage, u));
+            }
+            u -= p;
+        }
+        None
+    }
+
+    /// The number of the first subtask of upstream stage `stage`.
+    fn offset(&self, stage: usize) -> Option<u32> {
+        let at = self.upstreams.iter().position(|(s, _)| *s == stage)?;
+        Some(self.upstreams[..at].iter().map(|(_, p)| p).sum())
+    }
 }
 
 /// How a worker wires the shuffles of one attempt over the network.
@@ -61,8 +90,8 @@ pub struct ChannelBounds {
 
 /// Wiring of an edge, independent of its record type.
 pub trait Connect: Send + Sync {
-    /// Records the receiving stage's parallelism (known once it is built).
-    fn set_downstream(&self, parallelism: u32);
+    /// Records the receiving stage's index and parallelism (known once it is built).
+    fn set_downstream(&self, stage: usize, parallelism: u32);
     /// Makes fresh channels for a run of the job in one process.
     fn connect(&self, bounds: ChannelBounds);
     /// Makes fresh channels for the subtasks of this worker: local pairs
@@ -71,23 +100,40 @@ pub trait Connect: Send + Sync {
 }
 
 impl<T: Send + 'static> Edge<T> {
-    /// The shuffle out of stage `stage`, which has `upstream` subtasks.
-    pub fn new(stage: usize, upstream: u32) -> Arc<Edge<T>> {
+    /// A shuffle with no sending stage yet.
+    pub fn new() -> Arc<Edge<T>> {
         Arc::new(Edge {
-            inner: Mutex::new(EdgeInner { stage, upstream, downstream: 0, senders: Vec::new(), receivers: Vec::new() }),
+            inner: Mutex::new(EdgeInner {
+                upstreams: Vec::new(),
+                down_stage: 0,
+                downstream: 0,
+                senders: Vec::new(),
+                receivers: Vec::new(),
+            }),
         })
+    }
+
+    /// Stage `stage`, with `parallelism` subtasks, sends into this shuffle.
+    pub fn add_upstream(&self, stage: usize, parallelism: u32) {
+        if let Ok(mut g) = self.inner.lock() {
+            g.upstreams.push((stage, parallelism));
+        }
     }
 
     pub fn downstream(&self) -> u32 {
         self.inner.lock().map(|g| g.downstream).unwrap_or(0)
     }
 
-    /// The senders of upstream subtask `i`, one per downstream subtask.
-    pub fn take_senders(&self, i: u32) -> Result<Senders<T>, TaskError> {
+    /// The senders of subtask `i` of upstream stage `stage`, one per
+    /// downstream subtask.
+    pub fn take_senders(&self, stage: usize, i: u32) -> Result<Senders<T>, TaskError> {
         self.inner
             .lock()
             .ok()
-            .and_then(|mut g| g.senders.get_mut(i as usize).and_then(Option::take))
+            .and_then(|mut g| {
+                let at = g.offset(stage)? + i;
+                g.senders.get_mut(at as usize).and_then(Option::take)
+            })
             .ok_or(TaskError::Disconnected("shuffle senders"))
     }
 
@@ -102,15 +148,16 @@ impl<T: Send + 'static> Edge<T> {
 }
 
 impl<T: Serialize + DeserializeOwned + Send + 'static> Connect for Edge<T> {
-    fn set_downstream(&self, parallelism: u32) {
+    fn set_downstream(&self, stage: usize, parallelism: u32) {
         if let Ok(mut g) = self.inner.lock() {
+            g.down_stage = stage;
             g.downstream = parallelism;
         }
     }
 
     fn connect(&self, bounds: ChannelBounds) {
         let Ok(mut g) = self.inner.lock() else { return };
-        let (up, down) = (g.upstream as usize, g.downstream as usize);
+        let (up, down) = (g.upstream() as usize, g.downstream as usize);
         let mut senders: Vec<Senders<T>> = (0..up).map(|_| Vec::with_capacity(down)).collect();
         let mut receivers: Vec<Receivers<T>> = (0..down).map(|_| Vec::with_capacity(up)).collect();
         for s in senders.iter_mut() {
@@ -126,14 +173,14 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> Connect for Edge<T> {
 
     fn connect_distributed(&self, edge: usize, bounds: ChannelBounds, w: &mut NetworkWiring<'_>) {
         let Ok(mut g) = self.inner.lock() else { return };
-        let (stage, up, down) = (g.stage, g.upstream, g.downstream);
+        let (down_stage, up, down) = (g.down_stage, g.upstream(), g.downstream);
         let here = |stage: usize, subtask: u32| w.placement.worker_of(TaskKey { stage, subtask });
         let mut senders: Vec<Option<Senders<T>>> = (0..up).map(|_| None).collect();
         let mut receivers: Vec<Option<Receivers<T>>> = (0..down).map(|_| None).collect();
         for u in 0..up {
-            let up_worker = here(stage, u);
+            let up_worker = g.upstream_task(u).and_then(|(stage, subtask)| here(stage, subtask));
             for d in 0..down {
-                let down_worker = here(stage + 1, d);
+                let down_worker = here(down_stage, d);
                 let key = ChannelKey { epoch: w.epoch, edge, upstream: u, downstream: d };
                 let (tx, rx) = data_channel(bounds.batches, bounds.records);
                 match (up_worker == Some(w.me), down_worker == Some(w.me)) {
@@ -204,32 +251,68 @@ async fn admit_and_send<T>(to: &DataSender<T>, batch: Vec<T>, stage: &StageCount
     send(to, Message::Batch(batch), stage).await
 }
 
-/// The end of a chain that sends each record to the subtask owning its key.
-pub struct KeyRouter<T, K, F> {
-    key: F,
-    outputs: Senders<T>,
-    buffers: Vec<Vec<T>>,
-    max_parallelism: u32,
-    batch_size: usize,
-    stage: Arc<StageCounters>,
-    _key: std::marker::PhantomData<fn() -> K>,
+/// How a shuffle spreads a batch over the downstream subtasks' buffers.
+pub trait Partition<T>: Send {
+    fn partition(&mut self, batch: Vec<T>, buffers: &mut [Vec<T>]);
 }
 
-impl<T, K, F> KeyRouter<T, K, F>
-where
-    T: Send + 'static,
-    K: Hash,
-    F: Fn(&T) -> K + Send,
-{
-    pub fn new(
-        key: F,
-        outputs: Senders<T>,
-        max_parallelism: u32,
-        batch_size: usize,
-        stage: Arc<StageCounters>,
-    ) -> Self {
+/// Each record to the subtask owning its key's key group.
+pub struct ByKey<F> {
+    key: F,
+    max_parallelism: u32,
+}
+
+impl<F> ByKey<F> {
+    pub fn new(key: F, max_parallelism: u32) -> Self {
+        ByKey { key, max_parallelism }
+    }
+}
+
+impl<T, K: Hash, F: Fn(&T) -> K + Send> Partition<T> for ByKey<F> {
+    fn partition(&mut self, batch: Vec<T>, buffers: &mut [Vec<T>]) {
+        let n = buffers.len() as u32;
+        for record in batch {
+            let group = key_group_of_hash(key_hash(&(self.key)(&record)), self.max_parallelism);
+            buffers[subtask_for_key_group(group, self.max_parallelism, n)].push(record);
+        }
+    }
+}
+
+/// Whole batches to the downstream subtasks in turn (Flink's `rebalance`),
+/// starting at one that depends on the sender so that senders spread out.
+pub struct RoundRobin {
+    next: usize,
+}
+
+impl RoundRobin {
+    pub fn new(start: u32) -> Self {
+        RoundRobin { next: start as usize }
+    }
+}
+
+impl<T> Partition<T> for RoundRobin {
+    fn partition(&mut self, batch: Vec<T>, buffers: &mut [Vec<T>]) {
+        let target = self.next % buffers.len().max(1);
+        self.next = target + 1;
+        if let Some(buffer) = buffers.get_mut(target) {
+            buffer.extend(batch);
+        }
+    }
+}
+
+/// The end of a chain that sends its records into a shuffle.
+pub struct Router<T, P> {
+    partition: P,
+    outputs: Senders<T>,
+    buffers: Vec<Vec<T>>,
+    batch_size: usize,
+    stage: Arc<StageCounters>,
+}
+
+impl<T: Send + 'static, P: Partition<T>> Router<T, P> {
+    pub fn new(partition: P, outputs: Senders<T>, batch_size: usize, stage: Arc<StageCounters>) -> Self {
         let buffers = outputs.iter().map(|_| Vec::new()).collect();
-        KeyRouter { key, outputs, buffers, max_parallelism, batch_size, stage, _key: std::marker::PhantomData }
+        Router { partition, outputs, buffers, batch_size, stage }
     }
 
     async fn flush(&mut self) -> Result<(), TaskError> {
@@ -245,28 +328,18 @@ where
 }
 
 #[async_trait]
-impl<T, K, F> Collector<T> for KeyRouter<T, K, F>
-where
-    T: Send + 'static,
-    K: Hash,
-    F: Fn(&T) -> K + Send,
-{
+impl<T: Send + 'static, P: Partition<T>> Collector<T> for Router<T, P> {
     async fn open(&mut self) -> Result<(), TaskError> {
         Ok(())
     }
 
     async fn collect(&mut self, batch: Vec<T>) -> Result<(), TaskError> {
-        let n = self.outputs.len();
-        if n == 1 {
-            // One downstream subtask owns every key group: forward the batch as is.
+        if self.outputs.len() == 1 {
+            // One downstream subtask takes everything: forward the batch as is.
             JobMetrics::add(&self.stage.records_out, batch.len());
             return send_batch(&self.outputs[0], batch, &self.stage).await;
         }
-        for record in batch {
-            let group = key_group_of_hash(key_hash(&(self.key)(&record)), self.max_parallelism);
-            let target = subtask_for_key_group(group, self.max_parallelism, n as u32);
-            self.buffers[target].push(record);
-        }
+        self.partition.partition(batch, &mut self.buffers);
         // Flushing at the end of each input batch bounds latency; batches stay
         // large because input batches are.
         self.flush().await

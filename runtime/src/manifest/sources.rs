@@ -1,0 +1,167 @@
+//! The checks of a pipeline's sources, more sources merged into the main
+//! one (`spec.pipeline.union`), and `intervalJoin`, a step whose other
+//! side is a source of its own.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::steps::check_operator_id;
+use super::*;
+
+impl SourceSpec {
+    /// The state uid of a union or join source: `source-<id>`.
+    pub fn uid(&self) -> String {
+        format!("source-{}", self.id.as_deref().unwrap_or_default())
+    }
+
+    /// What is wrong with this source at `at`; `schema`: whether its
+    /// records have a declared schema (CSV needs one).
+    pub(super) fn problems(&self, at: &str, schema: bool) -> Vec<String> {
+        let mut errors = Vec::new();
+        match self.kind() {
+            Err(e) => errors.push(format!("{at}: {e}")),
+            Ok(SourceKind::Generator(g)) => {
+                if g.keys == 0 {
+                    errors.push(format!("{at}.generator.keys: expected at least 1, got 0"));
+                }
+                if g.splits == 0 {
+                    errors.push(format!("{at}.generator.splits: expected at least 1, got 0"));
+                }
+            }
+            Ok(SourceKind::File(f)) => {
+                if f.path.is_empty() {
+                    errors.push(format!("{at}.file.path: required, got an empty path"));
+                }
+                if f.format == SourceFormat::Csv && !schema {
+                    errors.push(format!("{at}.file.format: Csv needs a schema (the columns' names and types)"));
+                }
+                errors.extend(super::steps::format_problems(&format!("{at}.file"), f.format, f.csv.as_ref()));
+            }
+            Ok(SourceKind::Kafka(k)) => errors.extend(k.problems(&format!("{at}.kafka"))),
+            Ok(SourceKind::Nexmark(n)) => {
+                if n.events_per_second == 0 {
+                    errors.push(format!("{at}.nexmark.eventsPerSecond: expected at least 1, got 0"));
+                }
+                if n.splits == 0 {
+                    errors.push(format!("{at}.nexmark.splits: expected at least 1, got 0"));
+                }
+            }
+        }
+        errors
+    }
+
+    /// The problems of a source that needs an id (a union or join source),
+    /// its id not among `taken`.
+    pub(super) fn named_problems(&self, at: &str, schema: bool, taken: &mut Vec<String>) -> Vec<String> {
+        let mut errors = self.problems(at, schema);
+        match self.id.as_deref() {
+            None => errors.push(format!("{at}.id: required: it names the source's state (source-<id>)")),
+            Some(id) => {
+                if let Err(e) = check_operator_id(id) {
+                    errors.push(format!("{at}.id: {e}"));
+                } else if taken.iter().any(|t| t == id) {
+                    errors.push(format!("{at}.id: `{id}` is already the id of another source"));
+                }
+                taken.push(id.to_string());
+            }
+        }
+        errors
+    }
+}
+
+impl PipelineSpec {
+    /// The problems of the main source and of the union's.
+    pub(super) fn sources_problems(&self, taken: &mut Vec<String>) -> Vec<String> {
+        let mut errors = self.source.problems("spec.pipeline.source", self.schema.is_some());
+        if self.source.id.is_some() {
+            errors.push(
+                "spec.pipeline.source.id: the main source's state is always `source`; only union and intervalJoin \
+                 sources take an id"
+                    .into(),
+            );
+        }
+        for (i, source) in self.union.iter().enumerate() {
+            errors.extend(source.named_problems(&format!("spec.pipeline.union[{i}]"), self.schema.is_some(), taken));
+        }
+        errors
+    }
+}
+
+/// Joins each record with the records of another stream whose key is equal
+/// and whose event time lies within `before` / `after` of its own (Flink's
+/// interval join: `other.ts BETWEEN ts - before AND ts + after`). Each
+/// matching pair is emitted once, as this record's fields plus the other's
+/// under `prefix`, when the second of the two arrives; a record waits in
+/// keyed state until the watermark passes the last time a match could
+/// come. The joined record's event time is the later of the two, as in
+/// Flink. Needs `spec.pipeline.eventTime`; records behind the watermark
+/// are late, as for windows.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IntervalJoinSpec {
+    /// The other stream: a source with an `id` (its state is
+    /// `source-<id>`).
+    pub source: SourceSpec,
+    /// The other source's fields and types, as `spec.pipeline.schema` is
+    /// the main one's (CSV needs it; steps after the join see these fields
+    /// under `prefix`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<Vec<FieldSpec>>,
+    /// The other records' event-time field; absent: the field named by
+    /// `spec.pipeline.eventTime`, whose other settings apply to both.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_time_field: Option<String>,
+    /// This stream's field whose value the other's `otherKey` must equal.
+    pub key: String,
+    /// The other stream's key field; absent: the field named like `key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub other_key: Option<String>,
+    /// How far before a record's event time another may lie and match.
+    #[serde(default)]
+    pub before: HumanDuration,
+    /// How far after a record's event time another may lie and match.
+    #[serde(default)]
+    pub after: HumanDuration,
+    /// Put before the other record's field names in the joined record;
+    /// absent: the other source's id and `_` (`shipments_ts`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+}
+
+impl IntervalJoinSpec {
+    pub fn other_key(&self) -> &str {
+        self.other_key.as_deref().unwrap_or(&self.key)
+    }
+
+    pub fn prefix(&self) -> String {
+        self.prefix.clone().unwrap_or_else(|| format!("{}_", self.source.id.as_deref().unwrap_or("other")))
+    }
+
+    /// The other records' event-time field, with `main` the pipeline's.
+    pub fn event_time_field<'a>(&'a self, main: &'a str) -> &'a str {
+        self.event_time_field.as_deref().unwrap_or(main)
+    }
+
+    pub(super) fn problems(&self, at: &str, event_time: bool, keyed: bool, taken: &mut Vec<String>) -> Vec<String> {
+        let mut errors = self.source.named_problems(&format!("{at}.source"), self.schema.is_some(), taken);
+        if let Some(schema) = &self.schema {
+            errors.extend(names_problems(&format!("{at}.schema"), schema));
+        }
+        if !event_time {
+            errors.push(format!("{at}: needs spec.pipeline.eventTime (which field holds the event time)"));
+        }
+        if keyed {
+            errors.push(format!("{at}: repartitions both streams by its key itself; remove the keyBy before it"));
+        }
+        if self.key.is_empty() {
+            errors.push(format!("{at}.key: required, got an empty name"));
+        }
+        if self.other_key().is_empty() {
+            errors.push(format!("{at}.otherKey: expected a field name, got an empty one"));
+        }
+        if self.event_time_field.as_deref().is_some_and(str::is_empty) {
+            errors.push(format!("{at}.eventTimeField: expected a field name, got an empty one"));
+        }
+        errors
+    }
+}
