@@ -7,254 +7,12 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::free_port;
+use common::cluster::{Cluster, KEYS};
 use serde_json::Value;
 use weir_runtime::connectors::file_sink::read_committed;
-
-const KEYS: u64 = 200;
-
-struct Cluster {
-    dir: PathBuf,
-    manifest: PathBuf,
-    worker_port: u16,
-    http_port: u16,
-    count: u64,
-    children: Vec<Child>,
-    /// The job token the coordinator and workers get, if any.
-    token: Option<String>,
-    /// Environment every process started from now on gets (TLS files).
-    env: Vec<(String, String)>,
-    /// Prefix of log file names (a second set of processes of the same job).
-    site: String,
-    /// The job CA the API is reached with over TLS, once the job has one.
-    api_ca: Option<Vec<u8>>,
-    /// A share of the machine: at most a few clusters run at once.
-    _slot: Option<Slot>,
-}
-
-/// How many clusters (four processes each) run at once: each test's timing
-/// assumptions hold on two cores with three, not with every test at once.
-const CONCURRENT_CLUSTERS: usize = 3;
-
-static SLOTS: (std::sync::Mutex<usize>, std::sync::Condvar) = (std::sync::Mutex::new(0), std::sync::Condvar::new());
-
-struct Slot;
-
-impl Slot {
-    fn take() -> Slot {
-        let (lock, freed) = &SLOTS;
-        let mut taken = lock.lock().unwrap_or_else(|e| e.into_inner());
-        while *taken >= CONCURRENT_CLUSTERS {
-            taken = freed.wait(taken).unwrap_or_else(|e| e.into_inner());
-        }
-        *taken += 1;
-        Slot
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let (lock, freed) = &SLOTS;
-        *lock.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
-        freed.notify_one();
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Cluster {
-    fn new(dir: &Path, count: u64, rate: u64) -> Cluster {
-        let manifest = dir.join("job.yaml");
-        let yaml = format!(
-            r#"apiVersion: weir.dev/v1alpha1
-kind: StreamJob
-metadata: {{name: spread}}
-spec:
-  parallelism: 3
-  maxParallelism: 32
-  checkpoints: {{interval: 300ms, storage: "file://{d}/chk", retained: 3}}
-  pipeline:
-    source: {{generator: {{keys: {KEYS}, count: {count}, rate: {rate}, splits: 6}}}}
-    steps:
-      - keyBy: {{field: key}}
-      - aggregate: {{count: true, sum: [value]}}
-    sink: {{file: {{path: "{d}/out"}}}}
-"#,
-            d = dir.display()
-        );
-        std::fs::write(&manifest, yaml).unwrap();
-        Cluster {
-            dir: dir.into(),
-            manifest,
-            worker_port: free_port(),
-            http_port: free_port(),
-            count,
-            children: Vec::new(),
-            token: None,
-            env: Vec::new(),
-            site: String::new(),
-            api_ca: None,
-            _slot: Some(Slot::take()),
-        }
-    }
-
-    /// Processes of the same job, on the same storage and output, that
-    /// listen on ports of their own and log to `<site>-<name>.log`.
-    fn another_site(&self, site: &str) -> Cluster {
-        Cluster {
-            dir: self.dir.clone(),
-            manifest: self.manifest.clone(),
-            worker_port: free_port(),
-            http_port: free_port(),
-            count: self.count,
-            children: Vec::new(),
-            token: self.token.clone(),
-            env: self.env.clone(),
-            site: format!("{site}-"),
-            api_ca: self.api_ca.clone(),
-            // Part of a test that holds a slot already.
-            _slot: None,
-        }
-    }
-
-    fn log(&self, name: &str) -> std::fs::File {
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join(format!("{}{name}.log", self.site)))
-            .unwrap()
-    }
-
-    fn coordinator(&mut self) -> usize {
-        self.coordinator_with(&[])
-    }
-
-    fn coordinator_with(&mut self, env: &[(&str, &str)]) -> usize {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_weir"));
-        cmd.envs(self.env.iter().cloned());
-        cmd.envs(env.iter().copied());
-        if let Some(t) = &self.token {
-            cmd.env("WEIR_JOB_TOKEN", t);
-        }
-        let child = cmd
-            .arg("coordinator")
-            .env("WEIR_JOB", &self.manifest)
-            .env("WEIR_LISTEN", format!("127.0.0.1:{}", self.worker_port))
-            .env("WEIR_HTTP", format!("127.0.0.1:{}", self.http_port))
-            .env("WEIR_WORKERS", "3")
-            .env("WEIR_HEARTBEAT_TIMEOUT", "1s")
-            .env("WEIR_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(self.log("coordinator"))
-            .spawn()
-            .unwrap();
-        self.children.push(child);
-        self.children.len() - 1
-    }
-
-    fn worker(&mut self, name: &str) -> usize {
-        let token = self.token.clone();
-        self.worker_with_token(name, token.as_deref())
-    }
-
-    fn worker_with_token(&mut self, name: &str, token: Option<&str>) -> usize {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_weir"));
-        cmd.envs(self.env.iter().cloned());
-        if let Some(t) = token {
-            cmd.env("WEIR_JOB_TOKEN", t);
-        }
-        let child = cmd
-            .arg("worker")
-            .env("WEIR_COORDINATOR", format!("127.0.0.1:{}", self.worker_port))
-            .env("WEIR_DATA_BIND", "127.0.0.1:0")
-            .env("WEIR_WORKER_NAME", name)
-            .env("WEIR_HEARTBEAT_INTERVAL", "200ms")
-            // Slow snapshot writes keep a checkpoint in flight most of the time.
-            .env("WEIR_INJECT_SNAPSHOT_DELAY_MS", "150")
-            .env("WEIR_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(self.log(name))
-            .spawn()
-            .unwrap();
-        self.children.push(child);
-        self.children.len() - 1
-    }
-
-    fn kill(&mut self, i: usize) {
-        self.children[i].kill().unwrap();
-        self.children[i].wait().unwrap();
-    }
-
-    fn signal(&self, i: usize, sig: &str) {
-        common::signal(self.children[i].id(), sig);
-    }
-
-    fn request(&self, method: &str, path: &str) -> Option<String> {
-        let auth = self.token.as_ref().map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-        Some(self.raw_request(method, path, &auth)?.1)
-    }
-
-    /// Status code and body.
-    fn raw_request(&self, method: &str, path: &str, headers: &str) -> Option<(u16, String)> {
-        match &self.api_ca {
-            Some(ca) => common::https(self.http_port, ca, method, path, headers),
-            None => common::http(self.http_port, method, path, headers),
-        }
-    }
-
-    fn get(&self, path: &str) -> Option<Value> {
-        serde_json::from_str(&self.request("GET", path)?).ok()
-    }
-
-    fn post(&self, path: &str) -> Option<Value> {
-        serde_json::from_str(&self.request("POST", path)?).ok()
-    }
-
-    /// Polls `/v1/job` and `/v1/checkpoints` until `done` holds; records
-    /// every latest checkpoint id seen.
-    fn wait_for(&self, what: &str, ids: &mut Vec<u64>, timeout: Duration, done: impl Fn(&Value, &Value) -> bool) {
-        let start = Instant::now();
-        while start.elapsed() < timeout {
-            if let (Some(job), Some(chk)) = (self.get("/v1/job"), self.get("/v1/checkpoints")) {
-                if let Some(id) = chk["latest"]["id"].as_u64() {
-                    ids.push(id);
-                }
-                if done(&job, &chk) {
-                    return;
-                }
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("timed out waiting for {what}; see logs in {}", self.dir.display());
-    }
-
-    fn wait_exit(&mut self, i: usize, timeout: Duration) -> bool {
-        let start = Instant::now();
-        while start.elapsed() < timeout {
-            if let Some(status) = self.children[i].try_wait().unwrap() {
-                return status.success();
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("process {i} did not exit; see logs in {}", self.dir.display());
-    }
-
-    fn assert_exact(&self) {
-        if let Err(e) = weir_runtime::verify::check_exactly_once(&self.dir.join("out"), self.count, KEYS) {
-            panic!("{e}; see logs in {}", self.dir.display());
-        }
-    }
-}
+use weir_runtime::connectors::generator::generated;
 
 fn never_backwards(ids: &[u64]) {
     for w in ids.windows(2) {
@@ -771,4 +529,59 @@ fn over_mutual_tls_a_job_keeps_output_exact_and_a_process_of_another_job_cannot_
     assert!(!coordinator_log.contains("worker intruder registered"), "the intruder joined: {coordinator_log}");
     let intruder_log = std::fs::read_to_string(dir.path().join("intruder.log")).unwrap();
     assert!(intruder_log.contains("no TLS session with the coordinator"), "{intruder_log}");
+}
+
+#[test]
+fn an_interval_join_over_the_network_emits_each_pair_once_when_a_worker_is_killed() {
+    const SHIPS: u64 = 150_000;
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Cluster::new(dir.path(), 300_000, 100_000);
+    let yaml = std::fs::read_to_string(&c.manifest).unwrap();
+    let join = format!(
+        "    eventTime: {{field: ts, maxOutOfOrderness: 100ms}}\n    steps:\n      - intervalJoin:\n          source: \
+         {{id: ships, generator: {{keys: {KEYS}, count: {SHIPS}, rate: 50000, splits: 3, timestampStep: 1ms}}}}\n          \
+         key: key\n          before: 2ms\n          after: 3ms\n"
+    );
+    let joined = yaml
+        .replace("splits: 6}", "splits: 6, timestampStep: 1ms}")
+        .replace("    steps:\n      - keyBy: {field: key}\n      - aggregate: {count: true, sum: [value]}\n", &join);
+    assert!(joined.contains("intervalJoin"), "{joined}");
+    std::fs::write(&c.manifest, joined).unwrap();
+    let coordinator = c.coordinator();
+    let workers: Vec<usize> = ["w1", "w2", "w3"].iter().map(|n| c.worker(n)).collect();
+    let mut ids = Vec::new();
+    c.wait_for("two checkpoints", &mut ids, Duration::from_secs(30), |_, chk| {
+        chk["latest"]["id"].as_u64().unwrap_or(0) >= 2
+    });
+    c.kill(workers[1]);
+    c.wait_for("the loss to be noticed", &mut ids, Duration::from_secs(15), |job, _| {
+        job["restarts"].as_u64().unwrap_or(0) >= 1
+    });
+    c.worker("w4");
+    assert!(c.wait_exit(coordinator, Duration::from_secs(90)), "the job finished cleanly");
+    never_backwards(&ids);
+
+    // Shipments by key, in seq order (= event time order).
+    let mut ships: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+    for s in 0..SHIPS {
+        ships.entry(generated(s, KEYS).0).or_default().push(s);
+    }
+    let mut want: BTreeMap<(u64, u64), u32> = BTreeMap::new();
+    for o in 0..300_000u64 {
+        let of_key = ships.get(&generated(o, KEYS).0).map(Vec::as_slice).unwrap_or_default();
+        let from = of_key.partition_point(|&s| s + 2 < o);
+        for &s in of_key[from..].iter().take_while(|&&s| s <= o + 3) {
+            want.insert((o, s), 1);
+        }
+    }
+    let mut got: BTreeMap<(u64, u64), u32> = BTreeMap::new();
+    for row in read_committed(&dir.path().join("out")).unwrap() {
+        let (Some(o), Some(s)) = (row["seq"].as_u64(), row["ships_seq"].as_u64()) else { panic!("not a pair: {row}") };
+        *got.entry((o, s)).or_insert(0) += 1;
+    }
+    assert!(want.len() > 1_000, "too few pairs to tell: {}", want.len());
+    let twice: Vec<_> = got.iter().filter(|(_, n)| **n > 1).take(5).collect();
+    assert!(twice.is_empty(), "pairs committed more than once: {twice:?}; see {}", dir.keep().display());
+    assert_eq!(got.len(), want.len(), "pairs committed against pairs expected");
+    assert_eq!(got, want);
 }

@@ -160,8 +160,47 @@ fn sources_of_union_and_join_need_their_own_ids_and_a_join_needs_event_time() {
     assert!(err.contains("spec.pipeline.steps[1].intervalJoin: repartitions both streams"), "{err}");
     assert!(err.contains("spec.pipeline.steps[1].intervalJoin.otherKey: no field `nope`"), "{err}");
 
-    let clash = "    source: {generator: {keys: 2, timestampStep: 1ms}}\n    eventTime: {field: ts}\n    steps:\n      - \
+    let clash =
+        "    source: {generator: {keys: 2, timestampStep: 1ms}}\n    eventTime: {field: ts}\n    steps:\n      - \
                  intervalJoin: {source: {id: s, generator: {keys: 2, timestampStep: 1ms}}, key: key, prefix: \"\"}";
     let err = pipeline_job(dir.path(), "c", 1, clash).unwrap_err();
     assert!(err.contains("intervalJoin.prefix: the other stream's field `seq` becomes `seq`"), "{err}");
+}
+
+/// The committed rows of `examples/<name>.yaml`, run as it is but with its
+/// checkpoints and output under `dir`.
+fn run_example(dir: &Path, name: &str) -> Vec<serde_json::Value> {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let yaml = std::fs::read_to_string(examples.join(format!("{name}.yaml"))).unwrap();
+    let yaml = yaml
+        .replace("./examples/", &format!("{}/", examples.display()))
+        .replace("file://./weir-data", &format!("file://{}/data", dir.display()))
+        .replace("./weir-out/", &format!("{}/out/", dir.display()));
+    let job = weir_runtime::manifest::StreamJob::from_yaml(&yaml).expect("the example is valid");
+    run_once(&job, Faults::none()).expect("the example runs");
+    read_committed(&dir.join("out").join(name)).unwrap()
+}
+
+#[test]
+fn the_union_and_join_examples_run_as_they_are() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut last: BTreeMap<String, (u64, i64)> = BTreeMap::new();
+    for row in run_example(dir.path(), "union") {
+        let item = row["item"].as_str().unwrap().to_string();
+        let e = last.entry(item).or_default();
+        let (count, qty) = (row["count"].as_u64().unwrap(), row["sum_qty"].as_i64().unwrap());
+        if count > e.0 {
+            *e = (count, qty);
+        }
+    }
+    let want = [("coffee", (2, 3)), ("jam", (1, 2)), ("scones", (3, 22)), ("tea", (5, 15))];
+    assert_eq!(last, want.map(|(k, v)| (k.to_string(), v)).into_iter().collect(), "shop and online sales");
+
+    let mut shipped: Vec<(String, String)> = run_example(dir.path(), "join")
+        .iter()
+        .map(|r| (r["order"].as_str().unwrap().into(), r["ship_carrier"].as_str().unwrap().into()))
+        .collect();
+    shipped.sort();
+    let want = [("o1", "dhl"), ("o4", "dhl"), ("o4", "ups")].map(|(o, c)| (o.to_string(), c.to_string()));
+    assert_eq!(shipped, want.to_vec(), "orders shipped within two days, a row per parcel");
 }

@@ -203,7 +203,6 @@ fn typed(f: &FieldSpec, text: &str) -> Result<Value, String> {
     }
 }
 
-
 /// The length of a UTF-8 byte-order mark at the start of the file at
 /// `path` (as spreadsheet programs write): 3, or 0 without one. Records are
 /// read after it, so the first field's name or value does not carry it.

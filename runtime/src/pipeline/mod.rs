@@ -102,7 +102,8 @@ fn build_pipeline(spec: &StreamJobSpec, pipeline: &PipelineSpec) -> Result<JobGr
     let env = StreamEnv::new(spec.parallelism, spec.max_parallelism);
     let time = pipeline.event_time.as_ref().map(|t| (t, t.field.as_str()));
     let (schema, at) = (pipeline.schema.as_ref(), "spec.pipeline.source");
-    let source = source_stream(&env, SourceAt { uid: "source", source: &pipeline.source, at, schema, event_time: time })?;
+    let source =
+        source_stream(&env, SourceAt { uid: "source", source: &pipeline.source, at, schema, event_time: time })?;
 
     let steps = pipeline.planned_steps().map_err(PipelineError::Invalid)?;
     let (rules, after_filter) = field_rules(pipeline, &steps);
@@ -200,8 +201,8 @@ fn build_pipeline(spec: &StreamJobSpec, pipeline: &PipelineSpec) -> Result<JobGr
                 rules.push(FieldRule::Key(j.other_key().into()));
                 let bad = format!("bad-records-{}", j.source.id.as_deref().unwrap_or_default());
                 let other = checked_source(&env, other, &bad, &bad, rules, &spec.error_policy).map(Sided::Other);
-                let this =
-                    checked_after_filter(&env, stream, after_filter.take(), &j.key, &spec.error_policy).map(Sided::This);
+                let this = checked_after_filter(&env, stream, after_filter.take(), &j.key, &spec.error_policy)
+                    .map(Sided::This);
                 let keys = JoinKeys { this: j.key.clone(), other: j.other_key().into() };
                 let keyed = this.union(vec![other]).key_by(move |r: &Sided| keys.of(r));
                 let content = json!({"intervalJoin": {"source": j.source.id, "key": j.key, "otherKey": j.other_key(),

@@ -13,8 +13,8 @@ use arrow_schema::{DataType, Field, SchemaRef};
 
 use super::expr::{arrow_type, compile, projection, schema_of, Compiled};
 use crate::manifest::{
-    IntervalJoinSpec, SourceSpec,
-    names_problems, AggregateSpec, FieldSpec, LookupSpec, OnMissing, PipelineSpec, SourceKind, StepKind, StepSpec,
+    names_problems, AggregateSpec, FieldSpec, IntervalJoinSpec, LookupSpec, OnMissing, PipelineSpec, SourceKind,
+    SourceSpec, StepKind, StepSpec,
 };
 use crate::record::FieldRule;
 
