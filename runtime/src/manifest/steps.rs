@@ -291,6 +291,14 @@ pub struct WindowSpec {
     /// `window_start` and `window_end` (milliseconds since the epoch, the
     /// end exclusive) and the aggregates.
     pub aggregate: AggregateSpec,
+    /// Early results of tumbling and sliding windows: each time the
+    /// watermark passes another `earlyEvery` since a window's start, its
+    /// results so far are emitted too (Flink's `ContinuousEventTimeTrigger`).
+    /// Rows then carry `final`: false for those, true for the one when the
+    /// window closes; an upsert sink keyed by key and `window_start` ends
+    /// with the final one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub early_every: Option<HumanDuration>,
 }
 
 /// The windows a [`WindowSpec`] asks for, in milliseconds.
@@ -415,6 +423,16 @@ impl WindowSpec {
                 if gap <= 0 {
                     errors.push(format!("{at}.gap: expected at least 1ms, got 0s"));
                 }
+                if self.early_every.is_some() {
+                    errors.push(format!(
+                        "{at}.earlyEvery: early results are built for tumbling and sliding windows, not sessions"
+                    ));
+                }
+            }
+        }
+        if let (Some(early), Some(size)) = (self.early_every, self.size) {
+            if early.get().is_zero() || early >= size {
+                errors.push(format!("{at}.earlyEvery: expected from 1ms up to below size ({size}), got {early}"));
             }
         }
         if self.aggregate.is_empty() {

@@ -173,3 +173,22 @@ fn durations_round_trip_through_yaml() {
         assert_eq!(d, back, "{s}");
     }
 }
+
+#[test]
+fn early_results_are_refused_for_sessions_and_at_or_above_the_window_size() {
+    let windowed = |window: &str| {
+        let steps = format!(
+            "    eventTime: {{field: seq}}\n    steps:\n      - keyBy: {{field: key}}\n      - window: {window}\n"
+        );
+        let text = GOOD.replace(
+            "    steps:\n      - keyBy: {field: key}\n      - aggregate: {count: true, sum: [value]}\n",
+            &steps,
+        );
+        StreamJob::from_yaml(&text).map_err(|e| e.to_string())
+    };
+    windowed("{size: 1m, earlyEvery: 10s, aggregate: {count: true}}").unwrap();
+    let err = windowed("{gap: 1m, earlyEvery: 10s, aggregate: {count: true}}").unwrap_err();
+    assert!(err.contains("spec.pipeline.steps[1].window.earlyEvery: early results are built for tumbling"), "{err}");
+    let err = windowed("{size: 1m, earlyEvery: 1m, aggregate: {count: true}}").unwrap_err();
+    assert!(err.contains("window.earlyEvery: expected from 1ms up to below size (1m), got 1m"), "{err}");
+}

@@ -55,18 +55,7 @@ pub struct Timers<'a> {
     late: &'a mut u64,
 }
 
-impl<'a> Timers<'a> {
-    /// Timers outside an operator, for testing a function's steps.
-    #[cfg(test)]
-    pub(crate) fn for_test(
-        watermark: Option<i64>,
-        set: &'a mut BTreeSet<i64>,
-        added: &'a mut Vec<i64>,
-        late: &'a mut u64,
-    ) -> Timers<'a> {
-        Timers { watermark, set, added, late }
-    }
-
+impl Timers<'_> {
     /// The operator's event time: `None` before any watermark arrived.
     pub fn watermark(&self) -> Option<i64> {
         self.watermark
@@ -90,6 +79,47 @@ impl<'a> Timers<'a> {
         // The queue entry stays and is skipped when it comes due.
         self.set.remove(&time);
     }
+}
+
+/// Runs one key's `function` outside an operator: before each record the
+/// watermark moves to the time given with it (firing due timers in time
+/// order), and at the end to `end`. Returns the output, the records counted
+/// late, and whether the key's state is empty.
+#[cfg(test)]
+pub(crate) fn drive<I, O, F: EventTimeFunction<String, I, O>>(
+    function: &mut F,
+    steps: Vec<(Option<i64>, I)>,
+    end: Option<i64>,
+) -> (Vec<O>, u64, bool) {
+    struct Key<S> {
+        state: S,
+        set: BTreeSet<i64>,
+        late: u64,
+    }
+    fn advance<I, O, F: EventTimeFunction<String, I, O>>(f: &mut F, to: i64, k: &mut Key<F::State>, out: &mut Vec<O>) {
+        while let Some(t) = k.set.first().copied().filter(|t| *t <= to) {
+            k.set.remove(&t);
+            let mut added = Vec::new();
+            let mut timers = Timers { watermark: Some(to), set: &mut k.set, added: &mut added, late: &mut k.late };
+            f.on_timer(&"a".to_string(), t, &mut k.state, &mut timers, out).unwrap();
+        }
+    }
+    let mut k = Key { state: F::State::default(), set: BTreeSet::new(), late: 0 };
+    let (mut out, mut watermark) = (Vec::new(), None);
+    for (w, record) in steps {
+        if let Some(w) = w {
+            watermark = Some(w);
+            advance(function, w, &mut k, &mut out);
+        }
+        let mut added = Vec::new();
+        let mut timers = Timers { watermark, set: &mut k.set, added: &mut added, late: &mut k.late };
+        function.process(&"a".to_string(), record, &mut k.state, &mut timers, &mut out).unwrap();
+    }
+    if let Some(end) = end {
+        advance(function, end, &mut k, &mut out);
+    }
+    let empty = k.set.is_empty() && function.is_empty(&k.state);
+    (out, k.late, empty)
 }
 
 /// A key's state and its timers, as checkpointed.

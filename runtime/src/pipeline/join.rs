@@ -168,6 +168,7 @@ impl EventTimeFunction<String, Sided, Routed> for IntervalJoin {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::operators::event_time::drive;
     use serde_json::json;
 
     fn join(before: &str, after: &str) -> IntervalJoin {
@@ -181,32 +182,9 @@ mod tests {
         IntervalJoin::new(&spec, "ts", LateTo(None))
     }
 
-    /// Runs `records` through one key's join, the watermark moving to each
-    /// given time before the record after it, and returns what came out.
     fn run(join: &mut IntervalJoin, steps: Vec<(Option<i64>, Sided)>) -> (Vec<Row>, u64, bool) {
-        let mut waiting = Waiting::default();
-        let mut set = std::collections::BTreeSet::new();
-        let mut out = Vec::new();
-        let mut late = 0;
-        let mut watermark = None;
-        let key = "a".to_string();
-        for (w, record) in steps {
-            if let Some(w) = w {
-                watermark = Some(w);
-                let due: Vec<i64> = set.iter().copied().filter(|t| *t <= w).collect();
-                for t in due {
-                    set.remove(&t);
-                    let mut added = Vec::new();
-                    let mut timers = Timers::for_test(watermark, &mut set, &mut added, &mut late);
-                    join.on_timer(&key, t, &mut waiting, &mut timers, &mut out).unwrap();
-                }
-            }
-            let mut added = Vec::new();
-            let mut timers = Timers::for_test(watermark, &mut set, &mut added, &mut late);
-            join.process(&key, record, &mut waiting, &mut timers, &mut out).unwrap();
-        }
-        let rows = out.into_iter().map(|r| r.unwrap()).collect();
-        (rows, late, join.is_empty(&waiting))
+        let (out, late, empty) = drive(join, steps, None);
+        (out.into_iter().map(|r| r.unwrap()).collect(), late, empty)
     }
 
     #[test]

@@ -14,7 +14,7 @@ use arrow_schema::{DataType, Field, SchemaRef};
 use super::expr::{arrow_type, compile, projection, schema_of, Compiled};
 use crate::manifest::{
     names_problems, AggregateSpec, FieldSpec, IntervalJoinSpec, LookupSpec, OnMissing, PipelineSpec, SourceKind,
-    SourceSpec, StepKind, StepSpec,
+    SourceSpec, StepKind, StepSpec, WindowSpec,
 };
 use crate::record::FieldRule;
 
@@ -137,13 +137,16 @@ fn aggregated(
     input: Option<&SchemaRef>,
     key: &str,
     spec: &AggregateSpec,
-    window: bool,
+    window: Option<&WindowSpec>,
 ) -> (SchemaRef, Vec<String>) {
     let mut errors = Vec::new();
     let mut fields = vec![Field::new(key, DataType::Utf8, false)];
-    if window {
+    if let Some(w) = window {
         fields.push(Field::new("window_start", DataType::Int64, false));
         fields.push(Field::new("window_end", DataType::Int64, false));
+        if w.early_every.is_some() {
+            fields.push(Field::new("final", DataType::Boolean, false));
+        }
     }
     if spec.count {
         fields.push(Field::new("count", DataType::Int64, false));
@@ -268,14 +271,14 @@ pub fn type_steps(pipeline: &PipelineSpec, steps: &[StepSpec]) -> Typed {
             }
             Ok(StepKind::Aggregate(a)) => {
                 let at = format!("spec.pipeline.steps[{i}].aggregate");
-                let (out, errors) = aggregated(&at, current.as_ref(), key.as_deref().unwrap_or("key"), a, false);
+                let (out, errors) = aggregated(&at, current.as_ref(), key.as_deref().unwrap_or("key"), a, None);
                 typed.errors.extend(errors);
                 current = Some(out);
             }
             Ok(StepKind::Window(w)) => {
                 let at = format!("spec.pipeline.steps[{i}].window.aggregate");
                 let (out, errors) =
-                    aggregated(&at, current.as_ref(), key.as_deref().unwrap_or("key"), &w.aggregate, true);
+                    aggregated(&at, current.as_ref(), key.as_deref().unwrap_or("key"), &w.aggregate, Some(w));
                 typed.errors.extend(errors);
                 current = Some(out);
             }

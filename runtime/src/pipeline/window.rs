@@ -66,6 +66,8 @@ pub struct WindowAggregate<A = AggState> {
     aggregate: Aggregate<A>,
     time_field: String,
     kind: WindowKind,
+    /// With early results: how often, in event time from a window's start.
+    early: Option<i64>,
     late: LateTo,
 }
 
@@ -84,7 +86,21 @@ impl<A: Accumulator> WindowAggregate<A> {
             Err(_) => WindowKind::Sliding { size: 1, slide: 1 },
         };
         let aggregate = Aggregate::new(key_field, &spec.aggregate);
-        WindowAggregate { aggregate, time_field: time_field.into(), kind, late }
+        let early = spec.early_every.map(|e| e.millis().max(1));
+        WindowAggregate { aggregate, time_field: time_field.into(), kind, early, late }
+    }
+
+    /// With early results, the first time after `after` (the watermark)
+    /// that the window `[start, end)` fires early at: the last instant of
+    /// each `early` from its start, before its end.
+    fn next_early(&self, start: i64, end: i64, after: Option<i64>) -> Option<i64> {
+        let every = self.early?;
+        let k = match after.map(|a| a.saturating_sub(start).saturating_add(1)) {
+            Some(passed) if passed >= 0 => passed / every + 1,
+            _ => 1,
+        };
+        let at = start.saturating_add(every.saturating_mul(k)).saturating_sub(1);
+        (at < end - 1).then_some(at)
     }
 
     /// The starts of the sliding windows holding `ts`, latest first.
@@ -112,6 +128,11 @@ impl<A: Accumulator> WindowAggregate<A> {
             let end = start.saturating_add(size);
             if timers.watermark().is_some_and(|w| w >= end - 1) {
                 continue;
+            }
+            if !windows.contains_key(&start) {
+                if let Some(at) = self.next_early(start, end, timers.watermark()) {
+                    timers.register(at);
+                }
             }
             let (_, acc) = windows.entry(start).or_insert_with(|| (end, A::default()));
             self.aggregate.fold(key, row, ts, acc)?;
@@ -180,14 +201,34 @@ impl<A: Accumulator> EventTimeFunction<String, Row, Routed> for WindowAggregate<
         key: &String,
         time: i64,
         windows: &mut Windows<A>,
-        _timers: &mut Timers,
+        timers: &mut Timers,
         out: &mut Vec<Routed>,
     ) -> Result<(), TaskError> {
+        let early = self.early.is_some();
+        let bounds = |start: i64, end: i64, last: bool| {
+            let mut b = vec![("window_start", Value::from(start)), ("window_end", Value::from(end))];
+            b.extend(early.then(|| ("final", Value::from(last))));
+            b
+        };
+        // Early results, in start order, of windows still open at `time`
+        // whose final result this watermark does not bring anyway.
+        if let Some(every) = self.early {
+            for (start, (end, acc)) in windows.iter() {
+                let closing = timers.watermark().is_some_and(|w| w >= end - 1);
+                if !closing && time < end - 1 && time >= *start && (time + 1 - start) % every == 0 {
+                    out.push(Ok(self.aggregate.row(key, bounds(*start, *end, false), acc)));
+                    // One early row per watermark step, however far it jumped.
+                    let after = timers.watermark().map_or(time, |w| w.max(time));
+                    if let Some(at) = self.next_early(*start, *end, Some(after)) {
+                        timers.register(at);
+                    }
+                }
+            }
+        }
         // Windows of a key have distinct ends: the one whose last instant this is.
         let due = windows.iter().find(|(_, (end, _))| end - 1 == time).map(|(start, _)| *start);
         if let Some((start, (end, acc))) = due.and_then(|s| windows.remove_entry(&s)) {
-            let bounds = [("window_start", Value::from(start)), ("window_end", Value::from(end))];
-            out.push(Ok(self.aggregate.row(key, bounds, &acc)));
+            out.push(Ok(self.aggregate.row(key, bounds(start, end, true), &acc)));
         }
         Ok(())
     }
@@ -264,6 +305,34 @@ impl EventTimeFunction<String, Row, Routed> for Deduplicate {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn early_results_come_each_time_the_watermark_passes_another_interval_and_the_final_one_at_the_end() {
+        let spec: WindowSpec = serde_json::from_value(
+            serde_json::json!({"size": "10ms", "earlyEvery": "3ms", "aggregate": {"count": true}}),
+        )
+        .unwrap();
+        let mut w = WindowAggregate::<AggState>::new("key", "ts", &spec, LateTo(None));
+        let rec = |ts: i64| serde_json::json!({"key": "a", "ts": ts});
+        let steps = vec![(None, rec(1)), (Some(2), rec(4)), (Some(7), rec(8)), (Some(8), rec(12))];
+        let (out, late, _) = crate::operators::event_time::drive(&mut w, steps, Some(100));
+        let rows: Vec<(i64, u64, bool)> = out
+            .into_iter()
+            .map(|r| r.unwrap())
+            .map(|r| (r["window_start"].as_i64().unwrap(), r["count"].as_u64().unwrap(), r["final"] == true))
+            .collect();
+        assert_eq!(late, 0);
+        assert_eq!(
+            rows,
+            vec![
+                (0, 1, false), // the watermark at 2 passes [0, 3)
+                (0, 2, false), // at 7, [3, 6)
+                (0, 3, false), // at 8, [6, 9)
+                (0, 3, true),  // the end
+                (10, 1, true), // [10, 20): the watermark jumps past its end, so no early row first
+            ]
+        );
+    }
 
     #[test]
     fn a_record_falls_in_one_tumbling_window_and_in_size_over_slide_sliding_ones() {
