@@ -37,6 +37,7 @@ pub mod steps;
 pub mod top_n;
 pub mod window;
 
+use std::mem::take;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -109,15 +110,17 @@ fn build_pipeline(spec: &StreamJobSpec, pipeline: &PipelineSpec) -> Result<JobGr
     let (rules, after_filter) = field_rules(pipeline, &steps);
     let mut after_filter = Some(after_filter).filter(|r| !r.is_empty());
     let mut stream = checked_source(&env, source, "bad-records", "dead-letter", rules.clone(), &spec.error_policy);
+    // The union's sources, until they meet the main one: at the first
+    // keyed step's shuffle when no step comes before it, else in a
+    // rebalance before the first step that changes records.
+    let mut others = Vec::new();
     if !pipeline.union.is_empty() {
-        let mut others = Vec::new();
         for (i, other) in pipeline.union.iter().enumerate() {
             let (uid, at) = (other.uid(), format!("spec.pipeline.union[{i}]"));
             let source = source_stream(&env, SourceAt { uid: &uid, source: other, at: &at, schema, event_time: time })?;
             let bad = format!("bad-records-{}", other.id.as_deref().unwrap_or_default());
             others.push(checked_source(&env, source, &bad, &bad, rules.clone(), &spec.error_policy));
         }
-        stream = stream.union(others).rebalance();
     }
 
     let typed = schema::type_steps(pipeline, &steps);
@@ -126,6 +129,18 @@ fn build_pipeline(spec: &StreamJobSpec, pipeline: &PipelineSpec) -> Result<JobGr
     }
     let mut key_field: Option<String> = None;
     for (i, (step, (input, planned))) in steps.iter().zip(typed.steps).enumerate() {
+        let keyed_next = matches!(step.kind(), Ok(StepKind::KeyBy(k)) if k.expr.is_none())
+            || matches!(
+                step.kind(),
+                Ok(StepKind::Aggregate(_)
+                    | StepKind::Window(_)
+                    | StepKind::TopN(_)
+                    | StepKind::Deduplicate(_)
+                    | StepKind::IntervalJoin(_))
+            );
+        if !keyed_next && !others.is_empty() {
+            stream = stream.union(std::mem::take(&mut others)).rebalance();
+        }
         if let (Some(planned), Some(input)) = (planned, input) {
             let (kind, content) = match &planned {
                 Planned::Filter(c) => ("filter", json!({"filter": c.sql})),
@@ -160,7 +175,14 @@ fn build_pipeline(spec: &StreamJobSpec, pipeline: &PipelineSpec) -> Result<JobGr
             StepKind::KeyBy(k) => key_field = Some(k.field.clone()),
             StepKind::Aggregate(a) => {
                 let Some(field) = key_field.take() else { continue };
-                let keyed = keyed_after_filter(&env, stream, after_filter.take(), &field, &spec.error_policy);
+                let keyed = keyed_after_filter(
+                    &env,
+                    stream,
+                    take(&mut others),
+                    after_filter.take(),
+                    &field,
+                    &spec.error_policy,
+                );
                 let id = step.id.clone().unwrap_or_else(|| aggregate_id(&field, a));
                 stream = if a.by_value() {
                     keyed.process(&id, Aggregate::<WithValues>::new(&field, a))
@@ -170,7 +192,14 @@ fn build_pipeline(spec: &StreamJobSpec, pipeline: &PipelineSpec) -> Result<JobGr
             }
             StepKind::Window(w) => {
                 let (Some(field), Some(time)) = (key_field.take(), &pipeline.event_time) else { continue };
-                let keyed = keyed_after_filter(&env, stream, after_filter.take(), &field, &spec.error_policy);
+                let keyed = keyed_after_filter(
+                    &env,
+                    stream,
+                    take(&mut others),
+                    after_filter.take(),
+                    &field,
+                    &spec.error_policy,
+                );
                 let id = step.id.clone().unwrap_or_else(|| window_id(&field, &time.field, w));
                 let (at, errors) = (steps.path(i), &spec.error_policy);
                 stream = if w.aggregate.by_value() {
@@ -204,7 +233,10 @@ fn build_pipeline(spec: &StreamJobSpec, pipeline: &PipelineSpec) -> Result<JobGr
                 let this = checked_after_filter(&env, stream, after_filter.take(), &j.key, &spec.error_policy)
                     .map(Sided::This);
                 let keys = JoinKeys { this: j.key.clone(), other: j.other_key().into() };
-                let keyed = this.union(vec![other]).key_by(move |r: &Sided| keys.of(r));
+                let mut inputs: Vec<DataStream<Sided>> =
+                    take(&mut others).into_iter().map(|o| o.map(Sided::This)).collect();
+                inputs.push(other);
+                let keyed = this.union(inputs).key_by(move |r: &Sided| keys.of(r));
                 let content = json!({"intervalJoin": {"source": j.source.id, "key": j.key, "otherKey": j.other_key(),
                     "before": j.before, "after": j.after}});
                 let id = step.id.clone().unwrap_or_else(|| content_id("interval-join", &content));
@@ -214,13 +246,27 @@ fn build_pipeline(spec: &StreamJobSpec, pipeline: &PipelineSpec) -> Result<JobGr
             }
             StepKind::TopN(t) => {
                 let Some(field) = key_field.take() else { continue };
-                let keyed = keyed_after_filter(&env, stream, after_filter.take(), &field, &spec.error_policy);
+                let keyed = keyed_after_filter(
+                    &env,
+                    stream,
+                    take(&mut others),
+                    after_filter.take(),
+                    &field,
+                    &spec.error_policy,
+                );
                 let id = step.id.clone().unwrap_or_else(|| content_id("top-n", &json!({"keyBy": field, "topN": t})));
                 stream = keyed.process(&id, TopN::new(t));
             }
             StepKind::Deduplicate(d) => {
                 let (Some(field), Some(time)) = (key_field.take(), &pipeline.event_time) else { continue };
-                let keyed = keyed_after_filter(&env, stream, after_filter.take(), &field, &spec.error_policy);
+                let keyed = keyed_after_filter(
+                    &env,
+                    stream,
+                    take(&mut others),
+                    after_filter.take(),
+                    &field,
+                    &spec.error_policy,
+                );
                 let content = json!({"keyBy": field, "eventTime": time.field, "deduplicate": d});
                 let id = step.id.clone().unwrap_or_else(|| content_id("deduplicate", &content));
                 stream = event_time_step(&env, keyed, &id, steps.path(i), time, &spec.error_policy, |late| {
@@ -228,6 +274,9 @@ fn build_pipeline(spec: &StreamJobSpec, pipeline: &PipelineSpec) -> Result<JobGr
                 });
             }
         }
+    }
+    if !others.is_empty() {
+        stream = stream.union(others).rebalance();
     }
     match pipeline.sink.kind().map_err(PipelineError::Invalid)? {
         SinkKind::File(f) if f.is_object_store() => {
@@ -509,12 +558,6 @@ fn aggregate_id(key_field: &str, spec: &AggregateSpec) -> String {
     content_id("aggregate", &json!({"keyBy": key_field, "aggregate": spec}))
 }
 
-/// `stream` repartitioned by the value of `field`.
-fn keyed_by(stream: DataStream<Row>, field: &str) -> KeyedStream<String, Row> {
-    let field = field.to_string();
-    stream.key_by(move |row: &Row| key_of(row, &field).unwrap_or_default())
-}
-
 /// `<kind>-<digest of what the step computes>`.
 fn content_id(kind: &str, content: &serde_json::Value) -> String {
     format!("{kind}-{:08x}", crc32fast::hash(content.to_string().as_bytes()))
@@ -575,11 +618,15 @@ fn field_rules(pipeline: &PipelineSpec, steps: &[StepSpec]) -> (Vec<FieldRule>, 
 fn keyed_after_filter(
     env: &StreamEnv,
     stream: DataStream<Row>,
+    others: Vec<DataStream<Row>>,
     rules: Option<Vec<FieldRule>>,
     key_field: &str,
     errors: &ErrorPolicy,
 ) -> KeyedStream<String, Row> {
-    keyed_by(checked_after_filter(env, stream, rules, key_field, errors), key_field)
+    let field = key_field.to_string();
+    checked_after_filter(env, stream, rules, key_field, errors)
+        .union(others)
+        .key_by(move |row: &Row| key_of(row, &field).unwrap_or_default())
 }
 
 /// `stream`, its rows first checked by `rules` when a filter came before
