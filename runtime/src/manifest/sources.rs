@@ -14,9 +14,9 @@ impl SourceSpec {
         format!("source-{}", self.id.as_deref().unwrap_or_default())
     }
 
-    /// What is wrong with this source at `at`; `schema`: whether its
-    /// records have a declared schema (CSV needs one).
-    pub(super) fn problems(&self, at: &str, schema: bool) -> Vec<String> {
+    /// What is wrong with this source at `at`; `schema`: where its
+    /// records' schema is declared, and whether it is (CSV needs one).
+    pub(super) fn problems(&self, at: &str, schema: (&str, bool)) -> Vec<String> {
         let mut errors = Vec::new();
         match self.kind() {
             Err(e) => errors.push(format!("{at}: {e}")),
@@ -32,8 +32,8 @@ impl SourceSpec {
                 if f.path.is_empty() {
                     errors.push(format!("{at}.file.path: required, got an empty path"));
                 }
-                if f.format == SourceFormat::Csv && !schema {
-                    errors.push(format!("{at}.file.format: Csv needs a schema (the columns' names and types)"));
+                if f.format == SourceFormat::Csv && !schema.1 {
+                    errors.push(format!("{at}.file.format: Csv needs {} (the columns' names and types)", schema.0));
                 }
                 errors.extend(super::steps::format_problems(&format!("{at}.file"), f.format, f.csv.as_ref()));
             }
@@ -52,7 +52,7 @@ impl SourceSpec {
 
     /// The problems of a source that needs an id (a union or join source),
     /// its id not among `taken`.
-    pub(super) fn named_problems(&self, at: &str, schema: bool, taken: &mut Vec<String>) -> Vec<String> {
+    pub(super) fn named_problems(&self, at: &str, schema: (&str, bool), taken: &mut Vec<String>) -> Vec<String> {
         let mut errors = self.problems(at, schema);
         match self.id.as_deref() {
             None => errors.push(format!("{at}.id: required: it names the source's state (source-<id>)")),
@@ -72,7 +72,8 @@ impl SourceSpec {
 impl PipelineSpec {
     /// The problems of the main source and of the union's.
     pub(super) fn sources_problems(&self, taken: &mut Vec<String>) -> Vec<String> {
-        let mut errors = self.source.problems("spec.pipeline.source", self.schema.is_some());
+        let schema = ("spec.pipeline.schema", self.schema.is_some());
+        let mut errors = self.source.problems("spec.pipeline.source", schema);
         if self.source.id.is_some() {
             errors.push(
                 "spec.pipeline.source.id: the main source's state is always `source`; only union and intervalJoin \
@@ -81,7 +82,7 @@ impl PipelineSpec {
             );
         }
         for (i, source) in self.union.iter().enumerate() {
-            errors.extend(source.named_problems(&format!("spec.pipeline.union[{i}]"), self.schema.is_some(), taken));
+            errors.extend(source.named_problems(&format!("spec.pipeline.union[{i}]"), schema, taken));
         }
         errors
     }
@@ -143,7 +144,8 @@ impl IntervalJoinSpec {
     }
 
     pub(super) fn problems(&self, at: &str, event_time: bool, keyed: bool, taken: &mut Vec<String>) -> Vec<String> {
-        let mut errors = self.source.named_problems(&format!("{at}.source"), self.schema.is_some(), taken);
+        let schema = (format!("{at}.schema"), self.schema.is_some());
+        let mut errors = self.source.named_problems(&format!("{at}.source"), (&schema.0, schema.1), taken);
         if let Some(schema) = &self.schema {
             errors.extend(names_problems(&format!("{at}.schema"), schema));
         }

@@ -108,21 +108,20 @@ fn build_pipeline(spec: &StreamJobSpec, pipeline: &PipelineSpec) -> Result<JobGr
 
     let steps = pipeline.planned_steps().map_err(PipelineError::Invalid)?;
     let (rules, after_filter) = field_rules(pipeline, &steps);
-    let mut after_filter = Some(after_filter).filter(|r| !r.is_empty());
+    let after_filter = Some(after_filter).filter(|r| !r.is_empty());
     let mut stream = checked_source(&env, source, "bad-records", "dead-letter", rules.clone(), &spec.error_policy);
     // The union's sources, until they meet the main one: at the first
     // keyed step's shuffle when no step comes before it, else in a
     // rebalance before the first step that changes records.
     let mut others = Vec::new();
-    if !pipeline.union.is_empty() {
-        for (i, other) in pipeline.union.iter().enumerate() {
-            let (uid, at) = (other.uid(), format!("spec.pipeline.union[{i}]"));
-            let source = source_stream(&env, SourceAt { uid: &uid, source: other, at: &at, schema, event_time: time })?;
-            let bad = format!("bad-records-{}", other.id.as_deref().unwrap_or_default());
-            others.push(checked_source(&env, source, &bad, &bad, rules.clone(), &spec.error_policy));
-        }
+    for (i, other) in pipeline.union.iter().enumerate() {
+        let (uid, at) = (other.uid(), format!("spec.pipeline.union[{i}]"));
+        let source = source_stream(&env, SourceAt { uid: &uid, source: other, at: &at, schema, event_time: time })?;
+        let bad = format!("bad-records-{}", other.id.as_deref().unwrap_or_default());
+        others.push(checked_source(&env, source, &bad, &bad, rules.clone(), &spec.error_policy));
     }
 
+    let mut pending = Pending { others, after_filter };
     let typed = schema::type_steps(pipeline, &steps);
     if !typed.errors.is_empty() {
         return Err(PipelineError::Invalid(steps.relabeled(typed.errors).join("; ")));
@@ -138,8 +137,8 @@ fn build_pipeline(spec: &StreamJobSpec, pipeline: &PipelineSpec) -> Result<JobGr
                     | StepKind::Deduplicate(_)
                     | StepKind::IntervalJoin(_))
             );
-        if !keyed_next && !others.is_empty() {
-            stream = stream.union(std::mem::take(&mut others)).rebalance();
+        if !keyed_next {
+            stream = pending.merged(stream);
         }
         if let (Some(planned), Some(input)) = (planned, input) {
             let (kind, content) = match &planned {
@@ -175,14 +174,7 @@ fn build_pipeline(spec: &StreamJobSpec, pipeline: &PipelineSpec) -> Result<JobGr
             StepKind::KeyBy(k) => key_field = Some(k.field.clone()),
             StepKind::Aggregate(a) => {
                 let Some(field) = key_field.take() else { continue };
-                let keyed = keyed_after_filter(
-                    &env,
-                    stream,
-                    take(&mut others),
-                    after_filter.take(),
-                    &field,
-                    &spec.error_policy,
-                );
+                let keyed = pending.keyed(&env, stream, &field, &spec.error_policy);
                 let id = step.id.clone().unwrap_or_else(|| aggregate_id(&field, a));
                 stream = if a.by_value() {
                     keyed.process(&id, Aggregate::<WithValues>::new(&field, a))
@@ -192,14 +184,7 @@ fn build_pipeline(spec: &StreamJobSpec, pipeline: &PipelineSpec) -> Result<JobGr
             }
             StepKind::Window(w) => {
                 let (Some(field), Some(time)) = (key_field.take(), &pipeline.event_time) else { continue };
-                let keyed = keyed_after_filter(
-                    &env,
-                    stream,
-                    take(&mut others),
-                    after_filter.take(),
-                    &field,
-                    &spec.error_policy,
-                );
+                let keyed = pending.keyed(&env, stream, &field, &spec.error_policy);
                 let id = step.id.clone().unwrap_or_else(|| window_id(&field, &time.field, w));
                 let (at, errors) = (steps.path(i), &spec.error_policy);
                 stream = if w.aggregate.by_value() {
@@ -230,11 +215,11 @@ fn build_pipeline(spec: &StreamJobSpec, pipeline: &PipelineSpec) -> Result<JobGr
                 rules.push(FieldRule::Key(j.other_key().into()));
                 let bad = format!("bad-records-{}", j.source.id.as_deref().unwrap_or_default());
                 let other = checked_source(&env, other, &bad, &bad, rules, &spec.error_policy).map(Sided::Other);
-                let this = checked_after_filter(&env, stream, after_filter.take(), &j.key, &spec.error_policy)
+                let this = checked_after_filter(&env, stream, pending.after_filter.take(), &j.key, &spec.error_policy)
                     .map(Sided::This);
                 let keys = JoinKeys { this: j.key.clone(), other: j.other_key().into() };
                 let mut inputs: Vec<DataStream<Sided>> =
-                    take(&mut others).into_iter().map(|o| o.map(Sided::This)).collect();
+                    take(&mut pending.others).into_iter().map(|o| o.map(Sided::This)).collect();
                 inputs.push(other);
                 let keyed = this.union(inputs).key_by(move |r: &Sided| keys.of(r));
                 let content = json!({"intervalJoin": {"source": j.source.id, "key": j.key, "otherKey": j.other_key(),
@@ -246,27 +231,13 @@ fn build_pipeline(spec: &StreamJobSpec, pipeline: &PipelineSpec) -> Result<JobGr
             }
             StepKind::TopN(t) => {
                 let Some(field) = key_field.take() else { continue };
-                let keyed = keyed_after_filter(
-                    &env,
-                    stream,
-                    take(&mut others),
-                    after_filter.take(),
-                    &field,
-                    &spec.error_policy,
-                );
+                let keyed = pending.keyed(&env, stream, &field, &spec.error_policy);
                 let id = step.id.clone().unwrap_or_else(|| content_id("top-n", &json!({"keyBy": field, "topN": t})));
                 stream = keyed.process(&id, TopN::new(t));
             }
             StepKind::Deduplicate(d) => {
                 let (Some(field), Some(time)) = (key_field.take(), &pipeline.event_time) else { continue };
-                let keyed = keyed_after_filter(
-                    &env,
-                    stream,
-                    take(&mut others),
-                    after_filter.take(),
-                    &field,
-                    &spec.error_policy,
-                );
+                let keyed = pending.keyed(&env, stream, &field, &spec.error_policy);
                 let content = json!({"keyBy": field, "eventTime": time.field, "deduplicate": d});
                 let id = step.id.clone().unwrap_or_else(|| content_id("deduplicate", &content));
                 stream = event_time_step(&env, keyed, &id, steps.path(i), time, &spec.error_policy, |late| {
@@ -275,9 +246,7 @@ fn build_pipeline(spec: &StreamJobSpec, pipeline: &PipelineSpec) -> Result<JobGr
             }
         }
     }
-    if !others.is_empty() {
-        stream = stream.union(others).rebalance();
-    }
+    let stream = pending.merged(stream);
     match pipeline.sink.kind().map_err(PipelineError::Invalid)? {
         SinkKind::File(f) if f.is_object_store() => {
             let sink_spec = f.clone();
@@ -613,20 +582,36 @@ fn field_rules(pipeline: &PipelineSpec, steps: &[StepSpec]) -> (Vec<FieldRule>, 
     (entry, after_filter)
 }
 
-/// `stream` keyed by `key_field`, first checking `rules` on its rows when
-/// a filter came before the first keyed step (see [`field_rules`]).
-fn keyed_after_filter(
-    env: &StreamEnv,
-    stream: DataStream<Row>,
+/// What the first keyed step takes over: the union's sources not yet
+/// merged with the main one, and the rules to check on rows a filter
+/// passed (see [`field_rules`]).
+struct Pending {
     others: Vec<DataStream<Row>>,
-    rules: Option<Vec<FieldRule>>,
-    key_field: &str,
-    errors: &ErrorPolicy,
-) -> KeyedStream<String, Row> {
-    let field = key_field.to_string();
-    checked_after_filter(env, stream, rules, key_field, errors)
-        .union(others)
-        .key_by(move |row: &Row| key_of(row, &field).unwrap_or_default())
+    after_filter: Option<Vec<FieldRule>>,
+}
+
+impl Pending {
+    /// `stream` with the union's sources merged into it, spread round robin.
+    fn merged(&mut self, stream: DataStream<Row>) -> DataStream<Row> {
+        if self.others.is_empty() {
+            return stream;
+        }
+        stream.union(take(&mut self.others)).rebalance()
+    }
+
+    /// `stream` (and the union's sources) keyed by `key_field`.
+    fn keyed(
+        &mut self,
+        env: &StreamEnv,
+        stream: DataStream<Row>,
+        key_field: &str,
+        errors: &ErrorPolicy,
+    ) -> KeyedStream<String, Row> {
+        let field = key_field.to_string();
+        checked_after_filter(env, stream, self.after_filter.take(), key_field, errors)
+            .union(take(&mut self.others))
+            .key_by(move |row: &Row| key_of(row, &field).unwrap_or_default())
+    }
 }
 
 /// `stream`, its rows first checked by `rules` when a filter came before
