@@ -36,7 +36,7 @@ pub use self::pipeline::*;
 pub mod steps;
 pub use self::steps::*;
 pub mod sources;
-pub use self::sources::IntervalJoinSpec;
+pub use self::sources::{IntervalJoinSpec, JoinType};
 pub mod planned;
 pub use self::planned::PlannedSteps;
 pub mod checkpoints;

@@ -10,6 +10,7 @@ use common::*;
 use weir_runtime::connectors::file_sink::read_committed;
 use weir_runtime::connectors::generator::generated;
 use weir_runtime::faults::Faults;
+use weir_runtime::metrics::JobMetrics;
 use weir_runtime::verify::{check_updates_against, expected_per_key, updates_of};
 
 const KEYS: u64 = 20;
@@ -77,12 +78,18 @@ fn a_union_is_exact_through_seeded_crashes_and_restores() {
 const ORDERS: u64 = 8_000;
 const SHIPMENTS: u64 = 6_000;
 
+/// Shipments of an outer join are keyed over fewer keys: the same seq's
+/// order and shipment have the same key over as many, so every shipment
+/// would find its order.
+const SHIP_KEYS: u64 = KEYS - 3;
+
 /// Generated orders joined with generated shipments of the same key from
-/// 5 ms before to 10 ms after each order. Each split's records come in
-/// event-time order, so none is late however far one source runs ahead of
-/// the other, and a small bound makes records leave the join's state while
-/// the job runs.
-fn join_job(dir: &Path, parallelism: u32) -> weir_runtime::manifest::StreamJob {
+/// 5 ms before to 10 ms after each order, as a `join_type` join with the
+/// shipments keyed over `ship_keys` keys and the steps `after` after it.
+/// Each split's records come in event-time order, so none is late however
+/// far one source runs ahead of the other, and a small bound makes records
+/// leave the join's state while the job runs.
+fn join_job(dir: &Path, join_type: &str, ship_keys: u64, after: &str) -> weir_runtime::manifest::StreamJob {
     let pipeline = format!(
         r#"    source: {{generator: {orders}}}
     eventTime: {{field: ts, maxOutOfOrderness: 50ms}}
@@ -91,18 +98,26 @@ fn join_job(dir: &Path, parallelism: u32) -> weir_runtime::manifest::StreamJob {
           source: {{id: ships, generator: {shipments}}}
           key: key
           before: 5ms
-          after: 10ms"#,
+          after: 10ms
+          type: {join_type}
+{after}"#,
         orders = generator(ORDERS, 4),
-        shipments = generator(SHIPMENTS, 2),
+        shipments = generator(SHIPMENTS, 2).replace(&format!("keys: {KEYS},"), &format!("keys: {ship_keys},")),
     );
-    pipeline_job(dir, "join", parallelism, &pipeline).expect("test manifest is valid")
+    pipeline_job(dir, "join", 2, pipeline.trim_end()).expect("test manifest is valid")
 }
 
 /// Every (order seq, shipment seq) pair the join must emit.
 fn join_expected() -> BTreeMap<(u64, u64), u32> {
+    pairs_expected(KEYS)
+}
+
+/// Every (order seq, shipment seq) pair, the shipments keyed over
+/// `ship_keys` keys.
+fn pairs_expected(ship_keys: u64) -> BTreeMap<(u64, u64), u32> {
     let mut by_key: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
     for s in 0..SHIPMENTS {
-        by_key.entry(generated(s, KEYS).0).or_default().push(s);
+        by_key.entry(generated(s, ship_keys).0).or_default().push(s);
     }
     let mut want = BTreeMap::new();
     for o in 0..ORDERS {
@@ -131,7 +146,7 @@ fn join_got(dir: &Path) -> BTreeMap<(u64, u64), u32> {
 #[test]
 fn an_interval_join_emits_each_pair_within_the_bounds_once() {
     let dir = tempfile::tempdir().unwrap();
-    run_once(&join_job(dir.path(), 2), Faults::none()).expect("the job finishes");
+    run_once(&join_job(dir.path(), "inner", KEYS, ""), Faults::none()).expect("the job finishes");
     let (got, want) = (join_got(dir.path()), join_expected());
     assert!(want.len() > 1_000, "too few pairs to tell: {}", want.len());
     assert_eq!(got.len(), want.len(), "pairs committed against pairs expected");
@@ -141,7 +156,7 @@ fn an_interval_join_emits_each_pair_within_the_bounds_once() {
 #[test]
 fn an_interval_join_is_exact_through_seeded_crashes_and_restores() {
     let dir = tempfile::tempdir().unwrap();
-    run_through_crashes(&join_job(dir.path(), 2), 0x0bad_cafe_f00d);
+    run_through_crashes(&join_job(dir.path(), "inner", KEYS, ""), 0x0bad_cafe_f00d);
     let (got, want) = (join_got(dir.path()), join_expected());
     let twice: Vec<_> = got.iter().filter(|(_, n)| **n > 1).take(5).collect();
     assert!(twice.is_empty(), "pairs committed more than once: {twice:?}");
@@ -186,7 +201,7 @@ fn run_example(dir: &Path, name: &str) -> Vec<serde_json::Value> {
 }
 
 #[test]
-fn the_union_and_join_examples_run_as_they_are() {
+fn the_union_and_join_examples_run_as_they_are_and_the_left_join_finds_late_shipments() {
     let dir = tempfile::tempdir().unwrap();
     let mut last: BTreeMap<String, (u64, i64)> = BTreeMap::new();
     for row in run_example(dir.path(), "union") {
@@ -207,4 +222,81 @@ fn the_union_and_join_examples_run_as_they_are() {
     shipped.sort();
     let want = [("o1", "dhl"), ("o4", "dhl"), ("o4", "ups")].map(|(o, c)| (o.to_string(), c.to_string()));
     assert_eq!(shipped, want.to_vec(), "orders shipped within two days, a row per parcel");
+
+    let mut late: Vec<String> =
+        run_example(dir.path(), "late-shipments").iter().map(|r| r["order"].as_str().unwrap().into()).collect();
+    late.sort();
+    assert_eq!(late, ["o2", "o3"], "orders not shipped within two days, once each");
+}
+
+/// What a full join must emit besides the pairs: the orders and the
+/// shipments that have none.
+fn unmatched_expected() -> (BTreeMap<u64, u32>, BTreeMap<u64, u32>) {
+    let pairs = pairs_expected(SHIP_KEYS);
+    let alone = |all: u64, paired: Vec<u64>| (0..all).filter(|x| !paired.contains(x)).map(|x| (x, 1)).collect();
+    let orders = alone(ORDERS, pairs.keys().map(|(o, _)| *o).collect());
+    let ships = alone(SHIPMENTS, pairs.keys().map(|(_, s)| *s).collect());
+    (orders, ships)
+}
+
+#[test]
+fn a_full_interval_join_emits_every_pair_and_every_unmatched_record_once_through_crashes() {
+    let dir = tempfile::tempdir().unwrap();
+    run_through_crashes(&join_job(dir.path(), "full", SHIP_KEYS, ""), 0x0f11_0f11_f00d);
+    let (mut pairs, mut orders, mut ships) = (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
+    for row in committed(dir.path()) {
+        match (row["seq"].as_u64(), row["ships_seq"].as_u64()) {
+            (Some(o), Some(s)) => *pairs.entry((o, s)).or_insert(0) += 1,
+            (Some(o), None) => *orders.entry(o).or_insert(0) += 1,
+            (None, Some(s)) => {
+                assert_eq!(row["key"], row["ships_key"], "a shipment alone carries its key: {row}");
+                assert_eq!(row["ts"].as_u64(), Some(s), "and its event time: {row}");
+                *ships.entry(s).or_insert(0) += 1;
+            }
+            (None, None) => panic!("neither side: {row}"),
+        }
+    }
+    let (want_orders, want_ships) = unmatched_expected();
+    assert!(
+        want_orders.len() > 100 && want_ships.len() > 100,
+        "too few unmatched to tell: {} {}",
+        want_orders.len(),
+        want_ships.len()
+    );
+    assert_eq!(pairs, pairs_expected(SHIP_KEYS));
+    assert_eq!(orders, want_orders, "orders without a shipment, once each");
+    assert_eq!(ships, want_ships, "shipments without an order, once each");
+}
+
+#[test]
+fn records_a_full_join_emits_alone_are_not_late_for_a_window_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let window = "      - keyBy: {field: key}\n      - window: {size: 100ms, aggregate: {count: true}}";
+    let job = join_job(dir.path(), "full", SHIP_KEYS, window);
+    let (result, metrics) = run_with_metrics(&job, Faults::none());
+    result.expect("the job finishes");
+    // Every joined record's event time: a pair's is the later of its two.
+    let mut want: BTreeMap<(String, u64), u64> = BTreeMap::new();
+    let key = |seq: u64, keys: u64| format!("k{}", generated(seq, keys).0);
+    let (orders, ships) = unmatched_expected();
+    let times = pairs_expected(SHIP_KEYS)
+        .keys()
+        .map(|&(o, s)| (key(o, KEYS), o.max(s)))
+        .chain(orders.keys().map(|&o| (key(o, KEYS), o)))
+        .chain(ships.keys().map(|&s| (key(s, SHIP_KEYS), s)))
+        .collect::<Vec<_>>();
+    for (k, ts) in times {
+        *want.entry((k, ts / 100 * 100)).or_insert(0) += 1;
+    }
+    let got: BTreeMap<(String, u64), u64> = committed(dir.path())
+        .iter()
+        .map(|r| {
+            (
+                (r["key"].as_str().unwrap().to_string(), r["window_start"].as_u64().unwrap()),
+                r["count"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(JobMetrics::get(&metrics.late_records_dropped), 0, "no joined record came behind the watermark");
+    assert_eq!(got, want);
 }

@@ -59,7 +59,7 @@ impl CsvFormat {
         CsvFormat { fields: fields.to_vec(), header: spec.header, delimiter: spec.delimiter_byte() }
     }
 
-    fn reader(&self, file: File) -> csv::Reader<File> {
+    fn reader<R: Read>(&self, file: R) -> csv::Reader<R> {
         ReaderBuilder::new().has_headers(false).flexible(true).delimiter(self.delimiter).from_reader(file)
     }
 
@@ -74,11 +74,10 @@ impl CsvFormat {
             file.seek(SeekFrom::Start(len - 1)).map_err(|e| io("seek", &e))?;
             file.read_exact(&mut last).map_err(|e| io("read", &e))?;
         }
-        let bom = bom_len(path)?;
+        let bom = bom_len(&mut file, path)?;
         let (columns, width, header_end) = if self.header {
-            let mut from_start = File::open(path).map_err(|e| io("open", &e))?;
-            from_start.seek(SeekFrom::Start(bom)).map_err(|e| io("seek", &e))?;
-            let mut rdr = self.reader(from_start);
+            file.seek(SeekFrom::Start(bom)).map_err(|e| io("seek", &e))?;
+            let mut rdr = self.reader(&mut file);
             let mut names = ByteRecord::new();
             if !rdr.read_byte_record(&mut names).map_err(|e| io("read the header", &e))? {
                 // An empty file: nothing to read, no columns to know.
@@ -203,12 +202,13 @@ fn typed(f: &FieldSpec, text: &str) -> Result<Value, String> {
     }
 }
 
-/// The length of a UTF-8 byte-order mark at the start of the file at
-/// `path` (as spreadsheet programs write): 3, or 0 without one. Records are
-/// read after it, so the first field's name or value does not carry it.
-pub fn bom_len(path: &str) -> Result<u64, TaskError> {
+/// The length of a UTF-8 byte-order mark at the start of `file` (read
+/// from `path`), as spreadsheet programs write: 3, or 0 without one.
+/// Records are read after it, so the first field's name or value does not
+/// carry it. Leaves the file's position anywhere in its first 3 bytes.
+pub fn bom_len(file: &mut File, path: &str) -> Result<u64, TaskError> {
     let mut start = [0u8; 3];
-    let mut file = File::open(path).map_err(|e| TaskError::source(path, format!("cannot open: {e}")))?;
+    file.seek(SeekFrom::Start(0)).map_err(|e| TaskError::source(path, format!("cannot seek: {e}")))?;
     let mut read = 0;
     while read < 3 {
         match file.read(&mut start[read..]) {

@@ -177,10 +177,13 @@ impl FileSource {
             self.reader = Some(Open::Csv(reader));
             return Ok(());
         }
-        // A file that starts with a byte-order mark is read after it.
-        split.offset = split.offset.max(super::csv_records::bom_len(&split.path)?);
         let mut file =
             File::open(&split.path).map_err(|e| TaskError::source(&split.path, format!("cannot open: {e}")))?;
+        // A file that starts with a byte-order mark is read after it; past
+        // its first 3 bytes that was settled when the file was first opened.
+        if split.offset < 3 {
+            split.offset = split.offset.max(super::csv_records::bom_len(&mut file, &split.path)?);
+        }
         file.seek(SeekFrom::Start(split.offset))
             .map_err(|e| TaskError::source(&split.path, format!("cannot seek to {}: {e}", split.offset)))?;
         self.reader = Some(Open::Lines(BufReader::with_capacity(1 << 16, file)));

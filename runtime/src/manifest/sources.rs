@@ -127,6 +127,47 @@ pub struct IntervalJoinSpec {
     /// absent: the other source's id and `_` (`shipments_ts`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefix: Option<String>,
+    /// Which records without a match are emitted too, once the watermark
+    /// passes the last time a match could come (Flink SQL's outer interval
+    /// joins): `inner` (none, the default), `left` (this stream's), `right`
+    /// (the other's) or `full` (both). The missing side's fields are null;
+    /// a record of the other stream alone carries its key and event time in
+    /// `key` and this stream's event-time field. An outer join holds its
+    /// output watermark back by the longer of `before` and `after`, so that
+    /// these records are not late for the steps after it.
+    #[serde(default, rename = "type", skip_serializing_if = "JoinType::is_inner")]
+    pub join_type: JoinType,
+}
+
+/// Which unmatched records an interval join emits.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum JoinType {
+    /// Only pairs.
+    #[default]
+    Inner,
+    /// Pairs, and this stream's records that matched nothing.
+    Left,
+    /// Pairs, and the other stream's records that matched nothing.
+    Right,
+    /// Pairs, and the records of either stream that matched nothing.
+    Full,
+}
+
+impl JoinType {
+    fn is_inner(&self) -> bool {
+        *self == JoinType::Inner
+    }
+
+    /// Whether this stream's unmatched records are emitted.
+    pub fn keeps_this(self) -> bool {
+        matches!(self, JoinType::Left | JoinType::Full)
+    }
+
+    /// Whether the other stream's unmatched records are emitted.
+    pub fn keeps_other(self) -> bool {
+        matches!(self, JoinType::Right | JoinType::Full)
+    }
 }
 
 impl IntervalJoinSpec {

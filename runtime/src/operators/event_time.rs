@@ -45,6 +45,14 @@ pub trait EventTimeFunction<K, I, O>: Clone + Send + 'static {
     fn is_empty(&self, _state: &Self::State) -> bool {
         false
     }
+
+    /// How far behind its input's watermark the operator's output
+    /// watermark stays: what it emits from a timer may carry an event time
+    /// this much older than the timer, and must not be late for the
+    /// operators after it (an outer join's unmatched records).
+    fn watermark_delay(&self) -> i64 {
+        0
+    }
 }
 
 /// The timers of the current key, and the event time they fire against.
@@ -282,6 +290,11 @@ where
             if !out.is_empty() {
                 self.next.collect(out).await?;
             }
+            // The end of input stays the end: everything has fired.
+            let delay = self.function.watermark_delay();
+            if delay > 0 && now != i64::MAX {
+                return self.next.watermark(Watermark::At(now.saturating_sub(delay))).await;
+            }
         }
         self.next.watermark(watermark).await
     }
@@ -393,5 +406,52 @@ mod tests {
         op.watermark(Watermark::At(20)).await.unwrap();
         assert_eq!(seen.lock().unwrap()[2..], ["Idle".to_string(), "b@15=5".into(), "At(20)".into()]);
         assert!(op.state.is_empty() && op.queue.is_empty());
+    }
+
+    /// [`SumUntil`] whose output watermark stays 4 behind its input's.
+    #[derive(Clone)]
+    struct Delayed;
+
+    impl EventTimeFunction<String, (String, i64), String> for Delayed {
+        type State = Option<i64>;
+
+        fn process(
+            &mut self,
+            k: &String,
+            r: (String, i64),
+            s: &mut Option<i64>,
+            t: &mut Timers,
+            o: &mut Vec<String>,
+        ) -> Result<(), TaskError> {
+            SumUntil.process(k, r, s, t, o)
+        }
+
+        fn on_timer(
+            &mut self,
+            k: &String,
+            time: i64,
+            s: &mut Option<i64>,
+            t: &mut Timers,
+            o: &mut Vec<String>,
+        ) -> Result<(), TaskError> {
+            SumUntil.on_timer(k, time, s, t, o)
+        }
+
+        fn watermark_delay(&self) -> i64 {
+            4
+        }
+    }
+
+    #[tokio::test]
+    async fn a_delayed_operator_forwards_its_watermark_behind_its_timers_but_the_end_of_input_as_it_is() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let ctx = TaskContext::for_test("delayed");
+        let next = Box::new(Recorder(seen.clone()));
+        let mut op = KeyedEventTime::new("d".into(), ctx, |r: &(String, i64)| r.0.clone(), Delayed, next).unwrap();
+        op.collect(vec![("a".to_string(), 1), ("b".to_string(), 30)]).await.unwrap();
+        op.watermark(Watermark::At(11)).await.unwrap();
+        op.watermark(Watermark::END).await.unwrap();
+        let expected = ["a@11=1", "At(7)", "b@40=30", &format!("{:?}", Watermark::END)];
+        assert_eq!(*seen.lock().unwrap(), expected);
     }
 }

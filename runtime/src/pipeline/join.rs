@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::window::{LateTo, Routed};
-use crate::manifest::IntervalJoinSpec;
+use crate::manifest::{IntervalJoinSpec, JoinType};
 use crate::operators::{EventTimeFunction, Timers};
 use crate::record::{event_time_of, key_of, Row};
 use crate::task::TaskError;
@@ -45,33 +45,56 @@ impl JoinKeys {
     }
 }
 
-/// The records of one key waiting for a match, by event time, as JSON text
-/// (keyed state is encoded without a self-describing format).
+/// The records of one key waiting for a match.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Waiting {
-    this: Vec<(i64, String)>,
-    other: Vec<(i64, String)>,
+    this: Vec<Held>,
+    other: Vec<Held>,
+}
+
+/// A waiting record: its event time, the record as JSON text (keyed state
+/// is encoded without a self-describing format) and whether it has met a
+/// match (an outer join emits those that have not when they leave).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Held {
+    ts: i64,
+    text: String,
+    matched: bool,
 }
 
 #[derive(Debug, Clone)]
 pub struct IntervalJoin {
     this_time: String,
     other_time: String,
+    this_key: String,
+    other_key: String,
     before: i64,
     after: i64,
     prefix: String,
+    join_type: JoinType,
+    /// The other stream's fields, null in this stream's unmatched records.
+    other_fields: Vec<String>,
+    /// This stream's fields, null in the other's unmatched records.
+    this_fields: Vec<String>,
     late: LateTo,
 }
 
 impl IntervalJoin {
-    /// `time`: the pipeline's event-time field.
-    pub fn new(spec: &IntervalJoinSpec, time: &str, late: LateTo) -> IntervalJoin {
+    /// `time`: the pipeline's event-time field; `this_fields`: the names of
+    /// this stream's fields where known.
+    pub fn new(spec: &IntervalJoinSpec, time: &str, this_fields: Vec<String>, late: LateTo) -> IntervalJoin {
+        let other_fields = spec.schema.iter().flatten().map(|f| f.name.clone()).collect();
         IntervalJoin {
             this_time: time.into(),
             other_time: spec.event_time_field(time).into(),
+            this_key: spec.key.clone(),
+            other_key: spec.other_key().into(),
             before: spec.before.millis(),
             after: spec.after.millis(),
             prefix: spec.prefix(),
+            join_type: spec.join_type,
+            other_fields,
+            this_fields,
             late,
         }
     }
@@ -89,6 +112,61 @@ impl IntervalJoin {
             }
         }
         out
+    }
+
+    /// This side's record that matched nothing, the other's fields null.
+    fn this_alone(&self, this: Row) -> Row {
+        let mut out = this;
+        if let Some(fields) = out.as_object_mut() {
+            for name in &self.other_fields {
+                fields.insert(format!("{}{name}", self.prefix), Value::Null);
+            }
+        }
+        out
+    }
+
+    /// The other side's record that matched nothing: its fields under the
+    /// prefix, its key and event time also in this side's key and
+    /// event-time fields, this side's other fields null.
+    fn other_alone(&self, other: &Row) -> Row {
+        let mut out = serde_json::Map::new();
+        for name in &self.this_fields {
+            out.insert(name.clone(), Value::Null);
+        }
+        if let Some(theirs) = other.as_object() {
+            for (name, value) in theirs {
+                out.insert(format!("{}{name}", self.prefix), value.clone());
+            }
+            out.insert(self.this_key.clone(), theirs.get(&self.other_key).cloned().unwrap_or(Value::Null));
+            out.insert(self.this_time.clone(), theirs.get(&self.other_time).cloned().unwrap_or(Value::Null));
+        }
+        Value::Object(out)
+    }
+
+    /// The side's records whose last possible match is before `time` leave,
+    /// those that never met one emitted when `keep`.
+    fn evict(
+        held: &mut Vec<Held>,
+        reach: i64,
+        time: i64,
+        keep: bool,
+        alone: impl Fn(Row) -> Row,
+        out: &mut Vec<Routed>,
+    ) -> Result<(), TaskError> {
+        let mut result = Ok(());
+        held.retain(|h| {
+            if h.ts.saturating_add(reach).saturating_add(1) > time {
+                return true;
+            }
+            if keep && !h.matched && result.is_ok() {
+                match parse(&h.text) {
+                    Ok(row) => out.push(Ok(alone(row))),
+                    Err(e) => result = Err(e),
+                }
+            }
+            false
+        });
+        result
     }
 }
 
@@ -128,19 +206,23 @@ impl EventTimeFunction<String, Sided, Routed> for IntervalJoin {
         // Matches: other.ts in [this.ts - before, this.ts + after].
         if this_side {
             let (lo, hi) = (ts.saturating_sub(self.before), ts.saturating_add(self.after));
-            for (o, text) in waiting.other.iter().filter(|(o, _)| (lo..=hi).contains(o)) {
-                out.push(Ok(self.pair(&row, ts, &parse(text)?, *o)));
+            let mut matched = false;
+            for o in waiting.other.iter_mut().filter(|o| (lo..=hi).contains(&o.ts)) {
+                out.push(Ok(self.pair(&row, ts, &parse(&o.text)?, o.ts)));
+                (o.matched, matched) = (true, true);
             }
             let until = ts.saturating_add(self.after).saturating_add(1);
-            waiting.this.push((ts, row.to_string()));
+            waiting.this.push(Held { ts, text: row.to_string(), matched });
             timers.register(until);
         } else {
             let (lo, hi) = (ts.saturating_sub(self.after), ts.saturating_add(self.before));
-            for (t, text) in waiting.this.iter().filter(|(t, _)| (lo..=hi).contains(t)) {
-                out.push(Ok(self.pair(&parse(text)?, *t, &row, ts)));
+            let mut matched = false;
+            for t in waiting.this.iter_mut().filter(|t| (lo..=hi).contains(&t.ts)) {
+                out.push(Ok(self.pair(&parse(&t.text)?, t.ts, &row, ts)));
+                (t.matched, matched) = (true, true);
             }
             let until = ts.saturating_add(self.before).saturating_add(1);
-            waiting.other.push((ts, row.to_string()));
+            waiting.other.push(Held { ts, text: row.to_string(), matched });
             timers.register(until);
         }
         Ok(())
@@ -152,12 +234,21 @@ impl EventTimeFunction<String, Sided, Routed> for IntervalJoin {
         time: i64,
         waiting: &mut Waiting,
         _timers: &mut Timers,
-        _out: &mut Vec<Routed>,
+        out: &mut Vec<Routed>,
     ) -> Result<(), TaskError> {
         // The watermark is at `time`: no record before it may still come.
-        waiting.this.retain(|(t, _)| t.saturating_add(self.after).saturating_add(1) > time);
-        waiting.other.retain(|(o, _)| o.saturating_add(self.before).saturating_add(1) > time);
-        Ok(())
+        let (keep_this, keep_other) = (self.join_type.keeps_this(), self.join_type.keeps_other());
+        Self::evict(&mut waiting.this, self.after, time, keep_this, |r| self.this_alone(r), out)?;
+        Self::evict(&mut waiting.other, self.before, time, keep_other, |r| self.other_alone(&r), out)
+    }
+
+    fn watermark_delay(&self) -> i64 {
+        // An unmatched record at `ts` leaves when the watermark passes
+        // `ts + after` (this side) or `ts + before` (the other).
+        match self.join_type {
+            JoinType::Inner => 0,
+            _ => self.before.max(self.after).saturating_add(1),
+        }
     }
 
     fn is_empty(&self, waiting: &Waiting) -> bool {
@@ -172,18 +263,29 @@ mod tests {
     use serde_json::json;
 
     fn join(before: &str, after: &str) -> IntervalJoin {
+        outer(before, after, "inner")
+    }
+
+    fn outer(before: &str, after: &str, join_type: &str) -> IntervalJoin {
         let spec: IntervalJoinSpec = serde_json::from_value(json!({
             "source": {"id": "ships", "generator": {"keys": 1}},
+            "schema": [{"name": "order", "type": "string"}, {"name": "ts", "type": "timestamp"}, {"name": "s", "type": "string"}],
             "key": "id",
+            "otherKey": "order",
             "before": before,
             "after": after,
+            "type": join_type,
         }))
         .unwrap();
-        IntervalJoin::new(&spec, "ts", LateTo(None))
+        IntervalJoin::new(&spec, "ts", vec!["id".into(), "ts".into(), "n".into()], LateTo(None))
     }
 
     fn run(join: &mut IntervalJoin, steps: Vec<(Option<i64>, Sided)>) -> (Vec<Row>, u64, bool) {
-        let (out, late, empty) = drive(join, steps, None);
+        run_to(join, steps, None)
+    }
+
+    fn run_to(join: &mut IntervalJoin, steps: Vec<(Option<i64>, Sided)>, end: Option<i64>) -> (Vec<Row>, u64, bool) {
+        let (out, late, empty) = drive(join, steps, end);
         (out.into_iter().map(|r| r.unwrap()).collect(), late, empty)
     }
 
@@ -194,9 +296,9 @@ mod tests {
             &mut j,
             vec![
                 (None, Sided::This(json!({"id": "a", "ts": 10_000, "n": 1}))),
-                (None, Sided::Other(json!({"id": "a", "ts": 11_500, "s": "x"}))),
-                (None, Sided::Other(json!({"id": "a", "ts": 8_999, "s": "too early"}))),
-                (None, Sided::Other(json!({"id": "a", "ts": 9_000, "s": "y"}))),
+                (None, Sided::Other(json!({"order": "a", "ts": 11_500, "s": "x"}))),
+                (None, Sided::Other(json!({"order": "a", "ts": 8_999, "s": "too early"}))),
+                (None, Sided::Other(json!({"order": "a", "ts": 9_000, "s": "y"}))),
                 (None, Sided::This(json!({"id": "a", "ts": 12_000, "n": 2}))),
             ],
         );
@@ -218,13 +320,68 @@ mod tests {
             vec![
                 (None, Sided::This(json!({"id": "a", "ts": 1_000}))),
                 // The watermark at 2000 still lets an other record at 2000 match.
-                (Some(2_000), Sided::Other(json!({"id": "a", "ts": 2_000}))),
+                (Some(2_000), Sided::Other(json!({"order": "a", "ts": 2_000}))),
                 // At 2001 this side's record is gone, and a record at 1500 is late.
-                (Some(2_001), Sided::Other(json!({"id": "a", "ts": 1_500}))),
+                (Some(2_001), Sided::Other(json!({"order": "a", "ts": 1_500}))),
             ],
         );
         assert_eq!(rows.len(), 1, "{rows:?}");
         assert_eq!(late, 1);
         assert!(empty, "at 2001 no record of either side can match the ones that waited");
+    }
+
+    /// This side at 1000 (matched by the other's 1500) and 5000 (alone);
+    /// the other's at 1500 and 9000 (alone); `before` 0, `after` 1s.
+    fn outer_run(join_type: &str) -> (Vec<Row>, bool, i64) {
+        let mut j = outer("0s", "1s", join_type);
+        let (rows, late, empty) = run_to(
+            &mut j,
+            vec![
+                (None, Sided::This(json!({"id": "a", "ts": 1_000, "n": 1}))),
+                (None, Sided::Other(json!({"order": "a", "ts": 1_500, "s": "x"}))),
+                (Some(1_500), Sided::This(json!({"id": "a", "ts": 5_000, "n": 2}))),
+                (Some(4_000), Sided::Other(json!({"order": "a", "ts": 9_000, "s": "z"}))),
+            ],
+            Some(20_000),
+        );
+        assert_eq!(late, 0);
+        (rows, empty, j.watermark_delay())
+    }
+
+    fn alone(rows: &[Row]) -> Vec<Row> {
+        rows[1..].to_vec()
+    }
+
+    #[test]
+    fn an_inner_join_emits_only_pairs_and_keeps_its_watermark() {
+        let (rows, empty, delay) = outer_run("inner");
+        assert_eq!(rows.len(), 1, "{rows:?}");
+        assert!(empty);
+        assert_eq!(delay, 0);
+    }
+
+    #[test]
+    fn a_left_join_emits_this_sides_unmatched_record_with_the_others_fields_null_when_it_leaves() {
+        let (rows, empty, delay) = outer_run("left");
+        assert_eq!(rows[0]["ships_s"], json!("x"), "the pair comes first: {rows:?}");
+        let want = json!({"id": "a", "ts": 5_000, "n": 2, "ships_order": null, "ships_ts": null, "ships_s": null});
+        assert_eq!(alone(&rows), vec![want]);
+        assert!(empty);
+        assert_eq!(delay, 1_001, "held back by the longer bound, so the record at 5000 is not late after it");
+    }
+
+    #[test]
+    fn a_right_join_emits_the_others_unmatched_record_with_its_key_and_time_in_this_sides_fields() {
+        let (rows, _, _) = outer_run("right");
+        let want = json!({"id": "a", "ts": 9_000, "n": null, "ships_order": "a", "ships_ts": 9_000, "ships_s": "z"});
+        assert_eq!(alone(&rows), vec![want]);
+    }
+
+    #[test]
+    fn a_full_join_emits_unmatched_records_of_both_sides_once_each() {
+        let (rows, _, _) = outer_run("full");
+        assert_eq!(rows.len(), 3, "{rows:?}");
+        assert_eq!(rows[1]["n"], json!(2));
+        assert_eq!(rows[2]["ships_s"], json!("z"));
     }
 }

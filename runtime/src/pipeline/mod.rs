@@ -6,12 +6,14 @@
 //! - [`bad_records`]: the error policy for records that cannot be processed.
 //! - [`event_time`]: watermarks from the records' timestamps.
 //! - [`flatten`]: one record per element of an array field.
-//! - [`join`]: the interval join of two streams by key and event time.
+//! - [`join`]: the interval join of two streams by key and event time,
+//!   inner or outer.
 //! - [`lookup`]: records enriched from a table in a file, by key.
 //! - [`expr`]: SQL expressions planned by DataFusion and evaluated over
 //!   Arrow record batches.
 //! - [`schema`]: the records' schema at each step, and the expressions
 //!   type-checked against it before the job starts.
+//! - [`sources`]: the manifest's sources as streams of checked rows.
 //! - [`sql`]: `spec.pipeline.sql`, one query turned into steps.
 //! - [`steps`]: the `filter`, `select` and `keyBy.expr` steps as a collector.
 //! - [`top_n`]: the first `limit` records per key by a numeric field.
@@ -32,6 +34,7 @@ pub mod flatten;
 pub mod join;
 pub mod lookup;
 pub mod schema;
+pub mod sources;
 pub mod sql;
 pub mod steps;
 pub mod top_n;
@@ -39,40 +42,33 @@ pub mod window;
 
 use std::mem::take;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::json;
 
-use crate::connectors::csv_records::CsvFormat;
-use crate::connectors::file_source::FileSource;
-use crate::connectors::generator::generated;
-use crate::connectors::kafka::source::split_id;
-use crate::connectors::kafka::{KafkaConfig, KafkaDecoder, KafkaRecord, KafkaSink, KafkaSinkConfig, KafkaSource};
-use crate::connectors::nexmark::NexmarkConfig;
+use crate::connectors::kafka::{KafkaSink, KafkaSinkConfig};
 use crate::connectors::object_sink::{ObjectSink, ObjectSinkConfig};
 use crate::connectors::postgres::{PgTarget, PostgresSink, PostgresUpsertSink};
 use crate::connectors::print::{DiscardSink, StdoutSink};
 use crate::connectors::redis::{RedisSink, RedisTarget};
+use crate::connectors::FileSink;
 use crate::connectors::TwoPhaseCommitCollector;
-use crate::connectors::{FileSink, GeneratorSource};
 use crate::dataflow::{BuildError, DataStream, JobGraph, KeyedStream, StreamEnv};
 use crate::manifest::{
-    AggregateSpec, BadRecordAction, ErrorPolicy, EventTimeSpec, FieldSpec, KafkaMetadata, LateRecords, PipelineSpec,
-    PostgresSinkMode, SinkKind, SourceFormat, SourceKind, SourceSpec, StepKind, StepSpec, StreamJobSpec, WindowSpec,
+    AggregateSpec, BadRecordAction, ErrorPolicy, EventTimeSpec, LateRecords, PipelineSpec, PostgresSinkMode, SinkKind,
+    StepKind, StepSpec, StreamJobSpec, WindowSpec,
 };
 use crate::operators::EventTimeFunction;
-use crate::record::{key_of, parse_json_object, BadRecord, FieldRule, Rejects, Row, SourceRecord};
-use crate::task::source_task::Source;
+use crate::record::{key_of, FieldRule, Rejects, Row};
 use crate::task::{Collector, TaskContext, TaskError};
 use aggregate::{AggState, Aggregate, WithValues};
 use bad_records::{BadRecordPolicy, Check, Checked, FieldRules, RejectingSink};
-use event_time::EventTimeSource;
 use flatten::Flatten;
 use join::{IntervalJoin, JoinKeys, Sided};
 use lookup::Lookup;
 use schema::Planned;
+use sources::{checked_source, source_stream, SourceAt};
 use steps::ExprStep;
 use top_n::TopN;
 use window::{Deduplicate, LateTo, Routed, SplitLate, WindowAggregate};
@@ -109,7 +105,7 @@ fn build_pipeline(spec: &StreamJobSpec, pipeline: &PipelineSpec) -> Result<JobGr
     let steps = pipeline.planned_steps().map_err(PipelineError::Invalid)?;
     let (rules, after_filter) = field_rules(pipeline, &steps);
     let after_filter = Some(after_filter).filter(|r| !r.is_empty());
-    let mut stream = checked_source(&env, source, "bad-records", "dead-letter", rules.clone(), &spec.error_policy);
+    let mut stream = checked_source(&env, source, "bad-records", "dead-letter", &rules, &spec.error_policy);
     // The union's sources, until they meet the main one: at the first
     // keyed step's shuffle when no step comes before it, else in a
     // rebalance before the first step that changes records.
@@ -118,7 +114,7 @@ fn build_pipeline(spec: &StreamJobSpec, pipeline: &PipelineSpec) -> Result<JobGr
         let (uid, at) = (other.uid(), format!("spec.pipeline.union[{i}]"));
         let source = source_stream(&env, SourceAt { uid: &uid, source: other, at: &at, schema, event_time: time })?;
         let bad = format!("bad-records-{}", other.id.as_deref().unwrap_or_default());
-        others.push(checked_source(&env, source, &bad, &bad, rules.clone(), &spec.error_policy));
+        others.push(checked_source(&env, source, &bad, &bad, &rules, &spec.error_policy));
     }
 
     let mut pending = Pending { others, after_filter };
@@ -140,6 +136,7 @@ fn build_pipeline(spec: &StreamJobSpec, pipeline: &PipelineSpec) -> Result<JobGr
         if !keyed_next {
             stream = pending.merged(stream);
         }
+        let fields: Vec<String> = input.iter().flat_map(|s| s.fields().iter().map(|f| f.name().clone())).collect();
         if let (Some(planned), Some(input)) = (planned, input) {
             let (kind, content) = match &planned {
                 Planned::Filter(c) => ("filter", json!({"filter": c.sql})),
@@ -151,7 +148,7 @@ fn build_pipeline(spec: &StreamJobSpec, pipeline: &PipelineSpec) -> Result<JobGr
             let uid = step.id.clone().unwrap_or_else(|| content_id(kind, &content));
             let (planned, input) = planned.projected(&input).map_err(PipelineError::Invalid)?;
             let at = steps.path(i);
-            stream = checked_step(&env, stream, uid, &spec.error_policy, move || {
+            stream = checked(&env, stream, &uid, &uid, &spec.error_policy, move || {
                 let batcher = expr::Batcher::new(input.clone())
                     .map_err(|reason| TaskError::User { function: at.clone(), reason })?;
                 Ok(ExprStep::new(at.clone(), planned.clone(), batcher))
@@ -162,14 +159,14 @@ fn build_pipeline(spec: &StreamJobSpec, pipeline: &PipelineSpec) -> Result<JobGr
             StepKind::Flatten(f) => {
                 let uid = step.id.clone().unwrap_or_else(|| content_id("flatten", &json!({"flatten": f})));
                 let (at, f) = (steps.path(i), f.clone());
-                stream = checked_step(&env, stream, uid, &spec.error_policy, move || {
+                stream = checked(&env, stream, &uid, &uid, &spec.error_policy, move || {
                     Ok(Flatten::new(at.clone(), &f.field, f.ty))
                 });
             }
             StepKind::Lookup(l) => {
                 let uid = step.id.clone().unwrap_or_else(|| content_id("lookup", &json!({"lookup": l})));
                 let (at, l) = (steps.path(i), l.clone());
-                stream = checked_step(&env, stream, uid, &spec.error_policy, move || Lookup::new(&l, at.clone()));
+                stream = checked(&env, stream, &uid, &uid, &spec.error_policy, move || Lookup::new(&l, at.clone()));
             }
             StepKind::KeyBy(k) => key_field = Some(k.field.clone()),
             StepKind::Aggregate(a) => {
@@ -214,7 +211,7 @@ fn build_pipeline(spec: &StreamJobSpec, pipeline: &PipelineSpec) -> Result<JobGr
                 rules.push(FieldRule::EventTime(other_time.into()));
                 rules.push(FieldRule::Key(j.other_key().into()));
                 let bad = format!("bad-records-{}", j.source.id.as_deref().unwrap_or_default());
-                let other = checked_source(&env, other, &bad, &bad, rules, &spec.error_policy).map(Sided::Other);
+                let other = checked_source(&env, other, &bad, &bad, &rules, &spec.error_policy).map(Sided::Other);
                 let this = checked_after_filter(&env, stream, pending.after_filter.take(), &j.key, &spec.error_policy)
                     .map(Sided::This);
                 let keys = JoinKeys { this: j.key.clone(), other: j.other_key().into() };
@@ -222,11 +219,13 @@ fn build_pipeline(spec: &StreamJobSpec, pipeline: &PipelineSpec) -> Result<JobGr
                     take(&mut pending.others).into_iter().map(|o| o.map(Sided::This)).collect();
                 inputs.push(other);
                 let keyed = this.union(inputs).key_by(move |r: &Sided| keys.of(r));
+                // The type is in the id: the waiting records' state changed
+                // with outer joins, and old state is refused by name.
                 let content = json!({"intervalJoin": {"source": j.source.id, "key": j.key, "otherKey": j.other_key(),
-                    "before": j.before, "after": j.after}});
+                    "before": j.before, "after": j.after, "type": j.join_type}});
                 let id = step.id.clone().unwrap_or_else(|| content_id("interval-join", &content));
                 stream = event_time_step(&env, keyed, &id, at, time, &spec.error_policy, |late| {
-                    IntervalJoin::new(j, &time.field, late)
+                    IntervalJoin::new(j, &time.field, fields, late)
                 });
             }
             StepKind::TopN(t) => {
@@ -305,104 +304,6 @@ fn build_pipeline(spec: &StreamJobSpec, pipeline: &PipelineSpec) -> Result<JobGr
     Ok(env.build()?)
 }
 
-/// Where a source's records come from and what they are: the manifest's
-/// source at `at`, its state `uid`, its declared `schema` and, with the
-/// pipeline's `event_time`, the field holding its records' event time.
-struct SourceAt<'a> {
-    uid: &'a str,
-    source: &'a SourceSpec,
-    at: &'a str,
-    schema: Option<&'a Vec<FieldSpec>>,
-    event_time: Option<(&'a EventTimeSpec, &'a str)>,
-}
-
-/// The records of a source, watermarked per split when the pipeline has
-/// event time.
-fn source_stream(env: &StreamEnv, s: SourceAt<'_>) -> Result<DataStream<SourceRecord>, PipelineError> {
-    let SourceAt { uid, source, at, schema, event_time } = s;
-    let idle = event_time.and_then(|(t, _)| t.idle_timeout).map(|d| d.get());
-    let event_time = event_time.map(|(t, f)| (f.to_string(), t.max_out_of_orderness));
-    // With event time, each source watermarks its records per split.
-    let timed = move |source: Box<dyn Source<SourceRecord>>| match &event_time {
-        Some((field, bound)) => {
-            Box::new(EventTimeSource::new(source, field, bound.millis(), idle)) as Box<dyn Source<SourceRecord>>
-        }
-        None => source,
-    };
-    let uid_owned = uid.to_string();
-    Ok(match source.kind().map_err(|e| PipelineError::Invalid(format!("{at}: {e}")))? {
-        SourceKind::Generator(g) => {
-            let g = g.clone();
-            env.source_idle_after(uid, idle, move |ctx, restored| {
-                let (keys, splits) = (g.keys, g.splits.max(1));
-                let step = g.timestamp_step.map(|d| d.get().as_millis() as u64);
-                let make = Arc::new(move |seq: u64| {
-                    let (key, value) = generated(seq, keys);
-                    let mut row = json!({"seq": seq, "key": format!("k{key}"), "value": value});
-                    if let (Some(step), Some(fields)) = (step, row.as_object_mut()) {
-                        fields.insert("ts".into(), json!(seq.saturating_mul(step)));
-                    }
-                    SourceRecord { origin: None, split: seq % u64::from(splits), row: Ok(row) }
-                });
-                let src = GeneratorSource::new(ctx, restored, g.splits, g.count, g.rate, make)?;
-                Ok(timed(Box::new(src)))
-            })
-        }
-        SourceKind::Nexmark(n) => {
-            let n = n.clone();
-            env.source_idle_after(uid, idle, move |ctx, restored| {
-                let config = NexmarkConfig { events_per_second: n.events_per_second };
-                let splits = u64::from(n.splits.max(1));
-                let make = Arc::new(move |seq: u64| SourceRecord {
-                    origin: None,
-                    split: seq % splits,
-                    row: Ok(config.event(seq)),
-                });
-                let src = GeneratorSource::new(ctx, restored, n.splits, n.count, n.rate, make)?;
-                Ok(timed(Box::new(src)))
-            })
-        }
-        SourceKind::File(f) => {
-            let path = PathBuf::from(&f.path);
-            let csv = match (f.format, schema) {
-                (SourceFormat::Csv, Some(fields)) => Some(CsvFormat::new(fields, f.csv.as_ref())),
-                _ => None,
-            };
-            env.source_idle_after(uid, idle, move |ctx, restored| {
-                Ok(timed(Box::new(FileSource::new(ctx, &uid_owned, restored, &path, csv.clone())?)))
-            })
-        }
-        SourceKind::Kafka(k) => {
-            let (spec, at) = (k.clone(), format!("{at}.kafka"));
-            env.source_idle_after(uid, idle, move |ctx, _restored| {
-                // Every subtask sees every partition's position: partitions
-                // are owned by a rule, not dealt out with the state.
-                let config = KafkaConfig::from_source_spec(&spec, &at)?;
-                let decode = kafka_json_decoder(spec.metadata.clone());
-                Ok(timed(Box::new(KafkaSource::new(ctx, &uid_owned, config, decode)?)))
-            })
-        }
-    })
-}
-
-/// Source records checked by `rules` into rows, those that fail going to
-/// the error policy under state `uid` (dead letters named `prefix`).
-fn checked_source(
-    env: &StreamEnv,
-    source: DataStream<SourceRecord>,
-    uid: &str,
-    prefix: &str,
-    rules: Vec<FieldRule>,
-    errors: &ErrorPolicy,
-) -> DataStream<Row> {
-    env.declare_state(uid);
-    let (uid, prefix, policy) = (uid.to_string(), prefix.to_string(), errors.clone());
-    source.transform(move |ctx, next| {
-        let policy = BadRecordPolicy::new(&uid, &prefix, ctx.clone(), &policy);
-        Ok(Box::new(Checked::new(FieldRules(rules.clone()), policy, next)) as Box<dyn Collector<SourceRecord>>)
-    })
-}
-
 /// An event-time step (`window`, `deduplicate`) after `keyed`, built by
 /// `make` with where its late records go: with `lateRecords: ErrorPolicy`
 /// to the error policy (with the step at `at` as their origin; the dead
@@ -425,11 +326,32 @@ where
     }
     let routed = keyed.process_event_time(id, make(LateTo(Some(at))));
     let uid = format!("{id}-late");
-    env.declare_state(&uid);
-    let errors = errors.clone();
-    routed.transform(move |ctx, next| {
-        let policy = BadRecordPolicy::new(&uid, &uid, ctx.clone(), &errors);
-        Ok(Box::new(Checked::new(SplitLate, policy, next)) as Box<dyn Collector<Routed>>)
+    checked(env, routed, &uid, &uid, errors, || Ok(SplitLate))
+}
+
+/// `stream` through the check `make` builds in each subtask, into rows;
+/// the records it refuses go to the error policy under the state `uid`
+/// (dead letters named `prefix`). Used for a source's field rules, a step
+/// that passes, changes or refuses records (an expression, flatten,
+/// lookup) and an event-time step's late records.
+fn checked<T, C, F>(
+    env: &StreamEnv,
+    stream: DataStream<T>,
+    uid: &str,
+    prefix: &str,
+    errors: &ErrorPolicy,
+    make: F,
+) -> DataStream<Row>
+where
+    T: Send + 'static,
+    C: Check<T> + 'static,
+    F: Fn() -> Result<C, TaskError> + Send + Sync + 'static,
+{
+    env.declare_state(uid);
+    let (uid, prefix, errors) = (uid.to_string(), prefix.to_string(), errors.clone());
+    stream.transform(move |ctx, next| {
+        let policy = BadRecordPolicy::new(&uid, &prefix, ctx.clone(), &errors);
+        Ok(Box::new(Checked::new(make()?, policy, next)) as Box<dyn Collector<T>>)
     })
 }
 
@@ -437,28 +359,6 @@ where
 /// it refuses (a type mismatch, a violated constraint), which then go to
 /// the error policy; unless the policy fails the job anyway, when the
 /// sink's own error does.
-/// A step that passes, changes or refuses records batch by batch (an
-/// expression, flatten, lookup), under its own `uid` for the records it
-/// refuses; `make` builds it in each subtask.
-fn checked_step<C, F>(
-    env: &StreamEnv,
-    stream: DataStream<Row>,
-    uid: String,
-    errors: &ErrorPolicy,
-    make: F,
-) -> DataStream<Row>
-where
-    C: Check<Row> + 'static,
-    F: Fn() -> Result<C, TaskError> + Send + Sync + 'static,
-{
-    env.declare_state(&uid);
-    let errors = errors.clone();
-    stream.transform(move |ctx, next| {
-        let policy = BadRecordPolicy::new(&uid, &uid, ctx.clone(), &errors);
-        Ok(Box::new(Checked::new(make()?, policy, next)) as Box<dyn Collector<Row>>)
-    })
-}
-
 fn sink_with_rejects<F>(env: &StreamEnv, stream: DataStream<Row>, errors: &ErrorPolicy, make: F)
 where
     F: Fn(&TaskContext, Option<Rejects>) -> Result<Box<dyn Collector<Row>>, TaskError> + Send + Sync + 'static,
@@ -479,45 +379,6 @@ where
             None => sink,
         })
     });
-}
-
-/// Kafka records whose values are JSON objects, with the metadata fields
-/// asked for; anything else is a bad record that names its partition and offset.
-fn kafka_json_decoder(metadata: Vec<KafkaMetadata>) -> KafkaDecoder<SourceRecord> {
-    Arc::new(move |r: &KafkaRecord<'_>| {
-        let origin = format!("{}/{}@{}", r.topic, r.partition, r.offset);
-        let text = |bytes: Option<&[u8]>| bytes.map(|b| String::from_utf8_lossy(b).into_owned());
-        let row = match r.value.map(std::str::from_utf8) {
-            None => {
-                Err(BadRecord { origin: origin.clone(), raw: String::new(), reason: "no value (a tombstone)".into() })
-            }
-            Some(Err(e)) => Err(BadRecord {
-                origin: origin.clone(),
-                raw: text(r.value).unwrap_or_default(),
-                reason: format!("not UTF-8 text: {e}"),
-            }),
-            Some(Ok(value)) => parse_json_object(value, origin.clone()),
-        };
-        let row = row.map(|mut row| {
-            if let Some(fields) = row.as_object_mut() {
-                for m in &metadata {
-                    let value = match m {
-                        KafkaMetadata::Topic => json!(r.topic),
-                        KafkaMetadata::Partition => json!(r.partition),
-                        KafkaMetadata::Offset => json!(r.offset),
-                        KafkaMetadata::Timestamp => json!(r.timestamp_ms),
-                        KafkaMetadata::Key => json!(text(r.key)),
-                        KafkaMetadata::Headers => {
-                            r.headers.iter().map(|(k, v)| (k.to_string(), json!(text(*v)))).collect()
-                        }
-                    };
-                    fields.insert(m.field().to_string(), value);
-                }
-            }
-            row
-        });
-        SourceRecord { origin: Some(origin), split: split_id(r.topic, r.partition), row }
-    })
 }
 
 /// The id of an aggregate without one of its own: a digest of what it
@@ -625,12 +486,7 @@ fn checked_after_filter(
 ) -> DataStream<Row> {
     let Some(rules) = rules else { return stream };
     let uid = content_id("checked", &json!({"keyBy": key_field}));
-    env.declare_state(&uid);
-    let errors = errors.clone();
-    stream.transform(move |ctx, next| {
-        let policy = BadRecordPolicy::new(&uid, &uid, ctx.clone(), &errors);
-        Ok(Box::new(Checked::new(FieldRules(rules.clone()), policy, next)) as Box<dyn Collector<Row>>)
-    })
+    checked(env, stream, &uid, &uid, errors, move || Ok(FieldRules(rules.clone())))
 }
 
 /// The error a failing aggregate reports for a non-numeric field.

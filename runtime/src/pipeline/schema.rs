@@ -421,17 +421,23 @@ fn joined(at: &str, schema: &SchemaRef, j: &IntervalJoinSpec, time: &str) -> (Sc
     if let Err(e) = find(&other, j.event_time_field(time)) {
         errors.push(format!("{at}.eventTimeField: {e}"));
     }
-    let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+    // In an outer join the side that may be missing has null fields, but
+    // the key and event time are the other's then.
+    let this_nullable = |f: &Field| j.join_type.keeps_other() && f.name() != &j.key && f.name() != time;
+    let mut fields: Vec<Field> =
+        schema.fields().iter().map(|f| f.as_ref().clone().with_nullable(f.is_nullable() || this_nullable(f))).collect();
     let prefix = j.prefix();
     for f in other.fields() {
         let name = format!("{prefix}{}", f.name());
         if schema.field_with_name(&name).is_ok() {
             errors.push(format!(
-                "{at}.prefix: the other stream's field `{}` becomes `{name}`, which is already a field of the records;                  choose another prefix",
+                "{at}.prefix: the other stream's field `{}` becomes `{name}`, which is already a field of the records; \
+                 choose another prefix",
                 f.name()
             ));
         } else {
-            fields.push(f.as_ref().clone().with_name(name));
+            let nullable = f.is_nullable() || j.join_type.keeps_this();
+            fields.push(f.as_ref().clone().with_name(name).with_nullable(nullable));
         }
     }
     (schema_of(fields), errors)

@@ -1,0 +1,156 @@
+//! A manifest's sources as streams: where records come from, how each is
+//! turned into a source record (JSON from Kafka, rows from generators and
+//! files) and checked against the schema on the way in.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde_json::json;
+
+use super::bad_records::FieldRules;
+use super::event_time::EventTimeSource;
+use super::{checked, PipelineError};
+use crate::connectors::csv_records::CsvFormat;
+use crate::connectors::file_source::FileSource;
+use crate::connectors::generator::generated;
+use crate::connectors::kafka::source::split_id;
+use crate::connectors::kafka::{KafkaConfig, KafkaDecoder, KafkaRecord, KafkaSource};
+use crate::connectors::nexmark::NexmarkConfig;
+use crate::connectors::GeneratorSource;
+use crate::dataflow::{DataStream, StreamEnv};
+use crate::manifest::{ErrorPolicy, EventTimeSpec, FieldSpec, KafkaMetadata, SourceFormat, SourceKind, SourceSpec};
+use crate::record::{parse_json_object, BadRecord, FieldRule, Row, SourceRecord};
+use crate::task::source_task::Source;
+
+/// Where a source's records come from and what they are: the manifest's
+/// source at `at`, its state `uid`, its declared `schema` and, with the
+/// pipeline's `event_time`, the field holding its records' event time.
+pub(super) struct SourceAt<'a> {
+    pub uid: &'a str,
+    pub source: &'a SourceSpec,
+    pub at: &'a str,
+    pub schema: Option<&'a Vec<FieldSpec>>,
+    pub event_time: Option<(&'a EventTimeSpec, &'a str)>,
+}
+
+/// The records of a source, watermarked per split when the pipeline has
+/// event time.
+pub(super) fn source_stream(env: &StreamEnv, s: SourceAt<'_>) -> Result<DataStream<SourceRecord>, PipelineError> {
+    let SourceAt { uid, source, at, schema, event_time } = s;
+    let idle = event_time.and_then(|(t, _)| t.idle_timeout).map(|d| d.get());
+    let event_time = event_time.map(|(t, f)| (f.to_string(), t.max_out_of_orderness));
+    // With event time, each source watermarks its records per split.
+    let timed = move |source: Box<dyn Source<SourceRecord>>| match &event_time {
+        Some((field, bound)) => {
+            Box::new(EventTimeSource::new(source, field, bound.millis(), idle)) as Box<dyn Source<SourceRecord>>
+        }
+        None => source,
+    };
+    let uid_owned = uid.to_string();
+    Ok(match source.kind().map_err(|e| PipelineError::Invalid(format!("{at}: {e}")))? {
+        SourceKind::Generator(g) => {
+            let g = g.clone();
+            env.source_idle_after(uid, idle, move |ctx, restored| {
+                let (keys, splits) = (g.keys, g.splits.max(1));
+                let step = g.timestamp_step.map(|d| d.get().as_millis() as u64);
+                let make = Arc::new(move |seq: u64| {
+                    let (key, value) = generated(seq, keys);
+                    let mut row = json!({"seq": seq, "key": format!("k{key}"), "value": value});
+                    if let (Some(step), Some(fields)) = (step, row.as_object_mut()) {
+                        fields.insert("ts".into(), json!(seq.saturating_mul(step)));
+                    }
+                    SourceRecord { origin: None, split: seq % u64::from(splits), row: Ok(row) }
+                });
+                let src = GeneratorSource::new(ctx, restored, g.splits, g.count, g.rate, make)?;
+                Ok(timed(Box::new(src)))
+            })
+        }
+        SourceKind::Nexmark(n) => {
+            let n = n.clone();
+            env.source_idle_after(uid, idle, move |ctx, restored| {
+                let config = NexmarkConfig { events_per_second: n.events_per_second };
+                let splits = u64::from(n.splits.max(1));
+                let make = Arc::new(move |seq: u64| SourceRecord {
+                    origin: None,
+                    split: seq % splits,
+                    row: Ok(config.event(seq)),
+                });
+                let src = GeneratorSource::new(ctx, restored, n.splits, n.count, n.rate, make)?;
+                Ok(timed(Box::new(src)))
+            })
+        }
+        SourceKind::File(f) => {
+            let path = PathBuf::from(&f.path);
+            let csv = match (f.format, schema) {
+                (SourceFormat::Csv, Some(fields)) => Some(CsvFormat::new(fields, f.csv.as_ref())),
+                _ => None,
+            };
+            env.source_idle_after(uid, idle, move |ctx, restored| {
+                Ok(timed(Box::new(FileSource::new(ctx, &uid_owned, restored, &path, csv.clone())?)))
+            })
+        }
+        SourceKind::Kafka(k) => {
+            let (spec, at) = (k.clone(), format!("{at}.kafka"));
+            env.source_idle_after(uid, idle, move |ctx, _restored| {
+                // Every subtask sees every partition's position: partitions
+                // are owned by a rule, not dealt out with the state.
+                let config = KafkaConfig::from_source_spec(&spec, &at)?;
+                let decode = kafka_json_decoder(spec.metadata.clone());
+                Ok(timed(Box::new(KafkaSource::new(ctx, &uid_owned, config, decode)?)))
+            })
+        }
+    })
+}
+
+/// Source records checked by `rules` into rows, those that fail going to
+/// the error policy under state `uid` (dead letters named `prefix`).
+pub(super) fn checked_source(
+    env: &StreamEnv,
+    source: DataStream<SourceRecord>,
+    uid: &str,
+    prefix: &str,
+    rules: &[FieldRule],
+    errors: &ErrorPolicy,
+) -> DataStream<Row> {
+    let rules = rules.to_vec();
+    checked(env, source, uid, prefix, errors, move || Ok(FieldRules(rules.clone())))
+}
+
+/// Kafka records whose values are JSON objects, with the metadata fields
+/// asked for; anything else is a bad record that names its partition and offset.
+fn kafka_json_decoder(metadata: Vec<KafkaMetadata>) -> KafkaDecoder<SourceRecord> {
+    Arc::new(move |r: &KafkaRecord<'_>| {
+        let origin = format!("{}/{}@{}", r.topic, r.partition, r.offset);
+        let text = |bytes: Option<&[u8]>| bytes.map(|b| String::from_utf8_lossy(b).into_owned());
+        let row = match r.value.map(std::str::from_utf8) {
+            None => {
+                Err(BadRecord { origin: origin.clone(), raw: String::new(), reason: "no value (a tombstone)".into() })
+            }
+            Some(Err(e)) => Err(BadRecord {
+                origin: origin.clone(),
+                raw: text(r.value).unwrap_or_default(),
+                reason: format!("not UTF-8 text: {e}"),
+            }),
+            Some(Ok(value)) => parse_json_object(value, origin.clone()),
+        };
+        let row = row.map(|mut row| {
+            if let Some(fields) = row.as_object_mut() {
+                for m in &metadata {
+                    let value = match m {
+                        KafkaMetadata::Topic => json!(r.topic),
+                        KafkaMetadata::Partition => json!(r.partition),
+                        KafkaMetadata::Offset => json!(r.offset),
+                        KafkaMetadata::Timestamp => json!(r.timestamp_ms),
+                        KafkaMetadata::Key => json!(text(r.key)),
+                        KafkaMetadata::Headers => {
+                            r.headers.iter().map(|(k, v)| (k.to_string(), json!(text(*v)))).collect()
+                        }
+                    };
+                    fields.insert(m.field().to_string(), value);
+                }
+            }
+            row
+        });
+        SourceRecord { origin: Some(origin), split: split_id(r.topic, r.partition), row }
+    })
+}
