@@ -186,20 +186,6 @@ fn sources_of_union_and_join_need_their_own_ids_and_a_join_needs_event_time() {
     assert!(err.contains("intervalJoin.prefix: the other stream's field `seq` becomes `seq`"), "{err}");
 }
 
-/// The committed rows of `examples/<name>.yaml`, run as it is but with its
-/// checkpoints and output under `dir`.
-fn run_example(dir: &Path, name: &str) -> Vec<serde_json::Value> {
-    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
-    let yaml = std::fs::read_to_string(examples.join(format!("{name}.yaml"))).unwrap();
-    let yaml = yaml
-        .replace("./examples/", &format!("{}/", examples.display()))
-        .replace("file://./weir-data", &format!("file://{}/data", dir.display()))
-        .replace("./weir-out/", &format!("{}/out/", dir.display()));
-    let job = weir_runtime::manifest::StreamJob::from_yaml(&yaml).expect("the example is valid");
-    run_once(&job, Faults::none()).expect("the example runs");
-    read_committed(&dir.join("out").join(name)).unwrap()
-}
-
 #[test]
 fn the_union_and_join_examples_run_as_they_are_and_the_left_join_finds_late_shipments() {
     let dir = tempfile::tempdir().unwrap();

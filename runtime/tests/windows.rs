@@ -248,3 +248,99 @@ fn early_results_precede_each_final_window_result_which_stays_exact_through_cras
         );
     }
 }
+
+#[test]
+fn an_event_time_expression_times_records_by_epoch_seconds_and_a_record_it_fails_on_is_a_dead_letter() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("readings.jsonl");
+    let lines = [
+        r#"{"sensor": "s1", "epoch_s": 60, "c": 20.5}"#,
+        r#"{"sensor": "s1", "epoch_s": 119, "c": 21.0}"#,
+        r#"{"sensor": "s2", "epoch_s": 61, "c": 19.0}"#,
+        r#"{"sensor": "s1", "epoch_s": "soon", "c": 22.0}"#,
+        r#"{"sensor": "s1", "epoch_s": 120, "c": 23.5}"#,
+    ];
+    std::fs::write(&input, lines.join("\n") + "\n").unwrap();
+    let yaml = format!(
+        r#"
+apiVersion: weir.dev/v1alpha1
+kind: StreamJob
+metadata: {{name: epoch}}
+spec:
+  parallelism: 1
+  checkpoints: {{interval: 1s, storage: "file://{dir}/checkpoints"}}
+  errorPolicy: {{onBadRecord: deadLetter, deadLetterPath: "{dir}/dead"}}
+  pipeline:
+    source: {{file: {{path: "{input}"}}}}
+    schema:
+      - {{name: sensor, type: string}}
+      - {{name: epoch_s, type: int64}}
+      - {{name: c, type: float64}}
+    eventTime: {{field: ts, expr: "to_timestamp_seconds(epoch_s)"}}
+    steps:
+      - keyBy: {{field: sensor}}
+      - window: {{size: 1m, aggregate: {{count: true, max: [c]}}}}
+    sink: {{file: {{path: "{dir}/out"}}}}
+"#,
+        dir = dir.path().display(),
+        input = input.display(),
+    );
+    let job = StreamJob::from_yaml(&yaml).unwrap();
+    run_once(&job, Faults::none()).expect("the job finishes");
+    let mut rows = committed(dir.path());
+    rows.sort_by_key(|r| (r["sensor"].to_string(), r["window_start"].as_i64()));
+    let want = vec![
+        serde_json::json!({"sensor": "s1", "window_start": 60_000, "window_end": 120_000, "count": 2, "max_c": 21.0}),
+        serde_json::json!({"sensor": "s1", "window_start": 120_000, "window_end": 180_000, "count": 1, "max_c": 23.5}),
+        serde_json::json!({"sensor": "s2", "window_start": 60_000, "window_end": 120_000, "count": 1, "max_c": 19.0}),
+    ];
+    assert_eq!(rows, want);
+    let dead = read_committed(&dir.path().join("dead")).unwrap();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert!(dead[0]["record"].as_str().unwrap().contains("soon"), "{dead:?}");
+}
+
+#[test]
+fn an_event_time_expression_is_refused_without_a_schema_or_of_a_type_that_is_no_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = |schema: &str, expr: &str| {
+        let pipeline = format!(
+            "    source: {{file: {{path: /nowhere.jsonl}}}}\n{schema}    eventTime: {{field: ts, expr: \"{expr}\"}}\n    \
+             steps: [{{keyBy: {{field: k}}}}, {{window: {{size: 1s, aggregate: {{count: true}}}}}}]"
+        );
+        pipeline_job(dir.path(), "e", 1, &pipeline).unwrap_err()
+    };
+    let schema = "    schema: [{name: k, type: string}, {name: at, type: string}]\n";
+    let err = job("", "to_timestamp(at)");
+    assert!(err.contains("spec.pipeline.eventTime.expr: needs spec.pipeline.schema"), "{err}");
+    let err = job(schema, "upper(at)");
+    assert!(err.contains("spec.pipeline.eventTime.expr: `upper(at)` is Utf8, expected a timestamp"), "{err}");
+    let err = job(schema, "to_timestamp(att)");
+    assert!(err.contains("spec.pipeline.eventTime.expr: ") && err.contains("att"), "{err}");
+}
+
+#[test]
+fn the_sensor_minutes_example_windows_readings_timed_by_an_expression() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rows: Vec<(String, i64, u64, f64)> = run_example(dir.path(), "sensor-minutes")
+        .iter()
+        .map(|r| {
+            let sensor = r["sensor"].as_str().unwrap().to_string();
+            (
+                sensor,
+                r["window_start"].as_i64().unwrap(),
+                r["count"].as_u64().unwrap(),
+                r["max_celsius"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    rows.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+    let minute = 1_764_579_600_000;
+    let want = [
+        ("attic", minute, 1, 12.5),
+        ("attic", minute + 60_000, 1, 13.0),
+        ("boiler", minute, 3, 73.0),
+        ("boiler", minute + 60_000, 1, 69.5),
+    ];
+    assert_eq!(rows, want.map(|(s, w, c, m)| (s.to_string(), w, c, m)).to_vec());
+}

@@ -227,6 +227,15 @@ pub struct EventTimeSpec {
     /// epoch, or an RFC 3339 string (`2026-12-04T10:00:00Z`). A record
     /// without it goes to the error policy.
     pub field: String,
+    /// An SQL expression over the source's fields whose value is the event
+    /// time (`to_timestamp_seconds(epoch_s)`, `to_timestamp(created, '%d/%m/%Y %H:%M')`),
+    /// written to `field` before the watermark is taken from it, as Flink's
+    /// computed column `ts AS …` with a `WATERMARK FOR ts`. Its type must
+    /// be a timestamp or an integer (milliseconds since the epoch); it
+    /// needs the source's schema. A record it fails on, or that it gives
+    /// null, goes to the error policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expr: Option<String>,
     /// How late a record may come after a later one and still count: the
     /// watermark trails the greatest timestamp seen by this much.
     #[serde(default, skip_serializing_if = "is_zero")]

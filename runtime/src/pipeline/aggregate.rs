@@ -188,11 +188,11 @@ impl<A: Accumulator> Aggregate<A> {
     /// `first` and `last` (its event time in a window).
     pub fn fold(&self, key: &str, row: &Row, order: i64, acc: &mut A) -> Result<(), TaskError> {
         let s = acc.numbers_mut();
-        if s.sum.len() != self.sum.len() {
-            s.sum = vec![Num::Int(0); self.sum.len()];
-            s.min = vec![None; self.min.len()];
-            s.max = vec![None; self.max.len()];
-        }
+        // Each on its own: an aggregate with min or max but no sum has an
+        // empty `sum` from the start.
+        s.sum.resize(self.sum.len(), Num::Int(0));
+        s.min.resize(self.min.len(), None);
+        s.max.resize(self.max.len(), None);
         s.count += 1;
         for (acc, f) in s.sum.iter_mut().zip(&self.sum) {
             *acc = acc.add(field(row, f, key)?);
@@ -377,6 +377,18 @@ mod tests {
             agg.process(&"a".to_string(), json!({"key": "a", "v": v}), &mut state, &mut out).unwrap();
         }
         assert_eq!(out[2], json!({"key": "a", "count": 3, "sum_v": 12, "min_v": -2, "max_v": 9, "avg_v": 4.0}));
+    }
+
+    #[test]
+    fn min_and_max_are_computed_without_any_sum() {
+        let v = || vec!["v".to_string()];
+        let spec = AggregateSpec { min: v(), max: v(), ..Default::default() };
+        let mut agg = Aggregate::<AggState>::new("key", &spec);
+        let (mut state, mut out) = (AggState::default(), Vec::new());
+        for v in [5.5, -2.0, 9.25] {
+            agg.process(&"a".to_string(), json!({"key": "a", "v": v}), &mut state, &mut out).unwrap();
+        }
+        assert_eq!(out[2], json!({"key": "a", "min_v": -2.0, "max_v": 9.25}));
     }
 
     fn by_value() -> AggregateSpec {

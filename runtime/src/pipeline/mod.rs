@@ -4,7 +4,8 @@
 //! - [`aggregate`]: running count/sum/min/max/avg, count distinct and
 //!   first/last per key.
 //! - [`bad_records`]: the error policy for records that cannot be processed.
-//! - [`event_time`]: watermarks from the records' timestamps.
+//! - [`event_time`]: watermarks from the records' timestamps, computed
+//!   by an expression or read from a field.
 //! - [`flatten`]: one record per element of an array field.
 //! - [`join`]: the interval join of two streams by key and event time,
 //!   inner or outer.
@@ -99,8 +100,9 @@ fn build_pipeline(spec: &StreamJobSpec, pipeline: &PipelineSpec) -> Result<JobGr
     let env = StreamEnv::new(spec.parallelism, spec.max_parallelism);
     let time = pipeline.event_time.as_ref().map(|t| (t, t.field.as_str()));
     let (schema, at) = (pipeline.schema.as_ref(), "spec.pipeline.source");
-    let source =
-        source_stream(&env, SourceAt { uid: "source", source: &pipeline.source, at, schema, event_time: time })?;
+    let stamp = schema::event_time_expr(pipeline).map_err(PipelineError::Invalid)?;
+    let main = SourceAt { uid: "source", source: &pipeline.source, at, schema, event_time: time, stamp: stamp.clone() };
+    let source = source_stream(&env, main)?;
 
     let steps = pipeline.planned_steps().map_err(PipelineError::Invalid)?;
     let (rules, after_filter) = field_rules(pipeline, &steps);
@@ -112,7 +114,8 @@ fn build_pipeline(spec: &StreamJobSpec, pipeline: &PipelineSpec) -> Result<JobGr
     let mut others = Vec::new();
     for (i, other) in pipeline.union.iter().enumerate() {
         let (uid, at) = (other.uid(), format!("spec.pipeline.union[{i}]"));
-        let source = source_stream(&env, SourceAt { uid: &uid, source: other, at: &at, schema, event_time: time })?;
+        let at = SourceAt { uid: &uid, source: other, at: &at, schema, event_time: time, stamp: stamp.clone() };
+        let source = source_stream(&env, at)?;
         let bad = format!("bad-records-{}", other.id.as_deref().unwrap_or_default());
         others.push(checked_source(&env, source, &bad, &bad, &rules, &spec.error_policy));
     }
@@ -205,6 +208,7 @@ fn build_pipeline(spec: &StreamJobSpec, pipeline: &PipelineSpec) -> Result<JobGr
                     at: &source_at,
                     schema: j.schema.as_ref(),
                     event_time: Some((time, other_time)),
+                    stamp: None,
                 };
                 let other = source_stream(&env, other)?;
                 let mut rules = schema::rules_of(j.schema.as_deref().unwrap_or_default());

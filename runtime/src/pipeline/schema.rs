@@ -13,8 +13,8 @@ use arrow_schema::{DataType, Field, SchemaRef};
 
 use super::expr::{arrow_type, compile, projection, schema_of, Compiled};
 use crate::manifest::{
-    names_problems, AggregateSpec, FieldSpec, IntervalJoinSpec, LookupSpec, OnMissing, PipelineSpec, SourceKind,
-    SourceSpec, StepKind, StepSpec, WindowSpec,
+    names_problems, AggregateSpec, EventTimeSpec, FieldSpec, IntervalJoinSpec, LookupSpec, OnMissing, PipelineSpec,
+    SourceKind, SourceSpec, StepKind, StepSpec, WindowSpec,
 };
 use crate::record::FieldRule;
 
@@ -50,6 +50,26 @@ impl Planned {
         };
         Ok((planned, fields))
     }
+}
+
+/// `spec.pipeline.eventTime.expr` planned over the source's records (as
+/// a step writing `eventTime.field`), with the fields it reads; `None`
+/// without one. Its type must be a timestamp or an integer.
+pub fn event_time_expr(pipeline: &PipelineSpec) -> Result<Option<(Planned, SchemaRef)>, String> {
+    let at = "spec.pipeline.eventTime.expr";
+    let Some(time) = &pipeline.event_time else { return Ok(None) };
+    let Some(sql) = &time.expr else { return Ok(None) };
+    let Some(schema) = source_schema(pipeline) else {
+        return Err(format!("{at}: needs spec.pipeline.schema (the types of the source's fields) to check it"));
+    };
+    let compiled = compile(sql, &schema).map_err(|e| format!("{at}: {e}"))?;
+    let ty = compiled.field.data_type();
+    if !(matches!(ty, DataType::Timestamp(_, _)) || ty.is_integer()) {
+        return Err(format!(
+            "{at}: `{sql}` is {ty}, expected a timestamp or an integer of milliseconds since the epoch"
+        ));
+    }
+    Planned::KeyByExpr(compiled, time.field.clone()).projected(&schema).map(Some).map_err(|e| format!("{at}: {e}"))
 }
 
 /// Each step's planned expression (for expression steps) and the schema
@@ -227,10 +247,26 @@ pub fn type_steps(pipeline: &PipelineSpec, steps: &[StepSpec]) -> Typed {
         typed.errors.extend(names_problems("spec.pipeline.schema", fields));
     }
     let mut current = source_schema(pipeline);
-    if let (Some(schema), Some(time)) = (&current, &pipeline.event_time) {
-        if let Err(e) = find(schema, &time.field) {
-            typed.errors.push(format!("spec.pipeline.eventTime.field: {e}"));
+    match (&current, &pipeline.event_time) {
+        (_, Some(EventTimeSpec { expr: Some(_), field, .. })) => match event_time_expr(pipeline) {
+            Ok(Some((planned, _))) => {
+                let ty = planned.exprs().first().map(|c| c.field.data_type().clone());
+                if let (Some(schema), Some(ty)) = (&current, ty) {
+                    let mut fields: Vec<Field> =
+                        schema.fields().iter().filter(|f| f.name() != field).map(|f| f.as_ref().clone()).collect();
+                    fields.push(Field::new(field.clone(), ty, false));
+                    current = Some(schema_of(fields));
+                }
+            }
+            Ok(None) => {}
+            Err(e) => typed.errors.push(e),
+        },
+        (Some(schema), Some(time)) => {
+            if let Err(e) = find(schema, &time.field) {
+                typed.errors.push(format!("spec.pipeline.eventTime.field: {e}"));
+            }
         }
+        _ => {}
     }
     let mut key: Option<String> = None;
     for (i, step) in steps.iter().enumerate() {

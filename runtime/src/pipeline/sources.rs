@@ -5,10 +5,12 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use arrow_schema::SchemaRef;
 use serde_json::json;
 
 use super::bad_records::FieldRules;
 use super::event_time::EventTimeSource;
+use super::schema::Planned;
 use super::{checked, PipelineError};
 use crate::connectors::csv_records::CsvFormat;
 use crate::connectors::file_source::FileSource;
@@ -21,6 +23,7 @@ use crate::dataflow::{DataStream, StreamEnv};
 use crate::manifest::{ErrorPolicy, EventTimeSpec, FieldSpec, KafkaMetadata, SourceFormat, SourceKind, SourceSpec};
 use crate::record::{parse_json_object, BadRecord, FieldRule, Row, SourceRecord};
 use crate::task::source_task::Source;
+use crate::task::TaskError;
 
 /// Where a source's records come from and what they are: the manifest's
 /// source at `at`, its state `uid`, its declared `schema` and, with the
@@ -31,20 +34,26 @@ pub(super) struct SourceAt<'a> {
     pub at: &'a str,
     pub schema: Option<&'a Vec<FieldSpec>>,
     pub event_time: Option<(&'a EventTimeSpec, &'a str)>,
+    /// `eventTime.expr` planned, and the fields it reads: computes the
+    /// event-time field before the watermark is taken.
+    pub stamp: Option<(Planned, SchemaRef)>,
 }
 
 /// The records of a source, watermarked per split when the pipeline has
 /// event time.
 pub(super) fn source_stream(env: &StreamEnv, s: SourceAt<'_>) -> Result<DataStream<SourceRecord>, PipelineError> {
-    let SourceAt { uid, source, at, schema, event_time } = s;
+    let SourceAt { uid, source, at, schema, event_time, stamp } = s;
     let idle = event_time.and_then(|(t, _)| t.idle_timeout).map(|d| d.get());
     let event_time = event_time.map(|(t, f)| (f.to_string(), t.max_out_of_orderness));
-    // With event time, each source watermarks its records per split.
-    let timed = move |source: Box<dyn Source<SourceRecord>>| match &event_time {
-        Some((field, bound)) => {
-            Box::new(EventTimeSource::new(source, field, bound.millis(), idle)) as Box<dyn Source<SourceRecord>>
-        }
-        None => source,
+    // With event time, each source watermarks its records per split, from
+    // the time an expression computed if there is one.
+    let timed = move |source: Box<dyn Source<SourceRecord>>| -> Result<Box<dyn Source<SourceRecord>>, TaskError> {
+        let Some((field, bound)) = &event_time else { return Ok(source) };
+        let timed = EventTimeSource::new(source, field, bound.millis(), idle);
+        Ok(match &stamp {
+            Some((planned, fields)) => Box::new(timed.computing(planned.clone(), fields.clone())?),
+            None => Box::new(timed),
+        })
     };
     let uid_owned = uid.to_string();
     Ok(match source.kind().map_err(|e| PipelineError::Invalid(format!("{at}: {e}")))? {
@@ -62,7 +71,7 @@ pub(super) fn source_stream(env: &StreamEnv, s: SourceAt<'_>) -> Result<DataStre
                     SourceRecord { origin: None, split: seq % u64::from(splits), row: Ok(row) }
                 });
                 let src = GeneratorSource::new(ctx, restored, g.splits, g.count, g.rate, make)?;
-                Ok(timed(Box::new(src)))
+                timed(Box::new(src))
             })
         }
         SourceKind::Nexmark(n) => {
@@ -76,7 +85,7 @@ pub(super) fn source_stream(env: &StreamEnv, s: SourceAt<'_>) -> Result<DataStre
                     row: Ok(config.event(seq)),
                 });
                 let src = GeneratorSource::new(ctx, restored, n.splits, n.count, n.rate, make)?;
-                Ok(timed(Box::new(src)))
+                timed(Box::new(src))
             })
         }
         SourceKind::File(f) => {
@@ -86,7 +95,7 @@ pub(super) fn source_stream(env: &StreamEnv, s: SourceAt<'_>) -> Result<DataStre
                 _ => None,
             };
             env.source_idle_after(uid, idle, move |ctx, restored| {
-                Ok(timed(Box::new(FileSource::new(ctx, &uid_owned, restored, &path, csv.clone())?)))
+                timed(Box::new(FileSource::new(ctx, &uid_owned, restored, &path, csv.clone())?))
             })
         }
         SourceKind::Kafka(k) => {
@@ -96,7 +105,7 @@ pub(super) fn source_stream(env: &StreamEnv, s: SourceAt<'_>) -> Result<DataStre
                 // are owned by a rule, not dealt out with the state.
                 let config = KafkaConfig::from_source_spec(&spec, &at)?;
                 let decode = kafka_json_decoder(spec.metadata.clone());
-                Ok(timed(Box::new(KafkaSource::new(ctx, &uid_owned, config, decode)?)))
+                timed(Box::new(KafkaSource::new(ctx, &uid_owned, config, decode)?))
             })
         }
     })

@@ -25,7 +25,7 @@ impl ExprStep {
     }
 
     /// The rows that go on from `rows`, or why the batch failed.
-    fn run(&mut self, rows: Vec<Row>) -> Result<Vec<Row>, (Vec<Row>, String)> {
+    pub(super) fn run(&mut self, rows: Vec<Row>) -> Result<Vec<Row>, (Vec<Row>, String)> {
         let batch = match self.batcher.batch(&rows) {
             Ok(b) => b,
             Err(e) => return Err((rows, e)),

@@ -190,3 +190,17 @@ pub fn run_through_crashes_at(job: &StreamJob, seed: u64, points: &[FaultPoint])
     // input for the crash points drawn).
     assert!(crashes >= 4, "only {crashes} crashes happened; the runs' faults: {runs:?}");
 }
+
+/// The committed rows of `examples/<name>.yaml`, run as it is but with its
+/// checkpoints and output under `dir`.
+pub fn run_example(dir: &Path, name: &str) -> Vec<serde_json::Value> {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let yaml = std::fs::read_to_string(examples.join(format!("{name}.yaml"))).unwrap();
+    let yaml = yaml
+        .replace("./examples/", &format!("{}/", examples.display()))
+        .replace("file://./weir-data", &format!("file://{}/data", dir.display()))
+        .replace("./weir-out/", &format!("{}/out/", dir.display()));
+    let job = weir_runtime::manifest::StreamJob::from_yaml(&yaml).expect("the example is valid");
+    run_once(&job, Faults::none()).expect("the example runs");
+    weir_runtime::connectors::file_sink::read_committed(&dir.join("out").join(name)).unwrap()
+}

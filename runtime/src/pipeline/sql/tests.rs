@@ -3,6 +3,7 @@ use super::*;
 fn steps(sql: &str, time: Option<&str>) -> Result<Vec<(String, &'static str)>, String> {
     let time = time.map(|f| EventTimeSpec {
         field: f.into(),
+        expr: None,
         max_out_of_orderness: Default::default(),
         idle_timeout: None,
         late_records: Default::default(),
