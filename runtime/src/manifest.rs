@@ -7,6 +7,7 @@
 //! # Layout
 //! - this file: the job, its spec and its validation.
 //! - [`pipeline`]: `spec.pipeline`, source -> steps -> sink.
+//! - [`event_time`]: `spec.pipeline.eventTime`, watermarks and late records.
 //! - [`sources`]: the sources' checks, `union`, and `intervalJoin`'s source.
 //! - [`steps`]: `spec.pipeline.steps`, each step and its checks.
 //! - [`planned`]: the steps a pipeline runs, from `steps` or `sql`.
@@ -33,6 +34,8 @@ pub mod kafka;
 pub use self::kafka::{KafkaDelivery, KafkaMetadata, KafkaSinkSpec, KafkaSourceSpec, StartingOffsets, StoppingOffsets};
 pub mod pipeline;
 pub use self::pipeline::*;
+pub mod event_time;
+pub use self::event_time::{EventTimeSpec, LateRecords};
 pub mod steps;
 pub use self::steps::*;
 pub mod sources;

@@ -347,9 +347,10 @@ mod tests {
     }
 
     /// Sums a key's values until its timer, set 10 after the first value;
-    /// a negative value cancels the timer.
+    /// a negative value cancels the timer. Its output watermark stays its
+    /// field behind its input's.
     #[derive(Clone)]
-    struct SumUntil;
+    struct SumUntil(i64);
 
     impl EventTimeFunction<String, (String, i64), String> for SumUntil {
         type State = Option<i64>;
@@ -389,6 +390,10 @@ mod tests {
         fn is_empty(&self, sum: &Option<i64>) -> bool {
             sum.is_none()
         }
+
+        fn watermark_delay(&self) -> i64 {
+            self.0
+        }
     }
 
     #[tokio::test]
@@ -396,7 +401,7 @@ mod tests {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let ctx = TaskContext::for_test("timers");
         let next = Box::new(Recorder(seen.clone()));
-        let mut op = KeyedEventTime::new("t".into(), ctx, |r: &(String, i64)| r.0.clone(), SumUntil, next).unwrap();
+        let mut op = KeyedEventTime::new("t".into(), ctx, |r: &(String, i64)| r.0.clone(), SumUntil(0), next).unwrap();
         let rec = |k: &str, v: i64| (k.to_string(), v);
         op.collect(vec![rec("b", 5), rec("a", 1), rec("a", 2), rec("c", 3), rec("c", -1)]).await.unwrap();
         op.watermark(Watermark::At(11)).await.unwrap();
@@ -408,46 +413,12 @@ mod tests {
         assert!(op.state.is_empty() && op.queue.is_empty());
     }
 
-    /// [`SumUntil`] whose output watermark stays 4 behind its input's.
-    #[derive(Clone)]
-    struct Delayed;
-
-    impl EventTimeFunction<String, (String, i64), String> for Delayed {
-        type State = Option<i64>;
-
-        fn process(
-            &mut self,
-            k: &String,
-            r: (String, i64),
-            s: &mut Option<i64>,
-            t: &mut Timers,
-            o: &mut Vec<String>,
-        ) -> Result<(), TaskError> {
-            SumUntil.process(k, r, s, t, o)
-        }
-
-        fn on_timer(
-            &mut self,
-            k: &String,
-            time: i64,
-            s: &mut Option<i64>,
-            t: &mut Timers,
-            o: &mut Vec<String>,
-        ) -> Result<(), TaskError> {
-            SumUntil.on_timer(k, time, s, t, o)
-        }
-
-        fn watermark_delay(&self) -> i64 {
-            4
-        }
-    }
-
     #[tokio::test]
     async fn a_delayed_operator_forwards_its_watermark_behind_its_timers_but_the_end_of_input_as_it_is() {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let ctx = TaskContext::for_test("delayed");
         let next = Box::new(Recorder(seen.clone()));
-        let mut op = KeyedEventTime::new("d".into(), ctx, |r: &(String, i64)| r.0.clone(), Delayed, next).unwrap();
+        let mut op = KeyedEventTime::new("d".into(), ctx, |r: &(String, i64)| r.0.clone(), SumUntil(4), next).unwrap();
         op.collect(vec![("a".to_string(), 1), ("b".to_string(), 30)]).await.unwrap();
         op.watermark(Watermark::At(11)).await.unwrap();
         op.watermark(Watermark::END).await.unwrap();

@@ -203,28 +203,24 @@ impl EventTimeFunction<String, Sided, Routed> for IntervalJoin {
             self.late.late(row, ts, why, timers, out);
             return Ok(());
         }
-        // Matches: other.ts in [this.ts - before, this.ts + after].
-        if this_side {
-            let (lo, hi) = (ts.saturating_sub(self.before), ts.saturating_add(self.after));
-            let mut matched = false;
-            for o in waiting.other.iter_mut().filter(|o| (lo..=hi).contains(&o.ts)) {
-                out.push(Ok(self.pair(&row, ts, &parse(&o.text)?, o.ts)));
-                (o.matched, matched) = (true, true);
-            }
-            let until = ts.saturating_add(self.after).saturating_add(1);
-            waiting.this.push(Held { ts, text: row.to_string(), matched });
-            timers.register(until);
+        // Matches: other.ts in [this.ts - before, this.ts + after]; seen
+        // from the other side, this.ts in [other.ts - after, other.ts + before].
+        let (mine, theirs, (back, ahead)) = if this_side {
+            (&mut waiting.this, &mut waiting.other, (self.before, self.after))
         } else {
-            let (lo, hi) = (ts.saturating_sub(self.after), ts.saturating_add(self.before));
-            let mut matched = false;
-            for t in waiting.this.iter_mut().filter(|t| (lo..=hi).contains(&t.ts)) {
-                out.push(Ok(self.pair(&parse(&t.text)?, t.ts, &row, ts)));
-                (t.matched, matched) = (true, true);
-            }
-            let until = ts.saturating_add(self.before).saturating_add(1);
-            waiting.other.push(Held { ts, text: row.to_string(), matched });
-            timers.register(until);
+            (&mut waiting.other, &mut waiting.this, (self.after, self.before))
+        };
+        let (lo, hi) = (ts.saturating_sub(back), ts.saturating_add(ahead));
+        let mut matched = false;
+        for h in theirs.iter_mut().filter(|h| (lo..=hi).contains(&h.ts)) {
+            let held = parse(&h.text)?;
+            let pair = if this_side { self.pair(&row, ts, &held, h.ts) } else { self.pair(&held, h.ts, &row, ts) };
+            out.push(Ok(pair));
+            (h.matched, matched) = (true, true);
         }
+        // The last time a record of the other side may still match this one.
+        mine.push(Held { ts, text: row.to_string(), matched });
+        timers.register(ts.saturating_add(ahead).saturating_add(1));
         Ok(())
     }
 

@@ -139,8 +139,7 @@ fn build_pipeline(spec: &StreamJobSpec, pipeline: &PipelineSpec) -> Result<JobGr
         if !keyed_next {
             stream = pending.merged(stream);
         }
-        let fields: Vec<String> = input.iter().flat_map(|s| s.fields().iter().map(|f| f.name().clone())).collect();
-        if let (Some(planned), Some(input)) = (planned, input) {
+        if let (Some(planned), Some(input)) = (planned, &input) {
             let (kind, content) = match &planned {
                 Planned::Filter(c) => ("filter", json!({"filter": c.sql})),
                 Planned::Select(exprs, _) => {
@@ -149,7 +148,7 @@ fn build_pipeline(spec: &StreamJobSpec, pipeline: &PipelineSpec) -> Result<JobGr
                 Planned::KeyByExpr(c, field) => ("key-by", json!({"keyBy": field, "expr": c.sql})),
             };
             let uid = step.id.clone().unwrap_or_else(|| content_id(kind, &content));
-            let (planned, input) = planned.projected(&input).map_err(PipelineError::Invalid)?;
+            let (planned, input) = planned.projected(input).map_err(PipelineError::Invalid)?;
             let at = steps.path(i);
             stream = checked(&env, stream, &uid, &uid, &spec.error_policy, move || {
                 let batcher = expr::Batcher::new(input.clone())
@@ -219,6 +218,7 @@ fn build_pipeline(spec: &StreamJobSpec, pipeline: &PipelineSpec) -> Result<JobGr
                 let this = checked_after_filter(&env, stream, pending.after_filter.take(), &j.key, &spec.error_policy)
                     .map(Sided::This);
                 let keys = JoinKeys { this: j.key.clone(), other: j.other_key().into() };
+                let fields = input.iter().flat_map(|s| s.fields().iter().map(|f| f.name().clone())).collect();
                 let mut inputs: Vec<DataStream<Sided>> =
                     take(&mut pending.others).into_iter().map(|o| o.map(Sided::This)).collect();
                 inputs.push(other);
