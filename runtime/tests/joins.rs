@@ -115,18 +115,7 @@ fn join_expected() -> BTreeMap<(u64, u64), u32> {
 /// Every (order seq, shipment seq) pair, the shipments keyed over
 /// `ship_keys` keys.
 fn pairs_expected(ship_keys: u64) -> BTreeMap<(u64, u64), u32> {
-    let mut by_key: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
-    for s in 0..SHIPMENTS {
-        by_key.entry(generated(s, ship_keys).0).or_default().push(s);
-    }
-    let mut want = BTreeMap::new();
-    for o in 0..ORDERS {
-        let ships = by_key.get(&generated(o, KEYS).0).map(Vec::as_slice).unwrap_or_default();
-        for &s in ships.iter().filter(|&&s| s + 5 >= o && s <= o + 10) {
-            want.insert((o, s), 1);
-        }
-    }
-    want
+    generated_pairs((ORDERS, KEYS), (SHIPMENTS, ship_keys), 5, 10)
 }
 
 /// The pairs in the committed output, with how often each was committed.

@@ -34,11 +34,15 @@ pub struct PipelineSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub steps: Vec<StepSpec>,
     /// Instead of `steps`, one query over the source, `SELECT … FROM source
-    /// [WHERE …] [GROUP BY key[, TUMBLE(ts, INTERVAL '1' MINUTE)]] [HAVING
-    /// …]`, turned into the same steps (see the README for what it
-    /// supports; the rest is refused by name).
+    /// [JOIN stream ON …] [WHERE …] [GROUP BY key[, TUMBLE(ts, INTERVAL '1'
+    /// MINUTE)]] [HAVING …]`, turned into the same steps (see the README
+    /// for what it supports; the rest is refused by name).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sql: Option<String>,
+    /// The streams `sql` can join with the source (an interval join), each
+    /// named in the query by its source's `id`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub streams: Vec<StreamSpec>,
     pub sink: SinkSpec,
 }
 
@@ -298,6 +302,40 @@ impl PipelineSpec {
         });
         let found = self.unlabeled_problems(&steps);
         errors.extend(steps.relabeled(found));
+        errors.extend(self.streams_problems(&steps));
+        errors
+    }
+
+    /// The streams that `sql` cannot join or does not.
+    fn streams_problems(&self, steps: &PlannedSteps) -> Vec<String> {
+        if self.sql.is_none() {
+            return match self.streams.is_empty() {
+                true => Vec::new(),
+                false => vec!["spec.pipeline.streams: only spec.pipeline.sql joins these; in steps, an \
+                               intervalJoin names its own source"
+                    .into()],
+            };
+        }
+        let joined: Vec<usize> = steps.joined_streams().collect();
+        let mut errors = Vec::new();
+        for (k, stream) in self.streams.iter().enumerate() {
+            if stream.schema.is_none() && matches!(stream.source.kind(), Ok(SourceKind::File(_) | SourceKind::Kafka(_)))
+            {
+                errors.push(format!(
+                    "spec.pipeline.streams[{k}].schema: required: the query names the stream's fields, and its \
+                     records are checked against it"
+                ));
+            }
+            if stream.source.id.is_none() {
+                errors
+                    .push(format!("spec.pipeline.streams[{k}].source.id: required: the query joins the stream by it"));
+            } else if !joined.contains(&k) && !steps.is_empty() {
+                errors.push(format!(
+                    "spec.pipeline.streams[{k}]: `{}` is not joined by spec.pipeline.sql; remove it or JOIN it",
+                    stream.source.id.as_deref().unwrap_or_default()
+                ));
+            }
+        }
         errors
     }
 

@@ -11,6 +11,8 @@ pub struct PlannedSteps<'a> {
     steps: Cow<'a, [StepSpec]>,
     /// The clause of `sql` each step was made from; empty for `steps`.
     clauses: Vec<&'static str>,
+    /// The index in `spec.pipeline.streams` of the stream each step joins.
+    streams: Vec<Option<usize>>,
 }
 
 impl std::ops::Deref for PlannedSteps<'_> {
@@ -31,13 +33,34 @@ impl PlannedSteps<'_> {
         }
     }
 
+    /// Where `tail` (`.intervalJoin.source.file.path`) of step `i` was
+    /// written: the stream's own fields under `spec.pipeline.streams[k]`,
+    /// the rest in the step's clause.
+    fn path_of(&self, i: usize, tail: &str) -> String {
+        let stream = self.streams.get(i).copied().flatten();
+        let own = tail.strip_prefix(".intervalJoin").filter(|t| {
+            [".source", ".schema", ".eventTimeField"]
+                .iter()
+                .any(|f| t.strip_prefix(f).is_some_and(|r| !r.starts_with(char::is_alphanumeric)))
+        });
+        match (stream, own) {
+            (Some(k), Some(own)) => format!("spec.pipeline.streams[{k}]{own}"),
+            _ => self.path(i),
+        }
+    }
+
+    /// The streams of `spec.pipeline.streams` the steps join.
+    pub fn joined_streams(&self) -> impl Iterator<Item = usize> + '_ {
+        self.streams.iter().filter_map(|s| *s)
+    }
+
     /// `errors` with each `spec.pipeline.steps[i].…` path replaced by
-    /// [`Self::path`] when the steps came from `sql`.
+    /// where it was written when the steps came from `sql`.
     pub fn relabeled(&self, errors: Vec<String>) -> Vec<String> {
         if self.clauses.is_empty() {
             return errors;
         }
-        errors.into_iter().map(|e| relabel(&e, |i| self.path(i))).collect()
+        errors.into_iter().map(|e| relabel(&e, |i, tail| self.path_of(i, tail))).collect()
     }
 }
 
@@ -45,11 +68,12 @@ impl PipelineSpec {
     /// The steps the job runs: `steps`, or those `sql` is turned into.
     pub fn planned_steps(&self) -> Result<PlannedSteps<'_>, String> {
         match &self.sql {
-            None => Ok(PlannedSteps { steps: Cow::Borrowed(&self.steps), clauses: Vec::new() }),
-            Some(sql) => crate::pipeline::sql::translate(sql, self.event_time.as_ref())
+            None => Ok(PlannedSteps { steps: Cow::Borrowed(&self.steps), ..PlannedSteps::default() }),
+            Some(sql) => crate::pipeline::sql::translate(sql, self.event_time.as_ref(), &self.streams)
                 .map(|steps| {
                     let clauses = steps.iter().map(|s| s.clause).collect();
-                    PlannedSteps { steps: Cow::Owned(steps.into_iter().map(|s| s.step).collect()), clauses }
+                    let streams = steps.iter().map(|s| s.stream).collect();
+                    PlannedSteps { steps: Cow::Owned(steps.into_iter().map(|s| s.step).collect()), clauses, streams }
                 })
                 .map_err(|e| format!("spec.pipeline.sql: {e}")),
         }
@@ -57,8 +81,8 @@ impl PipelineSpec {
 }
 
 /// `message` with every `spec.pipeline.steps[i]` and the path after it
-/// (`.window.size`) replaced by `path(i)`.
-fn relabel(message: &str, path: impl Fn(usize) -> String) -> String {
+/// (`.window.size`) replaced by `path(i, path after it)`.
+fn relabel(message: &str, path: impl Fn(usize, &str) -> String) -> String {
     const AT: &str = "spec.pipeline.steps[";
     let mut out = String::with_capacity(message.len());
     let mut rest = message;
@@ -71,7 +95,7 @@ fn relabel(message: &str, path: impl Fn(usize) -> String) -> String {
                 let end = tail
                     .find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '[' | ']')))
                     .unwrap_or(tail.len());
-                out.push_str(&path(i));
+                out.push_str(&path(i, &tail[..end]));
                 rest = &tail[end..];
             }
             _ => {
@@ -90,7 +114,7 @@ mod tests {
 
     #[test]
     fn errors_about_steps_made_from_sql_name_the_clause_and_keep_the_rest_of_the_message() {
-        let path = |i: usize| ["spec.pipeline.sql (WHERE)", "spec.pipeline.sql (SELECT)"][i].to_string();
+        let path = |i: usize, _: &str| ["spec.pipeline.sql (WHERE)", "spec.pipeline.sql (SELECT)"][i].to_string();
         assert_eq!(
             relabel("spec.pipeline.steps[1].select[0]: no field `x`; spec.pipeline.steps[0].filter: bad", path),
             "spec.pipeline.sql (SELECT): no field `x`; spec.pipeline.sql (WHERE): bad"

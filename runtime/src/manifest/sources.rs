@@ -88,6 +88,26 @@ impl PipelineSpec {
     }
 }
 
+/// A stream `spec.pipeline.sql` joins with the source (`FROM source o JOIN
+/// <id> s ON o.k = s.k AND s.ts BETWEEN o.ts - INTERVAL … AND o.ts +
+/// INTERVAL …`), as a table of Flink SQL's interval join is declared.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StreamSpec {
+    /// The stream's records; its `id` is the table's name in the query and
+    /// names its state (`source-<id>`).
+    pub source: SourceSpec,
+    /// The stream's fields and types: the query names them (`s.carrier`)
+    /// and they are checked where the records enter. Required unless the
+    /// source's records have a fixed schema (generator, nexmark).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<Vec<FieldSpec>>,
+    /// The stream's event-time field; absent: the field named by
+    /// `spec.pipeline.eventTime`, whose other settings apply to both.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_time_field: Option<String>,
+}
+
 /// Joins each record with the records of another stream whose key is equal
 /// and whose event time lies within `before` / `after` of its own (Flink's
 /// interval join: `other.ts BETWEEN ts - before AND ts + after`). Each

@@ -5,6 +5,10 @@
 //! steps whose expressions are then planned and type-checked by DataFusion
 //! like any step's. What maps:
 //!
+//! - `FROM source o JOIN s ON o.k = s.k AND s.ts BETWEEN o.ts - INTERVAL …
+//!   AND o.ts + INTERVAL …` (`LEFT`, `RIGHT`, `FULL` too) -> `intervalJoin`
+//!   with a stream of `spec.pipeline.streams`; `s.field` is then
+//!   `s_field` (see [`join`])
 //! - `WHERE c` -> `filter: c`
 //! - `GROUP BY k` -> `keyBy` (a column, or an expression named by its
 //!   alias in the select list, else `key`); no `GROUP BY` with aggregates
@@ -19,19 +23,19 @@
 //! - `HAVING c` -> a filter after the aggregate; the select list -> a
 //!   final select
 //!
-//! Anything else (joins, subqueries, `ORDER BY`, `LIMIT`, `DISTINCT`,
-//! `COUNT(DISTINCT …)`, several key expressions) is refused, naming it.
+//! Anything else (other joins, subqueries, `ORDER BY`, `LIMIT`, `DISTINCT`,
+//! several key expressions) is refused, naming it.
 
 use std::ops::ControlFlow;
 
 use datafusion_sql::sqlparser::ast::{
     visit_expressions, visit_expressions_mut, DuplicateTreatment, Expr, FunctionArg, FunctionArgExpr,
-    FunctionArguments, GroupByExpr, Ident, Query, Select, SelectItem, SetExpr, Statement, TableFactor, Value,
+    FunctionArguments, GroupByExpr, Ident, Query, Select, SelectItem, SetExpr, Statement, Value,
 };
 use datafusion_sql::sqlparser::dialect::GenericDialect;
 use datafusion_sql::sqlparser::parser::Parser;
 
-use crate::manifest::{AggregateSpec, EventTimeSpec, KeyBySpec, StepSpec, WindowSpec};
+use crate::manifest::{AggregateSpec, EventTimeSpec, KeyBySpec, StepSpec, StreamSpec, WindowSpec};
 use window::{group_window, window_bound, window_function, Window};
 
 /// A step made from the query, and the clause it came from (for errors).
@@ -39,6 +43,8 @@ use window::{group_window, window_bound, window_function, Window};
 pub struct SqlStep {
     pub step: StepSpec,
     pub clause: &'static str,
+    /// The index in `spec.pipeline.streams` of the stream a JOIN step reads.
+    pub stream: Option<usize>,
 }
 
 /// The table a query reads: the pipeline's source.
@@ -47,9 +53,13 @@ const SOURCE: &str = "source";
 /// The key field when the query has no `GROUP BY` key of its own name.
 const KEY: &str = "key";
 
-/// The steps `sql` means over the pipeline's source, or what in it is not
-/// supported (the caller prefixes `spec.pipeline.sql`).
-pub fn translate(sql: &str, event_time: Option<&EventTimeSpec>) -> Result<Vec<SqlStep>, String> {
+/// The steps `sql` means over the pipeline's source and `streams`, or what
+/// in it is not supported (the caller prefixes `spec.pipeline.sql`).
+pub fn translate(
+    sql: &str,
+    event_time: Option<&EventTimeSpec>,
+    streams: &[StreamSpec],
+) -> Result<Vec<SqlStep>, String> {
     let mut statements = Parser::parse_sql(&GenericDialect {}, sql).map_err(|e| e.to_string())?;
     let statement = match (statements.pop(), statements.is_empty()) {
         (Some(s), true) => s,
@@ -59,15 +69,19 @@ pub fn translate(sql: &str, event_time: Option<&EventTimeSpec>) -> Result<Vec<Sq
     let Statement::Query(query) = statement else {
         return Err(format!("expected a SELECT statement, got `{}`", first_words(&statement.to_string())));
     };
-    let select = plain_select(*query)?;
-    Grouping::from_select(select, event_time)?.steps()
+    let mut select = plain_select(*query)?;
+    let joined = join::from_clause(&mut select, event_time, streams)?;
+    let mut steps: Vec<SqlStep> =
+        joined.into_iter().map(|j| SqlStep { step: j.step, clause: "JOIN", stream: Some(j.stream) }).collect();
+    steps.extend(Grouping::from_select(select, event_time)?.steps()?);
+    Ok(steps)
 }
 
 fn first_words(s: &str) -> String {
     s.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
 }
 
-/// The query's one `SELECT … FROM source`, refusing the clauses not built.
+/// The query's one `SELECT`, refusing the clauses not built.
 fn plain_select(query: Query) -> Result<Select, String> {
     let refused = [
         (query.with.is_some(), "WITH"),
@@ -98,22 +112,7 @@ fn plain_select(query: Query) -> Result<Select, String> {
     if let Some((_, what)) = refused.iter().find(|(set, _)| *set) {
         return Err(format!("{what} is not supported"));
     }
-    match select.from.as_slice() {
-        [one] if !one.joins.is_empty() => Err("joins are not supported yet".into()),
-        [one] => match &one.relation {
-            TableFactor::Table { name, alias: None, args: None, .. }
-                if name.to_string().eq_ignore_ascii_case(SOURCE) =>
-            {
-                Ok(select)
-            }
-            TableFactor::Table { alias: Some(a), .. } => {
-                Err(format!("FROM source takes no alias (`{a}`); name fields without a table"))
-            }
-            other => Err(format!("expected FROM source (the pipeline's source), got FROM {other}")),
-        },
-        [] => Err("expected FROM source".into()),
-        _ => Err("expected one table, FROM source; joins are not supported yet".into()),
-    }
+    Ok(select)
 }
 
 /// The aggregate functions `spec.pipeline.sql` plans.
@@ -229,7 +228,7 @@ impl Grouping {
 
     fn steps(mut self) -> Result<Vec<SqlStep>, String> {
         let mut steps = Vec::new();
-        let step = |clause, step: StepSpec| SqlStep { step, clause };
+        let step = |clause, step: StepSpec| SqlStep { step, clause, stream: None };
         if let Some(f) = self.filter.take() {
             steps.push(step("WHERE", StepSpec { filter: Some(f), ..StepSpec::default() }));
         }
@@ -487,6 +486,7 @@ fn aggregate_in(e: &Expr) -> Option<String> {
     found
 }
 
+mod join;
 mod window;
 
 #[cfg(test)]

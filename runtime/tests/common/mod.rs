@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -203,4 +204,29 @@ pub fn run_example(dir: &Path, name: &str) -> Vec<serde_json::Value> {
     let job = weir_runtime::manifest::StreamJob::from_yaml(&yaml).expect("the example is valid");
     run_once(&job, Faults::none()).expect("the example runs");
     weir_runtime::connectors::file_sink::read_committed(&dir.join("out").join(name)).unwrap()
+}
+
+/// Every (order seq, shipment seq) pair an interval join of two generators
+/// must emit: `orders` records over `order_keys` keys and `shipments` over
+/// `ship_keys`, one per millisecond each, a shipment matching an order of
+/// its key from `before` ms before to `after` ms after it.
+pub fn generated_pairs(
+    (orders, order_keys): (u64, u64),
+    (shipments, ship_keys): (u64, u64),
+    before: u64,
+    after: u64,
+) -> BTreeMap<(u64, u64), u32> {
+    use weir_runtime::connectors::generator::generated;
+    let mut by_key: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+    for s in 0..shipments {
+        by_key.entry(generated(s, ship_keys).0).or_default().push(s);
+    }
+    let mut want = BTreeMap::new();
+    for o in 0..orders {
+        let ships = by_key.get(&generated(o, order_keys).0).map(Vec::as_slice).unwrap_or_default();
+        for &s in ships.iter().filter(|&&s| s + before >= o && s <= o + after) {
+            want.insert((o, s), 1);
+        }
+    }
+    want
 }

@@ -8,7 +8,7 @@ fn steps(sql: &str, time: Option<&str>) -> Result<Vec<(String, &'static str)>, S
         idle_timeout: None,
         late_records: Default::default(),
     });
-    let steps = translate(sql, time.as_ref())?;
+    let steps = translate(sql, time.as_ref(), &[])?;
     Ok(steps.into_iter().map(|s| (serde_json::to_string(&s.step).unwrap_or_default(), s.clause)).collect())
 }
 
@@ -102,9 +102,10 @@ fn count_distinct_first_value_and_last_value_become_value_aggregates() {
 #[test]
 fn what_is_not_built_is_refused_by_name() {
     let refused = [
-        ("SELECT a FROM source JOIN other ON a = b", "joins are not supported yet"),
+        ("SELECT a FROM source JOIN other ON a = b", "JOIN other: no stream of that id in spec.pipeline.streams"),
         ("SELECT a FROM other", "expected FROM source"),
-        ("SELECT a FROM source s", "takes no alias"),
+        ("SELECT s.a FROM source s WHERE t.b > 1", "no table `t`; the query's table is `s`"),
+        ("SELECT a FROM source, other", "a comma between tables is not supported"),
         ("SELECT a FROM source ORDER BY a", "ORDER BY"),
         ("SELECT a FROM source LIMIT 3", "LIMIT is not supported"),
         ("SELECT DISTINCT a FROM source", "SELECT DISTINCT"),
@@ -139,4 +140,141 @@ fn what_is_not_built_is_refused_by_name() {
     let err =
         steps("SELECT a, COUNT(*) AS n FROM source GROUP BY a, TUMBLE(ts, INTERVAL '1' WEEK)", Some("ts")).unwrap_err();
     assert!(err.contains("got week"), "{err}");
+}
+
+/// `sql` over a source with event time `ts` joined with a stream
+/// `ships` whose schema is `order`, `carrier`, `ts`.
+fn joined(sql: &str) -> Result<Vec<(String, &'static str)>, String> {
+    let time = EventTimeSpec {
+        field: "ts".into(),
+        expr: None,
+        max_out_of_orderness: Default::default(),
+        idle_timeout: None,
+        late_records: Default::default(),
+    };
+    let stream: StreamSpec = serde_json::from_value(serde_json::json!({
+        "source": {"id": "ships", "file": {"path": "ships.jsonl"}},
+        "schema": [{"name": "order", "type": "string"}, {"name": "carrier", "type": "string"}, {"name": "ts", "type": "timestamp"}],
+    }))
+    .map_err(|e| e.to_string())?;
+    let steps = translate(sql, Some(&time), &[stream])?;
+    Ok(steps.into_iter().map(|s| (serde_json::to_string(&s.step).unwrap_or_default(), s.clause)).collect())
+}
+
+/// The intervalJoin step's settings other than its source and schema,
+/// `before` and `after` in milliseconds.
+fn join_settings(step: &str) -> serde_json::Value {
+    let mut v: serde_json::Value = serde_json::from_str(step).unwrap_or_default();
+    let mut join = v["intervalJoin"].take();
+    for bound in ["before", "after"] {
+        let d: Option<crate::manifest::HumanDuration> = join[bound].as_str().and_then(|d| d.parse().ok());
+        join[bound] = d.map(|d| d.millis()).into();
+    }
+    let keep = ["key", "otherKey", "before", "after", "prefix", "type", "eventTimeField"];
+    keep.iter().filter(|k| !join[**k].is_null()).map(|k| (k.to_string(), join[*k].clone())).collect()
+}
+
+#[test]
+fn an_interval_join_becomes_an_interval_join_step_and_its_tables_fields_the_joined_names() {
+    let sql = "SELECT o.id, o.total, s.carrier, s.ts AS shipped FROM source o JOIN ships s \
+               ON o.id = s.order AND s.ts BETWEEN o.ts - INTERVAL '1' HOUR AND o.ts + INTERVAL '2' DAY \
+               WHERE s.carrier <> 'post'";
+    let s = joined(sql).unwrap();
+    assert_eq!(s[0].1, "JOIN");
+    assert_eq!(
+        join_settings(&s[0].0),
+        serde_json::json!({"key": "id", "otherKey": "order", "before": 3_600_000, "after": 172_800_000, "prefix": "s_"})
+    );
+    assert!(s[0].0.contains(r#""source":{"id":"ships","file":{"path":"ships.jsonl"}}"#), "{}", s[0].0);
+    assert!(s[0].0.contains(r#""schema":[{"name":"order""#), "{}", s[0].0);
+    assert_eq!(
+        json(&s[1..]),
+        [
+            r#"{"filter":"s_carrier <> 'post'"}"#,
+            r#"{"select":["id","total","s_carrier AS carrier","s_ts AS shipped"]}"#
+        ]
+    );
+}
+
+#[test]
+fn an_interval_join_reads_bounds_written_either_way_and_outer_joins_keep_their_type() {
+    let cases = [
+        // Comparisons, the other's time on either side; strict ones are a millisecond in.
+        (
+            "LEFT JOIN",
+            "s.ts >= o.ts - INTERVAL '5' MINUTE AND s.ts < o.ts + INTERVAL '10' SECOND",
+            (300_000, 9_999),
+            "left",
+        ),
+        ("RIGHT OUTER JOIN", "o.ts - INTERVAL '5' MINUTE <= s.ts AND o.ts >= s.ts", (300_000, 0), "right"),
+        // This side's time bounded by the other's: the bounds mirrored.
+        (
+            "FULL OUTER JOIN",
+            "o.ts BETWEEN s.ts - INTERVAL '1' SECOND AND s.ts + INTERVAL '3' SECOND",
+            (3_000, 1_000),
+            "full",
+        ),
+        ("INNER JOIN", "(s.ts > o.ts - INTERVAL '2' SECOND) AND s.ts <= o.ts", (1_999, 0), "inner"),
+    ];
+    for (join, bound, (before, after), kind) in cases {
+        let sql = format!("SELECT * FROM source AS o {join} ships AS s ON s.order = o.id AND {bound}");
+        let s = joined(&sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+        assert_eq!(s.len(), 1, "SELECT * adds no step: {s:?}");
+        let mut want =
+            serde_json::json!({"key": "id", "otherKey": "order", "prefix": "s_", "before": before, "after": after});
+        if kind != "inner" {
+            want["type"] = kind.into();
+        }
+        assert_eq!(join_settings(&s[0].0), want, "{sql}");
+    }
+}
+
+#[test]
+fn a_window_after_an_interval_join_groups_by_the_joined_fields() {
+    let sql = "SELECT s.carrier, COUNT(*) AS parcels, window_end FROM source o JOIN ships s \
+               ON o.id = s.order AND s.ts BETWEEN o.ts AND o.ts + INTERVAL '1' DAY \
+               GROUP BY s.carrier, TUMBLE(o.ts, INTERVAL '1' HOUR)";
+    let s = joined(sql).unwrap();
+    let clauses: Vec<&str> = s.iter().map(|(_, c)| *c).collect();
+    assert_eq!(clauses, ["JOIN", "GROUP BY", "GROUP BY", "SELECT"]);
+    assert_eq!(
+        json(&s[1..]),
+        [
+            r#"{"keyBy":{"field":"s_carrier"}}"#,
+            r#"{"window":{"size":"1h","aggregate":{"count":true,"sum":[],"min":[],"max":[]}}}"#,
+            r#"{"select":["s_carrier AS carrier","count AS parcels","window_end"]}"#,
+        ]
+    );
+}
+
+#[test]
+fn joins_that_are_not_interval_joins_are_refused_by_name() {
+    let on = "ON o.id = s.order AND s.ts BETWEEN o.ts AND o.ts + INTERVAL '1' HOUR";
+    let refused = [
+        ("SELECT * FROM source o JOIN ships s ON o.id = s.order".to_string(), "a regular join, is not supported yet"),
+        ("SELECT * FROM source o JOIN ships s ON s.ts BETWEEN o.ts AND o.ts + INTERVAL '1' HOUR".into(), "ON needs the keys' equality"),
+        ("SELECT * FROM source o CROSS JOIN ships s".into(), "`CROSS JOIN ships s` is not supported"),
+        ("SELECT * FROM source o JOIN ships s USING (id)".into(), "USING and NATURAL are not supported"),
+        (format!("SELECT * FROM source o JOIN ships s {on} JOIN ships t {on}"), "joins of more than two streams"),
+        (format!("SELECT * FROM ships s JOIN source o {on}"), "expected FROM source"),
+        (format!("SELECT * FROM source o JOIN ships s {on} AND s.carrier = 'dhl'"), "put other conditions in WHERE"),
+        ("SELECT * FROM source o JOIN ships s ON id = s.order".into(), "`id` in ON: name its table (o.id)"),
+        ("SELECT * FROM source o JOIN ships s ON o.id = o.ref AND s.ts >= o.ts".into(), "compares fields of one table"),
+        (
+            "SELECT * FROM source o JOIN ships s ON o.id = s.order AND s.ts BETWEEN o.ts + INTERVAL '1' HOUR AND o.ts + INTERVAL '2' HOUR".into(),
+            "bounds that exclude it are not supported yet",
+        ),
+        (
+            "SELECT * FROM source o JOIN ships s ON o.id = s.order AND s.created BETWEEN o.ts AND o.ts + INTERVAL '1' HOUR".into(),
+            "not `created`",
+        ),
+        (format!("SELECT s.* FROM source o JOIN ships s {on}"), "`s.*` is not supported"),
+        (format!("SELECT x.id FROM source o JOIN ships s {on}"), "no table `x`; the query's tables are `o` and `s`"),
+    ];
+    for (sql, expected) in refused {
+        let err = joined(&sql).unwrap_err();
+        assert!(err.contains(expected), "{sql}: {err}");
+    }
+    let err = translate(&format!("SELECT * FROM source o JOIN ships s {on}"), None, &[]).unwrap_err();
+    assert!(err.contains("JOIN ships: no stream of that id"), "{err}");
 }

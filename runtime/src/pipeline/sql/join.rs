@@ -1,0 +1,371 @@
+//! The query's FROM: `source`, or `source o [LEFT|RIGHT|FULL] JOIN <stream>
+//! s ON o.k = s.k AND s.ts BETWEEN o.ts - INTERVAL … AND o.ts + INTERVAL …`
+//! (Flink SQL's interval join), read into an `intervalJoin` step; and the
+//! tables' qualified field names (`o.total`, `s.carrier`) turned into the
+//! names those fields have in the joined record (`total`, `s_carrier`).
+
+use std::ops::ControlFlow;
+use std::time::Duration;
+
+use datafusion_sql::sqlparser::ast::{
+    visit_expressions_mut, BinaryOperator, Expr, Ident, JoinConstraint, JoinOperator, Select, SelectItem, TableFactor,
+};
+use datafusion_sql::sqlparser::dialect::GenericDialect;
+use datafusion_sql::sqlparser::parser::Parser;
+
+use super::window::interval;
+use super::SOURCE;
+use crate::manifest::{EventTimeSpec, HumanDuration, IntervalJoinSpec, JoinType, StepSpec, StreamSpec};
+
+/// The interval join a query's FROM makes.
+pub(super) struct Joined {
+    pub step: StepSpec,
+    /// The stream's index in `spec.pipeline.streams`.
+    pub stream: usize,
+}
+
+/// The names the query gives its tables.
+struct Tables {
+    this: String,
+    /// The joined stream's name in the query, and the prefix its fields
+    /// get in the joined record.
+    other: Option<(String, String)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Side {
+    This,
+    Other,
+}
+
+impl Tables {
+    fn side(&self, table: &Ident) -> Result<Side, String> {
+        if table.value.eq_ignore_ascii_case(&self.this) {
+            return Ok(Side::This);
+        }
+        match &self.other {
+            Some((name, _)) if table.value.eq_ignore_ascii_case(name) => Ok(Side::Other),
+            Some((name, _)) => Err(format!("no table `{table}`; the query's tables are `{}` and `{name}`", self.this)),
+            None => Err(format!("no table `{table}`; the query's table is `{}`", self.this)),
+        }
+    }
+
+    /// The joined record's name for `table.field`.
+    fn field(&self, parts: &[Ident]) -> Result<(Side, Ident), String> {
+        let [table, field] = parts else {
+            let written: Vec<String> = parts.iter().map(ToString::to_string).collect();
+            return Err(format!("`{}`: expected table.field", written.join(".")));
+        };
+        let side = self.side(table)?;
+        let mut name = field.clone();
+        if let (Side::Other, Some((_, prefix))) = (side, &self.other) {
+            name.value = format!("{prefix}{}", field.value);
+        }
+        Ok((side, alone(name)))
+    }
+}
+
+/// Reads the query's FROM (taking it out of `select`) and renames the
+/// qualified fields in the rest; the join it makes, if any.
+pub(super) fn from_clause(
+    select: &mut Select,
+    event_time: Option<&EventTimeSpec>,
+    streams: &[StreamSpec],
+) -> Result<Option<Joined>, String> {
+    let mut from = std::mem::take(&mut select.from);
+    let table = match (from.pop(), from.is_empty()) {
+        (Some(t), true) => t,
+        (None, _) => return Err("expected FROM source".into()),
+        (Some(_), false) => {
+            return Err(
+                "expected one table, FROM source, and at most one JOIN (a comma between tables is not supported)"
+                    .into(),
+            )
+        }
+    };
+    let (name, alias) = table_name(&table.relation)?;
+    if !name.eq_ignore_ascii_case(SOURCE) {
+        return Err(format!("expected FROM source (the pipeline's source), got FROM {name}"));
+    }
+    let this = alias.unwrap_or(name);
+    let mut joins = table.joins;
+    let join = match (joins.pop(), joins.is_empty()) {
+        (None, _) => {
+            rename(select, &Tables { this, other: None })?;
+            return Ok(None);
+        }
+        (Some(j), true) => j,
+        (Some(_), false) => {
+            return Err("one JOIN per query: joins of more than two streams are not supported yet".into())
+        }
+    };
+    let written = join.to_string();
+    let (name, alias) = table_name(&join.relation)?;
+    let ids: Vec<&str> = streams.iter().filter_map(|s| s.source.id.as_deref()).collect();
+    let Some(stream) = ids.iter().position(|id| id.eq_ignore_ascii_case(&name)) else {
+        return Err(format!(
+            "JOIN {name}: no stream of that id in spec.pipeline.streams{}",
+            if ids.is_empty() { String::new() } else { format!(" (there are: {})", ids.join(", ")) }
+        ));
+    };
+    let (join_type, constraint) = match join.join_operator {
+        JoinOperator::Join(c) | JoinOperator::Inner(c) => (JoinType::Inner, c),
+        JoinOperator::Left(c) | JoinOperator::LeftOuter(c) => (JoinType::Left, c),
+        JoinOperator::Right(c) | JoinOperator::RightOuter(c) => (JoinType::Right, c),
+        JoinOperator::FullOuter(c) => (JoinType::Full, c),
+        _ => {
+            return Err(format!(
+                "`{}` is not supported: an interval join is [INNER | LEFT | RIGHT | FULL] JOIN … ON",
+                written.trim()
+            ))
+        }
+    };
+    let JoinConstraint::On(on) = constraint else {
+        return Err(
+            "JOIN needs ON with the keys' equality and a time bound (USING and NATURAL are not supported)".into()
+        );
+    };
+    let other = alias.unwrap_or(name);
+    let prefix = format!("{other}_");
+    let tables = Tables { this, other: Some((other, prefix.clone())) };
+    let Some(time) = event_time else {
+        return Err("JOIN needs spec.pipeline.eventTime: the time bound compares the streams' event times".into());
+    };
+    let spec = &streams[stream];
+    let other_time = spec.event_time_field.as_deref().unwrap_or(&time.field);
+    let on = On::read(on, &tables, (&time.field, other_time))?;
+    let (key, other_key) = on.key.ok_or("ON needs the keys' equality (o.key = s.key)")?;
+    let (Some(lower), Some(upper)) = (on.lower, on.upper) else {
+        return Err(format!(
+            "ON needs a time bound with a lower and an upper end, as {o}.{other_time} BETWEEN {t}.{} - INTERVAL '1' \
+             HOUR AND {t}.{} + INTERVAL '1' HOUR (a join without one, a regular join, is not supported yet)",
+            time.field,
+            time.field,
+            o = tables.other.as_ref().map(|(n, _)| n.as_str()).unwrap_or_default(),
+            t = tables.this,
+        ));
+    };
+    if lower > upper {
+        return Err(format!("the time bound is empty: from {lower} ms to {upper} ms"));
+    }
+    if lower > 0 || upper < 0 {
+        return Err(format!(
+            "the time bound must hold the same instant (from {lower} ms to {upper} ms does not include 0); bounds \
+             that exclude it are not supported yet"
+        ));
+    }
+    let millis = |ms: i64| HumanDuration(Duration::from_millis(ms.unsigned_abs()));
+    let join = IntervalJoinSpec {
+        source: spec.source.clone(),
+        schema: spec.schema.clone(),
+        event_time_field: spec.event_time_field.clone(),
+        other_key: (other_key != key).then_some(other_key),
+        key,
+        before: millis(lower),
+        after: millis(upper),
+        prefix: Some(prefix),
+        join_type,
+    };
+    rename(select, &tables)?;
+    Ok(Some(Joined { step: StepSpec { interval_join: Some(join), ..StepSpec::default() }, stream }))
+}
+
+/// `name` as it can be written alone: a field named like a reserved word
+/// (`o.order`) would not parse without its table, so it is quoted, as an
+/// unquoted name is read (lowercase).
+fn alone(name: Ident) -> Ident {
+    if name.quote_style.is_some() {
+        return name;
+    }
+    let parsed = Parser::new(&GenericDialect {}).try_with_sql(&name.value).and_then(|mut p| p.parse_expr());
+    match parsed {
+        Ok(Expr::Identifier(id)) if id.value == name.value => name,
+        _ => Ident::with_quote('"', name.value.to_ascii_lowercase()),
+    }
+}
+
+/// A table's name and alias.
+fn table_name(relation: &TableFactor) -> Result<(String, Option<String>), String> {
+    match relation {
+        TableFactor::Table { name, alias, args: None, .. } => match alias {
+            Some(a) if !a.columns.is_empty() => Err(format!("`{a}`: column aliases of a table are not supported")),
+            alias => Ok((name.to_string(), alias.as_ref().map(|a| a.name.value.clone()))),
+        },
+        other => Err(format!("expected a table's name (source or a stream's id), got `{other}`")),
+    }
+}
+
+/// What an ON clause says: the key fields (this, other) and the bounds of
+/// the other's event time minus this one's, in milliseconds.
+#[derive(Default)]
+struct On {
+    key: Option<(String, String)>,
+    lower: Option<i64>,
+    upper: Option<i64>,
+}
+
+impl On {
+    fn read(on: Expr, tables: &Tables, times: (&str, &str)) -> Result<On, String> {
+        let mut parts = Vec::new();
+        conjuncts(on, &mut parts);
+        let mut read = On::default();
+        for part in parts {
+            match &part {
+                Expr::BinaryOp { left, op: BinaryOperator::Eq, right } => {
+                    let (l, r) = (column(left, tables)?, column(right, tables)?);
+                    let ((ls, lf), (rs, rf)) = match (l, r) {
+                        (Some(l), Some(r)) => (l, r),
+                        _ => return Err(not_a_join_condition(&part)),
+                    };
+                    if ls == rs {
+                        return Err(format!("`{part}` compares fields of one table; ON compares the keys of both"));
+                    }
+                    if read.key.is_some() {
+                        return Err(format!("ON takes one key equality, got a second: `{part}`"));
+                    }
+                    read.key = Some(if ls == Side::This { (lf, rf) } else { (rf, lf) });
+                }
+                Expr::Between { expr, negated: false, low, high } => {
+                    read.bound(&part, expr, &BinaryOperator::GtEq, low, tables, times)?;
+                    read.bound(&part, expr, &BinaryOperator::LtEq, high, tables, times)?;
+                }
+                Expr::BinaryOp { left, op, right }
+                    if matches!(
+                        op,
+                        BinaryOperator::Gt | BinaryOperator::GtEq | BinaryOperator::Lt | BinaryOperator::LtEq
+                    ) =>
+                {
+                    read.bound(&part, left, op, right, tables, times)?
+                }
+                _ => return Err(not_a_join_condition(&part)),
+            }
+        }
+        Ok(read)
+    }
+
+    /// Narrows the bounds by `left op right`, two event times each with an
+    /// interval added or subtracted.
+    fn bound(
+        &mut self,
+        part: &Expr,
+        left: &Expr,
+        op: &BinaryOperator,
+        right: &Expr,
+        tables: &Tables,
+        (this_time, other_time): (&str, &str),
+    ) -> Result<(), String> {
+        let (l, r) = (time_term(left, tables)?, time_term(right, tables)?);
+        if l.0 == r.0 {
+            return Err(format!("`{part}` compares times of one table; the bound compares the two streams' times"));
+        }
+        for (side, field, _) in [&l, &r] {
+            let want = if *side == Side::This { this_time } else { other_time };
+            if field != want {
+                return Err(format!(
+                    "`{part}`: the time bound compares the streams' event times (`{this_time}` and the stream's \
+                     `{other_time}`), not `{field}`"
+                ));
+            }
+        }
+        // As `other - this op c`: flip the operator when this side is left.
+        let (c, op) = if l.0 == Side::Other {
+            (r.2 - l.2, op.clone())
+        } else {
+            let flipped = match op {
+                BinaryOperator::Gt => BinaryOperator::Lt,
+                BinaryOperator::GtEq => BinaryOperator::LtEq,
+                BinaryOperator::Lt => BinaryOperator::Gt,
+                _ => BinaryOperator::GtEq,
+            };
+            (l.2 - r.2, flipped)
+        };
+        match op {
+            BinaryOperator::GtEq => self.lower = Some(self.lower.map_or(c, |b| b.max(c))),
+            BinaryOperator::Gt => self.lower = Some(self.lower.map_or(c + 1, |b| b.max(c + 1))),
+            BinaryOperator::LtEq => self.upper = Some(self.upper.map_or(c, |b| b.min(c))),
+            _ => self.upper = Some(self.upper.map_or(c - 1, |b| b.min(c - 1))),
+        }
+        Ok(())
+    }
+}
+
+fn not_a_join_condition(part: &Expr) -> String {
+    format!("`{part}`: ON takes the keys' equality and a time bound; put other conditions in WHERE")
+}
+
+/// The ANDed conditions of `e`.
+fn conjuncts(e: Expr, out: &mut Vec<Expr>) {
+    match e {
+        Expr::BinaryOp { left, op: BinaryOperator::And, right } => {
+            conjuncts(*left, out);
+            conjuncts(*right, out);
+        }
+        Expr::Nested(inner) => conjuncts(*inner, out),
+        other => out.push(other),
+    }
+}
+
+/// `e` as a field of one of the tables (None: not a field).
+fn column(e: &Expr, tables: &Tables) -> Result<Option<(Side, String)>, String> {
+    match e {
+        Expr::CompoundIdentifier(parts) => {
+            let (side, _) = tables.field(parts)?;
+            Ok(parts.last().map(|f| (side, f.value.clone())))
+        }
+        Expr::Identifier(f) => Err(format!("`{f}` in ON: name its table ({}.{f})", tables.this)),
+        Expr::Nested(inner) => column(inner, tables),
+        _ => Ok(None),
+    }
+}
+
+/// `e` as a table's time field plus milliseconds (`o.ts - INTERVAL '5'
+/// MINUTE`).
+fn time_term(e: &Expr, tables: &Tables) -> Result<(Side, String, i64), String> {
+    if let Some((side, field)) = column(e, tables)? {
+        return Ok((side, field, 0));
+    }
+    match e {
+        Expr::Nested(inner) => time_term(inner, tables),
+        Expr::BinaryOp { left, op: op @ (BinaryOperator::Plus | BinaryOperator::Minus), right } => {
+            let (side, field, base) = time_term(left, tables)?;
+            let ms = i64::try_from(interval(right)?.get().as_millis()).map_err(|_| format!("`{right}` is too long"))?;
+            Ok((side, field, if *op == BinaryOperator::Plus { base + ms } else { base - ms }))
+        }
+        _ => Err(format!("expected a stream's event time, or one plus or minus an INTERVAL, got `{e}`")),
+    }
+}
+
+/// Names the fields written `table.field` as the joined record does, and
+/// gives an unnamed `s.carrier` in the select list its own name.
+fn rename(select: &mut Select, tables: &Tables) -> Result<(), String> {
+    for item in &mut select.projection {
+        match item {
+            SelectItem::UnnamedExpr(Expr::CompoundIdentifier(parts)) => {
+                let (side, name) = tables.field(parts)?;
+                *item = match (side, parts.last()) {
+                    (Side::Other, Some(own)) => {
+                        SelectItem::ExprWithAlias { expr: Expr::Identifier(name), alias: alone(own.clone()) }
+                    }
+                    _ => SelectItem::UnnamedExpr(Expr::Identifier(name)),
+                };
+            }
+            SelectItem::QualifiedWildcard(..) => {
+                return Err(format!("`{item}` is not supported; list the fields, or SELECT *"));
+            }
+            _ => {}
+        }
+    }
+    let renamed = visit_expressions_mut(select, |e| {
+        if let Expr::CompoundIdentifier(parts) = e {
+            match tables.field(parts) {
+                Ok((_, name)) => *e = Expr::Identifier(name),
+                Err(why) => return ControlFlow::Break(why),
+            }
+        }
+        ControlFlow::Continue(())
+    });
+    match renamed {
+        ControlFlow::Break(why) => Err(why),
+        ControlFlow::Continue(()) => Ok(()),
+    }
+}
