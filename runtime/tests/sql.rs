@@ -153,36 +153,39 @@ fn a_left_join_in_sql_grouped_in_windows_counts_every_pair_and_every_unmatched_o
     let dir = tempfile::tempdir().unwrap();
     let ship_keys = KEYS - 3;
     let sql = format!(
-        "SELECT o.key, window_start, COUNT(*) AS n, COUNT(DISTINCT s.seq) AS ships FROM source o LEFT JOIN ships s \
-         {ON} GROUP BY o.key, TUMBLE(o.ts, INTERVAL '100' MILLISECOND)"
+        "SELECT o.key, window_start, COUNT(*) AS n, COUNT(s.seq) AS paired, COUNT(DISTINCT s.seq) AS ships \
+         FROM source o LEFT JOIN ships s {ON} GROUP BY o.key, TUMBLE(o.ts, INTERVAL '100' MILLISECOND)"
     );
     let job = join_job(dir.path(), ship_keys, &sql).unwrap();
     let (result, metrics) = run_with_metrics(&job, weir_runtime::faults::Faults::none());
     result.expect("the job finishes");
     // Per key and window (by the joined record's event time, a pair's the
-    // later of its two): the pairs and unmatched orders, and the distinct
-    // shipments among them.
+    // later of its two): the pairs and unmatched orders, the pairs alone
+    // (COUNT of the shipment's field, null when unmatched), and the
+    // distinct shipments among them.
     let pairs = generated_pairs((ORDERS, KEYS), (SHIPMENTS, ship_keys), 5, 10);
-    let mut want: BTreeMap<(String, u64), (u64, std::collections::BTreeSet<u64>)> = BTreeMap::new();
+    let mut want: BTreeMap<(String, u64), (u64, u64, std::collections::BTreeSet<u64>)> = BTreeMap::new();
     let window = |o: u64, ts: u64| (format!("k{}", generated(o, KEYS).0), ts / 100 * 100);
     for &(o, s) in pairs.keys() {
         let w = want.entry(window(o, o.max(s))).or_default();
         w.0 += 1;
-        w.1.insert(s);
+        w.1 += 1;
+        w.2.insert(s);
     }
     let unmatched = (0..ORDERS).filter(|o| !pairs.keys().any(|(p, _)| p == o)).collect::<Vec<_>>();
     assert!(unmatched.len() > 100, "too few unmatched orders to tell: {}", unmatched.len());
     for o in unmatched {
         want.entry(window(o, o)).or_default().0 += 1;
     }
-    let want: BTreeMap<(String, u64), (u64, u64)> =
-        want.into_iter().map(|(k, (n, ships))| (k, (n, ships.len() as u64))).collect();
-    let got: BTreeMap<(String, u64), (u64, u64)> = read_committed(&dir.path().join("out"))
+    let want: BTreeMap<(String, u64), (u64, u64, u64)> =
+        want.into_iter().map(|(k, (n, paired, ships))| (k, (n, paired, ships.len() as u64))).collect();
+    let got: BTreeMap<(String, u64), (u64, u64, u64)> = read_committed(&dir.path().join("out"))
         .unwrap()
         .iter()
         .map(|r| {
             let key = (r["key"].as_str().unwrap().to_string(), r["window_start"].as_u64().unwrap());
-            (key, (r["n"].as_u64().unwrap(), r["ships"].as_u64().unwrap()))
+            let count = |name: &str| r[name].as_u64().unwrap_or_else(|| panic!("no count `{name}`: {r}"));
+            (key, (count("n"), count("paired"), count("ships")))
         })
         .collect();
     assert_eq!(weir_runtime::metrics::JobMetrics::get(&metrics.late_records_dropped), 0);

@@ -19,7 +19,8 @@
 //!   `TUMBLE_START(…)`, `TUMBLE_END(…)` (and `HOP_`, `SESSION_`) read the
 //!   window's bounds
 //! - `COUNT(*)`, `SUM`, `MIN`, `MAX`, `AVG` of a column or an expression ->
-//!   the aggregate step (expressions are computed by a select before it)
+//!   the aggregate step (expressions are computed by a select before it);
+//!   `COUNT(x)` is the sum of `CASE WHEN x IS NULL THEN 0 ELSE 1 END`
 //! - `HAVING c` -> a filter after the aggregate; the select list -> a
 //!   final select
 //!
@@ -116,7 +117,7 @@ fn plain_select(query: Query) -> Result<Select, String> {
 }
 
 /// The aggregate functions `spec.pipeline.sql` plans.
-const SUPPORTED: &str = "COUNT(*), COUNT(DISTINCT field), SUM, MIN, MAX, AVG, FIRST_VALUE, LAST_VALUE";
+const SUPPORTED: &str = "COUNT(*), COUNT(x), COUNT(DISTINCT field), SUM, MIN, MAX, AVG, FIRST_VALUE, LAST_VALUE";
 
 /// An aggregate call of the select list or `HAVING`.
 #[derive(Debug, Clone, PartialEq)]
@@ -468,10 +469,19 @@ fn aggregate_call(e: &Expr) -> Option<Result<Call, String>> {
         }
         ("count", [FunctionArgExpr::Wildcard]) => Ok(Call::Count),
         ("count", [FunctionArgExpr::Expr(Expr::Value(v))]) if v.to_string() == "1" => Ok(Call::Count),
-        ("count", _) => Err(format!("`{e}`: COUNT(*) is supported, COUNT of a field not yet")),
+        ("count", [FunctionArgExpr::Expr(arg)]) => counted(arg).map(|c| Call::Of("sum", Box::new(c))),
         (kind, [FunctionArgExpr::Expr(arg)]) => Ok(Call::Of(kind, Box::new(arg.clone()))),
         (_, _) => Err(format!("`{e}`: expected one argument")),
     })
+}
+
+/// `COUNT(x)` as a sum: 1 for each record whose `x` is not null.
+fn counted(arg: &Expr) -> Result<Expr, String> {
+    let text = format!("CASE WHEN {arg} IS NULL THEN 0 ELSE 1 END");
+    Parser::new(&GenericDialect {})
+        .try_with_sql(&text)
+        .and_then(|mut p| p.parse_expr())
+        .map_err(|e| format!("COUNT({arg}): {e}"))
 }
 
 /// The first aggregate call within `e`, as written.
