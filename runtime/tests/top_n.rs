@@ -16,8 +16,9 @@ fn record(i: u64) -> Value {
 }
 
 /// The rows a ranking of the `n` greatest totals per shop emits, records
-/// coming in file order: the record entering, then each it moved down.
-fn expected(n: usize) -> BTreeMap<String, usize> {
+/// coming in file order: the record entering, then each it moved down,
+/// with its rank in `rank_field`.
+fn expected(n: usize, rank_field: &str) -> BTreeMap<String, usize> {
     let mut ranking: BTreeMap<String, Vec<(u64, u64)>> = BTreeMap::new();
     let mut rows = BTreeMap::new();
     for i in 0..N {
@@ -32,7 +33,7 @@ fn expected(n: usize) -> BTreeMap<String, usize> {
         top.truncate(n);
         for (rank, (_, order)) in top.iter().enumerate().skip(at) {
             let mut row = record(*order);
-            row["rank"] = json!(rank + 1);
+            row[rank_field] = json!(rank + 1);
             *rows.entry(row.to_string()).or_default() += 1;
         }
     }
@@ -41,28 +42,30 @@ fn expected(n: usize) -> BTreeMap<String, usize> {
 
 #[test]
 fn each_shops_top_orders_are_emitted_as_ranked_updates_exactly_once_through_seeded_crashes() {
-    let dir = tempfile::tempdir().unwrap();
-    let lines: Vec<String> = (0..N).map(|i| record(i).to_string()).collect();
-    std::fs::write(dir.path().join("orders.jsonl"), lines.join("\n") + "\n").unwrap();
-    let pipeline = format!(
-        r#"    source: {{file: {{path: "{d}/orders.jsonl"}}}}
-    steps:
-      - keyBy: {{field: shop}}
-      - topN: {{limit: 5, orderBy: total}}"#,
-        d = dir.path().display()
-    );
-    let job = pipeline_job(dir.path(), "top-n", 2, &pipeline).unwrap();
-    run_through_crashes(&job, 0x5eed_70b0_0000_0005);
+    // As steps, and as Flink SQL's Top-N query, whose row number's name
+    // is the rank's field.
+    let steps = "    steps:\n      - keyBy: {field: shop}\n      - topN: {limit: 5, orderBy: total}";
+    let sql = "    sql: SELECT * FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY shop ORDER BY total DESC) AS pos \
+               FROM source) WHERE pos <= 5";
+    for (written, rank_field, seed) in [(steps, "rank", 0x5eed_70b0_0000_0005), (sql, "pos", 0x5eed_70b0_0000_0006)] {
+        let dir = tempfile::tempdir().unwrap();
+        let lines: Vec<String> = (0..N).map(|i| record(i).to_string()).collect();
+        std::fs::write(dir.path().join("orders.jsonl"), lines.join("\n") + "\n").unwrap();
+        let pipeline =
+            format!("    source: {{file: {{path: \"{d}/orders.jsonl\"}}}}\n{written}", d = dir.path().display());
+        let job = pipeline_job(dir.path(), "top-n", 2, &pipeline).unwrap();
+        run_through_crashes(&job, seed);
 
-    let mut got: BTreeMap<String, usize> = BTreeMap::new();
-    for row in read_committed(&dir.path().join("out")).unwrap() {
-        *got.entry(row.to_string()).or_default() += 1;
+        let mut got: BTreeMap<String, usize> = BTreeMap::new();
+        for row in read_committed(&dir.path().join("out")).unwrap() {
+            *got.entry(row.to_string()).or_default() += 1;
+        }
+        let want = expected(5, rank_field);
+        assert!(want.len() > 20, "the rankings change often enough: {} updates", want.len());
+        let twice: Vec<_> = got.iter().filter(|(_, n)| **n > 1).take(3).collect();
+        assert!(twice.is_empty(), "{rank_field}: updates committed more than once: {twice:?}");
+        assert_eq!(got, want, "{rank_field}: every update of every ranking, once");
     }
-    let want = expected(5);
-    assert!(want.len() > 20, "the rankings change often enough: {} updates", want.len());
-    let twice: Vec<_> = got.iter().filter(|(_, n)| **n > 1).take(3).collect();
-    assert!(twice.is_empty(), "updates committed more than once: {twice:?}");
-    assert_eq!(got, want, "every update of every ranking, once");
 }
 
 #[test]
@@ -80,4 +83,30 @@ fn a_top_n_without_a_key_or_with_a_text_order_is_refused_naming_the_field() {
     assert!(err.contains("spec.pipeline.steps[1].topN.orderBy: field `shop` is Utf8, expected a number"), "{err}");
     let err = job("      - keyBy: {field: shop}\n      - topN: {limit: 0, orderBy: total}");
     assert!(err.contains("spec.pipeline.steps[1].topN.limit: expected 1 to 1000, got 0"), "{err}");
+}
+
+#[test]
+fn the_sql_top_n_example_runs_as_it_is_and_emits_each_change_of_each_stores_top_two() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rows: Vec<(String, u64, String, i64)> = run_example(dir.path(), "sql-top-n")
+        .iter()
+        .map(|r| {
+            let text = |f: &str| r[f].as_str().unwrap_or_else(|| panic!("no `{f}`: {r}")).to_string();
+            (text("store"), r["place"].as_u64().unwrap(), text("item"), r["qty"].as_i64().unwrap())
+        })
+        .collect();
+    rows.sort();
+    let want = [
+        ("north", 1, "scones", 6),
+        ("north", 1, "tea", 3),
+        ("north", 2, "tea", 3),
+        ("north", 2, "tea", 4),
+        ("south", 1, "coffee", 2),
+        ("south", 1, "scones", 12),
+        ("south", 1, "tea", 1),
+        ("south", 2, "coffee", 2),
+        ("south", 2, "tea", 1),
+    ]
+    .map(|(s, p, i, q)| (s.to_string(), p, i.to_string(), q));
+    assert_eq!(rows, want.to_vec(), "each sale entering a top two, and each it moved down, once");
 }

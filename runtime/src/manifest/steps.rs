@@ -190,6 +190,9 @@ pub struct TopNSpec {
     /// `Descending` (the greatest first, the default) or `Ascending`.
     #[serde(default)]
     pub order: SortOrder,
+    /// The field each emitted record's rank is written to; absent: `rank`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rank_field: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
@@ -211,7 +214,15 @@ impl TopNSpec {
         if self.order_by.is_empty() {
             errors.push(format!("{at}.orderBy: required, got an empty name"));
         }
+        if self.rank_field.as_deref().is_some_and(str::is_empty) {
+            errors.push(format!("{at}.rankField: expected a field name, got an empty one"));
+        }
         errors
+    }
+
+    /// The field the rank is written to.
+    pub fn rank_field(&self) -> &str {
+        self.rank_field.as_deref().unwrap_or("rank")
     }
 }
 

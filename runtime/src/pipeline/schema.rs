@@ -330,9 +330,10 @@ pub fn type_steps(pipeline: &PipelineSpec, steps: &[StepSpec]) -> Typed {
                         )),
                         Err(e) => typed.errors.push(format!("spec.pipeline.steps[{i}].topN.orderBy: {e}")),
                     }
+                    let rank = t.rank_field();
                     let mut fields: Vec<Field> =
-                        schema.fields().iter().filter(|f| f.name() != "rank").map(|f| f.as_ref().clone()).collect();
-                    fields.push(Field::new("rank", DataType::Int64, false));
+                        schema.fields().iter().filter(|f| f.name() != rank).map(|f| f.as_ref().clone()).collect();
+                    fields.push(Field::new(rank, DataType::Int64, false));
                     current = Some(schema_of(fields));
                 }
             }

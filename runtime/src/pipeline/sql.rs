@@ -9,6 +9,9 @@
 //!   AND o.ts + INTERVAL …` (`LEFT`, `RIGHT`, `FULL` too) -> `intervalJoin`
 //!   with a stream of `spec.pipeline.streams`; `s.field` is then
 //!   `s_field` (see [`join`])
+//! - `SELECT … FROM (SELECT …, ROW_NUMBER() OVER (PARTITION BY k ORDER BY x
+//!   DESC) AS rownum FROM source) WHERE rownum <= N` (Flink's Top-N) ->
+//!   `keyBy` and `topN` (see [`top_n`])
 //! - `WHERE c` -> `filter: c`
 //! - `GROUP BY k` -> `keyBy` (a column, or an expression named by its
 //!   alias in the select list, else `key`); no `GROUP BY` with aggregates
@@ -71,6 +74,9 @@ pub fn translate(
         return Err(format!("expected a SELECT statement, got `{}`", first_words(&statement.to_string())));
     };
     let mut select = plain_select(*query)?;
+    if let Some(steps) = top_n::top_n(&mut select, event_time, streams)? {
+        return Ok(steps);
+    }
     let joined = join::from_clause(&mut select, event_time, streams)?;
     let mut steps: Vec<SqlStep> =
         joined.into_iter().map(|j| SqlStep { step: j.step, clause: "JOIN", stream: Some(j.stream) }).collect();
@@ -370,17 +376,21 @@ impl Grouping {
     fn plain_select_list(&self) -> Result<Option<Vec<String>>, String> {
         match self.select.projection.as_slice() {
             [SelectItem::Wildcard(_)] => Ok(None),
-            items => items
-                .iter()
-                .map(|item| match item {
-                    SelectItem::UnnamedExpr(e) => Ok(e.to_string()),
-                    SelectItem::ExprWithAlias { expr, alias } => Ok(format!("{expr} AS {alias}")),
-                    other => Err(format!("`{other}` is not supported in the select list")),
-                })
-                .collect::<Result<Vec<_>, _>>()
-                .map(Some),
+            items => select_list(items, "the select list").map(Some),
         }
     }
+}
+
+/// `items` as a select step's list; `which`: where they are written.
+fn select_list(items: &[SelectItem], which: &str) -> Result<Vec<String>, String> {
+    items
+        .iter()
+        .map(|item| match item {
+            SelectItem::UnnamedExpr(e) => Ok(e.to_string()),
+            SelectItem::ExprWithAlias { expr, alias } => Ok(format!("{expr} AS {alias}")),
+            other => Err(format!("`{other}` is not supported in {which}")),
+        })
+        .collect()
 }
 
 fn item_expr(item: &SelectItem) -> Option<&Expr> {
@@ -497,6 +507,7 @@ fn aggregate_in(e: &Expr) -> Option<String> {
 }
 
 mod join;
+mod top_n;
 mod window;
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ pub struct TopN {
     limit: usize,
     order_by: String,
     descending: bool,
+    rank_field: String,
 }
 
 impl TopN {
@@ -23,6 +24,7 @@ impl TopN {
             limit: spec.limit.max(1) as usize,
             order_by: spec.order_by.clone(),
             descending: spec.order == SortOrder::Descending,
+            rank_field: spec.rank_field().to_string(),
         }
     }
 
@@ -41,10 +43,10 @@ impl TopN {
 /// (postcard cannot read a `serde_json::Value` back).
 pub type Ranking = Vec<(f64, String)>;
 
-/// `row` with its `rank` (1-based).
-fn ranked(mut row: Row, rank: usize) -> Row {
+/// `row` with its rank (1-based) in `field`.
+fn ranked(mut row: Row, field: &str, rank: usize) -> Row {
     if let Value::Object(o) = &mut row {
-        o.insert("rank".into(), Value::from(rank));
+        o.insert(field.into(), Value::from(rank));
     }
     row
 }
@@ -68,13 +70,13 @@ impl KeyedProcessFunction<String, Row, Row> for TopN {
         }
         top.insert(at, (value, row.to_string()));
         top.truncate(self.limit);
-        out.push(ranked(row, at + 1));
+        out.push(ranked(row, &self.rank_field, at + 1));
         for (i, (_, text)) in top.iter().enumerate().skip(at + 1) {
             let moved: Row = serde_json::from_str(text).map_err(|e| TaskError::User {
                 function: "topN".into(),
                 reason: format!("a ranked record of key `{key}` does not read back: {e}"),
             })?;
-            out.push(ranked(moved, i + 1));
+            out.push(ranked(moved, &self.rank_field, i + 1));
         }
         Ok(())
     }
@@ -92,13 +94,14 @@ mod tests {
         for (i, v) in values.iter().enumerate() {
             top.process(&"k".to_string(), json!({"id": i, "v": v}), &mut state, &mut out).unwrap();
         }
-        let emitted = out.iter().map(|r| (r["id"].as_i64().unwrap(), r["rank"].as_u64().unwrap())).collect();
+        let rank = spec.rank_field();
+        let emitted = out.iter().map(|r| (r["id"].as_i64().unwrap(), r[rank].as_u64().unwrap())).collect();
         (emitted, state)
     }
 
     #[test]
     fn a_record_entering_the_ranking_is_emitted_with_every_record_it_moved_down() {
-        let spec = TopNSpec { limit: 3, order_by: "v".into(), order: SortOrder::Descending };
+        let spec = TopNSpec { limit: 3, order_by: "v".into(), order: SortOrder::Descending, rank_field: None };
         let (emitted, state) = run(spec, &[5, 9, 1, 7, 2, 7]);
         assert_eq!(
             emitted,
@@ -118,8 +121,9 @@ mod tests {
     }
 
     #[test]
-    fn ascending_ranks_the_least_first_and_a_non_number_names_the_field_and_key() {
-        let spec = TopNSpec { limit: 2, order_by: "v".into(), order: SortOrder::Ascending };
+    fn ascending_ranks_the_least_first_into_the_rank_field_and_a_non_number_names_the_field_and_key() {
+        let spec =
+            TopNSpec { limit: 2, order_by: "v".into(), order: SortOrder::Ascending, rank_field: Some("pos".into()) };
         let (emitted, _) = run(spec.clone(), &[5, 9, 1]);
         assert_eq!(emitted, [(0, 1), (1, 2), (2, 1), (0, 2)]);
         let err = TopN::new(&spec)

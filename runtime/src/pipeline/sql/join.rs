@@ -294,7 +294,7 @@ fn not_a_join_condition(part: &Expr) -> String {
 }
 
 /// The ANDed conditions of `e`.
-fn conjuncts(e: Expr, out: &mut Vec<Expr>) {
+pub(super) fn conjuncts(e: Expr, out: &mut Vec<Expr>) {
     match e {
         Expr::BinaryOp { left, op: BinaryOperator::And, right } => {
             conjuncts(*left, out);

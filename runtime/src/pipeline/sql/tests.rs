@@ -289,3 +289,63 @@ fn joins_that_are_not_interval_joins_are_refused_by_name() {
     let err = translate(&format!("SELECT * FROM source o JOIN ships s {on}"), None, &[]).unwrap_err();
     assert!(err.contains("JOIN ships: no stream of that id"), "{err}");
 }
+
+#[test]
+fn a_row_number_subquery_becomes_a_key_and_a_top_n_that_names_the_rank_as_the_query_does() {
+    let sql =
+        "SELECT shop, item, total, rownum FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY shop ORDER BY total DESC) \
+               AS rownum FROM source WHERE total > 0) WHERE rownum <= 3";
+    let s = steps(sql, None).unwrap();
+    assert_eq!(
+        json(&s),
+        [
+            r#"{"filter":"total > 0"}"#,
+            r#"{"keyBy":{"field":"shop"}}"#,
+            r#"{"topN":{"limit":3,"orderBy":"total","order":"Descending","rankField":"rownum"}}"#,
+            r#"{"select":["shop","item","total","rownum"]}"#,
+        ]
+    );
+    let clauses: Vec<&str> = s.iter().map(|(_, c)| *c).collect();
+    assert_eq!(clauses, ["WHERE", "PARTITION BY", "ROW_NUMBER", "SELECT"]);
+    // Ascending, a subquery select list (the ranking's fields kept), the
+    // bound written the other way round, more conditions after the rank,
+    // and no partition: one ranking of all records.
+    let sql = "SELECT * FROM (SELECT item, price * 2 AS p, ROW_NUMBER() OVER (ORDER BY p ASC) AS rank FROM source) \
+               WHERE 2 > rank AND item <> 'x'";
+    assert_eq!(
+        json(&steps(sql, None).unwrap()),
+        [
+            r#"{"select":["item","price * 2 AS p","p"]}"#,
+            r#"{"keyBy":{"field":"key","expr":"'all'"}}"#,
+            r#"{"topN":{"limit":1,"orderBy":"p","order":"Ascending"}}"#,
+            r#"{"filter":"item <> 'x'"}"#,
+        ]
+    );
+}
+
+#[test]
+fn top_n_queries_flink_would_plan_otherwise_are_refused_by_name() {
+    let sub = |over: &str, outer: &str| format!("SELECT * FROM (SELECT *, {over} AS rownum FROM source) WHERE {outer}");
+    let by = "OVER (PARTITION BY shop ORDER BY total DESC)";
+    let refused = [
+        (sub(&format!("RANK() {by}"), "rownum <= 3"), "only ROW_NUMBER() is supported"),
+        (sub(&format!("ROW_NUMBER() {by}"), "total > 3"), "needs WHERE rownum <= N outside the subquery"),
+        (sub(&format!("ROW_NUMBER() {by}"), "rownum >= 3"), "expected rownum <= N"),
+        (sub("ROW_NUMBER() OVER (PARTITION BY shop)", "rownum <= 3"), "needs ORDER BY a numeric field"),
+        (sub("ROW_NUMBER() OVER (PARTITION BY shop ORDER BY a, b)", "rownum <= 3"), "orders by one field"),
+        (sub("ROW_NUMBER() OVER (PARTITION BY a, b ORDER BY c)", "rownum <= 3"), "PARTITION BY takes one field"),
+        ("SELECT * FROM (SELECT shop FROM source) WHERE shop <> 'x'".into(), "needs one ROW_NUMBER() OVER"),
+        (
+            format!("SELECT * FROM (SELECT shop, ROW_NUMBER() {by} FROM source) WHERE rownum <= 3"),
+            "needs a name: add AS rownum",
+        ),
+        (
+            format!("SELECT shop, COUNT(*) AS n FROM (SELECT *, ROW_NUMBER() {by} AS rownum FROM source) WHERE rownum <= 3 GROUP BY shop"),
+            "GROUP BY or HAVING in the outer query",
+        ),
+    ];
+    for (sql, expected) in refused {
+        let err = steps(&sql, None).unwrap_err();
+        assert!(err.contains(expected), "{sql}: {err}");
+    }
+}

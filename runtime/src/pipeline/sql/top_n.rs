@@ -1,0 +1,210 @@
+//! Flink SQL's Top-N: `SELECT … FROM (SELECT …, ROW_NUMBER() OVER
+//! (PARTITION BY k ORDER BY x DESC) AS rownum FROM source [WHERE …]) WHERE
+//! rownum <= N`, read into a `keyBy` and a `topN` step whose rank is
+//! written to the row number's name.
+
+use datafusion_sql::sqlparser::ast::{
+    BinaryOperator, Expr, GroupByExpr, OrderByExpr, Select, SelectItem, TableFactor, Value, WindowType,
+};
+
+use super::join::conjuncts;
+use super::{function_name, join, plain_select, select_list, SqlStep, KEY};
+use crate::manifest::{EventTimeSpec, KeyBySpec, SortOrder, StepSpec, StreamSpec, TopNSpec};
+
+/// The steps of a Top-N query, or None if `outer` reads no subquery.
+pub(super) fn top_n(
+    outer: &mut Select,
+    event_time: Option<&EventTimeSpec>,
+    streams: &[StreamSpec],
+) -> Result<Option<Vec<SqlStep>>, String> {
+    let subquery = match outer.from.as_slice() {
+        [table] => match &table.relation {
+            TableFactor::Derived { subquery, .. } if table.joins.is_empty() => subquery.clone(),
+            TableFactor::Derived { .. } => return Err("a JOIN of a subquery is not supported".into()),
+            _ => return Ok(None),
+        },
+        _ => return Ok(None),
+    };
+    refuse_grouping(outer, "the outer query")?;
+    let mut inner = plain_select(*subquery)?;
+    refuse_grouping(&inner, "the subquery")?;
+    let joined = join::from_clause(&mut inner, event_time, streams)?;
+    let step = |clause, step: StepSpec| SqlStep { step, clause, stream: None };
+    let mut steps: Vec<SqlStep> =
+        joined.into_iter().map(|j| SqlStep { step: j.step, clause: "JOIN", stream: Some(j.stream) }).collect();
+    if let Some(w) = inner.selection.take() {
+        steps.push(step("WHERE", StepSpec { filter: Some(w.to_string()), ..StepSpec::default() }));
+    }
+    let over = RowNumber::take(&mut inner)?;
+    let (limit, rest) = limit(outer.selection.take(), &over.alias)?;
+    if !matches!(inner.projection.as_slice(), [SelectItem::Wildcard(_)]) {
+        let mut list = select_list(&inner.projection, "the subquery's select list")?;
+        // The ranking reads these: kept even when not listed.
+        for needed in over.key.iter().chain([&over.order_by]) {
+            if !list.contains(needed) {
+                list.push(needed.clone());
+            }
+        }
+        steps.push(step("the subquery's SELECT", StepSpec { select: Some(list), ..StepSpec::default() }));
+    }
+    let key_by = match &over.key {
+        Some(field) => KeyBySpec { field: field.clone(), expr: None },
+        None => KeyBySpec { field: KEY.into(), expr: Some("'all'".into()) },
+    };
+    steps.push(step("PARTITION BY", StepSpec { key_by: Some(key_by), ..StepSpec::default() }));
+    let rank_field = (over.alias != "rank").then(|| over.alias.clone());
+    let spec = TopNSpec { limit, order_by: over.order_by, order: over.order, rank_field };
+    steps.push(step("ROW_NUMBER", StepSpec { top_n: Some(spec), ..StepSpec::default() }));
+    if let Some(rest) = rest {
+        steps.push(step("WHERE", StepSpec { filter: Some(rest), ..StepSpec::default() }));
+    }
+    match outer.projection.as_slice() {
+        [SelectItem::Wildcard(_)] => {}
+        items => {
+            let list = select_list(items, "the select list")?;
+            steps.push(step("SELECT", StepSpec { select: Some(list), ..StepSpec::default() }));
+        }
+    }
+    Ok(Some(steps))
+}
+
+fn refuse_grouping(select: &Select, which: &str) -> Result<(), String> {
+    let grouped = !matches!(&select.group_by, GroupByExpr::Expressions(e, _) if e.is_empty());
+    if grouped || select.having.is_some() {
+        return Err(format!("GROUP BY or HAVING in {which} of a Top-N query is not supported yet"));
+    }
+    Ok(())
+}
+
+/// `ROW_NUMBER() OVER (PARTITION BY k ORDER BY x [ASC | DESC]) AS rownum`.
+struct RowNumber {
+    key: Option<String>,
+    order_by: String,
+    order: SortOrder,
+    alias: String,
+}
+
+impl RowNumber {
+    /// Takes the row number out of the subquery's select list.
+    fn take(inner: &mut Select) -> Result<RowNumber, String> {
+        let is_over = |e: &Expr| matches!(e, Expr::Function(f) if f.over.is_some());
+        let found: Vec<usize> = inner
+            .projection
+            .iter()
+            .enumerate()
+            .filter(|(_, item)| match item {
+                SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => is_over(e),
+                _ => false,
+            })
+            .map(|(i, _)| i)
+            .collect();
+        let [at] = found.as_slice() else {
+            return Err(format!(
+                "a subquery is read as Flink's Top-N: its select list needs one ROW_NUMBER() OVER (PARTITION BY k \
+                 ORDER BY x DESC) AS rownum, got {}",
+                found.len()
+            ));
+        };
+        let item = inner.projection.remove(*at);
+        let SelectItem::ExprWithAlias { expr: Expr::Function(f), alias } = item else {
+            return Err(format!("`{item}` needs a name: add AS rownum, and WHERE rownum <= N outside"));
+        };
+        let name = function_name(&Expr::Function(f.clone())).unwrap_or_default();
+        if name != "row_number" {
+            return Err(format!(
+                "`{name}` OVER …: only ROW_NUMBER() is supported (Flink's Top-N); RANK and DENSE_RANK are not"
+            ));
+        }
+        let Some(WindowType::WindowSpec(spec)) = &f.over else {
+            return Err("ROW_NUMBER() OVER a named window is not supported; write the window inline".into());
+        };
+        if spec.window_frame.is_some() {
+            return Err("ROW_NUMBER() OVER (… ROWS/RANGE …): a window frame is not supported".into());
+        }
+        let key = match spec.partition_by.as_slice() {
+            [] => None,
+            [Expr::Identifier(k)] => Some(k.value.clone()),
+            [other] => {
+                return Err(format!(
+                    "PARTITION BY {other}: partition by a field (compute it in the subquery's select list)"
+                ))
+            }
+            _ => {
+                return Err("PARTITION BY takes one field; combine them in the subquery, as concat_ws('|', a, b)".into())
+            }
+        };
+        let (order_by, order) = match spec.order_by.as_slice() {
+            [OrderByExpr { expr: Expr::Identifier(x), options, .. }] => {
+                let order = if options.asc == Some(true) { SortOrder::Ascending } else { SortOrder::Descending };
+                (x.value.clone(), order)
+            }
+            [] => return Err("ROW_NUMBER() needs ORDER BY a numeric field".into()),
+            [one] => {
+                return Err(format!("ORDER BY {one}: order by a field (compute it in the subquery's select list)"))
+            }
+            _ => return Err("ROW_NUMBER() orders by one field; ranking by several is not supported yet".into()),
+        };
+        Ok(RowNumber { key, order_by, order, alias: alias.value })
+    }
+}
+
+/// The N of `WHERE rownum <= N` (or `< N + 1`, `= 1`), and the rest of the
+/// outer WHERE.
+fn limit(selection: Option<Expr>, rownum: &str) -> Result<(u32, Option<String>), String> {
+    let mut parts = Vec::new();
+    if let Some(e) = selection {
+        conjuncts(e, &mut parts);
+    }
+    let mut limit = None;
+    let mut rest = Vec::new();
+    for part in parts {
+        match bound(&part, rownum) {
+            Some(Ok(n)) if limit.is_none() => limit = Some(n),
+            Some(Ok(_)) => return Err(format!("`{part}`: the outer WHERE bounds {rownum} once")),
+            Some(Err(e)) => return Err(e),
+            None => rest.push(part.to_string()),
+        }
+    }
+    let Some(limit) = limit else {
+        return Err(format!(
+            "a Top-N query needs WHERE {rownum} <= N outside the subquery (a ranking of every record is not kept)"
+        ));
+    };
+    Ok((limit, (!rest.is_empty()).then(|| rest.join(" AND "))))
+}
+
+/// `part` as a bound on the row number: None if it is not one.
+fn bound(part: &Expr, rownum: &str) -> Option<Result<u32, String>> {
+    let Expr::BinaryOp { left, op, right } = part else { return None };
+    let is_rownum = |e: &Expr| matches!(e, Expr::Identifier(id) if id.value == rownum);
+    let number = |e: &Expr| match e {
+        Expr::Value(v) => match &v.value {
+            Value::Number(n, _) => n.parse::<u32>().ok(),
+            _ => None,
+        },
+        _ => None,
+    };
+    let (op, n) = match (is_rownum(left), is_rownum(right)) {
+        (true, false) => (op.clone(), number(right)),
+        (false, true) => {
+            let flipped = match op {
+                BinaryOperator::Gt => BinaryOperator::Lt,
+                BinaryOperator::GtEq => BinaryOperator::LtEq,
+                BinaryOperator::Lt => BinaryOperator::Gt,
+                BinaryOperator::LtEq => BinaryOperator::GtEq,
+                other => other.clone(),
+            };
+            (flipped, number(left))
+        }
+        _ => return None,
+    };
+    let Some(n) = n else {
+        return Some(Err(format!("`{part}`: expected {rownum} compared with a whole number")));
+    };
+    Some(match op {
+        BinaryOperator::LtEq => Ok(n),
+        BinaryOperator::Lt if n > 1 => Ok(n - 1),
+        BinaryOperator::Eq if n == 1 => Ok(1),
+        _ => Err(format!("`{part}`: expected {rownum} <= N, {rownum} < N or {rownum} = 1 (ranks from 1 to N)")),
+    })
+}
