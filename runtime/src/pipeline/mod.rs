@@ -100,11 +100,16 @@ fn build_pipeline(spec: &StreamJobSpec, pipeline: &PipelineSpec) -> Result<JobGr
     let env = StreamEnv::new(spec.parallelism, spec.max_parallelism);
     let time = pipeline.event_time.as_ref().map(|t| (t, t.field.as_str()));
     let (schema, at) = (pipeline.schema.as_ref(), "spec.pipeline.source");
-    let stamp = schema::event_time_expr(pipeline).map_err(PipelineError::Invalid)?;
+    let steps = pipeline.planned_steps().map_err(PipelineError::Invalid)?;
+    let mut typed = schema::type_steps(pipeline, &steps);
+    if !typed.errors.is_empty() {
+        return Err(PipelineError::Invalid(steps.relabeled(typed.errors).join("; ")));
+    }
+    // Planned once, with the steps: the sources stamp records with it.
+    let stamp = typed.event_time.take();
     let main = SourceAt { uid: "source", source: &pipeline.source, at, schema, event_time: time, stamp: stamp.clone() };
     let source = source_stream(&env, main)?;
 
-    let steps = pipeline.planned_steps().map_err(PipelineError::Invalid)?;
     let (rules, after_filter) = field_rules(pipeline, &steps);
     let after_filter = Some(after_filter).filter(|r| !r.is_empty());
     let mut stream = checked_source(&env, source, "bad-records", "dead-letter", &rules, &spec.error_policy);
@@ -121,10 +126,6 @@ fn build_pipeline(spec: &StreamJobSpec, pipeline: &PipelineSpec) -> Result<JobGr
     }
 
     let mut pending = Pending { others, after_filter };
-    let typed = schema::type_steps(pipeline, &steps);
-    if !typed.errors.is_empty() {
-        return Err(PipelineError::Invalid(steps.relabeled(typed.errors).join("; ")));
-    }
     let mut key_field: Option<String> = None;
     for (i, (step, (input, planned))) in steps.iter().zip(typed.steps).enumerate() {
         let keyed_next = matches!(step.kind(), Ok(StepKind::KeyBy(k)) if k.expr.is_none())

@@ -77,6 +77,8 @@ pub fn event_time_expr(pipeline: &PipelineSpec) -> Result<Option<(Planned, Schem
 #[derive(Debug, Default)]
 pub struct Typed {
     pub steps: Vec<(Option<SchemaRef>, Option<Planned>)>,
+    /// `eventTime.expr` planned over the source's fields, and those fields.
+    pub event_time: Option<(Planned, SchemaRef)>,
     pub errors: Vec<String>,
 }
 
@@ -249,14 +251,15 @@ pub fn type_steps(pipeline: &PipelineSpec, steps: &[StepSpec]) -> Typed {
     let mut current = source_schema(pipeline);
     match (&current, &pipeline.event_time) {
         (_, Some(EventTimeSpec { expr: Some(_), field, .. })) => match event_time_expr(pipeline) {
-            Ok(Some((planned, _))) => {
-                let ty = planned.exprs().first().map(|c| c.field.data_type().clone());
+            Ok(Some(stamp)) => {
+                let ty = stamp.0.exprs().first().map(|c| c.field.data_type().clone());
                 if let (Some(schema), Some(ty)) = (&current, ty) {
                     let mut fields: Vec<Field> =
                         schema.fields().iter().filter(|f| f.name() != field).map(|f| f.as_ref().clone()).collect();
                     fields.push(Field::new(field.clone(), ty, false));
                     current = Some(schema_of(fields));
                 }
+                typed.event_time = Some(stamp);
             }
             Ok(None) => {}
             Err(e) => typed.errors.push(e),
