@@ -268,17 +268,7 @@ impl On {
             }
         }
         // As `other - this op c`: flip the operator when this side is left.
-        let (c, op) = if l.0 == Side::Other {
-            (r.2 - l.2, op.clone())
-        } else {
-            let flipped = match op {
-                BinaryOperator::Gt => BinaryOperator::Lt,
-                BinaryOperator::GtEq => BinaryOperator::LtEq,
-                BinaryOperator::Lt => BinaryOperator::Gt,
-                _ => BinaryOperator::GtEq,
-            };
-            (l.2 - r.2, flipped)
-        };
+        let (c, op) = if l.0 == Side::Other { (r.2 - l.2, op.clone()) } else { (l.2 - r.2, flipped(op)) };
         match op {
             BinaryOperator::GtEq => self.lower = Some(self.lower.map_or(c, |b| b.max(c))),
             BinaryOperator::Gt => self.lower = Some(self.lower.map_or(c + 1, |b| b.max(c + 1))),
@@ -286,6 +276,17 @@ impl On {
             _ => self.upper = Some(self.upper.map_or(c - 1, |b| b.min(c - 1))),
         }
         Ok(())
+    }
+}
+
+/// The comparison `op` with its sides swapped (`a < b` is `b > a`).
+pub(super) fn flipped(op: &BinaryOperator) -> BinaryOperator {
+    match op {
+        BinaryOperator::Gt => BinaryOperator::Lt,
+        BinaryOperator::GtEq => BinaryOperator::LtEq,
+        BinaryOperator::Lt => BinaryOperator::Gt,
+        BinaryOperator::LtEq => BinaryOperator::GtEq,
+        other => other.clone(),
     }
 }
 

@@ -7,7 +7,7 @@ use datafusion_sql::sqlparser::ast::{
     BinaryOperator, Expr, GroupByExpr, OrderByExpr, Select, SelectItem, TableFactor, Value, WindowType,
 };
 
-use super::join::conjuncts;
+use super::join::{conjuncts, flipped};
 use super::{function_name, join, plain_select, select_list, SqlStep, KEY};
 use crate::manifest::{EventTimeSpec, KeyBySpec, SortOrder, StepSpec, StreamSpec, TopNSpec};
 
@@ -186,16 +186,7 @@ fn bound(part: &Expr, rownum: &str) -> Option<Result<u32, String>> {
     };
     let (op, n) = match (is_rownum(left), is_rownum(right)) {
         (true, false) => (op.clone(), number(right)),
-        (false, true) => {
-            let flipped = match op {
-                BinaryOperator::Gt => BinaryOperator::Lt,
-                BinaryOperator::GtEq => BinaryOperator::LtEq,
-                BinaryOperator::Lt => BinaryOperator::Gt,
-                BinaryOperator::LtEq => BinaryOperator::GtEq,
-                other => other.clone(),
-            };
-            (flipped, number(left))
-        }
+        (false, true) => (flipped(op), number(left)),
         _ => return None,
     };
     let Some(n) = n else {
