@@ -124,7 +124,13 @@ fn sessions_and_transactions_of_earlier_attempts_are_ended_and_rolled_back_not_l
     let manifest = write_manifest(dir.path(), &job);
 
     let mut first = weir(&manifest, dir.path(), "first.log");
-    wait_for_progress(&mut first, "a first commit", || psql("SELECT count(*) FROM fence_transactions") != "0");
+    // The sink creates its transactions table when it starts, so the first
+    // polls may come before the table exists.
+    let recorded = || {
+        psql("SELECT to_regclass('fence_transactions') IS NOT NULL") == "t"
+            && psql("SELECT count(*) FROM fence_transactions") != "0"
+    };
+    wait_for_progress(&mut first, "a first commit", recorded);
     first.kill().unwrap();
     first.wait().unwrap();
     let incarnation = psql("SELECT DISTINCT incarnation FROM fence_transactions");
