@@ -275,3 +275,94 @@ fn records_a_full_join_emits_alone_are_not_late_for_a_window_after_it() {
     assert_eq!(JobMetrics::get(&metrics.late_records_dropped), 0, "no joined record came behind the watermark");
     assert_eq!(got, want);
 }
+
+const RATES: u64 = 1_000;
+
+/// Orders (one per millisecond) joined with the versions of their key's
+/// rate: a second generator's records, one every 7 ms of event time.
+fn temporal_job(dir: &Path, join_type: &str) -> weir_runtime::manifest::StreamJob {
+    let pipeline = format!(
+        r#"    source: {{generator: {orders}}}
+    eventTime: {{field: ts, maxOutOfOrderness: 50ms}}
+    steps:
+      - temporalJoin:
+          source: {{id: rates, generator: {rates}}}
+          key: key
+          type: {join_type}"#,
+        orders = generator(ORDERS, 4),
+        rates = generator(RATES, 2).replace("timestampStep: 1ms", "timestampStep: 7ms"),
+    );
+    pipeline_job(dir, "temporal", 2, &pipeline).expect("test manifest is valid")
+}
+
+/// Each order's seq and the seq of the rate in effect at its time: the
+/// latest of its key at or before it.
+fn temporal_expected() -> BTreeMap<u64, Option<u64>> {
+    let mut want = BTreeMap::new();
+    for o in 0..ORDERS {
+        let key = generated(o, KEYS).0;
+        let version = (0..RATES).filter(|&s| s * 7 <= o && generated(s, KEYS).0 == key).max();
+        want.insert(o, version);
+    }
+    want
+}
+
+/// Each committed order's rate, failing on an order committed twice.
+fn temporal_got(dir: &Path) -> BTreeMap<u64, Option<u64>> {
+    let mut got = BTreeMap::new();
+    for row in committed(dir) {
+        let order = row["seq"].as_u64().unwrap_or_else(|| panic!("not an order: {row}"));
+        let rate = row["rates_seq"].as_u64();
+        if rate.is_some() {
+            assert_eq!(row["key"], row["rates_key"], "joined across keys: {row}");
+        }
+        assert_eq!(row["ts"].as_u64(), Some(order), "the order's own event time: {row}");
+        assert!(got.insert(order, rate).is_none(), "order {order} committed twice");
+    }
+    got
+}
+
+#[test]
+fn a_left_temporal_join_gives_each_order_the_rate_in_effect_at_its_time_once_through_seeded_crashes() {
+    let dir = tempfile::tempdir().unwrap();
+    run_through_crashes(&temporal_job(dir.path(), "left"), 0x5eed_7e39_0000_0001);
+    let want = temporal_expected();
+    assert!(want.values().any(Option::is_none), "some orders come before their key's first rate");
+    assert!(want.values().filter_map(|v| *v).collect::<std::collections::BTreeSet<_>>().len() > 500);
+    assert_eq!(temporal_got(dir.path()), want, "every order once, with the rate in effect at its time");
+}
+
+#[test]
+fn an_inner_temporal_join_drops_the_orders_before_their_keys_first_rate() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = temporal_job(dir.path(), "inner");
+    run_once(&job, Faults::none()).unwrap();
+    let want: BTreeMap<u64, Option<u64>> = temporal_expected().into_iter().filter(|(_, v)| v.is_some()).collect();
+    assert_eq!(temporal_got(dir.path()), want);
+}
+
+#[test]
+fn the_temporal_join_example_converts_each_payment_at_the_rate_in_effect_when_it_was_made() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rows: Vec<(i64, Option<f64>, Option<f64>)> = run_example(dir.path(), "temporal-join")
+        .iter()
+        .map(|r| (r["payment"].as_i64().unwrap(), r["rates_rate"].as_f64(), r["usd"].as_f64()))
+        .collect();
+    rows.sort_by_key(|r| r.0);
+    let want = [
+        (1, None, None),
+        (2, Some(1.10), Some(110.0)),
+        (3, Some(1.30), Some(65.0)),
+        (4, Some(1.12), Some(22.4)),
+        (5, Some(1.27), Some(12.7)),
+    ];
+    assert_eq!(rows.len(), want.len(), "{rows:?}");
+    for (got, want) in rows.iter().zip(want) {
+        assert_eq!((got.0, got.1), (want.0, want.1), "{rows:?}");
+        let close = match (got.2, want.2) {
+            (Some(a), Some(b)) => (a - b).abs() < 1e-9,
+            (a, b) => a == b,
+        };
+        assert!(close, "payment {}: usd {:?}, expected {:?}", got.0, got.2, want.2);
+    }
+}

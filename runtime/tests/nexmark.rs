@@ -219,3 +219,42 @@ fn q15_reports_each_days_bids_bidders_and_auctions_per_price_range_exactly_once_
     }
     assert_eq!(updates[&bids], want, "the last update holds the day's totals");
 }
+
+#[test]
+fn q5_emits_each_windows_auctions_with_the_most_bids_once_through_seeded_crashes() {
+    let dir = tempfile::tempdir().unwrap();
+    // 200 events per second of event time: 150 s, 75 windows 10 s long
+    // starting every 2 s.
+    let config = NexmarkConfig { events_per_second: 200 };
+    run_through_crashes(&example_job(dir.path(), "q5", 200), 0x5eed_4e78_0000_0005);
+    let (size, slide) = (10_000i64, 2_000i64);
+    let mut counts: BTreeMap<i64, BTreeMap<String, u64>> = BTreeMap::new();
+    for n in 0..EVENTS {
+        let e = config.event(n);
+        if e["event_type"] != 2 {
+            continue;
+        }
+        let ts = e["dateTime"].as_i64().unwrap();
+        let auction = e["auction"].to_string();
+        let mut start = ts - ts.rem_euclid(slide);
+        while start + size > ts {
+            *counts.entry(start).or_default().entry(auction.clone()).or_default() += 1;
+            start -= slide;
+        }
+    }
+    let mut want = BTreeMap::new();
+    let mut tied = 0;
+    for (start, auctions) in &counts {
+        // Every auction tied for the most bids (RANK() = 1), as q5 lists them.
+        let most = auctions.values().copied().max().unwrap();
+        let first: Vec<&String> = auctions.iter().filter(|(_, n)| **n == most).map(|(a, _)| a).collect();
+        tied += usize::from(first.len() > 1);
+        for auction in first {
+            let row = json!({"auction": auction, "num": most, "window_start": start, "window_end": start + size});
+            *want.entry(row.to_string()).or_default() += 1;
+        }
+    }
+    assert!(counts.len() > 70, "{} windows", counts.len());
+    assert!(tied > 0, "some window has auctions tied for the most bids, so ties are checked");
+    assert_same("q5", committed(dir.path()), want);
+}

@@ -110,3 +110,81 @@ fn the_sql_top_n_example_runs_as_it_is_and_emits_each_change_of_each_stores_top_
     .map(|(s, p, i, q)| (s.to_string(), p, i.to_string(), q));
     assert_eq!(rows, want.to_vec(), "each sale entering a top two, and each it moved down, once");
 }
+
+/// Bids of Nexmark q5's kind: in window `w` (1 s long), item `k` of ten
+/// gets `(k + w) % 10 + 1` bids, so each window's counts are distinct and
+/// its hot items differ from the next window's. Within a window bids come
+/// out of event-time order.
+fn bids(windows: i64) -> Vec<Value> {
+    let mut out = Vec::new();
+    for w in 0..windows {
+        for k in 0..10 {
+            for c in 0..((k + w) % 10 + 1) {
+                out.push(json!({"item": format!("i{k}"), "ts": w * 1000 + (c * 37 + k * 101) % 1000}));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn each_windows_three_hot_items_are_emitted_once_when_it_closes_exactly_once_through_seeded_crashes() {
+    const WINDOWS: i64 = 1_000;
+    // As steps, and as Flink SQL's Window Top-N over a grouped window query.
+    let steps =
+        "    steps:\n      - keyBy: {field: item}\n      - window: {size: 1s, aggregate: {count: true}}\n      \
+                 - keyBy: {field: window_start}\n      - topN: {limit: 3, orderBy: count, perWindow: true}";
+    let sql =
+        "    sql: SELECT * FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY window_start, window_end ORDER BY bids \
+               DESC) AS rownum FROM (SELECT item, window_start, window_end, COUNT(*) AS bids FROM source GROUP BY \
+               item, TUMBLE(ts, INTERVAL '1' SECOND))) WHERE rownum <= 3";
+    let written = [(steps, "count", "rank", 0x5eed_70b0_0000_0007), (sql, "bids", "rownum", 0x5eed_70b0_0000_0008)];
+    for (written, count_field, rank_field, seed) in written {
+        let dir = tempfile::tempdir().unwrap();
+        let lines: Vec<String> = bids(WINDOWS).iter().map(Value::to_string).collect();
+        std::fs::write(dir.path().join("bids.jsonl"), lines.join("\n") + "\n").unwrap();
+        let pipeline = format!(
+            "    source: {{file: {{path: \"{d}/bids.jsonl\"}}}}\n    eventTime: {{field: ts, maxOutOfOrderness: 1s}}\n{written}",
+            d = dir.path().display()
+        );
+        let job = pipeline_job(dir.path(), "hot-items", 2, &pipeline).unwrap();
+        run_through_crashes(&job, seed);
+
+        let mut got: BTreeMap<(i64, u64), Vec<(String, i64)>> = BTreeMap::new();
+        for row in read_committed(&dir.path().join("out")).unwrap() {
+            let (start, end) = (row["window_start"].as_i64().unwrap(), row["window_end"].as_i64().unwrap());
+            assert_eq!(end, start + 1000, "{row}");
+            let entry = got.entry((start, row[rank_field].as_u64().unwrap())).or_default();
+            entry.push((row["item"].as_str().unwrap().to_string(), row[count_field].as_i64().unwrap()));
+        }
+        let mut want = BTreeMap::new();
+        for w in 0..WINDOWS {
+            for rank in 1..=3 {
+                // The item whose count is 11 - rank in this window.
+                let k = (10 - rank as i64 - w).rem_euclid(10);
+                want.insert((w * 1000, rank), vec![(format!("i{k}"), 11 - rank as i64)]);
+            }
+        }
+        let twice: Vec<_> = got.iter().filter(|(_, rows)| rows.len() > 1).take(3).collect();
+        assert!(twice.is_empty(), "{rank_field}: a window's rank committed more than once: {twice:?}");
+        assert_eq!(got, want, "{rank_field}: each window's top three, each once, and nothing else");
+    }
+}
+
+#[test]
+fn a_top_n_per_window_without_a_window_before_it_or_after_early_results_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = |steps: &str| {
+        let pipeline = format!(
+            "    source: {{file: {{path: in.jsonl}}}}\n    eventTime: {{field: ts}}\n    steps:\n      - keyBy: {{field: item}}\n{steps}"
+        );
+        pipeline_job(dir.path(), "top-n", 1, &pipeline).unwrap_err()
+    };
+    let err = job("      - topN: {limit: 3, orderBy: total, perWindow: true}");
+    assert!(err.contains("spec.pipeline.steps[1].topN.perWindow: needs a window step before it"), "{err}");
+    let err = job(
+        "      - window: {size: 1m, earlyEvery: 10s, aggregate: {count: true}}\n      - keyBy: {field: window_start}\n      \
+         - topN: {limit: 3, orderBy: count, perWindow: true}",
+    );
+    assert!(err.contains("spec.pipeline.steps[3].topN.perWindow: the window step before it has earlyEvery"), "{err}");
+}

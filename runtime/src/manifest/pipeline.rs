@@ -353,6 +353,7 @@ impl PipelineSpec {
         }
         let mut keyed = false;
         let mut aggregated = false;
+        let mut window = None;
         let mut ids: Vec<&str> = Vec::new();
         for (i, step) in steps.iter().enumerate() {
             if let Some(id) = step.id.as_deref() {
@@ -380,10 +381,12 @@ impl PipelineSpec {
                     }
                     keyed = false;
                     aggregated = true;
+                    window = None;
                 }
                 Ok(StepKind::Window(w)) => {
                     let at = format!("spec.pipeline.steps[{i}].window");
                     errors.extend(w.problems(&at, keyed, aggregated, self.event_time.is_some()));
+                    window = Some(w);
                     keyed = false;
                     aggregated = true;
                 }
@@ -412,13 +415,21 @@ impl PipelineSpec {
                     }
                 }
                 Ok(StepKind::TopN(t)) => {
-                    errors.extend(t.problems(&format!("spec.pipeline.steps[{i}].topN"), keyed));
+                    errors.extend(t.problems(&format!("spec.pipeline.steps[{i}].topN"), keyed, window));
                     keyed = false;
                     aggregated = true;
+                    // Its ranks keep a window's rows; updates do not.
+                    if !t.per_window {
+                        window = None;
+                    }
                 }
                 Ok(StepKind::Select(_)) => keyed = false,
-                Ok(StepKind::IntervalJoin(j)) => {
-                    let at = format!("spec.pipeline.steps[{i}].intervalJoin");
+                Ok(kind @ (StepKind::IntervalJoin(_) | StepKind::TemporalJoin(_))) => {
+                    let (at, j): (_, &dyn JoinedSource) = match kind {
+                        StepKind::TemporalJoin(j) => (format!("spec.pipeline.steps[{i}].temporalJoin"), j),
+                        StepKind::IntervalJoin(j) => (format!("spec.pipeline.steps[{i}].intervalJoin"), j),
+                        _ => continue,
+                    };
                     errors.extend(j.problems(&at, self.event_time.is_some(), keyed, &mut source_ids));
                     if aggregated {
                         errors.push(format!(

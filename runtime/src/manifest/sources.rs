@@ -190,24 +190,79 @@ impl JoinType {
     }
 }
 
-impl IntervalJoinSpec {
-    pub fn other_key(&self) -> &str {
-        self.other_key.as_deref().unwrap_or(&self.key)
-    }
+/// Joins each record with the version of its key's row in a versioned
+/// table, whose changes another source streams: the latest record of that
+/// source with an equal key and an event time at or before the record's
+/// own (Flink SQL's event-time temporal join, `JOIN rates FOR SYSTEM_TIME
+/// AS OF o.ts`). A record waits in keyed state until the watermark reaches
+/// its event time, when every version up to it has come, and is emitted
+/// once, with the version's fields under `prefix`. A key's versions older
+/// than the one in effect at the watermark are dropped. Needs
+/// `spec.pipeline.eventTime`; records and versions behind the watermark
+/// are late, as for windows.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TemporalJoinSpec {
+    /// The table's changes: a source with an `id` (its state is
+    /// `source-<id>`), each record the new version of its key's row.
+    pub source: SourceSpec,
+    /// The table source's fields and types (CSV needs it; steps after the
+    /// join see these fields under `prefix`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<Vec<FieldSpec>>,
+    /// The field of the table's records that holds when each version
+    /// takes effect; absent: the field named by `spec.pipeline.eventTime`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_time_field: Option<String>,
+    /// This stream's field whose value the table's `otherKey` must equal.
+    pub key: String,
+    /// The table's key field; absent: the field named like `key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub other_key: Option<String>,
+    /// Put before the table's field names in the joined record; absent:
+    /// the table source's id and `_` (`rates_rate`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// `inner` (the default): a record without a version at its time is
+    /// dropped, as Flink's inner temporal join does; `left`: it is emitted
+    /// with the table's fields null.
+    #[serde(default, rename = "type", skip_serializing_if = "TemporalJoinType::is_inner")]
+    pub join_type: TemporalJoinType,
+}
 
-    pub fn prefix(&self) -> String {
-        self.prefix.clone().unwrap_or_else(|| format!("{}_", self.source.id.as_deref().unwrap_or("other")))
-    }
+/// What a temporal join does with a record whose key has no version yet.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum TemporalJoinType {
+    /// Drops it.
+    #[default]
+    Inner,
+    /// Emits it with the table's fields null.
+    Left,
+}
 
+impl TemporalJoinType {
+    fn is_inner(&self) -> bool {
+        *self == TemporalJoinType::Inner
+    }
+}
+
+/// What the interval and temporal joins share: a second source, keyed and
+/// stamped with event time, whose fields join this stream's under a prefix.
+pub trait JoinedSource {
+    fn source(&self) -> &SourceSpec;
+    fn schema(&self) -> Option<&Vec<FieldSpec>>;
+    fn key(&self) -> &str;
+    fn other_key(&self) -> &str;
+    fn prefix(&self) -> String;
     /// The other records' event-time field, with `main` the pipeline's.
-    pub fn event_time_field<'a>(&'a self, main: &'a str) -> &'a str {
-        self.event_time_field.as_deref().unwrap_or(main)
-    }
+    fn event_time_field<'a>(&'a self, main: &'a str) -> &'a str;
+    fn event_time_field_set(&self) -> Option<&str>;
 
-    pub(super) fn problems(&self, at: &str, event_time: bool, keyed: bool, taken: &mut Vec<String>) -> Vec<String> {
-        let schema = (format!("{at}.schema"), self.schema.is_some());
-        let mut errors = self.source.named_problems(&format!("{at}.source"), (&schema.0, schema.1), taken);
-        if let Some(schema) = &self.schema {
+    fn problems(&self, at: &str, event_time: bool, keyed: bool, taken: &mut Vec<String>) -> Vec<String> {
+        let schema = (format!("{at}.schema"), self.schema().is_some());
+        let mut errors = self.source().named_problems(&format!("{at}.source"), (&schema.0, schema.1), taken);
+        if let Some(schema) = self.schema() {
             errors.extend(names_problems(&format!("{at}.schema"), schema));
         }
         if !event_time {
@@ -216,15 +271,46 @@ impl IntervalJoinSpec {
         if keyed {
             errors.push(format!("{at}: repartitions both streams by its key itself; remove the keyBy before it"));
         }
-        if self.key.is_empty() {
+        if self.key().is_empty() {
             errors.push(format!("{at}.key: required, got an empty name"));
         }
         if self.other_key().is_empty() {
             errors.push(format!("{at}.otherKey: expected a field name, got an empty one"));
         }
-        if self.event_time_field.as_deref().is_some_and(str::is_empty) {
+        if self.event_time_field_set().is_some_and(str::is_empty) {
             errors.push(format!("{at}.eventTimeField: expected a field name, got an empty one"));
         }
         errors
     }
 }
+
+macro_rules! joined_source {
+    ($spec:ty) => {
+        impl JoinedSource for $spec {
+            fn source(&self) -> &SourceSpec {
+                &self.source
+            }
+            fn schema(&self) -> Option<&Vec<FieldSpec>> {
+                self.schema.as_ref()
+            }
+            fn key(&self) -> &str {
+                &self.key
+            }
+            fn other_key(&self) -> &str {
+                self.other_key.as_deref().unwrap_or(&self.key)
+            }
+            fn prefix(&self) -> String {
+                self.prefix.clone().unwrap_or_else(|| format!("{}_", self.source.id.as_deref().unwrap_or("other")))
+            }
+            fn event_time_field<'a>(&'a self, main: &'a str) -> &'a str {
+                self.event_time_field.as_deref().unwrap_or(main)
+            }
+            fn event_time_field_set(&self) -> Option<&str> {
+                self.event_time_field.as_deref()
+            }
+        }
+    };
+}
+
+joined_source!(IntervalJoinSpec);
+joined_source!(TemporalJoinSpec);

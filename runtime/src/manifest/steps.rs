@@ -11,8 +11,8 @@ use super::*;
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[schemars(extend("x-kubernetes-validations" = [{
-    "rule": "(has(self.keyBy) ? 1 : 0) + (has(self.aggregate) ? 1 : 0) + (has(self.window) ? 1 : 0) + (has(self.deduplicate) ? 1 : 0) + (has(self.topN) ? 1 : 0) + (has(self.filter) ? 1 : 0) + (has(self.select) ? 1 : 0) + (has(self.flatten) ? 1 : 0) + (has(self.lookup) ? 1 : 0) + (has(self.intervalJoin) ? 1 : 0) == 1",
-    "message": "exactly one of keyBy, aggregate, window, deduplicate, topN, filter, select, flatten, lookup, intervalJoin must be set in each spec.pipeline.steps item"
+    "rule": "(has(self.keyBy) ? 1 : 0) + (has(self.aggregate) ? 1 : 0) + (has(self.window) ? 1 : 0) + (has(self.deduplicate) ? 1 : 0) + (has(self.topN) ? 1 : 0) + (has(self.filter) ? 1 : 0) + (has(self.select) ? 1 : 0) + (has(self.flatten) ? 1 : 0) + (has(self.lookup) ? 1 : 0) + (has(self.intervalJoin) ? 1 : 0) + (has(self.temporalJoin) ? 1 : 0) == 1",
+    "message": "exactly one of keyBy, aggregate, window, deduplicate, topN, filter, select, flatten, lookup, intervalJoin, temporalJoin must be set in each spec.pipeline.steps item"
 }]))]
 pub struct StepSpec {
     /// A stable id for the step's state (as Flink's `uid`): a checkpoint's
@@ -71,6 +71,11 @@ pub struct StepSpec {
     /// join); repartitions both by the key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interval_join: Option<IntervalJoinSpec>,
+    /// Joins each record with the version of its key's row, at its event
+    /// time, in a table whose changes another source streams (Flink's
+    /// event-time temporal join); repartitions both by the key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temporal_join: Option<TemporalJoinSpec>,
 }
 
 /// A table in a file (JSON lines or CSV) that records are enriched from.
@@ -193,6 +198,18 @@ pub struct TopNSpec {
     /// The field each emitted record's rank is written to; absent: `rank`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rank_field: Option<String>,
+    /// Rank the results of each window of an earlier `window` step apart
+    /// (Flink's Window Top-N), per key and `window_start`/`window_end`, and
+    /// emit each window's ranking once, final, when the watermark passes
+    /// the window's end; instead of an update stream per record.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub per_window: bool,
+    /// With `perWindow`: rows tied on `orderBy` share a rank and are all
+    /// kept, as SQL's `RANK()` ranks (1, 1, 3), so a window may emit more
+    /// than `limit` rows. Without it ties get ranks of their own
+    /// (`ROW_NUMBER()`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub with_ties: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
@@ -203,10 +220,28 @@ pub enum SortOrder {
 }
 
 impl TopNSpec {
-    pub(super) fn problems(&self, at: &str, keyed: bool) -> Vec<String> {
+    /// `window`: the last window step before this one, if any.
+    pub(super) fn problems(&self, at: &str, keyed: bool, window: Option<&WindowSpec>) -> Vec<String> {
         let mut errors = Vec::new();
         if !keyed {
             errors.push(format!("{at}: needs a keyBy step before it"));
+        }
+        if self.per_window {
+            match window {
+                None => errors.push(format!(
+                    "{at}.perWindow: needs a window step before it, whose results (window_start, window_end) it ranks"
+                )),
+                Some(w) if w.early_every.is_some() => errors.push(format!(
+                    "{at}.perWindow: the window step before it has earlyEvery; ranking early rows is not supported, \
+                     remove one of the two"
+                )),
+                Some(_) => {}
+            }
+        }
+        if self.with_ties && !self.per_window {
+            errors.push(format!(
+                "{at}.withTies: needs perWindow: true; a ranking updated per record gives ties ranks of their own"
+            ));
         }
         if !(1..=1000).contains(&self.limit) {
             errors.push(format!("{at}.limit: expected 1 to 1000, got {}", self.limit));
@@ -254,6 +289,7 @@ pub enum StepKind<'a> {
     Flatten(&'a FlattenSpec),
     Lookup(&'a LookupSpec),
     IntervalJoin(&'a IntervalJoinSpec),
+    TemporalJoin(&'a TemporalJoinSpec),
 }
 
 impl StepSpec {
@@ -269,6 +305,7 @@ impl StepSpec {
             self.flatten.as_ref().map(StepKind::Flatten),
             self.lookup.as_ref().map(StepKind::Lookup),
             self.interval_join.as_ref().map(StepKind::IntervalJoin),
+            self.temporal_join.as_ref().map(StepKind::TemporalJoin),
         ]
         .into_iter()
         .flatten()
@@ -276,7 +313,7 @@ impl StepSpec {
         match set.as_slice() {
             [one] => Ok(*one),
             _ => Err("expected exactly one of keyBy, aggregate, window, deduplicate, topN, filter, select, flatten, \
-                     lookup, intervalJoin"
+                     lookup, intervalJoin, temporalJoin"
                 .into()),
         }
     }

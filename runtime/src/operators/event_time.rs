@@ -89,6 +89,19 @@ impl Timers<'_> {
     }
 }
 
+#[cfg(test)]
+impl<'a> Timers<'a> {
+    /// Timers against `watermark`, outside an operator.
+    pub(crate) fn for_test(
+        watermark: Option<i64>,
+        set: &'a mut BTreeSet<i64>,
+        added: &'a mut Vec<i64>,
+        late: &'a mut u64,
+    ) -> Timers<'a> {
+        Timers { watermark, set, added, late }
+    }
+}
+
 /// Runs one key's `function` outside an operator: before each record the
 /// watermark moves to the time given with it (firing due timers in time
 /// order), and at the end to `end`. Returns the output, the records counted

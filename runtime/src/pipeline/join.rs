@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::window::{LateTo, Routed};
-use crate::manifest::{IntervalJoinSpec, JoinType};
+use crate::manifest::{IntervalJoinSpec, JoinType, JoinedSource};
 use crate::operators::{EventTimeFunction, Timers};
 use crate::record::{event_time_of, key_of, Row};
 use crate::task::TaskError;

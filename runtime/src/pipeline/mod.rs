@@ -17,7 +17,10 @@
 //! - [`sources`]: the manifest's sources as streams of checked rows.
 //! - [`sql`]: `spec.pipeline.sql`, one query turned into steps.
 //! - [`steps`]: the `filter`, `select` and `keyBy.expr` steps as a collector.
-//! - [`top_n`]: the first `limit` records per key by a numeric field.
+//! - [`temporal_join`]: each record with its key's table version at its
+//!   event time, from a second stream.
+//! - [`top_n`]: the first `limit` records per key by a numeric field, as
+//!   updates, or per window once it is over.
 //! - [`window`]: tumbling, sliding and session event-time windows per key.
 //!
 //! Operator uids are `source`, `sink`, `bad-records`, `sink-rejected` and, for each
@@ -38,6 +41,7 @@ pub mod schema;
 pub mod sources;
 pub mod sql;
 pub mod steps;
+pub mod temporal_join;
 pub mod top_n;
 pub mod window;
 
@@ -57,8 +61,8 @@ use crate::connectors::FileSink;
 use crate::connectors::TwoPhaseCommitCollector;
 use crate::dataflow::{BuildError, DataStream, JobGraph, KeyedStream, StreamEnv};
 use crate::manifest::{
-    AggregateSpec, BadRecordAction, ErrorPolicy, EventTimeSpec, LateRecords, PipelineSpec, PostgresSinkMode, SinkKind,
-    StepKind, StepSpec, StreamJobSpec, WindowSpec,
+    AggregateSpec, BadRecordAction, ErrorPolicy, EventTimeSpec, IntervalJoinSpec, JoinedSource, LateRecords,
+    PipelineSpec, PostgresSinkMode, SinkKind, StepKind, StepSpec, StreamJobSpec, TemporalJoinSpec, WindowSpec,
 };
 use crate::operators::EventTimeFunction;
 use crate::record::{key_of, FieldRule, Rejects, Row};
@@ -71,7 +75,8 @@ use lookup::Lookup;
 use schema::Planned;
 use sources::{checked_source, source_stream, SourceAt};
 use steps::ExprStep;
-use top_n::TopN;
+use temporal_join::TemporalJoin;
+use top_n::{TopN, WindowTopN};
 use window::{Deduplicate, LateTo, Routed, SplitLate, WindowAggregate};
 
 /// The state, and the dead letters' file prefix, of rows a sink refused.
@@ -135,7 +140,8 @@ fn build_pipeline(spec: &StreamJobSpec, pipeline: &PipelineSpec) -> Result<JobGr
                     | StepKind::Window(_)
                     | StepKind::TopN(_)
                     | StepKind::Deduplicate(_)
-                    | StepKind::IntervalJoin(_))
+                    | StepKind::IntervalJoin(_)
+                    | StepKind::TemporalJoin(_))
             );
         if !keyed_next {
             stream = pending.merged(stream);
@@ -197,47 +203,75 @@ fn build_pipeline(spec: &StreamJobSpec, pipeline: &PipelineSpec) -> Result<JobGr
                     })
                 };
             }
-            StepKind::IntervalJoin(j) => {
+            kind @ (StepKind::IntervalJoin(_) | StepKind::TemporalJoin(_)) => {
                 let Some(time) = &pipeline.event_time else { continue };
+                let join = match kind {
+                    StepKind::IntervalJoin(j) => Join::Interval(j),
+                    StepKind::TemporalJoin(t) => Join::Temporal(t),
+                    _ => continue,
+                };
+                let j: &dyn JoinedSource = match join {
+                    Join::Interval(j) => j,
+                    Join::Temporal(t) => t,
+                };
                 let at = steps.path(i);
                 let other_time = j.event_time_field(&time.field);
-                let (uid, source_at) = (j.source.uid(), format!("{at}.source"));
+                let (uid, source_at) = (j.source().uid(), format!("{at}.source"));
                 let other = SourceAt {
                     uid: &uid,
-                    source: &j.source,
+                    source: j.source(),
                     at: &source_at,
-                    schema: j.schema.as_ref(),
+                    schema: j.schema(),
                     event_time: Some((time, other_time)),
                     stamp: None,
                 };
                 let other = source_stream(&env, other)?;
-                let mut rules = schema::rules_of(j.schema.as_deref().unwrap_or_default());
+                let mut rules = schema::rules_of(j.schema().map(Vec::as_slice).unwrap_or_default());
                 rules.push(FieldRule::EventTime(other_time.into()));
                 rules.push(FieldRule::Key(j.other_key().into()));
-                let bad = format!("bad-records-{}", j.source.id.as_deref().unwrap_or_default());
+                let bad = format!("bad-records-{}", j.source().id.as_deref().unwrap_or_default());
                 let other = checked_source(&env, other, &bad, &bad, &rules, &spec.error_policy).map(Sided::Other);
-                let this = checked_after_filter(&env, stream, pending.after_filter.take(), &j.key, &spec.error_policy)
+                let this = checked_after_filter(&env, stream, pending.after_filter.take(), j.key(), &spec.error_policy)
                     .map(Sided::This);
-                let keys = JoinKeys { this: j.key.clone(), other: j.other_key().into() };
-                let fields = input.iter().flat_map(|s| s.fields().iter().map(|f| f.name().clone())).collect();
+                let keys = JoinKeys { this: j.key().into(), other: j.other_key().into() };
                 let mut inputs: Vec<DataStream<Sided>> =
                     take(&mut pending.others).into_iter().map(|o| o.map(Sided::This)).collect();
                 inputs.push(other);
                 let keyed = this.union(inputs).key_by(move |r: &Sided| keys.of(r));
-                // The type is in the id: the waiting records' state changed
-                // with outer joins, and old state is refused by name.
-                let content = json!({"intervalJoin": {"source": j.source.id, "key": j.key, "otherKey": j.other_key(),
-                    "before": j.before, "after": j.after, "type": j.join_type}});
-                let id = step.id.clone().unwrap_or_else(|| content_id("interval-join", &content));
-                stream = event_time_step(&env, keyed, &id, at, time, &spec.error_policy, |late| {
-                    IntervalJoin::new(j, &time.field, fields, late)
-                });
+                stream = match join {
+                    Join::Temporal(t) => {
+                        let content = json!({"temporalJoin": {"source": t.source.id, "key": t.key,
+                            "otherKey": t.other_key(), "type": t.join_type}});
+                        let id = step.id.clone().unwrap_or_else(|| content_id("temporal-join", &content));
+                        event_time_step(&env, keyed, &id, at, time, &spec.error_policy, |late| {
+                            TemporalJoin::new(t, &time.field, late)
+                        })
+                    }
+                    Join::Interval(j) => {
+                        let fields = input.iter().flat_map(|s| s.fields().iter().map(|f| f.name().clone())).collect();
+                        // The type is in the id: the waiting records' state changed
+                        // with outer joins, and old state is refused by name.
+                        let content = json!({"intervalJoin": {"source": j.source.id, "key": j.key, "otherKey": j.other_key(),
+                            "before": j.before, "after": j.after, "type": j.join_type}});
+                        let id = step.id.clone().unwrap_or_else(|| content_id("interval-join", &content));
+                        event_time_step(&env, keyed, &id, at, time, &spec.error_policy, |late| {
+                            IntervalJoin::new(j, &time.field, fields, late)
+                        })
+                    }
+                };
             }
             StepKind::TopN(t) => {
                 let Some(field) = key_field.take() else { continue };
                 let keyed = pending.keyed(&env, stream, &field, &spec.error_policy);
                 let id = step.id.clone().unwrap_or_else(|| content_id("top-n", &json!({"keyBy": field, "topN": t})));
-                stream = keyed.process(&id, TopN::new(t));
+                stream = match &pipeline.event_time {
+                    Some(time) if t.per_window => {
+                        event_time_step(&env, keyed, &id, steps.path(i), time, &spec.error_policy, |late| {
+                            WindowTopN::new(t, late)
+                        })
+                    }
+                    _ => keyed.process(&id, TopN::new(t)),
+                };
             }
             StepKind::Deduplicate(d) => {
                 let (Some(field), Some(time)) = (key_field.take(), &pipeline.event_time) else { continue };
@@ -332,6 +366,13 @@ where
     let routed = keyed.process_event_time(id, make(LateTo(Some(at))));
     let uid = format!("{id}-late");
     checked(env, routed, &uid, &uid, errors, || Ok(SplitLate))
+}
+
+/// A step that joins a second source.
+#[derive(Clone, Copy)]
+enum Join<'a> {
+    Interval(&'a IntervalJoinSpec),
+    Temporal(&'a TemporalJoinSpec),
 }
 
 /// `stream` through the check `make` builds in each subtask, into rows;
@@ -433,6 +474,10 @@ fn field_rules(pipeline: &PipelineSpec, steps: &[StepSpec]) -> (Vec<FieldRule>, 
             Ok(StepKind::Window(w)) => &w.aggregate,
             Ok(StepKind::Deduplicate(_)) => continue,
             Ok(StepKind::IntervalJoin(j)) => {
+                rules.push(FieldRule::Key(j.key.clone()));
+                break;
+            }
+            Ok(StepKind::TemporalJoin(j)) => {
                 rules.push(FieldRule::Key(j.key.clone()));
                 break;
             }

@@ -13,8 +13,8 @@ use arrow_schema::{DataType, Field, SchemaRef};
 
 use super::expr::{arrow_type, compile, projection, schema_of, Compiled};
 use crate::manifest::{
-    names_problems, AggregateSpec, EventTimeSpec, FieldSpec, IntervalJoinSpec, LookupSpec, OnMissing, PipelineSpec,
-    SourceKind, SourceSpec, StepKind, StepSpec, WindowSpec,
+    names_problems, AggregateSpec, EventTimeSpec, FieldSpec, JoinedSource, LookupSpec, OnMissing, PipelineSpec,
+    SourceKind, SourceSpec, StepKind, StepSpec, TemporalJoinType, WindowSpec,
 };
 use crate::record::FieldRule;
 
@@ -333,6 +333,17 @@ pub fn type_steps(pipeline: &PipelineSpec, steps: &[StepSpec]) -> Typed {
                         )),
                         Err(e) => typed.errors.push(format!("spec.pipeline.steps[{i}].topN.orderBy: {e}")),
                     }
+                    for bound in ["window_start", "window_end"].into_iter().filter(|_| t.per_window) {
+                        match find(schema, bound) {
+                            Ok(f) if f.data_type() == &DataType::Int64 => {}
+                            Ok(f) => typed.errors.push(format!(
+                                "spec.pipeline.steps[{i}].topN.perWindow: field `{bound}` is {}, expected the \
+                                 window step's bound (milliseconds since the epoch)",
+                                f.data_type()
+                            )),
+                            Err(e) => typed.errors.push(format!("spec.pipeline.steps[{i}].topN.perWindow: {e}")),
+                        }
+                    }
                     let rank = t.rank_field();
                     let mut fields: Vec<Field> =
                         schema.fields().iter().filter(|f| f.name() != rank).map(|f| f.as_ref().clone()).collect();
@@ -356,11 +367,21 @@ pub fn type_steps(pipeline: &PipelineSpec, steps: &[StepSpec]) -> Typed {
                     }
                 }
             }
-            Ok(StepKind::IntervalJoin(j)) => {
+            Ok(kind @ (StepKind::IntervalJoin(_) | StepKind::TemporalJoin(_))) => {
                 if let Some(schema) = &current {
-                    let at = format!("spec.pipeline.steps[{i}].intervalJoin");
                     let time = pipeline.event_time.as_ref().map_or("", |t| t.field.as_str());
-                    let (out, errors) = joined(&at, schema, j, time);
+                    let (out, errors) = match kind {
+                        StepKind::IntervalJoin(j) => {
+                            let at = format!("spec.pipeline.steps[{i}].intervalJoin");
+                            let nulls = (j.join_type.keeps_other(), j.join_type.keeps_this());
+                            joined(&at, schema, j, time, nulls)
+                        }
+                        StepKind::TemporalJoin(j) => {
+                            let at = format!("spec.pipeline.steps[{i}].temporalJoin");
+                            joined(&at, schema, j, time, (false, j.join_type == TemporalJoinType::Left))
+                        }
+                        _ => (schema.clone(), Vec::new()),
+                    };
                     typed.errors.extend(errors);
                     current = Some(out);
                 }
@@ -441,10 +462,19 @@ fn looked_up(at: &str, schema: &SchemaRef, l: &LookupSpec) -> (SchemaRef, Vec<St
 /// The schema after an interval join of records of `schema` (event time
 /// in `time`) with the other source's: the other's fields added under the
 /// join's prefix, when its schema is known; and what does not fit.
-fn joined(at: &str, schema: &SchemaRef, j: &IntervalJoinSpec, time: &str) -> (SchemaRef, Vec<String>) {
+/// The records after a join: this stream's fields, then the other's under
+/// the prefix. `nulls`: whether this stream's fields (but the key and event
+/// time) and the other's may be missing, in records without a match.
+fn joined(
+    at: &str,
+    schema: &SchemaRef,
+    j: &dyn JoinedSource,
+    time: &str,
+    nulls: (bool, bool),
+) -> (SchemaRef, Vec<String>) {
     let mut errors = Vec::new();
-    let key = find(schema, &j.key).map_err(|e| errors.push(format!("{at}.key: {e}"))).ok();
-    let Some(other) = schema_of_source(&j.source, j.schema.as_deref()) else {
+    let key = find(schema, j.key()).map_err(|e| errors.push(format!("{at}.key: {e}"))).ok();
+    let Some(other) = schema_of_source(j.source(), j.schema().map(Vec::as_slice)) else {
         return (schema.clone(), errors);
     };
     match (key, find(&other, j.other_key())) {
@@ -453,7 +483,7 @@ fn joined(at: &str, schema: &SchemaRef, j: &IntervalJoinSpec, time: &str) -> (Sc
             "{at}.otherKey: field `{}` is {}, but this stream's key `{}` is {}; they must be of one type to match",
             j.other_key(),
             o.data_type(),
-            j.key,
+            j.key(),
             k.data_type()
         )),
         _ => {}
@@ -463,7 +493,7 @@ fn joined(at: &str, schema: &SchemaRef, j: &IntervalJoinSpec, time: &str) -> (Sc
     }
     // In an outer join the side that may be missing has null fields, but
     // the key and event time are the other's then.
-    let this_nullable = |f: &Field| j.join_type.keeps_other() && f.name() != &j.key && f.name() != time;
+    let this_nullable = |f: &Field| nulls.0 && f.name() != j.key() && f.name() != time;
     let mut fields: Vec<Field> =
         schema.fields().iter().map(|f| f.as_ref().clone().with_nullable(f.is_nullable() || this_nullable(f))).collect();
     let prefix = j.prefix();
@@ -476,7 +506,7 @@ fn joined(at: &str, schema: &SchemaRef, j: &IntervalJoinSpec, time: &str) -> (Sc
                 f.name()
             ));
         } else {
-            let nullable = f.is_nullable() || j.join_type.keeps_this();
+            let nullable = f.is_nullable() || nulls.1;
             fields.push(f.as_ref().clone().with_name(name).with_nullable(nullable));
         }
     }

@@ -64,7 +64,14 @@ pub fn translate(
     event_time: Option<&EventTimeSpec>,
     streams: &[StreamSpec],
 ) -> Result<Vec<SqlStep>, String> {
-    let mut statements = Parser::parse_sql(&GenericDialect {}, sql).map_err(|e| e.to_string())?;
+    let mut statements = Parser::parse_sql(&GenericDialect {}, sql).map_err(|e| {
+        if sql.to_ascii_uppercase().contains("SYSTEM_TIME") {
+            return "FOR SYSTEM_TIME AS OF (a temporal join) is not supported in SQL yet; write the pipeline as steps \
+                    with a temporalJoin step"
+                .to_string();
+        }
+        e.to_string()
+    })?;
     let statement = match (statements.pop(), statements.is_empty()) {
         (Some(s), true) => s,
         (None, _) => return Err("expected a SELECT statement, got nothing".into()),
@@ -77,11 +84,23 @@ pub fn translate(
     if let Some(steps) = top_n::top_n(&mut select, event_time, streams)? {
         return Ok(steps);
     }
+    Ok(select_steps(select, event_time, streams)?.0)
+}
+
+/// The steps of one query over the source (joined with a stream or not),
+/// and whether it groups by a window.
+fn select_steps(
+    mut select: Select,
+    event_time: Option<&EventTimeSpec>,
+    streams: &[StreamSpec],
+) -> Result<(Vec<SqlStep>, bool), String> {
     let joined = join::from_clause(&mut select, event_time, streams)?;
     let mut steps: Vec<SqlStep> =
         joined.into_iter().map(|j| SqlStep { step: j.step, clause: "JOIN", stream: Some(j.stream) }).collect();
-    steps.extend(Grouping::from_select(select, event_time)?.steps()?);
-    Ok(steps)
+    let grouping = Grouping::from_select(select, event_time)?;
+    let windowed = grouping.window.is_some();
+    steps.extend(grouping.steps()?);
+    Ok((steps, windowed))
 }
 
 fn first_words(s: &str) -> String {

@@ -1,12 +1,16 @@
 //! The first `limit` records of each key by a numeric field, as an update
 //! stream: a record entering the ranking is emitted with its rank, and so
-//! is every record it moved down one.
+//! is every record it moved down one. Or, per window ([`WindowTopN`]), the
+//! ranking of each window's results emitted once when the window is over.
+
+use std::collections::BTreeMap;
 
 use serde_json::Value;
 
 use super::not_a_number;
+use super::window::{LateTo, Routed};
 use crate::manifest::{SortOrder, TopNSpec};
-use crate::operators::KeyedProcessFunction;
+use crate::operators::{EventTimeFunction, KeyedProcessFunction, Timers};
 use crate::record::Row;
 use crate::task::TaskError;
 
@@ -82,6 +86,116 @@ impl KeyedProcessFunction<String, Row, Row> for TopN {
     }
 }
 
+/// Window results ranked per key and window: a window's ranking is held
+/// (its first `limit` rows only) until the watermark reaches the window's
+/// last instant, then emitted once, first first, and dropped.
+///
+/// The window step before it emits a window's rows before the watermark
+/// that closed it, on every channel, so all of them are here before that
+/// watermark is; a row arriving after it is late.
+#[derive(Debug, Clone)]
+pub struct WindowTopN {
+    top: TopN,
+    /// `RANK()`: tied rows share a rank and are all kept.
+    ties: bool,
+    late: LateTo,
+}
+
+/// A key's rankings by window (`window_start`, `window_end`).
+pub type WindowRankings = BTreeMap<(i64, i64), Ranking>;
+
+impl WindowTopN {
+    pub fn new(spec: &TopNSpec, late: LateTo) -> WindowTopN {
+        WindowTopN { top: TopN::new(spec), ties: spec.with_ties, late }
+    }
+}
+
+/// A window bound of a window step's row.
+fn bound(row: &Row, field: &str, key: &str) -> Result<i64, TaskError> {
+    row.get(field).and_then(Value::as_i64).ok_or_else(|| TaskError::BadRecord {
+        record: format!("with key `{key}`"),
+        reason: format!(
+            "field `{field}` is not a window bound (milliseconds since the epoch); topN.perWindow ranks \
+             the rows of a window step"
+        ),
+    })
+}
+
+impl EventTimeFunction<String, Row, Routed> for WindowTopN {
+    type State = WindowRankings;
+
+    fn process(
+        &mut self,
+        key: &String,
+        row: Row,
+        rankings: &mut WindowRankings,
+        timers: &mut Timers,
+        out: &mut Vec<Routed>,
+    ) -> Result<(), TaskError> {
+        let (start, end) = (bound(&row, "window_start", key)?, bound(&row, "window_end", key)?);
+        let value =
+            row.get(&self.top.order_by).and_then(Value::as_f64).ok_or_else(|| not_a_number(&self.top.order_by, key))?;
+        if timers.watermark().is_some_and(|w| w >= end - 1) {
+            self.late.late(row, end - 1, "so its window's ranking was emitted", timers, out);
+            return Ok(());
+        }
+        let text = row.to_string();
+        let top = rankings.entry((start, end)).or_default();
+        // All of a window's rows are ranked at once, so a tie is broken by
+        // the rows' text rather than by their arrival, which differs
+        // between a run and its replay after a restore.
+        let at =
+            top.iter().position(|(v, t)| self.top.before(value, *v) || (value == *v && text < *t)).unwrap_or(top.len());
+        let limit = self.top.limit;
+        if !self.ties {
+            if at < limit {
+                top.insert(at, (value, text));
+                top.truncate(limit);
+            }
+        } else if top.iter().take_while(|(v, _)| self.top.before(*v, value)).count() < limit {
+            top.insert(at, (value, text));
+            // Rows after the limit stay while tied with the last within it.
+            if let Some(last) = top.get(limit - 1).map(|(v, _)| *v) {
+                let kept = limit + top[limit..].iter().take_while(|(v, _)| *v == last).count();
+                top.truncate(kept);
+            }
+        }
+        timers.register(end - 1);
+        Ok(())
+    }
+
+    fn on_timer(
+        &mut self,
+        key: &String,
+        time: i64,
+        rankings: &mut WindowRankings,
+        _timers: &mut Timers,
+        out: &mut Vec<Routed>,
+    ) -> Result<(), TaskError> {
+        let due: Vec<(i64, i64)> = rankings.keys().filter(|(_, end)| end - 1 == time).copied().collect();
+        for window in due {
+            let Some(top) = rankings.remove(&window) else { continue };
+            let mut rank = 0;
+            for (i, (value, text)) in top.iter().enumerate() {
+                // A row tied with the one before shares its rank (RANK()).
+                if !(self.ties && i > 0 && top[i - 1].0 == *value) {
+                    rank = i + 1;
+                }
+                let row: Row = serde_json::from_str(text).map_err(|e| TaskError::User {
+                    function: "topN".into(),
+                    reason: format!("a ranked record of key `{key}` does not read back: {e}"),
+                })?;
+                out.push(Ok(ranked(row, &self.top.rank_field, rank)));
+            }
+        }
+        Ok(())
+    }
+
+    fn is_empty(&self, rankings: &WindowRankings) -> bool {
+        rankings.is_empty()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -101,7 +215,14 @@ mod tests {
 
     #[test]
     fn a_record_entering_the_ranking_is_emitted_with_every_record_it_moved_down() {
-        let spec = TopNSpec { limit: 3, order_by: "v".into(), order: SortOrder::Descending, rank_field: None };
+        let spec = TopNSpec {
+            limit: 3,
+            order_by: "v".into(),
+            order: SortOrder::Descending,
+            rank_field: None,
+            per_window: false,
+            with_ties: false,
+        };
         let (emitted, state) = run(spec, &[5, 9, 1, 7, 2, 7]);
         assert_eq!(
             emitted,
@@ -122,8 +243,14 @@ mod tests {
 
     #[test]
     fn ascending_ranks_the_least_first_into_the_rank_field_and_a_non_number_names_the_field_and_key() {
-        let spec =
-            TopNSpec { limit: 2, order_by: "v".into(), order: SortOrder::Ascending, rank_field: Some("pos".into()) };
+        let spec = TopNSpec {
+            limit: 2,
+            order_by: "v".into(),
+            order: SortOrder::Ascending,
+            rank_field: Some("pos".into()),
+            per_window: false,
+            with_ties: false,
+        };
         let (emitted, _) = run(spec.clone(), &[5, 9, 1]);
         assert_eq!(emitted, [(0, 1), (1, 2), (2, 1), (0, 2)]);
         let err = TopN::new(&spec)
@@ -131,5 +258,84 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("field `v`") && err.contains("key `k`"), "{err}");
+    }
+
+    fn window_row(item: &str, start: i64, count: i64) -> Row {
+        json!({"item": item, "window_start": start, "window_end": start + 10, "count": count})
+    }
+
+    #[test]
+    fn each_windows_ranking_is_emitted_once_when_the_watermark_passes_its_end_and_a_late_row_is_routed() {
+        let spec = TopNSpec {
+            limit: 2,
+            order_by: "count".into(),
+            order: SortOrder::Descending,
+            rank_field: None,
+            per_window: true,
+            with_ties: false,
+        };
+        let mut top = WindowTopN::new(&spec, LateTo(Some("spec.pipeline.steps[3]".into())));
+        let steps = vec![
+            (None, window_row("a", 0, 3)),
+            (None, window_row("b", 0, 7)),
+            (None, window_row("c", 10, 1)),
+            (None, window_row("d", 0, 5)),
+            // The watermark reaches window 0's last instant: its ranking
+            // comes out before this row of window 10 is ranked.
+            (Some(9), window_row("e", 10, 4)),
+            (None, window_row("f", 0, 9)),
+            // Tied with c: ranked by text, so the same in every replay.
+            (None, window_row("b", 10, 1)),
+        ];
+        let (out, late, empty) = crate::operators::event_time::drive(&mut top, steps, Some(19));
+        let got: Vec<String> = out
+            .iter()
+            .map(|r| match r {
+                Ok(row) => format!("{}@{}#{}", row["item"].as_str().unwrap(), row["window_start"], row["rank"]),
+                Err(bad) => format!("late {}", bad.reason),
+            })
+            .collect();
+        assert_eq!(got[..2], ["b@0#1", "d@0#2"]);
+        assert!(got[2].starts_with("late") && got[2].contains("its window's ranking was emitted"), "{got:?}");
+        assert_eq!(got[3..], ["e@10#1", "b@10#2"]);
+        assert_eq!(late, 0, "routed, not dropped");
+        assert!(empty, "emitted windows leave no state behind");
+    }
+
+    #[test]
+    fn with_ties_rows_tied_on_the_order_share_a_rank_and_are_all_kept_past_the_limit() {
+        let spec = TopNSpec {
+            limit: 2,
+            order_by: "count".into(),
+            order: SortOrder::Descending,
+            rank_field: None,
+            per_window: true,
+            with_ties: true,
+        };
+        let mut top = WindowTopN::new(&spec, LateTo(None));
+        let counts = [("a", 5), ("b", 9), ("c", 5), ("d", 1), ("e", 5), ("f", 9)];
+        let steps = counts.iter().map(|(item, n)| (None, window_row(item, 0, *n))).collect();
+        let (out, _, empty) = crate::operators::event_time::drive(&mut top, steps, Some(9));
+        let got: Vec<String> = out
+            .iter()
+            .map(|r| {
+                let row = r.as_ref().unwrap();
+                format!("{}#{}", row["item"].as_str().unwrap(), row["rank"])
+            })
+            .collect();
+        // Two 9s share rank 1, so the 5s rank 3 (past the limit): dropped.
+        assert_eq!(got, ["b#1", "f#1"]);
+        assert!(empty);
+
+        let spec = TopNSpec { limit: 3, ..spec };
+        let mut top = WindowTopN::new(&spec, LateTo(None));
+        let steps = counts.iter().map(|(item, n)| (None, window_row(item, 0, *n))).collect();
+        let (out, _, _) = crate::operators::event_time::drive(&mut top, steps, Some(9));
+        let ranks: Vec<String> = out
+            .iter()
+            .map(|r| format!("{}#{}", r.as_ref().unwrap()["item"].as_str().unwrap(), r.as_ref().unwrap()["rank"]))
+            .collect();
+        // All three 5s tie at rank 3, within the limit: all kept.
+        assert_eq!(ranks, ["b#1", "f#1", "a#3", "c#3", "e#3"]);
     }
 }

@@ -328,7 +328,8 @@ fn top_n_queries_flink_would_plan_otherwise_are_refused_by_name() {
     let sub = |over: &str, outer: &str| format!("SELECT * FROM (SELECT *, {over} AS rownum FROM source) WHERE {outer}");
     let by = "OVER (PARTITION BY shop ORDER BY total DESC)";
     let refused = [
-        (sub(&format!("RANK() {by}"), "rownum <= 3"), "only ROW_NUMBER() is supported"),
+        (sub(&format!("RANK() {by}"), "rownum <= 3"), "RANK() OVER …: supported in a Top-N per window"),
+        (sub(&format!("DENSE_RANK() {by}"), "rownum <= 3"), "only ROW_NUMBER() is supported"),
         (sub(&format!("ROW_NUMBER() {by}"), "total > 3"), "needs WHERE rownum <= N outside the subquery"),
         (sub(&format!("ROW_NUMBER() {by}"), "rownum >= 3"), "expected rownum <= N"),
         (sub("ROW_NUMBER() OVER (PARTITION BY shop)", "rownum <= 3"), "needs ORDER BY a numeric field"),
@@ -348,4 +349,84 @@ fn top_n_queries_flink_would_plan_otherwise_are_refused_by_name() {
         let err = steps(&sql, None).unwrap_err();
         assert!(err.contains(expected), "{sql}: {err}");
     }
+}
+
+#[test]
+fn a_row_number_over_a_grouped_window_query_becomes_its_window_and_a_top_n_per_window() {
+    let window = "SELECT item, TUMBLE_START(ts, INTERVAL '1' SECOND) AS window_start, \
+                  TUMBLE_END(ts, INTERVAL '1' SECOND) AS window_end, COUNT(*) AS bids FROM source \
+                  GROUP BY item, TUMBLE(ts, INTERVAL '1' SECOND)";
+    let sql = format!(
+        "SELECT * FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY window_start, window_end ORDER BY bids DESC) \
+         AS rownum FROM ({window})) WHERE rownum <= 3"
+    );
+    let s = steps(&sql, Some("ts")).unwrap();
+    assert_eq!(
+        json(&s),
+        [
+            r#"{"keyBy":{"field":"item"}}"#,
+            r#"{"window":{"size":"1s","aggregate":{"count":true,"sum":[],"min":[],"max":[]}}}"#,
+            r#"{"select":["item","window_start","window_end","count AS bids"]}"#,
+            r#"{"keyBy":{"field":"window_start"}}"#,
+            r#"{"topN":{"limit":3,"orderBy":"bids","order":"Descending","rankField":"rownum","perWindow":true}}"#,
+        ]
+    );
+    // RANK() keeps ties, per window only.
+    let sql = sql.replace("ROW_NUMBER()", "RANK()");
+    let s = json(&steps(&sql, Some("ts")).unwrap());
+    assert!(s[4].contains(r#""perWindow":true,"withTies":true"#), "{s:?}");
+    // A further partition field is the key; the bounds are kept by a
+    // subquery select list that leaves them out.
+    let sql = format!(
+        "SELECT * FROM (SELECT item, bids, ROW_NUMBER() OVER (PARTITION BY window_start, window_end, item ORDER BY \
+         bids ASC) AS rownum FROM ({window}) WHERE bids > 1) WHERE rownum = 1"
+    );
+    let s = json(&steps(&sql, Some("ts")).unwrap());
+    assert_eq!(
+        s[3..],
+        [
+            r#"{"filter":"bids > 1"}"#.to_string(),
+            r#"{"select":["item","bids","window_start","window_end"]}"#.into(),
+            r#"{"keyBy":{"field":"item"}}"#.into(),
+            r#"{"topN":{"limit":1,"orderBy":"bids","order":"Ascending","rankField":"rownum","perWindow":true}}"#.into(),
+        ]
+    );
+}
+
+#[test]
+fn a_top_n_of_a_grouped_query_without_windows_or_partitioned_past_them_is_refused_by_name() {
+    let over = |partition: &str, inner: &str| {
+        format!(
+            "SELECT * FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY {partition} ORDER BY n DESC) AS rownum FROM \
+             ({inner})) WHERE rownum <= 3"
+        )
+    };
+    let tumble = "SELECT item, window_start, window_end, COUNT(*) AS n FROM source GROUP BY item, \
+                  TUMBLE(ts, INTERVAL '1' SECOND)";
+    let refused = [
+        (
+            over("item", "SELECT item, COUNT(*) AS n FROM source GROUP BY item"),
+            "needs TUMBLE, HOP or SESSION in its GROUP BY",
+        ),
+        (over("item", tumble), "PARTITION BY window_start, window_end"),
+        (over("window_start, window_end, item, n", tumble), "PARTITION BY takes one field"),
+        (
+            over(
+                "window_start",
+                "SELECT item, window_start, COUNT(*) AS n FROM source GROUP BY item, TUMBLE(ts, INTERVAL '1' SECOND)",
+            ),
+            "list `window_end` in the innermost query's select list",
+        ),
+    ];
+    for (sql, expected) in refused {
+        let err = steps(&sql, Some("ts")).unwrap_err();
+        assert!(err.contains(expected), "{sql}: {err}");
+    }
+}
+
+#[test]
+fn a_temporal_join_in_sql_is_refused_pointing_to_the_step() {
+    let err = steps("SELECT * FROM source o JOIN rates FOR SYSTEM_TIME AS OF o.ts AS r ON o.c = r.c", Some("ts"))
+        .unwrap_err();
+    assert!(err.contains("with a temporalJoin step"), "{err}");
 }

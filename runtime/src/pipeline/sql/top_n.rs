@@ -1,14 +1,16 @@
 //! Flink SQL's Top-N: `SELECT … FROM (SELECT …, ROW_NUMBER() OVER
 //! (PARTITION BY k ORDER BY x DESC) AS rownum FROM source [WHERE …]) WHERE
 //! rownum <= N`, read into a `keyBy` and a `topN` step whose rank is
-//! written to the row number's name.
+//! written to the row number's name. Its Window Top-N ranks the rows of a
+//! grouped window query instead of the source's, `PARTITION BY
+//! window_start, window_end [, k]`, into a `topN` per window.
 
 use datafusion_sql::sqlparser::ast::{
     BinaryOperator, Expr, GroupByExpr, OrderByExpr, Select, SelectItem, TableFactor, Value, WindowType,
 };
 
 use super::join::{conjuncts, flipped};
-use super::{function_name, join, plain_select, select_list, SqlStep, KEY};
+use super::{function_name, join, plain_select, select_list, select_steps, SqlStep, KEY};
 use crate::manifest::{EventTimeSpec, KeyBySpec, SortOrder, StepSpec, StreamSpec, TopNSpec};
 
 /// The steps of a Top-N query, or None if `outer` reads no subquery.
@@ -28,32 +30,41 @@ pub(super) fn top_n(
     refuse_grouping(outer, "the outer query")?;
     let mut inner = plain_select(*subquery)?;
     refuse_grouping(&inner, "the subquery")?;
-    let joined = join::from_clause(&mut inner, event_time, streams)?;
     let step = |clause, step: StepSpec| SqlStep { step, clause, stream: None };
-    let mut steps: Vec<SqlStep> =
-        joined.into_iter().map(|j| SqlStep { step: j.step, clause: "JOIN", stream: Some(j.stream) }).collect();
+    let windows = window_results(&mut inner, event_time, streams)?;
+    let per_window = windows.is_some();
+    let mut steps = match windows {
+        Some(steps) => steps,
+        None => join::from_clause(&mut inner, event_time, streams)?
+            .into_iter()
+            .map(|j| SqlStep { step: j.step, clause: "JOIN", stream: Some(j.stream) })
+            .collect(),
+    };
     if let Some(w) = inner.selection.take() {
         steps.push(step("WHERE", StepSpec { filter: Some(w.to_string()), ..StepSpec::default() }));
     }
     let over = RowNumber::take(&mut inner)?;
+    let key = over.key(per_window)?;
     let (limit, rest) = limit(outer.selection.take(), &over.alias)?;
     if !matches!(inner.projection.as_slice(), [SelectItem::Wildcard(_)]) {
         let mut list = select_list(&inner.projection, "the subquery's select list")?;
         // The ranking reads these: kept even when not listed.
-        for needed in over.key.iter().chain([&over.order_by]) {
-            if !list.contains(needed) {
-                list.push(needed.clone());
+        let bounds = BOUNDS.iter().filter(|_| per_window).map(|b| b.to_string());
+        for needed in key.iter().cloned().chain([over.order_by.clone()]).chain(bounds) {
+            if !list.contains(&needed) {
+                list.push(needed);
             }
         }
         steps.push(step("the subquery's SELECT", StepSpec { select: Some(list), ..StepSpec::default() }));
     }
-    let key_by = match &over.key {
+    let key_by = match &key {
         Some(field) => KeyBySpec { field: field.clone(), expr: None },
         None => KeyBySpec { field: KEY.into(), expr: Some("'all'".into()) },
     };
     steps.push(step("PARTITION BY", StepSpec { key_by: Some(key_by), ..StepSpec::default() }));
     let rank_field = (over.alias != "rank").then(|| over.alias.clone());
-    let spec = TopNSpec { limit, order_by: over.order_by, order: over.order, rank_field };
+    let spec =
+        TopNSpec { limit, order_by: over.order_by, order: over.order, rank_field, per_window, with_ties: over.ties };
     steps.push(step("ROW_NUMBER", StepSpec { top_n: Some(spec), ..StepSpec::default() }));
     if let Some(rest) = rest {
         steps.push(step("WHERE", StepSpec { filter: Some(rest), ..StepSpec::default() }));
@@ -68,6 +79,46 @@ pub(super) fn top_n(
     Ok(Some(steps))
 }
 
+/// The fields of a window query's rows that hold each window's bounds.
+const BOUNDS: [&str; 2] = ["window_start", "window_end"];
+
+/// When the Top-N subquery reads a grouped window query (Flink's Window
+/// Top-N), that query's steps; None when it reads the source.
+fn window_results(
+    inner: &mut Select,
+    event_time: Option<&EventTimeSpec>,
+    streams: &[StreamSpec],
+) -> Result<Option<Vec<SqlStep>>, String> {
+    let query = match inner.from.as_slice() {
+        [table] => match &table.relation {
+            TableFactor::Derived { subquery, .. } if table.joins.is_empty() => subquery.clone(),
+            TableFactor::Derived { .. } => return Err("a JOIN of a subquery is not supported".into()),
+            _ => return Ok(None),
+        },
+        _ => return Ok(None),
+    };
+    inner.from.clear();
+    let (steps, windowed) = select_steps(plain_select(*query)?, event_time, streams)?;
+    if !windowed {
+        return Err("a Top-N of a grouped query ranks the rows of its windows (Flink's Window Top-N): the innermost \
+                    query needs TUMBLE, HOP or SESSION in its GROUP BY"
+            .into());
+    }
+    let listed = |bound: &str| {
+        steps
+            .last()
+            .and_then(|s| s.step.select.as_ref())
+            .is_some_and(|list| list.iter().any(|item| item == bound || item.ends_with(&format!(" AS {bound}"))))
+    };
+    if let Some(missing) = BOUNDS.iter().find(|b| !listed(b)) {
+        return Err(format!(
+            "the windows' rows are ranked per window: list `{missing}` in the innermost query's select list \
+             (window_start, window_end or TUMBLE_START(…) AS window_start)"
+        ));
+    }
+    Ok(Some(steps))
+}
+
 fn refuse_grouping(select: &Select, which: &str) -> Result<(), String> {
     let grouped = !matches!(&select.group_by, GroupByExpr::Expressions(e, _) if e.is_empty());
     if grouped || select.having.is_some() {
@@ -78,7 +129,9 @@ fn refuse_grouping(select: &Select, which: &str) -> Result<(), String> {
 
 /// `ROW_NUMBER() OVER (PARTITION BY k ORDER BY x [ASC | DESC]) AS rownum`.
 struct RowNumber {
-    key: Option<String>,
+    /// `RANK()` rather than `ROW_NUMBER()`: tied rows share a rank.
+    ties: bool,
+    partition: Vec<String>,
     order_by: String,
     order: SortOrder,
     alias: String,
@@ -110,9 +163,10 @@ impl RowNumber {
             return Err(format!("`{item}` needs a name: add AS rownum, and WHERE rownum <= N outside"));
         };
         let name = function_name(&Expr::Function(f.clone())).unwrap_or_default();
-        if name != "row_number" {
+        if name != "row_number" && name != "rank" {
             return Err(format!(
-                "`{name}` OVER …: only ROW_NUMBER() is supported (Flink's Top-N); RANK and DENSE_RANK are not"
+                "`{name}` OVER …: only ROW_NUMBER() is supported (Flink's Top-N), and RANK() per window; DENSE_RANK \
+                 is not"
             ));
         }
         let Some(WindowType::WindowSpec(spec)) = &f.over else {
@@ -121,18 +175,15 @@ impl RowNumber {
         if spec.window_frame.is_some() {
             return Err("ROW_NUMBER() OVER (… ROWS/RANGE …): a window frame is not supported".into());
         }
-        let key = match spec.partition_by.as_slice() {
-            [] => None,
-            [Expr::Identifier(k)] => Some(k.value.clone()),
-            [other] => {
+        let mut partition = Vec::new();
+        for e in &spec.partition_by {
+            let Expr::Identifier(k) = e else {
                 return Err(format!(
-                    "PARTITION BY {other}: partition by a field (compute it in the subquery's select list)"
-                ))
-            }
-            _ => {
-                return Err("PARTITION BY takes one field; combine them in the subquery, as concat_ws('|', a, b)".into())
-            }
-        };
+                    "PARTITION BY {e}: partition by a field (compute it in the subquery's select list)"
+                ));
+            };
+            partition.push(k.value.clone());
+        }
         let (order_by, order) = match spec.order_by.as_slice() {
             [OrderByExpr { expr: Expr::Identifier(x), options, .. }] => {
                 let order = if options.asc == Some(true) { SortOrder::Ascending } else { SortOrder::Descending };
@@ -144,7 +195,36 @@ impl RowNumber {
             }
             _ => return Err("ROW_NUMBER() orders by one field; ranking by several is not supported yet".into()),
         };
-        Ok(RowNumber { key, order_by, order, alias: alias.value })
+        Ok(RowNumber { ties: name == "rank", partition, order_by, order, alias: alias.value })
+    }
+
+    /// The ranking's key field; None: all records ranked together. Per
+    /// window, the window's bounds are not part of the key (the step ranks
+    /// each window apart) and a ranking of only the window is keyed by its
+    /// start.
+    fn key(&self, per_window: bool) -> Result<Option<String>, String> {
+        if self.ties && !per_window {
+            return Err("RANK() OVER …: supported in a Top-N per window (over a grouped window query); a ranking \
+                        updated per record takes ROW_NUMBER()"
+                .into());
+        }
+        let mut rest: Vec<&String> = self.partition.iter().collect();
+        if per_window {
+            if !self.partition.iter().any(|p| p == "window_start") {
+                return Err("a Top-N of window rows ranks per window: PARTITION BY window_start, window_end [, one \
+                            more field]"
+                    .into());
+            }
+            rest.retain(|p| !BOUNDS.contains(&p.as_str()));
+            if rest.is_empty() {
+                return Ok(Some("window_start".into()));
+            }
+        }
+        match rest.as_slice() {
+            [] => Ok(None),
+            [k] => Ok(Some(k.to_string())),
+            _ => Err("PARTITION BY takes one field; combine them in the subquery, as concat_ws('|', a, b)".into()),
+        }
     }
 }
 
