@@ -27,6 +27,16 @@ pub enum Sided {
     Other(Row),
 }
 
+impl Sided {
+    /// The record, and whether it is this stream's.
+    pub fn split(self) -> (Row, bool) {
+        match self {
+            Sided::This(row) => (row, true),
+            Sided::Other(row) => (row, false),
+        }
+    }
+}
+
 /// The join's key fields, for the shuffle and the keyed state.
 #[derive(Debug, Clone)]
 pub struct JoinKeys {
@@ -178,7 +188,7 @@ fn parse(text: &str) -> Result<Row, TaskError> {
 }
 
 /// The event time of a record; one without it was refused before the join.
-fn time_of(row: &Row, field: &str, key: &str) -> Result<i64, TaskError> {
+pub(super) fn time_of(row: &Row, field: &str, key: &str) -> Result<i64, TaskError> {
     event_time_of(row, field).map_err(|reason| TaskError::BadRecord { record: format!("with key `{key}`"), reason })
 }
 
@@ -193,10 +203,7 @@ impl EventTimeFunction<String, Sided, Routed> for IntervalJoin {
         timers: &mut Timers,
         out: &mut Vec<Routed>,
     ) -> Result<(), TaskError> {
-        let (row, this_side) = match record {
-            Sided::This(row) => (row, true),
-            Sided::Other(row) => (row, false),
-        };
+        let (row, this_side) = record.split();
         let ts = time_of(&row, if this_side { &self.this_time } else { &self.other_time }, key)?;
         if timers.watermark().is_some_and(|w| ts < w) {
             let why = "so the records it would join with may be gone (intervalJoin)";

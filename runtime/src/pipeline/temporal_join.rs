@@ -14,11 +14,11 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::join::Sided;
+use super::join::{time_of, Sided};
 use super::window::{LateTo, Routed};
 use crate::manifest::{JoinedSource, TemporalJoinSpec, TemporalJoinType};
 use crate::operators::{EventTimeFunction, Timers};
-use crate::record::{event_time_of, Row};
+use crate::record::Row;
 use crate::task::TaskError;
 
 /// A key's table versions and the records waiting for the watermark, each
@@ -94,13 +94,8 @@ impl EventTimeFunction<String, Sided, Routed> for TemporalJoin {
         timers: &mut Timers,
         out: &mut Vec<Routed>,
     ) -> Result<(), TaskError> {
-        let (row, this_side) = match record {
-            Sided::This(row) => (row, true),
-            Sided::Other(row) => (row, false),
-        };
-        let field = if this_side { &self.this_time } else { &self.other_time };
-        let ts = event_time_of(&row, field)
-            .map_err(|reason| TaskError::BadRecord { record: format!("with key `{key}`"), reason })?;
+        let (row, this_side) = record.split();
+        let ts = time_of(&row, if this_side { &self.this_time } else { &self.other_time }, key)?;
         // Records at the watermark were joined when it came, so a version
         // there is too late to take part; a record there still finds the
         // version in effect, which is kept.

@@ -6,7 +6,7 @@
 //! window_start, window_end [, k]`, into a `topN` per window.
 
 use datafusion_sql::sqlparser::ast::{
-    BinaryOperator, Expr, GroupByExpr, OrderByExpr, Select, SelectItem, TableFactor, Value, WindowType,
+    BinaryOperator, Expr, GroupByExpr, OrderByExpr, Query, Select, SelectItem, TableFactor, Value, WindowType,
 };
 
 use super::join::{conjuncts, flipped};
@@ -19,14 +19,7 @@ pub(super) fn top_n(
     event_time: Option<&EventTimeSpec>,
     streams: &[StreamSpec],
 ) -> Result<Option<Vec<SqlStep>>, String> {
-    let subquery = match outer.from.as_slice() {
-        [table] => match &table.relation {
-            TableFactor::Derived { subquery, .. } if table.joins.is_empty() => subquery.clone(),
-            TableFactor::Derived { .. } => return Err("a JOIN of a subquery is not supported".into()),
-            _ => return Ok(None),
-        },
-        _ => return Ok(None),
-    };
+    let Some(subquery) = subquery_of(outer)? else { return Ok(None) };
     refuse_grouping(outer, "the outer query")?;
     let mut inner = plain_select(*subquery)?;
     refuse_grouping(&inner, "the subquery")?;
@@ -79,6 +72,18 @@ pub(super) fn top_n(
     Ok(Some(steps))
 }
 
+/// The subquery `select` reads FROM, if it reads one.
+fn subquery_of(select: &Select) -> Result<Option<Box<Query>>, String> {
+    match select.from.as_slice() {
+        [table] => match &table.relation {
+            TableFactor::Derived { subquery, .. } if table.joins.is_empty() => Ok(Some(subquery.clone())),
+            TableFactor::Derived { .. } => Err("a JOIN of a subquery is not supported".into()),
+            _ => Ok(None),
+        },
+        _ => Ok(None),
+    }
+}
+
 /// The fields of a window query's rows that hold each window's bounds.
 const BOUNDS: [&str; 2] = ["window_start", "window_end"];
 
@@ -89,14 +94,7 @@ fn window_results(
     event_time: Option<&EventTimeSpec>,
     streams: &[StreamSpec],
 ) -> Result<Option<Vec<SqlStep>>, String> {
-    let query = match inner.from.as_slice() {
-        [table] => match &table.relation {
-            TableFactor::Derived { subquery, .. } if table.joins.is_empty() => subquery.clone(),
-            TableFactor::Derived { .. } => return Err("a JOIN of a subquery is not supported".into()),
-            _ => return Ok(None),
-        },
-        _ => return Ok(None),
-    };
+    let Some(query) = subquery_of(inner)? else { return Ok(None) };
     inner.from.clear();
     let (steps, windowed) = select_steps(plain_select(*query)?, event_time, streams)?;
     if !windowed {
