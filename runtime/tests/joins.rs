@@ -279,19 +279,26 @@ fn records_a_full_join_emits_alone_are_not_late_for_a_window_after_it() {
 const RATES: u64 = 1_000;
 
 /// Orders (one per millisecond) joined with the versions of their key's
-/// rate: a second generator's records, one every 7 ms of event time.
-fn temporal_job(dir: &Path, join_type: &str) -> weir_runtime::manifest::StreamJob {
-    let pipeline = format!(
-        r#"    source: {{generator: {orders}}}
-    eventTime: {{field: ts, maxOutOfOrderness: 50ms}}
-    steps:
-      - temporalJoin:
-          source: {{id: rates, generator: {rates}}}
-          key: key
-          type: {join_type}"#,
-        orders = generator(ORDERS, 4),
-        rates = generator(RATES, 2).replace("timestampStep: 1ms", "timestampStep: 7ms"),
-    );
+/// rate: a second generator's records, one every 7 ms of event time. As a
+/// step (the rate's fields under `rates_`), or with `sql` as a query (under
+/// its alias's prefix).
+fn temporal_job(dir: &Path, join_type: &str, sql: bool) -> weir_runtime::manifest::StreamJob {
+    let orders = generator(ORDERS, 4);
+    let rates = generator(RATES, 2).replace("timestampStep: 1ms", "timestampStep: 7ms");
+    let join = if sql {
+        let join = if join_type == "left" { "LEFT JOIN" } else { "JOIN" };
+        format!(
+            "    streams:\n      - source: {{id: rates, generator: {rates}}}\n    sql: SELECT * FROM source o {join} \
+             rates FOR SYSTEM_TIME AS OF o.ts AS r ON o.key = r.key"
+        )
+    } else {
+        format!(
+            "    steps:\n      - temporalJoin:\n          source: {{id: rates, generator: {rates}}}\n          \
+             key: key\n          type: {join_type}"
+        )
+    };
+    let pipeline =
+        format!("    source: {{generator: {orders}}}\n    eventTime: {{field: ts, maxOutOfOrderness: 50ms}}\n{join}");
     pipeline_job(dir, "temporal", 2, &pipeline).expect("test manifest is valid")
 }
 
@@ -307,14 +314,15 @@ fn temporal_expected() -> BTreeMap<u64, Option<u64>> {
     want
 }
 
-/// Each committed order's rate, failing on an order committed twice.
-fn temporal_got(dir: &Path) -> BTreeMap<u64, Option<u64>> {
+/// Each committed order's rate (its fields under `prefix`), failing on an
+/// order committed twice.
+fn temporal_got(dir: &Path, prefix: &str) -> BTreeMap<u64, Option<u64>> {
     let mut got = BTreeMap::new();
     for row in committed(dir) {
         let order = row["seq"].as_u64().unwrap_or_else(|| panic!("not an order: {row}"));
-        let rate = row["rates_seq"].as_u64();
+        let rate = row[format!("{prefix}seq")].as_u64();
         if rate.is_some() {
-            assert_eq!(row["key"], row["rates_key"], "joined across keys: {row}");
+            assert_eq!(row["key"], row[format!("{prefix}key")], "joined across keys: {row}");
         }
         assert_eq!(row["ts"].as_u64(), Some(order), "the order's own event time: {row}");
         assert!(got.insert(order, rate).is_none(), "order {order} committed twice");
@@ -324,21 +332,25 @@ fn temporal_got(dir: &Path) -> BTreeMap<u64, Option<u64>> {
 
 #[test]
 fn a_left_temporal_join_gives_each_order_the_rate_in_effect_at_its_time_once_through_seeded_crashes() {
-    let dir = tempfile::tempdir().unwrap();
-    run_through_crashes(&temporal_job(dir.path(), "left"), 0x5eed_7e39_0000_0001);
     let want = temporal_expected();
     assert!(want.values().any(Option::is_none), "some orders come before their key's first rate");
     assert!(want.values().filter_map(|v| *v).collect::<std::collections::BTreeSet<_>>().len() > 500);
-    assert_eq!(temporal_got(dir.path()), want, "every order once, with the rate in effect at its time");
+    // As the step, and as Flink SQL's FOR SYSTEM_TIME AS OF.
+    for (sql, prefix, seed) in [(false, "rates_", 0x5eed_7e39_0000_0001), (true, "r_", 0x5eed_7e39_0000_0002)] {
+        let dir = tempfile::tempdir().unwrap();
+        run_through_crashes(&temporal_job(dir.path(), "left", sql), seed);
+        assert_eq!(temporal_got(dir.path(), prefix), want, "sql: {sql}: every order once, with the rate of its time");
+    }
 }
 
 #[test]
 fn an_inner_temporal_join_drops_the_orders_before_their_keys_first_rate() {
-    let dir = tempfile::tempdir().unwrap();
-    let job = temporal_job(dir.path(), "inner");
-    run_once(&job, Faults::none()).unwrap();
     let want: BTreeMap<u64, Option<u64>> = temporal_expected().into_iter().filter(|(_, v)| v.is_some()).collect();
-    assert_eq!(temporal_got(dir.path()), want);
+    for (sql, prefix) in [(false, "rates_"), (true, "r_")] {
+        let dir = tempfile::tempdir().unwrap();
+        run_once(&temporal_job(dir.path(), "inner", sql), Faults::none()).unwrap();
+        assert_eq!(temporal_got(dir.path(), prefix), want, "sql: {sql}");
+    }
 }
 
 #[test]

@@ -33,12 +33,12 @@ impl PlannedSteps<'_> {
         }
     }
 
-    /// Where `tail` (`.intervalJoin.source.file.path`) of step `i` was
+    /// Where `tail` (`.intervalJoin.source.file.path`, `.temporalJoin…`) of step `i` was
     /// written: the stream's own fields under `spec.pipeline.streams[k]`,
     /// the rest in the step's clause.
     fn path_of(&self, i: usize, tail: &str) -> String {
         let stream = self.streams.get(i).copied().flatten();
-        let own = tail.strip_prefix(".intervalJoin").filter(|t| {
+        let own = tail.strip_prefix(".intervalJoin").or_else(|| tail.strip_prefix(".temporalJoin")).filter(|t| {
             [".source", ".schema", ".eventTimeField"]
                 .iter()
                 .any(|f| t.strip_prefix(f).is_some_and(|r| !r.starts_with(char::is_alphanumeric)))

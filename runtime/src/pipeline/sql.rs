@@ -64,14 +64,9 @@ pub fn translate(
     event_time: Option<&EventTimeSpec>,
     streams: &[StreamSpec],
 ) -> Result<Vec<SqlStep>, String> {
-    let mut statements = Parser::parse_sql(&GenericDialect {}, sql).map_err(|e| {
-        if sql.to_ascii_uppercase().contains("SYSTEM_TIME") {
-            return "FOR SYSTEM_TIME AS OF (a temporal join) is not supported in SQL yet; write the pipeline as steps \
-                    with a temporalJoin step"
-                .to_string();
-        }
-        e.to_string()
-    })?;
+    let (sql, as_of) = join::system_time(sql)?;
+    let streams = Joinable { specs: streams, as_of: as_of.as_ref() };
+    let mut statements = Parser::parse_sql(&GenericDialect {}, &sql).map_err(|e| e.to_string())?;
     let statement = match (statements.pop(), statements.is_empty()) {
         (Some(s), true) => s,
         (None, _) => return Err("expected a SELECT statement, got nothing".into()),
@@ -92,7 +87,7 @@ pub fn translate(
 fn select_steps(
     mut select: Select,
     event_time: Option<&EventTimeSpec>,
-    streams: &[StreamSpec],
+    streams: Joinable<'_>,
 ) -> Result<(Vec<SqlStep>, bool), String> {
     let joined = join::from_clause(&mut select, event_time, streams)?;
     let mut steps: Vec<SqlStep> =
@@ -101,6 +96,14 @@ fn select_steps(
     let windowed = grouping.window.is_some();
     steps.extend(grouping.steps()?);
     Ok((steps, windowed))
+}
+
+/// The streams a query may join, and the one its `FOR SYSTEM_TIME AS OF`
+/// reads as a versioned table.
+#[derive(Clone, Copy)]
+struct Joinable<'a> {
+    specs: &'a [StreamSpec],
+    as_of: Option<&'a join::AsOf>,
 }
 
 fn first_words(s: &str) -> String {

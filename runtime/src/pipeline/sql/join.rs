@@ -1,8 +1,10 @@
 //! The query's FROM: `source`, or `source o [LEFT|RIGHT|FULL] JOIN <stream>
 //! s ON o.k = s.k AND s.ts BETWEEN o.ts - INTERVAL … AND o.ts + INTERVAL …`
-//! (Flink SQL's interval join), read into an `intervalJoin` step; and the
-//! tables' qualified field names (`o.total`, `s.carrier`) turned into the
-//! names those fields have in the joined record (`total`, `s_carrier`).
+//! (Flink SQL's interval join), read into an `intervalJoin` step, or
+//! `source o [LEFT] JOIN <stream> FOR SYSTEM_TIME AS OF o.ts s ON o.k = s.k`
+//! (its event-time temporal join) into a `temporalJoin`; and the tables'
+//! qualified field names (`o.total`, `s.carrier`) turned into the names
+//! those fields have in the joined record (`total`, `s_carrier`).
 
 use std::ops::ControlFlow;
 use std::time::Duration;
@@ -11,13 +13,72 @@ use datafusion_sql::sqlparser::ast::{
     visit_expressions_mut, BinaryOperator, Expr, Ident, JoinConstraint, JoinOperator, Select, SelectItem, TableFactor,
 };
 use datafusion_sql::sqlparser::dialect::GenericDialect;
+use datafusion_sql::sqlparser::keywords::Keyword;
 use datafusion_sql::sqlparser::parser::Parser;
+use datafusion_sql::sqlparser::tokenizer::{Token, Tokenizer};
 
 use super::window::interval;
-use super::SOURCE;
-use crate::manifest::{EventTimeSpec, HumanDuration, IntervalJoinSpec, JoinType, StepSpec, StreamSpec};
+use super::{Joinable, SOURCE};
+use crate::manifest::{
+    EventTimeSpec, HumanDuration, IntervalJoinSpec, JoinType, StepSpec, TemporalJoinSpec, TemporalJoinType,
+};
 
-/// The interval join a query's FROM makes.
+/// `JOIN <table> FOR SYSTEM_TIME AS OF <t>.<field>`, which the SQL dialect
+/// does not parse: the table and the time, taken out of the query.
+#[derive(Debug, Clone)]
+pub(super) struct AsOf {
+    table: String,
+    time: Vec<String>,
+}
+
+/// `sql` without its `FOR SYSTEM_TIME AS OF …`, and what that said.
+pub(super) fn system_time(sql: &str) -> Result<(String, Option<AsOf>), String> {
+    let dialect = GenericDialect {};
+    let Ok(tokens) = Tokenizer::new(&dialect, sql).tokenize() else {
+        // The parser names what is wrong.
+        return Ok((sql.to_string(), None));
+    };
+    let words: Vec<usize> = (0..tokens.len()).filter(|&i| !matches!(tokens[i], Token::Whitespace(_))).collect();
+    let keyword = |k: usize, want: Keyword| matches!(words.get(k).map(|&i| &tokens[i]), Some(Token::Word(w)) if w.keyword == want);
+    let Some(at) = (0..words.len()).find(|&k| {
+        keyword(k, Keyword::FOR)
+            && keyword(k + 1, Keyword::SYSTEM_TIME)
+            && keyword(k + 2, Keyword::AS)
+            && keyword(k + 3, Keyword::OF)
+    }) else {
+        return Ok((sql.to_string(), None));
+    };
+    let table = match at.checked_sub(1).map(|k| &tokens[words[k]]) {
+        Some(Token::Word(w)) => w.value.clone(),
+        _ => return Err("FOR SYSTEM_TIME AS OF follows the name of the joined stream".into()),
+    };
+    // The time: a name, or names joined by dots.
+    let mut time = Vec::new();
+    let mut k = at + 4;
+    loop {
+        match words.get(k).map(|&i| &tokens[i]) {
+            Some(Token::Word(w)) => time.push(w.value.clone()),
+            _ => return Err("FOR SYSTEM_TIME AS OF: expected the source's event time, as o.ts".into()),
+        }
+        match words.get(k + 1).map(|&i| &tokens[i]) {
+            Some(Token::Period) => {}
+            Some(Token::LParen) => {
+                return Err("FOR SYSTEM_TIME AS OF: expected the source's event time, as o.ts; a processing-time \
+                            temporal join (PROCTIME()) is not supported"
+                    .into())
+            }
+            _ => break,
+        }
+        k += 2;
+    }
+    let rest: String = tokens[..words[at]].iter().chain(&tokens[words[k] + 1..]).map(ToString::to_string).collect();
+    if rest.to_ascii_uppercase().contains("SYSTEM_TIME") {
+        return Err("FOR SYSTEM_TIME AS OF is taken once per query (one JOIN)".into());
+    }
+    Ok((rest, Some(AsOf { table, time })))
+}
+
+/// The interval or temporal join a query's FROM makes.
 pub(super) struct Joined {
     pub step: StepSpec,
     /// The stream's index in `spec.pipeline.streams`.
@@ -70,7 +131,7 @@ impl Tables {
 pub(super) fn from_clause(
     select: &mut Select,
     event_time: Option<&EventTimeSpec>,
-    streams: &[StreamSpec],
+    streams: Joinable<'_>,
 ) -> Result<Option<Joined>, String> {
     let mut from = std::mem::take(&mut select.from);
     let table = match (from.pop(), from.is_empty()) {
@@ -90,6 +151,11 @@ pub(super) fn from_clause(
     let this = alias.unwrap_or(name);
     let mut joins = table.joins;
     let join = match (joins.pop(), joins.is_empty()) {
+        (None, _) if streams.as_of.is_some() => {
+            return Err("FOR SYSTEM_TIME AS OF belongs to a JOIN of a stream: source o JOIN s FOR SYSTEM_TIME AS OF \
+                        o.ts ON …"
+                .into())
+        }
         (None, _) => {
             rename(select, &Tables { this, other: None })?;
             return Ok(None);
@@ -101,13 +167,23 @@ pub(super) fn from_clause(
     };
     let written = join.to_string();
     let (name, alias) = table_name(&join.relation)?;
-    let ids: Vec<&str> = streams.iter().filter_map(|s| s.source.id.as_deref()).collect();
+    let ids: Vec<&str> = streams.specs.iter().filter_map(|s| s.source.id.as_deref()).collect();
     let Some(stream) = ids.iter().position(|id| id.eq_ignore_ascii_case(&name)) else {
         return Err(format!(
             "JOIN {name}: no stream of that id in spec.pipeline.streams{}",
             if ids.is_empty() { String::new() } else { format!(" (there are: {})", ids.join(", ")) }
         ));
     };
+    if let Some(as_of) = streams.as_of {
+        if !as_of.table.eq_ignore_ascii_case(&name) {
+            return Err(format!(
+                "FOR SYSTEM_TIME AS OF follows {}, which is not the joined stream `{name}`",
+                as_of.table
+            ));
+        }
+        let spec = &streams.specs[stream];
+        return temporal(select, this, join, alias.unwrap_or(name), as_of, (spec, stream), event_time);
+    }
     let (join_type, constraint) = match join.join_operator {
         JoinOperator::Join(c) | JoinOperator::Inner(c) => (JoinType::Inner, c),
         JoinOperator::Left(c) | JoinOperator::LeftOuter(c) => (JoinType::Left, c),
@@ -131,7 +207,7 @@ pub(super) fn from_clause(
     let Some(time) = event_time else {
         return Err("JOIN needs spec.pipeline.eventTime: the time bound compares the streams' event times".into());
     };
-    let spec = &streams[stream];
+    let spec = &streams.specs[stream];
     let other_time = spec.event_time_field.as_deref().unwrap_or(&time.field);
     let on = On::read(on, &tables, (&time.field, other_time))?;
     let (key, other_key) = on.key.ok_or("ON needs the keys' equality (o.key = s.key)")?;
@@ -168,6 +244,66 @@ pub(super) fn from_clause(
     };
     rename(select, &tables)?;
     Ok(Some(Joined { step: StepSpec { interval_join: Some(join), ..StepSpec::default() }, stream }))
+}
+
+/// `JOIN <stream> FOR SYSTEM_TIME AS OF this.ts other ON this.k = other.k`
+/// as a `temporalJoin` step.
+fn temporal(
+    select: &mut Select,
+    this: String,
+    join: datafusion_sql::sqlparser::ast::Join,
+    other: String,
+    as_of: &AsOf,
+    (spec, stream): (&crate::manifest::StreamSpec, usize),
+    event_time: Option<&EventTimeSpec>,
+) -> Result<Option<Joined>, String> {
+    let written = join.to_string();
+    let (join_type, constraint) = match join.join_operator {
+        JoinOperator::Join(c) | JoinOperator::Inner(c) => (TemporalJoinType::Inner, c),
+        JoinOperator::Left(c) | JoinOperator::LeftOuter(c) => (TemporalJoinType::Left, c),
+        _ => {
+            return Err(format!(
+                "`{}` is not supported: a temporal join is [INNER] JOIN or LEFT JOIN … FOR SYSTEM_TIME AS OF … ON",
+                written.trim()
+            ))
+        }
+    };
+    let Some(time) = event_time else {
+        return Err("FOR SYSTEM_TIME AS OF needs spec.pipeline.eventTime: versions are chosen by event time".into());
+    };
+    match as_of.time.as_slice() {
+        [t, field] if t.eq_ignore_ascii_case(&this) && *field == time.field => {}
+        _ => {
+            return Err(format!(
+                "FOR SYSTEM_TIME AS OF {}: only the source's event time, {this}.{}, is supported (an event-time \
+                 temporal join; a processing-time one is not)",
+                as_of.time.join("."),
+                time.field
+            ))
+        }
+    }
+    let JoinConstraint::On(on) = constraint else {
+        return Err("a temporal join needs ON with the keys' equality (USING and NATURAL are not supported)".into());
+    };
+    let prefix = format!("{other}_");
+    let tables = Tables { this, other: Some((other, prefix.clone())) };
+    let other_time = spec.event_time_field.as_deref().unwrap_or(&time.field);
+    let on = On::read(on, &tables, (&time.field, other_time))?;
+    if on.lower.is_some() || on.upper.is_some() {
+        return Err("a temporal join's ON takes the keys' equality only: the version is chosen by time already".into());
+    }
+    let (key, other_key) = on.key.ok_or("ON needs the keys' equality (o.key = s.key)")?;
+    let join = TemporalJoinSpec {
+        source: spec.source.clone(),
+        schema: spec.schema.clone(),
+        event_time_field: spec.event_time_field.clone(),
+        other_key: (other_key != key).then_some(other_key),
+        key,
+        prefix: Some(prefix),
+        join_type,
+    };
+    rename(select, &tables)?;
+    Ok(Some(Joined { step: StepSpec { temporal_join: Some(join), ..StepSpec::default() }, stream }))
 }
 
 /// `name` as it can be written alone: a field named like a reserved word

@@ -425,8 +425,44 @@ fn a_top_n_of_a_grouped_query_without_windows_or_partitioned_past_them_is_refuse
 }
 
 #[test]
-fn a_temporal_join_in_sql_is_refused_pointing_to_the_step() {
-    let err = steps("SELECT * FROM source o JOIN rates FOR SYSTEM_TIME AS OF o.ts AS r ON o.c = r.c", Some("ts"))
-        .unwrap_err();
-    assert!(err.contains("with a temporalJoin step"), "{err}");
+fn for_system_time_as_of_the_source_time_becomes_a_temporal_join_step() {
+    let sql = "SELECT o.id, s.carrier, o.total FROM source o LEFT JOIN ships FOR SYSTEM_TIME AS OF o.ts AS s \
+               ON o.id = s.order WHERE s.carrier <> 'x'";
+    let s = joined(sql).unwrap();
+    let mut step: serde_json::Value = serde_json::from_str(&s[0].0).unwrap();
+    let join = step["temporalJoin"].take();
+    assert_eq!(
+        (&join["key"], &join["otherKey"], &join["prefix"], &join["type"]),
+        (&serde_json::json!("id"), &serde_json::json!("order"), &serde_json::json!("s_"), &serde_json::json!("left")),
+        "{join}"
+    );
+    assert_eq!(join["source"]["id"], "ships");
+    assert_eq!(
+        json(&s)[1..],
+        [r#"{"filter":"s_carrier <> 'x'"}"#, r#"{"select":["id","s_carrier AS carrier","total"]}"#]
+    );
+    assert_eq!(s[0].1, "JOIN");
+    // Inner by default, the alias written without AS.
+    let s = joined("SELECT * FROM source o JOIN ships FOR SYSTEM_TIME AS OF o.ts s ON o.id = s.order").unwrap();
+    let step: serde_json::Value = serde_json::from_str(&s[0].0).unwrap();
+    assert!(step["temporalJoin"]["type"].is_null(), "{step}");
+    assert_eq!(step["temporalJoin"]["prefix"], "s_");
+}
+
+#[test]
+fn temporal_joins_sql_does_not_plan_are_refused_by_name() {
+    let refused = [
+        ("SELECT * FROM source o JOIN ships FOR SYSTEM_TIME AS OF o.other s ON o.id = s.order", "only the source's event time, o.ts"),
+        ("SELECT * FROM source o JOIN ships FOR SYSTEM_TIME AS OF PROCTIME() s ON o.id = s.order", "expected the source's event time"),
+        ("SELECT * FROM source o FULL JOIN ships FOR SYSTEM_TIME AS OF o.ts s ON o.id = s.order", "a temporal join is [INNER] JOIN or LEFT JOIN"),
+        (
+            "SELECT * FROM source o JOIN ships FOR SYSTEM_TIME AS OF o.ts s ON o.id = s.order AND s.ts BETWEEN o.ts AND o.ts",
+            "takes the keys' equality only",
+        ),
+        ("SELECT * FROM source FOR SYSTEM_TIME AS OF ts", "belongs to a JOIN of a stream"),
+    ];
+    for (sql, expected) in refused {
+        let err = joined(sql).unwrap_err();
+        assert!(err.contains(expected), "{sql}: {err}");
+    }
 }

@@ -10,14 +10,14 @@ use datafusion_sql::sqlparser::ast::{
 };
 
 use super::join::{conjuncts, flipped};
-use super::{function_name, join, plain_select, select_list, select_steps, SqlStep, KEY};
-use crate::manifest::{EventTimeSpec, KeyBySpec, SortOrder, StepSpec, StreamSpec, TopNSpec};
+use super::{function_name, join, plain_select, select_list, select_steps, Joinable, SqlStep, KEY};
+use crate::manifest::{EventTimeSpec, KeyBySpec, SortOrder, StepSpec, TopNSpec};
 
 /// The steps of a Top-N query, or None if `outer` reads no subquery.
 pub(super) fn top_n(
     outer: &mut Select,
     event_time: Option<&EventTimeSpec>,
-    streams: &[StreamSpec],
+    streams: Joinable<'_>,
 ) -> Result<Option<Vec<SqlStep>>, String> {
     let Some(subquery) = subquery_of(outer)? else { return Ok(None) };
     refuse_grouping(outer, "the outer query")?;
@@ -92,7 +92,7 @@ const BOUNDS: [&str; 2] = ["window_start", "window_end"];
 fn window_results(
     inner: &mut Select,
     event_time: Option<&EventTimeSpec>,
-    streams: &[StreamSpec],
+    streams: Joinable<'_>,
 ) -> Result<Option<Vec<SqlStep>>, String> {
     let Some(query) = subquery_of(inner)? else { return Ok(None) };
     inner.from.clear();
