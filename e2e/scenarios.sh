@@ -358,8 +358,15 @@ done
 [ "$(sj_get '{.status.phase}')" = Running ] || fail "the upgraded job does not run"
 upgrade_sp=$(sj_get '{.status.savepoints[0].checkpoint}')
 [ "$(sj_get '{.status.restoredFrom}')" = "$upgrade_sp" ] || fail "the upgraded job did not resume from its savepoint's checkpoint $upgrade_sp"
-kubectl get events --field-selector involvedObject.name=running-sums,reason=Stopped -o name | grep -q . \
-  || fail "no Stopped event"
+# The event is written before the status, but a list may be served by an
+# API server's cache a moment behind: looked for a while.
+stopped=""
+for _ in $(seq 1 60); do
+  stopped=$(kubectl get events --field-selector involvedObject.name=running-sums,reason=Stopped -o name 2>/dev/null || true)
+  [ -n "$stopped" ] && break
+  sleep 0.5
+done
+[ -n "$stopped" ] || fail "no Stopped event; the job's events: $(kubectl get events --field-selector involvedObject.name=running-sums 2>&1)"
 scenario "upgradeMode Savepoint: parallelism 2 -> 3 stops the job with a savepoint (checkpoint $upgrade_sp) and resumes from it" "$t"
 
 t=$(date +%s)

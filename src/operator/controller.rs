@@ -69,9 +69,22 @@ impl Events for KubeEvents {
             action: event.reason.clone(),
             secondary: None,
         };
-        // An event that cannot be written must not stop the reconcile.
-        if let Err(err) = recorder.publish(&e, &job.object_ref(&())).await {
-            warn!(job = %job.name_any(), "cannot publish event {}: {err}", event.reason);
+        // A busy API server may time out a write: tried three times, as
+        // an event that is lost hides what happened from `kubectl describe`.
+        // One that cannot be written must not stop the reconcile.
+        let reference = job.object_ref(&());
+        for attempt in 1..=3u64 {
+            match recorder.publish(&e, &reference).await {
+                Ok(()) => return,
+                Err(kube::Error::Api(a)) if (400..500).contains(&a.code) && a.code != 429 => {
+                    warn!(job = %job.name_any(), "event {} refused: {}", event.reason, a.message);
+                    return;
+                }
+                Err(err) if attempt == 3 => {
+                    warn!(job = %job.name_any(), "cannot publish event {} after {attempt} tries: {err}", event.reason);
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(250 * attempt)).await,
+            }
         }
     }
 }
