@@ -19,6 +19,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::connectors::{TwoPhaseCommitCollector, TwoPhaseCommitSink};
+use crate::operators::event_time::processing_timers_uid;
 use crate::operators::stateless::BatchFn;
 use crate::operators::{EventTimeFunction, KeyedEventTime, KeyedProcess, KeyedProcessFunction};
 use crate::task::input_task::InputTask;
@@ -386,13 +387,14 @@ where
     }
 
     /// Runs `function` on every record with the state and the event-time
-    /// timers of its key.
+    /// and processing-time timers of its key.
     pub fn process_event_time<O, F>(self, uid: &str, function: F) -> DataStream<O>
     where
         K: Ord,
         O: Send + 'static,
         F: EventTimeFunction<K, T, O> + Sync,
     {
+        self.graph.borrow_mut().state_uids.push(processing_timers_uid(uid));
         self.keyed_stage(uid, move |uid, ctx, key, next| {
             let op = KeyedEventTime::new(uid, ctx, move |r: &T| key(r), function.clone(), next)?;
             Ok(Box::new(op) as Box<dyn Collector<T>>)

@@ -172,7 +172,55 @@ fn each_windows_three_hot_items_are_emitted_once_when_it_closes_exactly_once_thr
 }
 
 #[test]
-fn a_top_n_per_window_without_a_window_before_it_or_after_early_results_is_refused() {
+fn dense_rank_per_window_keeps_every_item_of_the_two_best_counts_exactly_once_through_seeded_crashes() {
+    const WINDOWS: i64 = 1_000;
+    // In window `w` item `k` of ten gets `(k + w) % 5 + 1` bids: items
+    // `k` and `k + 5` always tie.
+    let mut lines = Vec::new();
+    for w in 0..WINDOWS {
+        for k in 0..10 {
+            for c in 0..((k + w) % 5 + 1) {
+                let ts = w * 1000 + (c * 37 + k * 101) % 1000;
+                lines.push(json!({"item": format!("i{k}"), "ts": ts}).to_string());
+            }
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("bids.jsonl"), lines.join("\n") + "\n").unwrap();
+    let pipeline = format!(
+        "    source: {{file: {{path: \"{d}/bids.jsonl\"}}}}\n    eventTime: {{field: ts, maxOutOfOrderness: 1s}}\n    \
+         sql: SELECT * FROM (SELECT *, DENSE_RANK() OVER (PARTITION BY window_start, window_end ORDER BY bids DESC) \
+         AS rownum FROM (SELECT item, window_start, window_end, COUNT(*) AS bids FROM source GROUP BY item, \
+         TUMBLE(ts, INTERVAL '1' SECOND))) WHERE rownum <= 2",
+        d = dir.path().display()
+    );
+    let job = pipeline_job(dir.path(), "dense-hot-items", 2, &pipeline).unwrap();
+    run_through_crashes(&job, 0x5eed_70b0_0000_0009);
+
+    let mut got: Vec<(i64, u64, String, i64)> = read_committed(&dir.path().join("out"))
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let item = r["item"].as_str().unwrap().to_string();
+            (r["window_start"].as_i64().unwrap(), r["rownum"].as_u64().unwrap(), item, r["bids"].as_i64().unwrap())
+        })
+        .collect();
+    got.sort();
+    let mut want = Vec::new();
+    for w in 0..WINDOWS {
+        for rank in 1..=2u64 {
+            let count = 6 - rank as i64;
+            let mut items: Vec<i64> = (0..10).filter(|k| (k + w) % 5 + 1 == count).collect();
+            items.sort_by_key(|k| format!("i{k}"));
+            want.extend(items.into_iter().map(|k| (w * 1000, rank, format!("i{k}"), count)));
+        }
+    }
+    assert_eq!(got.len(), want.len(), "four rows per window: two tied items of each of the two best counts");
+    assert_eq!(got, want);
+}
+
+#[test]
+fn a_top_n_per_window_without_a_window_before_it_or_after_early_or_late_results_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let job = |steps: &str| {
         let pipeline = format!(
@@ -187,4 +235,10 @@ fn a_top_n_per_window_without_a_window_before_it_or_after_early_results_is_refus
          - topN: {limit: 3, orderBy: count, perWindow: true}",
     );
     assert!(err.contains("spec.pipeline.steps[3].topN.perWindow: the window step before it has earlyEvery"), "{err}");
+    let err = job(
+        "      - window: {size: 1m, allowedLateness: 10s, aggregate: {count: true}}\n      - keyBy: {field: window_start}\n      \
+         - topN: {limit: 3, orderBy: count, perWindow: true}",
+    );
+    let want = "spec.pipeline.steps[3].topN.perWindow: the window step before it has allowedLateness";
+    assert!(err.contains(want), "{err}");
 }

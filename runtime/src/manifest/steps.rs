@@ -204,12 +204,29 @@ pub struct TopNSpec {
     /// the window's end; instead of an update stream per record.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub per_window: bool,
-    /// With `perWindow`: rows tied on `orderBy` share a rank and are all
-    /// kept, as SQL's `RANK()` ranks (1, 1, 3), so a window may emit more
-    /// than `limit` rows. Without it ties get ranks of their own
-    /// (`ROW_NUMBER()`).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub with_ties: bool,
+    /// How rows tied on `orderBy` are ranked, as SQL's ranking functions:
+    /// `RowNumber` (the default: ties get ranks of their own, 1, 2, 3),
+    /// or, with `perWindow`, `Rank` (ties share a rank and the next skips,
+    /// 1, 1, 3) or `DenseRank` (ties share a rank, the next follows, 1, 1,
+    /// 2). With those two every row within `limit` ranks is kept, so a
+    /// window may emit more than `limit` rows.
+    #[serde(default, skip_serializing_if = "RankFunction::is_row_number")]
+    pub ranking: RankFunction,
+}
+
+/// SQL's ranking functions.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
+pub enum RankFunction {
+    #[default]
+    RowNumber,
+    Rank,
+    DenseRank,
+}
+
+impl RankFunction {
+    fn is_row_number(&self) -> bool {
+        *self == RankFunction::RowNumber
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
@@ -235,12 +252,18 @@ impl TopNSpec {
                     "{at}.perWindow: the window step before it has earlyEvery; ranking early rows is not supported, \
                      remove one of the two"
                 )),
+                Some(w) if w.allowed_lateness.is_some() => errors.push(format!(
+                    "{at}.perWindow: the window step before it has allowedLateness; ranking a window's late updates \
+                     is not supported, remove one of the two"
+                )),
                 Some(_) => {}
             }
         }
-        if self.with_ties && !self.per_window {
+        if self.ranking != RankFunction::RowNumber && !self.per_window {
             errors.push(format!(
-                "{at}.withTies: needs perWindow: true; a ranking updated per record gives ties ranks of their own"
+                "{at}.ranking: {:?} needs perWindow: true; a ranking updated per record gives ties ranks of their \
+                 own (RowNumber)",
+                self.ranking
             ));
         }
         if !(1..=1000).contains(&self.limit) {
@@ -342,11 +365,41 @@ pub struct WindowSpec {
     /// Early results of tumbling and sliding windows: each time the
     /// watermark passes another `earlyEvery` since a window's start, its
     /// results so far are emitted too (Flink's `ContinuousEventTimeTrigger`).
+    /// With `earlyTime: ProcessingTime`, of any window: a key's open
+    /// windows are emitted at the next multiple of `earlyEvery` of the wall
+    /// clock after a record reached them, so at most once per `earlyEvery`
+    /// and only when they changed (Flink SQL's early fire delay).
     /// Rows then carry `final`: false for those, true for the one when the
     /// window closes; an upsert sink keyed by key and `window_start` ends
     /// with the final one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub early_every: Option<HumanDuration>,
+    /// Which clock `earlyEvery` counts: `EventTime` (the default) or
+    /// `ProcessingTime`.
+    #[serde(default, skip_serializing_if = "TimeDomain::is_event_time")]
+    pub early_time: TimeDomain,
+    /// How long past its end a window still takes records (Flink's
+    /// `allowedLateness`): its state is kept until the watermark passes
+    /// its end plus this, and each record that comes in that time updates
+    /// it and emits its row again, with every record so far. Later ones
+    /// are late (`eventTime.lateRecords`). Absent: none, so a window's
+    /// state goes as it fires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_lateness: Option<HumanDuration>,
+}
+
+/// A clock: the records' event time, or the wall clock of the process.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
+pub enum TimeDomain {
+    #[default]
+    EventTime,
+    ProcessingTime,
+}
+
+impl TimeDomain {
+    fn is_event_time(&self) -> bool {
+        *self == TimeDomain::EventTime
+    }
 }
 
 /// The windows a [`WindowSpec`] asks for, in milliseconds.
@@ -471,17 +524,27 @@ impl WindowSpec {
                 if gap <= 0 {
                     errors.push(format!("{at}.gap: expected at least 1ms, got 0s"));
                 }
-                if self.early_every.is_some() {
+                if self.early_every.is_some() && self.early_time == TimeDomain::EventTime {
                     errors.push(format!(
-                        "{at}.earlyEvery: early results are built for tumbling and sliding windows, not sessions"
+                        "{at}.earlyEvery: early results by event time are built for tumbling and sliding windows, \
+                         not sessions; set earlyTime: ProcessingTime"
                     ));
                 }
             }
         }
-        if let (Some(early), Some(size)) = (self.early_every, self.size) {
-            if early.get().is_zero() || early >= size {
-                errors.push(format!("{at}.earlyEvery: expected from 1ms up to below size ({size}), got {early}"));
+        match (self.early_every, self.early_time) {
+            (None, TimeDomain::ProcessingTime) => {
+                errors.push(format!("{at}.earlyTime: needs earlyEvery, how often early results come"))
             }
+            (Some(early), TimeDomain::ProcessingTime) if early.get().is_zero() => {
+                errors.push(format!("{at}.earlyEvery: expected at least 1ms, got {early}"))
+            }
+            (Some(early), TimeDomain::EventTime) => {
+                if let Some(size) = self.size.filter(|size| early.get().is_zero() || early >= *size) {
+                    errors.push(format!("{at}.earlyEvery: expected from 1ms up to below size ({size}), got {early}"));
+                }
+            }
+            _ => {}
         }
         if self.aggregate.is_empty() {
             errors.push(format!("{at}.aggregate: {}", AggregateSpec::EMPTY));

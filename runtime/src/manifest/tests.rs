@@ -188,7 +188,12 @@ fn early_results_are_refused_for_sessions_and_at_or_above_the_window_size() {
     };
     windowed("{size: 1m, earlyEvery: 10s, aggregate: {count: true}}").unwrap();
     let err = windowed("{gap: 1m, earlyEvery: 10s, aggregate: {count: true}}").unwrap_err();
-    assert!(err.contains("spec.pipeline.steps[1].window.earlyEvery: early results are built for tumbling"), "{err}");
+    let want = "spec.pipeline.steps[1].window.earlyEvery: early results by event time are built for tumbling";
+    assert!(err.contains(want), "{err}");
+    windowed("{gap: 1m, earlyEvery: 10s, earlyTime: ProcessingTime, aggregate: {count: true}}").unwrap();
+    windowed("{size: 1m, earlyEvery: 5m, earlyTime: ProcessingTime, aggregate: {count: true}}").unwrap();
+    let err = windowed("{size: 1m, earlyTime: ProcessingTime, aggregate: {count: true}}").unwrap_err();
+    assert!(err.contains("spec.pipeline.steps[1].window.earlyTime: needs earlyEvery"), "{err}");
     let err = windowed("{size: 1m, earlyEvery: 1m, aggregate: {count: true}}").unwrap_err();
     assert!(err.contains("window.earlyEvery: expected from 1ms up to below size (1m), got 1m"), "{err}");
 }

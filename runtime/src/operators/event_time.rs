@@ -1,9 +1,15 @@
-//! A keyed process function with event-time timers, in the spirit of
-//! Flink's `KeyedProcessFunction` with `TimerService`: windows are one.
+//! A keyed process function with event-time and processing-time timers,
+//! in the spirit of Flink's `KeyedProcessFunction` with `TimerService`:
+//! windows are one.
 //!
-//! Timers live in each key's state, so checkpoints and rescaling carry them
-//! with the key; the operator's time-ordered queue of all timers is rebuilt
-//! from the state on restore rather than stored twice.
+//! Timers live in keyed state, so checkpoints and rescaling carry them
+//! with the key; the operator's time-ordered queues of all timers are
+//! rebuilt from the state on restore rather than stored twice. Event-time
+//! timers are in each key's [`Timed`] state; processing-time timers are
+//! keyed state of their own (under [`processing_timers_uid`]), so the
+//! checkpoints of operators from before them restore unchanged. A
+//! processing-time timer due while the job was down fires at the first
+//! clock reading after the restore.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::Hash;
@@ -40,6 +46,18 @@ pub trait EventTimeFunction<K, I, O>: Clone + Send + 'static {
         out: &mut Vec<O>,
     ) -> Result<(), TaskError>;
 
+    /// The wall clock reached `time`, a processing-time timer of `key`.
+    fn on_processing_timer(
+        &mut self,
+        _key: &K,
+        _time: i64,
+        _state: &mut Self::State,
+        _timers: &mut Timers,
+        _out: &mut Vec<O>,
+    ) -> Result<(), TaskError> {
+        Ok(())
+    }
+
     /// Whether a key's state holds nothing, so that with no timers left the
     /// key is dropped instead of kept forever.
     fn is_empty(&self, _state: &Self::State) -> bool {
@@ -61,12 +79,37 @@ pub struct Timers<'a> {
     set: &'a mut BTreeSet<i64>,
     added: &'a mut Vec<i64>,
     late: &'a mut u64,
+    /// The wall clock as last read, milliseconds since the epoch.
+    now: i64,
+    /// Processing-time timers set (true) and deleted (false) in this call,
+    /// applied to the key's after it.
+    processing: &'a mut Vec<(i64, bool)>,
 }
 
 impl Timers<'_> {
     /// The operator's event time: `None` before any watermark arrived.
     pub fn watermark(&self) -> Option<i64> {
         self.watermark
+    }
+
+    /// The operator's processing time: the wall clock (milliseconds since
+    /// the epoch) at its task's last reading, at most [`PROCESSING_TICK`]
+    /// ago.
+    ///
+    /// [`PROCESSING_TICK`]: crate::task::collector::PROCESSING_TICK
+    pub fn now(&self) -> i64 {
+        self.now
+    }
+
+    /// Calls `on_processing_timer` once the wall clock reaches `time` (at
+    /// the next reading if it already has). Registering a time twice fires
+    /// once.
+    pub fn register_processing_time(&mut self, time: i64) {
+        self.processing.push((time, true));
+    }
+
+    pub fn delete_processing_time(&mut self, time: i64) {
+        self.processing.push((time, false));
     }
 
     /// Calls `on_timer` once the watermark reaches `time` (at the next
@@ -91,14 +134,16 @@ impl Timers<'_> {
 
 #[cfg(test)]
 impl<'a> Timers<'a> {
-    /// Timers against `watermark`, outside an operator.
+    /// Timers against `watermark` and the wall clock at `now`, outside an
+    /// operator.
     pub(crate) fn for_test(
-        watermark: Option<i64>,
+        (watermark, now): (Option<i64>, i64),
         set: &'a mut BTreeSet<i64>,
         added: &'a mut Vec<i64>,
         late: &'a mut u64,
+        processing: &'a mut Vec<(i64, bool)>,
     ) -> Timers<'a> {
-        Timers { watermark, set, added, late }
+        Timers { watermark, set, added, late, now, processing }
     }
 }
 
@@ -120,8 +165,15 @@ pub(crate) fn drive<I, O, F: EventTimeFunction<String, I, O>>(
     fn advance<I, O, F: EventTimeFunction<String, I, O>>(f: &mut F, to: i64, k: &mut Key<F::State>, out: &mut Vec<O>) {
         while let Some(t) = k.set.first().copied().filter(|t| *t <= to) {
             k.set.remove(&t);
-            let mut added = Vec::new();
-            let mut timers = Timers { watermark: Some(to), set: &mut k.set, added: &mut added, late: &mut k.late };
+            let (mut added, mut processing) = (Vec::new(), Vec::new());
+            let mut timers = Timers {
+                watermark: Some(to),
+                set: &mut k.set,
+                added: &mut added,
+                late: &mut k.late,
+                now: 0,
+                processing: &mut processing,
+            };
             f.on_timer(&"a".to_string(), t, &mut k.state, &mut timers, out).unwrap();
         }
     }
@@ -132,8 +184,15 @@ pub(crate) fn drive<I, O, F: EventTimeFunction<String, I, O>>(
             watermark = Some(w);
             advance(function, w, &mut k, &mut out);
         }
-        let mut added = Vec::new();
-        let mut timers = Timers { watermark, set: &mut k.set, added: &mut added, late: &mut k.late };
+        let (mut added, mut processing) = (Vec::new(), Vec::new());
+        let mut timers = Timers {
+            watermark,
+            set: &mut k.set,
+            added: &mut added,
+            late: &mut k.late,
+            now: 0,
+            processing: &mut processing,
+        };
         function.process(&"a".to_string(), record, &mut k.state, &mut timers, &mut out).unwrap();
     }
     if let Some(end) = end {
@@ -143,11 +202,27 @@ pub(crate) fn drive<I, O, F: EventTimeFunction<String, I, O>>(
     (out, k.late, empty)
 }
 
+/// Every key's timers, by time.
+fn queue_of<'a, K: Clone + 'a>(timers: impl Iterator<Item = (&'a K, &'a BTreeSet<i64>)>) -> BTreeMap<i64, Vec<K>> {
+    let mut queue: BTreeMap<i64, Vec<K>> = BTreeMap::new();
+    for (key, set) in timers {
+        for t in set {
+            queue.entry(*t).or_default().push(key.clone());
+        }
+    }
+    queue
+}
+
 /// A key's state and its timers, as checkpointed.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Timed<S> {
     pub state: S,
     pub timers: BTreeSet<i64>,
+}
+
+/// Where an operator's processing-time timers are checkpointed.
+pub fn processing_timers_uid(uid: &str) -> String {
+    format!("{uid}.processing-timers")
 }
 
 pub struct KeyedEventTime<K, I, O, F: EventTimeFunction<K, I, O>, KF> {
@@ -164,6 +239,13 @@ pub struct KeyedEventTime<K, I, O, F: EventTimeFunction<K, I, O>, KF> {
     next: Box<dyn Collector<O>>,
     added: Vec<i64>,
     late: u64,
+    /// Each key's processing-time timers, and all of them in time order.
+    processing: KeyedStateBackend<K, BTreeSet<i64>>,
+    processing_queue: BTreeMap<i64, Vec<K>>,
+    /// What the function just did to its key's processing-time timers.
+    processing_changes: Vec<(i64, bool)>,
+    /// The wall clock as last read.
+    now: i64,
     _types: std::marker::PhantomData<fn(I)>,
 }
 
@@ -183,12 +265,9 @@ where
         next: Box<dyn Collector<O>>,
     ) -> Result<Self, TaskError> {
         let state: KeyedStateBackend<K, Timed<F::State>> = super::restore_keyed(&uid, &ctx)?;
-        let mut queue: BTreeMap<i64, Vec<K>> = BTreeMap::new();
-        for (key, timed) in state.iter() {
-            for t in &timed.timers {
-                queue.entry(*t).or_default().push(key.clone());
-            }
-        }
+        let queue = queue_of(state.iter().map(|(key, timed)| (key, &timed.timers)));
+        let processing: KeyedStateBackend<K, BTreeSet<i64>> = super::restore_keyed(&processing_timers_uid(&uid), &ctx)?;
+        let processing_queue = queue_of(processing.iter());
         Ok(KeyedEventTime {
             uid,
             ctx,
@@ -200,6 +279,10 @@ where
             next,
             added: Vec::new(),
             late: 0,
+            processing,
+            processing_queue,
+            processing_changes: Vec::new(),
+            now: crate::job::coordinate::wall_ms() as i64,
             _types: std::marker::PhantomData,
         })
     }
@@ -213,6 +296,8 @@ where
                 set: &mut timed.timers,
                 added: &mut self.added,
                 late: &mut self.late,
+                now: self.now,
+                processing: &mut self.processing_changes,
             };
             self.function.process(&key, record, &mut timed.state, &mut timers, out)?;
             let empty = timed.timers.is_empty() && self.function.is_empty(&timed.state);
@@ -224,7 +309,8 @@ where
     /// Queues the timers the function just registered, or drops a key that
     /// holds nothing any more.
     fn settle(&mut self, key: K, empty: bool) {
-        if empty {
+        let waiting = self.settle_processing(&key);
+        if empty && !waiting {
             self.state.remove(&key);
             self.added.clear();
             return;
@@ -232,6 +318,67 @@ where
         for t in self.added.drain(..) {
             self.queue.entry(t).or_default().push(key.clone());
         }
+    }
+
+    /// Applies the function's processing-time timer changes to `key`'s;
+    /// whether it has any left.
+    fn settle_processing(&mut self, key: &K) -> bool {
+        if self.processing_changes.is_empty() {
+            // Most functions never set one: no lookup for them. The queue
+            // holds every key's timers (and some deleted ones).
+            return !self.processing_queue.is_empty() && self.processing.get(key).is_some_and(|set| !set.is_empty());
+        }
+        let Some(set) = self.processing.get_mut(key) else {
+            self.processing_changes.clear();
+            return false;
+        };
+        for (time, add) in self.processing_changes.drain(..) {
+            if !add {
+                set.remove(&time); // its queue entry is skipped when due
+            } else if set.insert(time) {
+                self.processing_queue.entry(time).or_default().push(key.clone());
+            }
+        }
+        if set.is_empty() {
+            self.processing.remove(key);
+            return false;
+        }
+        true
+    }
+
+    /// Fires every processing-time timer at or before `now`, in time order.
+    fn fire_processing(&mut self, now: i64, out: &mut Vec<O>) -> Result<(), TaskError> {
+        self.now = now;
+        while let Some((time, keys)) = self
+            .processing_queue
+            .first_key_value()
+            .filter(|(t, _)| **t <= now)
+            .map(|(t, _)| *t)
+            .and_then(|t| self.processing_queue.remove_entry(&t))
+        {
+            for key in keys {
+                let Some(set) = self.processing.get_existing_mut(&key) else { continue };
+                if !set.remove(&time) {
+                    continue; // deleted, or queued twice
+                }
+                if set.is_empty() {
+                    self.processing.remove(&key);
+                }
+                let Some(timed) = self.state.get_mut(&key) else { continue };
+                let mut timers = Timers {
+                    watermark: self.watermark,
+                    set: &mut timed.timers,
+                    added: &mut self.added,
+                    late: &mut self.late,
+                    now,
+                    processing: &mut self.processing_changes,
+                };
+                self.function.on_processing_timer(&key, time, &mut timed.state, &mut timers, out)?;
+                let empty = timed.timers.is_empty() && self.function.is_empty(&timed.state);
+                self.settle(key, empty);
+            }
+        }
+        Ok(())
     }
 
     /// Fires every timer at or before `now`, in time order.
@@ -256,6 +403,8 @@ where
                     set: &mut timed.timers,
                     added: &mut self.added,
                     late: &mut self.late,
+                    now: self.now,
+                    processing: &mut self.processing_changes,
                 };
                 self.function.on_timer(&key, time, &mut timed.state, &mut timers, out)?;
                 let empty = timed.timers.is_empty() && self.function.is_empty(&timed.state);
@@ -312,8 +461,18 @@ where
         self.next.watermark(watermark).await
     }
 
+    async fn processing_time(&mut self, now: i64) -> Result<(), TaskError> {
+        let mut out = Vec::new();
+        self.fire_processing(now, &mut out)?;
+        if !out.is_empty() {
+            self.next.collect(out).await?;
+        }
+        self.next.processing_time(now).await
+    }
+
     async fn barrier(&mut self, barrier: Barrier, snapshot: &mut TaskSnapshot) -> Result<(), TaskError> {
         snapshot.add(super::snapshot_keyed(&self.uid, &mut self.state));
+        snapshot.add(super::snapshot_keyed(&processing_timers_uid(&self.uid), &mut self.processing));
         self.next.barrier(barrier, snapshot).await
     }
 
@@ -424,6 +583,94 @@ mod tests {
         op.watermark(Watermark::At(20)).await.unwrap();
         assert_eq!(seen.lock().unwrap()[2..], ["Idle".to_string(), "b@15=5".into(), "At(20)".into()]);
         assert!(op.state.is_empty() && op.queue.is_empty());
+    }
+
+    /// Sums a key's values until a processing-time timer 10 ms after its
+    /// first; a negative value cancels it.
+    #[derive(Clone)]
+    struct SumFor10Ms;
+
+    impl EventTimeFunction<String, (String, i64), String> for SumFor10Ms {
+        type State = Option<(i64, i64)>;
+
+        fn process(
+            &mut self,
+            _key: &String,
+            (_, v): (String, i64),
+            sum: &mut Option<(i64, i64)>,
+            timers: &mut Timers,
+            _out: &mut Vec<String>,
+        ) -> Result<(), TaskError> {
+            match sum {
+                Some((at, _)) if v < 0 => {
+                    timers.delete_processing_time(*at);
+                    *sum = None;
+                }
+                Some((_, total)) => *total += v,
+                None => {
+                    let at = timers.now() + 10;
+                    timers.register_processing_time(at);
+                    *sum = Some((at, v));
+                }
+            }
+            Ok(())
+        }
+
+        fn on_timer(
+            &mut self,
+            _: &String,
+            _: i64,
+            _: &mut Option<(i64, i64)>,
+            _: &mut Timers,
+            _: &mut Vec<String>,
+        ) -> Result<(), TaskError> {
+            Ok(())
+        }
+
+        fn on_processing_timer(
+            &mut self,
+            key: &String,
+            time: i64,
+            sum: &mut Option<(i64, i64)>,
+            _timers: &mut Timers,
+            out: &mut Vec<String>,
+        ) -> Result<(), TaskError> {
+            out.push(format!("{key}~{time}={}", sum.take().map_or(0, |(_, total)| total)));
+            Ok(())
+        }
+
+        fn is_empty(&self, sum: &Option<(i64, i64)>) -> bool {
+            sum.is_none()
+        }
+    }
+
+    #[tokio::test]
+    async fn processing_time_timers_fire_when_the_clock_reaches_them_and_are_checkpointed_apart() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let ctx = TaskContext::for_test("clock");
+        let next = Box::new(Recorder(seen.clone()));
+        let mut op = KeyedEventTime::new("p".into(), ctx, |r: &(String, i64)| r.0.clone(), SumFor10Ms, next).unwrap();
+        let rec = |k: &str, v: i64| (k.to_string(), v);
+        op.processing_time(1_000).await.unwrap();
+        op.collect(vec![rec("a", 1), rec("b", 5), rec("c", 3)]).await.unwrap();
+        op.processing_time(1_004).await.unwrap();
+        op.collect(vec![rec("a", 2), rec("c", -1)]).await.unwrap();
+        assert!(op.state.get(&"c".to_string()).is_none(), "a key whose timer was deleted holds nothing");
+        op.processing_time(1_009).await.unwrap();
+        assert!(seen.lock().unwrap().is_empty(), "nothing is due before 1,010");
+        assert_eq!(op.state.len(), 2, "keys waiting for a processing-time timer are kept");
+        let mut snapshot = TaskSnapshot::default();
+        op.barrier(Barrier { id: 1, timestamp_ms: 0 }, &mut snapshot).await.unwrap();
+        let uids: Vec<&str> = snapshot.operators.iter().map(|o| o.uid.as_str()).collect();
+        assert_eq!(uids, ["p", "p.processing-timers"]);
+        // A watermark moves event time only.
+        op.watermark(Watermark::At(5_000)).await.unwrap();
+        op.processing_time(1_010).await.unwrap();
+        let got = seen.lock().unwrap().clone();
+        assert_eq!(got, ["At(5000)", "a~1010=3", "b~1010=5"]);
+        assert!(op.state.is_empty() && op.processing.is_empty(), "fired keys are dropped");
+        op.processing_time(2_000).await.unwrap();
+        assert_eq!(seen.lock().unwrap().len(), 3, "each timer fires once");
     }
 
     #[tokio::test]

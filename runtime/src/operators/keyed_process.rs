@@ -102,4 +102,8 @@ where
     async fn watermark(&mut self, watermark: Watermark) -> Result<(), TaskError> {
         self.next.watermark(watermark).await
     }
+
+    async fn processing_time(&mut self, now: i64) -> Result<(), TaskError> {
+        self.next.processing_time(now).await
+    }
 }

@@ -217,6 +217,10 @@ impl<T: Send + 'static, C: Check<T> + 'static> Collector<T> for Checked<C> {
     async fn watermark(&mut self, watermark: Watermark) -> Result<(), TaskError> {
         self.next.watermark(watermark).await
     }
+
+    async fn processing_time(&mut self, now: i64) -> Result<(), TaskError> {
+        self.next.processing_time(now).await
+    }
 }
 
 /// A sink that may refuse rows, with the policy applied to what it refused

@@ -181,10 +181,7 @@ impl IntervalJoin {
 }
 
 fn parse(text: &str) -> Result<Row, TaskError> {
-    serde_json::from_str(text).map_err(|e| TaskError::User {
-        function: "intervalJoin".into(),
-        reason: format!("a waiting record in the checkpoint is not JSON: {e}"),
-    })
+    super::read_back(text, "intervalJoin", "a waiting record")
 }
 
 /// The event time of a record; one without it was refused before the join.

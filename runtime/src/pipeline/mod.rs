@@ -441,6 +441,9 @@ fn content_id(kind: &str, content: &serde_json::Value) -> String {
 
 /// The id of a window step without one of its own, made as [`aggregate_id`]'s.
 fn window_id(key_field: &str, time_field: &str, spec: &WindowSpec) -> String {
+    // Lateness changes how long windows are kept, not what they hold: a
+    // job given allowedLateness keeps the windows of its checkpoints.
+    let spec = WindowSpec { allowed_lateness: None, ..spec.clone() };
     content_id("window", &json!({"keyBy": key_field, "eventTime": time_field, "window": spec}))
 }
 
@@ -542,4 +545,14 @@ fn checked_after_filter(
 /// The error a failing aggregate reports for a non-numeric field.
 pub(crate) fn not_a_number(field: &str, key: &str) -> TaskError {
     TaskError::BadRecord { record: format!("with key `{key}`"), reason: format!("field `{field}` is not a number") }
+}
+
+/// A record kept in keyed state as JSON text (postcard cannot read a
+/// `serde_json::Value` back), read back by the step `function`; `what`
+/// names it in the error.
+pub(crate) fn read_back(text: &str, function: &str, what: &str) -> Result<Row, TaskError> {
+    serde_json::from_str(text).map_err(|e| TaskError::User {
+        function: function.into(),
+        reason: format!("{what} in keyed state does not read back as JSON: {e}"),
+    })
 }

@@ -77,10 +77,7 @@ impl TemporalJoin {
 }
 
 fn parse(text: &str) -> Result<Row, TaskError> {
-    serde_json::from_str(text).map_err(|e| TaskError::User {
-        function: "temporalJoin".into(),
-        reason: format!("a record in the checkpoint is not JSON: {e}"),
-    })
+    super::read_back(text, "temporalJoin", "a record")
 }
 
 impl EventTimeFunction<String, Sided, Routed> for TemporalJoin {
@@ -236,14 +233,14 @@ mod tests {
         for (i, at) in [100, 200, 300].into_iter().enumerate() {
             let mut set = std::collections::BTreeSet::new();
             let mut added = Vec::new();
-            let mut late = 0;
-            let mut timers = Timers::for_test(None, &mut set, &mut added, &mut late);
+            let (mut late, mut processing) = (0, Vec::new());
+            let mut timers = Timers::for_test((None, 0), &mut set, &mut added, &mut late, &mut processing);
             j.process(&"eur".into(), rate(i as i64, at), &mut state, &mut timers, &mut out).unwrap();
         }
         let mut set = std::collections::BTreeSet::new();
         let mut added = Vec::new();
-        let mut late = 0;
-        let mut timers = Timers::for_test(Some(250), &mut set, &mut added, &mut late);
+        let (mut late, mut processing) = (0, Vec::new());
+        let mut timers = Timers::for_test((Some(250), 0), &mut set, &mut added, &mut late, &mut processing);
         j.on_timer(&"eur".into(), 250, &mut state, &mut timers, &mut out).unwrap();
         assert_eq!(state.versions.keys().copied().collect::<Vec<_>>(), [200, 300]);
     }

@@ -7,9 +7,9 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use super::not_a_number;
 use super::window::{LateTo, Routed};
-use crate::manifest::{SortOrder, TopNSpec};
+use super::{not_a_number, read_back};
+use crate::manifest::{RankFunction, SortOrder, TopNSpec};
 use crate::operators::{EventTimeFunction, KeyedProcessFunction, Timers};
 use crate::record::Row;
 use crate::task::TaskError;
@@ -41,6 +41,11 @@ impl TopN {
             a < b
         }
     }
+
+    /// The value `row` is ranked by.
+    fn value_of(&self, row: &Row, key: &str) -> Result<f64, TaskError> {
+        row.get(&self.order_by).and_then(Value::as_f64).ok_or_else(|| not_a_number(&self.order_by, key))
+    }
 }
 
 /// A key's ranking, first first: each record's value and its JSON text
@@ -67,7 +72,7 @@ impl KeyedProcessFunction<String, Row, Row> for TopN {
         top: &mut Vec<(f64, String)>,
         out: &mut Vec<Row>,
     ) -> Result<(), TaskError> {
-        let value = row.get(&self.order_by).and_then(Value::as_f64).ok_or_else(|| not_a_number(&self.order_by, key))?;
+        let value = self.value_of(&row, key)?;
         let at = top.iter().position(|(v, _)| self.before(value, *v)).unwrap_or(top.len());
         if at >= self.limit {
             return Ok(());
@@ -76,10 +81,7 @@ impl KeyedProcessFunction<String, Row, Row> for TopN {
         top.truncate(self.limit);
         out.push(ranked(row, &self.rank_field, at + 1));
         for (i, (_, text)) in top.iter().enumerate().skip(at + 1) {
-            let moved: Row = serde_json::from_str(text).map_err(|e| TaskError::User {
-                function: "topN".into(),
-                reason: format!("a ranked record of key `{key}` does not read back: {e}"),
-            })?;
+            let moved = read_back(text, "topN", &format!("a ranked record of key `{key}`"))?;
             out.push(ranked(moved, &self.rank_field, i + 1));
         }
         Ok(())
@@ -96,8 +98,8 @@ impl KeyedProcessFunction<String, Row, Row> for TopN {
 #[derive(Debug, Clone)]
 pub struct WindowTopN {
     top: TopN,
-    /// `RANK()`: tied rows share a rank and are all kept.
-    ties: bool,
+    /// With `Rank` and `DenseRank` tied rows share a rank and are all kept.
+    ranking: RankFunction,
     late: LateTo,
 }
 
@@ -106,8 +108,14 @@ pub type WindowRankings = BTreeMap<(i64, i64), Ranking>;
 
 impl WindowTopN {
     pub fn new(spec: &TopNSpec, late: LateTo) -> WindowTopN {
-        WindowTopN { top: TopN::new(spec), ties: spec.with_ties, late }
+        WindowTopN { top: TopN::new(spec), ranking: spec.ranking, late }
     }
+}
+
+/// How many distinct values an ordered run holds.
+fn distinct(values: impl Iterator<Item = f64>) -> usize {
+    let mut last = None;
+    values.filter(|v| last.replace(*v) != Some(*v)).count()
 }
 
 /// A window bound of a window step's row.
@@ -133,8 +141,7 @@ impl EventTimeFunction<String, Row, Routed> for WindowTopN {
         out: &mut Vec<Routed>,
     ) -> Result<(), TaskError> {
         let (start, end) = (bound(&row, "window_start", key)?, bound(&row, "window_end", key)?);
-        let value =
-            row.get(&self.top.order_by).and_then(Value::as_f64).ok_or_else(|| not_a_number(&self.top.order_by, key))?;
+        let value = self.top.value_of(&row, key)?;
         if timers.watermark().is_some_and(|w| w >= end - 1) {
             self.late.late(row, end - 1, "so its window's ranking was emitted", timers, out);
             return Ok(());
@@ -147,18 +154,35 @@ impl EventTimeFunction<String, Row, Routed> for WindowTopN {
         let at =
             top.iter().position(|(v, t)| self.top.before(value, *v) || (value == *v && text < *t)).unwrap_or(top.len());
         let limit = self.top.limit;
-        if !self.ties {
-            if at < limit {
-                top.insert(at, (value, text));
-                top.truncate(limit);
-            }
-        } else if top.iter().take_while(|(v, _)| self.top.before(*v, value)).count() < limit {
+        // The rank `value` would have: how many rows (or, dense, values)
+        // come before it, plus one.
+        let ahead = top.iter().take_while(|(v, _)| self.top.before(*v, value));
+        let rank = match self.ranking {
+            RankFunction::RowNumber => at + 1,
+            RankFunction::Rank => ahead.count() + 1,
+            RankFunction::DenseRank => distinct(ahead.map(|(v, _)| *v)) + 1,
+        };
+        if rank <= limit {
             top.insert(at, (value, text));
-            // Rows after the limit stay while tied with the last within it.
-            if let Some(last) = top.get(limit - 1).map(|(v, _)| *v) {
-                let kept = limit + top[limit..].iter().take_while(|(v, _)| *v == last).count();
-                top.truncate(kept);
-            }
+            let kept = match self.ranking {
+                RankFunction::RowNumber => limit,
+                // Rows after the limit stay while tied with the last within it.
+                RankFunction::Rank => top
+                    .get(limit - 1)
+                    .map_or(top.len(), |(last, _)| limit + top[limit..].iter().take_while(|(v, _)| v == last).count()),
+                // Every row of the first `limit` values stays.
+                RankFunction::DenseRank => {
+                    let mut values = 0;
+                    top.iter()
+                        .enumerate()
+                        .take_while(|(i, (v, _))| {
+                            values += usize::from(*i == 0 || top[i - 1].0 != *v);
+                            values <= limit
+                        })
+                        .count()
+                }
+            };
+            top.truncate(kept);
         }
         timers.register(end - 1);
         Ok(())
@@ -177,14 +201,15 @@ impl EventTimeFunction<String, Row, Routed> for WindowTopN {
             let Some(top) = rankings.remove(&window) else { continue };
             let mut rank = 0;
             for (i, (value, text)) in top.iter().enumerate() {
-                // A row tied with the one before shares its rank (RANK()).
-                if !(self.ties && i > 0 && top[i - 1].0 == *value) {
-                    rank = i + 1;
-                }
-                let row: Row = serde_json::from_str(text).map_err(|e| TaskError::User {
-                    function: "topN".into(),
-                    reason: format!("a ranked record of key `{key}` does not read back: {e}"),
-                })?;
+                let tied = i > 0 && top[i - 1].0 == *value;
+                rank = match self.ranking {
+                    RankFunction::RowNumber => i + 1,
+                    RankFunction::Rank if tied => rank,
+                    RankFunction::Rank => i + 1,
+                    RankFunction::DenseRank if tied => rank,
+                    RankFunction::DenseRank => rank + 1,
+                };
+                let row = read_back(text, "topN", &format!("a ranked record of key `{key}`"))?;
                 out.push(Ok(ranked(row, &self.top.rank_field, rank)));
             }
         }
@@ -221,7 +246,7 @@ mod tests {
             order: SortOrder::Descending,
             rank_field: None,
             per_window: false,
-            with_ties: false,
+            ranking: RankFunction::RowNumber,
         };
         let (emitted, state) = run(spec, &[5, 9, 1, 7, 2, 7]);
         assert_eq!(
@@ -249,7 +274,7 @@ mod tests {
             order: SortOrder::Ascending,
             rank_field: Some("pos".into()),
             per_window: false,
-            with_ties: false,
+            ranking: RankFunction::RowNumber,
         };
         let (emitted, _) = run(spec.clone(), &[5, 9, 1]);
         assert_eq!(emitted, [(0, 1), (1, 2), (2, 1), (0, 2)]);
@@ -272,7 +297,7 @@ mod tests {
             order: SortOrder::Descending,
             rank_field: None,
             per_window: true,
-            with_ties: false,
+            ranking: RankFunction::RowNumber,
         };
         let mut top = WindowTopN::new(&spec, LateTo(Some("spec.pipeline.steps[3]".into())));
         let steps = vec![
@@ -302,40 +327,51 @@ mod tests {
         assert!(empty, "emitted windows leave no state behind");
     }
 
-    #[test]
-    fn with_ties_rows_tied_on_the_order_share_a_rank_and_are_all_kept_past_the_limit() {
+    /// One window of items with these counts ranked by `ranking` within
+    /// `limit`: `item#rank` in order, and whether the state is left empty.
+    fn ranked_window(ranking: RankFunction, limit: u32, counts: &[(&str, i64)]) -> (Vec<String>, bool) {
         let spec = TopNSpec {
-            limit: 2,
+            limit,
             order_by: "count".into(),
             order: SortOrder::Descending,
             rank_field: None,
             per_window: true,
-            with_ties: true,
+            ranking,
         };
         let mut top = WindowTopN::new(&spec, LateTo(None));
-        let counts = [("a", 5), ("b", 9), ("c", 5), ("d", 1), ("e", 5), ("f", 9)];
         let steps = counts.iter().map(|(item, n)| (None, window_row(item, 0, *n))).collect();
         let (out, _, empty) = crate::operators::event_time::drive(&mut top, steps, Some(9));
-        let got: Vec<String> = out
+        let ranks = out
             .iter()
             .map(|r| {
                 let row = r.as_ref().unwrap();
                 format!("{}#{}", row["item"].as_str().unwrap(), row["rank"])
             })
             .collect();
-        // Two 9s share rank 1, so the 5s rank 3 (past the limit): dropped.
-        assert_eq!(got, ["b#1", "f#1"]);
-        assert!(empty);
+        (ranks, empty)
+    }
 
-        let spec = TopNSpec { limit: 3, ..spec };
-        let mut top = WindowTopN::new(&spec, LateTo(None));
-        let steps = counts.iter().map(|(item, n)| (None, window_row(item, 0, *n))).collect();
-        let (out, _, _) = crate::operators::event_time::drive(&mut top, steps, Some(9));
-        let ranks: Vec<String> = out
-            .iter()
-            .map(|r| format!("{}#{}", r.as_ref().unwrap()["item"].as_str().unwrap(), r.as_ref().unwrap()["rank"]))
-            .collect();
+    #[test]
+    fn with_rank_rows_tied_on_the_order_share_a_rank_and_are_all_kept_past_the_limit() {
+        let counts = [("a", 5), ("b", 9), ("c", 5), ("d", 1), ("e", 5), ("f", 9)];
+        let (ranks, empty) = ranked_window(RankFunction::Rank, 2, &counts);
+        // Two 9s share rank 1, so the 5s rank 3 (past the limit): dropped.
+        assert_eq!(ranks, ["b#1", "f#1"]);
+        assert!(empty);
         // All three 5s tie at rank 3, within the limit: all kept.
+        let (ranks, _) = ranked_window(RankFunction::Rank, 3, &counts);
         assert_eq!(ranks, ["b#1", "f#1", "a#3", "c#3", "e#3"]);
+    }
+
+    #[test]
+    fn with_dense_rank_ties_share_a_rank_the_next_value_follows_and_rows_of_the_first_values_are_kept() {
+        let counts = [("a", 5), ("b", 9), ("c", 5), ("d", 1), ("e", 7), ("f", 9), ("g", 5), ("h", 8)];
+        let (ranks, empty) = ranked_window(RankFunction::DenseRank, 2, &counts);
+        // 9, 9 rank 1; 8 ranks 2; 7 would rank 3: past the limit. Each
+        // value that came in on top pushed the 5s, then the 7, out.
+        assert_eq!(ranks, ["b#1", "f#1", "h#2"]);
+        assert!(empty);
+        let (ranks, _) = ranked_window(RankFunction::DenseRank, 4, &counts);
+        assert_eq!(ranks, ["b#1", "f#1", "h#2", "e#3", "a#4", "c#4", "g#4"]);
     }
 }

@@ -118,7 +118,18 @@ pub trait Collector<T: Send + 'static>: Send {
     async fn watermark(&mut self, _watermark: Watermark) -> Result<(), TaskError> {
         Ok(())
     }
+    /// The wall clock reads `now` (milliseconds since the epoch): keyed
+    /// operators fire their processing-time timers up to it. A shuffled
+    /// task calls this every [`PROCESSING_TICK`] between its inputs;
+    /// operators pass it on, sinks have no use for it.
+    async fn processing_time(&mut self, _now: i64) -> Result<(), TaskError> {
+        Ok(())
+    }
 }
+
+/// How often a task fed by a shuffle reads the wall clock for the
+/// processing-time timers of its keyed operators: their resolution.
+pub const PROCESSING_TICK: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Boxed collectors forward, so chains can be assembled from trait objects.
 #[async_trait]
@@ -140,5 +151,8 @@ impl<T: Send + 'static> Collector<T> for Box<dyn Collector<T>> {
     }
     async fn watermark(&mut self, watermark: Watermark) -> Result<(), TaskError> {
         (**self).watermark(watermark).await
+    }
+    async fn processing_time(&mut self, now: i64) -> Result<(), TaskError> {
+        (**self).processing_time(now).await
     }
 }

@@ -1,5 +1,6 @@
 //! The loop of a subtask fed by a shuffle: read unblocked inputs, align
-//! barriers, pass records and barriers down the chain.
+//! barriers, pass records and barriers down the chain, and tell it the
+//! wall clock for its processing-time timers.
 
 use std::future::poll_fn;
 use std::task::Poll;
@@ -9,12 +10,13 @@ use async_trait::async_trait;
 use tokio::task::JoinSet;
 
 use super::aligner::{Aligner, Alignment};
-use super::collector::{Collector, TaskContext, TaskSnapshot};
+use super::collector::{Collector, TaskContext, TaskSnapshot, PROCESSING_TICK};
 use super::error::TaskError;
 use super::inflight::{DataReceiver, Debloater};
 use super::message::{Control, Message};
 use super::runnable::{spawn_snapshot_write, RunnableTask, Slices, TaskIo};
 use super::watermarks::WatermarkTracker;
+use crate::job::coordinate::wall_ms;
 use crate::metrics::JobMetrics;
 
 pub struct InputTask<T: Send + 'static> {
@@ -70,6 +72,8 @@ impl<T: Send + 'static> RunnableTask for InputTask<T> {
             let max = self.inputs.iter().map(|i| i.inflight.limit()).max().unwrap_or(0);
             Debloater::new(target, self.inputs.len(), max, Instant::now())
         });
+        let mut clock = tokio::time::interval(PROCESSING_TICK);
+        clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if stop_requested && input_done {
                 break;
@@ -83,6 +87,10 @@ impl<T: Send + 'static> RunnableTask for InputTask<T> {
                     Some(Control::Trigger(_)) => {}
                     Some(Control::Stop) | None => stop_requested = true,
                 },
+                // Before the inputs, which a busy job always has ready; once
+                // they ended no timer fires: what it emitted would come after
+                // the final checkpoint.
+                _ = clock.tick(), if !input_done => self.chain.processing_time(wall_ms() as i64).await?,
                 (i, msg) = poll_fn(|cx| poll_inputs(inputs, &aligner, &ended, &mut start, cx)), if !input_done => {
                     // An upstream that vanished without `End` did not finish:
                     // taking it for the end of input would let a checkpoint

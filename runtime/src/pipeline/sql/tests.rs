@@ -329,7 +329,8 @@ fn top_n_queries_flink_would_plan_otherwise_are_refused_by_name() {
     let by = "OVER (PARTITION BY shop ORDER BY total DESC)";
     let refused = [
         (sub(&format!("RANK() {by}"), "rownum <= 3"), "RANK() OVER …: supported in a Top-N per window"),
-        (sub(&format!("DENSE_RANK() {by}"), "rownum <= 3"), "only ROW_NUMBER() is supported"),
+        (sub(&format!("DENSE_RANK() {by}"), "rownum <= 3"), "DENSE_RANK() OVER …: supported in a Top-N per window"),
+        (sub(&format!("NTILE(4) {by}"), "rownum <= 3"), "only ROW_NUMBER() is supported"),
         (sub(&format!("ROW_NUMBER() {by}"), "total > 3"), "needs WHERE rownum <= N outside the subquery"),
         (sub(&format!("ROW_NUMBER() {by}"), "rownum >= 3"), "expected rownum <= N"),
         (sub("ROW_NUMBER() OVER (PARTITION BY shop)", "rownum <= 3"), "needs ORDER BY a numeric field"),
@@ -371,10 +372,11 @@ fn a_row_number_over_a_grouped_window_query_becomes_its_window_and_a_top_n_per_w
             r#"{"topN":{"limit":3,"orderBy":"bids","order":"Descending","rankField":"rownum","perWindow":true}}"#,
         ]
     );
-    // RANK() keeps ties, per window only.
-    let sql = sql.replace("ROW_NUMBER()", "RANK()");
-    let s = json(&steps(&sql, Some("ts")).unwrap());
-    assert!(s[4].contains(r#""perWindow":true,"withTies":true"#), "{s:?}");
+    // RANK() and DENSE_RANK() keep ties, per window only.
+    let s = json(&steps(&sql.replace("ROW_NUMBER()", "RANK()"), Some("ts")).unwrap());
+    assert!(s[4].contains(r#""perWindow":true,"ranking":"Rank""#), "{s:?}");
+    let s = json(&steps(&sql.replace("ROW_NUMBER()", "DENSE_RANK()"), Some("ts")).unwrap());
+    assert!(s[4].contains(r#""perWindow":true,"ranking":"DenseRank""#), "{s:?}");
     // A further partition field is the key; the bounds are kept by a
     // subquery select list that leaves them out.
     let sql = format!(

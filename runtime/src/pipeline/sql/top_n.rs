@@ -11,7 +11,7 @@ use datafusion_sql::sqlparser::ast::{
 
 use super::join::{conjuncts, flipped};
 use super::{function_name, join, plain_select, select_list, select_steps, Joinable, SqlStep, KEY};
-use crate::manifest::{EventTimeSpec, KeyBySpec, SortOrder, StepSpec, TopNSpec};
+use crate::manifest::{EventTimeSpec, KeyBySpec, RankFunction, SortOrder, StepSpec, TopNSpec};
 
 /// The steps of a Top-N query, or None if `outer` reads no subquery.
 pub(super) fn top_n(
@@ -57,7 +57,7 @@ pub(super) fn top_n(
     steps.push(step("PARTITION BY", StepSpec { key_by: Some(key_by), ..StepSpec::default() }));
     let rank_field = (over.alias != "rank").then(|| over.alias.clone());
     let spec =
-        TopNSpec { limit, order_by: over.order_by, order: over.order, rank_field, per_window, with_ties: over.ties };
+        TopNSpec { limit, order_by: over.order_by, order: over.order, rank_field, per_window, ranking: over.ranking };
     steps.push(step("ROW_NUMBER", StepSpec { top_n: Some(spec), ..StepSpec::default() }));
     if let Some(rest) = rest {
         steps.push(step("WHERE", StepSpec { filter: Some(rest), ..StepSpec::default() }));
@@ -125,10 +125,10 @@ fn refuse_grouping(select: &Select, which: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// `ROW_NUMBER() OVER (PARTITION BY k ORDER BY x [ASC | DESC]) AS rownum`.
+/// `ROW_NUMBER() OVER (PARTITION BY k ORDER BY x [ASC | DESC]) AS rownum`,
+/// or `RANK()` or `DENSE_RANK()` in its place.
 struct RowNumber {
-    /// `RANK()` rather than `ROW_NUMBER()`: tied rows share a rank.
-    ties: bool,
+    ranking: RankFunction,
     partition: Vec<String>,
     order_by: String,
     order: SortOrder,
@@ -161,12 +161,17 @@ impl RowNumber {
             return Err(format!("`{item}` needs a name: add AS rownum, and WHERE rownum <= N outside"));
         };
         let name = function_name(&Expr::Function(f.clone())).unwrap_or_default();
-        if name != "row_number" && name != "rank" {
-            return Err(format!(
-                "`{name}` OVER …: only ROW_NUMBER() is supported (Flink's Top-N), and RANK() per window; DENSE_RANK \
-                 is not"
-            ));
-        }
+        let ranking = match name.as_str() {
+            "row_number" => RankFunction::RowNumber,
+            "rank" => RankFunction::Rank,
+            "dense_rank" => RankFunction::DenseRank,
+            _ => {
+                return Err(format!(
+                    "`{name}` OVER …: only ROW_NUMBER() is supported (Flink's Top-N), and RANK() and DENSE_RANK() \
+                     per window"
+                ))
+            }
+        };
         let Some(WindowType::WindowSpec(spec)) = &f.over else {
             return Err("ROW_NUMBER() OVER a named window is not supported; write the window inline".into());
         };
@@ -193,7 +198,7 @@ impl RowNumber {
             }
             _ => return Err("ROW_NUMBER() orders by one field; ranking by several is not supported yet".into()),
         };
-        Ok(RowNumber { ties: name == "rank", partition, order_by, order, alias: alias.value })
+        Ok(RowNumber { ranking, partition, order_by, order, alias: alias.value })
     }
 
     /// The ranking's key field; None: all records ranked together. Per
@@ -201,10 +206,12 @@ impl RowNumber {
     /// each window apart) and a ranking of only the window is keyed by its
     /// start.
     fn key(&self, per_window: bool) -> Result<Option<String>, String> {
-        if self.ties && !per_window {
-            return Err("RANK() OVER …: supported in a Top-N per window (over a grouped window query); a ranking \
-                        updated per record takes ROW_NUMBER()"
-                .into());
+        if self.ranking != RankFunction::RowNumber && !per_window {
+            let name = if self.ranking == RankFunction::Rank { "RANK()" } else { "DENSE_RANK()" };
+            return Err(format!(
+                "{name} OVER …: supported in a Top-N per window (over a grouped window query); a ranking updated \
+                 per record takes ROW_NUMBER()"
+            ));
         }
         let mut rest: Vec<&String> = self.partition.iter().collect();
         if per_window {

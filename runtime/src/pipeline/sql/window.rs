@@ -51,8 +51,15 @@ pub(super) fn group_window(prefix: &'static str, e: &Expr) -> Result<(Window, St
             other => Err(format!("`{e}`: expected an interval, got `{other}`")),
         })
         .collect::<Result<_, _>>()?;
-    let empty =
-        WindowSpec { size: None, slide: None, gap: None, aggregate: AggregateSpec::default(), early_every: None };
+    let empty = WindowSpec {
+        size: None,
+        slide: None,
+        gap: None,
+        aggregate: AggregateSpec::default(),
+        early_every: None,
+        early_time: Default::default(),
+        allowed_lateness: None,
+    };
     let spec = match (prefix, durations.as_slice()) {
         ("TUMBLE", [size]) => WindowSpec { size: Some(*size), ..empty },
         ("HOP", [slide, size]) => WindowSpec { size: Some(*size), slide: Some(*slide), ..empty },
