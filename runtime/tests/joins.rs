@@ -283,22 +283,37 @@ const RATES: u64 = 1_000;
 /// step (the rate's fields under `rates_`), or with `sql` as a query (under
 /// its alias's prefix).
 fn temporal_job(dir: &Path, join_type: &str, sql: bool) -> weir_runtime::manifest::StreamJob {
+    temporal_job_by(dir, join_type, sql, false)
+}
+
+/// The same, `by_processing_time`: the pipeline without event time, each
+/// order with its key's latest rate as it arrives.
+fn temporal_job_by(
+    dir: &Path,
+    join_type: &str,
+    sql: bool,
+    by_processing_time: bool,
+) -> weir_runtime::manifest::StreamJob {
     let orders = generator(ORDERS, 4);
     let rates = generator(RATES, 2).replace("timestampStep: 1ms", "timestampStep: 7ms");
+    let (as_of, time, event_time) = if by_processing_time {
+        ("PROCTIME()", "\n          time: ProcessingTime", "")
+    } else {
+        ("o.ts", "", "    eventTime: {field: ts, maxOutOfOrderness: 50ms}\n")
+    };
     let join = if sql {
         let join = if join_type == "left" { "LEFT JOIN" } else { "JOIN" };
         format!(
             "    streams:\n      - source: {{id: rates, generator: {rates}}}\n    sql: SELECT * FROM source o {join} \
-             rates FOR SYSTEM_TIME AS OF o.ts AS r ON o.key = r.key"
+             rates FOR SYSTEM_TIME AS OF {as_of} AS r ON o.key = r.key"
         )
     } else {
         format!(
             "    steps:\n      - temporalJoin:\n          source: {{id: rates, generator: {rates}}}\n          \
-             key: key\n          type: {join_type}"
+             key: key\n          type: {join_type}{time}"
         )
     };
-    let pipeline =
-        format!("    source: {{generator: {orders}}}\n    eventTime: {{field: ts, maxOutOfOrderness: 50ms}}\n{join}");
+    let pipeline = format!("    source: {{generator: {orders}}}\n{event_time}{join}");
     pipeline_job(dir, "temporal", 2, &pipeline).expect("test manifest is valid")
 }
 
@@ -341,6 +356,40 @@ fn a_left_temporal_join_gives_each_order_the_rate_in_effect_at_its_time_once_thr
         run_through_crashes(&temporal_job(dir.path(), "left", sql), seed);
         assert_eq!(temporal_got(dir.path(), prefix), want, "sql: {sql}: every order once, with the rate of its time");
     }
+}
+
+#[test]
+fn a_left_temporal_join_by_processing_time_gives_every_order_once_with_a_rate_of_its_key_or_none_through_crashes() {
+    for (sql, prefix, seed) in [(false, "rates_", 0x5eed_7e39_0000_0003), (true, "r_", 0x5eed_7e39_0000_0004)] {
+        let dir = tempfile::tempdir().unwrap();
+        run_through_crashes(&temporal_job_by(dir.path(), "left", sql, true), seed);
+        // Which rate an order finds depends on how the streams interleave;
+        // its key is checked, and that it is committed once.
+        let got = temporal_got(dir.path(), prefix);
+        assert_eq!(got.keys().copied().collect::<Vec<_>>(), (0..ORDERS).collect::<Vec<_>>(), "sql: {sql}");
+        for (order, rate) in &got {
+            assert!(rate.is_none_or(|r| r < RATES), "sql: {sql}: order {order} has no rate {rate:?}");
+        }
+        assert!(got.values().any(Option::is_some), "sql: {sql}: no order found a rate");
+    }
+}
+
+#[test]
+fn a_processing_time_temporal_join_is_refused_with_event_time_or_an_event_time_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let rates = generator(RATES, 2);
+    let job = |event_time: &str, extra: &str| {
+        let pipeline = format!(
+            "    source: {{generator: {}}}\n{event_time}    steps:\n      - temporalJoin:\n          source: {{id: \
+             rates, generator: {rates}}}\n          key: key\n          time: ProcessingTime{extra}",
+            generator(ORDERS, 4)
+        );
+        pipeline_job(dir.path(), "temporal", 2, &pipeline).unwrap_err()
+    };
+    let err = job("    eventTime: {field: ts}\n", "");
+    assert!(err.contains("spec.pipeline.steps[0].temporalJoin.time: ProcessingTime in a pipeline with"), "{err}");
+    let err = job("", "\n          eventTimeField: ts");
+    assert!(err.contains("spec.pipeline.steps[0].temporalJoin.eventTimeField: only with time: EventTime"), "{err}");
 }
 
 #[test]

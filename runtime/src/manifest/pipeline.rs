@@ -430,7 +430,14 @@ impl PipelineSpec {
                         StepKind::IntervalJoin(j) => (format!("spec.pipeline.steps[{i}].intervalJoin"), j),
                         _ => continue,
                     };
-                    errors.extend(j.problems(&at, self.event_time.is_some(), keyed, &mut source_ids));
+                    match kind {
+                        StepKind::TemporalJoin(t) if t.time == TimeDomain::ProcessingTime => {
+                            // Needs no event time: the shared check is told there is one.
+                            errors.extend(j.problems(&at, true, keyed, &mut source_ids));
+                            errors.extend(t.time_problems(&at, self.event_time.is_some()));
+                        }
+                        _ => errors.extend(j.problems(&at, self.event_time.is_some(), keyed, &mut source_ids)),
+                    }
                     if aggregated {
                         errors.push(format!(
                             "{at}: must come before any aggregate or window step (event time is a field of the source's records)"

@@ -228,6 +228,35 @@ pub struct TemporalJoinSpec {
     /// with the table's fields null.
     #[serde(default, rename = "type", skip_serializing_if = "TemporalJoinType::is_inner")]
     pub join_type: TemporalJoinType,
+    /// Which time picks a record's version: `EventTime` (the default: the
+    /// version in effect at the record's event time; needs
+    /// `spec.pipeline.eventTime`) or `ProcessingTime` (the key's latest row
+    /// when the record arrives, as Flink's processing-time temporal join:
+    /// records do not wait, and the table needs no event time; the
+    /// pipeline must then have no `eventTime`).
+    #[serde(default, skip_serializing_if = "TimeDomain::is_event_time")]
+    pub time: TimeDomain,
+}
+
+impl TemporalJoinSpec {
+    /// What a processing-time join adds to the shared checks: `event_time`
+    /// is whether the pipeline has `eventTime`.
+    pub(super) fn time_problems(&self, at: &str, event_time: bool) -> Vec<String> {
+        let mut errors = Vec::new();
+        if self.time != TimeDomain::ProcessingTime {
+            return errors;
+        }
+        if event_time {
+            errors.push(format!(
+                "{at}.time: ProcessingTime in a pipeline with spec.pipeline.eventTime is not built: the table's \
+                 stream carries no watermarks; remove eventTime, or join by EventTime"
+            ));
+        }
+        if self.event_time_field.is_some() {
+            errors.push(format!("{at}.eventTimeField: only with time: EventTime; remove it"));
+        }
+        errors
+    }
 }
 
 /// What a temporal join does with a record whose key has no version yet.

@@ -397,7 +397,7 @@ pub enum TimeDomain {
 }
 
 impl TimeDomain {
-    fn is_event_time(&self) -> bool {
+    pub(crate) fn is_event_time(&self) -> bool {
         *self == TimeDomain::EventTime
     }
 }

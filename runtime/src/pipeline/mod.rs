@@ -62,7 +62,8 @@ use crate::connectors::TwoPhaseCommitCollector;
 use crate::dataflow::{BuildError, DataStream, JobGraph, KeyedStream, StreamEnv};
 use crate::manifest::{
     AggregateSpec, BadRecordAction, ErrorPolicy, EventTimeSpec, IntervalJoinSpec, JoinedSource, LateRecords,
-    PipelineSpec, PostgresSinkMode, SinkKind, StepKind, StepSpec, StreamJobSpec, TemporalJoinSpec, WindowSpec,
+    PipelineSpec, PostgresSinkMode, SinkKind, StepKind, StepSpec, StreamJobSpec, TemporalJoinSpec, TimeDomain,
+    WindowSpec,
 };
 use crate::operators::EventTimeFunction;
 use crate::record::{key_of, FieldRule, Rejects, Row};
@@ -75,7 +76,7 @@ use lookup::Lookup;
 use schema::Planned;
 use sources::{checked_source, source_stream, SourceAt};
 use steps::ExprStep;
-use temporal_join::TemporalJoin;
+use temporal_join::{LatestJoin, TemporalJoin};
 use top_n::{TopN, WindowTopN};
 use window::{Deduplicate, LateTo, Routed, SplitLate, WindowAggregate};
 
@@ -204,7 +205,6 @@ fn build_pipeline(spec: &StreamJobSpec, pipeline: &PipelineSpec) -> Result<JobGr
                 };
             }
             kind @ (StepKind::IntervalJoin(_) | StepKind::TemporalJoin(_)) => {
-                let Some(time) = &pipeline.event_time else { continue };
                 let join = match kind {
                     StepKind::IntervalJoin(j) => Join::Interval(j),
                     StepKind::TemporalJoin(t) => Join::Temporal(t),
@@ -214,20 +214,29 @@ fn build_pipeline(spec: &StreamJobSpec, pipeline: &PipelineSpec) -> Result<JobGr
                     Join::Interval(j) => j,
                     Join::Temporal(t) => t,
                 };
+                let joining = match (join, &pipeline.event_time) {
+                    (Join::Temporal(t), _) if t.time == TimeDomain::ProcessingTime => Joining::Latest(t),
+                    (_, Some(time)) => Joining::Timed(join, time),
+                    (_, None) => continue,
+                };
+                // The pipeline's event time and the other source's field of it.
+                let times = match joining {
+                    Joining::Latest(_) => None,
+                    Joining::Timed(_, time) => Some((time, j.event_time_field(&time.field))),
+                };
                 let at = steps.path(i);
-                let other_time = j.event_time_field(&time.field);
                 let (uid, source_at) = (j.source().uid(), format!("{at}.source"));
                 let other = SourceAt {
                     uid: &uid,
                     source: j.source(),
                     at: &source_at,
                     schema: j.schema(),
-                    event_time: Some((time, other_time)),
+                    event_time: times,
                     stamp: None,
                 };
                 let other = source_stream(&env, other)?;
                 let mut rules = schema::rules_of(j.schema().map(Vec::as_slice).unwrap_or_default());
-                rules.push(FieldRule::EventTime(other_time.into()));
+                rules.extend(times.map(|(_, field)| FieldRule::EventTime(field.into())));
                 rules.push(FieldRule::Key(j.other_key().into()));
                 let bad = format!("bad-records-{}", j.source().id.as_deref().unwrap_or_default());
                 let other = checked_source(&env, other, &bad, &bad, &rules, &spec.error_policy).map(Sided::Other);
@@ -238,8 +247,14 @@ fn build_pipeline(spec: &StreamJobSpec, pipeline: &PipelineSpec) -> Result<JobGr
                     take(&mut pending.others).into_iter().map(|o| o.map(Sided::This)).collect();
                 inputs.push(other);
                 let keyed = this.union(inputs).key_by(move |r: &Sided| keys.of(r));
-                stream = match join {
-                    Join::Temporal(t) => {
+                stream = match joining {
+                    Joining::Latest(t) => {
+                        let content = json!({"temporalJoin": {"source": t.source.id, "key": t.key,
+                            "otherKey": t.other_key(), "type": t.join_type, "time": t.time}});
+                        let id = step.id.clone().unwrap_or_else(|| content_id("temporal-join", &content));
+                        keyed.process_event_time(&id, LatestJoin::new(t))
+                    }
+                    Joining::Timed(Join::Temporal(t), time) => {
                         let content = json!({"temporalJoin": {"source": t.source.id, "key": t.key,
                             "otherKey": t.other_key(), "type": t.join_type}});
                         let id = step.id.clone().unwrap_or_else(|| content_id("temporal-join", &content));
@@ -247,7 +262,7 @@ fn build_pipeline(spec: &StreamJobSpec, pipeline: &PipelineSpec) -> Result<JobGr
                             TemporalJoin::new(t, &time.field, late)
                         })
                     }
-                    Join::Interval(j) => {
+                    Joining::Timed(Join::Interval(j), time) => {
                         let fields = input.iter().flat_map(|s| s.fields().iter().map(|f| f.name().clone())).collect();
                         // The type is in the id: the waiting records' state changed
                         // with outer joins, and old state is refused by name.
@@ -366,6 +381,14 @@ where
     let routed = keyed.process_event_time(id, make(LateTo(Some(at))));
     let uid = format!("{id}-late");
     checked(env, routed, &uid, &uid, errors, || Ok(SplitLate))
+}
+
+/// A join step and the time it joins by: event time, or, for a temporal
+/// join by processing time, the latest row on arrival.
+#[derive(Clone, Copy)]
+enum Joining<'a> {
+    Latest(&'a TemporalJoinSpec),
+    Timed(Join<'a>, &'a EventTimeSpec),
 }
 
 /// A step that joins a second source.

@@ -374,10 +374,12 @@ pub fn type_steps(pipeline: &PipelineSpec, steps: &[StepSpec]) -> Typed {
                         StepKind::IntervalJoin(j) => {
                             let at = format!("spec.pipeline.steps[{i}].intervalJoin");
                             let nulls = (j.join_type.keeps_other(), j.join_type.keeps_this());
-                            joined(&at, schema, j, time, nulls)
+                            joined(&at, schema, j, Some(time), nulls)
                         }
                         StepKind::TemporalJoin(j) => {
                             let at = format!("spec.pipeline.steps[{i}].temporalJoin");
+                            // By processing time the table has no event-time field.
+                            let time = j.time.is_event_time().then_some(time);
                             joined(&at, schema, j, time, (false, j.join_type == TemporalJoinType::Left))
                         }
                         _ => (schema.clone(), Vec::new()),
@@ -465,11 +467,13 @@ fn looked_up(at: &str, schema: &SchemaRef, l: &LookupSpec) -> (SchemaRef, Vec<St
 /// The records after a join: this stream's fields, then the other's under
 /// the prefix. `nulls`: whether this stream's fields (but the key and event
 /// time) and the other's may be missing, in records without a match.
+/// `time`: the pipeline's event-time field, which the other source must
+/// have too (`None`: a join that needs no event time).
 fn joined(
     at: &str,
     schema: &SchemaRef,
     j: &dyn JoinedSource,
-    time: &str,
+    time: Option<&str>,
     nulls: (bool, bool),
 ) -> (SchemaRef, Vec<String>) {
     let mut errors = Vec::new();
@@ -488,12 +492,12 @@ fn joined(
         )),
         _ => {}
     }
-    if let Err(e) = find(&other, j.event_time_field(time)) {
+    if let Some(Err(e)) = time.map(|time| find(&other, j.event_time_field(time))) {
         errors.push(format!("{at}.eventTimeField: {e}"));
     }
     // In an outer join the side that may be missing has null fields, but
     // the key and event time are the other's then.
-    let this_nullable = |f: &Field| nulls.0 && f.name() != j.key() && f.name() != time;
+    let this_nullable = |f: &Field| nulls.0 && f.name() != j.key() && Some(f.name().as_str()) != time;
     let mut fields: Vec<Field> =
         schema.fields().iter().map(|f| f.as_ref().clone().with_nullable(f.is_nullable() || this_nullable(f))).collect();
     let prefix = j.prefix();

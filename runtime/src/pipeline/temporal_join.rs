@@ -8,6 +8,11 @@
 //! chooses the same. Versions older than the one in effect at the watermark
 //! can no longer be chosen and are dropped; the one in effect stays, as the
 //! table's row for the records still to come.
+//!
+//! By processing time ([`LatestJoin`]) a record takes its key's latest row
+//! as it arrives, and nothing waits: which row that is depends on how the
+//! two streams interleave, as in Flink, and a replay after a restore may
+//! choose another for the records after the checkpoint.
 
 use std::collections::BTreeMap;
 
@@ -146,6 +151,60 @@ impl EventTimeFunction<String, Sided, Routed> for TemporalJoin {
     }
 }
 
+/// The temporal join by processing time: each record with the latest row
+/// of its key's table.
+#[derive(Debug, Clone)]
+pub struct LatestJoin(TemporalJoin);
+
+impl LatestJoin {
+    pub fn new(spec: &TemporalJoinSpec) -> LatestJoin {
+        // Nothing is late: nothing waits for a watermark.
+        LatestJoin(TemporalJoin::new(spec, "", LateTo(None)))
+    }
+}
+
+/// A keyed function with timers, though it sets none: so that the keys of
+/// records that found no row keep no state.
+impl EventTimeFunction<String, Sided, Row> for LatestJoin {
+    /// The key's latest row, as JSON text.
+    type State = Option<String>;
+
+    fn process(
+        &mut self,
+        _key: &String,
+        record: Sided,
+        latest: &mut Option<String>,
+        _timers: &mut Timers,
+        out: &mut Vec<Row>,
+    ) -> Result<(), TaskError> {
+        match record {
+            Sided::Other(row) => *latest = Some(row.to_string()),
+            Sided::This(row) => {
+                let version = latest.as_deref().map(parse).transpose()?;
+                if version.is_some() || self.0.keep_unmatched {
+                    out.push(self.0.joined(row, version));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn on_timer(
+        &mut self,
+        _key: &String,
+        _time: i64,
+        _latest: &mut Option<String>,
+        _timers: &mut Timers,
+        _out: &mut Vec<Row>,
+    ) -> Result<(), TaskError> {
+        Ok(())
+    }
+
+    fn is_empty(&self, latest: &Option<String>) -> bool {
+        latest.is_none()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -223,6 +282,26 @@ mod tests {
         assert!(got.iter().any(|g| g.starts_with("late") && g.contains("99")), "{got:?}");
         assert_eq!(got.len(), 4, "{got:?}");
         assert!(!empty, "the version in effect stays for the records to come");
+    }
+
+    #[test]
+    fn by_processing_time_a_record_takes_its_keys_latest_row_on_arrival_and_a_left_join_keeps_one_without() {
+        for (join_type, want) in [("inner", vec!["2:10", "3:20"]), ("left", vec!["1:null", "2:10", "3:20"])] {
+            let spec: TemporalJoinSpec = serde_json::from_value(json!({
+                "source": {"id": "rates", "generator": {"keys": 1}},
+                "schema": [{"name": "currency", "type": "string"}, {"name": "rate", "type": "int64"}],
+                "key": "currency",
+                "type": join_type,
+                "time": "ProcessingTime",
+            }))
+            .unwrap();
+            let mut j = LatestJoin::new(&spec);
+            // Event times play no part: order 3 is stamped first.
+            let steps = [order(1, 300), rate(10, 0), order(2, 200), rate(20, 0), order(3, 100)];
+            let (out, _, _) = drive(&mut j, steps.into_iter().map(|r| (None, r)).collect(), None);
+            let got: Vec<String> = out.iter().map(|r| format!("{}:{}", r["id"], r["rates_rate"])).collect();
+            assert_eq!(got, want, "{join_type}");
+        }
     }
 
     #[test]

@@ -20,7 +20,7 @@ use datafusion_sql::sqlparser::tokenizer::{Token, Tokenizer};
 use super::window::interval;
 use super::{Joinable, SOURCE};
 use crate::manifest::{
-    EventTimeSpec, HumanDuration, IntervalJoinSpec, JoinType, StepSpec, TemporalJoinSpec, TemporalJoinType,
+    EventTimeSpec, HumanDuration, IntervalJoinSpec, JoinType, StepSpec, TemporalJoinSpec, TemporalJoinType, TimeDomain,
 };
 
 /// `JOIN <table> FOR SYSTEM_TIME AS OF <t>.<field>`, which the SQL dialect
@@ -62,10 +62,18 @@ pub(super) fn system_time(sql: &str) -> Result<(String, Option<AsOf>), String> {
         }
         match words.get(k + 1).map(|&i| &tokens[i]) {
             Some(Token::Period) => {}
+            // The processing-time join: there is no column for it to name.
+            Some(Token::LParen)
+                if time.len() == 1
+                    && time[0].eq_ignore_ascii_case("proctime")
+                    && matches!(words.get(k + 2).map(|&i| &tokens[i]), Some(Token::RParen)) =>
+            {
+                time = vec![PROCTIME.into()];
+                k += 2;
+                break;
+            }
             Some(Token::LParen) => {
-                return Err("FOR SYSTEM_TIME AS OF: expected the source's event time, as o.ts; a processing-time \
-                            temporal join (PROCTIME()) is not supported"
-                    .into())
+                return Err("FOR SYSTEM_TIME AS OF: expected the source's event time, as o.ts, or PROCTIME()".into())
             }
             _ => break,
         }
@@ -246,8 +254,11 @@ pub(super) fn from_clause(
     Ok(Some(Joined { step: StepSpec { interval_join: Some(join), ..StepSpec::default() }, stream }))
 }
 
+/// What `AS OF PROCTIME()` is read as.
+const PROCTIME: &str = "PROCTIME()";
+
 /// `JOIN <stream> FOR SYSTEM_TIME AS OF this.ts other ON this.k = other.k`
-/// as a `temporalJoin` step.
+/// (or `AS OF PROCTIME()`) as a `temporalJoin` step.
 fn temporal(
     select: &mut Select,
     this: String,
@@ -268,15 +279,23 @@ fn temporal(
             ))
         }
     };
-    let Some(time) = event_time else {
-        return Err("FOR SYSTEM_TIME AS OF needs spec.pipeline.eventTime: versions are chosen by event time".into());
+    let by_processing_time = as_of.time == [PROCTIME];
+    let time = match event_time {
+        // Refused by the manifest's check, naming temporalJoin.time.
+        _ if by_processing_time => None,
+        Some(time) => Some(time),
+        None => {
+            return Err("FOR SYSTEM_TIME AS OF o.ts needs spec.pipeline.eventTime: versions are chosen by event \
+                        time (or write AS OF PROCTIME())"
+                .into())
+        }
     };
-    match as_of.time.as_slice() {
-        [t, field] if t.eq_ignore_ascii_case(&this) && *field == time.field => {}
-        _ => {
+    match (as_of.time.as_slice(), time) {
+        (_, None) => {}
+        ([t, field], Some(time)) if t.eq_ignore_ascii_case(&this) && *field == time.field => {}
+        (_, Some(time)) => {
             return Err(format!(
-                "FOR SYSTEM_TIME AS OF {}: only the source's event time, {this}.{}, is supported (an event-time \
-                 temporal join; a processing-time one is not)",
+                "FOR SYSTEM_TIME AS OF {}: only the source's event time, {this}.{}, or PROCTIME() is supported",
                 as_of.time.join("."),
                 time.field
             ))
@@ -287,8 +306,9 @@ fn temporal(
     };
     let prefix = format!("{other}_");
     let tables = Tables { this, other: Some((other, prefix.clone())) };
-    let other_time = spec.event_time_field.as_deref().unwrap_or(&time.field);
-    let on = On::read(on, &tables, (&time.field, other_time))?;
+    let this_time = time.map_or("", |t| t.field.as_str());
+    let other_time = spec.event_time_field.as_deref().unwrap_or(this_time);
+    let on = On::read(on, &tables, (this_time, other_time))?;
     if on.lower.is_some() || on.upper.is_some() {
         return Err("a temporal join's ON takes the keys' equality only: the version is chosen by time already".into());
     }
@@ -301,6 +321,7 @@ fn temporal(
         key,
         prefix: Some(prefix),
         join_type,
+        time: if by_processing_time { TimeDomain::ProcessingTime } else { TimeDomain::EventTime },
     };
     rename(select, &tables)?;
     Ok(Some(Joined { step: StepSpec { temporal_join: Some(join), ..StepSpec::default() }, stream }))

@@ -449,13 +449,17 @@ fn for_system_time_as_of_the_source_time_becomes_a_temporal_join_step() {
     let step: serde_json::Value = serde_json::from_str(&s[0].0).unwrap();
     assert!(step["temporalJoin"]["type"].is_null(), "{step}");
     assert_eq!(step["temporalJoin"]["prefix"], "s_");
+    // By processing time: the table as it is when the record arrives.
+    let s = joined("SELECT * FROM source o JOIN ships FOR SYSTEM_TIME AS OF PROCTIME() s ON o.id = s.order").unwrap();
+    let step: serde_json::Value = serde_json::from_str(&s[0].0).unwrap();
+    assert_eq!(step["temporalJoin"]["time"], "ProcessingTime", "{step}");
 }
 
 #[test]
 fn temporal_joins_sql_does_not_plan_are_refused_by_name() {
     let refused = [
         ("SELECT * FROM source o JOIN ships FOR SYSTEM_TIME AS OF o.other s ON o.id = s.order", "only the source's event time, o.ts"),
-        ("SELECT * FROM source o JOIN ships FOR SYSTEM_TIME AS OF PROCTIME() s ON o.id = s.order", "expected the source's event time"),
+        ("SELECT * FROM source o JOIN ships FOR SYSTEM_TIME AS OF NOW() s ON o.id = s.order", "expected the source's event time, as o.ts, or PROCTIME()"),
         ("SELECT * FROM source o FULL JOIN ships FOR SYSTEM_TIME AS OF o.ts s ON o.id = s.order", "a temporal join is [INNER] JOIN or LEFT JOIN"),
         (
             "SELECT * FROM source o JOIN ships FOR SYSTEM_TIME AS OF o.ts s ON o.id = s.order AND s.ts BETWEEN o.ts AND o.ts",
