@@ -39,7 +39,9 @@ pub use self::event_time::{EventTimeSpec, LateRecords};
 pub mod steps;
 pub use self::steps::*;
 pub mod sources;
-pub use self::sources::{IntervalJoinSpec, JoinType, JoinedSource, StreamSpec, TemporalJoinSpec, TemporalJoinType};
+pub use self::sources::{
+    IntervalJoinSpec, JoinType, JoinedSource, RegularJoinSpec, StreamSpec, TemporalJoinSpec, TemporalJoinType,
+};
 pub mod planned;
 pub use self::planned::PlannedSteps;
 pub mod checkpoints;

@@ -1,5 +1,6 @@
-//! Streams that meet: `union` of sources and `intervalJoin` of two streams
-//! by key and event time, with exact output through crashes and restores.
+//! Streams that meet: `union` of sources, `intervalJoin` of two streams
+//! by key and event time, `temporalJoin` and `join` by key alone, with
+//! exact output through crashes and restores.
 
 mod common;
 
@@ -150,6 +151,57 @@ fn an_interval_join_is_exact_through_seeded_crashes_and_restores() {
     let twice: Vec<_> = got.iter().filter(|(_, n)| **n > 1).take(5).collect();
     assert!(twice.is_empty(), "pairs committed more than once: {twice:?}");
     assert_eq!(got, want);
+}
+
+/// Orders joined by key alone with every 50th shipment (the step's
+/// `filter`), records kept for an hour of the wall clock: no pair is
+/// missed in a run this short.
+fn regular_join_job(dir: &Path) -> weir_runtime::manifest::StreamJob {
+    let pipeline = format!(
+        r#"    source: {{generator: {orders}}}
+    eventTime: {{field: ts, maxOutOfOrderness: 50ms}}
+    steps:
+      - join:
+          source: {{id: ships, generator: {shipments}}}
+          key: key
+          filter: "seq % 50 = 0"
+          stateTtl: 1h"#,
+        orders = generator(ORDERS, 4),
+        shipments = generator(SHIPMENTS, 2),
+    );
+    pipeline_job(dir, "regular", 2, &pipeline).expect("test manifest is valid")
+}
+
+#[test]
+fn a_join_by_key_alone_emits_every_pair_of_equal_keys_once_through_seeded_crashes() {
+    let dir = tempfile::tempdir().unwrap();
+    run_through_crashes(&regular_join_job(dir.path()), 0x5eed_4e61_0000_0001);
+    let mut want = BTreeMap::new();
+    for o in 0..ORDERS {
+        for s in (0..SHIPMENTS).step_by(50).filter(|&s| generated(s, KEYS).0 == generated(o, KEYS).0) {
+            want.insert((o, s), 1);
+        }
+    }
+    assert!(want.len() > 40_000, "{} pairs", want.len());
+    // Each pair once, carrying the later of its two event times.
+    assert_eq!(join_got(dir.path()), want);
+}
+
+#[test]
+fn a_join_by_key_alone_refuses_outer_types_a_zero_ttl_and_a_filter_on_a_missing_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline =
+        "    source: {generator: {keys: 2}}\n    steps:\n      - join: {source: {id: s, generator: {keys: 2}}, \
+                    key: key, type: left, stateTtl: 0s, filter: \"sequence > 3\"}";
+    let err = pipeline_job(dir.path(), "r", 1, pipeline).unwrap_err();
+    assert!(
+        err.contains("spec.pipeline.steps[0].join.type: `left` is not built for a join without a time bound"),
+        "{err}"
+    );
+    assert!(err.contains("spec.pipeline.steps[0].join.stateTtl: expected at least 1s"), "{err}");
+    assert!(err.contains("spec.pipeline.steps[0].join.filter: "), "{err}");
+    assert!(err.contains("sequence"), "{err}");
+    assert!(!err.contains("needs spec.pipeline.eventTime"), "a join by key alone needs no event time: {err}");
 }
 
 #[test]

@@ -424,10 +424,11 @@ impl PipelineSpec {
                     }
                 }
                 Ok(StepKind::Select(_)) => keyed = false,
-                Ok(kind @ (StepKind::IntervalJoin(_) | StepKind::TemporalJoin(_))) => {
+                Ok(kind @ (StepKind::IntervalJoin(_) | StepKind::TemporalJoin(_) | StepKind::Join(_))) => {
                     let (at, j): (_, &dyn JoinedSource) = match kind {
                         StepKind::TemporalJoin(j) => (format!("spec.pipeline.steps[{i}].temporalJoin"), j),
                         StepKind::IntervalJoin(j) => (format!("spec.pipeline.steps[{i}].intervalJoin"), j),
+                        StepKind::Join(j) => (format!("spec.pipeline.steps[{i}].join"), j),
                         _ => continue,
                     };
                     match kind {
@@ -435,6 +436,10 @@ impl PipelineSpec {
                             // Needs no event time: the shared check is told there is one.
                             errors.extend(j.problems(&at, true, keyed, &mut source_ids));
                             errors.extend(t.time_problems(&at, self.event_time.is_some()));
+                        }
+                        StepKind::Join(r) => {
+                            errors.extend(j.problems(&at, true, keyed, &mut source_ids));
+                            errors.extend(r.own_problems(&at));
                         }
                         _ => errors.extend(j.problems(&at, self.event_time.is_some(), keyed, &mut source_ids)),
                     }

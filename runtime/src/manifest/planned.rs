@@ -38,7 +38,7 @@ impl PlannedSteps<'_> {
     /// the rest in the step's clause.
     fn path_of(&self, i: usize, tail: &str) -> String {
         let stream = self.streams.get(i).copied().flatten();
-        let own = tail.strip_prefix(".intervalJoin").or_else(|| tail.strip_prefix(".temporalJoin")).filter(|t| {
+        let own = [".intervalJoin", ".temporalJoin", ".join"].iter().find_map(|j| tail.strip_prefix(j)).filter(|t| {
             [".source", ".schema", ".eventTimeField"]
                 .iter()
                 .any(|f| t.strip_prefix(f).is_some_and(|r| !r.starts_with(char::is_alphanumeric)))

@@ -137,6 +137,13 @@ pub struct IntervalJoinSpec {
     /// The other stream's key field; absent: the field named like `key`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub other_key: Option<String>,
+    /// A condition in SQL on the other source's own fields
+    /// (`event_type = 0 AND state = 'OR'`): only its records that meet it
+    /// are joined, and the rest are dropped before the join, keeping no
+    /// state. Checked against the other source's schema before the job
+    /// starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<String>,
     /// How far before a record's event time another may lie and match.
     #[serde(default)]
     pub before: HumanDuration,
@@ -157,6 +164,83 @@ pub struct IntervalJoinSpec {
     /// these records are not late for the steps after it.
     #[serde(default, rename = "type", skip_serializing_if = "JoinType::is_inner")]
     pub join_type: JoinType,
+}
+
+/// Joins each record with every record of another stream whose key is
+/// equal, whenever either came (Flink SQL's regular join, `JOIN s ON o.k =
+/// s.k` without a time bound). Both streams' records are kept in keyed
+/// state, for `stateTtl` or for ever, and each pair is emitted once, when
+/// the second of its two records arrives, as this record's fields plus
+/// the other's under `prefix`. Nothing waits for a watermark and no record
+/// is late here. With `spec.pipeline.eventTime` the other stream needs an
+/// event time too (`eventTimeField`), and the pair carries the later of
+/// the two, as an interval join's does.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RegularJoinSpec {
+    /// The other stream: a source with an `id` (its state is
+    /// `source-<id>`).
+    pub source: SourceSpec,
+    /// The other source's fields and types, as `spec.pipeline.schema` is
+    /// the main one's (CSV needs it; steps after the join see these fields
+    /// under `prefix`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<Vec<FieldSpec>>,
+    /// The other records' event-time field, with `spec.pipeline.eventTime`;
+    /// absent: the field named there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_time_field: Option<String>,
+    /// This stream's field whose value the other's `otherKey` must equal.
+    pub key: String,
+    /// The other stream's key field; absent: the field named like `key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub other_key: Option<String>,
+    /// A condition in SQL on the other source's own fields
+    /// (`event_type = 0 AND state = 'OR'`): only its records that meet it
+    /// are joined, and the rest are dropped before the join, keeping no
+    /// state. Checked against the other source's schema before the job
+    /// starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<String>,
+    /// Put before the other record's field names in the joined record;
+    /// absent: the other source's id and `_` (`persons_name`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// Only `inner` (the default) is built: an outer join without a time
+    /// bound emits a record alone and must retract that row when its first
+    /// match comes, and Weir's sinks take no retractions.
+    #[serde(default, rename = "type", skip_serializing_if = "JoinType::is_inner")]
+    pub join_type: JoinType,
+    /// How long a record stays in state to meet matches, from its arrival
+    /// by the wall clock (rounded up to a whole second), as Flink's
+    /// `table.exec.state.ttl`; absent: for ever, and the state grows with
+    /// every distinct record. Which pairs are then found depends on when
+    /// records arrive, so a replay after a restore may find others for the
+    /// records after the checkpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_ttl: Option<HumanDuration>,
+}
+
+impl RegularJoinSpec {
+    /// What the regular join adds to the shared checks.
+    pub fn own_problems(&self, at: &str) -> Vec<String> {
+        let mut errors = Vec::new();
+        if self.join_type != JoinType::Inner {
+            errors.push(format!(
+                "{at}.type: `{}` is not built for a join without a time bound: a record emitted alone would have to \
+                 be retracted when its first match came, and sinks take no retractions; use inner, or an \
+                 intervalJoin with a time bound",
+                serde_json::to_value(self.join_type)
+                    .ok()
+                    .and_then(|v| v.as_str().map(String::from))
+                    .unwrap_or_default()
+            ));
+        }
+        if self.state_ttl.is_some_and(|t| t.get().is_zero()) {
+            errors.push(format!("{at}.stateTtl: expected at least 1s, got 0s (leave it out to keep records for ever)"));
+        }
+        errors
+    }
 }
 
 /// Which unmatched records an interval join emits.
@@ -219,6 +303,12 @@ pub struct TemporalJoinSpec {
     /// The table's key field; absent: the field named like `key`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub other_key: Option<String>,
+    /// A condition in SQL on the other source's own fields
+    /// (`currency <> 'XTS'`): only the rows that meet it are versions of
+    /// the table; the rest are dropped before the join. Checked against the other source's schema before the job
+    /// starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<String>,
     /// Put before the table's field names in the joined record; absent:
     /// the table source's id and `_` (`rates_rate`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -287,6 +377,8 @@ pub trait JoinedSource {
     /// The other records' event-time field, with `main` the pipeline's.
     fn event_time_field<'a>(&'a self, main: &'a str) -> &'a str;
     fn event_time_field_set(&self) -> Option<&str>;
+    /// The condition the other source's records must meet to be joined.
+    fn filter(&self) -> Option<&str>;
 
     fn problems(&self, at: &str, event_time: bool, keyed: bool, taken: &mut Vec<String>) -> Vec<String> {
         let schema = (format!("{at}.schema"), self.schema().is_some());
@@ -305,6 +397,11 @@ pub trait JoinedSource {
         }
         if self.other_key().is_empty() {
             errors.push(format!("{at}.otherKey: expected a field name, got an empty one"));
+        }
+        if self.filter().is_some_and(|f| f.trim().is_empty()) {
+            errors.push(format!(
+                "{at}.filter: expected a condition, got an empty one (leave it out to join every record)"
+            ));
         }
         if self.event_time_field_set().is_some_and(str::is_empty) {
             errors.push(format!("{at}.eventTimeField: expected a field name, got an empty one"));
@@ -337,9 +434,13 @@ macro_rules! joined_source {
             fn event_time_field_set(&self) -> Option<&str> {
                 self.event_time_field.as_deref()
             }
+            fn filter(&self) -> Option<&str> {
+                self.filter.as_deref()
+            }
         }
     };
 }
 
 joined_source!(IntervalJoinSpec);
 joined_source!(TemporalJoinSpec);
+joined_source!(RegularJoinSpec);

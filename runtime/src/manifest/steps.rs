@@ -1,5 +1,6 @@
 //! `spec.pipeline.steps`: the steps a pipeline can list (keyBy, aggregate,
-//! window, deduplicate, topN, filter, select, flatten, lookup, intervalJoin) and their
+//! window, deduplicate, topN, filter, select, flatten, lookup, intervalJoin,
+//! temporalJoin, join) and their
 //! checks.
 
 use schemars::JsonSchema;
@@ -11,8 +12,8 @@ use super::*;
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[schemars(extend("x-kubernetes-validations" = [{
-    "rule": "(has(self.keyBy) ? 1 : 0) + (has(self.aggregate) ? 1 : 0) + (has(self.window) ? 1 : 0) + (has(self.deduplicate) ? 1 : 0) + (has(self.topN) ? 1 : 0) + (has(self.filter) ? 1 : 0) + (has(self.select) ? 1 : 0) + (has(self.flatten) ? 1 : 0) + (has(self.lookup) ? 1 : 0) + (has(self.intervalJoin) ? 1 : 0) + (has(self.temporalJoin) ? 1 : 0) == 1",
-    "message": "exactly one of keyBy, aggregate, window, deduplicate, topN, filter, select, flatten, lookup, intervalJoin, temporalJoin must be set in each spec.pipeline.steps item"
+    "rule": "(has(self.keyBy) ? 1 : 0) + (has(self.aggregate) ? 1 : 0) + (has(self.window) ? 1 : 0) + (has(self.deduplicate) ? 1 : 0) + (has(self.topN) ? 1 : 0) + (has(self.filter) ? 1 : 0) + (has(self.select) ? 1 : 0) + (has(self.flatten) ? 1 : 0) + (has(self.lookup) ? 1 : 0) + (has(self.intervalJoin) ? 1 : 0) + (has(self.temporalJoin) ? 1 : 0) + (has(self.join) ? 1 : 0) == 1",
+    "message": "exactly one of keyBy, aggregate, window, deduplicate, topN, filter, select, flatten, lookup, intervalJoin, temporalJoin, join must be set in each spec.pipeline.steps item"
 }]))]
 pub struct StepSpec {
     /// A stable id for the step's state (as Flink's `uid`): a checkpoint's
@@ -76,6 +77,11 @@ pub struct StepSpec {
     /// event-time temporal join); repartitions both by the key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub temporal_join: Option<TemporalJoinSpec>,
+    /// Joins each record with every record of another source that shares
+    /// its key, whenever either came (Flink SQL's regular join, without a
+    /// time bound); repartitions both by the key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub join: Option<RegularJoinSpec>,
 }
 
 /// A table in a file (JSON lines or CSV) that records are enriched from.
@@ -313,6 +319,7 @@ pub enum StepKind<'a> {
     Lookup(&'a LookupSpec),
     IntervalJoin(&'a IntervalJoinSpec),
     TemporalJoin(&'a TemporalJoinSpec),
+    Join(&'a RegularJoinSpec),
 }
 
 impl StepSpec {
@@ -329,6 +336,7 @@ impl StepSpec {
             self.lookup.as_ref().map(StepKind::Lookup),
             self.interval_join.as_ref().map(StepKind::IntervalJoin),
             self.temporal_join.as_ref().map(StepKind::TemporalJoin),
+            self.join.as_ref().map(StepKind::Join),
         ]
         .into_iter()
         .flatten()
@@ -336,7 +344,7 @@ impl StepSpec {
         match set.as_slice() {
             [one] => Ok(*one),
             _ => Err("expected exactly one of keyBy, aggregate, window, deduplicate, topN, filter, select, flatten, \
-                     lookup, intervalJoin, temporalJoin"
+                     lookup, intervalJoin, temporalJoin, join"
                 .into()),
         }
     }

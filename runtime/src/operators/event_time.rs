@@ -147,6 +147,39 @@ impl<'a> Timers<'a> {
     }
 }
 
+/// One key outside an operator: its state, its event-time and
+/// processing-time timers, and the records it counted late.
+#[cfg(test)]
+struct TestKey<S> {
+    state: S,
+    set: BTreeSet<i64>,
+    processing: BTreeSet<i64>,
+    late: u64,
+}
+
+#[cfg(test)]
+impl<S: Default> TestKey<S> {
+    fn new() -> Self {
+        TestKey { state: S::default(), set: BTreeSet::new(), processing: BTreeSet::new(), late: 0 }
+    }
+
+    /// Calls `call` with the key's state and timers at `watermark` and
+    /// `now`, then applies the processing-time timers it set or deleted.
+    fn call<R>(&mut self, at: (Option<i64>, i64), call: impl FnOnce(&mut S, &mut Timers) -> R) -> R {
+        let (mut added, mut processing) = (Vec::new(), Vec::new());
+        let mut timers = Timers::for_test(at, &mut self.set, &mut added, &mut self.late, &mut processing);
+        let result = call(&mut self.state, &mut timers);
+        for (time, set) in processing {
+            if set {
+                self.processing.insert(time);
+            } else {
+                self.processing.remove(&time);
+            }
+        }
+        result
+    }
+}
+
 /// Runs one key's `function` outside an operator: before each record the
 /// watermark moves to the time given with it (firing due timers in time
 /// order), and at the end to `end`. Returns the output, the records counted
@@ -157,49 +190,60 @@ pub(crate) fn drive<I, O, F: EventTimeFunction<String, I, O>>(
     steps: Vec<(Option<i64>, I)>,
     end: Option<i64>,
 ) -> (Vec<O>, u64, bool) {
-    struct Key<S> {
-        state: S,
-        set: BTreeSet<i64>,
-        late: u64,
-    }
-    fn advance<I, O, F: EventTimeFunction<String, I, O>>(f: &mut F, to: i64, k: &mut Key<F::State>, out: &mut Vec<O>) {
+    fn advance<I, O, F: EventTimeFunction<String, I, O>>(
+        f: &mut F,
+        to: i64,
+        k: &mut TestKey<F::State>,
+        out: &mut Vec<O>,
+    ) {
         while let Some(t) = k.set.first().copied().filter(|t| *t <= to) {
             k.set.remove(&t);
-            let (mut added, mut processing) = (Vec::new(), Vec::new());
-            let mut timers = Timers {
-                watermark: Some(to),
-                set: &mut k.set,
-                added: &mut added,
-                late: &mut k.late,
-                now: 0,
-                processing: &mut processing,
-            };
-            f.on_timer(&"a".to_string(), t, &mut k.state, &mut timers, out).unwrap();
+            k.call((Some(to), 0), |state, timers| f.on_timer(&"a".to_string(), t, state, timers, out)).unwrap();
         }
     }
-    let mut k = Key { state: F::State::default(), set: BTreeSet::new(), late: 0 };
+    let mut k = TestKey::new();
     let (mut out, mut watermark) = (Vec::new(), None);
     for (w, record) in steps {
         if let Some(w) = w {
             watermark = Some(w);
             advance(function, w, &mut k, &mut out);
         }
-        let (mut added, mut processing) = (Vec::new(), Vec::new());
-        let mut timers = Timers {
-            watermark,
-            set: &mut k.set,
-            added: &mut added,
-            late: &mut k.late,
-            now: 0,
-            processing: &mut processing,
-        };
-        function.process(&"a".to_string(), record, &mut k.state, &mut timers, &mut out).unwrap();
+        k.call((watermark, 0), |state, timers| function.process(&"a".to_string(), record, state, timers, &mut out))
+            .unwrap();
     }
     if let Some(end) = end {
         advance(function, end, &mut k, &mut out);
     }
     let empty = k.set.is_empty() && function.is_empty(&k.state);
     (out, k.late, empty)
+}
+
+/// Runs one key's `function` outside an operator by the wall clock: at
+/// each reading the processing-time timers due fire in time order, then
+/// the record (if any) is processed. Returns the output and whether the
+/// key holds nothing (no state, no timers).
+#[cfg(test)]
+pub(crate) fn drive_clock<I, O, F: EventTimeFunction<String, I, O>>(
+    function: &mut F,
+    steps: Vec<(i64, Option<I>)>,
+) -> (Vec<O>, bool) {
+    let mut k = TestKey::new();
+    let mut out = Vec::new();
+    for (now, record) in steps {
+        while let Some(t) = k.processing.first().copied().filter(|t| *t <= now) {
+            k.processing.remove(&t);
+            k.call((None, now), |state, timers| {
+                function.on_processing_timer(&"a".to_string(), t, state, timers, &mut out)
+            })
+            .unwrap();
+        }
+        if let Some(record) = record {
+            k.call((None, now), |state, timers| function.process(&"a".to_string(), record, state, timers, &mut out))
+                .unwrap();
+        }
+    }
+    let empty = k.set.is_empty() && k.processing.is_empty() && function.is_empty(&k.state);
+    (out, empty)
 }
 
 /// Every key's timers, by time.

@@ -111,17 +111,7 @@ impl IntervalJoin {
 
     /// This side's record `this` (at `t`) with the other side's `other` (at `o`).
     fn pair(&self, this: &Row, t: i64, other: &Row, o: i64) -> Row {
-        let mut out = this.clone();
-        if let (Some(fields), Some(theirs)) = (out.as_object_mut(), other.as_object()) {
-            for (name, value) in theirs {
-                fields.insert(format!("{}{name}", self.prefix), value.clone());
-            }
-            if o > t {
-                let later = theirs.get(&self.other_time).cloned().unwrap_or(Value::from(o));
-                fields.insert(self.this_time.clone(), later);
-            }
-        }
-        out
+        paired(this.clone(), other, &self.prefix, (t, o), (&self.this_time, &self.other_time))
     }
 
     /// This side's record that matched nothing, the other's fields null.
@@ -178,6 +168,21 @@ impl IntervalJoin {
         });
         result
     }
+}
+
+/// `this` with the fields of `other` added under `prefix`, and the later of
+/// their event times (`times`, held in the fields `fields`) as its own.
+pub(super) fn paired(mut this: Row, other: &Row, prefix: &str, (t, o): (i64, i64), fields: (&str, &str)) -> Row {
+    if let (Some(mine), Some(theirs)) = (this.as_object_mut(), other.as_object()) {
+        for (name, value) in theirs {
+            mine.insert(format!("{prefix}{name}"), value.clone());
+        }
+        if o > t {
+            let later = theirs.get(fields.1).cloned().unwrap_or(Value::from(o));
+            mine.insert(fields.0.to_string(), later);
+        }
+    }
+    this
 }
 
 fn parse(text: &str) -> Result<Row, TaskError> {

@@ -10,6 +10,8 @@
 //! - [`join`]: the interval join of two streams by key and event time,
 //!   inner or outer.
 //! - [`lookup`]: records enriched from a table in a file, by key.
+//! - [`regular_join`]: the join of two streams by key alone, each record
+//!   kept for its matches to come.
 //! - [`expr`]: SQL expressions planned by DataFusion and evaluated over
 //!   Arrow record batches.
 //! - [`schema`]: the records' schema at each step, and the expressions
@@ -26,9 +28,11 @@
 //! Operator uids are `source`, `sink`, `bad-records`, `sink-rejected` and, for each
 //! aggregate, the step's `id` or one derived from its content (its keyBy
 //! field and aggregates), never from its position: inserting a step before
-//! an aggregate leaves its state where it was. A union or intervalJoin
-//! source with id `x` keeps its position as `source-x` and its bad records
-//! as `bad-records-x`.
+//! an aggregate leaves its state where it was. A union or join source
+//! with id `x` keeps its position as `source-x` and its bad records as
+//! `bad-records-x`; a join's `filter` keeps the records it fails on as
+//! `source-x-filter`, and those without the key after it as
+//! `source-x-keyed`.
 
 pub mod aggregate;
 pub mod bad_records;
@@ -37,6 +41,7 @@ pub mod expr;
 pub mod flatten;
 pub mod join;
 pub mod lookup;
+pub mod regular_join;
 pub mod schema;
 pub mod sources;
 pub mod sql;
@@ -62,8 +67,8 @@ use crate::connectors::TwoPhaseCommitCollector;
 use crate::dataflow::{BuildError, DataStream, JobGraph, KeyedStream, StreamEnv};
 use crate::manifest::{
     AggregateSpec, BadRecordAction, ErrorPolicy, EventTimeSpec, IntervalJoinSpec, JoinedSource, LateRecords,
-    PipelineSpec, PostgresSinkMode, SinkKind, StepKind, StepSpec, StreamJobSpec, TemporalJoinSpec, TimeDomain,
-    WindowSpec,
+    PipelineSpec, PostgresSinkMode, RegularJoinSpec, SinkKind, StepKind, StepSpec, StreamJobSpec, TemporalJoinSpec,
+    TimeDomain, WindowSpec,
 };
 use crate::operators::EventTimeFunction;
 use crate::record::{key_of, FieldRule, Rejects, Row};
@@ -73,6 +78,7 @@ use bad_records::{BadRecordPolicy, Check, Checked, FieldRules, RejectingSink};
 use flatten::Flatten;
 use join::{IntervalJoin, JoinKeys, Sided};
 use lookup::Lookup;
+use regular_join::RegularJoin;
 use schema::Planned;
 use sources::{checked_source, source_stream, SourceAt};
 use steps::ExprStep;
@@ -142,7 +148,8 @@ fn build_pipeline(spec: &StreamJobSpec, pipeline: &PipelineSpec) -> Result<JobGr
                     | StepKind::TopN(_)
                     | StepKind::Deduplicate(_)
                     | StepKind::IntervalJoin(_)
-                    | StepKind::TemporalJoin(_))
+                    | StepKind::TemporalJoin(_)
+                    | StepKind::Join(_))
             );
         if !keyed_next {
             stream = pending.merged(stream);
@@ -204,25 +211,20 @@ fn build_pipeline(spec: &StreamJobSpec, pipeline: &PipelineSpec) -> Result<JobGr
                     })
                 };
             }
-            kind @ (StepKind::IntervalJoin(_) | StepKind::TemporalJoin(_)) => {
-                let join = match kind {
-                    StepKind::IntervalJoin(j) => Join::Interval(j),
-                    StepKind::TemporalJoin(t) => Join::Temporal(t),
+            kind @ (StepKind::IntervalJoin(_) | StepKind::TemporalJoin(_) | StepKind::Join(_)) => {
+                let (j, joining): (&dyn JoinedSource, _) = match (kind, &pipeline.event_time) {
+                    (StepKind::TemporalJoin(t), _) if t.time == TimeDomain::ProcessingTime => (t, Joining::Latest(t)),
+                    (StepKind::Join(r), time) => (r, Joining::Regular(r, time.as_ref())),
+                    (StepKind::IntervalJoin(j), Some(time)) => (j, Joining::Timed(Join::Interval(j), time)),
+                    (StepKind::TemporalJoin(t), Some(time)) => (t, Joining::Timed(Join::Temporal(t), time)),
                     _ => continue,
-                };
-                let j: &dyn JoinedSource = match join {
-                    Join::Interval(j) => j,
-                    Join::Temporal(t) => t,
-                };
-                let joining = match (join, &pipeline.event_time) {
-                    (Join::Temporal(t), _) if t.time == TimeDomain::ProcessingTime => Joining::Latest(t),
-                    (_, Some(time)) => Joining::Timed(join, time),
-                    (_, None) => continue,
                 };
                 // The pipeline's event time and the other source's field of it.
                 let times = match joining {
-                    Joining::Latest(_) => None,
-                    Joining::Timed(_, time) => Some((time, j.event_time_field(&time.field))),
+                    Joining::Latest(_) | Joining::Regular(_, None) => None,
+                    Joining::Timed(_, time) | Joining::Regular(_, Some(time)) => {
+                        Some((time, j.event_time_field(&time.field)))
+                    }
                 };
                 let at = steps.path(i);
                 let (uid, source_at) = (j.source().uid(), format!("{at}.source"));
@@ -237,9 +239,31 @@ fn build_pipeline(spec: &StreamJobSpec, pipeline: &PipelineSpec) -> Result<JobGr
                 let other = source_stream(&env, other)?;
                 let mut rules = schema::rules_of(j.schema().map(Vec::as_slice).unwrap_or_default());
                 rules.extend(times.map(|(_, field)| FieldRule::EventTime(field.into())));
-                rules.push(FieldRule::Key(j.other_key().into()));
                 let bad = format!("bad-records-{}", j.source().id.as_deref().unwrap_or_default());
-                let other = checked_source(&env, other, &bad, &bad, &rules, &spec.error_policy).map(Sided::Other);
+                let key_rule = FieldRule::Key(j.other_key().into());
+                let other = match schema::joined_filter(&at, j).map_err(PipelineError::Invalid)? {
+                    None => {
+                        rules.push(key_rule);
+                        checked_source(&env, other, &bad, &bad, &rules, &spec.error_policy)
+                    }
+                    // Filtered first: a record it drops (a bid among
+                    // persons) is not bad for lacking the key.
+                    Some((planned, input)) => {
+                        let other = checked_source(&env, other, &bad, &bad, &rules, &spec.error_policy);
+                        let uid = format!("{}-filter", j.source().uid());
+                        let filter_at = format!("{at}.filter");
+                        let filtered = checked(&env, other, &uid, &uid, &spec.error_policy, move || {
+                            let batcher = expr::Batcher::new(input.clone())
+                                .map_err(|reason| TaskError::User { function: filter_at.clone(), reason })?;
+                            Ok(ExprStep::new(filter_at.clone(), planned.clone(), batcher))
+                        });
+                        let uid = format!("{}-keyed", j.source().uid());
+                        checked(&env, filtered, &uid, &uid, &spec.error_policy, move || {
+                            Ok(FieldRules(vec![key_rule.clone()]))
+                        })
+                    }
+                }
+                .map(Sided::Other);
                 let this = checked_after_filter(&env, stream, pending.after_filter.take(), j.key(), &spec.error_policy)
                     .map(Sided::This);
                 let keys = JoinKeys { this: j.key().into(), other: j.other_key().into() };
@@ -248,6 +272,14 @@ fn build_pipeline(spec: &StreamJobSpec, pipeline: &PipelineSpec) -> Result<JobGr
                 inputs.push(other);
                 let keyed = this.union(inputs).key_by(move |r: &Sided| keys.of(r));
                 stream = match joining {
+                    Joining::Regular(r, time) => {
+                        // The TTL changes how long records stay, not what
+                        // they are: a job given one keeps its state.
+                        let content = json!({"join": {"source": r.source.id, "key": r.key,
+                            "otherKey": r.other_key(), "eventTime": time.map(|t| &t.field)}});
+                        let id = step.id.clone().unwrap_or_else(|| content_id("join", &content));
+                        keyed.process_event_time(&id, RegularJoin::new(r, time.map(|t| t.field.as_str())))
+                    }
                     Joining::Latest(t) => {
                         let content = json!({"temporalJoin": {"source": t.source.id, "key": t.key,
                             "otherKey": t.other_key(), "type": t.join_type, "time": t.time}});
@@ -389,6 +421,8 @@ where
 enum Joining<'a> {
     Latest(&'a TemporalJoinSpec),
     Timed(Join<'a>, &'a EventTimeSpec),
+    /// By key alone; the pair's event time with the pipeline's.
+    Regular(&'a RegularJoinSpec, Option<&'a EventTimeSpec>),
 }
 
 /// A step that joins a second source.
@@ -504,6 +538,10 @@ fn field_rules(pipeline: &PipelineSpec, steps: &[StepSpec]) -> (Vec<FieldRule>, 
                 break;
             }
             Ok(StepKind::TemporalJoin(j)) => {
+                rules.push(FieldRule::Key(j.key.clone()));
+                break;
+            }
+            Ok(StepKind::Join(j)) => {
                 rules.push(FieldRule::Key(j.key.clone()));
                 break;
             }

@@ -145,6 +145,26 @@ fn schema_of_source(source: &SourceSpec, schema: Option<&[FieldSpec]>) -> Option
     }
 }
 
+/// `sql` planned over `schema` as a condition (at `at`, for errors).
+fn condition(at: &str, sql: &str, schema: &SchemaRef) -> Result<Compiled, String> {
+    match compile(sql, schema) {
+        Ok(c) if c.field.data_type() == &DataType::Boolean || c.field.data_type() == &DataType::Null => Ok(c),
+        Ok(c) => Err(format!("{at}: expected a boolean condition, got {} from `{sql}`", c.field.data_type())),
+        Err(e) => Err(format!("{at}: {e}")),
+    }
+}
+
+/// A join's `filter` planned over its other source's records (at `at`),
+/// with the fields it reads; `None` without one.
+pub fn joined_filter(at: &str, j: &dyn JoinedSource) -> Result<Option<(Planned, SchemaRef)>, String> {
+    let Some(sql) = j.filter() else { return Ok(None) };
+    let Some(schema) = schema_of_source(j.source(), j.schema().map(Vec::as_slice)) else {
+        return Err(format!("{at}.filter: needs {at}.schema (the types of the other source's fields) to check it"));
+    };
+    let c = condition(&format!("{at}.filter"), sql, &schema)?;
+    Planned::Filter(c).projected(&schema).map(Some).map_err(|e| format!("{at}.filter: {e}"))
+}
+
 /// `field` in `schema`, or an error that lists the fields there are.
 fn find<'s>(schema: &'s SchemaRef, field: &str) -> Result<&'s Field, String> {
     schema.field_with_name(field).map_err(|_| {
@@ -367,7 +387,7 @@ pub fn type_steps(pipeline: &PipelineSpec, steps: &[StepSpec]) -> Typed {
                     }
                 }
             }
-            Ok(kind @ (StepKind::IntervalJoin(_) | StepKind::TemporalJoin(_))) => {
+            Ok(kind @ (StepKind::IntervalJoin(_) | StepKind::TemporalJoin(_) | StepKind::Join(_))) => {
                 if let Some(schema) = &current {
                     let time = pipeline.event_time.as_ref().map_or("", |t| t.field.as_str());
                     let (out, errors) = match kind {
@@ -381,6 +401,11 @@ pub fn type_steps(pipeline: &PipelineSpec, steps: &[StepSpec]) -> Typed {
                             // By processing time the table has no event-time field.
                             let time = j.time.is_event_time().then_some(time);
                             joined(&at, schema, j, time, (false, j.join_type == TemporalJoinType::Left))
+                        }
+                        StepKind::Join(j) => {
+                            let at = format!("spec.pipeline.steps[{i}].join");
+                            let time = pipeline.event_time.as_ref().map(|t| t.field.as_str());
+                            joined(&at, schema, j, time, (false, false))
                         }
                         _ => (schema.clone(), Vec::new()),
                     };
@@ -398,15 +423,9 @@ pub fn type_steps(pipeline: &PipelineSpec, steps: &[StepSpec]) -> Typed {
             }
             Ok(StepKind::Filter(sql)) => match &current {
                 None => typed.errors.push(needs_schema("filter")),
-                Some(schema) => match compile(sql, schema) {
-                    Ok(c) if c.field.data_type() == &DataType::Boolean || c.field.data_type() == &DataType::Null => {
-                        planned = Some(Planned::Filter(c));
-                    }
-                    Ok(c) => typed.errors.push(format!(
-                        "spec.pipeline.steps[{i}].filter: expected a boolean condition, got {} from `{sql}`",
-                        c.field.data_type()
-                    )),
-                    Err(e) => typed.errors.push(format!("spec.pipeline.steps[{i}].filter: {e}")),
+                Some(schema) => match condition(&format!("spec.pipeline.steps[{i}].filter"), sql, schema) {
+                    Ok(c) => planned = Some(Planned::Filter(c)),
+                    Err(e) => typed.errors.push(e),
                 },
             },
             Ok(StepKind::Select(exprs)) => match &current {
@@ -479,6 +498,9 @@ fn joined(
     let mut errors = Vec::new();
     let key = find(schema, j.key()).map_err(|e| errors.push(format!("{at}.key: {e}"))).ok();
     let Some(other) = schema_of_source(j.source(), j.schema().map(Vec::as_slice)) else {
+        if j.filter().is_some() {
+            errors.push(format!("{at}.filter: needs {at}.schema (the types of the other source's fields) to check it"));
+        }
         return (schema.clone(), errors);
     };
     match (key, find(&other, j.other_key())) {
@@ -494,6 +516,9 @@ fn joined(
     }
     if let Some(Err(e)) = time.map(|time| find(&other, j.event_time_field(time))) {
         errors.push(format!("{at}.eventTimeField: {e}"));
+    }
+    if let Some(Err(e)) = j.filter().map(|sql| condition(&format!("{at}.filter"), sql, &other)) {
+        errors.push(e);
     }
     // In an outer join the side that may be missing has null fields, but
     // the key and event time are the other's then.

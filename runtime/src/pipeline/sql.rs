@@ -9,6 +9,8 @@
 //!   AND o.ts + INTERVAL …` (`LEFT`, `RIGHT`, `FULL` too) -> `intervalJoin`
 //!   with a stream of `spec.pipeline.streams`; `s.field` is then
 //!   `s_field` (see [`join`])
+//! - `FROM source o JOIN s ON o.k = s.k` without a time bound -> `join`,
+//!   the WHERE conditions on one table alone applied before it
 //! - `SELECT … FROM (SELECT …, ROW_NUMBER() OVER (PARTITION BY k ORDER BY x
 //!   DESC) AS rownum FROM source) WHERE rownum <= N` (Flink's Top-N) ->
 //!   `keyBy` and `topN` (see [`top_n`])
@@ -89,13 +91,29 @@ fn select_steps(
     event_time: Option<&EventTimeSpec>,
     streams: Joinable<'_>,
 ) -> Result<(Vec<SqlStep>, bool), String> {
-    let joined = join::from_clause(&mut select, event_time, streams)?;
-    let mut steps: Vec<SqlStep> =
-        joined.into_iter().map(|j| SqlStep { step: j.step, clause: "JOIN", stream: Some(j.stream) }).collect();
+    let mut steps = join_steps(&mut select, event_time, streams)?;
     let grouping = Grouping::from_select(select, event_time)?;
     let windowed = grouping.window.is_some();
     steps.extend(grouping.steps()?);
     Ok((steps, windowed))
+}
+
+/// The steps of the query's FROM (taken out of `select`): none for the
+/// source alone, else its join and what runs before it.
+fn join_steps(
+    select: &mut Select,
+    event_time: Option<&EventTimeSpec>,
+    streams: Joinable<'_>,
+) -> Result<Vec<SqlStep>, String> {
+    let mut steps = Vec::new();
+    if let Some(j) = join::from_clause(select, event_time, streams)? {
+        if let Some(before) = j.before {
+            let step = StepSpec { filter: Some(before), ..StepSpec::default() };
+            steps.push(SqlStep { step, clause: "WHERE", stream: None });
+        }
+        steps.push(SqlStep { step: j.step, clause: "JOIN", stream: Some(j.stream) });
+    }
+    Ok(steps)
 }
 
 /// The streams a query may join, and the one its `FOR SYSTEM_TIME AS OF`

@@ -2,9 +2,11 @@
 //! s ON o.k = s.k AND s.ts BETWEEN o.ts - INTERVAL … AND o.ts + INTERVAL …`
 //! (Flink SQL's interval join), read into an `intervalJoin` step, or
 //! `source o [LEFT] JOIN <stream> FOR SYSTEM_TIME AS OF o.ts s ON o.k = s.k`
-//! (its event-time temporal join) into a `temporalJoin`; and the tables'
-//! qualified field names (`o.total`, `s.carrier`) turned into the names
-//! those fields have in the joined record (`total`, `s_carrier`).
+//! (its event-time temporal join) into a `temporalJoin`, or `source o
+//! JOIN <stream> s ON o.k = s.k` (a regular join, by key alone) into a
+//! `join`; and the tables' qualified field names (`o.total`, `s.carrier`)
+//! turned into the names those fields have in the joined record (`total`,
+//! `s_carrier`).
 
 use std::ops::ControlFlow;
 use std::time::Duration;
@@ -20,7 +22,8 @@ use datafusion_sql::sqlparser::tokenizer::{Token, Tokenizer};
 use super::window::interval;
 use super::{Joinable, SOURCE};
 use crate::manifest::{
-    EventTimeSpec, HumanDuration, IntervalJoinSpec, JoinType, StepSpec, TemporalJoinSpec, TemporalJoinType, TimeDomain,
+    EventTimeSpec, HumanDuration, IntervalJoinSpec, JoinType, RegularJoinSpec, StepSpec, TemporalJoinSpec,
+    TemporalJoinType, TimeDomain,
 };
 
 /// `JOIN <table> FOR SYSTEM_TIME AS OF <t>.<field>`, which the SQL dialect
@@ -86,11 +89,14 @@ pub(super) fn system_time(sql: &str) -> Result<(String, Option<AsOf>), String> {
     Ok((rest, Some(AsOf { table, time })))
 }
 
-/// The interval or temporal join a query's FROM makes.
+/// The join a query's FROM makes.
 pub(super) struct Joined {
     pub step: StepSpec,
     /// The stream's index in `spec.pipeline.streams`.
     pub stream: usize,
+    /// A regular join's WHERE conditions on the source's fields alone, as
+    /// a filter before the join.
+    pub before: Option<String>,
 }
 
 /// The names the query gives its tables.
@@ -212,17 +218,21 @@ pub(super) fn from_clause(
     let other = alias.unwrap_or(name);
     let prefix = format!("{other}_");
     let tables = Tables { this, other: Some((other, prefix.clone())) };
+    let spec = &streams.specs[stream];
+    let times = event_time.map(|t| (t.field.as_str(), spec.event_time_field.as_deref().unwrap_or(&t.field)));
+    let on = On::read(on, &tables, times)?;
+    let (key, other_key) = on.key.ok_or("ON needs the keys' equality (o.key = s.key)")?;
+    if on.lower.is_none() && on.upper.is_none() {
+        return regular(select, &tables, join_type, (key, other_key), (spec, stream));
+    }
     let Some(time) = event_time else {
         return Err("JOIN needs spec.pipeline.eventTime: the time bound compares the streams' event times".into());
     };
-    let spec = &streams.specs[stream];
-    let other_time = spec.event_time_field.as_deref().unwrap_or(&time.field);
-    let on = On::read(on, &tables, (&time.field, other_time))?;
-    let (key, other_key) = on.key.ok_or("ON needs the keys' equality (o.key = s.key)")?;
     let (Some(lower), Some(upper)) = (on.lower, on.upper) else {
         return Err(format!(
-            "ON needs a time bound with a lower and an upper end, as {o}.{other_time} BETWEEN {t}.{} - INTERVAL '1' \
-             HOUR AND {t}.{} + INTERVAL '1' HOUR (a join without one, a regular join, is not supported yet)",
+            "ON needs a time bound with a lower and an upper end, as {o}.{} BETWEEN {t}.{} - INTERVAL '1' HOUR AND \
+             {t}.{} + INTERVAL '1' HOUR (or none, for a join by key alone)",
+            spec.event_time_field.as_deref().unwrap_or(&time.field),
             time.field,
             time.field,
             o = tables.other.as_ref().map(|(n, _)| n.as_str()).unwrap_or_default(),
@@ -247,11 +257,105 @@ pub(super) fn from_clause(
         key,
         before: millis(lower),
         after: millis(upper),
+        filter: None,
         prefix: Some(prefix),
         join_type,
     };
     rename(select, &tables)?;
-    Ok(Some(Joined { step: StepSpec { interval_join: Some(join), ..StepSpec::default() }, stream }))
+    Ok(Some(Joined { step: StepSpec { interval_join: Some(join), ..StepSpec::default() }, stream, before: None }))
+}
+
+/// `JOIN <stream> s ON o.k = s.k`, without a time bound, as a `join` step.
+/// The WHERE conditions on one table alone are taken out of the query and
+/// applied before the join: the stream's as the step's `filter`, the
+/// source's as a filter step, so that neither side keeps in state records
+/// the query would drop (an inner join's result is the same).
+fn regular(
+    select: &mut Select,
+    tables: &Tables,
+    join_type: JoinType,
+    (key, other_key): (String, String),
+    (spec, stream): (&crate::manifest::StreamSpec, usize),
+) -> Result<Option<Joined>, String> {
+    if join_type != JoinType::Inner {
+        return Err(format!(
+            "a {} JOIN without a time bound is not supported: a record emitted alone would have to be retracted when \
+             its first match came; use [INNER] JOIN, or add a time bound on the event times",
+            match join_type {
+                JoinType::Left => "LEFT",
+                JoinType::Right => "RIGHT",
+                _ => "FULL",
+            }
+        ));
+    }
+    let (before, filter) = pushed_down(select, tables)?;
+    let join = RegularJoinSpec {
+        source: spec.source.clone(),
+        schema: spec.schema.clone(),
+        event_time_field: spec.event_time_field.clone(),
+        other_key: (other_key != key).then_some(other_key),
+        key,
+        filter,
+        prefix: tables.other.as_ref().map(|(_, prefix)| prefix.clone()),
+        join_type,
+        state_ttl: None,
+    };
+    rename(select, tables)?;
+    Ok(Some(Joined { step: StepSpec { join: Some(join), ..StepSpec::default() }, stream, before }))
+}
+
+/// The WHERE conditions (ANDed) that name fields of one table only, each
+/// with its table, taken out of `select`: those of the source and those
+/// of the stream, in their own fields' names. A condition that names a
+/// field alone stays: that name may be the joined record's.
+fn pushed_down(select: &mut Select, tables: &Tables) -> Result<(Option<String>, Option<String>), String> {
+    let Some(selection) = select.selection.take() else { return Ok((None, None)) };
+    let mut parts = Vec::new();
+    conjuncts(selection, &mut parts);
+    let (mut this, mut other, mut kept) = (Vec::new(), Vec::new(), Vec::new());
+    for mut part in parts {
+        // What stays is put back as written: the fields are renamed later.
+        let written = part.clone();
+        let mut sides = Vec::new();
+        let read = visit_expressions_mut(&mut part, |e| {
+            match e {
+                Expr::CompoundIdentifier(parts) => match (tables.field(parts), parts.last()) {
+                    (Ok((side, _)), Some(own)) => {
+                        sides.push(Some(side));
+                        *e = Expr::Identifier(alone(own.clone()));
+                    }
+                    (Err(why), _) => return ControlFlow::Break(why),
+                    (Ok(_), None) => {}
+                },
+                Expr::Identifier(_) => sides.push(None),
+                _ => {}
+            }
+            ControlFlow::Continue(())
+        });
+        if let ControlFlow::Break(why) = read {
+            return Err(why);
+        }
+        match sides.first() {
+            Some(Some(side)) if sides.iter().all(|s| *s == Some(*side)) => {
+                if *side == Side::This {
+                    this.push(part)
+                } else {
+                    other.push(part)
+                }
+            }
+            _ => kept.push(written),
+        }
+    }
+    select.selection = kept.into_iter().reduce(|a, b| Expr::BinaryOp {
+        left: Box::new(a),
+        op: BinaryOperator::And,
+        right: Box::new(b),
+    });
+    let joined = |parts: Vec<Expr>| {
+        let written: Vec<String> = parts.iter().map(|p| format!("({p})")).collect();
+        Some(written.join(" AND ")).filter(|w| !w.is_empty())
+    };
+    Ok((joined(this), joined(other)))
 }
 
 /// What `AS OF PROCTIME()` is read as.
@@ -308,7 +412,7 @@ fn temporal(
     let tables = Tables { this, other: Some((other, prefix.clone())) };
     let this_time = time.map_or("", |t| t.field.as_str());
     let other_time = spec.event_time_field.as_deref().unwrap_or(this_time);
-    let on = On::read(on, &tables, (this_time, other_time))?;
+    let on = On::read(on, &tables, Some((this_time, other_time)))?;
     if on.lower.is_some() || on.upper.is_some() {
         return Err("a temporal join's ON takes the keys' equality only: the version is chosen by time already".into());
     }
@@ -319,12 +423,13 @@ fn temporal(
         event_time_field: spec.event_time_field.clone(),
         other_key: (other_key != key).then_some(other_key),
         key,
+        filter: None,
         prefix: Some(prefix),
         join_type,
         time: if by_processing_time { TimeDomain::ProcessingTime } else { TimeDomain::EventTime },
     };
     rename(select, &tables)?;
-    Ok(Some(Joined { step: StepSpec { temporal_join: Some(join), ..StepSpec::default() }, stream }))
+    Ok(Some(Joined { step: StepSpec { temporal_join: Some(join), ..StepSpec::default() }, stream, before: None }))
 }
 
 /// `name` as it can be written alone: a field named like a reserved word
@@ -362,7 +467,9 @@ struct On {
 }
 
 impl On {
-    fn read(on: Expr, tables: &Tables, times: (&str, &str)) -> Result<On, String> {
+    /// `times`: the event-time fields of the source and the stream, if
+    /// the pipeline has event time.
+    fn read(on: Expr, tables: &Tables, times: Option<(&str, &str)>) -> Result<On, String> {
         let mut parts = Vec::new();
         conjuncts(on, &mut parts);
         let mut read = On::default();
@@ -409,8 +516,13 @@ impl On {
         op: &BinaryOperator,
         right: &Expr,
         tables: &Tables,
-        (this_time, other_time): (&str, &str),
+        times: Option<(&str, &str)>,
     ) -> Result<(), String> {
+        let Some((this_time, other_time)) = times else {
+            return Err(format!(
+                "`{part}`: a time bound needs spec.pipeline.eventTime, as it compares the streams' event times"
+            ));
+        };
         let (l, r) = (time_term(left, tables)?, time_term(right, tables)?);
         if l.0 == r.0 {
             return Err(format!("`{part}` compares times of one table; the bound compares the two streams' times"));

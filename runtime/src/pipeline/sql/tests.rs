@@ -262,7 +262,8 @@ fn a_window_after_an_interval_join_groups_by_the_joined_fields() {
 fn joins_that_are_not_interval_joins_are_refused_by_name() {
     let on = "ON o.id = s.order AND s.ts BETWEEN o.ts AND o.ts + INTERVAL '1' HOUR";
     let refused = [
-        ("SELECT * FROM source o JOIN ships s ON o.id = s.order".to_string(), "a regular join, is not supported yet"),
+        ("SELECT * FROM source o LEFT JOIN ships s ON o.id = s.order".to_string(), "a LEFT JOIN without a time bound is not supported"),
+        ("SELECT * FROM source o JOIN ships s ON o.id = s.order AND s.ts >= o.ts".into(), "ON needs a time bound with a lower and an upper end"),
         ("SELECT * FROM source o JOIN ships s ON s.ts BETWEEN o.ts AND o.ts + INTERVAL '1' HOUR".into(), "ON needs the keys' equality"),
         ("SELECT * FROM source o CROSS JOIN ships s".into(), "`CROSS JOIN ships s` is not supported"),
         ("SELECT * FROM source o JOIN ships s USING (id)".into(), "USING and NATURAL are not supported"),
@@ -288,6 +289,37 @@ fn joins_that_are_not_interval_joins_are_refused_by_name() {
     }
     let err = translate(&format!("SELECT * FROM source o JOIN ships s {on}"), None, &[]).unwrap_err();
     assert!(err.contains("JOIN ships: no stream of that id"), "{err}");
+}
+
+#[test]
+fn a_join_without_a_time_bound_becomes_a_join_step_with_where_on_one_table_applied_before_it() {
+    let sql = "SELECT o.id, s.carrier FROM source o JOIN ships s ON o.id = s.order \
+               WHERE o.total > 10 AND (s.carrier = 'dhl' OR s.carrier = 'ups') AND o.total < s_weight AND o.id <> s.order";
+    let s = joined(sql).unwrap();
+    let clauses: Vec<&str> = s.iter().map(|(_, c)| *c).collect();
+    assert_eq!(clauses, ["WHERE", "JOIN", "WHERE", "SELECT"]);
+    assert_eq!(s[0].0, r#"{"filter":"(total > 10)"}"#);
+    let join: serde_json::Value = serde_json::from_str(&s[1].0).unwrap();
+    let join = &join["join"];
+    assert_eq!(join["key"], "id");
+    assert_eq!(join["otherKey"], "order");
+    assert_eq!(join["prefix"], "s_");
+    assert_eq!(join["filter"], "(carrier = 'dhl' OR carrier = 'ups')");
+    assert!(join["type"].is_null() && join["stateTtl"].is_null(), "{join}");
+    // What names both tables, or a field alone, stays after the join.
+    assert_eq!(
+        json(&s[2..]),
+        [r#"{"filter":"total < s_weight AND id <> s_order"}"#, r#"{"select":["id","s_carrier AS carrier"]}"#]
+    );
+    // Without event time too: nothing in it compares times.
+    let stream: StreamSpec =
+        serde_json::from_value(serde_json::json!({"source": {"id": "ships", "generator": {"keys": 3}}})).unwrap();
+    let untimed =
+        translate("SELECT * FROM source o JOIN ships s ON o.key = s.key", None, std::slice::from_ref(&stream)).unwrap();
+    assert!(untimed[0].step.join.is_some(), "{untimed:?}");
+    let err = translate("SELECT * FROM source o JOIN ships s ON o.key = s.key AND s.ts >= o.ts", None, &[stream])
+        .unwrap_err();
+    assert!(err.contains("a time bound needs spec.pipeline.eventTime"), "{err}");
 }
 
 #[test]

@@ -10,7 +10,7 @@ use datafusion_sql::sqlparser::ast::{
 };
 
 use super::join::{conjuncts, flipped};
-use super::{function_name, join, plain_select, select_list, select_steps, Joinable, SqlStep, KEY};
+use super::{function_name, join_steps, plain_select, select_list, select_steps, Joinable, SqlStep, KEY};
 use crate::manifest::{EventTimeSpec, KeyBySpec, RankFunction, SortOrder, StepSpec, TopNSpec};
 
 /// The steps of a Top-N query, or None if `outer` reads no subquery.
@@ -28,10 +28,7 @@ pub(super) fn top_n(
     let per_window = windows.is_some();
     let mut steps = match windows {
         Some(steps) => steps,
-        None => join::from_clause(&mut inner, event_time, streams)?
-            .into_iter()
-            .map(|j| SqlStep { step: j.step, clause: "JOIN", stream: Some(j.stream) })
-            .collect(),
+        None => join_steps(&mut inner, event_time, streams)?,
     };
     if let Some(w) = inner.selection.take() {
         steps.push(step("WHERE", StepSpec { filter: Some(w.to_string()), ..StepSpec::default() }));
