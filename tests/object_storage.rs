@@ -1,7 +1,7 @@
 //! The object-storage file sink (`sink.file` with a URI or Parquet) under
 //! `kill -9` of `weir run`: at each step of a checkpoint's commit, between
 //! the parts of one transaction, and at random. The committed parts, read
-//! back (Parquet decoded), hold every update exactly once. Through the
+//! back (Parquet and Avro decoded), hold every update exactly once. Through the
 //! local file system always; through a real S3-compatible server (moto,
 //! started by `scripts/test-s3`) in the ignored tests.
 
@@ -61,6 +61,19 @@ fn parquet_parts_hold_every_update_once_across_kill_9_at_each_commit_step() {
     let parts = std::fs::read_dir(out.path())
         .unwrap()
         .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".parquet"))
+        .count();
+    assert!(parts > 2, "{parts} parts");
+}
+
+#[test]
+fn avro_parts_hold_every_update_once_across_kill_9_at_each_commit_step() {
+    let out = tempfile::tempdir().unwrap();
+    let uri = format!("file://{}", out.path().display());
+    let avro = PARQUET.replace("format: Parquet, parquet:", "format: Avro, avro:");
+    kill_at_each_step_then_finish(&uri, &avro, 120_000, 60_000, &["PreCommitted:3", "BeforeCommit:3", "Committed:4"]);
+    let parts = std::fs::read_dir(out.path())
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".avro"))
         .count();
     assert!(parts > 2, "{parts} parts");
 }

@@ -58,7 +58,8 @@ pub mod file_sink;
 pub use self::duration::HumanDuration;
 pub mod tls;
 pub use self::file_sink::{
-    ByteSize, ColumnSpec, ColumnType, CsvSinkSpec, FileFormat, FileSinkSpec, ParquetCompression, ParquetSpec,
+    AvroCompression, AvroSpec, ByteSize, ColumnSpec, ColumnType, CsvSinkSpec, FileFormat, FileSinkSpec,
+    ParquetCompression, ParquetSpec,
 };
 pub use self::tls::ClientTlsSpec;
 

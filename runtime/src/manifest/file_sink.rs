@@ -37,6 +37,9 @@ pub struct FileSinkSpec {
     /// The Parquet schema and compression (for `format: Parquet`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parquet: Option<ParquetSpec>,
+    /// The Avro columns and compression (for `format: Avro`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub avro: Option<AvroSpec>,
     /// The CSV columns, header and delimiter (for `format: Csv`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub csv: Option<CsvSinkSpec>,
@@ -60,6 +63,9 @@ pub enum FileFormat {
     /// Comma-separated values (`.csv`, RFC 4180 quoting), columns as
     /// `csv.columns` name them.
     Csv,
+    /// Apache Avro object container files (`.avro`, the schema in each
+    /// file's header), columns as `avro.columns` declare.
+    Avro,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
@@ -91,6 +97,29 @@ pub struct ParquetSpec {
     pub columns: Vec<ColumnSpec>,
     #[serde(default)]
     pub compression: ParquetCompression,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AvroSpec {
+    /// The record schema's fields, filled from the record fields of the
+    /// same names; other record fields are not written. A nullable column
+    /// is a union with null; `Timestamp` is `timestamp-millis` and `Date`
+    /// is `date`.
+    pub columns: Vec<ColumnSpec>,
+    #[serde(default)]
+    pub compression: AvroCompression,
+}
+
+/// The codec of an Avro file's blocks.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
+pub enum AvroCompression {
+    #[default]
+    Snappy,
+    Zstd,
+    Deflate,
+    /// The `null` codec.
+    Uncompressed,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
@@ -208,27 +237,20 @@ impl FileSinkSpec {
                 errors.push(format!("{at}.rollInterval: expected at least 1s, got {interval}"));
             }
         }
-        match (self.format, &self.parquet) {
-            (FileFormat::Parquet, None) => {
-                errors.push(format!("{at}.parquet: required for format Parquet (its columns: name and type)"))
-            }
-            (FileFormat::Parquet, Some(p)) => {
-                if p.columns.is_empty() {
-                    errors.push(format!("{at}.parquet.columns: expected at least one column"));
-                }
-                for (i, c) in p.columns.iter().enumerate() {
-                    if c.name.is_empty() {
-                        errors.push(format!("{at}.parquet.columns[{i}].name: required, got an empty name"));
-                    } else if p.columns[..i].iter().any(|o| o.name == c.name) {
-                        errors.push(format!("{at}.parquet.columns[{i}].name: `{}` is already a column", c.name));
-                    }
-                }
-            }
-            (_, Some(_)) => {
-                errors.push(format!("{at}.parquet: only for format Parquet; set format: Parquet or remove it"))
-            }
-            (_, None) => {}
-        }
+        errors.extend(columns_problems(
+            at,
+            "parquet",
+            FileFormat::Parquet,
+            self.format,
+            self.parquet.as_ref().map(|p| &p.columns),
+        ));
+        errors.extend(columns_problems(
+            at,
+            "avro",
+            FileFormat::Avro,
+            self.format,
+            self.avro.as_ref().map(|a| &a.columns),
+        ));
         errors.extend(self.csv_problems(at));
         for (i, field) in self.partition_by.iter().enumerate() {
             let at = format!("{at}.partitionBy[{i}]");
@@ -240,15 +262,56 @@ impl FileSinkSpec {
                 ));
             } else if self.partition_by[..i].contains(field) {
                 errors.push(format!("{at}: `{field}` is already a partition field"));
-            } else if let Some(c) = self.parquet.iter().flat_map(|p| &p.columns).position(|c| &c.name == field) {
-                errors.push(format!(
-                    "{at}: `{field}` is also parquet.columns[{c}]; a partition field is written as the directory \
-                     {field}=VALUE/, not in the file: remove the column"
-                ));
+            } else {
+                let declared = [
+                    ("parquet", self.parquet.as_ref().map(|p| &p.columns)),
+                    ("avro", self.avro.as_ref().map(|a| &a.columns)),
+                ];
+                for (section, columns) in declared {
+                    if let Some(c) = columns.into_iter().flatten().position(|c| &c.name == field) {
+                        errors.push(format!(
+                            "{at}: `{field}` is also {section}.columns[{c}]; a partition field is written as the \
+                             directory {field}=VALUE/, not in the file: remove the column"
+                        ));
+                    }
+                }
             }
         }
         errors
     }
+}
+
+/// What is wrong with the columns of the `section` (`parquet`, `avro`)
+/// that `format` (of `want`) needs, each naming its field under `at`.
+fn columns_problems(
+    at: &str,
+    section: &str,
+    want: FileFormat,
+    format: FileFormat,
+    columns: Option<&Vec<ColumnSpec>>,
+) -> Vec<String> {
+    let mut errors = Vec::new();
+    let name = format!("{want:?}");
+    match (format == want, columns) {
+        (true, None) => errors.push(format!("{at}.{section}: required for format {name} (its columns: name and type)")),
+        (true, Some(columns)) => {
+            if columns.is_empty() {
+                errors.push(format!("{at}.{section}.columns: expected at least one column"));
+            }
+            for (i, c) in columns.iter().enumerate() {
+                if c.name.is_empty() {
+                    errors.push(format!("{at}.{section}.columns[{i}].name: required, got an empty name"));
+                } else if columns[..i].iter().any(|o| o.name == c.name) {
+                    errors.push(format!("{at}.{section}.columns[{i}].name: `{}` is already a column", c.name));
+                }
+            }
+        }
+        (false, Some(_)) => {
+            errors.push(format!("{at}.{section}: only for format {name}; set format: {name} or remove it"))
+        }
+        (false, None) => {}
+    }
+    errors
 }
 
 /// A size in bytes, written as a Kubernetes quantity (`64Mi`, `1Gi`,
@@ -345,6 +408,7 @@ mod tests {
                     .collect(),
                 compression: ParquetCompression::Snappy,
             }),
+            avro: None,
             csv: None,
             partition_by: Vec::new(),
         }
@@ -377,6 +441,23 @@ mod tests {
     }
 
     #[test]
+    fn avro_needs_its_own_columns_and_takes_no_parquet_section() {
+        let columns = parquet(&[("key", ColumnType::String)]).parquet.map(|p| p.columns).unwrap_or_default();
+        let avro = Some(AvroSpec { columns, compression: AvroCompression::Snappy });
+        let s = FileSinkSpec { format: FileFormat::Avro, parquet: None, avro, ..parquet(&[]) };
+        assert_eq!(s.problems("sink"), Vec::<String>::new());
+        assert!(s.is_object_store());
+        let s = FileSinkSpec { format: FileFormat::Avro, ..parquet(&[("key", ColumnType::String)]) };
+        assert_eq!(
+            s.problems("sink"),
+            vec![
+                "sink.parquet: only for format Parquet; set format: Parquet or remove it",
+                "sink.avro: required for format Avro (its columns: name and type)",
+            ]
+        );
+    }
+
+    #[test]
     fn roll_sizes_beyond_what_one_copy_can_publish_are_refused() {
         let s = FileSinkSpec { roll_size: Some(ByteSize(6 << 30)), ..parquet(&[("k", ColumnType::String)]) };
         assert_eq!(s.problems("sink"), vec!["sink.rollSize: expected between 64Ki and 5Gi, got 6Gi"]);
@@ -399,6 +480,7 @@ mod tests {
             path: "./out".into(),
             format: FileFormat::JsonLines,
             parquet: None,
+            avro: None,
             csv: None,
             partition_by: vec!["region".into()],
             ..s

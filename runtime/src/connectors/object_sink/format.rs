@@ -1,9 +1,13 @@
-//! The bytes of one part file: JSON lines, CSV, or Parquet written through
-//! arrow-rs, streamed into an OpenDAL writer so a part never sits whole in
-//! memory (Parquet keeps one row group at a time).
+//! The bytes of one part file: JSON lines, CSV, or Parquet and Avro written
+//! through arrow-rs, streamed into an OpenDAL writer so a part never sits
+//! whole in memory (Parquet keeps one row group at a time, Avro a block).
 
 use std::borrow::Cow;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use arrow_avro::compression::CompressionCodec;
+use arrow_avro::errors::AvroError;
+use arrow_avro::writer::{AvroWriter, WriterBuilder};
 
 use arrow_array::RecordBatch;
 use arrow_json::ReaderBuilder;
@@ -17,7 +21,7 @@ use parquet::errors::ParquetError;
 use parquet::file::properties::WriterProperties;
 use serde::Serialize;
 
-use crate::manifest::{ColumnType, FileFormat, FileSinkSpec, ParquetCompression};
+use crate::manifest::{AvroCompression, ColumnSpec, ColumnType, FileFormat, FileSinkSpec, ParquetCompression};
 use crate::record::BadRecord;
 
 /// What the sink writes, decided once from the manifest.
@@ -26,21 +30,39 @@ pub enum PartFormat {
     JsonLines,
     Csv { columns: Arc<[String]>, header: bool, delimiter: u8 },
     Parquet { schema: SchemaRef, properties: Box<WriterProperties> },
+    Avro { schema: SchemaRef, codec: Option<CompressionCodec> },
+}
+
+/// The Arrow schema of declared columns.
+fn columns_schema(columns: &[ColumnSpec]) -> SchemaRef {
+    let fields: Vec<Field> = columns.iter().map(|c| Field::new(&c.name, arrow_type(c.data_type), c.nullable)).collect();
+    Arc::new(Schema::new(fields))
 }
 
 impl PartFormat {
     pub fn from_spec(spec: &FileSinkSpec) -> PartFormat {
         match (spec.format, &spec.parquet) {
+            (FileFormat::Avro, _) => match &spec.avro {
+                Some(a) => PartFormat::Avro {
+                    schema: columns_schema(&a.columns),
+                    codec: match a.compression {
+                        AvroCompression::Snappy => Some(CompressionCodec::Snappy),
+                        AvroCompression::Zstd => Some(CompressionCodec::ZStandard),
+                        AvroCompression::Deflate => Some(CompressionCodec::Deflate),
+                        AvroCompression::Uncompressed => None,
+                    },
+                },
+                // `problems` refuses Avro without columns before a job starts.
+                None => PartFormat::JsonLines,
+            },
             (FileFormat::Parquet, Some(p)) => {
-                let fields: Vec<Field> =
-                    p.columns.iter().map(|c| Field::new(&c.name, arrow_type(c.data_type), c.nullable)).collect();
                 let compression = match p.compression {
                     ParquetCompression::Snappy => Compression::SNAPPY,
                     ParquetCompression::Zstd => Compression::ZSTD(ZstdLevel::default()),
                     ParquetCompression::Uncompressed => Compression::UNCOMPRESSED,
                 };
                 let properties = WriterProperties::builder().set_compression(compression).build();
-                PartFormat::Parquet { schema: Arc::new(Schema::new(fields)), properties: Box::new(properties) }
+                PartFormat::Parquet { schema: columns_schema(&p.columns), properties: Box::new(properties) }
             }
             (FileFormat::Csv, _) => match &spec.csv {
                 Some(csv) => PartFormat::Csv {
@@ -61,6 +83,7 @@ impl PartFormat {
             PartFormat::JsonLines => "jsonl",
             PartFormat::Csv { .. } => "csv",
             PartFormat::Parquet { .. } => "parquet",
+            PartFormat::Avro { .. } => "avro",
         }
     }
 }
@@ -85,11 +108,13 @@ pub enum PartError {
     Storage { name: String, source: opendal::Error },
     #[error("cannot encode Parquet for {name}: {source}")]
     Parquet { name: String, source: ParquetError },
+    #[error("cannot encode Avro for {name}: {source}")]
+    Avro { name: String, source: AvroError },
     #[error("cannot encode a record as JSON: {0}")]
     Json(#[from] serde_json::Error),
     #[error("cannot encode a record as CSV: {0}")]
     Csv(#[from] csv::Error),
-    #[error("record {record} does not fit the Parquet columns: {reason}")]
+    #[error("record {record} does not fit the sink's columns: {reason}")]
     Misfit { record: String, reason: String },
 }
 
@@ -108,14 +133,65 @@ impl AsyncFileWriter for Staged {
     }
 }
 
-/// JSON lines are gathered to this size before they go to the writer.
+/// JSON lines (and Avro blocks) are gathered to this size before they go
+/// to the writer.
 const JSON_FLUSH: usize = 1 << 20;
+
+/// The bytes Avro's writer has encoded and the part has not yet taken:
+/// the writer owns its sink, and the part drains it into the staged object.
+#[derive(Clone, Default)]
+pub struct Encoded(Arc<Mutex<Vec<u8>>>);
+
+impl Encoded {
+    fn take(&self) -> Vec<u8> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    fn len(&self) -> usize {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).len()
+    }
+}
+
+impl std::io::Write for Encoded {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
 
 /// One open part file.
 pub enum PartWriter {
-    Json { name: String, writer: opendal::Writer, buffer: Vec<u8>, written: u64 },
-    Csv { name: String, writer: opendal::Writer, buffer: Vec<u8>, columns: Arc<[String]>, delimiter: u8, written: u64 },
-    Parquet { name: String, writer: Box<AsyncArrowWriter<Staged>>, schema: SchemaRef },
+    Json {
+        name: String,
+        writer: opendal::Writer,
+        buffer: Vec<u8>,
+        written: u64,
+    },
+    Csv {
+        name: String,
+        writer: opendal::Writer,
+        buffer: Vec<u8>,
+        columns: Arc<[String]>,
+        delimiter: u8,
+        written: u64,
+    },
+    Parquet {
+        name: String,
+        writer: Box<AsyncArrowWriter<Staged>>,
+        schema: SchemaRef,
+    },
+    Avro {
+        name: String,
+        writer: opendal::Writer,
+        avro: Box<AvroWriter<Encoded>>,
+        encoded: Encoded,
+        schema: SchemaRef,
+        written: u64,
+    },
 }
 
 impl PartWriter {
@@ -139,6 +215,14 @@ impl PartWriter {
                         .map_err(|source| PartError::Parquet { name: name.clone(), source })?;
                 PartWriter::Parquet { name, writer: Box::new(writer), schema: schema.clone() }
             }
+            PartFormat::Avro { schema, codec } => {
+                let encoded = Encoded::default();
+                let avro = WriterBuilder::new(Schema::clone(schema))
+                    .with_compression(*codec)
+                    .build(encoded.clone())
+                    .map_err(|source| PartError::Avro { name: name.clone(), source })?;
+                PartWriter::Avro { name, writer, avro: Box::new(avro), encoded, schema: schema.clone(), written: 0 }
+            }
         })
     }
 
@@ -149,10 +233,11 @@ impl PartWriter {
             PartWriter::Json { buffer, written, .. } => written + buffer.len() as u64,
             PartWriter::Csv { buffer, written, .. } => written + buffer.len() as u64,
             PartWriter::Parquet { writer, .. } => (writer.bytes_written() + writer.in_progress_size()) as u64,
+            PartWriter::Avro { encoded, written, .. } => written + encoded.len() as u64,
         }
     }
 
-    /// Appends records. A record that does not fit the Parquet columns goes
+    /// Appends records. A record that does not fit the declared columns goes
     /// to `refused` when it is given, else fails the write naming it.
     pub async fn write<T: Serialize>(
         &mut self,
@@ -194,6 +279,16 @@ impl PartWriter {
                 let Some(batch) = record_batch(schema, records, refused)? else { return Ok(()) };
                 writer.write(&batch).await.map_err(|source| PartError::Parquet { name: name.clone(), source })
             }
+            PartWriter::Avro { name, writer, avro, encoded, schema, written } => {
+                let Some(batch) = record_batch(schema, records, refused)? else { return Ok(()) };
+                avro.write(&batch).map_err(|source| PartError::Avro { name: name.clone(), source })?;
+                if encoded.len() >= JSON_FLUSH {
+                    let bytes = encoded.take();
+                    *written += bytes.len() as u64;
+                    writer.write(bytes).await.map_err(|source| PartError::Storage { name: name.clone(), source })?;
+                }
+                Ok(())
+            }
         }
     }
 
@@ -212,13 +307,25 @@ impl PartWriter {
                 writer.close().await.map_err(|source| PartError::Parquet { name: name.clone(), source })?;
                 Ok(name)
             }
+            PartWriter::Avro { name, mut writer, mut avro, encoded, .. } => {
+                avro.finish().map_err(|source| PartError::Avro { name: name.clone(), source })?;
+                let storage = |source| PartError::Storage { name: name.clone(), source };
+                let rest = encoded.take();
+                if !rest.is_empty() {
+                    writer.write(rest).await.map_err(storage)?;
+                }
+                writer.close().await.map_err(storage)?;
+                Ok(name)
+            }
         }
     }
 
     /// Gives the part up (an unfinished multipart upload is aborted).
     pub async fn abort(self) -> Result<String, PartError> {
         let (name, mut writer) = match self {
-            PartWriter::Json { name, writer, .. } | PartWriter::Csv { name, writer, .. } => (name, writer),
+            PartWriter::Json { name, writer, .. }
+            | PartWriter::Csv { name, writer, .. }
+            | PartWriter::Avro { name, writer, .. } => (name, writer),
             PartWriter::Parquet { name, writer, .. } => (name, writer.into_inner().writer),
         };
         writer.abort().await.map_err(|source| PartError::Storage { name: name.clone(), source })?;
@@ -269,7 +376,7 @@ fn record_batch<T: Serialize>(
         refused.push(BadRecord {
             origin: "sink".into(),
             raw,
-            reason: format!("does not fit the Parquet columns: {reason}"),
+            reason: format!("does not fit the sink's columns: {reason}"),
         });
     }
     decode(&fitting)
@@ -303,12 +410,13 @@ mod tests {
                 ],
                 compression: ParquetCompression::Zstd,
             }),
+            avro: None,
             csv: None,
             partition_by: Vec::new(),
         };
         match PartFormat::from_spec(&spec) {
             PartFormat::Parquet { schema, .. } => schema,
-            PartFormat::JsonLines | PartFormat::Csv { .. } => panic!("expected Parquet"),
+            PartFormat::JsonLines | PartFormat::Csv { .. } | PartFormat::Avro { .. } => panic!("expected Parquet"),
         }
     }
 
@@ -337,5 +445,40 @@ mod tests {
         assert_eq!(refused.len(), 1, "{refused:?}");
         assert_eq!(refused[0].raw, r#"{"count":2}"#);
         assert!(refused[0].reason.contains("key"), "{:?}", refused[0]);
+    }
+}
+
+#[cfg(test)]
+mod avro_tests {
+    use super::*;
+    use serde_json::json;
+
+    #[tokio::test]
+    async fn an_avro_part_declares_nullable_columns_as_unions_and_times_with_their_logical_types() {
+        let dir = tempfile::tempdir().unwrap();
+        let op =
+            opendal::Operator::new(opendal::services::Fs::default().root(&dir.path().display().to_string())).unwrap();
+        let columns = [
+            ColumnSpec { name: "key".into(), data_type: ColumnType::String, nullable: false },
+            ColumnSpec { name: "at".into(), data_type: ColumnType::Timestamp, nullable: true },
+            ColumnSpec { name: "day".into(), data_type: ColumnType::Date, nullable: true },
+        ];
+        let format = PartFormat::Avro { schema: columns_schema(&columns), codec: Some(CompressionCodec::Snappy) };
+        let mut part = PartWriter::new(&format, "p.avro".into(), op.writer("p.avro").await.unwrap()).unwrap();
+        let rows =
+            [json!({"key": "a", "at": "2026-12-07T08:00:00Z", "day": "2026-12-07"}), json!({"key": "b", "at": null})];
+        part.write(&rows, None).await.unwrap();
+        part.close().await.unwrap();
+        let bytes = std::fs::read(dir.path().join("p.avro")).unwrap();
+        let header = String::from_utf8_lossy(&bytes);
+        for wanted in [r#""logicalType":"timestamp-millis""#, r#""logicalType":"date""#, r#""null""#, "snappy"] {
+            assert!(header.contains(wanted), "no {wanted} in the header: {header}");
+        }
+        let reader = arrow_avro::reader::ReaderBuilder::new().build(std::io::Cursor::new(bytes)).unwrap();
+        let batches: Vec<RecordBatch> = reader.map(Result::unwrap).collect();
+        assert_eq!(batches.iter().map(RecordBatch::num_rows).sum::<usize>(), 2);
+        let at = batches[0].column(1).as_any().downcast_ref::<arrow_array::TimestampMillisecondArray>().unwrap();
+        assert_eq!(at.value(0), 1_796_630_400_000);
+        assert!(arrow_array::Array::is_null(at, 1));
     }
 }

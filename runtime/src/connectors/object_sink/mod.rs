@@ -195,7 +195,7 @@ impl PartName<'_> {
 fn parse(path: &str) -> Option<PartName<'_>> {
     let file = path.rsplit('/').next()?;
     let rest = file.strip_prefix(PREFIX)?.strip_prefix('-')?;
-    let rest = [".jsonl", ".csv", ".parquet"].iter().find_map(|ext| rest.strip_suffix(ext))?;
+    let rest = [".jsonl", ".csv", ".parquet", ".avro"].iter().find_map(|ext| rest.strip_suffix(ext))?;
     let parts: Vec<&str> = rest.split('-').collect();
     let [_subtask, txn, _seq, incarnation, epoch] = parts.as_slice() else { return None };
     Some(PartName { txn: txn.parse().ok()?, incarnation, epoch })
@@ -453,6 +453,8 @@ pub async fn read_committed(op: &Operator) -> Result<Vec<serde_json::Value>, Str
         let bytes = op.read(&name).await.map_err(|e| format!("cannot read {name}: {e}"))?.to_bytes();
         let text = if name.ends_with(".parquet") {
             parquet_as_json_lines(bytes).map_err(|e| format!("{name}: {e}"))?
+        } else if name.ends_with(".avro") {
+            avro_as_json_lines(bytes).map_err(|e| format!("{name}: {e}"))?
         } else if name.ends_with(".csv") {
             csv_as_json_lines(&bytes).map_err(|e| format!("{name}: {e}"))?
         } else {
@@ -498,8 +500,19 @@ fn csv_as_json_lines(bytes: &[u8]) -> Result<String, Box<dyn std::error::Error>>
 
 fn parquet_as_json_lines(bytes: bytes::Bytes) -> Result<String, Box<dyn std::error::Error>> {
     let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)?.build()?;
+    batches_as_json_lines(reader)
+}
+
+fn avro_as_json_lines(bytes: bytes::Bytes) -> Result<String, Box<dyn std::error::Error>> {
+    let reader = arrow_avro::reader::ReaderBuilder::new().build(std::io::Cursor::new(bytes))?;
+    batches_as_json_lines(reader)
+}
+
+fn batches_as_json_lines<E: std::error::Error + 'static>(
+    batches: impl Iterator<Item = Result<arrow_array::RecordBatch, E>>,
+) -> Result<String, Box<dyn std::error::Error>> {
     let mut out = arrow_json::LineDelimitedWriter::new(Vec::new());
-    for batch in reader {
+    for batch in batches {
         out.write(&batch?)?;
     }
     out.finish()?;

@@ -1,26 +1,27 @@
 use serde_json::{json, Value};
 
 use super::*;
-use crate::manifest::{ColumnSpec, ColumnType, FileFormat, ParquetCompression, ParquetSpec};
+use crate::manifest::{AvroCompression, AvroSpec, ColumnSpec, ColumnType, FileFormat, ParquetCompression, ParquetSpec};
 
 const RUN_1: Fence = Fence { incarnation: 0x1111, epoch: 0xa };
 const RUN_1_LATER: Fence = Fence { incarnation: 0x1111, epoch: 0xb };
 const OTHER_JOB: Fence = Fence { incarnation: 0x2222, epoch: 0xa };
 
 fn spec(dir: &std::path::Path, format: FileFormat) -> FileSinkSpec {
-    let parquet = (format == FileFormat::Parquet).then(|| ParquetSpec {
-        columns: vec![
-            ColumnSpec { name: "key".into(), data_type: ColumnType::String, nullable: false },
-            ColumnSpec { name: "n".into(), data_type: ColumnType::Int64, nullable: false },
-        ],
-        compression: ParquetCompression::Snappy,
-    });
+    let columns = vec![
+        ColumnSpec { name: "key".into(), data_type: ColumnType::String, nullable: false },
+        ColumnSpec { name: "n".into(), data_type: ColumnType::Int64, nullable: false },
+    ];
+    let parquet = (format == FileFormat::Parquet)
+        .then(|| ParquetSpec { columns: columns.clone(), compression: ParquetCompression::Snappy });
+    let avro = (format == FileFormat::Avro).then_some(AvroSpec { columns, compression: AvroCompression::Zstd });
     FileSinkSpec {
         path: format!("file://{}", dir.display()),
         format,
         roll_size: None,
         roll_interval: None,
         parquet,
+        avro,
         csv: None,
         partition_by: Vec::new(),
     }
@@ -93,6 +94,32 @@ async fn parts_roll_by_size_and_every_one_is_committed() {
     assert!((3..=5).contains(&txn.parts.len()), "{:?}", txn.parts);
     sink.commit(&txn).await.unwrap();
     assert_eq!(committed(&spec).await, (0..100_000).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn avro_parts_roll_by_size_and_read_back_as_the_records_written_with_their_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec =
+        FileSinkSpec { roll_size: Some(crate::manifest::ByteSize(64 << 10)), ..spec(dir.path(), FileFormat::Avro) };
+    let mut sink = open_sink(&spec, RUN_1);
+    let mut txn = sink.begin(3).await.unwrap();
+    // Compressed, a block of 1,000 records is a few KiB.
+    for chunk in 0..100 {
+        sink.write(&mut txn, rows(chunk * 1000..(chunk + 1) * 1000)).await.unwrap();
+    }
+    let txn = sink.pre_commit(txn).await.unwrap();
+    assert!(txn.parts.len() > 1, "{:?}", txn.parts);
+    assert!(txn.parts.iter().all(|p| p.ends_with(".avro")), "{:?}", txn.parts);
+    sink.commit(&txn).await.unwrap();
+    assert_eq!(committed(&spec).await, (0..100_000).collect::<Vec<_>>());
+    // Each part is a whole object container file, the schema in its header.
+    let first = dir.path().join(&txn.parts[0]);
+    let bytes = std::fs::read(first).unwrap();
+    assert_eq!(&bytes[..4], b"Obj\x01");
+    let reader = arrow_avro::reader::ReaderBuilder::new().build(std::io::Cursor::new(bytes)).unwrap();
+    let schema = reader.schema();
+    let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+    assert_eq!(names, ["key", "n"]);
 }
 
 #[tokio::test(start_paused = true)]
