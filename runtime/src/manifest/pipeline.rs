@@ -1,6 +1,8 @@
 //! `spec.pipeline`: a job declared as source -> steps -> sink, and the
 //! checks that name a wrong field before the job starts.
 
+use std::collections::BTreeMap;
+
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -39,6 +41,13 @@ pub struct PipelineSpec {
     /// for what it supports; the rest is refused by name).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sql: Option<String>,
+    /// Flink's table options for how `sql`'s window emits, by their Flink
+    /// names: `table.exec.emit.early-fire.enabled` and `.early-fire.delay`
+    /// (early results by processing time), `table.exec.emit.late-fire.enabled`
+    /// and `table.exec.emit.allow-lateness` (late records update their
+    /// window); others are refused by name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sql_options: BTreeMap<String, String>,
     /// The streams `sql` can join with the source (an interval join), each
     /// named in the query by its source's `id`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -303,6 +312,11 @@ impl PipelineSpec {
         let found = self.unlabeled_problems(&steps);
         errors.extend(steps.relabeled(found));
         errors.extend(self.streams_problems(&steps));
+        if self.sql.is_none() && !self.sql_options.is_empty() {
+            errors.push(
+                "spec.pipeline.sqlOptions: only with spec.pipeline.sql; in steps, set the window's own fields".into(),
+            );
+        }
         errors
     }
 

@@ -69,13 +69,19 @@ impl PipelineSpec {
     pub fn planned_steps(&self) -> Result<PlannedSteps<'_>, String> {
         match &self.sql {
             None => Ok(PlannedSteps { steps: Cow::Borrowed(&self.steps), ..PlannedSteps::default() }),
-            Some(sql) => crate::pipeline::sql::translate(sql, self.event_time.as_ref(), &self.streams)
-                .map(|steps| {
-                    let clauses = steps.iter().map(|s| s.clause).collect();
-                    let streams = steps.iter().map(|s| s.stream).collect();
-                    PlannedSteps { steps: Cow::Owned(steps.into_iter().map(|s| s.step).collect()), clauses, streams }
-                })
-                .map_err(|e| format!("spec.pipeline.sql: {e}")),
+            Some(sql) => {
+                let planned = crate::pipeline::sql::translate(sql, self.event_time.as_ref(), &self.streams)
+                    .map_err(|e| format!("spec.pipeline.sql: {e}"))?;
+                let clauses = planned.iter().map(|s| s.clause).collect();
+                let streams = planned.iter().map(|s| s.stream).collect();
+                let mut steps: Vec<StepSpec> = planned.into_iter().map(|s| s.step).collect();
+                let errors =
+                    crate::pipeline::sql::options::apply("spec.pipeline.sqlOptions", &self.sql_options, &mut steps);
+                if !errors.is_empty() {
+                    return Err(errors.join("; "));
+                }
+                Ok(PlannedSteps { steps: Cow::Owned(steps), clauses, streams })
+            }
         }
     }
 }

@@ -29,6 +29,9 @@
 //! - `HAVING c` -> a filter after the aggregate; the select list -> a
 //!   final select
 //!
+//! `spec.pipeline.sqlOptions` sets how a window query emits, by Flink's
+//! option names (see [`options`]).
+//!
 //! Anything else (other joins, subqueries, `ORDER BY`, `LIMIT`, `DISTINCT`,
 //! several key expressions) is refused, naming it.
 
@@ -547,6 +550,7 @@ fn aggregate_in(e: &Expr) -> Option<String> {
 }
 
 mod join;
+pub mod options;
 mod top_n;
 mod window;
 
