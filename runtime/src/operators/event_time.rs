@@ -36,15 +36,18 @@ pub trait EventTimeFunction<K, I, O>: Clone + Send + 'static {
         out: &mut Vec<O>,
     ) -> Result<(), TaskError>;
 
-    /// The watermark reached `time`, a timer of `key`.
+    /// The watermark reached `time`, a timer of `key`. A function that sets
+    /// no event-time timers keeps this default.
     fn on_timer(
         &mut self,
-        key: &K,
-        time: i64,
-        state: &mut Self::State,
-        timers: &mut Timers,
-        out: &mut Vec<O>,
-    ) -> Result<(), TaskError>;
+        _key: &K,
+        _time: i64,
+        _state: &mut Self::State,
+        _timers: &mut Timers,
+        _out: &mut Vec<O>,
+    ) -> Result<(), TaskError> {
+        Ok(())
+    }
 
     /// The wall clock reached `time`, a processing-time timer of `key`.
     fn on_processing_timer(

@@ -54,12 +54,22 @@ impl RegularJoin {
         }
     }
 
-    fn pair(&self, key: &str, this: Row, other: &Row) -> Result<Row, TaskError> {
-        let Some((this_time, other_time)) = &self.times else {
-            return Ok(paired(this, other, &self.prefix, (0, 0), ("", "")));
-        };
-        let times = (time_of(&this, this_time, key)?, time_of(other, other_time, key)?);
-        Ok(paired(this, other, &self.prefix, times, (this_time, other_time)))
+    /// A record's event time when the pipeline has one; `this_side` says
+    /// which stream's field holds it.
+    fn time(&self, row: &Row, this_side: bool, key: &str) -> Result<Option<i64>, TaskError> {
+        let Some((this_time, other_time)) = &self.times else { return Ok(None) };
+        time_of(row, if this_side { this_time } else { other_time }, key).map(Some)
+    }
+
+    /// `this` with `other`'s fields, and with event time the later of their
+    /// times (`t`, `o`).
+    fn pair(&self, this: Row, other: &Row, (t, o): (Option<i64>, Option<i64>)) -> Row {
+        match (&self.times, t.zip(o)) {
+            (Some((this_time, other_time)), Some(times)) => {
+                paired(this, other, &self.prefix, times, (this_time, other_time))
+            }
+            _ => paired(this, other, &self.prefix, (0, 0), ("", "")),
+        }
     }
 }
 
@@ -87,11 +97,15 @@ impl EventTimeFunction<String, Sided, Row> for RegularJoin {
         let (row, this_side) = record.split();
         let now = timers.now();
         let theirs = if this_side { &kept.other } else { &kept.this };
+        // The arriving record's time is read once, each kept one's per pair.
+        let arriving = self.time(&row, this_side, key)?;
         for held in theirs.iter().filter(|h| h.until > now) {
             let held_row = parse(&held.text)?;
-            let pair =
-                if this_side { self.pair(key, row.clone(), &held_row)? } else { self.pair(key, held_row, &row)? };
-            out.push(pair);
+            let held_time = self.time(&held_row, !this_side, key)?;
+            out.push(match this_side {
+                true => self.pair(row.clone(), &held_row, (arriving, held_time)),
+                false => self.pair(held_row, &row, (held_time, arriving)),
+            });
         }
         let until = match self.ttl {
             Some(ttl) => {
@@ -103,18 +117,6 @@ impl EventTimeFunction<String, Sided, Row> for RegularJoin {
         };
         let mine = if this_side { &mut kept.this } else { &mut kept.other };
         mine.push(KeptRecord { text: row.to_string(), until });
-        Ok(())
-    }
-
-    fn on_timer(
-        &mut self,
-        _key: &String,
-        _time: i64,
-        _kept: &mut Kept,
-        _timers: &mut Timers,
-        _out: &mut Vec<Row>,
-    ) -> Result<(), TaskError> {
-        // It sets no event-time timers.
         Ok(())
     }
 

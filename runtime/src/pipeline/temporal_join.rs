@@ -189,17 +189,6 @@ impl EventTimeFunction<String, Sided, Row> for LatestJoin {
         Ok(())
     }
 
-    fn on_timer(
-        &mut self,
-        _key: &String,
-        _time: i64,
-        _latest: &mut Option<String>,
-        _timers: &mut Timers,
-        _out: &mut Vec<Row>,
-    ) -> Result<(), TaskError> {
-        Ok(())
-    }
-
     fn is_empty(&self, latest: &Option<String>) -> bool {
         latest.is_none()
     }
