@@ -44,12 +44,14 @@ struct Plan {
     remaining: AtomicI64,
 }
 
+/// A crash plan, a delay for every snapshot write, and a pause after every
+/// source batch (tests only).
 #[derive(Debug, Clone, Default)]
-pub struct Faults(Option<Arc<Plan>>, Option<std::time::Duration>);
+pub struct Faults(Option<Arc<Plan>>, Option<std::time::Duration>, Option<std::time::Duration>);
 
 impl Faults {
     pub fn none() -> Faults {
-        Faults(None, None)
+        Faults(None, None, None)
     }
 
     /// Reads a plan for a whole process from the environment, so tests can
@@ -66,7 +68,7 @@ impl Faults {
             .ok()
             .and_then(|v| v.parse().ok())
             .map(std::time::Duration::from_millis);
-        Faults(plan, delay)
+        Faults(plan, delay, None)
     }
 
     /// Extra time every snapshot write takes (tests only).
@@ -76,7 +78,21 @@ impl Faults {
 
     /// Crash the `nth` (1-based) time `point` is reached.
     pub fn crash_at(point: FaultPoint, nth: u64) -> Faults {
-        Faults(Some(Arc::new(Plan { point, remaining: AtomicI64::new(nth as i64) })), None)
+        Faults(Some(Arc::new(Plan { point, remaining: AtomicI64::new(nth as i64) })), None, None)
+    }
+
+    /// Makes every source subtask pause this long after each batch, so that
+    /// a small input spans many checkpoints however fast the machine is,
+    /// and a crash drawn at the n-th checkpoint is met before the input
+    /// ends (tests only).
+    pub fn pacing_sources(mut self, pause: std::time::Duration) -> Faults {
+        self.2 = Some(pause);
+        self
+    }
+
+    /// The pause after each source batch, if any.
+    pub fn source_pause(&self) -> Option<std::time::Duration> {
+        self.2
     }
 
     #[inline]

@@ -1,5 +1,6 @@
-//! JSON-lines or CSV files as a bounded, replayable source: each file is a
-//! split whose position is a byte offset.
+//! JSON-lines, CSV, Parquet or Avro files as a bounded, replayable source:
+//! each file is a split whose position is a byte offset (a record number
+//! in Parquet and Avro files, which are read by record).
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
@@ -7,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::columnar_files::{ColumnarFormat, ColumnarReader};
 use super::csv_records::{CsvFormat, CsvReader};
 use crate::record::{BadRecord, SourceRecord};
 use crate::state::snapshot::{decode, encode};
@@ -16,6 +18,7 @@ use crate::task::{TaskContext, TaskError};
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 struct FileSplit {
     path: String,
+    /// Bytes read; in Parquet and Avro files, records read.
     offset: u64,
     /// 1-based number of the next line, for error messages.
     line: u64,
@@ -42,22 +45,41 @@ pub(super) const UNTERMINATED: &str = "the last line does not end in a newline (
 pub struct FileSource {
     splits: Vec<FileSplit>,
     current: usize,
-    /// `None`: JSON lines.
-    csv: Option<CsvFormat>,
+    kind: FileKind,
     reader: Option<Open>,
     buf: Vec<u8>,
+}
+
+/// How the files' records are written.
+#[derive(Clone)]
+pub enum FileKind {
+    JsonLines,
+    Csv(CsvFormat),
+    Columnar(ColumnarFormat),
+}
+
+impl FileKind {
+    /// The extensions of the files a watched directory holds.
+    fn extensions(&self) -> &'static [&'static str] {
+        match self {
+            FileKind::JsonLines => &["jsonl", "json"],
+            FileKind::Csv(_) => &["csv"],
+            FileKind::Columnar(ColumnarFormat::Parquet) => &["parquet"],
+            FileKind::Columnar(ColumnarFormat::Avro) => &["avro"],
+        }
+    }
 }
 
 /// The file being read.
 enum Open {
     Lines(BufReader<File>),
     Csv(CsvReader),
+    Columnar(ColumnarReader),
 }
 
-/// The files a `path` names: the file itself, or a directory's `*.jsonl`
-/// and `*.json` files (`*.csv` files if `csv`) in name order.
-pub fn list_input_files(path: &Path, csv: bool) -> Result<Vec<PathBuf>, TaskError> {
-    let extensions: &[&str] = if csv { &["csv"] } else { &["jsonl", "json"] };
+/// The files a `path` names: the file itself, or a directory's files with
+/// one of `extensions`, in name order.
+pub fn list_input_files(path: &Path, extensions: &[&str]) -> Result<Vec<PathBuf>, TaskError> {
     let err = |e: std::io::Error| TaskError::source(&path.display().to_string(), format!("cannot read input: {e}"));
     if path.is_dir() {
         let mut files: Vec<PathBuf> = std::fs::read_dir(path)
@@ -90,9 +112,14 @@ impl FileSplit {
         Ok(FileIdentity { prefix_len: prefix.len() as u64, prefix_crc32: crc32fast::hash(&prefix) })
     }
 
-    /// Refuses to resume in a file that is not the one the offset was taken in.
-    fn check_identity(&self) -> Result<(), TaskError> {
+    /// Refuses to resume in a file that is not the one the offset was taken
+    /// in. (`by_record`: the offset counts records, and the reader checks
+    /// that the file holds that many.)
+    fn check_identity(&self, by_record: bool) -> Result<(), TaskError> {
         let Some(expected) = self.identity else { return Ok(()) };
+        if by_record {
+            return self.check_prefix(expected);
+        }
         let len = std::fs::metadata(&self.path)
             .map_err(|e| TaskError::source(&self.path, format!("cannot resume at byte {}: {e}", self.offset)))?
             .len();
@@ -106,6 +133,10 @@ impl FileSplit {
                 ),
             ));
         }
+        self.check_prefix(expected)
+    }
+
+    fn check_prefix(&self, expected: FileIdentity) -> Result<(), TaskError> {
         if self.identify(expected.prefix_len)? != expected {
             return Err(TaskError::source(
                 &self.path,
@@ -129,16 +160,15 @@ fn owner_of(path: &Path, parallelism: u32) -> u32 {
 impl FileSource {
     /// `restored` is this subtask's share of the splits; `ctx.restored`
     /// holds every subtask's (under `uid`), which tells files already known
-    /// from files added to a watched directory since. `csv`: the files are
-    /// CSV, not JSON lines.
+    /// from files added to a watched directory since.
     pub fn new(
         ctx: &TaskContext,
         uid: &str,
         restored: Option<Vec<Vec<u8>>>,
         path: &Path,
-        csv: Option<CsvFormat>,
+        kind: FileKind,
     ) -> Result<FileSource, TaskError> {
-        let is_csv = csv.is_some();
+        let extensions = kind.extensions();
         let splits = match restored {
             Some(entries) => {
                 let mut splits: Vec<FileSplit> = entries.iter().map(|e| decode(e)).collect::<Result<_, _>>()?;
@@ -150,7 +180,7 @@ impl FileSource {
                         .collect::<Result<_, _>>()?,
                     None => splits.iter().map(|s| s.path.clone()).collect(),
                 };
-                for file in list_input_files(path, is_csv)? {
+                for file in list_input_files(path, extensions)? {
                     let name = file.display().to_string();
                     if !known.contains(&name) && owner_of(&file, ctx.parallelism()) == ctx.subtask() {
                         splits.push(FileSplit::new(&file));
@@ -158,24 +188,31 @@ impl FileSource {
                 }
                 splits
             }
-            None => list_input_files(path, is_csv)?
+            None => list_input_files(path, extensions)?
                 .into_iter()
                 .enumerate()
                 .filter(|(j, _)| *j as u32 % ctx.parallelism() == ctx.subtask())
                 .map(|(_, p)| FileSplit::new(&p))
                 .collect(),
         };
-        Ok(FileSource { splits, current: 0, csv, reader: None, buf: Vec::new() })
+        Ok(FileSource { splits, current: 0, kind, reader: None, buf: Vec::new() })
     }
 
     fn open_current(&mut self) -> Result<(), TaskError> {
         let split = &mut self.splits[self.current];
-        split.check_identity()?;
-        if let Some(csv) = &self.csv {
-            let (reader, offset, line) = csv.open(&split.path, split.offset, split.line)?;
-            (split.offset, split.line) = (offset, line);
-            self.reader = Some(Open::Csv(reader));
-            return Ok(());
+        split.check_identity(matches!(self.kind, FileKind::Columnar(_)))?;
+        match &self.kind {
+            FileKind::Csv(csv) => {
+                let (reader, offset, line) = csv.open(&split.path, split.offset, split.line)?;
+                (split.offset, split.line) = (offset, line);
+                self.reader = Some(Open::Csv(reader));
+                return Ok(());
+            }
+            FileKind::Columnar(format) => {
+                self.reader = Some(Open::Columnar(ColumnarReader::open(&split.path, *format, split.offset)?));
+                return Ok(());
+            }
+            FileKind::JsonLines => {}
         }
         let mut file =
             File::open(&split.path).map_err(|e| TaskError::source(&split.path, format!("cannot open: {e}")))?;
@@ -192,12 +229,28 @@ impl FileSource {
 
     /// Up to `max` records of the current CSV file into `batch`.
     fn csv_batch(&mut self, max: usize, batch: &mut Vec<SourceRecord>) -> Result<(), TaskError> {
-        let (Some(Open::Csv(reader)), Some(format)) = (self.reader.as_mut(), self.csv.as_ref()) else { return Ok(()) };
+        let (Some(Open::Csv(reader)), FileKind::Csv(format)) = (self.reader.as_mut(), &self.kind) else {
+            return Ok(());
+        };
         let split = &mut self.splits[self.current];
         while batch.len() < max {
             let Some(read) = reader.next(format)? else { break };
             (split.offset, split.line) = (read.next_offset, read.next_line);
             batch.push(SourceRecord { origin: Some(read.origin), split: self.current as u64, row: read.row });
+        }
+        Ok(())
+    }
+
+    /// Up to `max` records of the current Parquet or Avro file into `batch`.
+    fn columnar_batch(&mut self, max: usize, batch: &mut Vec<SourceRecord>) -> Result<(), TaskError> {
+        let Some(Open::Columnar(reader)) = self.reader.as_mut() else { return Ok(()) };
+        let split = &mut self.splits[self.current];
+        while batch.len() < max {
+            let Some(read) = reader.next_record()? else { break };
+            split.offset = read.number + 1;
+            split.line = split.offset + 1;
+            let origin = format!("{}, record {}", split.path, split.offset);
+            batch.push(SourceRecord { origin: Some(origin), split: self.current as u64, row: Ok(read.row) });
         }
         Ok(())
     }
@@ -251,14 +304,17 @@ impl Source<SourceRecord> for FileSource {
                 self.open_current()?;
             }
             let mut batch = Vec::with_capacity(max.min(4096));
-            if self.csv.is_some() {
-                self.csv_batch(max, &mut batch)?;
-            } else {
-                self.lines_batch(max, &mut batch)?;
+            match self.kind {
+                FileKind::Csv(_) => self.csv_batch(max, &mut batch)?,
+                FileKind::Columnar(_) => self.columnar_batch(max, &mut batch)?,
+                FileKind::JsonLines => self.lines_batch(max, &mut batch)?,
             }
             let split = &mut self.splits[self.current];
             if split.identity.is_none() || split.identity.is_some_and(|i| i.prefix_len < PREFIX_BYTES) {
-                split.identity = Some(split.identify(split.offset)?);
+                // A Parquet or Avro file is read whole before its first
+                // record: its prefix is known from the start.
+                let limit = if matches!(self.kind, FileKind::Columnar(_)) { u64::MAX } else { split.offset };
+                split.identity = Some(split.identify(limit)?);
             }
             if !batch.is_empty() {
                 return Ok(SourcePoll::Batch(batch));
@@ -311,23 +367,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("in.jsonl");
         std::fs::write(&file, "{\"n\":1}\n{\"n\":2}\n{\"n\":3}\n").unwrap();
-        let mut source = FileSource::new(&ctx(), "source", None, &file, None).unwrap();
+        let mut source = FileSource::new(&ctx(), "source", None, &file, FileKind::JsonLines).unwrap();
         let SourcePoll::Batch(first) = source.poll_batch(2).unwrap() else { panic!("no batch") };
         assert_eq!(first.len(), 2);
         let state = source.snapshot(1).unwrap();
 
         std::fs::write(&file, "{\"n\":7}\n{\"n\":8}\n{\"n\":9}\n").unwrap();
-        let mut restored = FileSource::new(&ctx(), "source", Some(state.clone()), &file, None).unwrap();
+        let mut restored = FileSource::new(&ctx(), "source", Some(state.clone()), &file, FileKind::JsonLines).unwrap();
         let err = drain(&mut restored).unwrap_err().to_string();
         assert!(err.contains("was replaced"), "{err}");
 
         std::fs::write(&file, "{\"n\":1}\n").unwrap();
-        let mut truncated = FileSource::new(&ctx(), "source", Some(state.clone()), &file, None).unwrap();
+        let mut truncated = FileSource::new(&ctx(), "source", Some(state.clone()), &file, FileKind::JsonLines).unwrap();
         let err = drain(&mut truncated).unwrap_err().to_string();
         assert!(err.contains("shorter than the restored position"), "{err}");
 
         std::fs::write(&file, "{\"n\":1}\n{\"n\":2}\n{\"n\":3}\n{\"n\":4}\n").unwrap();
-        let mut appended = FileSource::new(&ctx(), "source", Some(state), &file, None).unwrap();
+        let mut appended = FileSource::new(&ctx(), "source", Some(state), &file, FileKind::JsonLines).unwrap();
         assert_eq!(drain(&mut appended).unwrap().0, vec![3, 4], "the same file, grown: resumes where it was");
     }
 
@@ -338,7 +394,7 @@ mod tests {
         let mut bytes = b"{\"n\":1}\n".to_vec();
         bytes.extend_from_slice(b"{\"n\":\xff}\n{\"n\":3}\n{\"n\":4");
         std::fs::write(&file, bytes).unwrap();
-        let mut source = FileSource::new(&ctx(), "source", None, &file, None).unwrap();
+        let mut source = FileSource::new(&ctx(), "source", None, &file, FileKind::JsonLines).unwrap();
         let (good, bad) = drain(&mut source).unwrap();
         assert_eq!(good, vec![1, 3]);
         assert_eq!(bad.len(), 2, "{bad:?}");
@@ -353,11 +409,11 @@ mod tests {
     fn files_added_to_a_watched_directory_after_a_restore_are_read() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("a.jsonl"), "{\"n\":1}\n{\"n\":2}\n").unwrap();
-        let mut source = FileSource::new(&ctx(), "source", None, dir.path(), None).unwrap();
+        let mut source = FileSource::new(&ctx(), "source", None, dir.path(), FileKind::JsonLines).unwrap();
         assert_eq!(drain(&mut source).unwrap().0, vec![1, 2]);
         let state = source.snapshot(1).unwrap();
         std::fs::write(dir.path().join("b.jsonl"), "{\"n\":3}\n").unwrap();
-        let mut restored = FileSource::new(&ctx(), "source", Some(state), dir.path(), None).unwrap();
+        let mut restored = FileSource::new(&ctx(), "source", Some(state), dir.path(), FileKind::JsonLines).unwrap();
         assert_eq!(drain(&mut restored).unwrap().0, vec![3], "only the new file, nothing read twice");
     }
 }

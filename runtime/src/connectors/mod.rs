@@ -5,12 +5,14 @@
 //!   ties its transactions to checkpoints.
 //! - [`backoff`]: retrying sink operations with growing delays.
 //! - [`file_sink`]: exactly-once JSON-lines part files in a local directory.
-//! - [`object_sink`]: exactly-once JSON-lines or Parquet parts in object
+//! - [`object_sink`]: exactly-once JSON-lines, Parquet or Avro parts in object
 //!   storage (any OpenDAL service), rolled by size and time.
 //! - [`generator`]: a deterministic, replayable generator source.
 //! - [`nexmark`]: the Nexmark benchmark's people, auctions and bids,
 //!   generated as the generator's records are.
-//! - [`file_source`]: JSON-lines and CSV files, replayed by byte offset.
+//! - [`file_source`]: JSON-lines, CSV, Parquet and Avro files, replayed by
+//!   byte offset or record number.
+//! - [`columnar_files`]: Parquet and Avro files read as records.
 //! - [`csv_records`]: CSV records typed by the pipeline's schema.
 //! - [`kafka`]: Kafka topics as a replayable source and a transactional sink.
 //! - [`postgres`]: PostgreSQL tables, by two-phase commit or upsert.
@@ -21,6 +23,7 @@
 //! - [`print`]: the stdout sink and a discarding sink for benchmarks.
 
 pub mod backoff;
+pub mod columnar_files;
 pub mod csv_records;
 pub mod file_sink;
 pub mod file_source;

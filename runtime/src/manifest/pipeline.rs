@@ -164,8 +164,9 @@ fn default_nexmark_event_rate() -> u64 {
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct FileSourceSpec {
-    /// A file, or a directory whose `*.jsonl` / `*.json` files (`*.csv`
-    /// for `format: Csv`) are read in name order; each file is one split.
+    /// A file, or a directory whose `*.jsonl` / `*.json` files (`*.csv`,
+    /// `*.parquet`, `*.avro` for those formats) are read in name order;
+    /// each file is one split.
     pub path: String,
     /// How records are written in the files. Left out when JSON lines, so
     /// that the spec digest of a job written before CSV stays as it was.
@@ -185,11 +186,28 @@ pub enum SourceFormat {
     /// delimiter, `""` and line breaks), typed by `spec.pipeline.schema`,
     /// which it needs.
     Csv,
+    /// Parquet files (any codec the sink writes: Snappy, Zstd, none), typed
+    /// by their own schema. Timestamps become milliseconds since the
+    /// epoch, dates text. Read whole: a file must be complete when found.
+    Parquet,
+    /// Avro object container files, typed by the writer's schema they
+    /// carry (Snappy, Zstd, Deflate or no codec), converted as Parquet's.
+    Avro,
 }
 
 impl SourceFormat {
     pub(crate) fn is_json_lines(&self) -> bool {
         *self == SourceFormat::JsonLines
+    }
+
+    /// The columnar format, for Parquet and Avro.
+    pub fn columnar(self) -> Option<crate::connectors::columnar_files::ColumnarFormat> {
+        use crate::connectors::columnar_files::ColumnarFormat;
+        match self {
+            SourceFormat::Parquet => Some(ColumnarFormat::Parquet),
+            SourceFormat::Avro => Some(ColumnarFormat::Avro),
+            SourceFormat::JsonLines | SourceFormat::Csv => None,
+        }
     }
 }
 

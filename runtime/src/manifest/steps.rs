@@ -161,7 +161,7 @@ impl LookupSpec {
 /// The checks of a `format` and its `csv` options at `at`.
 pub(super) fn format_problems(at: &str, format: SourceFormat, csv: Option<&CsvSpec>) -> Vec<String> {
     let mut errors = Vec::new();
-    if format == SourceFormat::JsonLines && csv.is_some() {
+    if format != SourceFormat::Csv && csv.is_some() {
         errors.push(format!("{at}.csv: only for format Csv; set format: Csv or remove it"));
     }
     errors.extend(super::pipeline::delimiter_problem(at, csv.and_then(|c| c.delimiter.as_deref())));

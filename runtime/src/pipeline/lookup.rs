@@ -19,6 +19,7 @@ use std::time::{Duration, Instant, SystemTime};
 use serde_json::{Map, Value};
 
 use super::bad_records::{row_by_row, Check};
+use crate::connectors::columnar_files::{ColumnarFormat, ColumnarReader};
 use crate::connectors::csv_records::CsvFormat;
 use crate::manifest::{LookupSpec, OnMissing, SourceFormat};
 use crate::record::{key_of, parse_json_object, BadRecord, Row};
@@ -61,6 +62,8 @@ impl Table {
                     add(row, &origin)?;
                 }
             }
+            SourceFormat::Parquet => read_columnar(&spec.path, ColumnarFormat::Parquet, fail, &mut add)?,
+            SourceFormat::Avro => read_columnar(&spec.path, ColumnarFormat::Avro, fail, &mut add)?,
             SourceFormat::Csv => {
                 let format = CsvFormat::new(&spec.schema, spec.csv.as_ref());
                 let (mut reader, _, _) = format.open(&spec.path, 0, 1).map_err(|e| fail(e.to_string()))?;
@@ -81,6 +84,20 @@ impl Table {
     pub fn is_empty(&self) -> bool {
         self.rows.is_empty()
     }
+}
+
+/// Hands each record of a Parquet or Avro table to `add`.
+fn read_columnar(
+    path: &str,
+    format: ColumnarFormat,
+    fail: impl Fn(String) -> TaskError,
+    add: &mut impl FnMut(Row, &str) -> Result<(), TaskError>,
+) -> Result<(), TaskError> {
+    let mut reader = ColumnarReader::open(path, format, 0).map_err(|e| fail(e.to_string()))?;
+    while let Some(read) = reader.next_record().map_err(|e| fail(e.to_string()))? {
+        add(read.row, &format!("{path}, record {}", read.number + 1))?;
+    }
+    Ok(())
 }
 
 fn bad_reason(bad: &BadRecord) -> String {
@@ -285,6 +302,48 @@ mod tests {
         let mut step = Lookup::new(&spec, "steps[0]".into()).unwrap();
         let (good, _) = step.check(vec![json!({"tax_code": 8}), json!({"tax_code": 7})]);
         assert_eq!(good, vec![json!({"tax_code": 8, "rate": 0.5}), json!({"tax_code": 7, "rate": 0.2})]);
+    }
+
+    #[test]
+    fn a_parquet_table_is_read_typed_by_its_own_schema_and_checked_against_the_steps() {
+        use std::sync::Arc;
+
+        use arrow_array::{ArrayRef, Float64Array, Int64Array, RecordBatch};
+        use arrow_schema::{DataType, Field, Schema};
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rates.parquet");
+        let schema =
+            Schema::new(vec![Field::new("code", DataType::Int64, false), Field::new("rate", DataType::Float64, true)]);
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(Int64Array::from(vec![7, 8, 9])),
+            Arc::new(Float64Array::from(vec![Some(0.2), Some(0.5), None])),
+        ];
+        let batch = RecordBatch::try_new(Arc::new(schema), columns).unwrap();
+        let mut writer =
+            parquet::arrow::ArrowWriter::try_new(std::fs::File::create(&path).unwrap(), batch.schema(), None).unwrap();
+        writer.write(&batch).unwrap();
+        writer.close().unwrap();
+        let mut spec = LookupSpec {
+            path: path.display().to_string(),
+            format: SourceFormat::Parquet,
+            csv: None,
+            schema: vec![
+                field("code", FieldType::Int64),
+                FieldSpec { nullable: true, ..field("rate", FieldType::Float64) },
+            ],
+            key: "code".into(),
+            field: Some("tax_code".into()),
+            on_missing: OnMissing::Keep,
+            refresh_interval: None,
+        };
+        let mut step = Lookup::new(&spec, "steps[0]".into()).unwrap();
+        let (good, _) = step.check(vec![json!({"tax_code": 8}), json!({"tax_code": 9})]);
+        assert_eq!(good, vec![json!({"tax_code": 8, "rate": 0.5}), json!({"tax_code": 9, "rate": null})]);
+
+        spec.schema[1].nullable = false;
+        let err = Lookup::new(&spec, "steps[0]".into()).err().unwrap().to_string();
+        assert!(err.contains("rates.parquet, record 3") && err.contains("`rate`"), "{err}");
     }
 
     #[test]

@@ -13,7 +13,7 @@ use super::event_time::EventTimeSource;
 use super::schema::Planned;
 use super::{checked, PipelineError};
 use crate::connectors::csv_records::CsvFormat;
-use crate::connectors::file_source::FileSource;
+use crate::connectors::file_source::{FileKind, FileSource};
 use crate::connectors::generator::generated;
 use crate::connectors::kafka::source::split_id;
 use crate::connectors::kafka::{KafkaConfig, KafkaDecoder, KafkaRecord, KafkaSource};
@@ -90,12 +90,13 @@ pub(super) fn source_stream(env: &StreamEnv, s: SourceAt<'_>) -> Result<DataStre
         }
         SourceKind::File(f) => {
             let path = PathBuf::from(&f.path);
-            let csv = match (f.format, schema) {
-                (SourceFormat::Csv, Some(fields)) => Some(CsvFormat::new(fields, f.csv.as_ref())),
-                _ => None,
+            let kind = match (f.format.columnar(), f.format, schema) {
+                (Some(format), _, _) => FileKind::Columnar(format),
+                (None, SourceFormat::Csv, Some(fields)) => FileKind::Csv(CsvFormat::new(fields, f.csv.as_ref())),
+                _ => FileKind::JsonLines,
             };
             env.source_idle_after(uid, idle, move |ctx, restored| {
-                timed(Box::new(FileSource::new(ctx, &uid_owned, restored, &path, csv.clone())?))
+                timed(Box::new(FileSource::new(ctx, &uid_owned, restored, &path, kind.clone())?))
             })
         }
         SourceKind::Kafka(k) => {

@@ -109,6 +109,9 @@ impl<T: Send + 'static> RunnableTask for SourceTask<T> {
                                 }
                             }
                             self.ctx.faults.check(FaultPoint::SourceBatch)?;
+                            if let Some(pause) = self.ctx.faults.source_pause() {
+                                tokio::time::sleep(pause).await;
+                            }
                             slices.after_work().await;
                         }
                         SourcePoll::Idle(until) => {

@@ -171,7 +171,7 @@ pub fn run_through_crashes_at(job: &StreamJob, seed: u64, points: &[FaultPoint])
     loop {
         let faults = if crashes < 10 {
             let point = points[rng.below(points.len() as u64) as usize];
-            Faults::crash_at(point, 1 + rng.below(3))
+            Faults::crash_at(point, 1 + rng.below(3)).pacing_sources(std::time::Duration::from_millis(1))
         } else {
             Faults::none()
         };
