@@ -364,3 +364,80 @@ fn scram_credentials_the_broker_refuses_stop_the_source_and_the_sink_at_start_wi
     assert!(last.contains("cannot initialize transactions"), "{last}");
     assert!(last.contains("SASL SCRAM authentication failed"), "the broker's reason is in the error: {last}");
 }
+
+/// The generated records' Avro schema, as a producer would register it.
+const ORDER_SCHEMA: &str = r#"{"type": "record", "name": "Generated", "namespace": "weir.test", "fields": [
+  {"name": "seq", "type": "long"},
+  {"name": "key", "type": "string"},
+  {"name": "value", "type": "long"},
+  {"name": "ts", "type": {"type": "long", "logicalType": "timestamp-millis"}}
+]}"#;
+
+/// A generated record as Confluent's serializer writes it, with schema `id`
+/// (encoded by apache-avro, not by the arrow-avro that Weir reads with).
+fn confluent_avro(id: u32) -> impl Fn(serde_json::Value) -> Vec<u8> {
+    use apache_avro::types::Value;
+    let schema = apache_avro::Schema::parse_str(ORDER_SCHEMA).unwrap();
+    move |row| {
+        let record = Value::Record(vec![
+            ("seq".into(), Value::Long(row["seq"].as_i64().unwrap())),
+            ("key".into(), Value::String(row["key"].as_str().unwrap().into())),
+            ("value".into(), Value::Long(row["value"].as_i64().unwrap())),
+            ("ts".into(), Value::TimestampMillis(row["ts"].as_i64().unwrap())),
+        ]);
+        let mut framed = vec![0];
+        framed.extend(id.to_be_bytes());
+        framed.extend(apache_avro::to_avro_datum(&schema, record).unwrap());
+        framed
+    }
+}
+
+fn avro_source(topic: &str, id: u32, extra: &str) -> String {
+    let schema = ORDER_SCHEMA.replace('\n', " ").replace('\'', "''");
+    source(&format!("topics: [{topic}], format: Avro, avro: {{schema: '{schema}', confluentSchemaId: {id}}}"), extra)
+}
+
+#[test]
+#[ignore = "needs a Kafka broker: scripts/test-kafka starts one and runs these"]
+fn avro_values_in_confluent_framing_are_counted_once_across_kill_9_at_checkpoint_steps() {
+    const COUNT: u64 = 200_000;
+    let topic = unique("avro-counts");
+    create_topic(&topic, 3);
+    produce_encoded(&client(), &topic, 3, 0, COUNT, None, &confluent_avro(3));
+    let dir = tempfile::tempdir().unwrap();
+    let job = Job { name: "kafka-avro", count: 0, rate: 0, sink: file_sink(dir.path()), restart: "{none: {}}" };
+    let manifest = write_manifest_reading(dir.path(), &job, &avro_source(&topic, 3, ", stoppingOffsets: Latest"), 2);
+    let mut kills = 0;
+    for stop_at in ["StateWritten:2", "BeforeCommit:3"] {
+        if kill_nine_at(&manifest, dir.path(), stop_at).is_err() {
+            break;
+        }
+        kills += 1;
+    }
+    assert_eq!(kills, 2, "the job ended before both kills");
+    let partial = committed_updates(&dir.path().join("out")).unwrap();
+    let seen: u64 = partial.values().map(|u| u.len() as u64).sum();
+    assert!(seen > 0 && seen < COUNT, "the kills came before any or after all output ({seen} updates)");
+    let status = finish(weir(&manifest, dir.path(), "final.log"), Duration::from_secs(120), dir.path(), "final.log");
+    assert!(status.success(), "final run: {}", std::fs::read_to_string(dir.path().join("final.log")).unwrap());
+    if let Err(e) = check_exactly_once(&dir.path().join("out"), COUNT, KEYS) {
+        panic!("Avro values after {kills} kill -9: {e}");
+    }
+}
+
+#[test]
+#[ignore = "needs a Kafka broker: scripts/test-kafka starts one and runs these"]
+fn an_avro_value_with_another_schema_id_fails_the_job_naming_its_partition_offset_and_the_ids() {
+    let topic = unique("avro-bad");
+    create_topic(&topic, 2);
+    let other = confluent_avro(4)(serde_json::json!({"seq": 0, "key": "k0", "value": 1, "ts": 0}));
+    produce_encoded(&client(), &topic, 2, 0, 100, Some((40, &other)), &confluent_avro(3));
+    let dir = tempfile::tempdir().unwrap();
+    let job = Job { name: "kafka-avro-bad", count: 0, rate: 0, sink: file_sink(dir.path()), restart: "{none: {}}" };
+    let manifest = write_manifest_reading(dir.path(), &job, &avro_source(&topic, 3, ", stoppingOffsets: Latest"), 2);
+    let status = finish(weir(&manifest, dir.path(), "run.log"), Duration::from_secs(60), dir.path(), "run.log");
+    let log = std::fs::read_to_string(dir.path().join("run.log")).unwrap();
+    assert!(!status.success(), "a value of another schema passed: {log}");
+    assert!(log.contains(&format!("{topic}/1@20")), "{log}");
+    assert!(log.contains("written with schema id 4, but the manifest's schema has id 3"), "{log}");
+}

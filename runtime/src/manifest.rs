@@ -31,7 +31,10 @@ pub use self::postgres::{PostgresSinkMode, PostgresSinkSpec};
 pub mod redis;
 pub use self::redis::{RedisSinkSpec, RedisValueFormat};
 pub mod kafka;
-pub use self::kafka::{KafkaDelivery, KafkaMetadata, KafkaSinkSpec, KafkaSourceSpec, StartingOffsets, StoppingOffsets};
+pub use self::kafka::{
+    KafkaAvroSpec, KafkaDelivery, KafkaMetadata, KafkaSinkSpec, KafkaSourceSpec, KafkaValueFormat, StartingOffsets,
+    StoppingOffsets,
+};
 pub mod pipeline;
 pub use self::pipeline::*;
 pub mod event_time;

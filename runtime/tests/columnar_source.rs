@@ -141,3 +141,31 @@ fn a_parquet_source_with_csv_options_or_a_file_that_is_not_parquet_is_refused() 
     let err = run_once(&job, weir_runtime::faults::Faults::none()).unwrap_err().to_string();
     assert!(err.contains("in.parquet") && err.contains("not readable as a Parquet file"), "{err}");
 }
+
+#[test]
+fn the_parquet_example_runs_as_it_is_and_sums_each_items_units_and_revenue() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut last: BTreeMap<String, (u64, i64, f64)> = BTreeMap::new();
+    for row in run_example(dir.path(), "parquet") {
+        let item = row["item"].as_str().expect("rows carry the item").to_string();
+        let got =
+            (row["count"].as_u64().unwrap(), row["sum_qty"].as_i64().unwrap(), row["sum_revenue"].as_f64().unwrap());
+        let previous = last.insert(item.clone(), got);
+        assert!(
+            previous.is_none_or(|p| p.0 + 1 == got.0),
+            "{item}: updates in order, each once: {previous:?} then {got:?}"
+        );
+    }
+    // examples/data/sales.csv, summed by hand.
+    let want = [
+        ("coffee", 2, 3, 2.0 * 3.10 + 3.10),
+        ("scones", 2, 18, 6.0 * 2.25 + 24.0),
+        ("tea", 4, 10, 13.5 + 4.5 + 18.0 + 9.5),
+    ];
+    assert_eq!(last.len(), want.len(), "{last:?}");
+    for (item, count, qty, revenue) in want {
+        let (c, q, r) = last[item];
+        assert_eq!((c, q), (count, qty), "{item}");
+        assert!((r - revenue).abs() < 1e-9, "{item}: revenue {r}, expected {revenue}");
+    }
+}

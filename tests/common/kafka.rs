@@ -48,10 +48,24 @@ pub fn produce(topic: &str, partitions: i32, from: u64, to: u64, bad: Option<(u6
 }
 
 pub fn produce_with(client: &ClientConfig, topic: &str, partitions: i32, from: u64, to: u64, bad: Option<(u64, &str)>) {
+    let bad = bad.map(|(after, value)| (after, value.as_bytes()));
+    produce_encoded(client, topic, partitions, from, to, bad, &|row| row.to_string().into_bytes())
+}
+
+/// [`produce_with`], each record's value encoded by `encode` from its JSON.
+pub fn produce_encoded(
+    client: &ClientConfig,
+    topic: &str,
+    partitions: i32,
+    from: u64,
+    to: u64,
+    bad: Option<(u64, &[u8])>,
+    encode: &dyn Fn(serde_json::Value) -> Vec<u8>,
+) {
     let before = records_in(client, topic, partitions);
     let producer: BaseProducer<Deliveries> =
         client.clone().set("linger.ms", "5").set("acks", "all").create_with_context(Deliveries::default()).unwrap();
-    let send = |partition: i32, key: &str, payload: &str| {
+    let send = |partition: i32, key: &str, payload: &[u8]| {
         let mut record = BaseRecord::to(topic).partition(partition).key(key).payload(payload);
         loop {
             match producer.send(record) {
@@ -69,7 +83,7 @@ pub fn produce_with(client: &ClientConfig, topic: &str, partitions: i32, from: u
     let last_batched = to.saturating_sub(partitions as u64).max(from);
     for seq in from..to {
         let (key, value) = generated(seq, KEYS);
-        let row = json!({"seq": seq, "key": format!("k{key}"), "value": value, "ts": seq}).to_string();
+        let row = encode(json!({"seq": seq, "key": format!("k{key}"), "value": value, "ts": seq}));
         send((seq % partitions as u64) as i32, &format!("k{key}"), &row);
         if bad.is_some_and(|(after, _)| after == seq) {
             send(1, "bad", bad.map(|b| b.1).unwrap_or_default());

@@ -15,6 +15,7 @@
 //! - [`columnar_files`]: Parquet and Avro files read as records.
 //! - [`csv_records`]: CSV records typed by the pipeline's schema.
 //! - [`kafka`]: Kafka topics as a replayable source and a transactional sink.
+//! - [`avro_values`]: Avro-encoded Kafka values, bare or Confluent-framed.
 //! - [`postgres`]: PostgreSQL tables, by two-phase commit or upsert.
 //! - [`redis`]: the latest record per key into Redis (idempotent).
 //! - [`secret`]: connector passwords from the environment or a file.
@@ -22,6 +23,7 @@
 //! - [`upsert`]: what idempotent sinks share.
 //! - [`print`]: the stdout sink and a discarding sink for benchmarks.
 
+pub mod avro_values;
 pub mod backoff;
 pub mod columnar_files;
 pub mod csv_records;

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::HumanDuration;
 
-/// Each record's value is a JSON object; its offsets live in the job's
+/// Each record's value is a JSON object (or an Avro record, see `format`); its offsets live in the job's
 /// checkpoints (not in the consumer group), so a restore reads every record
 /// after the checkpoint exactly once.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
@@ -53,6 +53,13 @@ pub struct KafkaSourceSpec {
     /// the same name.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub metadata: Vec<KafkaMetadata>,
+    /// How record values are written: JSON objects (the default) or Avro
+    /// records (with `avro`).
+    #[serde(default, skip_serializing_if = "KafkaValueFormat::is_json")]
+    pub format: KafkaValueFormat,
+    /// The Avro schema values are written with, for `format: Avro`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub avro: Option<KafkaAvroSpec>,
     /// Further librdkafka consumer settings (`sasl.mechanism`,
     /// `sasl.username`, ...). Passwords do not go here: see `passwordEnv`
     /// and `passwordFile`; TLS is set by `tls`.
@@ -73,6 +80,40 @@ pub struct KafkaSourceSpec {
 
 fn default_discovery() -> HumanDuration {
     HumanDuration(Duration::from_secs(30))
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
+pub enum KafkaValueFormat {
+    /// A JSON object per value.
+    #[default]
+    Json,
+    /// An Avro record per value, in the schema `avro` gives.
+    Avro,
+}
+
+impl KafkaValueFormat {
+    fn is_json(&self) -> bool {
+        *self == KafkaValueFormat::Json
+    }
+}
+
+/// Values in Avro's binary encoding, without a registry: the writer's
+/// schema is in the manifest, as with Flink's `avro` format (bare values)
+/// or `avro-confluent` with a fixed schema (values framed as Confluent
+/// serializers frame them).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KafkaAvroSpec {
+    /// The writer's schema as Avro JSON: a record, whose fields become
+    /// the record's fields (timestamps as milliseconds since the epoch,
+    /// dates as text, decimals as numbers, as for Avro files).
+    pub schema: String,
+    /// Set: each value is in Confluent's wire format (a zero byte, this
+    /// schema id as 4 bytes big-endian, then the datum); a value with
+    /// another id is a bad record, since no registry is asked for its
+    /// schema. Absent: each value is the bare datum.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confluent_schema_id: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
@@ -360,6 +401,16 @@ impl KafkaSourceSpec {
         for (i, t) in self.topics.iter().enumerate() {
             errors.extend(topic_problem(&format!("{at}.topics[{i}]"), t));
         }
+        match (self.format, &self.avro) {
+            (KafkaValueFormat::Avro, None) => errors.push(format!("{at}.avro: required by format: Avro (the schema)")),
+            (KafkaValueFormat::Json, Some(_)) => errors.push(format!("{at}.avro: only for format: Avro; remove it")),
+            (KafkaValueFormat::Avro, Some(avro)) => {
+                if let Err(e) = crate::connectors::avro_values::AvroValues::new(avro) {
+                    errors.push(format!("{at}.avro.schema: {e}"));
+                }
+            }
+            (KafkaValueFormat::Json, None) => {}
+        }
         match (self.starting_offsets, self.starting_timestamp_ms) {
             (StartingOffsets::Timestamp, None) => {
                 errors.push(format!("{at}.startingTimestampMs: required by startingOffsets: Timestamp"))
@@ -395,6 +446,28 @@ mod tests {
         assert_eq!(s.starting_offsets, StartingOffsets::Earliest);
         assert_eq!(s.partition_discovery_interval.get(), Duration::from_secs(30));
         assert_eq!(s.stopping_offsets, None);
+    }
+
+    #[test]
+    fn avro_values_need_their_schema_and_a_schema_that_is_not_an_avro_record_is_refused() {
+        let no_schema = KafkaSourceSpec { format: KafkaValueFormat::Avro, ..spec() };
+        assert_eq!(no_schema.problems("src"), vec!["src.avro: required by format: Avro (the schema)"]);
+        let avro = |schema: &str| KafkaAvroSpec { schema: schema.into(), confluent_schema_id: Some(3) };
+        let record = r#"{"type": "record", "name": "R", "fields": [{"name": "a", "type": "long"}]}"#;
+        let json_with_schema = KafkaSourceSpec { avro: Some(avro(record)), ..spec() };
+        assert_eq!(json_with_schema.problems("src"), vec!["src.avro: only for format: Avro; remove it"]);
+        let good = KafkaSourceSpec { format: KafkaValueFormat::Avro, avro: Some(avro(record)), ..spec() };
+        assert_eq!(good.problems("src"), Vec::<String>::new());
+        let not_record = KafkaSourceSpec { format: KafkaValueFormat::Avro, avro: Some(avro("\"long\"")), ..spec() };
+        let errors = not_record.problems("src");
+        assert!(
+            errors.len() == 1 && errors[0].starts_with("src.avro.schema: expected an Avro record schema"),
+            "{errors:?}"
+        );
+        let unknown_type = record.replace("long", "lng");
+        let bad = KafkaSourceSpec { format: KafkaValueFormat::Avro, avro: Some(avro(&unknown_type)), ..spec() };
+        let errors = bad.problems("src");
+        assert!(errors.len() == 1 && errors[0].starts_with("src.avro.schema: not a usable Avro schema"), "{errors:?}");
     }
 
     #[test]

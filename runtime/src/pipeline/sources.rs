@@ -1,9 +1,9 @@
 //! A manifest's sources as streams: where records come from, how each is
-//! turned into a source record (JSON from Kafka, rows from generators and
-//! files) and checked against the schema on the way in.
+//! turned into a source record (JSON or Avro from Kafka, rows from
+//! generators and files) and checked against the schema on the way in.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arrow_schema::SchemaRef;
 use serde_json::json;
@@ -12,6 +12,7 @@ use super::bad_records::FieldRules;
 use super::event_time::EventTimeSource;
 use super::schema::Planned;
 use super::{checked, PipelineError};
+use crate::connectors::avro_values::AvroValues;
 use crate::connectors::csv_records::CsvFormat;
 use crate::connectors::file_source::{FileKind, FileSource};
 use crate::connectors::generator::generated;
@@ -20,7 +21,10 @@ use crate::connectors::kafka::{KafkaConfig, KafkaDecoder, KafkaRecord, KafkaSour
 use crate::connectors::nexmark::NexmarkConfig;
 use crate::connectors::GeneratorSource;
 use crate::dataflow::{DataStream, StreamEnv};
-use crate::manifest::{ErrorPolicy, EventTimeSpec, FieldSpec, KafkaMetadata, SourceFormat, SourceKind, SourceSpec};
+use crate::manifest::{
+    ErrorPolicy, EventTimeSpec, FieldSpec, KafkaMetadata, KafkaSourceSpec, KafkaValueFormat, SourceFormat, SourceKind,
+    SourceSpec,
+};
 use crate::record::{parse_json_object, BadRecord, FieldRule, Row, SourceRecord};
 use crate::task::source_task::Source;
 use crate::task::TaskError;
@@ -105,7 +109,7 @@ pub(super) fn source_stream(env: &StreamEnv, s: SourceAt<'_>) -> Result<DataStre
                 // Every subtask sees every partition's position: partitions
                 // are owned by a rule, not dealt out with the state.
                 let config = KafkaConfig::from_source_spec(&spec, &at)?;
-                let decode = kafka_json_decoder(spec.metadata.clone());
+                let decode = kafka_decoder(&spec, &at)?;
                 timed(Box::new(KafkaSource::new(ctx, &uid_owned, config, decode)?))
             })
         }
@@ -126,22 +130,46 @@ pub(super) fn checked_source(
     checked(env, source, uid, prefix, errors, move || Ok(FieldRules(rules.clone())))
 }
 
-/// Kafka records whose values are JSON objects, with the metadata fields
-/// asked for; anything else is a bad record that names its partition and offset.
-fn kafka_json_decoder(metadata: Vec<KafkaMetadata>) -> KafkaDecoder<SourceRecord> {
-    Arc::new(move |r: &KafkaRecord<'_>| {
+/// Kafka records whose values are JSON objects or Avro records as `spec`
+/// says, with the metadata fields asked for; anything else is a bad record
+/// that names its partition and offset. One per subtask: the Avro decoder
+/// keeps state between values.
+fn kafka_decoder(spec: &KafkaSourceSpec, at: &str) -> Result<KafkaDecoder<SourceRecord>, TaskError> {
+    let metadata = spec.metadata.clone();
+    let avro = match (&spec.format, &spec.avro) {
+        (KafkaValueFormat::Avro, Some(avro)) => Some(Mutex::new(
+            AvroValues::new(avro).map_err(|e| TaskError::source(at, format!("{at}.avro.schema: {e}")))?,
+        )),
+        _ => None,
+    };
+    Ok(Arc::new(move |r: &KafkaRecord<'_>| {
         let origin = format!("{}/{}@{}", r.topic, r.partition, r.offset);
         let text = |bytes: Option<&[u8]>| bytes.map(|b| String::from_utf8_lossy(b).into_owned());
-        let row = match r.value.map(std::str::from_utf8) {
-            None => {
+        let row = match (r.value, &avro) {
+            (None, _) => {
                 Err(BadRecord { origin: origin.clone(), raw: String::new(), reason: "no value (a tombstone)".into() })
             }
-            Some(Err(e)) => Err(BadRecord {
-                origin: origin.clone(),
-                raw: text(r.value).unwrap_or_default(),
-                reason: format!("not UTF-8 text: {e}"),
-            }),
-            Some(Ok(value)) => parse_json_object(value, origin.clone()),
+            (Some(value), Some(avro)) => {
+                // Poisoned only if a decode panicked, which may have left
+                // the decoder inside a record: this value fails, and the
+                // decoder is built afresh for the next.
+                let decoded = match avro.lock() {
+                    Ok(mut avro) => avro.decode(value),
+                    Err(poisoned) => {
+                        let mut avro = poisoned.into_inner();
+                        avro.reset().and(Err("the Avro decoder panicked on this value".into()))
+                    }
+                };
+                decoded.map_err(|reason| BadRecord { origin: origin.clone(), raw: hex(value), reason })
+            }
+            (Some(value), None) => match std::str::from_utf8(value) {
+                Err(e) => Err(BadRecord {
+                    origin: origin.clone(),
+                    raw: text(r.value).unwrap_or_default(),
+                    reason: format!("not UTF-8 text: {e}"),
+                }),
+                Ok(value) => parse_json_object(value, origin.clone()),
+            },
         };
         let row = row.map(|mut row| {
             if let Some(fields) = row.as_object_mut() {
@@ -162,5 +190,10 @@ fn kafka_json_decoder(metadata: Vec<KafkaMetadata>) -> KafkaDecoder<SourceRecord
             row
         });
         SourceRecord { origin: Some(origin), split: split_id(r.topic, r.partition), row }
-    })
+    }))
+}
+
+/// Bytes as lowercase hex, how a binary value that is a bad record is kept.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
