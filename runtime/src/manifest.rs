@@ -44,6 +44,7 @@ pub use self::steps::*;
 pub mod sources;
 pub use self::sources::{
     IntervalJoinSpec, JoinType, JoinedSource, RegularJoinSpec, StreamSpec, TemporalJoinSpec, TemporalJoinType,
+    WindowJoinSpec, WindowJoinType,
 };
 pub mod planned;
 pub use self::planned::PlannedSteps;

@@ -1,5 +1,6 @@
 //! Streams that meet: `union` of sources, `intervalJoin` of two streams
-//! by key and event time, `temporalJoin` and `join` by key alone, with
+//! by key and event time, `windowJoin` by key and window, `temporalJoin`
+//! and `join` by key alone, with
 //! exact output through crashes and restores.
 
 mod common;
@@ -478,4 +479,109 @@ fn the_temporal_join_example_converts_each_payment_at_the_rate_in_effect_when_it
         };
         assert!(close, "payment {}: usd {:?}, expected {:?}", got.0, got.2, want.2);
     }
+}
+
+/// What a full window join of orders with shipments (both one per
+/// millisecond, shipments over `SHIP_KEYS` keys) in 20 ms windows sliding
+/// by 10 ms emits: per window and key, each pair, or each record of the
+/// side that has no record there; as (window start, order seq, shipment
+/// seq) with how often.
+fn window_join_expected() -> BTreeMap<(i64, Option<u64>, Option<u64>), u32> {
+    let mut panes: BTreeMap<(i64, u64), (Vec<u64>, Vec<u64>)> = BTreeMap::new();
+    let windows = |seq: u64| [seq as i64 - (seq as i64).rem_euclid(10), seq as i64 - (seq as i64).rem_euclid(10) - 10];
+    for o in 0..ORDERS {
+        for start in windows(o) {
+            panes.entry((start, generated(o, KEYS).0)).or_default().0.push(o);
+        }
+    }
+    for s in 0..SHIPMENTS {
+        for start in windows(s) {
+            panes.entry((start, generated(s, SHIP_KEYS).0)).or_default().1.push(s);
+        }
+    }
+    let mut want = BTreeMap::new();
+    for ((start, _), (orders, ships)) in panes {
+        let rows: Vec<(Option<u64>, Option<u64>)> = match (orders.is_empty(), ships.is_empty()) {
+            (false, false) => orders.iter().flat_map(|&o| ships.iter().map(move |&s| (Some(o), Some(s)))).collect(),
+            (false, true) => orders.iter().map(|&o| (Some(o), None)).collect(),
+            _ => ships.iter().map(|&s| (None, Some(s))).collect(),
+        };
+        for (o, s) in rows {
+            *want.entry((start, o, s)).or_insert(0) += 1;
+        }
+    }
+    want
+}
+
+#[test]
+fn a_full_sliding_window_join_emits_each_windows_pairs_and_unmatched_records_once_through_seeded_crashes() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = format!(
+        r#"    source: {{generator: {orders}}}
+    eventTime: {{field: ts, maxOutOfOrderness: 50ms}}
+    steps:
+      - windowJoin:
+          source: {{id: ships, generator: {shipments}}}
+          key: key
+          size: 20ms
+          slide: 10ms
+          type: full"#,
+        orders = generator(ORDERS, 4),
+        shipments = generator(SHIPMENTS, 2).replace(&format!("keys: {KEYS},"), &format!("keys: {SHIP_KEYS},")),
+    );
+    let job = pipeline_job(dir.path(), "window-join", 2, &pipeline).expect("test manifest is valid");
+    run_through_crashes(&job, 0x5eed_4e61_0000_0002);
+    let mut got = BTreeMap::new();
+    for row in committed(dir.path()) {
+        let (start, end) = (row["window_start"].as_i64().unwrap(), row["window_end"].as_i64().unwrap());
+        assert_eq!((end - start, row["ts"].as_i64()), (20, Some(end - 1)), "stamped with the window's end: {row}");
+        if !row["ships_key"].is_null() {
+            assert_eq!(row["key"], row["ships_key"], "joined across keys: {row}");
+        }
+        *got.entry((start, row["seq"].as_u64(), row["ships_seq"].as_u64())).or_insert(0) += 1;
+    }
+    let want = window_join_expected();
+    let kinds = |m: &BTreeMap<(i64, Option<u64>, Option<u64>), u32>| {
+        let alone = m.keys().filter(|(_, o, s)| o.is_none() || s.is_none()).count();
+        (m.len() - alone, alone)
+    };
+    let (pairs, alone) = kinds(&want);
+    assert!(pairs > 1_000 && alone > 1_000, "both pairs and unmatched records occur: {pairs}, {alone}");
+    let twice: Vec<_> = got.iter().filter(|(_, n)| **n > 1).take(5).collect();
+    assert!(twice.is_empty(), "rows committed more than once: {twice:?}");
+    assert_eq!(kinds(&got), kinds(&want));
+    assert_eq!(got, want);
+}
+
+#[test]
+fn a_window_join_refuses_a_slide_longer_than_its_size_and_a_missing_event_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = "    source: {generator: {keys: 2}}\n    steps:\n      - windowJoin: {source: {id: s, generator: \
+                    {keys: 2}}, key: key, size: 10s, slide: 20s}";
+    let err = pipeline_job(dir.path(), "w", 1, pipeline).unwrap_err();
+    assert!(err.contains("spec.pipeline.steps[0].windowJoin: needs spec.pipeline.eventTime"), "{err}");
+    assert!(
+        err.contains("spec.pipeline.steps[0].windowJoin.slide: expected from 1ms up to size (10s), got 20s"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_window_join_example_finds_the_orders_not_shipped_the_day_they_were_placed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rows: Vec<(String, i64, i64)> = run_example(dir.path(), "window-join")
+        .iter()
+        .map(|r| {
+            (
+                r["order"].as_str().unwrap().into(),
+                r["window_start"].as_i64().unwrap(),
+                r["window_end"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    rows.sort();
+    // 2026-12-01T00:00:00Z and a day later, in epoch milliseconds.
+    let (day, next) = (1_796_083_200_000, 1_796_169_600_000);
+    let want = ["o1", "o2", "o3"].map(|o| (o.to_string(), day, next));
+    assert_eq!(rows, want.to_vec(), "o4 was shipped the day it was placed; the others not, once each");
 }

@@ -15,7 +15,7 @@ use weir_runtime::manifest::StreamJob;
 
 const EVENTS: u64 = 30_000;
 
-/// The example's query (and event time) over `EVENTS` Nexmark events with
+/// The example's query or steps (and event time) over `EVENTS` Nexmark events with
 /// `events_per_second` of event time into a file sink, with 10 ms
 /// checkpoints.
 fn example_job(dir: &Path, query: &str, events_per_second: u64) -> StreamJob {
@@ -26,7 +26,6 @@ fn example_job_of(dir: &Path, query: &str, events_per_second: u64, events: u64) 
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../examples/nexmark/{query}.yaml"));
     let example = StreamJob::from_yaml(&std::fs::read_to_string(&path).unwrap()).unwrap();
     let pipeline = example.spec.pipeline.expect("the example is a pipeline");
-    let sql = pipeline.sql.expect("the example is a query");
     // JSON is YAML: the example's own settings, written as flow mappings.
     let event_time = match &pipeline.event_time {
         Some(t) => format!("\n    eventTime: {}", serde_json::to_string(t).unwrap()),
@@ -42,11 +41,26 @@ fn example_job_of(dir: &Path, query: &str, events_per_second: u64, events: u64) 
         })
         .collect();
     let streams = if streams.is_empty() { streams } else { format!("\n    streams:{streams}") };
+    // A query, or steps whose joins read Nexmark sources of the same settings.
+    let body = match &pipeline.sql {
+        Some(sql) => format!("sql: {}", serde_json::to_string(sql.trim()).unwrap()),
+        None => {
+            let mut steps = serde_json::to_value(&pipeline.steps).unwrap();
+            let settings = json!({"count": events, "rate": 20_000, "splits": 5, "eventsPerSecond": events_per_second});
+            for step in steps.as_array_mut().unwrap().iter_mut().filter_map(Value::as_object_mut) {
+                for joined in step.values_mut().filter_map(|s| s.get_mut("source")) {
+                    if joined.get("nexmark").is_some() {
+                        joined["nexmark"] = settings.clone();
+                    }
+                }
+            }
+            format!("steps: {steps}")
+        }
+    };
     let pipeline = format!(
         r#"    source:
       nexmark: {nexmark}{event_time}{streams}
-    sql: {}"#,
-        serde_json::to_string(sql.trim()).unwrap()
+    {body}"#
     );
     pipeline_job(dir, query, 2, &pipeline).unwrap()
 }
@@ -299,4 +313,32 @@ fn q5_emits_each_windows_auctions_with_the_most_bids_once_through_seeded_crashes
     assert!(counts.len() > 70, "{} windows", counts.len());
     assert!(tied > 0, "some window has auctions tied for the most bids, so ties are checked");
     assert_same("q5", committed(dir.path()), want);
+}
+
+/// A window semi join of two Nexmark sources: each person who opened an
+/// auction in the 10-second window they registered in is emitted once,
+/// with the window's start, through seeded crashes.
+#[test]
+fn q8_emits_each_person_with_an_auction_in_their_registration_window_exactly_once_through_seeded_crashes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (events, per_second) = (4 * EVENTS, 500);
+    run_through_crashes(&example_job_of(dir.path(), "q8", per_second, events), 0x5eed_4e78_0000_0008);
+    let config = NexmarkConfig { events_per_second: per_second };
+    let all: Vec<Value> = (0..events).map(|n| config.event(n)).collect();
+    let window = |e: &Value| e["dateTime"].as_i64().unwrap().div_euclid(10_000) * 10_000;
+    let sold: std::collections::BTreeSet<(i64, i64)> =
+        all.iter().filter(|e| e["event_type"] == 1).map(|a| (a["seller"].as_i64().unwrap(), window(a))).collect();
+    let mut want: BTreeMap<String, usize> = BTreeMap::new();
+    let mut without = 0;
+    for p in all.iter().filter(|e| e["event_type"] == 0) {
+        if sold.contains(&(p["id"].as_i64().unwrap(), window(p))) {
+            let row = json!({"id": p["id"], "name": p["name"], "starttime": window(p)});
+            *want.entry(row.to_string()).or_default() += 1;
+        } else {
+            without += 1;
+        }
+    }
+    eprintln!("q8: {} people with an auction in their window, {without} without", want.len());
+    assert!(want.len() > 100 && without > 100, "both kinds of people occur: {} and {without}", want.len());
+    assert_same("q8", committed(dir.path()), want);
 }

@@ -456,11 +456,17 @@ impl PipelineSpec {
                     }
                 }
                 Ok(StepKind::Select(_)) => keyed = false,
-                Ok(kind @ (StepKind::IntervalJoin(_) | StepKind::TemporalJoin(_) | StepKind::Join(_))) => {
+                Ok(
+                    kind @ (StepKind::IntervalJoin(_)
+                    | StepKind::TemporalJoin(_)
+                    | StepKind::Join(_)
+                    | StepKind::WindowJoin(_)),
+                ) => {
                     let (at, j): (_, &dyn JoinedSource) = match kind {
                         StepKind::TemporalJoin(j) => (format!("spec.pipeline.steps[{i}].temporalJoin"), j),
                         StepKind::IntervalJoin(j) => (format!("spec.pipeline.steps[{i}].intervalJoin"), j),
                         StepKind::Join(j) => (format!("spec.pipeline.steps[{i}].join"), j),
+                        StepKind::WindowJoin(j) => (format!("spec.pipeline.steps[{i}].windowJoin"), j),
                         _ => continue,
                     };
                     match kind {
@@ -472,6 +478,10 @@ impl PipelineSpec {
                         StepKind::Join(r) => {
                             errors.extend(j.problems(&at, true, keyed, &mut source_ids));
                             errors.extend(r.own_problems(&at));
+                        }
+                        StepKind::WindowJoin(w) => {
+                            errors.extend(j.problems(&at, self.event_time.is_some(), keyed, &mut source_ids));
+                            errors.extend(w.own_problems(&at));
                         }
                         _ => errors.extend(j.problems(&at, self.event_time.is_some(), keyed, &mut source_ids)),
                     }

@@ -38,11 +38,14 @@ impl PlannedSteps<'_> {
     /// the rest in the step's clause.
     fn path_of(&self, i: usize, tail: &str) -> String {
         let stream = self.streams.get(i).copied().flatten();
-        let own = [".intervalJoin", ".temporalJoin", ".join"].iter().find_map(|j| tail.strip_prefix(j)).filter(|t| {
-            [".source", ".schema", ".eventTimeField"]
-                .iter()
-                .any(|f| t.strip_prefix(f).is_some_and(|r| !r.starts_with(char::is_alphanumeric)))
-        });
+        let own = [".intervalJoin", ".temporalJoin", ".join", ".windowJoin"]
+            .iter()
+            .find_map(|j| tail.strip_prefix(j))
+            .filter(|t| {
+                [".source", ".schema", ".eventTimeField"]
+                    .iter()
+                    .any(|f| t.strip_prefix(f).is_some_and(|r| !r.starts_with(char::is_alphanumeric)))
+            });
         match (stream, own) {
             (Some(k), Some(own)) => format!("spec.pipeline.streams[{k}]{own}"),
             _ => self.path(i),

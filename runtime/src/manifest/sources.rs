@@ -1,6 +1,7 @@
 //! The checks of a pipeline's sources, more sources merged into the main
-//! one (`spec.pipeline.union`), and `intervalJoin`, a step whose other
-//! side is a source of its own.
+//! one (`spec.pipeline.union`), and the join steps (`intervalJoin`,
+//! `windowJoin`, `temporalJoin`, `join`), whose other side is a source of
+//! its own.
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -243,6 +244,129 @@ impl RegularJoinSpec {
     }
 }
 
+/// Joins the records of two streams that share a key and fall into the
+/// same event-time window (Flink's window join: `join … where … equalTo …
+/// window(TumblingEventTimeWindows.of(size))`, and Flink SQL's window join
+/// of two windowing TVFs on `window_start`, `window_end` and the key).
+/// Both streams' records wait in keyed state until the watermark passes
+/// the window's end; then the window's pairs are emitted, each once, as
+/// this record's fields plus the other's under `prefix`, with
+/// `window_start` and `window_end` (epoch milliseconds, the end
+/// exclusive). The event-time field of every emitted record is the
+/// window's last instant (`window_end - 1`), as Flink stamps a window
+/// join's output, so steps after it see no late records. Needs
+/// `spec.pipeline.eventTime`; records whose every window fired are late.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WindowJoinSpec {
+    /// The other stream: a source with an `id` (its state is
+    /// `source-<id>`).
+    pub source: SourceSpec,
+    /// The other source's fields and types, as `spec.pipeline.schema` is
+    /// the main one's (CSV needs it; steps after the join see these fields
+    /// under `prefix`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<Vec<FieldSpec>>,
+    /// The other records' event-time field; absent: the field named by
+    /// `spec.pipeline.eventTime`, whose other settings apply to both.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_time_field: Option<String>,
+    /// This stream's field whose value the other's `otherKey` must equal.
+    pub key: String,
+    /// The other stream's key field; absent: the field named like `key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub other_key: Option<String>,
+    /// A condition in SQL on the other source's own fields
+    /// (`event_type = 1`): only its records that meet it are joined, and
+    /// the rest are dropped before the join, keeping no state. Checked
+    /// against the other source's schema before the job starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<String>,
+    /// The windows' length; aligned to the epoch, as Flink's.
+    pub size: HumanDuration,
+    /// With `slide`, sliding (hopping) windows that start every `slide`
+    /// (at most `size`); a record joins in each window holding it.
+    /// Absent: tumbling windows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slide: Option<HumanDuration>,
+    /// Put before the other record's field names in the joined record;
+    /// absent: the other source's id and `_` (`auctions_seller`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// What a window emits per key (Flink SQL's window join types):
+    /// `inner` (each pair, the default), `left`, `right` or `full` (pairs,
+    /// and the records of that side without a match in the window, the
+    /// missing side's fields null), `semi` (each of this stream's records
+    /// with at least one match, once, with only its own fields) or `anti`
+    /// (each of this stream's records without a match).
+    #[serde(default, rename = "type", skip_serializing_if = "WindowJoinType::is_inner")]
+    pub join_type: WindowJoinType,
+}
+
+impl WindowJoinSpec {
+    /// The windows' length and slide in milliseconds (the slide is the
+    /// length for tumbling windows).
+    pub fn size_and_slide(&self) -> (i64, i64) {
+        let size = self.size.millis();
+        (size, self.slide.map_or(size, HumanDuration::millis))
+    }
+
+    /// What the window join adds to the shared checks.
+    pub fn own_problems(&self, at: &str) -> Vec<String> {
+        let mut errors = Vec::new();
+        let (size, slide) = self.size_and_slide();
+        if size <= 0 {
+            errors.push(format!("{at}.size: expected at least 1ms, got {}", self.size));
+        }
+        if let Some(s) = self.slide {
+            if size > 0 && (slide <= 0 || slide > size) {
+                errors.push(format!("{at}.slide: expected from 1ms up to size ({}), got {s}", self.size));
+            }
+        }
+        errors
+    }
+}
+
+/// The records a window of a window join emits.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum WindowJoinType {
+    /// Each pair.
+    #[default]
+    Inner,
+    /// Pairs, and this stream's records without a match.
+    Left,
+    /// Pairs, and the other stream's records without a match.
+    Right,
+    /// Pairs, and the records of either stream without a match.
+    Full,
+    /// This stream's records with a match, once each.
+    Semi,
+    /// This stream's records without a match.
+    Anti,
+}
+
+impl WindowJoinType {
+    fn is_inner(&self) -> bool {
+        *self == WindowJoinType::Inner
+    }
+
+    /// Whether the joined records carry the other stream's fields.
+    pub fn pairs(self) -> bool {
+        !matches!(self, WindowJoinType::Semi | WindowJoinType::Anti)
+    }
+
+    /// Whether this stream's records without a match are emitted.
+    pub fn keeps_this(self) -> bool {
+        matches!(self, WindowJoinType::Left | WindowJoinType::Full | WindowJoinType::Anti)
+    }
+
+    /// Whether the other stream's records without a match are emitted.
+    pub fn keeps_other(self) -> bool {
+        matches!(self, WindowJoinType::Right | WindowJoinType::Full)
+    }
+}
+
 /// Which unmatched records an interval join emits.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
@@ -444,3 +568,4 @@ macro_rules! joined_source {
 joined_source!(IntervalJoinSpec);
 joined_source!(TemporalJoinSpec);
 joined_source!(RegularJoinSpec);
+joined_source!(WindowJoinSpec);

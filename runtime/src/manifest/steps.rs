@@ -1,6 +1,6 @@
 //! `spec.pipeline.steps`: the steps a pipeline can list (keyBy, aggregate,
 //! window, deduplicate, topN, filter, select, flatten, lookup, intervalJoin,
-//! temporalJoin, join) and their
+//! temporalJoin, join, windowJoin) and their
 //! checks.
 
 use schemars::JsonSchema;
@@ -12,8 +12,8 @@ use super::*;
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[schemars(extend("x-kubernetes-validations" = [{
-    "rule": "(has(self.keyBy) ? 1 : 0) + (has(self.aggregate) ? 1 : 0) + (has(self.window) ? 1 : 0) + (has(self.deduplicate) ? 1 : 0) + (has(self.topN) ? 1 : 0) + (has(self.filter) ? 1 : 0) + (has(self.select) ? 1 : 0) + (has(self.flatten) ? 1 : 0) + (has(self.lookup) ? 1 : 0) + (has(self.intervalJoin) ? 1 : 0) + (has(self.temporalJoin) ? 1 : 0) + (has(self.join) ? 1 : 0) == 1",
-    "message": "exactly one of keyBy, aggregate, window, deduplicate, topN, filter, select, flatten, lookup, intervalJoin, temporalJoin, join must be set in each spec.pipeline.steps item"
+    "rule": "(has(self.keyBy) ? 1 : 0) + (has(self.aggregate) ? 1 : 0) + (has(self.window) ? 1 : 0) + (has(self.deduplicate) ? 1 : 0) + (has(self.topN) ? 1 : 0) + (has(self.filter) ? 1 : 0) + (has(self.select) ? 1 : 0) + (has(self.flatten) ? 1 : 0) + (has(self.lookup) ? 1 : 0) + (has(self.intervalJoin) ? 1 : 0) + (has(self.temporalJoin) ? 1 : 0) + (has(self.join) ? 1 : 0) + (has(self.windowJoin) ? 1 : 0) == 1",
+    "message": "exactly one of keyBy, aggregate, window, deduplicate, topN, filter, select, flatten, lookup, intervalJoin, temporalJoin, join, windowJoin must be set in each spec.pipeline.steps item"
 }]))]
 pub struct StepSpec {
     /// A stable id for the step's state (as Flink's `uid`): a checkpoint's
@@ -82,6 +82,11 @@ pub struct StepSpec {
     /// time bound); repartitions both by the key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub join: Option<RegularJoinSpec>,
+    /// Joins the records of another source that share each record's key
+    /// and event-time window, when the watermark passes the window's end
+    /// (Flink's window join); repartitions both by the key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_join: Option<WindowJoinSpec>,
 }
 
 /// A table in a file (JSON lines or CSV) that records are enriched from.
@@ -320,6 +325,7 @@ pub enum StepKind<'a> {
     IntervalJoin(&'a IntervalJoinSpec),
     TemporalJoin(&'a TemporalJoinSpec),
     Join(&'a RegularJoinSpec),
+    WindowJoin(&'a WindowJoinSpec),
 }
 
 impl StepSpec {
@@ -337,6 +343,7 @@ impl StepSpec {
             self.interval_join.as_ref().map(StepKind::IntervalJoin),
             self.temporal_join.as_ref().map(StepKind::TemporalJoin),
             self.join.as_ref().map(StepKind::Join),
+            self.window_join.as_ref().map(StepKind::WindowJoin),
         ]
         .into_iter()
         .flatten()
@@ -344,7 +351,7 @@ impl StepSpec {
         match set.as_slice() {
             [one] => Ok(*one),
             _ => Err("expected exactly one of keyBy, aggregate, window, deduplicate, topN, filter, select, flatten, \
-                     lookup, intervalJoin, temporalJoin, join"
+                     lookup, intervalJoin, temporalJoin, join, windowJoin"
                 .into()),
         }
     }

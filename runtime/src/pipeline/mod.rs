@@ -24,6 +24,8 @@
 //! - [`top_n`]: the first `limit` records per key by a numeric field, as
 //!   updates, or per window once it is over.
 //! - [`window`]: tumbling, sliding and session event-time windows per key.
+//! - [`window_join`]: the records of two streams with equal keys in the
+//!   same event-time window, inner, outer, semi or anti.
 //!
 //! Operator uids are `source`, `sink`, `bad-records`, `sink-rejected` and, for each
 //! aggregate, the step's `id` or one derived from its content (its keyBy
@@ -49,6 +51,7 @@ pub mod steps;
 pub mod temporal_join;
 pub mod top_n;
 pub mod window;
+pub mod window_join;
 
 use std::mem::take;
 use std::path::PathBuf;
@@ -68,7 +71,7 @@ use crate::dataflow::{BuildError, DataStream, JobGraph, KeyedStream, StreamEnv};
 use crate::manifest::{
     AggregateSpec, BadRecordAction, ErrorPolicy, EventTimeSpec, IntervalJoinSpec, JoinedSource, LateRecords,
     PipelineSpec, PostgresSinkMode, RegularJoinSpec, SinkKind, StepKind, StepSpec, StreamJobSpec, TemporalJoinSpec,
-    TimeDomain, WindowSpec,
+    TimeDomain, WindowJoinSpec, WindowSpec,
 };
 use crate::operators::EventTimeFunction;
 use crate::record::{key_of, FieldRule, Rejects, Row};
@@ -85,6 +88,7 @@ use steps::ExprStep;
 use temporal_join::{LatestJoin, TemporalJoin};
 use top_n::{TopN, WindowTopN};
 use window::{Deduplicate, LateTo, Routed, SplitLate, WindowAggregate};
+use window_join::WindowJoin;
 
 /// The state, and the dead letters' file prefix, of rows a sink refused.
 const SINK_REJECTED: &str = "sink-rejected";
@@ -149,7 +153,8 @@ fn build_pipeline(spec: &StreamJobSpec, pipeline: &PipelineSpec) -> Result<JobGr
                     | StepKind::Deduplicate(_)
                     | StepKind::IntervalJoin(_)
                     | StepKind::TemporalJoin(_)
-                    | StepKind::Join(_))
+                    | StepKind::Join(_)
+                    | StepKind::WindowJoin(_))
             );
         if !keyed_next {
             stream = pending.merged(stream);
@@ -211,12 +216,16 @@ fn build_pipeline(spec: &StreamJobSpec, pipeline: &PipelineSpec) -> Result<JobGr
                     })
                 };
             }
-            kind @ (StepKind::IntervalJoin(_) | StepKind::TemporalJoin(_) | StepKind::Join(_)) => {
+            kind @ (StepKind::IntervalJoin(_)
+            | StepKind::TemporalJoin(_)
+            | StepKind::Join(_)
+            | StepKind::WindowJoin(_)) => {
                 let (j, joining): (&dyn JoinedSource, _) = match (kind, &pipeline.event_time) {
                     (StepKind::TemporalJoin(t), _) if t.time == TimeDomain::ProcessingTime => (t, Joining::Latest(t)),
                     (StepKind::Join(r), time) => (r, Joining::Regular(r, time.as_ref())),
                     (StepKind::IntervalJoin(j), Some(time)) => (j, Joining::Timed(Join::Interval(j), time)),
                     (StepKind::TemporalJoin(t), Some(time)) => (t, Joining::Timed(Join::Temporal(t), time)),
+                    (StepKind::WindowJoin(w), Some(time)) => (w, Joining::Timed(Join::Window(w), time)),
                     _ => continue,
                 };
                 // The pipeline's event time and the other source's field of it.
@@ -303,6 +312,16 @@ fn build_pipeline(spec: &StreamJobSpec, pipeline: &PipelineSpec) -> Result<JobGr
                         let id = step.id.clone().unwrap_or_else(|| content_id("interval-join", &content));
                         event_time_step(&env, keyed, &id, at, time, &spec.error_policy, |late| {
                             IntervalJoin::new(j, &time.field, fields, late)
+                        })
+                    }
+                    Joining::Timed(Join::Window(w), time) => {
+                        let fields = input.iter().flat_map(|s| s.fields().iter().map(|f| f.name().clone())).collect();
+                        let content = json!({"windowJoin": {"source": w.source.id, "key": w.key, "otherKey": w.other_key(),
+                            "eventTime": time.field, "otherEventTime": w.event_time_field(&time.field),
+                            "size": w.size, "slide": w.slide}});
+                        let id = step.id.clone().unwrap_or_else(|| content_id("window-join", &content));
+                        event_time_step(&env, keyed, &id, at, time, &spec.error_policy, |late| {
+                            WindowJoin::new(w, &time.field, fields, late)
                         })
                     }
                 };
@@ -430,6 +449,7 @@ enum Joining<'a> {
 enum Join<'a> {
     Interval(&'a IntervalJoinSpec),
     Temporal(&'a TemporalJoinSpec),
+    Window(&'a WindowJoinSpec),
 }
 
 /// `stream` through the check `make` builds in each subtask, into rows;
@@ -542,6 +562,10 @@ fn field_rules(pipeline: &PipelineSpec, steps: &[StepSpec]) -> (Vec<FieldRule>, 
                 break;
             }
             Ok(StepKind::Join(j)) => {
+                rules.push(FieldRule::Key(j.key.clone()));
+                break;
+            }
+            Ok(StepKind::WindowJoin(j)) => {
                 rules.push(FieldRule::Key(j.key.clone()));
                 break;
             }

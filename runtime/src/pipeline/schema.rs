@@ -14,7 +14,7 @@ use arrow_schema::{DataType, Field, SchemaRef};
 use super::expr::{arrow_type, compile, projection, schema_of, Compiled};
 use crate::manifest::{
     names_problems, AggregateSpec, EventTimeSpec, FieldSpec, JoinedSource, LookupSpec, OnMissing, PipelineSpec,
-    SourceKind, SourceSpec, StepKind, StepSpec, TemporalJoinType, WindowSpec,
+    SourceKind, SourceSpec, StepKind, StepSpec, TemporalJoinType, WindowJoinSpec, WindowSpec,
 };
 use crate::record::FieldRule;
 
@@ -387,7 +387,12 @@ pub fn type_steps(pipeline: &PipelineSpec, steps: &[StepSpec]) -> Typed {
                     }
                 }
             }
-            Ok(kind @ (StepKind::IntervalJoin(_) | StepKind::TemporalJoin(_) | StepKind::Join(_))) => {
+            Ok(
+                kind @ (StepKind::IntervalJoin(_)
+                | StepKind::TemporalJoin(_)
+                | StepKind::Join(_)
+                | StepKind::WindowJoin(_)),
+            ) => {
                 if let Some(schema) = &current {
                     let time = pipeline.event_time.as_ref().map_or("", |t| t.field.as_str());
                     let (out, errors) = match kind {
@@ -406,6 +411,10 @@ pub fn type_steps(pipeline: &PipelineSpec, steps: &[StepSpec]) -> Typed {
                             let at = format!("spec.pipeline.steps[{i}].join");
                             let time = pipeline.event_time.as_ref().map(|t| t.field.as_str());
                             joined(&at, schema, j, time, (false, false))
+                        }
+                        StepKind::WindowJoin(j) => {
+                            let at = format!("spec.pipeline.steps[{i}].windowJoin");
+                            window_joined(&at, schema, j, time)
                         }
                         _ => (schema.clone(), Vec::new()),
                     };
@@ -475,6 +484,28 @@ fn looked_up(at: &str, schema: &SchemaRef, l: &LookupSpec) -> (SchemaRef, Vec<St
         } else {
             let nullable = f.nullable || l.on_missing == OnMissing::Keep;
             fields.push(Field::new(f.name.clone(), arrow_type(f.ty), nullable));
+        }
+    }
+    (schema_of(fields), errors)
+}
+
+/// The records after a window join: as after an interval join for the
+/// join types that pair records, this stream's alone for `semi` and
+/// `anti`; then the window's bounds. The event-time field keeps its type
+/// and holds the window's last instant (epoch milliseconds, which a
+/// timestamp field reads as they are).
+fn window_joined(at: &str, schema: &SchemaRef, j: &WindowJoinSpec, time: &str) -> (SchemaRef, Vec<String>) {
+    let nulls = (j.join_type.keeps_other(), j.join_type.keeps_this() && j.join_type.pairs());
+    let (paired, mut errors) = joined(at, schema, j, Some(time), nulls);
+    let base = if j.join_type.pairs() { paired } else { schema.clone() };
+    let mut fields: Vec<Field> = base.fields().iter().map(|f| f.as_ref().clone()).collect();
+    for bound in ["window_start", "window_end"] {
+        if base.field_with_name(bound).is_ok() {
+            errors.push(format!(
+                "{at}: adds `{bound}`, which is already a field of the records; select it under another name first"
+            ));
+        } else {
+            fields.push(Field::new(bound, DataType::Int64, false));
         }
     }
     (schema_of(fields), errors)

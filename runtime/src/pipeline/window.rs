@@ -57,6 +57,16 @@ impl LateTo {
     }
 }
 
+/// The starts of the sliding windows (tumbling ones when `slide` is
+/// `size`) holding `ts`, latest first.
+pub(super) fn starts(ts: i64, size: i64, slide: i64) -> impl Iterator<Item = i64> {
+    let last = ts - ts.rem_euclid(slide);
+    std::iter::successors(Some(last), move |s| s.checked_sub(slide)).take_while(move |s| {
+        // A window [s, s + size) holds ts while s > ts - size.
+        s.saturating_add(size) > ts
+    })
+}
+
 /// The event time of a keyed record; a record without one failing names its key.
 fn event_time(row: &Row, field: &str, key: &str) -> Result<i64, TaskError> {
     event_time_of(row, field).map_err(|reason| TaskError::BadRecord { record: format!("with key `{key}`"), reason })
@@ -151,15 +161,6 @@ impl<A: Accumulator> WindowAggregate<A> {
         (at < end - 1).then_some(at)
     }
 
-    /// The starts of the sliding windows holding `ts`, latest first.
-    fn starts(ts: i64, size: i64, slide: i64) -> impl Iterator<Item = i64> {
-        let last = ts - ts.rem_euclid(slide);
-        std::iter::successors(Some(last), move |s| s.checked_sub(slide)).take_while(move |s| {
-            // A window [s, s + size) holds ts while s > ts - size.
-            s.saturating_add(size) > ts
-        })
-    }
-
     /// Adds `row` at `ts` to the sliding windows holding it that are still
     /// open; false when all of them were emitted already.
     fn add_sliding(
@@ -175,7 +176,7 @@ impl<A: Accumulator> WindowAggregate<A> {
         let mut placed = false;
         // Earliest first, so a record updating several fired windows emits
         // their rows in start order.
-        let mut starts: Vec<i64> = Self::starts(ts, size, slide).collect();
+        let mut starts: Vec<i64> = starts(ts, size, slide).collect();
         starts.reverse();
         for start in starts {
             let end = start.saturating_add(size);
@@ -504,7 +505,7 @@ mod tests {
 
     #[test]
     fn a_record_falls_in_one_tumbling_window_and_in_size_over_slide_sliding_ones() {
-        let starts = |ts, size, slide| WindowAggregate::<AggState>::starts(ts, size, slide).collect::<Vec<_>>();
+        let starts = |ts, size, slide| super::starts(ts, size, slide).collect::<Vec<_>>();
         assert_eq!(starts(61_500, 60_000, 60_000), vec![60_000]);
         assert_eq!(starts(-1, 60_000, 60_000), vec![-60_000], "before the epoch too");
         assert_eq!(starts(61_500, 60_000, 20_000), vec![60_000, 40_000, 20_000]);
