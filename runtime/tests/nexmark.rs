@@ -342,3 +342,28 @@ fn q8_emits_each_person_with_an_auction_in_their_registration_window_exactly_onc
     assert!(want.len() > 100 && without > 100, "both kinds of people occur: {} and {without}", want.len());
     assert_same("q8", committed(dir.path()), want);
 }
+
+/// A Window Top-N over the bids themselves: each 10-second window's bids at
+/// its highest price, ties all, once each, through seeded crashes.
+#[test]
+fn q7_emits_the_highest_bids_of_each_window_exactly_once_through_seeded_crashes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (events, per_second) = (4 * EVENTS, 100);
+    run_through_crashes(&example_job_of(dir.path(), "q7", per_second, events), 0x5eed_4e78_0000_0007);
+    let config = NexmarkConfig { events_per_second: per_second };
+    let bids: Vec<Value> = (0..events).map(|n| config.event(n)).filter(|e| e["event_type"] == 2).collect();
+    let window = |e: &Value| e["dateTime"].as_i64().unwrap().div_euclid(10_000);
+    let mut highest: BTreeMap<i64, i64> = BTreeMap::new();
+    for b in &bids {
+        let top = highest.entry(window(b)).or_insert(i64::MIN);
+        *top = (*top).max(b["price"].as_i64().unwrap());
+    }
+    let mut want: BTreeMap<String, usize> = BTreeMap::new();
+    for b in bids.iter().filter(|b| Some(&b["price"].as_i64().unwrap()) == highest.get(&window(b))) {
+        let row = json!({"auction": b["auction"], "price": b["price"], "bidder": b["bidder"],
+                         "dateTime": b["dateTime"], "extra": b["extra"]});
+        *want.entry(row.to_string()).or_default() += 1;
+    }
+    assert!(highest.len() > 100, "{} windows", highest.len());
+    assert_same("q7", committed(dir.path()), want);
+}

@@ -220,7 +220,7 @@ fn dense_rank_per_window_keeps_every_item_of_the_two_best_counts_exactly_once_th
 }
 
 #[test]
-fn a_top_n_per_window_without_a_window_before_it_or_after_early_or_late_results_is_refused() {
+fn a_top_n_per_window_without_a_window_before_it_or_after_early_or_late_results_or_with_its_own_window_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let job = |steps: &str| {
         let pipeline = format!(
@@ -241,4 +241,12 @@ fn a_top_n_per_window_without_a_window_before_it_or_after_early_or_late_results_
     );
     let want = "spec.pipeline.steps[3].topN.perWindow: the window step before it has allowedLateness";
     assert!(err.contains(want), "{err}");
+    // Ranking the records of a window: not with perWindow, nor after an aggregate.
+    let err = job("      - topN: {limit: 3, orderBy: total, perWindow: true, window: {size: 0s}}");
+    assert!(err.contains("spec.pipeline.steps[1].topN.window: not with perWindow"), "{err}");
+    assert!(err.contains("spec.pipeline.steps[1].topN.window.size: expected at least 1ms"), "{err}");
+    let err = job(
+        "      - aggregate: {count: true}\n      - keyBy: {field: item}\n      - topN: {limit: 3, orderBy: count, window: {size: 1m}}",
+    );
+    assert!(err.contains("spec.pipeline.steps[3].topN.window: must come before any aggregate or window step"), "{err}");
 }

@@ -447,7 +447,9 @@ impl PipelineSpec {
                     }
                 }
                 Ok(StepKind::TopN(t)) => {
-                    errors.extend(t.problems(&format!("spec.pipeline.steps[{i}].topN"), keyed, window));
+                    let at = format!("spec.pipeline.steps[{i}].topN");
+                    errors.extend(t.problems(&at, keyed, window));
+                    errors.extend(t.window_problems(&at, self.event_time.is_some(), aggregated));
                     keyed = false;
                     aggregated = true;
                     // Its ranks keep a window's rows; updates do not.

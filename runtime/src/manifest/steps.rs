@@ -223,6 +223,24 @@ pub struct TopNSpec {
     /// window may emit more than `limit` rows.
     #[serde(default, skip_serializing_if = "RankFunction::is_row_number")]
     pub ranking: RankFunction,
+    /// Rank the records themselves per key and tumbling event-time window
+    /// of this size (Flink's Window Top-N over a windowing TVF, `TABLE(
+    /// TUMBLE(TABLE t, DESCRIPTOR(ts), size))`), with no window step
+    /// before: each record gets its window's `window_start` and
+    /// `window_end`, and each window's ranking is emitted once, final,
+    /// when the watermark passes its end. Needs `spec.pipeline.eventTime`;
+    /// not with `perWindow`, which ranks a window step's rows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<TopNWindow>,
+}
+
+/// The windows a `topN` ranks records in.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TopNWindow {
+    /// The tumbling windows' length, aligned to the epoch as the `window`
+    /// step's.
+    pub size: HumanDuration,
 }
 
 /// SQL's ranking functions.
@@ -270,10 +288,10 @@ impl TopNSpec {
                 Some(_) => {}
             }
         }
-        if self.ranking != RankFunction::RowNumber && !self.per_window {
+        if self.ranking != RankFunction::RowNumber && !self.per_window && self.window.is_none() {
             errors.push(format!(
-                "{at}.ranking: {:?} needs perWindow: true; a ranking updated per record gives ties ranks of their \
-                 own (RowNumber)",
+                "{at}.ranking: {:?} needs perWindow: true or a window; a ranking updated per record gives ties \
+                 ranks of their own (RowNumber)",
                 self.ranking
             ));
         }
@@ -285,6 +303,33 @@ impl TopNSpec {
         }
         if self.rank_field.as_deref().is_some_and(str::is_empty) {
             errors.push(format!("{at}.rankField: expected a field name, got an empty one"));
+        }
+        errors
+    }
+
+    /// What ranking records per window adds: `event_time`, whether the
+    /// pipeline has one; `aggregated`, whether an aggregate or window step
+    /// came before (whose rows carry no event time).
+    pub(super) fn window_problems(&self, at: &str, event_time: bool, aggregated: bool) -> Vec<String> {
+        let Some(w) = &self.window else { return Vec::new() };
+        let mut errors = Vec::new();
+        if self.per_window {
+            errors.push(format!(
+                "{at}.window: not with perWindow, which ranks the rows of a window step; window ranks the records \
+                 themselves: set one of the two"
+            ));
+        }
+        if !event_time {
+            errors.push(format!("{at}.window: needs spec.pipeline.eventTime (which field holds the event time)"));
+        }
+        if aggregated {
+            errors.push(format!(
+                "{at}.window: must come before any aggregate or window step (event time is a field of the source's \
+                 records)"
+            ));
+        }
+        if w.size.get().is_zero() {
+            errors.push(format!("{at}.window.size: expected at least 1ms, got 0s"));
         }
         errors
     }

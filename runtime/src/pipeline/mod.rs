@@ -331,9 +331,9 @@ fn build_pipeline(spec: &StreamJobSpec, pipeline: &PipelineSpec) -> Result<JobGr
                 let keyed = pending.keyed(&env, stream, &field, &spec.error_policy);
                 let id = step.id.clone().unwrap_or_else(|| content_id("top-n", &json!({"keyBy": field, "topN": t})));
                 stream = match &pipeline.event_time {
-                    Some(time) if t.per_window => {
+                    Some(time) if t.per_window || t.window.is_some() => {
                         event_time_step(&env, keyed, &id, steps.path(i), time, &spec.error_policy, |late| {
-                            WindowTopN::new(t, late)
+                            WindowTopN::new(t, &time.field, late)
                         })
                     }
                     _ => keyed.process(&id, TopN::new(t)),

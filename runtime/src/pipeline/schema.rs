@@ -365,9 +365,17 @@ pub fn type_steps(pipeline: &PipelineSpec, steps: &[StepSpec]) -> Typed {
                         }
                     }
                     let rank = t.rank_field();
-                    let mut fields: Vec<Field> =
-                        schema.fields().iter().filter(|f| f.name() != rank).map(|f| f.as_ref().clone()).collect();
-                    fields.push(Field::new(rank, DataType::Int64, false));
+                    let mut added = vec![rank];
+                    if t.window.is_some() {
+                        added.extend(["window_start", "window_end"]);
+                    }
+                    let mut fields: Vec<Field> = schema
+                        .fields()
+                        .iter()
+                        .filter(|f| !added.contains(&f.name().as_str()))
+                        .map(|f| f.as_ref().clone())
+                        .collect();
+                    fields.extend(added.into_iter().map(|name| Field::new(name, DataType::Int64, false)));
                     current = Some(schema_of(fields));
                 }
             }

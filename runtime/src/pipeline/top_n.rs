@@ -100,6 +100,10 @@ pub struct WindowTopN {
     top: TopN,
     /// With `Rank` and `DenseRank` tied rows share a rank and are all kept.
     ranking: RankFunction,
+    /// Ranking the records themselves (`topN.window`): their event-time
+    /// field and the tumbling windows' size; else the rows of a window
+    /// step, which carry their window's bounds.
+    assign: Option<(String, i64)>,
     late: LateTo,
 }
 
@@ -107,8 +111,28 @@ pub struct WindowTopN {
 pub type WindowRankings = BTreeMap<(i64, i64), Ranking>;
 
 impl WindowTopN {
-    pub fn new(spec: &TopNSpec, late: LateTo) -> WindowTopN {
-        WindowTopN { top: TopN::new(spec), ranking: spec.ranking, late }
+    /// `time`: the pipeline's event-time field.
+    pub fn new(spec: &TopNSpec, time: &str, late: LateTo) -> WindowTopN {
+        let assign = spec.window.as_ref().map(|w| (time.to_string(), w.size.millis().max(1)));
+        WindowTopN { top: TopN::new(spec), ranking: spec.ranking, assign, late }
+    }
+
+    /// The window `row` is ranked in and the time it is late after:
+    /// assigned by its event time (and written to it), or read from the
+    /// window step's bounds it carries.
+    fn window_of(&self, row: &mut Row, key: &str) -> Result<((i64, i64), i64), TaskError> {
+        let Some((field, size)) = &self.assign else {
+            let (start, end) = (bound(row, "window_start", key)?, bound(row, "window_end", key)?);
+            return Ok(((start, end), end - 1));
+        };
+        let ts = super::join::time_of(row, field, key)?;
+        let start = ts - ts.rem_euclid(*size);
+        let end = start.saturating_add(*size);
+        if let Some(fields) = row.as_object_mut() {
+            fields.insert("window_start".into(), Value::from(start));
+            fields.insert("window_end".into(), Value::from(end));
+        }
+        Ok(((start, end), ts))
     }
 }
 
@@ -135,15 +159,15 @@ impl EventTimeFunction<String, Row, Routed> for WindowTopN {
     fn process(
         &mut self,
         key: &String,
-        row: Row,
+        mut row: Row,
         rankings: &mut WindowRankings,
         timers: &mut Timers,
         out: &mut Vec<Routed>,
     ) -> Result<(), TaskError> {
-        let (start, end) = (bound(&row, "window_start", key)?, bound(&row, "window_end", key)?);
+        let ((start, end), ts) = self.window_of(&mut row, key)?;
         let value = self.top.value_of(&row, key)?;
         if timers.watermark().is_some_and(|w| w >= end - 1) {
-            self.late.late(row, end - 1, "so its window's ranking was emitted", timers, out);
+            self.late.late(row, ts, "so its window's ranking was emitted", timers, out);
             return Ok(());
         }
         let text = row.to_string();
@@ -246,6 +270,7 @@ mod tests {
             order: SortOrder::Descending,
             rank_field: None,
             per_window: false,
+            window: None,
             ranking: RankFunction::RowNumber,
         };
         let (emitted, state) = run(spec, &[5, 9, 1, 7, 2, 7]);
@@ -274,6 +299,7 @@ mod tests {
             order: SortOrder::Ascending,
             rank_field: Some("pos".into()),
             per_window: false,
+            window: None,
             ranking: RankFunction::RowNumber,
         };
         let (emitted, _) = run(spec.clone(), &[5, 9, 1]);
@@ -297,9 +323,10 @@ mod tests {
             order: SortOrder::Descending,
             rank_field: None,
             per_window: true,
+            window: None,
             ranking: RankFunction::RowNumber,
         };
-        let mut top = WindowTopN::new(&spec, LateTo(Some("spec.pipeline.steps[3]".into())));
+        let mut top = WindowTopN::new(&spec, "ts", LateTo(Some("spec.pipeline.steps[3]".into())));
         let steps = vec![
             (None, window_row("a", 0, 3)),
             (None, window_row("b", 0, 7)),
@@ -336,9 +363,10 @@ mod tests {
             order: SortOrder::Descending,
             rank_field: None,
             per_window: true,
+            window: None,
             ranking,
         };
-        let mut top = WindowTopN::new(&spec, LateTo(None));
+        let mut top = WindowTopN::new(&spec, "ts", LateTo(None));
         let steps = counts.iter().map(|(item, n)| (None, window_row(item, 0, *n))).collect();
         let (out, _, empty) = crate::operators::event_time::drive(&mut top, steps, Some(9));
         let ranks = out
@@ -373,5 +401,41 @@ mod tests {
         assert!(empty);
         let (ranks, _) = ranked_window(RankFunction::DenseRank, 4, &counts);
         assert_eq!(ranks, ["b#1", "f#1", "h#2", "e#3", "a#4", "c#4", "g#4"]);
+    }
+
+    #[test]
+    fn with_a_window_records_are_ranked_per_tumbling_window_of_their_event_time_and_keep_their_own_time() {
+        let spec = TopNSpec {
+            limit: 1,
+            order_by: "price".into(),
+            order: SortOrder::Descending,
+            rank_field: None,
+            per_window: false,
+            window: Some(crate::manifest::TopNWindow { size: "10s".parse().unwrap() }),
+            ranking: RankFunction::Rank,
+        };
+        let mut top = WindowTopN::new(&spec, "ts", LateTo(None));
+        let bid = |b: &str, ts: i64, price: i64| serde_json::json!({"bid": b, "ts": ts, "price": price});
+        let steps = vec![
+            (None, bid("a", 1_000, 5)),
+            (None, bid("b", 9_999, 7)),
+            (None, bid("c", 10_000, 3)),
+            (None, bid("d", 4_000, 7)),
+            // Window [0, 10000) is over: a bid in it now is late.
+            (Some(9_999), bid("late", 2_000, 100)),
+            (None, bid("e", 12_000, 1)),
+        ];
+        let (out, late, empty) = crate::operators::event_time::drive(&mut top, steps, Some(19_999));
+        let got: Vec<(String, i64, i64, i64)> = out
+            .iter()
+            .map(|r| {
+                let row = r.as_ref().unwrap();
+                let n = |f: &str| row[f].as_i64().unwrap();
+                (row["bid"].as_str().unwrap().to_string(), n("window_start"), n("ts"), n("rank"))
+            })
+            .collect();
+        let want = [("b", 0, 9_999, 1), ("d", 0, 4_000, 1), ("c", 10_000, 10_000, 1)];
+        assert_eq!(got, want.map(|(b, w, t, r)| (b.to_string(), w, t, r)), "the highest bids of each window, ties all");
+        assert_eq!((late, empty), (1, true));
     }
 }

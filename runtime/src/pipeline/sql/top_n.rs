@@ -53,8 +53,15 @@ pub(super) fn top_n(
     };
     steps.push(step("PARTITION BY", StepSpec { key_by: Some(key_by), ..StepSpec::default() }));
     let rank_field = (over.alias != "rank").then(|| over.alias.clone());
-    let spec =
-        TopNSpec { limit, order_by: over.order_by, order: over.order, rank_field, per_window, ranking: over.ranking };
+    let spec = TopNSpec {
+        limit,
+        order_by: over.order_by,
+        order: over.order,
+        rank_field,
+        per_window,
+        ranking: over.ranking,
+        window: None,
+    };
     steps.push(step("ROW_NUMBER", StepSpec { top_n: Some(spec), ..StepSpec::default() }));
     if let Some(rest) = rest {
         steps.push(step("WHERE", StepSpec { filter: Some(rest), ..StepSpec::default() }));
