@@ -36,9 +36,14 @@ pub enum ColumnarFormat {
 impl ColumnarFormat {
     /// The extension of the files a watched directory holds in this format.
     pub fn extension(self) -> &'static str {
+        self.extensions().first().copied().unwrap_or_default()
+    }
+
+    /// The extensions of the files a directory source reads.
+    pub fn extensions(self) -> &'static [&'static str] {
         match self {
-            ColumnarFormat::Parquet => "parquet",
-            ColumnarFormat::Avro => "avro",
+            ColumnarFormat::Parquet => &["parquet"],
+            ColumnarFormat::Avro => &["avro"],
         }
     }
 

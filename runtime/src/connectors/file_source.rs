@@ -64,8 +64,7 @@ impl FileKind {
         match self {
             FileKind::JsonLines => &["jsonl", "json"],
             FileKind::Csv(_) => &["csv"],
-            FileKind::Columnar(ColumnarFormat::Parquet) => &["parquet"],
-            FileKind::Columnar(ColumnarFormat::Avro) => &["avro"],
+            FileKind::Columnar(format) => format.extensions(),
         }
     }
 }
@@ -310,10 +309,13 @@ impl Source<SourceRecord> for FileSource {
                 FileKind::JsonLines => self.lines_batch(max, &mut batch)?,
             }
             let split = &mut self.splits[self.current];
-            if split.identity.is_none() || split.identity.is_some_and(|i| i.prefix_len < PREFIX_BYTES) {
-                // A Parquet or Avro file is read whole before its first
-                // record: its prefix is known from the start.
-                let limit = if matches!(self.kind, FileKind::Columnar(_)) { u64::MAX } else { split.offset };
+            // A Parquet or Avro file is read whole before its first record:
+            // its prefix is known from the start, once, even in a file
+            // shorter than the prefix. A text file's grows with what was read.
+            let columnar = matches!(self.kind, FileKind::Columnar(_));
+            let growing = split.identity.is_some_and(|i| i.prefix_len < PREFIX_BYTES) && !columnar;
+            if split.identity.is_none() || growing {
+                let limit = if columnar { u64::MAX } else { split.offset };
                 split.identity = Some(split.identify(limit)?);
             }
             if !batch.is_empty() {

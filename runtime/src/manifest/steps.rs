@@ -223,9 +223,9 @@ pub struct TopNSpec {
     /// window may emit more than `limit` rows.
     #[serde(default, skip_serializing_if = "RankFunction::is_row_number")]
     pub ranking: RankFunction,
-    /// Rank the records themselves per key and tumbling event-time window
-    /// of this size (Flink's Window Top-N over a windowing TVF, `TABLE(
-    /// TUMBLE(TABLE t, DESCRIPTOR(ts), size))`), with no window step
+    /// Rank the records themselves per key and tumbling or sliding
+    /// event-time window (Flink's Window Top-N over a windowing TVF, `TABLE(
+    /// TUMBLE(TABLE t, DESCRIPTOR(ts), size))` or `HOP`), with no window step
     /// before: each record gets its window's `window_start` and
     /// `window_end`, and each window's ranking is emitted once, final,
     /// when the watermark passes its end. Needs `spec.pipeline.eventTime`;
@@ -238,9 +238,13 @@ pub struct TopNSpec {
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TopNWindow {
-    /// The tumbling windows' length, aligned to the epoch as the `window`
-    /// step's.
+    /// The windows' length, aligned to the epoch as the `window` step's.
     pub size: HumanDuration,
+    /// With `slide`, sliding (hopping) windows that start every `slide` (at
+    /// most `size`), a record ranked in each window holding it; absent:
+    /// tumbling windows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slide: Option<HumanDuration>,
 }
 
 /// SQL's ranking functions.
@@ -328,8 +332,10 @@ impl TopNSpec {
                  records)"
             ));
         }
-        if w.size.get().is_zero() {
-            errors.push(format!("{at}.window.size: expected at least 1ms, got 0s"));
+        if w.size.millis() <= 0 {
+            errors.push(format!("{at}.window.size: expected at least 1ms, got {}", w.size));
+        } else if let Some(slide) = w.slide.filter(|s| s.millis() <= 0 || s.millis() > w.size.millis()) {
+            errors.push(format!("{at}.window.slide: expected from 1ms up to size ({}), got {slide}", w.size));
         }
         errors
     }

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use super::window::{LateTo, Routed};
+use super::window::{starts, LateTo, Routed};
 use super::{not_a_number, read_back};
 use crate::manifest::{RankFunction, SortOrder, TopNSpec};
 use crate::operators::{EventTimeFunction, KeyedProcessFunction, Timers};
@@ -101,9 +101,9 @@ pub struct WindowTopN {
     /// With `Rank` and `DenseRank` tied rows share a rank and are all kept.
     ranking: RankFunction,
     /// Ranking the records themselves (`topN.window`): their event-time
-    /// field and the tumbling windows' size; else the rows of a window
+    /// field and the windows' size and slide; else the rows of a window
     /// step, which carry their window's bounds.
-    assign: Option<(String, i64)>,
+    assign: Option<(String, i64, i64)>,
     late: LateTo,
 }
 
@@ -113,65 +113,17 @@ pub type WindowRankings = BTreeMap<(i64, i64), Ranking>;
 impl WindowTopN {
     /// `time`: the pipeline's event-time field.
     pub fn new(spec: &TopNSpec, time: &str, late: LateTo) -> WindowTopN {
-        let assign = spec.window.as_ref().map(|w| (time.to_string(), w.size.millis().max(1)));
+        let assign = spec.window.as_ref().map(|w| {
+            let size = w.size.millis().max(1);
+            let slide = w.slide.map_or(size, |s| s.millis().clamp(1, size));
+            (time.to_string(), size, slide)
+        });
         WindowTopN { top: TopN::new(spec), ranking: spec.ranking, assign, late }
     }
 
-    /// The window `row` is ranked in and the time it is late after:
-    /// assigned by its event time (and written to it), or read from the
-    /// window step's bounds it carries.
-    fn window_of(&self, row: &mut Row, key: &str) -> Result<((i64, i64), i64), TaskError> {
-        let Some((field, size)) = &self.assign else {
-            let (start, end) = (bound(row, "window_start", key)?, bound(row, "window_end", key)?);
-            return Ok(((start, end), end - 1));
-        };
-        let ts = super::join::time_of(row, field, key)?;
-        let start = ts - ts.rem_euclid(*size);
-        let end = start.saturating_add(*size);
-        if let Some(fields) = row.as_object_mut() {
-            fields.insert("window_start".into(), Value::from(start));
-            fields.insert("window_end".into(), Value::from(end));
-        }
-        Ok(((start, end), ts))
-    }
-}
-
-/// How many distinct values an ordered run holds.
-fn distinct(values: impl Iterator<Item = f64>) -> usize {
-    let mut last = None;
-    values.filter(|v| last.replace(*v) != Some(*v)).count()
-}
-
-/// A window bound of a window step's row.
-fn bound(row: &Row, field: &str, key: &str) -> Result<i64, TaskError> {
-    row.get(field).and_then(Value::as_i64).ok_or_else(|| TaskError::BadRecord {
-        record: format!("with key `{key}`"),
-        reason: format!(
-            "field `{field}` is not a window bound (milliseconds since the epoch); topN.perWindow ranks \
-             the rows of a window step"
-        ),
-    })
-}
-
-impl EventTimeFunction<String, Row, Routed> for WindowTopN {
-    type State = WindowRankings;
-
-    fn process(
-        &mut self,
-        key: &String,
-        mut row: Row,
-        rankings: &mut WindowRankings,
-        timers: &mut Timers,
-        out: &mut Vec<Routed>,
-    ) -> Result<(), TaskError> {
-        let ((start, end), ts) = self.window_of(&mut row, key)?;
-        let value = self.top.value_of(&row, key)?;
-        if timers.watermark().is_some_and(|w| w >= end - 1) {
-            self.late.late(row, ts, "so its window's ranking was emitted", timers, out);
-            return Ok(());
-        }
-        let text = row.to_string();
-        let top = rankings.entry((start, end)).or_default();
+    /// Ranks the row (`value`, `text`) into a window's ranking `top`, if
+    /// it ranks within the limit.
+    fn place(&self, value: f64, text: String, top: &mut Ranking) {
         // All of a window's rows are ranked at once, so a tie is broken by
         // the rows' text rather than by their arrival, which differs
         // between a run and its replay after a restore.
@@ -208,7 +160,74 @@ impl EventTimeFunction<String, Row, Routed> for WindowTopN {
             };
             top.truncate(kept);
         }
-        timers.register(end - 1);
+    }
+
+    /// The windows `row` is ranked in, earliest first, and the time it is
+    /// late after: assigned by its event time, or read from the window
+    /// step's bounds it carries.
+    fn windows_of(&self, row: &Row, key: &str) -> Result<(Vec<(i64, i64)>, i64), TaskError> {
+        let Some((field, size, slide)) = &self.assign else {
+            let (start, end) = (bound(row, "window_start", key)?, bound(row, "window_end", key)?);
+            return Ok((vec![(start, end)], end - 1));
+        };
+        let ts = super::join::time_of(row, field, key)?;
+        let mut windows: Vec<(i64, i64)> = starts(ts, *size, *slide).map(|s| (s, s.saturating_add(*size))).collect();
+        windows.reverse();
+        Ok((windows, ts))
+    }
+}
+
+/// How many distinct values an ordered run holds.
+fn distinct(values: impl Iterator<Item = f64>) -> usize {
+    let mut last = None;
+    values.filter(|v| last.replace(*v) != Some(*v)).count()
+}
+
+/// A window bound of a window step's row.
+fn bound(row: &Row, field: &str, key: &str) -> Result<i64, TaskError> {
+    row.get(field).and_then(Value::as_i64).ok_or_else(|| TaskError::BadRecord {
+        record: format!("with key `{key}`"),
+        reason: format!(
+            "field `{field}` is not a window bound (milliseconds since the epoch); topN.perWindow ranks \
+             the rows of a window step"
+        ),
+    })
+}
+
+impl EventTimeFunction<String, Row, Routed> for WindowTopN {
+    type State = WindowRankings;
+
+    fn process(
+        &mut self,
+        key: &String,
+        mut row: Row,
+        rankings: &mut WindowRankings,
+        timers: &mut Timers,
+        out: &mut Vec<Routed>,
+    ) -> Result<(), TaskError> {
+        let (windows, ts) = self.windows_of(&row, key)?;
+        let value = self.top.value_of(&row, key)?;
+        let watermark = timers.watermark();
+        let open: Vec<(i64, i64)> =
+            windows.into_iter().filter(|(_, end)| watermark.is_none_or(|w| w < end - 1)).collect();
+        if open.is_empty() {
+            let why = match self.assign {
+                None => "so its window's ranking was emitted",
+                Some(_) => "so the ranking of every window it belongs to was emitted",
+            };
+            self.late.late(row, ts, why, timers, out);
+            return Ok(());
+        }
+        for (start, end) in open {
+            if self.assign.is_some() {
+                if let Some(fields) = row.as_object_mut() {
+                    fields.insert("window_start".into(), Value::from(start));
+                    fields.insert("window_end".into(), Value::from(end));
+                }
+            }
+            self.place(value, row.to_string(), rankings.entry((start, end)).or_default());
+            timers.register(end - 1);
+        }
         Ok(())
     }
 
@@ -411,7 +430,7 @@ mod tests {
             order: SortOrder::Descending,
             rank_field: None,
             per_window: false,
-            window: Some(crate::manifest::TopNWindow { size: "10s".parse().unwrap() }),
+            window: Some(crate::manifest::TopNWindow { size: "10s".parse().unwrap(), slide: None }),
             ranking: RankFunction::Rank,
         };
         let mut top = WindowTopN::new(&spec, "ts", LateTo(None));
@@ -436,6 +455,44 @@ mod tests {
             .collect();
         let want = [("b", 0, 9_999, 1), ("d", 0, 4_000, 1), ("c", 10_000, 10_000, 1)];
         assert_eq!(got, want.map(|(b, w, t, r)| (b.to_string(), w, t, r)), "the highest bids of each window, ties all");
+        assert_eq!((late, empty), (1, true));
+    }
+
+    #[test]
+    fn with_a_sliding_window_a_record_is_ranked_in_each_window_still_open_and_late_only_when_none_is() {
+        let spec = TopNSpec {
+            limit: 1,
+            order_by: "price".into(),
+            order: SortOrder::Descending,
+            rank_field: None,
+            per_window: false,
+            window: Some(crate::manifest::TopNWindow {
+                size: "10s".parse().unwrap(),
+                slide: Some("5s".parse().unwrap()),
+            }),
+            ranking: RankFunction::RowNumber,
+        };
+        let mut top = WindowTopN::new(&spec, "ts", LateTo(None));
+        let bid = |b: &str, ts: i64, price: i64| serde_json::json!({"bid": b, "ts": ts, "price": price});
+        let steps = vec![
+            (None, bid("a", 1_000, 5)),
+            (None, bid("b", 6_000, 7)),
+            (None, bid("c", 12_000, 3)),
+            // [-5000, 5000) and [0, 10000) are over: 4000 is late, and 8000
+            // is ranked in [5000, 15000) alone.
+            (Some(9_999), bid("d", 4_000, 100)),
+            (None, bid("e", 8_000, 100)),
+        ];
+        let (out, late, empty) = crate::operators::event_time::drive(&mut top, steps, Some(19_999));
+        let got: Vec<(String, i64)> = out
+            .iter()
+            .map(|r| {
+                let row = r.as_ref().unwrap();
+                (row["bid"].as_str().unwrap().to_string(), row["window_start"].as_i64().unwrap())
+            })
+            .collect();
+        let want = [("a", -5_000), ("b", 0), ("e", 5_000), ("c", 10_000)];
+        assert_eq!(got, want.map(|(b, w)| (b.to_string(), w)));
         assert_eq!((late, empty), (1, true));
     }
 }
