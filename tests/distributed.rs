@@ -70,13 +70,19 @@ fn killing_a_worker_mid_checkpoint_then_the_coordinator_keeps_output_exact() {
 }
 
 #[test]
-fn window_results_over_the_network_stay_exact_when_a_worker_is_killed() {
+fn aligned_window_results_over_the_network_stay_exact_when_a_worker_is_killed() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = Cluster::new(dir.path(), 300_000, 100_000);
     let yaml = std::fs::read_to_string(&c.manifest).unwrap();
     let windowed = yaml
         .replace("splits: 6}", "splits: 6, timestampStep: 1ms}")
-        .replace("    steps:", "    eventTime: {field: ts, maxOutOfOrderness: 10s}\n    steps:")
+        // Watermark alignment too: every source subtask's watermark goes
+        // to the coordinator and the least comes back over the network.
+        .replace(
+            "    steps:",
+            "    eventTime: {field: ts, maxOutOfOrderness: 10s, idleTimeout: 5s, alignment: {maxDrift: 5s, \
+             updateInterval: 100ms}}\n    steps:",
+        )
         .replace(
             "- aggregate: {count: true, sum: [value]}",
             "- window: {size: 10s, aggregate: {count: true, sum: [value]}}",

@@ -122,6 +122,75 @@ spec:
     child.wait().unwrap();
 }
 
+/// How far (ms of event time) a record of one partition reached the sink
+/// ahead of the newest of the other before it, at most, while the other
+/// still had records to come (partition 1 is five times as fast in event
+/// time); and each record's being there once.
+fn partition_lead(rows: &[serde_json::Value], count: u64) -> i64 {
+    let mut seen = vec![0u32; count as usize];
+    let last = [count as i64 - 2, (count as i64 - 1) * 5];
+    let (mut newest, mut lead) = ([0i64; 2], i64::MIN);
+    for row in rows {
+        let (seq, ts) = (row["seq"].as_u64().unwrap(), row["ts"].as_i64().unwrap());
+        seen[seq as usize] += 1;
+        let (this, other) = ((seq % 2) as usize, 1 - (seq % 2) as usize);
+        newest[this] = newest[this].max(ts);
+        if newest[other] < last[other] {
+            lead = lead.max(ts - newest[other]);
+        }
+    }
+    assert!(seen.iter().all(|n| *n == 1), "a record is missing or duplicated");
+    lead
+}
+
+#[test]
+#[ignore = "needs a Kafka broker: scripts/test-kafka starts one and runs these"]
+fn watermark_alignment_holds_a_partition_ahead_back_while_the_other_catches_up() {
+    const COUNT: u64 = 40_000;
+    let topic = unique("aligned");
+    create_topic(&topic, 2);
+    // Partition 0 is 40 s of event time, partition 1 (odd seqs) 200 s.
+    let skewed = |mut row: serde_json::Value| {
+        let seq = row["seq"].as_i64().unwrap_or_default();
+        row["ts"] = serde_json::json!(if seq % 2 == 1 { seq * 5 } else { seq });
+        row.to_string().into_bytes()
+    };
+    produce_encoded(&client(), &topic, 2, 0, COUNT, None, &skewed);
+    let dir = tempfile::tempdir().unwrap();
+    let run = |alignment: &str, name: &str| {
+        let yaml = format!(
+            r#"apiVersion: weir.dev/v1alpha1
+kind: StreamJob
+metadata: {{name: kafka-aligned}}
+spec:
+  parallelism: 1
+  restartStrategy: {{none: {{}}}}
+  checkpoints: {{interval: 100ms, storage: "file://{dir}/{name}/checkpoints"}}
+  pipeline:
+    source: {{{source}}}
+    eventTime: {{field: ts, idleTimeout: 1s{alignment}}}
+    steps: []
+    sink: {{file: {{path: "{dir}/{name}/out"}}}}
+"#,
+            dir = dir.path().display(),
+            source = source(&format!("topics: [{topic}]"), ", stoppingOffsets: Latest"),
+        );
+        let path = dir.path().join(format!("{name}.yaml"));
+        std::fs::write(&path, yaml).unwrap();
+        let log = format!("{name}.log");
+        let status = finish(weir(&path, dir.path(), &log), Duration::from_secs(120), dir.path(), &log);
+        assert!(status.success(), "{name}: {}", std::fs::read_to_string(dir.path().join(&log)).unwrap());
+        let rows = weir_runtime::connectors::file_sink::read_committed(&dir.path().join(name).join("out")).unwrap();
+        partition_lead(&rows, COUNT)
+    };
+    let free = run("", "free");
+    assert!(free > 30_000, "without alignment one partition runs ahead: {free} ms");
+    // 2 s of drift and a batch of partition 1 (1,024 records, 10 s) at most.
+    let lead = run(", alignment: {maxDrift: 2s, updateInterval: 100ms}", "aligned");
+    println!("one partition ahead of the other: {free} ms without alignment, {lead} ms with it");
+    assert!(lead < 15_000, "a partition ran {lead} ms ahead of the other");
+}
+
 fn signal(pid: &str, sig: &str) {
     assert!(Command::new("kill").args([sig, pid]).status().unwrap().success(), "kill {sig} {pid}");
 }

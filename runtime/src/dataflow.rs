@@ -70,6 +70,17 @@ struct GraphBuilder {
     state_uids: Vec<String>,
 }
 
+/// How a source's subtasks take part in event time.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SourceTiming {
+    /// How long a subtask may read nothing before it is idle and stops
+    /// holding back the job's watermark.
+    pub idle_timeout: Option<Duration>,
+    /// With watermark alignment: how often a subtask tells the coordinator
+    /// its watermark.
+    pub align_every: Option<Duration>,
+}
+
 /// Where a job is assembled.
 pub struct StreamEnv {
     graph: Rc<RefCell<GraphBuilder>>,
@@ -90,12 +101,13 @@ impl StreamEnv {
         T: Send + 'static,
         F: Fn(&TaskContext, Option<Vec<Vec<u8>>>) -> Result<Box<dyn Source<T>>, TaskError> + Send + Sync + 'static,
     {
-        self.source_idle_after(uid, None, make)
+        self.source_timed(uid, SourceTiming::default(), make)
     }
 
     /// A source whose subtasks are marked idle for event time after
-    /// `idle_timeout` without a record (Flink's `withIdleness`).
-    pub fn source_idle_after<T, F>(&self, uid: &str, idle_timeout: Option<Duration>, make: F) -> DataStream<T>
+    /// `timing.idle_timeout` without a record (Flink's `withIdleness`), and
+    /// with `timing.align_every` take part in watermark alignment.
+    pub fn source_timed<T, F>(&self, uid: &str, timing: SourceTiming, make: F) -> DataStream<T>
     where
         T: Send + 'static,
         F: Fn(&TaskContext, Option<Vec<Vec<u8>>>) -> Result<Box<dyn Source<T>>, TaskError> + Send + Sync + 'static,
@@ -113,7 +125,9 @@ impl StreamEnv {
                     .map(|r| r.list_round_robin(&uid, ctx.subtask() as usize, ctx.parallelism() as usize));
                 let source = make(&ctx, restored)?;
                 let chain = chain(&ctx)?;
-                Ok(Box::new(SourceTask { ctx, uid: uid.clone(), source, chain, idle_timeout }) as Box<dyn RunnableTask>)
+                let SourceTiming { idle_timeout, align_every } = timing;
+                let task = SourceTask { ctx, uid: uid.clone(), source, chain, idle_timeout, align_every };
+                Ok(Box::new(task) as Box<dyn RunnableTask>)
             })
         });
         DataStream {

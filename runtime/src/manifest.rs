@@ -10,6 +10,7 @@
 //! - [`event_time`]: `spec.pipeline.eventTime`, watermarks and late records.
 //! - [`sources`]: the sources' checks, `union`, and `intervalJoin`'s source.
 //! - [`steps`]: `spec.pipeline.steps`, each step and its checks.
+//! - [`top_n`]: the `topN` step, its ranking functions and windows.
 //! - [`planned`]: the steps a pipeline runs, from `steps` or `sql`.
 //! - [`checkpoints`]: `spec.checkpoints`, when and where checkpoints go.
 //! - [`lifecycle`]: upgrades, savepoints and deletion of a running job.
@@ -38,9 +39,11 @@ pub use self::kafka::{
 pub mod pipeline;
 pub use self::pipeline::*;
 pub mod event_time;
-pub use self::event_time::{EventTimeSpec, LateRecords};
+pub use self::event_time::{AlignmentSpec, EventTimeSpec, LateRecords};
 pub mod steps;
 pub use self::steps::*;
+pub mod top_n;
+pub use self::top_n::*;
 pub mod sources;
 pub use self::sources::{
     IntervalJoinSpec, JoinType, JoinedSource, RegularJoinSpec, StreamSpec, TemporalJoinSpec, TemporalJoinType,

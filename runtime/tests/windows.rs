@@ -434,3 +434,97 @@ fn the_sensor_minutes_example_windows_readings_timed_by_an_expression() {
     ];
     assert_eq!(rows, want.map(|(s, w, c, m)| (s.to_string(), w, c, m)).to_vec());
 }
+
+/// Generated records one per millisecond of event time (20 s in all, read
+/// over 4 s) in union with a backlog file of `src: b` records five
+/// milliseconds apart (200 s, readable at once), with `alignment` under
+/// `eventTime` if given.
+fn backlog_job(dir: &Path, alignment: &str) -> StreamJob {
+    let lines: Vec<String> = (0..40_000).map(|n| format!(r#"{{"src": "b", "n": {n}, "ts": {}}}"#, n * 5)).collect();
+    std::fs::write(dir.join("backlog.jsonl"), lines.join("\n") + "\n").unwrap();
+    let pipeline = format!(
+        r#"    source:
+      generator: {{keys: 10, count: 20000, rate: 5000, splits: 2, timestampStep: 1ms}}
+    union:
+      - {{id: backlog, file: {{path: "{}/backlog.jsonl"}}}}
+    eventTime: {{field: ts, maxOutOfOrderness: 100ms{alignment}}}
+    steps: []"#,
+        dir.display()
+    );
+    pipeline_job(dir, "aligned", 1, &pipeline).expect("test manifest is valid")
+}
+
+/// How far (ms of event time) a backlog record came ahead of the greatest
+/// generated one before it, at most, while generated records still came;
+/// and every record's being there exactly once.
+fn backlog_lead(rows: &[serde_json::Value]) -> i64 {
+    let (mut generated, mut backlog) = (vec![0u32; 20_000], vec![0u32; 40_000]);
+    let (mut newest, mut lead) = (i64::MIN, i64::MIN);
+    for row in rows {
+        let ts = row["ts"].as_i64().unwrap();
+        if row["src"] == "b" {
+            backlog[row["n"].as_u64().unwrap() as usize] += 1;
+            if newest < 19_999 {
+                lead = lead.max(ts - newest.max(0));
+            }
+        } else {
+            generated[row["seq"].as_u64().unwrap() as usize] += 1;
+            newest = newest.max(ts);
+        }
+    }
+    assert!(generated.iter().chain(&backlog).all(|n| *n == 1), "a record is missing or duplicated");
+    lead
+}
+
+#[test]
+fn watermark_alignment_holds_a_source_ahead_back_to_the_drift_and_every_record_stays_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    run_once(&backlog_job(dir.path(), ""), Faults::none()).expect("the job finishes");
+    let free = backlog_lead(&committed(dir.path()));
+    assert!(free > 60_000, "without alignment the backlog runs ahead: {free} ms");
+
+    let aligned = ", idleTimeout: 1s, alignment: {maxDrift: 2s, updateInterval: 50ms}";
+    let dir = tempfile::tempdir().unwrap();
+    run_once(&backlog_job(dir.path(), aligned), Faults::none()).expect("the job finishes");
+    let lead = backlog_lead(&committed(dir.path()));
+    // 2 s of drift, 100 ms of bound, a 256-record batch of the backlog
+    // (1.3 s) and what waits in channels.
+    println!("the backlog ahead of the generated records: {free} ms without alignment, {lead} ms with it");
+    assert!(lead < 6_000, "the backlog ran {lead} ms ahead of the generated records");
+
+    let dir = tempfile::tempdir().unwrap();
+    let paced = Faults::none().pacing_sources(std::time::Duration::from_millis(1));
+    run_once(&backlog_job(dir.path(), aligned), paced).expect("the job finishes");
+    let lead = backlog_lead(&committed(dir.path()));
+    assert!(lead < 6_000, "paced, the backlog ran {lead} ms ahead");
+
+    let dir = tempfile::tempdir().unwrap();
+    run_through_crashes_at(&backlog_job(dir.path(), aligned), 0x5eed_a119, &STATELESS_POINTS);
+    let lead = backlog_lead(&committed(dir.path()));
+    assert!(lead < 6_000, "through crashes, the backlog ran {lead} ms ahead");
+}
+
+#[test]
+fn the_backlog_example_windows_a_stream_and_its_backlog_together_with_every_record_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut got = std::collections::BTreeMap::new();
+    for r in run_example(dir.path(), "backlog") {
+        let window = (r["key"].as_str().unwrap().to_string(), r["window_start"].as_i64().unwrap());
+        let row = (r["count"].as_u64().unwrap(), r["sum_value"].as_f64().unwrap() as i64);
+        assert!(got.insert(window, row).is_none(), "a window twice: {r}");
+    }
+    let mut want = std::collections::BTreeMap::new();
+    let mut add = |key: String, ts: i64, value: i64| {
+        let (count, sum) = want.entry((key, ts - ts % 60_000)).or_insert((0u64, 0i64));
+        *count += 1;
+        *sum += value;
+    };
+    for seq in 0..300_000u64 {
+        let (key, value) = weir_runtime::connectors::generator::generated(seq, 10);
+        add(format!("k{key}"), seq as i64, value);
+    }
+    for i in 0..600i64 {
+        add(format!("k{}", i % 10), i * 500, i % 7);
+    }
+    assert_eq!(got, want);
+}

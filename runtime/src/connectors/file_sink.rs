@@ -244,7 +244,9 @@ impl<T: Serialize + Send + 'static> TwoPhaseCommitSink<T> for FileSink<T> {
     }
 }
 
-/// Reads every committed record under `dir` (hidden files are not committed).
+/// Reads every committed record under `dir` (hidden files are not
+/// committed), in the order written: parts by checkpoint
+/// (`part-<subtask>-<checkpoint>-…`), then by subtask.
 pub fn read_committed(dir: &Path) -> std::io::Result<Vec<serde_json::Value>> {
     let mut names: Vec<PathBuf> = match fs::read_dir(dir) {
         Ok(entries) => entries
@@ -257,7 +259,14 @@ pub fn read_committed(dir: &Path) -> std::io::Result<Vec<serde_json::Value>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
         Err(e) => return Err(e),
     };
-    names.sort();
+    let order = |p: &PathBuf| {
+        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let mut fields = name.strip_prefix("part-").unwrap_or_default().split('-');
+        let subtask = fields.next().and_then(|f| f.parse::<u64>().ok());
+        let checkpoint = fields.next().and_then(|f| f.parse::<u64>().ok());
+        (checkpoint, subtask, name.to_string())
+    };
+    names.sort_by_cached_key(order);
     let mut out = Vec::new();
     for path in names {
         let text = fs::read_to_string(&path)?;

@@ -17,6 +17,10 @@ pub fn generated(seq: u64, keys: u64) -> (u64, i64) {
     (h % keys, (h >> 32) as i64 % 100)
 }
 
+/// How long a subtask whose every split is held back by watermark
+/// alignment waits before it looks again.
+const PAUSED_RECHECK: Duration = Duration::from_millis(50);
+
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
 struct Split {
     id: u32,
@@ -34,6 +38,8 @@ pub struct GeneratorSource<T> {
     started: Instant,
     emitted: u64,
     turn: usize,
+    /// Split ids held back by watermark alignment.
+    paused: Vec<u64>,
 }
 
 impl<T> GeneratorSource<T> {
@@ -64,6 +70,7 @@ impl<T> GeneratorSource<T> {
             started: Instant::now(),
             emitted: 0,
             turn: 0,
+            paused: Vec::new(),
         })
     }
 
@@ -91,7 +98,7 @@ impl<T: Send> Source<T> for GeneratorSource<T> {
         for _ in 0..live {
             self.turn = (self.turn + 1) % live;
             let mut split = self.splits[self.turn];
-            if self.split_done(&split) {
+            if self.split_done(&split) || self.paused.contains(&u64::from(split.id)) {
                 continue;
             }
             let mut batch = Vec::with_capacity(n);
@@ -103,7 +110,16 @@ impl<T: Send> Source<T> for GeneratorSource<T> {
             self.emitted += batch.len() as u64;
             return Ok(SourcePoll::Batch(batch));
         }
+        if self.splits.iter().any(|s| !self.split_done(s)) {
+            // Only splits held back are left: alignment says when they read.
+            return Ok(SourcePoll::Idle(Instant::now() + PAUSED_RECHECK));
+        }
         Ok(SourcePoll::Exhausted)
+    }
+
+    fn pause_splits(&mut self, splits: &[u64]) -> Result<bool, TaskError> {
+        self.paused = splits.to_vec();
+        Ok(true)
     }
 
     /// Split ids are `seq % splits`.

@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use super::alignment::WatermarkGroup;
 use super::fence::Fence;
 use super::{JobConfig, JobError};
 use crate::checkpoint::coordinator::FailureVerdict;
@@ -118,6 +119,7 @@ impl<P: ControlPlane + Sync> Loop<'_, P> {
         let (mut exhausted, mut finished) = (0, 0);
         let mut stopping = false;
         let mut last = None;
+        let mut alignment = WatermarkGroup::new(tasks.iter().filter(|t| t.1).map(|t| &t.0));
         // Requests waiting for a checkpoint: (id, reply, stop afterwards).
         let mut waiting: Waiting = Vec::new();
         let mut failure: Option<(JobError, Instant)> = None;
@@ -211,6 +213,12 @@ impl<P: ControlPlane + Sync> Loop<'_, P> {
                         warn!(checkpoint, %task, "checkpoint {checkpoint} declined by {task}: {reason}");
                         broadcast(self.plane, Control::Abort(checkpoint), false).await;
                         self.checkpoint_failed(&mut checkpoints, &mut waiting, checkpoint, reason)?;
+                    }
+                    Event::SourceWatermark { task, watermark } => {
+                        if let Some(least) = alignment.report(task, watermark) {
+                            debug!(least, "watermark alignment: the least source watermark is {least}");
+                            broadcast(self.plane, Control::Align(least), true).await;
+                        }
                     }
                     Event::SourceExhausted(task) => {
                         debug!(%task, "source finished");

@@ -4,10 +4,13 @@
 //! # Layout
 //! - [`deploy`]: a process's share of subtasks, on threads of their own.
 //! - [`coordinate`]: the checkpoint loop over any [`coordinate::ControlPlane`].
+//! - [`alignment`]: the least watermark of the source subtasks, for
+//!   watermark alignment.
 //! - [`fence`]: the incarnation and epoch that fence stale writers.
 //! - [`failure`]: what a failure's cause means: recover in place or exit.
 //! - [`run_job`]: both together in one process (`weir run`).
 
+pub mod alignment;
 pub mod coordinate;
 pub mod deploy;
 pub mod failure;

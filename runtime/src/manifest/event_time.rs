@@ -36,6 +36,33 @@ pub struct EventTimeSpec {
     /// to has fired (or, for `deduplicate`, after its bound has passed).
     #[serde(default, skip_serializing_if = "LateRecords::is_drop")]
     pub late_records: LateRecords,
+    /// Watermark alignment (Flink's `withWatermarkAlignment`): a split or
+    /// source subtask whose watermark runs more than `maxDrift` ahead of
+    /// the least watermark of all the job's sources stops reading until
+    /// the others catch up, so a partition or source that is behind (a
+    /// backlog, a slow start) does not make every window and join hold
+    /// the others' records in state meanwhile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alignment: Option<AlignmentSpec>,
+}
+
+/// Watermark alignment across every split and source subtask of the job.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AlignmentSpec {
+    /// How far a split's or subtask's watermark may run ahead of the least
+    /// one before it is held back.
+    pub max_drift: HumanDuration,
+    /// How often each source subtask tells the coordinator its watermark
+    /// and hears the least (default 1s, as Flink's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_interval: Option<HumanDuration>,
+}
+
+impl AlignmentSpec {
+    pub fn update_every(&self) -> std::time::Duration {
+        self.update_interval.map_or(std::time::Duration::from_secs(1), |d| d.get())
+    }
 }
 
 /// What becomes of late records (Flink: dropped, or a side output).

@@ -3,7 +3,7 @@
 
 use std::borrow::Cow;
 
-use super::{PipelineSpec, StepSpec};
+use super::{PipelineSpec, StepKind, StepSpec};
 
 /// The steps a job runs, and where each was written.
 #[derive(Debug, Default)]
@@ -38,10 +38,8 @@ impl PlannedSteps<'_> {
     /// the rest in the step's clause.
     fn path_of(&self, i: usize, tail: &str) -> String {
         let stream = self.streams.get(i).copied().flatten();
-        let own = [".intervalJoin", ".temporalJoin", ".join", ".windowJoin"]
-            .iter()
-            .find_map(|j| tail.strip_prefix(j))
-            .filter(|t| {
+        let own =
+            StepKind::JOINS.iter().find_map(|j| tail.strip_prefix('.').and_then(|t| t.strip_prefix(j))).filter(|t| {
                 [".source", ".schema", ".eventTimeField"]
                     .iter()
                     .any(|f| t.strip_prefix(f).is_some_and(|r| !r.starts_with(char::is_alphanumeric)))

@@ -39,6 +39,29 @@ pub struct EventTimeSource {
     splits: HashMap<u64, SplitTime>,
     /// `eventTime.expr`, when the time is computed.
     expr: Option<ExprStep>,
+    alignment: Option<Alignment>,
+}
+
+/// How often a subtask held back entirely looks again whether it may read,
+/// besides when the coordinator announces a new least watermark.
+const HELD_RECHECK: Duration = Duration::from_millis(100);
+
+/// Watermark alignment (Flink's, with FLIP-217's per-split pausing): a
+/// split whose watermark is more than `drift` past the least of the
+/// subtask's splits and of the job's source subtasks stops reading.
+#[derive(Debug)]
+struct Alignment {
+    drift: i64,
+    /// The least watermark of the job's source subtasks as last announced:
+    /// `i64::MIN` before the first announcement, so a subtask reads only
+    /// until it has a watermark before it hears how far the others are.
+    least: i64,
+    /// The splits held back now, in order.
+    paused: Vec<u64>,
+    /// The source holds single splits back; else only the whole subtask is.
+    per_split: bool,
+    /// Every split is ahead: the subtask reads nothing for now.
+    held: bool,
 }
 
 impl EventTimeSource {
@@ -55,7 +78,63 @@ impl EventTimeSource {
             idle_timeout,
             splits: HashMap::new(),
             expr: None,
+            alignment: None,
         }
+    }
+
+    /// With watermark alignment: splits more than `drift` milliseconds
+    /// ahead of the least watermark stop reading.
+    pub fn aligned(mut self, drift: Option<i64>) -> Self {
+        self.alignment = drift.map(|drift| Alignment {
+            drift: drift.max(0),
+            least: i64::MIN,
+            paused: Vec::new(),
+            per_split: false,
+            held: false,
+        });
+        self
+    }
+
+    fn is_idle(&self, split: &SplitTime, now: Instant) -> bool {
+        self.idle_timeout.is_some_and(|t| now.duration_since(split.active_at) >= t)
+    }
+
+    /// Holds back the splits too far ahead and lets the others read.
+    fn realign(&mut self, now: Instant) -> Result<(), TaskError> {
+        let Some(a) = &self.alignment else { return Ok(()) };
+        // A split held back until now was not out of records: it must not
+        // go idle and stop holding the watermark back (then it would be
+        // let go, read, and be held back again, over and over).
+        for (id, split) in self.splits.iter_mut() {
+            if a.held || (a.per_split && a.paused.contains(id)) {
+                split.active_at = now;
+            }
+        }
+        let mut marks = Vec::new();
+        for id in self.inner.active_splits() {
+            let split = *self.splits.entry(id).or_insert(SplitTime { greatest: None, active_at: now });
+            if !self.is_idle(&split, now) {
+                // A split without a record yet may bring anything: it holds the others.
+                marks.push((id, split.greatest.map_or(i64::MIN, |g| self.mark(g))));
+            }
+        }
+        let Some(a) = self.alignment.as_mut() else { return Ok(()) };
+        let own = marks.iter().map(|(_, m)| *m).min();
+        let limit = own.map_or(a.least, |o| o.min(a.least)).saturating_add(a.drift);
+        let mut ahead: Vec<u64> = marks.iter().filter(|(_, m)| *m > limit).map(|(id, _)| *id).collect();
+        ahead.sort_unstable();
+        if ahead != a.paused {
+            a.per_split = self.inner.pause_splits(&ahead)?;
+            a.paused = ahead;
+        }
+        a.held = own.is_some_and(|o| o > limit);
+        Ok(())
+    }
+
+    /// The watermark a split's greatest timestamp allows: one at exactly
+    /// `greatest - bound` still counts.
+    fn mark(&self, greatest: i64) -> i64 {
+        greatest.saturating_sub(self.bound).saturating_sub(1)
     }
 
     /// The source with its records' event-time field computed by
@@ -71,6 +150,19 @@ impl EventTimeSource {
 
 impl Source<SourceRecord> for EventTimeSource {
     fn poll_batch(&mut self, max: usize) -> Result<SourcePoll<SourceRecord>, TaskError> {
+        if self.alignment.as_ref().is_some_and(|a| a.held) {
+            let now = Instant::now();
+            self.realign(now)?;
+            if self.held_back() {
+                return Ok(SourcePoll::Idle(now + HELD_RECHECK));
+            }
+        }
+        // Until it hears how far the others are, a subtask reads a record
+        // at a time: each restart would otherwise let it run a batch ahead.
+        let max = match &self.alignment {
+            Some(a) if a.least == i64::MIN => 1,
+            _ => max,
+        };
         let mut polled = self.inner.poll_batch(max)?;
         if let (SourcePoll::Batch(batch), Some(step)) = (&mut polled, &mut self.expr) {
             stamp(step, batch);
@@ -87,7 +179,19 @@ impl Source<SourceRecord> for EventTimeSource {
                 split.active_at = now;
             }
         }
+        self.realign(Instant::now())?;
         Ok(polled)
+    }
+
+    fn align(&mut self, least: i64) -> Result<(), TaskError> {
+        if let Some(a) = self.alignment.as_mut() {
+            a.least = least;
+        }
+        self.realign(Instant::now())
+    }
+
+    fn held_back(&self) -> bool {
+        self.alignment.as_ref().is_some_and(|a| a.held)
     }
 
     fn snapshot(&mut self, checkpoint: u64) -> Result<Vec<Vec<u8>>, TaskError> {
@@ -107,14 +211,12 @@ impl Source<SourceRecord> for EventTimeSource {
         let mut least: Option<i64> = None;
         for id in self.inner.active_splits() {
             let split = *self.splits.entry(id).or_insert(SplitTime { greatest: None, active_at: now });
-            if self.idle_timeout.is_some_and(|t| now.duration_since(split.active_at) >= t) {
+            if self.is_idle(&split, now) {
                 continue;
             }
             // An active split that has said nothing yet may still bring
             // anything: no watermark until it does.
-            let greatest = split.greatest?;
-            // One at exactly `greatest - bound` still counts.
-            let mark = greatest.saturating_sub(self.bound).saturating_sub(1);
+            let mark = self.mark(split.greatest?);
             least = Some(least.map_or(mark, |l| l.min(mark)));
         }
         least
@@ -242,5 +344,92 @@ mod tests {
         assert_eq!(bad.origin, "readings.jsonl:2");
         assert!(bad.reason.starts_with("spec.pipeline.eventTime.expr: "), "{}", bad.reason);
         assert_eq!(source.watermark(), Some(6_999));
+    }
+
+    /// Split 0 a second of event time per record, split 1 ten, one record
+    /// of each split not held back per poll.
+    struct Skewed {
+        next: [i64; 2],
+        paused: Vec<u64>,
+        per_split: bool,
+    }
+
+    impl Source<SourceRecord> for Skewed {
+        fn poll_batch(&mut self, _max: usize) -> Result<SourcePoll<SourceRecord>, TaskError> {
+            let mut batch = Vec::new();
+            for split in 0..2u64 {
+                if self.per_split && self.paused.contains(&split) {
+                    continue;
+                }
+                let ts = self.next[split as usize];
+                self.next[split as usize] += if split == 0 { 1_000 } else { 10_000 };
+                batch.push(SourceRecord { origin: None, split, row: Ok(json!({"ts": ts})) });
+            }
+            Ok(SourcePoll::Batch(batch))
+        }
+        fn snapshot(&mut self, _: u64) -> Result<Vec<Vec<u8>>, TaskError> {
+            Ok(Vec::new())
+        }
+        fn active_splits(&self) -> Vec<u64> {
+            vec![0, 1]
+        }
+        fn pause_splits(&mut self, splits: &[u64]) -> Result<bool, TaskError> {
+            self.paused = splits.to_vec();
+            Ok(self.per_split)
+        }
+    }
+
+    /// Polls `source` as its subtask would, announcing its own watermark
+    /// back as the job's least (it is the only source subtask); the
+    /// greatest timestamp read of each split after `polls` polls.
+    fn read_aligned(source: &mut EventTimeSource, polls: usize) -> [i64; 2] {
+        let mut greatest = [i64::MIN; 2];
+        for _ in 0..polls {
+            if let SourcePoll::Batch(batch) = source.poll_batch(10).unwrap() {
+                for r in batch {
+                    let ts = r.row.as_ref().unwrap()["ts"].as_i64().unwrap();
+                    greatest[r.split as usize] = greatest[r.split as usize].max(ts);
+                }
+            }
+            if let Some(w) = source.watermark() {
+                source.align(w).unwrap();
+            }
+        }
+        greatest
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_split_more_than_the_drift_ahead_waits_for_the_one_behind_and_does_not_go_idle() {
+        let skewed = Skewed { next: [0, 0], paused: Vec::new(), per_split: true };
+        let idle = Some(Duration::from_secs(30));
+        let mut source = EventTimeSource::new(Box::new(skewed), "ts", 0, idle).aligned(Some(5_000));
+        let greatest = read_aligned(&mut source, 100);
+        assert!(greatest[0] >= 90_000, "the split behind reads on: {greatest:?}");
+        assert!(greatest[1] - greatest[0] <= 5_000 + 10_000, "the split ahead waits: {greatest:?}");
+        assert!(!source.held_back(), "only the split ahead is held back");
+        // Held back for longer than the idle timeout, it still holds the
+        // watermark: it is not out of records.
+        tokio::time::advance(Duration::from_secs(40)).await;
+        source.poll_batch(10).unwrap();
+        assert_eq!(source.alignment.as_ref().map(|a| a.paused.clone()), Some(vec![1]));
+        assert!(source.splits.get(&1).is_some_and(|s| !source.is_idle(s, Instant::now())));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_source_that_cannot_hold_one_split_back_is_held_back_whole_while_it_is_ahead_of_the_job() {
+        let skewed = Skewed { next: [0, 0], paused: Vec::new(), per_split: false };
+        let mut source = EventTimeSource::new(Box::new(skewed), "ts", 0, None).aligned(Some(5_000));
+        source.poll_batch(10).unwrap();
+        assert!(source.held_back(), "before the first announcement, it reads only up to a watermark");
+        assert!(matches!(source.poll_batch(10).unwrap(), SourcePoll::Idle(_)));
+        // Another subtask is at 0 s: this one, at 0 s too, may read up to 5 s.
+        source.align(0).unwrap();
+        assert!(!source.held_back());
+        for _ in 0..6 {
+            source.poll_batch(10).unwrap();
+        }
+        assert!(source.held_back(), "its least split passed 5 s: {:?}", source.watermark());
+        source.align(20_000).unwrap();
+        assert!(!source.held_back(), "the others caught up");
     }
 }

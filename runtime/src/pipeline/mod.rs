@@ -70,8 +70,8 @@ use crate::connectors::TwoPhaseCommitCollector;
 use crate::dataflow::{BuildError, DataStream, JobGraph, KeyedStream, StreamEnv};
 use crate::manifest::{
     AggregateSpec, BadRecordAction, ErrorPolicy, EventTimeSpec, IntervalJoinSpec, JoinedSource, LateRecords,
-    PipelineSpec, PostgresSinkMode, RegularJoinSpec, SinkKind, StepKind, StepSpec, StreamJobSpec, TemporalJoinSpec,
-    TimeDomain, WindowJoinSpec, WindowSpec,
+    PipelineSpec, PostgresSinkMode, RegularJoinSpec, SinkKind, StepKind, StreamJobSpec, TemporalJoinSpec, TimeDomain,
+    WindowJoinSpec, WindowSpec,
 };
 use crate::operators::EventTimeFunction;
 use crate::record::{key_of, FieldRule, Rejects, Row};
@@ -126,7 +126,7 @@ fn build_pipeline(spec: &StreamJobSpec, pipeline: &PipelineSpec) -> Result<JobGr
     let main = SourceAt { uid: "source", source: &pipeline.source, at, schema, event_time: time, stamp: stamp.clone() };
     let source = source_stream(&env, main)?;
 
-    let (rules, after_filter) = field_rules(pipeline, &steps);
+    let (rules, after_filter) = sources::field_rules(pipeline, &steps);
     let after_filter = Some(after_filter).filter(|r| !r.is_empty());
     let mut stream = checked_source(&env, source, "bad-records", "dead-letter", &rules, &spec.error_policy);
     // The union's sources, until they meet the main one: at the first
@@ -524,66 +524,9 @@ fn window_id(key_field: &str, time_field: &str, spec: &WindowSpec) -> String {
     content_id("window", &json!({"keyBy": key_field, "eventTime": time_field, "window": spec}))
 }
 
-/// What records must carry for the steps up to the first aggregate; later
-/// steps read the aggregate's own output, which always has its fields.
-/// Checked where records enter, except what a keyBy or aggregate after a
-/// filter, flatten or lookup needs: those are checked on the rows the filter passes (the
-/// second list), so that a record the filter drops (a person among bids)
-/// is not called bad for lacking a field the bids have.
-fn field_rules(pipeline: &PipelineSpec, steps: &[StepSpec]) -> (Vec<FieldRule>, Vec<FieldRule>) {
-    let mut entry = schema::declared(pipeline);
-    entry.extend(pipeline.event_time.iter().map(|t| FieldRule::EventTime(t.field.clone())));
-    let mut after_filter = Vec::new();
-    let mut filtered = false;
-    for step in steps {
-        let rules = if filtered { &mut after_filter } else { &mut entry };
-        let aggregate = match step.kind() {
-            Ok(StepKind::KeyBy(k)) if k.expr.is_some() => continue,
-            Ok(StepKind::KeyBy(k)) => {
-                rules.push(FieldRule::Key(k.field.clone()));
-                continue;
-            }
-            // Rows after these are not the source's: what later steps
-            // need is checked on them, before the keyed step.
-            Ok(StepKind::Filter(_) | StepKind::Flatten(_) | StepKind::Lookup(_)) => {
-                filtered = true;
-                continue;
-            }
-            Ok(StepKind::Select(_)) => break,
-            Ok(StepKind::Aggregate(a)) => a,
-            Ok(StepKind::Window(w)) => &w.aggregate,
-            Ok(StepKind::Deduplicate(_)) => continue,
-            Ok(StepKind::IntervalJoin(j)) => {
-                rules.push(FieldRule::Key(j.key.clone()));
-                break;
-            }
-            Ok(StepKind::TemporalJoin(j)) => {
-                rules.push(FieldRule::Key(j.key.clone()));
-                break;
-            }
-            Ok(StepKind::Join(j)) => {
-                rules.push(FieldRule::Key(j.key.clone()));
-                break;
-            }
-            Ok(StepKind::WindowJoin(j)) => {
-                rules.push(FieldRule::Key(j.key.clone()));
-                break;
-            }
-            Ok(StepKind::TopN(t)) => {
-                rules.push(FieldRule::Number(t.order_by.clone()));
-                break;
-            }
-            Err(_) => break,
-        };
-        rules.extend(aggregate.numeric_fields().map(|f| FieldRule::Number(f.clone())));
-        break;
-    }
-    (entry, after_filter)
-}
-
 /// What the first keyed step takes over: the union's sources not yet
 /// merged with the main one, and the rules to check on rows a filter
-/// passed (see [`field_rules`]).
+/// passed (see [`sources::field_rules`]).
 struct Pending {
     others: Vec<DataStream<Row>>,
     after_filter: Option<Vec<FieldRule>>,
@@ -614,7 +557,7 @@ impl Pending {
 }
 
 /// `stream`, its rows first checked by `rules` when a filter came before
-/// the first keyed step (see [`field_rules`]), which keys by `key_field`.
+/// the first keyed step (see [`sources::field_rules`]), which keys by `key_field`.
 fn checked_after_filter(
     env: &StreamEnv,
     stream: DataStream<Row>,

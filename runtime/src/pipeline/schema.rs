@@ -403,27 +403,23 @@ pub fn type_steps(pipeline: &PipelineSpec, steps: &[StepSpec]) -> Typed {
             ) => {
                 if let Some(schema) = &current {
                     let time = pipeline.event_time.as_ref().map_or("", |t| t.field.as_str());
+                    let at = kind.as_join().map(|(name, _)| format!("spec.pipeline.steps[{i}].{name}"));
+                    let at = at.unwrap_or_default();
                     let (out, errors) = match kind {
                         StepKind::IntervalJoin(j) => {
-                            let at = format!("spec.pipeline.steps[{i}].intervalJoin");
                             let nulls = (j.join_type.keeps_other(), j.join_type.keeps_this());
                             joined(&at, schema, j, Some(time), nulls)
                         }
                         StepKind::TemporalJoin(j) => {
-                            let at = format!("spec.pipeline.steps[{i}].temporalJoin");
                             // By processing time the table has no event-time field.
                             let time = j.time.is_event_time().then_some(time);
                             joined(&at, schema, j, time, (false, j.join_type == TemporalJoinType::Left))
                         }
                         StepKind::Join(j) => {
-                            let at = format!("spec.pipeline.steps[{i}].join");
                             let time = pipeline.event_time.as_ref().map(|t| t.field.as_str());
                             joined(&at, schema, j, time, (false, false))
                         }
-                        StepKind::WindowJoin(j) => {
-                            let at = format!("spec.pipeline.steps[{i}].windowJoin");
-                            window_joined(&at, schema, j, time)
-                        }
+                        StepKind::WindowJoin(j) => window_joined(&at, schema, j, time),
                         _ => (schema.clone(), Vec::new()),
                     };
                     typed.errors.extend(errors);
@@ -616,77 +612,4 @@ pub fn rules_of(fields: &[FieldSpec]) -> Vec<FieldRule> {
 }
 
 #[cfg(test)]
-mod tests {
-    use crate::manifest::StreamJob;
-
-    /// Loads a manifest whose pipeline has `source`, `schema` and `steps`.
-    fn load(source: &str, schema: &str, steps: &str) -> Result<StreamJob, String> {
-        let yaml = format!(
-            r#"
-apiVersion: weir.dev/v1alpha1
-kind: StreamJob
-metadata: {{name: e}}
-spec:
-  pipeline:
-    source: {source}
-{schema}
-    steps:
-{steps}
-    sink: {{file: {{path: ./out}}}}
-"#
-        );
-        StreamJob::from_yaml(&yaml).map_err(|e| e.to_string())
-    }
-
-    const GENERATOR: &str = "{generator: {keys: 10}}";
-    const FILE: &str = "{file: {path: ./in}}";
-    const ORDERS: &str = "    schema:\n      - {name: item, type: string}\n      - {name: price, type: float64}\n      - {name: qty, type: int64, nullable: true}";
-
-    #[test]
-    fn typed_expression_steps_over_a_declared_schema_are_accepted() {
-        let steps = r#"      - filter: "price * qty > 100 AND item LIKE 'a%'"
-      - select: [item, "price * qty AS total", "upper(item) AS shouted"]
-      - keyBy: {field: k, expr: "lower(shouted)"}
-      - aggregate: {count: true, sum: [total]}
-      - filter: "sum_total > 1000 AND count >= 2""#;
-        load(FILE, ORDERS, steps).unwrap();
-    }
-
-    #[test]
-    fn a_misspelt_field_is_refused_naming_the_step_and_the_fields_there_are() {
-        let err = load(FILE, ORDERS, "      - filter: \"prise > 1\"").unwrap_err();
-        assert!(err.contains("spec.pipeline.steps[0].filter:") && err.contains("prise"), "{err}");
-        let err = load(GENERATOR, "", "      - keyBy: {field: kee}\n      - aggregate: {count: true}").unwrap_err();
-        assert!(
-            err.contains("spec.pipeline.steps[0].keyBy.field: no field `kee` in the records here (their fields: seq, key, value)"),
-            "{err}"
-        );
-        let steps = "      - select: [item]\n      - keyBy: {field: item}\n      - aggregate: {sum: [price]}";
-        let err = load(FILE, ORDERS, steps).unwrap_err();
-        assert!(err.contains("spec.pipeline.steps[2].aggregate.sum: no field `price`"), "{err}");
-    }
-
-    #[test]
-    fn type_mismatches_are_refused_before_the_job_starts() {
-        let err = load(FILE, ORDERS, "      - filter: \"price * qty\"").unwrap_err();
-        assert!(err.contains("spec.pipeline.steps[0].filter: expected a boolean condition, got Float64"), "{err}");
-        let err = load(FILE, ORDERS, "      - keyBy: {field: qty}\n      - aggregate: {sum: [item]}").unwrap_err();
-        assert!(err.contains("spec.pipeline.steps[1].aggregate.sum: field `item` is Utf8, expected a number"), "{err}");
-        let err = load(FILE, ORDERS, "      - filter: \"price AND qty > 1\"").unwrap_err();
-        assert!(err.contains("spec.pipeline.steps[0].filter: "), "{err}");
-    }
-
-    #[test]
-    fn select_needs_names_and_expressions_need_a_schema() {
-        let err = load(FILE, ORDERS, "      - select: [\"price * qty\", item, \"qty AS item\"]").unwrap_err();
-        assert!(err.contains("spec.pipeline.steps[0].select[0]: `price * qty` needs a name: add `AS <name>`"), "{err}");
-        assert!(err.contains("spec.pipeline.steps[0].select[2]: the name `item` is used twice"), "{err}");
-        let err = load(FILE, "", "      - filter: \"a > 1\"").unwrap_err();
-        assert!(err.contains("spec.pipeline.steps[0].filter: needs spec.pipeline.schema"), "{err}");
-        let err = load(GENERATOR, ORDERS, "      - filter: \"value > 1\"").unwrap_err();
-        assert!(err.contains("spec.pipeline.schema: the generator's records have a fixed schema"), "{err}");
-        // After an aggregate the schema is known even without one declared.
-        load(FILE, "", "      - keyBy: {field: k}\n      - aggregate: {sum: [v]}\n      - filter: \"sum_v > 3\"")
-            .unwrap();
-    }
-}
+mod tests;

@@ -10,7 +10,7 @@ use serde_json::json;
 
 use super::bad_records::FieldRules;
 use super::event_time::EventTimeSource;
-use super::schema::Planned;
+use super::schema::{self, Planned};
 use super::{checked, PipelineError};
 use crate::connectors::avro_values::AvroValues;
 use crate::connectors::csv_records::CsvFormat;
@@ -20,10 +20,10 @@ use crate::connectors::kafka::source::split_id;
 use crate::connectors::kafka::{KafkaConfig, KafkaDecoder, KafkaRecord, KafkaSource};
 use crate::connectors::nexmark::NexmarkConfig;
 use crate::connectors::GeneratorSource;
-use crate::dataflow::{DataStream, StreamEnv};
+use crate::dataflow::{DataStream, SourceTiming, StreamEnv};
 use crate::manifest::{
-    ErrorPolicy, EventTimeSpec, FieldSpec, KafkaMetadata, KafkaSourceSpec, KafkaValueFormat, SourceFormat, SourceKind,
-    SourceSpec,
+    AlignmentSpec, ErrorPolicy, EventTimeSpec, FieldSpec, KafkaMetadata, KafkaSourceSpec, KafkaValueFormat,
+    PipelineSpec, SourceFormat, SourceKind, SourceSpec, StepKind, StepSpec,
 };
 use crate::record::{parse_json_object, BadRecord, FieldRule, Row, SourceRecord};
 use crate::task::source_task::Source;
@@ -48,12 +48,15 @@ pub(super) struct SourceAt<'a> {
 pub(super) fn source_stream(env: &StreamEnv, s: SourceAt<'_>) -> Result<DataStream<SourceRecord>, PipelineError> {
     let SourceAt { uid, source, at, schema, event_time, stamp } = s;
     let idle = event_time.and_then(|(t, _)| t.idle_timeout).map(|d| d.get());
+    let alignment = event_time.and_then(|(t, _)| t.alignment.clone());
+    let timing = SourceTiming { idle_timeout: idle, align_every: alignment.as_ref().map(AlignmentSpec::update_every) };
+    let drift = alignment.map(|a| a.max_drift.millis());
     let event_time = event_time.map(|(t, f)| (f.to_string(), t.max_out_of_orderness));
     // With event time, each source watermarks its records per split, from
     // the time an expression computed if there is one.
     let timed = move |source: Box<dyn Source<SourceRecord>>| -> Result<Box<dyn Source<SourceRecord>>, TaskError> {
         let Some((field, bound)) = &event_time else { return Ok(source) };
-        let timed = EventTimeSource::new(source, field, bound.millis(), idle);
+        let timed = EventTimeSource::new(source, field, bound.millis(), idle).aligned(drift);
         Ok(match &stamp {
             Some((planned, fields)) => Box::new(timed.computing(planned.clone(), fields.clone())?),
             None => Box::new(timed),
@@ -63,7 +66,7 @@ pub(super) fn source_stream(env: &StreamEnv, s: SourceAt<'_>) -> Result<DataStre
     Ok(match source.kind().map_err(|e| PipelineError::Invalid(format!("{at}: {e}")))? {
         SourceKind::Generator(g) => {
             let g = g.clone();
-            env.source_idle_after(uid, idle, move |ctx, restored| {
+            env.source_timed(uid, timing, move |ctx, restored| {
                 let (keys, splits) = (g.keys, g.splits.max(1));
                 let step = g.timestamp_step.map(|d| d.get().as_millis() as u64);
                 let make = Arc::new(move |seq: u64| {
@@ -80,7 +83,7 @@ pub(super) fn source_stream(env: &StreamEnv, s: SourceAt<'_>) -> Result<DataStre
         }
         SourceKind::Nexmark(n) => {
             let n = n.clone();
-            env.source_idle_after(uid, idle, move |ctx, restored| {
+            env.source_timed(uid, timing, move |ctx, restored| {
                 let config = NexmarkConfig { events_per_second: n.events_per_second };
                 let splits = u64::from(n.splits.max(1));
                 let make = Arc::new(move |seq: u64| SourceRecord {
@@ -99,13 +102,13 @@ pub(super) fn source_stream(env: &StreamEnv, s: SourceAt<'_>) -> Result<DataStre
                 (None, SourceFormat::Csv, Some(fields)) => FileKind::Csv(CsvFormat::new(fields, f.csv.as_ref())),
                 _ => FileKind::JsonLines,
             };
-            env.source_idle_after(uid, idle, move |ctx, restored| {
+            env.source_timed(uid, timing, move |ctx, restored| {
                 timed(Box::new(FileSource::new(ctx, &uid_owned, restored, &path, kind.clone())?))
             })
         }
         SourceKind::Kafka(k) => {
             let (spec, at) = (k.clone(), format!("{at}.kafka"));
-            env.source_idle_after(uid, idle, move |ctx, _restored| {
+            env.source_timed(uid, timing, move |ctx, _restored| {
                 // Every subtask sees every partition's position: partitions
                 // are owned by a rule, not dealt out with the state.
                 let config = KafkaConfig::from_source_spec(&spec, &at)?;
@@ -196,4 +199,56 @@ fn kafka_decoder(spec: &KafkaSourceSpec, at: &str) -> Result<KafkaDecoder<Source
 /// Bytes as lowercase hex, how a binary value that is a bad record is kept.
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What records must carry for the steps up to the first aggregate; later
+/// steps read the aggregate's own output, which always has its fields.
+/// Checked where records enter, except what a keyBy or aggregate after a
+/// filter, flatten or lookup needs: those are checked on the rows the filter passes (the
+/// second list), so that a record the filter drops (a person among bids)
+/// is not called bad for lacking a field the bids have.
+pub(super) fn field_rules(pipeline: &PipelineSpec, steps: &[StepSpec]) -> (Vec<FieldRule>, Vec<FieldRule>) {
+    let mut entry = schema::declared(pipeline);
+    entry.extend(pipeline.event_time.iter().map(|t| FieldRule::EventTime(t.field.clone())));
+    let mut after_filter = Vec::new();
+    let mut filtered = false;
+    for step in steps {
+        let rules = if filtered { &mut after_filter } else { &mut entry };
+        let aggregate = match step.kind() {
+            Ok(StepKind::KeyBy(k)) if k.expr.is_some() => continue,
+            Ok(StepKind::KeyBy(k)) => {
+                rules.push(FieldRule::Key(k.field.clone()));
+                continue;
+            }
+            // Rows after these are not the source's: what later steps
+            // need is checked on them, before the keyed step.
+            Ok(StepKind::Filter(_) | StepKind::Flatten(_) | StepKind::Lookup(_)) => {
+                filtered = true;
+                continue;
+            }
+            Ok(StepKind::Select(_)) => break,
+            Ok(StepKind::Aggregate(a)) => a,
+            Ok(StepKind::Window(w)) => &w.aggregate,
+            Ok(StepKind::Deduplicate(_)) => continue,
+            Ok(
+                kind @ (StepKind::IntervalJoin(_)
+                | StepKind::TemporalJoin(_)
+                | StepKind::Join(_)
+                | StepKind::WindowJoin(_)),
+            ) => {
+                if let Some((_, j)) = kind.as_join() {
+                    rules.push(FieldRule::Key(j.key().to_string()));
+                }
+                break;
+            }
+            Ok(StepKind::TopN(t)) => {
+                rules.push(FieldRule::Number(t.order_by.clone()));
+                break;
+            }
+            Err(_) => break,
+        };
+        rules.extend(aggregate.numeric_fields().map(|f| FieldRule::Number(f.clone())));
+        break;
+    }
+    (entry, after_filter)
 }

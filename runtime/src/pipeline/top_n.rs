@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use super::window::{starts, LateTo, Routed};
+use super::window::{Hop, LateTo, Routed};
 use super::{not_a_number, read_back};
 use crate::manifest::{RankFunction, SortOrder, TopNSpec};
 use crate::operators::{EventTimeFunction, KeyedProcessFunction, Timers};
@@ -103,7 +103,7 @@ pub struct WindowTopN {
     /// Ranking the records themselves (`topN.window`): their event-time
     /// field and the windows' size and slide; else the rows of a window
     /// step, which carry their window's bounds.
-    assign: Option<(String, i64, i64)>,
+    assign: Option<(String, Hop)>,
     late: LateTo,
 }
 
@@ -114,29 +114,36 @@ impl WindowTopN {
     /// `time`: the pipeline's event-time field.
     pub fn new(spec: &TopNSpec, time: &str, late: LateTo) -> WindowTopN {
         let assign = spec.window.as_ref().map(|w| {
-            let size = w.size.millis().max(1);
-            let slide = w.slide.map_or(size, |s| s.millis().clamp(1, size));
-            (time.to_string(), size, slide)
+            let size = w.size.millis();
+            (time.to_string(), Hop::new(size, w.slide.map_or(size, |s| s.millis())))
         });
         WindowTopN { top: TopN::new(spec), ranking: spec.ranking, assign, late }
     }
 
-    /// Ranks the row (`value`, `text`) into a window's ranking `top`, if
-    /// it ranks within the limit.
-    fn place(&self, value: f64, text: String, top: &mut Ranking) {
+    /// Ranks `row` (by `value`) into a window's ranking `top`, if it ranks
+    /// within the limit; only then is its text made.
+    fn place(&self, value: f64, row: &Row, top: &mut Ranking) {
+        let limit = self.top.limit;
+        // The rank `value` would have: how many rows (or, dense, values)
+        // come before it, plus one (for a row number, the least it can
+        // have, before the rows it ties with).
+        let ahead = top.iter().take_while(|(v, _)| self.top.before(*v, value));
+        let rank = match self.ranking {
+            RankFunction::RowNumber | RankFunction::Rank => ahead.count() + 1,
+            RankFunction::DenseRank => distinct(ahead.map(|(v, _)| *v)) + 1,
+        };
+        if rank > limit {
+            return;
+        }
+        let text = row.to_string();
         // All of a window's rows are ranked at once, so a tie is broken by
         // the rows' text rather than by their arrival, which differs
         // between a run and its replay after a restore.
         let at =
             top.iter().position(|(v, t)| self.top.before(value, *v) || (value == *v && text < *t)).unwrap_or(top.len());
-        let limit = self.top.limit;
-        // The rank `value` would have: how many rows (or, dense, values)
-        // come before it, plus one.
-        let ahead = top.iter().take_while(|(v, _)| self.top.before(*v, value));
         let rank = match self.ranking {
             RankFunction::RowNumber => at + 1,
-            RankFunction::Rank => ahead.count() + 1,
-            RankFunction::DenseRank => distinct(ahead.map(|(v, _)| *v)) + 1,
+            _ => rank,
         };
         if rank <= limit {
             top.insert(at, (value, text));
@@ -160,20 +167,6 @@ impl WindowTopN {
             };
             top.truncate(kept);
         }
-    }
-
-    /// The windows `row` is ranked in, earliest first, and the time it is
-    /// late after: assigned by its event time, or read from the window
-    /// step's bounds it carries.
-    fn windows_of(&self, row: &Row, key: &str) -> Result<(Vec<(i64, i64)>, i64), TaskError> {
-        let Some((field, size, slide)) = &self.assign else {
-            let (start, end) = (bound(row, "window_start", key)?, bound(row, "window_end", key)?);
-            return Ok((vec![(start, end)], end - 1));
-        };
-        let ts = super::join::time_of(row, field, key)?;
-        let mut windows: Vec<(i64, i64)> = starts(ts, *size, *slide).map(|s| (s, s.saturating_add(*size))).collect();
-        windows.reverse();
-        Ok((windows, ts))
     }
 }
 
@@ -205,28 +198,33 @@ impl EventTimeFunction<String, Row, Routed> for WindowTopN {
         timers: &mut Timers,
         out: &mut Vec<Routed>,
     ) -> Result<(), TaskError> {
-        let (windows, ts) = self.windows_of(&row, key)?;
         let value = self.top.value_of(&row, key)?;
         let watermark = timers.watermark();
-        let open: Vec<(i64, i64)> =
-            windows.into_iter().filter(|(_, end)| watermark.is_none_or(|w| w < end - 1)).collect();
-        if open.is_empty() {
-            let why = match self.assign {
-                None => "so its window's ranking was emitted",
-                Some(_) => "so the ranking of every window it belongs to was emitted",
-            };
-            self.late.late(row, ts, why, timers, out);
-            return Ok(());
-        }
-        for (start, end) in open {
-            if self.assign.is_some() {
-                if let Some(fields) = row.as_object_mut() {
-                    fields.insert("window_start".into(), Value::from(start));
-                    fields.insert("window_end".into(), Value::from(end));
-                }
+        let open = |end: i64| watermark.is_none_or(|w| w < end - 1);
+        let Some((field, hop)) = &self.assign else {
+            // A window step's row: it carries its one window's bounds.
+            let (start, end) = (bound(&row, "window_start", key)?, bound(&row, "window_end", key)?);
+            if !open(end) {
+                self.late.late(row, end - 1, "so its window's ranking was emitted", timers, out);
+                return Ok(());
             }
-            self.place(value, row.to_string(), rankings.entry((start, end)).or_default());
+            self.place(value, &row, rankings.entry((start, end)).or_default());
             timers.register(end - 1);
+            return Ok(());
+        };
+        let ts = super::join::time_of(&row, field, key)?;
+        let mut ranked = false;
+        for (start, end) in hop.windows(ts).filter(|(_, end)| open(*end)) {
+            if let Some(fields) = row.as_object_mut() {
+                fields.insert("window_start".into(), Value::from(start));
+                fields.insert("window_end".into(), Value::from(end));
+            }
+            self.place(value, &row, rankings.entry((start, end)).or_default());
+            timers.register(end - 1);
+            ranked = true;
+        }
+        if !ranked {
+            self.late.late(row, ts, "so the ranking of every window it belongs to was emitted", timers, out);
         }
         Ok(())
     }
@@ -422,19 +420,31 @@ mod tests {
         assert_eq!(ranks, ["b#1", "f#1", "h#2", "e#3", "a#4", "c#4", "g#4"]);
     }
 
-    #[test]
-    fn with_a_window_records_are_ranked_per_tumbling_window_of_their_event_time_and_keep_their_own_time() {
+    /// The highest-priced bid (`{"bid", "ts", "price"}`) of each 10 s
+    /// window, sliding by `slide` if given, ranked by `ranking`.
+    fn highest_bid_per_window(slide: Option<&str>, ranking: RankFunction) -> WindowTopN {
         let spec = TopNSpec {
             limit: 1,
             order_by: "price".into(),
             order: SortOrder::Descending,
             rank_field: None,
             per_window: false,
-            window: Some(crate::manifest::TopNWindow { size: "10s".parse().unwrap(), slide: None }),
-            ranking: RankFunction::Rank,
+            window: Some(crate::manifest::TopNWindow {
+                size: "10s".parse().unwrap(),
+                slide: slide.map(|s| s.parse().unwrap()),
+            }),
+            ranking,
         };
-        let mut top = WindowTopN::new(&spec, "ts", LateTo(None));
-        let bid = |b: &str, ts: i64, price: i64| serde_json::json!({"bid": b, "ts": ts, "price": price});
+        WindowTopN::new(&spec, "ts", LateTo(None))
+    }
+
+    fn bid(b: &str, ts: i64, price: i64) -> Row {
+        serde_json::json!({"bid": b, "ts": ts, "price": price})
+    }
+
+    #[test]
+    fn with_a_window_records_are_ranked_per_tumbling_window_of_their_event_time_and_keep_their_own_time() {
+        let mut top = highest_bid_per_window(None, RankFunction::Rank);
         let steps = vec![
             (None, bid("a", 1_000, 5)),
             (None, bid("b", 9_999, 7)),
@@ -460,20 +470,7 @@ mod tests {
 
     #[test]
     fn with_a_sliding_window_a_record_is_ranked_in_each_window_still_open_and_late_only_when_none_is() {
-        let spec = TopNSpec {
-            limit: 1,
-            order_by: "price".into(),
-            order: SortOrder::Descending,
-            rank_field: None,
-            per_window: false,
-            window: Some(crate::manifest::TopNWindow {
-                size: "10s".parse().unwrap(),
-                slide: Some("5s".parse().unwrap()),
-            }),
-            ranking: RankFunction::RowNumber,
-        };
-        let mut top = WindowTopN::new(&spec, "ts", LateTo(None));
-        let bid = |b: &str, ts: i64, price: i64| serde_json::json!({"bid": b, "ts": ts, "price": price});
+        let mut top = highest_bid_per_window(Some("5s"), RankFunction::RowNumber);
         let steps = vec![
             (None, bid("a", 1_000, 5)),
             (None, bid("b", 6_000, 7)),

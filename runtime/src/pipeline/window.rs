@@ -57,14 +57,35 @@ impl LateTo {
     }
 }
 
-/// The starts of the sliding windows (tumbling ones when `slide` is
-/// `size`) holding `ts`, latest first.
-pub(super) fn starts(ts: i64, size: i64, slide: i64) -> impl Iterator<Item = i64> {
-    let last = ts - ts.rem_euclid(slide);
-    std::iter::successors(Some(last), move |s| s.checked_sub(slide)).take_while(move |s| {
-        // A window [s, s + size) holds ts while s > ts - size.
-        s.saturating_add(size) > ts
-    })
+/// Tumbling (`slide == size`) or sliding windows aligned to the epoch,
+/// made safe to step through whatever the manifest said: at least 1 ms
+/// long, sliding by at least 1 ms and at most their size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Hop {
+    pub size: i64,
+    pub slide: i64,
+}
+
+impl Hop {
+    pub(super) fn new(size: i64, slide: i64) -> Hop {
+        let size = size.max(1);
+        Hop { size, slide: slide.clamp(1, size) }
+    }
+
+    /// The windows `[start, end)` holding `ts`, latest first.
+    pub(super) fn windows(self, ts: i64) -> impl Iterator<Item = (i64, i64)> {
+        let Hop { size, slide } = self;
+        let last = ts - ts.rem_euclid(slide);
+        std::iter::successors(Some(last), move |s| s.checked_sub(slide))
+            .map(move |s| (s, s.saturating_add(size)))
+            // A window [s, s + size) holds ts while s > ts - size.
+            .take_while(move |(_, end)| *end > ts)
+    }
+
+    /// The end of the last window holding `ts`.
+    pub(super) fn last_end(self, ts: i64) -> i64 {
+        (ts - ts.rem_euclid(self.slide)).saturating_add(self.size)
+    }
 }
 
 /// The event time of a keyed record; a record without one failing names its key.
@@ -95,8 +116,8 @@ impl<A: Accumulator> WindowAggregate<A> {
     pub fn new(key_field: &str, time_field: &str, spec: &WindowSpec, late: LateTo) -> WindowAggregate<A> {
         let kind = match spec.kind() {
             Ok(WindowKind::Sliding { size, slide }) => {
-                let size = size.max(1);
-                WindowKind::Sliding { size, slide: slide.clamp(1, size) }
+                let Hop { size, slide } = Hop::new(size, slide);
+                WindowKind::Sliding { size, slide }
             }
             Ok(WindowKind::Session { gap }) => WindowKind::Session { gap: gap.max(1) },
             Err(_) => WindowKind::Sliding { size: 1, slide: 1 },
@@ -176,10 +197,9 @@ impl<A: Accumulator> WindowAggregate<A> {
         let mut placed = false;
         // Earliest first, so a record updating several fired windows emits
         // their rows in start order.
-        let mut starts: Vec<i64> = starts(ts, size, slide).collect();
-        starts.reverse();
-        for start in starts {
-            let end = start.saturating_add(size);
+        let mut windows_of: Vec<(i64, i64)> = Hop { size, slide }.windows(ts).collect();
+        windows_of.reverse();
+        for (start, end) in windows_of {
             if timers.watermark().is_some_and(|w| w >= self.expiry(end)) {
                 continue;
             }
@@ -505,7 +525,7 @@ mod tests {
 
     #[test]
     fn a_record_falls_in_one_tumbling_window_and_in_size_over_slide_sliding_ones() {
-        let starts = |ts, size, slide| super::starts(ts, size, slide).collect::<Vec<_>>();
+        let starts = |ts, size, slide| Hop::new(size, slide).windows(ts).map(|(s, _)| s).collect::<Vec<_>>();
         assert_eq!(starts(61_500, 60_000, 60_000), vec![60_000]);
         assert_eq!(starts(-1, 60_000, 60_000), vec![-60_000], "before the epoch too");
         assert_eq!(starts(61_500, 60_000, 20_000), vec![60_000, 40_000, 20_000]);

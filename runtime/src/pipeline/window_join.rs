@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::join::{time_of, Sided};
-use super::window::{starts, LateTo, Routed};
+use super::window::{Hop, LateTo, Routed};
 use crate::manifest::{JoinedSource, WindowJoinSpec, WindowJoinType};
 use crate::operators::{EventTimeFunction, Timers};
 use crate::record::Row;
@@ -36,8 +36,7 @@ pub struct WindowJoin {
     other_time: String,
     this_key: String,
     other_key: String,
-    size: i64,
-    slide: i64,
+    hop: Hop,
     prefix: String,
     join_type: WindowJoinType,
     /// The other stream's fields, null in this stream's unmatched records.
@@ -60,25 +59,18 @@ impl WindowJoin {
     /// this stream's fields where known.
     pub fn new(spec: &WindowJoinSpec, time: &str, this_fields: Vec<String>, late: LateTo) -> WindowJoin {
         let (size, slide) = spec.size_and_slide();
-        let size = size.max(1);
         WindowJoin {
             this_time: time.into(),
             other_time: spec.event_time_field(time).into(),
             this_key: spec.key.clone(),
             other_key: spec.other_key().into(),
-            size,
-            slide: slide.clamp(1, size),
+            hop: Hop::new(size, slide),
             prefix: spec.prefix(),
             join_type: spec.join_type,
             other_fields: spec.schema.iter().flatten().map(|f| f.name.clone()).collect(),
             this_fields,
             late,
         }
-    }
-
-    /// The end (exclusive) of the last window holding `ts`.
-    fn last_end(&self, ts: i64) -> i64 {
-        (ts - ts.rem_euclid(self.slide)).saturating_add(self.size)
     }
 
     /// `row` with the window's bounds, and its event time the window's
@@ -148,14 +140,14 @@ impl EventTimeFunction<String, Sided, Routed> for WindowJoin {
         let ts = time_of(&row, if this_side { &self.this_time } else { &self.other_time }, key)?;
         let watermark = timers.watermark();
         let open = |end: &i64| watermark.is_none_or(|w| w < end - 1);
-        let ends: Vec<i64> =
-            starts(ts, self.size, self.slide).map(|s| s.saturating_add(self.size)).filter(open).collect();
-        if ends.is_empty() {
+        let mut any = false;
+        for (_, end) in self.hop.windows(ts).filter(|(_, end)| open(end)) {
+            timers.register(end - 1);
+            any = true;
+        }
+        if !any {
             self.late.late(row, ts, "so every window it belongs to had fired (windowJoin)", timers, out);
             return Ok(());
-        }
-        for end in ends {
-            timers.register(end - 1);
         }
         let side = if this_side { &mut panes.this } else { &mut panes.other };
         side.push((ts, row.to_string()));
@@ -171,7 +163,7 @@ impl EventTimeFunction<String, Sided, Routed> for WindowJoin {
         out: &mut Vec<Routed>,
     ) -> Result<(), TaskError> {
         // The window whose last instant this is: every record of it came.
-        let w = Bounds { start: time.saturating_add(1).saturating_sub(self.size), end: time.saturating_add(1) };
+        let w = Bounds { start: time.saturating_add(1).saturating_sub(self.hop.size), end: time.saturating_add(1) };
         let (this, other) = (in_window(&panes.this, w)?, in_window(&panes.other, w)?);
         match self.join_type {
             WindowJoinType::Semi if !other.is_empty() => out.extend(this.iter().map(|t| Ok(self.this_alone(t, w)))),
@@ -190,7 +182,7 @@ impl EventTimeFunction<String, Sided, Routed> for WindowJoin {
             }
         }
         // Records whose last window this was leave.
-        let done = |(ts, _): &(i64, String)| self.last_end(*ts) <= w.end;
+        let done = |(ts, _): &(i64, String)| self.hop.last_end(*ts) <= w.end;
         panes.this.retain(|r| !done(r));
         panes.other.retain(|r| !done(r));
         Ok(())

@@ -84,7 +84,7 @@ impl<T: Send + 'static> RunnableTask for InputTask<T> {
                 ctl = io.control.recv() => match ctl {
                     Some(Control::Complete(id)) => self.chain.checkpoint_complete(id).await?,
                     Some(Control::Abort(id)) => aligner.abort(id),
-                    Some(Control::Trigger(_)) => {}
+                    Some(Control::Trigger(_) | Control::Align(_)) => {}
                     Some(Control::Stop) | None => stop_requested = true,
                 },
                 // Before the inputs, which a busy job always has ready; once

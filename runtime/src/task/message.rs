@@ -49,6 +49,9 @@ pub enum Control {
     Abort(u64),
     /// Finish: sources emit end-of-input, the rest exit once it arrived.
     Stop,
+    /// Sources only, with watermark alignment: the least watermark of the
+    /// job's source subtasks (`i64::MAX` when none holds the others back).
+    Align(i64),
 }
 
 /// Identity of a subtask.
@@ -88,6 +91,13 @@ pub enum Event {
         reason: String,
     },
     SourceExhausted(TaskId),
+    /// With watermark alignment, a source subtask's watermark as it changes
+    /// (`i64::MIN` before its first); `None` when it holds nothing back
+    /// (idle, or read to the end).
+    SourceWatermark {
+        task: TaskId,
+        watermark: Option<i64>,
+    },
     /// A background part of a task (a snapshot writer), a worker or a
     /// channel failed fatally.
     Failed {

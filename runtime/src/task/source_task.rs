@@ -42,6 +42,23 @@ pub trait Source<T>: Send {
     fn watermark(&mut self) -> Option<i64> {
         None
     }
+    /// Watermark alignment: stop reading `splits` (by the ids records
+    /// carry) until told otherwise; every other split reads. False when
+    /// the source cannot hold single splits back: then its whole subtask
+    /// is held back instead, while it is ahead.
+    fn pause_splits(&mut self, _splits: &[u64]) -> Result<bool, TaskError> {
+        Ok(false)
+    }
+    /// Watermark alignment: the least watermark of every source subtask in
+    /// the job, as the coordinator last announced it.
+    fn align(&mut self, _least: i64) -> Result<(), TaskError> {
+        Ok(())
+    }
+    /// Watermark alignment holds the whole subtask back: it reads nothing
+    /// for now, and is not idle for it.
+    fn held_back(&self) -> bool {
+        false
+    }
 }
 
 pub struct SourceTask<T: Send + 'static> {
@@ -52,6 +69,9 @@ pub struct SourceTask<T: Send + 'static> {
     /// With event time: how long the source may have nothing to read before
     /// the subtask is idle and stops holding back the job's watermark.
     pub idle_timeout: Option<std::time::Duration>,
+    /// With watermark alignment: how often the subtask tells the
+    /// coordinator its watermark, when it changed.
+    pub align_every: Option<std::time::Duration>,
 }
 
 #[async_trait]
@@ -68,10 +88,16 @@ impl<T: Send + 'static> RunnableTask for SourceTask<T> {
         let mut idle = false;
         let mut emitted: Option<i64> = None;
         let mut slices = Slices::default();
+        let mut report = Report::new(self.align_every);
         loop {
             tokio::select! {
                 biased;
                 ctl = io.control.recv() => match ctl {
+                    Some(Control::Align(least)) => {
+                        self.source.align(least)?;
+                        // It may read again now.
+                        idle_until = None;
+                    }
                     Some(Control::Trigger(barrier)) => {
                         let mut snapshot = TaskSnapshot::default();
                         let list = self.source.snapshot(barrier.id)?;
@@ -92,6 +118,10 @@ impl<T: Send + 'static> RunnableTask for SourceTask<T> {
                 _ = tokio::time::sleep_until(idle_until.unwrap_or_else(Instant::now)), if idle_until.is_some() => {
                     idle_until = None;
                 }
+                _ = report.due(), if report.on() && producing => {
+                    let watermark = (producing && !idle).then(|| self.source.watermark().unwrap_or(i64::MIN));
+                    report.send(&io, &self.ctx, watermark).await?;
+                }
                 _ = std::future::ready(()), if producing && idle_until.is_none() => {
                     match self.source.poll_batch(self.ctx.batch_size)? {
                         SourcePoll::Batch(batch) => {
@@ -108,6 +138,12 @@ impl<T: Send + 'static> RunnableTask for SourceTask<T> {
                                     self.chain.watermark(Watermark::At(w)).await?;
                                 }
                             }
+                            if report.awaits_first() {
+                                // The others wait for this one's first watermark.
+                                if let Some(w) = self.source.watermark() {
+                                    report.send(&io, &self.ctx, Some(w)).await?;
+                                }
+                            }
                             self.ctx.faults.check(FaultPoint::SourceBatch)?;
                             if let Some(pause) = self.ctx.faults.source_pause() {
                                 tokio::time::sleep(pause).await;
@@ -121,7 +157,10 @@ impl<T: Send + 'static> RunnableTask for SourceTask<T> {
                                 emitted = Some(w);
                                 self.chain.watermark(Watermark::At(w)).await?;
                             }
-                            if let (Some(timeout), false) = (self.idle_timeout, idle) {
+                            if self.source.held_back() {
+                                // Held back by alignment, not out of records.
+                                last_batch = Instant::now();
+                            } else if let (Some(timeout), false) = (self.idle_timeout, idle) {
                                 let idle_at = last_batch + timeout;
                                 if Instant::now() >= idle_at {
                                     idle = true;
@@ -136,6 +175,7 @@ impl<T: Send + 'static> RunnableTask for SourceTask<T> {
                             // Everything is read: every window may close
                             // before the final checkpoint's barrier.
                             self.chain.watermark(Watermark::END).await?;
+                            report.send(&io, &self.ctx, None).await?;
                             io.events
                                 .send(Event::SourceExhausted(self.ctx.id.clone()))
                                 .await
@@ -148,5 +188,44 @@ impl<T: Send + 'static> RunnableTask for SourceTask<T> {
         // Let snapshot writers of the last checkpoint finish.
         while writers.join_next().await.is_some() {}
         Ok(())
+    }
+}
+
+/// With watermark alignment, when the subtask next tells the coordinator
+/// its watermark: at once the first time, then once per interval, and
+/// only a change.
+struct Report {
+    every: Option<std::time::Duration>,
+    next: Instant,
+    sent: Option<Option<i64>>,
+}
+
+impl Report {
+    fn new(every: Option<std::time::Duration>) -> Report {
+        Report { every, next: Instant::now(), sent: None }
+    }
+
+    fn on(&self) -> bool {
+        self.every.is_some()
+    }
+
+    /// Reported, but no watermark yet.
+    fn awaits_first(&self) -> bool {
+        self.every.is_some() && self.sent == Some(Some(i64::MIN))
+    }
+
+    async fn due(&self) {
+        tokio::time::sleep_until(self.next).await
+    }
+
+    async fn send(&mut self, io: &TaskIo, ctx: &TaskContext, watermark: Option<i64>) -> Result<(), TaskError> {
+        let Some(every) = self.every else { return Ok(()) };
+        self.next = Instant::now() + every;
+        if self.sent == Some(watermark) {
+            return Ok(());
+        }
+        self.sent = Some(watermark);
+        let event = Event::SourceWatermark { task: ctx.id.clone(), watermark };
+        io.events.send(event).await.map_err(|_| TaskError::Disconnected("coordinator"))
     }
 }

@@ -90,6 +90,8 @@ pub struct KafkaSource<T> {
     /// When transient consumer errors were last logged (they come in bursts).
     last_warning: Option<Instant>,
     metrics: Arc<JobMetrics>,
+    /// Partitions held back by watermark alignment, by split id.
+    paused: Vec<u64>,
 }
 
 fn source_error(reason: impl std::fmt::Display) -> TaskError {
@@ -126,6 +128,7 @@ impl<T> KafkaSource<T> {
             next_discovery: None,
             last_warning: None,
             metrics: ctx.metrics.clone(),
+            paused: Vec::new(),
             config,
         };
         let restored: Option<Vec<PartitionSplit>> = match &ctx.restored {
@@ -495,6 +498,29 @@ impl<T: Send> Source<T> for KafkaSource<T> {
 
     fn active_splits(&self) -> Vec<u64> {
         self.parts.values().filter(|p| !p.done()).map(|p| split_id(&p.topic, p.partition)).collect()
+    }
+
+    /// librdkafka drops what it fetched for a paused partition and fetches
+    /// again from the next offset not yet handed out when it resumes, so
+    /// nothing is skipped (and `take` drops anything before `next`).
+    fn pause_splits(&mut self, splits: &[u64]) -> Result<bool, TaskError> {
+        let (mut pause, mut resume) = (TopicPartitionList::new(), TopicPartitionList::new());
+        for p in self.parts.values().filter(|p| !p.done()) {
+            let id = split_id(&p.topic, p.partition);
+            match (splits.contains(&id), self.paused.contains(&id)) {
+                (true, false) => pause.add_partition(&p.topic, p.partition),
+                (false, true) => resume.add_partition(&p.topic, p.partition),
+                _ => continue,
+            };
+        }
+        if pause.count() > 0 {
+            self.consumer.pause(&pause).map_err(|e| source_error(format!("cannot hold back partitions: {e}")))?;
+        }
+        if resume.count() > 0 {
+            self.consumer.resume(&resume).map_err(|e| source_error(format!("cannot resume partitions: {e}")))?;
+        }
+        self.paused = splits.to_vec();
+        Ok(true)
     }
 
     fn snapshot(&mut self, checkpoint: u64) -> Result<Vec<Vec<u8>>, TaskError> {

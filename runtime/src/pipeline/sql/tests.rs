@@ -7,6 +7,7 @@ fn steps(sql: &str, time: Option<&str>) -> Result<Vec<(String, &'static str)>, S
         max_out_of_orderness: Default::default(),
         idle_timeout: None,
         late_records: Default::default(),
+        alignment: None,
     });
     let steps = translate(sql, time.as_ref(), &[])?;
     Ok(steps.into_iter().map(|s| (serde_json::to_string(&s.step).unwrap_or_default(), s.clause)).collect())
@@ -162,6 +163,7 @@ fn joined(sql: &str) -> Result<Vec<(String, &'static str)>, String> {
         max_out_of_orderness: Default::default(),
         idle_timeout: None,
         late_records: Default::default(),
+        alignment: None,
     };
     let stream: StreamSpec = serde_json::from_value(serde_json::json!({
         "source": {"id": "ships", "file": {"path": "ships.jsonl"}},
