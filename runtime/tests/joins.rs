@@ -513,24 +513,40 @@ fn window_join_expected() -> BTreeMap<(i64, Option<u64>, Option<u64>), u32> {
     want
 }
 
+/// The same full window join as a SQL query: Flink's join of two
+/// windowing table functions.
+const WINDOW_JOIN_SQL: &str = "SELECT * FROM (SELECT * FROM TABLE(HOP(TABLE source, DESCRIPTOR(ts), \
+    INTERVAL '10' MILLISECOND, INTERVAL '20' MILLISECOND))) o FULL JOIN (SELECT * FROM TABLE(HOP(DATA => TABLE \
+    ships, TIMECOL => DESCRIPTOR(ts), SLIDE => INTERVAL '10' MILLISECONDS, SIZE => INTERVAL '20' MILLISECONDS))) \
+    ships ON o.key = ships.key AND o.window_start = ships.window_start AND o.window_end = ships.window_end";
+
 #[test]
 fn a_full_sliding_window_join_emits_each_windows_pairs_and_unmatched_records_once_through_seeded_crashes() {
-    let dir = tempfile::tempdir().unwrap();
-    let pipeline = format!(
-        r#"    source: {{generator: {orders}}}
-    eventTime: {{field: ts, maxOutOfOrderness: 50ms}}
-    steps:
+    let orders = generator(ORDERS, 4);
+    let shipments = generator(SHIPMENTS, 2).replace(&format!("keys: {KEYS},"), &format!("keys: {SHIP_KEYS},"));
+    let steps = format!(
+        r#"    steps:
       - windowJoin:
           source: {{id: ships, generator: {shipments}}}
           key: key
           size: 20ms
           slide: 10ms
-          type: full"#,
-        orders = generator(ORDERS, 4),
-        shipments = generator(SHIPMENTS, 2).replace(&format!("keys: {KEYS},"), &format!("keys: {SHIP_KEYS},")),
+          type: full"#
     );
-    let job = pipeline_job(dir.path(), "window-join", 2, &pipeline).expect("test manifest is valid");
-    run_through_crashes(&job, 0x5eed_4e61_0000_0002);
+    let sql =
+        format!("    streams:\n      - source: {{id: ships, generator: {shipments}}}\n    sql: {WINDOW_JOIN_SQL:?}");
+    for (join, seed) in [(steps, 0x5eed_4e61_0000_0002), (sql, 0x5eed_4e61_0000_0012)] {
+        let pipeline = format!(
+            "    source: {{generator: {orders}}}\n    eventTime: {{field: ts, maxOutOfOrderness: 50ms}}\n{join}"
+        );
+        window_join_is_exact(&pipeline, seed);
+    }
+}
+
+fn window_join_is_exact(pipeline: &str, seed: u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let job = pipeline_job(dir.path(), "window-join", 2, pipeline).expect("test manifest is valid");
+    run_through_crashes(&job, seed);
     let mut got = BTreeMap::new();
     for row in committed(dir.path()) {
         let (start, end) = (row["window_start"].as_i64().unwrap(), row["window_end"].as_i64().unwrap());

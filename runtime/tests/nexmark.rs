@@ -344,12 +344,19 @@ fn q8_emits_each_person_with_an_auction_in_their_registration_window_exactly_onc
 }
 
 /// A Window Top-N over the bids themselves: each 10-second window's bids at
-/// its highest price, ties all, once each, through seeded crashes.
+/// its highest price, ties all, once each, through seeded crashes; as
+/// steps and as a SQL query over a windowing table function.
 #[test]
 fn q7_emits_the_highest_bids_of_each_window_exactly_once_through_seeded_crashes() {
+    for (query, seed) in [("q7", 0x5eed_4e78_0000_0007), ("q7-sql", 0x5eed_4e78_0000_0017)] {
+        q7_as(query, seed);
+    }
+}
+
+fn q7_as(query: &str, seed: u64) {
     let dir = tempfile::tempdir().unwrap();
     let (events, per_second) = (4 * EVENTS, 100);
-    run_through_crashes(&example_job_of(dir.path(), "q7", per_second, events), 0x5eed_4e78_0000_0007);
+    run_through_crashes(&example_job_of(dir.path(), query, per_second, events), seed);
     let config = NexmarkConfig { events_per_second: per_second };
     let bids: Vec<Value> = (0..events).map(|n| config.event(n)).filter(|e| e["event_type"] == 2).collect();
     let window = |e: &Value| e["dateTime"].as_i64().unwrap().div_euclid(10_000);
@@ -365,5 +372,5 @@ fn q7_emits_the_highest_bids_of_each_window_exactly_once_through_seeded_crashes(
         *want.entry(row.to_string()).or_default() += 1;
     }
     assert!(highest.len() > 100, "{} windows", highest.len());
-    assert_same("q7", committed(dir.path()), want);
+    assert_same(query, committed(dir.path()), want);
 }

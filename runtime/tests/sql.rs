@@ -74,21 +74,37 @@ fn a_grouped_query_with_where_an_expression_aggregate_and_having_is_exact_throug
 }
 
 #[test]
-fn tumble_and_hop_queries_give_each_window_once_with_its_exact_count_and_sum_through_crashes() {
-    for (group, size, slide, seed) in [
-        ("TUMBLE(ts, INTERVAL '2' SECOND)", 2_000, 2_000, 0x5eed_5a1e_0000_0002),
-        ("HOP(ts, INTERVAL '1' SECOND, INTERVAL '3 seconds')", 3_000, 1_000, 0x5eed_5a1e_0000_0003),
+fn tumble_and_hop_queries_as_group_windows_or_table_functions_give_each_window_once_exactly_through_crashes() {
+    for (from, size, slide, seed) in [
+        ("source GROUP BY key, TUMBLE(ts, INTERVAL '2' SECOND)", 2_000, 2_000, 0x5eed_5a1e_0000_0002),
+        (
+            "source GROUP BY key, HOP(ts, INTERVAL '1' SECOND, INTERVAL '3 seconds')",
+            3_000,
+            1_000,
+            0x5eed_5a1e_0000_0003,
+        ),
+        (
+            "TABLE(TUMBLE(TABLE source, DESCRIPTOR(ts), INTERVAL '2' SECONDS)) GROUP BY window_start, window_end, key",
+            2_000,
+            2_000,
+            0x5eed_5a1e_0000_0012,
+        ),
+        (
+            "TABLE(HOP(DATA => TABLE source, TIMECOL => DESCRIPTOR(ts), SLIDE => INTERVAL '1' SECOND, \
+             SIZE => INTERVAL '3' SECONDS)) GROUP BY window_start, window_end, key",
+            3_000,
+            1_000,
+            0x5eed_5a1e_0000_0013,
+        ),
     ] {
         let dir = tempfile::tempdir().unwrap();
-        let sql = format!(
-            "SELECT key, window_start, window_end, COUNT(*) AS count, SUM(value) AS sum_value \
-             FROM source GROUP BY key, {group}"
-        );
+        let sql =
+            format!("SELECT key, window_start, window_end, COUNT(*) AS count, SUM(value) AS sum_value FROM {from}");
         let job = sql_job(dir.path(), 40_000, &sql).unwrap();
         run_through_crashes(&job, seed);
         let rows = read_committed(&dir.path().join("out")).unwrap();
         let want = expected_windows(40_000, KEYS, 1, size, slide);
-        check_windows_exactly_once(rows, &want).unwrap_or_else(|e| panic!("{group}: {e}"));
+        check_windows_exactly_once(rows, &want).unwrap_or_else(|e| panic!("{from}: {e}"));
     }
 }
 

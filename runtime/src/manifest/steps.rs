@@ -276,7 +276,7 @@ impl StepSpec {
 
 /// Tumbling windows (`size` alone), sliding ones (`size` and `slide`),
 /// both aligned to the epoch as in Flink, or session windows (`gap`).
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct WindowSpec {
     /// The length of tumbling and sliding windows.

@@ -23,6 +23,12 @@
 //!   be `spec.pipeline.eventTime.field`); `window_start` / `window_end` or
 //!   `TUMBLE_START(…)`, `TUMBLE_END(…)` (and `HOP_`, `SESSION_`) read the
 //!   window's bounds
+//! - `FROM TABLE(TUMBLE(TABLE source, DESCRIPTOR(ts), size))`, `HOP` and
+//!   `SESSION` (Flink's windowing table functions, see [`tvf`]) with
+//!   `GROUP BY window_start, window_end [, k]` -> the same `window`;
+//!   ranked per window by a Top-N subquery -> `topN` with a `window`;
+//!   a JOIN of two such subqueries on the key and the bounds (Flink's
+//!   window join) -> `windowJoin` (see [`window_join`])
 //! - `COUNT(*)`, `SUM`, `MIN`, `MAX`, `AVG` of a column or an expression ->
 //!   the aggregate step (expressions are computed by a select before it);
 //!   `COUNT(x)` is the sum of `CASE WHEN x IS NULL THEN 0 ELSE 1 END`
@@ -38,14 +44,15 @@
 use std::ops::ControlFlow;
 
 use datafusion_sql::sqlparser::ast::{
-    visit_expressions, visit_expressions_mut, DuplicateTreatment, Expr, FunctionArg, FunctionArgExpr,
+    visit_expressions, visit_expressions_mut, BinaryOperator, DuplicateTreatment, Expr, FunctionArg, FunctionArgExpr,
     FunctionArguments, GroupByExpr, Ident, Query, Select, SelectItem, SetExpr, Statement, Value,
 };
 use datafusion_sql::sqlparser::dialect::GenericDialect;
 use datafusion_sql::sqlparser::parser::Parser;
 
 use crate::manifest::{AggregateSpec, EventTimeSpec, KeyBySpec, StepSpec, StreamSpec, WindowSpec};
-use window::{group_window, window_bound, window_function, Window};
+use tvf::TableWindow;
+use window::{group_window, over_event_time, window_bound, window_function, Window};
 
 /// A step made from the query, and the clause it came from (for errors).
 #[derive(Debug, Clone, PartialEq)]
@@ -59,6 +66,9 @@ pub struct SqlStep {
 /// The table a query reads: the pipeline's source.
 const SOURCE: &str = "source";
 
+/// The fields of a window's rows that hold its bounds.
+const BOUNDS: [&str; 2] = ["window_start", "window_end"];
+
 /// The key field when the query has no `GROUP BY` key of its own name.
 const KEY: &str = "key";
 
@@ -70,7 +80,8 @@ pub fn translate(
     streams: &[StreamSpec],
 ) -> Result<Vec<SqlStep>, String> {
     let (sql, as_of) = join::system_time(sql)?;
-    let streams = Joinable { specs: streams, as_of: as_of.as_ref() };
+    let (sql, partition) = tvf::table_arguments(&sql)?;
+    let streams = Joinable { specs: streams, as_of: as_of.as_ref(), partition: partition.as_deref() };
     let mut statements = Parser::parse_sql(&GenericDialect {}, &sql).map_err(|e| e.to_string())?;
     let statement = match (statements.pop(), statements.is_empty()) {
         (Some(s), true) => s,
@@ -94,8 +105,9 @@ fn select_steps(
     event_time: Option<&EventTimeSpec>,
     streams: Joinable<'_>,
 ) -> Result<(Vec<SqlStep>, bool), String> {
+    let table = tvf::window_table(&mut select, streams.partition, event_time)?;
     let mut steps = join_steps(&mut select, event_time, streams)?;
-    let grouping = Grouping::from_select(select, event_time)?;
+    let grouping = Grouping::from_select(select, event_time, table)?;
     let windowed = grouping.window.is_some();
     steps.extend(grouping.steps()?);
     Ok((steps, windowed))
@@ -120,11 +132,13 @@ fn join_steps(
 }
 
 /// The streams a query may join, and the one its `FOR SYSTEM_TIME AS OF`
-/// reads as a versioned table.
+/// reads as a versioned table; and the `PARTITION BY` of its `SESSION`
+/// table function, which the parser does not see either.
 #[derive(Clone, Copy)]
 struct Joinable<'a> {
     specs: &'a [StreamSpec],
     as_of: Option<&'a join::AsOf>,
+    partition: Option<&'a [String]>,
 }
 
 fn first_words(s: &str) -> String {
@@ -183,10 +197,17 @@ struct Grouping {
     key: Option<(Expr, String)>,
     window: Option<Window>,
     time_field: Option<String>,
+    /// The window comes from a windowing table function (`FROM
+    /// TABLE(TUMBLE(…))`), whose rows also have a `window_time`.
+    table: bool,
 }
 
 impl Grouping {
-    fn from_select(mut select: Select, event_time: Option<&EventTimeSpec>) -> Result<Grouping, String> {
+    fn from_select(
+        mut select: Select,
+        event_time: Option<&EventTimeSpec>,
+        table: Option<TableWindow>,
+    ) -> Result<Grouping, String> {
         let filter = match select.selection.take() {
             Some(e) if aggregate_in(&e).is_some() => {
                 return Err(format!(
@@ -205,28 +226,30 @@ impl Grouping {
             GroupByExpr::Expressions(exprs, _) => exprs,
         };
         let mut keys = Vec::new();
-        let mut window = None;
-        let mut time_field = None;
+        let (mut window, mut time_field, partition) = match table {
+            Some(t) => (Some(t.window), Some(t.field), t.partition),
+            None => (None, None, None),
+        };
+        let from_table = window.as_ref().map(|w| w.prefix);
+        let mut bounds = Vec::new();
         for e in exprs {
+            if let (Some(_), Expr::Identifier(id)) = (from_table, &e) {
+                if BOUNDS.contains(&id.value.as_str()) {
+                    bounds.push(id.value.clone());
+                    continue;
+                }
+            }
             if let Some(prefix) = window_function(&e) {
+                if let Some(table) = from_table {
+                    return Err(format!(
+                        "GROUP BY {e}: the rows of the {table} table are windowed already; GROUP BY window_start,                          window_end"
+                    ));
+                }
                 if window.is_some() {
                     return Err("GROUP BY takes one window".into());
                 }
                 let (w, field) = group_window(prefix, &e)?;
-                match event_time {
-                    Some(t) if t.field == field => {}
-                    Some(t) => {
-                        return Err(format!(
-                            "{prefix}({field}, …): windows are over the event time, spec.pipeline.eventTime.field `{}`",
-                            t.field
-                        ))
-                    }
-                    None => {
-                        return Err(format!(
-                            "{prefix}({field}, …) needs spec.pipeline.eventTime with field `{field}` (and its watermark's maxOutOfOrderness)"
-                        ))
-                    }
-                }
+                over_event_time(prefix, &field, event_time)?;
                 window = Some(w);
                 time_field = Some(field);
             } else if let Some(call) = aggregate_in(&e) {
@@ -250,7 +273,23 @@ impl Grouping {
             };
             (e, field)
         });
-        Ok(Grouping { select, filter, key, window, time_field })
+        if let Some(table) = from_table {
+            if bounds.len() < BOUNDS.len() {
+                return Err(format!(
+                    "the rows of the {table} table are grouped per window: GROUP BY window_start, window_end [, key]"
+                ));
+            }
+            same_partition(partition.as_deref(), key.as_ref().map(|(e, _)| e))?;
+            // `window_time` keeps its name when it becomes an expression.
+            for item in &mut select.projection {
+                if matches!(item, SelectItem::UnnamedExpr(Expr::Identifier(id)) if id.value == tvf::WINDOW_TIME) {
+                    let expr = Expr::Identifier(Ident::new(tvf::WINDOW_TIME));
+                    *item = SelectItem::ExprWithAlias { expr, alias: Ident::new(tvf::WINDOW_TIME) };
+                }
+            }
+        }
+        let table = from_table.is_some();
+        Ok(Grouping { select, filter, key, window, time_field, table })
     }
 
     /// Every aggregate call of the select list and `HAVING`, once each.
@@ -362,6 +401,7 @@ impl Grouping {
         };
         steps.push(step("GROUP BY", StepSpec { key_by: Some(key_by), ..StepSpec::default() }));
         let prefix = self.window.as_ref().map(|w| w.prefix);
+        let from_table = self.table;
         match self.window.take() {
             Some(w) => {
                 let spec = WindowSpec { aggregate, ..w.spec };
@@ -378,6 +418,14 @@ impl Grouping {
                     names.iter().find(|(c, _)| *c == call).map(|(_, n)| n.clone())
                 } else if *sub == key_expr {
                     Some(key_field.clone())
+                } else if from_table && matches!(sub, Expr::Identifier(id) if id.value == tvf::WINDOW_TIME) {
+                    // The window's last instant, as Flink's window_time.
+                    *sub = Expr::BinaryOp {
+                        left: Box::new(Expr::Identifier(Ident::new("window_end"))),
+                        op: BinaryOperator::Minus,
+                        right: Box::new(Expr::value(Value::Number("1".into(), false))),
+                    };
+                    None
                 } else {
                     window_bound(sub, prefix)
                 };
@@ -537,6 +585,24 @@ fn counted(arg: &Expr) -> Result<Expr, String> {
         .map_err(|e| format!("COUNT({arg}): {e}"))
 }
 
+/// A `SESSION` table's partition must be the query's key: sessions are
+/// kept per key.
+fn same_partition(partition: Option<&[String]>, key: Option<&Expr>) -> Result<(), String> {
+    let Some(partition) = partition else { return Ok(()) };
+    match (partition, key) {
+        ([field], Some(Expr::Identifier(k))) if *field == k.value => Ok(()),
+        ([field], _) => Err(format!(
+            "SESSION(TABLE source PARTITION BY {field}, …): GROUP BY window_start, window_end, {field} (sessions are \
+             kept per key)"
+        )),
+        _ => Err(format!(
+            "SESSION(TABLE source PARTITION BY ({}), …): partition by one field; combine them in the source, as \
+             concat_ws('|', a, b)",
+            partition.join(", ")
+        )),
+    }
+}
+
 /// The first aggregate call within `e`, as written.
 fn aggregate_in(e: &Expr) -> Option<String> {
     let mut found = None;
@@ -552,7 +618,9 @@ fn aggregate_in(e: &Expr) -> Option<String> {
 mod join;
 pub mod options;
 mod top_n;
+mod tvf;
 mod window;
+mod window_join;
 
 #[cfg(test)]
 mod tests;

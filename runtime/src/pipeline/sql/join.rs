@@ -90,6 +90,7 @@ pub(super) fn system_time(sql: &str) -> Result<(String, Option<AsOf>), String> {
 }
 
 /// The join a query's FROM makes.
+#[derive(Debug)]
 pub(super) struct Joined {
     pub step: StepSpec,
     /// The stream's index in `spec.pipeline.streams`.
@@ -100,15 +101,18 @@ pub(super) struct Joined {
 }
 
 /// The names the query gives its tables.
-struct Tables {
-    this: String,
+pub(super) struct Tables {
+    pub this: String,
     /// The joined stream's name in the query, and the prefix its fields
     /// get in the joined record.
-    other: Option<(String, String)>,
+    pub other: Option<(String, String)>,
+    /// Fields both tables have under one name in the joined record (a
+    /// window join's bounds).
+    pub shared: &'static [&'static str],
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
-enum Side {
+pub(super) enum Side {
     This,
     Other,
 }
@@ -126,7 +130,7 @@ impl Tables {
     }
 
     /// The joined record's name for `table.field`.
-    fn field(&self, parts: &[Ident]) -> Result<(Side, Ident), String> {
+    pub(super) fn field(&self, parts: &[Ident]) -> Result<(Side, Ident), String> {
         let [table, field] = parts else {
             let written: Vec<String> = parts.iter().map(ToString::to_string).collect();
             return Err(format!("`{}`: expected table.field", written.join(".")));
@@ -134,7 +138,9 @@ impl Tables {
         let side = self.side(table)?;
         let mut name = field.clone();
         if let (Side::Other, Some((_, prefix))) = (side, &self.other) {
-            name.value = format!("{prefix}{}", field.value);
+            if !self.shared.contains(&field.value.as_str()) {
+                name.value = format!("{prefix}{}", field.value);
+            }
         }
         Ok((side, alone(name)))
     }
@@ -147,6 +153,9 @@ pub(super) fn from_clause(
     event_time: Option<&EventTimeSpec>,
     streams: Joinable<'_>,
 ) -> Result<Option<Joined>, String> {
+    if let Some(joined) = super::window_join::window_join(select, event_time, streams)? {
+        return Ok(Some(joined));
+    }
     let mut from = std::mem::take(&mut select.from);
     let table = match (from.pop(), from.is_empty()) {
         (Some(t), true) => t,
@@ -171,7 +180,7 @@ pub(super) fn from_clause(
                 .into())
         }
         (None, _) => {
-            rename(select, &Tables { this, other: None })?;
+            rename(select, &Tables { this, other: None, shared: &[] })?;
             return Ok(None);
         }
         (Some(j), true) => j,
@@ -217,7 +226,7 @@ pub(super) fn from_clause(
     };
     let other = alias.unwrap_or(name);
     let prefix = format!("{other}_");
-    let tables = Tables { this, other: Some((other, prefix.clone())) };
+    let tables = Tables { this, other: Some((other, prefix.clone())), shared: &[] };
     let spec = &streams.specs[stream];
     let times = event_time.map(|t| (t.field.as_str(), spec.event_time_field.as_deref().unwrap_or(&t.field)));
     let on = On::read(on, &tables, times)?;
@@ -409,7 +418,7 @@ fn temporal(
         return Err("a temporal join needs ON with the keys' equality (USING and NATURAL are not supported)".into());
     };
     let prefix = format!("{other}_");
-    let tables = Tables { this, other: Some((other, prefix.clone())) };
+    let tables = Tables { this, other: Some((other, prefix.clone())), shared: &[] };
     let this_time = time.map_or("", |t| t.field.as_str());
     let other_time = spec.event_time_field.as_deref().unwrap_or(this_time);
     let on = On::read(on, &tables, Some((this_time, other_time)))?;
@@ -607,7 +616,7 @@ fn time_term(e: &Expr, tables: &Tables) -> Result<(Side, String, i64), String> {
 
 /// Names the fields written `table.field` as the joined record does, and
 /// gives an unnamed `s.carrier` in the select list its own name.
-fn rename(select: &mut Select, tables: &Tables) -> Result<(), String> {
+pub(super) fn rename(select: &mut Select, tables: &Tables) -> Result<(), String> {
     for item in &mut select.projection {
         match item {
             SelectItem::UnnamedExpr(Expr::CompoundIdentifier(parts)) => {

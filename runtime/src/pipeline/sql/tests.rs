@@ -506,3 +506,184 @@ fn temporal_joins_sql_does_not_plan_are_refused_by_name() {
         assert!(err.contains(expected), "{sql}: {err}");
     }
 }
+
+#[test]
+fn windowing_table_functions_give_the_same_steps_as_the_group_windows() {
+    let pairs = [
+        (
+            "SELECT item, window_start, window_end, COUNT(*) AS n FROM source GROUP BY item, TUMBLE(ts, INTERVAL '1' MINUTE)",
+            "SELECT item, window_start, window_end, COUNT(*) AS n \
+             FROM TABLE(TUMBLE(TABLE source, DESCRIPTOR(ts), INTERVAL '1' MINUTES)) GROUP BY window_start, window_end, item",
+        ),
+        (
+            "SELECT window_end, SUM(v) AS s FROM source WHERE v > 1 GROUP BY HOP(ts, INTERVAL '10' SECOND, INTERVAL '1' MINUTE)",
+            "SELECT window_end, SUM(v) AS s FROM TABLE(\n  HOP(TABLE source, DESCRIPTOR(ts), INTERVAL '10' SECONDS, \
+             INTERVAL '1' MINUTE)) WHERE v > 1 GROUP BY window_end, window_start",
+        ),
+        (
+            "SELECT item, window_start, MAX(v) AS top FROM source GROUP BY item, SESSION(ts, INTERVAL '30' SECOND)",
+            "SELECT item, window_start, MAX(v) AS top FROM TABLE(SESSION(TABLE source PARTITION BY item, \
+             DESCRIPTOR(ts), INTERVAL '30' SECONDS)) GROUP BY item, window_start, window_end",
+        ),
+        (
+            "SELECT item, COUNT(*) AS n FROM source GROUP BY item, TUMBLE(ts, INTERVAL '5' SECOND)",
+            "SELECT b.item, COUNT(*) AS n FROM TABLE(TUMBLE(DATA => TABLE source, TIMECOL => DESCRIPTOR(ts), \
+             SIZE => INTERVAL '5' SECONDS)) AS b GROUP BY b.window_start, b.window_end, b.item",
+        ),
+    ];
+    for (group_window, table) in pairs {
+        let want = steps(group_window, Some("ts")).unwrap();
+        assert_eq!(steps(table, Some("ts")).unwrap(), want, "{table}");
+    }
+    // window_time is the window's last instant.
+    let sql = "SELECT item, window_time, COUNT(*) AS n FROM TABLE(TUMBLE(TABLE source, DESCRIPTOR(ts), \
+               INTERVAL '1' SECOND)) GROUP BY window_start, window_end, item HAVING window_time > 0";
+    let s = json(&steps(sql, Some("ts")).unwrap());
+    assert_eq!(
+        s[2..],
+        [r#"{"filter":"window_end - 1 > 0"}"#, r#"{"select":["item","window_end - 1 AS window_time","count AS n"]}"#]
+    );
+}
+
+#[test]
+fn a_row_number_over_a_windowing_table_function_ranks_the_records_of_each_window() {
+    let sql = "SELECT * FROM (SELECT *, RANK() OVER (PARTITION BY window_start, window_end ORDER BY price DESC) AS r \
+               FROM TABLE(TUMBLE(TABLE source, DESCRIPTOR(ts), INTERVAL '10' SECONDS)) WHERE kind = 2) WHERE r <= 1";
+    assert_eq!(
+        json(&steps(sql, Some("ts")).unwrap()),
+        [
+            r#"{"filter":"kind = 2"}"#,
+            r#"{"keyBy":{"field":"key","expr":"'all'"}}"#,
+            r#"{"topN":{"limit":1,"orderBy":"price","order":"Descending","rankField":"r","ranking":"Rank","window":{"size":"10s"}}}"#,
+        ]
+    );
+    // Per window and item, over sliding windows, ascending as SQL sorts
+    // unless told DESC; the subquery's select list keeps what the ranking
+    // reads, and the bounds come after it.
+    let sql = "SELECT item, price, window_start FROM (SELECT item, price, window_start, window_end, ROW_NUMBER() OVER \
+               (PARTITION BY window_start, window_end, item ORDER BY price) AS rownum FROM TABLE(HOP(TABLE source, \
+               DESCRIPTOR(ts), INTERVAL '5' SECOND, INTERVAL '10' SECOND))) WHERE rownum <= 2";
+    assert_eq!(
+        json(&steps(sql, Some("ts")).unwrap()),
+        [
+            r#"{"select":["item","price","ts"]}"#,
+            r#"{"keyBy":{"field":"item"}}"#,
+            r#"{"topN":{"limit":2,"orderBy":"price","order":"Ascending","rankField":"rownum","window":{"size":"10s","slide":"5s"}}}"#,
+            r#"{"select":["item","price","window_start"]}"#,
+        ]
+    );
+}
+
+#[test]
+fn windowing_table_functions_flink_would_plan_otherwise_are_refused_by_name() {
+    let from = |f: &str| format!("SELECT item, COUNT(*) AS n FROM TABLE({f}) GROUP BY window_start, window_end, item");
+    let refused = [
+        (from("CUMULATE(TABLE source, DESCRIPTOR(ts), INTERVAL '1' SECOND, INTERVAL '1' MINUTE)"), "CUMULATE windows are not supported yet"),
+        (from("TUMBLE(TABLE source, DESCRIPTOR(ts), INTERVAL '1' MINUTE, INTERVAL '5' SECOND)"), "an offset is not supported yet"),
+        (from("TUMBLE(TABLE bids, DESCRIPTOR(ts), INTERVAL '1' MINUTE)"), "TUMBLE(TABLE bids, …): expected TABLE source"),
+        (from("TUMBLE(TABLE source, DESCRIPTOR(other), INTERVAL '1' MINUTE)"), "windows are over the event time, spec.pipeline.eventTime.field `ts`"),
+        (from("TUMBLE(TABLE source, ts, INTERVAL '1' MINUTE)"), "expected DESCRIPTOR(ts), the time column"),
+        (from("TUMBLE(TABLE source, DESCRIPTOR(ts))"), "TUMBLE(…): missing its SIZE parameter"),
+        (from("HOP(TABLE source, DESCRIPTOR(ts), INTERVAL '1' MINUTE)"), "HOP(…): missing its SIZE parameter"),
+        (from("TUMBLE(TABLE source, DESCRIPTOR(ts), STEP => INTERVAL '1' MINUTE)"), "no parameter STEP; it takes DATA, TIMECOL, SIZE, OFFSET"),
+        (from("TUMBLE(TABLE source PARTITION BY item, DESCRIPTOR(ts), INTERVAL '1' MINUTE)"), "only SESSION takes PARTITION BY"),
+        (from("SESSION(TABLE source, DESCRIPTOR(ts), INTERVAL '1' MINUTE)"), "windows every key together, which is not supported"),
+        (from("SESSION(TABLE source PARTITION BY region, DESCRIPTOR(ts), INTERVAL '1' MINUTE)"), "GROUP BY window_start, window_end, region"),
+        (from("SESSION(TABLE source PARTITION BY (item, region), DESCRIPTOR(ts), INTERVAL '1' MINUTE)"), "partition by one field"),
+        (
+            "SELECT item, COUNT(*) AS n FROM TABLE(TUMBLE(TABLE source, DESCRIPTOR(ts), INTERVAL '1' MINUTE)) GROUP BY item".into(),
+            "grouped per window: GROUP BY window_start, window_end [, key]",
+        ),
+        (
+            "SELECT COUNT(*) AS n FROM TABLE(TUMBLE(TABLE source, DESCRIPTOR(ts), INTERVAL '1' MINUTE)) \
+             GROUP BY window_start, window_end, TUMBLE(ts, INTERVAL '1' MINUTE)".into(),
+            "are windowed already",
+        ),
+        (
+            "SELECT COUNT(*) AS n FROM TABLE(TUMBLE(TABLE source, DESCRIPTOR(ts), INTERVAL '1' MINUTE)) t \
+             JOIN ships s ON t.key = s.key GROUP BY window_start, window_end".into(),
+            "Flink's window join joins two subqueries",
+        ),
+        (
+            "SELECT * FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY window_start, window_end ORDER BY v) AS r FROM \
+             TABLE(SESSION(TABLE source PARTITION BY item, DESCRIPTOR(ts), INTERVAL '1' MINUTE))) WHERE r <= 1".into(),
+            "a Top-N per SESSION window is not supported",
+        ),
+        (
+            "SELECT * FROM (SELECT v, window_time, ROW_NUMBER() OVER (PARTITION BY window_start, window_end ORDER BY v) \
+             AS r FROM TABLE(TUMBLE(TABLE source, DESCRIPTOR(ts), INTERVAL '1' MINUTE))) WHERE r <= 1".into(),
+            "does not give window_time",
+        ),
+    ];
+    for (sql, expected) in refused {
+        let err = steps(&sql, Some("ts")).unwrap_err();
+        assert!(err.contains(expected), "{sql}:\n{err}");
+    }
+}
+
+/// The windowJoin step's settings other than its source and schema.
+fn window_join_settings(step: &str) -> serde_json::Value {
+    let mut v: serde_json::Value = serde_json::from_str(step).unwrap_or_default();
+    let mut join = v["windowJoin"].take();
+    if let Some(o) = join.as_object_mut() {
+        o.retain(|k, _| k != "source" && k != "schema");
+    }
+    join
+}
+
+const WINDOWED_SOURCE: &str =
+    "(SELECT * FROM TABLE(HOP(TABLE source, DESCRIPTOR(ts), INTERVAL '10' SECOND, INTERVAL '1' MINUTE)))";
+
+#[test]
+fn a_join_of_two_windowing_table_functions_on_the_key_and_bounds_becomes_a_window_join_step() {
+    let sql = format!(
+        "SELECT o.id, s.carrier, COALESCE(o.window_start, s.window_start) AS ws, s.window_end FROM {WINDOWED_SOURCE} o \
+         FULL OUTER JOIN (SELECT * FROM TABLE(HOP(TABLE ships, DESCRIPTOR(ts), INTERVAL '10' SECONDS, INTERVAL '1' \
+         MINUTE)) WHERE carrier <> 'post') s ON o.window_start = s.window_start AND s.order = o.id AND o.window_end = \
+         s.window_end WHERE o.total > 10"
+    );
+    let s = joined(&sql).unwrap();
+    assert_eq!(s.iter().map(|(_, c)| *c).collect::<Vec<_>>(), ["JOIN", "WHERE", "SELECT"]);
+    assert_eq!(
+        window_join_settings(&s[0].0),
+        serde_json::json!({"key": "id", "otherKey": "order", "filter": "carrier <> 'post'", "size": "1m",
+                           "slide": "10s", "prefix": "s_", "type": "full"})
+    );
+    assert_eq!(s[1].0, r#"{"filter":"total > 10"}"#, "the query's WHERE comes after the join");
+    // Both tables' bounds are the joined record's.
+    assert_eq!(
+        s[2].0,
+        r#"{"select":["id","s_carrier AS carrier","COALESCE(window_start, window_start) AS ws","window_end AS window_end"]}"#
+    );
+    // The source's own WHERE is applied before the join.
+    let sql = "SELECT * FROM (SELECT * FROM TABLE(TUMBLE(TABLE source, DESCRIPTOR(ts), INTERVAL '1' MINUTE)) WHERE \
+               total > 1) o JOIN (SELECT * FROM TABLE(TUMBLE(TABLE ships, DESCRIPTOR(ts), INTERVAL '1' MINUTE))) AS \
+               ships ON o.order = ships.order AND o.window_start = ships.window_start AND o.window_end = \
+               ships.window_end";
+    let s = joined(sql).unwrap();
+    assert_eq!(s[0], (r#"{"filter":"total > 1"}"#.to_string(), "WHERE"));
+    assert_eq!(window_join_settings(&s[1].0), serde_json::json!({"key": "order", "size": "1m", "prefix": "ships_"}));
+}
+
+#[test]
+fn window_joins_sql_does_not_plan_are_refused_by_name() {
+    let ships = |f: &str| format!("(SELECT * FROM TABLE({f})) s");
+    let hop = "HOP(TABLE ships, DESCRIPTOR(ts), INTERVAL '10' SECOND, INTERVAL '1' MINUTE)";
+    let on = "ON o.id = s.order AND o.window_start = s.window_start AND o.window_end = s.window_end";
+    let refused = [
+        (format!("SELECT * FROM {WINDOWED_SOURCE} o JOIN {} {on}", ships("TUMBLE(TABLE ships, DESCRIPTOR(ts), INTERVAL '1' MINUTE)")), "the same windows on both sides"),
+        (format!("SELECT * FROM {WINDOWED_SOURCE} o JOIN {} {on}", ships(&hop.replace("ships", "other"))), "TABLE other: no stream of that id"),
+        (format!("SELECT * FROM {WINDOWED_SOURCE} o JOIN {} {on}", ships(&hop.replace("DESCRIPTOR(ts)", "DESCRIPTOR(order)"))), "the stream's event time is `ts`"),
+        (format!("SELECT * FROM {WINDOWED_SOURCE} o JOIN {} ON o.id = s.order AND o.window_start = s.window_start", ships(hop)), "add a.window_end = b.window_end"),
+        (format!("SELECT * FROM {WINDOWED_SOURCE} o JOIN {} ON o.window_start = s.window_start AND o.window_end = s.window_end", ships(hop)), "needs the keys' equality"),
+        (format!("SELECT * FROM {WINDOWED_SOURCE} o JOIN {} {on} AND o.total > 1", ships(hop)), "equates fields only"),
+        (format!("SELECT * FROM {WINDOWED_SOURCE} o JOIN {} ON o.id = s.order AND o.window_start = s.window_end AND o.window_end = s.window_end", ships(hop)), "equate the windows' bounds with their like"),
+        (format!("SELECT * FROM {WINDOWED_SOURCE} o JOIN (SELECT carrier FROM TABLE({hop})) s {on}"), "each subquery is SELECT * FROM TABLE(…)"),
+        (format!("SELECT * FROM {WINDOWED_SOURCE} o JOIN (SELECT * FROM source) s {on}"), "each subquery reads a windowing table function"),
+        (format!("SELECT * FROM {WINDOWED_SOURCE} o JOIN {} {on}", ships("SESSION(TABLE ships PARTITION BY order, DESCRIPTOR(ts), INTERVAL '1' MINUTE)")), "SESSION windows in a window join are not supported yet"),
+    ];
+    for (sql, expected) in refused {
+        let err = joined(&sql).unwrap_err();
+        assert!(err.contains(expected), "{sql}:\n{err}");
+    }
+}

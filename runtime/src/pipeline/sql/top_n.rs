@@ -3,15 +3,18 @@
 //! rownum <= N`, read into a `keyBy` and a `topN` step whose rank is
 //! written to the row number's name. Its Window Top-N ranks the rows of a
 //! grouped window query instead of the source's, `PARTITION BY
-//! window_start, window_end [, k]`, into a `topN` per window.
+//! window_start, window_end [, k]`, into a `topN` per window; over a
+//! windowing table function (`FROM TABLE(TUMBLE(…))`) it ranks the
+//! source's records per window, into a `topN` with a `window`.
 
 use datafusion_sql::sqlparser::ast::{
     BinaryOperator, Expr, GroupByExpr, OrderByExpr, Query, Select, SelectItem, TableFactor, Value, WindowType,
 };
 
 use super::join::{conjuncts, flipped};
-use super::{function_name, join_steps, plain_select, select_list, select_steps, Joinable, SqlStep, KEY};
-use crate::manifest::{EventTimeSpec, KeyBySpec, RankFunction, SortOrder, StepSpec, TopNSpec};
+use super::tvf::{window_table, WINDOW_TIME};
+use super::{function_name, join_steps, plain_select, select_list, select_steps, Joinable, SqlStep, BOUNDS, KEY};
+use crate::manifest::{EventTimeSpec, KeyBySpec, RankFunction, SortOrder, StepSpec, TopNSpec, TopNWindow};
 
 /// The steps of a Top-N query, or None if `outer` reads no subquery.
 pub(super) fn top_n(
@@ -25,6 +28,21 @@ pub(super) fn top_n(
     refuse_grouping(&inner, "the subquery")?;
     let step = |clause, step: StepSpec| SqlStep { step, clause, stream: None };
     let windows = window_results(&mut inner, event_time, streams)?;
+    // Flink's Window Top-N over a windowing table function ranks the
+    // records themselves, per window.
+    let (window, time) = match windows {
+        Some(_) => (None, None),
+        None => match window_table(&mut inner, streams.partition, event_time)? {
+            Some(t) if t.window.spec.gap.is_some() => {
+                return Err("a Top-N per SESSION window is not supported; rank per TUMBLE or HOP window".into())
+            }
+            Some(t) => {
+                let size = t.window.spec.size.ok_or("a TUMBLE or HOP table has a size")?;
+                (Some(TopNWindow { size, slide: t.window.spec.slide }), Some(t.field))
+            }
+            None => (None, None),
+        },
+    };
     let per_window = windows.is_some();
     let mut steps = match windows {
         Some(steps) => steps,
@@ -34,13 +52,23 @@ pub(super) fn top_n(
         steps.push(step("WHERE", StepSpec { filter: Some(w.to_string()), ..StepSpec::default() }));
     }
     let over = RowNumber::take(&mut inner)?;
-    let key = over.key(per_window)?;
+    let key = over.key(per_window, window.is_some())?;
     let (limit, rest) = limit(outer.selection.take(), &over.alias)?;
     if !matches!(inner.projection.as_slice(), [SelectItem::Wildcard(_)]) {
         let mut list = select_list(&inner.projection, "the subquery's select list")?;
+        if window.is_some() {
+            // The ranking step writes the bounds, after this select.
+            list.retain(|item| !BOUNDS.contains(&item.as_str()));
+            if list.iter().any(|item| item == WINDOW_TIME || item.ends_with(&format!(" AS {WINDOW_TIME}"))) {
+                return Err(format!(
+                    "{WINDOW_TIME}: a Top-N per window keeps each record's own event time and does not give \
+                     {WINDOW_TIME}; select window_end"
+                ));
+            }
+        }
         // The ranking reads these: kept even when not listed.
         let bounds = BOUNDS.iter().filter(|_| per_window).map(|b| b.to_string());
-        for needed in key.iter().cloned().chain([over.order_by.clone()]).chain(bounds) {
+        for needed in key.iter().cloned().chain([over.order_by.clone()]).chain(bounds).chain(time.clone()) {
             if !list.contains(&needed) {
                 list.push(needed);
             }
@@ -60,7 +88,7 @@ pub(super) fn top_n(
         rank_field,
         per_window,
         ranking: over.ranking,
-        window: None,
+        window,
     };
     steps.push(step("ROW_NUMBER", StepSpec { top_n: Some(spec), ..StepSpec::default() }));
     if let Some(rest) = rest {
@@ -81,15 +109,13 @@ fn subquery_of(select: &Select) -> Result<Option<Box<Query>>, String> {
     match select.from.as_slice() {
         [table] => match &table.relation {
             TableFactor::Derived { subquery, .. } if table.joins.is_empty() => Ok(Some(subquery.clone())),
-            TableFactor::Derived { .. } => Err("a JOIN of a subquery is not supported".into()),
+            // A join of subqueries is a window join's.
+            TableFactor::Derived { .. } => Ok(None),
             _ => Ok(None),
         },
         _ => Ok(None),
     }
 }
-
-/// The fields of a window query's rows that hold each window's bounds.
-const BOUNDS: [&str; 2] = ["window_start", "window_end"];
 
 /// When the Top-N subquery reads a grouped window query (Flink's Window
 /// Top-N), that query's steps; None when it reads the source.
@@ -193,7 +219,8 @@ impl RowNumber {
         }
         let (order_by, order) = match spec.order_by.as_slice() {
             [OrderByExpr { expr: Expr::Identifier(x), options, .. }] => {
-                let order = if options.asc == Some(true) { SortOrder::Ascending } else { SortOrder::Descending };
+                // SQL sorts ascending unless told DESC.
+                let order = if options.asc == Some(false) { SortOrder::Descending } else { SortOrder::Ascending };
                 (x.value.clone(), order)
             }
             [] => return Err("ROW_NUMBER() needs ORDER BY a numeric field".into()),
@@ -206,11 +233,11 @@ impl RowNumber {
     }
 
     /// The ranking's key field; None: all records ranked together. Per
-    /// window, the window's bounds are not part of the key (the step ranks
-    /// each window apart) and a ranking of only the window is keyed by its
-    /// start.
-    fn key(&self, per_window: bool) -> Result<Option<String>, String> {
-        if self.ranking != RankFunction::RowNumber && !per_window {
+    /// window (of rows, `per_window`, or of records, `records`), the
+    /// window's bounds are not part of the key (the step ranks each window
+    /// apart) and a ranking of only the window's rows is keyed by its start.
+    fn key(&self, per_window: bool, records: bool) -> Result<Option<String>, String> {
+        if self.ranking != RankFunction::RowNumber && !per_window && !records {
             let name = if self.ranking == RankFunction::Rank { "RANK()" } else { "DENSE_RANK()" };
             return Err(format!(
                 "{name} OVER …: supported in a Top-N per window (over a grouped window query); a ranking updated \
@@ -218,14 +245,14 @@ impl RowNumber {
             ));
         }
         let mut rest: Vec<&String> = self.partition.iter().collect();
-        if per_window {
+        if per_window || records {
             if !self.partition.iter().any(|p| p == "window_start") {
                 return Err("a Top-N of window rows ranks per window: PARTITION BY window_start, window_end [, one \
                             more field]"
                     .into());
             }
             rest.retain(|p| !BOUNDS.contains(&p.as_str()));
-            if rest.is_empty() {
+            if rest.is_empty() && per_window {
                 return Ok(Some("window_start".into()));
             }
         }

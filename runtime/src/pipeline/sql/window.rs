@@ -6,9 +6,10 @@ use std::time::Duration;
 use datafusion_sql::sqlparser::ast::{Expr, FunctionArgExpr, Value};
 
 use super::{arguments, function_name};
-use crate::manifest::{AggregateSpec, HumanDuration, WindowSpec};
+use crate::manifest::{EventTimeSpec, HumanDuration, WindowSpec};
 
 /// A `TUMBLE`, `HOP` or `SESSION` group window.
+#[derive(Debug, Clone)]
 pub(super) struct Window {
     pub spec: WindowSpec,
     pub prefix: &'static str,
@@ -51,15 +52,7 @@ pub(super) fn group_window(prefix: &'static str, e: &Expr) -> Result<(Window, St
             other => Err(format!("`{e}`: expected an interval, got `{other}`")),
         })
         .collect::<Result<_, _>>()?;
-    let empty = WindowSpec {
-        size: None,
-        slide: None,
-        gap: None,
-        aggregate: AggregateSpec::default(),
-        early_every: None,
-        early_time: Default::default(),
-        allowed_lateness: None,
-    };
+    let empty = WindowSpec::default();
     let spec = match (prefix, durations.as_slice()) {
         ("TUMBLE", [size]) => WindowSpec { size: Some(*size), ..empty },
         ("HOP", [slide, size]) => WindowSpec { size: Some(*size), slide: Some(*slide), ..empty },
@@ -69,6 +62,20 @@ pub(super) fn group_window(prefix: &'static str, e: &Expr) -> Result<(Window, St
         _ => return Err(format!("`{e}`: expected SESSION(ts, gap)")),
     };
     Ok((Window { spec, prefix }, field))
+}
+
+/// Refuses a window over `field` unless it is the pipeline's event time.
+pub(super) fn over_event_time(prefix: &str, field: &str, event_time: Option<&EventTimeSpec>) -> Result<(), String> {
+    match event_time {
+        Some(t) if t.field == field => Ok(()),
+        Some(t) => Err(format!(
+            "{prefix}({field}, …): windows are over the event time, spec.pipeline.eventTime.field `{}`",
+            t.field
+        )),
+        None => Err(format!(
+            "{prefix}({field}, …) needs spec.pipeline.eventTime with field `{field}` (and its watermark's maxOutOfOrderness)"
+        )),
+    }
 }
 
 /// An `INTERVAL '5' MINUTE` or `INTERVAL '5 minutes'` as a duration.
