@@ -320,9 +320,16 @@ fn q5_emits_each_windows_auctions_with_the_most_bids_once_through_seeded_crashes
 /// with the window's start, through seeded crashes.
 #[test]
 fn q8_emits_each_person_with_an_auction_in_their_registration_window_exactly_once_through_seeded_crashes() {
+    for (query, seed) in [("q8", 0x5eed_4e78_0000_0008), ("q8-sql", 0x5eed_4e78_0000_0018)] {
+        q8_as(query, seed);
+    }
+}
+
+/// q8 written as `query` (steps, or the SQL window semi join).
+fn q8_as(query: &str, seed: u64) {
     let dir = tempfile::tempdir().unwrap();
     let (events, per_second) = (4 * EVENTS, 500);
-    run_through_crashes(&example_job_of(dir.path(), "q8", per_second, events), 0x5eed_4e78_0000_0008);
+    run_through_crashes(&example_job_of(dir.path(), query, per_second, events), seed);
     let config = NexmarkConfig { events_per_second: per_second };
     let all: Vec<Value> = (0..events).map(|n| config.event(n)).collect();
     let window = |e: &Value| e["dateTime"].as_i64().unwrap().div_euclid(10_000) * 10_000;
@@ -338,9 +345,9 @@ fn q8_emits_each_person_with_an_auction_in_their_registration_window_exactly_onc
             without += 1;
         }
     }
-    eprintln!("q8: {} people with an auction in their window, {without} without", want.len());
+    eprintln!("{query}: {} people with an auction in their window, {without} without", want.len());
     assert!(want.len() > 100 && without > 100, "both kinds of people occur: {} and {without}", want.len());
-    assert_same("q8", committed(dir.path()), want);
+    assert_same(query, committed(dir.path()), want);
 }
 
 /// A Window Top-N over the bids themselves: each 10-second window's bids at

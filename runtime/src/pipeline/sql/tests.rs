@@ -687,3 +687,42 @@ fn window_joins_sql_does_not_plan_are_refused_by_name() {
         assert!(err.contains(expected), "{sql}:\n{err}");
     }
 }
+
+#[test]
+fn in_and_exists_subqueries_of_windowing_table_functions_become_semi_and_anti_window_joins() {
+    let windowed_ships = "(SELECT * FROM TABLE(HOP(TABLE ships, DESCRIPTOR(ts), INTERVAL '10' SECOND, INTERVAL '1' \
+                          MINUTE)) WHERE carrier <> 'post') s";
+    let bounds = "o.window_start = s.window_start AND o.window_end = s.window_end";
+    let sql = format!(
+        "SELECT id, window_start FROM {WINDOWED_SOURCE} o WHERE o.total > 1 AND o.id IN (SELECT s.order FROM \
+         {windowed_ships} WHERE {bounds} AND s.carrier <> 'mule')"
+    );
+    let s = joined(&sql).unwrap();
+    assert_eq!(s.iter().map(|(_, c)| *c).collect::<Vec<_>>(), ["JOIN", "WHERE", "SELECT"]);
+    assert_eq!(
+        window_join_settings(&s[0].0),
+        serde_json::json!({"key": "id", "otherKey": "order", "filter": "(carrier <> 'post') AND (carrier <> 'mule')",
+                           "size": "1m", "slide": "10s", "prefix": "s_", "type": "semi"})
+    );
+    assert_eq!(s[1].0, r#"{"filter":"total > 1"}"#, "the rest of the WHERE comes after the join");
+    // NOT EXISTS, with the key in the subquery: an anti join.
+    let sql = format!(
+        "SELECT * FROM {WINDOWED_SOURCE} o WHERE NOT EXISTS (SELECT * FROM {windowed_ships} WHERE s.order = o.id AND \
+         {bounds})"
+    );
+    let s = joined(&sql).unwrap();
+    let settings = window_join_settings(&s[0].0);
+    assert_eq!((settings["type"].as_str(), settings["key"].as_str()), (Some("anti"), Some("id")), "{settings}");
+    let refused = [
+        (format!("SELECT * FROM {WINDOWED_SOURCE} o WHERE o.id IN (SELECT s.order FROM {windowed_ships} WHERE o.window_start = s.window_start)"), "add a.window_end = b.window_end"),
+        (format!("SELECT * FROM {WINDOWED_SOURCE} o WHERE EXISTS (SELECT * FROM {windowed_ships} WHERE {bounds})"), "needs the keys' equality"),
+        (format!("SELECT * FROM {WINDOWED_SOURCE} o WHERE o.id IN (SELECT s.order FROM {windowed_ships} WHERE {bounds} AND o.total > s.ts)"), "reads the other stream's fields only"),
+        (format!("SELECT * FROM {WINDOWED_SOURCE} o WHERE o.id IN (SELECT o.id FROM {windowed_ships} WHERE {bounds})"), "expected a field of `s`"),
+        (format!("SELECT * FROM {WINDOWED_SOURCE} o WHERE o.id IN (SELECT s.order FROM ships s WHERE {bounds})"), "reads one subquery"),
+        (format!("SELECT * FROM {WINDOWED_SOURCE} o WHERE o.id IN (SELECT s.order FROM {windowed_ships} WHERE {bounds}) OR EXISTS (SELECT * FROM {windowed_ships} WHERE {bounds})"), "ANDed with the rest of the WHERE"),
+    ];
+    for (sql, expected) in refused {
+        let err = joined(&sql).unwrap_err();
+        assert!(err.contains(expected), "{sql}:\n{err}");
+    }
+}

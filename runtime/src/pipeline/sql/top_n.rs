@@ -22,6 +22,9 @@ pub(super) fn top_n(
     event_time: Option<&EventTimeSpec>,
     streams: Joinable<'_>,
 ) -> Result<Option<Vec<SqlStep>>, String> {
+    if super::window_join::semi_joined(outer) {
+        return Ok(None);
+    }
     let Some(subquery) = subquery_of(outer)? else { return Ok(None) };
     refuse_grouping(outer, "the outer query")?;
     let mut inner = plain_select(*subquery)?;
