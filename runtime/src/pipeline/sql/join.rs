@@ -22,7 +22,7 @@ use datafusion_sql::sqlparser::tokenizer::{Token, Tokenizer};
 use super::window::interval;
 use super::{Joinable, SOURCE};
 use crate::manifest::{
-    EventTimeSpec, HumanDuration, IntervalJoinSpec, JoinType, RegularJoinSpec, StepSpec, TemporalJoinSpec,
+    EventTimeSpec, HumanDuration, IntervalJoinSpec, JoinType, RegularJoinSpec, StepSpec, StreamSpec, TemporalJoinSpec,
     TemporalJoinType, TimeDomain,
 };
 
@@ -190,13 +190,7 @@ pub(super) fn from_clause(
     };
     let written = join.to_string();
     let (name, alias) = table_name(&join.relation)?;
-    let ids: Vec<&str> = streams.specs.iter().filter_map(|s| s.source.id.as_deref()).collect();
-    let Some(stream) = ids.iter().position(|id| id.eq_ignore_ascii_case(&name)) else {
-        return Err(format!(
-            "JOIN {name}: no stream of that id in spec.pipeline.streams{}",
-            if ids.is_empty() { String::new() } else { format!(" (there are: {})", ids.join(", ")) }
-        ));
-    };
+    let stream = stream_named(streams.specs, &name, &format!("JOIN {name}"))?;
     if let Some(as_of) = streams.as_of {
         if !as_of.table.eq_ignore_ascii_case(&name) {
             return Err(format!(
@@ -284,7 +278,7 @@ fn regular(
     tables: &Tables,
     join_type: JoinType,
     (key, other_key): (String, String),
-    (spec, stream): (&crate::manifest::StreamSpec, usize),
+    (spec, stream): (&StreamSpec, usize),
 ) -> Result<Option<Joined>, String> {
     if join_type != JoinType::Inner {
         return Err(format!(
@@ -378,7 +372,7 @@ fn temporal(
     join: datafusion_sql::sqlparser::ast::Join,
     other: String,
     as_of: &AsOf,
-    (spec, stream): (&crate::manifest::StreamSpec, usize),
+    (spec, stream): (&StreamSpec, usize),
     event_time: Option<&EventTimeSpec>,
 ) -> Result<Option<Joined>, String> {
     let written = join.to_string();
@@ -444,7 +438,7 @@ fn temporal(
 /// `name` as it can be written alone: a field named like a reserved word
 /// (`o.order`) would not parse without its table, so it is quoted, as an
 /// unquoted name is read (lowercase).
-fn alone(name: Ident) -> Ident {
+pub(super) fn alone(name: Ident) -> Ident {
     if name.quote_style.is_some() {
         return name;
     }
@@ -453,6 +447,18 @@ fn alone(name: Ident) -> Ident {
         Ok(Expr::Identifier(id)) if id.value == name.value => name,
         _ => Ident::with_quote('"', name.value.to_ascii_lowercase()),
     }
+}
+
+/// The index in `specs` of the stream whose id is `name`, or an error that
+/// starts with `written` and lists the ids there are.
+pub(super) fn stream_named(specs: &[StreamSpec], name: &str, written: &str) -> Result<usize, String> {
+    let ids: Vec<&str> = specs.iter().filter_map(|s| s.source.id.as_deref()).collect();
+    ids.iter().position(|id| id.eq_ignore_ascii_case(name)).ok_or_else(|| {
+        format!(
+            "{written}: no stream of that id in spec.pipeline.streams{}",
+            if ids.is_empty() { String::new() } else { format!(" (there are: {})", ids.join(", ")) }
+        )
+    })
 }
 
 /// A table's name and alias.

@@ -18,7 +18,7 @@ use datafusion_sql::sqlparser::ast::{
     Select, SelectItem, TableFactor, TableWithJoins, UnaryOperator,
 };
 
-use super::join::{conjuncts, rename, Joined, Side, Tables};
+use super::join::{alone, conjuncts, rename, stream_named, Joined, Side, Tables};
 use super::tvf::{read, TableWindow};
 use super::window::over_event_time;
 use super::{plain_select, Joinable, BOUNDS, SOURCE};
@@ -228,10 +228,8 @@ impl Pair {
         if !this.table.data.eq_ignore_ascii_case(SOURCE) {
             return Err(format!("a window join's first table windows the source: {prefix}(TABLE source, …)"));
         }
-        let ids: Vec<&str> = streams.specs.iter().filter_map(|s| s.source.id.as_deref()).collect();
-        let Some(stream) = ids.iter().position(|id| id.eq_ignore_ascii_case(&other.table.data)) else {
-            return Err(format!("JOIN … TABLE {}: no stream of that id in spec.pipeline.streams", other.table.data));
-        };
+        let data = &other.table.data;
+        let stream = stream_named(streams.specs, data, &format!("JOIN … TABLE {data}"))?;
         let spec = &streams.specs[stream];
         over_event_time(prefix, &this.table.field, event_time)?;
         let other_time = spec.event_time_field.as_deref().or(event_time.map(|t| t.field.as_str()));
@@ -389,7 +387,7 @@ fn own_condition(mut condition: Expr, tables: &Tables) -> Result<String, String>
     let renamed = visit_expressions_mut(&mut condition, |e| {
         if let Expr::CompoundIdentifier(parts) = e {
             match (tables.field(parts), parts.last()) {
-                (Ok((Side::Other, _)), Some(own)) => *e = Expr::Identifier(own.clone()),
+                (Ok((Side::Other, _)), Some(own)) => *e = Expr::Identifier(alone(own.clone())),
                 (Ok(_), _) => {
                     return ControlFlow::Break(format!(
                         "`{written}` in the subquery: a condition there reads the other stream's fields only (put \
